@@ -1,0 +1,1 @@
+"""PKI, certificate lifecycle, .ovpn profile rendering and QR codes."""

@@ -1,0 +1,1 @@
+"""Shared network primitives for both protocol cores: buffers, replay windows, packets, pools."""

@@ -1,0 +1,1 @@
+"""aiohttp web portal and REST API."""
