@@ -28,3 +28,15 @@ from sslvpn.cli.context import CliContext
 def main(ctx: click.Context, data_dir: Path, database_url: str | None) -> None:
     """sslvpn: OpenVPN-compatible SSL VPN gateway, client profiles, portal and IPsec."""
     ctx.obj = CliContext(data_dir=data_dir, database_url=database_url)
+
+
+def _register() -> None:
+    """Each sub-command module has one owner and exports its click commands as COMMANDS."""
+    from sslvpn.cli import certificates, ipsec, portal, serve, setup, users
+
+    for module in (setup, users, certificates, serve, portal, ipsec):
+        for command in module.COMMANDS:
+            main.add_command(command)
+
+
+_register()

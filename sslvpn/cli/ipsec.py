@@ -1,0 +1,7 @@
+"""`sslvpn ipsec` commands."""
+
+from __future__ import annotations
+
+import click
+
+COMMANDS: list[click.Command] = []

@@ -1,0 +1,7 @@
+"""`sslvpn portal` commands."""
+
+from __future__ import annotations
+
+import click
+
+COMMANDS: list[click.Command] = []
