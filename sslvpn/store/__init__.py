@@ -1,0 +1,24 @@
+"""The store: what sslvpn remembers (users, certificates, settings, audit, leases, tokens).
+
+Models live in `models`, engine and migrations in `db`, named queries in `queries`.
+Query functions only flush; the `db.session` context manager commits on a clean exit and
+rolls back on an exception, so one `with session(engine) as s:` block is one transaction.
+Every failure the store reports is a `StoreError`, which the CLI turns into a message.
+"""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked; the message is safe to show to an operator."""
+
+
+class DuplicateError(StoreError):
+    """A row with the same unique name, serial or token already exists."""
+
+
+class NotFoundError(StoreError):
+    """The named row does not exist."""
+
+
+__all__ = ["DuplicateError", "NotFoundError", "StoreError"]

@@ -1,0 +1,224 @@
+"""The tables sslvpn remembers, as SQLModel classes (schema changes go through alembic).
+
+Enumerated strings are listed in the ``*_VALUES`` tuples and guarded by CHECK constraints.
+Every datetime column is `UTCDateTime`: aware UTC in, aware UTC out, on SQLite and
+PostgreSQL alike. Secret-bearing fields are excluded from ``repr``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import JSON, BigInteger, CheckConstraint, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from sslvpn.store.types import UTCDateTime
+
+# Deterministic constraint names keep alembic migrations (and SQLite batch mode) stable.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ROLE_VALUES = ("admin", "user")
+CERTIFICATE_KIND_VALUES = ("client", "server")
+CERTIFICATE_STATUS_VALUES = ("valid", "revoked", "superseded")
+PROTOCOLS_VALUES = ("udp", "tcp", "both")
+CONTROL_CHANNEL_VALUES = ("tls-crypt", "tls-crypt-v2")
+START_ACTION_VALUES = ("initiate", "wait")
+
+
+def utcnow() -> datetime:
+    """The default for every ``created_at``/``updated_at`` column."""
+    return datetime.now(UTC)
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> CheckConstraint:
+    """A CHECK constraint so a typo in a query cannot store an unknown state."""
+    allowed = ", ".join(f"'{value}'" for value in values)
+    return CheckConstraint(f"{column} IN ({allowed})", name=column)
+
+
+class User(SQLModel, table=True):
+    """A person who may sign in to the portal and own client certificates."""
+
+    __table_args__ = (_one_of("role", ROLE_VALUES),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    email: str | None = None
+    role: str = "user"
+    password_hash: str | None = Field(default=None, repr=False)
+    disabled: bool = False
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Certificate(SQLModel, table=True):
+    """An issued certificate; client rows keep what is needed to re-render the profile."""
+
+    __table_args__ = (
+        _one_of("kind", CERTIFICATE_KIND_VALUES),
+        _one_of("status", CERTIFICATE_STATUS_VALUES),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    serial: str = Field(unique=True, index=True)  # lowercase hex
+    subject_cn: str
+    user_id: int | None = Field(
+        default=None, foreign_key="user.id", ondelete="SET NULL", index=True
+    )
+    device: str | None = None
+    kind: str = "client"
+    not_before: datetime = Field(sa_type=UTCDateTime)
+    not_after: datetime = Field(sa_type=UTCDateTime)
+    fingerprint_sha256: str  # lowercase hex of the DER
+    status: str = "valid"
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    revocation_reason: str | None = None  # RFC 5280 reason name, e.g. "keyCompromise"
+    superseded_by: str | None = None  # serial of the renewal
+    cert_pem: str
+    key_pem: str | None = Field(default=None, repr=False)
+    tls_crypt_v2_key: str | None = Field(default=None, repr=False)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class GatewaySettings(SQLModel, table=True):
+    """What an operator configures for one gateway; lists are stored as JSON."""
+
+    __table_args__ = (
+        _one_of("protocols", PROTOCOLS_VALUES),
+        _one_of("control_channel", CONTROL_CHANNEL_VALUES),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(default="default", unique=True, index=True)
+    public_addresses: list[str] = Field(default_factory=list, sa_type=JSON)
+    port: int = 1194
+    protocols: str = "udp"
+    vpc_networks: list[str] = Field(default_factory=list, sa_type=JSON)
+    pool_cidr: str = "10.8.0.0/24"
+    pool6_cidr: str | None = None
+    dns_servers: list[str] = Field(default_factory=list, sa_type=JSON)
+    dns_domain: str | None = None
+    reneg_sec: int = 3600
+    keepalive_interval: int = 10
+    keepalive_timeout: int = 60
+    client_to_client: bool = False
+    snat: bool = False
+    control_channel: str = "tls-crypt"
+    import_token_ttl_seconds: int = 600
+    crl_days: int = 30
+    portal_listen: str = "127.0.0.1:8080"
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class AuditEntry(SQLModel, table=True):
+    """One security-relevant action: who did what to which object, from where."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+    actor: str
+    action: str = Field(index=True)
+    target: str | None = None
+    source_address: str | None = None
+    detail: str | None = None
+
+
+class AddressLease(SQLModel, table=True):
+    """The VPN address a certificate had last, so reconnecting clients keep it."""
+
+    certificate_serial: str = Field(primary_key=True)
+    address: str = Field(unique=True)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class VpnSessionRecord(SQLModel, table=True):
+    """History of one VPN connection, for the portal and accounting."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    session_id: str = Field(index=True)
+    gateway_name: str
+    user_name: str
+    certificate_serial: str = Field(index=True)
+    real_address: str
+    vpn_address: str
+    protocol: str
+    connected_at: datetime = Field(sa_type=UTCDateTime)
+    disconnected_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    bytes_in: int = Field(default=0, sa_type=BigInteger)
+    bytes_out: int = Field(default=0, sa_type=BigInteger)
+    disconnect_reason: str | None = None
+
+
+class ImportToken(SQLModel, table=True):
+    """A short-lived, single-use link to download a profile; only its hash is kept."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(unique=True, index=True)  # sha256 hex of the token
+    user_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True)
+    certificate_serial: str
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    used_from: str | None = None
+    user_agent: str | None = None
+    revoked: bool = False
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token for the REST API; only its hash is kept."""
+
+    __table_args__ = (UniqueConstraint("user_id", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True)
+    name: str
+    token_hash: str = Field(unique=True, index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class VpnGateway(SQLModel, table=True):
+    """Our side of site-to-site IPsec tunnels."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    public_address: str
+    bandwidth_bps: int | None = Field(default=None, sa_type=BigInteger)
+
+
+class CustomerGateway(SQLModel, table=True):
+    """The remote site's IPsec peer."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    address: str
+
+
+class VpnTunnel(SQLModel, table=True):
+    """One IKEv2 tunnel between a VPN gateway and a customer gateway."""
+
+    __table_args__ = (_one_of("start_action", START_ACTION_VALUES),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    gateway_id: int = Field(foreign_key="vpngateway.id", index=True)
+    customer_gateway_id: int = Field(foreign_key="customergateway.id", index=True)
+    psk: str = Field(repr=False)
+    ike_proposals: str = "aes256gcm16-prfsha256-ecp256"  # strongSwan notation
+    esp_proposals: str = "aes256gcm16"
+    start_action: str = "initiate"
+    admin_up: bool = True
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class SpdPolicy(SQLModel, table=True):
+    """A traffic selector pair protected by a tunnel; deleted with its tunnel."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    tunnel_id: int = Field(foreign_key="vpntunnel.id", ondelete="CASCADE", index=True)
+    local_cidr: str
+    peer_cidr: str
