@@ -1,0 +1,65 @@
+"""The Security Association Database: inbound SAs by SPI, each tagged with its owner (tunnel).
+
+The runtime asks one question per ESP datagram: "which SA (and so which tunnel) does this SPI
+belong to, and what is inside?". Inbound SAs stay here until the IKE core deletes them, so
+an old SA keeps working during a rekey (RFC 7296 section 2.8) until its DELETE completes.
+Unknown SPIs and short packets are counted drops, like every other ESP failure.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Generic, TypeVar
+
+from sslvpn.ipsec.esp.packet import DropReason, InboundSa, peek_spi
+
+T = TypeVar("T")
+
+
+class Sad(Generic[T]):
+    """Inbound SAs keyed by our SPI; ``open`` routes a datagram to its SA and owner."""
+
+    __slots__ = ("_inbound", "drops")
+
+    def __init__(self) -> None:
+        self._inbound: dict[int, tuple[InboundSa, T]] = {}
+        self.drops: Counter[DropReason] = Counter()  # drops before an SA was found
+
+    def add(self, sa: InboundSa, owner: T) -> None:
+        """Install an inbound SA; an SPI is ours alone, so a clash is a caller bug."""
+        if sa.spi in self._inbound:
+            raise ValueError(f"inbound SPI {sa.spi:08x} already installed")
+        self._inbound[sa.spi] = (sa, owner)
+
+    def remove(self, spi: int) -> InboundSa | None:
+        """Forget the SA with this inbound SPI (after its DELETE), returning it if present."""
+        entry = self._inbound.pop(spi, None)
+        return entry[0] if entry else None
+
+    def remove_owner(self, owner: T) -> list[InboundSa]:
+        """Forget every SA of one tunnel (IKE SA gone, tunnel down)."""
+        gone = [spi for spi, (_, o) in self._inbound.items() if o == owner]
+        return [self._inbound.pop(spi)[0] for spi in gone]
+
+    def get(self, spi: int) -> InboundSa | None:
+        entry = self._inbound.get(spi)
+        return entry[0] if entry else None
+
+    def __len__(self) -> int:
+        return len(self._inbound)
+
+    def open(self, packet: bytes) -> tuple[T, InboundSa, bytes] | DropReason:
+        """(owner, SA, inner IP packet) for an authentic fresh packet, else the drop reason."""
+        spi = peek_spi(packet)
+        if spi is None:
+            self.drops[DropReason.TRUNCATED] += 1
+            return DropReason.TRUNCATED
+        entry = self._inbound.get(spi)
+        if entry is None:
+            self.drops[DropReason.UNKNOWN_SPI] += 1
+            return DropReason.UNKNOWN_SPI
+        sa, owner = entry
+        inner = sa.open(packet)
+        if isinstance(inner, DropReason):
+            return inner
+        return owner, sa, inner
