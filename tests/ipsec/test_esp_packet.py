@@ -36,7 +36,7 @@ MCGREW_PAYLOAD = bytes.fromhex(
     "7002400020bf0000020405b401010402"
 )
 
-INNER = bytes.fromhex("4500001c000100004001f97cc0a80001c0a80002") + b"\x08\x00\xf7\xff\x00\x00\x00\x00"
+INNER = bytes.fromhex("4500001c000100004001f97cc0a80001c0a80002" "0800f7ff00000000")
 
 
 def _keys(cipher: EspCipher, seed: int = 1) -> EspKeys:
