@@ -1,0 +1,206 @@
+"""The TLS engine of the control channel: pyOpenSSL ``Connection`` over memory BIOs.
+
+One engine per key state (OpenVPN never uses TLS-level renegotiation: each key_id gets a
+brand-new TLS session, ssl_openssl.c tls_ctx_set_options). The server role requires a
+client certificate and reports chain, expiry and EKU problems as a refusal reason instead
+of a TLS alert, so the session can answer ``AUTH_FAILED,<reason>`` the way 2.6 does for
+policy failures. Revocation is the caller's business. pyOpenSSL is used rather than
+``ssl.SSLObject`` because it offers RFC 5705 ``export_keying_material`` (tls-ekm).
+Certificate validity is judged by OpenSSL against the system clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from OpenSSL import SSL, crypto
+
+READ_CHUNK = 16 * 1024 + 512  # one TLS record of plaintext, with room to spare
+EKM_DATA_KEYS_LABEL = b"EXPORTER-OpenVPN-datakeys"  # ssl_backend.h EXPORT_KEY_DATA_LABEL
+
+# OpenSSL X509_V_ERR_* codes we name in refusal reasons (x509_vfy.h).
+_VERIFY_REASONS = {
+    2: "issuer certificate unknown",
+    7: "certificate signature failure",
+    9: "certificate is not yet valid",
+    10: "certificate has expired",
+    18: "self-signed certificate",
+    19: "self-signed certificate in chain",
+    20: "certificate not issued by our CA",
+    21: "certificate not issued by our CA",
+    24: "invalid CA certificate",
+    26: "unsupported certificate purpose",
+}
+
+
+class TlsError(Exception):
+    """The TLS session failed (alert, protocol error); the key state is dead."""
+
+
+@dataclass(frozen=True)
+class TlsCredentials:
+    """Own certificate and key, intermediates to send, and the CA(s) that peers must chain to."""
+
+    certificate: x509.Certificate
+    private_key: CertificateIssuerPrivateKeyTypes = field(repr=False)
+    trust: tuple[x509.Certificate, ...]
+    chain: tuple[x509.Certificate, ...] = ()
+
+
+class TlsContext:
+    """A configured ``SSL.Context`` shared by every engine of one role."""
+
+    def __init__(self, credentials: TlsCredentials, *, server: bool) -> None:
+        self.server = server
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+        no_reneg: int = SSL.OP_NO_RENEGOTIATION  # type: ignore[attr-defined]
+        ctx.set_options(SSL.OP_NO_TICKET | no_reneg | SSL.OP_NO_COMPRESSION)
+        ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        ctx.use_certificate(_modern(credentials.certificate))
+        ctx.use_privatekey(_modern(credentials.private_key))
+        for extra in credentials.chain:
+            ctx.add_extra_chain_cert(_modern(extra))
+        ctx.check_privatekey()
+        store = ctx.get_cert_store()
+        if store is None:  # pragma: no cover - OpenSSL always provides one
+            raise TlsError("no certificate store")
+        for anchor in credentials.trust:
+            store.add_cert(crypto.X509.from_cryptography(anchor))
+        if server:
+            ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _record_verify)
+        else:
+            ctx.set_verify(SSL.VERIFY_PEER, _strict_verify)
+        self.context = ctx
+
+
+def _modern(value: object) -> Any:
+    """pyOpenSSL >= 24.3 takes cryptography objects; the installed stubs predate that."""
+    return value
+
+
+def _record_verify(
+    conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int
+) -> bool:
+    # Server role: keep the handshake going and remember the first problem, so the
+    # session can refuse with AUTH_FAILED and a reason (ssl_verify_openssl.c logs it).
+    engine = conn.get_app_data()
+    if not ok and isinstance(engine, TlsEngine) and engine.verify_error is None:
+        engine.verify_error = _VERIFY_REASONS.get(errnum, f"certificate verify error {errnum}")
+    return True
+
+
+def _strict_verify(
+    conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int
+) -> bool:
+    return bool(ok)
+
+
+def client_auth_problem(certificate: x509.Certificate) -> str | None:
+    """Why a verified chain's leaf is still not a client certificate (remote-cert-tls client)."""
+    try:
+        eku = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return "certificate has no extendedKeyUsage clientAuth"
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+        return "certificate extendedKeyUsage lacks clientAuth"
+    return None
+
+
+class TlsEngine:
+    """One TLS session over memory BIOs; plaintext writes are queued until the handshake ends."""
+
+    def __init__(self, context: TlsContext) -> None:
+        self.server = context.server
+        self._conn = SSL.Connection(context.context, None)
+        self._conn.set_app_data(self)
+        if self.server:
+            self._conn.set_accept_state()
+        else:
+            self._conn.set_connect_state()
+        self._pending: list[bytes] = []
+        self.handshake_done = False
+        self.verify_error: str | None = None
+        self.closed = False
+
+    def receive(self, ciphertext: bytes) -> None:
+        """Feed TLS bytes from the control channel (in message-id order)."""
+        if ciphertext:
+            self._conn.bio_write(ciphertext)
+
+    def process(self) -> list[bytes]:
+        """Advance the handshake and return any plaintext records that arrived."""
+        if self.closed:
+            return []
+        records: list[bytes] = []
+        try:
+            if not self.handshake_done:
+                self._conn.do_handshake()
+                self.handshake_done = True
+                self._flush()
+            while True:
+                records.append(self._conn.recv(READ_CHUNK))
+        except SSL.WantReadError:
+            pass
+        except SSL.ZeroReturnError:
+            self.closed = True
+        except SSL.Error as exc:
+            self.closed = True
+            raise TlsError(_describe(exc)) from None
+        return records
+
+    def send(self, plaintext: bytes) -> None:
+        """Queue one plaintext message; each becomes its own TLS record (forward.c)."""
+        self._pending.append(plaintext)
+        if self.handshake_done:
+            self._flush()
+
+    def _flush(self) -> None:
+        try:
+            for message in self._pending:
+                self._conn.sendall(message)
+        except SSL.Error as exc:
+            self.closed = True
+            raise TlsError(_describe(exc)) from None
+        self._pending.clear()
+
+    def outgoing(self) -> bytes:
+        """Drain the TLS bytes that should go out on the control channel."""
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunks.append(self._conn.bio_read(READ_CHUNK))
+            except SSL.WantReadError:
+                return b"".join(chunks)
+
+    def peer_certificate(self) -> x509.Certificate | None:
+        cert: x509.Certificate | None = _modern(self._conn).get_peer_certificate(
+            as_cryptography=True
+        )
+        return cert
+
+    def peer_chain(self) -> Sequence[x509.Certificate]:
+        chain: list[x509.Certificate] | None = _modern(self._conn).get_peer_cert_chain(
+            as_cryptography=True
+        )
+        return chain or []
+
+    @property
+    def version(self) -> str:
+        return self._conn.get_protocol_version_name()
+
+    def export_keying_material(self, label: bytes, length: int) -> bytes:
+        """RFC 5705 / RFC 8446 7.5 exporter without context (ssl_openssl.c, use_context=0)."""
+        if not self.handshake_done:
+            raise TlsError("keying material requested before the handshake finished")
+        return bytes(self._conn.export_keying_material(label, length))
+
+
+def _describe(exc: SSL.Error) -> str:
+    details = [part for item in exc.args for part in (item if isinstance(item, list) else [item])]
+    return "TLS error: " + "; ".join(str(detail) for detail in details)[:200]

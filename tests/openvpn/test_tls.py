@@ -1,0 +1,106 @@
+"""TLS engine over memory BIOs: handshake, plaintext records, EKM, refusal reasons."""
+
+from __future__ import annotations
+
+import pytest
+from OpenSSL import SSL
+
+from sslvpn.openvpn.tls import (
+    EKM_DATA_KEYS_LABEL,
+    TlsEngine,
+    TlsError,
+    client_auth_problem,
+)
+from tests.openvpn.conftest import Issued, Pki
+
+
+def _pump(client: TlsEngine, server: TlsEngine) -> tuple[list[bytes], list[bytes]]:
+    """Shuttle bytes until both sides are quiet; return plaintext each side received."""
+    got_client: list[bytes] = []
+    got_server: list[bytes] = []
+    for _ in range(20):
+        got_client += client.process()
+        to_server = client.outgoing()
+        server.receive(to_server)
+        got_server += server.process()
+        to_client = server.outgoing()
+        client.receive(to_client)
+        if not to_server and not to_client:
+            break
+    got_client += client.process()
+    return got_client, got_server
+
+
+def test_handshake_records_and_ekm_agree(pki: Pki) -> None:
+    client, server = TlsEngine(pki.client_context()), TlsEngine(pki.server_context())
+    client.send(b"km2 record")
+    client.send(b"PUSH_REQUEST\0")
+    got_client, got_server = _pump(client, server)
+    assert client.handshake_done and server.handshake_done
+    assert got_server == [b"km2 record", b"PUSH_REQUEST\0"]
+    server.send(b"PUSH_REPLY,ping 10\0")
+    got_client, _ = _pump(client, server)
+    assert got_client == [b"PUSH_REPLY,ping 10\0"]
+    assert server.verify_error is None
+    peer = server.peer_certificate()
+    assert peer is not None and peer == pki.client.certificate
+    assert client_auth_problem(peer) is None
+    ekm = server.export_keying_material(EKM_DATA_KEYS_LABEL, 256)
+    assert len(ekm) == 256 and ekm == client.export_keying_material(EKM_DATA_KEYS_LABEL, 256)
+    assert server.version in ("TLSv1.2", "TLSv1.3")
+
+
+def test_ekm_with_tls12(pki: Pki) -> None:
+    ctx = pki.client_context()
+    ctx.context.set_max_proto_version(SSL.TLS1_2_VERSION)
+    client, server = TlsEngine(ctx), TlsEngine(pki.server_context())
+    _pump(client, server)
+    assert server.version == "TLSv1.2"
+    assert server.export_keying_material(EKM_DATA_KEYS_LABEL, 256) == (
+        client.export_keying_material(EKM_DATA_KEYS_LABEL, 256)
+    )
+
+
+def test_tls11_is_refused(pki: Pki) -> None:
+    ctx = pki.client_context()
+    ctx.context.set_min_proto_version(SSL.TLS1_VERSION)
+    ctx.context.set_max_proto_version(SSL.TLS1_1_VERSION)
+    client, server = TlsEngine(ctx), TlsEngine(pki.server_context())
+    with pytest.raises(TlsError):
+        _pump(client, server)
+    assert not server.handshake_done
+
+
+@pytest.mark.parametrize(
+    ("who", "reason"),
+    [
+        ("foreign_client", "not issued by our CA"),
+        ("expired_client", "expired"),
+    ],
+)
+def test_bad_chain_completes_handshake_with_reason(pki: Pki, who: str, reason: str) -> None:
+    issued: Issued = getattr(pki, who)
+    ctx = pki.client_context(issued)
+    client, server = TlsEngine(ctx), TlsEngine(pki.server_context())
+    _pump(client, server)
+    assert server.handshake_done
+    assert server.verify_error is not None and reason in server.verify_error
+
+
+def test_wrong_eku_is_named(pki: Pki) -> None:
+    problem = client_auth_problem(pki.server_eku_client.certificate)
+    assert problem is not None and "clientAuth" in problem
+    assert client_auth_problem(pki.server.certificate) is not None
+
+
+def test_ekm_before_handshake_raises(pki: Pki) -> None:
+    with pytest.raises(TlsError):
+        TlsEngine(pki.server_context()).export_keying_material(EKM_DATA_KEYS_LABEL, 256)
+
+
+def test_garbage_ciphertext_fails_the_engine(pki: Pki) -> None:
+    server = TlsEngine(pki.server_context())
+    server.receive(b"\x16\x03\x01\x00\x05hello-not-tls" * 3)
+    with pytest.raises(TlsError):
+        server.process()
+    assert server.closed
