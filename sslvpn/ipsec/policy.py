@@ -1,0 +1,147 @@
+"""SPD policies: which local CIDRs may talk to which peer CIDRs, and the checks on IPsec objects.
+
+Two parts, both pure:
+- `Spd`, the per-packet lookup. Outbound (VPC -> tunnel): the destination picks the tunnel
+  by longest prefix over peer ranges, and the source must be inside a local range of that
+  same policy. Inbound (tunnel -> VPC): the inner source must be inside one of the tunnel's
+  peer ranges and the destination inside the paired local range (RFC 4301 section 5.2:
+  inbound traffic is checked against the SA's selectors). Anything else is dropped.
+- Validation of what operators type: CIDRs, overlaps, the customer gateway's address, PSK
+  strength. Each failure is a `PolicyError` whose message can be shown as is.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from sslvpn.net.routes import Network, RouteTable
+
+MIN_PSK_LENGTH = 20  # characters; cloud gateways ask for 8-64, strongSwan warns below 20
+MAX_PSK_LENGTH = 128
+T = TypeVar("T")
+
+
+class PolicyError(ValueError):
+    """An IPsec object is not acceptable; the message says why, for an operator."""
+
+
+@dataclass(frozen=True)
+class PolicyRule:
+    local: Network
+    peer: Network
+
+
+def parse_cidr(text: str, *, what: str = "CIDR") -> Network:
+    """A network from "10.1.0.0/24"; host bits set or garbage get a clear error."""
+    try:
+        return ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError:
+        try:
+            loose = ipaddress.ip_network(text.strip(), strict=False)
+        except ValueError:
+            raise PolicyError(f"{what} {text!r} is not a network like 10.1.0.0/24") from None
+        raise PolicyError(f"{what} {text!r} has host bits set; did you mean {loose}?") from None
+
+
+def check_policy(local: Network, peer: Network, taken: Iterable[tuple[str, Network]] = ()) -> None:
+    """Local and peer ranges must not overlap each other or another tunnel's peer ranges.
+
+    ``taken`` lists (tunnel name, peer range) of the *other* tunnels on the same gateway.
+    """
+    if local.version != peer.version:
+        raise PolicyError(f"local {local} and peer {peer} are of different IP versions")
+    if local.overlaps(peer):
+        raise PolicyError(f"local range {local} overlaps peer range {peer}")
+    for tunnel, other in taken:
+        for side, net in (("peer", peer), ("local", local)):
+            if net.version == other.version and net.overlaps(other):
+                raise PolicyError(
+                    f"{side} range {net} overlaps {other}, a peer range of tunnel {tunnel!r}"
+                )
+
+
+def check_unicast_address(text: str, *, what: str = "address") -> str:
+    """The normalised address if it can be a peer on the internet or a WAN, else an error."""
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise PolicyError(f"{what} {text!r} is not an IP address") from None
+    problems = (
+        (address.is_unspecified, "unspecified"),
+        (address.is_multicast, "multicast"),
+        (address.is_loopback, "loopback"),
+        (address.is_link_local, "link-local"),
+        (address.is_reserved, "reserved"),
+        (address == ipaddress.IPv4Address("255.255.255.255"), "broadcast"),
+    )
+    for bad, name in problems:
+        if bad:
+            raise PolicyError(f"{what} {address} is a {name} address, not a usable unicast one")
+    return str(address)
+
+
+def check_psk(psk: str) -> str:
+    """The PSK if it is long enough and printable; the error never contains the secret."""
+    if len(psk) < MIN_PSK_LENGTH:
+        raise PolicyError(f"pre-shared key too short: use at least {MIN_PSK_LENGTH} characters")
+    if len(psk) > MAX_PSK_LENGTH:
+        raise PolicyError(f"pre-shared key too long: at most {MAX_PSK_LENGTH} characters")
+    if not psk.isprintable() or psk != psk.strip():
+        raise PolicyError("pre-shared key must be printable, without surrounding whitespace")
+    if len(set(psk)) < 6:
+        raise PolicyError("pre-shared key too weak: use a random string")
+    return psk
+
+
+class Spd(Generic[T]):
+    """Per-packet policy lookup over every tunnel's rules (owner T = the tunnel)."""
+
+    def __init__(self) -> None:
+        # peer range -> (tunnel, the local ranges paired with it)
+        self._by_peer: RouteTable[tuple[T, tuple[Network, ...]]] = RouteTable()
+        self._rules: dict[T, list[PolicyRule]] = {}
+
+    def set_rules(self, owner: T, rules: Iterable[PolicyRule]) -> None:
+        """Replace the rules of one tunnel."""
+        self.remove(owner)
+        kept = list(rules)
+        self._rules[owner] = kept
+        locals_by_peer: dict[Network, tuple[Network, ...]] = {}
+        for rule in kept:
+            locals_by_peer[rule.peer] = locals_by_peer.get(rule.peer, ()) + (rule.local,)
+        for peer, local_ranges in locals_by_peer.items():
+            self._by_peer.add(peer, (owner, local_ranges))
+
+    def remove(self, owner: T) -> None:
+        for rule in self._rules.pop(owner, []):
+            self._by_peer.remove(rule.peer)
+
+    def rules(self, owner: T) -> list[PolicyRule]:
+        return list(self._rules.get(owner, []))
+
+    def outbound(self, source: bytes, destination: bytes) -> T | None:
+        """The tunnel a packet from the VPC goes into, or None (drop: no policy matches)."""
+        hit = self._by_peer.lookup(destination)
+        if hit is None:
+            return None
+        owner, local_ranges = hit
+        return owner if _inside(local_ranges, source) else None
+
+    def inbound_allowed(self, owner: T, source: bytes, destination: bytes) -> bool:
+        """Whether a packet that came out of ``owner``'s SA may enter the VPC."""
+        hit = self._by_peer.lookup(source)
+        return hit is not None and hit[0] == owner and _inside(hit[1], destination)
+
+
+def _inside(networks: tuple[Network, ...], address: bytes) -> bool:
+    return any(_contains(net, address) for net in networks)
+
+
+def _contains(network: Network, address: bytes) -> bool:
+    if len(address) != len(network.network_address.packed):
+        return False
+    value = int.from_bytes(address, "big")
+    return (value & int(network.netmask)) == int(network.network_address)
