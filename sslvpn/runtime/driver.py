@@ -1,0 +1,162 @@
+"""One driver per protocol session: feeds it input, then sends, dispatches and re-arms.
+
+The cores are sans-I/O (ARCHITECTURE "Protocol cores"); this is the loop around one of them.
+After every input (a datagram or TCP frame, a timer, a tunnel packet to send, a policy
+decision) the driver transmits everything the core queued, hands every event to the owner,
+and keeps exactly one loop timer armed at ``core.get_timer()``. Time is the event loop's
+monotonic clock. A handler may call back into the driver (``accept`` from a ``PeerVerified``
+handler): the pump is not re-entered, it simply runs again until the core is quiet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from sslvpn.openvpn.events import Event, SessionClosed
+from sslvpn.openvpn.push import PushConfig
+
+log = logging.getLogger(__name__)
+
+
+class SessionCore(Protocol):
+    """The surface every server-role session core offers (ARCHITECTURE "Protocol cores")."""
+
+    def receive_datagram(self, data: bytes, now: float) -> None: ...
+
+    def handle_timer(self, now: float) -> None: ...
+
+    def send_packet(self, ip_packet: bytes, now: float) -> None: ...
+
+    def accept(self, push_config: PushConfig) -> None: ...
+
+    def reject(self, reason: str) -> None: ...
+
+    def close(self) -> None: ...
+
+    def datagrams_to_send(self, now: float) -> list[bytes]: ...
+
+    def get_timer(self) -> float | None: ...
+
+    def next_event(self) -> Event | None: ...
+
+
+Transmit = Callable[[bytes], None]
+EventHandler = Callable[["SessionDriver", Event], None]
+
+
+class SessionDriver:
+    """Pumps one session core; ``closed`` turns true once it reported ``SessionClosed``."""
+
+    __slots__ = ("core", "_transmit", "_on_event", "_loop", "_timer", "_deadline",
+                 "_pumping", "_again", "closed", "now")
+
+    def __init__(
+        self,
+        core: SessionCore,
+        *,
+        transmit: Transmit,
+        on_event: EventHandler,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.core = core
+        self._transmit = transmit
+        self._on_event = on_event
+        self._loop = loop or asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
+        self._pumping = False
+        self._again = False
+        self.closed = False
+        self.now = self._loop.time()
+
+    # -- inputs ------------------------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        """A datagram (UDP) or a whole frame (TCP) from the peer."""
+        if self.closed:
+            return
+        self.now = now = self._loop.time()
+        self.core.receive_datagram(data, now)
+        self.pump()
+
+    def send_packet(self, ip_packet: bytes) -> None:
+        """A tunnel packet for the peer (the hot path from the TUN)."""
+        if self.closed:
+            return
+        self.now = now = self._loop.time()
+        self.core.send_packet(ip_packet, now)
+        self.pump()
+
+    def accept(self, push_config: PushConfig) -> None:
+        if not self.closed:
+            self.core.accept(push_config)
+            self.pump()
+
+    def reject(self, reason: str) -> None:
+        if not self.closed:
+            self.core.reject(reason)
+            self.pump()
+
+    def close(self) -> None:
+        """Ask the core to end the session politely (it queues the explicit exit)."""
+        if not self.closed:
+            self.core.close()
+            self.pump()
+
+    def stop(self) -> None:
+        """Forget the session without telling the peer (transport gone); cancels the timer."""
+        self.closed = True
+        self._cancel_timer()
+
+    # -- the pump ----------------------------------------------------------------------
+    def pump(self) -> None:
+        """Send what the core queued, dispatch its events, keep one timer."""
+        if self._pumping:
+            self._again = True
+            return
+        self._pumping = True
+        try:
+            while True:
+                self._again = False
+                core = self.core
+                for datagram in core.datagrams_to_send(self.now):
+                    self._transmit(datagram)
+                event = core.next_event()
+                while event is not None:
+                    if isinstance(event, SessionClosed):
+                        self.closed = True
+                    self._on_event(self, event)
+                    event = core.next_event()
+                if not self._again:
+                    break
+        finally:
+            self._pumping = False
+        if self.closed:
+            self._cancel_timer()
+        else:
+            self._arm(self.core.get_timer())
+
+    def _arm(self, deadline: float | None) -> None:
+        if deadline == self._deadline:
+            return
+        self._cancel_timer()
+        self._deadline = deadline
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._fire)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._deadline = None
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._deadline = None
+        if self.closed:
+            return
+        self.now = now = self._loop.time()
+        self.core.handle_timer(now)
+        self.pump()

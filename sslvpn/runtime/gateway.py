@@ -1,0 +1,362 @@
+"""The gateway: routing between the TUN and the client sessions, the registry, the policy.
+
+Data path (ARCHITECTURE "The data path"): a packet from the TUN is looked up by destination
+among the sessions' tunnel addresses and sealed by that session's driver; a packet from a
+session goes to the TUN only when its source is that session's own address (anti-spoofing)
+and its destination lies inside the VPC networks (no Internet through the VPN); with
+client-to-client on, a packet for another client's address goes straight to that session.
+Everything else is a counted drop, never a log line.
+
+Control: on ``PeerVerified`` the policy (the store) decides; a refused certificate gets
+AUTH_FAILED with the reason, an accepted one an address (its stored lease when free) and a
+PUSH_REPLY. A sweep every few seconds disconnects sessions whose certificate was revoked or
+whose user was disabled by any process. The registry implements ``GatewayControl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ipaddress
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sslvpn.net import ippacket
+from sslvpn.net.pool import AddressPool, PoolExhausted
+from sslvpn.net.routes import RouteTable
+from sslvpn.openvpn.events import (
+    Event,
+    PeerRefused,
+    PeerVerified,
+    SessionClosed,
+    SessionEstablished,
+    TunnelPacket,
+)
+from sslvpn.openvpn.push import PushConfig
+from sslvpn.runtime.control import SessionInfo, TrafficSample, TunnelStatus
+from sslvpn.runtime.driver import SessionCore, SessionDriver, Transmit
+from sslvpn.runtime.policy import Policy
+from sslvpn.runtime.tun import Tun
+
+log = logging.getLogger(__name__)
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+MAX_PEER_ID = 0xFFFFFE
+
+
+@dataclass(frozen=True)
+class GatewayOptions:
+    """The settings the data path and PUSH_REPLY need (from GatewaySettings)."""
+
+    pool: ipaddress.IPv4Network
+    vpc_networks: tuple[IPNetwork, ...]
+    dns: tuple[IPAddress, ...] = ()
+    domains: tuple[str, ...] = ()
+    keepalive_interval: int = 10
+    keepalive_timeout: int = 60
+    client_to_client: bool = False
+    tun_mtu: int = 1500
+    sweep_interval: float = 2.0
+    accounting_interval: float = 60.0
+
+
+class ClientSession:
+    """One client in the registry: who, from where, which address, how much traffic."""
+
+    __slots__ = ("session_id", "driver", "protocol", "real_address", "peer_id", "user",
+                 "serial", "device", "vpn_address", "vpn_text", "connected_at",
+                 "last_activity", "bytes_in", "bytes_out", "established", "on_closed",
+                 "end_reason")
+
+    def __init__(self, session_id: str, protocol: str, real_address: str, peer_id: int,
+                 on_closed: Callable[[], None]) -> None:
+        self.session_id = session_id
+        self.driver: SessionDriver | None = None
+        self.protocol = protocol
+        self.real_address = real_address
+        self.peer_id = peer_id
+        self.user = ""
+        self.serial = ""
+        self.device = ""
+        self.vpn_address: bytes | None = None
+        self.vpn_text = ""
+        self.connected_at = datetime.now(UTC)
+        self.last_activity = 0.0  # event-loop time
+        self.bytes_in = 0  # client -> VPC
+        self.bytes_out = 0  # VPC -> client
+        self.established = False
+        self.on_closed = on_closed
+        self.end_reason: str | None = None  # set when the gateway ends it, wins over the core's
+
+
+class Gateway:
+    """Routes packets between the TUN and the sessions and keeps the session registry."""
+
+    def __init__(self, tun: Tun, options: GatewayOptions, policy: Policy) -> None:
+        self.tun = tun
+        self.options = options
+        self.policy = policy
+        self.pool = AddressPool(options.pool)
+        self.vpc: RouteTable[bool] = RouteTable()
+        for network in options.vpc_networks:
+            self.vpc.add(network, True)
+        self.drops: collections.Counter[str] = collections.Counter()
+        self.tunnel_status_providers: list[Callable[[], list[TunnelStatus]]] = []
+        self._sessions: dict[str, ClientSession] = {}
+        self._by_address: dict[bytes, ClientSession] = {}
+        self._peer_ids = itertools.count()
+        self._ids = itertools.count(1)
+        self._closed_in = 0
+        self._closed_out = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- wiring ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start reading the TUN (call from the running loop)."""
+        self._loop = asyncio.get_running_loop()
+        self.tun.start(self._from_tun)
+
+    def new_session(
+        self,
+        core: SessionCore,
+        *,
+        transmit: Transmit,
+        protocol: str,
+        real_address: str,
+        on_closed: Callable[[], None],
+    ) -> ClientSession:
+        """Register a session a listener just created; feed it input through ``.driver``."""
+        session_id = f"{protocol}-{next(self._ids)}"
+        client = ClientSession(session_id, protocol, real_address, self._next_peer_id(),
+                               on_closed)
+        client.driver = SessionDriver(core, transmit=transmit,
+                                      on_event=lambda _d, event: self._on_event(client, event))
+        client.last_activity = client.driver.now
+        self._sessions[session_id] = client
+        return client
+
+    def _next_peer_id(self) -> int:
+        used = {c.peer_id for c in self._sessions.values()}
+        for _ in range(MAX_PEER_ID + 1):
+            candidate = next(self._peer_ids) % (MAX_PEER_ID + 1)
+            if candidate not in used:
+                return candidate
+        raise RuntimeError("no free peer-id")
+
+    # -- the data path -----------------------------------------------------------------
+    def _from_tun(self, packet: bytes) -> None:
+        dst = ippacket.destination(packet)
+        client = self._by_address.get(dst) if dst is not None else None
+        if client is None or client.driver is None:
+            self.drops["tun-no-session"] += 1
+            return
+        client.bytes_out += len(packet)
+        client.driver.send_packet(packet)
+
+    def _from_client(self, client: ClientSession, packet: bytes) -> None:
+        addrs = ippacket.addresses(packet)
+        if addrs is None:
+            self.drops["not-ip"] += 1
+            return
+        src, dst = addrs
+        if src != client.vpn_address:
+            self.drops["spoofed-source"] += 1
+            return
+        assert client.driver is not None  # noqa: S101 (set in new_session)
+        client.last_activity = client.driver.now
+        if self.vpc.lookup(dst):
+            client.bytes_in += len(packet)
+            self.tun.write(packet)
+            return
+        if self.options.client_to_client:
+            peer = self._by_address.get(dst)
+            if peer is not None and peer is not client and peer.driver is not None:
+                client.bytes_in += len(packet)
+                peer.bytes_out += len(packet)
+                peer.driver.send_packet(packet)
+                return
+        self.drops["outside-vpc"] += 1
+
+    # -- events ------------------------------------------------------------------------
+    def _on_event(self, client: ClientSession, event: Event) -> None:
+        kind = type(event)
+        if kind is TunnelPacket:
+            self._from_client(client, event.ip_packet)  # type: ignore[attr-defined]
+        elif kind is PeerVerified:
+            self._verify(client, event)  # type: ignore[arg-type]
+        elif kind is SessionEstablished:
+            client.established = True
+            log.info("session %s established: %s", client.session_id, event)
+        elif kind is PeerRefused:
+            log.warning("session %s from %s refused by the core: %s", client.session_id,
+                        client.real_address, event.reason)  # type: ignore[attr-defined]
+        elif kind is SessionClosed:
+            self._finish(client, event.reason)  # type: ignore[attr-defined]
+        else:
+            log.debug("session %s: %s", client.session_id, event)
+
+    def _verify(self, client: ClientSession, event: PeerVerified) -> None:
+        assert client.driver is not None  # noqa: S101 (set in new_session)
+        serial = format(event.certificate.serial_number, "x")
+        client.serial = serial
+        auth = self.policy.authorize(serial)
+        client.user, client.device = auth.user, auth.device
+        if auth.refusal is not None:
+            log.warning("refused %s (serial %s, user %r) from %s: %s", client.session_id,
+                        serial, auth.user, client.real_address, auth.refusal)
+            client.driver.reject(auth.refusal)
+            return
+        for other in list(self._sessions.values()):
+            if other is not client and other.serial == serial and other.vpn_address:
+                self._end(other, "replaced by a new connection with the same certificate")
+        try:
+            address = self._allocate(serial)
+        except PoolExhausted:
+            log.error("refused %s: address pool %s exhausted", client.session_id, self.pool.network)
+            client.driver.reject("address pool exhausted")
+            return
+        client.vpn_address = address.packed
+        client.vpn_text = str(address)
+        self._by_address[address.packed] = client
+        options = self.options
+        push = PushConfig(
+            ifconfig=ipaddress.IPv4Interface(f"{address}/{self.pool.network.prefixlen}"),
+            route_gateway=self.pool.gateway,  # type: ignore[arg-type]
+            peer_id=client.peer_id,
+            routes=tuple(n for n in options.vpc_networks if isinstance(n, ipaddress.IPv4Network)),
+            dns=options.dns,
+            domains=options.domains,
+            ping=options.keepalive_interval,
+            ping_restart=options.keepalive_timeout,
+            tun_mtu=options.tun_mtu,
+        )
+        log.info("accepted %s: user %r serial %s from %s as %s", client.session_id, auth.user,
+                 serial, client.real_address, address)
+        client.driver.accept(push)
+        self.policy.session_opened(self.info(client))
+
+    def _allocate(self, serial: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        leased = self.policy.lease(serial)
+        avoid = [ipaddress.ip_address(a) for a in self.policy.leased_addresses() if a != leased]
+        address = self.pool.allocate(preferred=leased, avoid=avoid)
+        if str(address) != leased:
+            self.policy.store_lease(serial, str(address))
+        return address
+
+    def _finish(self, client: ClientSession, reason: str) -> None:
+        """Forget a closed session: registry, address, accounting, listener state."""
+        if self._sessions.pop(client.session_id, None) is None:
+            return
+        reason = client.end_reason or reason
+        if client.driver is not None:
+            client.driver.stop()
+        if client.vpn_address is not None:
+            if self._by_address.get(client.vpn_address) is client:
+                del self._by_address[client.vpn_address]
+            self.pool.release(ipaddress.ip_address(client.vpn_address))
+            self.policy.session_closed(self.info(client), reason)
+            log.info("session %s (user %r, %s) closed: %s; %d bytes in, %d out",
+                     client.session_id, client.user, client.vpn_text, reason,
+                     client.bytes_in, client.bytes_out)
+        self._closed_in += client.bytes_in
+        self._closed_out += client.bytes_out
+        client.on_closed()
+
+    def _end(self, client: ClientSession, reason: str) -> None:
+        """Close politely (explicit exit queued and sent), then forget the session."""
+        client.end_reason = client.end_reason or reason
+        if client.driver is not None:
+            client.driver.close()
+        self._finish(client, reason)
+
+    def transport_lost(self, client: ClientSession, reason: str = "connection lost") -> None:
+        """A listener lost the client's transport (TCP closed): forget it silently."""
+        self._finish(client, reason)
+
+    # -- periodic work -----------------------------------------------------------------
+    async def run_sweeps(self) -> None:
+        """Disconnect revoked certificates and disabled users; write accounting counters."""
+        last_accounting = time.monotonic()
+        while True:
+            await asyncio.sleep(self.options.sweep_interval)
+            self.sweep()
+            if time.monotonic() - last_accounting >= self.options.accounting_interval:
+                last_accounting = time.monotonic()
+                live = [self.info(c) for c in self._sessions.values() if c.vpn_address]
+                self.policy.session_counters(live)
+
+    def sweep(self) -> int:
+        """One policy pass over the live sessions; returns how many were disconnected."""
+        serials = {c.serial for c in self._sessions.values() if c.serial and c.vpn_address}
+        if not serials:
+            return 0
+        refused = self.policy.unauthorized(serials)
+        ended = 0
+        for client in list(self._sessions.values()):
+            reason = refused.get(client.serial)
+            if reason is not None and client.vpn_address is not None:
+                self._end(client, reason)
+                ended += 1
+        return ended
+
+    async def shutdown(self, reason: str = "gateway shutting down") -> None:
+        """Tell every client it is over (explicit exit), then stop reading the TUN."""
+        for client in list(self._sessions.values()):
+            self._end(client, reason)
+        self.tun.close()
+
+    # -- GatewayControl ----------------------------------------------------------------
+    def info(self, client: ClientSession) -> SessionInfo:
+        loop_now = self._loop.time() if self._loop else client.last_activity
+        idle = max(0.0, loop_now - client.last_activity)
+        return SessionInfo(
+            session_id=client.session_id,
+            user=client.user,
+            certificate_serial=client.serial,
+            device=client.device,
+            real_address=client.real_address,
+            vpn_address=client.vpn_text,
+            protocol=client.protocol,
+            connected_at=client.connected_at,
+            last_activity=datetime.fromtimestamp(time.time() - idle, UTC),
+            bytes_in=client.bytes_in,
+            bytes_out=client.bytes_out,
+        )
+
+    def list_sessions(self) -> list[SessionInfo]:
+        return [self.info(c) for c in self._sessions.values() if c.vpn_address is not None]
+
+    def kick(self, session_id: str, reason: str = "kicked by admin") -> bool:
+        client = self._sessions.get(session_id)
+        if client is None:
+            return False
+        self._end(client, reason)
+        return True
+
+    def kick_user(self, user: str, reason: str = "kicked by admin") -> int:
+        clients = [c for c in self._sessions.values() if c.user == user and c.vpn_address]
+        for client in clients:
+            self._end(client, reason)
+        return len(clients)
+
+    def kick_certificate(self, serial: str, reason: str = "certificate revoked") -> int:
+        clients = [c for c in self._sessions.values() if c.serial == serial.lower()]
+        for client in clients:
+            self._end(client, reason)
+        return len(clients)
+
+    def traffic(self) -> TrafficSample:
+        live = list(self._sessions.values())
+        return TrafficSample(
+            at=datetime.now(UTC),
+            bytes_in=self._closed_in + sum(c.bytes_in for c in live),
+            bytes_out=self._closed_out + sum(c.bytes_out for c in live),
+        )
+
+    def tunnel_status(self) -> list[TunnelStatus]:
+        return [status for provider in self.tunnel_status_providers for status in provider()]

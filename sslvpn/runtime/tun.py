@@ -1,0 +1,121 @@
+"""The TUN device edge: packets between the kernel and the gateway, real or in memory.
+
+``LinuxTun`` opens a kernel TUN device through python-pytun (no packet-info header), reads it
+from the event loop in batches and writes without blocking (a full device drops, it never
+queues without bound). ``MemoryTun`` has the same surface for tests: ``inject`` plays the
+kernel handing the gateway a packet, ``written`` collects what the gateway handed back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable
+from typing import Protocol
+
+PacketSink = Callable[[bytes], None]
+
+READ_BATCH = 64  # packets read per readiness callback before yielding to other work
+READ_SIZE = 65535
+
+
+class Tun(Protocol):
+    """What the gateway needs from a TUN device."""
+
+    name: str
+    drops: int
+
+    def start(self, on_packet: PacketSink) -> None: ...
+
+    def write(self, packet: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LinuxTun:
+    """A kernel TUN device (IFF_TUN | IFF_NO_PI), read through the event loop."""
+
+    def __init__(self, name: str = "sslvpn%d", *, mtu: int = 1500) -> None:
+        import pytun  # imported here so MemoryTun users need no kernel support
+
+        self._device = pytun.TunTapDevice(name=name, flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
+        self._device.mtu = mtu
+        self.name: str = self._device.name
+        self.drops = 0
+        self._fd: int = self._device.fileno()
+        os.set_blocking(self._fd, False)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, on_packet: PacketSink) -> None:
+        """Hand every packet the kernel routes into the device to ``on_packet``."""
+        self._loop = asyncio.get_running_loop()
+        fd = self._fd
+
+        def readable() -> None:
+            for _ in range(READ_BATCH):
+                try:
+                    packet = os.read(fd, READ_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    self.drops += 1
+                    return
+                on_packet(packet)
+
+        self._loop.add_reader(fd, readable)
+
+    def write(self, packet: bytes) -> None:
+        """Give a packet to the kernel; a full device or a bad packet counts a drop."""
+        try:
+            os.write(self._fd, packet)
+        except OSError:
+            self.drops += 1
+
+    def close(self) -> None:
+        """Stop reading and destroy the device (the kernel removes its routes with it)."""
+        if self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._fd)
+            self._loop = None
+        with contextlib.suppress(OSError):
+            self._device.close()
+
+
+class MemoryTun:
+    """A TUN double: ``inject`` is the kernel sending, ``written`` what the gateway wrote."""
+
+    def __init__(self, name: str = "memtun0") -> None:
+        self.name = name
+        self.drops = 0
+        self.written: list[bytes] = []
+        self.closed = False
+        self._on_packet: PacketSink | None = None
+        self._changed = asyncio.Event()
+
+    def start(self, on_packet: PacketSink) -> None:
+        self._on_packet = on_packet
+
+    def inject(self, packet: bytes) -> None:
+        """Deliver ``packet`` to the gateway as if the kernel routed it into the device."""
+        if self._on_packet is None:
+            raise RuntimeError("MemoryTun not started")
+        self._on_packet(packet)
+
+    def write(self, packet: bytes) -> None:
+        self.written.append(packet)
+        self._changed.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._on_packet = None
+
+    async def wait_written(self, predicate: Callable[[bytes], bool], timeout: float = 5.0) -> bytes:
+        """The first written packet matching ``predicate``, waiting at most ``timeout``."""
+        async with asyncio.timeout(timeout):
+            while True:
+                for packet in self.written:
+                    if predicate(packet):
+                        return packet
+                self._changed.clear()
+                await self._changed.wait()

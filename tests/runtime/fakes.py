@@ -1,0 +1,145 @@
+"""Doubles for gateway tests: a scriptable session core and an in-memory policy."""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+from sslvpn.openvpn.events import (
+    Event,
+    PeerVerified,
+    SessionClosed,
+    SessionEstablished,
+    TunnelPacket,
+)
+from sslvpn.openvpn.key_method import parse_peer_info
+from sslvpn.openvpn.push import PushConfig
+from sslvpn.runtime.control import SessionInfo
+from sslvpn.runtime.policy import Authorization
+
+VERIFY = b"verify:"  # a datagram "verify:<serial hex>" makes the core report PeerVerified
+
+
+@dataclass(frozen=True)
+class FakeCertificate:
+    serial_number: int
+
+
+class FakeCore:
+    """A session core whose inputs are plain: ``verify:<serial>`` or an IP packet."""
+
+    def __init__(self) -> None:
+        self.events: collections.deque[Event] = collections.deque()
+        self.outbox: list[bytes] = []
+        self.accepted: PushConfig | None = None
+        self.rejected: str | None = None
+        self.closed = False
+        self.timer: float | None = None
+        self.timer_fired: list[float] = []
+
+    def receive_datagram(self, data: bytes, now: float) -> None:
+        if data.startswith(VERIFY):
+            cert: Any = FakeCertificate(int(data[len(VERIFY):], 16))
+            self.events.append(PeerVerified(cert, parse_peer_info("IV_VER=2.6.14\n")))
+        else:
+            self.events.append(TunnelPacket(data))
+
+    def handle_timer(self, now: float) -> None:
+        self.timer_fired.append(now)
+        self.timer = None
+
+    def send_packet(self, ip_packet: bytes, now: float) -> None:
+        self.outbox.append(b"D" + ip_packet)
+
+    def accept(self, push_config: PushConfig) -> None:
+        self.accepted = push_config
+        self.outbox.append(b"PUSH_REPLY")
+        self.events.append(SessionEstablished("AES-256-GCM", "prf", push_config.peer_id, "1.3"))
+
+    def reject(self, reason: str) -> None:
+        self.rejected = reason
+        self.outbox.append(b"AUTH_FAILED," + reason.encode())
+        self.events.append(SessionClosed("auth failed"))
+
+    def close(self) -> None:
+        self.closed = True
+        self.outbox.append(b"EXIT")
+        self.events.append(SessionClosed("closed locally"))
+
+    def datagrams_to_send(self, now: float) -> list[bytes]:
+        out, self.outbox = self.outbox, []
+        return out
+
+    def get_timer(self) -> float | None:
+        return self.timer
+
+    def next_event(self) -> Event | None:
+        return self.events.popleft() if self.events else None
+
+
+class MemoryPolicy:
+    """The store's answers, kept in dicts."""
+
+    def __init__(self) -> None:
+        self.certs: dict[str, tuple[str, str]] = {}  # serial -> (user, status)
+        self.disabled: set[str] = set()
+        self.leases: dict[str, str] = {}
+        self.opened: list[SessionInfo] = []
+        self.closed: list[tuple[SessionInfo, str]] = []
+        self.counters: list[SessionInfo] = []
+
+    def add(self, serial: str, user: str, status: str = "valid") -> None:
+        self.certs[serial] = (user, status)
+
+    def authorize(self, serial: str) -> Authorization:
+        if serial not in self.certs:
+            return Authorization("", "", "certificate unknown")
+        user, status = self.certs[serial]
+        refusal = None
+        if status != "valid":
+            refusal = f"certificate {status}"
+        elif user in self.disabled:
+            refusal = "user disabled"
+        return Authorization(user, "laptop", refusal)
+
+    def unauthorized(self, serials: Collection[str]) -> dict[str, str]:
+        result = {}
+        for serial in serials:
+            refusal = self.authorize(serial).refusal
+            if refusal is not None:
+                result[serial] = refusal
+        return result
+
+    def lease(self, serial: str) -> str | None:
+        return self.leases.get(serial)
+
+    def leased_addresses(self) -> list[str]:
+        return list(self.leases.values())
+
+    def store_lease(self, serial: str, address: str) -> None:
+        self.leases = {s: a for s, a in self.leases.items() if a != address}
+        self.leases[serial] = address
+
+    def session_opened(self, info: SessionInfo) -> None:
+        self.opened.append(info)
+
+    def session_counters(self, infos: Collection[SessionInfo]) -> None:
+        self.counters.extend(infos)
+
+    def session_closed(self, info: SessionInfo, reason: str) -> None:
+        self.closed.append((info, reason))
+
+
+def ipv4(src: str, dst: str, payload: bytes = b"ping") -> bytes:
+    """A minimal IPv4 packet (header fields the gateway reads are right)."""
+    header = bytearray(20)
+    header[0] = 0x45
+    header[2:4] = (20 + len(payload)).to_bytes(2, "big")
+    header[8] = 64
+    header[9] = 1
+    header[12:16] = ipaddress.ip_address(src).packed
+    header[16:20] = ipaddress.ip_address(dst).packed
+    return bytes(header) + payload

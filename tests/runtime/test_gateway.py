@@ -1,0 +1,193 @@
+"""The gateway on MemoryTun with a scripted session core: routing, policy, registry."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest_asyncio
+
+from sslvpn.runtime.gateway import ClientSession, Gateway, GatewayOptions
+from sslvpn.runtime.tun import MemoryTun
+from tests.runtime.fakes import VERIFY, FakeCore, MemoryPolicy, ipv4
+
+VPC_HOST = "10.10.0.10"
+
+
+class Harness:
+    def __init__(self, *, client_to_client: bool = False) -> None:
+        self.tun = MemoryTun()
+        self.policy = MemoryPolicy()
+        self.gateway = Gateway(
+            self.tun,
+            GatewayOptions(
+                pool=ipaddress.IPv4Network("10.8.0.0/24"),
+                vpc_networks=(ipaddress.ip_network("10.10.0.0/24"),),
+                client_to_client=client_to_client,
+            ),
+            self.policy,
+        )
+        self.gateway.start()
+        self.sent: dict[str, list[bytes]] = {}
+        self.gone: list[str] = []
+
+    def connect(self, serial: str) -> tuple[ClientSession, FakeCore]:
+        core = FakeCore()
+        wire: list[bytes] = []
+        client = self.gateway.new_session(
+            core,
+            transmit=wire.append,
+            protocol="udp",
+            real_address=f"198.18.0.2:{1000 + len(self.sent)}",
+            on_closed=lambda: self.gone.append(client.session_id),
+        )
+        self.sent[client.session_id] = wire
+        assert client.driver is not None
+        client.driver.feed(VERIFY + serial.encode())
+        return client, core
+
+
+@pytest_asyncio.fixture
+async def harness() -> Harness:
+    return Harness()
+
+
+async def test_accepted_client_gets_address_routes_and_is_listed(harness: Harness) -> None:
+    harness.policy.add("a1", "alice")
+    client, core = harness.connect("a1")
+    assert core.accepted is not None
+    assert str(core.accepted.ifconfig) == "10.8.0.2/24"
+    assert str(core.accepted.route_gateway) == "10.8.0.1"
+    assert [str(n) for n in core.accepted.routes] == ["10.10.0.0/24"]
+    assert harness.sent[client.session_id] == [b"PUSH_REPLY"]
+    [info] = harness.gateway.list_sessions()
+    assert (info.user, info.certificate_serial, info.vpn_address) == ("alice", "a1", "10.8.0.2")
+    assert harness.policy.opened[0].session_id == client.session_id
+    assert harness.policy.leases == {"a1": "10.8.0.2"}
+
+
+async def test_packets_flow_both_ways(harness: Harness) -> None:
+    harness.policy.add("a1", "alice")
+    client, _ = harness.connect("a1")
+    assert client.driver is not None
+    outbound = ipv4("10.8.0.2", VPC_HOST)
+    client.driver.feed(outbound)
+    assert harness.tun.written == [outbound]
+    inbound = ipv4(VPC_HOST, "10.8.0.2", b"pong")
+    harness.tun.inject(inbound)
+    assert harness.sent[client.session_id][-1] == b"D" + inbound
+    [info] = harness.gateway.list_sessions()
+    assert (info.bytes_in, info.bytes_out) == (len(outbound), len(inbound))
+    traffic = harness.gateway.traffic()
+    assert (traffic.bytes_in, traffic.bytes_out) == (len(outbound), len(inbound))
+
+
+async def test_spoofed_source_and_non_vpc_destination_are_dropped(harness: Harness) -> None:
+    harness.policy.add("a1", "alice")
+    client, _ = harness.connect("a1")
+    assert client.driver is not None
+    client.driver.feed(ipv4("10.8.0.99", VPC_HOST))
+    client.driver.feed(ipv4("10.8.0.2", "8.8.8.8"))
+    client.driver.feed(ipv4("10.8.0.2", "10.8.0.1"))
+    client.driver.feed(b"\x00garbage")
+    assert harness.tun.written == []
+    assert harness.gateway.drops == {"spoofed-source": 1, "outside-vpc": 2, "not-ip": 1}
+    harness.tun.inject(ipv4(VPC_HOST, "10.8.0.77"))
+    assert harness.gateway.drops["tun-no-session"] == 1
+
+
+async def test_refused_certificates_get_the_reason(harness: Harness) -> None:
+    harness.policy.add("b2", "bob", status="revoked")
+    harness.policy.add("c3", "carol")
+    harness.policy.disabled.add("carol")
+    for serial, reason in (("b2", "certificate revoked"), ("c3", "user disabled"),
+                           ("ff", "certificate unknown")):
+        client, core = harness.connect(serial)
+        assert core.rejected == reason
+        assert harness.sent[client.session_id] == [b"AUTH_FAILED," + reason.encode()]
+    assert harness.gateway.list_sessions() == []
+    assert len(harness.gone) == 3
+    assert harness.policy.leases == {}
+
+
+async def test_lease_is_kept_across_reconnects(harness: Harness) -> None:
+    harness.policy.add("a1", "alice")
+    harness.policy.add("b2", "bob")
+    first, _ = harness.connect("a1")
+    assert harness.gateway.kick(first.session_id)
+    _, bob = harness.connect("b2")
+    assert bob.accepted is not None
+    assert str(bob.accepted.ifconfig.ip) == "10.8.0.3"  # alice's lease is avoided
+    _, again = harness.connect("a1")
+    assert again.accepted is not None
+    assert str(again.accepted.ifconfig.ip) == "10.8.0.2"
+
+
+async def test_same_certificate_replaces_the_old_session(harness: Harness) -> None:
+    harness.policy.add("a1", "alice")
+    old, old_core = harness.connect("a1")
+    new, new_core = harness.connect("a1")
+    assert old_core.closed and old.session_id in harness.gone
+    assert new_core.accepted is not None and str(new_core.accepted.ifconfig.ip) == "10.8.0.2"
+    assert [s.session_id for s in harness.gateway.list_sessions()] == [new.session_id]
+    harness.tun.inject(ipv4(VPC_HOST, "10.8.0.2"))
+    assert harness.sent[new.session_id][-1].startswith(b"D")
+
+
+async def test_kick_and_revocation_sweep(harness: Harness) -> None:
+    harness.policy.add("a1", "alice")
+    harness.policy.add("b2", "bob")
+    alice, alice_core = harness.connect("a1")
+    bob, bob_core = harness.connect("b2")
+    assert harness.gateway.sweep() == 0
+    harness.policy.add("a1", "alice", status="revoked")
+    assert harness.gateway.sweep() == 1
+    assert alice_core.closed and harness.sent[alice.session_id][-1] == b"EXIT"
+    assert harness.policy.closed[-1][1] == "certificate revoked"
+    assert harness.gateway.kick_user("bob") == 1
+    assert bob_core.closed
+    assert harness.policy.closed[-1][1] == "kicked by admin"
+    assert harness.gateway.list_sessions() == []
+    assert not harness.gateway.kick("udp-99")
+    # addresses are free again
+    assert harness.gateway.pool.in_use() == set()
+
+
+async def test_client_to_client_only_when_enabled() -> None:
+    for enabled in (False, True):
+        h = Harness(client_to_client=enabled)
+        h.policy.add("a1", "alice")
+        h.policy.add("b2", "bob")
+        alice, _ = h.connect("a1")
+        bob, _ = h.connect("b2")
+        assert alice.driver is not None
+        packet = ipv4("10.8.0.2", "10.8.0.3")
+        alice.driver.feed(packet)
+        assert (h.sent[bob.session_id][-1] == b"D" + packet) is enabled
+        assert h.tun.written == []
+
+
+async def test_shutdown_says_goodbye_and_closes_the_tun(harness: Harness) -> None:
+    harness.policy.add("a1", "alice")
+    client, core = harness.connect("a1")
+    await harness.gateway.shutdown()
+    assert core.closed and harness.sent[client.session_id][-1] == b"EXIT"
+    assert harness.tun.closed
+    assert harness.policy.closed[0][1] == "gateway shutting down"
+
+
+async def test_driver_keeps_one_timer(harness: Harness) -> None:
+    import asyncio
+
+    harness.policy.add("a1", "alice")
+    client, core = harness.connect("a1")
+    assert client.driver is not None
+    loop = asyncio.get_running_loop()
+    core.timer = loop.time() + 0.01
+    client.driver.pump()
+    core.timer = loop.time() + 0.02  # moved: the earlier one must not fire
+    client.driver.pump()
+    async with asyncio.timeout(5):
+        while not core.timer_fired:
+            await asyncio.sleep(0.005)
+    assert len(core.timer_fired) == 1
+    assert core.timer_fired[0] >= loop.time() - 1
