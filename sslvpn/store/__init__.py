@@ -21,4 +21,8 @@ class NotFoundError(StoreError):
     """The named row does not exist."""
 
 
-__all__ = ["DuplicateError", "NotFoundError", "StoreError"]
+class ConflictError(StoreError):
+    """The row exists but its state forbids the change (already revoked, token used)."""
+
+
+__all__ = ["ConflictError", "DuplicateError", "NotFoundError", "StoreError"]

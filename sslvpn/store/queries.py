@@ -1,0 +1,455 @@
+"""Named queries: every read and write the rest of sslvpn makes to the store.
+
+All functions take the `Session` first and keyword-only arguments after it. They flush
+but never commit: the caller's `sslvpn.store.db.session` block is the transaction.
+A failed insert rolls back only its own savepoint, so no half-written rows remain.
+Unknown rows raise `NotFoundError`, duplicates `DuplicateError`, forbidden state changes
+`ConflictError`. Token queries live in `tokens` and are re-exported here, so callers
+import one module. IPsec tunnel queries live with the IPsec code, not here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete
+from sqlalchemy.orm.attributes import flag_modified
+from sqlmodel import Session, col, select
+
+from sslvpn.store import ConflictError, NotFoundError, StoreError
+from sslvpn.store.models import (
+    AddressLease,
+    ApiToken,
+    AuditEntry,
+    Certificate,
+    GatewaySettings,
+    ImportToken,
+    User,
+    VpnSessionRecord,
+    utcnow,
+)
+from sslvpn.store.rows import flush, insert
+from sslvpn.store.tokens import add_api_token as add_api_token
+from sslvpn.store.tokens import add_import_token as add_import_token
+from sslvpn.store.tokens import delete_api_token as delete_api_token
+from sslvpn.store.tokens import get_api_token_by_hash as get_api_token_by_hash
+from sslvpn.store.tokens import get_import_token_by_hash as get_import_token_by_hash
+from sslvpn.store.tokens import list_api_tokens as list_api_tokens
+from sslvpn.store.tokens import list_import_tokens as list_import_tokens
+from sslvpn.store.tokens import mark_import_token_used as mark_import_token_used
+from sslvpn.store.tokens import revoke_import_token as revoke_import_token
+from sslvpn.store.tokens import (
+    revoke_import_tokens_for_certificate as revoke_import_tokens_for_certificate,
+)
+from sslvpn.store.tokens import touch_api_token as touch_api_token
+
+# RFC 5280 section 5.3.1 CRLReason names (the spelling `cryptography` uses too).
+REVOCATION_REASONS = frozenset(
+    {
+        "unspecified",
+        "keyCompromise",
+        "cACompromise",
+        "affiliationChanged",
+        "superseded",
+        "cessationOfOperation",
+        "certificateHold",
+        "privilegeWithdrawn",
+        "aACompromise",
+    }
+)
+DEFAULT_LIST_LIMIT = 100
+
+# Users ---------------------------------------------------------------------------------
+
+
+def create_user(
+    s: Session,
+    *,
+    name: str,
+    role: str = "user",
+    email: str | None = None,
+    password_hash: str | None = None,
+) -> User:
+    return insert(
+        s, User(name=name, role=role, email=email, password_hash=password_hash), f"user {name!r}"
+    )
+
+
+def get_user(s: Session, *, name: str) -> User:
+    user = s.exec(select(User).where(User.name == name)).first()
+    if user is None:
+        raise NotFoundError(f"no user named {name!r}")
+    return user
+
+
+def get_user_by_id(s: Session, *, user_id: int) -> User:
+    user = s.get(User, user_id)
+    if user is None:
+        raise NotFoundError(f"no user with id {user_id}")
+    return user
+
+
+def list_users(s: Session) -> list[User]:
+    return list(s.exec(select(User).order_by(col(User.name))).all())
+
+
+def set_user_disabled(s: Session, *, name: str, disabled: bool) -> User:
+    user = get_user(s, name=name)
+    user.disabled = disabled
+    s.flush()
+    return user
+
+
+def set_user_password_hash(s: Session, *, name: str, password_hash: str | None) -> User:
+    user = get_user(s, name=name)
+    user.password_hash = password_hash
+    s.flush()
+    return user
+
+
+def set_user_role(s: Session, *, name: str, role: str) -> User:
+    user = get_user(s, name=name)
+    user.role = role
+    flush(s, f"role {role!r}")
+    return user
+
+
+def delete_user(s: Session, *, name: str) -> list[Certificate]:
+    """Delete a user and their tokens; return their still-valid certificates to revoke.
+
+    The certificates stay (unowned) so the CRL and audit trail keep them.
+    """
+    user = get_user(s, name=name)
+    certificates = list_certificates(s, user_id=user.id)
+    for certificate in certificates:
+        certificate.user_id = None
+    s.execute(delete(ImportToken).where(col(ImportToken.user_id) == user.id))
+    s.execute(delete(ApiToken).where(col(ApiToken.user_id) == user.id))
+    s.delete(user)
+    s.flush()
+    return [c for c in certificates if c.status == "valid"]
+
+
+# Certificates --------------------------------------------------------------------------
+
+
+def add_certificate(
+    s: Session,
+    *,
+    serial: str,
+    subject_cn: str,
+    kind: str,
+    not_before: datetime,
+    not_after: datetime,
+    fingerprint_sha256: str,
+    cert_pem: str,
+    user_id: int | None = None,
+    device: str | None = None,
+    key_pem: str | None = None,
+    tls_crypt_v2_key: str | None = None,
+) -> Certificate:
+    row = Certificate(
+        serial=serial.lower(),
+        subject_cn=subject_cn,
+        kind=kind,
+        not_before=not_before,
+        not_after=not_after,
+        fingerprint_sha256=fingerprint_sha256.lower(),
+        cert_pem=cert_pem,
+        user_id=user_id,
+        device=device,
+        key_pem=key_pem,
+        tls_crypt_v2_key=tls_crypt_v2_key,
+    )
+    return insert(s, row, f"certificate {serial.lower()}")
+
+
+def get_certificate(s: Session, *, serial: str) -> Certificate:
+    row = s.exec(select(Certificate).where(Certificate.serial == serial.lower())).first()
+    if row is None:
+        raise NotFoundError(f"no certificate with serial {serial.lower()}")
+    return row
+
+
+def list_certificates(
+    s: Session,
+    *,
+    user_id: int | None = None,
+    kind: str | None = None,
+    status: str | None = None,
+    expiring_within: timedelta | None = None,
+    now: datetime | None = None,
+) -> list[Certificate]:
+    """Certificates matching every filter given, oldest first.
+
+    ``expiring_within`` keeps those not yet expired at ``now`` but expired by now + delta.
+    """
+    query = select(Certificate)
+    if user_id is not None:
+        query = query.where(Certificate.user_id == user_id)
+    if kind is not None:
+        query = query.where(Certificate.kind == kind)
+    if status is not None:
+        query = query.where(Certificate.status == status)
+    if expiring_within is not None:
+        start = now or utcnow()
+        query = query.where(Certificate.not_after > start)
+        query = query.where(Certificate.not_after <= start + expiring_within)
+    return list(s.exec(query.order_by(col(Certificate.created_at), col(Certificate.id))).all())
+
+
+def mark_revoked(s: Session, *, serial: str, reason: str, at: datetime) -> Certificate:
+    if reason not in REVOCATION_REASONS:
+        raise StoreError(f"unknown revocation reason {reason!r}")
+    row = get_certificate(s, serial=serial)
+    if row.status == "revoked":
+        raise ConflictError(f"certificate {row.serial} is already revoked")
+    row.status = "revoked"
+    row.revoked_at = at
+    row.revocation_reason = reason
+    s.flush()
+    return row
+
+
+def mark_superseded(s: Session, *, serial: str, by_serial: str) -> Certificate:
+    """Record that a renewal replaced this certificate (it is not revoked)."""
+    row = get_certificate(s, serial=serial)
+    get_certificate(s, serial=by_serial)
+    if row.status != "valid":
+        raise ConflictError(f"certificate {row.serial} is {row.status}, not valid")
+    row.status = "superseded"
+    row.superseded_by = by_serial.lower()
+    s.flush()
+    return row
+
+
+def revoked_certificates(s: Session) -> list[Certificate]:
+    """What the CRL lists, in revocation order."""
+    query = select(Certificate).where(Certificate.status == "revoked")
+    return list(s.exec(query.order_by(col(Certificate.revoked_at), col(Certificate.id))).all())
+
+
+# Settings ------------------------------------------------------------------------------
+
+_JSON_SETTINGS = ("public_addresses", "vpc_networks", "dns_servers")
+
+
+def get_settings(s: Session, *, name: str = "default") -> GatewaySettings:
+    row = s.exec(select(GatewaySettings).where(GatewaySettings.name == name)).first()
+    if row is None:
+        raise NotFoundError(f"no settings for gateway {name!r}")
+    return row
+
+
+def save_settings(
+    s: Session, *, settings: GatewaySettings, now: datetime | None = None
+) -> GatewaySettings:
+    """Make the row named ``settings.name`` hold exactly these values; returns that row.
+
+    Lists changed in place are saved too (JSON columns are marked modified).
+    """
+    existing = s.exec(select(GatewaySettings).where(GatewaySettings.name == settings.name)).first()
+    row = existing or settings
+    if existing is not None and existing is not settings:
+        for field in GatewaySettings.model_fields:
+            if field != "id":
+                setattr(existing, field, getattr(settings, field))
+    row.updated_at = now or utcnow()
+    if existing is None:
+        return insert(s, row, f"settings for gateway {row.name!r}")
+    for field in _JSON_SETTINGS:
+        flag_modified(row, field)
+    flush(s, f"settings for gateway {row.name!r}")
+    return row
+
+
+# Audit ---------------------------------------------------------------------------------
+
+
+def record_audit(
+    s: Session,
+    *,
+    actor: str,
+    action: str,
+    target: str | None = None,
+    source_address: str | None = None,
+    detail: str | None = None,
+    at: datetime | None = None,
+) -> AuditEntry:
+    entry = AuditEntry(
+        at=at or utcnow(),
+        actor=actor,
+        action=action,
+        target=target,
+        source_address=source_address,
+        detail=detail,
+    )
+    return insert(s, entry, "audit entry")
+
+
+def list_audit(
+    s: Session,
+    *,
+    actor: str | None = None,
+    action: str | None = None,
+    since: datetime | None = None,
+    limit: int = DEFAULT_LIST_LIMIT,
+) -> list[AuditEntry]:
+    """Newest first."""
+    query = select(AuditEntry)
+    if actor is not None:
+        query = query.where(AuditEntry.actor == actor)
+    if action is not None:
+        query = query.where(AuditEntry.action == action)
+    if since is not None:
+        query = query.where(AuditEntry.at >= since)
+    query = query.order_by(col(AuditEntry.at).desc(), col(AuditEntry.id).desc()).limit(limit)
+    return list(s.exec(query).all())
+
+
+# Address leases ------------------------------------------------------------------------
+
+
+def get_lease(s: Session, *, serial: str) -> str | None:
+    """The address this certificate had last, if any."""
+    lease = s.get(AddressLease, serial.lower())
+    return None if lease is None else lease.address
+
+
+def set_lease(s: Session, *, serial: str, address: str, now: datetime | None = None) -> None:
+    """Give ``address`` to ``serial``, taking it from any other certificate that had it.
+
+    The runtime's address pool decides who holds an address; the store only remembers.
+    """
+    serial = serial.lower()
+    s.execute(
+        delete(AddressLease).where(
+            col(AddressLease.address) == address, col(AddressLease.certificate_serial) != serial
+        )
+    )
+    lease = s.get(AddressLease, serial)
+    if lease is None:
+        lease = AddressLease(certificate_serial=serial, address=address, updated_at=now or utcnow())
+        insert(s, lease, f"lease of {address}")
+        return
+    lease.address = address
+    lease.updated_at = now or utcnow()
+    s.flush()
+
+
+def release_lease(s: Session, *, serial: str) -> None:
+    s.execute(delete(AddressLease).where(col(AddressLease.certificate_serial) == serial.lower()))
+
+
+def leased_addresses(s: Session) -> dict[str, str]:
+    """Every remembered lease, as address -> certificate serial."""
+    leases = s.exec(select(AddressLease)).all()
+    return {lease.address: lease.certificate_serial for lease in leases}
+
+
+# VPN session records -------------------------------------------------------------------
+
+
+def open_session_record(
+    s: Session,
+    *,
+    session_id: str,
+    gateway_name: str,
+    user_name: str,
+    certificate_serial: str,
+    real_address: str,
+    vpn_address: str,
+    protocol: str,
+    connected_at: datetime,
+) -> VpnSessionRecord:
+    record = VpnSessionRecord(
+        session_id=session_id,
+        gateway_name=gateway_name,
+        user_name=user_name,
+        certificate_serial=certificate_serial.lower(),
+        real_address=real_address,
+        vpn_address=vpn_address,
+        protocol=protocol,
+        connected_at=connected_at,
+    )
+    return insert(s, record, f"session record {session_id}")
+
+
+def _open_record(s: Session, session_id: str) -> VpnSessionRecord:
+    query = (
+        select(VpnSessionRecord)
+        .where(VpnSessionRecord.session_id == session_id)
+        .where(col(VpnSessionRecord.disconnected_at).is_(None))
+        .order_by(col(VpnSessionRecord.id).desc())
+    )
+    record = s.exec(query).first()
+    if record is None:
+        raise NotFoundError(f"no open session record {session_id}")
+    return record
+
+
+def update_session_counters(
+    s: Session, *, session_id: str, bytes_in: int, bytes_out: int
+) -> VpnSessionRecord:
+    """Store the session's running byte totals (not increments)."""
+    record = _open_record(s, session_id)
+    record.bytes_in = bytes_in
+    record.bytes_out = bytes_out
+    s.flush()
+    return record
+
+
+def close_session_record(
+    s: Session,
+    *,
+    session_id: str,
+    at: datetime,
+    reason: str,
+    bytes_in: int | None = None,
+    bytes_out: int | None = None,
+) -> VpnSessionRecord:
+    record = _open_record(s, session_id)
+    record.disconnected_at = at
+    record.disconnect_reason = reason
+    if bytes_in is not None:
+        record.bytes_in = bytes_in
+    if bytes_out is not None:
+        record.bytes_out = bytes_out
+    s.flush()
+    return record
+
+
+def close_stale_session_records(
+    s: Session, *, gateway_name: str, at: datetime, reason: str = "gateway restarted"
+) -> int:
+    """Close what a crashed gateway left open; returns how many records were closed."""
+    stale = s.exec(
+        select(VpnSessionRecord)
+        .where(VpnSessionRecord.gateway_name == gateway_name)
+        .where(col(VpnSessionRecord.disconnected_at).is_(None))
+    ).all()
+    for record in stale:
+        record.disconnected_at = at
+        record.disconnect_reason = reason
+    s.flush()
+    return len(stale)
+
+
+def list_session_records(
+    s: Session,
+    *,
+    user_name: str | None = None,
+    certificate_serial: str | None = None,
+    open_only: bool = False,
+    limit: int = DEFAULT_LIST_LIMIT,
+) -> list[VpnSessionRecord]:
+    """Newest connection first."""
+    query = select(VpnSessionRecord)
+    if user_name is not None:
+        query = query.where(VpnSessionRecord.user_name == user_name)
+    if certificate_serial is not None:
+        query = query.where(VpnSessionRecord.certificate_serial == certificate_serial.lower())
+    if open_only:
+        query = query.where(col(VpnSessionRecord.disconnected_at).is_(None))
+    order = (col(VpnSessionRecord.connected_at).desc(), col(VpnSessionRecord.id).desc())
+    return list(s.exec(query.order_by(*order).limit(limit)).all())

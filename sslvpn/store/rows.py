@@ -1,0 +1,51 @@
+"""Shared write helpers for the query modules: savepointed inserts and flushes.
+
+A constraint failure rolls back only its own savepoint, so the caller's transaction stays
+usable and no half-written rows remain; the failure becomes a `StoreError` subclass.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, SQLModel
+
+from sslvpn.store import DuplicateError, NotFoundError, StoreError
+
+_Row = TypeVar("_Row", bound=SQLModel)
+
+# SQLSTATE classes (PostgreSQL) and the matching SQLite message prefixes.
+_UNIQUE = ("23505", "UNIQUE constraint failed")
+_FOREIGN_KEY = ("23503", "FOREIGN KEY constraint failed")
+
+
+def insert(s: Session, row: _Row, what: str) -> _Row:
+    """Add one row, or raise a store error naming ``what``."""
+    try:
+        with s.begin_nested():
+            s.add(row)
+    except IntegrityError as exc:
+        raise integrity_error(exc, what) from None
+    return row
+
+
+def flush(s: Session, what: str) -> None:
+    """Write pending changes, or raise a store error naming ``what``."""
+    try:
+        with s.begin_nested():
+            s.flush()
+    except IntegrityError as exc:
+        raise integrity_error(exc, what) from None
+
+
+def integrity_error(exc: IntegrityError, what: str) -> StoreError:
+    """Classify by SQLSTATE or message; never echo bound values (they may be secrets)."""
+    code = getattr(exc.orig, "sqlstate", None)
+    lines = str(exc.orig).splitlines()
+    text = lines[0] if lines else type(exc.orig).__name__
+    if code == _UNIQUE[0] or text.startswith(_UNIQUE[1]):
+        return DuplicateError(f"{what} already exists")
+    if code == _FOREIGN_KEY[0] or text.startswith(_FOREIGN_KEY[1]):
+        return NotFoundError(f"{what} refers to a row that does not exist")
+    return StoreError(f"{what} rejected by the database: {text}")

@@ -1,0 +1,69 @@
+"""Fixtures shared by the whole suite: a private PostgreSQL 15 server for store tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
+POSTGRES_OS_USER = "postgres"  # the server refuses to run as root
+POSTGRES_START_TIMEOUT_S = 60
+POSTGRES_DATABASE = "sslvpn_test"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _run_as_postgres(args: list[str]) -> None:
+    """Run a PostgreSQL tool, as the postgres OS user when we are root."""
+    extra: dict[str, Any] = {}
+    if os.geteuid() == 0:
+        extra = {"user": POSTGRES_OS_USER, "group": POSTGRES_OS_USER}
+    done = subprocess.run(args, capture_output=True, text=True, check=False, **extra)
+    if done.returncode != 0:
+        pytest.fail(f"{args[0]} failed ({done.returncode}): {done.stderr or done.stdout}")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """``postgresql+psycopg://`` URL of a throwaway cluster on 127.0.0.1 (never skipped)."""
+    missing = [t for t in ("initdb", "pg_ctl", "createdb") if not (POSTGRES_BIN / t).exists()]
+    if missing:
+        pytest.fail(f"PostgreSQL 15 tools missing in {POSTGRES_BIN}: {missing}")
+    root = Path(tempfile.mkdtemp(prefix="sslvpn-pg-"))
+    data, log = root / "data", root / "server.log"
+    if os.geteuid() == 0:
+        shutil.chown(root, POSTGRES_OS_USER, POSTGRES_OS_USER)
+    port = _free_port()
+    server_options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off"
+    pg_ctl = str(POSTGRES_BIN / "pg_ctl")
+    try:
+        _run_as_postgres(
+            [str(POSTGRES_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
+             "-E", "UTF8", "--no-sync"]
+        )  # fmt: skip
+        # -w makes pg_ctl poll until the server accepts connections, bounded by -t.
+        _run_as_postgres(
+            [pg_ctl, "-D", str(data), "-l", str(log), "-o", server_options, "-w",
+             "-t", str(POSTGRES_START_TIMEOUT_S), "start"]
+        )  # fmt: skip
+        _run_as_postgres(
+            [str(POSTGRES_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+             POSTGRES_DATABASE]
+        )  # fmt: skip
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/{POSTGRES_DATABASE}"
+    finally:
+        if (data / "postmaster.pid").exists():
+            _run_as_postgres([pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"])
+        shutil.rmtree(root, ignore_errors=True)
