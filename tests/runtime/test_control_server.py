@@ -1,0 +1,82 @@
+"""The control socket: a client in another thread drives the gateway's registry."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from sslvpn.runtime.control_server import ControlClient, ControlError, ControlServer
+from sslvpn.runtime.gateway import Gateway, GatewayOptions
+from sslvpn.runtime.tun import MemoryTun
+from tests.runtime.fakes import VERIFY, FakeCore, MemoryPolicy, ipv4
+
+
+async def test_sessions_kick_and_traffic_over_the_socket(tmp_path: Path) -> None:
+    policy = MemoryPolicy()
+    policy.add("a1", "alice")
+    policy.add("b2", "bob")
+    gateway = Gateway(
+        MemoryTun(),
+        GatewayOptions(pool=ipaddress.IPv4Network("10.8.0.0/24"),
+                       vpc_networks=(ipaddress.ip_network("10.10.0.0/24"),)),
+        policy,
+    )
+    gateway.start()
+    cores = []
+    for serial in ("a1", "b2"):
+        core = FakeCore()
+        client = gateway.new_session(core, transmit=lambda _d: None, protocol="tcp",
+                                     real_address="198.18.0.2:4000", on_closed=lambda: None)
+        assert client.driver is not None
+        client.driver.feed(VERIFY + serial.encode())
+        client.driver.feed(ipv4(str(ipaddress.ip_address(client.vpn_text)), "10.10.0.10"))
+        cores.append(core)
+    server = ControlServer(gateway, tmp_path / "control.sock")
+    await server.start()
+    try:
+        assert stat.S_IMODE(os.stat(tmp_path / "control.sock").st_mode) == 0o600
+        remote = ControlClient(tmp_path / "control.sock")
+        sessions = await asyncio.to_thread(remote.list_sessions)
+        assert [(s.user, s.vpn_address, s.protocol) for s in sessions] == [
+            ("alice", "10.8.0.2", "tcp"), ("bob", "10.8.0.3", "tcp")]
+        assert sessions[0].connected_at.tzinfo is not None
+        traffic = await asyncio.to_thread(remote.traffic)
+        assert traffic.bytes_in == 2 * 24
+        assert await asyncio.to_thread(remote.kick, sessions[0].session_id) is True
+        assert await asyncio.to_thread(remote.kick, "nope") is False
+        assert cores[0].closed
+        assert await asyncio.to_thread(remote.kick_user, "bob") == 1
+        assert await asyncio.to_thread(remote.kick_certificate, "a1") == 0
+        assert await asyncio.to_thread(remote.tunnel_status) == []
+        assert await asyncio.to_thread(remote.list_sessions) == []
+    finally:
+        await server.close()
+    assert not (tmp_path / "control.sock").exists()
+
+
+def test_no_gateway_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ControlError, match="no gateway running"):
+        ControlClient(tmp_path / "control.sock").list_sessions()
+
+
+async def test_bad_requests_are_answered_not_crashed(tmp_path: Path) -> None:
+    server = ControlServer(
+        Gateway(MemoryTun(), GatewayOptions(pool=ipaddress.IPv4Network("10.8.0.0/24"),
+                                            vpc_networks=()), MemoryPolicy()),
+        tmp_path / "c.sock",
+    )
+    await server.start()
+    try:
+        for line in (b"not json\n", b'{"op": "explode"}\n', b'{"op": "kick"}\n'):
+            reader, writer = await asyncio.open_unix_connection(str(tmp_path / "c.sock"))
+            writer.write(line)
+            answer = await reader.readline()
+            writer.close()
+            assert b'"ok": false' in answer
+    finally:
+        await server.close()
