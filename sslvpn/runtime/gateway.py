@@ -20,6 +20,7 @@ import collections
 import ipaddress
 import itertools
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,7 +111,6 @@ class Gateway:
         self._sessions: dict[str, ClientSession] = {}
         self._by_address: dict[bytes, ClientSession] = {}
         self._peer_ids = itertools.count()
-        self._ids = itertools.count(1)
         self._closed_in = 0
         self._closed_out = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -131,7 +131,7 @@ class Gateway:
         on_closed: Callable[[], None],
     ) -> ClientSession:
         """Register a session a listener just created; feed it input through ``.driver``."""
-        session_id = f"{protocol}-{next(self._ids)}"
+        session_id = f"{protocol}-{secrets.token_hex(4)}"
         client = ClientSession(session_id, protocol, real_address, self._next_peer_id(),
                                on_closed)
         client.driver = SessionDriver(core, transmit=transmit,

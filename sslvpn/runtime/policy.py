@@ -7,15 +7,17 @@ answers it from the sslvpn store, so a revocation or a disabled user written by 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import col, select
 
 from sslvpn.runtime.control import SessionInfo
-from sslvpn.store.models import AddressLease, Certificate, User, VpnSessionRecord, utcnow
+from sslvpn.store import NotFoundError, db, queries
+from sslvpn.store.models import Certificate, User, utcnow
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,11 @@ class StorePolicy:
         self._gateway_name = gateway_name
 
     def authorize(self, serial: str) -> Authorization:
-        with Session(self._engine) as s:
-            cert = s.exec(select(Certificate).where(Certificate.serial == serial)).first()
+        with db.session(self._engine) as s:
+            try:
+                cert: Certificate | None = queries.get_certificate(s, serial=serial)
+            except NotFoundError:
+                cert = None
             user = s.get(User, cert.user_id) if cert is not None and cert.user_id else None
             return Authorization(
                 user=user.name if user else "",
@@ -81,11 +86,11 @@ class StorePolicy:
     def unauthorized(self, serials: Collection[str]) -> dict[str, str]:
         if not serials:
             return {}
-        with Session(self._engine) as s:
+        with db.session(self._engine) as s:
             rows = s.exec(
                 select(Certificate, User)
-                .join(User, Certificate.user_id == User.id, isouter=True)  # type: ignore[arg-type]
-                .where(Certificate.serial.in_(list(serials)))  # type: ignore[attr-defined]
+                .join(User, col(Certificate.user_id) == col(User.id), isouter=True)
+                .where(col(Certificate.serial).in_(list(serials)))
             ).all()
             found = {cert.serial: _refusal(cert, user) for cert, user in rows}
         result = {serial: reason for serial, reason in found.items() if reason is not None}
@@ -95,67 +100,50 @@ class StorePolicy:
         return result
 
     def lease(self, serial: str) -> str | None:
-        with Session(self._engine) as s:
-            row = s.get(AddressLease, serial)
-            return row.address if row else None
+        with db.session(self._engine) as s:
+            return queries.get_lease(s, serial=serial)
 
     def leased_addresses(self) -> list[str]:
-        with Session(self._engine) as s:
-            return list(s.exec(select(AddressLease.address)).all())
+        with db.session(self._engine) as s:
+            return list(queries.leased_addresses(s))
 
     def store_lease(self, serial: str, address: str) -> None:
-        """This certificate now holds ``address``; whoever held it before loses it."""
-        with Session(self._engine) as s:
-            for other in s.exec(select(AddressLease).where(AddressLease.address == address)):
-                if other.certificate_serial != serial:
-                    s.delete(other)
-            s.flush()
-            mine = s.get(AddressLease, serial)
-            if mine is None:
-                s.add(AddressLease(certificate_serial=serial, address=address))
-            else:
-                mine.address = address
-                mine.updated_at = utcnow()
-                s.add(mine)
-            s.commit()
+        with db.session(self._engine) as s:
+            queries.set_lease(s, serial=serial, address=address)
 
     def session_opened(self, info: SessionInfo) -> None:
-        with Session(self._engine) as s:
-            s.add(
-                VpnSessionRecord(
-                    session_id=info.session_id,
-                    gateway_name=self._gateway_name,
-                    user_name=info.user,
-                    certificate_serial=info.certificate_serial,
-                    real_address=info.real_address,
-                    vpn_address=info.vpn_address,
-                    protocol=info.protocol,
-                    connected_at=info.connected_at,
-                )
+        with db.session(self._engine) as s:
+            queries.open_session_record(
+                s,
+                session_id=info.session_id,
+                gateway_name=self._gateway_name,
+                user_name=info.user,
+                certificate_serial=info.certificate_serial,
+                real_address=info.real_address,
+                vpn_address=info.vpn_address,
+                protocol=info.protocol,
+                connected_at=info.connected_at,
             )
-            s.commit()
 
     def session_counters(self, infos: Collection[SessionInfo]) -> None:
-        with Session(self._engine) as s:
+        with db.session(self._engine) as s:
             for info in infos:
-                row = self._record(s, info.session_id)
-                if row is not None:
-                    row.bytes_in, row.bytes_out = info.bytes_in, info.bytes_out
-                    s.add(row)
-            s.commit()
+                with contextlib.suppress(NotFoundError):
+                    queries.update_session_counters(
+                        s, session_id=info.session_id, bytes_in=info.bytes_in,
+                        bytes_out=info.bytes_out,
+                    )
 
     def session_closed(self, info: SessionInfo, reason: str) -> None:
-        with Session(self._engine) as s:
-            row = self._record(s, info.session_id)
-            if row is not None:
-                row.bytes_in, row.bytes_out = info.bytes_in, info.bytes_out
-                row.disconnected_at = utcnow()
-                row.disconnect_reason = reason[:200]
-                s.add(row)
-                s.commit()
+        with db.session(self._engine) as s, contextlib.suppress(NotFoundError):
+            queries.close_session_record(
+                s, session_id=info.session_id, at=utcnow(), reason=reason[:200],
+                bytes_in=info.bytes_in, bytes_out=info.bytes_out,
+            )
 
-    @staticmethod
-    def _record(s: Session, session_id: str) -> VpnSessionRecord | None:
-        return s.exec(
-            select(VpnSessionRecord).where(VpnSessionRecord.session_id == session_id)
-        ).first()
+    def close_stale_records(self) -> int:
+        """Close records a crashed run of this gateway left open."""
+        with db.session(self._engine) as s:
+            return queries.close_stale_session_records(
+                s, gateway_name=self._gateway_name, at=utcnow()
+            )

@@ -1,0 +1,75 @@
+"""StorePolicy against a real SQLite store: what the gateway sees after CLI/portal changes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from sslvpn.runtime.control import SessionInfo
+from sslvpn.runtime.policy import StorePolicy
+from sslvpn.store import db, queries
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    engine = db.open_engine(f"sqlite:///{tmp_path / 'sslvpn.db'}")
+    db.upgrade(engine)
+    now = datetime.now(UTC)
+    with db.session(engine) as s:
+        alice = queries.create_user(s, name="alice")
+        queries.create_user(s, name="bob")
+        for serial, kind, user_id in (("a1", "client", alice.id), ("5e", "server", None),
+                                      ("a2", "client", alice.id)):
+            queries.add_certificate(
+                s, serial=serial, subject_cn="x", kind=kind, not_before=now,
+                not_after=now + timedelta(days=1), fingerprint_sha256="00", cert_pem="-",
+                user_id=user_id, device="laptop",
+            )
+    return engine
+
+
+def _info(session_id: str, serial: str) -> SessionInfo:
+    now = datetime.now(UTC)
+    return SessionInfo(session_id, "alice", serial, "laptop", "198.18.0.2:5000", "10.8.0.2",
+                       "udp", now, now, 10, 20)
+
+
+def test_authorize_follows_store_changes(engine: Engine) -> None:
+    policy = StorePolicy(engine)
+    auth = policy.authorize("a1")
+    assert (auth.user, auth.device, auth.refusal) == ("alice", "laptop", None)
+    assert policy.authorize("5e").refusal == "not a client certificate"
+    assert policy.authorize("77").refusal == "certificate unknown"
+    assert policy.unauthorized({"a1", "a2", "77"}) == {"77": "certificate unknown"}
+    with db.session(engine) as s:
+        queries.mark_revoked(s, serial="a1", reason="keyCompromise", at=datetime.now(UTC))
+    assert policy.authorize("a1").refusal == "certificate revoked"
+    with db.session(engine) as s:
+        queries.set_user_disabled(s, name="alice", disabled=True)
+    assert policy.unauthorized({"a1", "a2"}) == {"a1": "certificate revoked",
+                                                 "a2": "user disabled"}
+    assert policy.unauthorized(set()) == {}
+
+
+def test_leases_and_session_records(engine: Engine) -> None:
+    policy = StorePolicy(engine)
+    assert policy.lease("a1") is None
+    policy.store_lease("a1", "10.8.0.2")
+    policy.store_lease("a2", "10.8.0.2")  # taken over
+    assert policy.lease("a1") is None
+    assert policy.leased_addresses() == ["10.8.0.2"]
+    policy.session_opened(_info("udp-1", "a1"))
+    policy.session_counters([_info("udp-1", "a1"), _info("gone", "a1")])
+    policy.session_closed(_info("udp-1", "a1"), "kicked by admin")
+    policy.session_closed(_info("never-opened", "a1"), "x")
+    policy.session_opened(_info("udp-2", "a1"))
+    assert policy.close_stale_records() == 1
+    with db.session(engine) as s:
+        records = queries.list_session_records(s, certificate_serial="a1")
+    by_id = {r.session_id: r for r in records}
+    assert by_id["udp-1"].disconnect_reason == "kicked by admin"
+    assert (by_id["udp-1"].bytes_in, by_id["udp-1"].bytes_out) == (10, 20)
+    assert by_id["udp-2"].disconnect_reason == "gateway restarted"
