@@ -1,7 +1,372 @@
-"""`sslvpn ipsec` commands."""
+"""`sslvpn ipsec` commands: VPN gateways, customer gateways, tunnels, SPD policies, status.
+
+Each command validates what the operator typed (pure checks in `sslvpn.ipsec.policy` and the
+IKE proposal parser), then writes the store. Every failure prints one line on stderr and
+exits 1. Tunnels run inside `sslvpn serve`; `up`/`down` flip the tunnel's admin switch in
+the store, which the running IPsec service follows; `status` asks the running gateway over
+its control socket.
+"""
 
 from __future__ import annotations
 
-import click
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TypeVar
 
-COMMANDS: list[click.Command] = []
+import click
+from sqlmodel import Session
+
+from sslvpn.cli.context import CliContext
+from sslvpn.config import DataPaths, database_url
+from sslvpn.ipsec.bandwidth import format_rate, parse_rate
+from sslvpn.ipsec.ike.constants import ProtocolId
+from sslvpn.ipsec.ike.proposals import ProposalError, parse_proposals
+from sslvpn.ipsec.policy import (
+    PolicyError,
+    check_policy,
+    check_psk,
+    check_unicast_address,
+    parse_cidr,
+)
+from sslvpn.runtime.control import TunnelStatus
+from sslvpn.runtime.control_server import ControlClient, ControlError
+from sslvpn.store import StoreError
+from sslvpn.store import ipsec_queries as q
+from sslvpn.store.db import open_engine, session, upgrade
+
+DEFAULT_IKE = "aes256gcm16-prfsha256-ecp256"
+DEFAULT_ESP = "aes256gcm16"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def _errors_as_one_line(func: F) -> F:
+    """Operator mistakes and store refusals become one line on stderr and exit status 1."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (PolicyError, ProposalError, StoreError, ValueError) as exc:
+            _fail(str(exc))
+        except OSError as exc:
+            _fail(f"{exc.filename or 'file'}: {exc.strerror or exc}")
+        return None
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def _store(ctx: click.Context) -> Iterator[Session]:
+    obj: CliContext = ctx.find_object(CliContext)  # type: ignore[assignment]
+    engine = open_engine(database_url(obj.data_dir, obj.database_url))
+    try:
+        upgrade(engine)
+        with session(engine) as s:
+            yield s
+    finally:
+        engine.dispose()
+
+
+def _table(rows: Sequence[tuple[str, ...]], header: tuple[str, ...]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+@click.group()
+def ipsec() -> None:
+    """Site-to-site IPsec: gateways, customer gateways, tunnels and policies."""
+
+
+# -- VPN gateways --------------------------------------------------------------------------
+@ipsec.group()
+def gateway() -> None:
+    """Our side of the tunnels (a public address in the VPC)."""
+
+
+@gateway.command("add")
+@click.argument("name")
+@click.option("--public-address", required=True, help="Our public IP, the IKE endpoint.")
+@click.option("--bandwidth", default=None, help="Cap for all its tunnels, e.g. 100M or 1G.")
+@click.pass_context
+@_errors_as_one_line
+def gateway_add(ctx: click.Context, name: str, public_address: str, bandwidth: str | None) -> None:
+    """Create a VPN gateway."""
+    address = check_unicast_address(public_address, what="public address")
+    bps = parse_rate(bandwidth) if bandwidth else None
+    with _store(ctx) as s:
+        q.create_vpn_gateway(s, name=name, public_address=address, bandwidth_bps=bps)
+    click.echo(f"VPN gateway {name} at {address}, bandwidth {format_rate(bps)}")
+
+
+@gateway.command("list")
+@click.pass_context
+@_errors_as_one_line
+def gateway_list(ctx: click.Context) -> None:
+    """List VPN gateways."""
+    with _store(ctx) as s:
+        rows = [
+            (g.name, g.public_address, format_rate(g.bandwidth_bps))
+            for g in q.list_vpn_gateways(s)
+        ]
+    _table(rows, ("NAME", "PUBLIC ADDRESS", "BANDWIDTH"))
+
+
+@gateway.command("delete")
+@click.argument("name")
+@click.pass_context
+@_errors_as_one_line
+def gateway_delete(ctx: click.Context, name: str) -> None:
+    """Delete a VPN gateway that has no tunnels."""
+    with _store(ctx) as s:
+        q.delete_vpn_gateway(s, name=name)
+    click.echo(f"deleted VPN gateway {name}")
+
+
+# -- customer gateways ---------------------------------------------------------------------
+@ipsec.group("customer-gateway")
+def customer_gateway() -> None:
+    """The peers: one per data centre, by public address."""
+
+
+@customer_gateway.command("add")
+@click.argument("name")
+@click.option("--address", required=True, help="The peer's public IP.")
+@click.pass_context
+@_errors_as_one_line
+def customer_gateway_add(ctx: click.Context, name: str, address: str) -> None:
+    """Create a customer gateway."""
+    normalised = check_unicast_address(address, what="customer gateway address")
+    with _store(ctx) as s:
+        q.create_customer_gateway(s, name=name, address=normalised)
+    click.echo(f"customer gateway {name} at {normalised}")
+
+
+@customer_gateway.command("list")
+@click.pass_context
+@_errors_as_one_line
+def customer_gateway_list(ctx: click.Context) -> None:
+    """List customer gateways."""
+    with _store(ctx) as s:
+        rows = [(c.name, c.address) for c in q.list_customer_gateways(s)]
+    _table(rows, ("NAME", "ADDRESS"))
+
+
+@customer_gateway.command("delete")
+@click.argument("name")
+@click.pass_context
+@_errors_as_one_line
+def customer_gateway_delete(ctx: click.Context, name: str) -> None:
+    """Delete a customer gateway that has no tunnels."""
+    with _store(ctx) as s:
+        q.delete_customer_gateway(s, name=name)
+    click.echo(f"deleted customer gateway {name}")
+
+
+# -- tunnels -------------------------------------------------------------------------------
+@ipsec.group()
+def tunnel() -> None:
+    """IKEv2 tunnels between a VPN gateway and a customer gateway."""
+
+
+def _read_psk(psk_stdin: bool, psk_file: Path | None) -> str:
+    if psk_stdin == (psk_file is not None):
+        raise PolicyError("give the pre-shared key with exactly one of --psk-stdin or --psk-file")
+    text = sys.stdin.read() if psk_stdin else psk_file.read_text()  # type: ignore[union-attr]
+    return check_psk(text.rstrip("\r\n"))
+
+
+@tunnel.command("add")
+@click.argument("name")
+@click.option("--gateway", "gateway_name", required=True, help="VPN gateway (our side).")
+@click.option("--customer-gateway", "customer_name", required=True, help="The peer.")
+@click.option("--psk-stdin", is_flag=True, help="Read the pre-shared key from stdin.")
+@click.option("--psk-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--ike", default=DEFAULT_IKE, show_default=True, help="IKE proposals (strongSwan).")
+@click.option("--esp", default=DEFAULT_ESP, show_default=True, help="ESP proposals (strongSwan).")
+@click.option("--initiate/--wait", default=True, help="Start the tunnel, or wait for the peer.")
+@click.pass_context
+@_errors_as_one_line
+def tunnel_add(
+    ctx: click.Context,
+    name: str,
+    gateway_name: str,
+    customer_name: str,
+    psk_stdin: bool,
+    psk_file: Path | None,
+    ike: str,
+    esp: str,
+    initiate: bool,
+) -> None:
+    """Create a tunnel (PSK authentication, proposals in strongSwan notation)."""
+    psk = _read_psk(psk_stdin, psk_file)
+    parse_proposals(ike, ProtocolId.IKE)
+    parse_proposals(esp, ProtocolId.ESP)
+    with _store(ctx) as s:
+        q.create_tunnel(
+            s,
+            name=name,
+            gateway=gateway_name,
+            customer_gateway=customer_name,
+            psk=psk,
+            ike_proposals=ike,
+            esp_proposals=esp,
+            start_action="initiate" if initiate else "wait",
+        )
+    click.echo(f"tunnel {name}: {gateway_name} <-> {customer_name}, ike {ike}, esp {esp}")
+
+
+@tunnel.command("list")
+@click.pass_context
+@_errors_as_one_line
+def tunnel_list(ctx: click.Context) -> None:
+    """List tunnels (never their keys)."""
+    with _store(ctx) as s:
+        rows = [
+            (c.name, c.gateway, c.remote_address, c.ike_proposals, c.esp_proposals,
+             "initiate" if c.initiate else "wait", "up" if c.admin_up else "down")
+            for c in q.tunnel_configs(s)
+        ]
+    _table(rows, ("NAME", "GATEWAY", "PEER", "IKE", "ESP", "START", "ADMIN"))
+
+
+@tunnel.command("delete")
+@click.argument("name")
+@click.pass_context
+@_errors_as_one_line
+def tunnel_delete(ctx: click.Context, name: str) -> None:
+    """Delete a tunnel and its policies."""
+    with _store(ctx) as s:
+        q.delete_tunnel(s, name=name)
+    click.echo(f"deleted tunnel {name}")
+
+
+# -- policies ------------------------------------------------------------------------------
+@ipsec.group()
+def policy() -> None:
+    """SPD policies: which local CIDRs may talk to which peer CIDRs through a tunnel."""
+
+
+@policy.command("add")
+@click.argument("tunnel_name", metavar="TUNNEL")
+@click.option("--local", "local_cidr", required=True, help="A VPC-side CIDR.")
+@click.option("--peer", "peer_cidr", required=True, help="A CIDR behind the customer gateway.")
+@click.pass_context
+@_errors_as_one_line
+def policy_add(ctx: click.Context, tunnel_name: str, local_cidr: str, peer_cidr: str) -> None:
+    """Allow LOCAL <-> PEER traffic through TUNNEL."""
+    local = parse_cidr(local_cidr, what="local CIDR")
+    peer = parse_cidr(peer_cidr, what="peer CIDR")
+    with _store(ctx) as s:
+        ranges = q.peer_ranges_on_gateway(s, tunnel=tunnel_name)
+        taken = [(other, parse_cidr(cidr)) for other, cidr in ranges]
+        check_policy(local, peer, taken)
+        q.add_policy(s, tunnel=tunnel_name, local_cidr=str(local), peer_cidr=str(peer))
+    click.echo(f"policy {local} <-> {peer} on tunnel {tunnel_name}")
+
+
+@policy.command("list")
+@click.argument("tunnel_name", metavar="[TUNNEL]", required=False)
+@click.pass_context
+@_errors_as_one_line
+def policy_list(ctx: click.Context, tunnel_name: str | None) -> None:
+    """List policies, of one tunnel or all."""
+    with _store(ctx) as s:
+        rows = [(t, p.local_cidr, p.peer_cidr) for t, p in q.list_policies(s, tunnel=tunnel_name)]
+    _table(rows, ("TUNNEL", "LOCAL", "PEER"))
+
+
+@policy.command("delete")
+@click.argument("tunnel_name", metavar="TUNNEL")
+@click.option("--local", "local_cidr", required=True)
+@click.option("--peer", "peer_cidr", required=True)
+@click.pass_context
+@_errors_as_one_line
+def policy_delete(ctx: click.Context, tunnel_name: str, local_cidr: str, peer_cidr: str) -> None:
+    """Remove one policy from TUNNEL."""
+    local = parse_cidr(local_cidr, what="local CIDR")
+    peer = parse_cidr(peer_cidr, what="peer CIDR")
+    with _store(ctx) as s:
+        q.delete_policy(s, tunnel=tunnel_name, local_cidr=str(local), peer_cidr=str(peer))
+    click.echo(f"deleted policy {local} <-> {peer} from tunnel {tunnel_name}")
+
+
+# -- runtime -------------------------------------------------------------------------------
+def _set_admin(ctx: click.Context, name: str, up: bool) -> None:
+    with _store(ctx) as s:
+        q.set_tunnel_admin_up(s, name=name, up=up)
+    click.echo(f"tunnel {name} set {'up' if up else 'down'}; the running gateway follows")
+
+
+@ipsec.command("up")
+@click.argument("name")
+@click.pass_context
+@_errors_as_one_line
+def tunnel_up(ctx: click.Context, name: str) -> None:
+    """Bring a tunnel up (and keep it up)."""
+    _set_admin(ctx, name, True)
+
+
+@ipsec.command("down")
+@click.argument("name")
+@click.pass_context
+@_errors_as_one_line
+def tunnel_down(ctx: click.Context, name: str) -> None:
+    """Take a tunnel down (and keep it down)."""
+    _set_admin(ctx, name, False)
+
+
+def _published(data_dir: Path) -> tuple[dict[str, TunnelStatus], str | None]:
+    """What the running gateway reports, or why nothing could be asked."""
+    try:
+        rows = ControlClient(DataPaths(data_dir).control_socket).tunnel_status()
+    except ControlError as exc:
+        return {}, str(exc)
+    return {t.name: t for t in rows}, None
+
+
+@ipsec.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+@_errors_as_one_line
+def status(ctx: click.Context, as_json: bool) -> None:
+    """State, SPIs and counters of every tunnel, from the running gateway."""
+    obj: CliContext = ctx.find_object(CliContext)  # type: ignore[assignment]
+    with _store(ctx) as s:
+        names = [t.name for t in q.list_tunnels(s)]
+    published, problem = _published(obj.data_dir)
+    down = {"state": "down", "last_error": problem}
+    if as_json:
+        out = []
+        for name in names:
+            entry = published.get(name)
+            data: dict[str, Any] = asdict(entry) if entry else {"name": name, **down}
+            if entry and entry.established_at:
+                data["established_at"] = entry.established_at.isoformat()
+            out.append(data)
+        click.echo(json.dumps(out, indent=2))
+        return
+    rows = []
+    for name in names:
+        t = published.get(name)
+        if t is None:
+            rows.append((name, "down", "-", "-", "-", "-", problem or "not running"))
+            continue
+        since = t.established_at.strftime("%Y-%m-%d %H:%M:%S") if t.established_at else "-"
+        spis = f"{t.spi_in}/{t.spi_out}" if t.spi_in else "-"
+        rows.append((name, t.state, since, spis, f"{t.bytes_in}/{t.packets_in}",
+                     f"{t.bytes_out}/{t.packets_out}", t.last_error or ""))
+    _table(rows, ("TUNNEL", "STATE", "SINCE", "SPI IN/OUT", "IN B/PKT", "OUT B/PKT", "LAST ERROR"))
+
+
+COMMANDS: list[click.Command] = [ipsec]

@@ -1,0 +1,119 @@
+"""`sslvpn ipsec ...` against a real SQLite store: happy paths and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from sslvpn.cli import main
+
+PSK = "Zq8-lab-psk-0123456789abcdef"
+Run = Callable[..., Result]
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Run:
+    runner = CliRunner()
+
+    def invoke(*args: str, stdin: str | None = None) -> Result:
+        return runner.invoke(main, ["--data-dir", str(tmp_path), "ipsec", *args], input=stdin)
+
+    return invoke
+
+
+def ok(result: Result) -> str:
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def fails(result: Result, message: str) -> None:
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert message in lines[0]
+
+
+def _setup(run: Run) -> None:
+    ok(run("gateway", "add", "vgw", "--public-address", "198.18.0.2", "--bandwidth", "1G"))
+    ok(run("customer-gateway", "add", "dc1", "--address", "198.18.0.1"))
+    ok(run("customer-gateway", "add", "dc2", "--address", "198.18.1.1"))
+    ok(run("tunnel", "add", "t1", "--gateway", "vgw", "--customer-gateway", "dc1",
+           "--psk-stdin", "--ike", "aes256-sha256-modp2048,aes256gcm16-prfsha256-curve25519",
+           "--esp", "aes256-sha256", "--wait", stdin=PSK + "\n"))
+    ok(run("policy", "add", "t1", "--local", "10.2.0.0/24", "--peer", "10.1.0.0/24"))
+
+
+def test_objects_round_trip_and_keys_stay_secret(run: Run, tmp_path: Path) -> None:
+    _setup(run)
+    psk_file = tmp_path / "psk"
+    psk_file.write_text(PSK + "-two\n")
+    ok(run("tunnel", "add", "t2", "--gateway", "vgw", "--customer-gateway", "dc2",
+           "--psk-file", str(psk_file)))
+    assert "1G" in ok(run("gateway", "list"))
+    listing = ok(run("tunnel", "list"))
+    assert "t1" in listing and "aes256-sha256-modp2048" in listing and "wait" in listing
+    assert "aes256gcm16-prfsha256-ecp256" in listing  # t2's default IKE proposal
+    assert PSK not in listing
+    assert "10.1.0.0/24" in ok(run("policy", "list", "t1"))
+    ok(run("down", "t1"))
+    assert "down" in ok(run("tunnel", "list")).splitlines()[1]
+    ok(run("up", "t1"))
+    ok(run("policy", "delete", "t1", "--local", "10.2.0.0/24", "--peer", "10.1.0.0/24"))
+    assert "10.1.0.0" not in ok(run("policy", "list"))
+    ok(run("tunnel", "delete", "t1"))
+    ok(run("customer-gateway", "delete", "dc1"))
+    assert "dc1" not in ok(run("customer-gateway", "list"))
+
+
+def test_status_without_a_running_gateway(run: Run) -> None:
+    _setup(run)
+    rows = json.loads(ok(run("status", "--json")))
+    assert rows[0]["name"] == "t1" and rows[0]["state"] == "down"
+    assert "no gateway running" in rows[0]["last_error"]
+    assert "t1" in ok(run("status"))
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        (("customer-gateway", "add", "x", "--address", "224.0.0.1"), None, "multicast"),
+        (("customer-gateway", "add", "x", "--address", "dc.example"), None, "not an IP address"),
+        (("customer-gateway", "add", "dc1", "--address", "198.18.5.5"), None, "already exists"),
+        (("gateway", "add", "g2", "--public-address", "198.18.0.9", "--bandwidth", "fast"), None,
+         "not a rate"),
+        (("tunnel", "add", "t9", "--gateway", "vgw", "--customer-gateway", "dc2", "--psk-stdin"),
+         "short\n", "too short"),
+        (("tunnel", "add", "t9", "--gateway", "vgw", "--customer-gateway", "dc2"), None,
+         "exactly one of --psk-stdin or --psk-file"),
+        (("tunnel", "add", "t9", "--gateway", "vgw", "--customer-gateway", "dc2", "--psk-stdin",
+          "--ike", "aes256-md5-modp1024"), PSK, "unsupported algorithm"),
+        (("tunnel", "add", "t9", "--gateway", "nope", "--customer-gateway", "dc2", "--psk-stdin"),
+         PSK, "no VPN gateway named 'nope'"),
+        (("policy", "add", "t1", "--local", "10.2.0.0/16", "--peer", "10.2.3.0/24"), None,
+         "overlaps peer range"),
+        (("policy", "add", "t1", "--local", "10.2.0.1/24", "--peer", "10.9.0.0/24"), None,
+         "did you mean 10.2.0.0/24"),
+        (("policy", "add", "t1", "--local", "10.2.0.0/24", "--peer", "10.1.0.0/24"), None,
+         "already has policy"),
+        (("gateway", "delete", "vgw"), None, "still has tunnels: t1"),
+        (("up", "nope"), None, "no tunnel named 'nope'"),
+    ],
+)
+def test_errors_are_one_clear_line(
+    run: Run, args: tuple[str, ...], stdin: str | None, message: str
+) -> None:
+    _setup(run)
+    fails(run(*args, stdin=stdin), message)
+
+
+def test_peer_ranges_may_not_overlap_another_tunnel_on_the_gateway(run: Run) -> None:
+    _setup(run)
+    ok(run("tunnel", "add", "t2", "--gateway", "vgw", "--customer-gateway", "dc2", "--psk-stdin",
+           stdin=PSK))
+    fails(run("policy", "add", "t2", "--local", "10.2.0.0/24", "--peer", "10.1.0.0/16"),
+          "a peer range of tunnel 't1'")
+    ok(run("policy", "add", "t2", "--local", "10.2.0.0/24", "--peer", "10.3.0.0/24"))
