@@ -1,0 +1,197 @@
+"""Read-side lifecycle operations: what expires when, and a user's rendered profile.
+
+`expiry_report` covers everything that can lock clients out when it lapses (client
+certificates, the server certificate, the CA and the CRL); `render_profile` turns a
+stored client certificate plus the gateway settings into an ``.ovpn`` text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from client_profiles.ovpn import ProfileMaterial, Transport, remotes_for, render_ovpn
+from client_profiles.pki import certificate_facts, crl_next_update, load_certificate
+from client_profiles.pkifiles import LifecycleError, read_text, require_initialised
+from sslvpn.config import DataPaths
+from sslvpn.store.db import session
+from sslvpn.store.models import Certificate, User, utcnow
+from sslvpn.store.queries import get_certificate, get_settings, get_user, record_audit
+
+ItemKind = Literal["ca", "server", "client", "crl"]
+
+
+@dataclass(frozen=True)
+class ExpiryItem:
+    """One thing that expires: a certificate or the CRL (whose expiry is nextUpdate)."""
+
+    kind: ItemKind
+    name: str
+    serial: str | None
+    not_after: datetime
+    status: str  # valid, revoked, superseded or expired
+    user: str | None = None
+    device: str | None = None
+
+
+@dataclass(frozen=True)
+class RenderedProfile:
+    """A profile ready to save or serve, with a file name that identifies it."""
+
+    serial: str
+    file_name: str
+    text: str = field(repr=False)
+
+
+def expiry_report(
+    paths: DataPaths,
+    engine: Engine,
+    *,
+    within: timedelta | None = None,
+    now: datetime | None = None,
+) -> list[ExpiryItem]:
+    """Everything that expires, soonest first; with ``within``, only what is valid now
+    (or already lapsed while still in use) and expires before ``now + within``."""
+    now = now or utcnow()
+    require_initialised(paths)
+    items = _file_items(paths, now)
+    with session(engine) as s:
+        items += _certificate_items(s, now)
+    if within is not None:
+        horizon = now + within
+        items = [i for i in items if i.status in ("valid", "expired") and i.not_after <= horizon]
+    return sorted(items, key=lambda item: item.not_after)
+
+
+def render_profile(
+    engine: Engine,
+    paths: DataPaths,
+    *,
+    serial: str | None = None,
+    user_name: str | None = None,
+    device: str | None = None,
+    proto: Transport | None = None,
+    actor: str,
+    source_address: str | None = None,
+    now: datetime | None = None,
+) -> RenderedProfile:
+    """The ``.ovpn`` for a certificate (by serial, or a user's newest for a device)."""
+    if (serial is None) == (user_name is None):
+        raise LifecycleError("name exactly one of a serial or a user")
+    now = now or utcnow()
+    require_initialised(paths)
+    ca_pem = read_text(paths.ca_cert, "CA certificate")
+    server_name = certificate_facts(
+        load_certificate(read_text(paths.server_cert, "server certificate").encode("ascii"))
+    ).subject_cn
+    with session(engine) as s:
+        row = _profile_certificate(s, serial, user_name, device, now)
+        settings = get_settings(s)
+        try:
+            remotes = remotes_for(
+                settings.public_addresses,
+                port=settings.port,
+                protocols=_protocols(settings.protocols),
+                only=proto,
+            )
+        except ValueError as exc:
+            raise LifecycleError(str(exc)) from None
+        use_v2 = settings.control_channel == "tls-crypt-v2"
+        material = ProfileMaterial(
+            friendly_name=f"{row.subject_cn} @ {settings.public_addresses[0]}",
+            server_name=server_name,
+            remotes=remotes,
+            ca_pem=ca_pem,
+            cert_pem=row.cert_pem,
+            key_pem=row.key_pem or "",
+            tls_crypt_key=None if use_v2 else read_text(paths.tls_crypt_key, "tls-crypt key"),
+            tls_crypt_v2_key=row.tls_crypt_v2_key if use_v2 else None,
+        )
+        text = render_ovpn(material)
+        record_audit(
+            s,
+            actor=actor,
+            action="profile.render",
+            target=row.serial,
+            at=now,
+            source_address=source_address,
+            detail=f"proto={proto or settings.protocols}",
+        )
+    return RenderedProfile(serial=row.serial, file_name=f"{row.subject_cn}.ovpn", text=text)
+
+
+def _protocols(value: str) -> Literal["udp", "tcp", "both"]:
+    known: dict[str, Literal["udp", "tcp", "both"]] = {"udp": "udp", "tcp": "tcp", "both": "both"}
+    if value not in known:
+        raise LifecycleError(f"stored protocol setting {value!r} is unknown")
+    return known[value]
+
+
+def _profile_certificate(
+    s: Session, serial: str | None, user_name: str | None, device: str | None, now: datetime
+) -> Certificate:
+    if serial is not None:
+        row = get_certificate(s, serial=serial)
+    else:
+        user = get_user(s, name=str(user_name))
+        query = (
+            select(Certificate)
+            .where(Certificate.user_id == user.id, Certificate.kind == "client")
+            .where(Certificate.status == "valid", Certificate.device == device)
+            .order_by(col(Certificate.not_after).desc())
+        )
+        found = s.exec(query).first()
+        if found is None:
+            which = f"device {device!r}" if device else "no device"
+            raise LifecycleError(f"user {user.name!r} has no valid certificate for {which}")
+        row = found
+    if row.kind != "client" or row.key_pem is None:
+        raise LifecycleError(f"certificate {row.serial} is not a client certificate")
+    if row.status != "valid":
+        raise LifecycleError(f"certificate {row.serial} is {row.status}")
+    if row.not_after <= now:
+        raise LifecycleError(f"certificate {row.serial} has expired; renew it")
+    if row.user_id is not None:
+        owner = s.get(User, row.user_id)
+        if owner is not None and owner.disabled:
+            raise LifecycleError(f"user {owner.name!r} is disabled")
+    return row
+
+
+def _file_items(paths: DataPaths, now: datetime) -> list[ExpiryItem]:
+    ca = certificate_facts(load_certificate(read_text(paths.ca_cert, "CA").encode("ascii")))
+    items = [
+        ExpiryItem(
+            "ca", ca.subject_cn, ca.serial, ca.not_after, _status("valid", ca.not_after, now)
+        )
+    ]
+    try:
+        _, next_update = crl_next_update(paths.crl_pem.read_bytes())
+    except (OSError, ValueError):
+        next_update = now  # a missing or unreadable CRL is as bad as an expired one
+    items.append(ExpiryItem("crl", "CRL", None, next_update, _status("valid", next_update, now)))
+    return items
+
+
+def _certificate_items(s: Session, now: datetime) -> list[ExpiryItem]:
+    users = {u.id: u.name for u in s.exec(select(User)).all()}
+    return [
+        ExpiryItem(
+            kind="server" if row.kind == "server" else "client",
+            name=row.subject_cn,
+            serial=row.serial,
+            not_after=row.not_after,
+            status=_status(row.status, row.not_after, now),
+            user=users.get(row.user_id),
+            device=row.device,
+        )
+        for row in s.exec(select(Certificate)).all()
+    ]
+
+
+def _status(stored: str, not_after: datetime, now: datetime) -> str:
+    return "expired" if stored == "valid" and not_after <= now else stored
