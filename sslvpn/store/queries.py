@@ -13,7 +13,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete
-from sqlalchemy.orm.attributes import flag_modified
 from sqlmodel import Session, col, select
 
 from sslvpn.store import ConflictError, NotFoundError, StoreError
@@ -28,7 +27,7 @@ from sslvpn.store.models import (
     VpnSessionRecord,
     utcnow,
 )
-from sslvpn.store.rows import flush, insert
+from sslvpn.store.rows import assign, insert
 from sslvpn.store.tokens import add_api_token as add_api_token
 from sslvpn.store.tokens import add_import_token as add_import_token
 from sslvpn.store.tokens import delete_api_token as delete_api_token
@@ -109,8 +108,7 @@ def set_user_password_hash(s: Session, *, name: str, password_hash: str | None) 
 
 def set_user_role(s: Session, *, name: str, role: str) -> User:
     user = get_user(s, name=name)
-    user.role = role
-    flush(s, f"role {role!r}")
+    assign(s, user, f"role {role!r}", {"role": role})
     return user
 
 
@@ -231,9 +229,6 @@ def revoked_certificates(s: Session) -> list[Certificate]:
 
 # Settings ------------------------------------------------------------------------------
 
-_JSON_SETTINGS = ("public_addresses", "vpc_networks", "dns_servers")
-
-
 def get_settings(s: Session, *, name: str = "default") -> GatewaySettings:
     row = s.exec(select(GatewaySettings).where(GatewaySettings.name == name)).first()
     if row is None:
@@ -246,21 +241,21 @@ def save_settings(
 ) -> GatewaySettings:
     """Make the row named ``settings.name`` hold exactly these values; returns that row.
 
-    Lists changed in place are saved too (JSON columns are marked modified).
+    Lists changed in place are saved too. ``settings`` may be the stored row itself or a
+    fresh object whose values replace the stored ones.
     """
-    existing = s.exec(select(GatewaySettings).where(GatewaySettings.name == settings.name)).first()
-    row = existing or settings
-    if existing is not None and existing is not settings:
-        for field in GatewaySettings.model_fields:
-            if field != "id":
-                setattr(existing, field, getattr(settings, field))
-    row.updated_at = now or utcnow()
+    values = {f: getattr(settings, f) for f in GatewaySettings.model_fields if f != "id"}
+    values["updated_at"] = now or utcnow()
+    what = f"settings for gateway {settings.name!r}"
+    with s.no_autoflush:
+        existing = s.exec(
+            select(GatewaySettings).where(GatewaySettings.name == settings.name)
+        ).first()
     if existing is None:
-        return insert(s, row, f"settings for gateway {row.name!r}")
-    for field in _JSON_SETTINGS:
-        flag_modified(row, field)
-    flush(s, f"settings for gateway {row.name!r}")
-    return row
+        settings.updated_at = values["updated_at"]
+        return insert(s, settings, what)
+    assign(s, existing, what, values)
+    return existing
 
 
 # Audit ---------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Shared write helpers for the query modules: savepointed inserts and flushes.
+"""Shared write helpers for the query modules: savepointed inserts and updates.
 
 A constraint failure rolls back only its own savepoint, so the caller's transaction stays
 usable and no half-written rows remain; the failure becomes a `StoreError` subclass.
@@ -6,9 +6,10 @@ usable and no half-written rows remain; the failure becomes a `StoreError` subcl
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import flag_modified
 from sqlmodel import Session, SQLModel
 
 from sslvpn.store import DuplicateError, NotFoundError, StoreError
@@ -31,10 +32,29 @@ def insert(s: Session, row: _Row, what: str) -> _Row:
 
 
 def flush(s: Session, what: str) -> None:
-    """Write pending changes, or raise a store error naming ``what``."""
+    """Write pending changes (e.g. a delete), turning a rejection into a store error.
+
+    Unlike `insert` and `assign`, the failed changes were pending before any savepoint,
+    so after an error the caller's whole transaction is rolled back.
+    """
+    try:
+        s.flush()
+    except IntegrityError as exc:
+        raise integrity_error(exc, what) from None
+
+
+def assign(s: Session, row: SQLModel, what: str, values: dict[str, Any]) -> None:
+    """Change columns of a stored row, or raise a store error naming ``what``.
+
+    The changes are made inside the savepoint (entering it flushes what was already
+    pending), so a rejected change rolls back alone and the row keeps its old values.
+    """
     try:
         with s.begin_nested():
-            s.flush()
+            for name, value in values.items():
+                setattr(row, name, value)
+                if isinstance(value, list | dict):
+                    flag_modified(row, name)  # JSON changed in place is not detected
     except IntegrityError as exc:
         raise integrity_error(exc, what) from None
 
