@@ -12,8 +12,8 @@ KEYS = EspKeys(b"\x01" * 36)
 
 def _sa(spi: int) -> tuple[OutboundSa, InboundSa]:
     return (
-        OutboundSa(spi, EspCipher.AES256_GCM16, KEYS),
-        InboundSa(spi, EspCipher.AES256_GCM16, KEYS),
+        OutboundSa(spi, EspCipher.AES_GCM16, KEYS),
+        InboundSa(spi, EspCipher.AES_GCM16, KEYS),
     )
 
 
@@ -42,7 +42,7 @@ def test_rekeyed_sa_stays_until_removed_and_clashes_are_refused() -> None:
     sad.add(old_in, "dc1")
     sad.add(new_in, "dc1")
     with pytest.raises(ValueError):
-        sad.add(InboundSa(0x1000, EspCipher.AES256_GCM16, KEYS), "dc2")
+        sad.add(InboundSa(0x1000, EspCipher.AES_GCM16, KEYS), "dc2")
     late = old_out.seal(b"late")
     assert sad.open(new_out.seal(b"new"))[2] == b"new"  # type: ignore[index]
     assert sad.open(late)[2] == b"late"  # type: ignore[index]

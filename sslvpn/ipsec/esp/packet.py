@@ -1,8 +1,8 @@
 """ESP tunnel-mode packet protection (RFC 4303) for the two suites sslvpn negotiates.
 
-- AES-256-GCM-16 (RFC 4106): 36 bytes of key material (32-byte key + 4-byte salt), an 8-byte
+- AES-GCM-16 (RFC 4106): key material = AES key + 4-byte salt (36 bytes for AES-256), an 8-byte
   explicit IV (our 64-bit sequence counter, so it never repeats under one key), AAD = SPI|Seq.
-- AES-256-CBC (RFC 3602) + HMAC-SHA-256-128 (RFC 4868): a random 16-byte IV and an ICV over
+- AES-CBC (RFC 3602) + HMAC-SHA-256-128 (RFC 4868): a random 16-byte IV and an ICV over
   SPI|Seq|IV|ciphertext, verified in constant time before decrypting.
 
 Padding is the RFC 4303 section 2.4 default (1, 2, 3, ...) and is checked on receipt, as
@@ -37,7 +37,7 @@ GCM_SALT_LEN = 4  # RFC 4106 section 8.1
 GCM_ICV_LEN = 16
 CBC_IV_LEN = 16  # RFC 3602 section 3
 CBC_ICV_LEN = 16  # HMAC-SHA-256-128, RFC 4868 section 2.3
-AES256_KEY_LEN = 32
+AES_KEY_BITS = (128, 192, 256)
 HMAC_SHA256_KEY_LEN = 32  # RFC 4868 section 2.1.1
 SEQ_MAX = 0xFFFFFFFF  # without ESN the counter must not cycle (RFC 4303 section 3.3.3)
 
@@ -51,10 +51,10 @@ _Rand = Callable[[int], bytes]
 
 
 class EspCipher(Enum):
-    """The ESP suites we support, named in the strongSwan notation operators use."""
+    """The ESP suite families we support (strongSwan notation for the 256-bit variants)."""
 
-    AES256_GCM16 = "aes256gcm16"
-    AES256_CBC_SHA256 = "aes256-sha256"
+    AES_GCM16 = "aesgcm16"
+    AES_CBC_SHA256 = "aes-sha256"
 
 
 class DropReason(Enum):
@@ -76,7 +76,10 @@ class SequenceExhausted(Exception):
 
 
 class EspKeys:
-    """Key material for one direction of one CHILD_SA; never shown in repr or logs."""
+    """Key material for one direction of one CHILD_SA (key size implied by its length).
+
+    Never shown in repr or logs.
+    """
 
     __slots__ = ("encryption", "integrity")
 
@@ -88,17 +91,21 @@ class EspKeys:
         return "EspKeys(<redacted>)"
 
 
-def key_lengths(cipher: EspCipher) -> tuple[int, int]:
+def key_lengths(cipher: EspCipher, key_bits: int = 256) -> tuple[int, int]:
     """(encryption, integrity) key-material lengths in bytes, as KEYMAT is cut (RFC 7296 2.17)."""
-    if cipher is EspCipher.AES256_GCM16:
-        return AES256_KEY_LEN + GCM_SALT_LEN, 0
-    return AES256_KEY_LEN, HMAC_SHA256_KEY_LEN
+    if key_bits not in AES_KEY_BITS:
+        raise ValueError(f"AES key size {key_bits} is not 128, 192 or 256 bits")
+    if cipher is EspCipher.AES_GCM16:
+        return key_bits // 8 + GCM_SALT_LEN, 0
+    return key_bits // 8, HMAC_SHA256_KEY_LEN
 
 
 def _check_keys(cipher: EspCipher, keys: EspKeys) -> None:
-    enc_len, integ_len = key_lengths(cipher)
-    if len(keys.encryption) != enc_len or len(keys.integrity) != integ_len:
-        raise ValueError(f"{cipher.value} needs {enc_len}+{integ_len} bytes of key material")
+    enc_len, integ_len = len(keys.encryption), len(keys.integrity)
+    if cipher is EspCipher.AES_GCM16:
+        enc_len -= GCM_SALT_LEN
+    if enc_len * 8 not in AES_KEY_BITS or integ_len != key_lengths(cipher)[1]:
+        raise ValueError(f"{cipher.value}: wrong amount of key material")
 
 
 class _Gcm:
@@ -109,8 +116,8 @@ class _Gcm:
     min_body = GCM_IV_LEN + 4 + GCM_ICV_LEN
 
     def __init__(self, keys: EspKeys) -> None:
-        self._aead = AESGCM(keys.encryption[:AES256_KEY_LEN])
-        self._salt = keys.encryption[AES256_KEY_LEN:]
+        self._aead = AESGCM(keys.encryption[:-GCM_SALT_LEN])
+        self._salt = keys.encryption[-GCM_SALT_LEN:]
 
     def seal(self, header: bytes, seq: int, plaintext: bytes, rand: _Rand) -> bytes:
         iv = _IV64.pack(seq)
@@ -156,7 +163,7 @@ class _CbcHmac:
 
 def _transform(cipher: EspCipher, keys: EspKeys) -> _Gcm | _CbcHmac:
     _check_keys(cipher, keys)
-    return _Gcm(keys) if cipher is EspCipher.AES256_GCM16 else _CbcHmac(keys)
+    return _Gcm(keys) if cipher is EspCipher.AES_GCM16 else _CbcHmac(keys)
 
 
 class OutboundSa:
