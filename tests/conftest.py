@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole suite: a private PostgreSQL 15 server for store tests."""
+"""Fixtures shared by the whole suite: a private PostgreSQL server for store tests."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
+POSTGRES_ROOT = Path("/usr/lib/postgresql")  # Debian: one bin/ per major version
 POSTGRES_OS_USER = "postgres"  # the server refuses to run as root
 POSTGRES_START_TIMEOUT_S = 60
 POSTGRES_DATABASE = "sslvpn_test"
@@ -23,6 +23,17 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def _postgres_bin() -> Path:
+    """The newest installed server's tools (15 on bookworm); fail, never skip, without one."""
+    versions = sorted(
+        (p for p in POSTGRES_ROOT.glob("*/bin") if (p / "initdb").exists()),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    )
+    if not versions:
+        pytest.fail(f"no PostgreSQL server tools under {POSTGRES_ROOT} (scripts/install-test-deps)")
+    return versions[-1]
 
 
 def _run_as_postgres(args: list[str]) -> None:
@@ -38,19 +49,17 @@ def _run_as_postgres(args: list[str]) -> None:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """``postgresql+psycopg://`` URL of a throwaway cluster on 127.0.0.1 (never skipped)."""
-    missing = [t for t in ("initdb", "pg_ctl", "createdb") if not (POSTGRES_BIN / t).exists()]
-    if missing:
-        pytest.fail(f"PostgreSQL 15 tools missing in {POSTGRES_BIN}: {missing}")
+    bin_dir = _postgres_bin()
     root = Path(tempfile.mkdtemp(prefix="sslvpn-pg-"))
     data, log = root / "data", root / "server.log"
     if os.geteuid() == 0:
         shutil.chown(root, POSTGRES_OS_USER, POSTGRES_OS_USER)
     port = _free_port()
     server_options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off"
-    pg_ctl = str(POSTGRES_BIN / "pg_ctl")
+    pg_ctl = str(bin_dir / "pg_ctl")
     try:
         _run_as_postgres(
-            [str(POSTGRES_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
+            [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
              "-E", "UTF8", "--no-sync"]
         )  # fmt: skip
         # -w makes pg_ctl poll until the server accepts connections, bounded by -t.
@@ -59,7 +68,7 @@ def postgres_url() -> Iterator[str]:
              "-t", str(POSTGRES_START_TIMEOUT_S), "start"]
         )  # fmt: skip
         _run_as_postgres(
-            [str(POSTGRES_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+            [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
              POSTGRES_DATABASE]
         )  # fmt: skip
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/{POSTGRES_DATABASE}"

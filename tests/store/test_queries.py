@@ -366,6 +366,24 @@ def test_import_tokens_are_used_exactly_once(engine: Engine) -> None:
         assert (token.certificate_serial, token.used_from) == ("0a", "192.0.2.9")
 
 
+def test_two_racing_requests_cannot_both_use_a_token(engine: Engine) -> None:
+    with session(engine) as s:
+        owner = _token_owner(s)
+        queries.add_import_token(
+            s, token_hash="h1", user_id=owner, certificate_serial="01",
+            expires_at=T0 + timedelta(minutes=10),
+        )  # fmt: skip
+    # PostgreSQL re-checks the claim after the winner commits (ConflictError); SQLite
+    # refuses the loser's stale write snapshot ("database is locked"): both are StoreErrors.
+    with pytest.raises(StoreError), session(engine) as late:
+        assert queries.get_import_token_by_hash(late, token_hash="h1").used_at is None
+        with session(engine) as early:
+            queries.mark_import_token_used(early, token_hash="h1", at=T0, used_from="early")
+        queries.mark_import_token_used(late, token_hash="h1", at=T0, used_from="late")
+    with session(engine) as s:
+        assert queries.get_import_token_by_hash(s, token_hash="h1").used_from == "early"
+
+
 def test_expired_and_revoked_import_tokens_cannot_be_used(engine: Engine) -> None:
     expiry = T0 + timedelta(minutes=10)
     with session(engine) as s:
