@@ -1,0 +1,346 @@
+"""The JSON REST API under /api/v1 for automation: users, certificates, profiles, sessions
+and kick. Callers authenticate with a per-admin bearer token (stored hashed); every answer
+is JSON (profiles excepted) and matches the OpenAPI document in `web.openapi`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from client_profiles.passwords import MIN_PASSWORD_LENGTH, generate_password, hash_password
+from sslvpn.runtime.control import SessionInfo
+from sslvpn.store import NotFoundError, StoreError, db, queries
+from sslvpn.store.models import ROLE_VALUES, Certificate, User
+from web import pki_ops
+from web.import_links import token_hash
+from web.openapi import document
+from web.pages import act_as, audit, portal_of, user_of
+from web.views.admin import REVOCATION_REASONS, USER_NAME
+from web.views.devices import DEVICE_NAME, profile_response
+
+PREFIX = "/api/v1"
+MAX_DAYS = 3650
+SERIAL = re.compile(r"[0-9a-f]{1,64}")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def user_json(user: User) -> dict[str, Any]:
+    return {
+        "name": user.name,
+        "role": user.role,
+        "email": user.email,
+        "disabled": user.disabled,
+        "created_at": _iso(user.created_at),
+    }
+
+
+def certificate_json(c: Certificate, owners: dict[int | None, str]) -> dict[str, Any]:
+    return {
+        "serial": c.serial,
+        "user": owners.get(c.user_id),
+        "device": c.device,
+        "subject_cn": c.subject_cn,
+        "status": c.status,
+        "not_before": _iso(c.not_before),
+        "not_after": _iso(c.not_after),
+        "revoked_at": _iso(c.revoked_at),
+        "revocation_reason": c.revocation_reason,
+        "superseded_by": c.superseded_by,
+    }
+
+
+def session_json(s: SessionInfo) -> dict[str, Any]:
+    return {
+        "session_id": s.session_id,
+        "user": s.user,
+        "device": s.device,
+        "certificate_serial": s.certificate_serial,
+        "real_address": s.real_address,
+        "vpn_address": s.vpn_address,
+        "protocol": s.protocol,
+        "connected_at": _iso(s.connected_at),
+        "bytes_in": s.bytes_in,
+        "bytes_out": s.bytes_out,
+    }
+
+
+def owners(request: web.Request) -> dict[int | None, str]:
+    with db.session(portal_of(request).engine) as s:
+        return {u.id: u.name for u in queries.list_users(s)}
+
+
+class BadRequest(Exception):
+    """The body or query is not what the OpenAPI document allows (answered 400)."""
+
+
+async def body_of(
+    request: web.Request, allowed: dict[str, type | tuple[type, ...]]
+) -> dict[str, Any]:
+    """A JSON object with only the allowed keys, each of the allowed type."""
+    try:
+        data = json.loads(await request.read() or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("body is not JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("body must be a JSON object")
+    for key, value in data.items():
+        if key not in allowed:
+            raise BadRequest(f"unknown field {key!r}")
+        kinds = allowed[key]
+        bad_bool = isinstance(value, bool) and kinds is int
+        if not isinstance(value, kinds) or bad_bool:
+            raise BadRequest(f"field {key!r} has the wrong type")
+    return data
+
+
+@web.middleware
+async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bearer-token authentication for admins, and JSON errors for everything under /api."""
+    if not request.path.startswith(PREFIX + "/") or request.path == PREFIX + "/openapi.json":
+        return await handler(request)
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return error(401, "bearer token required")
+    portal = portal_of(request)
+    now = datetime.fromtimestamp(portal.clock(), UTC)
+    with db.session(portal.engine) as s:
+        try:
+            row = queries.get_api_token_by_hash(s, token_hash=token_hash(token.strip()))
+            owner = queries.get_user_by_id(s, user_id=row.user_id)
+        except NotFoundError:
+            return error(401, "unknown API token")
+        if row.id is not None:
+            queries.touch_api_token(s, token_id=row.id, at=now)
+    if owner.disabled or owner.role != "admin":
+        return error(403, "the API is for enabled administrators")
+    act_as(request, owner)
+    try:
+        return await handler(request)
+    except BadRequest as exc:
+        return error(400, str(exc))
+    except web.HTTPNotFound:
+        return error(404, "not found")
+    except web.HTTPMethodNotAllowed:
+        return error(405, "method not allowed")
+
+
+async def openapi_json(request: web.Request) -> web.StreamResponse:
+    return web.json_response(document())
+
+
+# Users ------------------------------------------------------------------------------------
+
+
+def _user(request: web.Request) -> User:
+    with db.session(portal_of(request).engine) as s:
+        try:
+            return queries.get_user(s, name=request.match_info["name"])
+        except NotFoundError:
+            raise web.HTTPNotFound() from None
+
+
+async def list_users(request: web.Request) -> web.StreamResponse:
+    with db.session(portal_of(request).engine) as s:
+        users = queries.list_users(s)
+    return web.json_response([user_json(u) for u in users])
+
+
+async def create_user(request: web.Request) -> web.StreamResponse:
+    body = await body_of(request, {"name": str, "role": str, "email": str, "password": str})
+    name, role = body.get("name", ""), body.get("role", "user")
+    password = body.get("password") or ""
+    if not USER_NAME.fullmatch(name) or role not in ROLE_VALUES:
+        return error(400, "name must match [a-z0-9][a-z0-9_.-]{0,31}; role admin or user")
+    if password and len(password) < MIN_PASSWORD_LENGTH:
+        return error(400, f"password needs at least {MIN_PASSWORD_LENGTH} characters")
+    generated = not password
+    password = password or generate_password()
+    hashed = await asyncio.to_thread(hash_password, password)
+    try:
+        with db.session(portal_of(request).engine) as s:
+            user = queries.create_user(
+                s, name=name, role=role, email=body.get("email"), password_hash=hashed
+            )
+    except StoreError as exc:
+        return error(409, str(exc))
+    audit(request, "user.create", target=name, detail=f"role={role} via=api")
+    answer = user_json(user) | ({"password": password} if generated else {})
+    return web.json_response(answer, status=201)
+
+
+async def get_user(request: web.Request) -> web.StreamResponse:
+    return web.json_response(user_json(_user(request)))
+
+
+async def update_user(request: web.Request) -> web.StreamResponse:
+    user = _user(request)
+    body = await body_of(request, {"disabled": bool, "role": str})
+    if "role" in body and body["role"] not in ROLE_VALUES:
+        return error(400, "role must be admin or user")
+    me = user_of(request)
+    if me is not None and me.id == user.id and (body.get("disabled") or body.get("role") == "user"):
+        return error(409, "an administrator cannot disable or demote themselves")
+    with db.session(portal_of(request).engine) as s:
+        if "disabled" in body:
+            user = queries.set_user_disabled(s, name=user.name, disabled=body["disabled"])
+        if "role" in body:
+            user = queries.set_user_role(s, name=user.name, role=body["role"])
+    if user.disabled and user.id is not None:
+        portal_of(request).sessions.drop_user(user.id)
+    audit(request, "user.update", target=user.name, detail=f"{sorted(body.items())} via=api")
+    return web.json_response(user_json(user))
+
+
+async def delete_user(request: web.Request) -> web.StreamResponse:
+    user = _user(request)
+    me = user_of(request)
+    if me is not None and me.id == user.id:
+        return error(409, "an administrator cannot delete themselves")
+    revoked, ended = pki_ops.delete_user(request, user.name)
+    if user.id is not None:
+        portal_of(request).sessions.drop_user(user.id)
+    audit(request, "user.delete", target=user.name, detail=f"revoked={revoked} via=api")
+    return web.json_response({"certificates_revoked": revoked, "sessions_ended": ended})
+
+
+# Certificates -----------------------------------------------------------------------------
+
+
+def _certificate(request: web.Request) -> Certificate:
+    serial = request.match_info["serial"].lower()
+    if not SERIAL.fullmatch(serial):
+        raise web.HTTPNotFound()
+    with db.session(portal_of(request).engine) as s:
+        try:
+            row = queries.get_certificate(s, serial=serial)
+        except NotFoundError:
+            raise web.HTTPNotFound() from None
+    if row.kind != "client":
+        raise web.HTTPNotFound()
+    return row
+
+
+async def list_certificates(request: web.Request) -> web.StreamResponse:
+    status = request.query.get("status")
+    if status is not None and status not in ("valid", "revoked", "superseded"):
+        raise BadRequest("status must be valid, revoked or superseded")
+    user_id = None
+    if "user" in request.query:
+        with db.session(portal_of(request).engine) as s:
+            try:
+                user_id = queries.get_user(s, name=request.query["user"]).id
+            except NotFoundError:
+                return web.json_response([])
+    with db.session(portal_of(request).engine) as s:
+        rows = queries.list_certificates(s, user_id=user_id, kind="client", status=status)
+    names = owners(request)
+    return web.json_response([certificate_json(c, names) for c in rows])
+
+
+async def issue_certificate(request: web.Request) -> web.StreamResponse:
+    body = await body_of(request, {"user": str, "device": str, "days": int})
+    days = body.get("days", 365)
+    if not DEVICE_NAME.fullmatch(body.get("device", "")) or not 1 <= days <= MAX_DAYS:
+        return error(400, "device must match [A-Za-z0-9][A-Za-z0-9_-]{0,31}; days 1..3650")
+    if not isinstance(body.get("user"), str):
+        return error(400, "user is required")
+    try:
+        row = pki_ops.issue(request, user_name=body["user"], device=body["device"], days=days)
+    except NotFoundError:
+        return error(404, "no such user")
+    except pki_ops.OperationError as exc:
+        return error(409, str(exc))
+    return web.json_response(certificate_json(row, owners(request)), status=201)
+
+
+async def get_certificate(request: web.Request) -> web.StreamResponse:
+    return web.json_response(certificate_json(_certificate(request), owners(request)))
+
+
+async def revoke_certificate(request: web.Request) -> web.StreamResponse:
+    row = _certificate(request)
+    body = await body_of(request, {"reason": str})
+    reason = body.get("reason", "unspecified")
+    if reason not in REVOCATION_REASONS:
+        return error(400, f"reason must be one of {', '.join(REVOCATION_REASONS)}")
+    if row.status == "revoked":
+        return error(409, "already revoked")
+    try:
+        ended = pki_ops.revoke(request, row.serial, reason)
+    except pki_ops.OperationError as exc:
+        return error(409, str(exc))
+    return web.json_response(
+        {
+            "certificate": certificate_json(_certificate(request), owners(request)),
+            "sessions_ended": ended,
+        }
+    )
+
+
+async def renew_certificate(request: web.Request) -> web.StreamResponse:
+    row = _certificate(request)
+    try:
+        new = pki_ops.renew(request, row.serial)
+    except pki_ops.OperationError as exc:
+        return error(409, str(exc))
+    return web.json_response(certificate_json(new, owners(request)), status=201)
+
+
+async def certificate_profile(request: web.Request) -> web.StreamResponse:
+    row = _certificate(request)
+    try:
+        profile = pki_ops.render_profile(request, row.serial)
+    except pki_ops.OperationError as exc:
+        return error(409, str(exc))
+    return profile_response(profile)
+
+
+# Sessions ---------------------------------------------------------------------------------
+
+
+async def list_sessions(request: web.Request) -> web.StreamResponse:
+    return web.json_response([session_json(s) for s in portal_of(request).live_sessions()])
+
+
+async def kick_session(request: web.Request) -> web.StreamResponse:
+    portal = portal_of(request)
+    session_id = request.match_info["session_id"]
+    known = {s.session_id: s for s in portal.live_sessions()}
+    if session_id not in known or portal.control is None:
+        return error(404, "no such live session")
+    kicked = portal.control.kick(session_id, "kicked by admin (api)")
+    audit(request, "session.kick", target=known[session_id].certificate_serial, detail="via=api")
+    return web.json_response({"kicked": kicked})
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get(f"{PREFIX}/openapi.json", openapi_json)
+    r.add_get(f"{PREFIX}/users", list_users)
+    r.add_post(f"{PREFIX}/users", create_user)
+    r.add_get(f"{PREFIX}/users/{{name}}", get_user)
+    r.add_patch(f"{PREFIX}/users/{{name}}", update_user)
+    r.add_delete(f"{PREFIX}/users/{{name}}", delete_user)
+    r.add_get(f"{PREFIX}/certificates", list_certificates)
+    r.add_post(f"{PREFIX}/certificates", issue_certificate)
+    r.add_get(f"{PREFIX}/certificates/{{serial}}", get_certificate)
+    r.add_post(f"{PREFIX}/certificates/{{serial}}/revoke", revoke_certificate)
+    r.add_post(f"{PREFIX}/certificates/{{serial}}/renew", renew_certificate)
+    r.add_get(f"{PREFIX}/certificates/{{serial}}/profile", certificate_profile)
+    r.add_get(f"{PREFIX}/sessions", list_sessions)
+    r.add_post(f"{PREFIX}/sessions/{{session_id}}/kick", kick_session)

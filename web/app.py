@@ -1,0 +1,146 @@
+"""The portal's composition root: `create_app` wires store, PKI paths and gateway control
+into one aiohttp application, and `run_portal` serves it (HTTPS unless bound to loopback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+from sqlalchemy import Engine
+
+from sslvpn.config import DataPaths
+from sslvpn.runtime.control import GatewayControl
+from web import api, pages, security
+from web.portal import PORTAL, Portal, PortalSettings
+from web.traffic import TrafficHistory
+from web.views import admin, admin_ops, auth, devices, onboarding
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+TRAFFIC_SAMPLE_SECONDS = 5.0
+
+
+def create_app(
+    *,
+    engine: Engine,
+    paths: DataPaths,
+    control: GatewayControl | None,
+    settings: PortalSettings | None = None,
+    clock: security.Clock = time.time,
+) -> web.Application:
+    """Build the portal; ``control`` is None for a portal with no gateway to ask."""
+    portal = Portal(
+        engine=engine,
+        paths=paths,
+        control=control,
+        settings=settings or PortalSettings(),
+        sessions=security.SessionStore(clock),
+        throttle=security.LoginThrottle(clock),
+        traffic=TrafficHistory(),
+        clock=clock,
+    )
+    app = web.Application(
+        middlewares=[
+            security.security_headers,
+            pages.session_middleware,
+            pages.csrf_middleware,
+            api.api_middleware,
+        ],
+        client_max_size=64 * 1024,
+    )
+    app[PORTAL] = portal
+    aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.PackageLoader("web", "templates"),
+        autoescape=jinja2.select_autoescape(default=True),
+    )
+    for module in (auth, devices, admin, admin_ops, onboarding, api):
+        module.add_routes(app)
+    app.router.add_static("/static/", STATIC_DIR, name="static")
+    if control is not None:
+        app.cleanup_ctx.append(_sample_traffic)
+    return app
+
+
+async def _sample_traffic(app: web.Application) -> AsyncIterator[None]:
+    """Poll the gateway's byte counters so the dashboard can chart bytes/s over time."""
+    portal = app[PORTAL]
+
+    async def loop() -> None:
+        while True:
+            portal.sample_traffic()
+            await asyncio.sleep(TRAFFIC_SAMPLE_SECONDS)
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
+
+def is_loopback(host: str) -> bool:
+    """Plain HTTP is allowed only for loopback hosts (the demo default)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 in brackets) into its parts."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen address must be HOST:PORT, got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """Server-side TLS 1.2+ with the portal certificate."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
+@dataclass(frozen=True)
+class Served:
+    """What `run_portal` bound to, for the caller to print."""
+
+    url: str
+    runner: web.AppRunner
+
+
+async def start_portal(app: web.Application, listen: str, tls: ssl.SSLContext | None) -> Served:
+    """Bind and start serving; refuses plain HTTP on anything but loopback."""
+    host, port = parse_listen(listen)
+    if tls is None and not is_loopback(host):
+        raise ValueError("plain HTTP is only allowed on a loopback address; give a certificate")
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=tls)
+    await site.start()
+    bound = runner.addresses[0] if runner.addresses else (host, port)
+    shown = f"[{host}]" if ":" in host else host
+    scheme = "https" if tls is not None else "http"
+    return Served(url=f"{scheme}://{shown}:{bound[1]}/", runner=runner)
+
+
+async def run_portal(app: web.Application, listen: str, tls: ssl.SSLContext | None) -> None:
+    """Serve until cancelled, then close connections cleanly."""
+    served = await start_portal(app, listen, tls)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await served.runner.cleanup()

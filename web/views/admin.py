@@ -1,0 +1,293 @@
+"""Admin pages for people and their certificates: create, disable, reset, delete users;
+issue, renew and revoke certificates; download the CRL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from aiohttp import web
+
+from client_profiles.passwords import MIN_PASSWORD_LENGTH, generate_password, hash_password
+from sslvpn.store import NotFoundError, StoreError, db, queries
+from sslvpn.store.models import ROLE_VALUES, Certificate, User
+from web import pki_ops
+from web.pages import (
+    audit,
+    current_user,
+    flash,
+    form_of,
+    portal_of,
+    render,
+    require_admin,
+)
+from web.views.devices import DEVICE_NAME, DEVICE_NAME_RULE, now_of, profile_response
+
+USER_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
+USER_NAME_RULE = "1-32 lowercase letters, digits, '.', '_' or '-'"
+REVOCATION_REASONS = (
+    "unspecified",
+    "keyCompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+    "privilegeWithdrawn",
+)
+MAX_LIFETIME_DAYS = 3650
+DEFAULT_LIFETIME_DAYS = 365
+
+
+def user_named(request: web.Request) -> User:
+    with db.session(portal_of(request).engine) as s:
+        try:
+            return queries.get_user(s, name=request.match_info["name"])
+        except NotFoundError:
+            raise web.HTTPNotFound(text="No such user.") from None
+
+
+def certificate_of(request: web.Request) -> Certificate:
+    with db.session(portal_of(request).engine) as s:
+        try:
+            return queries.get_certificate(s, serial=request.match_info["serial"])
+        except NotFoundError:
+            raise web.HTTPNotFound(text="No such certificate.") from None
+
+
+# Users ------------------------------------------------------------------------------------
+
+
+@require_admin
+async def users_page(request: web.Request) -> web.StreamResponse:
+    return render_users(request)
+
+
+def render_users(
+    request: web.Request,
+    *,
+    status: int = 200,
+    errors: list[str] | None = None,
+    form: dict[str, str] | None = None,
+) -> web.Response:
+    with db.session(portal_of(request).engine) as s:
+        users = queries.list_users(s)
+        counts = {
+            u.id: len(queries.list_certificates(s, user_id=u.id, status="valid")) for u in users
+        }
+    context = {"users": users, "counts": counts, "form": form or {}, "roles": ROLE_VALUES}
+    return render(request, "admin_users.html", context, status=status, errors=errors)
+
+
+@require_admin
+async def create_user(request: web.Request) -> web.StreamResponse:
+    form = await form_of(request)
+    name = form.get("name", "").strip()
+    role = form.get("role", "user")
+    password = form.get("password", "")
+    errors = []
+    if not USER_NAME.fullmatch(name):
+        errors.append(f"User name: {USER_NAME_RULE}.")
+    if role not in ROLE_VALUES:
+        errors.append("Role must be admin or user.")
+    if password and len(password) < MIN_PASSWORD_LENGTH:
+        errors.append(f"Passwords need at least {MIN_PASSWORD_LENGTH} characters.")
+    if errors:
+        return render_users(request, status=400, errors=errors, form=form)
+    generated = not password
+    password = password or generate_password()
+    hashed = await asyncio.to_thread(hash_password, password)
+    try:
+        with db.session(portal_of(request).engine) as s:
+            queries.create_user(
+                s, name=name, role=role, email=form.get("email") or None, password_hash=hashed
+            )
+    except StoreError as exc:
+        return render_users(request, status=400, errors=[str(exc)], form=form)
+    audit(request, "user.create", target=name, detail=f"role={role}")
+    shown = f" One-time password: {password}" if generated else ""
+    flash(request, f"User {name} created.{shown}")
+    raise web.HTTPSeeOther("/admin/users")
+
+
+@require_admin
+async def set_disabled(request: web.Request) -> web.StreamResponse:
+    """Disabling blocks logins and new VPN sessions but revokes nothing."""
+    user = user_named(request)
+    disabled = request.match_info["action"] == "disable"
+    if disabled and user.id == current_user(request).id:
+        flash(request, "You cannot disable yourself.")
+        raise web.HTTPSeeOther("/admin/users")
+    with db.session(portal_of(request).engine) as s:
+        queries.set_user_disabled(s, name=user.name, disabled=disabled)
+    if disabled and user.id is not None:
+        portal_of(request).sessions.drop_user(user.id)
+    audit(request, "user.disable" if disabled else "user.enable", target=user.name)
+    flash(request, f"User {user.name} {'disabled' if disabled else 'enabled'}.")
+    raise web.HTTPSeeOther("/admin/users")
+
+
+@require_admin
+async def reset_password(request: web.Request) -> web.StreamResponse:
+    user = user_named(request)
+    password = generate_password()
+    hashed = await asyncio.to_thread(hash_password, password)
+    with db.session(portal_of(request).engine) as s:
+        queries.set_user_password_hash(s, name=user.name, password_hash=hashed)
+    if user.id is not None and user.id != current_user(request).id:
+        portal_of(request).sessions.drop_user(user.id)
+    audit(request, "user.password_reset", target=user.name)
+    flash(request, f"New one-time password for {user.name}: {password}")
+    raise web.HTTPSeeOther("/admin/users")
+
+
+@require_admin
+async def delete_user(request: web.Request) -> web.StreamResponse:
+    """Deleting a user revokes every certificate they still hold."""
+    user = user_named(request)
+    if user.id == current_user(request).id:
+        flash(request, "You cannot delete yourself.")
+        raise web.HTTPSeeOther("/admin/users")
+    revoked, ended = pki_ops.delete_user(request, user.name)
+    if user.id is not None:
+        portal_of(request).sessions.drop_user(user.id)
+    audit(
+        request,
+        "user.delete",
+        target=user.name,
+        detail=f"certificates_revoked={revoked} sessions_ended={ended}",
+    )
+    flash(
+        request,
+        f"User {user.name} deleted; {revoked} certificate(s) revoked, {ended} session(s) ended.",
+    )
+    raise web.HTTPSeeOther("/admin/users")
+
+
+# Certificates -----------------------------------------------------------------------------
+
+
+@require_admin
+async def certificates_page(request: web.Request) -> web.StreamResponse:
+    return render_certificates(request)
+
+
+def render_certificates(
+    request: web.Request,
+    *,
+    status: int = 200,
+    errors: list[str] | None = None,
+    form: dict[str, str] | None = None,
+) -> web.Response:
+    with db.session(portal_of(request).engine) as s:
+        certificates = queries.list_certificates(s, kind="client")
+        users = queries.list_users(s)
+    names = {u.id: u.name for u in users}
+    context = {
+        "certificates": list(reversed(certificates)),
+        "names": names,
+        "users": [u for u in users if not u.disabled],
+        "now": now_of(request),
+        "reasons": REVOCATION_REASONS,
+        "form": form or {"days": str(DEFAULT_LIFETIME_DAYS)},
+    }
+    return render(request, "admin_certificates.html", context, status=status, errors=errors)
+
+
+@require_admin
+async def issue_certificate(request: web.Request) -> web.StreamResponse:
+    form = await form_of(request)
+    device = form.get("device", "").strip()
+    days_text = form.get("days", "").strip()
+    errors = []
+    if not DEVICE_NAME.fullmatch(device):
+        errors.append(f"Device name: {DEVICE_NAME_RULE}.")
+    if not days_text.isdigit() or not 1 <= int(days_text) <= MAX_LIFETIME_DAYS:
+        errors.append(f"Lifetime must be 1 to {MAX_LIFETIME_DAYS} days.")
+    owner = None
+    with db.session(portal_of(request).engine) as s:
+        try:
+            owner = queries.get_user(s, name=form.get("user", ""))
+        except NotFoundError:
+            errors.append("Choose an existing user.")
+    if errors or owner is None:
+        return render_certificates(request, status=400, errors=errors, form=form)
+    try:
+        certificate = pki_ops.issue(
+            request, user_name=owner.name, device=device, days=int(days_text)
+        )
+    except pki_ops.OperationError as exc:
+        return render_certificates(request, status=400, errors=[str(exc)], form=form)
+    flash(request, f"Issued {owner.name}/{device} (serial {certificate.serial}).")
+    raise web.HTTPSeeOther("/admin/certificates")
+
+
+@require_admin
+async def renew_certificate(request: web.Request) -> web.StreamResponse:
+    old = certificate_of(request)
+    if old.status != "valid":
+        flash(request, f"Certificate {old.serial} is {old.status}; only valid ones renew.")
+        raise web.HTTPSeeOther("/admin/certificates")
+    try:
+        new = pki_ops.renew(request, old.serial)
+    except pki_ops.OperationError as exc:
+        flash(request, f"Not renewed: {exc}")
+        raise web.HTTPSeeOther("/admin/certificates") from None
+    flash(
+        request,
+        f"Renewed {old.subject_cn}: new serial {new.serial}. The owner's devices page offers "
+        "a fresh import link.",
+    )
+    raise web.HTTPSeeOther("/admin/certificates")
+
+
+@require_admin
+async def revoke_certificate(request: web.Request) -> web.StreamResponse:
+    certificate = certificate_of(request)
+    form = await form_of(request)
+    reason = form.get("reason", "unspecified")
+    if reason not in REVOCATION_REASONS:
+        return render_certificates(request, status=400, errors=["Choose a listed reason."])
+    if certificate.status == "revoked":
+        flash(request, f"Certificate {certificate.serial} was already revoked.")
+        raise web.HTTPSeeOther("/admin/certificates")
+    ended = pki_ops.revoke(request, certificate.serial, reason)
+    flash(request, f"Revoked {certificate.subject_cn}; {ended} live session(s) ended.")
+    raise web.HTTPSeeOther("/admin/certificates")
+
+
+@require_admin
+async def admin_profile(request: web.Request) -> web.StreamResponse:
+    certificate = certificate_of(request)
+    if certificate.status != "valid" or certificate.kind != "client":
+        raise web.HTTPGone(text="Only valid client certificates have a profile.")
+    try:
+        profile = pki_ops.render_profile(request, certificate.serial)
+    except pki_ops.OperationError as exc:
+        raise web.HTTPGone(text=str(exc)) from None
+    return profile_response(profile)
+
+
+@require_admin
+async def download_crl(request: web.Request) -> web.StreamResponse:
+    crl = portal_of(request).paths.crl_pem
+    if not crl.is_file():
+        raise web.HTTPNotFound(text="No CRL has been published yet.")
+    return web.Response(
+        body=crl.read_bytes(),
+        content_type="application/x-pem-file",
+        headers={"Content-Disposition": 'attachment; filename="crl.pem"'},
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/admin/users", users_page)
+    app.router.add_post("/admin/users", create_user)
+    app.router.add_post("/admin/users/{name}/{action:disable|enable}", set_disabled)
+    app.router.add_post("/admin/users/{name}/password", reset_password)
+    app.router.add_post("/admin/users/{name}/delete", delete_user)
+    app.router.add_get("/admin/certificates", certificates_page)
+    app.router.add_post("/admin/certificates", issue_certificate)
+    app.router.add_post("/admin/certificates/{serial}/renew", renew_certificate)
+    app.router.add_post("/admin/certificates/{serial}/revoke", revoke_certificate)
+    app.router.add_get("/admin/certificates/{serial}/profile.ovpn", admin_profile)
+    app.router.add_get("/admin/crl.pem", download_crl)

@@ -1,0 +1,231 @@
+"""Admin pages for running the gateway: dashboard (expiry health, traffic chart), live
+sessions and kick, the audit log, gateway settings and per-admin API tokens.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+
+from aiohttp import web
+
+from sslvpn.store import NotFoundError, StoreError, db, queries
+from sslvpn.store.models import PROTOCOLS_VALUES, GatewaySettings
+from web import pki_ops
+from web.import_links import token_hash
+from web.pages import (
+    audit,
+    current_user,
+    current_user_id,
+    flash,
+    form_of,
+    portal_of,
+    render,
+    require_admin,
+)
+from web.views.devices import now_of
+
+AUDIT_PAGE = 200
+EXPIRY_WARNINGS = (30, 7, 1)
+
+
+@require_admin
+async def dashboard(request: web.Request) -> web.StreamResponse:
+    portal = portal_of(request)
+    now = now_of(request)
+    health = pki_ops.expiry_health(request, now)
+    sessions = portal.live_sessions()
+    context = {
+        "health": health,
+        "sessions": len(sessions),
+        "gateway": portal.settings.gateway_name,
+        "has_gateway": portal.control is not None,
+        "warn_days": EXPIRY_WARNINGS,
+    }
+    return render(request, "admin_dashboard.html", context)
+
+
+@require_admin
+async def traffic_json(request: web.Request) -> web.StreamResponse:
+    """Rate points for the dashboard chart (polled by static/portal.js)."""
+    portal = portal_of(request)
+    points = [
+        {"at": p.at, "in": round(p.in_bps, 1), "out": round(p.out_bps, 1)}
+        for p in portal.traffic.points()
+    ]
+    return web.json_response({"gateway": portal.settings.gateway_name, "points": points})
+
+
+@require_admin
+async def sessions_page(request: web.Request) -> web.StreamResponse:
+    sessions = sorted(portal_of(request).live_sessions(), key=lambda s: s.connected_at)
+    has_gateway = portal_of(request).control is not None
+    return render(
+        request, "admin_sessions.html", {"sessions": sessions, "has_gateway": has_gateway}
+    )
+
+
+@require_admin
+async def kick(request: web.Request) -> web.StreamResponse:
+    portal = portal_of(request)
+    session_id = request.match_info["session_id"]
+    known = {s.session_id: s for s in portal.live_sessions()}
+    if session_id not in known or portal.control is None:
+        flash(request, "That session has already ended.")
+        raise web.HTTPSeeOther("/admin/sessions")
+    portal.control.kick(session_id, f"kicked by {current_user(request).name}")
+    info = known[session_id]
+    audit(request, "session.kick", target=info.certificate_serial, detail=f"user={info.user}")
+    flash(request, f"Session of {info.user} ({info.device}) ended.")
+    raise web.HTTPSeeOther("/admin/sessions")
+
+
+@require_admin
+async def audit_page(request: web.Request) -> web.StreamResponse:
+    actor = request.query.get("actor", "").strip() or None
+    action = request.query.get("action", "").strip() or None
+    with db.session(portal_of(request).engine) as s:
+        entries = queries.list_audit(s, actor=actor, action=action, limit=AUDIT_PAGE)
+    context = {"entries": entries, "actor": actor or "", "action": action or ""}
+    return render(request, "admin_audit.html", context)
+
+
+# Settings ---------------------------------------------------------------------------------
+
+
+def load_settings(request: web.Request) -> GatewaySettings:
+    name = portal_of(request).settings.gateway_name
+    with db.session(portal_of(request).engine) as s:
+        try:
+            return queries.get_settings(s, name=name)
+        except NotFoundError:
+            return GatewaySettings(name=name)
+
+
+@require_admin
+async def settings_page(request: web.Request) -> web.StreamResponse:
+    return render(request, "admin_settings.html", {"settings": load_settings(request)})
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in text.replace(",", " ").split() if w]
+
+
+def parse_settings(form: dict[str, str], settings: GatewaySettings) -> list[str]:
+    """Apply the form to ``settings``; return what was wrong (nothing applied if anything)."""
+    errors: list[str] = []
+    addresses = _words(form.get("public_addresses", ""))
+    if not addresses:
+        errors.append("Give at least one public address.")
+    networks, dns = _words(form.get("vpc_networks", "")), _words(form.get("dns_servers", ""))
+    for value in networks + [form.get("pool_cidr", "")]:
+        try:
+            ipaddress.ip_network(value)
+        except ValueError:
+            errors.append(f"{value!r} is not a network like 10.0.0.0/16.")
+    for value in dns:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            errors.append(f"{value!r} is not an IP address.")
+    port, ttl = form.get("port", ""), form.get("import_token_ttl_seconds", "")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        errors.append("Port must be 1 to 65535.")
+    if not ttl.isdigit() or not 60 <= int(ttl) <= 86400:
+        errors.append("Import link lifetime must be 60 to 86400 seconds.")
+    if form.get("protocols") not in PROTOCOLS_VALUES:
+        errors.append("Protocols must be udp, tcp or both.")
+    if errors:
+        return errors
+    settings.public_addresses, settings.vpc_networks, settings.dns_servers = (
+        addresses,
+        networks,
+        dns,
+    )
+    settings.pool_cidr = str(ipaddress.ip_network(form["pool_cidr"]))
+    settings.port, settings.import_token_ttl_seconds = int(port), int(ttl)
+    settings.protocols = form["protocols"]
+    return []
+
+
+@require_admin
+async def save_settings(request: web.Request) -> web.StreamResponse:
+    settings = load_settings(request)
+    form = await form_of(request)
+    errors = parse_settings(form, settings)
+    if errors:
+        fresh = load_settings(request)
+        return render(
+            request, "admin_settings.html", {"settings": fresh}, status=400, errors=errors
+        )
+    with db.session(portal_of(request).engine) as s:
+        queries.save_settings(s, settings=settings)
+    audit(request, "settings.change", target=settings.name)
+    flash(request, "Settings saved. New profiles use them; existing profiles keep theirs.")
+    raise web.HTTPSeeOther("/admin/settings")
+
+
+# API tokens -------------------------------------------------------------------------------
+
+
+@require_admin
+async def api_tokens_page(request: web.Request) -> web.StreamResponse:
+    return render_api_tokens(request)
+
+
+def render_api_tokens(
+    request: web.Request,
+    *,
+    token: str | None = None,
+    status: int = 200,
+    errors: list[str] | None = None,
+) -> web.Response:
+    me_id = current_user_id(request)
+    with db.session(portal_of(request).engine) as s:
+        tokens = queries.list_api_tokens(s, user_id=me_id)
+    context = {"tokens": tokens, "new_token": token}
+    return render(request, "admin_api_tokens.html", context, status=status, errors=errors)
+
+
+@require_admin
+async def create_api_token(request: web.Request) -> web.StreamResponse:
+    """Mint a bearer token for the REST API; shown once, stored hashed."""
+    me_id = current_user_id(request)
+    name = (await form_of(request)).get("name", "").strip()
+    if not 1 <= len(name) <= 40:
+        return render_api_tokens(request, status=400, errors=["Name the token (1-40 characters)."])
+    token = "svt_" + secrets.token_urlsafe(32)
+    try:
+        with db.session(portal_of(request).engine) as s:
+            queries.add_api_token(s, user_id=me_id, name=name, token_hash=token_hash(token))
+    except StoreError as exc:
+        return render_api_tokens(request, status=400, errors=[str(exc)])
+    audit(request, "api_token.create", target=name)
+    return render_api_tokens(request, token=token)
+
+
+@require_admin
+async def delete_api_token(request: web.Request) -> web.StreamResponse:
+    me_id = current_user_id(request)
+    try:
+        token_id = int(request.match_info["token_id"])
+        with db.session(portal_of(request).engine) as s:
+            queries.delete_api_token(s, token_id=token_id, user_id=me_id)
+    except (ValueError, NotFoundError):
+        raise web.HTTPNotFound(text="No such token.") from None
+    audit(request, "api_token.delete", target=str(token_id))
+    flash(request, "API token deleted.")
+    raise web.HTTPSeeOther("/admin/api-tokens")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/admin", dashboard)
+    app.router.add_get("/admin/traffic.json", traffic_json)
+    app.router.add_get("/admin/sessions", sessions_page)
+    app.router.add_post("/admin/sessions/{session_id}/kick", kick)
+    app.router.add_get("/admin/audit", audit_page)
+    app.router.add_get("/admin/settings", settings_page)
+    app.router.add_post("/admin/settings", save_settings)
+    app.router.add_get("/admin/api-tokens", api_tokens_page)
+    app.router.add_post("/admin/api-tokens", create_api_token)
+    app.router.add_post("/admin/api-tokens/{token_id}/delete", delete_api_token)

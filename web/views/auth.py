@@ -1,0 +1,140 @@
+"""Logging in and out: password check, throttling, session rotation and audit of each try."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from sqlmodel import Session
+
+from client_profiles.passwords import MIN_PASSWORD_LENGTH, hash_password, verify_password
+from sslvpn.store import NotFoundError, db, queries
+from sslvpn.store.models import User
+from web.pages import (
+    audit,
+    current_user,
+    current_user_id,
+    flash,
+    form_of,
+    portal_of,
+    render,
+    require_user,
+    session_of,
+    start_session,
+    user_of,
+)
+from web.security import client_address
+
+
+def find_user(s: Session, name: str) -> User | None:
+    try:
+        return queries.get_user(s, name=name)
+    except NotFoundError:
+        return None
+
+
+def home_of(user: User) -> str:
+    return "/admin" if user.role == "admin" else "/devices"
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    user = user_of(request)
+    raise web.HTTPSeeOther(home_of(user) if user else "/login")
+
+
+async def login_page(request: web.Request) -> web.StreamResponse:
+    user = user_of(request)
+    if user is not None:
+        raise web.HTTPSeeOther(home_of(user))
+    return render(request, "login.html")
+
+
+async def check_credentials(request: web.Request, name: str, password: str) -> User | None:
+    """The enabled user these credentials belong to; throttled and audited either way.
+
+    Shared by the login form and the HTTP Basic profile endpoint.
+    """
+    portal = portal_of(request)
+    address = client_address(request)
+    if portal.throttle.blocked(name, address):
+        audit(request, "login.throttled", actor=name or "anonymous", target=name)
+        return None
+    with db.session(portal.engine) as s:
+        user = find_user(s, name) if name else None
+    good = await asyncio.to_thread(verify_password, user.password_hash if user else None, password)
+    if user is None or not good or user.disabled:
+        portal.throttle.failed(name, address)
+        why = "disabled" if user is not None and good else "bad credentials"
+        audit(request, "login.failed", actor=name or "anonymous", target=name, detail=why)
+        return None
+    portal.throttle.succeeded(name)
+    audit(request, "login", actor=user.name, target=user.name)
+    return user
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    form = await form_of(request)
+    name = form.get("name", "").strip()
+    portal = portal_of(request)
+    if portal.throttle.blocked(name, client_address(request)):
+        audit(request, "login.throttled", actor=name or "anonymous", target=name)
+        return render(
+            request,
+            "login.html",
+            {"name": name},
+            status=429,
+            errors=["Too many failed logins. Wait a few minutes and try again."],
+        )
+    user = await check_credentials(request, name, form.get("password", ""))
+    if user is None or user.id is None:
+        return render(
+            request, "login.html", {"name": name}, status=401, errors=["Wrong name or password."]
+        )
+    start_session(request, user.id)
+    raise web.HTTPSeeOther(home_of(user))
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    session = session_of(request)
+    if session is not None:
+        portal_of(request).sessions.drop(session)
+    start_session(request, None)
+    raise web.HTTPSeeOther("/login")
+
+
+@require_user
+async def password_page(request: web.Request) -> web.StreamResponse:
+    return render(request, "password.html")
+
+
+@require_user
+async def change_password(request: web.Request) -> web.StreamResponse:
+    """A user changes their own password (needs the current one)."""
+    me = current_user(request)
+    form = await form_of(request)
+    new = form.get("new_password", "")
+    errors = []
+    if not await asyncio.to_thread(verify_password, me.password_hash, form.get("password", "")):
+        errors.append("The current password is wrong.")
+    if len(new) < MIN_PASSWORD_LENGTH:
+        errors.append(f"The new password needs at least {MIN_PASSWORD_LENGTH} characters.")
+    if new != form.get("confirm", ""):
+        errors.append("The two new passwords differ.")
+    if errors:
+        return render(request, "password.html", status=400, errors=errors)
+    hashed = await asyncio.to_thread(hash_password, new)
+    with db.session(portal_of(request).engine) as s:
+        queries.set_user_password_hash(s, name=me.name, password_hash=hashed)
+    audit(request, "user.password_change", target=me.name)
+    start_session(request, current_user_id(request))
+    flash(request, "Password changed.")
+    raise web.HTTPSeeOther(home_of(me))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", index)
+    app.router.add_get("/login", login_page)
+    app.router.add_post("/login", login)
+    app.router.add_post("/logout", logout)
+    app.router.add_get("/account/password", password_page)
+    app.router.add_post("/account/password", change_password)

@@ -1,0 +1,185 @@
+"""End users' own devices: list, create (issue), download the profile, import links + QR,
+revoke. Every handler looks certificates up through `owned_certificate`, so a user can
+only ever reach their own (anything else is a 404, which also hides that it exists).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from client_profiles.qr import qr_png, qr_svg
+from client_profiles.reports import RenderedProfile
+from sslvpn.store import NotFoundError, db, queries
+from sslvpn.store.models import Certificate
+from web import import_links, pki_ops
+from web.pages import (
+    audit,
+    current_user,
+    current_user_id,
+    flash,
+    form_of,
+    portal_of,
+    render,
+    require_user,
+)
+
+DEVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
+DEVICE_NAME_RULE = "1-32 letters, digits, '_' or '-', starting with a letter or digit"
+PROFILE_TYPE = "application/x-openvpn-profile"
+
+
+def owned_certificate(request: web.Request) -> Certificate:
+    """The logged-in user's own client certificate named in the path, or 404."""
+    me_id = current_user_id(request)
+    with db.session(portal_of(request).engine) as s:
+        try:
+            certificate = queries.get_certificate(s, serial=request.match_info["serial"])
+        except NotFoundError:
+            raise web.HTTPNotFound(text="No such device.") from None
+    if certificate.user_id is None or certificate.user_id != me_id:
+        raise web.HTTPNotFound(text="No such device.")
+    if certificate.kind != "client":
+        raise web.HTTPNotFound(text="No such device.")
+    return certificate
+
+
+def profile_response(profile: RenderedProfile) -> web.Response:
+    """An inline .ovpn as a download named after the certificate."""
+    return web.Response(
+        text=profile.text,
+        content_type=PROFILE_TYPE,
+        headers={"Content-Disposition": f'attachment; filename="{profile.file_name}"'},
+    )
+
+
+def now_of(request: web.Request) -> datetime:
+    return datetime.fromtimestamp(portal_of(request).clock(), UTC)
+
+
+@require_user
+async def list_devices(request: web.Request) -> web.StreamResponse:
+    return render_devices(request)
+
+
+def render_devices(
+    request: web.Request, *, status: int = 200, errors: list[str] | None = None, device: str = ""
+) -> web.Response:
+    me_id = current_user_id(request)
+    with db.session(portal_of(request).engine) as s:
+        certificates = queries.list_certificates(s, user_id=me_id, kind="client")
+    shown = [c for c in certificates if c.status != "superseded"]
+    context = {"certificates": shown, "now": now_of(request), "device": device}
+    return render(request, "devices.html", context, status=status, errors=errors)
+
+
+@require_user
+async def create_device(request: web.Request) -> web.StreamResponse:
+    me = current_user(request)
+    form = await form_of(request)
+    device = form.get("device", "").strip()
+    if not DEVICE_NAME.fullmatch(device):
+        return render_devices(
+            request, status=400, errors=[f"Device name: {DEVICE_NAME_RULE}."], device=device
+        )
+    try:
+        certificate = pki_ops.issue(request, user_name=me.name, device=device)
+    except pki_ops.OperationError as exc:
+        return render_devices(request, status=400, errors=[str(exc)], device=device)
+    flash(request, f"Device {device} created.")
+    raise web.HTTPSeeOther(f"/devices/{certificate.serial}")
+
+
+@require_user
+async def show_device(request: web.Request) -> web.StreamResponse:
+    certificate = owned_certificate(request)
+    return render_device(request, certificate)
+
+
+def render_device(
+    request: web.Request, certificate: Certificate, link: import_links.ImportLink | None = None
+) -> web.Response:
+    me_id = current_user_id(request)
+    with db.session(portal_of(request).engine) as s:
+        tokens = [
+            t
+            for t in queries.list_import_tokens(s, user_id=me_id)
+            if t.certificate_serial == certificate.serial
+        ]
+    now = now_of(request)
+    context: dict[str, object] = {
+        "certificate": certificate,
+        "tokens": [(t, import_links.state_of(t, now)) for t in tokens],
+        "now": now,
+        "link": link,
+    }
+    if link is not None:
+        context["qr_png"] = base64.b64encode(qr_png(link.deep_link)).decode()
+        context["qr_svg"] = base64.b64encode(qr_svg(link.deep_link).encode()).decode()
+    return render(request, "device.html", context)
+
+
+@require_user
+async def download_profile(request: web.Request) -> web.StreamResponse:
+    certificate = owned_certificate(request)
+    if certificate.status != "valid":
+        raise web.HTTPGone(text="This device's certificate is no longer valid.")
+    try:
+        profile = pki_ops.render_profile(request, certificate.serial)
+    except pki_ops.OperationError as exc:
+        raise web.HTTPGone(text=str(exc)) from None
+    return profile_response(profile)
+
+
+@require_user
+async def create_import_link(request: web.Request) -> web.StreamResponse:
+    """Mint a single-use link and show it once, as QR and as plain text."""
+    me_id = current_user_id(request)
+    certificate = owned_certificate(request)
+    if certificate.status != "valid":
+        raise web.HTTPGone(text="This device's certificate is no longer valid.")
+    link = import_links.mint(portal_of(request), request, user_id=me_id, serial=certificate.serial)
+    audit(request, "import_link.create", target=certificate.serial, detail=f"id={link.token_id}")
+    return render_device(request, certificate, link)
+
+
+@require_user
+async def revoke_import_link(request: web.Request) -> web.StreamResponse:
+    certificate = owned_certificate(request)
+    token_id = request.match_info["token_id"]
+    with db.session(portal_of(request).engine) as s:
+        try:
+            token = queries.revoke_import_token(
+                s, token_id=int(token_id), user_id=current_user_id(request)
+            )
+        except (NotFoundError, ValueError):
+            raise web.HTTPNotFound(text="No such import link.") from None
+    if token.certificate_serial != certificate.serial:
+        raise web.HTTPNotFound(text="No such import link.")
+    audit(request, "import_link.revoke", target=certificate.serial, detail=f"id={token_id}")
+    flash(request, "Import link revoked.")
+    raise web.HTTPSeeOther(f"/devices/{certificate.serial}")
+
+
+@require_user
+async def revoke_device(request: web.Request) -> web.StreamResponse:
+    certificate = owned_certificate(request)
+    if certificate.status != "valid":
+        flash(request, "This device was already revoked.")
+        raise web.HTTPSeeOther("/devices")
+    ended = pki_ops.revoke(request, certificate.serial, "cessationOfOperation")
+    flash(request, f"Device {certificate.device} revoked; {ended} live session(s) ended.")
+    raise web.HTTPSeeOther("/devices")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/devices", list_devices)
+    app.router.add_post("/devices", create_device)
+    app.router.add_get("/devices/{serial}", show_device)
+    app.router.add_get("/devices/{serial}/profile.ovpn", download_profile)
+    app.router.add_post("/devices/{serial}/import-links", create_import_link)
+    app.router.add_post("/devices/{serial}/import-links/{token_id}/revoke", revoke_import_link)
+    app.router.add_post("/devices/{serial}/revoke", revoke_device)

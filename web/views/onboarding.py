@@ -1,0 +1,130 @@
+"""Endpoints OpenVPN Connect calls by itself (facts from OpenVPN 3's doc/webauth.md):
+
+- ``GET /rest/GetProfileViaToken?token=...``: the target of the
+  ``openvpn://import-profile/https://...`` deep link; no login (the single-use token is the
+  credential), ``application/x-openvpn-profile``, 410 Gone once used, revoked or expired.
+- ``GET /rest/GetUserlogin``: "import from URL" with HTTP Basic portal credentials; issues a
+  new device for that user and answers ``text/plain``; errors in Access Server's XML shape.
+- ``HEAD/GET /openvpn-api/profile``: the web-based download probe. We answer it directly
+  (no redirect) and without ``Ovpn-WebAuth``, which tells Connect to use the REST method.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from datetime import UTC, datetime
+from xml.sax.saxutils import escape
+
+from aiohttp import web
+
+from sslvpn.store import ConflictError, NotFoundError, db, queries
+from web import pki_ops
+from web.import_links import token_hash
+from web.pages import act_as, audit, portal_of
+from web.security import client_address
+from web.views.auth import check_credentials
+from web.views.devices import profile_response
+
+MAX_TOKEN_LENGTH = 128
+MAX_USER_AGENT = 200
+BASIC_REALM = 'Basic realm="sslvpn", charset="UTF-8"'
+
+
+async def profile_via_token(request: web.Request) -> web.StreamResponse:
+    """Spend a single-use import token and answer with its profile."""
+    portal = portal_of(request)
+    token = request.query.get("token", "")
+    if not token or len(token) > MAX_TOKEN_LENGTH:
+        raise web.HTTPNotFound(text="Unknown import link.")
+    now = datetime.fromtimestamp(portal.clock(), UTC)
+    agent = request.headers.get("User-Agent", "")[:MAX_USER_AGENT]
+    try:
+        with db.session(portal.engine) as s:
+            row = queries.mark_import_token_used(
+                s,
+                token_hash=token_hash(token),
+                at=now,
+                used_from=client_address(request),
+                user_agent=agent or None,
+            )
+            owner = queries.get_user_by_id(s, user_id=row.user_id)
+    except NotFoundError:
+        raise web.HTTPNotFound(text="Unknown import link.") from None
+    except ConflictError:
+        audit(request, "profile.import_refused", detail=f"agent={agent}")
+        raise web.HTTPGone(text="This import link was already used, revoked or expired.") from None
+    act_as(request, owner)
+    try:
+        profile = pki_ops.render_profile(request, row.certificate_serial)
+    except pki_ops.OperationError as exc:
+        raise web.HTTPGone(text=str(exc)) from None
+    audit(
+        request,
+        "profile.import",
+        target=row.certificate_serial,
+        detail=f"link={row.id} agent={agent}",
+    )
+    return profile_response(profile)
+
+
+def rest_error(status: int, kind: str, message: str) -> web.Response:
+    """An error in the XML shape Access Server uses and Connect parses."""
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<Error>\n'
+        f"  <Type>{escape(kind)}</Type>\n  <Synopsis>REST method failed</Synopsis>\n"
+        f"  <Message>{escape(message)}</Message>\n</Error>\n"
+    )
+    headers = {"WWW-Authenticate": BASIC_REALM} if status == 401 else {}
+    return web.Response(status=status, text=body, content_type="text/xml", headers=headers)
+
+
+def basic_credentials(request: web.Request) -> tuple[str, str] | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic" or not encoded:
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    name, sep, password = decoded.partition(":")
+    return (name, password) if sep else None
+
+
+async def get_userlogin(request: web.Request) -> web.StreamResponse:
+    """Issue a new device for the Basic-authenticated user; the profile as text/plain."""
+    credentials = basic_credentials(request)
+    if credentials is None:
+        return rest_error(401, "Authorization Required", "AUTH_FAILED: credentials required (9007)")
+    user = await check_credentials(request, *credentials)
+    if user is None:
+        return rest_error(401, "Authorization Required", "AUTH_FAILED: bad credentials (9007)")
+    act_as(request, user)
+    device = f"connect-{secrets.token_hex(3)}"
+    try:
+        certificate = pki_ops.issue(request, user_name=user.name, device=device)
+        profile = pki_ops.render_profile(request, certificate.serial)
+    except pki_ops.OperationError as exc:
+        return rest_error(500, "Internal Server Error", f"PROFILE_FAILED: {exc}")
+    audit(request, "profile.import", target=certificate.serial, detail="rest=GetUserlogin")
+    return web.Response(
+        text=profile.text,
+        content_type="text/plain",
+        headers={"Content-Disposition": f'attachment; filename="{profile.file_name}"'},
+    )
+
+
+async def openvpn_api_profile(request: web.Request) -> web.StreamResponse:
+    """The web-download probe: answered here, without Ovpn-WebAuth (use the REST method)."""
+    return web.Response(
+        text="Import from URL uses /rest/GetUserlogin with your portal name and password.\n",
+        content_type="text/plain",
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/rest/GetProfileViaToken", profile_via_token)
+    app.router.add_get("/rest/GetUserlogin", get_userlogin)
+    app.router.add_get("/openvpn-api/profile", openvpn_api_profile)
