@@ -197,6 +197,7 @@ def list_certificates(
 
 
 def mark_revoked(s: Session, *, serial: str, reason: str, at: datetime) -> Certificate:
+    """Revoke a certificate; its unused import links stop working with it."""
     if reason not in REVOCATION_REASONS:
         raise StoreError(f"unknown revocation reason {reason!r}")
     row = get_certificate(s, serial=serial)
@@ -206,11 +207,12 @@ def mark_revoked(s: Session, *, serial: str, reason: str, at: datetime) -> Certi
     row.revoked_at = at
     row.revocation_reason = reason
     s.flush()
+    revoke_import_tokens_for_certificate(s, serial=row.serial)
     return row
 
 
 def mark_superseded(s: Session, *, serial: str, by_serial: str) -> Certificate:
-    """Record that a renewal replaced this certificate (it is not revoked)."""
+    """Record that a renewal replaced this certificate (not revoked; old links die)."""
     row = get_certificate(s, serial=serial)
     get_certificate(s, serial=by_serial)
     if row.status != "valid":
@@ -218,6 +220,7 @@ def mark_superseded(s: Session, *, serial: str, by_serial: str) -> Certificate:
     row.status = "superseded"
     row.superseded_by = by_serial.lower()
     s.flush()
+    revoke_import_tokens_for_certificate(s, serial=row.serial)
     return row
 
 

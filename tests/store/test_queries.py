@@ -161,8 +161,13 @@ def test_certificates_are_filtered_by_owner_kind_status_and_expiry(engine: Engin
 def test_revocation_and_supersession(engine: Engine) -> None:
     at = T0 + timedelta(days=3)
     with session(engine) as s:
+        owner = _token_owner(s)
         for serial in ("01", "02", "03"):
             _certificate(s, serial)
+            queries.add_import_token(
+                s, token_hash=f"link-{serial}", user_id=owner, certificate_serial=serial,
+                expires_at=at + timedelta(days=1),
+            )  # fmt: skip
         revoked = queries.mark_revoked(s, serial="02", reason="keyCompromise", at=at)
         assert revoked.status == "revoked"
         queries.mark_superseded(s, serial="01", by_serial="03")
@@ -172,6 +177,8 @@ def test_revocation_and_supersession(engine: Engine) -> None:
         assert (cert.revoked_at, cert.revocation_reason) == (at, "keyCompromise")
         old = queries.get_certificate(s, serial="01")
         assert (old.status, old.superseded_by) == ("superseded", "03")
+        links = {t.token_hash: t.revoked for t in queries.list_import_tokens(s, user_id=owner)}
+        assert links == {"link-01": True, "link-02": True, "link-03": False}
         with pytest.raises(ConflictError, match="already revoked"):
             queries.mark_revoked(s, serial="02", reason="keyCompromise", at=at)
         with pytest.raises(StoreError, match="unknown revocation reason"):
