@@ -1,0 +1,78 @@
+"""Builds the OpenVPN server pieces from the data folder: TLS context, wrap keys, acceptor.
+
+A gateway serves tls-crypt and tls-crypt-v2 clients on the same port: the first packet's
+opcode says which (tls-crypt-v2 clients start with HARD_RESET_CLIENT_V3 or send
+P_CONTROL_WKC_V1), so one acceptor per mode sits behind a small dispatcher. Which of the
+two the issued profiles use is the stored ``control_channel`` setting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from sslvpn.config import DataPaths
+from sslvpn.openvpn.constants import Opcode
+from sslvpn.openvpn.server import AcceptorConfig, Decision, ServerAcceptor
+from sslvpn.openvpn.static_key import parse_static_key, parse_tls_crypt_v2_server_key
+from sslvpn.openvpn.tls import TlsContext, TlsCredentials
+from sslvpn.openvpn.tls_wrap import ServerWrapKeys
+from sslvpn.store.models import GatewaySettings
+
+V2_OPCODES = frozenset({Opcode.CONTROL_HARD_RESET_CLIENT_V3, Opcode.CONTROL_WKC_V1})
+
+
+@dataclass(frozen=True)
+class OpenVpnCredentials:
+    """Key material read once at start: TLS identity and trust, control-channel keys."""
+
+    tls: TlsContext = field(repr=False)
+    tls_crypt: ServerWrapKeys | None = field(repr=False)
+    tls_crypt_v2: ServerWrapKeys | None = field(repr=False)
+
+    @classmethod
+    def load(cls, paths: DataPaths, settings: GatewaySettings) -> OpenVpnCredentials:
+        """Read the CA, server certificate and key, tls-crypt and tls-crypt-v2 keys."""
+        ca = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
+        cert = x509.load_pem_x509_certificate(paths.server_cert.read_bytes())
+        key = load_pem_private_key(paths.server_key.read_bytes(), password=None)
+        tls = TlsContext(
+            TlsCredentials(certificate=cert, private_key=key, trust=(ca,)),  # type: ignore[arg-type]
+            server=True,
+        )
+        tc = v2 = None
+        if paths.tls_crypt_key.exists():
+            tc = ServerWrapKeys.tls_crypt(parse_static_key(paths.tls_crypt_key.read_text()))
+        if paths.tls_crypt_v2_server_key.exists():
+            v2 = ServerWrapKeys.tls_crypt_v2(
+                parse_tls_crypt_v2_server_key(paths.tls_crypt_v2_server_key.read_text())
+            )
+        if tc is None and v2 is None:
+            raise FileNotFoundError(f"no tls-crypt or tls-crypt-v2 key in {paths.pki_dir}")
+        return cls(tls=tls, tls_crypt=tc, tls_crypt_v2=v2)
+
+
+class ControlChannelAcceptor:
+    """Routes a first packet to the tls-crypt or the tls-crypt-v2 acceptor by its opcode."""
+
+    def __init__(self, v1: ServerAcceptor | None, v2: ServerAcceptor | None) -> None:
+        self._v1 = v1
+        self._v2 = v2
+
+    def receive(self, data: bytes, address: object, now: float) -> Decision:
+        acceptor = self._v2 if data and (data[0] >> 3) in V2_OPCODES else self._v1
+        if acceptor is None:
+            acceptor = self._v1 or self._v2
+        assert acceptor is not None  # noqa: S101 (load() guarantees one)
+        return acceptor.receive(data, address, now)
+
+
+def build_acceptor(credentials: OpenVpnCredentials, *, tcp: bool) -> ControlChannelAcceptor:
+    """The stateless first-packet gate for one listener."""
+
+    def one(keys: ServerWrapKeys | None) -> ServerAcceptor | None:
+        return ServerAcceptor(AcceptorConfig(wrap=keys, tcp=tcp)) if keys is not None else None
+
+    return ControlChannelAcceptor(one(credentials.tls_crypt), one(credentials.tls_crypt_v2))

@@ -1,0 +1,167 @@
+"""OpenVPN over TCP: one connection per client, packets framed with a 2-byte length.
+
+Each connection's first frame goes to the stateless ``ServerAcceptor`` (TCP mode: the
+transport already proved the address); a session is created only when it says so. Every
+later frame feeds that session's driver. Outgoing packets are framed and written without
+waiting; when the peer stops reading and the buffered output passes a high-water mark,
+further packets are dropped (tunnelled TCP retransmits; the control channel has its own
+reliability layer), so one slow client never holds unbounded memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import socket
+import struct
+
+from sslvpn.openvpn.server import CreateSession, Dropped, Reply
+from sslvpn.runtime.gateway import ClientSession, Gateway
+from sslvpn.runtime.openvpn_udp import Acceptor, SessionFactory, enlarge_buffers, format_peer
+
+log = logging.getLogger(__name__)
+
+WRITE_HIGH_WATER = 4 * 1024 * 1024
+MAX_FRAME = 0xFFFF
+MIN_FRAME = 1
+_LENGTH = struct.Struct("!H")
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP client: de-frames input, frames output."""
+
+    def __init__(self, listener: OpenVpnTcpListener) -> None:
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.peer_address: object = None
+        self.client: ClientSession | None = None
+        self._pending = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # noqa: S101 (stream server)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            enlarge_buffers(sock)
+        self.peer_address = transport.get_extra_info("peername")
+        address = self.peer_address
+        self.peer = format_peer(address) if isinstance(address, tuple) else str(address)
+        self.listener.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        pending = self._pending
+        pending += data
+        offset = 0
+        size = len(pending)
+        while size - offset >= 2:
+            (length,) = _LENGTH.unpack_from(pending, offset)
+            if length < MIN_FRAME:
+                self._abort("empty-frame")
+                return
+            end = offset + 2 + length
+            if end > size:
+                break
+            self._frame(bytes(pending[offset + 2 : end]))
+            offset = end
+            if self.transport is None:
+                return
+        del pending[:offset]
+
+    def _frame(self, frame: bytes) -> None:
+        client = self.client
+        if client is not None and client.driver is not None:
+            client.driver.feed(frame)
+            return
+        listener = self.listener
+        now = asyncio.get_running_loop().time()
+        decision = listener.acceptor.receive(frame, self.peer_address, now)
+        if isinstance(decision, CreateSession):
+            try:
+                core = listener.session_factory(decision, now)
+            except Exception:  # a bad first packet must not take the listener down
+                log.exception("could not create a session for %s", self.peer)
+                self._abort("session-create-failed")
+                return
+            self.client = listener.gateway.new_session(
+                core, transmit=self.send, protocol="tcp", real_address=self.peer,
+                on_closed=self._session_closed,
+            )
+            assert self.client.driver is not None  # noqa: S101 (set by new_session)
+            self.client.driver.pump()
+        elif isinstance(decision, Reply):
+            self.send(decision.data)
+        elif isinstance(decision, Dropped):
+            self._abort(decision.reason)
+
+    def send(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+            self.listener.drops["send-full"] += 1
+            return
+        transport.write(_LENGTH.pack(len(data)) + data)
+
+    def _abort(self, reason: str) -> None:
+        """Bad input before a session exists: count it and hang up."""
+        self.listener.drops[reason] += 1
+        if self.transport is not None:
+            self.transport.abort()
+            self.transport = None
+
+    def _session_closed(self) -> None:
+        """The session ended (kick, exit, revocation): flush what it sent, then close."""
+        self.client = None
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.listener.connections.discard(self)
+        client, self.client = self.client, None
+        if client is not None:
+            self.listener.gateway.transport_lost(client, "connection closed by peer")
+
+
+class OpenVpnTcpListener:
+    """Serves OpenVPN clients on one listening TCP socket."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        acceptor: Acceptor,
+        session_factory: SessionFactory,
+    ) -> None:
+        self.gateway = gateway
+        self.acceptor = acceptor
+        self.session_factory = session_factory
+        self.drops: collections.Counter[str] = collections.Counter()
+        self.connections: set[_Connection] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host, port, reuse_address=True, backlog=128,
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._server is not None  # noqa: S101 (after start)
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return host, port
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for connection in list(self.connections):
+                if connection.transport is not None:
+                    connection.transport.close()
+            await self._server.wait_closed()
+            self._server = None
