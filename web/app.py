@@ -17,8 +17,10 @@ import jinja2
 from aiohttp import web
 from sqlalchemy import Engine
 
+from client_profiles.passwords import generate_password, hash_password
 from sslvpn.config import DataPaths
 from sslvpn.runtime.control import GatewayControl
+from sslvpn.store import db, queries
 from web import api, pages, security
 from web.portal import PORTAL, Portal, PortalSettings
 from web.traffic import TrafficHistory
@@ -88,6 +90,22 @@ async def _sample_traffic(app: web.Application) -> AsyncIterator[None]:
         pass
 
 
+FIRST_ADMIN = "admin"
+
+
+def ensure_first_admin(engine: Engine) -> str | None:
+    """On first start create user ``admin``; returns its one-time password (else None)."""
+    with db.session(engine) as s:
+        if any(u.role == "admin" for u in queries.list_users(s)):
+            return None
+        password = generate_password()
+        queries.create_user(
+            s, name=FIRST_ADMIN, role="admin", password_hash=hash_password(password)
+        )
+        queries.record_audit(s, actor="portal", action="user.create", target=FIRST_ADMIN)
+    return password
+
+
 def is_loopback(host: str) -> bool:
     """Plain HTTP is allowed only for loopback hosts (the demo default)."""
     if host == "localhost":
@@ -104,14 +122,6 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"listen address must be HOST:PORT, got {listen!r}")
     return host.strip("[]"), int(port)
-
-
-def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
-    """Server-side TLS 1.2+ with the portal certificate."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert, key)
-    return context
 
 
 @dataclass(frozen=True)

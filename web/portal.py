@@ -46,8 +46,8 @@ class Portal:
             return []
         try:
             return self.control.list_sessions()
-        except Exception:  # a dead gateway must not take the portal down with it
-            log.exception("gateway did not list its sessions")
+        except Exception as exc:  # a dead gateway must not take the portal down with it
+            log.warning("gateway did not list its sessions: %s", exc)
             return []
 
     def kick_certificate(self, serial: str, reason: str) -> int:
@@ -56,8 +56,8 @@ class Portal:
             return 0
         try:
             return self.control.kick_certificate(serial, reason)
-        except Exception:
-            log.exception("gateway did not kick certificate sessions")
+        except Exception as exc:
+            log.warning("gateway did not kick certificate sessions: %s", exc)
             return 0
 
     def sample_traffic(self) -> None:
@@ -65,8 +65,8 @@ class Portal:
             return
         try:
             self.traffic.add(self.control.traffic())
-        except Exception:
-            log.exception("gateway did not report traffic")
+        except Exception as exc:
+            log.debug("gateway did not report traffic: %s", exc)
 
 
 PORTAL = web.AppKey("portal", Portal)

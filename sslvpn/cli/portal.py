@@ -1,7 +1,103 @@
-"""`sslvpn portal` commands."""
+"""`sslvpn portal`: the web portal alone, for a portal-only host sharing the database."""
 
 from __future__ import annotations
 
-import click
+import asyncio
+import ssl
+import sys
+from pathlib import Path
 
-COMMANDS: list[click.Command] = []
+import click
+from aiohttp import web
+
+from client_profiles.pkifiles import LifecycleError
+from sslvpn.cli.context import CliContext
+from sslvpn.config import DataPaths, database_url
+from sslvpn.runtime.control_server import ControlClient
+from sslvpn.store import StoreError, db, queries
+from sslvpn.store.db import open_engine, upgrade
+from web.app import create_app, ensure_first_admin, is_loopback, parse_listen, start_portal
+from web.portal import PortalSettings
+from web.tls import ensure_portal_certificate, tls_context
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
+
+
+@click.command("portal")
+@click.option("--listen", default=DEFAULT_LISTEN, show_default=True, help="HOST:PORT to serve on.")
+@click.option(
+    "--public-url",
+    default=None,
+    help="Base URL phones reach the portal at (put in import links); default: the Host asked.",
+)
+@click.option(
+    "--cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Portal certificate (PEM); default: one issued from our CA.",
+)
+@click.option(
+    "--key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Key of --cert (PEM).",
+)
+@click.option(
+    "--https/--no-https",
+    "https",
+    default=None,
+    help="Force HTTPS on or off (off only on loopback); default: off on loopback.",
+)
+@click.pass_obj
+def portal(
+    obj: CliContext,
+    listen: str,
+    public_url: str | None,
+    cert: Path | None,
+    key: Path | None,
+    https: bool | None,
+) -> None:
+    """Serve the web portal and REST API (talks to a local gateway via its control socket)."""
+    paths = DataPaths(obj.data_dir)
+    try:
+        host, _ = parse_listen(listen)
+        use_tls = https if https is not None else not is_loopback(host)
+        if not use_tls and not is_loopback(host):
+            raise ValueError("plain HTTP is only allowed on a loopback address")
+        engine = open_engine(database_url(obj.data_dir, obj.database_url))
+        upgrade(engine)
+        tls = None
+        if use_tls:
+            if cert is None or key is None:
+                with db.session(engine) as s:
+                    addresses = queries.get_settings(s).public_addresses
+                cert, key = ensure_portal_certificate(paths, [host, *addresses])
+            tls = tls_context(cert, key)
+        password = ensure_first_admin(engine)
+    except (ValueError, StoreError, LifecycleError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    app = create_app(
+        engine=engine,
+        paths=paths,
+        control=ControlClient(paths.control_socket),
+        settings=PortalSettings(public_url=public_url),
+    )
+    asyncio.run(_serve(app, listen, tls, password))
+
+
+async def _serve(
+    app: web.Application, listen: str, tls: ssl.SSLContext | None, password: str | None
+) -> None:
+    """Print where we listen (and the first admin password, once), then serve."""
+    served = await start_portal(app, listen, tls)
+    click.echo(f"portal: {served.url}")
+    if password is not None:
+        click.echo(f"first start: log in as 'admin' with the one-time password {password}")
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await served.runner.cleanup()
+
+
+COMMANDS: list[click.Command] = [portal]

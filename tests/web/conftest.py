@@ -155,3 +155,16 @@ async def login(client: TestClient, name: str, password: str | None = None) -> s
     )
     assert response.status == 303, await response.text()
     return await csrf_from(client, "/account/password")
+
+
+def issue_for(site: Site, user: str, device: str = "phone") -> str:
+    """Issue a client certificate straight through the lifecycle; returns its serial."""
+    row = lifecycle.issue_client(
+        site.engine, site.paths, user_name=user, device=device, actor="test"
+    )
+    return row.serial
+
+
+def audit_actions(site: Site, *, actor: str | None = None) -> list[str]:
+    with db.session(site.engine) as s:
+        return [e.action for e in queries.list_audit(s, actor=actor, limit=1000)]

@@ -1,0 +1,40 @@
+"""The portal's HTTPS certificate: issued once from our CA on first start (or given by the
+admin), kept under ``DataPaths.portal_cert``/``portal_key``.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from client_profiles.pki import certificate_pem, issue_server_certificate, private_key_pem
+from client_profiles.pkifiles import open_ca
+from sslvpn.config import DataPaths, write_public_file, write_secret_file
+
+
+def ensure_portal_certificate(
+    paths: DataPaths, hosts: Iterable[str], *, ca_passphrase: str | None = None
+) -> tuple[Path, Path]:
+    """The portal certificate and key, issued from our CA for ``hosts`` when absent."""
+    if paths.portal_cert.is_file() and paths.portal_key.is_file():
+        return paths.portal_cert, paths.portal_key
+    names = [h for h in dict.fromkeys(hosts) if h and h not in ("0.0.0.0", "::")]  # noqa: S104
+    if not names:
+        raise ValueError("the portal certificate needs a host name or address to be issued for")
+    ca = open_ca(paths, ca_passphrase)
+    issued = issue_server_certificate(
+        ca, common_name=names[0], public_addresses=names, now=datetime.now(UTC)
+    )
+    write_secret_file(paths.portal_key, private_key_pem(issued.private_key))
+    write_public_file(paths.portal_cert, certificate_pem(issued.certificate))
+    return paths.portal_cert, paths.portal_key
+
+
+def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """Server-side TLS 1.2+ with the portal certificate."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
