@@ -148,3 +148,5 @@ TLS_MTU = 1250  # mtu.h TLS_MTU_DEFAULT: largest control datagram we send
 HAND_WINDOW = 60.0  # options.c handshake_window default, seconds
 REPLAY_WINDOW = 64  # packet_id.h DEFAULT_SEQ_BACKTRACK
 REPLAY_TIME = 15.0  # packet_id.h DEFAULT_TIME_BACKTRACK, seconds
+TCP_MAX_PACKET = 4096  # ours: TCP frames above this close the stream (socket.c "Bogus
+#                        packet size"); 2.6 sends <= 1250 control, ~1550 data bytes
