@@ -262,3 +262,12 @@ def test_wrap_unwrap_round_trip(payload: bytes, packet_id: int, timestamp: int) 
     ]:
         opened = receiver.open(sender.seal(pkt, packet_id, timestamp))
         assert (opened.packet, opened.packet_id, opened.timestamp) == (pkt, packet_id, timestamp)
+
+
+@given(st.binary(max_size=300))
+def test_session_unwrap_only_raises_unwrap_errors(data: bytes) -> None:
+    wrap = ControlWrap(TlsCryptCodec(TC_KEY, server=True), timestamp=0)
+    try:
+        wrap.unwrap(data)
+    except UnwrapError as exc:
+        assert exc.reason in {"short", "auth", "malformed", "wkc-malformed", "replay"}
