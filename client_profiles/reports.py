@@ -146,8 +146,7 @@ def _profile_certificate(
         )
         found = s.exec(query).first()
         if found is None:
-            which = f"device {device!r}" if device else "no device"
-            raise LifecycleError(f"user {user.name!r} has no valid certificate for {which}")
+            raise LifecycleError(_no_certificate_message(s, user, device))
         row = found
     if row.kind != "client" or row.key_pem is None:
         raise LifecycleError(f"certificate {row.serial} is not a client certificate")
@@ -160,6 +159,17 @@ def _profile_certificate(
         if owner is not None and owner.disabled:
             raise LifecycleError(f"user {owner.name!r} is disabled")
     return row
+
+
+def _no_certificate_message(s: Session, user: User, device: str | None) -> str:
+    """Say which devices do have a certificate, so the operator can pick one."""
+    query = select(Certificate).where(
+        Certificate.user_id == user.id, Certificate.kind == "client", Certificate.status == "valid"
+    )
+    devices = sorted({row.device or "(none)" for row in s.exec(query).all()})
+    which = f"device {device!r}" if device else "no --device"
+    known = f"; devices with one: {', '.join(devices)}" if devices else ""
+    return f"user {user.name!r} has no valid certificate for {which}{known}"
 
 
 def _file_items(paths: DataPaths, now: datetime) -> list[ExpiryItem]:

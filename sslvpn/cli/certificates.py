@@ -1,7 +1,167 @@
-"""`sslvpn cert, crl and profile` commands."""
+"""`sslvpn cert issue/list/renew/revoke`, `sslvpn crl` and `sslvpn profile` commands.
+
+Thin wrappers over `client_profiles.lifecycle` and `client_profiles.reports`; the CA
+passphrase, when the CA key is encrypted, comes from ``SSLVPN_CA_PASSPHRASE``.
+"""
 
 from __future__ import annotations
 
-import click
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
 
-COMMANDS: list[click.Command] = []
+import click
+from sqlalchemy import Engine
+
+from client_profiles import lifecycle, reports
+from client_profiles.pki import CLIENT_DAYS, REVOCATION_REASONS
+from sslvpn.cli.setup import ACTOR, one_line_errors, paths_of, store
+from sslvpn.config import write_public_file, write_secret_file
+from sslvpn.store import NotFoundError
+from sslvpn.store.db import session
+from sslvpn.store.models import utcnow
+from sslvpn.store.queries import get_certificate
+
+_DAYS = click.IntRange(1, lifecycle.MAX_CLIENT_DAYS)
+_TRANSPORTS: dict[str, Literal["udp", "tcp"]] = {"udp": "udp", "tcp": "tcp"}
+
+
+@click.group("cert")
+def cert_group() -> None:
+    """Issue, list, renew and revoke client certificates."""
+
+
+@cert_group.command("issue")
+@click.argument("user")
+@click.option("--device", default=None, help="Device name; the CN becomes USER.DEVICE.")
+@click.option("--days", type=_DAYS, default=CLIENT_DAYS, show_default=True)
+@click.pass_context
+@one_line_errors
+def issue_command(ctx: click.Context, user: str, device: str | None, days: int) -> None:
+    """Issue a client certificate for USER."""
+    with store(ctx) as engine:
+        row = lifecycle.issue_client(
+            engine, paths_of(ctx), user_name=user, device=device, days=days, actor=ACTOR
+        )
+    click.echo(f"issued {row.serial} CN={row.subject_cn} valid until {row.not_after:%Y-%m-%d}")
+
+
+@cert_group.command("list")
+@click.option(
+    "--expiring",
+    type=click.IntRange(0),
+    default=None,
+    metavar="DAYS",
+    help="Only what is valid and expires within DAYS days (CA, server cert, CRL included).",
+)
+@click.pass_context
+@one_line_errors
+def list_command(ctx: click.Context, expiring: int | None) -> None:
+    """List certificates, the CA and the CRL with their expiry."""
+    within = None if expiring is None else timedelta(days=expiring)
+    now = utcnow()
+    with store(ctx) as engine:
+        items = reports.expiry_report(paths_of(ctx), engine, within=within, now=now)
+    click.echo(f"{'KIND':<7}{'NAME':<30}{'STATUS':<11}{'EXPIRES':<12}{'DAYS':>6}  SERIAL")
+    for item in items:
+        left = (item.not_after - now).days
+        click.echo(
+            f"{item.kind:<7}{item.name:<30}{item.status:<11}"
+            f"{item.not_after:%Y-%m-%d}  {left:>6}  {item.serial or '-'}"
+        )
+
+
+@cert_group.command("renew")
+@click.argument("serial")
+@click.option("--days", type=_DAYS, default=None, help="Default: the old certificate's lifetime.")
+@click.pass_context
+@one_line_errors
+def renew_command(ctx: click.Context, serial: str, days: int | None) -> None:
+    """Replace certificate SERIAL with a new one (the old one becomes superseded)."""
+    with store(ctx) as engine:
+        row = lifecycle.renew(engine, paths_of(ctx), serial=serial, days=days, actor=ACTOR)
+    click.echo(f"renewed {serial.lower()} as {row.serial} valid until {row.not_after:%Y-%m-%d}")
+
+
+@cert_group.command("revoke")
+@click.argument("target", metavar="SERIAL|USER")
+@click.option(
+    "--reason", type=click.Choice(REVOCATION_REASONS), default="unspecified", show_default=True
+)
+@click.pass_context
+@one_line_errors
+def revoke_command(ctx: click.Context, target: str, reason: str) -> None:
+    """Revoke one certificate, or every certificate of a user, and re-sign the CRL."""
+    with store(ctx) as engine:
+        serial = _existing_serial(engine, target)
+        rows = lifecycle.revoke(
+            engine,
+            paths_of(ctx),
+            serial=serial,
+            user_name=None if serial else target,
+            reason=reason,
+            actor=ACTOR,
+        )
+    for row in rows:
+        click.echo(f"revoked {row.serial} CN={row.subject_cn} ({reason})")
+
+
+def _existing_serial(engine: Engine, target: str) -> str | None:
+    """The target as a certificate serial if one exists, else None (it names a user)."""
+    with session(engine) as s:
+        try:
+            return get_certificate(s, serial=target).serial
+        except NotFoundError:
+            return None
+
+
+@click.command("crl")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--format", "encoding", type=click.Choice(["pem", "der"]), default="pem", show_default=True
+)
+@click.pass_context
+@one_line_errors
+def crl_command(ctx: click.Context, output: Path | None, encoding: str) -> None:
+    """Re-sign the CRL now and write it to FILE (stdout without -o)."""
+    paths = paths_of(ctx)
+    with store(ctx) as engine:
+        state = lifecycle.refresh_crl(paths, engine, force=True, actor=ACTOR)
+    data = (paths.crl_der if encoding == "der" else paths.crl_pem).read_bytes()
+    click.echo(f"CRL {state.number} valid until {state.next_update:%Y-%m-%d %H:%M} UTC", err=True)
+    _emit(data, output, secret=False)
+
+
+@click.command("profile")
+@click.argument("user")
+@click.option("--device", default=None, help="Which of the user's devices.")
+@click.option("--proto", type=click.Choice(["udp", "tcp"]), default=None, help="Default: all.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.pass_context
+@one_line_errors
+def profile_command(
+    ctx: click.Context, user: str, device: str | None, proto: str | None, output: Path | None
+) -> None:
+    """Write USER's .ovpn profile (with its private key) to FILE, or stdout without -o."""
+    transport = _TRANSPORTS.get(proto or "")
+    with store(ctx) as engine:
+        profile = reports.render_profile(
+            engine, paths_of(ctx), user_name=user, device=device, proto=transport, actor=ACTOR
+        )
+    _emit(profile.text.encode("utf-8"), output, secret=True)
+
+
+def _emit(data: bytes, output: Path | None, *, secret: bool) -> None:
+    """To a file written atomically (0600 when it holds a key), or to stdout."""
+    if output is None:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    elif secret:
+        write_secret_file(output, data)
+    else:
+        write_public_file(output, data)
+
+
+COMMANDS: list[click.Command] = [cert_group, crl_command, profile_command]

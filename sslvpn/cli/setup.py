@@ -1,7 +1,186 @@
-"""`sslvpn init` commands."""
+"""`sslvpn init`, plus the store and error plumbing the admin commands share.
+
+Every admin command (init, user, cert, crl, profile) turns an operator mistake or a
+refusal into one line on stderr and exit status 1, and opens the store only after checking
+that the data folder exists (so a typo in ``--data-dir`` never creates an empty database).
+"""
 
 from __future__ import annotations
 
-import click
+import functools
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
 
-COMMANDS: list[click.Command] = []
+import click
+from sqlalchemy import Engine
+
+from client_profiles import lifecycle
+from client_profiles.pki import KeyType, WrongPassphrase
+from client_profiles.pkifiles import LifecycleError
+from sslvpn.cli.context import CliContext
+from sslvpn.config import DataPaths, database_url
+from sslvpn.store import StoreError
+from sslvpn.store.db import open_engine, upgrade
+
+ACTOR = "cli"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_line_errors(func: F) -> F:
+    """Refusals and operator mistakes become `error: <one line>` and exit status 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (LifecycleError, WrongPassphrase, StoreError, ValueError) as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        except OSError as exc:
+            message = f"{exc.filename or 'file'}: {exc.strerror or exc}"
+        click.echo(f"error: {message}", err=True)
+        sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def paths_of(ctx: click.Context) -> DataPaths:
+    return DataPaths(_obj(ctx).data_dir)
+
+
+@contextmanager
+def store(ctx: click.Context) -> Iterator[Engine]:
+    """An upgraded engine for an existing data folder; disposed when the command ends."""
+    obj = _obj(ctx)
+    if not obj.data_dir.is_dir():
+        raise LifecycleError(f"data folder {obj.data_dir} does not exist; run `sslvpn init`")
+    engine = open_engine(database_url(obj.data_dir, obj.database_url))
+    try:
+        upgrade(engine)
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def read_stdin_secret(what: str) -> str:
+    """The first line of stdin (a password or passphrase piped in), never echoed."""
+    value = sys.stdin.readline().rstrip("\r\n")
+    if not value:
+        raise LifecycleError(f"no {what} on stdin")
+    return value
+
+
+def _obj(ctx: click.Context) -> CliContext:
+    obj = ctx.find_object(CliContext)
+    if obj is None:
+        raise click.UsageError("run through the `sslvpn` command")
+    return obj
+
+
+@click.command("init")
+@click.option(
+    "--public-address",
+    "public_addresses",
+    multiple=True,
+    required=True,
+    help="DNS name or IP clients connect to (repeat for failover; the first names the server).",
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=1194, show_default=True)
+@click.option(
+    "--proto", type=click.Choice(["udp", "tcp", "both"]), default="both", show_default=True
+)
+@click.option("--vpc", multiple=True, help="Network (CIDR) clients may reach; repeatable.")
+@click.option("--pool", default="10.8.0.0/24", show_default=True, help="Client address pool.")
+@click.option("--dns", multiple=True, help="DNS server pushed to clients; repeatable.")
+@click.option(
+    "--key-type",
+    type=click.Choice([k.value for k in KeyType]),
+    default=KeyType.ECDSA_P256.value,
+    show_default=True,
+)
+@click.option(
+    "--control-channel",
+    type=click.Choice(["tls-crypt", "tls-crypt-v2"]),
+    default="tls-crypt",
+    show_default=True,
+    help="Shared tls-crypt key, or a tls-crypt-v2 key per client.",
+)
+@click.option(
+    "--ca-passphrase-stdin",
+    is_flag=True,
+    help="Encrypt the CA key with a passphrase read from stdin (else SSLVPN_CA_PASSPHRASE).",
+)
+@click.pass_context
+@one_line_errors
+def init_command(
+    ctx: click.Context,
+    public_addresses: tuple[str, ...],
+    port: int,
+    proto: str,
+    vpc: tuple[str, ...],
+    pool: str,
+    dns: tuple[str, ...],
+    key_type: str,
+    control_channel: str,
+    ca_passphrase_stdin: bool,
+) -> None:
+    """Create the data folder: CA, server certificate, tls-crypt keys, CRL and settings."""
+    obj = _obj(ctx)
+    paths = DataPaths(obj.data_dir)
+    passphrase = read_stdin_secret("CA passphrase") if ca_passphrase_stdin else None
+    if paths.ca_cert.exists() or paths.ca_key.exists():
+        raise LifecycleError(f"data folder {paths.data_dir} is already initialised")
+    created_dir = not paths.data_dir.exists()
+    sqlite = obj.database_url is None
+    created_db = sqlite and not paths.database.exists()
+    try:
+        paths.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with store(ctx) as engine:
+            settings = lifecycle.initialise(
+                paths,
+                engine,
+                public_addresses=public_addresses,
+                port=port,
+                proto=proto,
+                vpc=vpc,
+                pool=pool,
+                dns=dns,
+                key_type=KeyType(key_type),
+                ca_passphrase=passphrase,
+                control_channel=control_channel,
+                actor=ACTOR,
+            )
+        if created_db:
+            os.chmod(paths.database, 0o600)  # it will hold client keys
+    except BaseException:
+        _remove_what_init_created(paths, created_dir=created_dir, created_db=created_db)
+        raise
+    click.echo(f"initialised {paths.data_dir}")
+    click.echo(f"  server name  {settings.public_addresses[0]}")
+    click.echo(f"  listening    {settings.protocols} on port {settings.port}")
+    click.echo(f"  client pool  {settings.pool_cidr}")
+    click.echo(f"  VPC networks {', '.join(settings.vpc_networks) or '(none)'}")
+    click.echo(f"  CA key       {'encrypted' if passphrase or _env_passphrase() else 'plain'}")
+
+
+def _env_passphrase() -> bool:
+    return bool(os.environ.get("SSLVPN_CA_PASSPHRASE"))
+
+
+def _remove_what_init_created(paths: DataPaths, *, created_dir: bool, created_db: bool) -> None:
+    """A failed init leaves the folder as it found it."""
+    if created_dir:
+        shutil.rmtree(paths.data_dir, ignore_errors=True)
+        return
+    if created_db:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{paths.database}{suffix}").unlink(missing_ok=True)
+    if paths.pki_dir.is_dir() and not any(paths.pki_dir.iterdir()):
+        paths.pki_dir.rmdir()
+
+
+COMMANDS: list[click.Command] = [init_command]

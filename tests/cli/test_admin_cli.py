@@ -1,0 +1,291 @@
+"""`sslvpn init/user/cert/crl/profile` through click's CliRunner against a temp data folder.
+
+Every error path prints exactly one line on stderr, exits non-zero and leaves no
+half-written files or rows behind.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlmodel import select
+
+from sslvpn.cli import main
+from sslvpn.config import DataPaths, database_url
+from sslvpn.store.db import open_engine, session
+from sslvpn.store.models import Certificate, GatewaySettings, User
+
+Run = Callable[..., Result]
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "var"
+
+
+@pytest.fixture
+def run(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Run:
+    monkeypatch.delenv("SSLVPN_CA_PASSPHRASE", raising=False)
+    monkeypatch.delenv("SSLVPN_DATABASE_URL", raising=False)
+
+    def invoke(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> Result:
+        return CliRunner().invoke(
+            main, ["--data-dir", str(data_dir), *args], input=stdin, env=env, catch_exceptions=False
+        )
+
+    return invoke
+
+
+@pytest.fixture
+def ready(run: Run) -> Run:
+    """An initialised data folder with user alice."""
+    assert run("init", "--public-address", "vpn.example.test").exit_code == 0
+    assert run("user", "add", "alice").exit_code == 0
+    return run
+
+
+def _one_line_error(result: Result, fragment: str) -> None:
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]
+    assert "Traceback" not in result.output
+
+
+def _count(data_dir: Path, model: type[User] | type[Certificate]) -> int:
+    engine = open_engine(database_url(data_dir, None))
+    try:
+        with session(engine) as s:
+            return len(s.exec(select(model)).all())
+    finally:
+        engine.dispose()
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_init_defaults_and_file_modes(run: Run, data_dir: Path) -> None:
+    result = run("init", "--public-address", "vpn.example.test")
+    assert result.exit_code == 0, result.output
+    engine = open_engine(database_url(data_dir, None))
+    with session(engine) as s:
+        settings = s.exec(select(GatewaySettings)).one()
+    engine.dispose()
+    assert settings.protocols == "both" and settings.port == 1194
+    assert settings.pool_cidr == "10.8.0.0/24"
+    paths = DataPaths(data_dir)
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(paths.database.stat().st_mode) == 0o600
+    assert stat.S_IMODE(paths.ca_key.stat().st_mode) == 0o600
+    assert b"ENCRYPTED" not in paths.ca_key.read_bytes()
+
+
+def test_init_options_are_stored(run: Run, data_dir: Path) -> None:
+    result = run(
+        "init", "--public-address", "a.example", "--public-address", "198.18.0.1",
+        "--port", "443", "--proto", "tcp", "--vpc", "10.0.0.0/16", "--vpc", "10.1.0.0/16",
+        "--pool", "10.9.0.0/24", "--dns", "10.0.0.2", "--key-type", "rsa3072",
+        "--control-channel", "tls-crypt-v2",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    engine = open_engine(database_url(data_dir, None))
+    with session(engine) as s:
+        settings = s.exec(select(GatewaySettings)).one()
+    engine.dispose()
+    assert settings.public_addresses == ["a.example", "198.18.0.1"]
+    assert (settings.port, settings.protocols, settings.pool_cidr) == (443, "tcp", "10.9.0.0/24")
+    assert settings.vpc_networks == ["10.0.0.0/16", "10.1.0.0/16"]
+    assert settings.dns_servers == ["10.0.0.2"]
+    assert settings.control_channel == "tls-crypt-v2"
+    assert b"BEGIN PRIVATE KEY" in DataPaths(data_dir).ca_key.read_bytes()
+
+
+def test_init_twice_changes_nothing(ready: Run, data_dir: Path) -> None:
+    before = _snapshot(data_dir / "pki")
+    _one_line_error(ready("init", "--public-address", "other.example"), "already initialised")
+    assert _snapshot(data_dir / "pki") == before
+
+
+def test_failed_init_leaves_no_folder(run: Run, data_dir: Path) -> None:
+    _one_line_error(run("init", "--public-address", "a.example", "--pool", "nonsense"), "pool")
+    assert not data_dir.exists()
+
+
+def test_failed_init_in_an_existing_folder_leaves_it_empty(run: Run, data_dir: Path) -> None:
+    data_dir.mkdir()
+    _one_line_error(run("init", "--public-address", "a.example", "--vpc", "10.0.0.1/8"), "VPC")
+    assert list(data_dir.iterdir()) == []
+
+
+def test_user_verbs(ready: Run, data_dir: Path) -> None:
+    added = ready("user", "add", "bob", "--email", "bob@example.com", "--admin",
+                  "--password-stdin", stdin="a long password\n")  # fmt: skip
+    assert added.exit_code == 0, added.output
+    assert ready("user", "disable", "bob").exit_code == 0
+    listing = ready("user", "list").stdout
+    assert "bob" in listing and "admin" in listing and "disabled" in listing
+    assert "a long password" not in listing
+    assert ready("user", "enable", "bob").exit_code == 0
+    assert "disabled" not in ready("user", "list").stdout
+
+
+def test_duplicate_user_is_one_line_and_no_row(ready: Run, data_dir: Path) -> None:
+    _one_line_error(ready("user", "add", "alice"), "already exists")
+    assert _count(data_dir, User) == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("cert", "issue", "nobody"),
+        ("profile", "nobody"),
+        ("cert", "revoke", "nobody"),
+        ("user", "disable", "nobody"),
+        ("user", "enable", "nobody"),
+    ],
+)
+def test_unknown_user_is_one_line(ready: Run, data_dir: Path, args: tuple[str, ...]) -> None:
+    _one_line_error(ready(*args), "nobody")
+    assert _count(data_dir, Certificate) == 1  # only the server certificate
+
+
+def test_bad_input_is_one_line(ready: Run) -> None:
+    _one_line_error(ready("user", "add", "bad name"), "user name")
+    _one_line_error(ready("user", "add", "bob", "--password-stdin", stdin="\n"), "password")
+    _one_line_error(ready("cert", "issue", "alice", "--device", "a/b"), "device")
+    _one_line_error(ready("cert", "renew", "abcdef"), "abcdef")
+    _one_line_error(ready("profile", "alice"), "no valid certificate")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("user", "list"),
+        ("cert", "list"),
+        ("cert", "issue", "alice"),
+        ("crl",),
+        ("profile", "alice"),
+        ("user", "add", "alice"),
+    ],
+)
+def test_missing_data_folder_is_one_line(run: Run, data_dir: Path, args: tuple[str, ...]) -> None:
+    _one_line_error(run(*args), "does not exist")
+    assert not data_dir.exists()
+
+
+def test_folder_without_ca_is_one_line(run: Run, data_dir: Path) -> None:
+    data_dir.mkdir()
+    _one_line_error(run("cert", "list"), "no CA")
+
+
+def test_corrupt_database_is_one_line_and_untouched(ready: Run, data_dir: Path) -> None:
+    database = DataPaths(data_dir).database
+    database.write_bytes(b"this is not a database" * 100)
+    before = database.read_bytes()
+    for args in (("user", "list"), ("cert", "issue", "alice"), ("cert", "list")):
+        _one_line_error(ready(*args), "not an sslvpn database")
+    assert database.read_bytes() == before
+
+
+def test_ca_passphrase(run: Run, data_dir: Path) -> None:
+    init = run("init", "--public-address", "a.example", "--ca-passphrase-stdin", stdin="s3cret\n")
+    assert init.exit_code == 0, init.output
+    assert "s3cret" not in init.output
+    assert b"ENCRYPTED PRIVATE KEY" in DataPaths(data_dir).ca_key.read_bytes()
+    assert run("user", "add", "alice").exit_code == 0
+    wrong = run("cert", "issue", "alice", env={"SSLVPN_CA_PASSPHRASE": "guess"})
+    _one_line_error(wrong, "passphrase is wrong")
+    assert "guess" not in wrong.output
+    _one_line_error(run("cert", "issue", "alice"), "SSLVPN_CA_PASSPHRASE")
+    _one_line_error(run("crl"), "SSLVPN_CA_PASSPHRASE")
+    assert _count(data_dir, Certificate) == 1
+    right = run("cert", "issue", "alice", env={"SSLVPN_CA_PASSPHRASE": "s3cret"})
+    assert right.exit_code == 0, right.output
+
+
+def test_ca_passphrase_from_environment_at_init(run: Run, data_dir: Path) -> None:
+    result = run("init", "--public-address", "a.example", env={"SSLVPN_CA_PASSPHRASE": "envpw"})
+    assert result.exit_code == 0 and "encrypted" in result.stdout
+    assert b"ENCRYPTED PRIVATE KEY" in DataPaths(data_dir).ca_key.read_bytes()
+
+
+def _serial(result: Result) -> str:
+    assert result.exit_code == 0, result.output
+    return result.stdout.split()[1]
+
+
+def test_certificate_lifecycle_through_the_cli(ready: Run, data_dir: Path) -> None:
+    first = _serial(ready("cert", "issue", "alice", "--device", "laptop", "--days", "10"))
+    _serial(ready("cert", "issue", "alice", "--days", "200"))
+    listing = ready("cert", "list").stdout
+    for kind in ("ca ", "crl ", "server ", "client "):
+        assert kind in listing
+    expiring = ready("cert", "list", "--expiring", "30").stdout
+    assert first in expiring and "alice.laptop" in expiring
+    assert "server" not in expiring and " ca " not in f" {expiring}"
+    renewed = ready("cert", "renew", first)
+    assert renewed.exit_code == 0, renewed.output
+    new = renewed.stdout.split()[3]
+    assert "superseded" in ready("cert", "list").stdout
+    revoked = ready("cert", "revoke", new, "--reason", "keyCompromise")
+    assert revoked.exit_code == 0 and new in revoked.stdout
+    everything = ready("cert", "revoke", "alice")
+    assert everything.exit_code == 0
+    assert len(everything.stdout.strip().splitlines()) == 2  # superseded + the 200-day one
+    _one_line_error(ready("cert", "revoke", "alice"), "no certificate")
+    _one_line_error(ready("cert", "revoke", new), "already revoked")
+
+
+def test_crl_command_writes_pem_or_der(ready: Run, tmp_path: Path) -> None:
+    pem = ready("crl")
+    assert pem.exit_code == 0 and pem.stdout.startswith("-----BEGIN X509 CRL-----")
+    assert "valid until" in pem.stderr
+    out = tmp_path / "crl.der"
+    assert ready("crl", "-o", str(out), "--format", "der").exit_code == 0
+    assert out.read_bytes()[:1] == b"\x30"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+
+
+def test_profile_command(ready: Run, tmp_path: Path) -> None:
+    _serial(ready("cert", "issue", "alice", "--device", "phone"))
+    text = ready("profile", "alice", "--device", "phone").stdout
+    assert text.startswith("# alice.phone") and "<key>" in text and "<tls-crypt>" in text
+    assert "remote vpn.example.test 1194 udp" in text
+    assert "remote vpn.example.test 1194 tcp-client" in text
+    out = tmp_path / "alice.ovpn"
+    tcp = ready("profile", "alice", "--device", "phone", "--proto", "tcp", "-o", str(out))
+    assert tcp.exit_code == 0 and tcp.stdout == ""
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert "udp" not in out.read_text().split("<ca>")[0]
+    assert ready("user", "disable", "alice").exit_code == 0
+    _one_line_error(ready("profile", "alice", "--device", "phone"), "disabled")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("init",),
+        ("user",),
+        ("user", "add"),
+        ("user", "list"),
+        ("user", "disable"),
+        ("user", "enable"),
+        ("cert",),
+        ("cert", "issue"),
+        ("cert", "list"),
+        ("cert", "renew"),
+        ("cert", "revoke"),
+        ("crl",),
+        ("profile",),
+    ],
+)
+def test_help_everywhere(run: Run, args: tuple[str, ...]) -> None:
+    for flag in ("--help", "-h"):
+        result = run(*args, flag)
+        assert result.exit_code == 0, result.output
+        assert "Usage:" in result.stdout
