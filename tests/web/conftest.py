@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from aiohttp import ClientSession, CookieJar
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import Engine
 
@@ -137,7 +139,19 @@ async def client(site: Site, gateway: FakeGateway, clock: Clock) -> AsyncIterato
         yield test_client
 
 
-async def csrf_from(client: TestClient, path: str) -> str:
+Browser = TestClient | ClientSession
+
+
+@asynccontextmanager
+async def second_browser(client: TestClient) -> AsyncIterator[ClientSession]:
+    """Another browser (own cookie jar) on the same test server."""
+    async with ClientSession(
+        base_url=client.make_url("/"), cookie_jar=CookieJar(unsafe=True)
+    ) as browser:
+        yield browser
+
+
+async def csrf_from(client: Browser, path: str) -> str:
     """The CSRF token in the form on ``path``."""
     response = await client.get(path)
     found = CSRF.search(await response.text())
@@ -145,7 +159,7 @@ async def csrf_from(client: TestClient, path: str) -> str:
     return found.group(1)
 
 
-async def login(client: TestClient, name: str, password: str | None = None) -> str:
+async def login(client: Browser, name: str, password: str | None = None) -> str:
     """Log in through the form; returns the new session's CSRF token."""
     token = await csrf_from(client, "/login")
     response = await client.post(

@@ -1,0 +1,175 @@
+"""Login, throttling, session cookies, CSRF and the security headers."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.web.conftest import (
+    PASSWORDS,
+    Clock,
+    Site,
+    audit_actions,
+    csrf_from,
+    login,
+    second_browser,
+)
+from web.security import SESSION_COOKIE, THROTTLE_ACCOUNT_FAILURES, THROTTLE_WINDOW_SECONDS
+
+
+async def try_login(client: TestClient, name: str, password: str) -> int:
+    token = await csrf_from(client, "/login")
+    response = await client.post(
+        "/login",
+        data={"name": name, "password": password, "csrf_token": token},
+        allow_redirects=False,
+    )
+    return response.status
+
+
+async def test_login_rotates_the_session_and_sets_strict_cookie(client: TestClient) -> None:
+    await client.get("/login")
+    before = client.session.cookie_jar.filter_cookies(client.make_url("/"))[SESSION_COOKIE].value
+    token = await csrf_from(client, "/login")
+    response = await client.post(
+        "/login",
+        data={"name": "alice", "password": PASSWORDS["alice"], "csrf_token": token},
+        allow_redirects=False,
+    )
+    assert response.status == 303 and response.headers["Location"] == "/devices"
+    cookie = response.cookies[SESSION_COOKIE]
+    assert cookie.value != before
+    assert cookie["httponly"] and cookie["samesite"] == "Strict"
+    assert not cookie["secure"]  # plain HTTP test server; Secure is set under HTTPS
+
+
+async def test_admin_lands_on_the_dashboard(client: TestClient) -> None:
+    token = await csrf_from(client, "/login")
+    response = await client.post(
+        "/login",
+        data={"name": "root", "password": PASSWORDS["root"], "csrf_token": token},
+        allow_redirects=False,
+    )
+    assert response.headers["Location"] == "/admin"
+
+
+async def test_logins_are_audited_success_and_failure(client: TestClient, site: Site) -> None:
+    assert await try_login(client, "alice", "wrong") == 401
+    assert await try_login(client, "nobody", "wrong") == 401
+    await login(client, "alice")
+    assert "login.failed" in audit_actions(site, actor="alice")
+    assert "login.failed" in audit_actions(site, actor="nobody")
+    assert "login" in audit_actions(site, actor="alice")
+
+
+async def test_wrong_password_shows_a_message(client: TestClient) -> None:
+    token = await csrf_from(client, "/login")
+    response = await client.post(
+        "/login", data={"name": "alice", "password": "nope", "csrf_token": token}
+    )
+    assert response.status == 401
+    assert "Wrong name or password." in await response.text()
+
+
+async def test_account_is_throttled_then_released(client: TestClient, clock: Clock) -> None:
+    for _ in range(THROTTLE_ACCOUNT_FAILURES):
+        assert await try_login(client, "alice", "wrong") == 401
+    # even the right password is refused while throttled
+    assert await try_login(client, "alice", PASSWORDS["alice"]) == 429
+    assert await try_login(client, "bob", PASSWORDS["bob"]) == 303  # other accounts unaffected
+    clock.now += THROTTLE_WINDOW_SECONDS + 1
+    assert await try_login(client, "alice", PASSWORDS["alice"]) == 303
+
+
+async def test_source_address_is_throttled_across_accounts(client: TestClient) -> None:
+    for i in range(20):
+        assert await try_login(client, f"user{i}", "wrong") == 401
+    assert await try_login(client, "alice", PASSWORDS["alice"]) == 429
+
+
+async def test_disabled_user_cannot_log_in_and_is_logged_out(
+    client: TestClient, site: Site
+) -> None:
+    await login(client, "alice")
+    async with second_browser(client) as admin:
+        csrf = await login(admin, "root")
+        response = await admin.post(
+            "/admin/users/alice/disable", data={"csrf_token": csrf}, allow_redirects=False
+        )
+        assert response.status == 303
+    response = await client.get("/devices", allow_redirects=False)
+    assert response.status == 303  # the live session is gone
+    assert await try_login(client, "alice", PASSWORDS["alice"]) == 401
+
+
+async def test_logout_ends_the_session(client: TestClient) -> None:
+    csrf = await login(client, "alice")
+    response = await client.post("/logout", data={"csrf_token": csrf}, allow_redirects=False)
+    assert response.status == 303
+    assert (await client.get("/devices", allow_redirects=False)).status == 303
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/devices",
+        "/admin/users",
+        "/admin/certificates",
+        "/admin/settings",
+        "/logout",
+        "/account/password",
+        "/admin/api-tokens",
+    ],
+)
+async def test_forms_without_the_right_csrf_token_are_refused(
+    client: TestClient, site: Site, path: str
+) -> None:
+    await login(client, "root")
+    missing = await client.post(path, data={"device": "x", "name": "eve"}, allow_redirects=False)
+    wrong = await client.post(
+        path, data={"csrf_token": "forged", "name": "eve"}, allow_redirects=False
+    )
+    assert missing.status == 403 and wrong.status == 403
+    assert "eve" not in "".join(audit_actions(site))
+
+
+async def test_login_form_needs_csrf_too(client: TestClient) -> None:
+    response = await client.post(
+        "/login", data={"name": "alice", "password": PASSWORDS["alice"]}, allow_redirects=False
+    )
+    assert response.status == 403
+
+
+async def test_security_headers_on_pages_and_errors(client: TestClient) -> None:
+    for path in ("/login", "/no-such-page", "/admin"):
+        response = await client.get(path, allow_redirects=False)
+        csp = response.headers["Content-Security-Policy"]
+        assert "default-src 'none'" in csp and "script-src 'self'" in csp
+        assert "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+        assert response.headers["Cache-Control"] == "no-store"
+
+
+async def test_change_own_password(client: TestClient) -> None:
+    csrf = await login(client, "alice")
+    bad = await client.post(
+        "/account/password",
+        data={"csrf_token": csrf, "password": "wrong", "new_password": "x", "confirm": "y"},
+    )
+    assert bad.status == 400
+    text = await bad.text()
+    assert "current password is wrong" in text and "at least 8" in text
+    good = await client.post(
+        "/account/password",
+        data={
+            "csrf_token": csrf,
+            "password": PASSWORDS["alice"],
+            "new_password": "a-new-password",
+            "confirm": "a-new-password",
+        },
+        allow_redirects=False,
+    )
+    assert good.status == 303
+    assert await try_login(client, "alice", "a-new-password") == 303

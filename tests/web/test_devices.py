@@ -1,0 +1,145 @@
+"""End users' devices: issue, download, single-use import links (QR) and revocation."""
+
+from __future__ import annotations
+
+import html
+import re
+from datetime import timedelta
+
+from aiohttp.test_utils import TestClient
+
+from sslvpn.store import db, queries
+from tests.web.conftest import (
+    Clock,
+    FakeGateway,
+    Site,
+    audit_actions,
+    issue_for,
+    login,
+    second_browser,
+)
+
+LINK = re.compile(r'id="plain-link">([^<]+)<')
+QR = re.compile(r'id="qr"[^>]*src="data:image/png;base64,([^"]+)"')
+PUBLIC = "https://vpn.example.test"
+
+
+async def create_device(client: TestClient, csrf: str, name: str = "phone") -> str:
+    response = await client.post(
+        "/devices", data={"device": name, "csrf_token": csrf}, allow_redirects=False
+    )
+    assert response.status == 303, await response.text()
+    return response.headers["Location"].rsplit("/", 1)[1]
+
+
+async def import_link(client: TestClient, csrf: str, serial: str) -> tuple[str, str]:
+    """(path of the plain link on this server, page html)."""
+    response = await client.post(f"/devices/{serial}/import-links", data={"csrf_token": csrf})
+    assert response.status == 200
+    page = await response.text()
+    found = LINK.search(page)
+    assert found
+    url = html.unescape(found.group(1))
+    assert url.startswith(PUBLIC + "/rest/GetProfileViaToken?token=")
+    return url.removeprefix(PUBLIC), page
+
+
+async def test_create_device_issues_and_downloads_a_profile(client: TestClient, site: Site) -> None:
+    csrf = await login(client, "alice")
+    serial = await create_device(client, csrf)
+    response = await client.get(f"/devices/{serial}/profile.ovpn")
+    assert response.status == 200
+    assert response.content_type == "application/x-openvpn-profile"
+    assert "alice.phone.ovpn" in response.headers["Content-Disposition"]
+    profile = await response.text()
+    assert "<cert>" in profile and "<key>" in profile and "remote 198.18.0.1 1194 udp" in profile
+    with db.session(site.engine) as s:
+        row = queries.get_certificate(s, serial=serial)
+    assert row.device == "phone" and row.tls_crypt_v2_key
+    actions = audit_actions(site, actor="alice")
+    assert "certificate.issue" in actions and "profile.render" in actions
+
+
+async def test_bad_device_name_explains_and_changes_nothing(client: TestClient, site: Site) -> None:
+    csrf = await login(client, "alice")
+    response = await client.post("/devices", data={"device": "no spaces!", "csrf_token": csrf})
+    assert response.status == 400
+    assert "Device name: 1-32 letters" in await response.text()
+    with db.session(site.engine) as s:
+        assert queries.list_certificates(s, kind="client") == []
+
+
+async def test_import_link_works_once_then_gone(client: TestClient, site: Site) -> None:
+    csrf = await login(client, "alice")
+    serial = await create_device(client, csrf)
+    path, page = await import_link(client, csrf, serial)
+    assert QR.search(page), "the QR image is on the page"
+    assert "openvpn://import-profile/" not in page.split('id="plain-link"')[1][:40]
+    async with second_browser(client) as phone:  # no portal cookie, as the deep link needs
+        first = await phone.get(path, headers={"User-Agent": "OpenVPNConnect/3.4"})
+        assert first.status == 200
+        assert first.content_type == "application/x-openvpn-profile"
+        assert "<key>" in await first.text()
+        second = await phone.get(path)
+        assert second.status == 410
+    device_page = await (await client.get(f"/devices/{serial}")).text()
+    assert "imported at" in device_page and "OpenVPNConnect/3.4" in device_page
+    assert "profile.import" in audit_actions(site, actor="alice")
+    with db.session(site.engine) as s:
+        (token,) = queries.list_import_tokens(s, user_id=queries.get_user(s, name="alice").id)
+    assert token.used_at is not None and token.user_agent == "OpenVPNConnect/3.4"
+    assert len(token.token_hash) == 64 and token.token_hash not in page
+
+
+async def test_import_link_expires(client: TestClient, clock: Clock) -> None:
+    csrf = await login(client, "alice")
+    serial = await create_device(client, csrf)
+    path, _ = await import_link(client, csrf, serial)
+    clock.now += timedelta(minutes=10, seconds=1).total_seconds()
+    assert (await client.get(path)).status == 410
+
+
+async def test_import_link_can_be_revoked_by_its_owner(client: TestClient) -> None:
+    csrf = await login(client, "alice")
+    serial = await create_device(client, csrf)
+    path, page = await import_link(client, csrf, serial)
+    token_id = re.search(r"/import-links/(\d+)/revoke", page)
+    assert token_id
+    response = await client.post(
+        f"/devices/{serial}/import-links/{token_id.group(1)}/revoke",
+        data={"csrf_token": csrf},
+        allow_redirects=False,
+    )
+    assert response.status == 303
+    assert (await client.get(path)).status == 410
+
+
+async def test_unknown_or_garbage_tokens(client: TestClient) -> None:
+    assert (await client.get("/rest/GetProfileViaToken?token=nope")).status == 404
+    assert (await client.get("/rest/GetProfileViaToken")).status == 404
+    assert (await client.get("/rest/GetProfileViaToken?token=" + "a" * 500)).status == 404
+
+
+async def test_revoking_a_device_ends_its_sessions_and_kills_links(
+    client: TestClient, site: Site, gateway: FakeGateway
+) -> None:
+    csrf = await login(client, "alice")
+    serial = await create_device(client, csrf)
+    path, _ = await import_link(client, csrf, serial)
+    gateway.add("s1", "alice", serial)
+    response = await client.post(f"/devices/{serial}/revoke", data={"csrf_token": csrf})
+    assert "1 live session(s) ended" in await response.text()
+    assert gateway.kicked == ["s1"]
+    assert (await client.get(path)).status == 410
+    assert (await client.get(f"/devices/{serial}/profile.ovpn")).status == 410
+    with db.session(site.engine) as s:
+        assert queries.get_certificate(s, serial=serial).status == "revoked"
+    assert site.paths.crl_pem.read_text().startswith("-----BEGIN X509 CRL-----")
+
+
+async def test_users_see_only_their_own_devices(client: TestClient, site: Site) -> None:
+    mine = issue_for(site, "alice", "laptop")
+    theirs = issue_for(site, "bob", "tablet")
+    await login(client, "alice")
+    page = await (await client.get("/devices")).text()
+    assert mine in page and theirs not in page and "tablet" not in page
