@@ -5,6 +5,7 @@ sessions and kick, the audit log, gateway settings and per-admin API tokens.
 from __future__ import annotations
 
 import ipaddress
+import re
 import secrets
 
 from aiohttp import web
@@ -26,6 +27,7 @@ from web.pages import (
 from web.views.devices import now_of
 
 AUDIT_PAGE = 200
+HOST = re.compile(r"[A-Za-z0-9.:_-]{1,253}")
 EXPIRY_WARNINGS = (30, 7, 1)
 
 
@@ -117,6 +119,9 @@ def parse_settings(form: dict[str, str], settings: GatewaySettings) -> list[str]
     addresses = _words(form.get("public_addresses", ""))
     if not addresses:
         errors.append("Give at least one public address.")
+    for value in addresses:
+        if not HOST.fullmatch(value):
+            errors.append(f"{value!r} is not a host name or IP address.")
     networks, dns = _words(form.get("vpc_networks", "")), _words(form.get("dns_servers", ""))
     for value in networks + [form.get("pool_cidr", "")]:
         try:

@@ -71,8 +71,24 @@ def render_devices(
     me_id = current_user_id(request)
     with db.session(portal_of(request).engine) as s:
         certificates = queries.list_certificates(s, user_id=me_id, kind="client")
+        imported = {
+            t.certificate_serial
+            for t in queries.list_import_tokens(s, user_id=me_id)
+            if t.used_at is not None
+        }
     shown = [c for c in certificates if c.status != "superseded"]
-    context = {"certificates": shown, "now": now_of(request), "device": device}
+    # A renewal hands the owner a fresh import link: offered until the new one is imported.
+    renewed = {
+        c.superseded_by
+        for c in certificates
+        if c.status == "superseded" and c.superseded_by not in imported
+    }
+    context = {
+        "certificates": shown,
+        "renewed": [c for c in shown if c.serial in renewed and c.status == "valid"],
+        "now": now_of(request),
+        "device": device,
+    }
     return render(request, "devices.html", context, status=status, errors=errors)
 
 

@@ -1,0 +1,216 @@
+"""Admin pages: users, certificates, sessions and kick, audit, settings, API tokens."""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp.test_utils import TestClient
+
+from sslvpn.store import db, queries
+from tests.web.conftest import (
+    FakeGateway,
+    Site,
+    audit_actions,
+    issue_for,
+    login,
+    second_browser,
+)
+
+
+async def post(client: TestClient, path: str, csrf: str, **data: str) -> tuple[int, str]:
+    response = await client.post(path, data={"csrf_token": csrf, **data})
+    return response.status, await response.text()
+
+
+async def test_create_user_with_generated_password_that_works(
+    client: TestClient, site: Site
+) -> None:
+    csrf = await login(client, "root")
+    status, page = await post(client, "/admin/users", csrf, name="carol", role="user")
+    assert status == 200 and "User carol created." in page
+    password = re.search(r"One-time password: ([A-Za-z0-9_-]+)", page)
+    assert password
+    async with second_browser(client) as carol:
+        await login(carol, "carol", password.group(1))
+    assert "user.create" in audit_actions(site, actor="root")
+
+
+async def test_bad_user_input_explains_and_changes_nothing(client: TestClient, site: Site) -> None:
+    csrf = await login(client, "root")
+    status, page = await post(client, "/admin/users", csrf, name="Bad Name", role="king")
+    assert status == 400
+    assert "User name: 1-32 lowercase" in page and "Role must be admin or user." in page
+    status, page = await post(client, "/admin/users", csrf, name="alice", role="user")
+    assert status == 400 and "already exists" in page
+    with db.session(site.engine) as s:
+        assert [u.name for u in queries.list_users(s)] == ["alice", "bob", "root"]
+
+
+async def test_disable_enable_and_reset_password(client: TestClient, site: Site) -> None:
+    csrf = await login(client, "root")
+    await post(client, "/admin/users/bob/disable", csrf)
+    with db.session(site.engine) as s:
+        assert queries.get_user(s, name="bob").disabled
+    await post(client, "/admin/users/bob/enable", csrf)
+    status, page = await post(client, "/admin/users/bob/password", csrf)
+    new = re.search(r"New one-time password for bob: ([A-Za-z0-9_-]+)", page)
+    assert new
+    async with second_browser(client) as bob:
+        await login(bob, "bob", new.group(1))
+    actions = audit_actions(site, actor="root")
+    assert {"user.disable", "user.enable", "user.password_reset"} <= set(actions)
+
+
+async def test_delete_user_revokes_their_certificates(
+    client: TestClient, site: Site, gateway: FakeGateway
+) -> None:
+    serial = issue_for(site, "bob")
+    gateway.add("s9", "bob", serial)
+    csrf = await login(client, "root")
+    status, page = await post(client, "/admin/users/bob/delete", csrf)
+    assert "1 certificate(s) revoked, 1 session(s) ended" in page
+    with db.session(site.engine) as s:
+        assert queries.get_certificate(s, serial=serial).status == "revoked"
+        assert "bob" not in [u.name for u in queries.list_users(s)]
+
+
+async def test_admin_cannot_disable_or_delete_themselves(client: TestClient, site: Site) -> None:
+    csrf = await login(client, "root")
+    _, page = await post(client, "/admin/users/root/delete", csrf)
+    assert "You cannot delete yourself." in page
+    _, page = await post(client, "/admin/users/root/disable", csrf)
+    assert "You cannot disable yourself." in page
+
+
+async def test_issue_renew_revoke_from_the_certificates_page(
+    client: TestClient, site: Site, gateway: FakeGateway
+) -> None:
+    csrf = await login(client, "root")
+    status, page = await post(
+        client, "/admin/certificates", csrf, user="alice", device="laptop", days="30"
+    )
+    assert status == 200 and "Issued alice/laptop" in page
+    with db.session(site.engine) as s:
+        (first,) = queries.list_certificates(s, kind="client")
+    assert (first.not_after - first.not_before).days in (29, 30)
+    _, page = await post(client, f"/admin/certificates/{first.serial}/renew", csrf)
+    assert "Renewed alice.laptop" in page
+    with db.session(site.engine) as s:
+        old = queries.get_certificate(s, serial=first.serial)
+    assert old.status == "superseded" and old.superseded_by
+    gateway.add("s1", "alice", old.superseded_by)
+    gateway.add("s2", "alice", old.superseded_by)
+    _, page = await post(
+        client, f"/admin/certificates/{old.superseded_by}/revoke", csrf, reason="keyCompromise"
+    )
+    assert "2 live session(s) ended" in page
+    async with second_browser(client) as alice:
+        await login(alice, "alice")
+        devices = await (await alice.get("/devices")).text()
+    assert "was renewed" not in devices  # the renewal was revoked since
+    crl = await client.get("/admin/crl.pem")
+    assert crl.status == 200 and (await crl.text()).startswith("-----BEGIN X509 CRL-----")
+
+
+async def test_renewal_offers_the_owner_a_fresh_import_link(client: TestClient, site: Site) -> None:
+    serial = issue_for(site, "alice")
+    csrf = await login(client, "root")
+    await post(client, f"/admin/certificates/{serial}/renew", csrf)
+    async with second_browser(client) as alice:
+        alice_csrf = await login(alice, "alice")
+        devices = await (await alice.get("/devices")).text()
+        assert "was renewed" in devices
+        new = re.search(r'id="renewed-([0-9a-f]+)"', devices)
+        assert new and new.group(1) != serial
+        link = await alice.post(
+            f"/devices/{new.group(1)}/import-links", data={"csrf_token": alice_csrf}
+        )
+        assert 'id="plain-link"' in await link.text()
+
+
+async def test_bad_certificate_input_explains(client: TestClient, site: Site) -> None:
+    csrf = await login(client, "root")
+    status, page = await post(
+        client, "/admin/certificates", csrf, user="nobody", device="a b", days="0"
+    )
+    assert status == 400
+    assert "Choose an existing user." in page and "Lifetime must be 1 to 3650 days." in page
+    with db.session(site.engine) as s:
+        assert queries.list_certificates(s, kind="client") == []
+
+
+async def test_sessions_page_and_kick(client: TestClient, site: Site, gateway: FakeGateway) -> None:
+    serial = issue_for(site, "alice")
+    gateway.add("s1", "alice", serial)
+    csrf = await login(client, "root")
+    page = await (await client.get("/admin/sessions")).text()
+    assert "198.18.0.9:50000" in page and "10.8.0.2" in page and "1234 / 5678" in page
+    _, page = await post(client, "/admin/sessions/s1/kick", csrf)
+    assert "Session of alice (phone) ended." in page
+    assert gateway.kicked == ["s1"]
+    assert "session.kick" in audit_actions(site, actor="root")
+    _, page = await post(client, "/admin/sessions/s1/kick", csrf)
+    assert "already ended" in page
+
+
+async def test_dashboard_expiry_health_and_traffic(
+    client: TestClient, site: Site, gateway: FakeGateway
+) -> None:
+    issue_for(site, "alice", "short")
+    from client_profiles import lifecycle
+
+    lifecycle.issue_client(
+        site.engine, site.paths, user_name="bob", device="soon", days=5, actor="test"
+    )
+    await login(client, "root")
+    page = await (await client.get("/admin")).text()
+    assert "CA certificate" in page and "Server certificate" in page and "CRL nextUpdate" in page
+    assert "Client bob / soon" in page and "Client alice / short" not in page
+    assert 'id="traffic-chart"' in page
+    data = await (await client.get("/admin/traffic.json")).json()
+    assert data["gateway"] == "default" and isinstance(data["points"], list)
+
+
+async def test_audit_log_filters(client: TestClient, site: Site) -> None:
+    await login(client, "alice")
+    await login(client, "root")
+    page = await (await client.get("/admin/audit?actor=alice&action=login")).text()
+    rows = re.findall(r"<tr><td>", page)
+    assert len(rows) == 1 and "127.0.0.1" in page
+
+
+async def test_settings_validate_and_save(client: TestClient, site: Site) -> None:
+    csrf = await login(client, "root")
+    good = {
+        "public_addresses": "vpn.example.test 198.18.0.1",
+        "port": "443",
+        "protocols": "both",
+        "vpc_networks": "10.20.0.0/16, 10.30.0.0/16",
+        "dns_servers": "10.20.0.2",
+        "pool_cidr": "10.8.0.0/24",
+        "import_token_ttl_seconds": "300",
+    }
+    status, page = await post(
+        client, "/admin/settings", csrf, **{**good, "port": "99999", "dns_servers": "x"}
+    )
+    assert status == 400 and "Port must be 1 to 65535." in page and "is not an IP address" in page
+    with db.session(site.engine) as s:
+        assert queries.get_settings(s).port == 1194
+    status, page = await post(client, "/admin/settings", csrf, **good)
+    assert status == 200 and "Settings saved." in page
+    with db.session(site.engine) as s:
+        saved = queries.get_settings(s)
+    assert saved.port == 443 and saved.vpc_networks == ["10.20.0.0/16", "10.30.0.0/16"]
+    assert saved.import_token_ttl_seconds == 300 and saved.protocols == "both"
+
+
+async def test_api_tokens_are_shown_once_and_stored_hashed(client: TestClient, site: Site) -> None:
+    csrf = await login(client, "root")
+    _, page = await post(client, "/admin/api-tokens", csrf, name="automation")
+    token = re.search(r'id="new-token">(svt_[^<]+)<', page)
+    assert token
+    listing = await (await client.get("/admin/api-tokens")).text()
+    assert token.group(1) not in listing and "automation" in listing
+    with db.session(site.engine) as s:
+        (row,) = queries.list_api_tokens(s, user_id=queries.get_user(s, name="root").id)
+    assert token.group(1) not in row.token_hash
