@@ -1,0 +1,202 @@
+"""State and plumbing shared by the IKE SA's handshake and established-phase exchanges.
+
+``SaBase`` holds everything an ``IkeSa`` remembers (contexts, CHILD_SAs, queues, timers,
+outbox, events) and the few primitives every exchange uses: send a request (window of
+one, with retransmission), send or replay a response, drop and count, close.
+``handshake.py`` and ``exchanges.py`` add the exchanges; ``sa.py`` adds the public surface.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter, deque
+from enum import Enum
+
+from . import constants as c
+from .child import ChildSa
+from .config import IkeConfig
+from .crypto import DhExchange, Rand, natd_hash
+from .events import ChildSaDeleted, IkeEvent, IkeSaClosed, MessageDropped
+from .messages import NotifyPayload, Payload
+from .window import ZERO_SPI, IkeContext, PendingRequest
+
+Address = tuple[str, int]
+
+
+class LocalProtocolError(RuntimeError):
+    """The caller used the IKE SA wrongly (e.g. ``initiate`` on a responder)."""
+
+
+class Drop(Exception):
+    """Internal: abandon processing of one peer message and count it as dropped."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class IkeState(Enum):
+    INITIAL = "initial"
+    INIT_SENT = "init-sent"
+    AUTH_SENT = "auth-sent"
+    AUTH_WAIT = "auth-wait"  # responder: INIT answered, waiting for IKE_AUTH
+    ESTABLISHED = "established"
+    CLOSED = "closed"
+
+
+class SaBase:
+    """Everything one IKE SA remembers, plus the primitives its exchanges share."""
+
+    def __init__(
+        self,
+        config: IkeConfig,
+        local_addr: Address,
+        remote_addr: Address,
+        *,
+        initiator: bool,
+        rand: Rand,
+    ) -> None:
+        self.config = config
+        self.local_addr = local_addr
+        self.remote_addr = remote_addr
+        self.is_initiator = initiator
+        self._rand = rand
+        self._ctx = IkeContext(rand(8) if initiator else ZERO_SPI, ZERO_SPI, initiator)
+        self._old_ctx: IkeContext | None = None
+        self.state = IkeState.INITIAL
+        self.close_reason: str | None = None
+        self.encapsulated = False
+        self.children: list[ChildSa] = []
+        self.dropped: Counter[str] = Counter()
+        self._events: deque[IkeEvent] = deque()
+        self._outbox: list[tuple[bytes, Address]] = []
+        self._queue: deque[tuple[str, ChildSa | None]] = deque()
+        self._last_received = 0.0
+        self._dpd_queued = False
+        self._half_open_deadline: float | None = None
+        self._ike_rekey_at = float("inf")
+        self._child_group: int | None = None  # DH group a peer asked for (INVALID_KE)
+        # IKE_SA_INIT material, kept until IKE_AUTH completes (AUTH signs these bytes)
+        self._ni = b""
+        self._nr = b""
+        self._dh: DhExchange | None = None
+        self._ke_group = 0
+        self._cookie = b""
+        self._init_request = b""
+        self._init_response = b""
+
+    # -- events and drops ------------------------------------------------------------------
+
+    def _emit(self, event: IkeEvent) -> None:
+        self._events.append(event)
+
+    def _drop(self, reason: str) -> None:
+        self.dropped[reason] += 1
+        self._emit(MessageDropped(reason))
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def _send_raw(self, data: bytes) -> None:
+        prefix = c.NON_ESP_MARKER if self.encapsulated else b""
+        self._outbox.append((prefix + data, self.remote_addr))
+
+    def _send_request(
+        self,
+        ctx: IkeContext,
+        exchange: int,
+        payloads: list[Payload],
+        purpose: str,
+        now: float,
+        **context: object,
+    ) -> None:
+        """Send a request on ``ctx`` (whose window must be free) and arm retransmission."""
+        message_id = ctx.next_request_id
+        data = ctx.encode(exchange, message_id, False, payloads)
+        ctx.pending = PendingRequest(
+            message_id,
+            exchange,
+            data,
+            purpose,
+            dict(context),
+            tries=0,
+            next_send=now + self.config.retransmit_base,
+        )
+        ctx.next_request_id += 1
+        self._send_raw(data)
+
+    def _respond(
+        self, ctx: IkeContext, exchange: int, message_id: int, payloads: list[Payload]
+    ) -> None:
+        """Answer a request and cache the bytes for retransmitted copies of it."""
+        data = ctx.encode(exchange, message_id, True, payloads)
+        ctx.peer_next_id = message_id + 1
+        ctx.cached_response = (message_id, data)
+        self._send_raw(data)
+
+    def _retransmit(self, ctx: IkeContext, pending: PendingRequest, now: float) -> bool:
+        """Exponential back-off (strongSwan: 4 s x 1.8^n). False once all tries are spent."""
+        if pending.tries >= self.config.retransmit_tries:
+            return False
+        self._send_raw(pending.data)
+        pending.tries += 1
+        delay = self.config.retransmit_base * self.config.retransmit_factor**pending.tries
+        pending.next_send = now + delay
+        return True
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _natd(self, spi_r: bytes, addr: Address, fake: bool) -> bytes:
+        """NAT_DETECTION hash; ``fake`` hashes an address that is nobody's (forces NAT-T)."""
+        if fake:
+            return natd_hash(self._ctx.spi_i, spi_r, bytes(4), 0)
+        ip = ipaddress.ip_address(addr[0]).packed
+        return natd_hash(self._ctx.spi_i, spi_r, ip, addr[1])
+
+    def _new_dh(self, group: int) -> DhExchange:
+        return DhExchange(c.DhGroup(group), self._rand)
+
+    def _nonce(self) -> bytes:
+        return self._rand(c.NONCE_LENGTH)
+
+    @staticmethod
+    def _error_notify(payloads: list[Payload]) -> int | None:
+        """The first error notify type (< 16384) in a message, if any (RFC 7296 §3.10.1)."""
+        for p in payloads:
+            if isinstance(p, NotifyPayload) and p.notify_type < c.ERROR_NOTIFY_LIMIT:
+                return p.notify_type
+        return None
+
+    @staticmethod
+    def _notify_name(value: int) -> str:
+        try:
+            return c.NotifyType(value).name
+        except ValueError:
+            return str(value)
+
+    # -- teardown --------------------------------------------------------------------------
+
+    def _remove_child(self, child: ChildSa, reason: str) -> None:
+        if child in self.children:
+            self.children.remove(child)
+            self._emit(
+                ChildSaDeleted(
+                    int.from_bytes(child.spi_in, "big"),
+                    int.from_bytes(child.spi_out, "big"),
+                    reason,
+                )
+            )
+
+    def _close(self, reason: str) -> None:
+        """Forget the IKE SA and all CHILD_SAs locally (after DELETE, failure or timeout)."""
+        if self.state is IkeState.CLOSED:
+            return
+        for child in list(self.children):
+            self._remove_child(child, reason)
+        self.state = IkeState.CLOSED
+        self.close_reason = reason
+        self._ctx.pending = None
+        self._old_ctx = None
+        self._queue.clear()
+        self._half_open_deadline = None
+        self._dh = None
+        self._emit(IkeSaClosed(reason))

@@ -1,0 +1,395 @@
+"""Exchanges on an established IKE SA: CREATE_CHILD_SA and INFORMATIONAL (RFC 7296 §1.3-1.4).
+
+* CHILD_SA rekey (§2.8): ``N(REKEY_SA, old inbound SPI), SA, Ni, [KE], TSi, TSr``; the new
+  SA is announced at once, the old one is deleted by its rekey initiator afterwards and
+  its inbound half stays usable until that DELETE completes (no loss).
+* IKE SA rekey (§2.18): ``SA(new SPI), Ni, KE``; the requester becomes the initiator of
+  the new IKE SA, SKEYSEED' = prf(SK_d old, g^ir | Ni | Nr), CHILD_SAs move over, the old
+  SA is deleted by the requester. Collisions are answered with TEMPORARY_FAILURE.
+* INFORMATIONAL: DELETE of CHILD_SAs (answered with our inbound SPIs) or of the IKE SA
+  (answered empty), and empty DPD probes sent when nothing arrived for ``dpd_delay``.
+"""
+
+from __future__ import annotations
+
+from . import constants as c
+from .child import ChildParams, ChildSa, ChildState, jitter, new_spi
+from .constants import ExchangeType, NotifyType, ProtocolId
+from .crypto import CryptoError, DhExchange, derive_ike_keys, rekey_skeyseed
+from .events import ChildSaFailed, IkeSaRekeyed, NoProposalChosen, PeerDead
+from .handshake import Handshake, nonce_of
+from .messages import (
+    DeletePayload,
+    KePayload,
+    NoncePayload,
+    NotifyPayload,
+    Payload,
+    SaPayload,
+    TsPayload,
+    find,
+    notifies,
+)
+from .proposals import ProposalSpec, accept_answer, answer_proposal, build_proposals, select
+from .traffic_selectors import narrow
+from .window import IkeContext, PendingRequest
+
+INF = float("inf")
+
+
+class EstablishedExchanges(Handshake):
+    """Rekeying, deletion and liveness once IKE_AUTH has completed."""
+
+    # -- timers ------------------------------------------------------------------------
+
+    def _established_timers(self) -> list[float]:
+        times = [self._ike_rekey_at]
+        if self.config.dpd_delay and not self._dpd_queued and self._ctx.pending is None:
+            times.append(self._last_received + self.config.dpd_delay)
+        for child in self.children:
+            if child.state is ChildState.INSTALLED:
+                times.append(child.rekey_at)
+            if child.state is not ChildState.DELETING:
+                times.append(child.expire_at)
+        return times
+
+    def _established_timer(self, now: float) -> None:
+        if now >= self._ike_rekey_at:
+            self._ike_rekey_at = INF
+            self._queue.append(("rekey_ike", None))
+        for child in list(self.children):
+            if child.state is ChildState.INSTALLED and now >= child.rekey_at:
+                child.state = ChildState.REKEYING
+                self._queue.append(("rekey_child", child))
+            elif child.state is not ChildState.DELETING and now >= child.expire_at:
+                child.state = ChildState.DELETING
+                self._queue.append(("delete_child", child))
+        delay = self.config.dpd_delay
+        if (delay and not self._dpd_queued and self._ctx.pending is None
+                and now >= self._last_received + delay):
+            self._dpd_queued = True
+            self._queue.append(("dpd", None))
+
+    def _pump(self, now: float) -> None:
+        """Start queued exchanges while our request window (size 1) is free."""
+        while (self.state.value == "established" and self._ctx.pending is None
+               and self._queue):
+            kind, child = self._queue.popleft()
+            if child is not None and child not in self.children:
+                continue
+            starters = {
+                "rekey_child": self._start_rekey_child,
+                "delete_child": self._start_delete_child,
+            }
+            if child is not None:
+                starters[kind](child, now)
+            elif kind == "rekey_ike":
+                self._start_rekey_ike(now)
+            elif kind == "delete_ike":
+                self._send_request(self._ctx, ExchangeType.INFORMATIONAL,
+                                   [DeletePayload(ProtocolId.IKE, [])], "delete_ike", now)
+            else:
+                self._dpd_queued = False
+                self._send_request(self._ctx, ExchangeType.INFORMATIONAL, [], "dpd", now)
+
+    # -- requests we start -------------------------------------------------------------
+
+    def _pfs_group(self) -> int:
+        if self._child_group is not None:
+            return self._child_group
+        dhs = self.config.esp_proposals[0].dhs
+        return dhs[0] if dhs else 0
+
+    def _start_rekey_child(self, child: ChildSa, now: float) -> None:
+        spi, ni = new_spi(self._rand), self._nonce()
+        group = self._pfs_group()
+        dh = self._new_dh(group) if group else None
+        payloads: list[Payload] = [
+            NotifyPayload(NotifyType.REKEY_SA, b"", ProtocolId.ESP, child.spi_in),
+            SaPayload(build_proposals(list(self.config.esp_proposals), spi)),
+            NoncePayload(ni),
+        ]
+        if dh is not None:
+            payloads.append(KePayload(group, dh.public))
+        payloads += [TsPayload(False, list(child.local_ts)),
+                     TsPayload(True, list(child.remote_ts))]
+        self._send_request(self._ctx, ExchangeType.CREATE_CHILD_SA, payloads, "rekey_child",
+                           now, child=child, spi=spi, ni=ni, dh=dh)
+
+    def _start_delete_child(self, child: ChildSa, now: float) -> None:
+        child.state = ChildState.DELETING
+        self._send_request(self._ctx, ExchangeType.INFORMATIONAL,
+                           [DeletePayload(ProtocolId.ESP, [child.spi_in])], "delete_child",
+                           now, child=child)
+
+    def _start_rekey_ike(self, now: float) -> None:
+        spi, ni = self._rand(8), self._nonce()
+        suite = self._ctx.suite
+        group = self._ke_group if self._ke_group else (suite.dh if suite else 0)
+        dh = self._new_dh(group)
+        payloads: list[Payload] = [
+            SaPayload(build_proposals(list(self.config.ike_proposals), spi)),
+            NoncePayload(ni),
+            KePayload(group, dh.public),
+        ]
+        self._send_request(self._ctx, ExchangeType.CREATE_CHILD_SA, payloads, "rekey_ike", now,
+                           spi=spi, ni=ni, dh=dh)
+
+    # -- responses to our requests ---------------------------------------------------
+
+    def _on_established_response(
+        self, ctx: IkeContext, pending: PendingRequest, payloads: list[Payload], now: float
+    ) -> None:
+        purpose, ctx_data = pending.purpose, pending.context
+        if purpose == "rekey_child":
+            child = ctx_data["child"]
+            if isinstance(child, ChildSa):
+                self._on_rekey_child_response(ctx, child, ctx_data, payloads, now)
+        elif purpose == "delete_child":
+            child = ctx_data["child"]
+            if isinstance(child, ChildSa):
+                self._remove_child(child, "rekeyed" if child.rekeyed else "deleted")
+        elif purpose == "rekey_ike":
+            self._on_rekey_ike_response(ctx, ctx_data, payloads, now)
+        elif purpose == "delete_ike":
+            self._close("deleted")
+        elif purpose == "delete_old_ike":
+            self._old_ctx = None
+
+    def _retry_group(self, payloads: list[Payload]) -> int | None:
+        found = notifies(payloads).get(NotifyType.INVALID_KE_PAYLOAD)
+        if found is None or len(found.data) < 2:
+            return None
+        return int.from_bytes(found.data[:2], "big")
+
+    def _on_rekey_child_response(
+        self, ctx: IkeContext, old: ChildSa, data: dict[str, object],
+        payloads: list[Payload], now: float,
+    ) -> None:
+        error = self._error_notify(payloads)
+        if error is not None:
+            old.state = ChildState.INSTALLED
+            if error == NotifyType.INVALID_KE_PAYLOAD:
+                self._child_group = self._retry_group(payloads)
+                old.rekey_at = now
+            elif error == NotifyType.TEMPORARY_FAILURE:
+                old.rekey_at = now + c.REKEY_RETRY_DELAY
+            else:
+                old.rekey_at = INF  # let it expire; the peer will not rekey it with us
+                if error == NotifyType.NO_PROPOSAL_CHOSEN:
+                    self._emit(NoProposalChosen("CREATE_CHILD_SA",
+                                                "peer rejected our ESP proposals on rekey"))
+                else:
+                    self._emit(ChildSaFailed(f"rekey refused: {self._notify_name(error)}"))
+            return
+        spi, ni, dh = data["spi"], data["ni"], data["dh"]
+        assert isinstance(spi, bytes) and isinstance(ni, bytes)  # noqa: S101
+        sas, tsi, tsr = self._child_payloads(payloads)
+        suite = accept_answer(list(self.config.esp_proposals), sas[0].proposals) if sas else None
+        if suite is None or len(sas[0].proposals[0].spi) != 4 or not tsi or not tsr:
+            old.state, old.rekey_at = ChildState.INSTALLED, INF
+            self._emit(ChildSaFailed("rekey response carries no acceptable CHILD_SA"))
+            return
+        shared = self._pfs_secret(dh if isinstance(dh, DhExchange) else None, suite.dh,
+                                  payloads)
+        params = ChildParams(suite, spi, sas[0].proposals[0].spi, tuple(tsi), tuple(tsr))
+        old.state = ChildState.REKEYED
+        old.rekeyed = True
+        self._add_child(ctx, params, ni, nonce_of(payloads), shared, True, now, old)
+        self._queue.appendleft(("delete_child", old))
+
+    def _pfs_secret(self, dh: DhExchange | None, group: int, payloads: list[Payload]) -> bytes:
+        if not group:
+            return b""
+        kes = find(payloads, KePayload)
+        if dh is None or not kes or kes[0].group != group or dh.group != group:
+            raise ValueError("PFS group mismatch")
+        try:
+            return dh.shared_secret(kes[0].data)
+        except CryptoError as exc:
+            raise ValueError(str(exc)) from exc
+
+    @staticmethod
+    def _child_payloads(
+        payloads: list[Payload],
+    ) -> tuple[list[SaPayload], list, list]:  # type: ignore[type-arg]
+        sas = find(payloads, SaPayload)
+        ts = find(payloads, TsPayload)
+        tsi = next((t.selectors for t in ts if not t.responder), [])
+        tsr = next((t.selectors for t in ts if t.responder), [])
+        return sas, tsi, tsr
+
+    def _on_rekey_ike_response(
+        self, ctx: IkeContext, data: dict[str, object], payloads: list[Payload], now: float
+    ) -> None:
+        error = self._error_notify(payloads)
+        if error is not None:
+            if error == NotifyType.INVALID_KE_PAYLOAD:
+                self._ke_group = self._retry_group(payloads) or self._ke_group
+                self._ike_rekey_at = now
+            elif error == NotifyType.TEMPORARY_FAILURE:
+                self._ike_rekey_at = now + c.REKEY_RETRY_DELAY
+            elif error == NotifyType.NO_PROPOSAL_CHOSEN:
+                self._emit(NoProposalChosen("CREATE_CHILD_SA", "peer rejected our IKE rekey"))
+            return
+        spi, ni, dh = data["spi"], data["ni"], data["dh"]
+        assert isinstance(spi, bytes) and isinstance(ni, bytes)  # noqa: S101
+        assert isinstance(dh, DhExchange)  # noqa: S101
+        sas = find(payloads, SaPayload)
+        suite = accept_answer(list(self.config.ike_proposals), sas[0].proposals) if sas else None
+        if suite is None or len(sas[0].proposals[0].spi) != 8:
+            self._emit(ChildSaFailed("IKE rekey response carries no acceptable SA"))
+            return
+        nr = nonce_of(payloads)
+        shared = self._pfs_secret(dh, suite.dh, payloads)
+        new = IkeContext(spi, sas[0].proposals[0].spi, True)
+        self._switch_ike(ctx, new, suite, shared, ni, nr, now)
+        self._send_request(ctx, ExchangeType.INFORMATIONAL,
+                           [DeletePayload(ProtocolId.IKE, [])], "delete_old_ike", now)
+
+    def _switch_ike(self, old: IkeContext, new: IkeContext, suite: object, shared: bytes,
+                    ni: bytes, nr: bytes, now: float) -> None:
+        """Derive the new IKE SA's keys from the old SK_d and make it current."""
+        from .proposals import Suite
+
+        if not isinstance(suite, Suite) or suite.prf is None or old.keys is None \
+                or old.suite is None or old.suite.prf is None:
+            raise ValueError("IKE rekey without keys")
+        seed = rekey_skeyseed(old.suite.prf, old.keys.sk_d, shared, ni, nr)
+        keys = derive_ike_keys(suite.prf, suite.encr, suite.key_bits, suite.integ, seed,
+                               ni, nr, new.spi_i, new.spi_r)
+        new.install_keys(suite, keys, self._rand)
+        self._old_ctx, self._ctx = old, new
+        self._ke_group = suite.dh
+        self._ike_rekey_at = now + self.config.ike_rekey_time - jitter(
+            self._rand, self.config.ike_rekey_jitter)
+        self._emit(IkeSaRekeyed(old.local_spi, new.local_spi, suite))
+
+    # -- requests from the peer ------------------------------------------------------
+
+    def _on_established_request(
+        self, ctx: IkeContext, exchange: int, message_id: int, payloads: list[Payload],
+        now: float,
+    ) -> None:
+        if exchange == ExchangeType.INFORMATIONAL:
+            self._on_informational(ctx, message_id, payloads)
+            return
+        if exchange != ExchangeType.CREATE_CHILD_SA:
+            self._respond(ctx, exchange, message_id,
+                          [NotifyPayload(NotifyType.INVALID_SYNTAX)])
+            return
+        if ctx is self._old_ctx:
+            self._respond(ctx, exchange, message_id,
+                          [NotifyPayload(NotifyType.TEMPORARY_FAILURE)])
+            return
+        sas = find(payloads, SaPayload)
+        if sas and sas[0].proposals and sas[0].proposals[0].protocol == ProtocolId.IKE:
+            self._answer_rekey_ike(ctx, message_id, payloads, sas[0], now)
+        else:
+            self._answer_create_child(ctx, message_id, payloads, now)
+
+    def _answer_create_child(
+        self, ctx: IkeContext, message_id: int, payloads: list[Payload], now: float
+    ) -> None:
+        def refuse(notify: int, data: bytes = b"") -> None:
+            self._respond(ctx, ExchangeType.CREATE_CHILD_SA, message_id,
+                          [NotifyPayload(notify, data)])
+
+        rekey = notifies(payloads).get(NotifyType.REKEY_SA)
+        old = None
+        if rekey is not None:
+            old = next((ch for ch in self.children if ch.spi_out == rekey.spi), None)
+            if old is None or old.state is ChildState.DELETING:
+                return refuse(NotifyType.CHILD_SA_NOT_FOUND)
+            if old.state is ChildState.REKEYING:
+                return refuse(NotifyType.TEMPORARY_FAILURE)  # collision: simple strategy
+        sas, tsi, tsr = self._child_payloads(payloads)
+        specs: list[ProposalSpec] = list(self.config.esp_proposals)
+        chosen = select(specs, sas[0].proposals) if sas else None
+        if chosen is None or len(chosen[0].spi) != 4:
+            self._emit(NoProposalChosen("CREATE_CHILD_SA", "peer's CHILD_SA proposals do "
+                                        "not match ours"))
+            return refuse(NotifyType.NO_PROPOSAL_CHOSEN)
+        proposal, suite = chosen
+        kes = find(payloads, KePayload)
+        if suite.dh and (not kes or kes[0].group != suite.dh):
+            return refuse(NotifyType.INVALID_KE_PAYLOAD, int(suite.dh).to_bytes(2, "big"))
+        their_side = narrow(tsi, list(self.config.remote_ts))
+        our_side = narrow(tsr, list(self.config.local_ts))
+        if not their_side or not our_side:
+            self._emit(ChildSaFailed("traffic selectors unacceptable"))
+            return refuse(NotifyType.TS_UNACCEPTABLE)
+        ni, nr, spi = nonce_of(payloads), self._nonce(), new_spi(self._rand)
+        response: list[Payload] = [SaPayload([answer_proposal(proposal, suite, spi)]),
+                                   NoncePayload(nr)]
+        shared = b""
+        if suite.dh:
+            dh = self._new_dh(suite.dh)
+            shared = dh.shared_secret(kes[0].data)
+            response.append(KePayload(suite.dh, dh.public))
+        response += [TsPayload(False, their_side), TsPayload(True, our_side)]
+        self._respond(ctx, ExchangeType.CREATE_CHILD_SA, message_id, response)
+        params = ChildParams(suite, spi, proposal.spi, tuple(our_side), tuple(their_side))
+        if old is not None:
+            old.state, old.rekeyed = ChildState.REKEYED, True
+        self._add_child(ctx, params, ni, nr, shared, False, now, old)
+        return None
+
+    def _answer_rekey_ike(
+        self, ctx: IkeContext, message_id: int, payloads: list[Payload], sa: SaPayload,
+        now: float,
+    ) -> None:
+        def refuse(notify: int, data: bytes = b"") -> None:
+            self._respond(ctx, ExchangeType.CREATE_CHILD_SA, message_id,
+                          [NotifyPayload(notify, data)])
+
+        pending = ctx.pending
+        if (pending is not None and pending.purpose == "rekey_ike") or self._old_ctx:
+            return refuse(NotifyType.TEMPORARY_FAILURE)
+        chosen = select(list(self.config.ike_proposals), sa.proposals)
+        if chosen is None or len(chosen[0].spi) != 8:
+            self._emit(NoProposalChosen("CREATE_CHILD_SA", "peer's IKE rekey proposals do "
+                                        "not match ours"))
+            return refuse(NotifyType.NO_PROPOSAL_CHOSEN)
+        proposal, suite = chosen
+        kes = find(payloads, KePayload)
+        if not kes or kes[0].group != suite.dh:
+            return refuse(NotifyType.INVALID_KE_PAYLOAD, int(suite.dh).to_bytes(2, "big"))
+        ni, nr, spi = nonce_of(payloads), self._nonce(), self._rand(8)
+        dh = self._new_dh(suite.dh)
+        shared = dh.shared_secret(kes[0].data)
+        self._respond(ctx, ExchangeType.CREATE_CHILD_SA, message_id, [
+            SaPayload([answer_proposal(proposal, suite, spi)]),
+            NoncePayload(nr),
+            KePayload(suite.dh, dh.public),
+        ])
+        self._switch_ike(ctx, IkeContext(proposal.spi, spi, False), suite, shared, ni, nr, now)
+        return None
+
+    def _on_informational(self, ctx: IkeContext, message_id: int,
+                          payloads: list[Payload]) -> None:
+        deletes = find(payloads, DeletePayload)
+        if any(d.protocol == ProtocolId.IKE for d in deletes):
+            self._respond(ctx, ExchangeType.INFORMATIONAL, message_id, [])
+            if ctx is self._old_ctx:
+                self._old_ctx = None
+            else:
+                self._close("deleted by peer")
+            return
+        ours: list[bytes] = []
+        for d in deletes:
+            if d.protocol != ProtocolId.ESP:
+                continue
+            for spi in d.spis:
+                child = next((ch for ch in self.children if ch.spi_out == spi), None)
+                if child is not None:
+                    ours.append(child.spi_in)
+                    self._remove_child(child, "rekeyed" if child.rekeyed else
+                                       "deleted by peer")
+        response: list[Payload] = [DeletePayload(ProtocolId.ESP, ours)] if ours else []
+        self._respond(ctx, ExchangeType.INFORMATIONAL, message_id, response)
+
+    # -- liveness ----------------------------------------------------------------------
+
+    def _peer_dead(self) -> None:
+        self._emit(PeerDead())
+        self._close("peer dead (no answer after retransmissions)")

@@ -1,0 +1,285 @@
+"""The IKE SA state machine (RFC 7296), initiator and responder, sans-I/O.
+
+Surface (one ``IkeSa`` per peer; the runtime drives it):
+
+* inputs: ``receive_datagram(data, addr, now)``, ``handle_timer(now)``,
+  ``note_inbound_traffic(now)`` (authenticated ESP arrived: DPD need not probe);
+* commands: ``initiate(now)``, ``rekey_child(now, spi_in=None)``, ``rekey_ike(now)``,
+  ``delete(now)``;
+* outputs: ``datagrams_to_send(now) -> [(udp_payload, (ip, port))]``, ``get_timer()``,
+  ``next_event()`` (see ``events.py``), plus ``status``, ``local_spis``, ``remote_addr``.
+
+Ports and the non-ESP marker (RFC 3948 §2.2) are handled HERE, not by the runtime:
+``receive_datagram`` takes the UDP payload exactly as received on 500 or 4500 (an IKE
+message on 4500 starts with four zero bytes; a lone 0xFF keepalive is ignored), and every
+datagram to send is a complete UDP payload. Rule for the runtime: a datagram that starts
+with ``NON_ESP_MARKER`` leaves from the local 4500 socket, any other from the local 500
+socket. ESP itself never passes through here; send it to ``remote_addr``. With
+``force_encap`` (the default) we fake our NATD_S hash like strongSwan's ``encap=yes`` and
+always float to 4500 after IKE_SA_INIT, because strongSwan's libipsec only does
+ESP-in-UDP.
+
+A responder ``IkeSa`` is created by the runtime for a datagram that
+``is_initial_request`` accepts; it closes itself after ``half_open_timeout`` if IKE_AUTH
+never comes, and the runtime bounds how many ``half_open`` SAs it keeps per source.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import constants as c
+from .base import Address, Drop, IkeState, LocalProtocolError
+from .child import ChildState
+from .config import IkeConfig
+from .constants import ExchangeType, HeaderFlag
+from .crypto import Rand
+from .events import IkeEvent
+from .exchanges import EstablishedExchanges
+from .messages import MalformedMessage, Message, Payload, pull_message
+from .window import ZERO_SPI, IkeContext, PendingRequest
+
+__all__ = ["Address", "IkeSa", "IkeState", "LocalProtocolError", "is_initial_request"]
+
+
+def is_initial_request(data: bytes) -> bool:
+    """Stateless first-packet check before a responder IkeSa exists (port 500 payload)."""
+    try:
+        message = pull_message(data)
+    except MalformedMessage:
+        return False
+    h = message.header
+    return (
+        h.exchange == ExchangeType.IKE_SA_INIT
+        and h.message_id == 0
+        and h.spi_r == ZERO_SPI
+        and h.spi_i != ZERO_SPI
+        and h.flags & HeaderFlag.INITIATOR != 0
+        and not h.is_response
+    )
+
+
+class IkeSa(EstablishedExchanges):
+    """One IKE SA with its CHILD_SAs, from IKE_SA_INIT to DELETE, across rekeys."""
+
+    def __init__(
+        self,
+        config: IkeConfig,
+        local_addr: Address,
+        remote_addr: Address,
+        *,
+        initiator: bool,
+        rand: Rand = os.urandom,
+    ) -> None:
+        super().__init__(config, local_addr, remote_addr, initiator=initiator, rand=rand)
+
+    # -- state for the runtime ---------------------------------------------------------
+
+    @property
+    def local_spi(self) -> bytes:
+        return self._ctx.local_spi
+
+    @property
+    def local_spis(self) -> frozenset[bytes]:
+        """Our IKE SPIs in use (two during an IKE rekey): demultiplex incoming IKE on these."""
+        spis = {self._ctx.local_spi}
+        if self._old_ctx is not None:
+            spis.add(self._old_ctx.local_spi)
+        return frozenset(spis - {ZERO_SPI})
+
+    @property
+    def half_open(self) -> bool:
+        """A responder without an authenticated peer yet (the runtime bounds these)."""
+        return not self.is_initiator and self.state in (IkeState.INITIAL, IkeState.AUTH_WAIT)
+
+    @property
+    def status(self) -> str:
+        """One line for the portal's tunnel status."""
+        if self.state is IkeState.CLOSED:
+            return f"closed: {self.close_reason}"
+        if self.state is IkeState.ESTABLISHED:
+            suite = self._ctx.suite.name if self._ctx.suite else "?"
+            return f"established ({suite}, {len(self.children)} CHILD_SA)"
+        return "connecting"
+
+    # -- commands ----------------------------------------------------------------------
+
+    def initiate(self, now: float) -> None:
+        """Start IKE_SA_INIT (initiator only)."""
+        if not self.is_initiator or self.state is not IkeState.INITIAL:
+            raise LocalProtocolError("initiate() needs a fresh initiator IkeSa")
+        self._start_init(now)
+
+    def rekey_child(self, now: float, spi_in: int | None = None) -> None:
+        """Rekey one installed CHILD_SA (the first one when ``spi_in`` is None)."""
+        self._require_established()
+        child = next(
+            (
+                ch
+                for ch in self.children
+                if ch.state is ChildState.INSTALLED
+                and (spi_in is None or int.from_bytes(ch.spi_in, "big") == spi_in)
+            ),
+            None,
+        )
+        if child is None:
+            raise LocalProtocolError("no installed CHILD_SA to rekey")
+        child.state = ChildState.REKEYING
+        self._queue.append(("rekey_child", child))
+        self._pump(now)
+
+    def rekey_ike(self, now: float) -> None:
+        """Rekey the IKE SA now (CHILD_SAs move to the new one unchanged)."""
+        self._require_established()
+        self._ike_rekey_at = float("inf")
+        self._queue.append(("rekey_ike", None))
+        self._pump(now)
+
+    def delete(self, now: float) -> None:
+        """Politely delete the IKE SA (and with it every CHILD_SA)."""
+        if self.state is not IkeState.ESTABLISHED:
+            self._close("deleted locally")
+            return
+        self._queue.appendleft(("delete_ike", None))
+        self._pump(now)
+
+    def _require_established(self) -> None:
+        if self.state is not IkeState.ESTABLISHED:
+            raise LocalProtocolError("the IKE SA is not established")
+
+    # -- inputs ------------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        """Feed one UDP payload from ``addr``; never raises on peer input."""
+        if data == c.NAT_KEEPALIVE:
+            return
+        if self.state is IkeState.CLOSED:
+            self._drop("IKE SA closed")
+            return
+        marker = data[:4] == c.NON_ESP_MARKER
+        if marker:
+            data = data[4:]
+        try:
+            message = pull_message(data)
+            self._dispatch(message, data, addr, marker, now)
+        except Drop as drop:
+            self._drop(drop.reason)
+        except ValueError:  # MalformedMessage, CryptoError, bad peer values
+            self._drop("malformed message")
+        self._pump(now)
+
+    def note_inbound_traffic(self, now: float) -> None:
+        """Authenticated ESP arrived: the peer is alive, DPD may wait."""
+        self._last_received = max(self._last_received, now)
+
+    def handle_timer(self, now: float) -> None:
+        for ctx in (self._ctx, self._old_ctx):
+            pending = ctx.pending if ctx is not None else None
+            if ctx is not None and pending is not None and now >= pending.next_send:
+                if not self._retransmit(ctx, pending, now):
+                    ctx.pending = None
+                    self._gave_up(ctx, pending)
+        if self._half_open_deadline is not None and now >= self._half_open_deadline:
+            self._close("half-open IKE SA timed out")
+        if self.state is IkeState.ESTABLISHED:
+            self._established_timer(now)
+        self._pump(now)
+
+    # -- outputs -----------------------------------------------------------------------
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def next_event(self) -> IkeEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        times = [
+            ctx.pending.next_send
+            for ctx in (self._ctx, self._old_ctx)
+            if ctx is not None and ctx.pending is not None
+        ]
+        if self._half_open_deadline is not None:
+            times.append(self._half_open_deadline)
+        if self.state is IkeState.ESTABLISHED:
+            times += self._established_timers()
+        finite = [t for t in times if t != float("inf")]
+        return min(finite) if finite else None
+
+    # -- routing -----------------------------------------------------------------------
+
+    def _dispatch(
+        self, message: Message, data: bytes, addr: Address, marker: bool, now: float
+    ) -> None:
+        header = message.header
+        if header.exchange == ExchangeType.IKE_SA_INIT:
+            self._on_init_message(message, data, addr, now)
+            return
+        ctx = self._context_for(message)
+        if ctx is None:
+            raise Drop("unknown IKE SPI")
+        if header.from_initiator == ctx.initiator:
+            raise Drop("message claims our own role")
+        if header.is_response:
+            if ctx.pending is None or ctx.pending.message_id != header.message_id:
+                raise Drop("unexpected response")
+        elif header.message_id not in (ctx.peer_next_id, ctx.peer_next_id - 1):
+            raise Drop("request outside the message-ID window")
+        payloads = ctx.decrypt(data, message)
+        if payloads is None:
+            raise Drop("integrity check failed")
+        self._last_received = max(self._last_received, now)
+        if marker and not self.encapsulated:
+            self.encapsulated = True
+        if self.encapsulated and addr != self.remote_addr:
+            self.remote_addr = addr  # NAT rebinding: follow authenticated messages only
+        if header.is_response:
+            pending = ctx.pending
+            ctx.pending = None
+            if pending is not None:
+                self._on_response(ctx, pending, payloads, now)
+            return
+        if header.message_id == ctx.peer_next_id - 1:
+            if ctx.cached_response is not None and ctx.cached_response[0] == header.message_id:
+                self._send_raw(ctx.cached_response[1])  # retransmitted request
+            return
+        self._on_request(ctx, header.exchange, header.message_id, payloads, now)
+
+    def _context_for(self, message: Message) -> IkeContext | None:
+        for ctx in (self._ctx, self._old_ctx):
+            if ctx is not None and ctx.spi_r != ZERO_SPI and ctx.matches(message.header):
+                return ctx
+        return None
+
+    def _on_response(
+        self, ctx: IkeContext, pending: PendingRequest, payloads: list[Payload], now: float
+    ) -> None:
+        if pending.purpose == "auth":
+            spi = pending.context.get("spi")
+            self._on_auth_response(ctx, payloads, spi if isinstance(spi, bytes) else b"", now)
+        else:
+            self._on_established_response(ctx, pending, payloads, now)
+
+    def _on_request(
+        self, ctx: IkeContext, exchange: int, message_id: int, payloads: list[Payload],
+        now: float,
+    ) -> None:
+        if exchange == ExchangeType.IKE_AUTH:
+            if self.state is not IkeState.AUTH_WAIT or message_id != 1:
+                raise Drop("IKE_AUTH request out of sequence")
+            self._on_auth_request(ctx, payloads, now)
+            return
+        if self.state is not IkeState.ESTABLISHED:
+            raise Drop(f"exchange {exchange} before the IKE SA is established")
+        self._on_established_request(ctx, exchange, message_id, payloads, now)
+
+    def _gave_up(self, ctx: IkeContext, pending: PendingRequest) -> None:
+        if ctx is self._old_ctx:
+            self._old_ctx = None  # the old SA's DELETE went unanswered: forget it quietly
+        elif pending.purpose == "delete_ike":
+            self._close("deleted (peer did not confirm)")
+        elif self.state is IkeState.ESTABLISHED:
+            self._peer_dead()
+        else:
+            self._close(f"no answer to {ExchangeType(pending.exchange).name}")

@@ -1,0 +1,94 @@
+"""One IKE SA's cryptographic context and message-ID windows (RFC 7296 §2.1-2.3).
+
+An ``IkeContext`` owns the SPI pair, the role, the SK_* keys and protectors, our request
+counter with the one outstanding request (window size 1) and its retransmission schedule,
+and the peer's expected request ID with the cached last response. After an IKE rekey the
+``IkeSa`` keeps two contexts (old and new) until the old one is deleted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .constants import ExchangeType, HeaderFlag
+from .crypto import IkeKeys, Protector, Rand, make_protectors
+from .messages import IkeHeader, Message, Payload, encode_message, open_sk
+from .messages import SkPayload as _Sk
+from .proposals import Suite
+
+ZERO_SPI = bytes(8)
+
+
+@dataclass
+class PendingRequest:
+    """Our outstanding request: resent with back-off until answered or given up."""
+
+    message_id: int
+    exchange: int
+    data: bytes
+    purpose: str
+    context: dict[str, Any] = field(default_factory=dict)
+    tries: int = 1
+    next_send: float = 0.0
+
+
+class IkeContext:
+    """SPIs, keys and message-ID state of one IKE SA (old or new during a rekey)."""
+
+    def __init__(self, spi_i: bytes, spi_r: bytes, initiator: bool) -> None:
+        self.spi_i = spi_i
+        self.spi_r = spi_r
+        self.initiator = initiator  # we are the original initiator of this IKE SA
+        self.suite: Suite | None = None
+        self.keys: IkeKeys | None = None
+        self._out: Protector | None = None
+        self._in: Protector | None = None
+        self.next_request_id = 0
+        self.peer_next_id = 0
+        self.pending: PendingRequest | None = None
+        self.cached_response: tuple[int, bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"IkeContext(spi_i={self.spi_i.hex()}, spi_r={self.spi_r.hex()})"
+
+    @property
+    def local_spi(self) -> bytes:
+        return self.spi_i if self.initiator else self.spi_r
+
+    @property
+    def remote_spi(self) -> bytes:
+        return self.spi_r if self.initiator else self.spi_i
+
+    def install_keys(self, suite: Suite, keys: IkeKeys, rand: Rand) -> None:
+        self.suite = suite
+        self.keys = keys
+        self._out, self._in = make_protectors(suite.encr, keys, self.initiator, rand)
+
+    def matches(self, header: IkeHeader) -> bool:
+        """Is this message for this SA? (SPIr may still be zero in IKE_SA_INIT.)"""
+        if header.spi_i != self.spi_i:
+            return False
+        if header.spi_r == self.spi_r:
+            return True
+        return header.exchange == ExchangeType.IKE_SA_INIT and (
+            header.spi_r == ZERO_SPI or self.spi_r == ZERO_SPI
+        )
+
+    def encode(self, exchange: int, message_id: int, response: bool,
+               payloads: list[Payload]) -> bytes:
+        """A message from us; encrypted whenever keys exist (everything after INIT)."""
+        flags = (HeaderFlag.INITIATOR if self.initiator else 0) | (
+            HeaderFlag.RESPONSE if response else 0
+        )
+        header = IkeHeader(self.spi_i, self.spi_r, 0, exchange, int(flags), message_id)
+        return encode_message(header, payloads, self._out)
+
+    def decrypt(self, data: bytes, message: Message) -> list[Payload] | None:
+        """The inner payloads of an SK message, or None if it is not authentic."""
+        if self._in is None or not message.payloads:
+            return None
+        sk = message.payloads[-1]
+        if not isinstance(sk, _Sk) or len(message.payloads) != 1:
+            return None
+        return open_sk(data, sk, self._in)
