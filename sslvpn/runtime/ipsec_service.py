@@ -1,0 +1,289 @@
+"""The IPsec service inside `sslvpn serve`: every site-to-site tunnel, its ESP data path, status.
+
+`IpsecService.run()` reads the tunnels from the store, binds UDP 500/4500 on each VPN
+gateway's public address, opens one TUN device routed to every policy's peer range, and then
+follows the store (tunnels added, deleted, changed, or switched up/down by `sslvpn ipsec
+up|down`) until cancelled, when it deletes its IKE SAs politely and removes what it set up.
+
+The data path: TUN -> SPD (destination picks the tunnel, the source must be a local range)
+-> per-gateway bandwidth cap -> ESP seal -> UDP 4500. UDP 4500 -> SAD (SPI picks SA and
+tunnel) -> ESP open (ICV, replay, padding) -> SPD inbound check -> bandwidth cap -> TUN.
+Packets matching no policy are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+
+from sslvpn.ipsec.bandwidth import TokenBucket
+from sslvpn.ipsec.esp.packet import DropReason
+from sslvpn.ipsec.esp.sad import Sad
+from sslvpn.ipsec.ike.config import IkeConfig
+from sslvpn.ipsec.policy import PolicyRule, Spd
+from sslvpn.net.ippacket import addresses
+from sslvpn.runtime.control import TunnelStatus
+from sslvpn.runtime.ike_udp import IKE_PORT, NAT_T_PORT, Address, IkeSockets
+from sslvpn.runtime.ipsec_tunnel import Tunnel
+from sslvpn.runtime.netconf import NetconfError, run
+from sslvpn.runtime.tun import LinuxTun, Tun
+from sslvpn.store.db import session
+from sslvpn.store.ipsec_queries import TunnelConfig, tunnel_configs
+
+log = logging.getLogger(__name__)
+
+RELOAD_INTERVAL = 2.0  # seconds between looks at the store (admin up/down, edits)
+TUN_MTU = 1400  # inner MTU that fits ESP-in-UDP on a 1500-byte path (as libipsec)
+TUN_NAME = "sslipsec%d"
+
+
+@dataclass
+class _Gateway:
+    """One VPN gateway address: its sockets, tunnels by peer IP, and bandwidth buckets."""
+
+    address: str
+    sockets: IkeSockets
+    by_peer: dict[str, Tunnel] = field(default_factory=dict)
+    bucket_out: TokenBucket | None = None
+    bucket_in: TokenBucket | None = None
+
+
+class IpsecService:
+    """Runs every tunnel of the store until cancelled; `tunnel_status` for the control API."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        tun_factory: Callable[[], Tun] | None = None,
+        ike_port: int = IKE_PORT,
+        nat_t_port: int = NAT_T_PORT,
+        timers: dict[str, float] | None = None,
+        manage_routes: bool = True,
+        reload_interval: float = RELOAD_INTERVAL,
+        rand: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self._engine = engine
+        self._tun_factory = tun_factory or (lambda: LinuxTun(TUN_NAME, mtu=TUN_MTU))
+        self._ike_port = ike_port
+        self._nat_t_port = nat_t_port
+        self._timers = dict(timers or {})
+        self._manage_routes = manage_routes
+        self._reload_interval = reload_interval
+        self._rand = rand
+        self._tun: Tun | None = None
+        self._gateways: dict[str, _Gateway] = {}
+        self._tunnels: dict[str, Tunnel] = {}
+        self._configs: dict[str, TunnelConfig] = {}
+        self._routes: set[str] = set()
+        self.spd: Spd[Tunnel] = Spd()
+        self.sad: Sad[Tunnel] = Sad()
+        self.drops: Counter[str] = Counter()
+        self.ready = asyncio.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def run(self) -> None:
+        """Run until cancelled; on the way out, DELETE every IKE SA and undo the set-up."""
+        try:
+            self._tun = self._tun_factory()
+            if self._manage_routes:
+                run("ip", "link", "set", "dev", self._tun.name, "up")
+            self._tun.start(self._from_tun)
+            while True:
+                await self._reload()
+                self.ready.set()
+                await asyncio.sleep(self._reload_interval)
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        now = self._now()
+        for tunnel in list(self._tunnels.values()):
+            with contextlib.suppress(Exception):
+                tunnel.stop(now, "gateway stopping")
+        self._tunnels.clear()
+        for route in list(self._routes):
+            self._del_route(route)
+        for gateway in self._gateways.values():
+            gateway.sockets.close()
+        self._gateways.clear()
+        if self._tun is not None:
+            self._tun.close()
+            self._tun = None
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
+    # -- following the store -----------------------------------------------------------
+    async def _reload(self) -> None:
+        with session(self._engine) as s:
+            configs = {c.name: c for c in tunnel_configs(s)}
+        for name in list(self._tunnels):
+            if name not in configs or configs[name] != self._configs.get(name):
+                self._remove_tunnel(name)
+        for name, config in configs.items():
+            if name not in self._tunnels:
+                await self._add_tunnel(config)
+            tunnel = self._tunnels.get(name)
+            if tunnel is None:
+                continue
+            if config.admin_up and tunnel.stopped:
+                tunnel.start(self._now())
+            elif not config.admin_up and not tunnel.stopped:
+                tunnel.stop(self._now())
+        self._configs = configs
+        self._sync_routes()
+
+    async def _add_tunnel(self, config: TunnelConfig) -> None:
+        try:
+            gateway = await self._gateway(config)
+            ike_config = self._ike_config(config)
+        except (OSError, ValueError) as exc:
+            log.error("tunnel %s cannot start: %s", config.name, exc)
+            return
+        tunnel = Tunnel(config, ike_config, gateway.sockets, self.sad,
+                        local_ike=(config.local_address, gateway.sockets.ports[0]),
+                        ike_port=self._ike_port, nat_t_port=self._nat_t_port, rand=self._rand)
+        tunnel.stopped = True
+        self._tunnels[config.name] = tunnel
+        gateway.by_peer[config.remote_address] = tunnel
+        rules = [PolicyRule(ipaddress.ip_network(local), ipaddress.ip_network(peer))
+                 for local, peer in config.policies]
+        self.spd.set_rules(tunnel, rules)
+
+    def _remove_tunnel(self, name: str) -> None:
+        tunnel = self._tunnels.pop(name)
+        tunnel.stop(self._now(), "tunnel removed or changed")
+        self.spd.remove(tunnel)
+        for gateway in self._gateways.values():
+            if gateway.by_peer.get(tunnel.config.remote_address) is tunnel:
+                del gateway.by_peer[tunnel.config.remote_address]
+
+    async def _gateway(self, config: TunnelConfig) -> _Gateway:
+        gateway = self._gateways.get(config.local_address)
+        if gateway is None:
+            sockets = IkeSockets(
+                lambda m, p, n: self._from_ike(config.local_address, m, p, n),
+                lambda d, p: self._from_esp(config.local_address, d, p),
+            )
+            await sockets.open(config.local_address, self._ike_port, self._nat_t_port)
+            gateway = _Gateway(config.local_address, sockets)
+            self._gateways[config.local_address] = gateway
+        if config.bandwidth_bps:
+            now = self._now()
+            if gateway.bucket_out is None or gateway.bucket_out.rate * 8 != config.bandwidth_bps:
+                gateway.bucket_out = TokenBucket(config.bandwidth_bps, now=now)
+                gateway.bucket_in = TokenBucket(config.bandwidth_bps, now=now)
+        else:
+            gateway.bucket_out = gateway.bucket_in = None
+        return gateway
+
+    def _ike_config(self, config: TunnelConfig) -> IkeConfig:
+        timers: dict[str, Any] = dict(self._timers)
+        return IkeConfig.build(
+            local_id=config.local_address,
+            remote_id=config.remote_address,
+            psk=config.psk.encode(),
+            ike_proposals=config.ike_proposals,
+            esp_proposals=config.esp_proposals,
+            local_ts=[local for local, _ in config.policies],
+            remote_ts=[peer for _, peer in config.policies],
+            **timers,
+        )
+
+    # -- routes toward the TUN ---------------------------------------------------------
+    def _sync_routes(self) -> None:
+        if not self._manage_routes or self._tun is None:
+            return
+        wanted = {peer for t in self._tunnels.values() if not t.stopped
+                  for _, peer in t.config.policies}
+        for route in self._routes - wanted:
+            self._del_route(route)
+        for route in wanted - self._routes:
+            try:
+                run("ip", "route", "replace", route, "dev", self._tun.name)
+                self._routes.add(route)
+            except NetconfError as exc:
+                log.error("cannot route %s into %s: %s", route, self._tun.name, exc)
+
+    def _del_route(self, route: str) -> None:
+        self._routes.discard(route)
+        if self._tun is not None:
+            with contextlib.suppress(NetconfError):
+                run("ip", "route", "del", route, "dev", self._tun.name)
+
+    # -- packets -----------------------------------------------------------------------
+    def _from_ike(self, local: str, message: bytes, peer: Address, nat_t: bool) -> None:
+        gateway = self._gateways.get(local)
+        tunnel = gateway.by_peer.get(peer[0]) if gateway else None
+        if tunnel is None:
+            self.drops["ike-unknown-peer"] += 1
+            return
+        tunnel.receive_ike(message, peer, nat_t, self._now())
+
+    def _from_esp(self, local: str, data: bytes, peer: Address) -> None:
+        result = self.sad.open(data)
+        if isinstance(result, DropReason):
+            self.drops[f"esp-{result.value}"] += 1
+            return
+        tunnel, _sa, inner = result
+        pair = addresses(inner)
+        if pair is None or not self.spd.inbound_allowed(tunnel, pair[0], pair[1]):
+            self.drops["esp-policy"] += 1
+            return
+        gateway = self._gateways[local]
+        if gateway.bucket_in is not None and not gateway.bucket_in.allow(len(inner), self._now()):
+            self.drops["bandwidth-in"] += 1
+            return
+        tunnel.peer_nat_t = peer
+        tunnel.accepted(inner, self._now())
+        if self._tun is not None:
+            self._tun.write(inner)
+
+    def _from_tun(self, packet: bytes) -> None:
+        pair = addresses(packet)
+        tunnel = self.spd.outbound(pair[0], pair[1]) if pair else None
+        if tunnel is None:
+            self.drops["no-policy"] += 1
+            return
+        gateway = self._gateways.get(tunnel.config.local_address)
+        if gateway is None:
+            self.drops["no-gateway"] += 1
+            return
+        bucket = gateway.bucket_out
+        if bucket is not None and not bucket.allow(len(packet), self._now()):
+            self.drops["bandwidth-out"] += 1
+            return
+        data = tunnel.seal(packet)
+        if data is None:
+            self.drops["no-sa"] += 1
+            return
+        gateway.sockets.send_esp(data, tunnel.peer_nat_t)
+
+    # -- control -----------------------------------------------------------------------
+    def tunnel_status(self) -> list[TunnelStatus]:
+        """State, SPIs and counters of every tunnel (GatewayControl.tunnel_status)."""
+        return [self._tunnels[name].status() for name in sorted(self._tunnels)]
+
+    def rekey_all(self, now: float, *, ike: bool) -> None:
+        """Rekey every up tunnel's CHILD_SA (or IKE SA) now, e.g. before a planned key change."""
+        for tunnel in self._tunnels.values():
+            if tunnel.state == "up":
+                if ike:
+                    tunnel.rekey_ike(now)
+                else:
+                    tunnel.rekey_child(now)
+
+    def tunnel(self, name: str) -> Tunnel:
+        """The running tunnel called ``name`` (for tests and the control socket)."""
+        return self._tunnels[name]

@@ -1,0 +1,281 @@
+"""One site-to-site tunnel at run time: its IKE SA driver, its ESP SAs and its status.
+
+A `Tunnel` owns at most one live `IkeSa` (the IKE core) at a time. After every input it
+sends what the core queued, dispatches the core's events and keeps exactly one timer:
+CHILD_SA events install and remove ESP SAs (the old inbound SA stays until its DELETE, so a
+rekey loses nothing), failures become the tunnel's ``last_error``, and a dead peer (DPD) or
+a failed attempt schedules a fresh initiation with back-off when the tunnel initiates; a
+tunnel that waits simply accepts the peer's next IKE_SA_INIT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sslvpn.ipsec.esp.packet import EspCipher, EspKeys, InboundSa, OutboundSa, SequenceExhausted
+from sslvpn.ipsec.esp.sad import Sad
+from sslvpn.ipsec.ike import events as ev
+from sslvpn.ipsec.ike.config import IkeConfig
+from sslvpn.ipsec.ike.proposals import Suite
+from sslvpn.ipsec.ike.sa import IkeSa, is_initial_request
+from sslvpn.runtime.control import TunnelStatus
+from sslvpn.runtime.ike_udp import NON_ESP_MARKER, Address, IkeSockets
+from sslvpn.store.ipsec_queries import TunnelConfig
+
+log = logging.getLogger(__name__)
+
+RETRY_DELAYS = (2.0, 5.0, 10.0, 20.0, 30.0)  # seconds before re-initiating after a failure
+
+
+def esp_cipher(suite: Suite) -> EspCipher:
+    """Our ESP family for a negotiated CHILD_SA suite (the parser allows nothing else)."""
+    return EspCipher.AES_GCM16 if suite.aead else EspCipher.AES_CBC_SHA256
+
+
+def _keys(keys: ev.EspKeys) -> EspKeys:
+    return EspKeys(keys.encryption, keys.integrity)
+
+
+class Tunnel:
+    """Driver and data-path state of one tunnel; the service feeds it datagrams and packets."""
+
+    def __init__(
+        self,
+        config: TunnelConfig,
+        ike_config: IkeConfig,
+        sockets: IkeSockets,
+        sad: Sad[Tunnel],
+        *,
+        local_ike: Address,
+        ike_port: int,
+        nat_t_port: int,
+        rand: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.config = config
+        self.ike_config = ike_config
+        self.name = config.name
+        self._sockets = sockets
+        self._sad = sad
+        self._rand = rand
+        self._local_ike = local_ike
+        self._peer_ike: Address = (config.remote_address, ike_port)
+        self._responder_spi_i: bytes | None = None
+        self.peer_nat_t: Address = (config.remote_address, nat_t_port)
+        self.sa: IkeSa | None = None
+        self.outbound: OutboundSa | None = None
+        self._inbound_spis: set[int] = set()
+        self._current_spi_in: int | None = None
+        self.state = "down"
+        self.last_error: str | None = None
+        self.established_at: datetime | None = None
+        self.bytes_in = self.bytes_out = self.packets_in = self.packets_out = 0
+        self.drops = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._failures = 0
+        self._retry_at: float | None = None
+        self.stopped = False
+
+    def __repr__(self) -> str:
+        return f"Tunnel({self.name!r}, {self.state})"
+
+    # -- control -----------------------------------------------------------------------
+    def start(self, now: float) -> None:
+        """Bring the tunnel up: initiate, or wait for the peer."""
+        self.stopped = False
+        if self.config.initiate:
+            self._initiate(now)
+        else:
+            self.state = "connecting"
+
+    def _initiate(self, now: float) -> None:
+        self._drop_sa()
+        self.sa = IkeSa(self.ike_config, self._local_ike, self._peer_ike, initiator=True,
+                        rand=self._rand)
+        self.sa.initiate(now)
+        self.state = "connecting"
+        self._retry_at = None
+        self._flush(now)
+
+    def stop(self, now: float, reason: str = "stopped by admin") -> None:
+        """Delete the IKE SA politely (the DELETE goes out) and forget every ESP SA."""
+        self.stopped = True
+        if self.sa is not None and self.state == "up":
+            self.sa.delete(now)
+            self._send(now)
+        self._drop_sa()
+        self.state = "down"
+        self.last_error = reason if reason != "stopped by admin" else self.last_error
+        self._cancel_timer()
+
+    def rekey_child(self, now: float) -> None:
+        if self.sa is not None:
+            self.sa.rekey_child(now)
+            self._flush(now)
+
+    def rekey_ike(self, now: float) -> None:
+        if self.sa is not None:
+            self.sa.rekey_ike(now)
+            self._flush(now)
+
+    # -- inputs ------------------------------------------------------------------------
+    def receive_ike(self, message: bytes, peer: Address, nat_t: bool, now: float) -> None:
+        if self.stopped:
+            return
+        if nat_t:
+            self.peer_nat_t = peer
+        elif is_initial_request(message) and message[:8] != self._responder_spi_i:
+            # the peer starts a new IKE SA (first contact, restart, or it won a race)
+            self._drop_sa()
+            self._retry_at = None
+            self._responder_spi_i = message[:8]
+            self.sa = IkeSa(self.ike_config, self._local_ike, peer, initiator=False,
+                            rand=self._rand)
+            self.state = "connecting"
+        if self.sa is None:
+            return
+        self.sa.receive_datagram(NON_ESP_MARKER + message if nat_t else message, peer, now)
+        self._flush(now)
+
+    def handle_timer(self, now: float) -> None:
+        self._timer = None
+        if self._retry_at is not None and now >= self._retry_at and not self.stopped:
+            self._initiate(now)
+            return
+        if self.sa is not None:
+            self.sa.handle_timer(now)
+            self._flush(now)
+        else:
+            self._schedule(now)
+
+    # -- data path ---------------------------------------------------------------------
+    def seal(self, packet: bytes) -> bytes | None:
+        """ESP for an inner packet going to the peer, or None (no SA yet, or exhausted)."""
+        sa = self.outbound
+        if sa is None:
+            self.drops += 1
+            return None
+        try:
+            data = sa.seal(packet)
+        except SequenceExhausted:
+            self.drops += 1
+            return None
+        self.packets_out += 1
+        self.bytes_out += len(packet)
+        return data
+
+    def accepted(self, inner: bytes, now: float) -> None:
+        """Count an authentic inner packet; it also proves the peer alive (no DPD needed)."""
+        self.packets_in += 1
+        self.bytes_in += len(inner)
+        if self.sa is not None:
+            self.sa.note_inbound_traffic(now)
+
+    # -- core output -------------------------------------------------------------------
+    def _send(self, now: float) -> None:
+        if self.sa is None:
+            return
+        for data, addr in self.sa.datagrams_to_send(now):
+            if data[:4] == NON_ESP_MARKER:  # the core floated to NAT-T: send from 4500
+                self.peer_nat_t = addr
+                self._sockets.send_ike(data[4:], addr, nat_t=True)
+            else:
+                self._sockets.send_ike(data, addr, nat_t=False)
+
+    def _flush(self, now: float) -> None:
+        self._send(now)
+        while self.sa is not None:
+            event = self.sa.next_event()
+            if event is None:
+                break
+            self._on_event(event, now)
+        self._send(now)
+        self._schedule(now)
+
+    def _on_event(self, event: ev.IkeEvent, now: float) -> None:
+        if isinstance(event, ev.ChildSaEstablished):
+            self._install(event)
+        elif isinstance(event, ev.ChildSaDeleted):
+            self._sad.remove(event.spi_in)
+            self._inbound_spis.discard(event.spi_in)
+            if self.outbound is not None and self.outbound.spi == event.spi_out:
+                self.outbound = None
+                self.state = "connecting" if self.sa is not None else "down"
+        elif isinstance(event, ev.IkeSaEstablished):
+            log.info("tunnel %s: IKE SA established with %s", self.name, event.remote_id)
+        elif isinstance(event, ev.PeerDead):
+            self._fail("peer dead (no answer to DPD or requests)", now)
+        elif isinstance(event, ev.AuthenticationFailed):
+            self._fail(f"authentication failed: {event.reason}", now)
+        elif isinstance(event, ev.NoProposalChosen):
+            self._fail(f"no proposal chosen in {event.exchange}: {event.detail}", now)
+        elif isinstance(event, ev.IkeSaClosed):
+            self._fail(f"IKE SA closed: {event.reason}", now)
+        elif isinstance(event, ev.ChildSaFailed):
+            self.last_error = f"CHILD_SA failed: {event.reason}"
+
+    def _install(self, event: ev.ChildSaEstablished) -> None:
+        cipher = esp_cipher(event.cipher)
+        inbound = InboundSa(event.spi_in, cipher, _keys(event.keys_in))
+        self._sad.remove(event.spi_in)
+        self._sad.add(inbound, self)
+        self._inbound_spis.add(event.spi_in)
+        self._current_spi_in = event.spi_in
+        self.outbound = OutboundSa(event.spi_out, cipher, _keys(event.keys_out), rand=self._rand)
+        if self.state != "up":
+            self.established_at = datetime.now(UTC)
+        self.state = "up"
+        self._failures = 0
+        log.info("tunnel %s: CHILD_SA in %08x out %08x (%s)", self.name, event.spi_in,
+                 event.spi_out, event.cipher.name)
+
+    def _fail(self, reason: str, now: float) -> None:
+        log.warning("tunnel %s: %s", self.name, reason)
+        self.last_error = reason
+        self._drop_sa()
+        self.state = "down" if not self.config.initiate else "connecting"
+        if self.config.initiate and not self.stopped:
+            delay = RETRY_DELAYS[min(self._failures, len(RETRY_DELAYS) - 1)]
+            self._failures += 1
+            self._retry_at = now + delay
+
+    def _drop_sa(self) -> None:
+        self.sa = None
+        self.outbound = None
+        for spi in self._inbound_spis:
+            self._sad.remove(spi)
+        self._inbound_spis.clear()
+
+    # -- timer -------------------------------------------------------------------------
+    def _schedule(self, now: float) -> None:
+        self._cancel_timer()
+        deadlines = [t for t in (self._retry_at, self.sa.get_timer() if self.sa else None) if t]
+        if not deadlines or self.stopped:
+            return
+        loop = asyncio.get_running_loop()
+        at = min(deadlines)
+        self._timer = loop.call_at(at, lambda: self.handle_timer(loop.time()))
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def status(self) -> TunnelStatus:
+        out = self.outbound
+        spi_in = self._current_spi_in if out else None
+        return TunnelStatus(
+            name=self.name,
+            state=self.state,
+            last_error=self.last_error,
+            established_at=self.established_at if self.state == "up" else None,
+            spi_in=f"{spi_in:08x}" if spi_in is not None else None,
+            spi_out=f"{out.spi:08x}" if out else None,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            packets_in=self.packets_in,
+            packets_out=self.packets_out,
+        )

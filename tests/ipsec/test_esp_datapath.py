@@ -1,0 +1,134 @@
+"""The IPsec service's ESP data path on a MemoryTun and loopback UDP, with a hand-made SA.
+
+No IKE here (the interop tests cover it): a CHILD_SA is installed as the IKE core would
+announce it, and a test socket plays the peer's UDP 4500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sslvpn.ipsec.esp.packet import DropReason, EspCipher, EspKeys, InboundSa, OutboundSa
+from sslvpn.ipsec.ike import events as ev
+from sslvpn.ipsec.ike.constants import EncrId
+from sslvpn.ipsec.ike.proposals import Suite
+from sslvpn.runtime.ipsec_service import IpsecService
+from sslvpn.runtime.tun import MemoryTun
+from sslvpn.store import ipsec_queries as q
+from sslvpn.store.db import open_engine, session, upgrade
+
+KEY_IN, KEY_OUT = b"\x11" * 36, b"\x22" * 36
+SPI_IN, SPI_OUT = 0x1000_0001, 0x2000_0002
+
+
+def ipv4(src: str, dst: str, payload: bytes = b"x" * 40) -> bytes:
+    total = 20 + len(payload)
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 1, 0, 64, 17, 0,
+                         ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed)
+    return header + payload
+
+
+class Harness:
+    def __init__(self, service: IpsecService, tun: MemoryTun, peer: socket.socket) -> None:
+        self.service = service
+        self.tun = tun
+        self.peer = peer
+        self.to_us = OutboundSa(SPI_IN, EspCipher.AES_GCM16, EspKeys(KEY_IN))
+        self.from_us = InboundSa(SPI_OUT, EspCipher.AES_GCM16, EspKeys(KEY_OUT))
+
+    async def received(self) -> bytes:
+        data = await asyncio.wait_for(asyncio.to_thread(self.peer.recv, 4096), 5)
+        inner = self.from_us.open(data)
+        assert not isinstance(inner, DropReason), inner
+        return inner
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    engine = open_engine(f"sqlite:///{tmp_path / 'db'}")
+    upgrade(engine)
+    with session(engine) as s:
+        q.create_vpn_gateway(s, name="vgw", public_address="127.0.0.1", bandwidth_bps=8_000_000)
+        q.create_customer_gateway(s, name="dc1", address="127.0.0.2")
+        q.create_tunnel(s, name="t1", gateway="vgw", customer_gateway="dc1",
+                        psk="si-lab-psk-0123456789abcdef", ike_proposals="aes256-sha256-ecp256",
+                        esp_proposals="aes256gcm16", start_action="wait")
+        q.add_policy(s, tunnel="t1", local_cidr="10.2.0.0/24", peer_cidr="10.1.0.0/24")
+    tun = MemoryTun()
+    service = IpsecService(engine, tun_factory=lambda: tun, ike_port=0, nat_t_port=0,
+                           manage_routes=False, reload_interval=0.05)
+    task = asyncio.create_task(service.run())
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    try:
+        await asyncio.wait_for(service.ready.wait(), 5)
+        tunnel = service.tunnel("t1")
+        tunnel.peer_nat_t = peer.getsockname()
+        tunnel._on_event(ev.ChildSaEstablished(  # as the IKE core announces a CHILD_SA
+            spi_in=SPI_IN, spi_out=SPI_OUT, cipher=Suite(encr=EncrId.AES_GCM_16, key_bits=256),
+            keys_in=ev.EspKeys(KEY_IN, b""), keys_out=ev.EspKeys(KEY_OUT, b""),
+            local_ts=(), remote_ts=()), 0.0)
+        yield Harness(service, tun, peer)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        peer.close()
+        engine.dispose()
+
+
+def _natt_port(service: IpsecService) -> int:
+    return next(iter(service._gateways.values())).sockets.ports[1]
+
+
+async def test_vpc_packets_go_out_sealed_and_peer_packets_come_in(harness: Harness) -> None:
+    service, tun = harness.service, harness.tun
+    outgoing = ipv4("10.2.0.10", "10.1.0.10")
+    tun.inject(outgoing)
+    assert await harness.received() == outgoing
+    incoming = ipv4("10.1.0.10", "10.2.0.10")
+    harness.peer.sendto(harness.to_us.seal(incoming), ("127.0.0.1", _natt_port(service)))
+    assert await tun.wait_written(lambda p: p == incoming)
+    status = service.tunnel_status()[0]
+    assert (status.state, status.spi_in, status.spi_out) == ("up", "10000001", "20000002")
+    assert (status.packets_in, status.packets_out) == (1, 1)
+    assert (status.bytes_in, status.bytes_out) == (len(incoming), len(outgoing))
+
+
+async def test_policy_replay_and_garbage_are_dropped_and_counted(harness: Harness) -> None:
+    service, tun = harness.service, harness.tun
+    tun.inject(ipv4("10.2.0.10", "10.9.0.1"))  # no policy for this destination
+    tun.inject(ipv4("10.7.0.10", "10.1.0.10"))  # source outside the local range
+    natt = ("127.0.0.1", _natt_port(service))
+    spoofed = harness.to_us.seal(ipv4("10.5.0.1", "10.2.0.10"))  # not from the peer's range
+    good_packet = ipv4("10.1.0.10", "10.2.0.10", b"ok" * 10)
+    good = harness.to_us.seal(good_packet)
+    for datagram in (spoofed, good, good, b"\x00\x00\x10\x00garbage!", bytes(3)):
+        harness.peer.sendto(datagram, natt)
+    await tun.wait_written(lambda p: p == good_packet)
+
+    def counted() -> bool:
+        return service.drops["esp-replayed"] == 1 and service.drops["esp-unknown-spi"] == 1
+
+    async with asyncio.timeout(5):
+        while not counted():
+            await asyncio.sleep(0.01)
+    assert service.drops["no-policy"] == 2
+    assert service.drops["esp-policy"] == 1
+    assert tun.written == [good_packet]
+
+
+async def test_bandwidth_cap_drops_the_excess(harness: Harness) -> None:
+    service = harness.service
+    packet = ipv4("10.2.0.10", "10.1.0.10", b"z" * 1400)
+    for _ in range(200):  # 290 kB at once against 1 MB/s with a 64 kB burst
+        harness.tun.inject(packet)
+    assert service.drops["bandwidth-out"] > 100
+    assert service.tunnel_status()[0].packets_out == 200 - service.drops["bandwidth-out"]
