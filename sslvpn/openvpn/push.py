@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+from sslvpn.openvpn.data_channel import Compression
 from sslvpn.openvpn.key_method import IvProto, PeerInfo
 
 PUSH_BUNDLE_SIZE = 1024  # push.c PUSH_BUNDLE_SIZE: bytes per PUSH_REPLY message
@@ -26,14 +27,6 @@ MAX_PEER_ID = 0xFFFFFE  # openvpn3: pushed peer-id range -1..0xFFFFFE
 class KeyDerivation(Enum):
     PRF = "prf"  # ssl.c generate_key_expansion_openvpn_prf
     TLS_EKM = "tls-ekm"  # ssl.c generate_key_expansion_tls_export
-
-
-class Compression(Enum):
-    """Compression stub framing pushed to clients whose profile has comp-lzo/compress."""
-
-    NONE = "none"
-    STUB_V2 = "stub-v2"  # push "compress stub-v2"
-    LZO_NO = "comp-lzo-no"  # push "comp-lzo no" (0xFA prefix)
 
 
 IPv4OrV6Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -91,7 +84,7 @@ def choose_compression(peer: PeerInfo, *, occ_has_comp_lzo: bool) -> Compression
     """Stub framing for legacy profiles, as 2.6 ``compress migrate`` does (multi.c)."""
     if not occ_has_comp_lzo:
         return Compression.NONE
-    return Compression.STUB_V2 if peer.comp_stub_v2 else Compression.LZO_NO
+    return Compression.STUB_V2 if peer.comp_stub_v2 else Compression.LZO_STUB
 
 
 def _protocol_options(peer: PeerInfo, derivation: KeyDerivation) -> list[str]:
@@ -132,7 +125,7 @@ def push_options(
     options += _protocol_options(peer, derivation)
     if compression is Compression.STUB_V2:
         options.append("compress stub-v2")
-    elif compression is Compression.LZO_NO:
+    elif compression is Compression.LZO_STUB:
         options.append("comp-lzo no")
     if peer.mtu is not None:
         options.append(f"tun-mtu {config.tun_mtu}")

@@ -34,7 +34,7 @@ _VERIFY_REASONS = {
     20: "certificate not issued by our CA",
     21: "certificate not issued by our CA",
     24: "invalid CA certificate",
-    26: "unsupported certificate purpose",
+    26: "certificate purpose (extendedKeyUsage) is not clientAuth",
 }
 
 

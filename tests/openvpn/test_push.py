@@ -6,9 +6,9 @@ import ipaddress
 
 import pytest
 
+from sslvpn.openvpn.data_channel import Compression
 from sslvpn.openvpn.key_method import parse_peer_info
 from sslvpn.openvpn.push import (
-    Compression,
     KeyDerivation,
     PushConfig,
     build_push_reply,
@@ -121,7 +121,7 @@ def test_key_derivation_and_compression_choice() -> None:
     assert choose_key_derivation(OVPN3) is KeyDerivation.PRF
     assert choose_compression(LAB, occ_has_comp_lzo=False) is Compression.NONE
     assert choose_compression(LAB, occ_has_comp_lzo=True) is Compression.STUB_V2
-    assert choose_compression(OLD, occ_has_comp_lzo=True) is Compression.LZO_NO
+    assert choose_compression(OLD, occ_has_comp_lzo=True) is Compression.LZO_STUB
     lzo = push_options(_config(), peer=OLD, cipher="AES-256-GCM", derivation=KeyDerivation.PRF,
-                       compression=Compression.LZO_NO)
+                       compression=Compression.LZO_STUB)
     assert "comp-lzo no" in lzo

@@ -1,0 +1,265 @@
+"""The server-role OpenVPN session: the object the runtime drives for one client.
+
+Created from the acceptor's ``CreateSession`` (server.py). It runs TLS as the server on
+every key_id, reads the client's key-method 2 record, checks the client certificate
+(chain to our CA, expiry, EKU clientAuth: the CA is an input, revocation is the caller's),
+negotiates the data cipher, answers with its own record and then *waits*: it emits
+``PeerVerified`` and the caller decides with ``accept(push_config)`` or ``reject(reason)``.
+On accept it derives the data keys (PRF or EKM), sends PUSH_REPLY (at once for
+IV_PROTO request-push clients, else on PUSH_REQUEST; push.c) and reports
+``SessionEstablished``. Renegotiations (either side) re-check the certificate, which must
+stay the same, and never push again. A refusal sends ``AUTH_FAILED,<reason>`` and closes
+after a short linger (push.c send_auth_failed, schedule_exit).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from sslvpn.openvpn.constants import Opcode
+from sslvpn.openvpn.endpoint import (
+    Endpoint,
+    LocalProtocolError,
+    Rand,
+    Timing,
+    local_key_method,
+)
+from sslvpn.openvpn.events import (
+    ControlMessageReceived,
+    ExitRequested,
+    PeerRefused,
+    PeerVerified,
+    SessionEstablished,
+)
+from sslvpn.openvpn.key_method import (
+    IvProto,
+    KeyMethodError,
+    PeerInfo,
+    occ_options_string,
+    occ_wants_compression_framing,
+    parse_peer_info,
+    pull_key_method2,
+    push_key_method2,
+)
+from sslvpn.openvpn.key_state import Identity, KeyState
+from sslvpn.openvpn.packet import ControlPacket
+from sslvpn.openvpn.push import (
+    SUPPORTED_CIPHERS,
+    PushConfig,
+    build_push_reply,
+    choose_compression,
+    choose_key_derivation,
+    negotiate_cipher,
+    push_options,
+)
+from sslvpn.openvpn.server import CreateSession
+from sslvpn.openvpn.tls import TlsContext, client_auth_problem
+from sslvpn.openvpn.tls_wrap import ControlWrap
+
+NO_SHARED_CIPHER = "Data channel cipher negotiation failed (no shared cipher)"  # ssl_ncp.c
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Per-listener settings every server session shares."""
+
+    tls: TlsContext
+    tcp: bool = False
+    data_ciphers: tuple[str, ...] = SUPPORTED_CIPHERS
+    allow_ekm: bool = True
+    timing: Timing = Timing()
+    ping_restart_factor: float = 2.0  # helper.c: keepalive 10 60 -> server restarts at 120
+
+
+def _printable(reason: str) -> str:
+    cleaned = "".join(c if c.isprintable() else " " for c in reason)
+    return cleaned[:200]
+
+
+class ServerSession(Endpoint):
+    """One client connection, server role; see the module docstring for the life cycle."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        created: CreateSession,
+        now: float,
+        *,
+        rand: Rand = os.urandom,
+    ) -> None:
+        if not config.tls.server:
+            raise LocalProtocolError("a server session needs a server TLS context")
+        wrap = ControlWrap(
+            created.codec, timestamp=created.timestamp, last_packet_id=created.last_packet_id
+        )
+        if created.first_replay_id != (0, 0):
+            wrap.accept_replay_id(*created.first_replay_id)
+        identity = Identity(own=created.server_session_id, peer=created.client_session_id)
+        super().__init__(
+            tls_context=config.tls, wrap=wrap, identity=identity, timing=config.timing,
+            now=now, rand=rand,
+        )
+        self.config = config
+        self.metadata = created.metadata
+        self.peer_info = PeerInfo()
+        self.certificate: x509.Certificate | None = None
+        self.push_config: PushConfig | None = None
+        self._awaiting_decision = False
+        self._decided = False
+        self._push_requested = False
+        self._push_sent = False
+        ks = self._new_key_state(0, now)
+        if created.reset_done:
+            ks.sender.skip_to(1)
+            ks.receiver.skip_to(1)
+        else:
+            ks.sender.queue(Opcode.CONTROL_HARD_RESET_SERVER_V2)
+        self._handle_control(created.first, now)
+
+    def __repr__(self) -> str:
+        return f"ServerSession(sid={self.identity.own.hex()}, closed={self.closed})"
+
+    # -- key-method 2 and certificate checks ---------------------------------------------
+    def _on_key_method(self, ks: KeyState, record: bytes, now: float) -> None:
+        try:
+            peer = pull_key_method2(record, from_client=True)
+        except KeyMethodError as exc:
+            self._drop("key-method")
+            self._key_failed(ks, f"bad key-method 2 record: {exc}", now)
+            return
+        ks.peer_km2 = peer
+        ks.km2_received()
+        ks.local_km2 = local_key_method(
+            self._rand, occ_options_string(server=True, tcp=self.config.tcp), client=False
+        )
+        ks.send_record(push_key_method2(ks.local_km2))
+        problem = self._certificate_problem(ks)
+        if ks.key_id == 0 and not self._decided and not self._awaiting_decision:
+            self._first_key_ready(ks, peer.options, peer.peer_info, peer.username,
+                                  peer.password, problem, now)
+        elif problem is not None:
+            self._refuse(problem, now)
+        else:
+            self._install(ks, now)
+
+    def _certificate_problem(self, ks: KeyState) -> str | None:
+        if ks.tls.verify_error is not None:
+            return ks.tls.verify_error
+        cert = ks.tls.peer_certificate()
+        if cert is None:
+            return "no client certificate"
+        if self.certificate is not None and cert != self.certificate:
+            return "client certificate changed during renegotiation"
+        return client_auth_problem(cert)
+
+    def _first_key_ready(
+        self, ks: KeyState, options: str, peer_info: str, username: str, password: str,
+        problem: str | None, now: float,
+    ) -> None:
+        self.peer_info = info = parse_peer_info(peer_info)
+        if problem is not None:
+            self._refuse(problem, now)
+            return
+        cipher = negotiate_cipher(info, self.config.data_ciphers)
+        if cipher is None:
+            self._refuse(NO_SHARED_CIPHER, now)
+            return
+        self.cipher = cipher
+        self.derivation = choose_key_derivation(info, allow_ekm=self.config.allow_ekm)
+        self.compression = choose_compression(
+            info, occ_has_comp_lzo=occ_wants_compression_framing(options)
+        )
+        cert = ks.tls.peer_certificate()
+        assert cert is not None  # noqa: S101 - _certificate_problem returned None
+        self.certificate = cert
+        self._awaiting_decision = True
+        self._events.append(PeerVerified(cert, info, username, password))
+
+    def _refuse(self, reason: str, now: float) -> None:
+        """The core refuses by itself: tell the caller, then AUTH_FAILED and linger."""
+        self._events.append(PeerRefused(reason))
+        self._send_auth_failed(reason, now)
+
+    def _send_auth_failed(self, reason: str, now: float) -> None:
+        self._decided = True
+        self._awaiting_decision = False
+        ks = self._keys.get(0) or self._latest_key()
+        if ks is not None:
+            ks.send_message("AUTH_FAILED," + _printable(reason))
+        self._linger("auth failed: " + reason, now)
+
+    # -- the caller's decision -----------------------------------------------------------
+    def accept(self, push_config: PushConfig) -> None:
+        """Admit the verified peer: derive keys, push its configuration."""
+        if not self._awaiting_decision or self.closed:
+            raise LocalProtocolError("accept() is only valid after PeerVerified")
+        ks = self._keys.get(0)
+        if ks is None:
+            raise LocalProtocolError("the first key state is gone")
+        self._awaiting_decision = False
+        self._decided = True
+        self.push_config = push_config
+        info = self.peer_info
+        self.data_peer_id = push_config.peer_id if info.supports(IvProto.DATA_V2) else None
+        self._install(ks, self._now)
+        self.ping_interval = float(push_config.ping)
+        self.ping_timeout = push_config.ping_restart * self.config.ping_restart_factor
+        self.last_received = self._now
+        if info.supports(IvProto.REQUEST_PUSH) or self._push_requested:
+            self._send_push(ks)
+        self._events.append(
+            SessionEstablished(
+                cipher=self.cipher,
+                key_derivation=self.derivation.value,
+                peer_id=push_config.peer_id,
+                tls_version=ks.tls.version,
+            )
+        )
+
+    def reject(self, reason: str) -> None:
+        """Refuse the verified peer with ``AUTH_FAILED,<reason>`` (logged by the caller)."""
+        if not self._awaiting_decision or self.closed:
+            raise LocalProtocolError("reject() is only valid after PeerVerified")
+        self._send_auth_failed(reason, self._now)
+
+    def _send_push(self, ks: KeyState) -> None:
+        config = self.push_config
+        if config is None or self._push_sent:
+            return
+        self._push_sent = True
+        options = push_options(
+            config, peer=self.peer_info, cipher=self.cipher, derivation=self.derivation,
+            compression=self.compression,
+        )
+        for message in build_push_reply(options):
+            ks.send_message(message)
+
+    # -- control messages ----------------------------------------------------------------
+    def _on_message(self, ks: KeyState, message: str, now: float) -> None:
+        if message == "PUSH_REQUEST":
+            self._push_requested = True
+            if self.push_config is not None:
+                self._send_push(ks)
+        elif message == "EXIT":
+            self._events.append(ExitRequested("control"))
+            self._finish("peer exited (EXIT)")
+        else:
+            self._events.append(ControlMessageReceived(message))
+
+    def _say_goodbye(self) -> None:
+        # multi.c: on shutdown the server tells clients to reconnect; clients that do
+        # not read control messages (no cc-exit) also get the OCC EXIT data packet.
+        ks = self._keys.get(0) or self._latest_key()
+        if ks is not None and self._push_sent:
+            ks.send_message("RESTART")
+        if not self.peer_info.supports(IvProto.CC_EXIT_NOTIFY):
+            self._send_occ_exit()
+
+    def _before_receive(self, ks: KeyState, packet: ControlPacket, now: float) -> bool:
+        if packet.opcode is Opcode.CONTROL_HARD_RESET_SERVER_V2:
+            self._drop("server-reset-from-client")
+            return False
+        return True

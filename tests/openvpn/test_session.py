@@ -1,0 +1,309 @@
+"""Server session against the client-role session: handshake, data, renegotiation, refusal."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sslvpn.openvpn.endpoint import LocalProtocolError, Timing
+from sslvpn.openvpn.events import (
+    ExitRequested,
+    KeysRenegotiated,
+    PeerRefused,
+    PeerVerified,
+    SessionClosed,
+    SessionEstablished,
+    TunnelPacket,
+)
+from sslvpn.openvpn.session import NO_SHARED_CIPHER, ServerSession
+from tests.openvpn.conftest import Pki
+from tests.openvpn.pair import PUSH, Pair
+
+IP_PACKET = bytes.fromhex("4500001c000100004001f7ac0a0800020a0a000a") + b"\x08\x00\xf7\xff\0\0\0\0"
+PRF_ONLY = (
+    "IV_VER=2.6.14\nIV_PLAT=linux\nIV_NCP=2\nIV_PROTO=982\n"
+    "IV_CIPHERS=AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305\n"
+)
+
+
+def _tunnel(events: Sequence[object]) -> list[bytes]:
+    return [e.ip_packet for e in events if isinstance(e, TunnelPacket)]
+
+
+def _exchange(pair: Pair, count: int, tag: bytes = b"") -> None:
+    """Send ``count`` packets each way and check all arrive, in order."""
+    server = pair.server
+    assert server is not None
+    before_s, before_c = len(_tunnel(pair.server_events)), len(_tunnel(pair.client_events))
+    sent = [IP_PACKET + tag + bytes([i % 256]) for i in range(count)]
+    for packet in sent:
+        pair.client.send_packet(packet, pair.now)
+        server.send_packet(packet, pair.now)
+    pair.run()
+    assert _tunnel(pair.server_events)[before_s:] == sent
+    assert _tunnel(pair.client_events)[before_c:] == sent
+
+
+@pytest.mark.parametrize("wrap", ["tls-crypt", "tls-crypt-v2"])
+@pytest.mark.parametrize("cipher", ["AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305"])
+@pytest.mark.parametrize("peer_info", [None, PRF_ONLY], ids=["ekm", "prf"])
+def test_handshake_and_data_matrix(pki: Pki, wrap: str, cipher: str, peer_info: str | None) -> None:
+    pair = Pair(pki, wrap=wrap, data_ciphers=(cipher,), peer_info=peer_info)
+    server = pair.connect()
+    established = [e for e in pair.server_events if isinstance(e, SessionEstablished)]
+    assert len(established) == 1 and established[0].cipher == cipher
+    assert established[0].key_derivation == ("tls-ekm" if peer_info is None else "prf")
+    verified = [e for e in pair.server_events if isinstance(e, PeerVerified)]
+    assert verified[0].certificate == pki.client.certificate
+    assert verified[0].peer_info.version == "2.6.14"
+    assert pair.client.cipher == cipher and pair.client.data_peer_id == 5
+    assert ("protocol-flags cc-exit tls-ekm" in pair.client.pushed_options) == (peer_info is None)
+    if wrap == "tls-crypt-v2":
+        assert server.metadata is not None and server.metadata[0] == 1
+    _exchange(pair, 20)
+    assert not server.drops and not pair.client.drops
+
+
+def test_tcp_mode_without_cookie(pki: Pki) -> None:
+    pair = Pair(pki, tcp=True)
+    pair.connect()
+    _exchange(pair, 5)
+
+
+def test_push_waits_for_push_request_without_request_push_bit(pki: Pki) -> None:
+    info = "IV_VER=2.4.12\nIV_NCP=2\nIV_PROTO=2\n"
+    pair = Pair(pki, peer_info=info)
+    pair.connect()
+    assert any(isinstance(e, SessionEstablished) for e in pair.client_events)
+    assert "protocol-flags cc-exit" not in pair.client.pushed_options
+    assert pair.client.derivation.value == "prf"
+    _exchange(pair, 3)
+
+
+def test_long_push_reply_uses_continuation(pki: Pki) -> None:
+    routes = tuple(ipaddress.IPv4Network(f"10.{i}.0.0/16") for i in range(120))
+    push = dataclasses.replace(PUSH, routes=routes)
+    pair = Pair(pki, decide=lambda s, e: s.accept(push))
+    pair.connect()
+    pushed = pair.client.pushed_options
+    assert sum(o.startswith("route ") for o in pushed) == 120
+    assert not any("continuation" in o for o in pushed)
+    _exchange(pair, 2)
+
+
+def _lossy(pattern: str) -> object:
+    """Drop, duplicate and reorder datagrams deterministically."""
+    counter = {"n": 0}
+
+    def filt(direction: str, datagrams: list[bytes]) -> list[bytes]:
+        out: list[bytes] = []
+        for data in datagrams:
+            counter["n"] += 1
+            n = counter["n"]
+            if pattern == "loss" and n % 3 == 0:
+                continue
+            out.append(data)
+            if pattern == "dup" and n % 2 == 0:
+                out.append(data)
+        if pattern == "reorder":
+            out.reverse()
+        return out
+
+    return filt
+
+
+@pytest.mark.parametrize("pattern", ["loss", "dup", "reorder"])
+def test_handshake_survives_loss_duplication_reordering(pki: Pki, pattern: str) -> None:
+    pair = Pair(pki)
+    pair.filter = _lossy(pattern)  # type: ignore[assignment]
+    for _ in range(40):
+        pair.advance(2.0)
+        if any(isinstance(e, SessionEstablished) for e in pair.client_events):
+            break
+    assert any(isinstance(e, SessionEstablished) for e in pair.client_events)
+    pair.filter = None
+    pair.advance(1.0)
+    _exchange(pair, 5)
+
+
+def _renegotiated(events: Sequence[object]) -> list[int]:
+    return [e.key_id for e in events if isinstance(e, KeysRenegotiated)]
+
+
+def test_server_initiated_renegotiation_loses_nothing(pki: Pki) -> None:
+    pair = Pair(pki, server_timing=Timing(reneg_seconds=100.0))
+    server = pair.connect()
+    _exchange(pair, 5, b"a")
+    pair.advance(101.0)
+    assert _renegotiated(pair.server_events) == [1]
+    assert _renegotiated(pair.client_events) == [1]
+    _exchange(pair, 5, b"b")
+    pair.advance(100.0)
+    assert _renegotiated(pair.server_events) == [1, 2]
+    _exchange(pair, 5, b"c")
+    assert not server.drops and not pair.client.drops
+    assert not any(isinstance(e, SessionClosed) for e in pair.server_events)
+
+
+def test_client_initiated_renegotiation_with_data_in_flight(pki: Pki) -> None:
+    pair = Pair(pki)
+    server = pair.connect()
+    assert pair.client.renegotiate(pair.now)
+    assert not pair.client.renegotiate(pair.now)  # one at a time
+    # packets sealed on key 0 while the new key negotiates still arrive afterwards
+    in_flight = [IP_PACKET + b"old" + bytes([i]) for i in range(5)]
+    for packet in in_flight:
+        pair.client.send_packet(packet, pair.now)
+    held = pair.client.datagrams_to_send(pair.now)
+    control = [d for d in held if d[0] >> 3 not in (6, 9)]
+    data = [d for d in held if d[0] >> 3 in (6, 9)]
+    for d in control:
+        server.receive_datagram(d, pair.now)
+    pair.run()
+    assert _renegotiated(pair.server_events) == [1]
+    for d in data:  # late key-0 packets after the switch: the lame duck still opens them
+        server.receive_datagram(d, pair.now)
+    pair.run()
+    assert _tunnel(pair.server_events)[-5:] == in_flight
+    _exchange(pair, 5)
+    assert not server.drops
+
+
+def test_lame_duck_key_accepted_for_60s_then_dropped(pki: Pki) -> None:
+    pair = Pair(pki, server_timing=Timing(lame_duck_seconds=60.0))
+    server = pair.connect()
+    old_key_packets = []
+    for i in range(3):
+        pair.client.send_packet(IP_PACKET + bytes([i]), pair.now)
+        old_key_packets += pair.client.datagrams_to_send(pair.now)
+    assert pair.client.renegotiate(pair.now)
+    pair.run()
+    assert _renegotiated(pair.server_events) == [1]
+    pair.advance(59.0)
+    server.receive_datagram(old_key_packets[0], pair.now)
+    server.receive_datagram(old_key_packets[1], pair.now)
+    pair.drain_events()
+    assert _tunnel(pair.server_events)[-2:] == [IP_PACKET + b"\0", IP_PACKET + b"\1"]
+    pair.advance(2.0)
+    before = len(_tunnel(pair.server_events))
+    server.receive_datagram(old_key_packets[2], pair.now)
+    pair.drain_events()
+    assert len(_tunnel(pair.server_events)) == before
+    assert server.drops["data-no-key"] == 1
+    _exchange(pair, 3)
+
+
+@pytest.mark.parametrize(
+    ("who", "reason"),
+    [
+        ("foreign_client", "not issued by our CA"),
+        ("expired_client", "expired"),
+        ("server_eku_client", "clientAuth"),
+    ],
+)
+def test_bad_certificates_get_auth_failed(pki: Pki, who: str, reason: str) -> None:
+    pair = Pair(pki, client_cert=getattr(pki, who))
+    server = pair.connect()
+    refused = [e for e in pair.server_events if isinstance(e, PeerRefused)]
+    assert len(refused) == 1 and reason in refused[0].reason
+    assert not any(isinstance(e, PeerVerified | SessionEstablished) for e in pair.server_events)
+    assert pair.client.auth_failed is not None and reason in pair.client.auth_failed
+    pair.advance(6.0)
+    closed = [e for e in pair.server_events if isinstance(e, SessionClosed)]
+    assert len(closed) == 1 and "auth failed" in closed[0].reason
+    assert server.closed and server.get_timer() is None
+
+
+def test_caller_rejects_with_reason(pki: Pki) -> None:
+    pair = Pair(pki, decide=lambda s, e: s.reject("certificate revoked"))
+    server = pair.connect()
+    assert pair.client.auth_failed == "certificate revoked"
+    with pytest.raises(LocalProtocolError):
+        server.accept(PUSH)
+    pair.advance(6.0)
+    assert server.closed
+
+
+def test_no_shared_cipher_is_refused(pki: Pki) -> None:
+    info = "IV_VER=2.6.14\nIV_PROTO=990\nIV_CIPHERS=AES-256-CBC\n"
+    pair = Pair(pki, peer_info=info)
+    pair.connect()
+    assert pair.client.auth_failed == NO_SHARED_CIPHER
+
+
+def test_decision_can_wait_and_misuse_raises(pki: Pki) -> None:
+    held: list[ServerSession] = []
+    pair = Pair(pki, decide=lambda s, e: held.append(s))
+    server = pair.connect()
+    assert held == [server] and not pair.client_events
+    pair.advance(3.0)
+    server.accept(PUSH)
+    with pytest.raises(LocalProtocolError):
+        server.accept(PUSH)
+    with pytest.raises(LocalProtocolError):
+        server.reject("late")
+    pair.run()
+    assert any(isinstance(e, SessionEstablished) for e in pair.client_events)
+
+
+def test_undecided_peer_times_out_in_hand_window(pki: Pki) -> None:
+    pair = Pair(pki, decide=lambda s, e: None)
+    server = pair.connect()
+    pair.advance(61.0)
+    assert server.closed
+    closed = [e for e in pair.server_events if isinstance(e, SessionClosed)]
+    assert "hand-window" in closed[0].reason
+
+
+def test_keepalive_pings_and_ping_restart(pki: Pki) -> None:
+    pair = Pair(pki)
+    server = pair.connect()
+    pair.advance(300.0)  # both sides ping each other: nobody times out
+    assert not server.closed and not pair.client.closed
+    assert not _tunnel(pair.server_events)
+    pair.client.close = lambda: None  # type: ignore[method-assign]
+    silent_since = pair.now
+    pair.filter = lambda d, dg: [] if d == "c2s" else dg  # client goes silent
+    pair.advance(200.0)
+    closed = [e for e in pair.server_events if isinstance(e, SessionClosed)]
+    assert closed and "ping-restart" in closed[0].reason
+    assert server.closed and pair.now - silent_since >= 120.0
+
+
+@pytest.mark.parametrize("cc_exit", [True, False])
+def test_client_exit_closes_server_session(pki: Pki, cc_exit: bool) -> None:
+    info = None if cc_exit else "IV_VER=2.5.0\nIV_NCP=2\nIV_PROTO=30\n"
+    pair = Pair(pki, peer_info=info)
+    server = pair.connect()
+    pair.client.close()
+    pair.run()
+    exits = [e for e in pair.server_events if isinstance(e, ExitRequested)]
+    assert exits and exits[0].via == ("control" if cc_exit else "occ-exit")
+    assert server.closed
+
+
+def test_server_close_tells_client(pki: Pki) -> None:
+    pair = Pair(pki)
+    server = pair.connect()
+    server.close()
+    pair.run()
+    assert pair.client.closed
+    assert isinstance(server.next_event(), SessionClosed) or server.closed
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.binary(max_size=300), max_size=8))
+def test_random_bytes_never_raise(pki: Pki, garbage: list[bytes]) -> None:
+    pair = Pair(pki)
+    server = pair.connect()
+    for data in garbage:
+        server.receive_datagram(data, pair.now)
+        pair.client.receive_datagram(data, pair.now)
+        for prefix in (b"\x48", b"\x20", b"\x28"):
+            server.receive_datagram(prefix + data, pair.now)
+    _exchange(pair, 2)
