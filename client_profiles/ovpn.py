@@ -17,6 +17,8 @@ Transport = Literal["udp", "tcp"]
 DATA_CIPHERS = "AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305"
 # OpenVPN's option names for the client side of each transport [src options.c ascii2proto].
 _PROTO_NAME: dict[Transport, str] = {"udp": "udp", "tcp": "tcp-client"}
+# Without it a 2.6 client waits ~60 s on a silent UDP remote before trying the next one.
+SERVER_POLL_TIMEOUT_S = 10
 _HOST = re.compile(r"[A-Za-z0-9.:_-]{1,253}")
 _PLAIN_TOKEN = re.compile(r"[^\s\"'\\#;]{1,255}")
 _UNSAFE_IN_QUOTES = re.compile(r"[\"\\\r\n\x00]")
@@ -88,6 +90,8 @@ def render_ovpn(material: ProfileMaterial) -> str:
         f"data-ciphers {DATA_CIPHERS}",
         "verb 3",
     ]
+    if len(material.remotes) > 1:
+        lines.append(f"server-poll-timeout {SERVER_POLL_TIMEOUT_S}")
     if transports == {"udp"}:
         lines.append("explicit-exit-notify 1")
     lines += _block("ca", material.ca_pem)

@@ -104,6 +104,23 @@ def test_openvpn_client_connects_with_our_profile(
     assert "alice.laptop" in server_log.read_text()
 
 
+def test_profile_for_both_protocols_fails_over_from_udp_to_tcp(
+    lab: NetnsLab, tmp_path: Path
+) -> None:
+    gw = make_gateway(tmp_path / "data")  # protocols "both": UDP remotes first, then TCP
+    lifecycle.issue_client(gw.engine, gw.paths, user_name="alice", actor="t")
+    profile = reports.render_profile(gw.engine, gw.paths, user_name="alice", actor="t")
+    assert profile.text.index(" udp\n") < profile.text.index(" tcp-client\n")
+    server_log, client_log = _start(
+        lab, tmp_path, _server_config(gw, tmp_path, "tcp", "tls-crypt"), profile.text
+    )
+    connected = wait_until(
+        file_contains(client_log, "Initialization Sequence Completed"), CONNECT_TIMEOUT_S
+    )
+    assert connected, client_log.read_text() + "\n--- server ---\n" + server_log.read_text()
+    assert "TCP connection established" in client_log.read_text()
+
+
 def test_revoked_certificate_is_refused_by_openvpn_crl_check(lab: NetnsLab, tmp_path: Path) -> None:
     gw = make_gateway(tmp_path / "data")
     row = lifecycle.issue_client(gw.engine, gw.paths, user_name="alice", actor="t")

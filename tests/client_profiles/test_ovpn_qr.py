@@ -53,6 +53,7 @@ def test_udp_profile_has_every_required_directive() -> None:
     ):
         assert directive in lines, directive
     assert "<tls-crypt-v2>" not in text
+    assert "server-poll-timeout" not in text  # one remote: nothing to fail over to
     assert "secret" in text and "secret" not in repr(MATERIAL)
 
 
@@ -66,6 +67,7 @@ def test_both_protocols_list_udp_first_and_skip_exit_notify() -> None:
         "remote 198.18.0.1 443 tcp-client",
     ]
     assert "proto udp" in text.splitlines()
+    assert "server-poll-timeout 10" in text.splitlines()
     assert "explicit-exit-notify" not in text
 
 
