@@ -5,12 +5,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from sslvpn.ipsec.ike.config import IkeConfig
 from sslvpn.ipsec.ike.constants import NON_ESP_MARKER
 from sslvpn.ipsec.ike.events import IkeEvent
 from sslvpn.ipsec.ike.sa import IkeSa
 
+E = TypeVar("E")
 A_ADDR = "198.18.0.1"
 B_ADDR = "198.18.0.2"
 
@@ -75,7 +77,7 @@ class Pair:
             self.b.handle_timer(self.now)
             self.run()
 
-    def of(self, name: str, kind: type) -> list:  # type: ignore[type-arg]
+    def of(self, name: str, kind: type[E]) -> list[E]:
         return [e for e in self.events[name] if isinstance(e, kind)]
 
 

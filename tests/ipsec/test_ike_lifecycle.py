@@ -1,0 +1,220 @@
+"""Pair tests after IKE_AUTH: CHILD and IKE rekey (both roles), DPD, DELETE, loss, garbage."""
+
+from __future__ import annotations
+
+import pytest
+
+from sslvpn.ipsec.ike import events as ev
+from sslvpn.ipsec.ike.constants import NON_ESP_MARKER
+from sslvpn.ipsec.ike.sa import IkeState, LocalProtocolError
+
+from .ike_pair import Pair, config, establish, make_pair
+
+
+def _up(**kw: object) -> Pair:
+    pair = establish(make_pair(config("A", **kw), config("B", **kw)))  # type: ignore[arg-type]
+    assert pair.a.state is IkeState.ESTABLISHED and pair.b.state is IkeState.ESTABLISHED
+    return pair
+
+
+def _latest(pair: Pair, name: str) -> ev.ChildSaEstablished:
+    return pair.of(name, ev.ChildSaEstablished)[-1]
+
+
+def _assert_children_agree(pair: Pair) -> None:
+    a, b = _latest(pair, "a"), _latest(pair, "b")
+    assert (a.spi_in, a.spi_out) == (b.spi_out, b.spi_in)
+    assert a.keys_out == b.keys_in and a.keys_in == b.keys_out
+
+
+@pytest.mark.parametrize("who", ["a", "b"])
+@pytest.mark.parametrize("esp", ["aes256gcm16", "aes256-sha256", "aes256gcm16-curve25519"])
+def test_child_rekey_replaces_the_sa_without_loss(who: str, esp: str) -> None:
+    pair = _up(esp=esp)
+    first_a = _latest(pair, "a")
+    sa = pair.a if who == "a" else pair.b
+    sa.rekey_child(pair.now)
+    # the new SA is announced before the old one is deleted, on both sides
+    pair.run()
+    for name in "ab":
+        kinds = [type(e) for e in pair.events[name]]
+        established = [e for e in pair.events[name] if isinstance(e, ev.ChildSaEstablished)]
+        assert len(established) == 2
+        assert kinds.index(ev.ChildSaDeleted) > len(kinds) - 1 - kinds[::-1].index(
+            ev.ChildSaEstablished
+        )
+        (deleted,) = pair.of(name, ev.ChildSaDeleted)
+        assert deleted.reason == "rekeyed"
+        assert established[1].rekeyed_from == established[0].spi_in == deleted.spi_in
+    _assert_children_agree(pair)
+    assert _latest(pair, "a").keys_out != first_a.keys_out
+    assert len(pair.a.children) == len(pair.b.children) == 1
+
+
+@pytest.mark.parametrize("who", ["a", "b"])
+def test_ike_rekey_moves_children_and_flips_roles(who: str) -> None:
+    pair = _up(ike="aes256gcm16-prfsha256-curve25519")
+    old_spis = (pair.a.local_spi, pair.b.local_spi)
+    (pair.a if who == "a" else pair.b).rekey_ike(pair.now)
+    pair.run()
+    for name in "ab":
+        (rekeyed,) = pair.of(name, ev.IkeSaRekeyed)
+        assert rekeyed.old_local_spi in old_spis
+        assert not pair.of(name, ev.ChildSaDeleted) and not pair.of(name, ev.MessageDropped)
+    assert pair.a.local_spi not in old_spis and pair.b.local_spi not in old_spis
+    assert pair.a.local_spis == {pair.a.local_spi}  # old IKE SA deleted
+    assert len(pair.a.children) == 1
+    # the new IKE SA works: a CHILD rekey and a DPD go through it
+    pair.b.rekey_child(pair.now)
+    pair.run()
+    _assert_children_agree(pair)
+    pair.advance(pair.now + 31)
+    assert pair.a.state is IkeState.ESTABLISHED and not pair.of("a", ev.PeerDead)
+
+
+def test_timers_rekey_child_and_ike_before_lifetimes_end() -> None:
+    pair = _up(child_rekey_time=100.0, child_life_time=120.0, child_rekey_jitter=10.0,
+               ike_rekey_time=300.0, ike_rekey_jitter=30.0, dpd_delay=0.0)
+    start = pair.now
+    pair.advance(start + 1000)
+    for name in "ab":
+        rekeys = [e for e in pair.of(name, ev.ChildSaEstablished) if e.rekeyed_from]
+        assert len(rekeys) >= 8  # roughly every 90-100 s
+        assert len(pair.of(name, ev.IkeSaRekeyed)) >= 3
+        deleted = pair.of(name, ev.ChildSaDeleted)
+        assert deleted and all(d.reason == "rekeyed" for d in deleted)
+    _assert_children_agree(pair)
+    assert pair.a.state is IkeState.ESTABLISHED
+    assert len(pair.a.children) == len(pair.b.children) == 1
+
+
+def test_pfs_rekey_mismatch_keeps_the_old_child() -> None:
+    pair = establish(make_pair(config("A", esp="aes256gcm16-modp2048"),
+                               config("B", esp="aes256gcm16")))
+    assert len(pair.a.children) == 1  # IKE_AUTH carries no KE, so this works
+    pair.a.rekey_child(pair.now)
+    pair.run()
+    assert pair.of("a", ev.NoProposalChosen) and pair.of("b", ev.NoProposalChosen)
+    assert len(pair.a.children) == 1 and not pair.of("a", ev.ChildSaDeleted)
+
+
+def test_dpd_probes_when_idle_and_detects_a_dead_peer() -> None:
+    pair = _up(dpd_delay=10.0, retransmit_base=1.0, retransmit_tries=3)
+    sent_before = pair.delivered
+    pair.advance(pair.now + 25)
+    assert pair.delivered > sent_before  # DPD request + response
+    assert pair.a.state is IkeState.ESTABLISHED
+    pair.drop = lambda direction, data: True  # the peer vanishes
+    pair.advance(pair.now + 60)
+    assert pair.of("a", ev.PeerDead) and pair.a.state is IkeState.CLOSED
+    assert pair.of("a", ev.ChildSaDeleted)
+
+
+def test_esp_traffic_postpones_dpd() -> None:
+    pair = _up(dpd_delay=10.0)
+    start = pair.now
+    for step in range(1, 6):
+        pair.now = start + 5 * step
+        pair.a.note_inbound_traffic(pair.now)
+        pair.b.note_inbound_traffic(pair.now)
+        pair.a.handle_timer(pair.now)
+        pair.b.handle_timer(pair.now)
+        assert not pair.a.datagrams_to_send(pair.now)
+        assert not pair.b.datagrams_to_send(pair.now)
+
+
+@pytest.mark.parametrize("who", ["a", "b"])
+def test_delete_closes_both_sides(who: str) -> None:
+    pair = _up()
+    (pair.a if who == "a" else pair.b).delete(pair.now)
+    pair.run()
+    for name in "ab":
+        assert pair.of(name, ev.IkeSaClosed) and pair.of(name, ev.ChildSaDeleted)
+    assert pair.a.state is IkeState.CLOSED and pair.b.state is IkeState.CLOSED
+
+
+def test_child_expiry_without_rekey_deletes_it() -> None:
+    pair = _up(child_rekey_time=1e9, child_life_time=50.0, dpd_delay=0.0)
+    pair.advance(pair.now + 60)
+    assert pair.of("a", ev.ChildSaDeleted) and pair.of("b", ev.ChildSaDeleted)
+    assert not pair.a.children and pair.a.state is IkeState.ESTABLISHED
+
+
+def test_retransmission_recovers_lost_requests_and_responses() -> None:
+    pair = make_pair(config("A", retransmit_base=2.0), config("B", retransmit_base=2.0))
+    lost: list[str] = []
+
+    def lose_first_of_each(direction: str, data: bytes) -> bool:
+        key = f"{direction}:{len(pair.events['a'])}:{data.startswith(NON_ESP_MARKER)}"
+        if key in lost:
+            return False
+        lost.append(key)
+        return True
+
+    pair.drop = lose_first_of_each
+    establish(pair)
+    pair.advance(pair.now + 60)
+    assert pair.a.state is IkeState.ESTABLISHED and pair.b.state is IkeState.ESTABLISHED
+    assert len(pair.of("b", ev.ChildSaEstablished)) == 1  # the cached response was replayed
+    assert len(lost) >= 3
+
+
+def test_initiator_gives_up_when_nobody_answers() -> None:
+    pair = make_pair(config("A", retransmit_base=1.0, retransmit_tries=2))
+    pair.drop = lambda direction, data: True
+    establish(pair)
+    pair.advance(pair.now + 100)
+    (closed,) = pair.of("a", ev.IkeSaClosed)
+    assert "IKE_SA_INIT" in closed.reason
+
+
+def test_half_open_responder_times_out() -> None:
+    pair = make_pair(config("A"), config("B", half_open_timeout=30.0))
+    pair.drop = lambda direction, data: direction == "a" and data.startswith(NON_ESP_MARKER)
+    establish(pair)
+    assert pair.b.half_open
+    pair.advance(pair.now + 31)
+    assert pair.b.state is IkeState.CLOSED and "half-open" in (pair.b.close_reason or "")
+
+
+def test_garbage_replays_and_forgeries_are_counted_drops() -> None:
+    pair = _up()
+    from_b: list[bytes] = []
+
+    def record(direction: str, data: bytes) -> bool:
+        if direction == "b":
+            from_b.append(data)
+        return False
+
+    pair.drop = record
+    pair.b.rekey_child(pair.now)  # B: CREATE_CHILD_SA request (id 0), then DELETE (id 1)
+    pair.run()
+    last_request = from_b[-1]
+    before = len(pair.a.children)
+    for junk in (b"", b"\x00\x00\x00\x00", b"\xff", b"x" * 40, NON_ESP_MARKER + b"y" * 60):
+        pair.a.receive_datagram(junk, ("198.18.0.2", 4500), pair.now)
+    forged = bytearray(last_request)
+    forged[-1] ^= 1
+    pair.a.receive_datagram(bytes(forged), ("198.18.0.2", 4500), pair.now)
+    pair.a.receive_datagram(from_b[0], ("198.18.0.2", 4500), pair.now)  # old request
+    pair.a.receive_datagram(last_request, ("198.18.0.2", 4500), pair.now)  # retransmission
+    replies = pair.a.datagrams_to_send(pair.now)
+    pair.collect()
+    assert pair.a.dropped["malformed message"] >= 3
+    assert pair.a.dropped["integrity check failed"] == 1
+    assert pair.a.dropped["request outside the message-ID window"] == 1
+    assert len(replies) == 1  # the cached response, not a second processing
+    assert len(pair.a.children) == before
+    assert len(pair.of("a", ev.ChildSaEstablished)) == 2
+    assert len(pair.of("a", ev.MessageDropped)) == sum(pair.a.dropped.values())
+
+
+def test_commands_need_the_right_state() -> None:
+    pair = make_pair()
+    with pytest.raises(LocalProtocolError):
+        pair.b.initiate(pair.now)
+    with pytest.raises(LocalProtocolError):
+        pair.a.rekey_child(pair.now)
+    pair.a.initiate(pair.now)
+    with pytest.raises(LocalProtocolError):
+        pair.a.initiate(pair.now)
