@@ -175,3 +175,24 @@ def test_client_key_parser_rejects_bad_bodies() -> None:
         parse_tls_crypt_v2_client_key(short)
     with pytest.raises(ValueError):
         parse_tls_crypt_v2_server_key(format_tls_crypt_v2_client_key(bytes(256), bytes(300)))
+
+
+@pytest.mark.parametrize(
+    ("name", "metadata"),
+    [
+        # OpenVPN's test_tls_crypt.c: time mocked to 0, and custom metadata "AABBCCDD" (base64)
+        ("openvpn-unittest-v2-client.key", timestamp_metadata(0)),
+        ("openvpn-unittest-v2-client-metadata.key", b"\x00" + bytes.fromhex("0000410820c3")),
+    ],
+)
+def test_openvpn_unit_test_vectors(name: str, metadata: bytes) -> None:
+    server_key = parse_tls_crypt_v2_server_key(
+        (FIXTURES / "openvpn-unittest-v2-server.key").read_text()
+    )
+    assert server_key == bytes(range(128))
+    text = (FIXTURES / name).read_text()
+    client_key, wkc = parse_tls_crypt_v2_client_key(text)
+    assert client_key == bytes(range(256))
+    assert unwrap_client_key(server_key, wkc) == (client_key, metadata)
+    assert wrap_client_key(server_key, client_key, metadata) == wkc
+    assert format_tls_crypt_v2_client_key(client_key, wkc) == text
