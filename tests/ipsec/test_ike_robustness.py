@@ -1,0 +1,69 @@
+"""Peer garbage never raises out of an IkeSa in any state: it becomes a counted drop."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sslvpn.ipsec.ike import events as ev
+from sslvpn.ipsec.ike.constants import NON_ESP_MARKER
+from sslvpn.ipsec.ike.messages import IkeHeader, encode_message, pull_message
+from sslvpn.ipsec.ike.sa import IkeState
+
+from .ike_pair import establish, make_pair
+
+SETTINGS = settings(max_examples=150, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(st.lists(st.binary(max_size=300), max_size=5), st.booleans())
+def test_random_datagrams_never_raise(datagrams: list[bytes], marker: bool) -> None:
+    pair = establish(make_pair())
+    fresh = make_pair().b
+    for data in datagrams:
+        data = NON_ESP_MARKER + data if marker else data
+        for sa in (pair.a, pair.b, fresh):
+            sa.receive_datagram(data, ("198.18.0.9", 4500), pair.now)
+            sa.handle_timer(pair.now)
+    assert pair.a.state is IkeState.ESTABLISHED and pair.b.state is IkeState.ESTABLISHED
+
+
+@SETTINGS
+@given(st.integers(0, 10_000), st.integers(1, 255), st.integers(0, 3))
+def test_tampered_handshake_never_raises_nor_establishes_mismatched_keys(
+    pos: int, xor: int, which: int
+) -> None:
+    """Flip one byte of one handshake message: the SAs drop or fail, never disagree."""
+    pair = make_pair()
+    pair.a.initiate(pair.now)
+    flows = [(pair.a, pair.b), (pair.b, pair.a)]
+    for step in range(4):
+        src, dst = flows[step % 2]
+        for data, _dest in src.datagrams_to_send(pair.now):
+            if step == which:
+                buf = bytearray(data)
+                buf[pos % len(buf)] ^= xor
+                data = bytes(buf)
+            port = 4500 if data[:4] == NON_ESP_MARKER else 500
+            dst.receive_datagram(data, (src.local_addr[0], port), pair.now)
+    pair.run()
+    both = pair.a.state is IkeState.ESTABLISHED and pair.b.state is IkeState.ESTABLISHED
+    if both:
+        a = pair.of("a", ev.ChildSaEstablished)
+        b = pair.of("b", ev.ChildSaEstablished)
+        assert a and b and a[0].keys_out == b[0].keys_in
+
+
+def test_init_request_with_a_bad_message_id_leaves_no_state() -> None:
+    pair = make_pair()
+    pair.a.initiate(pair.now)
+    ((data, _),) = pair.a.datagrams_to_send(pair.now)
+    message = pull_message(data)
+    header = message.header
+    bad = encode_message(IkeHeader(header.spi_i, header.spi_r, 0, header.exchange, 0x08, 5),
+                         message.payloads)
+    pair.b.receive_datagram(bad, ("198.18.0.1", 500), pair.now)
+    pair.collect()
+    assert pair.b.state is IkeState.INITIAL
+    assert pair.of("b", ev.MessageDropped)
