@@ -71,6 +71,20 @@ def test_both_protocols_list_udp_first_and_skip_exit_notify() -> None:
     assert "explicit-exit-notify" not in text
 
 
+def test_profile_fits_openvpn_connect_limits() -> None:
+    """ovpn3 (Connect) limits: needs `client`, lines <= 512 chars, profile <= 256 KiB,
+    and refuses static-key mode, `fragment`, TAP and server-locked profiles."""
+    remotes = remotes_for(["a.example", "198.18.0.1"], port=1194, protocols="both")
+    text = render_ovpn(replace(MATERIAL, remotes=remotes))
+    lines = text.splitlines()
+    assert "client" in lines
+    assert max(len(line) for line in lines) <= 512
+    assert len(text.encode()) <= 262144
+    for refused in ("secret ", "fragment", "dev tap", "GENERIC_CONFIG", "keepalive"):
+        assert not any(line.startswith(refused) for line in lines), refused
+    assert "GENERIC_CONFIG" not in text
+
+
 def test_tcp_only_and_tls_crypt_v2() -> None:
     remotes = remotes_for(["a.example"], port=1194, protocols="both", only="tcp")
     material = replace(MATERIAL, remotes=remotes, tls_crypt_key=None, tls_crypt_v2_key=PEM)
