@@ -28,6 +28,8 @@ from web.views.devices import DEVICE_NAME, profile_response
 PREFIX = "/api/v1"
 MAX_DAYS = 3650
 SERIAL = re.compile(r"[0-9a-f]{1,64}")
+# The only query parameters the API takes (everything else is refused, as documented).
+QUERY_PARAMETERS = {f"{PREFIX}/certificates": frozenset({"user", "status"})}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -129,14 +131,21 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     if owner.disabled or owner.role != "admin":
         return error(403, "the API is for enabled administrators")
     act_as(request, owner)
+    route = request.match_info.route.resource
+    allowed = QUERY_PARAMETERS.get(route.canonical if route else "", frozenset())
+    routed = request.match_info.http_exception is None
+    if routed and set(request.query) - allowed:
+        return error(400, f"unknown query parameter; allowed: {', '.join(sorted(allowed))}")
     try:
         return await handler(request)
     except BadRequest as exc:
         return error(400, str(exc))
     except web.HTTPNotFound:
         return error(404, "not found")
-    except web.HTTPMethodNotAllowed:
-        return error(405, "method not allowed")
+    except web.HTTPMethodNotAllowed as exc:
+        answer = error(405, "method not allowed")
+        answer.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+        return answer
 
 
 async def openapi_json(request: web.Request) -> web.StreamResponse:

@@ -1,0 +1,112 @@
+"""The JSON API: bearer tokens for admins only, and each operation's happy path."""
+
+from __future__ import annotations
+
+from aiohttp.test_utils import TestClient
+
+from sslvpn.store import db, queries
+from tests.web.conftest import FakeGateway, Site, audit_actions, issue_for
+from web.import_links import token_hash
+
+ADMIN_TOKEN = "svt_test-admin-token"
+USER_TOKEN = "svt_test-user-token"
+
+
+def add_tokens(site: Site) -> None:
+    with db.session(site.engine) as s:
+        for name, token in (("root", ADMIN_TOKEN), ("alice", USER_TOKEN)):
+            user = queries.get_user(s, name=name)
+            assert user.id is not None
+            queries.add_api_token(s, user_id=user.id, name="t", token_hash=token_hash(token))
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_api_needs_an_admin_bearer_token(client: TestClient, site: Site) -> None:
+    add_tokens(site)
+    assert (await client.get("/api/v1/users")).status == 401
+    assert (await client.get("/api/v1/users", headers=bearer("svt_unknown"))).status == 401
+    response = await client.get("/api/v1/users", headers=bearer(USER_TOKEN))
+    assert response.status == 403 and "error" in await response.json()
+    response = await client.get("/api/v1/users", headers=bearer(ADMIN_TOKEN))
+    assert response.status == 200
+    assert [u["name"] for u in await response.json()] == ["alice", "bob", "root"]
+
+
+async def test_openapi_document_is_public_and_lists_every_route(client: TestClient) -> None:
+    doc = await (await client.get("/api/v1/openapi.json")).json()
+    assert doc["openapi"].startswith("3.0")
+    routes = {
+        (method.upper(), path)
+        for path, item in doc["paths"].items()
+        for method in item
+        if method != "parameters"
+    }
+    served = {
+        (r.method, r.resource.canonical.removeprefix("/api/v1"))
+        for r in client.app.router.routes()
+        if r.resource is not None
+        and r.resource.canonical.startswith("/api/v1/")
+        and r.method != "HEAD"
+        and not r.resource.canonical.endswith("openapi.json")
+    }
+    assert routes == served
+
+
+async def test_users_lifecycle_over_the_api(client: TestClient, site: Site) -> None:
+    add_tokens(site)
+    auth = bearer(ADMIN_TOKEN)
+    created = await client.post("/api/v1/users", json={"name": "dave"}, headers=auth)
+    assert created.status == 201
+    body = await created.json()
+    assert body["role"] == "user" and len(body["password"]) >= 20
+    bad = await client.post("/api/v1/users", json={"name": "dave", "x": 1}, headers=auth)
+    assert bad.status == 400
+    dup = await client.post("/api/v1/users", json={"name": "dave"}, headers=auth)
+    assert dup.status == 409
+    patched = await client.patch("/api/v1/users/dave", json={"disabled": True}, headers=auth)
+    assert (await patched.json())["disabled"] is True
+    selfish = await client.patch("/api/v1/users/root", json={"disabled": True}, headers=auth)
+    assert selfish.status == 409
+    gone = await client.delete("/api/v1/users/dave", headers=auth)
+    assert await gone.json() == {"certificates_revoked": 0, "sessions_ended": 0}
+    assert (await client.get("/api/v1/users/dave", headers=auth)).status == 404
+    assert {"user.create", "user.update", "user.delete"} <= set(audit_actions(site, actor="root"))
+
+
+async def test_certificates_profiles_and_kick_over_the_api(
+    client: TestClient, site: Site, gateway: FakeGateway
+) -> None:
+    add_tokens(site)
+    auth = bearer(ADMIN_TOKEN)
+    issued = await client.post(
+        "/api/v1/certificates", json={"user": "alice", "device": "ci", "days": 7}, headers=auth
+    )
+    assert issued.status == 201
+    serial = (await issued.json())["serial"]
+    listed = await client.get("/api/v1/certificates?user=alice&status=valid", headers=auth)
+    assert [c["serial"] for c in await listed.json()] == [serial]
+    profile = await client.get(f"/api/v1/certificates/{serial}/profile", headers=auth)
+    assert profile.content_type == "application/x-openvpn-profile"
+    renewed = await client.post(f"/api/v1/certificates/{serial}/renew", headers=auth)
+    new_serial = (await renewed.json())["serial"]
+    gateway.add("s7", "alice", new_serial)
+    sessions = await (await client.get("/api/v1/sessions", headers=auth)).json()
+    assert [s["session_id"] for s in sessions] == ["s7"]
+    revoked = await client.post(
+        f"/api/v1/certificates/{new_serial}/revoke", json={"reason": "keyCompromise"}, headers=auth
+    )
+    body = await revoked.json()
+    assert body["sessions_ended"] == 1 and body["certificate"]["status"] == "revoked"
+    again = await client.post(f"/api/v1/certificates/{new_serial}/revoke", headers=auth)
+    assert again.status == 409
+    gateway.add("s8", "bob", issue_for(site, "bob"))
+    kicked = await client.post("/api/v1/sessions/s8/kick", headers=auth)
+    assert await kicked.json() == {"kicked": True}
+    assert (await client.post("/api/v1/sessions/s8/kick", headers=auth)).status == 404
+    missing = await client.post(
+        "/api/v1/certificates", json={"user": "nobody", "device": "x"}, headers=auth
+    )
+    assert missing.status == 404
