@@ -6,6 +6,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sslvpn.openvpn.static_key import (
     METADATA_TYPE_USER,
@@ -196,3 +198,11 @@ def test_openvpn_unit_test_vectors(name: str, metadata: bytes) -> None:
     assert unwrap_client_key(server_key, wkc) == (client_key, metadata)
     assert wrap_client_key(server_key, client_key, metadata) == wkc
     assert format_tls_crypt_v2_client_key(client_key, wkc) == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(wkc=st.binary(max_size=1100))
+def test_unwrap_of_peer_garbage_only_raises_value_error(wkc: bytes) -> None:
+    """WKc arrives from unauthenticated peers: anything wrong must be a ValueError."""
+    with pytest.raises(ValueError):
+        unwrap_client_key(bytes(range(128)), wkc)
