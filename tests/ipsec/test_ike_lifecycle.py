@@ -218,3 +218,43 @@ def test_commands_need_the_right_state() -> None:
     pair.a.initiate(pair.now)
     with pytest.raises(LocalProtocolError):
         pair.a.initiate(pair.now)
+
+
+@pytest.mark.parametrize("what", ["child", "ike"])
+def test_simultaneous_rekeys_collide_then_resolve(what: str) -> None:
+    pair = _up(dpd_delay=0.0)
+    for sa in (pair.a, pair.b):
+        (sa.rekey_child if what == "child" else sa.rekey_ike)(pair.now)
+    pair.run()
+    # both requests crossed: each side answered TEMPORARY_FAILURE and nothing changed yet
+    assert len(pair.of("a", ev.ChildSaEstablished)) == 1 and not pair.of("a", ev.IkeSaRekeyed)
+    assert not pair.of("a", ev.ChildSaFailed) and not pair.of("b", ev.ChildSaFailed)
+    pair.advance(pair.now + 30)
+    if what == "child":
+        rekeys = [e for e in pair.of("a", ev.ChildSaEstablished) if e.rekeyed_from]
+        assert len(rekeys) >= 1
+        _assert_children_agree(pair)
+    else:
+        assert pair.of("a", ev.IkeSaRekeyed) and pair.of("b", ev.IkeSaRekeyed)
+        assert pair.a.local_spis == {pair.a.local_spi}
+    assert len(pair.a.children) == len(pair.b.children) == 1
+    assert pair.a.state is IkeState.ESTABLISHED and pair.b.state is IkeState.ESTABLISHED
+
+
+def test_initiator_repeats_init_with_the_cookie() -> None:
+    from sslvpn.ipsec.ike.messages import IkeHeader, NotifyPayload, encode_message, pull_message
+
+    pair = make_pair()
+    pair.a.initiate(pair.now)
+    ((first, _),) = pair.a.datagrams_to_send(pair.now)
+    request = pull_message(first)
+    cookie = IkeHeader(request.header.spi_i, bytes(8), 0, 34, 0x20, 0)
+    pair.a.receive_datagram(encode_message(cookie, [NotifyPayload(16390, b"c" * 16)]),
+                            ("198.18.0.2", 500), pair.now)
+    ((second, _),) = pair.a.datagrams_to_send(pair.now)
+    again = pull_message(second)
+    assert again.payloads[0] == NotifyPayload(16390, b"c" * 16)
+    assert again.payloads[1:] == request.payloads  # identical otherwise (same KE and Ni)
+    pair.b.receive_datagram(second, ("198.18.0.1", 500), pair.now)
+    pair.run()
+    assert pair.a.state is IkeState.ESTABLISHED and pair.b.state is IkeState.ESTABLISHED

@@ -155,6 +155,10 @@ class EstablishedExchanges(Handshake):
         elif purpose == "delete_old_ike":
             self._old_ctx = None
 
+    def _retry_time(self, now: float) -> float:
+        """When to retry after TEMPORARY_FAILURE: jittered, so colliding peers diverge."""
+        return now + c.REKEY_RETRY_DELAY + jitter(self._rand, c.REKEY_RETRY_DELAY)
+
     def _retry_group(self, payloads: list[Payload]) -> int | None:
         found = notifies(payloads).get(NotifyType.INVALID_KE_PAYLOAD)
         if found is None or len(found.data) < 2:
@@ -172,7 +176,7 @@ class EstablishedExchanges(Handshake):
                 self._child_group = self._retry_group(payloads)
                 old.rekey_at = now
             elif error == NotifyType.TEMPORARY_FAILURE:
-                old.rekey_at = now + c.REKEY_RETRY_DELAY
+                old.rekey_at = self._retry_time(now)
             else:
                 old.rekey_at = INF  # let it expire; the peer will not rekey it with us
                 if error == NotifyType.NO_PROPOSAL_CHOSEN:
@@ -227,7 +231,7 @@ class EstablishedExchanges(Handshake):
                 self._ke_group = self._retry_group(payloads) or self._ke_group
                 self._ike_rekey_at = now
             elif error == NotifyType.TEMPORARY_FAILURE:
-                self._ike_rekey_at = now + c.REKEY_RETRY_DELAY
+                self._ike_rekey_at = self._retry_time(now)
             elif error == NotifyType.NO_PROPOSAL_CHOSEN:
                 self._emit(NoProposalChosen("CREATE_CHILD_SA", "peer rejected our IKE rekey"))
             return
