@@ -123,6 +123,17 @@ class Endpoint:
         self._keys[key_id] = ks  # a reused key_id evicts its old lame duck
         return ks
 
+    @property
+    def key_ids(self) -> list[int]:
+        """Live key states, oldest first (lame ducks, the send key, a negotiating one)."""
+        return [ks.key_id for ks in sorted(self._keys.values(), key=lambda ks: ks.serial)]
+
+    @property
+    def installed_key_ids(self) -> list[int]:
+        """Key states that have data keys, oldest first."""
+        return [ks.key_id for ks in sorted(self._keys.values(), key=lambda ks: ks.serial)
+                if ks.crypto is not None]
+
     def _latest_key(self) -> KeyState | None:
         return max(self._keys.values(), key=lambda ks: ks.serial, default=None)
 
@@ -334,12 +345,13 @@ class Endpoint:
             self.renegotiate(now)
 
     def _reneg_due(self) -> float | None:
-        send = self._send_key
-        if self.timing.reneg_seconds is None or send is None or send.installed_at is None:
+        # Counted from the newest installed key, which may not be the send key yet.
+        latest = self._latest_key()
+        if self.timing.reneg_seconds is None or self._send_key is None or latest is None:
             return None
-        if self._negotiating() is not None:
-            return None
-        return send.installed_at + self.timing.reneg_seconds
+        if latest.installed_at is None:
+            return None  # a negotiation is running
+        return latest.installed_at + self.timing.reneg_seconds
 
     def close(self) -> None:
         """End the session politely: tell the peer, then report ``SessionClosed``."""

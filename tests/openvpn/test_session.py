@@ -150,6 +150,25 @@ def test_server_initiated_renegotiation_loses_nothing(pki: Pki) -> None:
     assert not any(isinstance(e, SessionClosed) for e in pair.server_events)
 
 
+def test_no_second_renegotiation_while_the_switch_is_pending(pki: Pki) -> None:
+    pair = Pair(pki, server_timing=Timing(reneg_seconds=100.0))
+    server = pair.connect()
+
+    def hold_client_acks(direction: str, datagrams: list[bytes]) -> list[bytes]:
+        pending = server.installed_key_ids == [0, 1]
+        return [] if direction == "c2s" and pending else datagrams
+
+    pair.filter = hold_client_acks
+    pair.advance(101.0)
+    assert server.installed_key_ids == [0, 1] and not _renegotiated(pair.server_events)
+    pair.advance(20.0)  # timers fire in between: still only key 1 on the way
+    assert server.key_ids == [0, 1]
+    pair.filter = None
+    pair.advance(60.0)  # the next retransmission of our key-method record gets its ACK
+    assert _renegotiated(pair.server_events) == [1]
+    _exchange(pair, 3)
+
+
 def test_client_initiated_renegotiation_with_data_in_flight(pki: Pki) -> None:
     pair = Pair(pki)
     server = pair.connect()
