@@ -8,6 +8,7 @@ two the issued profiles use is the stored ``control_channel`` setting.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -15,10 +16,13 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from sslvpn.config import DataPaths
 from sslvpn.openvpn.constants import Opcode
-from sslvpn.openvpn.server import AcceptorConfig, Decision, ServerAcceptor
+from sslvpn.openvpn.endpoint import Timing
+from sslvpn.openvpn.server import AcceptorConfig, CreateSession, Decision, ServerAcceptor
+from sslvpn.openvpn.session import ServerConfig, ServerSession
 from sslvpn.openvpn.static_key import parse_static_key, parse_tls_crypt_v2_server_key
 from sslvpn.openvpn.tls import TlsContext, TlsCredentials
 from sslvpn.openvpn.tls_wrap import ServerWrapKeys
+from sslvpn.runtime.driver import SessionCore
 from sslvpn.store.models import GatewaySettings
 
 V2_OPCODES = frozenset({Opcode.CONTROL_HARD_RESET_CLIENT_V3, Opcode.CONTROL_WKC_V1})
@@ -76,3 +80,17 @@ def build_acceptor(credentials: OpenVpnCredentials, *, tcp: bool) -> ControlChan
         return ServerAcceptor(AcceptorConfig(wrap=keys, tcp=tcp)) if keys is not None else None
 
     return ControlChannelAcceptor(one(credentials.tls_crypt), one(credentials.tls_crypt_v2))
+
+
+def build_openvpn(
+    credentials: OpenVpnCredentials, settings: GatewaySettings, *, tcp: bool
+) -> tuple[ControlChannelAcceptor, Callable[[CreateSession, float], SessionCore]]:
+    """The acceptor and the session factory of one listener (UDP or TCP)."""
+    config = ServerConfig(
+        tls=credentials.tls, tcp=tcp, timing=Timing(reneg_seconds=float(settings.reneg_sec))
+    )
+
+    def create(created: CreateSession, now: float) -> SessionCore:
+        return ServerSession(config, created, now)
+
+    return build_acceptor(credentials, tcp=tcp), create

@@ -1,0 +1,206 @@
+"""`sslvpn serve`: build the gateway from the data folder and run it until a signal.
+
+Loads the gateway settings from the store, creates the TUN and the host network setup
+(address, forwarding, optional SNAT), starts the OpenVPN listeners (UDP and TCP, IPv4 and
+IPv6 where available), the control socket, the revocation sweep and the daily hooks (CRL
+refresh), and any extra long-running tasks the composition root adds (the portal), all in
+one ``asyncio.TaskGroup``. SIGTERM/SIGINT end it cleanly: every client is told (explicit
+exit), then listeners, the TUN and the network setup are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+
+from sslvpn.config import DataPaths
+from sslvpn.runtime.control_server import ControlServer
+from sslvpn.runtime.gateway import Gateway, GatewayOptions
+from sslvpn.runtime.netconf import NetConfig
+from sslvpn.runtime.openvpn_setup import OpenVpnCredentials, build_openvpn
+from sslvpn.runtime.openvpn_tcp import OpenVpnTcpListener
+from sslvpn.runtime.openvpn_udp import OpenVpnUdpListener, bind_udp
+from sslvpn.runtime.policy import StorePolicy
+from sslvpn.runtime.tun import LinuxTun, Tun
+from sslvpn.store import db, queries
+from sslvpn.store.models import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+DAILY = 24 * 3600.0
+ExtraTask = Callable[[Gateway], Coroutine[object, object, None]]
+DailyHook = Callable[[], object]
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Command-line choices layered over the stored settings."""
+
+    listen: tuple[str, ...] = ("0.0.0.0", "::")  # noqa: S104 (a gateway serves the world)
+    port: int | None = None  # None: the port chosen at init
+    protocols: str | None = None  # None: the stored "udp" | "tcp" | "both"
+    tun_name: str = "sslvpn%d"
+    configure_network: bool = True
+    gateway_name: str = "default"
+    sweep_interval: float = 2.0
+    extra_tasks: Sequence[ExtraTask] = field(default_factory=tuple)
+    daily_hooks: Sequence[DailyHook] = field(default_factory=tuple)
+
+
+def gateway_options(settings: GatewaySettings, sweep_interval: float = 2.0) -> GatewayOptions:
+    """The data-path and PUSH_REPLY settings from the stored gateway settings."""
+    pool = ipaddress.ip_network(settings.pool_cidr)
+    if not isinstance(pool, ipaddress.IPv4Network):
+        raise ValueError(f"the client pool {pool} must be IPv4")
+    return GatewayOptions(
+        pool=pool,
+        vpc_networks=tuple(ipaddress.ip_network(n) for n in settings.vpc_networks),
+        dns=tuple(ipaddress.ip_address(a) for a in settings.dns_servers),
+        domains=(settings.dns_domain,) if settings.dns_domain else (),
+        keepalive_interval=settings.keepalive_interval,
+        keepalive_timeout=settings.keepalive_timeout,
+        client_to_client=settings.client_to_client,
+        sweep_interval=sweep_interval,
+    )
+
+
+class GatewayService:
+    """Everything `sslvpn serve` runs; ``ready`` is set once clients can connect."""
+
+    def __init__(
+        self,
+        paths: DataPaths,
+        engine: Engine,
+        options: ServeOptions,
+        *,
+        tun_factory: Callable[[str], Tun] | None = None,
+    ) -> None:
+        self.paths = paths
+        self.engine = engine
+        self.options = options
+        self._tun_factory = tun_factory or (lambda name: LinuxTun(name))
+        self.ready = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.gateway: Gateway | None = None
+        self.udp: list[OpenVpnUdpListener] = []
+        self.tcp: list[OpenVpnTcpListener] = []
+
+    def stop(self) -> None:
+        """Begin a clean shutdown (signal handlers call this)."""
+        self.stopping.set()
+
+    async def run(self) -> None:
+        """Run until ``stop()`` (or SIGTERM/SIGINT when installed by ``serve``)."""
+        with db.session(self.engine) as s:
+            settings = queries.get_settings(s, name=self.options.gateway_name)
+        policy = StorePolicy(self.engine, gateway_name=self.options.gateway_name)
+        stale = policy.close_stale_records()
+        if stale:
+            log.info("closed %d session records left open by a previous run", stale)
+        options = gateway_options(settings, self.options.sweep_interval)
+        tun = self._tun_factory(self.options.tun_name)
+        netconf = NetConfig(
+            tun_name=tun.name, pool=options.pool, gateway_address=options.pool.network_address + 1,
+            vpc_networks=list(options.vpc_networks), mtu=options.tun_mtu, snat=settings.snat,
+        )
+        gateway = self.gateway = Gateway(tun, options, policy)
+        control = ControlServer(gateway, self.paths.control_socket)
+        try:
+            if self.options.configure_network:
+                netconf.apply()
+            gateway.start()
+            await self._listen(gateway, settings)
+            await control.start()
+            self.ready.set()
+            await self._run_tasks(gateway)
+        finally:
+            log.info("shutting down: telling %d client(s)", len(gateway.list_sessions()))
+            await gateway.shutdown()
+            await self._close_listeners()
+            await control.close()
+            tun.close()
+            if self.options.configure_network:
+                netconf.remove()
+            log.info("gateway stopped")
+
+    async def _listen(self, gateway: Gateway, settings: GatewaySettings) -> None:
+        port = self.options.port if self.options.port is not None else settings.port
+        protocols = self.options.protocols or settings.protocols
+        credentials = OpenVpnCredentials.load(self.paths, settings)
+        for host in self.options.listen:
+            if protocols in ("udp", "both"):
+                try:
+                    sock = bind_udp(host, port)
+                except OSError as exc:
+                    self._unavailable("udp", host, port, exc)
+                else:
+                    acceptor, factory = build_openvpn(credentials, settings, tcp=False)
+                    listener = OpenVpnUdpListener(sock, gateway, acceptor, factory)
+                    listener.start()
+                    self.udp.append(listener)
+                    log.info("OpenVPN listening on udp %s:%d", *listener.address)
+            if protocols in ("tcp", "both"):
+                acceptor, factory = build_openvpn(credentials, settings, tcp=True)
+                tcp = OpenVpnTcpListener(gateway, acceptor, factory)
+                try:
+                    await tcp.start(host, port)
+                except OSError as exc:
+                    self._unavailable("tcp", host, port, exc)
+                else:
+                    self.tcp.append(tcp)
+                    log.info("OpenVPN listening on tcp %s:%d", *tcp.address)
+        if not self.udp and not self.tcp:
+            raise OSError(f"could not listen on port {port} on any address")
+
+    def _unavailable(self, proto: str, host: str, port: int, exc: OSError) -> None:
+        if ":" in host and not any(":" in h for h in self.options.listen if h != host):
+            level = logging.INFO  # no IPv6 on this host is normal
+        else:
+            level = logging.WARNING
+        log.log(level, "not listening on %s [%s]:%d: %s", proto, host, port, exc.strerror or exc)
+
+    async def _run_tasks(self, gateway: Gateway) -> None:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(gateway.run_sweeps(), name="policy-sweep"),
+                     group.create_task(self._daily(), name="daily-hooks")]
+            tasks += [group.create_task(extra(gateway)) for extra in self.options.extra_tasks]
+            await self.stopping.wait()
+            for task in tasks:
+                task.cancel()
+
+    async def _daily(self) -> None:
+        while True:
+            for hook in self.options.daily_hooks:
+                try:
+                    await asyncio.to_thread(hook)
+                except Exception:  # a failed refresh is logged and retried tomorrow
+                    log.exception("daily task %r failed", hook)
+            await asyncio.sleep(DAILY)
+
+    async def _close_listeners(self) -> None:
+        for udp in self.udp:
+            udp.close()
+        for tcp in self.tcp:
+            await tcp.close()
+        self.udp.clear()
+        self.tcp.clear()
+
+
+async def serve(service: GatewayService) -> None:
+    """Run ``service`` with SIGTERM and SIGINT mapped to a clean stop."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, service.stop)
+    try:
+        await service.run()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signum)
