@@ -18,7 +18,7 @@ from .config import IkeConfig
 from .crypto import DhExchange, Rand, natd_hash
 from .events import ChildSaDeleted, IkeEvent, IkeSaClosed, MessageDropped
 from .messages import NotifyPayload, Payload
-from .window import ZERO_SPI, IkeContext, PendingRequest
+from .window import ZERO_SPI, IkeContext, PendingRequest, RequestState
 
 Address = tuple[str, int]
 
@@ -107,7 +107,7 @@ class SaBase:
         payloads: list[Payload],
         purpose: str,
         now: float,
-        **context: object,
+        state: RequestState | None = None,
     ) -> None:
         """Send a request on ``ctx`` (whose window must be free) and arm retransmission."""
         message_id = ctx.next_request_id
@@ -117,7 +117,7 @@ class SaBase:
             exchange,
             data,
             purpose,
-            dict(context),
+            state or RequestState(),
             tries=0,
             next_send=now + self.config.retransmit_base,
         )

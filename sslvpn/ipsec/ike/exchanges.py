@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from . import constants as c
+from .base import Drop, IkeState
 from .child import ChildParams, ChildSa, ChildState, jitter, new_spi
 from .constants import ExchangeType, NotifyType, ProtocolId
 from .crypto import CryptoError, DhExchange, derive_ike_keys, rekey_skeyseed
@@ -29,9 +30,16 @@ from .messages import (
     find,
     notifies,
 )
-from .proposals import ProposalSpec, accept_answer, answer_proposal, build_proposals, select
-from .traffic_selectors import narrow
-from .window import IkeContext, PendingRequest
+from .proposals import (
+    ProposalSpec,
+    Suite,
+    accept_answer,
+    answer_proposal,
+    build_proposals,
+    select,
+)
+from .traffic_selectors import TrafficSelector, narrow
+from .window import IkeContext, PendingRequest, RequestState
 
 INF = float("inf")
 
@@ -71,8 +79,7 @@ class EstablishedExchanges(Handshake):
 
     def _pump(self, now: float) -> None:
         """Start queued exchanges while our request window (size 1) is free."""
-        while (self.state.value == "established" and self._ctx.pending is None
-               and self._queue):
+        while self.state is IkeState.ESTABLISHED and self._ctx.pending is None and self._queue:
             kind, child = self._queue.popleft()
             if child is not None and child not in self.children:
                 continue
@@ -113,13 +120,13 @@ class EstablishedExchanges(Handshake):
         payloads += [TsPayload(False, list(child.local_ts)),
                      TsPayload(True, list(child.remote_ts))]
         self._send_request(self._ctx, ExchangeType.CREATE_CHILD_SA, payloads, "rekey_child",
-                           now, child=child, spi=spi, ni=ni, dh=dh)
+                           now, RequestState(spi, ni, dh, child))
 
     def _start_delete_child(self, child: ChildSa, now: float) -> None:
         child.state = ChildState.DELETING
         self._send_request(self._ctx, ExchangeType.INFORMATIONAL,
                            [DeletePayload(ProtocolId.ESP, [child.spi_in])], "delete_child",
-                           now, child=child)
+                           now, RequestState(child=child))
 
     def _start_rekey_ike(self, now: float) -> None:
         spi, ni = self._rand(8), self._nonce()
@@ -132,24 +139,20 @@ class EstablishedExchanges(Handshake):
             KePayload(group, dh.public),
         ]
         self._send_request(self._ctx, ExchangeType.CREATE_CHILD_SA, payloads, "rekey_ike", now,
-                           spi=spi, ni=ni, dh=dh)
+                           RequestState(spi, ni, dh))
 
     # -- responses to our requests ---------------------------------------------------
 
     def _on_established_response(
         self, ctx: IkeContext, pending: PendingRequest, payloads: list[Payload], now: float
     ) -> None:
-        purpose, ctx_data = pending.purpose, pending.context
-        if purpose == "rekey_child":
-            child = ctx_data["child"]
-            if isinstance(child, ChildSa):
-                self._on_rekey_child_response(ctx, child, ctx_data, payloads, now)
-        elif purpose == "delete_child":
-            child = ctx_data["child"]
-            if isinstance(child, ChildSa):
-                self._remove_child(child, "rekeyed" if child.rekeyed else "deleted")
+        purpose, state = pending.purpose, pending.state
+        if purpose == "rekey_child" and state.child is not None:
+            self._on_rekey_child_response(ctx, state.child, state, payloads, now)
+        elif purpose == "delete_child" and state.child is not None:
+            self._remove_child(state.child, "rekeyed" if state.child.rekeyed else "deleted")
         elif purpose == "rekey_ike":
-            self._on_rekey_ike_response(ctx, ctx_data, payloads, now)
+            self._on_rekey_ike_response(ctx, state, payloads, now)
         elif purpose == "delete_ike":
             self._close("deleted")
         elif purpose == "delete_old_ike":
@@ -166,7 +169,7 @@ class EstablishedExchanges(Handshake):
         return int.from_bytes(found.data[:2], "big")
 
     def _on_rekey_child_response(
-        self, ctx: IkeContext, old: ChildSa, data: dict[str, object],
+        self, ctx: IkeContext, old: ChildSa, state: RequestState,
         payloads: list[Payload], now: float,
     ) -> None:
         error = self._error_notify(payloads)
@@ -185,20 +188,23 @@ class EstablishedExchanges(Handshake):
                 else:
                     self._emit(ChildSaFailed(f"rekey refused: {self._notify_name(error)}"))
             return
-        spi, ni, dh = data["spi"], data["ni"], data["dh"]
-        assert isinstance(spi, bytes) and isinstance(ni, bytes)  # noqa: S101
         sas, tsi, tsr = self._child_payloads(payloads)
         suite = accept_answer(list(self.config.esp_proposals), sas[0].proposals) if sas else None
         if suite is None or len(sas[0].proposals[0].spi) != 4 or not tsi or not tsr:
             old.state, old.rekey_at = ChildState.INSTALLED, INF
             self._emit(ChildSaFailed("rekey response carries no acceptable CHILD_SA"))
             return
-        shared = self._pfs_secret(dh if isinstance(dh, DhExchange) else None, suite.dh,
-                                  payloads)
-        params = ChildParams(suite, spi, sas[0].proposals[0].spi, tuple(tsi), tuple(tsr))
+        try:
+            shared = self._pfs_secret(state.dh, suite.dh, payloads)
+            nr = nonce_of(payloads)
+        except (ValueError, Drop) as exc:
+            old.state, old.rekey_at = ChildState.INSTALLED, INF
+            self._emit(ChildSaFailed(f"rekey response unusable: {exc}"))
+            return
+        params = ChildParams(suite, state.spi, sas[0].proposals[0].spi, tuple(tsi), tuple(tsr))
         old.state = ChildState.REKEYED
         old.rekeyed = True
-        self._add_child(ctx, params, ni, nonce_of(payloads), shared, True, now, old)
+        self._add_child(ctx, params, state.nonce, nr, shared, True, now, old)
         self._queue.appendleft(("delete_child", old))
 
     def _pfs_secret(self, dh: DhExchange | None, group: int, payloads: list[Payload]) -> bytes:
@@ -215,7 +221,7 @@ class EstablishedExchanges(Handshake):
     @staticmethod
     def _child_payloads(
         payloads: list[Payload],
-    ) -> tuple[list[SaPayload], list, list]:  # type: ignore[type-arg]
+    ) -> tuple[list[SaPayload], list[TrafficSelector], list[TrafficSelector]]:
         sas = find(payloads, SaPayload)
         ts = find(payloads, TsPayload)
         tsi = next((t.selectors for t in ts if not t.responder), [])
@@ -223,7 +229,7 @@ class EstablishedExchanges(Handshake):
         return sas, tsi, tsr
 
     def _on_rekey_ike_response(
-        self, ctx: IkeContext, data: dict[str, object], payloads: list[Payload], now: float
+        self, ctx: IkeContext, state: RequestState, payloads: list[Payload], now: float
     ) -> None:
         error = self._error_notify(payloads)
         if error is not None:
@@ -235,28 +241,22 @@ class EstablishedExchanges(Handshake):
             elif error == NotifyType.NO_PROPOSAL_CHOSEN:
                 self._emit(NoProposalChosen("CREATE_CHILD_SA", "peer rejected our IKE rekey"))
             return
-        spi, ni, dh = data["spi"], data["ni"], data["dh"]
-        assert isinstance(spi, bytes) and isinstance(ni, bytes)  # noqa: S101
-        assert isinstance(dh, DhExchange)  # noqa: S101
         sas = find(payloads, SaPayload)
         suite = accept_answer(list(self.config.ike_proposals), sas[0].proposals) if sas else None
         if suite is None or len(sas[0].proposals[0].spi) != 8:
             self._emit(ChildSaFailed("IKE rekey response carries no acceptable SA"))
             return
         nr = nonce_of(payloads)
-        shared = self._pfs_secret(dh, suite.dh, payloads)
-        new = IkeContext(spi, sas[0].proposals[0].spi, True)
-        self._switch_ike(ctx, new, suite, shared, ni, nr, now)
+        shared = self._pfs_secret(state.dh, suite.dh, payloads)
+        new = IkeContext(state.spi, sas[0].proposals[0].spi, True)
+        self._switch_ike(ctx, new, suite, shared, state.nonce, nr, now)
         self._send_request(ctx, ExchangeType.INFORMATIONAL,
                            [DeletePayload(ProtocolId.IKE, [])], "delete_old_ike", now)
 
-    def _switch_ike(self, old: IkeContext, new: IkeContext, suite: object, shared: bytes,
+    def _switch_ike(self, old: IkeContext, new: IkeContext, suite: Suite, shared: bytes,
                     ni: bytes, nr: bytes, now: float) -> None:
         """Derive the new IKE SA's keys from the old SK_d and make it current."""
-        from .proposals import Suite
-
-        if not isinstance(suite, Suite) or suite.prf is None or old.keys is None \
-                or old.suite is None or old.suite.prf is None:
+        if suite.prf is None or old.keys is None or old.suite is None or old.suite.prf is None:
             raise ValueError("IKE rekey without keys")
         seed = rekey_skeyseed(old.suite.prf, old.keys.sk_d, shared, ni, nr)
         keys = derive_ike_keys(suite.prf, suite.encr, suite.key_bits, suite.integ, seed,
@@ -328,7 +328,10 @@ class EstablishedExchanges(Handshake):
         shared = b""
         if suite.dh:
             dh = self._new_dh(suite.dh)
-            shared = dh.shared_secret(kes[0].data)
+            try:
+                shared = dh.shared_secret(kes[0].data)
+            except CryptoError:
+                return refuse(NotifyType.INVALID_SYNTAX)
             response.append(KePayload(suite.dh, dh.public))
         response += [TsPayload(False, their_side), TsPayload(True, our_side)]
         self._respond(ctx, ExchangeType.CREATE_CHILD_SA, message_id, response)
@@ -360,7 +363,10 @@ class EstablishedExchanges(Handshake):
             return refuse(NotifyType.INVALID_KE_PAYLOAD, int(suite.dh).to_bytes(2, "big"))
         ni, nr, spi = nonce_of(payloads), self._nonce(), self._rand(8)
         dh = self._new_dh(suite.dh)
-        shared = dh.shared_secret(kes[0].data)
+        try:
+            shared = dh.shared_secret(kes[0].data)
+        except CryptoError:
+            return refuse(NotifyType.INVALID_SYNTAX)
         self._respond(ctx, ExchangeType.CREATE_CHILD_SA, message_id, [
             SaPayload([answer_proposal(proposal, suite, spi)]),
             NoncePayload(nr),

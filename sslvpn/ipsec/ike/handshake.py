@@ -9,11 +9,13 @@ and answers with its AUTH and the narrowed CHILD_SA. AUTH signs the exact INIT b
 from __future__ import annotations
 
 import hmac
+from typing import TypeVar
 
 from . import constants as c
 from .base import Address, Drop, IkeState, SaBase
-from .child import ChildParams, ChildSa, make_child, new_spi
-from .constants import AuthMethod, ExchangeType, NotifyType, ProtocolId
+from .child import ChildParams, ChildSa, jitter, make_child, new_spi
+from .config import Identity
+from .constants import AuthMethod, ExchangeType, HeaderFlag, NotifyType, ProtocolId
 from .crypto import CryptoError, derive_ike_keys, psk_auth, skeyseed
 from .events import (
     AuthenticationFailed,
@@ -38,10 +40,12 @@ from .messages import (
 )
 from .proposals import accept_answer, answer_proposal, build_proposals, select
 from .traffic_selectors import is_subset, narrow
-from .window import ZERO_SPI, IkeContext
+from .window import ZERO_SPI, IkeContext, RequestState
+
+_P = TypeVar("_P")
 
 
-def _one(payloads: list[Payload], kind: type[Payload], what: str) -> Payload:
+def _one(payloads: list[Payload], kind: type[_P], what: str) -> _P:
     found = find(payloads, kind)
     if not found:
         raise Drop(f"{what} payload missing")
@@ -50,7 +54,6 @@ def _one(payloads: list[Payload], kind: type[Payload], what: str) -> Payload:
 
 def nonce_of(payloads: list[Payload]) -> bytes:
     nonce = _one(payloads, NoncePayload, "Nonce")
-    assert isinstance(nonce, NoncePayload)  # noqa: S101 - narrowed by _one
     if not c.MIN_NONCE_LENGTH <= len(nonce.data) <= c.MAX_NONCE_LENGTH:
         raise Drop("nonce length out of range")
     return nonce.data
@@ -114,7 +117,6 @@ class Handshake(SaBase):
             return
         sa = _one(payloads, SaPayload, "SA")
         ke = _one(payloads, KePayload, "KE")
-        assert isinstance(sa, SaPayload) and isinstance(ke, KePayload)  # noqa: S101
         nr = nonce_of(payloads)
         suite = accept_answer(list(self.config.ike_proposals), sa.proposals)
         if suite is None or suite.dh != ke.group or ke.group != self._ke_group:
@@ -199,7 +201,8 @@ class Handshake(SaBase):
             TsPayload(False, list(self.config.local_ts)),
             TsPayload(True, list(self.config.remote_ts)),
         ]
-        self._send_request(ctx, ExchangeType.IKE_AUTH, payloads, "auth", now, spi=spi)
+        self._send_request(ctx, ExchangeType.IKE_AUTH, payloads, "auth", now,
+                           RequestState(spi=spi))
         self.state = IkeState.AUTH_SENT
 
     def _identity_ok(self, peer: IdPayload) -> bool:
@@ -271,8 +274,6 @@ class Handshake(SaBase):
         return child
 
     def _established(self, ctx: IkeContext, remote_id: str, now: float) -> None:
-        from .child import jitter
-
         self.state = IkeState.ESTABLISHED
         self._half_open_deadline = None
         self._last_received = now
@@ -310,14 +311,14 @@ class Handshake(SaBase):
         self._answer_init(message, data, addr, now)
 
     def _answer_stateless(self, header: IkeHeader, addr: Address, notify: NotifyPayload) -> None:
-        out = IkeHeader(header.spi_i, ZERO_SPI, 0, ExchangeType.IKE_SA_INIT, 0x20, 0)
+        out = IkeHeader(header.spi_i, ZERO_SPI, 0, ExchangeType.IKE_SA_INIT,
+                        HeaderFlag.RESPONSE, 0)
         self._outbox.append((encode_message(out, [notify]), addr))
 
     def _answer_init(self, message: Message, data: bytes, addr: Address, now: float) -> None:
         payloads = message.payloads
         sa = _one(payloads, SaPayload, "SA")
         ke = _one(payloads, KePayload, "KE")
-        assert isinstance(sa, SaPayload) and isinstance(ke, KePayload)  # noqa: S101
         ni = nonce_of(payloads)
         chosen = select(list(self.config.ike_proposals), sa.proposals)
         if chosen is None:
@@ -420,6 +421,4 @@ class Handshake(SaBase):
 
 
 def _identity_text(payload: IdPayload) -> str:
-    from .config import Identity
-
     return str(Identity(payload.id_type, payload.data))

@@ -256,8 +256,7 @@ class IkeSa(EstablishedExchanges):
         self, ctx: IkeContext, pending: PendingRequest, payloads: list[Payload], now: float
     ) -> None:
         if pending.purpose == "auth":
-            spi = pending.context.get("spi")
-            self._on_auth_response(ctx, payloads, spi if isinstance(spi, bytes) else b"", now)
+            self._on_auth_response(ctx, payloads, pending.state.spi, now)
         else:
             self._on_established_response(ctx, pending, payloads, now)
 

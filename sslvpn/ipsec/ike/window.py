@@ -9,15 +9,25 @@ and the peer's expected request ID with the cached last response. After an IKE r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
+from .child import ChildSa
 from .constants import ExchangeType, HeaderFlag
-from .crypto import IkeKeys, Protector, Rand, make_protectors
+from .crypto import DhExchange, IkeKeys, Protector, Rand, make_protectors
 from .messages import IkeHeader, Message, Payload, encode_message, open_sk
 from .messages import SkPayload as _Sk
 from .proposals import Suite
 
 ZERO_SPI = bytes(8)
+
+
+@dataclass
+class RequestState:
+    """What we must remember about our own request to process its response."""
+
+    spi: bytes = b""  # the SPI we allocated (new CHILD_SA or new IKE SA)
+    nonce: bytes = field(default=b"", repr=False)
+    dh: DhExchange | None = None
+    child: ChildSa | None = None  # the CHILD_SA being rekeyed or deleted
 
 
 @dataclass
@@ -28,7 +38,7 @@ class PendingRequest:
     exchange: int
     data: bytes
     purpose: str
-    context: dict[str, Any] = field(default_factory=dict)
+    state: RequestState = field(default_factory=RequestState)
     tries: int = 1
     next_send: float = 0.0
 
