@@ -1,0 +1,135 @@
+"""The whole journey in a real headless Chromium (Debian's, driven by Playwright):
+the admin creates a user and issues a device; the user logs in, downloads the profile and
+opens the QR, which `zbarimg` decodes to a link that yields the same profile once and 410
+the second time. Screenshots go to test-artifacts/web/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+
+from tests.web.conftest import PASSWORDS, FakeGateway, Site
+from web.app import create_app, start_portal
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"
+DEEP_LINK = "openvpn://import-profile/"
+
+pytestmark = pytest.mark.interop
+
+
+@pytest.fixture
+async def portal_url(site: Site) -> AsyncIterator[str]:
+    app = create_app(engine=site.engine, paths=site.paths, control=FakeGateway())
+    served = await start_portal(app, "127.0.0.1:0", None)
+    try:
+        yield served.url.rstrip("/")
+    finally:
+        await served.runner.cleanup()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing (scripts/install-test-deps installs chromium)")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def log_in(page: Page, base: str, name: str, password: str) -> None:
+    await page.goto(f"{base}/login")
+    await page.fill("input[name=name]", name)
+    await page.fill("input[name=password]", password)
+    await page.click("button[type=submit]")
+
+
+def decode_qr(png: Path) -> str:
+    zbarimg = shutil.which("zbarimg")
+    if zbarimg is None:
+        pytest.fail("zbarimg is missing (scripts/install-test-deps installs zbar-tools)")
+    done = subprocess.run(
+        [zbarimg, "--quiet", "--raw", str(png)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+async def test_admin_issues_and_user_imports_through_the_qr(
+    browser: Browser, portal_url: str, tmp_path: Path
+) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    admin = await (await browser.new_context(viewport={"width": 1100, "height": 900})).new_page()
+    await log_in(admin, portal_url, "root", PASSWORDS["root"])
+    await admin.wait_for_url(f"{portal_url}/admin")
+    await admin.goto(f"{portal_url}/admin/users")
+    await admin.fill("input[name=name]", "erin")
+    await admin.fill("input[name=password]", "erin-password-1")
+    await admin.click("text=Create user")
+    await admin.wait_for_selector("text=User erin created.")
+    await admin.goto(f"{portal_url}/admin/certificates")
+    await admin.select_option("select[name=user]", "erin")
+    await admin.fill("input[name=device]", "laptop")
+    await admin.fill("input[name=days]", "90")
+    await admin.click("text=Issue certificate")
+    await admin.wait_for_selector("text=Issued erin/laptop")
+    await admin.screenshot(path=ARTIFACTS / "admin-certificates.png", full_page=True)
+
+    # the user, on a phone-sized screen
+    phone = await browser.new_context(
+        viewport={"width": 390, "height": 844}, accept_downloads=True, is_mobile=True
+    )
+    user = await phone.new_page()
+    await log_in(user, portal_url, "erin", "erin-password-1")
+    await user.wait_for_url(f"{portal_url}/devices")
+    await user.click("text=laptop")
+    async with user.expect_download() as download_info:
+        await user.click("#download")
+    download = await download_info.value
+    saved = tmp_path / "erin.ovpn"
+    await download.save_as(saved)
+    profile = saved.read_text()
+    assert "<cert>" in profile and "<key>" in profile
+
+    await user.click("#import-on-phone")
+    qr = user.locator("#qr")
+    await qr.wait_for()
+    await user.screenshot(path=ARTIFACTS / "user-qr.png", full_page=True)
+    await qr.screenshot(path=tmp_path / "qr.png")
+    link = decode_qr(tmp_path / "qr.png")
+    assert link.startswith(DEEP_LINK + portal_url + "/rest/GetProfileViaToken?token=")
+    plain = await user.locator("#plain-link").inner_text()
+    assert link == DEEP_LINK + plain.strip()
+
+    async with aiohttp.ClientSession() as connect_app:
+        url = link.removeprefix(DEEP_LINK)
+        async with connect_app.get(url, headers={"User-Agent": "OpenVPNConnect/3.5"}) as first:
+            assert first.status == 200
+            assert first.content_type == "application/x-openvpn-profile"
+            assert await first.text() == profile
+        async with connect_app.get(url) as second:
+            assert second.status == 410
+
+    await user.reload()  # the owner sees the import
+    assert "imported at" in await user.content()
