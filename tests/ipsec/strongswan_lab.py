@@ -187,13 +187,13 @@ secrets {{
         self.vici.unlink(missing_ok=True)
         (self.run_dir / "charon.pid").unlink(missing_ok=True)
         script = f"mount --bind '{self.run_dir}' /run && exec '{CHARON}'"
-        self.proc = self.ns.spawn(
+        proc = self.proc = self.ns.spawn(
             ["env", f"STRONGSWAN_CONF={self.conf}", "sh", "-c", script],
             log=self.dir / "charon.stdout",
         )
-        if not wait_until(lambda: self.vici.is_socket() or self.proc.poll() is not None, 15):
+        if not wait_until(lambda: self.vici.is_socket() or proc.poll() is not None, 15):
             raise RuntimeError("charon's vici socket did not appear")
-        if self.proc.poll() is not None:
+        if proc.poll() is not None:
             raise RuntimeError(f"charon exited: {self.tail()}")
         self.swanctl("--load-all", "--file", str(self.swanctl_conf))
 

@@ -1,0 +1,263 @@
+"""sslvpn's IPsec peer against a real strongSwan 5.9 charon (kernel-libipsec) in namespaces.
+
+One topology and one sslvpn IPsec service for the module; each test reconfigures the tunnel
+through the store (as `sslvpn ipsec ...` does) and charon through its own swanctl.conf.
+Hosts behind each side ping each other and move data through the tunnel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sslvpn.config import DataPaths
+from sslvpn.runtime.control import TunnelStatus
+from sslvpn.runtime.control_server import ControlClient, ControlError
+from sslvpn.store import ipsec_queries as q
+from sslvpn.store.db import open_engine, session, upgrade
+from tests.ipsec.strongswan_lab import (
+    HOST_A,
+    HOST_B,
+    LAN_A,
+    LAN_B,
+    PSK,
+    WAN_A,
+    WAN_B,
+    CharonConfig,
+    Topology,
+)
+from tests.netns import Namespace, wait_until
+
+pytestmark = pytest.mark.interop
+
+PEER_SCRIPT = Path(__file__).with_name("ipsec_peer.py")
+TIMERS = {"dpd_delay": 3.0, "retransmit_base": 1.0, "retransmit_tries": 3}
+PROPOSALS = [
+    ("aes256gcm16-prfsha256-modp2048", "aes256gcm16", "MODP_2048"),
+    ("aes256gcm16-prfsha256-ecp256", "aes256-sha256", "ECP_256"),
+    ("aes256gcm16-prfsha256-curve25519", "aes256gcm16", "CURVE_25519"),
+    ("aes256-sha256-modp2048", "aes256-sha256", "MODP_2048"),
+    ("aes256-sha256-ecp256", "aes256gcm16", "ECP_256"),
+    ("aes256-sha256-curve25519", "aes256-sha256", "CURVE_25519"),
+]
+PROPOSAL_IDS = [f"{ike}/{esp}" for ike, esp, _ in PROPOSALS]
+ESP_NAMES = {"aes256gcm16": "AES_GCM_16-256", "aes256-sha256": "AES_CBC-256/HMAC_SHA2_256_128"}
+
+
+class Peer:
+    """Our side: a data folder configured through the store and the service process."""
+
+    def __init__(self, topo: Topology, data_dir: Path) -> None:
+        self.topo = topo
+        self.data_dir = data_dir
+        data_dir.mkdir()
+        self.engine = open_engine(f"sqlite:///{data_dir / 'sslvpn.db'}")
+        upgrade(self.engine)
+        with session(self.engine) as s:
+            q.create_vpn_gateway(s, name="vgw", public_address=WAN_B)
+            q.create_customer_gateway(s, name="dc1", address=WAN_A)
+        self.proc = topo.siteb.spawn(
+            [sys.executable, str(PEER_SCRIPT), str(data_dir), json.dumps(TIMERS)],
+            log=data_dir / "stdout.log",
+        )
+        self.control = ControlClient(DataPaths(data_dir).control_socket, timeout=5)
+
+    def remove_tunnel(self) -> None:
+        """Delete the tunnel and wait until the service has dropped it."""
+        with session(self.engine) as s:
+            if any(t.name == "t1" for t in q.list_tunnels(s)):
+                q.delete_tunnel(s, name="t1")
+        assert wait_until(lambda: self.status() is None and self._answers(), 10, 0.1)
+
+    def _answers(self) -> bool:
+        try:
+            self.control.tunnel_status()
+        except ControlError:
+            return False
+        return True
+
+    def configure(self, ike: str, esp: str, *, initiate: bool, psk: str = PSK) -> None:
+        self.remove_tunnel()
+        with session(self.engine) as s:
+            q.create_tunnel(s, name="t1", gateway="vgw", customer_gateway="dc1", psk=psk,
+                            ike_proposals=ike, esp_proposals=esp,
+                            start_action="initiate" if initiate else "wait")
+            q.add_policy(s, tunnel="t1", local_cidr=LAN_B, peer_cidr=LAN_A)
+
+    def status(self) -> TunnelStatus | None:
+        try:
+            rows = self.control.tunnel_status()
+        except ControlError:
+            return None
+        return rows[0] if rows else None
+
+    def wait_state(self, state: str, timeout: float = 30) -> TunnelStatus:
+        def reached() -> bool:
+            current = self.status()
+            return current is not None and current.state == state
+
+        assert wait_until(reached, timeout, 0.2), f"not {state}: {self.status()}\n{self.log()}"
+        status = self.status()
+        assert status is not None
+        return status
+
+    def log(self) -> str:
+        try:
+            return "\n".join((self.data_dir / "ipsec.log").read_text().splitlines()[-30:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def close(self) -> None:
+        self.topo.lab.stop(self.proc)
+        self.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    topology = Topology(tmp_path_factory.mktemp("si-lab"))
+    try:
+        yield topology
+    finally:
+        topology.close()
+
+
+@pytest.fixture(scope="module")
+def peer(topo: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peer]:
+    ours = Peer(topo, tmp_path_factory.mktemp("si-peer") / "data")
+    try:
+        yield ours
+    finally:
+        ours.close()
+
+
+def bring_up(topo: Topology, peer: Peer, ike: str, esp: str, *, we_initiate: bool,
+             dpd_delay: str = "5s") -> None:
+    peer.remove_tunnel()
+    topo.start_charon(CharonConfig(ike_proposals=ike, esp_proposals=esp, dpd_delay=dpd_delay))
+    peer.configure(ike, esp, initiate=we_initiate)
+    if not we_initiate:
+        peer.wait_state("connecting")
+        assert topo.charon is not None
+        out = topo.charon.swanctl("--initiate", "--child", "net", "--timeout", "20", check=False)
+        assert "completed successfully" in out, out + topo.charon.tail()
+    peer.wait_state("up")
+
+
+def ping(src: Namespace, dst: str, count: int = 3) -> None:
+    assert wait_until(lambda: src.ok("ping", "-c", "1", "-W", "1", dst), 15, 0.2), f"no path {dst}"
+    out = src.run("ping", "-c", str(count), "-i", "0.2", "-W", "2", dst)
+    assert f"{count} received" in out, out
+
+
+@pytest.mark.parametrize("we_initiate", [True, False], ids=["we-initiate", "strongswan-initiates"])
+@pytest.mark.parametrize(("ike", "esp", "group"), PROPOSALS, ids=PROPOSAL_IDS)
+def test_tunnel_comes_up_and_carries_pings(
+    topo: Topology, peer: Peer, ike: str, esp: str, group: str, we_initiate: bool
+) -> None:
+    bring_up(topo, peer, ike, esp, we_initiate=we_initiate)
+    ping(topo.lanb, HOST_A)
+    ping(topo.lana, HOST_B)
+    assert topo.charon is not None
+    sas = topo.charon.list_sas()
+    assert "ESTABLISHED" in sas and "INSTALLED" in sas and group in sas, sas
+    assert ESP_NAMES[esp] in sas, sas
+    status = peer.wait_state("up")
+    assert status.packets_in >= 3 and status.packets_out >= 3 and status.spi_in and status.spi_out
+    assert status.spi_in in sas and status.spi_out in sas  # the same SPIs on both sides
+
+
+RECEIVER = """
+import hashlib, socket, sys
+srv = socket.create_server((sys.argv[1], 5001))
+conn, _ = srv.accept()
+h = hashlib.sha256(); n = 0
+while chunk := conn.recv(65536):
+    h.update(chunk); n += len(chunk)
+print(n, h.hexdigest(), flush=True)
+"""
+SENDER = """
+import hashlib, socket, sys
+data = bytes.fromhex(sys.argv[3]) * (int(sys.argv[2]) // 32)
+with socket.create_connection((sys.argv[1], 5001), timeout=60) as c:
+    view = memoryview(data)
+    for i in range(0, len(data), 1 << 16):
+        c.sendall(view[i:i + (1 << 16)])
+"""
+
+
+def test_20mb_stream_survives_rekeys_of_both_sides(topo: Topology, peer: Peer) -> None:
+    bring_up(topo, peer, "aes256gcm16-prfsha256-curve25519", "aes256gcm16", we_initiate=True)
+    ping(topo.lanb, HOST_A)
+    before = peer.wait_state("up")
+    size = 20 * 1024 * 1024
+    seed = hashlib.sha256(b"si").digest()
+    expected = hashlib.sha256(seed * (size // 32)).hexdigest()
+    out_file = topo.workdir / "received.txt"
+    receiver = topo.lana.spawn([sys.executable, "-c", RECEIVER, HOST_A], log=out_file)
+    assert wait_until(lambda: topo.lana.ok("ss", "-ltn", "sport", "= :5001") and
+                      "5001" in topo.lana.run("ss", "-ltn"), 10)
+    sender = topo.lanb.spawn([sys.executable, "-c", SENDER, HOST_A, str(size), seed.hex()])
+    assert topo.charon is not None
+    topo.charon.swanctl("--rekey", "--child", "net")
+    os.kill(peer.proc.pid, signal.SIGUSR1)  # our CHILD_SA rekey
+    topo.charon.swanctl("--rekey", "--ike", "site")
+    os.kill(peer.proc.pid, signal.SIGUSR2)  # our IKE SA rekey
+    assert sender.wait(120) == 0
+    assert receiver.wait(60) == 0
+    count, digest = out_file.read_text().split()
+    assert (int(count), digest) == (size, expected)
+    after = peer.wait_state("up")
+    assert after.spi_in != before.spi_in and after.spi_out != before.spi_out
+    assert after.bytes_in + after.bytes_out > size
+    ping(topo.lana, HOST_B)
+    sas = topo.charon.list_sas()
+    assert sas.count("INSTALLED") >= 1, sas
+
+
+def test_wrong_psk_fails_clearly_on_both_sides(topo: Topology, peer: Peer) -> None:
+    ike, esp = "aes256gcm16-prfsha256-ecp256", "aes256gcm16"
+    peer.remove_tunnel()
+    topo.start_charon(CharonConfig(ike_proposals=ike, esp_proposals=esp))
+    peer.configure(ike, esp, initiate=True, psk="si-WRONG-psk-0123456789abcdef")
+    assert wait_until(lambda: "authentication" in ((peer.status() or _down()).last_error or ""),
+                      30, 0.2), peer.status()
+    status = peer.status()
+    assert status is not None and status.state != "up"
+    charon = topo.charon
+    assert charon is not None
+    assert wait_until(lambda: "failed" in charon.tail(200).lower(), 10)
+    log = charon.tail(200)
+    assert "AUTH_FAILED" in log or "authentication of" in log and "failed" in log, log
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("sslvpn")), "--data-dir", str(peer.data_dir),
+         "ipsec", "status", "--json"], capture_output=True, text=True, check=False)
+    rows = json.loads(out.stdout)
+    assert rows[0]["state"] != "up" and "authentication" in rows[0]["last_error"], out.stdout
+
+
+def _down() -> TunnelStatus:
+    return TunnelStatus("t1", "down", None, None, None, None, 0, 0, 0, 0)
+
+
+def test_dead_strongswan_is_detected_and_the_tunnel_returns(topo: Topology, peer: Peer) -> None:
+    ike, esp = "aes256-sha256-ecp256", "aes256-sha256"
+    bring_up(topo, peer, ike, esp, we_initiate=True, dpd_delay="3s")
+    ping(topo.lanb, HOST_A)
+    assert topo.charon is not None and topo.charon.proc is not None
+    os.kill(topo.charon.proc.pid, signal.SIGKILL)  # no DELETE: only DPD can notice
+    topo.charon.proc.wait(10)
+    assert wait_until(lambda: "peer dead" in ((peer.status() or _down()).last_error or ""),
+                      40, 0.2), f"{peer.status()}\n{peer.log()}"
+    topo.charon.proc = None
+    topo.charon.start()  # the same configuration comes back
+    peer.wait_state("up", timeout=60)
+    ping(topo.lanb, HOST_A)
+    ping(topo.lana, HOST_B)
