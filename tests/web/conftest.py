@@ -151,6 +151,13 @@ async def second_browser(client: TestClient) -> AsyncIterator[ClientSession]:
         yield browser
 
 
+@asynccontextmanager
+async def second_browser_at(url: str) -> AsyncIterator[ClientSession]:
+    """A browser (own cookie jar) for a portal at ``url``."""
+    async with ClientSession(base_url=url, cookie_jar=CookieJar(unsafe=True)) as browser:
+        yield browser
+
+
 async def csrf_from(client: Browser, path: str) -> str:
     """The CSRF token in the form on ``path``."""
     response = await client.get(path)
