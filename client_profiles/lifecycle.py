@@ -1,23 +1,24 @@
 """Certificate lifecycle: the operations the CLI and the portal both call.
 
-`initialise` builds the PKI and the gateway settings, `issue_client`, `renew` and `revoke`
-manage client certificates, `refresh_crl` keeps the CRL from ever expiring (the service
-calls it daily). Every operation is one database transaction plus its files: files are
-written after the rows are flushed and restored when anything fails, and every operation
-leaves an audit entry. Expiry reporting and profile rendering live in `client_profiles.reports`.
+`initialise` builds the PKI and the gateway settings; `issue_client`, `renew` and `revoke`
+manage client certificates (`renew` also replaces the gateway's own certificate);
+`refresh_crl` keeps the CRL from ever expiring (the service calls it daily). Every
+operation is one database transaction plus its files: files are written after the rows
+are flushed and restored when anything fails, and every operation leaves an audit entry.
+Expiry reporting and profile rendering live in `client_profiles.reports`.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from cryptography import x509
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from client_profiles.inputs import checked_days, checked_device, validated_settings
 from client_profiles.pki import (
     CLIENT_DAYS,
     REVOCATION_REASONS,
@@ -56,8 +57,6 @@ from sslvpn.openvpn.static_key import (
 from sslvpn.store import NotFoundError
 from sslvpn.store.db import session
 from sslvpn.store.models import (
-    CONTROL_CHANNEL_VALUES,
-    PROTOCOLS_VALUES,
     Certificate,
     GatewaySettings,
     User,
@@ -78,8 +77,6 @@ from sslvpn.store.queries import (
     save_settings,
 )
 
-DEVICE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
-MAX_CLIENT_DAYS = 3650
 # Re-sign the CRL once less than this share of its validity is left.
 CRL_REFRESH_FRACTION = 0.5
 
@@ -113,7 +110,7 @@ def initialise(
     now = now or utcnow()
     if paths.ca_cert.exists() or paths.ca_key.exists():
         raise LifecycleError(f"data folder {paths.data_dir} is already initialised")
-    settings = _validated_settings(public_addresses, port, proto, vpc, pool, dns, control_channel)
+    settings = validated_settings(public_addresses, port, proto, vpc, pool, dns, control_channel)
     ca = create_ca(
         common_name=f"sslvpn CA {settings.public_addresses[0]}", key_type=key_type, now=now
     )
@@ -128,17 +125,7 @@ def initialise(
         with session(engine) as s:
             _refuse_existing_settings(s)
             settings = save_settings(s, settings=settings, now=now)
-            facts = certificate_facts(server.certificate)
-            add_certificate(
-                s,
-                serial=facts.serial,
-                subject_cn=facts.subject_cn,
-                kind="server",
-                not_before=facts.not_before,
-                not_after=facts.not_after,
-                fingerprint_sha256=facts.fingerprint_sha256,
-                cert_pem=certificate_pem(server.certificate).decode("ascii"),
-            )
+            _store_certificate(s, server.certificate, kind="server")
             record_audit(
                 s,
                 actor=actor,
@@ -177,8 +164,8 @@ def issue_client(
 ) -> Certificate:
     """A new client certificate (with its key and tls-crypt-v2 client key) for a user."""
     now = now or utcnow()
-    device = _device(device)
-    _days(days)
+    device = checked_device(device)
+    checked_days(days)
     ca = open_ca(paths, ca_passphrase)
     with session(engine) as s:
         user = _enabled_user(get_user(s, name=user_name))
@@ -206,34 +193,45 @@ def renew(
     ca_passphrase: str | None = None,
     now: datetime | None = None,
 ) -> Certificate:
-    """Issue a replacement for a valid client certificate; the old one becomes superseded.
+    """Issue a replacement for a valid certificate; the old one becomes superseded.
 
-    ``days`` defaults to the old certificate's lifetime. Import links of the old one stop
-    working; the old certificate itself stays usable until it expires or is revoked.
+    ``days`` defaults to the old certificate's lifetime. For a client certificate the
+    import links of the old one stop working; the old certificate itself stays usable
+    until it expires or is revoked. For the gateway's certificate the new key and
+    certificate replace the files (same CN, so existing profiles keep matching); the
+    gateway picks them up when it restarts.
     """
     now = now or utcnow()
     ca = open_ca(paths, ca_passphrase)
-    with session(engine) as s:
-        old = get_certificate(s, serial=serial)
-        if old.kind != "client" or old.user_id is None:
-            raise LifecycleError(f"certificate {old.serial} is not a user's client certificate")
-        if old.status != "valid":
-            raise LifecycleError(f"certificate {old.serial} is {old.status}, not valid")
-        lifetime = days if days is not None else max(1, (old.not_after - old.not_before).days)
-        _days(lifetime)
-        user = _enabled_user(get_user_by_id(s, user_id=old.user_id))
-        new = _issue_row(s, ca, paths, user, old.device, lifetime, now)
-        mark_superseded(s, serial=old.serial, by_serial=new.serial)
-        revoke_import_tokens_for_certificate(s, serial=old.serial)
-        record_audit(
-            s,
-            actor=actor,
-            action="certificate.renew",
-            target=old.serial,
-            at=now,
-            source_address=source_address,
-            detail=f"new={new.serial}",
-        )
+    files = FileBatch()
+    try:
+        with session(engine) as s:
+            old = get_certificate(s, serial=serial)
+            if old.status != "valid":
+                raise LifecycleError(f"certificate {old.serial} is {old.status}, not valid")
+            lifetime = days if days is not None else max(1, (old.not_after - old.not_before).days)
+            checked_days(lifetime)
+            if old.kind == "server":
+                new = _renew_server(s, ca, paths, files, old.subject_cn, lifetime, now)
+            elif old.user_id is None:
+                raise LifecycleError(f"certificate {old.serial} belongs to no user")
+            else:
+                user = _enabled_user(get_user_by_id(s, user_id=old.user_id))
+                new = _issue_row(s, ca, paths, user, old.device, lifetime, now)
+                revoke_import_tokens_for_certificate(s, serial=old.serial)
+            mark_superseded(s, serial=old.serial, by_serial=new.serial)
+            record_audit(
+                s,
+                actor=actor,
+                action="certificate.renew",
+                target=old.serial,
+                at=now,
+                source_address=source_address,
+                detail=f"new={new.serial}",
+            )
+    except BaseException:
+        files.undo()
+        raise
     return new
 
 
@@ -313,64 +311,6 @@ def refresh_crl(
     return CrlState(refreshed=True, number=number, next_update=next_update)
 
 
-def _validated_settings(
-    public_addresses: Sequence[str],
-    port: int,
-    proto: str,
-    vpc: Sequence[str],
-    pool: str,
-    dns: Sequence[str],
-    control_channel: str,
-) -> GatewaySettings:
-    addresses = [a.strip() for a in public_addresses]
-    if not addresses or any(not re.fullmatch(r"[A-Za-z0-9.:_-]{1,253}", a) for a in addresses):
-        raise LifecycleError("give at least one public address (a DNS name or IP address)")
-    if not 0 < port < 65536:
-        raise LifecycleError(f"port {port} is not in 1..65535")
-    if proto not in PROTOCOLS_VALUES:
-        raise LifecycleError(f"protocol must be one of {', '.join(PROTOCOLS_VALUES)}")
-    if control_channel not in CONTROL_CHANNEL_VALUES:
-        raise LifecycleError(f"control channel must be one of {', '.join(CONTROL_CHANNEL_VALUES)}")
-    pool_net = _network(pool, "pool")
-    if pool_net.version != 4 or pool_net.prefixlen > 29:
-        raise LifecycleError(f"pool {pool} must be an IPv4 network of /29 or larger")
-    return GatewaySettings(
-        public_addresses=addresses,
-        port=port,
-        protocols=proto,
-        vpc_networks=[str(_network(n, "VPC network")) for n in vpc],
-        pool_cidr=str(pool_net),
-        dns_servers=[_address(d) for d in dns],
-        control_channel=control_channel,
-    )
-
-
-def _network(text: str, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    try:
-        return ipaddress.ip_network(text, strict=True)
-    except ValueError:
-        raise LifecycleError(f"{what} {text!r} is not a network in CIDR form") from None
-
-
-def _address(text: str) -> str:
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        raise LifecycleError(f"DNS server {text!r} is not an IP address") from None
-
-
-def _device(device: str | None) -> str | None:
-    if device is not None and not DEVICE_PATTERN.fullmatch(device):
-        raise LifecycleError("a device name is 1-32 letters, digits, '_' or '-'")
-    return device
-
-
-def _days(days: int) -> int:
-    if not 1 <= days <= MAX_CLIENT_DAYS:
-        raise LifecycleError(f"lifetime must be 1..{MAX_CLIENT_DAYS} days")
-    return days
-
-
 def _enabled_user(user: User) -> User:
     if user.disabled:
         raise LifecycleError(f"user {user.name!r} is disabled")
@@ -405,19 +345,61 @@ def _issue_row(
     # USER metadata = the serial, so the server can tie a tls-crypt-v2 key to its certificate.
     metadata = bytes([METADATA_TYPE_USER]) + facts.serial.encode("ascii")
     wkc = wrap_client_key(server_key, client_key, metadata)
-    return add_certificate(
+    return _store_certificate(
         s,
-        serial=facts.serial,
-        subject_cn=facts.subject_cn,
+        issued.certificate,
         kind="client",
-        not_before=facts.not_before,
-        not_after=facts.not_after,
-        fingerprint_sha256=facts.fingerprint_sha256,
-        cert_pem=certificate_pem(issued.certificate).decode("ascii"),
         user_id=user.id,
         device=device,
         key_pem=private_key_pem(issued.private_key).decode("ascii"),
         tls_crypt_v2_key=format_tls_crypt_v2_client_key(client_key, wkc),
+    )
+
+
+def _renew_server(
+    s: Session,
+    ca: CertificateAuthority,
+    paths: DataPaths,
+    files: FileBatch,
+    common_name: str,
+    days: int,
+    now: datetime,
+) -> Certificate:
+    """A new gateway certificate for today's public addresses, written over the old files."""
+    addresses = get_settings(s).public_addresses
+    issued = issue_server_certificate(
+        ca, common_name=common_name, public_addresses=addresses, now=now, days=days
+    )
+    row = _store_certificate(s, issued.certificate, kind="server")
+    files.write(paths.server_key, private_key_pem(issued.private_key), secret=True)
+    files.write(paths.server_cert, certificate_pem(issued.certificate), secret=False)
+    return row
+
+
+def _store_certificate(
+    s: Session,
+    certificate: x509.Certificate,
+    *,
+    kind: str,
+    user_id: int | None = None,
+    device: str | None = None,
+    key_pem: str | None = None,
+    tls_crypt_v2_key: str | None = None,
+) -> Certificate:
+    facts = certificate_facts(certificate)
+    return add_certificate(
+        s,
+        serial=facts.serial,
+        subject_cn=facts.subject_cn,
+        kind=kind,
+        not_before=facts.not_before,
+        not_after=facts.not_after,
+        fingerprint_sha256=facts.fingerprint_sha256,
+        cert_pem=certificate_pem(certificate).decode("ascii"),
+        user_id=user_id,
+        device=device,
+        key_pem=key_pem,
+        tls_crypt_v2_key=tls_crypt_v2_key,
     )
 
 

@@ -15,6 +15,7 @@ import click
 from sqlalchemy import Engine
 
 from client_profiles import lifecycle, reports
+from client_profiles.inputs import MAX_CLIENT_DAYS
 from client_profiles.pki import CLIENT_DAYS, REVOCATION_REASONS
 from sslvpn.cli.setup import ACTOR, one_line_errors, paths_of, store
 from sslvpn.config import write_public_file, write_secret_file
@@ -23,7 +24,7 @@ from sslvpn.store.db import session
 from sslvpn.store.models import utcnow
 from sslvpn.store.queries import get_certificate
 
-_DAYS = click.IntRange(1, lifecycle.MAX_CLIENT_DAYS)
+_DAYS = click.IntRange(1, MAX_CLIENT_DAYS)
 _TRANSPORTS: dict[str, Literal["udp", "tcp"]] = {"udp": "udp", "tcp": "tcp"}
 
 
@@ -78,7 +79,11 @@ def list_command(ctx: click.Context, expiring: int | None) -> None:
 @click.pass_context
 @one_line_errors
 def renew_command(ctx: click.Context, serial: str, days: int | None) -> None:
-    """Replace certificate SERIAL with a new one (the old one becomes superseded)."""
+    """Replace certificate SERIAL (a client's or the gateway's) with a new one.
+
+    The old certificate becomes superseded; a renewed gateway certificate is used after
+    the gateway restarts.
+    """
     with store(ctx) as engine:
         row = lifecycle.renew(engine, paths_of(ctx), serial=serial, days=days, actor=ACTOR)
     click.echo(f"renewed {serial.lower()} as {row.serial} valid until {row.not_after:%Y-%m-%d}")

@@ -241,6 +241,16 @@ def test_certificate_lifecycle_through_the_cli(ready: Run, data_dir: Path) -> No
     _one_line_error(ready("cert", "revoke", new), "already revoked")
 
 
+def test_renew_the_gateway_certificate(ready: Run, data_dir: Path) -> None:
+    server_line = next(
+        line for line in ready("cert", "list").stdout.splitlines() if line.startswith("server")
+    )
+    old = server_line.split()[-1]
+    renewed = ready("cert", "renew", old)
+    assert renewed.exit_code == 0, renewed.output
+    assert "superseded" in ready("cert", "list").stdout
+
+
 def test_crl_command_writes_pem_or_der(ready: Run, tmp_path: Path) -> None:
     pem = ready("crl")
     assert pem.exit_code == 0 and pem.stdout.startswith("-----BEGIN X509 CRL-----")

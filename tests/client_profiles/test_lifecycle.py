@@ -148,6 +148,35 @@ def test_renew_supersedes_and_keeps_device_and_lifetime(gateway: Gateway) -> Non
     assert profile.serial == new.serial
 
 
+def _server_serial(gw: Gateway) -> str:
+    items = reports.expiry_report(gw.paths, gw.engine)
+    return str(next(i.serial for i in items if i.kind == "server" and i.status == "valid"))
+
+
+def test_renew_the_gateway_certificate_replaces_its_files(gateway: Gateway) -> None:
+    old_serial = _server_serial(gateway)
+    old_key = gateway.paths.server_key.read_bytes()
+    new = lifecycle.renew(gateway.engine, gateway.paths, serial=old_serial, days=400, actor="t")
+    assert new.kind == "server" and new.subject_cn == "198.18.0.1"
+    cert = x509.load_pem_x509_certificate(gateway.paths.server_cert.read_bytes())
+    assert format(cert.serial_number, "x") == new.serial == _server_serial(gateway)
+    assert gateway.paths.server_key.read_bytes() != old_key
+    assert stat.S_IMODE(gateway.paths.server_key.stat().st_mode) == 0o600
+    with pytest.raises(LifecycleError, match="superseded"):
+        lifecycle.renew(gateway.engine, gateway.paths, serial=old_serial, actor="t")
+
+
+def test_failed_gateway_renewal_restores_its_files(gateway: Gateway) -> None:
+    serial = _server_serial(gateway)
+    key_before = gateway.paths.server_key.read_bytes()
+    gateway.paths.server_cert.unlink()
+    gateway.paths.server_cert.mkdir()  # the certificate write fails after the key was replaced
+    with pytest.raises(OSError):
+        lifecycle.renew(gateway.engine, gateway.paths, serial=serial, actor="t")
+    assert gateway.paths.server_key.read_bytes() == key_before
+    assert _server_serial(gateway) == serial
+
+
 def test_revoke_lists_reason_in_crl_and_bumps_number(gateway: Gateway) -> None:
     first = lifecycle.issue_client(gateway.engine, gateway.paths, user_name="alice", actor="t")
     second = lifecycle.issue_client(
