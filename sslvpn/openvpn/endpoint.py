@@ -376,9 +376,11 @@ class Endpoint:
         """The earliest moment ``handle_timer`` has something to do."""
         if self.closed:
             return None
-        if self._close_at is not None:
-            return self._close_at
         times: list[float] = []
+        if self._close_at is not None:
+            times.append(self._close_at)  # keep retransmitting (AUTH_FAILED) until then
+            times += [t for ks in self._keys.values() if (t := ks.get_timer()) is not None]
+            return min(times)
         for ks in self._keys.values():
             timer = ks.get_timer()
             if timer is not None:

@@ -108,6 +108,16 @@ class _TokenBucket:
         return True
 
 
+def starts_new_session(data: bytes, peer_session_id: bytes) -> bool:
+    """A client hard reset with another session id: the peer reconnects (e.g. after a
+    restart) from an address that still has a session; feed it to the acceptor."""
+    if len(data) < 1 + SESSION_ID_LEN or data[0] & 0x07:
+        return False
+    opcode = data[0] >> 3
+    client_resets = (Opcode.CONTROL_HARD_RESET_CLIENT_V2, Opcode.CONTROL_HARD_RESET_CLIENT_V3)
+    return opcode in client_resets and data[1 : 1 + SESSION_ID_LEN] != peer_session_id
+
+
 def early_negotiation_tlvs() -> bytes:
     """Payload of our reset to an early-negotiating tls-crypt-v2 client (ssl_pkt.c)."""
     buf = Buffer()

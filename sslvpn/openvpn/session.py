@@ -141,7 +141,7 @@ class ServerSession(Endpoint):
             self._first_key_ready(ks, peer.options, peer.peer_info, peer.username,
                                   peer.password, problem, now)
         elif problem is not None:
-            self._refuse(problem, now)
+            self._refuse(ks, problem, now)
         else:
             self._install(ks, now)
 
@@ -161,11 +161,11 @@ class ServerSession(Endpoint):
     ) -> None:
         self.peer_info = info = parse_peer_info(peer_info)
         if problem is not None:
-            self._refuse(problem, now)
+            self._refuse(ks, problem, now)
             return
         cipher = negotiate_cipher(info, self.config.data_ciphers)
         if cipher is None:
-            self._refuse(NO_SHARED_CIPHER, now)
+            self._refuse(ks, NO_SHARED_CIPHER, now)
             return
         self.cipher = cipher
         self.derivation = choose_key_derivation(info, allow_ekm=self.config.allow_ekm)
@@ -178,17 +178,15 @@ class ServerSession(Endpoint):
         self._awaiting_decision = True
         self._events.append(PeerVerified(cert, info, username, password))
 
-    def _refuse(self, reason: str, now: float) -> None:
+    def _refuse(self, ks: KeyState, reason: str, now: float) -> None:
         """The core refuses by itself: tell the caller, then AUTH_FAILED and linger."""
         self._events.append(PeerRefused(reason))
-        self._send_auth_failed(reason, now)
+        self._send_auth_failed(ks, reason, now)
 
-    def _send_auth_failed(self, reason: str, now: float) -> None:
+    def _send_auth_failed(self, ks: KeyState, reason: str, now: float) -> None:
         self._decided = True
         self._awaiting_decision = False
-        ks = self._keys.get(0) or self._latest_key()
-        if ks is not None:
-            ks.send_message("AUTH_FAILED," + _printable(reason))
+        ks.send_message("AUTH_FAILED," + _printable(reason))
         self._linger("auth failed: " + reason, now)
 
     # -- the caller's decision -----------------------------------------------------------
@@ -221,9 +219,10 @@ class ServerSession(Endpoint):
 
     def reject(self, reason: str) -> None:
         """Refuse the verified peer with ``AUTH_FAILED,<reason>`` (logged by the caller)."""
-        if not self._awaiting_decision or self.closed:
+        ks = self._keys.get(0)
+        if not self._awaiting_decision or self.closed or ks is None:
             raise LocalProtocolError("reject() is only valid after PeerVerified")
-        self._send_auth_failed(reason, self._now)
+        self._send_auth_failed(ks, reason, self._now)
 
     def _send_push(self, ks: KeyState) -> None:
         config = self.push_config
@@ -252,7 +251,7 @@ class ServerSession(Endpoint):
     def _say_goodbye(self) -> None:
         # multi.c: on shutdown the server tells clients to reconnect; clients that do
         # not read control messages (no cc-exit) also get the OCC EXIT data packet.
-        ks = self._keys.get(0) or self._latest_key()
+        ks = self._send_key  # a key state whose TLS session is up
         if ks is not None and self._push_sent:
             ks.send_message("RESTART")
         if not self.peer_info.supports(IvProto.CC_EXIT_NOTIFY):

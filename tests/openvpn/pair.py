@@ -19,7 +19,13 @@ from sslvpn.openvpn.push import PushConfig
 from sslvpn.openvpn.server import AcceptorConfig, CreateSession, Reply, ServerAcceptor
 from sslvpn.openvpn.session import ServerConfig, ServerSession
 from sslvpn.openvpn.static_key import timestamp_metadata, wrap_client_key
-from sslvpn.openvpn.tls_wrap import ControlCodec, ServerWrapKeys, TlsCryptCodec
+from sslvpn.openvpn.tls_wrap import (
+    ControlCodec,
+    PlainCodec,
+    ServerWrapKeys,
+    TlsAuthCodec,
+    TlsCryptCodec,
+)
 from tests.openvpn.conftest import Issued, Pki
 
 TC_KEY = bytes((i * 7 + 3) % 256 for i in range(256))
@@ -72,6 +78,11 @@ class Pair:
             keys = ServerWrapKeys.tls_crypt_v2(V2_SERVER_KEY)
             codec: ControlCodec = TlsCryptCodec(V2_CLIENT_KEY, server=False)
             wkc = wrap_client_key(V2_SERVER_KEY, V2_CLIENT_KEY, timestamp_metadata(1_700_000_000))
+        elif self.wrap == "tls-auth":
+            keys = ServerWrapKeys.tls_auth(TC_KEY, direction=0, digest="SHA256")
+            codec = TlsAuthCodec(TC_KEY, direction=1, digest="SHA256")
+        elif self.wrap == "none":
+            keys, codec = ServerWrapKeys.none(), PlainCodec()
         else:
             keys = ServerWrapKeys.tls_crypt(TC_KEY)
             codec = TlsCryptCodec(TC_KEY, server=False)

@@ -14,6 +14,7 @@ from sslvpn.openvpn.server import (
     Reply,
     ServerAcceptor,
     early_negotiation_tlvs,
+    starts_new_session,
 )
 from sslvpn.openvpn.static_key import timestamp_metadata, wrap_client_key
 from sslvpn.openvpn.tls_wrap import ServerWrapKeys, TlsCryptCodec
@@ -130,3 +131,13 @@ def test_tls_crypt_v2_early_negotiation_and_wkc_packet() -> None:
 def test_random_bytes_never_raise(data: bytes, tcp: bool) -> None:
     decision = _acceptor(tcp=tcp).receive(data, ADDR, 1.0)
     assert isinstance(decision, (Dropped, Reply, CreateSession))
+
+
+def test_starts_new_session_spots_reconnecting_clients() -> None:
+    client = TlsCryptCodec(KEY, server=False)
+    reset = _reset(client)
+    assert starts_new_session(reset, b"\x99" * 8)
+    assert not starts_new_session(reset, CLIENT_SID)  # a retransmission of the same reset
+    hello = ControlPacket(Opcode.CONTROL_V1, 0, CLIENT_SID, message_id=1, payload=b"x")
+    assert not starts_new_session(client.seal(hello, 2, 1), b"\x99" * 8)
+    assert not starts_new_session(b"\x38", b"\x99" * 8)

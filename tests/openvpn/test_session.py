@@ -69,6 +69,13 @@ def test_handshake_and_data_matrix(pki: Pki, wrap: str, cipher: str, peer_info: 
     assert not server.drops and not pair.client.drops
 
 
+@pytest.mark.parametrize("wrap", ["tls-auth", "none"])
+def test_other_control_channel_protections(pki: Pki, wrap: str) -> None:
+    pair = Pair(pki, wrap=wrap)
+    pair.connect()
+    _exchange(pair, 3)
+
+
 def test_tcp_mode_without_cookie(pki: Pki) -> None:
     pair = Pair(pki, tcp=True)
     pair.connect()
@@ -236,6 +243,26 @@ def test_bad_certificates_get_auth_failed(pki: Pki, who: str, reason: str) -> No
     closed = [e for e in pair.server_events if isinstance(e, SessionClosed)]
     assert len(closed) == 1 and "auth failed" in closed[0].reason
     assert server.closed and server.get_timer() is None
+
+
+def test_auth_failed_is_retransmitted_while_lingering(pki: Pki) -> None:
+    pair = Pair(pki, client_cert=pki.expired_client)
+    dropped: list[int] = []
+
+    def lose_first_auth_failed(direction: str, datagrams: list[bytes]) -> list[bytes]:
+        refused = any(isinstance(e, PeerRefused) for e in pair.server_events)
+        if direction == "s2c" and refused and not dropped:
+            dropped.append(len(datagrams))
+            return []
+        return datagrams
+
+    pair.filter = lose_first_auth_failed
+    pair.run()
+    assert dropped and pair.client.auth_failed is None
+    timer = pair.server.get_timer() if pair.server else None
+    assert timer is not None and timer < pair.now + 5.0  # the retransmit, before the close
+    pair.advance(4.0)
+    assert pair.client.auth_failed is not None and "expired" in pair.client.auth_failed
 
 
 def test_caller_rejects_with_reason(pki: Pki) -> None:
