@@ -137,7 +137,9 @@ def push_payloads(payloads: list[Payload]) -> tuple[int, bytes]:
     out = Buffer()
     for i, body in enumerate(bodies):
         out.push_uint8(payload_type(payloads[i + 1]) if i + 1 < len(payloads) else 0)
-        out.push_uint8(0)
+        payload = payloads[i]
+        critical = isinstance(payload, UnknownPayload) and payload.critical
+        out.push_uint8(0x80 if critical else 0)
         out.push_uint16(len(body) + 4)
         out.push_bytes(body)
     first = payload_type(payloads[0]) if payloads else PayloadType.NONE

@@ -32,11 +32,18 @@ from . import constants as c
 from .base import Address, Drop, IkeState, LocalProtocolError
 from .child import ChildState
 from .config import IkeConfig
-from .constants import ExchangeType, HeaderFlag
+from .constants import ExchangeType, HeaderFlag, NotifyType
 from .crypto import Rand
 from .events import IkeEvent
 from .exchanges import EstablishedExchanges
-from .messages import MalformedMessage, Message, Payload, pull_message
+from .messages import (
+    MalformedMessage,
+    Message,
+    NotifyPayload,
+    Payload,
+    UnknownPayload,
+    pull_message,
+)
 from .window import ZERO_SPI, IkeContext, PendingRequest
 
 __all__ = ["Address", "IkeSa", "IkeState", "LocalProtocolError", "is_initial_request"]
@@ -243,6 +250,12 @@ class IkeSa(EstablishedExchanges):
         if header.message_id == ctx.peer_next_id - 1:
             if ctx.cached_response is not None and ctx.cached_response[0] == header.message_id:
                 self._send_raw(ctx.cached_response[1])  # retransmitted request
+            return
+        critical = next((p for p in payloads if isinstance(p, UnknownPayload) and p.critical),
+                        None)
+        if critical is not None:  # RFC 7296 §2.5: refuse what we must understand but do not
+            self._respond(ctx, header.exchange, header.message_id, [NotifyPayload(
+                NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, bytes([critical.type]))])
             return
         self._on_request(ctx, header.exchange, header.message_id, payloads, now)
 
