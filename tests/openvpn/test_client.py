@@ -1,0 +1,117 @@
+"""Client-role session: what it puts on the wire and how it reacts to the server."""
+
+from __future__ import annotations
+
+import pytest
+
+from sslvpn.openvpn.client import ClientConfig, ClientSession, _wants_wkc_resend
+from sslvpn.openvpn.constants import EARLY_NEG_START, Opcode
+from sslvpn.openvpn.events import PeerRefused, SessionClosed, SessionEstablished
+from sslvpn.openvpn.server import early_negotiation_tlvs
+from sslvpn.openvpn.tls_wrap import TlsCryptCodec
+from tests.openvpn.conftest import Pki
+from tests.openvpn.pair import V2_CLIENT_KEY, Pair
+
+
+def _opcodes(log: list[tuple[str, int, int]], direction: str) -> list[int]:
+    return [op for d, op, _ in log if d == direction]
+
+
+def _recording(pair: Pair, log: list[tuple[str, int, int]]) -> None:
+    codec = TlsCryptCodec(V2_CLIENT_KEY, server=True)
+
+    def record(direction: str, datagrams: list[bytes]) -> list[bytes]:
+        for data in datagrams:
+            pid = 0
+            if direction == "c2s" and data[0] >> 3 not in (6, 9):
+                pid = codec.open(data).packet_id
+            log.append((direction, data[0] >> 3, pid))
+        return datagrams
+
+    pair.filter = record
+
+
+def test_tls_crypt_v2_client_uses_early_negotiation_and_wkc_v1(pki: Pki) -> None:
+    pair = Pair(pki, wrap="tls-crypt-v2")
+    log: list[tuple[str, int, int]] = []
+    _recording(pair, log)
+    pair.connect()
+    sent = _opcodes(log, "c2s")
+    assert sent[0] == Opcode.CONTROL_HARD_RESET_CLIENT_V3
+    assert log[0][2] == EARLY_NEG_START + 1
+    assert sent[1] == Opcode.CONTROL_WKC_V1 and Opcode.CONTROL_WKC_V1 not in sent[2:]
+    assert any(isinstance(e, SessionEstablished) for e in pair.client_events)
+
+
+def test_tls_crypt_v2_client_without_early_negotiation(pki: Pki) -> None:
+    pair = Pair(pki, wrap="tls-crypt-v2")
+    pair.client = ClientSession(
+        ClientConfig(
+            tls=pki.client_context(), codec=TlsCryptCodec(V2_CLIENT_KEY, server=False),
+            wkc=pair.client.wkc, early_negotiation=False,
+        ),
+        pair.now,
+    )
+    log: list[tuple[str, int, int]] = []
+    _recording(pair, log)
+    pair.connect()
+    assert log[0][2] == 1 and Opcode.CONTROL_WKC_V1 not in _opcodes(log, "c2s")
+    assert any(isinstance(e, SessionEstablished) for e in pair.client_events)
+
+
+@pytest.mark.parametrize(
+    ("payload", "wanted"),
+    [
+        (early_negotiation_tlvs(), True),
+        (b"", False),
+        (bytes.fromhex("000100020000"), False),
+        (bytes.fromhex("0009000178" "000100020001"), True),  # unknown TLV skipped
+        (bytes.fromhex("00010002"), False),  # truncated
+    ],
+)
+def test_early_negotiation_tlv_parsing(payload: bytes, wanted: bool) -> None:
+    assert _wants_wkc_resend(payload) is wanted
+
+
+def test_client_reports_auth_failed_and_closes(pki: Pki) -> None:
+    pair = Pair(pki, decide=lambda s, e: s.reject("user disabled"))
+    pair.connect()
+    assert [e for e in pair.client_events if isinstance(e, PeerRefused)] == [
+        PeerRefused("user disabled")
+    ]
+    closed = [e for e in pair.client_events if isinstance(e, SessionClosed)]
+    assert closed and "user disabled" in closed[0].reason and pair.client.closed
+
+
+def test_client_closes_on_server_restart(pki: Pki) -> None:
+    pair = Pair(pki)
+    server = pair.connect()
+    server.close()
+    pair.run()
+    closed = [e for e in pair.client_events if isinstance(e, SessionClosed)]
+    assert closed and "RESTART" in closed[0].reason
+
+
+def test_client_ignores_packets_before_the_server_reset(pki: Pki) -> None:
+    pair = Pair(pki)
+    client = pair.client
+    client.send_packet(b"\x45" + bytes(19), pair.now)
+    assert client.drops["send-no-key"] == 1
+    client.receive_datagram(b"\x48\x00\x00\x05" + bytes(30), pair.now)
+    assert client.drops["data-no-key"] == 1
+    assert client.get_timer() is not None  # reset retransmission and hand-window
+    pair.connect()
+    assert any(isinstance(e, SessionEstablished) for e in pair.client_events)
+
+
+def test_client_reset_is_retransmitted_until_answered(pki: Pki) -> None:
+    pair = Pair(pki)
+    first = pair.client.datagrams_to_send(pair.now)
+    assert len(first) == 1 and first[0][0] >> 3 == Opcode.CONTROL_HARD_RESET_CLIENT_V2
+    timer = pair.client.get_timer()
+    assert timer is not None and timer == pair.now + 2.0
+    again = pair.client.datagrams_to_send(timer)
+    assert len(again) == 1 and again[0] != first[0]  # re-wrapped with a new replay id
+    pair.now = timer
+    pair.advance(10.0)  # both copies were "lost": the next retransmission connects
+    assert any(isinstance(e, SessionEstablished) for e in pair.client_events)
