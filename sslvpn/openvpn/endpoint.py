@@ -426,9 +426,9 @@ class Endpoint:
             self._events.append(SessionClosed(reason))
 
     def _key_failed(self, ks: KeyState, reason: str, now: float) -> None:
-        """A key state died: fatal for the first one, else the old key carries on."""
-        del self._keys[ks.key_id]
-        if self._send_key is None:
+        """A key state died: fatal for the one we send with, else that one carries on."""
+        self._keys.pop(ks.key_id, None)
+        if self._send_key is None or self._send_key is ks:
             self._finish(reason)
 
     # -- role hooks ----------------------------------------------------------------------

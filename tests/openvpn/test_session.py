@@ -176,6 +176,21 @@ def test_no_second_renegotiation_while_the_switch_is_pending(pki: Pki) -> None:
     _exchange(pair, 3)
 
 
+def test_failed_renegotiation_keeps_the_current_key(pki: Pki) -> None:
+    pair = Pair(pki, server_timing=Timing(reneg_seconds=None))
+    server = pair.connect()
+    assert pair.client.renegotiate(pair.now)
+    pair.filter = lambda d, dg: [x for x in dg if x[0] >> 3 in (6, 9)]  # control is lost
+    pair.advance(61.0)
+    assert server.key_ids == [0] and pair.client.key_ids == [0]
+    assert not server.closed and not pair.client.closed
+    pair.filter = None
+    _exchange(pair, 3)
+    assert pair.client.renegotiate(pair.now)
+    pair.run()
+    assert _renegotiated(pair.server_events) == [1]
+
+
 def test_client_initiated_renegotiation_with_data_in_flight(pki: Pki) -> None:
     pair = Pair(pki)
     server = pair.connect()
@@ -353,3 +368,41 @@ def test_random_bytes_never_raise(pki: Pki, garbage: list[bytes]) -> None:
         for prefix in (b"\x48", b"\x20", b"\x28"):
             server.receive_datagram(prefix + data, pair.now)
     _exchange(pair, 2)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([3, 4, 5, 7, 8, 10, 11]),
+            st.integers(0, 7),
+            st.lists(st.integers(0, 20), max_size=3),
+            st.integers(0, 20),
+            st.binary(max_size=200),
+        ),
+        max_size=10,
+    )
+)
+def test_unprotected_control_garbage_never_raises(
+    pki: Pki, packets: list[tuple[int, int, list[int], int, bytes]]
+) -> None:
+    """Without tls-crypt, forged but well-formed control packets reach TLS and KM2 code."""
+    from sslvpn.openvpn.constants import Opcode
+    from sslvpn.openvpn.packet import ControlPacket, push_control_packet
+
+    pair = Pair(pki, wrap="none")
+    server = pair.connect()
+    client_sid, server_sid = server.identity.peer, server.identity.own
+    assert client_sid is not None
+    for opcode, key_id, acks, message_id, payload in packets:
+        op = Opcode(opcode)
+        packet = ControlPacket(
+            op, key_id, client_sid, tuple(acks), server_sid if acks else None,
+            None if op is Opcode.ACK_V1 else message_id,
+            b"" if op is Opcode.ACK_V1 else payload,
+            payload[:300].ljust(300, b"\0")[:-2] + b"\x01\x2c" if op in (10, 11) else None,
+        )
+        server.receive_datagram(push_control_packet(packet), pair.now)
+        pair.run()
+    pair.advance(1.0)
+    assert isinstance(server.closed, bool)
