@@ -182,7 +182,6 @@ ERROR_NOTIFY_LIMIT = 16384  # notify types below this are errors (RFC 7296 secti
 NONCE_LENGTH = 32
 MIN_NONCE_LENGTH = 16  # RFC 7296 section 3.9
 MAX_NONCE_LENGTH = 256
-MAX_MESSAGE_LENGTH = 65535
 RETRANSMIT_BASE = 4.0  # seconds; strongSwan's retransmit_timeout
 RETRANSMIT_FACTOR = 1.8  # strongSwan's retransmit_base
 RETRANSMIT_TRIES = 5

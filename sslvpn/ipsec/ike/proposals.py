@@ -19,9 +19,6 @@ from .messages import Proposal, Transform
 AEAD_CIPHERS = frozenset({EncrId.AES_GCM_16})
 SUPPORTED_ENCR = frozenset({EncrId.AES_CBC, EncrId.AES_GCM_16})
 SUPPORTED_KEY_BITS = frozenset({128, 192, 256})
-SUPPORTED_INTEG = frozenset({IntegId.HMAC_SHA2_256_128})
-SUPPORTED_PRF = frozenset({PrfId.HMAC_SHA2_256, PrfId.HMAC_SHA2_384, PrfId.HMAC_SHA2_512})
-SUPPORTED_DH = frozenset({DhGroup.MODP_2048, DhGroup.ECP_256, DhGroup.ECP_384, DhGroup.CURVE25519})
 
 # strongSwan keyword -> (transform type, id); the key size is parsed from the keyword.
 _DH_WORDS = {

@@ -180,6 +180,7 @@ class IkeSa(EstablishedExchanges):
         self._last_received = max(self._last_received, now)
 
     def handle_timer(self, now: float) -> None:
+        """Retransmit, expire half-open state, start due rekeys/DPD (call at ``get_timer()``)."""
         for ctx in (self._ctx, self._old_ctx):
             pending = ctx.pending if ctx is not None else None
             if ctx is not None and pending is not None and now >= pending.next_send:
@@ -195,13 +196,16 @@ class IkeSa(EstablishedExchanges):
     # -- outputs -----------------------------------------------------------------------
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        """UDP payloads queued since the last call, with their destination (see module doc)."""
         out, self._outbox = self._outbox, []
         return out
 
     def next_event(self) -> IkeEvent | None:
+        """The oldest undelivered event, or None."""
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
+        """The next time ``handle_timer`` has work, or None when nothing is scheduled."""
         times = [
             ctx.pending.next_send
             for ctx in (self._ctx, self._old_ctx)
