@@ -31,8 +31,9 @@ class PeerVerified(Event):
 
 @dataclass(frozen=True)
 class PeerRefused(Event):
-    """The core refused the peer itself (bad chain, expired, wrong EKU, no shared cipher);
-    AUTH_FAILED was queued and the session will close."""
+    """Authentication failed: a server core refused the peer itself (bad chain, expired,
+    wrong EKU, no shared cipher; AUTH_FAILED is queued and the session closes after a
+    short linger), or, in the client role, the server sent AUTH_FAILED."""
 
     reason: str
 
