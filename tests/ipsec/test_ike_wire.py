@@ -103,3 +103,48 @@ def test_unknown_critical_payload_is_refused() -> None:
     ((reply, _),) = pair.a.datagrams_to_send(pair.now)
     payloads = pair.b._ctx.decrypt(reply[4:], pull_message(reply[4:]))  # noqa: SLF001
     assert payloads == [NotifyPayload(NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, bytes([147]))]
+
+
+def test_initiator_accepts_strongswans_real_ike_auth_response() -> None:
+    """Replay strongSwan's IKE_AUTH response into an initiator holding the lab's keys."""
+    from sslvpn.ipsec.ike.constants import EncrId, IntegId, PrfId
+    from sslvpn.ipsec.ike.crypto import IkeKeys
+    from sslvpn.ipsec.ike.proposals import Suite
+    from sslvpn.ipsec.ike.sa import IkeState
+    from sslvpn.ipsec.ike.window import PendingRequest, RequestState
+
+    def h(name: str) -> bytes:
+        return bytes.fromhex(FIXTURE[name])
+
+    sk = FIXTURE["auth_response_sk"]
+    response = bytes.fromhex(sk["assoc"]) + bytes.fromhex(sk["iv"]) + bytes.fromhex(
+        sk["encrypted"])
+    init_response = pull_message(h("ike_sa_init_response"))
+    sa = IkeSa(config("A", esp="aes256gcm16,aes256-sha256"), SITE_A, ("198.18.0.2", 500),
+               initiator=True, rand=seeded(3))
+    ctx = sa._ctx  # noqa: SLF001 - put the initiator where strongSwan's siteA was
+    ctx.spi_i, ctx.spi_r = init_response.header.spi_i, init_response.header.spi_r
+    suite = Suite(EncrId.AES_CBC, 256, IntegId.HMAC_SHA2_256_128, PrfId.HMAC_SHA2_256,
+                  DhGroup.MODP_2048)
+    keys = IkeKeys(*(h(n) for n in ("sk_d", "sk_ai", "sk_ar", "sk_ei", "sk_er", "sk_pi",
+                                    "sk_pr")))
+    ctx.install_keys(suite, keys, seeded(4))
+    ctx.next_request_id = 2
+    ctx.pending = PendingRequest(1, 35, b"", "auth", RequestState(spi=bytes.fromhex("ec15c467")),
+                                 next_send=10.0)
+    sa._ni, sa._nr = h("nonce_i_from_octets"), h("nonce_r_from_octets")  # noqa: SLF001
+    sa._init_request, sa._init_response = REQUEST, h("ike_sa_init_response")  # noqa: SLF001
+    sa.state, sa.encapsulated = IkeState.AUTH_SENT, True
+    sa.remote_addr = ("198.18.0.2", 4500)
+    sa.receive_datagram(bytes(4) + response, ("198.18.0.2", 4500), 1.0)
+    events = []
+    while (e := sa.next_event()) is not None:
+        events.append(e)
+    assert [type(e) for e in events] == [ev.IkeSaEstablished, ev.ChildSaEstablished], events
+    child = events[1]
+    assert isinstance(child, ev.ChildSaEstablished)
+    assert (child.spi_in, child.spi_out) == (0xEC15C467, 0xB88EC964)
+    assert child.keys_out.encryption == h("child_encr_i")
+    assert child.keys_in.encryption == h("child_encr_r")
+    assert child.cipher.name == "aes256gcm16"
+    assert [str(t) for t in child.remote_ts] == ["10.2.0.0/24"]
