@@ -104,3 +104,14 @@ def test_garbage_ciphertext_fails_the_engine(pki: Pki) -> None:
     with pytest.raises(TlsError):
         server.process()
     assert server.closed
+
+
+def test_client_without_certificate_fails_the_handshake(pki: Pki) -> None:
+    ctx = pki.client_context()
+    bare = SSL.Context(SSL.TLS_METHOD)
+    bare.set_verify(SSL.VERIFY_NONE, lambda *args: True)
+    ctx.context = bare
+    client, server = TlsEngine(ctx), TlsEngine(pki.server_context())
+    with pytest.raises(TlsError):
+        _pump(client, server)
+    assert server.closed and server.peer_certificate() is None
