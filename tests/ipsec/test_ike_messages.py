@@ -137,3 +137,41 @@ def test_random_payload_chains_never_raise_anything_else(first: int, body: bytes
         m.pull_payloads(Buffer(body), first)
     except m.MalformedMessage:
         pass
+
+
+_spi = st.sampled_from([b"", b"\x01\x02\x03\x04", b"12345678"])
+_transform = st.builds(
+    m.Transform, st.integers(1, 5), st.integers(0, 0xFFFF),
+    st.one_of(st.none(), st.integers(0, 0xFFFF)),
+)
+_proposal = st.builds(m.Proposal, st.integers(1, 255), st.integers(1, 3), _spi,
+                      st.lists(_transform, min_size=1, max_size=6))
+_address = st.builds(ipaddress.IPv4Address, st.integers(0, 2**32 - 1))
+_selector = st.builds(
+    lambda a, b, proto, p1, p2: TrafficSelector(min(a, b), max(a, b), proto, min(p1, p2),
+                                                max(p1, p2)),
+    _address, _address, st.integers(0, 255), st.integers(0, 65535), st.integers(0, 65535),
+)
+_payload = st.one_of(
+    st.builds(m.SaPayload, st.lists(_proposal, min_size=1, max_size=3)),
+    st.builds(m.KePayload, st.integers(0, 0xFFFF), st.binary(max_size=64)),
+    st.builds(m.NoncePayload, st.binary(min_size=16, max_size=64)),
+    st.builds(m.IdPayload, st.booleans(), st.integers(0, 255), st.binary(max_size=32)),
+    st.builds(m.AuthPayload, st.integers(0, 255), st.binary(max_size=64)),
+    st.builds(m.NotifyPayload, st.integers(0, 0xFFFF), st.binary(max_size=32),
+              st.integers(0, 3), st.sampled_from([b"", b"\x00\x00\x10\x01"])),
+    st.builds(m.DeletePayload, st.just(3), st.lists(st.binary(min_size=4, max_size=4),
+                                                    min_size=1, max_size=4)),
+    st.builds(m.TsPayload, st.booleans(), st.lists(_selector, max_size=4)),
+    st.builds(m.VendorPayload, st.binary(max_size=32)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_payload, min_size=1, max_size=8), st.integers(0, 2**32 - 1))
+def test_generated_messages_round_trip(payloads: list[m.Payload], message_id: int) -> None:
+    header = m.IkeHeader(b"i" * 8, b"r" * 8, 0, ExchangeType.INFORMATIONAL, 0x20, message_id)
+    data = m.encode_message(header, payloads)
+    again = m.pull_message(data)
+    assert again.payloads == payloads
+    assert again.header.message_id == message_id and again.header.length == len(data)
