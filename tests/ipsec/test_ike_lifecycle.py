@@ -258,3 +258,20 @@ def test_initiator_repeats_init_with_the_cookie() -> None:
     pair.b.receive_datagram(second, ("198.18.0.1", 500), pair.now)
     pair.run()
     assert pair.a.state is IkeState.ESTABLISHED and pair.b.state is IkeState.ESTABLISHED
+
+
+def test_closed_responder_repeats_authentication_failed_to_a_retransmission() -> None:
+    pair = make_pair(config("A", retransmit_base=1.0), config("B", psk=b"other"))
+    first = {"lost": False}
+
+    def lose_first_auth_answer(direction: str, data: bytes) -> bool:
+        if direction == "b" and data.startswith(NON_ESP_MARKER) and not first["lost"]:
+            first["lost"] = True
+            return True
+        return False
+
+    pair.drop = lose_first_auth_answer
+    establish(pair)
+    assert pair.b.state is IkeState.CLOSED and pair.a.state is IkeState.AUTH_SENT
+    pair.advance(pair.now + 5)
+    assert pair.of("a", ev.AuthenticationFailed) and pair.a.state is IkeState.CLOSED

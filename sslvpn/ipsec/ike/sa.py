@@ -160,15 +160,15 @@ class IkeSa(EstablishedExchanges):
         """Feed one UDP payload from ``addr``; never raises on peer input."""
         if data == c.NAT_KEEPALIVE:
             return
-        if self.state is IkeState.CLOSED:
-            self._drop("IKE SA closed")
-            return
         marker = data[:4] == c.NON_ESP_MARKER
         if marker:
             data = data[4:]
         try:
             message = pull_message(data)
-            self._dispatch(message, data, addr, marker, now)
+            if self.state is IkeState.CLOSED:
+                self._replay_after_close(message)
+            else:
+                self._dispatch(message, data, addr, marker, now)
         except Drop as drop:
             self._drop(drop.reason)
         except ValueError:  # MalformedMessage, CryptoError, bad peer values
@@ -262,6 +262,16 @@ class IkeSa(EstablishedExchanges):
                 NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, bytes([critical.type]))])
             return
         self._on_request(ctx, header.exchange, header.message_id, payloads, now)
+
+    def _replay_after_close(self, message: Message) -> None:
+        """A closed SA still repeats its last answer (AUTHENTICATION_FAILED, DELETE ack)
+        to a retransmitted request, so the peer learns the outcome even if it was lost."""
+        header, ctx = message.header, self._ctx
+        cached = ctx.cached_response
+        if (cached is None or header.is_response or header.message_id != cached[0]
+                or header.exchange == ExchangeType.IKE_SA_INIT or not ctx.matches(header)):
+            raise Drop("IKE SA closed")
+        self._send_raw(cached[1])
 
     def _context_for(self, message: Message) -> IkeContext | None:
         for ctx in (self._ctx, self._old_ctx):
