@@ -1,0 +1,113 @@
+"""The OpenVPN interop topology: client ns <-> "internet" <-> gateway ns <-> VPC ns.
+
+    sv-cli 198.18.0.2 ---- 198.18.0.1 sv-gw 10.10.0.1 ---- 10.10.0.10 sv-vpc
+                                     (serve,   10.20.0.1 ---- 10.20.0.10 sv-out
+                                      tun 10.8.0.1/24)
+
+The VPC is 10.10.0.0/24; sv-out stands for "anything else the gateway can reach" and must
+stay unreachable through the tunnel. One gateway (``sslvpn serve`` from a data folder made
+with the real CLI) serves the whole module; each test starts its own openvpn client.
+Everything is removed in finalizers, even when a test fails.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from sslvpn.cli import main
+from sslvpn.config import DataPaths
+from sslvpn.runtime.control_server import ControlClient
+from tests.netns import Namespace, NetnsLab, file_contains, wait_until
+
+SSLVPN = str(Path(sys.executable).with_name("sslvpn"))
+STREAM_TOOL = str(Path(__file__).with_name("stream_tool.py"))
+GATEWAY_OUTER = "198.18.0.1"
+VPC_HOST = "10.10.0.10"
+OUTSIDE_HOST = "10.20.0.10"
+STREAM_PORT = 5001
+PORT = 1194
+
+
+def sslvpn(data_dir: Path, *args: str, check: bool = True) -> Result:
+    """Run an `sslvpn` CLI verb in-process (click's runner) against the test's data folder."""
+    result = CliRunner().invoke(main, ["--data-dir", str(data_dir), *args])
+    if check and result.exit_code != 0:
+        raise AssertionError(f"sslvpn {' '.join(args)} failed: {result.output}")
+    return result
+
+
+@dataclass
+class Topology:
+    lab: NetnsLab
+    client_ns: Namespace
+    gateway_ns: Namespace
+    vpc_ns: Namespace
+    outside_ns: Namespace
+    data_dir: Path
+    work: Path
+    gateway_log: Path
+    gateway: subprocess.Popen[bytes] | None = None
+    issued: dict[str, str] = field(default_factory=dict)  # "user/device" -> serial
+
+    def issue(self, user: str, device: str) -> str:
+        """A certificate for user/device (the user is created on first use)."""
+        if user not in sslvpn(self.data_dir, "user", "list").output:
+            sslvpn(self.data_dir, "user", "add", user)
+        out = sslvpn(self.data_dir, "cert", "issue", user, "--device", device).output
+        serial = out.split()[1]
+        self.issued[f"{user}/{device}"] = serial
+        return serial
+
+    @property
+    def control(self) -> ControlClient:
+        """The running gateway's control socket (a unix socket works across namespaces)."""
+        return ControlClient(DataPaths(self.data_dir).control_socket)
+
+    def profile(self, user: str, device: str, proto: str) -> Path:
+        path = self.work / f"{user}-{device}-{proto}.ovpn"
+        sslvpn(self.data_dir, "profile", user, "--device", device, "--proto", proto,
+               "-o", str(path))
+        return path
+
+
+def _require(binary: str) -> None:
+    if shutil.which(binary) is None:
+        pytest.fail(f"{binary} is not installed (run scripts/install-test-deps)")
+
+
+@pytest.fixture(scope="module")
+def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    for binary in ("openvpn", "ip", "ping"):
+        _require(binary)
+    work = tmp_path_factory.mktemp("ovpn-interop")
+    lab = NetnsLab("sv")
+    try:
+        cli, gw, vpc, out = (lab.namespace(r) for r in ("cli", "gw", "vpc", "out"))
+        lab.link(cli, "198.18.0.2/24", gw, f"{GATEWAY_OUTER}/24")
+        lab.link(gw, "10.10.0.1/24", vpc, f"{VPC_HOST}/24")
+        lab.link(gw, "10.20.0.1/24", out, f"{OUTSIDE_HOST}/24")
+        vpc.run("ip", "route", "add", "10.8.0.0/24", "via", "10.10.0.1")
+        out.run("ip", "route", "add", "10.8.0.0/24", "via", "10.20.0.1")
+        data_dir = work / "data"
+        sslvpn(data_dir, "init", "--public-address", GATEWAY_OUTER, "--port", str(PORT),
+               "--proto", "both", "--vpc", "10.10.0.0/24")
+        topo = Topology(lab, cli, gw, vpc, out, data_dir, work, work / "gateway.log")
+        topo.gateway = gw.spawn([SSLVPN, "--data-dir", str(data_dir), "serve",
+                                 "--listen", GATEWAY_OUTER], log=topo.gateway_log)
+        if not wait_until(file_contains(topo.gateway_log, "listening on tcp"), 20):
+            pytest.fail("gateway did not start:\n" + topo.gateway_log.read_text())
+        vpc.spawn([sys.executable, STREAM_TOOL, "serve", VPC_HOST, str(STREAM_PORT)],
+                  log=work / "stream.log")
+        if not wait_until(file_contains(work / "stream.log", "ready"), 10):
+            pytest.fail("stream server did not start")
+        yield topo
+    finally:
+        lab.close()
