@@ -221,14 +221,17 @@ class DataChannelKey:
         if not plain:
             return plain
         head = plain[0]
+        if self.compression is Compression.STUB_V2:
+            # v2 framing escapes only a leading 0x50; every other first byte is data [compstub.c]
+            if head != COMP_ALGV2_INDICATOR_BYTE:
+                return plain
+            if plain[1:2] == bytes((COMP_ALGV2_UNCOMPRESSED,)):
+                return plain[2:]
+            raise DataDropped("compressed")
         if head == NO_COMPRESS_BYTE:
             return plain[1:]
         if head == NO_COMPRESS_BYTE_SWAP:
             return plain[-1:] + plain[1:-1] if len(plain) > 1 else b""
-        if head == COMP_ALGV2_INDICATOR_BYTE and self.compression is Compression.STUB_V2:
-            if plain[1:2] == bytes((COMP_ALGV2_UNCOMPRESSED,)):
-                return plain[2:]
-            raise DataDropped("compressed")
         if head in (LZO_COMPRESS_BYTE, LZ4_COMPRESS_BYTE) and self.compression in (
             Compression.LZO_STUB,
             Compression.SWAP_STUB,
