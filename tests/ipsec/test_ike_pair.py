@@ -118,3 +118,37 @@ def test_ts_mismatch_is_reported_and_ike_stays() -> None:
     pair = establish(make_pair(config("A"), other))
     assert pair.of("a", ev.ChildSaFailed) and pair.of("b", ev.ChildSaFailed)
     assert pair.a.state is IkeState.ESTABLISHED
+
+
+def test_without_nat_and_without_forced_encap_ike_stays_on_500() -> None:
+    pair = establish(make_pair(config("A", force_encap=False), config("B", force_encap=False)))
+    assert pair.a.state is IkeState.ESTABLISHED
+    assert not pair.a.encapsulated and not pair.b.encapsulated
+    assert not pair.a.behind_nat and not pair.b.behind_nat
+
+
+def test_real_nat_is_detected_and_both_float() -> None:
+    """A sits behind a NAT (10.0.0.2 -> 198.18.0.50, ports remapped); no faking."""
+    from sslvpn.ipsec.ike.sa import IkeSa
+
+    from .ike_pair import seeded
+
+    a = IkeSa(config("A", force_encap=False), ("10.0.0.2", 500), ("198.18.0.2", 500),
+              initiator=True, rand=seeded(5))
+    b = IkeSa(config("B", force_encap=False), ("198.18.0.2", 500), ("198.18.0.50", 1500),
+              initiator=False, rand=seeded(6))
+    outside = {500: 1500, 4500: 1501}
+    a.initiate(0.0)
+    for _ in range(10):
+        for data, dest in a.datagrams_to_send(0.0):
+            port = 4500 if data.startswith(NON_ESP_MARKER) else 500
+            assert dest == ("198.18.0.2", port)
+            b.receive_datagram(data, ("198.18.0.50", outside[port]), 0.0)
+        for data, dest in b.datagrams_to_send(0.0):
+            port = 4500 if data.startswith(NON_ESP_MARKER) else 500
+            assert dest == ("198.18.0.50", outside[port])  # back through the NAT mapping
+            a.receive_datagram(data, ("198.18.0.2", port), 0.0)
+    assert a.state is IkeState.ESTABLISHED and b.state is IkeState.ESTABLISHED
+    assert a.encapsulated and b.encapsulated
+    assert a.behind_nat and not b.behind_nat
+    assert b.remote_addr == ("198.18.0.50", 1501)

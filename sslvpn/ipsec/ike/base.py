@@ -65,7 +65,8 @@ class SaBase:
         self._old_ctx: IkeContext | None = None
         self.state = IkeState.INITIAL
         self.close_reason: str | None = None
-        self.encapsulated = False
+        self.encapsulated = False  # floated to 4500: IKE and ESP go in UDP with the marker
+        self.behind_nat = False  # our NATD_D did not match: the runtime sends keepalives
         self.children: list[ChildSa] = []
         self.dropped: Counter[str] = Counter()
         self._events: deque[IkeEvent] = deque()

@@ -99,9 +99,12 @@ class Handshake(SaBase):
             raise Drop("unexpected IKE_SA_INIT response")
         payloads = message.payloads
         found = notifies(payloads)
-        if NotifyType.COOKIE in found and not self._cookie:
+        cookie = found.get(NotifyType.COOKIE)
+        if cookie is not None and cookie.data != self._cookie:
+            if not 1 <= len(cookie.data) <= 64:  # RFC 7296 §2.6
+                raise Drop("COOKIE of a bad size")
             ctx.pending = None
-            self._cookie = found[NotifyType.COOKIE].data
+            self._cookie = cookie.data
             self._start_init(now)
             return
         if NotifyType.INVALID_KE_PAYLOAD in found:
@@ -133,8 +136,8 @@ class Handshake(SaBase):
         self._nr = nr
         self._init_response = data
         self._install_ike_keys(ctx, shared)
-        nat = self._nat_detected(payloads, message.header, self.local_addr)
-        if nat or self.config.force_encap:
+        peer_nat, self.behind_nat = self._nat_detected(payloads, message.header.spi_r)
+        if peer_nat or self.behind_nat or self.config.force_encap:
             self.encapsulated = True
             self.remote_addr = (self.remote_addr[0], c.NAT_T_PORT)
         self._send_auth(now)
@@ -148,19 +151,20 @@ class Handshake(SaBase):
         self._ke_group = group
         self._start_init(now)
 
-    def _nat_detected(self, payloads: list[Payload], header: IkeHeader, dest: Address) -> bool:
-        """RFC 7296 §2.23: does any NATD hash differ from what the addresses give?"""
+    def _nat_detected(self, payloads: list[Payload], spi_r: bytes) -> tuple[bool, bool]:
+        """RFC 7296 §2.23: (peer behind NAT, we behind NAT) from the peer's NATD hashes.
+
+        The peer's NATD_S must hash its address as we see it; NATD_D must hash our own
+        address. A faked NATD_S (strongSwan ``encap=yes``, or libipsec) reads as peer NAT.
+        """
         found = notifies(payloads)
         src = found.get(NotifyType.NAT_DETECTION_SOURCE_IP)
         dst = found.get(NotifyType.NAT_DETECTION_DESTINATION_IP)
         if src is None or dst is None:
-            return False
-        expected_dst = self._natd(header.spi_r, dest, False)
-        expected_src = self._natd(header.spi_r, self.remote_addr, False)
-        return not (
-            hmac.compare_digest(dst.data, expected_dst)
-            and hmac.compare_digest(src.data, expected_src)
-        )
+            return False, False
+        peer = not hmac.compare_digest(src.data, self._natd(spi_r, self.remote_addr, False))
+        us = not hmac.compare_digest(dst.data, self._natd(spi_r, self.local_addr, False))
+        return peer, us
 
     def _install_ike_keys(self, ctx: IkeContext, shared: bytes) -> None:
         suite = ctx.suite
@@ -344,6 +348,7 @@ class Handshake(SaBase):
         ctx.suite = suite
         self._ni, self._nr = ni, self._nonce()
         self.remote_addr = addr
+        self.behind_nat = self._nat_detected(payloads, ZERO_SPI)[1]
         response: list[Payload] = [
             SaPayload([answer_proposal(proposal, suite, b"")]),
             KePayload(suite.dh, dh.public),
