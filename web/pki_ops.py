@@ -112,10 +112,12 @@ class HealthItem:
     what: str
     expires_at: datetime
     days_left: int
-    level: str  # "ok", "warn" (within 30 days) or "bad" (within 7 days or lapsed)
+    level: str  # "ok", "warn" (30 days), "bad" (7 days) or "critical" (1 day or lapsed)
 
 
 def _level(days: float) -> str:
+    if days <= WARN_DAYS[2]:
+        return "critical"
     if days <= WARN_DAYS[1]:
         return "bad"
     if days <= WARN_DAYS[0]:
@@ -142,5 +144,8 @@ def expiry_health(request: web.Request, now: datetime) -> list[HealthItem]:
             if item.status == "superseded":
                 continue
             what = f"{labels[item.kind]} {item.name if item.kind != 'crl' else ''}".strip()
-        health.append(HealthItem(what, item.not_after, int(days // 1), _level(days)))
+        level = _level(days)
+        if item.kind == "crl" and level == "warn":
+            level = "ok"  # a CRL lives 30 days and is re-signed at half-life: 30 is normal
+        health.append(HealthItem(what, item.not_after, int(days // 1), level))
     return health

@@ -166,6 +166,12 @@ async def test_dashboard_expiry_health_and_traffic(
     page = await (await client.get("/admin")).text()
     assert "CA certificate" in page and "Server certificate" in page and "CRL nextUpdate" in page
     assert "Client bob / soon" in page and "Client alice / short" not in page
+    assert re.search(r'Client bob / soon.*?class="bad"', page, re.S)
+    lifecycle.issue_client(
+        site.engine, site.paths, user_name="bob", device="today", days=1, actor="test"
+    )
+    page = await (await client.get("/admin")).text()
+    assert re.search(r'Client bob / today.*?class="critical"', page, re.S)
     assert 'id="traffic-chart"' in page
     data = await (await client.get("/admin/traffic.json")).json()
     assert data["gateway"] == "default" and isinstance(data["points"], list)
