@@ -32,10 +32,17 @@ from sslvpn.ipsec.ike.config import IkeConfig
 from sslvpn.ipsec.policy import PolicyRule, Spd
 from sslvpn.net.ippacket import addresses
 from sslvpn.runtime.control import TunnelStatus
-from sslvpn.runtime.ike_udp import IKE_PORT, NAT_T_PORT, Address, IkeSockets
+from sslvpn.runtime.ike_udp import (
+    IKE_PORT,
+    KEEPALIVE_INTERVAL,
+    NAT_T_PORT,
+    Address,
+    IkeSockets,
+)
 from sslvpn.runtime.ipsec_tunnel import Tunnel
 from sslvpn.runtime.netconf import NetconfError, run
 from sslvpn.runtime.tun import LinuxTun, Tun
+from sslvpn.store import StoreError
 from sslvpn.store.db import session
 from sslvpn.store.ipsec_queries import TunnelConfig, tunnel_configs
 
@@ -70,6 +77,7 @@ class IpsecService:
         timers: dict[str, float] | None = None,
         manage_routes: bool = True,
         reload_interval: float = RELOAD_INTERVAL,
+        keepalive_interval: float = KEEPALIVE_INTERVAL,
         rand: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self._engine = engine
@@ -79,6 +87,7 @@ class IpsecService:
         self._timers = dict(timers or {})
         self._manage_routes = manage_routes
         self._reload_interval = reload_interval
+        self._keepalive_interval = keepalive_interval
         self._rand = rand
         self._tun: Tun | None = None
         self._gateways: dict[str, _Gateway] = {}
@@ -99,7 +108,11 @@ class IpsecService:
                 run("ip", "link", "set", "dev", self._tun.name, "up")
             self._tun.start(self._from_tun)
             while True:
-                await self._reload()
+                try:
+                    await self._reload()
+                except StoreError as exc:  # a locked or unreachable store: keep running
+                    log.error("IPsec service cannot read the store: %s", exc)
+                self._send_keepalives()
                 self.ready.set()
                 await asyncio.sleep(self._reload_interval)
         finally:
@@ -123,6 +136,14 @@ class IpsecService:
     @staticmethod
     def _now() -> float:
         return asyncio.get_running_loop().time()
+
+    def _send_keepalives(self) -> None:
+        now = self._now()
+        for tunnel in self._tunnels.values():
+            if tunnel.keepalive_due(now, self._keepalive_interval):
+                gateway = self._gateways.get(tunnel.config.local_address)
+                if gateway is not None:
+                    gateway.sockets.send_keepalive(tunnel.peer_nat_t)
 
     # -- following the store -----------------------------------------------------------
     async def _reload(self) -> None:

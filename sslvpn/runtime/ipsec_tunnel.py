@@ -78,6 +78,7 @@ class Tunnel:
         self._failures = 0
         self._retry_at: float | None = None
         self.stopped = False
+        self._keepalive_mark = (-1, 0.0)  # (packets_out, time) when we last checked
 
     def __repr__(self) -> str:
         return f"Tunnel({self.name!r}, {self.state})"
@@ -100,7 +101,7 @@ class Tunnel:
         self._retry_at = None
         self._flush(now)
 
-    def stop(self, now: float, reason: str = "stopped by admin") -> None:
+    def stop(self, now: float, reason: str | None = None) -> None:
         """Delete the IKE SA politely (the DELETE goes out) and forget every ESP SA."""
         self.stopped = True
         if self.sa is not None and self.state == "up":
@@ -108,7 +109,8 @@ class Tunnel:
             self._send(now)
         self._drop_sa()
         self.state = "down"
-        self.last_error = reason if reason != "stopped by admin" else self.last_error
+        if reason is not None:
+            self.last_error = reason
         self._cancel_timer()
 
     def rekey_child(self, now: float) -> None:
@@ -173,6 +175,23 @@ class Tunnel:
         self.bytes_in += len(inner)
         if self.sa is not None:
             self.sa.note_inbound_traffic(now)
+
+    def keepalive_due(self, now: float, interval: float) -> bool:
+        """Whether nothing went to the peer for ``interval`` s while up (RFC 3948 2.3).
+
+        Keeps a NAT mapping in front of us alive; checked from the service's slow loop so
+        the data path pays nothing for it.
+        """
+        if self.state != "up":
+            return False
+        packets, since = self._keepalive_mark
+        if packets != self.packets_out:
+            self._keepalive_mark = (self.packets_out, now)
+            return False
+        if now - since < interval:
+            return False
+        self._keepalive_mark = (packets, now)
+        return True
 
     # -- core output -------------------------------------------------------------------
     def _send(self, now: float) -> None:

@@ -132,3 +132,14 @@ async def test_bandwidth_cap_drops_the_excess(harness: Harness) -> None:
         harness.tun.inject(packet)
     assert service.drops["bandwidth-out"] > 100
     assert service.tunnel_status()[0].packets_out == 200 - service.drops["bandwidth-out"]
+
+
+async def test_idle_tunnel_sends_nat_keepalives_and_ignores_the_peers(harness: Harness) -> None:
+    service = harness.service
+    harness.peer.sendto(b"\xff", ("127.0.0.1", _natt_port(service)))
+    service._keepalive_interval = 0.1  # 20 s in production
+    data = await asyncio.wait_for(asyncio.to_thread(harness.peer.recv, 64), 5)
+    assert data == b"\xff"
+    sockets = next(iter(service._gateways.values())).sockets
+    assert sockets.keepalives_received == 1 and sockets.keepalives_sent >= 1
+    assert harness.tun.written == []

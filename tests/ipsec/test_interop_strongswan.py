@@ -250,25 +250,66 @@ def _ike_rekeys_reach(charon: Charon, count: int) -> bool:
     return charon.log.read_text().count(" rekeyed between ") >= count
 
 
-def test_wrong_psk_fails_clearly_on_both_sides(topo: Topology, peer: Peer) -> None:
+@pytest.mark.parametrize("we_initiate", [True, False], ids=["we-initiate", "strongswan-initiates"])
+def test_wrong_psk_fails_clearly_on_both_sides(
+    topo: Topology, peer: Peer, we_initiate: bool
+) -> None:
     ike, esp = "aes256gcm16-prfsha256-ecp256", "aes256gcm16"
     peer.remove_tunnel()
-    topo.start_charon(CharonConfig(ike_proposals=ike, esp_proposals=esp))
-    peer.configure(ike, esp, initiate=True, psk="si-WRONG-psk-0123456789abcdef")
+    charon = topo.start_charon(CharonConfig(ike_proposals=ike, esp_proposals=esp))
+    peer.configure(ike, esp, initiate=we_initiate, psk="si-WRONG-psk-0123456789abcdef")
+    if not we_initiate:
+        peer.wait_state("connecting")
+        out = charon.swanctl("--initiate", "--child", "net", "--timeout", "20", check=False)
+        assert "AUTHENTICATION_FAILED" in out or "failed" in out, out
     assert wait_until(lambda: "authentication" in ((peer.status() or _down()).last_error or ""),
                       30, 0.2), peer.status()
     status = peer.status()
     assert status is not None and status.state != "up"
-    charon = topo.charon
-    assert charon is not None
+    # strongSwan's side: a MAC mismatch as responder, an AUTHENTICATION_FAILED notify as initiator
     assert wait_until(lambda: "failed" in charon.tail(200).lower(), 10)
     log = charon.tail(200)
-    assert "AUTH_FAILED" in log or "authentication of" in log and "failed" in log, log
-    out = subprocess.run(
+    assert "MAC mismatched" in log or "AUTHENTICATION_FAILED" in log, log
+    assert "ESTABLISHED" not in charon.list_sas()
+    cli = subprocess.run(
         [str(Path(sys.executable).with_name("sslvpn")), "--data-dir", str(peer.data_dir),
          "ipsec", "status", "--json"], capture_output=True, text=True, check=False)
-    rows = json.loads(out.stdout)
-    assert rows[0]["state"] != "up" and "authentication" in rows[0]["last_error"], out.stdout
+    rows = json.loads(cli.stdout)
+    assert rows[0]["state"] != "up" and "authentication" in rows[0]["last_error"], cli.stdout
+
+
+def test_admin_down_deletes_the_sa_and_up_restores_it(topo: Topology, peer: Peer) -> None:
+    bring_up(topo, peer, "aes256-sha256-curve25519", "aes256gcm16", we_initiate=True)
+    ping(topo.lanb, HOST_A)
+    charon = topo.charon
+    assert charon is not None
+    sslvpn = [str(Path(sys.executable).with_name("sslvpn")), "--data-dir", str(peer.data_dir)]
+    subprocess.run([*sslvpn, "ipsec", "down", "t1"], check=True, capture_output=True)
+    peer.wait_state("down")
+    assert wait_until(lambda: "ESTABLISHED" not in charon.list_sas(), 10)  # our DELETE arrived
+    assert not topo.lanb.ok("ping", "-c", "1", "-W", "1", HOST_A)
+    subprocess.run([*sslvpn, "ipsec", "up", "t1"], check=True, capture_output=True)
+    peer.wait_state("up")
+    ping(topo.lanb, HOST_A)
+    table = subprocess.run([*sslvpn, "ipsec", "status"], check=True, capture_output=True,
+                           text=True).stdout
+    assert "t1" in table and " up " in table, table
+
+
+def test_one_tcp_stream_through_the_tunnel_with_iperf3(topo: Topology, peer: Peer) -> None:
+    bring_up(topo, peer, "aes256gcm16-prfsha256-ecp256", "aes256gcm16", we_initiate=True)
+    ping(topo.lanb, HOST_A)
+    server = topo.lana.spawn(["iperf3", "-s", "-1", "-B", HOST_A])
+    assert wait_until(lambda: ":5201" in topo.lana.run("ss", "-ltn"), 10)
+    result = json.loads(topo.lanb.run("iperf3", "-c", HOST_A, "-t", "3", "-J", timeout=60))
+    server.wait(10)
+    received = result["end"]["sum_received"]
+    assert received["bytes"] > 0
+    assert topo.charon is not None
+    (topo.workdir / "iperf3.txt").write_text(  # the figures for the closing note
+        f"{received['bits_per_second'] / 1e6:.1f} Mbit/s received, one TCP stream, "
+        f"lanb -> lana through sslvpn and strongSwan\n{topo.charon.list_sas()}"
+    )
 
 
 def _down() -> TunnelStatus:
