@@ -59,3 +59,17 @@ async def test_web_profile_probe_answers_without_redirect_or_webauth(client: Tes
         response = await client.request(method, "/openvpn-api/profile", allow_redirects=False)
         assert response.status == 200
         assert "Ovpn-WebAuth" not in response.headers
+
+
+async def test_tls_crypt_v2_gateway_needs_a_client_that_says_it_supports_it(
+    client: TestClient, site: Site
+) -> None:
+    with db.session(site.engine) as s:
+        settings = queries.get_settings(s)
+        settings.control_channel = "tls-crypt-v2"
+        queries.save_settings(s, settings=settings)
+    auth = basic("alice", PASSWORDS["alice"])
+    refused = await client.get("/rest/GetUserlogin", headers=auth)
+    assert refused.status == 403 and "<Type>Access denied</Type>" in await refused.text()
+    accepted = await client.get("/rest/GetUserlogin?tls-cryptv2=1", headers=auth)
+    assert accepted.status == 200 and "<tls-crypt-v2>" in await accepted.text()

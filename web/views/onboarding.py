@@ -102,6 +102,10 @@ async def get_userlogin(request: web.Request) -> web.StreamResponse:
     if user is None:
         return rest_error(401, "Authorization Required", "AUTH_FAILED: bad credentials (9007)")
     act_as(request, user)
+    if _needs_tls_crypt_v2(request) and request.query.get("tls-cryptv2") != "1":
+        return rest_error(
+            403, "Access denied", "This gateway needs a client with tls-crypt-v2 support."
+        )
     device = f"connect-{secrets.token_hex(3)}"
     try:
         certificate = pki_ops.issue(request, user_name=user.name, device=device)
@@ -114,6 +118,17 @@ async def get_userlogin(request: web.Request) -> web.StreamResponse:
         content_type="text/plain",
         headers={"Content-Disposition": f'attachment; filename="{profile.file_name}"'},
     )
+
+
+def _needs_tls_crypt_v2(request: web.Request) -> bool:
+    """Profiles carry tls-crypt-v2 keys when the gateway uses them; the client must say so."""
+    portal = portal_of(request)
+    with db.session(portal.engine) as s:
+        try:
+            settings = queries.get_settings(s, name=portal.settings.gateway_name)
+        except NotFoundError:
+            return False
+    return settings.control_channel == "tls-crypt-v2"
 
 
 async def openvpn_api_profile(request: web.Request) -> web.StreamResponse:
