@@ -15,8 +15,8 @@ import collections
 import contextlib
 import logging
 import socket
-import struct
 
+from sslvpn.openvpn.framing import FramingError, TcpFrameDecoder, frame
 from sslvpn.openvpn.server import CreateSession, Dropped, Reply
 from sslvpn.runtime.gateway import ClientSession, Gateway
 from sslvpn.runtime.openvpn_udp import Acceptor, SessionFactory, enlarge_buffers, format_peer
@@ -24,9 +24,6 @@ from sslvpn.runtime.openvpn_udp import Acceptor, SessionFactory, enlarge_buffers
 log = logging.getLogger(__name__)
 
 WRITE_HIGH_WATER = 4 * 1024 * 1024
-MAX_FRAME = 0xFFFF
-MIN_FRAME = 1
-_LENGTH = struct.Struct("!H")
 
 
 class _Connection(asyncio.Protocol):
@@ -38,7 +35,7 @@ class _Connection(asyncio.Protocol):
         self.peer = ""
         self.peer_address: object = None
         self.client: ClientSession | None = None
-        self._pending = bytearray()
+        self._decoder = TcpFrameDecoder()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)  # noqa: S101 (stream server)
@@ -54,32 +51,24 @@ class _Connection(asyncio.Protocol):
         self.listener.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        pending = self._pending
-        pending += data
-        offset = 0
-        size = len(pending)
-        while size - offset >= 2:
-            (length,) = _LENGTH.unpack_from(pending, offset)
-            if length < MIN_FRAME:
-                self._abort("empty-frame")
-                return
-            end = offset + 2 + length
-            if end > size:
-                break
-            self._frame(bytes(pending[offset + 2 : end]))
-            offset = end
+        try:
+            frames = self._decoder.feed(data)
+        except FramingError:
+            self._abort("bad-frame")
+            return
+        for packet in frames:
+            self._frame(packet)
             if self.transport is None:
                 return
-        del pending[:offset]
 
-    def _frame(self, frame: bytes) -> None:
+    def _frame(self, packet: bytes) -> None:
         client = self.client
         if client is not None and client.driver is not None:
-            client.driver.feed(frame)
+            client.driver.feed(packet)
             return
         listener = self.listener
         now = asyncio.get_running_loop().time()
-        decision = listener.acceptor.receive(frame, self.peer_address, now)
+        decision = listener.acceptor.receive(packet, self.peer_address, now)
         if isinstance(decision, CreateSession):
             try:
                 core = listener.session_factory(decision, now)
@@ -105,7 +94,7 @@ class _Connection(asyncio.Protocol):
         if transport.get_write_buffer_size() > WRITE_HIGH_WATER:
             self.listener.drops["send-full"] += 1
             return
-        transport.write(_LENGTH.pack(len(data)) + data)
+        transport.write(frame(data))
 
     def _abort(self, reason: str) -> None:
         """Bad input before a session exists: count it and hang up."""

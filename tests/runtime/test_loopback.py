@@ -1,0 +1,115 @@
+"""The whole gateway service on loopback, driven by the client-role session core."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from client_profiles import lifecycle
+from sslvpn.openvpn.events import SessionClosed
+from sslvpn.store import db, queries
+from tests.runtime.fakes import ipv4
+from tests.runtime.loopback import client_config, connect, issue, make_data_folder, running_service
+
+VPC_HOST = "10.10.0.10"
+
+
+@pytest.mark.parametrize(("tcp", "v2"), [(False, False), (True, True), (False, True)],
+                         ids=["udp-tls-crypt", "tcp-tls-crypt-v2", "udp-tls-crypt-v2"])
+async def test_connect_and_packets_both_ways(tmp_path: Path, tcp: bool, v2: bool) -> None:
+    paths, engine = make_data_folder(tmp_path)
+    row = issue(paths, engine, "alice")
+    async with running_service(paths, engine) as (service, tun):
+        client = await connect(service, client_config(paths, row, v2=v2, tcp=tcp))
+        async with asyncio.timeout(10):
+            await client.established.wait()
+        me = client.address
+        assert me == "10.8.0.2"
+        assert any(o == "route 10.10.0.0 255.255.255.0" for o in client.session.pushed_options)
+        outbound = ipv4(me, VPC_HOST, b"echo request")
+        client.send(outbound)
+        await tun.wait_written(lambda p: p == outbound)
+        inbound = ipv4(VPC_HOST, me, b"echo reply")
+        tun.inject(inbound)
+        assert await client.wait_packet() == inbound
+        # anti-spoofing and VPC-only: neither reaches the TUN
+        client.send(ipv4("10.8.0.99", VPC_HOST, b"spoofed"))
+        client.send(ipv4(me, "192.0.2.1", b"internet"))
+        marker = ipv4(me, VPC_HOST, b"marker")
+        client.send(marker)
+        await tun.wait_written(lambda p: p == marker)
+        assert not any(b"spoofed" in p or b"internet" in p for p in tun.written)
+        assert service.gateway is not None
+        assert service.gateway.drops["spoofed-source"] == 1
+        assert service.gateway.drops["outside-vpc"] == 1
+        [info] = service.gateway.list_sessions()
+        expected = ("alice", "tcp" if tcp else "udp", me)
+        assert (info.user, info.protocol, info.vpn_address) == expected
+        client.close_transport()
+    engine.dispose()
+
+
+async def test_kick_revocation_sweep_and_lease_reuse(tmp_path: Path) -> None:
+    paths, engine = make_data_folder(tmp_path)
+    alice = issue(paths, engine, "alice")
+    bob = issue(paths, engine, "bob")
+    async with running_service(paths, engine) as (service, _tun):
+        gateway = service.gateway
+        assert gateway is not None
+        first = await connect(service, client_config(paths, alice, v2=False, tcp=False))
+        async with asyncio.timeout(10):
+            await first.established.wait()
+        assert first.address == "10.8.0.2"
+        [info] = gateway.list_sessions()
+        assert gateway.kick(info.session_id)
+        async with asyncio.timeout(5):
+            await first.closed.wait()  # the client was told (RESTART)
+        first.close_transport()
+        other = await connect(service, client_config(paths, bob, v2=False, tcp=True))
+        async with asyncio.timeout(10):
+            await other.established.wait()
+        assert other.address == "10.8.0.3"  # alice's lease is kept free
+        again = await connect(service, client_config(paths, alice, v2=False, tcp=False))
+        async with asyncio.timeout(10):
+            await again.established.wait()
+        assert again.address == "10.8.0.2"
+        # revoked by "another process": the sweep disconnects within its interval
+        lifecycle.revoke(engine, paths, serial=alice.serial, actor="test")
+        async with asyncio.timeout(5):
+            await again.closed.wait()
+        assert [s.user for s in gateway.list_sessions()] == ["bob"]
+        # disabling a user works the same way
+        with db.session(engine) as s:
+            queries.set_user_disabled(s, name="bob", disabled=True)
+        async with asyncio.timeout(5):
+            await other.closed.wait()
+        assert gateway.list_sessions() == []
+        # and a revoked certificate is refused at connect time with the reason
+        refused = await connect(service, client_config(paths, alice, v2=False, tcp=False))
+        async with asyncio.timeout(10):
+            await refused.closed.wait()
+        assert refused.session.auth_failed == "certificate revoked"
+        for client in (again, other, refused):
+            client.close_transport()
+    with db.session(engine) as s:
+        records = queries.list_session_records(s, user_name="alice")
+    assert {r.disconnect_reason for r in records} == {"kicked by admin", "certificate revoked"}
+    engine.dispose()
+
+
+async def test_shutdown_tells_connected_clients(tmp_path: Path) -> None:
+    paths, engine = make_data_folder(tmp_path)
+    row = issue(paths, engine, "alice")
+    async with running_service(paths, engine) as (service, tun):
+        client = await connect(service, client_config(paths, row, v2=False, tcp=False))
+        async with asyncio.timeout(10):
+            await client.established.wait()
+    async with asyncio.timeout(5):
+        await client.closed.wait()
+    assert any(isinstance(e, SessionClosed) and "RESTART" in e.reason for e in client.events)
+    assert tun.closed
+    assert not paths.control_socket.exists()
+    client.close_transport()
+    engine.dispose()
