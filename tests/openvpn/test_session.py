@@ -191,6 +191,16 @@ def test_failed_renegotiation_keeps_the_current_key(pki: Pki) -> None:
     assert _renegotiated(pair.server_events) == [1]
 
 
+def test_simultaneous_soft_resets_agree_on_one_new_key(pki: Pki) -> None:
+    pair = Pair(pki)
+    server = pair.connect()
+    assert server.renegotiate(pair.now) and pair.client.renegotiate(pair.now)
+    pair.run()
+    assert _renegotiated(pair.server_events) == [1] == _renegotiated(pair.client_events)
+    _exchange(pair, 3)
+    assert not server.drops and not pair.client.drops
+
+
 def test_client_initiated_renegotiation_with_data_in_flight(pki: Pki) -> None:
     pair = Pair(pki)
     server = pair.connect()
