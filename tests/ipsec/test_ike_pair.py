@@ -92,6 +92,8 @@ def test_esp_proposal_mismatch_keeps_the_ike_sa() -> None:
     assert a.exchange == b.exchange == "IKE_AUTH"
     assert pair.a.state is IkeState.ESTABLISHED and pair.b.state is IkeState.ESTABLISHED
     assert not pair.a.children and not pair.b.children
+    assert "no proposal chosen in IKE_AUTH" in pair.a.status
+    assert "no proposal chosen in IKE_AUTH" in pair.b.status
 
 
 def test_invalid_ke_retry_keeps_spi_and_establishes() -> None:

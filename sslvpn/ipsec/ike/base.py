@@ -16,7 +16,15 @@ from . import constants as c
 from .child import ChildSa
 from .config import IkeConfig
 from .crypto import DhExchange, Rand, natd_hash
-from .events import ChildSaDeleted, IkeEvent, IkeSaClosed, MessageDropped
+from .events import (
+    AuthenticationFailed,
+    ChildSaDeleted,
+    ChildSaFailed,
+    IkeEvent,
+    IkeSaClosed,
+    MessageDropped,
+    NoProposalChosen,
+)
 from .messages import NotifyPayload, Payload
 from .window import ZERO_SPI, IkeContext, PendingRequest, RequestState
 
@@ -65,6 +73,7 @@ class SaBase:
         self._old_ctx: IkeContext | None = None
         self.state = IkeState.INITIAL
         self.close_reason: str | None = None
+        self.last_error: str | None = None  # latest negotiation failure, for tunnel status
         self.encapsulated = False  # floated to 4500: IKE and ESP go in UDP with the marker
         self.behind_nat = False  # our NATD_D did not match: the runtime sends keepalives
         self.children: list[ChildSa] = []
@@ -89,6 +98,10 @@ class SaBase:
     # -- events and drops ------------------------------------------------------------------
 
     def _emit(self, event: IkeEvent) -> None:
+        if isinstance(event, NoProposalChosen):
+            self.last_error = f"no proposal chosen in {event.exchange}: {event.detail}"
+        elif isinstance(event, ChildSaFailed | AuthenticationFailed):
+            self.last_error = event.reason
         self._events.append(event)
 
     def _drop(self, reason: str) -> None:

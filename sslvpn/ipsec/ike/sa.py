@@ -106,7 +106,10 @@ class IkeSa(EstablishedExchanges):
             return f"closed: {self.close_reason}"
         if self.state is IkeState.ESTABLISHED:
             suite = self._ctx.suite.name if self._ctx.suite else "?"
-            return f"established ({suite}, {len(self.children)} CHILD_SA)"
+            line = f"established ({suite}, {len(self.children)} CHILD_SA)"
+            if not self.children and self.last_error:
+                line += f"; {self.last_error}"
+            return line
         return "connecting"
 
     # -- commands ----------------------------------------------------------------------
