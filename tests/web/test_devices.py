@@ -91,6 +91,14 @@ async def test_import_link_works_once_then_gone(client: TestClient, site: Site) 
     assert len(token.token_hash) == 64 and token.token_hash not in page
 
 
+async def test_a_head_probe_does_not_spend_the_link(client: TestClient) -> None:
+    csrf = await login(client, "alice")
+    serial = await create_device(client, csrf)
+    path, _ = await import_link(client, csrf, serial)
+    assert (await client.head(path)).status == 405
+    assert (await client.get(path)).status == 200
+
+
 async def test_import_link_expires(client: TestClient, clock: Clock) -> None:
     csrf = await login(client, "alice")
     serial = await create_device(client, csrf)

@@ -140,6 +140,7 @@ async def openvpn_api_profile(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/rest/GetProfileViaToken", profile_via_token)
-    app.router.add_get("/rest/GetUserlogin", get_userlogin)
+    # No HEAD: a probe must never spend a single-use link or issue a certificate.
+    app.router.add_get("/rest/GetProfileViaToken", profile_via_token, allow_head=False)
+    app.router.add_get("/rest/GetUserlogin", get_userlogin, allow_head=False)
     app.router.add_get("/openvpn-api/profile", openvpn_api_profile)
