@@ -139,7 +139,7 @@ class ClientSession(Endpoint):
             ks.peer_km2 = pull_key_method2(record, from_client=False)
         except KeyMethodError:
             self._drop("key-method")
-            self._key_failed(ks, "bad key-method 2 record from server", now)
+            self._key_failed(ks, "bad key-method 2 record from server")
             return
         ks.km2_received()
         if ks.key_id == 0 and self._send_key is None:

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 from sslvpn.openvpn.constants import (
     CONTROL_SEND_ACK_MAX,
+    EKM_LABEL_DATA_KEYS,
     HAND_WINDOW,
+    KEY_EXPANSION_LEN,
     PING_MAGIC,
     TLS_MTU,
     OccOpcode,
@@ -48,7 +50,7 @@ from sslvpn.openvpn.keys import DataKeys, KeySource, ekm_key_expansion, prf_key_
 from sslvpn.openvpn.packet import ControlPacket
 from sslvpn.openvpn.push import KeyDerivation
 from sslvpn.openvpn.reliable import ReceiveVerdict
-from sslvpn.openvpn.tls import EKM_DATA_KEYS_LABEL, TlsContext, TlsEngine, TlsError
+from sslvpn.openvpn.tls import TlsContext, TlsEngine, TlsError
 from sslvpn.openvpn.tls_wrap import ControlWrap, UnwrapError
 
 LAME_DUCK_SECONDS = 90.0  # OpenVPN Connect keeps sending on the old key ~60 s (ref. s.14)
@@ -158,7 +160,8 @@ class Endpoint:
     def _derive(self, ks: KeyState) -> DataKeys:
         """key2 by EKM or PRF for this key state, sliced for our role."""
         if self.derivation is KeyDerivation.TLS_EKM:
-            key2 = ekm_key_expansion(ks.tls.export_keying_material(EKM_DATA_KEYS_LABEL, 256))
+            label = EKM_LABEL_DATA_KEYS.encode()
+            key2 = ekm_key_expansion(ks.tls.export_keying_material(label, KEY_EXPANSION_LEN))
         else:
             local, peer = ks.local_km2, ks.peer_km2
             if local is None or peer is None:
@@ -266,7 +269,7 @@ class Endpoint:
             self._before_pump(ks)
             ks.pump()
         except TlsError as exc:
-            self._key_failed(ks, exc.args[0] if exc.args else "TLS error", now)
+            self._key_failed(ks, exc.args[0] if exc.args else "TLS error")
             return
         while ks.records and not ks.peer_km2_seen and not self.closed:
             self._on_key_method(ks, ks.records.popleft(), now)
@@ -332,7 +335,7 @@ class Endpoint:
             if ks.expires is not None and now >= ks.expires:
                 del self._keys[ks.key_id]
             elif ks.crypto is None and now >= ks.deadline:
-                self._key_failed(ks, "TLS key negotiation did not finish in hand-window", now)
+                self._key_failed(ks, "TLS key negotiation did not finish in hand-window")
         if self.closed or self._send_key is None:
             return
         if self.ping_timeout is not None and now - self.last_received >= self.ping_timeout:
@@ -425,7 +428,7 @@ class Endpoint:
             self.closed = True
             self._events.append(SessionClosed(reason))
 
-    def _key_failed(self, ks: KeyState, reason: str, now: float) -> None:
+    def _key_failed(self, ks: KeyState, reason: str) -> None:
         """A key state died: fatal for the one we send with, else that one carries on."""
         self._keys.pop(ks.key_id, None)
         if self._send_key is None or self._send_key is ks:

@@ -128,7 +128,7 @@ class ServerSession(Endpoint):
             peer = pull_key_method2(record, from_client=True)
         except KeyMethodError as exc:
             self._drop("key-method")
-            self._key_failed(ks, f"bad key-method 2 record: {exc}", now)
+            self._key_failed(ks, f"bad key-method 2 record: {exc}")
             return
         ks.peer_km2 = peer
         ks.km2_received()

@@ -21,7 +21,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import SSL, crypto
 
 READ_CHUNK = 16 * 1024 + 512  # one TLS record of plaintext, with room to spare
-EKM_DATA_KEYS_LABEL = b"EXPORTER-OpenVPN-datakeys"  # ssl_backend.h EXPORT_KEY_DATA_LABEL
 
 # OpenSSL X509_V_ERR_* codes we name in refusal reasons (x509_vfy.h).
 _VERIFY_REASONS = {

@@ -5,13 +5,15 @@ from __future__ import annotations
 import pytest
 from OpenSSL import SSL
 
+from sslvpn.openvpn.constants import EKM_LABEL_DATA_KEYS
 from sslvpn.openvpn.tls import (
-    EKM_DATA_KEYS_LABEL,
     TlsEngine,
     TlsError,
     client_auth_problem,
 )
 from tests.openvpn.conftest import Issued, Pki
+
+EKM_DATA_KEYS_LABEL_B = EKM_LABEL_DATA_KEYS.encode()
 
 
 def _pump(client: TlsEngine, server: TlsEngine) -> tuple[list[bytes], list[bytes]]:
@@ -45,8 +47,8 @@ def test_handshake_records_and_ekm_agree(pki: Pki) -> None:
     peer = server.peer_certificate()
     assert peer is not None and peer == pki.client.certificate
     assert client_auth_problem(peer) is None
-    ekm = server.export_keying_material(EKM_DATA_KEYS_LABEL, 256)
-    assert len(ekm) == 256 and ekm == client.export_keying_material(EKM_DATA_KEYS_LABEL, 256)
+    ekm = server.export_keying_material(EKM_DATA_KEYS_LABEL_B, 256)
+    assert len(ekm) == 256 and ekm == client.export_keying_material(EKM_DATA_KEYS_LABEL_B, 256)
     assert server.version in ("TLSv1.2", "TLSv1.3")
 
 
@@ -56,8 +58,8 @@ def test_ekm_with_tls12(pki: Pki) -> None:
     client, server = TlsEngine(ctx), TlsEngine(pki.server_context())
     _pump(client, server)
     assert server.version == "TLSv1.2"
-    assert server.export_keying_material(EKM_DATA_KEYS_LABEL, 256) == (
-        client.export_keying_material(EKM_DATA_KEYS_LABEL, 256)
+    assert server.export_keying_material(EKM_DATA_KEYS_LABEL_B, 256) == (
+        client.export_keying_material(EKM_DATA_KEYS_LABEL_B, 256)
     )
 
 
@@ -95,7 +97,7 @@ def test_wrong_eku_is_named(pki: Pki) -> None:
 
 def test_ekm_before_handshake_raises(pki: Pki) -> None:
     with pytest.raises(TlsError):
-        TlsEngine(pki.server_context()).export_keying_material(EKM_DATA_KEYS_LABEL, 256)
+        TlsEngine(pki.server_context()).export_keying_material(EKM_DATA_KEYS_LABEL_B, 256)
 
 
 def test_garbage_ciphertext_fails_the_engine(pki: Pki) -> None:
