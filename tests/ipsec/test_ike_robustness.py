@@ -6,10 +6,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sslvpn.ipsec.ike import events as ev
+from sslvpn.ipsec.ike import messages as m
 from sslvpn.ipsec.ike.constants import NON_ESP_MARKER
 from sslvpn.ipsec.ike.messages import IkeHeader, encode_message, pull_message
 from sslvpn.ipsec.ike.sa import IkeState
 
+from . import test_ike_messages
 from .ike_pair import establish, make_pair
 
 SETTINGS = settings(max_examples=150, deadline=None,
@@ -67,3 +69,23 @@ def test_init_request_with_a_bad_message_id_leaves_no_state() -> None:
     pair.collect()
     assert pair.b.state is IkeState.INITIAL
     assert pair.of("b", ev.MessageDropped)
+
+
+@SETTINGS
+@given(
+    st.lists(test_ike_messages._payload, max_size=7),
+    st.sampled_from([35, 36, 37, 99]),
+    st.booleans(),
+)
+def test_authenticated_but_absurd_requests_never_raise(
+    payloads: list[m.Payload], exchange: int, response: bool
+) -> None:
+    """A peer holding the keys sends nonsense: still only drops or error notifies."""
+    pair = establish(make_pair())
+    ctx = pair.b._ctx  # noqa: SLF001 - speak as the authenticated peer
+    message_id = ctx.pending.message_id if response and ctx.pending else ctx.next_request_id
+    data = ctx.encode(exchange, message_id, response, payloads)
+    pair.a.receive_datagram(NON_ESP_MARKER + data, ("198.18.0.2", 4500), pair.now)
+    pair.a.handle_timer(pair.now + 1)
+    pair.collect()
+    assert pair.a.state in (IkeState.ESTABLISHED, IkeState.CLOSED)
