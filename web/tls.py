@@ -9,9 +9,13 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy import Engine
+
 from client_profiles.pki import certificate_pem, issue_server_certificate, private_key_pem
 from client_profiles.pkifiles import open_ca
 from sslvpn.config import DataPaths, write_public_file, write_secret_file
+from sslvpn.store import db, queries
+from web.app import is_loopback, parse_listen
 
 
 def ensure_portal_certificate(
@@ -30,6 +34,33 @@ def ensure_portal_certificate(
     write_secret_file(paths.portal_key, private_key_pem(issued.private_key))
     write_public_file(paths.portal_cert, certificate_pem(issued.certificate))
     return paths.portal_cert, paths.portal_key
+
+
+def portal_tls(
+    paths: DataPaths,
+    engine: Engine,
+    listen: str,
+    *,
+    https: bool | None = None,
+    cert: Path | None = None,
+    key: Path | None = None,
+    ca_passphrase: str | None = None,
+) -> ssl.SSLContext | None:
+    """What `sslvpn portal` and `sslvpn serve` listen with: HTTPS by default (given
+    certificate, else one from our CA), plain HTTP only when bound to loopback."""
+    host, _ = parse_listen(listen)
+    use_tls = https if https is not None else not is_loopback(host)
+    if not use_tls and not is_loopback(host):
+        raise ValueError("plain HTTP is only allowed on a loopback address")
+    if not use_tls:
+        return None
+    if cert is None or key is None:
+        with db.session(engine) as s:
+            addresses = queries.get_settings(s).public_addresses
+        cert, key = ensure_portal_certificate(
+            paths, [host, *addresses], ca_passphrase=ca_passphrase
+        )
+    return tls_context(cert, key)
 
 
 def tls_context(cert: Path, key: Path) -> ssl.SSLContext:

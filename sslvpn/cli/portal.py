@@ -14,11 +14,11 @@ from client_profiles.pkifiles import LifecycleError
 from sslvpn.cli.context import CliContext
 from sslvpn.config import DataPaths, database_url
 from sslvpn.runtime.control_server import ControlClient
-from sslvpn.store import StoreError, db, queries
+from sslvpn.store import StoreError
 from sslvpn.store.db import open_engine, upgrade
-from web.app import create_app, ensure_first_admin, is_loopback, parse_listen, start_portal
+from web.app import create_app, ensure_first_admin, start_portal
 from web.portal import PortalSettings
-from web.tls import ensure_portal_certificate, tls_context
+from web.tls import portal_tls
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 
@@ -60,19 +60,9 @@ def portal(
     """Serve the web portal and REST API (talks to a local gateway via its control socket)."""
     paths = DataPaths(obj.data_dir)
     try:
-        host, _ = parse_listen(listen)
-        use_tls = https if https is not None else not is_loopback(host)
-        if not use_tls and not is_loopback(host):
-            raise ValueError("plain HTTP is only allowed on a loopback address")
         engine = open_engine(database_url(obj.data_dir, obj.database_url))
         upgrade(engine)
-        tls = None
-        if use_tls:
-            if cert is None or key is None:
-                with db.session(engine) as s:
-                    addresses = queries.get_settings(s).public_addresses
-                cert, key = ensure_portal_certificate(paths, [host, *addresses])
-            tls = tls_context(cert, key)
+        tls = portal_tls(paths, engine, listen, https=https, cert=cert, key=key)
         password = ensure_first_admin(engine)
     except (ValueError, StoreError, LifecycleError, OSError) as exc:
         click.echo(f"error: {exc}", err=True)

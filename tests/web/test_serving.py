@@ -16,7 +16,7 @@ from client_profiles.passwords import verify_password
 from sslvpn.store import db, queries
 from tests.web.conftest import FakeGateway, Site, login, second_browser_at
 from web.app import create_app, ensure_first_admin, is_loopback, parse_listen, start_portal
-from web.tls import ensure_portal_certificate, tls_context
+from web.tls import ensure_portal_certificate, portal_tls, tls_context
 
 
 async def test_https_with_a_portal_certificate_from_our_ca(site: Site) -> None:
@@ -95,3 +95,14 @@ async def test_sslvpn_portal_command_prints_url_and_one_time_password(site: Site
     finally:
         process.kill()
         await process.wait()
+
+
+def test_portal_tls_defaults(site: Site) -> None:
+    assert portal_tls(site.paths, site.engine, "127.0.0.1:8080") is None
+    assert not site.paths.portal_cert.exists()
+    context = portal_tls(site.paths, site.engine, "0.0.0.0:8443")  # noqa: S104
+    assert isinstance(context, ssl.SSLContext) and site.paths.portal_cert.is_file()
+    forced = portal_tls(site.paths, site.engine, "127.0.0.1:8443", https=True)
+    assert isinstance(forced, ssl.SSLContext)
+    with pytest.raises(ValueError, match="loopback"):
+        portal_tls(site.paths, site.engine, "198.18.0.1:80", https=False)
