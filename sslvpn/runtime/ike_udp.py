@@ -3,18 +3,28 @@
 Port 500 carries bare IKE messages. Port 4500 carries three things told apart by their first
 bytes (RFC 3948 section 2): a single 0xFF byte is a NAT keepalive (dropped, never answered),
 four zero bytes (the non-ESP marker) precede an IKE message, anything else is ESP starting
-with its non-zero SPI. The marker is added and removed here, so the IKE core only ever sees
-and produces bare IKE messages; it tells the transport which port a message travels on.
-Short or malformed datagrams are counted drops. Keepalives are sent on request (when we are
-behind NAT) by `send_keepalive`.
+with its non-zero SPI. The marker is removed here on receipt and added on sending, so the
+callbacks see bare IKE messages plus the port they used. Short or malformed datagrams are
+counted drops. Keepalives are sent on request by `send_keepalive`.
+
+The sockets are read straight from the event loop in batches (like the TUN device), because
+the ESP data path is the hot path: one readiness callback drains up to `READ_BATCH`
+datagrams instead of paying one loop iteration per packet. Sends never block: a full socket
+buffer is a counted drop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import ipaddress
+import logging
+import socket
 from collections.abc import Callable
 from enum import Enum
+
+log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 
@@ -24,6 +34,9 @@ ESP_MIN_LEN = 8  # SPI + sequence number
 IKE_PORT = 500
 NAT_T_PORT = 4500
 KEEPALIVE_INTERVAL = 20.0  # seconds of silence before a keepalive (strongSwan's default)
+READ_BATCH = 64
+READ_SIZE = 65535
+SOCKET_BUFFER = 4 * 1024 * 1024  # absorb bursts between two loop iterations
 
 
 class Datagram(Enum):
@@ -48,19 +61,19 @@ IkeSink = Callable[[bytes, Address, bool], None]  # (message, peer, arrived on 4
 EspSink = Callable[[bytes, Address], None]
 
 
-class _Endpoint(asyncio.DatagramProtocol):
-    def __init__(self, handler: Callable[[bytes, Address], None]) -> None:
-        self.handler = handler
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        self.handler(data, (str(addr[0]), int(addr[1])))
-
-    def error_received(self, exc: Exception) -> None:
-        """ICMP errors (peer gone) surface later as IKE timeouts; nothing to do here."""
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class IkeSockets:
@@ -69,31 +82,54 @@ class IkeSockets:
     def __init__(self, on_ike: IkeSink, on_esp: EspSink) -> None:
         self._on_ike = on_ike
         self._on_esp = on_esp
-        self._ike: _Endpoint | None = None
-        self._natt: _Endpoint | None = None
+        self._ike: socket.socket | None = None
+        self._natt: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.host = ""
         self.keepalives_received = 0
         self.keepalives_sent = 0
         self.malformed = 0
         self.send_errors = 0
 
     async def open(self, host: str, ike_port: int = IKE_PORT, nat_t_port: int = NAT_T_PORT) -> None:
-        """Bind both sockets (port 0 picks free ports, for tests in the host namespace)."""
-        loop = asyncio.get_running_loop()
-        _, self._ike = await loop.create_datagram_endpoint(
-            lambda: _Endpoint(self._from_ike_port), local_addr=(host, ike_port)
-        )
+        """Bind both sockets (port 0 picks free ports, for tests in the host namespace).
+
+        An address that is not on this host (a public IP NATed 1:1 to us, as in clouds)
+        falls back to the wildcard address.
+        """
         try:
-            _, self._natt = await loop.create_datagram_endpoint(
-                lambda: _Endpoint(self._from_nat_t_port), local_addr=(host, nat_t_port)
-            )
+            self._ike = _bind(host, ike_port)
+        except OSError as exc:
+            if exc.errno != errno.EADDRNOTAVAIL:
+                raise
+            log.warning("%s is not a local address; listening on all addresses", host)
+            host = "::" if ipaddress.ip_address(host).version == 6 else "0.0.0.0"  # noqa: S104
+            self._ike = _bind(host, ike_port)
+        try:
+            self._natt = _bind(host, nat_t_port)
         except OSError:
             self.close()
             raise
+        self.host = host
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._ike.fileno(), self._drain, self._ike, self._from_ike_port)
+        self._loop.add_reader(self._natt.fileno(), self._drain, self._natt, self._from_nat_t_port)
 
     @property
     def ports(self) -> tuple[int, int]:
         """(IKE port, NAT-T port) actually bound."""
         return _port(self._ike), _port(self._natt)
+
+    @staticmethod
+    def _drain(sock: socket.socket, handler: Callable[[bytes, Address], None]) -> None:
+        for _ in range(READ_BATCH):
+            try:
+                data, addr = sock.recvfrom(READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # ICMP errors surface here; the IKE core times out on its own
+                return
+            handler(data, (str(addr[0]), int(addr[1])))
 
     def _from_ike_port(self, data: bytes, peer: Address) -> None:
         self._on_ike(data, peer, False)
@@ -123,24 +159,26 @@ class IkeSockets:
         self.keepalives_sent += 1
         self._send(self._natt, NAT_KEEPALIVE, peer)
 
-    def _send(self, endpoint: _Endpoint | None, data: bytes, peer: Address) -> None:
-        if endpoint is None or endpoint.transport is None:
+    def _send(self, sock: socket.socket | None, data: bytes, peer: Address) -> None:
+        if sock is None:
             self.send_errors += 1
             return
         try:
-            endpoint.transport.sendto(data, peer)
-        except OSError:
+            sock.sendto(data, peer)
+        except OSError:  # full buffer (overload drops) or an unreachable peer
             self.send_errors += 1
 
     def close(self) -> None:
-        for endpoint in (self._ike, self._natt):
-            if endpoint is not None and endpoint.transport is not None:
+        for sock in (self._ike, self._natt):
+            if sock is None:
+                continue
+            if self._loop is not None:
                 with contextlib.suppress(Exception):
-                    endpoint.transport.close()
+                    self._loop.remove_reader(sock.fileno())
+            sock.close()
         self._ike = self._natt = None
+        self._loop = None
 
 
-def _port(endpoint: _Endpoint | None) -> int:
-    if endpoint is None or endpoint.transport is None:
-        return 0
-    return int(endpoint.transport.get_extra_info("sockname")[1])
+def _port(sock: socket.socket | None) -> int:
+    return int(sock.getsockname()[1]) if sock is not None else 0
