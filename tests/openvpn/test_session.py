@@ -92,6 +92,19 @@ def test_push_waits_for_push_request_without_request_push_bit(pki: Pki) -> None:
     _exchange(pair, 3)
 
 
+def test_client_without_data_v2_gets_p_data_v1(pki: Pki) -> None:
+    pair = Pair(pki, peer_info="IV_VER=2.3.18\nIV_NCP=2\n")
+    server = pair.connect()
+    assert not any(o.startswith("peer-id") for o in pair.client.pushed_options)
+    server.send_packet(IP_PACKET, pair.now)
+    wire = server.datagrams_to_send(pair.now)
+    assert [d[0] >> 3 for d in wire] == [6]  # P_DATA_V1
+    pair.client.receive_datagram(wire[0], pair.now)
+    pair.drain_events()
+    assert _tunnel(pair.client_events) == [IP_PACKET]
+    _exchange(pair, 3)
+
+
 def test_long_push_reply_uses_continuation(pki: Pki) -> None:
     routes = tuple(ipaddress.IPv4Network(f"10.{i}.0.0/16") for i in range(120))
     push = dataclasses.replace(PUSH, routes=routes)
