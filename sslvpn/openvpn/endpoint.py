@@ -126,6 +126,11 @@ class Endpoint:
         return ks
 
     @property
+    def established(self) -> bool:
+        """Data keys are installed (after accept/PUSH_REPLY) and the session is open."""
+        return self._send_key is not None and not self.closed and self._close_at is None
+
+    @property
     def key_ids(self) -> list[int]:
         """Live key states, oldest first (lame ducks, the send key, a negotiating one)."""
         return [ks.key_id for ks in sorted(self._keys.values(), key=lambda ks: ks.serial)]

@@ -62,6 +62,7 @@ def test_handshake_and_data_matrix(pki: Pki, wrap: str, cipher: str, peer_info: 
     assert verified[0].certificate == pki.client.certificate
     assert verified[0].peer_info.version == "2.6.14"
     assert pair.client.cipher == cipher and pair.client.data_peer_id == 5
+    assert server.established and pair.client.established
     assert ("protocol-flags cc-exit tls-ekm" in pair.client.pushed_options) == (peer_info is None)
     if wrap == "tls-crypt-v2":
         assert server.metadata is not None and server.metadata[0] == 1
@@ -306,6 +307,7 @@ def test_auth_failed_is_retransmitted_while_lingering(pki: Pki) -> None:
 def test_caller_rejects_with_reason(pki: Pki) -> None:
     pair = Pair(pki, decide=lambda s, e: s.reject("certificate revoked"))
     server = pair.connect()
+    assert not server.established and not pair.client.established
     assert pair.client.auth_failed == "certificate revoked"
     with pytest.raises(LocalProtocolError):
         server.accept(PUSH)
