@@ -275,3 +275,20 @@ def test_closed_responder_repeats_authentication_failed_to_a_retransmission() ->
     assert pair.b.state is IkeState.CLOSED and pair.a.state is IkeState.AUTH_SENT
     pair.advance(pair.now + 5)
     assert pair.of("a", ev.AuthenticationFailed) and pair.a.state is IkeState.CLOSED
+
+
+def test_retransmission_schedule_matches_strongswan_defaults() -> None:
+    pair = make_pair()  # retransmit_base 4 s, factor 1.8, 5 retransmissions
+    start = pair.now
+    pair.a.initiate(start)
+    sends = [0.0]
+    pair.a.datagrams_to_send(start)
+    while pair.a.state is not IkeState.CLOSED:
+        due = pair.a.get_timer()
+        assert due is not None
+        pair.a.handle_timer(due)
+        if pair.a.datagrams_to_send(due):
+            sends.append(round(due - start, 2))
+        gave_up = due - start
+    assert sends == [0.0, 4.0, 11.2, 24.16, 47.49, 89.48]
+    assert round(gave_up, 1) == 165.1
