@@ -183,3 +183,11 @@ def test_natd_hash_matches_strongswan() -> None:
     req = m.pull_message(h("ike_sa_init_request"))
     natd_d = m.notifies(req.payloads)[16389].data
     assert crypto.natd_hash(req.header.spi_i, bytes(8), bytes([198, 18, 0, 2]), 500) == natd_d
+
+
+def test_ecp384_agrees_and_uses_x_only() -> None:
+    a = crypto.DhExchange(DhGroup.ECP_384, _fixed(b"\x03" * 56))
+    b = crypto.DhExchange(DhGroup.ECP_384, _fixed(b"\x04" * 56))
+    assert len(a.public) == 96
+    assert a.shared_secret(b.public) == b.shared_secret(a.public)
+    assert len(a.shared_secret(b.public)) == 48
