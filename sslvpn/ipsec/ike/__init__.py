@@ -5,7 +5,8 @@ and out through ``IkeSa.receive_datagram`` / ``IkeSa.datagrams_to_send`` (``sa.p
 
 Modules, bottom up: ``constants`` (IANA numbers, tuning), ``traffic_selectors``,
 ``payloads`` + ``messages`` (wire codec), ``proposals`` (strongSwan notation, selection),
-``crypto`` (DH 14/19/31, prf+, SK_*, SK payload, PSK AUTH, NAT-D), ``config``
-(``IkeConfig``), ``events``, ``child`` (CHILD_SA records), ``window`` (message IDs,
-retransmission), ``base`` / ``handshake`` / ``exchanges`` / ``sa`` (the state machine).
+``crypto`` (DH 14/19/31, prf+, SK_*, SK payload, PSK AUTH, NAT-D), ``cookies``
+(stateless COOKIE challenge), ``config`` (``IkeConfig``), ``events``, ``child`` (CHILD_SA
+records), ``window`` (message IDs, retransmission), ``base`` / ``handshake`` /
+``exchanges`` / ``sa`` (the state machine).
 """
