@@ -23,6 +23,8 @@ from sslvpn.openvpn.constants import (
     HAND_WINDOW,
     HARD_RESET_OPCODES,
     SESSION_ID_LEN,
+    TLS_CRYPT_V2_MAX_WKC_LEN,
+    TLS_MTU,
     TLV_TYPE_EARLY_NEG_FLAGS,
     Opcode,
 )
@@ -39,6 +41,9 @@ COOKIE_SLOT_OFFSETS = (0, -1, -2, 1)  # mudp.c: accept cookies of neighbouring t
 RESET_RATE = 100  # connect-freq-initial default: replies per RESET_PERIOD
 RESET_PERIOD = 10.0
 FIRST_REPLY_PACKET_ID = 1  # the stateless reply's tls-wrap replay id (ssl_pkt.c)
+#: Largest first packet we look at: a tls-mtu sized control packet plus the biggest WKc
+#: (2.6 drops "Incoming control channel packet too big" beyond its buffers, mtu.h).
+MAX_FIRST_PACKET = TLS_MTU + TLS_CRYPT_V2_MAX_WKC_LEN
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,8 @@ class ServerAcceptor:
 
     def receive(self, data: bytes, address: object, now: float) -> Decision:
         """Judge one datagram (or TCP frame) from a peer that has no session yet."""
+        if len(data) > MAX_FIRST_PACKET:
+            return Dropped("too-big")
         checked = check_first_packet(self.config.wrap, data)
         if isinstance(checked, FirstPacketDropped):
             return Dropped(checked.reason)

@@ -85,6 +85,13 @@ def test_wrong_key_and_bad_resets_are_dropped() -> None:
     assert acceptor.receive(client.seal(other_kid, 1, 1), ADDR, 1.0) == Dropped("bad-key-id")
 
 
+def test_oversized_first_packets_are_dropped_unread() -> None:
+    acceptor, client = _acceptor(), TlsCryptCodec(KEY, server=False)
+    big = ControlPacket(Opcode.CONTROL_HARD_RESET_CLIENT_V2, 0, CLIENT_SID, message_id=0,
+                        payload=bytes(2400))
+    assert acceptor.receive(client.seal(big, 1, 1), ADDR, 1.0) == Dropped("too-big")
+
+
 def test_reset_replies_are_rate_limited() -> None:
     acceptor, client = _acceptor(reset_rate=5, reset_period=10.0), TlsCryptCodec(KEY, server=False)
     results = [acceptor.receive(_reset(client), ADDR, 50.0) for _ in range(7)]
