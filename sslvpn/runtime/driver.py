@@ -6,6 +6,11 @@ decision) the driver transmits everything the core queued, hands every event to 
 and keeps exactly one loop timer armed at ``core.get_timer()``. Time is the event loop's
 monotonic clock. A handler may call back into the driver (``accept`` from a ``PeerVerified``
 handler): the pump is not re-entered, it simply runs again until the core is quiet.
+
+Hot path: tunnel traffic (data packets in and out, ``TunnelPacket`` events) only ever moves
+the core's deadlines later (keepalive and ping-restart), so after pure data traffic the armed
+timer is kept instead of asking ``get_timer()`` and re-arming per packet; a timer that fires
+early just re-arms. Any control packet, other event or timer re-arms from ``get_timer()``.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from sslvpn.openvpn.events import Event, SessionClosed
+from sslvpn.openvpn.constants import DATA_OPCODES
+from sslvpn.openvpn.events import Event, SessionClosed, TunnelPacket
 from sslvpn.openvpn.push import PushConfig
 
 log = logging.getLogger(__name__)
@@ -44,6 +50,7 @@ class SessionCore(Protocol):
 
 
 Transmit = Callable[[bytes], None]
+_DATA = frozenset(int(op) for op in DATA_OPCODES)
 EventHandler = Callable[["SessionDriver", Event], None]
 
 
@@ -79,7 +86,7 @@ class SessionDriver:
             return
         self.now = now = self._loop.time()
         self.core.receive_datagram(data, now)
-        self.pump()
+        self.pump(rearm=not data or (data[0] >> 3) not in _DATA)
 
     def send_packet(self, ip_packet: bytes) -> None:
         """A tunnel packet for the peer (the hot path from the TUN)."""
@@ -87,7 +94,7 @@ class SessionDriver:
             return
         self.now = now = self._loop.time()
         self.core.send_packet(ip_packet, now)
-        self.pump()
+        self.pump(rearm=False)
 
     def accept(self, push_config: PushConfig) -> None:
         if not self.closed:
@@ -111,7 +118,7 @@ class SessionDriver:
         self._cancel_timer()
 
     # -- the pump ----------------------------------------------------------------------
-    def pump(self) -> None:
+    def pump(self, *, rearm: bool = True) -> None:
         """Send what the core queued, dispatch its events, keep one timer."""
         if self._pumping:
             self._again = True
@@ -122,20 +129,25 @@ class SessionDriver:
                 self._again = False
                 core = self.core
                 for datagram in core.datagrams_to_send(self.now):
+                    if not rearm and (datagram[0] >> 3) not in _DATA:
+                        rearm = True
                     self._transmit(datagram)
                 event = core.next_event()
                 while event is not None:
-                    if isinstance(event, SessionClosed):
-                        self.closed = True
+                    if type(event) is not TunnelPacket:
+                        rearm = True
+                        if type(event) is SessionClosed:
+                            self.closed = True
                     self._on_event(self, event)
                     event = core.next_event()
                 if not self._again:
                     break
+                rearm = True
         finally:
             self._pumping = False
         if self.closed:
             self._cancel_timer()
-        else:
+        elif rearm or self._deadline is None:
             self._arm(self.core.get_timer())
 
     def _arm(self, deadline: float | None) -> None:
