@@ -233,7 +233,10 @@ class Endpoint:
         if not self._accept_session_ids(packet):
             return
         ks = self._keys.get(packet.key_id)
-        if ks is None:
+        if ks is None or (
+            packet.opcode is Opcode.CONTROL_SOFT_RESET_V1 and ks is not self._latest_key()
+        ):
+            # a new key state, possibly on a key_id a lame duck still holds (ids wrap 7->1)
             ks = self._start_responding(packet, now)
             if ks is None:
                 self._drop("unknown-key-id")

@@ -171,6 +171,18 @@ def test_server_initiated_renegotiation_loses_nothing(pki: Pki) -> None:
     assert not any(isinstance(e, SessionClosed) for e in pair.server_events)
 
 
+def test_key_ids_wrap_from_7_to_1_and_old_keys_expire(pki: Pki) -> None:
+    pair = Pair(pki, server_timing=Timing(reneg_seconds=10.0, lame_duck_seconds=15.0))
+    server = pair.connect()
+    for round_ in range(9):
+        pair.advance(10.5)
+        _exchange(pair, 2, bytes([round_]))
+    assert _renegotiated(pair.server_events) == [1, 2, 3, 4, 5, 6, 7, 1, 2]
+    assert _renegotiated(pair.client_events) == [1, 2, 3, 4, 5, 6, 7, 1, 2]
+    assert len(server.key_ids) <= 3 and server.key_ids[-1] == 2
+    assert not server.drops and not pair.client.drops
+
+
 def test_no_second_renegotiation_while_the_switch_is_pending(pki: Pki) -> None:
     pair = Pair(pki, server_timing=Timing(reneg_seconds=100.0))
     server = pair.connect()
