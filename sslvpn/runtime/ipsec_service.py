@@ -103,20 +103,28 @@ class IpsecService:
     async def run(self) -> None:
         """Run until cancelled; on the way out, DELETE every IKE SA and undo the set-up."""
         try:
-            self._tun = self._tun_factory()
-            if self._manage_routes:
-                run("ip", "link", "set", "dev", self._tun.name, "up")
-            self._tun.start(self._from_tun)
             while True:
                 try:
                     await self._reload()
-                except StoreError as exc:  # a locked or unreachable store: keep running
-                    log.error("IPsec service cannot read the store: %s", exc)
+                except (StoreError, NetconfError, OSError) as exc:  # retried next round
+                    log.error("IPsec service: %s", exc)
                 self._send_keepalives()
                 self.ready.set()
                 await asyncio.sleep(self._reload_interval)
         finally:
             self._shutdown()
+
+    def _open_tun(self) -> None:
+        """The TUN device, created with the first tunnel (a gateway without any needs none)."""
+        tun = self._tun_factory()
+        if self._manage_routes:
+            try:
+                run("ip", "link", "set", "dev", tun.name, "up")
+            except NetconfError:
+                tun.close()
+                raise
+        tun.start(self._from_tun)
+        self._tun = tun
 
     def _shutdown(self) -> None:
         now = self._now()
@@ -149,6 +157,8 @@ class IpsecService:
     async def _reload(self) -> None:
         with session(self._engine) as s:
             configs = {c.name: c for c in tunnel_configs(s)}
+        if configs and self._tun is None:
+            self._open_tun()
         for name in list(self._tunnels):
             if name not in configs or configs[name] != self._configs.get(name):
                 self._remove_tunnel(name)

@@ -143,3 +143,24 @@ async def test_idle_tunnel_sends_nat_keepalives_and_ignores_the_peers(harness: H
     sockets = next(iter(service._gateways.values())).sockets
     assert sockets.keepalives_received == 1 and sockets.keepalives_sent >= 1
     assert harness.tun.written == []
+
+
+async def test_a_gateway_without_tunnels_opens_no_tun(tmp_path: Path) -> None:
+    engine = open_engine(f"sqlite:///{tmp_path / 'db'}")
+    upgrade(engine)
+    opened: list[MemoryTun] = []
+
+    def factory() -> MemoryTun:
+        opened.append(MemoryTun())
+        return opened[-1]
+
+    service = IpsecService(engine, tun_factory=factory, manage_routes=False, reload_interval=0.01)
+    task = asyncio.create_task(service.run())
+    try:
+        await asyncio.wait_for(service.ready.wait(), 5)
+        assert opened == [] and service.tunnel_status() == []
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        engine.dispose()
