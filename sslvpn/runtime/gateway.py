@@ -56,6 +56,7 @@ class GatewayOptions:
 
     pool: ipaddress.IPv4Network
     vpc_networks: tuple[IPNetwork, ...]
+    pool6: ipaddress.IPv6Network | None = None  # client n of ``pool`` gets host n of it
     dns: tuple[IPAddress, ...] = ()
     domains: tuple[str, ...] = ()
     keepalive_interval: int = 10
@@ -72,7 +73,7 @@ class ClientSession:
     __slots__ = ("session_id", "driver", "protocol", "real_address", "peer_id", "user",
                  "serial", "device", "vpn_address", "vpn_text", "connected_at",
                  "last_activity", "bytes_in", "bytes_out", "established", "on_closed",
-                 "end_reason")
+                 "end_reason", "vpn_address6")
 
     def __init__(self, session_id: str, protocol: str, real_address: str, peer_id: int,
                  on_closed: Callable[[], None]) -> None:
@@ -85,6 +86,7 @@ class ClientSession:
         self.serial = ""
         self.device = ""
         self.vpn_address: bytes | None = None
+        self.vpn_address6: bytes | None = None
         self.vpn_text = ""
         self.connected_at = datetime.now(UTC)
         self.last_activity = 0.0  # event-loop time
@@ -164,7 +166,7 @@ class Gateway:
             self.drops["not-ip"] += 1
             return
         src, dst = addrs
-        if src != client.vpn_address:
+        if src != client.vpn_address and src != client.vpn_address6:
             self.drops["spoofed-source"] += 1
             return
         assert client.driver is not None  # noqa: S101 (set in new_session)
@@ -223,22 +225,38 @@ class Gateway:
         client.vpn_address = address.packed
         client.vpn_text = str(address)
         self._by_address[address.packed] = client
+        push = self._push_config(client, address)
+        log.info("accepted %s: user %r serial %s from %s as %s", client.session_id, auth.user,
+                 serial, client.real_address, address)
+        client.driver.accept(push)
+        self.policy.session_opened(self.info(client))
+
+    def _push_config(self, client: ClientSession, address: IPAddress) -> PushConfig:
+        """What this client is told; an IPv6 pool mirrors the IPv4 host number."""
         options = self.options
-        push = PushConfig(
+        ifconfig6 = gateway6 = None
+        if options.pool6 is not None:
+            offset = int(address) - int(self.pool.network.network_address)
+            address6 = options.pool6.network_address + offset
+            client.vpn_address6 = address6.packed
+            self._by_address[address6.packed] = client
+            ifconfig6 = ipaddress.IPv6Interface(f"{address6}/{options.pool6.prefixlen}")
+            gateway6 = options.pool6.network_address + 1
+        return PushConfig(
             ifconfig=ipaddress.IPv4Interface(f"{address}/{self.pool.network.prefixlen}"),
-            route_gateway=self.pool.gateway,  # type: ignore[arg-type]
+            route_gateway=ipaddress.IPv4Address(self.pool.gateway),
             peer_id=client.peer_id,
             routes=tuple(n for n in options.vpc_networks if isinstance(n, ipaddress.IPv4Network)),
+            ifconfig_ipv6=ifconfig6,
+            gateway_ipv6=gateway6,
+            routes_ipv6=tuple(n for n in options.vpc_networks
+                              if isinstance(n, ipaddress.IPv6Network)),
             dns=options.dns,
             domains=options.domains,
             ping=options.keepalive_interval,
             ping_restart=options.keepalive_timeout,
             tun_mtu=options.tun_mtu,
         )
-        log.info("accepted %s: user %r serial %s from %s as %s", client.session_id, auth.user,
-                 serial, client.real_address, address)
-        client.driver.accept(push)
-        self.policy.session_opened(self.info(client))
 
     def _allocate(self, serial: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         leased = self.policy.lease(serial)
@@ -256,8 +274,9 @@ class Gateway:
         if client.driver is not None:
             client.driver.stop()
         if client.vpn_address is not None:
-            if self._by_address.get(client.vpn_address) is client:
-                del self._by_address[client.vpn_address]
+            for key in (client.vpn_address, client.vpn_address6):
+                if key is not None and self._by_address.get(key) is client:
+                    del self._by_address[key]
             self.pool.release(ipaddress.ip_address(client.vpn_address))
             self.policy.session_closed(self.info(client), reason)
             log.info("session %s (user %r, %s) closed: %s; %d bytes in, %d out",

@@ -59,8 +59,12 @@ def gateway_options(settings: GatewaySettings, sweep_interval: float = 2.0) -> G
     pool = ipaddress.ip_network(settings.pool_cidr)
     if not isinstance(pool, ipaddress.IPv4Network):
         raise ValueError(f"the client pool {pool} must be IPv4")
+    pool6 = ipaddress.ip_network(settings.pool6_cidr) if settings.pool6_cidr else None
+    if pool6 is not None and not isinstance(pool6, ipaddress.IPv6Network):
+        raise ValueError(f"the IPv6 client pool {pool6} must be IPv6")
     return GatewayOptions(
         pool=pool,
+        pool6=pool6,
         vpc_networks=tuple(ipaddress.ip_network(n) for n in settings.vpc_networks),
         dns=tuple(ipaddress.ip_address(a) for a in settings.dns_servers),
         domains=(settings.dns_domain,) if settings.dns_domain else (),
@@ -109,6 +113,8 @@ class GatewayService:
         netconf = NetConfig(
             tun_name=tun.name, pool=options.pool, gateway_address=options.pool.network_address + 1,
             vpc_networks=list(options.vpc_networks), mtu=options.tun_mtu, snat=settings.snat,
+            pool6=options.pool6,
+            gateway6_address=options.pool6.network_address + 1 if options.pool6 else None,
         )
         gateway = self.gateway = Gateway(tun, options, policy)
         control = ControlServer(gateway, self.paths.control_socket)

@@ -143,3 +143,15 @@ def ipv4(src: str, dst: str, payload: bytes = b"ping") -> bytes:
     header[12:16] = ipaddress.ip_address(src).packed
     header[16:20] = ipaddress.ip_address(dst).packed
     return bytes(header) + payload
+
+
+def ipv6(src: str, dst: str, payload: bytes = b"ping6") -> bytes:
+    """A minimal IPv6 packet."""
+    header = bytearray(40)
+    header[0] = 0x60
+    header[4:6] = len(payload).to_bytes(2, "big")
+    header[6] = 58
+    header[7] = 64
+    header[8:24] = ipaddress.ip_address(src).packed
+    header[24:40] = ipaddress.ip_address(dst).packed
+    return bytes(header) + payload

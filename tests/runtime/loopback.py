@@ -165,12 +165,12 @@ async def connect(service: GatewayService, config: ClientConfig) -> TestClient:
 
 
 @contextlib.asynccontextmanager
-async def running_service(paths: DataPaths, engine: Engine) -> AsyncIterator[
-        tuple[GatewayService, MemoryTun]]:
+async def running_service(paths: DataPaths, engine: Engine, listen: str = "127.0.0.1"
+                          ) -> AsyncIterator[tuple[GatewayService, MemoryTun]]:
     tun = MemoryTun()
     service = GatewayService(
         paths, engine,
-        ServeOptions(listen=("127.0.0.1",), port=0, configure_network=False,
+        ServeOptions(listen=(listen,), port=0, configure_network=False,
                      sweep_interval=0.2),
         tun_factory=lambda _name: tun,
     )

@@ -8,21 +8,23 @@ import pytest_asyncio
 
 from sslvpn.runtime.gateway import ClientSession, Gateway, GatewayOptions
 from sslvpn.runtime.tun import MemoryTun
-from tests.runtime.fakes import VERIFY, FakeCore, MemoryPolicy, ipv4
+from tests.runtime.fakes import VERIFY, FakeCore, MemoryPolicy, ipv4, ipv6
 
 VPC_HOST = "10.10.0.10"
 
 
 class Harness:
-    def __init__(self, *, client_to_client: bool = False) -> None:
+    def __init__(self, *, client_to_client: bool = False, ipv6: bool = False) -> None:
         self.tun = MemoryTun()
         self.policy = MemoryPolicy()
+        vpc = ("10.10.0.0/24", "fd10::/64") if ipv6 else ("10.10.0.0/24",)
         self.gateway = Gateway(
             self.tun,
             GatewayOptions(
                 pool=ipaddress.IPv4Network("10.8.0.0/24"),
-                vpc_networks=(ipaddress.ip_network("10.10.0.0/24"),),
+                vpc_networks=tuple(ipaddress.ip_network(n) for n in vpc),
                 client_to_client=client_to_client,
+                pool6=ipaddress.IPv6Network("fd08::/64") if ipv6 else None,
             ),
             self.policy,
         )
@@ -191,3 +193,27 @@ async def test_driver_keeps_one_timer(harness: Harness) -> None:
             await asyncio.sleep(0.005)
     assert len(core.timer_fired) == 1
     assert core.timer_fired[0] >= loop.time() - 1
+
+
+async def test_ipv6_pool_mirrors_the_ipv4_host_number() -> None:
+    h = Harness(ipv6=True)
+    h.policy.add("a1", "alice")
+    h.connect("a1")
+    client, core = h.connect("a1")  # replaces the first: same address again
+    assert client.driver is not None and core.accepted is not None
+    assert str(core.accepted.ifconfig_ipv6) == "fd08::2/64"
+    assert str(core.accepted.gateway_ipv6) == "fd08::1"
+    assert [str(n) for n in core.accepted.routes] == ["10.10.0.0/24"]
+    assert [str(n) for n in core.accepted.routes_ipv6] == ["fd10::/64"]
+    outbound = ipv6("fd08::2", "fd10::a")
+    client.driver.feed(outbound)
+    client.driver.feed(ipv6("fd08::3", "fd10::a"))
+    client.driver.feed(ipv6("fd08::2", "2001:db8::1"))
+    assert h.tun.written == [outbound]
+    assert h.gateway.drops == {"spoofed-source": 1, "outside-vpc": 1}
+    inbound = ipv6("fd10::a", "fd08::2")
+    h.tun.inject(inbound)
+    assert h.sent[client.session_id][-1] == b"D" + inbound
+    assert h.gateway.kick(client.session_id)
+    h.tun.inject(inbound)
+    assert h.gateway.drops["tun-no-session"] == 1

@@ -16,12 +16,18 @@ from tests.runtime.loopback import client_config, connect, issue, make_data_fold
 VPC_HOST = "10.10.0.10"
 
 
-@pytest.mark.parametrize(("tcp", "v2"), [(False, False), (True, True), (False, True)],
-                         ids=["udp-tls-crypt", "tcp-tls-crypt-v2", "udp-tls-crypt-v2"])
-async def test_connect_and_packets_both_ways(tmp_path: Path, tcp: bool, v2: bool) -> None:
+@pytest.mark.parametrize(
+    ("tcp", "v2", "listen"),
+    [(False, False, "127.0.0.1"), (True, True, "127.0.0.1"), (False, True, "::1"),
+     (True, False, "::1")],
+    ids=["udp-tls-crypt", "tcp-tls-crypt-v2", "udp6-tls-crypt-v2", "tcp6-tls-crypt"],
+)
+async def test_connect_and_packets_both_ways(
+    tmp_path: Path, tcp: bool, v2: bool, listen: str
+) -> None:
     paths, engine = make_data_folder(tmp_path)
     row = issue(paths, engine, "alice")
-    async with running_service(paths, engine) as (service, tun):
+    async with running_service(paths, engine, listen) as (service, tun):
         client = await connect(service, client_config(paths, row, v2=v2, tcp=tcp))
         async with asyncio.timeout(10):
             await client.established.wait()
@@ -47,6 +53,7 @@ async def test_connect_and_packets_both_ways(tmp_path: Path, tcp: bool, v2: bool
         [info] = service.gateway.list_sessions()
         expected = ("alice", "tcp" if tcp else "udp", me)
         assert (info.user, info.protocol, info.vpn_address) == expected
+        assert info.real_address.startswith("[::1]:" if ":" in listen else "127.0.0.1:")
         client.close_transport()
     engine.dispose()
 
