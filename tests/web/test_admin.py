@@ -183,6 +183,10 @@ async def test_audit_log_filters(client: TestClient, site: Site) -> None:
     page = await (await client.get("/admin/audit?actor=alice&action=login")).text()
     rows = re.findall(r"<tr><td>", page)
     assert len(rows) == 1 and "127.0.0.1" in page
+    future = await (await client.get("/admin/audit?since=2999-01-01")).text()
+    assert "No entries." in future
+    bad = await (await client.get("/admin/audit?since=yesterday")).text()
+    assert "Since must be a date" in bad
 
 
 async def test_settings_validate_and_save(client: TestClient, site: Site) -> None:

@@ -1,5 +1,23 @@
-// sslvpn portal: the dashboard's live traffic chart (bytes/s per gateway). No framework.
+// sslvpn portal: the dashboard's live traffic chart (bytes/s per gateway) and the live
+// sessions table, both refreshed in place. No framework.
 "use strict";
+
+(function () {
+  const table = document.querySelector("table[data-refresh]");
+  if (!table) { return; }
+  async function refresh() {
+    try {
+      const response = await fetch(window.location.pathname, { credentials: "same-origin" });
+      if (!response.ok) { return; }
+      const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+      const replacement = fresh.getElementById(table.id);
+      if (replacement) { table.innerHTML = replacement.innerHTML; }
+    } catch (e) {
+      // the next refresh tries again
+    }
+  }
+  setInterval(refresh, Number(table.dataset.refresh) * 1000);
+})();
 
 (function () {
   const canvas = document.getElementById("traffic-chart");

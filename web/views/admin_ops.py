@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
+from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -86,10 +87,22 @@ async def kick(request: web.Request) -> web.StreamResponse:
 async def audit_page(request: web.Request) -> web.StreamResponse:
     actor = request.query.get("actor", "").strip() or None
     action = request.query.get("action", "").strip() or None
+    since_text = request.query.get("since", "").strip()
+    errors, since = [], None
+    if since_text:
+        try:
+            since = datetime.fromisoformat(since_text).replace(tzinfo=UTC)
+        except ValueError:
+            errors.append("Since must be a date like 2026-01-31.")
     with db.session(portal_of(request).engine) as s:
-        entries = queries.list_audit(s, actor=actor, action=action, limit=AUDIT_PAGE)
-    context = {"entries": entries, "actor": actor or "", "action": action or ""}
-    return render(request, "admin_audit.html", context)
+        entries = queries.list_audit(s, actor=actor, action=action, since=since, limit=AUDIT_PAGE)
+    context = {
+        "entries": entries,
+        "actor": actor or "",
+        "action": action or "",
+        "since": since_text,
+    }
+    return render(request, "admin_audit.html", context, errors=errors)
 
 
 # Settings ---------------------------------------------------------------------------------
