@@ -87,6 +87,10 @@ class Tunnel:
     def start(self, now: float) -> None:
         """Bring the tunnel up: initiate, or wait for the peer."""
         self.stopped = False
+        if not self.config.policies:
+            self.last_error = "no SPD policy: add one with 'sslvpn ipsec policy add'"
+            self.stopped = True
+            return
         if self.config.initiate:
             self._initiate(now)
         else:

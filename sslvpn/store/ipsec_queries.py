@@ -101,10 +101,21 @@ def create_tunnel(
 ) -> VpnTunnel:
     if start_action not in START_ACTION_VALUES:
         raise ConflictError(f"start action must be one of {', '.join(START_ACTION_VALUES)}")
+    gateway_id = _id(get_vpn_gateway(s, name=gateway))
+    customer_id = _id(get_customer_gateway(s, name=customer_gateway))
+    same_pair = _tunnel_names(
+        s,
+        (col(VpnTunnel.gateway_id) == gateway_id)
+        & (col(VpnTunnel.customer_gateway_id) == customer_id),
+    )
+    if same_pair:  # the peer's address picks the tunnel for incoming IKE: one per pair
+        raise ConflictError(
+            f"tunnel {same_pair[0]!r} already connects {gateway!r} to {customer_gateway!r}"
+        )
     row = VpnTunnel(
         name=name,
-        gateway_id=_id(get_vpn_gateway(s, name=gateway)),
-        customer_gateway_id=_id(get_customer_gateway(s, name=customer_gateway)),
+        gateway_id=gateway_id,
+        customer_gateway_id=customer_id,
         psk=psk,
         ike_proposals=ike_proposals,
         esp_proposals=esp_proposals,

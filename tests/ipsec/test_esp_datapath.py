@@ -164,3 +164,26 @@ async def test_a_gateway_without_tunnels_opens_no_tun(tmp_path: Path) -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         engine.dispose()
+
+
+async def test_a_tunnel_without_policy_stays_down_with_a_reason(tmp_path: Path) -> None:
+    engine = open_engine(f"sqlite:///{tmp_path / 'db'}")
+    upgrade(engine)
+    with session(engine) as s:
+        q.create_vpn_gateway(s, name="vgw", public_address="127.0.0.1")
+        q.create_customer_gateway(s, name="dc1", address="127.0.0.2")
+        q.create_tunnel(s, name="t1", gateway="vgw", customer_gateway="dc1",
+                        psk="si-lab-psk-0123456789abcdef", ike_proposals="aes256-sha256-ecp256",
+                        esp_proposals="aes256gcm16")
+    service = IpsecService(engine, tun_factory=MemoryTun, ike_port=0, nat_t_port=0,
+                           manage_routes=False, reload_interval=0.01)
+    task = asyncio.create_task(service.run())
+    try:
+        await asyncio.wait_for(service.ready.wait(), 5)
+        status = service.tunnel_status()[0]
+        assert status.state == "down" and "no SPD policy" in (status.last_error or "")
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        engine.dispose()
