@@ -171,6 +171,22 @@ def test_server_initiated_renegotiation_loses_nothing(pki: Pki) -> None:
     assert not any(isinstance(e, SessionClosed) for e in pair.server_events)
 
 
+def test_client_sending_on_old_key_through_two_renegotiations(pki: Pki) -> None:
+    """OpenVPN Connect keeps sending on the previous key ~60 s (reference section 14);
+    a server renegotiating twice in that window must still accept it."""
+    pair = Pair(pki, server_timing=Timing(reneg_seconds=20.0))
+    server = pair.connect()
+    old_key = pair.client._keys[0].crypto  # a client that lags behind
+    assert old_key is not None
+    pair.advance(45.0)
+    assert _renegotiated(pair.server_events) == [1, 2] and 0 in server.key_ids
+    for i in range(3):
+        server.receive_datagram(old_key.seal(IP_PACKET + bytes([i])), pair.now)
+    pair.drain_events()
+    assert _tunnel(pair.server_events)[-3:] == [IP_PACKET + bytes([i]) for i in range(3)]
+    assert not server.drops
+
+
 def test_key_ids_wrap_from_7_to_1_and_old_keys_expire(pki: Pki) -> None:
     pair = Pair(pki, server_timing=Timing(reneg_seconds=10.0, lame_duck_seconds=15.0))
     server = pair.connect()
