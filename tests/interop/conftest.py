@@ -12,6 +12,7 @@ Everything is removed in finalizers, even when a test fails.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from click.testing import CliRunner, Result
 from sslvpn.cli import main
 from sslvpn.config import DataPaths
 from sslvpn.runtime.control_server import ControlClient
+from sslvpn.store import db, queries
 from tests.netns import Namespace, NetnsLab, file_contains, wait_until
 
 SSLVPN = str(Path(sys.executable).with_name("sslvpn"))
@@ -83,22 +85,29 @@ def _require(binary: str) -> None:
         pytest.fail(f"{binary} is not installed (run scripts/install-test-deps)")
 
 
-@pytest.fixture(scope="module")
-def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
-    for binary in ("openvpn", "ip", "ping"):
+@contextlib.contextmanager
+def build_topology(work: Path, *, snat: bool = False) -> Iterator[Topology]:
+    """The namespaces, a data folder made by the CLI, a running gateway and a stream sink.
+
+    With ``snat`` the VPC host gets no route back to the client pool: only the gateway's
+    masquerade can make replies come back.
+    """
+    for binary in ("openvpn", "ip", "ping", "nft"):
         _require(binary)
-    work = tmp_path_factory.mktemp("ovpn-interop")
     lab = NetnsLab("sv")
     try:
         cli, gw, vpc, out = (lab.namespace(r) for r in ("cli", "gw", "vpc", "out"))
         lab.link(cli, "198.18.0.2/24", gw, f"{GATEWAY_OUTER}/24")
         lab.link(gw, "10.10.0.1/24", vpc, f"{VPC_HOST}/24")
         lab.link(gw, "10.20.0.1/24", out, f"{OUTSIDE_HOST}/24")
-        vpc.run("ip", "route", "add", "10.8.0.0/24", "via", "10.10.0.1")
+        if not snat:
+            vpc.run("ip", "route", "add", "10.8.0.0/24", "via", "10.10.0.1")
         out.run("ip", "route", "add", "10.8.0.0/24", "via", "10.20.0.1")
         data_dir = work / "data"
         sslvpn(data_dir, "init", "--public-address", GATEWAY_OUTER, "--port", str(PORT),
                "--proto", "both", "--vpc", "10.10.0.0/24")
+        if snat:
+            update_settings(data_dir, snat=True)
         topo = Topology(lab, cli, gw, vpc, out, data_dir, work, work / "gateway.log")
         topo.gateway = gw.spawn([SSLVPN, "--data-dir", str(data_dir), "serve",
                                  "--listen", GATEWAY_OUTER], log=topo.gateway_log)
@@ -111,3 +120,22 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
         yield topo
     finally:
         lab.close()
+
+
+def update_settings(data_dir: Path, **values: object) -> None:
+    """Change stored gateway settings the way the portal's settings page would."""
+    engine = db.open_engine(f"sqlite:///{data_dir / 'sslvpn.db'}")
+    try:
+        with db.session(engine) as s:
+            settings = queries.get_settings(s)
+            for name, value in values.items():
+                setattr(settings, name, value)
+            queries.save_settings(s, settings=settings)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    with build_topology(tmp_path_factory.mktemp("ovpn-interop")) as topo:
+        yield topo

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from sslvpn.runtime.control_server import ControlError
-from sslvpn.store import db, queries
 from tests.interop.conftest import (
     OUTSIDE_HOST,
     STREAM_PORT,
@@ -26,6 +25,7 @@ from tests.interop.conftest import (
     VPC_HOST,
     Topology,
     sslvpn,
+    update_settings,
 )
 from tests.netns import file_contains, wait_until
 
@@ -75,17 +75,6 @@ def clients(topology: Topology):  # type: ignore[no-untyped-def]
     wait_until(lambda: _live_serials(topology) == [], 10)
 
 
-def _set_control_channel(topo: Topology, mode: str) -> None:
-    engine = db.open_engine(f"sqlite:///{topo.data_dir / 'sslvpn.db'}")
-    try:
-        with db.session(engine) as s:
-            settings = queries.get_settings(s)
-            settings.control_channel = mode
-            queries.save_settings(s, settings=settings)
-    finally:
-        engine.dispose()
-
-
 def _sessions(topo: Topology) -> list[dict[str, object]]:
     """What `sslvpn sessions --json` shows."""
     return list(json.loads(sslvpn(topo.data_dir, "sessions", "--json").output))
@@ -123,11 +112,11 @@ def test_connect_ping_and_move_50mb_each_way(
 ) -> None:
     device = f"{proto}-{cipher[:4].lower()}-{control}"
     serial = topology.issue("alice", device)
-    _set_control_channel(topology, control)
+    update_settings(topology.data_dir, control_channel=control)
     try:
         profile = topology.profile("alice", device, proto)
     finally:
-        _set_control_channel(topology, "tls-crypt")
+        update_settings(topology.data_dir, control_channel="tls-crypt")
     assert (f"<{control}>" in profile.read_text())
     client = clients(profile, "--data-ciphers", cipher)
     client.wait_for(CONNECTED)
