@@ -121,9 +121,9 @@ def _paths() -> dict[str, Any]:
                 "operationId": "createUser",
                 "requestBody": _body(
                     {
-                        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]{0,31}$"},
+                        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"},
                         "role": {"type": "string", "enum": ["admin", "user"]},
-                        "email": {"type": "string"},
+                        "email": {"type": "string", "pattern": "^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$"},
                         "password": {"type": "string", "minLength": 8},
                     },
                     ["name"],

@@ -1,20 +1,21 @@
-"""The portal's calls into the certificate lifecycle, with actor and source address filled
-in from the request and live sessions ended on revocation. Never reimplements PKI work:
-everything here delegates to `client_profiles.lifecycle` and `client_profiles.reports`.
+"""The portal's calls into accounts and the certificate lifecycle, with actor and source
+address filled in from the request and live sessions ended on revocation. Never
+reimplements account or PKI work: everything delegates to `client_profiles`.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from aiohttp import web
 
-from client_profiles import lifecycle, reports
+from client_profiles import accounts, lifecycle, reports
 from client_profiles.pki import CLIENT_DAYS
 from client_profiles.pkifiles import LifecycleError
 from sslvpn.store import StoreError, db, queries
-from sslvpn.store.models import Certificate
+from sslvpn.store.models import Certificate, User
 from web.pages import portal_of, user_of
 from web.security import client_address
 
@@ -25,6 +26,34 @@ WARN_DAYS = (30, 7, 1)
 def _actor(request: web.Request) -> str:
     user = user_of(request)
     return user.name if user else "anonymous"
+
+
+async def add_user(
+    request: web.Request, *, name: str, role: str, email: str | None, password: str
+) -> User:
+    """Create a user through the shared accounts code (validation, hashing, audit)."""
+    portal = portal_of(request)
+    return await asyncio.to_thread(
+        accounts.add_user,
+        portal.engine,
+        name=name,
+        email=email,
+        admin=role == "admin",
+        password=password,
+        actor=_actor(request),
+        source_address=client_address(request),
+    )
+
+
+def set_enabled(request: web.Request, name: str, *, enabled: bool) -> User:
+    portal = portal_of(request)
+    return accounts.set_user_enabled(
+        portal.engine,
+        name=name,
+        enabled=enabled,
+        actor=_actor(request),
+        source_address=client_address(request),
+    )
 
 
 def issue(

@@ -32,14 +32,17 @@ async def test_create_user_with_generated_password_that_works(
     assert password
     async with second_browser(client) as carol:
         await login(carol, "carol", password.group(1))
-    assert "user.create" in audit_actions(site, actor="root")
+    assert "user.add" in audit_actions(site, actor="root")
 
 
 async def test_bad_user_input_explains_and_changes_nothing(client: TestClient, site: Site) -> None:
     csrf = await login(client, "root")
-    status, page = await post(client, "/admin/users", csrf, name="Bad Name", role="king")
-    assert status == 400
-    assert "User name: 1-32 lowercase" in page and "Role must be admin or user." in page
+    status, page = await post(client, "/admin/users", csrf, name="carol", role="king")
+    assert status == 400 and "Role must be admin or user." in page
+    status, page = await post(client, "/admin/users", csrf, name="Bad Name!", role="user")
+    assert status == 400 and "a user name is 1-64 letters" in page
+    status, page = await post(client, "/admin/users", csrf, name="carol", password="short")
+    assert status == 400 and "at least 8 characters" in page
     status, page = await post(client, "/admin/users", csrf, name="alice", role="user")
     assert status == 400 and "already exists" in page
     with db.session(site.engine) as s:

@@ -73,7 +73,7 @@ async def test_users_lifecycle_over_the_api(client: TestClient, site: Site) -> N
     gone = await client.delete("/api/v1/users/dave", headers=auth)
     assert await gone.json() == {"certificates_revoked": 0, "sessions_ended": 0}
     assert (await client.get("/api/v1/users/dave", headers=auth)).status == 404
-    assert {"user.create", "user.update", "user.delete"} <= set(audit_actions(site, actor="root"))
+    assert {"user.add", "user.update", "user.delete"} <= set(audit_actions(site, actor="root"))
 
 
 async def test_certificates_profiles_and_kick_over_the_api(

@@ -86,9 +86,7 @@ async def test_anonymous_posts_are_rejected_without_a_session(
         assert response.status == 403, path
 
 
-async def test_revoked_device_stays_hidden_from_other_users(
-    client: TestClient, site: Site
-) -> None:
+async def test_revoked_device_stays_hidden_from_other_users(client: TestClient, site: Site) -> None:
     serial = issue_for(site, "alice")
     await login(client, "bob")
     page = await (await client.get("/devices")).text()

@@ -5,12 +5,11 @@ issue, renew and revoke certificates; download the CRL.
 from __future__ import annotations
 
 import asyncio
-import re
 
 from aiohttp import web
 
-from client_profiles.passwords import MIN_PASSWORD_LENGTH, generate_password, hash_password
-from sslvpn.store import NotFoundError, StoreError, db, queries
+from client_profiles.passwords import generate_password, hash_password
+from sslvpn.store import NotFoundError, db, queries
 from sslvpn.store.models import ROLE_VALUES, Certificate, User
 from web import pki_ops
 from web.pages import (
@@ -24,8 +23,6 @@ from web.pages import (
 )
 from web.views.devices import DEVICE_NAME, DEVICE_NAME_RULE, now_of, profile_response
 
-USER_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
-USER_NAME_RULE = "1-32 lowercase letters, digits, '.', '_' or '-'"
 REVOCATION_REASONS = (
     "unspecified",
     "keyCompromise",
@@ -85,25 +82,18 @@ async def create_user(request: web.Request) -> web.StreamResponse:
     role = form.get("role", "user")
     password = form.get("password", "")
     errors = []
-    if not USER_NAME.fullmatch(name):
-        errors.append(f"User name: {USER_NAME_RULE}.")
     if role not in ROLE_VALUES:
         errors.append("Role must be admin or user.")
-    if password and len(password) < MIN_PASSWORD_LENGTH:
-        errors.append(f"Passwords need at least {MIN_PASSWORD_LENGTH} characters.")
     if errors:
         return render_users(request, status=400, errors=errors, form=form)
     generated = not password
     password = password or generate_password()
-    hashed = await asyncio.to_thread(hash_password, password)
     try:
-        with db.session(portal_of(request).engine) as s:
-            queries.create_user(
-                s, name=name, role=role, email=form.get("email") or None, password_hash=hashed
-            )
-    except StoreError as exc:
+        await pki_ops.add_user(
+            request, name=name, role=role, email=form.get("email") or None, password=password
+        )
+    except pki_ops.OperationError as exc:
         return render_users(request, status=400, errors=[str(exc)], form=form)
-    audit(request, "user.create", target=name, detail=f"role={role}")
     shown = f" One-time password: {password}" if generated else ""
     flash(request, f"User {name} created.{shown}")
     raise web.HTTPSeeOther("/admin/users")
@@ -117,11 +107,9 @@ async def set_disabled(request: web.Request) -> web.StreamResponse:
     if disabled and user.id == current_user(request).id:
         flash(request, "You cannot disable yourself.")
         raise web.HTTPSeeOther("/admin/users")
-    with db.session(portal_of(request).engine) as s:
-        queries.set_user_disabled(s, name=user.name, disabled=disabled)
+    pki_ops.set_enabled(request, user.name, enabled=not disabled)
     if disabled and user.id is not None:
         portal_of(request).sessions.drop_user(user.id)
-    audit(request, "user.disable" if disabled else "user.enable", target=user.name)
     flash(request, f"User {user.name} {'disabled' if disabled else 'enabled'}.")
     raise web.HTTPSeeOther("/admin/users")
 
