@@ -28,5 +28,11 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check sslvpn client_profiles web tests bench
 	$(BIN)/mypy
 
+## bench: ours vs OpenVPN 2.6 and strongSwan in namespaces (root, ~15 min; BENCH_ARGS=--quick)
+bench: $(BIN)/.installed
+	scripts/install-test-deps
+	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

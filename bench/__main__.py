@@ -1,0 +1,119 @@
+"""``python -m bench``: run the benchmark phases, print the table, write JSON and a PNG chart.
+
+Every namespace and process is removed on exit, also on an error, Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+from bench import report as report_module
+from bench.ipsec_phase import IpsecSettings, run_ipsec
+from bench.lab import Lab
+from bench.report import Report
+from bench.scale_phase import ScaleSettings, run_scale
+from bench.tunnel_phases import TunnelBench, TunnelSettings
+from bench.vpn import build_topology
+
+PHASES = ("throughput", "admission", "scale", "ipsec")
+FULL = (TunnelSettings(reps=3, seconds=10, raw_reps=1, pings=200, handshakes=10, burst=50),
+        IpsecSettings(reps=3, seconds=10), ScaleSettings(sizes=(1000, 10000), burst=1000))
+QUICK = (TunnelSettings(reps=1, seconds=3, raw_reps=1, pings=50, handshakes=3, burst=10),
+         IpsecSettings(reps=1, seconds=3), ScaleSettings(sizes=(100,), burst=100))
+REQUIRED = ("ip", "openvpn", "iperf3", "ping", "openssl", "swanctl")
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _meta(quick: bool) -> dict[str, object]:
+    version = subprocess.run(["openvpn", "--version"], capture_output=True, text=True,
+                             check=False).stdout.splitlines()
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "mode": "quick" if quick else "full",
+        "host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
+        "openvpn": version[0] if version else "?",
+        "baseline": "OpenVPN 2.6 server (tunnel figures) / strongSwan (IPsec figures)",
+        "cipher": "AES-256-GCM, tls-crypt; TCP inside the tunnel pinned to CUBIC",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short smoke run (~2 minutes)")
+    parser.add_argument("--only", default=",".join(PHASES),
+                        help=f"comma-separated phases to run: {','.join(PHASES)}")
+    parser.add_argument("--out", type=Path,
+                        default=Path(tempfile.gettempdir()) / "sslvpn-bench",
+                        help="folder for results.json/.md/.png and the run's work files")
+    args = parser.parse_args(argv)
+    phases = [p for p in args.only.split(",") if p]
+    unknown = set(phases) - set(PHASES)
+    if unknown:
+        parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
+    missing = [b for b in REQUIRED if shutil.which(b) is None]
+    if missing or os.geteuid() != 0:
+        print(f"bench needs root and {', '.join(REQUIRED)}; missing: {missing}", file=sys.stderr)
+        return 2
+    tunnel_s, ipsec_s, scale_s = QUICK if args.quick else FULL
+    work = args.out / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    signal.signal(signal.SIGTERM, _terminate)
+    report = Report(meta=_meta(args.quick))
+    started = time.monotonic()
+    lab = Lab()
+    try:
+        if {"throughput", "admission", "scale"} & set(phases):
+            topo = build_topology(lab, work / "vpn")
+            if topo.cli_error:
+                report.notes.append("sslvpn CLI unavailable, OpenVPN baseline uses an openssl "
+                                    f"PKI: {topo.cli_error.strip().splitlines()[-1][:200]}")
+            tunnels = TunnelBench(topo, report, tunnel_s)
+            if "throughput" in phases:
+                _phase(report, "throughput + latency", tunnels.run_throughput)
+            if "admission" in phases:
+                _phase(report, "admission", tunnels.run_admission)
+            if "scale" in phases:
+                _phase(report, "scale", lambda: run_scale(topo, report, scale_s))
+        if "ipsec" in phases:
+            _phase(report, "ipsec", lambda: run_ipsec(lab, work / "ipsec", report, ipsec_s))
+    finally:
+        lab.close()
+        report.meta["duration_s"] = round(time.monotonic() - started, 1)
+        paths = report_module.write(report, args.out)
+        print(report_module.table(report))
+        for note in report.notes:
+            print(f"- {note}")
+        print(f"\nwritten: {', '.join(str(p) for p in paths.values())} "
+              f"({report.meta['duration_s']} s)")
+    return 0
+
+
+def _phase(report: Report, name: str, run: Callable[[], None]) -> None:
+    """One phase; its failure becomes a note so the other phases still report."""
+    started = time.monotonic()
+    print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+    try:
+        run()
+    except Exception as exc:  # noqa: BLE001 - report what broke, keep the other figures
+        report.notes.append(f"phase {name} failed: {type(exc).__name__}: {exc}"[:500])
+    print(f"[bench] {name} done in {time.monotonic() - started:.0f} s", file=sys.stderr,
+          flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Scale: thousands of simulated clients (``bench.loadgen``) against each server, UDP.
+
+Every simulated client has its own certificate (our gateway ends an older session that
+uses the same certificate, as OpenVPN does without ``duplicate-cn``), issued through
+``client_profiles.lifecycle`` into the bench data folder, so both servers see the same
+clients. The first stage is one burst (all its handshakes started at once): its completion
+rate is the "handshakes/s under a burst" figure; each stage then reports the server's RSS
+with that many idle sessions sending keepalives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine, event
+
+from bench.lab import file_contains, wait_until
+from bench.report import Report
+from bench.tunnel_phases import SIDE
+from bench.vpn import GATEWAY_OUTER, PORT, ROOT, USER, OpenVpnServer, OurServer, Server, VpnTopology
+
+
+@dataclass(frozen=True)
+class ScaleSettings:
+    sizes: tuple[int, ...]
+    burst: int
+    hold: float = 5.0
+
+
+def _fast_sqlite(engine: Engine) -> None:
+    """Bulk issuance for the bench only: no fsync per certificate."""
+
+    @event.listens_for(engine, "connect")
+    def _pragma(dbapi_connection: object, record: object) -> None:
+        dbapi_connection.execute("PRAGMA synchronous=OFF")  # type: ignore[attr-defined]
+
+
+def issue_credentials(topo: VpnTopology, count: int, out: Path) -> None:
+    """``count`` client certificates (user ``bench``, devices s0..) as JSON lines."""
+    from client_profiles import lifecycle
+    from sslvpn.config import DataPaths, database_url
+    from sslvpn.store.db import open_engine
+
+    paths = DataPaths(topo.data_dir)
+    engine = open_engine(database_url(topo.data_dir, None))
+    _fast_sqlite(engine)
+    try:
+        with out.open("w") as handle:
+            for i in range(count):
+                row = lifecycle.issue_client(engine, paths, user_name=USER, device=f"s{i}",
+                                             actor="bench")
+                handle.write(json.dumps({"cert": row.cert_pem, "key": row.key_pem}) + "\n")
+    finally:
+        engine.dispose()
+    out.chmod(0o600)
+
+
+def run_scale(topo: VpnTopology, report: Report, settings: ScaleSettings) -> None:
+    if topo.cli_error is not None:
+        report.notes.append("scale: n/a (needs the data folder made by the sslvpn CLI)")
+        return
+    credentials = topo.work / "scale-clients.jsonl"
+    issue_credentials(topo, max(settings.sizes), credentials)
+    servers: dict[str, Server] = {"openvpn": OpenVpnServer(topo), "ours": OurServer(topo)}
+    for name, server in servers.items():
+        try:
+            server.start("udp", unlimited_resets=True)
+            stages = _drive(topo, server, credentials, settings)
+        except Exception as exc:  # noqa: BLE001 - one server failing leaves the other's figures
+            report.notes.append(f"scale {name}: n/a ({type(exc).__name__}: {exc})"[:400])
+            continue
+        finally:
+            server.stop()
+        _record(report, SIDE[name], stages, settings)
+
+
+def _drive(topo: VpnTopology, server: Server, credentials: Path,
+           settings: ScaleSettings) -> list[dict[str, float]]:
+    """Run the load generator in the client namespace and collect its stage lines."""
+    pki = topo.data_dir / "pki"
+    log = topo.work / f"loadgen-{server.name}.log"
+    log.write_text("")
+    proc = topo.cli.spawn(
+        [sys.executable, "-m", "bench.loadgen", "--server", f"{GATEWAY_OUTER}:{PORT}",
+         "--server-pid", str(server.pid), "--credentials", str(credentials),
+         "--ca", str(pki / "ca.crt"), "--tls-crypt", str(pki / "tls-crypt.key"),
+         "--stages", ",".join(str(s) for s in settings.sizes), "--wave", str(settings.burst),
+         "--hold", str(settings.hold)],
+        log=log, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    last = f'"stage": {max(settings.sizes)},'
+    budget = 200.0 * len(settings.sizes) + 60
+    finished = wait_until(lambda: file_contains(log, last)() or proc.poll() is not None, budget)
+    topo.lab.stop(proc)
+    stages = [json.loads(line) for line in log.read_text().splitlines()
+              if line.startswith("{")]
+    if not finished or not stages:
+        raise RuntimeError(f"load generator: {log.read_text(errors='replace')[-300:]}")
+    return stages
+
+
+def _record(report: Report, side: str, stages: list[dict[str, float]],
+            settings: ScaleSettings) -> None:
+    for stage in stages:
+        n = int(stage["stage"])
+        mem = report.get("scale memory", f"server peak RSS, {n} idle sessions", "MiB", "lower")
+        if stage["established"] >= 0.95 * n:
+            setattr(mem, side, stage["hwm_kib"] / 1024)
+        if stage["established"] < n:
+            report.notes.append(f"scale {side}: {int(stage['established'])}/{n} sessions "
+                                f"established, failures {stage.get('failures')}")
+    first = stages[0]
+    rate = report.get("scale rate", f"handshakes/s, burst of {settings.sizes[0]} "
+                      "simulated clients", "handshakes/s", "higher")
+    setattr(rate, side, first["rate"])

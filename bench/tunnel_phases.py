@@ -1,0 +1,208 @@
+"""Throughput, CPU per Gbit, added latency and admission, ours against stock OpenVPN 2.6.
+
+Runs are interleaved (each repetition visits every server and transport in turn) so drift
+on the shared machine hits both servers alike; figures are medians. A server that cannot be
+brought up is skipped from then on and its figures stay n/a, with the reason in the notes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+
+from bench import measure
+from bench.lab import wait_until
+from bench.report import Report
+from bench.vpn import (
+    CONNECTED,
+    VPC_HOST,
+    Client,
+    OpenVpnServer,
+    OurServer,
+    Server,
+    Unavailable,
+    VpnTopology,
+    tunnel,
+)
+
+PROTOS = ("udp", "tcp")
+NULL_DEVICE = ("--dev", "null", "--route-noexec", "--ifconfig-noexec")
+SIDE = {"ours": "ours", "openvpn": "baseline"}
+
+
+@dataclass(frozen=True)
+class TunnelSettings:
+    reps: int
+    seconds: float
+    raw_reps: int
+    pings: int
+    handshakes: int
+    burst: int
+
+
+class TunnelBench:
+    """Both servers in one topology, filling figures into the report."""
+
+    def __init__(self, topo: VpnTopology, report: Report, settings: TunnelSettings) -> None:
+        self.topo = topo
+        self.report = report
+        self.settings = settings
+        self.servers: dict[str, Server] = {"openvpn": OpenVpnServer(topo), "ours": OurServer(topo)}
+        self.down: dict[tuple[str, str], str] = {}  # (server, proto) -> why it is n/a
+        self.raw_rtts: list[float] = []
+        self.runs: list[dict[str, object]] = report.meta.setdefault("runs", [])
+
+    def _skip(self, name: str, proto: str, reason: str) -> None:
+        if (name, proto) not in self.down:
+            self.down[(name, proto)] = reason
+            last = reason.strip().splitlines()[-1] if reason.strip() else "?"
+            self.report.notes.append(f"{name} {proto}: n/a ({last[:300]})")
+
+    # ----------------------------------------------------------------- throughput + latency
+    def run_throughput(self) -> None:
+        s = self.settings
+        self.topo.vpc.spawn(["iperf3", "-s", "-B", VPC_HOST], log=self.topo.work / "iperf3.log")
+        self._raw()
+        for rep in range(s.reps):
+            order = list(self.servers) if rep % 2 == 0 else list(reversed(self.servers))
+            for proto in PROTOS:
+                for name in order:
+                    if (name, proto) not in self.down:
+                        self._tunnel_run(name, proto, rep)
+        self._finish_throughput()
+
+    def _raw(self) -> None:
+        """The routed veth path without a VPN: the ceiling, and the RTT to subtract."""
+        self.topo.raw_route(True)
+        try:
+            wait_until(lambda: bool(measure.ping_rtts(self.topo.cli, VPC_HOST, 1, 0.2)), 10)
+            self.raw_rtts = measure.ping_rtts(self.topo.cli, VPC_HOST, self.settings.pings)
+            for _ in range(self.settings.raw_reps):
+                for mode in measure.IPERF_MODES:
+                    result = measure.iperf(self.topo.cli, VPC_HOST, mode,
+                                           self.settings.seconds, None)
+                    self.runs.append({"server": "raw", "mode": mode, "mbps": result.mbps})
+                    for proto in PROTOS:
+                        fig = self.report.get("throughput", f"{proto} {mode}", "Mbit/s", "higher")
+                        fig.samples.setdefault("raw", []).append(result.mbps)
+        finally:
+            self.topo.raw_route(False)
+
+    def _tunnel_run(self, name: str, proto: str, rep: int) -> None:
+        server = self.servers[name]
+        try:
+            with tunnel(self.topo, server, proto):
+                if rep == 0:
+                    self._latency(name, proto)
+                for mode in measure.IPERF_MODES:
+                    result = self._iperf(name, proto, mode, server.pid)
+                    if result is not None:
+                        self._record(name, proto, mode, rep, result)
+        except Unavailable as exc:
+            self._skip(name, proto, str(exc))
+
+    def _iperf(self, name: str, proto: str, mode: str, pid: int) -> measure.IperfResult | None:
+        """One run, retried once: iperf3's control connection now and then fails to open."""
+        for attempt in (1, 2):
+            try:
+                return measure.iperf(self.topo.cli, VPC_HOST, mode, self.settings.seconds, pid)
+            except (measure.IperfError, subprocess.TimeoutExpired) as exc:
+                if attempt == 2:
+                    self.report.notes.append(f"{name} {proto} {mode}: a run failed twice ({exc})")
+        return None
+
+    def _record(self, name: str, proto: str, mode: str, rep: int,
+                result: measure.IperfResult) -> None:
+        side = SIDE[name]
+        self.runs.append({"server": name, "proto": proto, "mode": mode, "rep": rep,
+                          "mbps": result.mbps, "retransmits": result.retransmits,
+                          "server_cpu_pct": result.server_cpu_pct,
+                          "core_s_per_gbit": result.core_s_per_gbit})
+        fig = self.report.get("throughput", f"{proto} {mode}", "Mbit/s", "higher")
+        fig.samples.setdefault(side, []).append(result.mbps)
+        if result.core_s_per_gbit is not None:
+            cpu = self.report.get("cpu per Gbit", f"{proto} {mode}", "core-s/Gbit", "lower")
+            cpu.samples.setdefault(side, []).append(result.core_s_per_gbit)
+
+    def _latency(self, name: str, proto: str) -> None:
+        rtts = measure.ping_rtts(self.topo.cli, VPC_HOST, self.settings.pings)
+        if not rtts or not self.raw_rtts:
+            raise Unavailable("no ping replies through the tunnel")
+        side = SIDE[name]
+        for stat, fn in (("median", measure.median), ("p99", _p99)):
+            fig = self.report.get("latency", f"added RTT {stat} {proto}", "ms", "lower")
+            tunnel_value, raw_value = fn(rtts), fn(self.raw_rtts)
+            if tunnel_value is not None and raw_value is not None:
+                setattr(fig, side, tunnel_value - raw_value)
+                fig.raw = raw_value
+        self.runs.append({"server": name, "proto": proto, "ping_ms": rtts})
+
+    def _finish_throughput(self) -> None:
+        for fig in self.report.figures:
+            for side in ("ours", "baseline", "raw"):
+                value = measure.median(fig.samples.get(side, []))
+                if value is not None:
+                    setattr(fig, side, value)
+
+    # ----------------------------------------------------------------- admission
+    def run_admission(self) -> None:
+        for proto in PROTOS:
+            for name, server in self.servers.items():
+                if (name, proto) in self.down:
+                    continue
+                try:
+                    server.start(proto)
+                    self._handshakes(name, proto)
+                    if proto == "udp":
+                        self._burst(name, proto)
+                except Unavailable as exc:
+                    self._skip(name, proto, str(exc))
+                finally:
+                    server.stop()
+
+    def _handshakes(self, name: str, proto: str) -> None:
+        """Exec of the client to "Initialization Sequence Completed", one client at a time;
+        also from the client's first packet (its "link remote" line) to connected."""
+        total, protocol = [], []
+        for i in range(self.settings.handshakes):
+            client = Client(self.topo, self.topo.profiles[proto], f"hs-{name}-{proto}-{i}",
+                            "--machine-readable-output")
+            try:
+                client.wait_connected()
+                done = measure.completed_at(client.log, CONNECTED)
+                first = measure.completed_at(client.log, "link remote:")
+                if done is not None:
+                    total.append((done - client.started_at) * 1000)
+                    if first is not None:
+                        protocol.append((done - first) * 1000)
+            finally:
+                client.stop()
+        for label, times in (("exec to connected", total), ("first packet to connected",
+                                                              protocol)):
+            fig = self.report.get("handshake time", f"{label}, {proto}", "ms", "lower")
+            fig.samples[SIDE[name]] = times
+            setattr(fig, SIDE[name], measure.median(times))
+
+    def _burst(self, name: str, proto: str) -> None:
+        """``burst`` clients started at once (no TUN each): completed handshakes per second."""
+        n = self.settings.burst
+        started = time.time()
+        clients = [Client(self.topo, self.topo.profiles[proto], f"burst-{name}-{i}",
+                          "--machine-readable-output", *NULL_DEVICE) for i in range(n)]
+        try:
+            wait_until(lambda: all(c.connected() for c in clients), 60)
+            done = [measure.completed_at(c.log, CONNECTED) for c in clients]
+        finally:
+            self.topo.lab.stop_many([c.proc for c in clients])
+        finished = [d for d in done if d is not None]
+        if len(finished) < n:
+            self.report.notes.append(f"{name} burst: {len(finished)}/{n} clients connected")
+        fig = self.report.get("handshake rate", f"burst of {n} openvpn clients, {proto}",
+                              "handshakes/s", "higher")
+        if finished:
+            setattr(fig, SIDE[name], len(finished) / max(1e-6, max(finished) - started))
+
+
+def _p99(values: list[float]) -> float | None:
+    return measure.percentile(values, 0.99) if values else None
