@@ -268,9 +268,11 @@ def policy_add(ctx: click.Context, tunnel_name: str, local_cidr: str, peer_cidr:
     local = parse_cidr(local_cidr, what="local CIDR")
     peer = parse_cidr(peer_cidr, what="peer CIDR")
     with _store(ctx) as s:
-        ranges = q.peer_ranges_on_gateway(s, tunnel=tunnel_name)
-        taken = [(other, parse_cidr(cidr)) for other, cidr in ranges]
-        check_policy(local, peer, taken)
+        existing = [
+            (other, parse_cidr(mine), parse_cidr(theirs))
+            for other, mine, theirs in q.policies_on_gateway(s, tunnel=tunnel_name)
+        ]
+        check_policy(local, peer, existing, tunnel=tunnel_name)
         q.add_policy(s, tunnel=tunnel_name, local_cidr=str(local), peer_cidr=str(peer))
     click.echo(f"policy {local} <-> {peer} on tunnel {tunnel_name}")
 

@@ -46,20 +46,34 @@ def parse_cidr(text: str, *, what: str = "CIDR") -> Network:
         raise PolicyError(f"{what} {text!r} has host bits set; did you mean {loose}?") from None
 
 
-def check_policy(local: Network, peer: Network, taken: Iterable[tuple[str, Network]] = ()) -> None:
-    """Local and peer ranges must not overlap each other or another tunnel's peer ranges.
+def check_policy(
+    local: Network,
+    peer: Network,
+    existing: Iterable[tuple[str, Network, Network]] = (),
+    *,
+    tunnel: str = "",
+) -> None:
+    """A new policy of ``tunnel`` must keep the gateway's address plan unambiguous.
 
-    ``taken`` lists (tunnel name, peer range) of the *other* tunnels on the same gateway.
+    ``existing`` lists (tunnel name, local range, peer range) of every policy already on the
+    same VPN gateway. Local and peer ranges must not overlap each other; a local range must
+    not overlap any peer range there, a peer range no local range, and no peer range of
+    another tunnel (the destination would not say which tunnel to use).
     """
     if local.version != peer.version:
         raise PolicyError(f"local {local} and peer {peer} are of different IP versions")
     if local.overlaps(peer):
         raise PolicyError(f"local range {local} overlaps peer range {peer}")
-    for tunnel, other in taken:
-        for side, net in (("peer", peer), ("local", local)):
-            if net.version == other.version and net.overlaps(other):
+    for other, other_local, other_peer in existing:
+        clashes = (
+            ("local", local, other_peer, "peer"),
+            ("peer", peer, other_local, "local"),
+            *((("peer", peer, other_peer, "peer"),) if other != tunnel else ()),
+        )
+        for side, net, taken, kind in clashes:
+            if net.version == taken.version and net.overlaps(taken):
                 raise PolicyError(
-                    f"{side} range {net} overlaps {other}, a peer range of tunnel {tunnel!r}"
+                    f"{side} range {net} overlaps {taken}, a {kind} range of tunnel {other!r}"
                 )
 
 

@@ -7,7 +7,7 @@ never commit. Objects are addressed by their unique names. Unknown names raise
 
 Value checks that need no database (CIDR syntax, overlaps, unicast addresses, PSK strength,
 proposal syntax) are pure functions in `sslvpn.ipsec.policy`; the faces (CLI, portal) run
-them first, using `peer_ranges_on_gateway` for the overlap rule, then call these queries.
+them first, using `policies_on_gateway` for the overlap rules, then call these queries.
 """
 
 from __future__ import annotations
@@ -190,15 +190,14 @@ def delete_policy(s: Session, *, tunnel: str, local_cidr: str, peer_cidr: str) -
     _remove(s, policy, f"policy {local_cidr} <-> {peer_cidr}")
 
 
-def peer_ranges_on_gateway(s: Session, *, tunnel: str) -> list[tuple[str, str]]:
-    """(tunnel name, peer CIDR) of every *other* tunnel on ``tunnel``'s gateway."""
+def policies_on_gateway(s: Session, *, tunnel: str) -> list[tuple[str, str, str]]:
+    """(tunnel name, local CIDR, peer CIDR) of every policy on ``tunnel``'s VPN gateway."""
     row = get_tunnel(s, name=tunnel)
-    query = select(VpnTunnel.name, SpdPolicy.peer_cidr).where(
+    query = select(VpnTunnel.name, SpdPolicy.local_cidr, SpdPolicy.peer_cidr).where(
         VpnTunnel.id == SpdPolicy.tunnel_id,
         VpnTunnel.gateway_id == row.gateway_id,
-        VpnTunnel.id != row.id,
     )
-    return [(name, cidr) for name, cidr in s.exec(query)]
+    return [(name, local, peer) for name, local, peer in s.exec(query)]
 
 
 # What the runtime needs ----------------------------------------------------------------

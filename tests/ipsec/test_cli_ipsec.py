@@ -99,6 +99,8 @@ def test_status_without_a_running_gateway(run: Run) -> None:
          "did you mean 10.2.0.0/24"),
         (("policy", "add", "t1", "--local", "10.2.0.0/24", "--peer", "10.1.0.0/24"), None,
          "already has policy"),
+        (("policy", "add", "t1", "--local", "10.1.0.0/24", "--peer", "10.5.0.0/24"), None,
+         "local range 10.1.0.0/24 overlaps 10.1.0.0/24, a peer range of tunnel 't1'"),
         (("gateway", "delete", "vgw"), None, "still has tunnels: t1"),
         (("tunnel", "add", "t9", "--gateway", "vgw", "--customer-gateway", "dc1", "--psk-stdin"),
          PSK, "tunnel 't1' already connects 'vgw' to 'dc1'"),

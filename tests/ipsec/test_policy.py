@@ -62,13 +62,22 @@ def test_parse_cidr_messages() -> None:
 
 def test_overlap_rules() -> None:
     n = ipaddress.ip_network
-    check_policy(n("10.1.0.0/24"), n("10.2.0.0/24"), [("dc2", n("10.3.0.0/16"))])
+    existing = [
+        ("dc2", n("10.0.0.0/24"), n("10.3.0.0/16")),
+        ("dc1", n("10.0.0.0/24"), n("10.9.0.0/24")),
+    ]
+    check_policy(n("10.1.0.0/24"), n("10.2.0.0/24"), existing, tunnel="dc1")
+    check_policy(n("10.1.0.0/24"), n("10.9.0.0/25"), existing, tunnel="dc1")  # own peer range
     with pytest.raises(PolicyError, match="local range 10.1.0.0/16 overlaps peer range"):
         check_policy(n("10.1.0.0/16"), n("10.1.2.0/24"))
-    with pytest.raises(PolicyError, match="peer range 10.3.1.0/24 overlaps 10.3.0.0/16.*'dc2'"):
-        check_policy(n("10.1.0.0/24"), n("10.3.1.0/24"), [("dc2", n("10.3.0.0/16"))])
-    with pytest.raises(PolicyError, match="local range"):
-        check_policy(n("10.3.0.0/24"), n("10.4.0.0/24"), [("dc2", n("10.3.0.0/16"))])
+    with pytest.raises(PolicyError, match="peer range 10.3.1.0/24 overlaps 10.3.0.0/16, a peer"):
+        check_policy(n("10.1.0.0/24"), n("10.3.1.0/24"), existing, tunnel="dc1")
+    with pytest.raises(PolicyError, match="local range 10.3.0.0/24 overlaps .* tunnel 'dc2'"):
+        check_policy(n("10.3.0.0/24"), n("10.4.0.0/24"), existing, tunnel="dc1")
+    with pytest.raises(PolicyError, match="local range 10.9.0.0/24 overlaps .* tunnel 'dc1'"):
+        check_policy(n("10.9.0.0/24"), n("10.4.0.0/24"), existing, tunnel="dc1")
+    with pytest.raises(PolicyError, match="peer range 10.0.0.0/16 overlaps 10.0.0.0/24, a local"):
+        check_policy(n("10.1.0.0/24"), n("10.0.0.0/16"), existing, tunnel="dc3")
     with pytest.raises(PolicyError, match="IP versions"):
         check_policy(n("10.1.0.0/24"), n("fd00::/64"))
 
