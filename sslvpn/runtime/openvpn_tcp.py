@@ -24,6 +24,7 @@ from sslvpn.runtime.openvpn_udp import Acceptor, SessionFactory, enlarge_buffers
 log = logging.getLogger(__name__)
 
 WRITE_HIGH_WATER = 4 * 1024 * 1024
+FIRST_PACKET_TIMEOUT = 10.0  # a connection that sends no valid reset by then is closed
 
 
 class _Connection(asyncio.Protocol):
@@ -49,6 +50,13 @@ class _Connection(asyncio.Protocol):
         address = self.peer_address
         self.peer = format_peer(address) if isinstance(address, tuple) else str(address)
         self.listener.connections.add(self)
+        self._deadline = asyncio.get_running_loop().call_later(
+            FIRST_PACKET_TIMEOUT, self._no_session_in_time
+        )
+
+    def _no_session_in_time(self) -> None:
+        if self.client is None and self.transport is not None:
+            self._abort("no-reset-in-time")
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -76,6 +84,7 @@ class _Connection(asyncio.Protocol):
                 log.exception("could not create a session for %s", self.peer)
                 self._abort("session-create-failed")
                 return
+            self._deadline.cancel()
             self.client = listener.gateway.new_session(
                 core, transmit=self.send, protocol="tcp", real_address=self.peer,
                 on_closed=self._session_closed,
@@ -111,6 +120,7 @@ class _Connection(asyncio.Protocol):
             self.transport = None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._deadline.cancel()
         self.transport = None
         self.listener.connections.discard(self)
         client, self.client = self.client, None

@@ -1,0 +1,59 @@
+"""Listener edges: garbage and silence from unknown peers cost nothing and change nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from sslvpn.runtime import openvpn_tcp
+from tests.runtime.loopback import issue, make_data_folder, running_service
+
+
+async def test_udp_garbage_is_counted_not_answered(tmp_path: Path) -> None:
+    paths, engine = make_data_folder(tmp_path)
+    issue(paths, engine, "alice")
+    async with running_service(paths, engine) as (service, _tun):
+        loop = asyncio.get_running_loop()
+        received: list[bytes] = []
+
+        class Peer(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: object) -> None:
+                received.append(data)
+
+        transport, _ = await loop.create_datagram_endpoint(
+            Peer, remote_addr=service.udp[0].address)
+        for size in (0, 1, 14, 100, 1500):
+            transport.sendto(os.urandom(size))
+        transport.sendto(b"\x38" + os.urandom(60))  # a hard reset opcode with a bad tag
+        listener = service.udp[0]
+        async with asyncio.timeout(5):
+            while sum(listener.drops.values()) < 5:
+                await asyncio.sleep(0.01)
+        transport.close()
+        assert received == []
+        assert service.gateway is not None and service.gateway.list_sessions() == []
+    engine.dispose()
+
+
+async def test_tcp_garbage_and_silence_are_hung_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(openvpn_tcp, "FIRST_PACKET_TIMEOUT", 0.2)
+    paths, engine = make_data_folder(tmp_path)
+    async with running_service(paths, engine) as (service, _tun):
+        host, port = service.tcp[0].address
+        for first in (b"\x00\x00", b"\x00\x10" + os.urandom(16), b""):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(first)
+            async with asyncio.timeout(5):
+                assert await reader.read() == b""  # closed by the gateway
+            writer.close()
+        drops = service.tcp[0].drops
+        assert drops["bad-frame"] == 1
+        assert drops["no-reset-in-time"] == 1
+        assert sum(drops.values()) == 3
+        assert not service.tcp[0].connections
+    engine.dispose()
