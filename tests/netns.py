@@ -27,10 +27,13 @@ class Namespace:
         self.lab = lab
         self.name = name
 
-    def run(self, *args: str, check: bool = True, timeout: float = 30) -> str:
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 30, stdin: str | None = None
+    ) -> str:
         """Run a command inside the namespace and return its stdout."""
         result = subprocess.run(
             ["ip", "netns", "exec", self.name, *args],
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -3,7 +3,8 @@
 Matrix: UDP/TCP x AES-256-GCM/CHACHA20-POLY1305 x tls-crypt/tls-crypt-v2, each pinging the
 VPC host and moving 50 MB both ways through one TCP stream checked by SHA-256; plus the
 policy cases (revoked refused, revoked while connected, kick, outside-VPC unreachable),
-a client-initiated renegotiation during a transfer, and a clean gateway shutdown.
+a client-initiated renegotiation during a transfer, the profile's UDP-then-TCP fallback,
+and a clean gateway shutdown (last: it stops the module's gateway).
 """
 
 from __future__ import annotations
@@ -197,6 +198,26 @@ def test_client_renegotiation_keeps_the_stream(topology: Topology, clients) -> N
             f"{result['bytes']} bytes at {result['mbps']} Mbit/s, hash intact")
     assert renegotiations >= 1
     assert topology.client_ns.ok("ping", "-c", "1", "-W", "2", VPC_HOST)
+
+
+def test_profile_falls_back_to_tcp_when_udp_is_blocked(topology: Topology, clients) -> None:  # type: ignore[no-untyped-def]
+    topology.issue("hana", "laptop")
+    profile = topology.work / "hana-both.ovpn"
+    sslvpn(topology.data_dir, "profile", "hana", "--device", "laptop", "-o", str(profile))
+    remotes = [line for line in profile.read_text().splitlines() if line.startswith("remote ")]
+    assert remotes == ["remote 198.18.0.1 1194 udp", "remote 198.18.0.1 1194 tcp-client"]
+    block = ("table inet svblock {\n chain input {\n type filter hook input priority 0;\n"
+             " udp dport 1194 drop\n }\n}\n")
+    topology.gateway_ns.run("nft", "-f", "-", stdin=block)
+    try:
+        client = clients(profile, "--server-poll-timeout", "2")
+        client.wait_for(CONNECTED, timeout=30)
+        assert "TCP connection established" in client.text()
+        [session] = [s for s in _sessions(topology) if s["user"] == "hana"]
+        assert session["protocol"] == "tcp"
+        assert topology.client_ns.ok("ping", "-c", "1", "-W", "2", VPC_HOST)
+    finally:
+        topology.gateway_ns.run("nft", "delete", "table", "inet", "svblock", check=False)
 
 
 def test_sigterm_tells_clients_and_removes_the_tun(topology: Topology, clients) -> None:  # type: ignore[no-untyped-def]
