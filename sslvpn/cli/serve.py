@@ -21,6 +21,7 @@ from client_profiles import lifecycle
 from sslvpn.cli.setup import one_line_errors, paths_of, store
 from sslvpn.config import DataPaths
 from sslvpn.runtime.control_server import ControlClient, ControlError
+from sslvpn.runtime.netconf import NetconfError
 from sslvpn.runtime.service import ExtraTask, GatewayService, ServeOptions, serve
 
 # Composition point for other faces: each entry builds one long-running task from the
@@ -72,7 +73,10 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
             extra_tasks=tuple(factory(paths, engine, portal_listen) for factory in EXTRA_TASKS),
             daily_hooks=(lambda: lifecycle.refresh_crl(paths, engine),),
         )
-        asyncio.run(serve(GatewayService(paths, engine, options)))
+        try:
+            asyncio.run(serve(GatewayService(paths, engine, options)))
+        except (OSError, NetconfError) as exc:  # no TUN (not root), port taken, ip failed
+            raise click.ClickException(f"cannot start the gateway: {exc}") from None
 
 
 def _client(ctx: click.Context) -> ControlClient:

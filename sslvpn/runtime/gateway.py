@@ -203,6 +203,21 @@ class Gateway:
             log.debug("session %s: %s", client.session_id, event)
 
     def _verify(self, client: ClientSession, event: PeerVerified) -> None:
+        """Ask the policy; a store failure refuses the peer instead of breaking the loop."""
+        assert client.driver is not None  # noqa: S101 (set in new_session)
+        try:
+            self._admit(client, event)
+        except Exception:  # the store is down or broken: fail closed, keep serving others
+            log.exception("policy check for %s from %s failed", client.session_id,
+                          client.real_address)
+            if client.vpn_address is not None:
+                self._by_address.pop(client.vpn_address, None)
+                self.pool.release(ipaddress.ip_address(client.vpn_address))
+                client.vpn_address = None
+            if not client.driver.closed:
+                client.driver.reject("server temporarily unavailable")
+
+    def _admit(self, client: ClientSession, event: PeerVerified) -> None:
         assert client.driver is not None  # noqa: S101 (set in new_session)
         serial = format(event.certificate.serial_number, "x")
         client.serial = serial
@@ -226,10 +241,12 @@ class Gateway:
         client.vpn_text = str(address)
         self._by_address[address.packed] = client
         push = self._push_config(client, address)
-        log.info("accepted %s: user %r serial %s from %s as %s", client.session_id, auth.user,
-                 serial, client.real_address, address)
+        peer = event.peer_info
+        log.info("accepted %s: user %r serial %s from %s as %s (client %r %r on %r)",
+                 client.session_id, auth.user, serial, client.real_address, address,
+                 peer.get("IV_GUI_VER"), peer.version, peer.platform)
         client.driver.accept(push)
-        self.policy.session_opened(self.info(client))
+        self._account(self.policy.session_opened, self.info(client))
 
     def _push_config(self, client: ClientSession, address: IPAddress) -> PushConfig:
         """What this client is told; an IPv6 pool mirrors the IPv4 host number."""
@@ -278,7 +295,7 @@ class Gateway:
                 if key is not None and self._by_address.get(key) is client:
                     del self._by_address[key]
             self.pool.release(ipaddress.ip_address(client.vpn_address))
-            self.policy.session_closed(self.info(client), reason)
+            self._account(self.policy.session_closed, self.info(client), reason)
             log.info("session %s (user %r, %s) closed: %s; %d bytes in, %d out",
                      client.session_id, client.user, client.vpn_text, reason,
                      client.bytes_in, client.bytes_out)
@@ -297,17 +314,28 @@ class Gateway:
         """A listener lost the client's transport (TCP closed): forget it silently."""
         self._finish(client, reason)
 
+    @staticmethod
+    def _account(record: Callable[..., None], *args: object) -> None:
+        """Accounting writes never break the data path: a failure is logged."""
+        try:
+            record(*args)
+        except Exception:
+            log.exception("session accounting failed")
+
     # -- periodic work -----------------------------------------------------------------
     async def run_sweeps(self) -> None:
         """Disconnect revoked certificates and disabled users; write accounting counters."""
         last_accounting = time.monotonic()
         while True:
             await asyncio.sleep(self.options.sweep_interval)
-            self.sweep()
+            try:
+                self.sweep()
+            except Exception:  # the store may be briefly unavailable: try again next time
+                log.exception("revocation sweep failed")
             if time.monotonic() - last_accounting >= self.options.accounting_interval:
                 last_accounting = time.monotonic()
                 live = [self.info(c) for c in self._sessions.values() if c.vpn_address]
-                self.policy.session_counters(live)
+                self._account(self.policy.session_counters, live)
 
     def sweep(self) -> int:
         """One policy pass over the live sessions; returns how many were disconnected."""

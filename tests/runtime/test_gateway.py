@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 
+import pytest
 import pytest_asyncio
 
 from sslvpn.runtime.gateway import ClientSession, Gateway, GatewayOptions
@@ -14,7 +17,9 @@ VPC_HOST = "10.10.0.10"
 
 
 class Harness:
-    def __init__(self, *, client_to_client: bool = False, ipv6: bool = False) -> None:
+    def __init__(
+        self, *, client_to_client: bool = False, ipv6: bool = False, sweep_interval: float = 2.0
+    ) -> None:
         self.tun = MemoryTun()
         self.policy = MemoryPolicy()
         vpc = ("10.10.0.0/24", "fd10::/64") if ipv6 else ("10.10.0.0/24",)
@@ -25,6 +30,7 @@ class Harness:
                 vpc_networks=tuple(ipaddress.ip_network(n) for n in vpc),
                 client_to_client=client_to_client,
                 pool6=ipaddress.IPv6Network("fd08::/64") if ipv6 else None,
+                sweep_interval=sweep_interval,
             ),
             self.policy,
         )
@@ -178,8 +184,6 @@ async def test_shutdown_says_goodbye_and_closes_the_tun(harness: Harness) -> Non
 
 
 async def test_driver_keeps_one_timer(harness: Harness) -> None:
-    import asyncio
-
     harness.policy.add("a1", "alice")
     client, core = harness.connect("a1")
     assert client.driver is not None
@@ -217,3 +221,34 @@ async def test_ipv6_pool_mirrors_the_ipv4_host_number() -> None:
     assert h.gateway.kick(client.session_id)
     h.tun.inject(inbound)
     assert h.gateway.drops["tun-no-session"] == 1
+
+
+class BrokenPolicy(MemoryPolicy):
+    def authorize(self, serial: str):  # type: ignore[no-untyped-def]
+        raise RuntimeError("database is locked")
+
+    def unauthorized(self, serials):  # type: ignore[no-untyped-def]
+        raise RuntimeError("database is locked")
+
+
+async def test_a_broken_store_refuses_new_peers_and_keeps_serving(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness(sweep_interval=0.01)
+    h.policy.add("a1", "alice")
+    h.connect("a1")
+    h.gateway.policy = BrokenPolicy()
+    _, core = h.connect("a1")
+    assert core.rejected == "server temporarily unavailable"
+    assert "policy check" in caplog.text
+    # the sweep task survives failing passes
+    sweeps = asyncio.create_task(h.gateway.run_sweeps())
+    async with asyncio.timeout(5):
+        while caplog.text.count("revocation sweep failed") < 2:
+            await asyncio.sleep(0.01)
+    assert not sweeps.done()
+    sweeps.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sweeps
+    assert [s.user for s in h.gateway.list_sessions()] == ["alice"]
+    assert h.gateway.pool.in_use() == {ipaddress.ip_address("10.8.0.2")}

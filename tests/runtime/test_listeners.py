@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from pathlib import Path
 
 import pytest
 
 from sslvpn.runtime import openvpn_tcp
+from sslvpn.runtime.service import GatewayService, ServeOptions
+from sslvpn.runtime.tun import MemoryTun
 from tests.runtime.loopback import issue, make_data_folder, running_service
 
 
@@ -56,4 +59,25 @@ async def test_tcp_garbage_and_silence_are_hung_up(
         assert drops["no-reset-in-time"] == 1
         assert sum(drops.values()) == 3
         assert not service.tcp[0].connections
+    engine.dispose()
+
+
+async def test_a_taken_port_fails_the_start_and_leaves_nothing(tmp_path: Path) -> None:
+    paths, engine = make_data_folder(tmp_path)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+        udp.bind(("127.0.0.1", 0))
+        port = udp.getsockname()[1]
+        tcp.bind(("127.0.0.1", port))
+        tcp.listen()
+        tun = MemoryTun()
+        service = GatewayService(
+            paths, engine,
+            ServeOptions(listen=("127.0.0.1",), port=port, configure_network=False),
+            tun_factory=lambda _name: tun,
+        )
+        with pytest.raises(OSError, match=f"could not listen on port {port}"):
+            await service.run()
+    assert tun.closed
+    assert not paths.control_socket.exists()
     engine.dispose()
