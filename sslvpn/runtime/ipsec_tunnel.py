@@ -1,7 +1,10 @@
 """One site-to-site tunnel at run time: its IKE SA driver, its ESP SAs and its status.
 
-A `Tunnel` owns at most one live `IkeSa` (the IKE core) at a time. After every input it
-sends what the core queued, dispatches the core's events and keeps exactly one timer:
+A `Tunnel` owns one live `IkeSa` (the IKE core) and, while that one is up, at most one
+*candidate*: a responder SA for a new IKE_SA_INIT from the peer's address (a restarted peer).
+The candidate replaces the live SA only once it authenticated, so unauthenticated packets
+never tear a working tunnel down. After every input the tunnel sends what the cores queued,
+dispatches their events and keeps exactly one timer:
 CHILD_SA events install and remove ESP SAs (the old inbound SA stays until its DELETE, so a
 rekey loses nothing), failures become the tunnel's ``last_error``, and a dead peer (DPD) or
 a failed attempt schedules a fresh initiation with back-off when the tunnel initiates; a
@@ -64,6 +67,8 @@ class Tunnel:
         self._local_ike = local_ike
         self._peer_ike: Address = (config.remote_address, ike_port)
         self._responder_spi_i: bytes | None = None
+        self.candidate: IkeSa | None = None
+        self._candidate_spi_i: bytes | None = None
         self.peer_nat_t: Address = (config.remote_address, nat_t_port)
         self.sa: IkeSa | None = None
         self.outbound: OutboundSa | None = None
@@ -110,7 +115,7 @@ class Tunnel:
         self.stopped = True
         if self.sa is not None and self.state == "up":
             self.sa.delete(now)
-            self._send(now)
+            self._send(self.sa, now)
         self._drop_sa()
         self.state = "down"
         if reason is not None:
@@ -129,33 +134,46 @@ class Tunnel:
 
     # -- inputs ------------------------------------------------------------------------
     def receive_ike(self, message: bytes, peer: Address, nat_t: bool, now: float) -> None:
+        """One IKE message from the peer's address (the marker already removed on 4500)."""
         if self.stopped:
             return
-        if nat_t:
-            self.peer_nat_t = peer
-        elif is_initial_request(message) and message[:8] != self._responder_spi_i:
-            # the peer starts a new IKE SA (first contact, restart, or it won a race)
-            self._drop_sa()
-            self._retry_at = None
-            self._responder_spi_i = message[:8]
-            self.sa = IkeSa(self.ike_config, self._local_ike, peer, initiator=False,
-                            rand=self._rand)
-            self.state = "connecting"
-        if self.sa is None:
+        spi_i = message[:8]
+        if (not nat_t and spi_i not in (self._responder_spi_i, self._candidate_spi_i)
+                and is_initial_request(message)):
+            self._new_responder(spi_i, peer)
+        target = self.candidate if spi_i == self._candidate_spi_i else self.sa
+        if target is None:
             return
-        self.sa.receive_datagram(NON_ESP_MARKER + message if nat_t else message, peer, now)
+        target.receive_datagram(NON_ESP_MARKER + message if nat_t else message, peer, now)
         self._flush(now)
+
+    def _new_responder(self, spi_i: bytes, peer: Address) -> None:
+        """The peer starts a new IKE SA: first contact, a restart, or it won a race."""
+        sa = IkeSa(self.ike_config, self._local_ike, peer, initiator=False, rand=self._rand)
+        if self.state == "up" and self.sa is not None:
+            self.candidate, self._candidate_spi_i = sa, spi_i  # proven before it replaces
+            return
+        self._drop_sa()
+        self._retry_at = None
+        self.sa, self._responder_spi_i = sa, spi_i
+        self.state = "connecting"
+
+    def _promote(self) -> None:
+        """The candidate authenticated: it becomes the live SA (the old one is forgotten)."""
+        candidate, spi_i = self.candidate, self._candidate_spi_i
+        self._drop_sa()
+        self.sa, self._responder_spi_i = candidate, spi_i
+        self.state = "connecting"
 
     def handle_timer(self, now: float) -> None:
         self._timer = None
         if self._retry_at is not None and now >= self._retry_at and not self.stopped:
             self._initiate(now)
             return
-        if self.sa is not None:
-            self.sa.handle_timer(now)
-            self._flush(now)
-        else:
-            self._schedule(now)
+        for sa in (self.sa, self.candidate):
+            if sa is not None:
+                sa.handle_timer(now)
+        self._flush(now)
 
     # -- data path ---------------------------------------------------------------------
     def seal(self, packet: bytes) -> bytes | None:
@@ -198,10 +216,10 @@ class Tunnel:
         return True
 
     # -- core output -------------------------------------------------------------------
-    def _send(self, now: float) -> None:
-        if self.sa is None:
+    def _send(self, sa: IkeSa | None, now: float) -> None:
+        if sa is None:
             return
-        for data, addr in self.sa.datagrams_to_send(now):
+        for data, addr in sa.datagrams_to_send(now):
             if data[:4] == NON_ESP_MARKER:  # the core floated to NAT-T: send from 4500
                 self.peer_nat_t = addr
                 self._sockets.send_ike(data[4:], addr, nat_t=True)
@@ -209,14 +227,27 @@ class Tunnel:
                 self._sockets.send_ike(data, addr, nat_t=False)
 
     def _flush(self, now: float) -> None:
-        self._send(now)
-        while self.sa is not None:
-            event = self.sa.next_event()
-            if event is None:
-                break
-            self._on_event(event, now)
-        self._send(now)
+        for sa in (self.candidate, self.sa):
+            if sa is not None:
+                self._drain(sa, now)
         self._schedule(now)
+
+    def _drain(self, sa: IkeSa, now: float) -> None:
+        self._send(sa, now)
+        while (event := sa.next_event()) is not None:
+            if sa is self.candidate:
+                self._candidate_event(event)
+            if sa is not self.sa:
+                continue  # a dropped or still unproven SA: nothing else to act on
+            self._on_event(event, now)
+        self._send(sa, now)
+
+    def _candidate_event(self, event: ev.IkeEvent) -> None:
+        if isinstance(event, ev.IkeSaEstablished | ev.ChildSaEstablished):
+            self._promote()
+        elif isinstance(event, ev.AuthenticationFailed | ev.NoProposalChosen | ev.IkeSaClosed):
+            log.warning("tunnel %s: new IKE SA from the peer failed: %s", self.name, event)
+            self.candidate = self._candidate_spi_i = None
 
     def _on_event(self, event: ev.IkeEvent, now: float) -> None:
         if isinstance(event, ev.ChildSaEstablished):
@@ -266,7 +297,7 @@ class Tunnel:
             self._retry_at = now + delay
 
     def _drop_sa(self) -> None:
-        self.sa = None
+        self.sa = self.candidate = self._candidate_spi_i = None
         self.outbound = None
         for spi in self._inbound_spis:
             self._sad.remove(spi)
@@ -275,7 +306,8 @@ class Tunnel:
     # -- timer -------------------------------------------------------------------------
     def _schedule(self, now: float) -> None:
         self._cancel_timer()
-        deadlines = [t for t in (self._retry_at, self.sa.get_timer() if self.sa else None) if t]
+        timers = [sa.get_timer() for sa in (self.sa, self.candidate) if sa is not None]
+        deadlines = [t for t in (self._retry_at, *timers) if t]
         if not deadlines or self.stopped:
             return
         loop = asyncio.get_running_loop()

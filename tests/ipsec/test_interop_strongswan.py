@@ -330,3 +330,54 @@ def test_dead_strongswan_is_detected_and_the_tunnel_returns(topo: Topology, peer
     peer.wait_state("up", timeout=60)
     ping(topo.lanb, HOST_A)
     ping(topo.lana, HOST_B)
+
+
+SPOOFER = """
+import os, socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 0))
+init = os.urandom(8) + bytes(8) + bytes((0, 0x20, 34, 0x08)) + struct.pack("!II", 0, 28)
+for _ in range(50):
+    s.sendto(init, (sys.argv[2], 500))  # unauthenticated IKE_SA_INIT "from the peer"
+    s.sendto(os.urandom(60), (sys.argv[2], 500))
+    s.sendto(os.urandom(80), (sys.argv[2], 4500))  # ESP with unknown SPIs
+    s.sendto(bytes(4) + os.urandom(40), (sys.argv[2], 4500))  # marker + garbage IKE
+    s.sendto(b"\\x01\\x02", (sys.argv[2], 4500))
+"""
+
+
+def test_spoofed_and_garbage_datagrams_do_not_disturb_the_tunnel(
+    topo: Topology, peer: Peer
+) -> None:
+    bring_up(topo, peer, "aes256gcm16-prfsha256-ecp256", "aes256gcm16", we_initiate=False)
+    ping(topo.lanb, HOST_A)
+    before = peer.wait_state("up")
+    topo.sitea.run(sys.executable, "-c", SPOOFER, WAN_A, WAN_B)
+    ping(topo.lanb, HOST_A)
+    ping(topo.lana, HOST_B)
+    after = peer.wait_state("up")
+    assert (after.spi_in, after.spi_out) == (before.spi_in, before.spi_out)
+    assert topo.charon is not None and topo.charon.established()
+
+
+def test_restarted_strongswan_replaces_the_old_sa(topo: Topology, peer: Peer) -> None:
+    ike, esp = "aes256-sha256-modp2048", "aes256gcm16"
+    peer.remove_tunnel()
+    charon = topo.start_charon(CharonConfig(ike_proposals=ike, esp_proposals=esp,
+                                            start_action="start", dpd_delay="30s"))
+    peer.configure(ike, esp, initiate=False)
+    before = peer.wait_state("up")
+    ping(topo.lanb, HOST_A)
+    assert charon.proc is not None
+    os.kill(charon.proc.pid, signal.SIGKILL)  # no DELETE; it comes back with INITIAL_CONTACT
+    charon.proc.wait(10)
+    charon.proc = None
+    charon.start()
+
+    def replaced() -> bool:
+        current = peer.status()
+        return current is not None and current.state == "up" and current.spi_in != before.spi_in
+
+    assert wait_until(replaced, 30, 0.2), f"{peer.status()}\n{peer.log()}"
+    ping(topo.lanb, HOST_A)
+    ping(topo.lana, HOST_B)
