@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 class SessionCore(Protocol):
     """The surface every server-role session core offers (ARCHITECTURE "Protocol cores")."""
 
+    last_received: float  # when the peer was last heard from authentically
+
     def receive_datagram(self, data: bytes, now: float) -> None: ...
 
     def handle_timer(self, now: float) -> None: ...

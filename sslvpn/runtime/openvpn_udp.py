@@ -3,6 +3,9 @@
 A datagram from a known peer address goes straight to its session driver (the hot path: one
 dict lookup). From an unknown address it goes to the stateless ``ServerAcceptor``, which
 answers, drops, or says "create a session": only then is per-client state allocated.
+A P_DATA_V2 packet from an unknown address whose peer-id belongs to a session is offered to
+that session; if it authenticates (the core heard from its peer), the session floats to the
+new address, as OpenVPN 2.6 does for clients behind NAT rebinding or changing networks.
 Reads are batched per readiness callback; sends never block (a full socket drops, the
 protocols above recover). Socket buffers are enlarged to absorb bursts.
 """
@@ -17,6 +20,7 @@ import socket
 from collections.abc import Callable
 from typing import Protocol
 
+from sslvpn.openvpn.constants import DATA_V2_HEADER_LEN, Opcode
 from sslvpn.openvpn.server import CreateSession, Decision, Dropped, Reply
 from sslvpn.runtime.driver import SessionCore
 from sslvpn.runtime.gateway import ClientSession, Gateway
@@ -69,6 +73,16 @@ def bind_udp(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Peer:
+    """Where a UDP session's client currently is (it may float)."""
+
+    __slots__ = ("address", "client")
+
+    def __init__(self, address: PeerAddress, client: ClientSession) -> None:
+        self.address = address
+        self.client = client
+
+
 class OpenVpnUdpListener:
     """Serves OpenVPN clients on one bound UDP socket."""
 
@@ -85,6 +99,7 @@ class OpenVpnUdpListener:
         self.session_factory = session_factory
         self.drops: collections.Counter[str] = collections.Counter()
         self._clients: dict[PeerAddress, ClientSession] = {}
+        self._by_peer_id: dict[int, _Peer] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -129,6 +144,11 @@ class OpenVpnUdpListener:
 
     def _unknown(self, data: bytes, address: PeerAddress) -> None:
         assert self._loop is not None  # noqa: S101 (reading implies started)
+        if len(data) >= DATA_V2_HEADER_LEN and data[0] >> 3 == Opcode.DATA_V2:
+            peer = self._by_peer_id.get(int.from_bytes(data[1:4], "big"))
+            if peer is not None:
+                self._float(peer, data, address)
+                return
         now = self._loop.time()
         decision = self.acceptor.receive(data, address, now)
         if isinstance(decision, Reply):
@@ -138,6 +158,25 @@ class OpenVpnUdpListener:
         elif isinstance(decision, CreateSession):
             self._create(decision, address, now)
 
+    def _float(self, peer: _Peer, data: bytes, address: PeerAddress) -> None:
+        """Offer a data packet to the peer-id's session; move it here if it authenticates."""
+        driver = peer.client.driver
+        if driver is None:
+            return
+        before = driver.core.last_received
+        driver.feed(data)
+        if driver.closed or driver.core.last_received == before:
+            self.drops["float-unauthenticated"] += 1
+            return
+        old = peer.address
+        if self._clients.get(old) is peer.client:
+            del self._clients[old]
+        peer.address = address
+        self._clients[address] = peer.client
+        peer.client.real_address = format_peer(address)
+        log.info("session %s floated from %s to %s", peer.client.session_id, format_peer(old),
+                 peer.client.real_address)
+
     def _create(self, decision: CreateSession, address: PeerAddress, now: float) -> None:
         try:
             core = self.session_factory(decision, now)
@@ -146,18 +185,23 @@ class OpenVpnUdpListener:
             self.drops["session-create-failed"] += 1
             return
         clients = self._clients
+        by_peer_id = self._by_peer_id
 
         def transmit(data: bytes) -> None:
-            self._send(data, address)
+            self._send(data, peer.address)
 
         def forget() -> None:
-            if clients.get(address) is client:
-                del clients[address]
+            if clients.get(peer.address) is peer.client:
+                del clients[peer.address]
+            if by_peer_id.get(peer.client.peer_id) is peer:
+                del by_peer_id[peer.client.peer_id]
 
         client = self.gateway.new_session(
             core, transmit=transmit, protocol="udp", real_address=format_peer(address),
             on_closed=forget,
         )
+        peer = _Peer(address, client)
         clients[address] = client
+        by_peer_id[client.peer_id] = peer
         assert client.driver is not None  # noqa: S101 (set by new_session)
         client.driver.pump()

@@ -39,6 +39,7 @@ class FakeCore:
         self.closed = False
         self.timer: float | None = None
         self.timer_fired: list[float] = []
+        self.last_received = 0.0
 
     def receive_datagram(self, data: bytes, now: float) -> None:
         if data.startswith(VERIFY):

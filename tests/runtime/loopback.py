@@ -117,7 +117,7 @@ def client_config(paths: DataPaths, row: Certificate, *, v2: bool, tcp: bool) ->
     return ClientConfig(tls=tls, codec=TlsCryptCodec(key, server=False), tcp=tcp)
 
 
-class _Udp(asyncio.DatagramProtocol):
+class UdpClientProtocol(asyncio.DatagramProtocol):
     def __init__(self, client: TestClient) -> None:
         self.client = client
 
@@ -126,7 +126,7 @@ class _Udp(asyncio.DatagramProtocol):
             self.client.driver.feed(data)
 
 
-class _Tcp(asyncio.Protocol):
+class TcpClientProtocol(asyncio.Protocol):
     def __init__(self, client: TestClient) -> None:
         self.client = client
         self.decoder = TcpFrameDecoder()
@@ -146,14 +146,14 @@ async def connect(service: GatewayService, config: ClientConfig) -> TestClient:
     client = TestClient(ClientSession(config, loop.time()))
     if config.tcp:
         host, port = service.tcp[0].address
-        transport, _ = await loop.create_connection(lambda: _Tcp(client), host, port)
+        transport, _ = await loop.create_connection(lambda: TcpClientProtocol(client), host, port)
 
         def transmit(data: bytes) -> None:
             transport.write(frame(data))
     else:
         host, port = service.udp[0].address
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(client), remote_addr=(host, port))
+            lambda: UdpClientProtocol(client), remote_addr=(host, port))
 
         def transmit(data: bytes) -> None:
             transport.sendto(data)

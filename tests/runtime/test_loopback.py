@@ -11,7 +11,14 @@ from client_profiles import lifecycle
 from sslvpn.openvpn.events import SessionClosed
 from sslvpn.store import db, queries
 from tests.runtime.fakes import ipv4
-from tests.runtime.loopback import client_config, connect, issue, make_data_folder, running_service
+from tests.runtime.loopback import (
+    UdpClientProtocol,
+    client_config,
+    connect,
+    issue,
+    make_data_folder,
+    running_service,
+)
 
 VPC_HOST = "10.10.0.10"
 
@@ -119,4 +126,46 @@ async def test_shutdown_tells_connected_clients(tmp_path: Path) -> None:
     assert tun.closed
     assert not paths.control_socket.exists()
     client.close_transport()
+    engine.dispose()
+
+
+async def test_udp_client_floats_to_a_new_address(tmp_path: Path) -> None:
+    paths, engine = make_data_folder(tmp_path)
+    row = issue(paths, engine, "alice")
+    async with running_service(paths, engine) as (service, tun):
+        client = await connect(service, client_config(paths, row, v2=False, tcp=False))
+        async with asyncio.timeout(10):
+            await client.established.wait()
+        assert service.gateway is not None
+        [before] = service.gateway.list_sessions()
+        # the client's NAT mapping changes: same session, new source port
+        loop = asyncio.get_running_loop()
+        moved, _ = await loop.create_datagram_endpoint(
+            lambda: UdpClientProtocol(client), remote_addr=service.udp[0].address)
+        assert client.driver is not None
+        client.driver._transmit = moved.sendto  # type: ignore[assignment]
+        me = client.address
+        outbound = ipv4(me, VPC_HOST, b"from the new address")
+        client.send(outbound)
+        await tun.wait_written(lambda p: p == outbound)
+        [after] = service.gateway.list_sessions()
+        assert after.session_id == before.session_id
+        assert after.real_address != before.real_address
+        inbound = ipv4(VPC_HOST, me, b"to the new address")
+        tun.inject(inbound)
+        assert await client.wait_packet() == inbound  # arrived through the new socket
+        # a forged packet with the peer-id from yet another address does not move it
+        forger, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, remote_addr=service.udp[0].address)
+        peer_id = client.session.data_peer_id
+        assert peer_id is not None
+        forger.sendto(bytes([0x48]) + peer_id.to_bytes(3, "big") + bytes(40))
+        async with asyncio.timeout(5):
+            while not service.udp[0].drops["float-unauthenticated"]:
+                await asyncio.sleep(0.01)
+        [still] = service.gateway.list_sessions()
+        assert still.real_address == after.real_address
+        for transport in (forger, moved):
+            transport.close()
+        client.close_transport()
     engine.dispose()
