@@ -19,8 +19,8 @@ import ipaddress
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Engine
@@ -62,6 +62,14 @@ class _Gateway:
     by_peer: dict[str, Tunnel] = field(default_factory=dict)
     bucket_out: TokenBucket | None = None
     bucket_in: TokenBucket | None = None
+    bps: int | None = None
+
+
+def _renegotiate(old: TunnelConfig, new: TunnelConfig) -> bool:
+    """Whether an edit needs a new IKE SA (admin up/down and the bandwidth cap do not)."""
+    return replace(old, admin_up=True, bandwidth_bps=None) != replace(
+        new, admin_up=True, bandwidth_bps=None
+    )
 
 
 class IpsecService:
@@ -160,7 +168,8 @@ class IpsecService:
         if configs and self._tun is None:
             self._open_tun()
         for name in list(self._tunnels):
-            if name not in configs or configs[name] != self._configs.get(name):
+            old = self._configs.get(name)
+            if name not in configs or old is None or _renegotiate(old, configs[name]):
                 self._remove_tunnel(name)
         for name, config in configs.items():
             if name not in self._tunnels:
@@ -173,6 +182,7 @@ class IpsecService:
             elif not config.admin_up and not tunnel.stopped:
                 tunnel.stop(self._now())
         self._configs = configs
+        self._set_bandwidth(configs.values())
         self._sync_routes()
 
     async def _add_tunnel(self, config: TunnelConfig) -> None:
@@ -210,14 +220,20 @@ class IpsecService:
             await sockets.open(config.local_address, self._ike_port, self._nat_t_port)
             gateway = _Gateway(config.local_address, sockets)
             self._gateways[config.local_address] = gateway
-        if config.bandwidth_bps:
-            now = self._now()
-            if gateway.bucket_out is None or gateway.bucket_out.rate * 8 != config.bandwidth_bps:
-                gateway.bucket_out = TokenBucket(config.bandwidth_bps, now=now)
-                gateway.bucket_in = TokenBucket(config.bandwidth_bps, now=now)
-        else:
-            gateway.bucket_out = gateway.bucket_in = None
         return gateway
+
+    def _set_bandwidth(self, configs: Iterable[TunnelConfig]) -> None:
+        """Follow each gateway's cap (one bucket per direction), without touching tunnels."""
+        caps = {c.local_address: c.bandwidth_bps for c in configs}
+        now = self._now()
+        for address, gateway in self._gateways.items():
+            bps = caps.get(address)
+            if not bps:
+                gateway.bucket_out = gateway.bucket_in = None
+            elif gateway.bps != bps:
+                gateway.bucket_out = TokenBucket(bps, now=now)
+                gateway.bucket_in = TokenBucket(bps, now=now)
+            gateway.bps = bps
 
     def _ike_config(self, config: TunnelConfig) -> IkeConfig:
         timers: dict[str, Any] = dict(self._timers)

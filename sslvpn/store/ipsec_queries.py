@@ -49,6 +49,13 @@ def list_vpn_gateways(s: Session) -> list[VpnGateway]:
     return list(s.exec(select(VpnGateway).order_by(col(VpnGateway.name))))
 
 
+def set_vpn_gateway_bandwidth(s: Session, *, name: str, bandwidth_bps: int | None) -> VpnGateway:
+    """Change (or lift, with None) the gateway's cap; running tunnels keep their SAs."""
+    row = get_vpn_gateway(s, name=name)
+    assign(s, row, f"VPN gateway {name!r}", {"bandwidth_bps": bandwidth_bps})
+    return row
+
+
 def delete_vpn_gateway(s: Session, *, name: str) -> None:
     """Remove a gateway that no tunnel uses any more."""
     row = get_vpn_gateway(s, name=name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import random
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -187,3 +188,39 @@ async def test_a_tunnel_without_policy_stays_down_with_a_reason(tmp_path: Path) 
         with pytest.raises(asyncio.CancelledError):
             await task
         engine.dispose()
+
+
+async def test_random_datagrams_never_raise_and_the_tunnel_keeps_working(
+    harness: Harness,
+) -> None:
+    service = harness.service
+    rng = random.Random(7)  # noqa: S311 - reproducible garbage, not keys
+    for _ in range(500):
+        data = rng.randbytes(rng.randrange(0, 200))
+        service._from_esp("127.0.0.1", data, ("127.0.0.2", 4500))
+        service._from_ike("127.0.0.1", data, ("127.0.0.2", rng.choice((500, 4500))), True)
+        service._from_ike("127.0.0.1", data, ("127.0.0.2", 500), False)
+        service._from_ike("127.0.0.1", data, ("127.0.0.9", 500), False)
+    assert service.drops["ike-unknown-peer"] == 500
+    packet = ipv4("10.2.0.10", "10.1.0.10")
+    harness.tun.inject(packet)
+    assert await harness.received() == packet
+    assert service.tunnel_status()[0].state == "up"
+
+
+async def test_changing_the_bandwidth_cap_keeps_the_tunnel(harness: Harness) -> None:
+    service = harness.service
+    tunnel = service.tunnel("t1")
+    with session(service._engine) as s:
+        q.set_vpn_gateway_bandwidth(s, name="vgw", bandwidth_bps=None)
+    packet = ipv4("10.2.0.10", "10.1.0.10", b"z" * 1400)
+
+    async def uncapped() -> None:
+        while next(iter(service._gateways.values())).bucket_out is not None:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(uncapped(), 5)
+    for _ in range(200):
+        harness.tun.inject(packet)
+    assert service.drops["bandwidth-out"] == 0
+    assert service.tunnel("t1") is tunnel and tunnel.status().packets_out == 200
