@@ -62,14 +62,28 @@ async def test_tcp_garbage_and_silence_are_hung_up(
     engine.dispose()
 
 
+def _hold_udp_and_tcp_port() -> tuple[socket.socket, socket.socket]:
+    """Bind one port number on loopback for both UDP and TCP (retrying if TCP's is taken)."""
+    for _ in range(50):
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp.bind(("127.0.0.1", 0))
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            udp.bind(("127.0.0.1", tcp.getsockname()[1]))
+        except OSError:
+            tcp.close()
+            udp.close()
+            continue
+        tcp.listen()
+        return udp, tcp
+    raise AssertionError("no port free for both UDP and TCP")
+
+
 async def test_a_taken_port_fails_the_start_and_leaves_nothing(tmp_path: Path) -> None:
     paths, engine = make_data_folder(tmp_path)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
-            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-        udp.bind(("127.0.0.1", 0))
+    udp, tcp = _hold_udp_and_tcp_port()
+    with udp, tcp:
         port = udp.getsockname()[1]
-        tcp.bind(("127.0.0.1", port))
-        tcp.listen()
         tun = MemoryTun()
         service = GatewayService(
             paths, engine,
