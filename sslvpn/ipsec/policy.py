@@ -133,9 +133,6 @@ class Spd(Generic[T]):
         for rule in self._rules.pop(owner, []):
             self._by_peer.remove(rule.peer)
 
-    def rules(self, owner: T) -> list[PolicyRule]:
-        return list(self._rules.get(owner, []))
-
     def outbound(self, source: bytes, destination: bytes) -> T | None:
         """The tunnel a packet from the VPC goes into, or None (drop: no policy matches)."""
         hit = self._by_peer.lookup(destination)

@@ -85,7 +85,6 @@ class IkeSockets:
         self._ike: socket.socket | None = None
         self._natt: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.host = ""
         self.keepalives_received = 0
         self.keepalives_sent = 0
         self.malformed = 0
@@ -110,7 +109,6 @@ class IkeSockets:
         except OSError:
             self.close()
             raise
-        self.host = host
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._ike.fileno(), self._drain, self._ike, self._from_ike_port)
         self._loop.add_reader(self._natt.fileno(), self._drain, self._natt, self._from_nat_t_port)

@@ -78,7 +78,6 @@ class Tunnel:
         self.last_error: str | None = None
         self.established_at: datetime | None = None
         self.bytes_in = self.bytes_out = self.packets_in = self.packets_out = 0
-        self.drops = 0
         self._timer: asyncio.TimerHandle | None = None
         self._failures = 0
         self._retry_at: float | None = None
@@ -180,12 +179,10 @@ class Tunnel:
         """ESP for an inner packet going to the peer, or None (no SA yet, or exhausted)."""
         sa = self.outbound
         if sa is None:
-            self.drops += 1
             return None
         try:
             data = sa.seal(packet)
-        except SequenceExhausted:
-            self.drops += 1
+        except SequenceExhausted:  # the IKE core rekeys long before; drop until it has
             return None
         self.packets_out += 1
         self.bytes_out += len(packet)

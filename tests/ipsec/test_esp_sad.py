@@ -48,5 +48,5 @@ def test_rekeyed_sa_stays_until_removed_and_clashes_are_refused() -> None:
     assert sad.open(late)[2] == b"late"  # type: ignore[index]
     assert sad.remove(0x1000) is old_in
     assert sad.open(old_out.seal(b"gone")) is DropReason.UNKNOWN_SPI
-    assert sad.remove_owner("dc1") == [new_in]
+    assert sad.remove(0x1001) is new_in and sad.remove(0x1001) is None
     assert len(sad) == 0

@@ -36,15 +36,6 @@ class Sad(Generic[T]):
         entry = self._inbound.pop(spi, None)
         return entry[0] if entry else None
 
-    def remove_owner(self, owner: T) -> list[InboundSa]:
-        """Forget every SA of one tunnel (IKE SA gone, tunnel down)."""
-        gone = [spi for spi, (_, o) in self._inbound.items() if o == owner]
-        return [self._inbound.pop(spi)[0] for spi in gone]
-
-    def get(self, spi: int) -> InboundSa | None:
-        entry = self._inbound.get(spi)
-        return entry[0] if entry else None
-
     def __len__(self) -> int:
         return len(self._inbound)
 
