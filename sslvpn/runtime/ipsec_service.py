@@ -21,6 +21,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 RELOAD_INTERVAL = 2.0  # seconds between looks at the store (admin up/down, edits)
 TUN_MTU = 1400  # inner MTU that fits ESP-in-UDP on a 1500-byte path (as libipsec)
 TUN_NAME = "sslipsec%d"
+IPV4_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 
 
 @dataclass
@@ -102,6 +104,7 @@ class IpsecService:
         self._tunnels: dict[str, Tunnel] = {}
         self._configs: dict[str, TunnelConfig] = {}
         self._routes: set[str] = set()
+        self._forwarding_was: str | None = None  # restored on shutdown when we changed it
         self.spd: Spd[Tunnel] = Spd()
         self.sad: Sad[Tunnel] = Sad()
         self.drops: Counter[str] = Counter()
@@ -131,8 +134,19 @@ class IpsecService:
             except NetconfError:
                 tun.close()
                 raise
+            self._enable_forwarding()
         tun.start(self._from_tun)
         self._tun = tun
+
+    def _enable_forwarding(self) -> None:
+        """Packets cross between the LAN side and the TUN only with IPv4 forwarding on."""
+        try:
+            before = IPV4_FORWARD.read_text().strip()
+            if before != "1":
+                IPV4_FORWARD.write_text("1\n")
+                self._forwarding_was = before
+        except OSError as exc:  # e.g. a read-only /proc in a container: the host must do it
+            log.warning("cannot switch IPv4 forwarding on: %s", exc)
 
     def _shutdown(self) -> None:
         now = self._now()
@@ -148,6 +162,10 @@ class IpsecService:
         if self._tun is not None:
             self._tun.close()
             self._tun = None
+        if self._forwarding_was is not None:
+            with contextlib.suppress(OSError):
+                IPV4_FORWARD.write_text(self._forwarding_was + "\n")
+            self._forwarding_was = None
 
     @staticmethod
     def _now() -> float:

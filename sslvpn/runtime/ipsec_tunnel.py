@@ -3,12 +3,13 @@
 A `Tunnel` owns one live `IkeSa` (the IKE core) and, while that one is up, at most one
 *candidate*: a responder SA for a new IKE_SA_INIT from the peer's address (a restarted peer).
 The candidate replaces the live SA only once it authenticated, so unauthenticated packets
-never tear a working tunnel down. After every input the tunnel sends what the cores queued,
-dispatches their events and keeps exactly one timer:
-CHILD_SA events install and remove ESP SAs (the old inbound SA stays until its DELETE, so a
-rekey loses nothing), failures become the tunnel's ``last_error``, and a dead peer (DPD) or
-a failed attempt schedules a fresh initiation with back-off when the tunnel initiates; a
-tunnel that waits simply accepts the peer's next IKE_SA_INIT.
+never tear a working tunnel down.
+
+After every input the tunnel sends what the cores queued, dispatches their events and keeps
+exactly one timer. CHILD_SA events install and remove ESP SAs (the old inbound SA stays
+until its DELETE, so a rekey loses nothing); failures become the tunnel's ``last_error``; a
+dead peer (DPD) or a failed attempt schedules a fresh initiation with back-off when the
+tunnel initiates, while a tunnel that waits accepts the peer's next IKE_SA_INIT.
 """
 
 from __future__ import annotations

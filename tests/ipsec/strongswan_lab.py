@@ -72,10 +72,9 @@ class Topology:
         lab.link(self.siteb, f"{GW_B}/24", self.lanb, f"{HOST_B}/24")
         self.lana.run("ip", "route", "add", "default", "via", GW_A)
         self.lanb.run("ip", "route", "add", "default", "via", GW_B)
-        for site in (self.sitea, self.siteb):
-            for key in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
-                        "net.ipv4.conf.default.rp_filter=0"):
-                site.run("sysctl", "-qw", key)
+        for key in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
+                    "net.ipv4.conf.default.rp_filter=0"):
+            self.sitea.run("sysctl", "-qw", key)  # siteb: sslvpn switches forwarding on itself
 
     def start_charon(self, config: CharonConfig) -> Charon:
         self.stop_charon()
