@@ -381,3 +381,30 @@ def test_restarted_strongswan_replaces_the_old_sa(topo: Topology, peer: Peer) ->
     assert wait_until(replaced, 30, 0.2), f"{peer.status()}\n{peer.log()}"
     ping(topo.lanb, HOST_A)
     ping(topo.lana, HOST_B)
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "we_initiate", "expected"),
+    [
+        (("aes256gcm16-prfsha256-ecp256", "aes256gcm16"),
+         ("aes256-sha256-modp2048", "aes256gcm16"), True, "no proposal chosen"),
+        (("aes256-sha256-ecp256", "aes256gcm16"),
+         ("aes256-sha256-ecp256", "aes256-sha256"), False, "proposal"),
+    ],
+    ids=["ike-mismatch-we-initiate", "esp-mismatch-strongswan-initiates"],
+)
+def test_proposal_mismatch_gives_a_clear_status(
+    topo: Topology, peer: Peer, ours: tuple[str, str], theirs: tuple[str, str],
+    we_initiate: bool, expected: str,
+) -> None:
+    peer.remove_tunnel()
+    charon = topo.start_charon(CharonConfig(ike_proposals=theirs[0], esp_proposals=theirs[1]))
+    peer.configure(*ours, initiate=we_initiate)
+    if not we_initiate:
+        peer.wait_state("connecting")
+        out = charon.swanctl("--initiate", "--child", "net", "--timeout", "20", check=False)
+        assert "NO_PROPOSAL_CHOSEN" in out or "failed" in out, out
+    assert wait_until(lambda: expected in ((peer.status() or _down()).last_error or "").lower(),
+                      30, 0.2), f"{peer.status()}\n{peer.log()}"
+    assert (peer.status() or _down()).state != "up"
+    assert "INSTALLED" not in charon.list_sas()
