@@ -299,6 +299,9 @@ class Gateway:
             log.info("session %s (user %r, %s) closed: %s; %d bytes in, %d out",
                      client.session_id, client.user, client.vpn_text, reason,
                      client.bytes_in, client.bytes_out)
+        else:
+            log.info("session %s from %s ended before admission: %s", client.session_id,
+                     client.real_address, reason)
         self._closed_in += client.bytes_in
         self._closed_out += client.bytes_out
         client.on_closed()
