@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from client_profiles.passwords import generate_password
+from client_profiles.passwords import MIN_PASSWORD_LENGTH, generate_password
 from sslvpn.runtime.control import SessionInfo
 from sslvpn.store import NotFoundError, StoreError, db, queries
 from sslvpn.store.models import ROLE_VALUES, Certificate, User
@@ -171,11 +171,13 @@ async def list_users(request: web.Request) -> web.StreamResponse:
 async def create_user(request: web.Request) -> web.StreamResponse:
     body = await body_of(request, {"name": str, "role": str, "email": str, "password": str})
     name, role = body.get("name", ""), body.get("role", "user")
-    password = body.get("password") or ""
+    given: str | None = body.get("password")
+    if given is not None and len(given) < MIN_PASSWORD_LENGTH:
+        return error(400, f"password needs at least {MIN_PASSWORD_LENGTH} characters")
     if role not in ROLE_VALUES:
         return error(400, "role must be admin or user")
-    generated = not password
-    password = password or generate_password()
+    generated = given is None
+    password = given if given is not None else generate_password()
     try:
         user = await pki_ops.add_user(
             request, name=name, role=role, email=body.get("email"), password=password

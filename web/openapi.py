@@ -123,7 +123,7 @@ def _paths() -> dict[str, Any]:
                     {
                         "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"},
                         "role": {"type": "string", "enum": ["admin", "user"]},
-                        "email": {"type": "string", "pattern": "^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$"},
+                        "email": {"type": "string", "format": "email"},
                         "password": {"type": "string", "minLength": 8},
                     },
                     ["name"],

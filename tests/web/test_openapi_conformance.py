@@ -23,6 +23,8 @@ from web.openapi import document
 TOKEN = "svt_conformance-token"
 schema = schemathesis.openapi.from_dict(document())
 schema.config.update(headers={"Authorization": f"Bearer {TOKEN}"})
+# Derandomised: the same wide sample every run, so CI never flakes on a lucky draw.
+schema.config.generation.update(deterministic=True)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_matches_its_openapi_document(case: schemathesis.Case, api_url: str) -> None:
     case.call_and_validate(base_url=api_url)
 
