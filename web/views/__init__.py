@@ -1,0 +1,1 @@
+"""HTML handlers, one module per audience: auth, end-user devices, admin, onboarding."""
