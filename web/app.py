@@ -27,7 +27,6 @@ from web.traffic import TrafficHistory
 from web.views import admin, admin_ops, auth, devices, onboarding
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-TRAFFIC_SAMPLE_SECONDS = 5.0
 
 
 def create_app(
@@ -79,7 +78,7 @@ async def _sample_traffic(app: web.Application) -> AsyncIterator[None]:
     async def loop() -> None:
         while True:
             portal.sample_traffic()
-            await asyncio.sleep(TRAFFIC_SAMPLE_SECONDS)
+            await asyncio.sleep(portal.settings.refresh_seconds)
 
     task = asyncio.create_task(loop())
     yield

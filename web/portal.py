@@ -24,6 +24,7 @@ class PortalSettings:
     public_url: str | None = None  # e.g. "https://vpn.example.com"; default: the request's host
     import_token_ttl: timedelta | None = None
     gateway_name: str = "default"
+    refresh_seconds: float = 5.0  # gateway sampling and live page refresh period
     ca_passphrase: str | None = field(default=None, repr=False)
 
 

@@ -17,6 +17,7 @@ from playwright.async_api import Browser, Page, async_playwright
 
 from tests.web.conftest import PASSWORDS, FakeGateway, Site, issue_for
 from web.app import create_app, start_portal
+from web.portal import PortalSettings
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -36,7 +37,8 @@ pytestmark = pytest.mark.interop
 
 @pytest.fixture
 async def portal_url(site: Site, gateway: FakeGateway) -> AsyncIterator[str]:
-    app = create_app(engine=site.engine, paths=site.paths, control=gateway)
+    settings = PortalSettings(refresh_seconds=1.0)
+    app = create_app(engine=site.engine, paths=site.paths, control=gateway, settings=settings)
     served = await start_portal(app, "127.0.0.1:0", None)
     try:
         yield served.url.rstrip("/")

@@ -69,5 +69,5 @@
   }
 
   refresh();
-  setInterval(refresh, 5000);
+  setInterval(refresh, Number(canvas.dataset.refresh || 5) * 1000);
 })();

@@ -44,6 +44,7 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
         "gateway": portal.settings.gateway_name,
         "has_gateway": portal.control is not None,
         "warn_days": EXPIRY_WARNINGS,
+        "refresh": portal.settings.refresh_seconds,
     }
     return render(request, "admin_dashboard.html", context)
 
@@ -62,10 +63,12 @@ async def traffic_json(request: web.Request) -> web.StreamResponse:
 @require_admin
 async def sessions_page(request: web.Request) -> web.StreamResponse:
     sessions = sorted(portal_of(request).live_sessions(), key=lambda s: s.connected_at)
-    has_gateway = portal_of(request).control is not None
-    return render(
-        request, "admin_sessions.html", {"sessions": sessions, "has_gateway": has_gateway}
-    )
+    context = {
+        "sessions": sessions,
+        "has_gateway": portal_of(request).control is not None,
+        "refresh": portal_of(request).settings.refresh_seconds,
+    }
+    return render(request, "admin_sessions.html", context)
 
 
 @require_admin
