@@ -408,3 +408,15 @@ def test_proposal_mismatch_gives_a_clear_status(
                       30, 0.2), f"{peer.status()}\n{peer.log()}"
     assert (peer.status() or _down()).state != "up"
     assert "INSTALLED" not in charon.list_sas()
+
+
+def test_both_sides_initiating_at_once_settle_on_one_working_tunnel(
+    topo: Topology, peer: Peer
+) -> None:
+    ike, esp = "aes256gcm16-prfsha256-curve25519", "aes256-sha256"
+    peer.remove_tunnel()
+    peer.configure(ike, esp, initiate=True)  # we start while charon is still coming up ...
+    topo.start_charon(CharonConfig(ike_proposals=ike, esp_proposals=esp, start_action="start"))
+    peer.wait_state("up", timeout=40)  # ... and charon initiates on start as well
+    ping(topo.lanb, HOST_A)
+    ping(topo.lana, HOST_B)
