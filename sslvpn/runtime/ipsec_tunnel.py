@@ -158,9 +158,16 @@ class Tunnel:
         self.sa, self._responder_spi_i = sa, spi_i
         self.state = "connecting"
 
-    def _promote(self) -> None:
-        """The candidate authenticated: it becomes the live SA (the old one is forgotten)."""
-        candidate, spi_i = self.candidate, self._candidate_spi_i
+    def _promote(self, now: float) -> None:
+        """The candidate authenticated: it becomes the live SA.
+
+        The old SA gets one DELETE (it cleans up a peer that raced us; a restarted peer
+        ignores it) and is then forgotten.
+        """
+        candidate, spi_i, old = self.candidate, self._candidate_spi_i, self.sa
+        if old is not None:
+            old.delete(now)
+            self._send(old, now)
         self._drop_sa()
         self.sa, self._responder_spi_i = candidate, spi_i
         self.state = "connecting"
@@ -234,15 +241,15 @@ class Tunnel:
         self._send(sa, now)
         while (event := sa.next_event()) is not None:
             if sa is self.candidate:
-                self._candidate_event(event)
+                self._candidate_event(event, now)
             if sa is not self.sa:
                 continue  # a dropped or still unproven SA: nothing else to act on
             self._on_event(event, now)
         self._send(sa, now)
 
-    def _candidate_event(self, event: ev.IkeEvent) -> None:
+    def _candidate_event(self, event: ev.IkeEvent, now: float) -> None:
         if isinstance(event, ev.IkeSaEstablished | ev.ChildSaEstablished):
-            self._promote()
+            self._promote(now)
         elif isinstance(event, ev.AuthenticationFailed | ev.NoProposalChosen | ev.IkeSaClosed):
             log.warning("tunnel %s: new IKE SA from the peer failed: %s", self.name, event)
             self.candidate = self._candidate_spi_i = None
