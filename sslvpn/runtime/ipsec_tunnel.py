@@ -294,7 +294,12 @@ class Tunnel:
     def _fail(self, reason: str, now: float) -> None:
         log.warning("tunnel %s: %s", self.name, reason)
         self.last_error = reason
+        candidate, spi_i = self.candidate, self._candidate_spi_i
         self._drop_sa()
+        if candidate is not None:  # the peer is already starting over: let it finish
+            self.sa, self._responder_spi_i = candidate, spi_i
+            self.state = "connecting"
+            return
         self.state = "down" if not self.config.initiate else "connecting"
         if self.config.initiate and not self.stopped:
             delay = RETRY_DELAYS[min(self._failures, len(RETRY_DELAYS) - 1)]
