@@ -30,7 +30,6 @@ from sslvpn.openvpn.static_key import parse_static_key
 from sslvpn.openvpn.tls import TlsContext, TlsCredentials
 from sslvpn.openvpn.tls_wrap import TlsCryptCodec
 
-STAGE_TIMEOUT_S = 180.0
 STALL_S = 15.0  # a stage also ends when no session got established for this long
 
 
@@ -146,9 +145,12 @@ def run(args: argparse.Namespace) -> None:
     configs = load_configs(args.credentials, args.ca.read_bytes(),
                            parse_static_key(args.tls_crypt.read_text()))
     swarm = Swarm((host, int(port)), configs)
+    rss, hwm = memory_kib(args.server_pid)
+    print(json.dumps({"stage": 0, "established": 0, "failed": 0, "rate": 0.0,
+                      "rss_kib": rss, "hwm_kib": hwm, "failures": {}}), flush=True)
     for target in (int(s) for s in args.stages.split(",")):
         began, base = time.monotonic(), swarm.established
-        deadline = began + STAGE_TIMEOUT_S
+        deadline = began + args.stage_timeout
         while swarm.established + swarm.failed < target and time.monotonic() < deadline \
                 and time.monotonic() - max(began, swarm.last_established) < STALL_S:
             in_flight = len(swarm.sessions) - swarm.established - swarm.failed
@@ -174,6 +176,8 @@ def main() -> None:
     parser.add_argument("--stages", required=True, help="e.g. 1000,10000")
     parser.add_argument("--wave", type=int, default=1000, help="handshakes in flight at most")
     parser.add_argument("--hold", type=float, default=5.0)
+    parser.add_argument("--stage-timeout", type=float, default=180.0,
+                        help="seconds a stage may take before it reports what it reached")
     run(parser.parse_args())
 
 
