@@ -50,6 +50,7 @@ from sslvpn.store.ipsec_queries import TunnelConfig, tunnel_configs
 log = logging.getLogger(__name__)
 
 RELOAD_INTERVAL = 2.0  # seconds between looks at the store (admin up/down, edits)
+DROP_LOG_INTERVAL = 60.0  # seconds between summaries of dropped packets in the log
 TUN_MTU = 1400  # inner MTU that fits ESP-in-UDP on a 1500-byte path (as libipsec)
 TUN_NAME = "sslipsec%d"
 IPV4_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
@@ -108,6 +109,7 @@ class IpsecService:
         self.spd: Spd[Tunnel] = Spd()
         self.sad: Sad[Tunnel] = Sad()
         self.drops: Counter[str] = Counter()
+        self._drops_logged: tuple[float, Counter[str]] = (0.0, Counter())
         self.ready = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -120,6 +122,7 @@ class IpsecService:
                 except (StoreError, NetconfError, OSError) as exc:  # retried next round
                     log.error("IPsec service: %s", exc)
                 self._send_keepalives()
+                self._log_drops()
                 self.ready.set()
                 await asyncio.sleep(self._reload_interval)
         finally:
@@ -170,6 +173,18 @@ class IpsecService:
     @staticmethod
     def _now() -> float:
         return asyncio.get_running_loop().time()
+
+    def _log_drops(self) -> None:
+        """One log line a minute when packets were dropped (never one line per packet)."""
+        now = self._now()
+        since, seen = self._drops_logged
+        if now - since < DROP_LOG_INTERVAL:
+            return
+        new = self.drops - seen
+        if new:
+            log.warning("IPsec drops in the last %.0f s: %s", now - since,
+                        ", ".join(f"{reason} {count}" for reason, count in sorted(new.items())))
+        self._drops_logged = (now, Counter(self.drops))
 
     def _send_keepalives(self) -> None:
         now = self._now()

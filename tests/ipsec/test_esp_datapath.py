@@ -11,6 +11,7 @@ import ipaddress
 import random
 import socket
 import struct
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -103,7 +104,9 @@ async def test_vpc_packets_go_out_sealed_and_peer_packets_come_in(harness: Harne
     assert (status.bytes_in, status.bytes_out) == (len(incoming), len(outgoing))
 
 
-async def test_policy_replay_and_garbage_are_dropped_and_counted(harness: Harness) -> None:
+async def test_policy_replay_and_garbage_are_dropped_and_counted(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
     service, tun = harness.service, harness.tun
     tun.inject(ipv4("10.2.0.10", "10.9.0.1"))  # no policy for this destination
     tun.inject(ipv4("10.7.0.10", "10.1.0.10"))  # source outside the local range
@@ -124,6 +127,9 @@ async def test_policy_replay_and_garbage_are_dropped_and_counted(harness: Harnes
     assert service.drops["no-policy"] == 2
     assert service.drops["esp-policy"] == 1
     assert tun.written == [good_packet]
+    service._drops_logged = (-1e9, Counter())  # as if the last summary was long ago
+    service._log_drops()
+    assert "esp-policy 1, esp-replayed 1, esp-unknown-spi 1, no-policy 2" in caplog.text
 
 
 async def test_bandwidth_cap_drops_the_excess(harness: Harness) -> None:
