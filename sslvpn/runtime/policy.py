@@ -8,16 +8,19 @@ answers it from the sslvpn store, so a revocation or a disabled user written by 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from sqlalchemy import Engine
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from sslvpn.runtime.control import SessionInfo
-from sslvpn.store import NotFoundError, db, queries
+from sslvpn.store import NotFoundError, StoreError, db, queries
 from sslvpn.store.models import Certificate, User, utcnow
+
+T = TypeVar("T")
+WRITE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -107,26 +110,41 @@ class StorePolicy:
         with db.session(self._engine) as s:
             return list(queries.leased_addresses(s))
 
-    def store_lease(self, serial: str, address: str) -> None:
+    def _write(self, work: Callable[[Session], T]) -> T:
+        """One write transaction, retried when SQLite refuses it as "locked".
+
+        A deferred SQLite transaction that read first and then writes after another process
+        committed fails at once with SQLITE_BUSY (the busy timeout does not apply), so the
+        CLI or portal writing at the same moment must not lose the gateway's accounting.
+        """
+        for _ in range(WRITE_ATTEMPTS - 1):
+            try:
+                with db.session(self._engine) as s:
+                    return work(s)
+            except StoreError as exc:
+                if "locked" not in str(exc):
+                    raise
         with db.session(self._engine) as s:
-            queries.set_lease(s, serial=serial, address=address)
+            return work(s)
+
+    def store_lease(self, serial: str, address: str) -> None:
+        self._write(lambda s: queries.set_lease(s, serial=serial, address=address))
 
     def session_opened(self, info: SessionInfo) -> None:
-        with db.session(self._engine) as s:
-            queries.open_session_record(
-                s,
-                session_id=info.session_id,
-                gateway_name=self._gateway_name,
-                user_name=info.user,
-                certificate_serial=info.certificate_serial,
-                real_address=info.real_address,
-                vpn_address=info.vpn_address,
-                protocol=info.protocol,
-                connected_at=info.connected_at,
-            )
+        self._write(lambda s: queries.open_session_record(
+            s,
+            session_id=info.session_id,
+            gateway_name=self._gateway_name,
+            user_name=info.user,
+            certificate_serial=info.certificate_serial,
+            real_address=info.real_address,
+            vpn_address=info.vpn_address,
+            protocol=info.protocol,
+            connected_at=info.connected_at,
+        ))
 
     def session_counters(self, infos: Collection[SessionInfo]) -> None:
-        with db.session(self._engine) as s:
+        def update(s: Session) -> None:
             for info in infos:
                 with contextlib.suppress(NotFoundError):
                     queries.update_session_counters(
@@ -134,16 +152,20 @@ class StorePolicy:
                         bytes_out=info.bytes_out,
                     )
 
+        self._write(update)
+
     def session_closed(self, info: SessionInfo, reason: str) -> None:
-        with db.session(self._engine) as s, contextlib.suppress(NotFoundError):
-            queries.close_session_record(
-                s, session_id=info.session_id, at=utcnow(), reason=reason[:200],
-                bytes_in=info.bytes_in, bytes_out=info.bytes_out,
-            )
+        def close(s: Session) -> None:
+            with contextlib.suppress(NotFoundError):
+                queries.close_session_record(
+                    s, session_id=info.session_id, at=utcnow(), reason=reason[:200],
+                    bytes_in=info.bytes_in, bytes_out=info.bytes_out,
+                )
+
+        self._write(close)
 
     def close_stale_records(self) -> int:
         """Close records a crashed run of this gateway left open."""
-        with db.session(self._engine) as s:
-            return queries.close_stale_session_records(
-                s, gateway_name=self._gateway_name, at=utcnow()
-            )
+        return self._write(lambda s: queries.close_stale_session_records(
+            s, gateway_name=self._gateway_name, at=utcnow()
+        ))

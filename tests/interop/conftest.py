@@ -5,8 +5,9 @@
                                       tun 10.8.0.1/24)
 
 The VPC is 10.10.0.0/24; sv-out stands for "anything else the gateway can reach" and must
-stay unreachable through the tunnel. One gateway (``sslvpn serve`` from a data folder made
-with the real CLI) serves the whole module; each test starts its own openvpn client.
+stay unreachable through the tunnel. sv-cl2 (198.19.0.2, routed to 198.18.0.1 through the
+gateway) hosts a second client at the same time. One gateway (``sslvpn serve`` from a data
+folder made with the real CLI) serves the whole module; each test starts its own client.
 Everything is removed in finalizers, even when a test fails.
 """
 
@@ -39,8 +40,16 @@ PORT = 1194
 
 
 def sslvpn(data_dir: Path, *args: str, check: bool = True) -> Result:
-    """Run an `sslvpn` CLI verb in-process (click's runner) against the test's data folder."""
-    result = CliRunner().invoke(main, ["--data-dir", str(data_dir), *args])
+    """Run an `sslvpn` CLI verb in-process (click's runner) against the test's data folder.
+
+    The running gateway writes to the same SQLite file; a CLI transaction that read before
+    the gateway's commit is refused as "database is locked" (deferred BEGIN), and an
+    operator would simply run the command again, so the helper does too (bounded).
+    """
+    for _ in range(3):
+        result = CliRunner().invoke(main, ["--data-dir", str(data_dir), *args])
+        if "database is locked" not in result.output:
+            break
     if check and result.exit_code != 0:
         raise AssertionError(f"sslvpn {' '.join(args)} failed: {result.output}")
     return result
@@ -53,6 +62,7 @@ class Topology:
     gateway_ns: Namespace
     vpc_ns: Namespace
     outside_ns: Namespace
+    second_client_ns: Namespace
     data_dir: Path
     work: Path
     gateway_log: Path
@@ -96,8 +106,10 @@ def build_topology(work: Path, *, snat: bool = False) -> Iterator[Topology]:
         _require(binary)
     lab = NetnsLab("sv")
     try:
-        cli, gw, vpc, out = (lab.namespace(r) for r in ("cli", "gw", "vpc", "out"))
+        cli, gw, vpc, out, cl2 = (lab.namespace(r) for r in ("cli", "gw", "vpc", "out", "cl2"))
         lab.link(cli, "198.18.0.2/24", gw, f"{GATEWAY_OUTER}/24")
+        lab.link(cl2, "198.19.0.2/24", gw, "198.19.0.1/24")  # a second client's internet
+        cl2.run("ip", "route", "add", f"{GATEWAY_OUTER}/32", "via", "198.19.0.1")
         lab.link(gw, "10.10.0.1/24", vpc, f"{VPC_HOST}/24")
         lab.link(gw, "10.20.0.1/24", out, f"{OUTSIDE_HOST}/24")
         if not snat:
@@ -108,7 +120,7 @@ def build_topology(work: Path, *, snat: bool = False) -> Iterator[Topology]:
                "--proto", "both", "--vpc", "10.10.0.0/24")
         if snat:
             update_settings(data_dir, snat=True)
-        topo = Topology(lab, cli, gw, vpc, out, data_dir, work, work / "gateway.log")
+        topo = Topology(lab, cli, gw, vpc, out, cl2, data_dir, work, work / "gateway.log")
         topo.gateway = gw.spawn([SSLVPN, "--data-dir", str(data_dir), "serve",
                                  "--listen", GATEWAY_OUTER], log=topo.gateway_log)
         if not wait_until(file_contains(topo.gateway_log, "listening on tcp"), 20):

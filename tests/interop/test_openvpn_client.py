@@ -28,7 +28,7 @@ from tests.interop.conftest import (
     sslvpn,
     update_settings,
 )
-from tests.netns import file_contains, wait_until
+from tests.netns import Namespace, file_contains, wait_until
 
 pytestmark = pytest.mark.interop
 
@@ -39,10 +39,12 @@ FIFTY_MB = 50 * 1024 * 1024
 class OpenVpnClient:
     """One openvpn client process in the client namespace, stopped by the test's finalizer."""
 
-    def __init__(self, topo: Topology, profile: Path, *extra: str) -> None:
+    def __init__(
+        self, topo: Topology, profile: Path, *extra: str, ns: Namespace | None = None
+    ) -> None:
         self.topo = topo
         self.log = topo.work / f"{profile.stem}-{time.monotonic_ns()}.log"
-        self.proc = topo.client_ns.spawn(
+        self.proc = (ns or topo.client_ns).spawn(
             ["openvpn", "--config", str(profile), "--disable-dco", "--verb", "3",
              "--log", str(self.log), *extra],
         )
@@ -64,8 +66,8 @@ class OpenVpnClient:
 def clients(topology: Topology):  # type: ignore[no-untyped-def]
     started: list[OpenVpnClient] = []
 
-    def start(profile: Path, *extra: str) -> OpenVpnClient:
-        client = OpenVpnClient(topology, profile, *extra)
+    def start(profile: Path, *extra: str, ns: Namespace | None = None) -> OpenVpnClient:
+        client = OpenVpnClient(topology, profile, *extra, ns=ns)
         started.append(client)
         return client
 
@@ -218,6 +220,25 @@ def test_profile_falls_back_to_tcp_when_udp_is_blocked(topology: Topology, clien
         assert topology.client_ns.ok("ping", "-c", "1", "-W", "2", VPC_HOST)
     finally:
         topology.gateway_ns.run("nft", "delete", "table", "inet", "svblock", check=False)
+
+
+def test_two_clients_at_once_are_isolated_from_each_other(topology: Topology, clients) -> None:  # type: ignore[no-untyped-def]
+    topology.issue("ivan", "laptop")
+    topology.issue("judy", "phone")
+    ivan_profile = topology.profile("ivan", "laptop", "udp")
+    judy_profile = topology.profile("judy", "phone", "tcp")
+    ivan = clients(ivan_profile)
+    judy = clients(judy_profile, ns=topology.second_client_ns)
+    ivan.wait_for(CONNECTED)
+    judy.wait_for(CONNECTED)
+    by_user = {str(s["user"]): s for s in _sessions(topology)}
+    assert set(by_user) == {"ivan", "judy"}
+    assert by_user["ivan"]["vpn_address"] != by_user["judy"]["vpn_address"]
+    for ns in (topology.client_ns, topology.second_client_ns):
+        assert ns.ok("ping", "-c", "1", "-W", "2", VPC_HOST)
+    # client-to-client is off by default: the pool is on-link for ivan, yet judy is unreachable
+    assert not topology.client_ns.ok("ping", "-c", "2", "-i", "0.2", "-W", "1",
+                                     str(by_user["judy"]["vpn_address"]))
 
 
 def test_sigterm_tells_clients_and_removes_the_tun(topology: Topology, clients) -> None:  # type: ignore[no-untyped-def]

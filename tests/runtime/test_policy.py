@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
+from sqlmodel import Session
 
 from sslvpn.runtime.control import SessionInfo
 from sslvpn.runtime.policy import StorePolicy
-from sslvpn.store import db, queries
+from sslvpn.store import StoreError, db, queries
 
 
 @pytest.fixture
@@ -73,3 +76,37 @@ def test_leases_and_session_records(engine: Engine) -> None:
     assert by_id["udp-1"].disconnect_reason == "kicked by admin"
     assert (by_id["udp-1"].bytes_in, by_id["udp-1"].bytes_out) == (10, 20)
     assert by_id["udp-2"].disconnect_reason == "gateway restarted"
+
+
+def test_writes_retry_when_sqlite_says_locked(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = db.session
+    failures = {"left": 2}
+
+    @contextlib.contextmanager
+    def flaky(e: Engine) -> Iterator[Session]:
+        with real(e) as s:
+            yield s
+            if failures["left"]:
+                failures["left"] -= 1
+                raise StoreError("database error: database is locked")
+
+    monkeypatch.setattr("sslvpn.runtime.policy.db.session", flaky)
+    policy = StorePolicy(engine)
+    policy.store_lease("a1", "10.8.0.9")  # third attempt succeeds
+    assert policy.lease("a1") == "10.8.0.9"
+    failures["left"] = 3
+    with pytest.raises(StoreError, match="locked"):
+        policy.store_lease("a2", "10.8.0.10")
+    calls: list[str] = []
+
+    def disk_full(*_args: object, **_kwargs: object) -> None:
+        calls.append("set_lease")
+        raise StoreError("database error: disk full")
+
+    failures["left"] = 0
+    monkeypatch.setattr("sslvpn.runtime.policy.queries.set_lease", disk_full)
+    with pytest.raises(StoreError, match="disk full"):
+        policy.store_lease("a2", "10.8.0.10")
+    assert calls == ["set_lease"]  # other errors are not retried
