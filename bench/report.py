@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 Better = Literal["higher", "lower"]
 GROUPS = ("throughput", "cpu per Gbit", "latency", "handshake time", "handshake rate",
-          "scale memory", "scale rate", "ipsec")
+          "scale memory", "scale memory per session", "scale rate", "ipsec")
 
 
 @dataclass
@@ -101,7 +101,8 @@ def write(report: Report, out_dir: Path) -> dict[str, Path]:
 
 
 def chart(report: Report, path: Path) -> None:
-    """One panel per group: grouped horizontal bars for ours, baseline and the raw path."""
+    """One panel per group (one unit each): bars for ours and the baseline; the raw path, often
+    100x larger, is written into the label instead of drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,27 +113,32 @@ def chart(report: Report, path: Path) -> None:
         return
     heights = [max(1.5, 0.45 * len([f for f in report.figures if f.group == g]) + 0.8)
                for g in groups]
-    fig, axes = plt.subplots(len(groups), 1, figsize=(10, sum(heights)),
+    fig, axes = plt.subplots(len(groups), 1, figsize=(11, sum(heights)),
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
-    series = (("ours", "sslvpn (ours)", "tab:blue"), ("baseline", "baseline", "tab:orange"),
-              ("raw", "raw path", "tab:gray"))
+    series = (("ours", "sslvpn (ours)", "tab:blue"), ("baseline", "baseline", "tab:orange"))
     for ax, group in zip((a[0] for a in axes), groups, strict=True):
         figs = [f for f in report.figures if f.group == group]
         for offset, (attr, label, colour) in enumerate(series):
             values = [getattr(f, attr) for f in figs]
-            ys = [i + (offset - 1) * 0.27 for i in range(len(figs))]
-            ax.barh(ys, [v or 0.0 for v in values], height=0.25, label=label, color=colour)
+            ys = [i + (offset - 0.5) * 0.4 for i in range(len(figs))]
+            ax.barh(ys, [v or 0.0 for v in values], height=0.38, label=label, color=colour)
             for y, v in zip(ys, values, strict=True):
                 if attr == "ours" and v is None:
                     ax.text(0, y, " n/a", va="center", fontsize=7)
         ax.set_yticks(range(len(figs)))
-        ax.set_yticklabels([f"{f.name} [{f.unit}, {f.better} better]" for f in figs], fontsize=7)
+        ax.set_yticklabels([_label(f) for f in figs], fontsize=7)
         ax.invert_yaxis()
         ax.set_title(group, fontsize=9, loc="left")
         ax.tick_params(axis="x", labelsize=7)
     axes[0][0].legend(fontsize=7, loc="lower right")
     baseline = report.meta.get("baseline", "OpenVPN 2.6 / strongSwan")
     fig.suptitle(f"sslvpn vs {baseline}", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _label(f: Figure) -> str:
+    raw = f", raw {_cell(f.raw)}" if f.raw is not None else ""
+    ratio = f", ratio {_cell(f.ratio)}" if f.ratio is not None else ""
+    return f"{f.name} [{f.unit}, {f.better} better{ratio}{raw}]"

@@ -119,7 +119,8 @@ def _record(report: Report, side: str, stages: list[dict[str, Any]],
                                 f"{stage.get('failures')}")
     last = stages[-1]
     if len(stages) > 1 and last["established"]:
-        per = report.get("scale memory", "server RSS per idle session", "KiB", "lower")
+        per = report.get("scale memory per session", "server RSS per idle session", "KiB",
+                         "lower")
         setattr(per, side, (last["rss_kib"] - idle["rss_kib"]) / last["established"])
     if len(stages) > 1:
         rate = report.get("scale rate", f"handshakes/s, burst of {settings.sizes[0]} "
