@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -104,13 +105,15 @@ def sessions_command(ctx: click.Context, as_json: bool) -> None:
     if not sessions:
         click.echo("no live sessions")
         return
+    now = datetime.now(UTC)
     click.echo(f"{'SESSION':<14} {'USER':<14} {'DEVICE':<10} {'REAL ADDRESS':<22} "
-               f"{'VPN ADDRESS':<15} {'SINCE (UTC)':<20} {'IN':>10} {'OUT':>10}")
+               f"{'VPN ADDRESS':<15} {'SINCE (UTC)':<20} {'IN':>10} {'OUT':>10} {'IDLE':>6}")
     for s in sessions:
+        idle = max(0, int((now - s.last_activity).total_seconds()))
         click.echo(f"{s.session_id:<14} {s.user:<14} {s.device or '-':<10} "
                    f"{s.real_address:<22} {s.vpn_address:<15} "
                    f"{s.connected_at.strftime('%Y-%m-%d %H:%M:%S'):<20} "
-                   f"{_human_bytes(s.bytes_in):>10} {_human_bytes(s.bytes_out):>10}")
+                   f"{_human_bytes(s.bytes_in):>10} {_human_bytes(s.bytes_out):>10} {idle:>5}s")
 
 
 @click.command("kick")

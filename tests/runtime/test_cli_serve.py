@@ -43,6 +43,7 @@ async def test_sessions_table_json_and_kick(tmp_path: Path) -> None:
         code, table = await asyncio.to_thread(_cli, tmp_path, "sessions")
         assert code == 0
         assert "alice" in table and "10.8.0.2" in table and "laptop" in table
+        assert table.splitlines()[0].split()[-1] == "IDLE" and " 0s" in table
         code, text = await asyncio.to_thread(_cli, tmp_path, "sessions", "--json")
         rows = json.loads(text)
         assert [r["user"] for r in rows] == ["alice", "bob"]
