@@ -272,6 +272,235 @@ def _paths() -> dict[str, Any]:
     }
 
 
+# Site-to-site IPsec (web.api_ipsec) --------------------------------------------------------
+
+OBJECT_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
+NULLABLE_INT = {"type": "integer", "nullable": True}
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_FIRST = r"(?:[1-9]|[1-9]\d|1[01]\d|12[0-6]|12[89]|1[3-5]\d|16[0-8]|1[7-9]\d|2[01]\d|22[0-3])"
+_NOT_LINK_LOCAL = r"169\.(?:25[0-35]|2[0-4]\d|1\d\d|[1-9]?\d)"
+UNICAST_ADDRESS = {
+    "type": "string",
+    "description": "A usable unicast address (the pattern shows IPv4; IPv6 is accepted too).",
+    "pattern": rf"^(?:{_FIRST}\.{_OCTET}|{_NOT_LINK_LOCAL})\.{_OCTET}\.{_OCTET}$",
+}
+DELETED = _json(
+    {"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "boolean"}}},
+    "Deleted",
+)
+VPN_GATEWAY = {
+    "type": "object",
+    "required": ["name", "public_address", "bandwidth_bps"],
+    "properties": {
+        "name": {"type": "string"},
+        "public_address": {"type": "string"},
+        "bandwidth_bps": {**NULLABLE_INT, "description": "cap for all its tunnels; null: none"},
+    },
+}
+CUSTOMER_GATEWAY = {
+    "type": "object",
+    "required": ["name", "address"],
+    "properties": {"name": {"type": "string"}, "address": {"type": "string"}},
+}
+POLICY = {
+    "type": "object",
+    "required": ["id", "local_cidr", "peer_cidr"],
+    "properties": {
+        "id": {"type": "integer"},
+        "local_cidr": {"type": "string"},
+        "peer_cidr": {"type": "string"},
+    },
+}
+TUNNEL_STATUS = {
+    "type": "object",
+    "required": ["state", "last_error", "established_at", "spi_in", "spi_out"],
+    "properties": {
+        "state": {"type": "string", "enum": ["down", "connecting", "up"]},
+        "last_error": NULLABLE_TEXT,
+        "established_at": NULLABLE_DATE,
+        "spi_in": NULLABLE_TEXT,
+        "spi_out": NULLABLE_TEXT,
+        **{
+            f"{unit}_{way}": {"type": "integer"}
+            for unit in ("bytes", "packets")
+            for way in ("in", "out")
+        },
+    },
+}
+TUNNEL = {
+    "type": "object",
+    "description": "A tunnel; its pre-shared key is never returned.",
+    "required": ["name", "gateway", "customer_gateway", "admin_up", "policies", "status"],
+    "properties": {
+        "name": {"type": "string"},
+        "gateway": {"type": "string"},
+        "customer_gateway": {"type": "string"},
+        "peer_address": {"type": "string"},
+        "ike_proposals": {"type": "string"},
+        "esp_proposals": {"type": "string"},
+        "start_action": {"type": "string", "enum": ["initiate", "wait"]},
+        "admin_up": {"type": "boolean"},
+        "policies": {"type": "array", "items": _ref("SpdPolicy")},
+        "status": _ref("TunnelStatus"),
+    },
+}
+BANDWIDTH_BODY = {"type": "integer", "minimum": 1000, "maximum": 10**13, "nullable": True}
+
+
+def _listing(operation: str, schema: str, what: str) -> dict[str, Any]:
+    array = {"type": "array", "items": _ref(schema)}
+    return {"operationId": operation, "responses": {"200": _json(array, what), **_errors()}}
+
+
+def _ipsec_paths() -> dict[str, Any]:
+    base = "/ipsec"
+    return {
+        f"{base}/gateways": {
+            "get": _listing("listVpnGateways", "VpnGateway", "Every VPN gateway"),
+            "post": {
+                "operationId": "createVpnGateway",
+                "requestBody": _body(
+                    {
+                        "name": OBJECT_NAME,
+                        "public_address": UNICAST_ADDRESS,
+                        "bandwidth_bps": BANDWIDTH_BODY,
+                    },
+                    ["name", "public_address"],
+                ),
+                "responses": {
+                    "201": _json(_ref("VpnGateway"), "Created"),
+                    **_errors(400, 409),
+                },
+            },
+        },
+        f"{base}/gateways/{{name}}": {
+            "parameters": [NAME],
+            "get": {
+                "operationId": "getVpnGateway",
+                "responses": {"200": _json(_ref("VpnGateway"), "The gateway"), **_errors(404)},
+            },
+            "patch": {
+                "operationId": "updateVpnGateway",
+                "description": "Change or lift (null) the bandwidth cap; tunnels keep their SAs.",
+                "requestBody": _body({"bandwidth_bps": BANDWIDTH_BODY}),
+                "responses": {
+                    "200": _json(_ref("VpnGateway"), "Updated"),
+                    **_errors(400, 404),
+                },
+            },
+            "delete": {
+                "operationId": "deleteVpnGateway",
+                "description": "Refused (409) while tunnels use the gateway.",
+                "responses": {"200": DELETED, **_errors(404, 409)},
+            },
+        },
+        f"{base}/customer-gateways": {
+            "get": _listing("listCustomerGateways", "CustomerGateway", "Every customer gateway"),
+            "post": {
+                "operationId": "createCustomerGateway",
+                "requestBody": _body(
+                    {"name": OBJECT_NAME, "address": UNICAST_ADDRESS}, ["name", "address"]
+                ),
+                "responses": {
+                    "201": _json(_ref("CustomerGateway"), "Created"),
+                    **_errors(400, 409),
+                },
+            },
+        },
+        f"{base}/customer-gateways/{{name}}": {
+            "parameters": [NAME],
+            "get": {
+                "operationId": "getCustomerGateway",
+                "responses": {
+                    "200": _json(_ref("CustomerGateway"), "The customer gateway"),
+                    **_errors(404),
+                },
+            },
+            "delete": {
+                "operationId": "deleteCustomerGateway",
+                "description": "Refused (409) while tunnels use the customer gateway.",
+                "responses": {"200": DELETED, **_errors(404, 409)},
+            },
+        },
+        f"{base}/tunnels": {
+            "get": _listing("listTunnels", "Tunnel", "Every tunnel with its live status"),
+            "post": {
+                "operationId": "createTunnel",
+                "requestBody": _body(
+                    {
+                        "name": OBJECT_NAME,
+                        "gateway": {"type": "string"},
+                        "customer_gateway": {"type": "string"},
+                        "psk": {"type": "string", "minLength": 20, "maxLength": 128},
+                        "ike_proposals": {"type": "string"},
+                        "esp_proposals": {"type": "string"},
+                        "start_action": {"type": "string", "enum": ["initiate", "wait"]},
+                    },
+                    ["name", "gateway", "customer_gateway", "psk"],
+                ),
+                "responses": {
+                    "201": _json(_ref("Tunnel"), "Created"),
+                    **_errors(400, 404, 409),
+                },
+            },
+        },
+        f"{base}/tunnels/{{name}}": {
+            "parameters": [NAME],
+            "get": {
+                "operationId": "getTunnel",
+                "responses": {"200": _json(_ref("Tunnel"), "The tunnel"), **_errors(404)},
+            },
+            "patch": {
+                "operationId": "updateTunnel",
+                "description": "The admin switch; the running gateway follows it.",
+                "requestBody": _body({"admin_up": {"type": "boolean"}}),
+                "responses": {"200": _json(_ref("Tunnel"), "Updated"), **_errors(400, 404)},
+            },
+            "delete": {
+                "operationId": "deleteTunnel",
+                "description": "Deletes the tunnel and its SPD policies.",
+                "responses": {"200": DELETED, **_errors(404)},
+            },
+        },
+        f"{base}/tunnels/{{name}}/policies": {
+            "parameters": [NAME],
+            "get": {
+                "operationId": "listPolicies",
+                "responses": {
+                    "200": _json({"type": "array", "items": _ref("SpdPolicy")}, "Its policies"),
+                    **_errors(404),
+                },
+            },
+            "post": {
+                "operationId": "addPolicy",
+                "requestBody": _body(
+                    {"local_cidr": {"type": "string"}, "peer_cidr": {"type": "string"}},
+                    ["local_cidr", "peer_cidr"],
+                ),
+                "responses": {
+                    "201": _json(_ref("SpdPolicy"), "Added"),
+                    **_errors(400, 404, 409),
+                },
+            },
+        },
+        f"{base}/tunnels/{{name}}/policies/{{policy_id}}": {
+            "parameters": [
+                NAME,
+                {
+                    "name": "policy_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "integer"},
+                },
+            ],
+            "delete": {
+                "operationId": "deletePolicy",
+                "responses": {"200": DELETED, **_errors(404)},
+            },
+        },
+    }
+
+
 def document() -> dict[str, Any]:
     """The whole OpenAPI document (a fresh copy each call)."""
     return {
@@ -279,13 +508,18 @@ def document() -> dict[str, Any]:
         "info": {"title": "sslvpn API", "version": "1"},
         "servers": [{"url": "/api/v1"}],
         "security": [{"bearer": []}],
-        "paths": _paths(),
+        "paths": {**_paths(), **_ipsec_paths()},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
                 "User": USER,
                 "Certificate": CERTIFICATE,
                 "Session": SESSION,
+                "VpnGateway": VPN_GATEWAY,
+                "CustomerGateway": CUSTOMER_GATEWAY,
+                "Tunnel": TUNNEL,
+                "TunnelStatus": TUNNEL_STATUS,
+                "SpdPolicy": POLICY,
                 "Error": {
                     "type": "object",
                     "required": ["error"],

@@ -1,0 +1,304 @@
+"""The /api/v1/ipsec part of the REST API: VPN gateways, customer gateways, tunnels (with
+their live status) and SPD policies, with the same checks and audit as the admin pages
+(`web.ipsec_ops`). Authentication and JSON errors come from `web.api.api_middleware`;
+every answer matches `web.openapi`. A tunnel's pre-shared key is accepted in a request body
+and never appears in an answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from sslvpn.runtime.control import TunnelStatus
+from sslvpn.store import NotFoundError, StoreError, db
+from sslvpn.store import ipsec_queries as q
+from sslvpn.store.models import CustomerGateway, SpdPolicy, VpnGateway
+from web import ipsec_ops
+from web.api import PREFIX, BadRequest, body_of, error
+from web.ipsec_ops import Invalid, TunnelRequest
+from web.pages import portal_of
+
+BASE = f"{PREFIX}/ipsec"
+VIA = "api"
+
+
+def refusal(exc: Exception) -> web.Response:
+    """Bad input 400, unknown names 404, duplicates and objects in use 409."""
+    if isinstance(exc, Invalid):
+        return error(400, str(exc))
+    if isinstance(exc, NotFoundError):
+        return error(404, str(exc))
+    return error(409, str(exc))
+
+
+def gateway_json(g: VpnGateway) -> dict[str, Any]:
+    return {"name": g.name, "public_address": g.public_address, "bandwidth_bps": g.bandwidth_bps}
+
+
+def customer_gateway_json(c: CustomerGateway) -> dict[str, Any]:
+    return {"name": c.name, "address": c.address}
+
+
+def policy_json(p: SpdPolicy) -> dict[str, Any]:
+    return {"id": p.id, "local_cidr": p.local_cidr, "peer_cidr": p.peer_cidr}
+
+
+def status_json(t: TunnelStatus) -> dict[str, Any]:
+    return {
+        "state": t.state,
+        "last_error": t.last_error,
+        "established_at": t.established_at.isoformat() if t.established_at else None,
+        "spi_in": t.spi_in,
+        "spi_out": t.spi_out,
+        "bytes_in": t.bytes_in,
+        "bytes_out": t.bytes_out,
+        "packets_in": t.packets_in,
+        "packets_out": t.packets_out,
+    }
+
+
+def tunnels_json(request: web.Request, only: str | None = None) -> list[dict[str, Any]]:
+    """Tunnels (never their PSK) with policies and what the gateway reports about them."""
+    with db.session(portal_of(request).engine) as s:
+        gateways = {g.id: g for g in q.list_vpn_gateways(s)}
+        customers = {c.id: c for c in q.list_customer_gateways(s)}
+        tunnels = [t for t in q.list_tunnels(s) if only is None or t.name == only]
+        policies: dict[str, list[SpdPolicy]] = {}
+        for name, policy in q.list_policies(s, tunnel=only) if tunnels else ():
+            policies.setdefault(name, []).append(policy)
+    report = ipsec_ops.tunnel_status(request)
+    return [
+        {
+            "name": t.name,
+            "gateway": gateways[t.gateway_id].name,
+            "customer_gateway": customers[t.customer_gateway_id].name,
+            "peer_address": customers[t.customer_gateway_id].address,
+            "ike_proposals": t.ike_proposals,
+            "esp_proposals": t.esp_proposals,
+            "start_action": t.start_action,
+            "admin_up": t.admin_up,
+            "policies": [policy_json(p) for p in policies.get(t.name, [])],
+            "status": status_json(report.of(t.name)),
+        }
+        for t in tunnels
+    ]
+
+
+def _bandwidth(body: dict[str, Any]) -> int | None:
+    value = body.get("bandwidth_bps")
+    if isinstance(value, bool):  # JSON true is not a rate
+        raise BadRequest("field 'bandwidth_bps' has the wrong type")
+    return value if isinstance(value, int) else None
+
+
+# VPN gateways ------------------------------------------------------------------------------
+
+
+async def list_gateways(request: web.Request) -> web.StreamResponse:
+    with db.session(portal_of(request).engine) as s:
+        rows = q.list_vpn_gateways(s)
+    return web.json_response([gateway_json(g) for g in rows])
+
+
+def _gateway(request: web.Request, name: str) -> VpnGateway:
+    with db.session(portal_of(request).engine) as s:
+        try:
+            return q.get_vpn_gateway(s, name=name)
+        except NotFoundError:
+            raise web.HTTPNotFound() from None
+
+
+async def create_gateway(request: web.Request) -> web.StreamResponse:
+    body = await body_of(
+        request, {"name": str, "public_address": str, "bandwidth_bps": (int, type(None))}
+    )
+    name = body.get("name", "")
+    try:
+        ipsec_ops.add_gateway(
+            request,
+            name=name,
+            public_address=body.get("public_address", ""),
+            bandwidth_bps=_bandwidth(body),
+            via=VIA,
+        )
+    except (Invalid, StoreError) as exc:
+        return refusal(exc)
+    return web.json_response(gateway_json(_gateway(request, name)), status=201)
+
+
+async def get_gateway(request: web.Request) -> web.StreamResponse:
+    return web.json_response(gateway_json(_gateway(request, request.match_info["name"])))
+
+
+async def update_gateway(request: web.Request) -> web.StreamResponse:
+    """Only the bandwidth cap changes (null lifts it); running tunnels keep their SAs."""
+    name = _gateway(request, request.match_info["name"]).name
+    body = await body_of(request, {"bandwidth_bps": (int, type(None))})
+    if "bandwidth_bps" in body:
+        try:
+            bps = _bandwidth(body)
+            ipsec_ops.set_bandwidth(request, name=name, bandwidth_bps=bps, via=VIA)
+        except (Invalid, StoreError) as exc:
+            return refusal(exc)
+    return web.json_response(gateway_json(_gateway(request, name)))
+
+
+async def delete_gateway(request: web.Request) -> web.StreamResponse:
+    try:
+        ipsec_ops.delete_gateway(request, name=request.match_info["name"], via=VIA)
+    except StoreError as exc:
+        return refusal(exc)
+    return web.json_response({"deleted": True})
+
+
+# Customer gateways -------------------------------------------------------------------------
+
+
+async def list_customer_gateways(request: web.Request) -> web.StreamResponse:
+    with db.session(portal_of(request).engine) as s:
+        rows = q.list_customer_gateways(s)
+    return web.json_response([customer_gateway_json(c) for c in rows])
+
+
+def _customer_gateway(request: web.Request, name: str) -> CustomerGateway:
+    with db.session(portal_of(request).engine) as s:
+        try:
+            return q.get_customer_gateway(s, name=name)
+        except NotFoundError:
+            raise web.HTTPNotFound() from None
+
+
+async def create_customer_gateway(request: web.Request) -> web.StreamResponse:
+    body = await body_of(request, {"name": str, "address": str})
+    name = body.get("name", "")
+    try:
+        ipsec_ops.add_customer_gateway(request, name=name, address=body.get("address", ""), via=VIA)
+    except (Invalid, StoreError) as exc:
+        return refusal(exc)
+    return web.json_response(customer_gateway_json(_customer_gateway(request, name)), status=201)
+
+
+async def get_customer_gateway(request: web.Request) -> web.StreamResponse:
+    return web.json_response(
+        customer_gateway_json(_customer_gateway(request, request.match_info["name"]))
+    )
+
+
+async def delete_customer_gateway(request: web.Request) -> web.StreamResponse:
+    try:
+        ipsec_ops.delete_customer_gateway(request, name=request.match_info["name"], via=VIA)
+    except StoreError as exc:
+        return refusal(exc)
+    return web.json_response({"deleted": True})
+
+
+# Tunnels -----------------------------------------------------------------------------------
+
+
+def _tunnel(request: web.Request, name: str) -> dict[str, Any]:
+    found = tunnels_json(request, only=name)
+    if not found:
+        raise web.HTTPNotFound()
+    return found[0]
+
+
+async def list_tunnels(request: web.Request) -> web.StreamResponse:
+    return web.json_response(tunnels_json(request))
+
+
+async def create_tunnel(request: web.Request) -> web.StreamResponse:
+    text = {key: str for key in ("name", "gateway", "customer_gateway", "psk")}
+    options = {key: str for key in ("ike_proposals", "esp_proposals", "start_action")}
+    body = await body_of(request, {**text, **options})
+    missing = [key for key in text if key not in body]
+    if missing:
+        return error(400, f"missing field(s): {', '.join(missing)}")
+    wanted = TunnelRequest(**body)
+    try:
+        ipsec_ops.add_tunnel(request, wanted, via=VIA)
+    except (Invalid, StoreError) as exc:
+        return refusal(exc)
+    return web.json_response(_tunnel(request, wanted.name), status=201)
+
+
+async def get_tunnel(request: web.Request) -> web.StreamResponse:
+    return web.json_response(_tunnel(request, request.match_info["name"]))
+
+
+async def update_tunnel(request: web.Request) -> web.StreamResponse:
+    """The admin switch (``admin_up``); the running IPsec service follows it."""
+    name = _tunnel(request, request.match_info["name"])["name"]
+    body = await body_of(request, {"admin_up": bool})
+    if "admin_up" in body:
+        try:
+            ipsec_ops.set_admin_up(request, name=name, up=body["admin_up"], via=VIA)
+        except StoreError as exc:
+            return refusal(exc)
+    return web.json_response(_tunnel(request, name))
+
+
+async def delete_tunnel(request: web.Request) -> web.StreamResponse:
+    try:
+        ipsec_ops.delete_tunnel(request, name=request.match_info["name"], via=VIA)
+    except StoreError as exc:
+        return refusal(exc)
+    return web.json_response({"deleted": True})
+
+
+# SPD policies ------------------------------------------------------------------------------
+
+
+async def list_policies(request: web.Request) -> web.StreamResponse:
+    return web.json_response(_tunnel(request, request.match_info["name"])["policies"])
+
+
+async def add_policy(request: web.Request) -> web.StreamResponse:
+    name = _tunnel(request, request.match_info["name"])["name"]
+    body = await body_of(request, {"local_cidr": str, "peer_cidr": str})
+    if "local_cidr" not in body or "peer_cidr" not in body:
+        return error(400, "local_cidr and peer_cidr are required")
+    try:
+        row = ipsec_ops.add_policy(
+            request,
+            tunnel=name,
+            local_cidr=body["local_cidr"],
+            peer_cidr=body["peer_cidr"],
+            via=VIA,
+        )
+    except (Invalid, StoreError) as exc:
+        return refusal(exc)
+    return web.json_response(policy_json(row), status=201)
+
+
+async def delete_policy(request: web.Request) -> web.StreamResponse:
+    try:
+        policy_id = int(request.match_info["policy_id"])
+        ipsec_ops.delete_policy(
+            request, tunnel=request.match_info["name"], policy_id=policy_id, via=VIA
+        )
+    except (ValueError, NotFoundError):
+        raise web.HTTPNotFound() from None
+    return web.json_response({"deleted": True})
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get(f"{BASE}/gateways", list_gateways)
+    r.add_post(f"{BASE}/gateways", create_gateway)
+    r.add_get(f"{BASE}/gateways/{{name}}", get_gateway)
+    r.add_patch(f"{BASE}/gateways/{{name}}", update_gateway)
+    r.add_delete(f"{BASE}/gateways/{{name}}", delete_gateway)
+    r.add_get(f"{BASE}/customer-gateways", list_customer_gateways)
+    r.add_post(f"{BASE}/customer-gateways", create_customer_gateway)
+    r.add_get(f"{BASE}/customer-gateways/{{name}}", get_customer_gateway)
+    r.add_delete(f"{BASE}/customer-gateways/{{name}}", delete_customer_gateway)
+    r.add_get(f"{BASE}/tunnels", list_tunnels)
+    r.add_post(f"{BASE}/tunnels", create_tunnel)
+    r.add_get(f"{BASE}/tunnels/{{name}}", get_tunnel)
+    r.add_patch(f"{BASE}/tunnels/{{name}}", update_tunnel)
+    r.add_delete(f"{BASE}/tunnels/{{name}}", delete_tunnel)
+    r.add_get(f"{BASE}/tunnels/{{name}}/policies", list_policies)
+    r.add_post(f"{BASE}/tunnels/{{name}}/policies", add_policy)
+    r.add_delete(f"{BASE}/tunnels/{{name}}/policies/{{policy_id}}", delete_policy)

@@ -1,0 +1,271 @@
+"""Site-to-site IPsec operations shared by the admin pages and the REST API.
+
+Each operation checks what the operator gave with the same pure rules the CLI uses
+(`sslvpn.ipsec.policy`, the IKE proposal parser, the rate notation), writes the store in one
+transaction and records an audit entry. A refusal raises `Invalid` (bad input) or a
+`StoreError` (unknown name, duplicate, still in use), both with a message safe to show; in
+either case nothing was written. The tunnel's pre-shared key is never logged or audited.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from sslvpn.ipsec.ike.constants import ProtocolId
+from sslvpn.ipsec.ike.proposals import ProposalError, parse_proposals
+from sslvpn.ipsec.policy import (
+    PolicyError,
+    check_policy,
+    check_psk,
+    check_unicast_address,
+    parse_cidr,
+)
+from sslvpn.runtime.control import TunnelStatus
+from sslvpn.store import NotFoundError, db
+from sslvpn.store import ipsec_queries as q
+from sslvpn.store.models import START_ACTION_VALUES, SpdPolicy
+from web.pages import audit, portal_of
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IKE = "aes256gcm16-prfsha256-ecp256"
+DEFAULT_ESP = "aes256gcm16"
+MIN_BANDWIDTH_BPS = 1000
+MAX_BANDWIDTH_BPS = 10**13  # 10 Tbit/s: far above any link, well inside the BigInteger column
+# Names appear in URLs and in the CLI; keep them to one plain word.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+NAME_RULE = "letters, digits, '.', '_' or '-', starting with a letter or digit, at most 64"
+NOT_RUNNING = "not running"
+
+
+class Invalid(ValueError):
+    """What the operator gave is not acceptable; the message says why."""
+
+
+def _check_name(name: str, what: str) -> str:
+    if not NAME.fullmatch(name):
+        raise Invalid(f"{what} name {name!r} is not allowed: {NAME_RULE}")
+    return name
+
+
+def check_bandwidth(bps: int | None) -> int | None:
+    if bps is not None and not MIN_BANDWIDTH_BPS <= bps <= MAX_BANDWIDTH_BPS:
+        raise Invalid("bandwidth must be 1 kbit/s to 10 Tbit/s (or unlimited)")
+    return bps
+
+
+def check_proposals(ike: str, esp: str) -> tuple[str, str]:
+    """Both proposal lists, stripped, if our IKE and ESP implementations can offer them."""
+    for text, protocol, what in ((ike, ProtocolId.IKE, "IKE"), (esp, ProtocolId.ESP, "ESP")):
+        try:
+            parse_proposals(text, protocol)
+        except ProposalError as exc:
+            raise Invalid(f"{what} proposals {text!r}: {exc}") from None
+    return ike.strip(), esp.strip()
+
+
+def _policy_error(exc: PolicyError) -> Invalid:
+    return Invalid(str(exc))
+
+
+# VPN gateways and customer gateways --------------------------------------------------------
+
+
+def add_gateway(
+    request: web.Request, *, name: str, public_address: str, bandwidth_bps: int | None, via: str
+) -> None:
+    _check_name(name, "VPN gateway")
+    try:
+        address = check_unicast_address(public_address, what="public address")
+    except PolicyError as exc:
+        raise _policy_error(exc) from None
+    check_bandwidth(bandwidth_bps)
+    with db.session(portal_of(request).engine) as s:
+        q.create_vpn_gateway(s, name=name, public_address=address, bandwidth_bps=bandwidth_bps)
+    audit(request, "ipsec.gateway.create", target=name, detail=f"address={address} via={via}")
+
+
+def set_bandwidth(request: web.Request, *, name: str, bandwidth_bps: int | None, via: str) -> None:
+    check_bandwidth(bandwidth_bps)
+    with db.session(portal_of(request).engine) as s:
+        q.set_vpn_gateway_bandwidth(s, name=name, bandwidth_bps=bandwidth_bps)
+    audit(request, "ipsec.gateway.bandwidth", target=name, detail=f"bps={bandwidth_bps} via={via}")
+
+
+def delete_gateway(request: web.Request, *, name: str, via: str) -> None:
+    with db.session(portal_of(request).engine) as s:
+        q.delete_vpn_gateway(s, name=name)
+    audit(request, "ipsec.gateway.delete", target=name, detail=f"via={via}")
+
+
+def add_customer_gateway(request: web.Request, *, name: str, address: str, via: str) -> None:
+    _check_name(name, "customer gateway")
+    try:
+        normalised = check_unicast_address(address, what="customer gateway address")
+    except PolicyError as exc:
+        raise _policy_error(exc) from None
+    with db.session(portal_of(request).engine) as s:
+        q.create_customer_gateway(s, name=name, address=normalised)
+    audit(
+        request,
+        "ipsec.customer_gateway.create",
+        target=name,
+        detail=f"address={normalised} via={via}",
+    )
+
+
+def delete_customer_gateway(request: web.Request, *, name: str, via: str) -> None:
+    with db.session(portal_of(request).engine) as s:
+        q.delete_customer_gateway(s, name=name)
+    audit(request, "ipsec.customer_gateway.delete", target=name, detail=f"via={via}")
+
+
+# Tunnels -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TunnelRequest:
+    """A new tunnel as the operator described it; the PSK stays out of repr."""
+
+    name: str
+    gateway: str
+    customer_gateway: str
+    psk: str
+    ike_proposals: str = DEFAULT_IKE
+    esp_proposals: str = DEFAULT_ESP
+    start_action: str = "initiate"
+
+    def __repr__(self) -> str:
+        return f"TunnelRequest(name={self.name!r})"
+
+
+def add_tunnel(request: web.Request, wanted: TunnelRequest, *, via: str) -> None:
+    """Unknown gateway names are reported before anything about the key or proposals."""
+    _check_name(wanted.name, "tunnel")
+    if wanted.start_action not in START_ACTION_VALUES:
+        raise Invalid(f"start action must be one of {', '.join(START_ACTION_VALUES)}")
+    with db.session(portal_of(request).engine) as s:
+        q.get_vpn_gateway(s, name=wanted.gateway)
+        q.get_customer_gateway(s, name=wanted.customer_gateway)
+    try:
+        psk = check_psk(wanted.psk)
+    except PolicyError as exc:
+        raise _policy_error(exc) from None
+    ike, esp = check_proposals(wanted.ike_proposals, wanted.esp_proposals)
+    with db.session(portal_of(request).engine) as s:
+        q.create_tunnel(
+            s,
+            name=wanted.name,
+            gateway=wanted.gateway,
+            customer_gateway=wanted.customer_gateway,
+            psk=psk,
+            ike_proposals=ike,
+            esp_proposals=esp,
+            start_action=wanted.start_action,
+        )
+    detail = (
+        f"gateway={wanted.gateway} customer_gateway={wanted.customer_gateway} "
+        f"ike={ike} esp={esp} start={wanted.start_action} via={via}"
+    )
+    audit(request, "ipsec.tunnel.create", target=wanted.name, detail=detail)
+
+
+def set_admin_up(request: web.Request, *, name: str, up: bool, via: str) -> None:
+    """Flip the operator's switch; the running IPsec service follows the store."""
+    with db.session(portal_of(request).engine) as s:
+        q.set_tunnel_admin_up(s, name=name, up=up)
+    audit(request, f"ipsec.tunnel.{'up' if up else 'down'}", target=name, detail=f"via={via}")
+
+
+def delete_tunnel(request: web.Request, *, name: str, via: str) -> None:
+    with db.session(portal_of(request).engine) as s:
+        q.delete_tunnel(s, name=name)
+    audit(request, "ipsec.tunnel.delete", target=name, detail=f"via={via}")
+
+
+# SPD policies ------------------------------------------------------------------------------
+
+
+def add_policy(
+    request: web.Request, *, tunnel: str, local_cidr: str, peer_cidr: str, via: str
+) -> SpdPolicy:
+    """Check syntax and every overlap rule against the tunnel's gateway, then store."""
+    try:
+        local = parse_cidr(local_cidr, what="local CIDR")
+        peer = parse_cidr(peer_cidr, what="peer CIDR")
+    except PolicyError as exc:
+        raise _policy_error(exc) from None
+    with db.session(portal_of(request).engine) as s:
+        existing = [
+            (other, parse_cidr(mine), parse_cidr(theirs))
+            for other, mine, theirs in q.policies_on_gateway(s, tunnel=tunnel)
+        ]
+        try:
+            check_policy(local, peer, existing, tunnel=tunnel)
+        except PolicyError as exc:
+            raise _policy_error(exc) from None
+        row = q.add_policy(s, tunnel=tunnel, local_cidr=str(local), peer_cidr=str(peer))
+    audit(request, "ipsec.policy.add", target=tunnel, detail=f"{local} <-> {peer} via={via}")
+    return row
+
+
+def policy_by_id(request: web.Request, *, tunnel: str, policy_id: int) -> SpdPolicy:
+    with db.session(portal_of(request).engine) as s:
+        for _, policy in q.list_policies(s, tunnel=tunnel):
+            if policy.id == policy_id:
+                return policy
+    raise NotFoundError(f"tunnel {tunnel!r} has no policy {policy_id}")
+
+
+def delete_policy(request: web.Request, *, tunnel: str, policy_id: int, via: str) -> None:
+    policy = policy_by_id(request, tunnel=tunnel, policy_id=policy_id)
+    with db.session(portal_of(request).engine) as s:
+        q.delete_policy(s, tunnel=tunnel, local_cidr=policy.local_cidr, peer_cidr=policy.peer_cidr)
+    detail = f"{policy.local_cidr} <-> {policy.peer_cidr} via={via}"
+    audit(request, "ipsec.policy.delete", target=tunnel, detail=detail)
+
+
+# Status ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """What the gateway reported per tunnel, or why it could not be asked."""
+
+    by_name: dict[str, TunnelStatus]
+    problem: str | None
+
+    def of(self, name: str) -> TunnelStatus:
+        """A tunnel the gateway does not report is down, with the reason if one is known."""
+        found = self.by_name.get(name)
+        if found is not None:
+            return found
+        return TunnelStatus(
+            name=name,
+            state="down",
+            last_error=self.problem or NOT_RUNNING,
+            established_at=None,
+            spi_in=None,
+            spi_out=None,
+            bytes_in=0,
+            bytes_out=0,
+            packets_in=0,
+            packets_out=0,
+        )
+
+
+def tunnel_status(request: web.Request) -> StatusReport:
+    """Ask the gateway once; a missing or silent gateway leaves every tunnel down."""
+    control = portal_of(request).control
+    if control is None:
+        return StatusReport({}, "no gateway is attached to this portal")
+    try:
+        rows = control.tunnel_status()
+    except Exception as exc:  # a dead gateway must not take the portal down with it
+        log.warning("gateway did not report tunnel status: %s", exc)
+        return StatusReport({}, "the gateway did not answer")
+    return StatusReport({t.name: t for t in rows}, None)
