@@ -1,8 +1,10 @@
 """`sslvpn serve, sessions and kick`: run the gateway, list and end its live sessions.
 
-``serve`` is the composition root of the running gateway: it opens the store, hands the
-runtime the daily CRL refresh from ``client_profiles`` and any extra long-running tasks
-(``EXTRA_TASKS``: the portal registers itself there), then runs until SIGTERM/SIGINT.
+``serve`` is the composition root of the running gateway: it opens the store and hands the
+runtime its long-running companions: the daily CRL refresh from ``client_profiles``, the
+IPsec service (site-to-site tunnels; their status answered through the gateway's control)
+and the portal (``web``, with the in-process gateway as its GatewayControl, so live
+sessions and kick need no socket); then it runs until SIGTERM/SIGINT.
 ``sessions`` and ``kick`` talk to a running gateway over its control socket.
 """
 
@@ -11,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+import ssl
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -22,13 +26,70 @@ from client_profiles import lifecycle
 from sslvpn.cli.setup import one_line_errors, paths_of, store
 from sslvpn.config import DataPaths
 from sslvpn.runtime.control_server import ControlClient, ControlError
+from sslvpn.runtime.gateway import Gateway
+from sslvpn.runtime.ipsec_service import IpsecService
 from sslvpn.runtime.netconf import NetconfError
 from sslvpn.runtime.service import ExtraTask, GatewayService, ServeOptions, serve
+from sslvpn.store import db, queries
+from web.app import create_app, ensure_first_admin, start_portal
+from web.portal import PortalSettings
+from web.tls import portal_tls
 
-# Composition point for other faces: each entry builds one long-running task from the
-# serve context (data paths, engine, the --portal-listen value) and is given the gateway.
-ExtraTaskFactory = Callable[[DataPaths, Engine, str | None], ExtraTask]
-EXTRA_TASKS: list[ExtraTaskFactory] = []
+
+class PortalStartError(Exception):
+    """The portal could not bind its address (one line for the operator)."""
+
+
+@dataclass(frozen=True)
+class PortalPlan:
+    """Where and how the portal serves, settled before the gateway starts."""
+
+    listen: str
+    tls: ssl.SSLContext | None
+    public_url: str | None
+
+
+def portal_task(paths: DataPaths, engine: Engine, plan: PortalPlan) -> ExtraTask:
+    """The portal, answering for the in-process gateway; prints its URL once bound."""
+
+    async def run(gateway: Gateway) -> None:
+        app = create_app(engine=engine, paths=paths, control=gateway,
+                         settings=PortalSettings(public_url=plan.public_url))
+        try:
+            served = await start_portal(app, plan.listen, plan.tls)
+        except OSError as exc:
+            raise PortalStartError(
+                f"cannot start the portal on {plan.listen}: {exc.strerror or exc}") from None
+        try:
+            click.echo(f"portal: {served.url}")
+            # created only once the portal answers, so the printed password is never lost
+            password = await asyncio.to_thread(ensure_first_admin, engine)
+            if password is not None:
+                click.echo(f"first start: log in as 'admin' with the one-time password {password}")
+            await asyncio.Event().wait()
+        finally:
+            await served.runner.cleanup()
+
+    return run
+
+
+def ipsec_task(engine: Engine) -> ExtraTask:
+    """The site-to-site tunnels; the gateway answers `tunnel_status` with theirs."""
+
+    async def run(gateway: Gateway) -> None:
+        service = IpsecService(engine)
+        gateway.tunnel_status_providers.append(service.tunnel_status)
+        try:
+            await service.run()
+        finally:
+            gateway.tunnel_status_providers.remove(service.tunnel_status)
+
+    return run
+
+
+def announce(service: GatewayService) -> None:
+    """Tell the operator where clients connect (the portal prints its own URL)."""
+    click.echo("gateway: OpenVPN on " + ", ".join(service.listening()))
 
 
 def _human_bytes(count: int) -> str:
@@ -50,7 +111,16 @@ def _human_bytes(count: int) -> str:
 @click.option("--proto", type=click.Choice(["udp", "tcp", "both"]), default=None,
               help="Override the protocols chosen at init.")
 @click.option("--portal-listen", default=None, metavar="HOST:PORT",
-              help="Where the portal listens (default: the stored setting).")
+              help="Where the portal listens (default: the stored setting, 127.0.0.1:8080); "
+                   "HTTPS unless bound to loopback.")
+@click.option("--portal-cert", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Portal certificate (PEM); default: one issued from our CA.")
+@click.option("--portal-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Key of --portal-cert (PEM).")
+@click.option("--public-url", default=None,
+              help="Base URL phones reach the portal at (put in import links).")
+@click.option("--no-portal", is_flag=True,
+              help="Serve no portal (e.g. `sslvpn portal` runs on another host).")
 @click.option("--tun-name", default="sslvpn%d", show_default=True)
 @click.option("--no-network-config", is_flag=True,
               help="Leave addresses, forwarding and SNAT to the operator.")
@@ -58,28 +128,43 @@ def _human_bytes(count: int) -> str:
 @click.pass_context
 @one_line_errors
 def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
-                  proto: str | None, portal_listen: str | None, tun_name: str,
-                  no_network_config: bool, verbose: bool) -> None:
-    """Run the gateway (OpenVPN over UDP and TCP) until SIGTERM or Ctrl-C."""
+                  proto: str | None, portal_listen: str | None, portal_cert: Path | None,
+                  portal_key: Path | None, public_url: str | None, no_portal: bool,
+                  tun_name: str, no_network_config: bool, verbose: bool) -> None:
+    """Run the gateway (OpenVPN over UDP and TCP, IPsec tunnels) and the portal until
+    SIGTERM or Ctrl-C."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     paths = paths_of(ctx)
     with store(ctx) as engine:
+        extra = [ipsec_task(engine)]
+        if not no_portal:
+            if portal_listen is None:
+                with db.session(engine) as s:
+                    portal_listen = queries.get_settings(s).portal_listen
+            tls = portal_tls(paths, engine, portal_listen, cert=portal_cert, key=portal_key)
+            extra.append(portal_task(paths, engine, PortalPlan(portal_listen, tls, public_url)))
         options = ServeOptions(
             listen=listen or ServeOptions.listen,
             port=port,
             protocols=proto,
             tun_name=tun_name,
             configure_network=not no_network_config,
-            extra_tasks=tuple(factory(paths, engine, portal_listen) for factory in EXTRA_TASKS),
+            extra_tasks=tuple(extra),
             daily_hooks=(lambda: lifecycle.refresh_crl(paths, engine),),
+            on_ready=announce,
         )
         try:
             asyncio.run(serve(GatewayService(paths, engine, options)))
         except (OSError, NetconfError) as exc:  # no TUN (not root), port taken, ip failed
             raise click.ClickException(f"cannot start the gateway: {exc}") from None
+        except ExceptionGroup as group:  # a companion task failed: the portal's port is taken
+            portal, _ = group.split(PortalStartError)
+            if portal is None:
+                raise
+            raise click.ClickException(str(portal.exceptions[0])) from None
 
 
 def _client(ctx: click.Context) -> ControlClient:

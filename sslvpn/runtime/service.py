@@ -3,9 +3,9 @@
 Loads the gateway settings from the store, creates the TUN and the host network setup
 (address, forwarding, optional SNAT), starts the OpenVPN listeners (UDP and TCP, IPv4 and
 IPv6 where available), the control socket, the revocation sweep and the daily hooks (CRL
-refresh), and any extra long-running tasks the composition root adds (the portal), all in
-one ``asyncio.TaskGroup``. SIGTERM/SIGINT end it cleanly: every client is told (explicit
-exit), then listeners, the TUN and the network setup are removed.
+refresh), and any extra long-running tasks the composition root adds (the portal and the
+IPsec service), all in one ``asyncio.TaskGroup``. SIGTERM/SIGINT end it cleanly: every
+client is told (explicit exit), then listeners, the TUN and the network setup are removed.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 DAILY = 24 * 3600.0
 ExtraTask = Callable[[Gateway], Coroutine[object, object, None]]
 DailyHook = Callable[[], object]
+ReadyHook = Callable[["GatewayService"], None]
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class ServeOptions:
     sweep_interval: float = 2.0
     extra_tasks: Sequence[ExtraTask] = field(default_factory=tuple)
     daily_hooks: Sequence[DailyHook] = field(default_factory=tuple)
+    on_ready: ReadyHook | None = None  # e.g. the CLI printing where clients connect
 
 
 def gateway_options(settings: GatewaySettings, sweep_interval: float = 2.0) -> GatewayOptions:
@@ -125,6 +127,8 @@ class GatewayService:
             await self._listen(gateway, settings)
             await control.start()
             self.ready.set()
+            if self.options.on_ready is not None:
+                self.options.on_ready(self)
             await self._run_tasks(gateway)
         finally:
             log.info("shutting down: telling %d client(s)", len(gateway.list_sessions()))
@@ -164,6 +168,12 @@ class GatewayService:
                     log.info("OpenVPN listening on tcp %s:%d", *tcp.address)
         if not self.udp and not self.tcp:
             raise OSError(f"could not listen on port {port} on any address")
+
+    def listening(self) -> list[str]:
+        """Where clients reach the OpenVPN listeners, as ``proto host:port``."""
+        shown = [("udp", udp.address) for udp in self.udp] + [("tcp", t.address) for t in self.tcp]
+        return [f"{proto} [{host}]:{port}" if ":" in host else f"{proto} {host}:{port}"
+                for proto, (host, port) in shown]
 
     def _unavailable(self, proto: str, host: str, port: int, exc: OSError) -> None:
         if ":" in host and not any(":" in h for h in self.options.listen if h != host):

@@ -17,7 +17,7 @@ import contextlib
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,15 +96,17 @@ def _require(binary: str) -> None:
 
 
 @contextlib.contextmanager
-def build_topology(work: Path, *, snat: bool = False) -> Iterator[Topology]:
+def build_topology(work: Path, *, snat: bool = False, prefix: str = "sv",
+                   serve_args: Sequence[str] = ()) -> Iterator[Topology]:
     """The namespaces, a data folder made by the CLI, a running gateway and a stream sink.
 
     With ``snat`` the VPC host gets no route back to the client pool: only the gateway's
-    masquerade can make replies come back.
+    masquerade can make replies come back. ``prefix`` names the namespaces (one per test
+    module owner); ``serve_args`` are added to the `sslvpn serve` command line.
     """
     for binary in ("openvpn", "ip", "ping", "nft"):
         _require(binary)
-    lab = NetnsLab("sv")
+    lab = NetnsLab(prefix)
     try:
         cli, gw, vpc, out, cl2 = (lab.namespace(r) for r in ("cli", "gw", "vpc", "out", "cl2"))
         lab.link(cli, "198.18.0.2/24", gw, f"{GATEWAY_OUTER}/24")
@@ -122,7 +124,8 @@ def build_topology(work: Path, *, snat: bool = False) -> Iterator[Topology]:
             update_settings(data_dir, snat=True)
         topo = Topology(lab, cli, gw, vpc, out, cl2, data_dir, work, work / "gateway.log")
         topo.gateway = gw.spawn([SSLVPN, "--data-dir", str(data_dir), "serve",
-                                 "--listen", GATEWAY_OUTER], log=topo.gateway_log)
+                                 "--listen", GATEWAY_OUTER, *serve_args],
+                                log=topo.gateway_log)
         if not wait_until(file_contains(topo.gateway_log, "listening on tcp"), 20):
             pytest.fail("gateway did not start:\n" + topo.gateway_log.read_text())
         vpc.spawn([sys.executable, STREAM_TOOL, "serve", VPC_HOST, str(STREAM_PORT)],
