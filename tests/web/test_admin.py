@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 from aiohttp.test_utils import TestClient
 
 from sslvpn.store import db, queries
 from tests.web.conftest import (
+    Clock,
     FakeGateway,
     Site,
     audit_actions,
@@ -157,7 +159,7 @@ async def test_sessions_page_and_kick(client: TestClient, site: Site, gateway: F
 
 
 async def test_dashboard_expiry_health_and_traffic(
-    client: TestClient, site: Site, gateway: FakeGateway
+    client: TestClient, site: Site, gateway: FakeGateway, clock: Clock
 ) -> None:
     issue_for(site, "alice", "short")
     from client_profiles import lifecycle
@@ -170,8 +172,11 @@ async def test_dashboard_expiry_health_and_traffic(
     assert "CA certificate" in page and "Server certificate" in page and "CRL nextUpdate" in page
     assert "Client bob / soon" in page and "Client alice / short" not in page
     assert re.search(r'Client bob / soon.*?class="bad"', page, re.S)
+    # issued on the page's clock: X.509 drops sub-seconds, so a later real "now" could leave
+    # the certificate a fraction over one day from the page's point of view
     lifecycle.issue_client(
-        site.engine, site.paths, user_name="bob", device="today", days=1, actor="test"
+        site.engine, site.paths, user_name="bob", device="today", days=1, actor="test",
+        now=datetime.fromtimestamp(clock.now, UTC),
     )
     page = await (await client.get("/admin")).text()
     assert re.search(r'Client bob / today.*?class="critical"', page, re.S)
