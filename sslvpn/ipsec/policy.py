@@ -6,6 +6,8 @@ Two parts, both pure:
   same policy. Inbound (tunnel -> VPC): the inner source must be inside one of the tunnel's
   peer ranges and the destination inside the paired local range (RFC 4301 section 5.2:
   inbound traffic is checked against the SA's selectors). Anything else is dropped.
+  Verdicts are cached per (source, destination) pair, because a flow's packets all ask the
+  same question; the cache is bounded and emptied whenever a tunnel's rules change.
 - Validation of what operators type: CIDRs, overlaps, the customer gateway's address, PSK
   strength. Each failure is a `PolicyError` whose message can be shown as is.
 """
@@ -21,6 +23,7 @@ from sslvpn.net.routes import Network, RouteTable
 
 MIN_PSK_LENGTH = 20  # characters; cloud gateways ask for 8-64, strongSwan warns below 20
 MAX_PSK_LENGTH = 128
+FLOW_CACHE_SIZE = 4096  # (source, destination) verdicts kept per direction before a reset
 T = TypeVar("T")
 
 
@@ -117,10 +120,13 @@ class Spd(Generic[T]):
         # peer range -> (tunnel, the local ranges paired with it)
         self._by_peer: RouteTable[tuple[T, tuple[Network, ...]]] = RouteTable()
         self._rules: dict[T, list[PolicyRule]] = {}
+        self._outbound_cache: dict[bytes, T | None] = {}
+        self._inbound_cache: dict[bytes, T | None] = {}  # the one owner allowed, or None
 
     def set_rules(self, owner: T, rules: Iterable[PolicyRule]) -> None:
         """Replace the rules of one tunnel."""
         self.remove(owner)
+        self._forget_flows()
         kept = list(rules)
         self._rules[owner] = kept
         locals_by_peer: dict[Network, tuple[Network, ...]] = {}
@@ -132,19 +138,41 @@ class Spd(Generic[T]):
     def remove(self, owner: T) -> None:
         for rule in self._rules.pop(owner, []):
             self._by_peer.remove(rule.peer)
+        self._forget_flows()
+
+    def _forget_flows(self) -> None:
+        self._outbound_cache.clear()
+        self._inbound_cache.clear()
 
     def outbound(self, source: bytes, destination: bytes) -> T | None:
         """The tunnel a packet from the VPC goes into, or None (drop: no policy matches)."""
+        key = source + destination
+        cache = self._outbound_cache
+        try:
+            return cache[key]
+        except KeyError:
+            pass
         hit = self._by_peer.lookup(destination)
-        if hit is None:
-            return None
-        owner, local_ranges = hit
-        return owner if _inside(local_ranges, source) else None
+        owner = hit[0] if hit is not None and _inside(hit[1], source) else None
+        if len(cache) >= FLOW_CACHE_SIZE:
+            cache.clear()
+        cache[key] = owner
+        return owner
 
     def inbound_allowed(self, owner: T, source: bytes, destination: bytes) -> bool:
         """Whether a packet that came out of ``owner``'s SA may enter the VPC."""
+        key = source + destination
+        cache = self._inbound_cache
+        try:
+            return cache[key] == owner
+        except KeyError:
+            pass
         hit = self._by_peer.lookup(source)
-        return hit is not None and hit[0] == owner and _inside(hit[1], destination)
+        allowed = hit[0] if hit is not None and _inside(hit[1], destination) else None
+        if len(cache) >= FLOW_CACHE_SIZE:
+            cache.clear()
+        cache[key] = allowed
+        return allowed == owner
 
 
 def _inside(networks: tuple[Network, ...], address: bytes) -> bool:

@@ -9,7 +9,11 @@ counted drops. Keepalives are sent on request by `send_keepalive`.
 
 The sockets are read straight from the event loop in batches (like the TUN device), because
 the ESP data path is the hot path: one readiness callback drains up to `READ_BATCH`
-datagrams instead of paying one loop iteration per packet. Sends never block: a full socket
+datagrams instead of paying one loop iteration per packet. ESP going out is batched too:
+`send_esp` queues, and one flush per loop iteration hands each run of equal-sized packets to
+the kernel in a single UDP GSO send (``UDP_SEGMENT``, Linux 4.18+), which cuts the cost of
+the send path several times; the kernel still puts one ESP packet in each datagram. Kernels
+or routes without GSO get one ``sendto`` per packet. Sends never block: a full socket
 buffer is a counted drop.
 """
 
@@ -21,6 +25,7 @@ import errno
 import ipaddress
 import logging
 import socket
+import struct
 from collections.abc import Callable
 from enum import Enum
 
@@ -37,6 +42,12 @@ KEEPALIVE_INTERVAL = 20.0  # seconds of silence before a keepalive (strongSwan's
 READ_BATCH = 64
 READ_SIZE = 65535
 SOCKET_BUFFER = 4 * 1024 * 1024  # absorb bursts between two loop iterations
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # linux/udp.h: GSO segment size (cmsg)
+GSO_MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS on older kernels
+GSO_MAX_BYTES = 65000  # one GSO send stays below the 65507-byte UDP payload limit
+MAX_QUEUED = 256  # ESP packets queued before a flush is forced (bounded, never grows)
+_GSO_UNSUPPORTED = frozenset({errno.EIO, errno.EOPNOTSUPP, errno.ENOPROTOOPT})
+_SEGMENT_SIZE = struct.Struct("=H")
 
 
 class Datagram(Enum):
@@ -76,6 +87,27 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def gso_runs(sizes: list[int]) -> list[tuple[int, int]]:
+    """Split packets (by size) into [start, end) runs that one GSO send may carry.
+
+    A run is consecutive packets of one size, optionally ended by one shorter packet (the
+    kernel allows a short last segment), within the segment and byte limits.
+    """
+    runs: list[tuple[int, int]] = []
+    start, count = 0, len(sizes)
+    while start < count:
+        size = sizes[start]
+        limit = min(count, start + GSO_MAX_SEGMENTS, start + max(1, GSO_MAX_BYTES // size))
+        end = start + 1
+        while end < limit and sizes[end] == size:
+            end += 1
+        if end < limit and sizes[end] < size:
+            end += 1
+        runs.append((start, end))
+        start = end
+    return runs
+
+
 class IkeSockets:
     """The two UDP sockets of one VPN gateway address, with counters."""
 
@@ -89,6 +121,10 @@ class IkeSockets:
         self.keepalives_sent = 0
         self.malformed = 0
         self.send_errors = 0
+        self.gso = hasattr(socket, "SOL_UDP")  # cleared when the kernel refuses UDP_SEGMENT
+        self._queued: list[bytes] = []
+        self._queued_peer: Address | None = None
+        self._flush_scheduled = False
 
     async def open(self, host: str, ike_port: int = IKE_PORT, nat_t_port: int = NAT_T_PORT) -> None:
         """Bind both sockets (port 0 picks free ports, for tests in the host namespace).
@@ -146,16 +182,65 @@ class IkeSockets:
     def send_ike(self, message: bytes, peer: Address, nat_t: bool) -> None:
         """Send an IKE message from 500, or from 4500 behind the non-ESP marker."""
         if nat_t:
+            self.flush()  # datagrams on 4500 leave in the order they were handed over
             self._send(self._natt, NON_ESP_MARKER + message, peer)
         else:
             self._send(self._ike, message, peer)
 
     def send_esp(self, packet: bytes, peer: Address) -> None:
-        self._send(self._natt, packet, peer)
+        """Queue an ESP packet; it leaves with this loop iteration's batch (see `flush`)."""
+        loop = self._loop
+        if loop is None:
+            self._send(self._natt, packet, peer)
+            return
+        if peer != self._queued_peer or len(self._queued) >= MAX_QUEUED:
+            self.flush()
+            self._queued_peer = peer
+        self._queued.append(packet)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self.flush)
 
     def send_keepalive(self, peer: Address) -> None:
         self.keepalives_sent += 1
+        self.flush()
         self._send(self._natt, NAT_KEEPALIVE, peer)
+
+    def flush(self) -> None:
+        """Send every queued ESP packet: equal-sized runs as one GSO send each."""
+        self._flush_scheduled = False
+        packets, peer = self._queued, self._queued_peer
+        if not packets or peer is None:
+            return
+        self._queued = []
+        sock = self._natt
+        if sock is None:
+            self.send_errors += len(packets)
+            return
+        if len(packets) == 1 or not self.gso:
+            for packet in packets:
+                self._send(sock, packet, peer)
+            return
+        for start, end in gso_runs([len(p) for p in packets]):
+            if end - start == 1:
+                self._send(sock, packets[start], peer)
+            else:
+                self._send_gso(sock, packets[start:end], peer)
+
+    def _send_gso(self, sock: socket.socket, run: list[bytes], peer: Address) -> None:
+        segment = _SEGMENT_SIZE.pack(len(run[0]))
+        try:
+            sock.sendmsg([b"".join(run)], [(socket.SOL_UDP, UDP_SEGMENT, segment)], 0, peer)
+            return
+        except OSError as exc:
+            if exc.errno not in _GSO_UNSUPPORTED and exc.errno != errno.EINVAL:
+                self.send_errors += len(run)  # full buffer: the whole batch is dropped
+                return
+            if exc.errno in _GSO_UNSUPPORTED:
+                log.info("UDP GSO unavailable (%s); sending ESP one packet at a time", exc)
+                self.gso = False
+        for packet in run:  # EINVAL: e.g. a segment above the path MTU; this run only
+            self._send(sock, packet, peer)
 
     def _send(self, sock: socket.socket | None, data: bytes, peer: Address) -> None:
         if sock is None:
@@ -167,6 +252,7 @@ class IkeSockets:
             self.send_errors += 1
 
     def close(self) -> None:
+        self.flush()
         for sock in (self._ike, self._natt):
             if sock is None:
                 continue

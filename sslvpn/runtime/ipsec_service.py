@@ -18,6 +18,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -111,10 +112,12 @@ class IpsecService:
         self.drops: Counter[str] = Counter()
         self._drops_logged: tuple[float, Counter[str]] = (0.0, Counter())
         self.ready = asyncio.Event()
+        self._clock: Callable[[], float] = time.monotonic  # the loop's clock once running
 
     # -- lifecycle ---------------------------------------------------------------------
     async def run(self) -> None:
         """Run until cancelled; on the way out, DELETE every IKE SA and undo the set-up."""
+        self._clock = asyncio.get_running_loop().time  # bound once: read per packet
         try:
             while True:
                 try:
@@ -321,12 +324,13 @@ class IpsecService:
         if pair is None or not self.spd.inbound_allowed(tunnel, pair[0], pair[1]):
             self.drops["esp-policy"] += 1
             return
-        gateway = self._gateways[local]
-        if gateway.bucket_in is not None and not gateway.bucket_in.allow(len(inner), self._now()):
+        now = self._clock()
+        bucket = self._gateways[local].bucket_in
+        if bucket is not None and not bucket.allow(len(inner), now):
             self.drops["bandwidth-in"] += 1
             return
         tunnel.peer_nat_t = peer
-        tunnel.accepted(inner, self._now())
+        tunnel.accepted(inner, now)
         if self._tun is not None:
             self._tun.write(inner)
 
@@ -341,7 +345,7 @@ class IpsecService:
             self.drops["no-gateway"] += 1
             return
         bucket = gateway.bucket_out
-        if bucket is not None and not bucket.allow(len(packet), self._now()):
+        if bucket is not None and not bucket.allow(len(packet), self._clock()):
             self.drops["bandwidth-out"] += 1
             return
         data = tunnel.seal(packet)

@@ -7,6 +7,7 @@ import ipaddress
 import pytest
 
 from sslvpn.ipsec.policy import (
+    FLOW_CACHE_SIZE,
     PolicyError,
     PolicyRule,
     Spd,
@@ -41,6 +42,26 @@ def test_outbound_picks_the_tunnel_by_peer_range_and_checks_the_source(spd: Spd[
     assert spd.outbound(a("10.1.0.10"), a("8.8.8.8")) is None  # no policy at all
     assert spd.outbound(a("fd01::5"), a("fd00::1")) == "dc2"
     assert spd.outbound(a("10.1.0.10"), a("fd00::1")) is None  # v4 source, v6 destination
+
+
+def test_cached_verdicts_follow_rule_changes(spd: Spd[str]) -> None:
+    flow = (a("10.1.0.10"), a("10.2.0.10"))
+    back = (a("10.2.0.10"), a("10.1.0.10"))
+    assert spd.outbound(*flow) == "dc1" and spd.outbound(*flow) == "dc1"
+    assert spd.inbound_allowed("dc1", *back) and not spd.inbound_allowed("dc2", *back)
+    spd.remove("dc1")
+    assert spd.outbound(*flow) is None and not spd.inbound_allowed("dc1", *back)
+    spd.set_rules("dc3", [rule("10.1.0.0/24", "10.2.0.0/24")])
+    assert spd.outbound(*flow) == "dc3" and spd.inbound_allowed("dc3", *back)
+
+
+def test_the_flow_cache_stays_bounded(spd: Spd[str]) -> None:
+    for i in range(FLOW_CACHE_SIZE + 10):
+        source = a("10.1.0.10") if i % 2 else (0x0A070000 + i).to_bytes(4, "big")
+        assert spd.outbound(source, a("10.2.0.10")) == ("dc1" if i % 2 else None)
+        assert spd.inbound_allowed("dc1", a("10.2.0.10"), source) is bool(i % 2)
+    assert len(spd._outbound_cache) <= FLOW_CACHE_SIZE
+    assert len(spd._inbound_cache) <= FLOW_CACHE_SIZE
 
 
 def test_inbound_must_come_from_that_tunnels_peer_range(spd: Spd[str]) -> None:
