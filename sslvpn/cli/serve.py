@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import ssl
+import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,10 +31,15 @@ from sslvpn.runtime.gateway import Gateway
 from sslvpn.runtime.ipsec_service import IpsecService
 from sslvpn.runtime.netconf import NetconfError
 from sslvpn.runtime.service import ExtraTask, GatewayService, ServeOptions, serve
-from sslvpn.store import db, queries
+from sslvpn.store import StoreError, db, queries
 from web.app import create_app, ensure_first_admin, start_portal
 from web.portal import PortalSettings
 from web.tls import portal_tls
+
+log = logging.getLogger(__name__)
+
+STORE_TRIES = 6  # SQLite refuses a write at once while another process writes ("locked")
+IPSEC_RESTART_DELAY = 5.0  # seconds before an IPsec service that failed is started afresh
 
 
 class PortalStartError(Exception):
@@ -47,6 +53,16 @@ class PortalPlan:
     listen: str
     tls: ssl.SSLContext | None
     public_url: str | None
+    public_address: str | None  # shown instead of a wildcard bind address
+
+
+def shown_url(url: str, public_address: str | None) -> str:
+    """The portal's URL as a person can open it: a wildcard bind shows the public address."""
+    parts = urllib.parse.urlsplit(url)
+    if public_address is None or parts.hostname not in ("0.0.0.0", "::"):  # noqa: S104
+        return url
+    host = f"[{public_address}]" if ":" in public_address else public_address
+    return parts._replace(netloc=f"{host}:{parts.port}").geturl()
 
 
 def portal_task(paths: DataPaths, engine: Engine, plan: PortalPlan) -> ExtraTask:
@@ -61,9 +77,9 @@ def portal_task(paths: DataPaths, engine: Engine, plan: PortalPlan) -> ExtraTask
             raise PortalStartError(
                 f"cannot start the portal on {plan.listen}: {exc.strerror or exc}") from None
         try:
-            click.echo(f"portal: {served.url}")
+            click.echo(f"portal: {shown_url(served.url, plan.public_address)}")
             # created only once the portal answers, so the printed password is never lost
-            password = await asyncio.to_thread(ensure_first_admin, engine)
+            password = await first_admin(engine)
             if password is not None:
                 click.echo(f"first start: log in as 'admin' with the one-time password {password}")
             await asyncio.Event().wait()
@@ -73,16 +89,39 @@ def portal_task(paths: DataPaths, engine: Engine, plan: PortalPlan) -> ExtraTask
     return run
 
 
+async def first_admin(engine: Engine) -> str | None:
+    """The first admin's one-time password (None when an admin exists); a busy or failing
+    store is retried, then logged, never fatal to the gateway."""
+    problem: StoreError | None = None
+    for attempt in range(STORE_TRIES):
+        if attempt:
+            await asyncio.sleep(0.1 * 2**attempt)  # back off while the other writer finishes
+        try:
+            return await asyncio.to_thread(ensure_first_admin, engine)
+        except StoreError as exc:
+            problem = exc
+            if "locked" not in str(exc):
+                break
+    log.error("cannot create the first admin (%s); add one with "
+              "`sslvpn user add NAME --admin --password-stdin`", problem)
+    return None
+
+
 def ipsec_task(engine: Engine) -> ExtraTask:
     """The site-to-site tunnels; the gateway answers `tunnel_status` with theirs."""
 
     async def run(gateway: Gateway) -> None:
-        service = IpsecService(engine)
-        gateway.tunnel_status_providers.append(service.tunnel_status)
-        try:
-            await service.run()
-        finally:
-            gateway.tunnel_status_providers.remove(service.tunnel_status)
+        while True:  # a failed IPsec service must not take the OpenVPN gateway with it
+            service = IpsecService(engine)
+            gateway.tunnel_status_providers.append(service.tunnel_status)
+            try:
+                await service.run()
+            except Exception:
+                log.exception("the IPsec service failed; starting it again in %.0f s",
+                              IPSEC_RESTART_DELAY)
+            finally:
+                gateway.tunnel_status_providers.remove(service.tunnel_status)
+            await asyncio.sleep(IPSEC_RESTART_DELAY)
 
     return run
 
@@ -133,19 +172,26 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
                   tun_name: str, no_network_config: bool, verbose: bool) -> None:
     """Run the gateway (OpenVPN over UDP and TCP, IPsec tunnels) and the portal until
     SIGTERM or Ctrl-C."""
+    if (portal_cert is None) != (portal_key is None):
+        raise click.UsageError("give both --portal-cert and --portal-key")
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:  # migrations that found nothing to do are not news
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     paths = paths_of(ctx)
     with store(ctx) as engine:
         extra = [ipsec_task(engine)]
         if not no_portal:
-            if portal_listen is None:
-                with db.session(engine) as s:
-                    portal_listen = queries.get_settings(s).portal_listen
-            tls = portal_tls(paths, engine, portal_listen, cert=portal_cert, key=portal_key)
-            extra.append(portal_task(paths, engine, PortalPlan(portal_listen, tls, public_url)))
+            with db.session(engine) as s:
+                settings = queries.get_settings(s)
+            portal_listen = portal_listen or settings.portal_listen
+            tls = portal_tls(paths, engine, portal_listen, cert=portal_cert, key=portal_key,
+                             https=True if portal_cert is not None else None)
+            public = settings.public_addresses[0] if settings.public_addresses else None
+            plan = PortalPlan(portal_listen, tls, public_url, public)
+            extra.append(portal_task(paths, engine, plan))
         options = ServeOptions(
             listen=listen or ServeOptions.listen,
             port=port,

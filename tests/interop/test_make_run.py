@@ -3,7 +3,7 @@ on a fresh data folder, in a private network namespace so nothing touches the ho
 
 It must print where the gateway and the portal are (and the one-time admin password on the
 first start only), the printed URL must answer, and SIGTERM must end it with status 0 and
-the TUN gone.
+the TUN gone. A taken portal port is one clear line and exit status 1, with nothing left.
 """
 
 from __future__ import annotations
@@ -19,6 +19,12 @@ import pytest
 from tests.interop.conftest import SSLVPN
 from tests.netns import Namespace, NetnsLab, file_contains, wait_until
 
+HOLD = """
+import socket, time
+server = socket.create_server(("127.0.0.1", 0))
+print(server.getsockname()[1], flush=True)
+time.sleep(300)
+"""
 FETCH = """
 import sys, urllib.request
 with urllib.request.urlopen(sys.argv[1], timeout=10) as r:
@@ -73,3 +79,14 @@ def test_run_command_prints_where_to_go_and_stops_cleanly(ns: Namespace, tmp_pat
     assert ns.run(sys.executable, "-c", FETCH, url).startswith(f"200 {url}login")
     _stop(ns, proc, second)
     assert "one-time password" not in second.read_text()  # the admin exists since the first
+
+    holder_log = tmp_path / "hold.log"
+    ns.spawn([sys.executable, "-c", HOLD], log=holder_log)
+    assert wait_until(lambda: holder_log.read_text().strip().isdigit(), 10)
+    taken = f"127.0.0.1:{holder_log.read_text().strip()}"
+    result = subprocess.run(["ip", "netns", "exec", ns.name, SSLVPN, "--data-dir", str(data),
+                             "serve", "--portal-listen", taken],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"Error: cannot start the portal on {taken}: " in result.stderr, result.stderr
+    assert "sslvpn" not in ns.run("ip", "-o", "link", "show")

@@ -1,0 +1,135 @@
+"""`serve`'s composition without root: the portal and the IPsec service run beside the gateway
+(on a MemoryTun), print where they are, answer for the in-process gateway, and go away with it;
+a busy store or a failing IPsec service never takes the gateway down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from ipaddress import IPv4Network
+from pathlib import Path
+
+import aiohttp
+import pytest
+from click.testing import CliRunner
+
+from sslvpn.cli import main, serve
+from sslvpn.cli.serve import PortalPlan, announce, ipsec_task, portal_task, shown_url
+from sslvpn.runtime.gateway import Gateway, GatewayOptions
+from sslvpn.runtime.service import GatewayService, ServeOptions
+from sslvpn.runtime.tun import MemoryTun
+from sslvpn.store import StoreError
+from tests.runtime.fakes import MemoryPolicy
+from tests.runtime.loopback import make_data_folder
+
+
+@pytest.mark.parametrize(("url", "public", "shown"), [
+    ("https://0.0.0.0:8443/", "vpn.example.com", "https://vpn.example.com:8443/"),
+    ("https://[::]:8443/", "2001:db8::1", "https://[2001:db8::1]:8443/"),
+    ("http://127.0.0.1:8080/", "vpn.example.com", "http://127.0.0.1:8080/"),
+    ("https://0.0.0.0:8443/", None, "https://0.0.0.0:8443/"),
+])
+def test_a_wildcard_portal_is_shown_at_the_public_address(
+    url: str, public: str | None, shown: str
+) -> None:
+    assert shown_url(url, public) == shown
+
+
+async def test_portal_and_ipsec_run_beside_the_gateway(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths, engine = make_data_folder(tmp_path)
+    tun = MemoryTun()
+    plan = PortalPlan("127.0.0.1:0", None, None, "127.0.0.1")
+    service = GatewayService(
+        paths, engine,
+        ServeOptions(listen=("127.0.0.1",), port=0, protocols="tcp", configure_network=False,
+                     extra_tasks=(ipsec_task(engine), portal_task(paths, engine, plan)),
+                     on_ready=announce),
+        tun_factory=lambda _name: tun,
+    )
+    task = asyncio.create_task(service.run())
+    printed = ""
+    async with asyncio.timeout(20):
+        while "one-time password" not in printed:
+            printed += capsys.readouterr().out
+            await asyncio.sleep(0.05)
+    assert re.search(r"^gateway: OpenVPN on tcp 127\.0\.0\.1:\d+$", printed, re.MULTILINE)
+    match = re.search(r"^portal: (http://127\.0\.0\.1:\d+/)$", printed, re.MULTILINE)
+    assert match, printed
+    async with aiohttp.ClientSession() as http, http.get(match.group(1) + "login") as response:
+        assert response.status == 200
+    assert service.gateway is not None
+    gateway = service.gateway
+    assert len(gateway.tunnel_status_providers) == 1 and gateway.tunnel_status() == []
+    service.stop()
+    async with asyncio.timeout(10):
+        await task
+    assert gateway.tunnel_status_providers == [] and tun.closed
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await http.get(match.group(1))
+    engine.dispose()
+
+
+async def test_a_busy_store_delays_the_first_admin_and_a_broken_one_is_only_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    answers: list[str | Exception] = [StoreError("database error: database is locked"),
+                                      StoreError("database error: database is locked"), "pw"]
+
+    def ensure(_engine: object) -> str | None:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(serve, "ensure_first_admin", ensure)
+    assert await serve.first_admin(None) == "pw"  # type: ignore[arg-type]
+    answers[:] = [StoreError("database error: disk I/O error"), "never asked"]
+    assert await serve.first_admin(None) is None  # type: ignore[arg-type]
+    assert answers == ["never asked"]
+    assert "cannot create the first admin (database error: disk I/O error)" in caplog.text
+
+
+async def test_a_failed_ipsec_service_is_started_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs: list[object] = []
+    again = asyncio.Event()
+
+    class Failing:
+        def __init__(self, _engine: object) -> None:
+            pass
+
+        def tunnel_status(self) -> list[object]:
+            return []
+
+        async def run(self) -> None:
+            runs.append(self)
+            if len(runs) == 1:
+                raise RuntimeError("a bug in the IPsec service")
+            again.set()
+            await asyncio.Event().wait()
+
+    monkeypatch.setattr(serve, "IpsecService", Failing)
+    monkeypatch.setattr(serve, "IPSEC_RESTART_DELAY", 0.0)
+    gateway = Gateway(MemoryTun(), GatewayOptions(pool=IPv4Network("10.8.0.0/24"),
+                                                  vpc_networks=()), MemoryPolicy())
+    task = asyncio.create_task(serve.ipsec_task(None)(gateway))  # type: ignore[arg-type]
+    async with asyncio.timeout(5):
+        await again.wait()
+    assert len(runs) == 2 and len(gateway.tunnel_status_providers) == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert gateway.tunnel_status_providers == []
+
+
+def test_an_admin_certificate_needs_its_key(tmp_path: Path) -> None:
+    paths, engine = make_data_folder(tmp_path)
+    engine.dispose()
+    result = CliRunner().invoke(main, ["--data-dir", str(paths.data_dir), "serve",
+                                       "--portal-cert", str(paths.ca_cert)])
+    assert result.exit_code == 2 and "give both --portal-cert and --portal-key" in result.output
