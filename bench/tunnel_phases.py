@@ -21,6 +21,7 @@ from bench.vpn import (
     OpenVpnServer,
     OurServer,
     Server,
+    ServerDied,
     Unavailable,
     VpnTopology,
     tunnel,
@@ -49,7 +50,8 @@ class TunnelBench:
         self.report = report
         self.settings = settings
         self.servers: dict[str, Server] = {"openvpn": OpenVpnServer(topo), "ours": OurServer(topo)}
-        self.down: dict[tuple[str, str], str] = {}  # (server, proto) -> why it is n/a
+        self.down: dict[tuple[str, str], str] = {}  # (server, proto) -> why it cannot start
+        self.iperf_server: subprocess.Popen[bytes] | None = None
         self.raw_rtts: list[float] = []
         self.runs: list[dict[str, object]] = report.meta.setdefault("runs", [])
 
@@ -62,7 +64,7 @@ class TunnelBench:
     # ----------------------------------------------------------------- throughput + latency
     def run_throughput(self) -> None:
         s = self.settings
-        self.topo.vpc.spawn(["iperf3", "-s", "-B", VPC_HOST], log=self.topo.work / "iperf3.log")
+        self._restart_iperf_server()
         self._raw()
         for rep in range(s.reps):
             order = list(self.servers) if rep % 2 == 0 else list(reversed(self.servers))
@@ -71,6 +73,14 @@ class TunnelBench:
                     if (name, proto) not in self.down:
                         self._tunnel_run(name, proto, rep)
         self._finish_throughput()
+
+    def _restart_iperf_server(self) -> None:
+        """A fresh iperf3 server: one left behind by a broken run stays "busy" for minutes."""
+        if self.iperf_server is not None:
+            self.topo.lab.stop(self.iperf_server)
+        self.iperf_server = self.topo.vpc.spawn(["iperf3", "-s", "-B", VPC_HOST],
+                                                log=self.topo.work / "iperf3.log")
+        wait_until(lambda: f"{VPC_HOST}:5201" in self.topo.vpc.run("ss", "-tln", check=False), 5)
 
     def _raw(self) -> None:
         """The routed veth path without a VPN: the ceiling, and the RTT to subtract."""
@@ -95,18 +105,24 @@ class TunnelBench:
                 if rep == 0:
                     self._latency(name, proto)
                 for mode in measure.IPERF_MODES:
-                    result = self._iperf(name, proto, mode, server.pid)
+                    result = self._iperf(name, proto, mode, server)
                     if result is not None:
                         self._record(name, proto, mode, rep, result)
+        except ServerDied as exc:
+            self.report.notes.append(f"{name} {proto} rep {rep + 1}: {exc}")
         except Unavailable as exc:
             self._skip(name, proto, str(exc))
 
-    def _iperf(self, name: str, proto: str, mode: str, pid: int) -> measure.IperfResult | None:
-        """One run, retried once: iperf3's control connection now and then fails to open."""
+    def _iperf(self, name: str, proto: str, mode: str,
+               server: Server) -> measure.IperfResult | None:
+        """One run, retried once with a fresh iperf3 server: its control connection now and
+        then fails to open, and a run broken by the tunnel leaves the server "busy"."""
         for attempt in (1, 2):
             try:
-                return measure.iperf(self.topo.cli, VPC_HOST, mode, self.settings.seconds, pid)
+                return measure.iperf(self.topo.cli, VPC_HOST, mode, self.settings.seconds,
+                                     server.pid)
             except (measure.IperfError, subprocess.TimeoutExpired) as exc:
+                self._restart_iperf_server()
                 if attempt == 2:
                     self.report.notes.append(f"{name} {proto} {mode}: a run failed twice ({exc})")
         return None

@@ -45,6 +45,10 @@ class Unavailable(RuntimeError):
     """A server or client could not be brought up; its figures become n/a."""
 
 
+class ServerDied(RuntimeError):
+    """The server under test exited during a measurement (its log says why)."""
+
+
 def sslvpn(data_dir: Path, *args: str) -> str:
     """Run the real `sslvpn` CLI against the bench data folder."""
     result = subprocess.run([SSLVPN, "--data-dir", str(data_dir), *args],
@@ -126,12 +130,13 @@ class Server:
     def __init__(self, topo: VpnTopology) -> None:
         self.topo = topo
         self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
         self.log = topo.work / f"{self.name}.log"
 
     @property
     def pid(self) -> int:
         if self.proc is None or self.proc.poll() is not None:
-            raise Unavailable(f"{self.name} is not running")
+            raise ServerDied(f"{self.name} exited during the run, see {self.log}")
         return self.proc.pid
 
     def start(self, proto: str, *, unlimited_resets: bool = False) -> None:
@@ -145,7 +150,8 @@ class Server:
 
     def _spawn(self, args: list[str], ready: str, env: dict[str, str] | None = None) -> None:
         self.stop()
-        self.log.write_text("")
+        self.starts += 1
+        self.log = self.topo.work / f"{self.name}-{self.starts}.log"  # one per start, kept
         self.proc = self.topo.gw.spawn(args, log=self.log, env=env)
         proc = self.proc
         up = wait_until(lambda: file_contains(self.log, ready)() or proc.poll() is not None,
