@@ -59,6 +59,7 @@ LINGER_SECONDS = 5.0  # push.c: keep a refused/exiting session ~5 s to finish AC
 _IPV6_UDP_HEADERS = 48  # ssl.c calc_control_channel_frame_overhead assumes IPv6 + UDP
 _CONTROL_HEADER = 1 + 8 + 1 + 4 * CONTROL_SEND_ACK_MAX + 8 + 4
 Rand = Callable[[int], bytes]
+_DATA_OPCODES = frozenset((int(Opcode.DATA_V1), int(Opcode.DATA_V2)))
 
 
 class LocalProtocolError(Exception):
@@ -216,8 +217,10 @@ class Endpoint:
             return
         if not data:
             self._drop("empty")
-        elif data[0] >> 3 in (Opcode.DATA_V1, Opcode.DATA_V2):
-            self._receive_data(data, now)
+        elif data[0] >> 3 in _DATA_OPCODES:
+            plain = self._receive_data(data, now)
+            if plain is not None:
+                self._events.append(TunnelPacket(plain))
         else:
             self._receive_control(data, now)
 
@@ -284,29 +287,63 @@ class Endpoint:
         while ks.messages and not self.closed:
             self._on_message(ks, ks.messages.popleft(), now)
 
-    def _receive_data(self, data: bytes, now: float) -> None:
+    def _receive_data(self, data: bytes, now: float) -> bytes | None:
+        """Open a data packet; returns the tunnel packet it carries, if it carries one."""
         ks = self._keys.get(data[0] & 0x07)
         crypto = None if ks is None else ks.crypto
         if ks is None or crypto is None:
             self._drop("data-no-key")
-            return
+            return None
         try:
             plain = crypto.open(data)
         except DataDropped as exc:
             self._drop("data-" + exc.reason)
-            return
+            return None
         self.last_received = now
         send = self._send_key
         if send is not None and ks.serial > send.serial:
             self._switch_send_key(ks, now)  # the peer demonstrably uses the new key
         if is_ping(plain):
-            return
+            return None
         occ = occ_opcode(plain)
         if occ is OccOpcode.EXIT:
             self._events.append(ExitRequested("occ-exit"))
             self._finish("peer exited (OCC EXIT)")
         elif occ is None:
-            self._events.append(TunnelPacket(plain))
+            return plain
+        return None
+
+    # -- the fast path (established sessions, no event objects, no output queue) ---------
+    def open_data(self, data: bytes, now: float) -> bytes | None:
+        """``receive_datagram`` for the hot path: the tunnel packet is returned, not queued.
+
+        Only a data packet on the key we send with takes the short way; anything else
+        (control, older or newer keys, pings, drops) goes through ``receive_datagram``.
+        None means "nothing to deliver": events or output may be queued, so the caller
+        drains the session as after ``receive_datagram``.
+        """
+        ks = self._send_key
+        if (ks is None or self.closed or not data or data[0] & 0x07 != ks.key_id
+                or data[0] >> 3 not in _DATA_OPCODES):
+            self.receive_datagram(data, now)
+            return None
+        self._now = now
+        return self._receive_data(data, now)
+
+    def seal_data(self, ip_packet: bytes, now: float) -> bytes | None:
+        """``send_packet`` for the hot path: the sealed datagram is returned, not queued.
+
+        None means the packet must take the full way (``send_packet`` and then
+        ``datagrams_to_send``): no key yet, closing, or the send key is due for a rekey.
+        Nothing changes when None is returned.
+        """
+        ks = self._send_key
+        crypto = None if ks is None else ks.crypto
+        if crypto is None or self.closed or self._close_at is not None or crypto.needs_rekey:
+            return None
+        sealed = crypto.seal(ip_packet)  # cannot exhaust: needs_rekey turned true long before
+        self._now = self.last_sent = now
+        return sealed
 
     def send_packet(self, ip_packet: bytes, now: float) -> None:
         """Encrypt one tunnel packet for the peer (dropped and counted if no key yet)."""

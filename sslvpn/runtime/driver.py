@@ -7,10 +7,14 @@ and keeps exactly one loop timer armed at ``core.get_timer()``. Time is the even
 monotonic clock. A handler may call back into the driver (``accept`` from a ``PeerVerified``
 handler): the pump is not re-entered, it simply runs again until the core is quiet.
 
-Hot path: tunnel traffic (data packets in and out, ``TunnelPacket`` events) only ever moves
-the core's deadlines later (keepalive and ping-restart), so after pure data traffic the armed
-timer is kept instead of asking ``get_timer()`` and re-arming per packet; a timer that fires
-early just re-arms. Any control packet, other event or timer re-arms from ``get_timer()``.
+Hot path: a core with the fast path (``open_data``/``seal_data``, as ``Endpoint`` has) hands
+tunnel packets over directly, without an event object or an output queue: an opened packet
+goes to ``on_packet``, a sealed one to ``transmit``; whenever the core declines (control,
+pings, drops, key changes) the driver falls back to the full input-then-pump cycle. Tunnel
+traffic only ever moves the core's deadlines later (keepalive and ping-restart), so after
+pure data traffic the armed timer is kept instead of asking ``get_timer()`` and re-arming per
+packet; a timer that fires early just re-arms. Any control packet, other event or timer
+re-arms from ``get_timer()``.
 """
 
 from __future__ import annotations
@@ -52,15 +56,17 @@ class SessionCore(Protocol):
 
 
 Transmit = Callable[[bytes], None]
+PacketSink = Callable[[bytes], None]
 _DATA = frozenset(int(op) for op in DATA_OPCODES)
 EventHandler = Callable[["SessionDriver", Event], None]
+FastPath = Callable[[bytes, float], bytes | None]  # Endpoint.open_data / Endpoint.seal_data
 
 
 class SessionDriver:
     """Pumps one session core; ``closed`` turns true once it reported ``SessionClosed``."""
 
-    __slots__ = ("core", "_transmit", "_on_event", "_loop", "_timer", "_deadline",
-                 "_pumping", "_again", "closed", "now")
+    __slots__ = ("core", "_transmit", "_on_event", "_on_packet", "_open", "_seal", "_loop",
+                 "_timer", "_deadline", "_pumping", "_again", "closed", "now")
 
     def __init__(
         self,
@@ -68,11 +74,15 @@ class SessionDriver:
         *,
         transmit: Transmit,
         on_event: EventHandler,
+        on_packet: PacketSink | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.core = core
         self._transmit = transmit
         self._on_event = on_event
+        self._on_packet = on_packet or (lambda packet: on_event(self, TunnelPacket(packet)))
+        self._open: FastPath | None = getattr(core, "open_data", None)
+        self._seal: FastPath | None = getattr(core, "seal_data", None)
         self._loop = loop or asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
@@ -87,14 +97,26 @@ class SessionDriver:
         if self.closed:
             return
         self.now = now = self._loop.time()
-        self.core.receive_datagram(data, now)
-        self.pump(rearm=not data or (data[0] >> 3) not in _DATA)
+        data_packet = bool(data) and (data[0] >> 3) in _DATA
+        if data_packet and self._open is not None:
+            plain = self._open(data, now)
+            if plain is not None:
+                self._on_packet(plain)
+                return
+        else:
+            self.core.receive_datagram(data, now)
+        self.pump(rearm=not data_packet)
 
     def send_packet(self, ip_packet: bytes) -> None:
         """A tunnel packet for the peer (the hot path from the TUN)."""
         if self.closed:
             return
         self.now = now = self._loop.time()
+        if self._seal is not None:
+            datagram = self._seal(ip_packet, now)
+            if datagram is not None:
+                self._transmit(datagram)
+                return
         self.core.send_packet(ip_packet, now)
         self.pump(rearm=False)
 

@@ -137,7 +137,8 @@ class Gateway:
         client = ClientSession(session_id, protocol, real_address, self._next_peer_id(),
                                on_closed)
         client.driver = SessionDriver(core, transmit=transmit,
-                                      on_event=lambda _d, event: self._on_event(client, event))
+                                      on_event=lambda _d, event: self._on_event(client, event),
+                                      on_packet=lambda packet: self._from_client(client, packet))
         client.last_activity = client.driver.now
         self._sessions[session_id] = client
         return client

@@ -6,8 +6,14 @@ answers, drops, or says "create a session": only then is per-client state alloca
 A P_DATA_V2 packet from an unknown address whose peer-id belongs to a session is offered to
 that session; if it authenticates (the core heard from its peer), the session floats to the
 new address, as OpenVPN 2.6 does for clients behind NAT rebinding or changing networks.
-Reads are batched per readiness callback; sends never block (a full socket drops, the
-protocols above recover). Socket buffers are enlarged to absorb bursts.
+Reads are batched per readiness callback. Sends are batched too: what the sessions transmit
+while the loop runs one round of callbacks (a TUN read burst, say) is queued per peer and
+flushed once, right after, with UDP generic segmentation offload (``UDP_SEGMENT``, Linux 4.18+):
+one ``sendmsg`` carries a run of equal-sized datagrams (the last may be shorter) and the
+kernel cuts them apart, instead of one ``sendto`` per datagram. A kernel or path that refuses
+GSO turns it off for the socket and the same datagrams go out one by one. Sends never block
+(a full socket drops, the protocols above recover). Socket buffers are enlarged to absorb
+bursts.
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import logging
 import socket
+import struct
 from collections.abc import Callable
 from typing import Protocol
 
@@ -30,6 +38,11 @@ log = logging.getLogger(__name__)
 SOCKET_BUFFER = 4 * 1024 * 1024
 READ_BATCH = 64
 MAX_DATAGRAM = 65535
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # linux/udp.h
+GSO_MAX_SEGMENTS = 64  # linux/udp.h UDP_MAX_SEGMENTS (older kernels)
+GSO_MAX_BYTES = 65000  # one GSO send must fit one (unfragmented-size) IP datagram
+_GSO_REFUSED = frozenset((errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP))
+_GSO_SIZE = struct.Struct("=H")
 
 SessionFactory = Callable[[CreateSession, float], SessionCore]
 PeerAddress = tuple[str, int] | tuple[str, int, int, int]
@@ -74,13 +87,14 @@ def bind_udp(host: str, port: int) -> socket.socket:
 
 
 class _Peer:
-    """Where a UDP session's client currently is (it may float)."""
+    """Where a UDP session's client currently is (it may float), and what awaits sending."""
 
-    __slots__ = ("address", "client")
+    __slots__ = ("address", "client", "pending")
 
     def __init__(self, address: PeerAddress, client: ClientSession) -> None:
         self.address = address
         self.client = client
+        self.pending: list[bytes] = []
 
 
 class OpenVpnUdpListener:
@@ -101,6 +115,8 @@ class OpenVpnUdpListener:
         self._clients: dict[PeerAddress, ClientSession] = {}
         self._by_peer_id: dict[int, _Peer] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._dirty: list[_Peer] = []  # peers with pending datagrams, flush scheduled
+        self.gso = sock.family in (socket.AF_INET, socket.AF_INET6)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -112,6 +128,7 @@ class OpenVpnUdpListener:
         self._loop.add_reader(self.sock.fileno(), self._readable)
 
     def close(self) -> None:
+        self._flush()  # goodbyes queued by a shutdown leave before the socket goes
         if self._loop is not None:
             self._loop.remove_reader(self.sock.fileno())
             self._loop = None
@@ -141,6 +158,58 @@ class OpenVpnUdpListener:
             self.drops["send-full"] += 1
         except OSError:
             self.drops["send-error"] += 1
+
+    def _queue(self, peer: _Peer, data: bytes) -> None:
+        """Hold a session's datagram until this round of loop callbacks is over."""
+        if not peer.pending:
+            if not self._dirty and self._loop is not None:
+                self._loop.call_soon(self._flush)
+            self._dirty.append(peer)
+        peer.pending.append(data)
+
+    def _flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for peer in dirty:
+            datagrams, peer.pending = peer.pending, []
+            if len(datagrams) == 1 or not self.gso:
+                for data in datagrams:
+                    self._send(data, peer.address)
+            else:
+                self._send_segmented(datagrams, peer.address)
+
+    def _send_segmented(self, datagrams: list[bytes], address: PeerAddress) -> None:
+        """Runs of equal-sized datagrams (plus one shorter tail) as one GSO send each."""
+        count, start = len(datagrams), 0
+        while start < count:
+            size = len(datagrams[start])
+            limit = min(count, start + min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size))
+            end = start + 1
+            while end < limit and len(datagrams[end]) == size:
+                end += 1
+            if end < limit and len(datagrams[end]) < size:
+                end += 1  # GSO allows a shorter last segment
+            if end - start == 1 or not self.gso:
+                for data in datagrams[start:end]:
+                    self._send(data, address)
+            else:
+                self._send_gso(datagrams[start:end], size, address)
+            start = end
+
+    def _send_gso(self, run: list[bytes], size: int, address: PeerAddress) -> None:
+        try:
+            self.sock.sendmsg([b"".join(run)], [(socket.SOL_UDP, UDP_SEGMENT,
+                                                 _GSO_SIZE.pack(size))], 0, address)
+        except (BlockingIOError, InterruptedError):
+            self.drops["send-full"] += len(run)
+        except OSError as exc:
+            if exc.errno not in _GSO_REFUSED:
+                self.drops["send-error"] += len(run)
+                return
+            self.gso = False
+            log.info("UDP segmentation offload refused (%s); sending datagrams one by one",
+                     exc.strerror or exc)
+            for data in run:
+                self._send(data, address)
 
     def _unknown(self, data: bytes, address: PeerAddress) -> None:
         assert self._loop is not None  # noqa: S101 (reading implies started)
@@ -188,7 +257,7 @@ class OpenVpnUdpListener:
         by_peer_id = self._by_peer_id
 
         def transmit(data: bytes) -> None:
-            self._send(data, peer.address)
+            self._queue(peer, data)
 
         def forget() -> None:
             if clients.get(peer.address) is peer.client:
