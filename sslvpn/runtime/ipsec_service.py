@@ -41,10 +41,9 @@ from sslvpn.runtime.ike_udp import (
     Address,
     IkeSockets,
 )
-from sslvpn.runtime.ipsec_tun import open_tun
 from sslvpn.runtime.ipsec_tunnel import Tunnel
 from sslvpn.runtime.netconf import NetconfError, run
-from sslvpn.runtime.tun import Tun
+from sslvpn.runtime.tun import LinuxTun, Tun
 from sslvpn.store import StoreError
 from sslvpn.store.db import session
 from sslvpn.store.ipsec_queries import TunnelConfig, tunnel_configs
@@ -94,7 +93,7 @@ class IpsecService:
         rand: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self._engine = engine
-        self._tun_factory = tun_factory or (lambda: open_tun(TUN_NAME, mtu=TUN_MTU))
+        self._tun_factory = tun_factory or (lambda: LinuxTun(TUN_NAME, mtu=TUN_MTU))
         self._ike_port = ike_port
         self._nat_t_port = nat_t_port
         self._timers = dict(timers or {})
