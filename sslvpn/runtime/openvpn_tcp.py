@@ -5,7 +5,9 @@ transport already proved the address); a session is created only when it says so
 later frame feeds that session's driver. Outgoing packets are framed and written without
 waiting; when the peer stops reading and the buffered output passes a high-water mark,
 further packets are dropped (tunnelled TCP retransmits; the control channel has its own
-reliability layer), so one slow client never holds unbounded memory.
+reliability layer), so one slow client never holds unbounded memory. Frames sent during one
+round of loop callbacks (a TUN read burst) are joined and written once, right after it,
+instead of one socket write per packet.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class _Connection(asyncio.Protocol):
         self.peer_address: object = None
         self.client: ClientSession | None = None
         self._decoder = TcpFrameDecoder()
+        self._pending: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)  # noqa: S101 (stream server)
@@ -103,7 +106,16 @@ class _Connection(asyncio.Protocol):
         if transport.get_write_buffer_size() > WRITE_HIGH_WATER:
             self.listener.drops["send-full"] += 1
             return
-        transport.write(frame(data))
+        pending = self._pending
+        if not pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        pending.append(frame(data))
+
+    def flush(self) -> None:
+        frames, self._pending = self._pending, []
+        transport = self.transport
+        if frames and transport is not None and not transport.is_closing():
+            transport.write(b"".join(frames))
 
     def _abort(self, reason: str) -> None:
         """Bad input before a session exists: count it and hang up."""
@@ -115,6 +127,7 @@ class _Connection(asyncio.Protocol):
     def _session_closed(self) -> None:
         """The session ended (kick, exit, revocation): flush what it sent, then close."""
         self.client = None
+        self.flush()
         if self.transport is not None:
             self.transport.close()
             self.transport = None
@@ -160,6 +173,7 @@ class OpenVpnTcpListener:
         if self._server is not None:
             self._server.close()
             for connection in list(self.connections):
+                connection.flush()
                 if connection.transport is not None:
                     connection.transport.close()
             await self._server.wait_closed()
