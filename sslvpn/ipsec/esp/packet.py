@@ -46,7 +46,7 @@ DEFAULT_REPLAY_WINDOW = 128  # strongSwan defaults to 32; the issue asks for >= 
 
 _PAD = bytes(range(1, 256))
 _SPI_SEQ = struct.Struct("!II")
-_IV64 = struct.Struct("!Q")
+_HEADER_IV64 = struct.Struct("!IIQ")  # SPI | Seq | the GCM IV (the 64-bit counter)
 _Rand = Callable[[int], bytes]
 
 
@@ -108,25 +108,43 @@ def _check_keys(cipher: EspCipher, keys: EspKeys) -> None:
         raise ValueError(f"{cipher.value}: wrong amount of key material")
 
 
+def _trailer(length: int, align: int, next_header: int) -> bytes:
+    """Padding (1, 2, 3, ...), pad length and next header that align ``length`` bytes."""
+    return _padding(-(length + 2) % align, next_header)
+
+
+def _padding(pad_len: int, next_header: int) -> bytes:
+    return _PAD[:pad_len] + bytes((pad_len, next_header))
+
+
 class _Gcm:
     """AES-GCM-16 body: IV(8) | ciphertext | ICV(16) (RFC 4106 sections 3 and 5)."""
 
-    __slots__ = ("_aead", "_salt")
+    __slots__ = ("_aead", "_salt", "_trailers")
     align = 4
     min_body = GCM_IV_LEN + 4 + GCM_ICV_LEN
 
     def __init__(self, keys: EspKeys) -> None:
         self._aead = AESGCM(keys.encryption[:-GCM_SALT_LEN])
         self._salt = keys.encryption[-GCM_SALT_LEN:]
+        self._trailers = {(pad, nh): _padding(pad, nh)  # built once: the hot path's trailers
+                          for pad in range(4) for nh in (NEXT_HEADER_IPV4, NEXT_HEADER_IPV6)}
 
-    def seal(self, header: bytes, seq: int, plaintext: bytes, rand: _Rand) -> bytes:
-        iv = _IV64.pack(seq)
-        return iv + self._aead.encrypt(self._salt + iv, plaintext, header)
+    def seal(self, spi: int, seq: int, inner: bytes, next_header: int, rand: _Rand) -> bytes:
+        """The whole ESP packet; the IV is the sequence number, so it never repeats."""
+        header_iv = _HEADER_IV64.pack(spi, seq, seq)
+        trailer = self._trailers.get((-(len(inner) + 2) % 4, next_header))
+        if trailer is None:
+            trailer = _trailer(len(inner), 4, next_header)
+        sealed = self._aead.encrypt(self._salt + header_iv[ESP_HEADER_LEN:], inner + trailer,
+                                    header_iv[:ESP_HEADER_LEN])
+        return header_iv + sealed
 
-    def open(self, header: bytes, body: bytes) -> bytes | None:
-        iv = body[:GCM_IV_LEN]
+    def open(self, packet: bytes) -> bytes | None:
+        body = ESP_HEADER_LEN + GCM_IV_LEN
         try:
-            return self._aead.decrypt(self._salt + iv, body[GCM_IV_LEN:], header)
+            return self._aead.decrypt(self._salt + packet[ESP_HEADER_LEN:body],
+                                      memoryview(packet)[body:], packet[:ESP_HEADER_LEN])
         except InvalidTag:
             return None
 
@@ -142,22 +160,25 @@ class _CbcHmac:
         self._algorithm = algorithms.AES(keys.encryption)
         self._integ = keys.integrity
 
-    def seal(self, header: bytes, seq: int, plaintext: bytes, rand: _Rand) -> bytes:
+    def seal(self, spi: int, seq: int, inner: bytes, next_header: int, rand: _Rand) -> bytes:
+        """The whole ESP packet, with a random IV (RFC 3602 section 3)."""
+        header = _SPI_SEQ.pack(spi, seq)
         iv = rand(CBC_IV_LEN)
         encryptor = Cipher(self._algorithm, modes.CBC(iv)).encryptor()
-        body = iv + encryptor.update(plaintext) + encryptor.finalize()
-        icv = hmac.digest(self._integ, header + body, "sha256")[:CBC_ICV_LEN]
-        return body + icv
+        plaintext = inner + _trailer(len(inner), 16, next_header)
+        signed = header + iv + encryptor.update(plaintext) + encryptor.finalize()
+        return signed + hmac.digest(self._integ, signed, "sha256")[:CBC_ICV_LEN]
 
-    def open(self, header: bytes, body: bytes) -> bytes | None:
-        signed, icv = body[:-CBC_ICV_LEN], body[-CBC_ICV_LEN:]
-        expected = hmac.digest(self._integ, header + signed, "sha256")[:CBC_ICV_LEN]
+    def open(self, packet: bytes) -> bytes | None:
+        signed, icv = packet[:-CBC_ICV_LEN], packet[-CBC_ICV_LEN:]
+        expected = hmac.digest(self._integ, signed, "sha256")[:CBC_ICV_LEN]
         if not hmac.compare_digest(expected, icv):
             return None
-        ciphertext = signed[CBC_IV_LEN:]
+        body = ESP_HEADER_LEN + CBC_IV_LEN
+        ciphertext = signed[body:]
         if len(ciphertext) % 16:
             return None
-        decryptor = Cipher(self._algorithm, modes.CBC(signed[:CBC_IV_LEN])).decryptor()
+        decryptor = Cipher(self._algorithm, modes.CBC(signed[ESP_HEADER_LEN:body])).decryptor()
         return decryptor.update(ciphertext) + decryptor.finalize()
 
 
@@ -189,16 +210,13 @@ class OutboundSa:
 
     def seal(self, inner: bytes, next_header: int = NEXT_HEADER_IPV4) -> bytes:
         """The ESP packet (from the SPI on) carrying ``inner``; raises `SequenceExhausted`."""
-        if self.seq >= SEQ_MAX:
+        seq = self.seq
+        if seq >= SEQ_MAX:
             raise SequenceExhausted(f"ESP SA {self.spi:08x} used every sequence number")
-        self.seq += 1
-        align = self._transform.align
-        pad_len = -(len(inner) + 2) % align
-        plaintext = inner + _PAD[:pad_len] + bytes((pad_len, next_header))
-        header = _SPI_SEQ.pack(self.spi, self.seq)
+        self.seq = seq = seq + 1
         self.packets += 1
         self.bytes += len(inner)
-        return header + self._transform.seal(header, self.seq, plaintext, self._rand)
+        return self._transform.seal(self.spi, seq, inner, next_header, self._rand)
 
 
 class InboundSa:
@@ -235,7 +253,7 @@ class InboundSa:
             return self._drop(
                 DropReason.REPLAYED if verdict is ReplayVerdict.REPLAYED else DropReason.TOO_OLD
             )
-        plaintext = self._transform.open(packet[:ESP_HEADER_LEN], packet[ESP_HEADER_LEN:])
+        plaintext = self._transform.open(packet)
         if plaintext is None:
             return self._drop(DropReason.BAD_ICV)
         self.replay.update(seq)  # authentic: record it even if the trailer turns out bad
