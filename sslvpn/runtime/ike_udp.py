@@ -13,8 +13,10 @@ datagrams instead of paying one loop iteration per packet. ESP going out is batc
 `send_esp` queues, and one flush per loop iteration hands each run of equal-sized packets to
 the kernel in a single UDP GSO send (``UDP_SEGMENT``, Linux 4.18+), which cuts the cost of
 the send path several times; the kernel still puts one ESP packet in each datagram. Kernels
-or routes without GSO get one ``sendto`` per packet. Sends never block: a full socket
-buffer is a counted drop.
+or routes without GSO get one ``sendto`` per packet. The 4500 socket also asks for UDP GRO
+(``UDP_GRO``): where the NIC driver coalesces a burst of equal-sized datagrams from the peer,
+one read returns all of them (the cmsg gives their size) and they are split here. Sends
+never block: a full socket buffer is a counted drop.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ READ_BATCH = 64
 READ_SIZE = 65535
 SOCKET_BUFFER = 4 * 1024 * 1024  # absorb bursts between two loop iterations
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # linux/udp.h: GSO segment size (cmsg)
+UDP_GRO = getattr(socket, "UDP_GRO", 104)  # linux/udp.h: accept coalesced datagrams
+_GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
+_GRO_SIZE = struct.Struct("=i")
 GSO_MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS on older kernels
 GSO_MAX_BYTES = 65000  # one GSO send stays below the 65507-byte UDP payload limit
 MAX_QUEUED = 256  # ESP packets queued before a flush is forced (bounded, never grows)
@@ -121,6 +126,7 @@ class IkeSockets:
         self.keepalives_sent = 0
         self.malformed = 0
         self.send_errors = 0
+        self.coalesced_reads = 0  # reads that returned several datagrams (UDP GRO)
         self.gso = hasattr(socket, "SOL_UDP")  # cleared when the kernel refuses UDP_SEGMENT
         self._queued: list[bytes] = []
         self._queued_peer: Address | None = None
@@ -145,6 +151,8 @@ class IkeSockets:
         except OSError:
             self.close()
             raise
+        with contextlib.suppress(OSError):  # a kernel without UDP GRO reads one at a time
+            self._natt.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._ike.fileno(), self._drain, self._ike, self._from_ike_port)
         self._loop.add_reader(self._natt.fileno(), self._drain, self._natt, self._from_nat_t_port)
@@ -154,16 +162,22 @@ class IkeSockets:
         """(IKE port, NAT-T port) actually bound."""
         return _port(self._ike), _port(self._natt)
 
-    @staticmethod
-    def _drain(sock: socket.socket, handler: Callable[[bytes, Address], None]) -> None:
+    def _drain(self, sock: socket.socket, handler: Callable[[bytes, Address], None]) -> None:
         for _ in range(READ_BATCH):
             try:
-                data, addr = sock.recvfrom(READ_SIZE)
+                data, ancillary, _flags, addr = sock.recvmsg(READ_SIZE, _GRO_CMSG_SPACE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:  # ICMP errors surface here; the IKE core times out on its own
                 return
-            handler(data, (str(addr[0]), int(addr[1])))
+            peer = (str(addr[0]), int(addr[1]))
+            if not ancillary:
+                handler(data, peer)
+                continue
+            size = _gro_size(ancillary)  # several datagrams of one size (the last shorter)
+            self.coalesced_reads += 1
+            for start in range(0, len(data), size):
+                handler(data[start:start + size], peer)
 
     def _from_ike_port(self, data: bytes, peer: Address) -> None:
         self._on_ike(data, peer, False)
@@ -262,6 +276,15 @@ class IkeSockets:
             sock.close()
         self._ike = self._natt = None
         self._loop = None
+
+
+def _gro_size(ancillary: list[tuple[int, int, bytes]]) -> int:
+    """The datagram size in a UDP_GRO control message (the whole read if there is none)."""
+    for level, kind, value in ancillary:
+        if level == socket.SOL_UDP and kind == UDP_GRO and len(value) >= _GRO_SIZE.size:
+            size: int = _GRO_SIZE.unpack_from(value)[0]
+            return max(1, size)
+    return READ_SIZE
 
 
 def _port(sock: socket.socket | None) -> int:

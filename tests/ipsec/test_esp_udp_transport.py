@@ -163,3 +163,32 @@ async def test_a_full_buffer_drops_the_batch_and_counts_it() -> None:
         sockets._natt = real
         peer.close()
         sockets.close()
+
+
+async def test_coalesced_reads_are_split_back_into_datagrams() -> None:
+    """Our GSO burst reaches a UDP_GRO socket whole on loopback; each ESP packet comes out."""
+    got: list[bytes] = []
+    arrived = asyncio.Event()
+
+    def on_esp(data: bytes, peer: tuple[str, int]) -> None:
+        got.append(data)
+        arrived.set()
+
+    receiver = IkeSockets(lambda *_: None, on_esp)
+    sender = IkeSockets(lambda *_: None, lambda *_: None)
+    await receiver.open("127.0.0.1", 0, 0)
+    await sender.open("127.0.0.1", 0, 0)
+    try:
+        burst = [ESP[:4] + i.to_bytes(4, "big") + bytes([i]) * 1200 for i in range(1, 41)]
+        burst.append(ESP)  # a shorter last one rides in the same batch
+        for packet in burst:
+            sender.send_esp(packet, ("127.0.0.1", receiver.ports[1]))
+        async with asyncio.timeout(5):
+            while len(got) < len(burst):
+                arrived.clear()
+                await arrived.wait()
+        assert got == burst
+        assert receiver.coalesced_reads >= 1
+    finally:
+        sender.close()
+        receiver.close()
