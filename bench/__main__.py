@@ -29,7 +29,7 @@ from bench.vpn import build_topology
 PHASES = ("throughput", "admission", "scale", "ipsec")
 FULL = (TunnelSettings(reps=3, seconds=10, raw_seconds=5, pings=200, handshakes=10, burst=50),
         IpsecSettings(reps=3, seconds=10),
-        ScaleSettings(sizes=(1000, 10000), burst=1000, hold=3, stage_timeout=60))
+        ScaleSettings(sizes=(1000, 10000), burst=1000, hold=3, stage_timeout=45))
 QUICK = (TunnelSettings(reps=1, seconds=3, raw_seconds=2, pings=50, handshakes=3, burst=10),
          IpsecSettings(reps=1, seconds=3),
          ScaleSettings(sizes=(100,), burst=100, hold=2, stage_timeout=30))

@@ -111,7 +111,7 @@ def _record(report: Report, side: str, stages: list[dict[str, Any]],
     for stage in stages[1:]:
         n = int(stage["stage"])
         mem = report.get("scale memory", f"server peak RSS, {n} idle sessions", "MiB", "lower")
-        if stage["established"] >= 0.95 * n:
+        if stage["established"] >= 0.9 * n:
             setattr(mem, side, stage["hwm_kib"] / 1024)
         if stage["established"] < n:
             report.notes.append(f"scale {side}: {int(stage['established'])}/{n} sessions "
