@@ -110,6 +110,7 @@ class Gateway:
             self.vpc.add(network, True)
         self.drops: collections.Counter[str] = collections.Counter()
         self.tunnel_status_providers: list[Callable[[], list[TunnelStatus]]] = []
+        self.flushers: list[Callable[[], None]] = []  # listeners' queued sends, per TUN burst
         self._sessions: dict[str, ClientSession] = {}
         self._by_address: dict[bytes, ClientSession] = {}
         self._peer_ids = itertools.count()
@@ -121,7 +122,11 @@ class Gateway:
     def start(self) -> None:
         """Start reading the TUN (call from the running loop)."""
         self._loop = asyncio.get_running_loop()
-        self.tun.start(self._from_tun)
+        self.tun.start(self._from_tun, self._flush_listeners)
+
+    def _flush_listeners(self) -> None:
+        for flush in self.flushers:
+            flush()
 
     def new_session(
         self,

@@ -40,6 +40,7 @@ class _Connection(asyncio.Protocol):
         self.client: ClientSession | None = None
         self._decoder = TcpFrameDecoder()
         self._pending: list[bytes] = []
+        self.listed = False  # in the listener's list of connections to flush
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)  # noqa: S101 (stream server)
@@ -71,6 +72,8 @@ class _Connection(asyncio.Protocol):
             self._frame(packet)
             if self.transport is None:
                 return
+        self.flush()
+        self.listener.gateway.tun.flush()
 
     def _frame(self, packet: bytes) -> None:
         client = self.client
@@ -109,6 +112,9 @@ class _Connection(asyncio.Protocol):
         pending = self._pending
         if not pending:
             asyncio.get_running_loop().call_soon(self.flush)
+            if not self.listed:
+                self.listed = True
+                self.listener.dirty.append(self)
         pending.append(frame(data))
 
     def flush(self) -> None:
@@ -155,6 +161,7 @@ class OpenVpnTcpListener:
         self.session_factory = session_factory
         self.drops: collections.Counter[str] = collections.Counter()
         self.connections: set[_Connection] = set()
+        self.dirty: list[_Connection] = []  # connections with frames waiting for a flush
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -162,6 +169,14 @@ class OpenVpnTcpListener:
         self._server = await loop.create_server(
             lambda: _Connection(self), host, port, reuse_address=True, backlog=128,
         )
+        self.gateway.flushers.append(self.flush)
+
+    def flush(self) -> None:
+        """Write every connection's queued frames (after a TUN burst)."""
+        dirty, self.dirty = self.dirty, []
+        for connection in dirty:
+            connection.listed = False
+            connection.flush()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -170,6 +185,8 @@ class OpenVpnTcpListener:
         return host, port
 
     async def close(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.gateway.flushers.remove(self.flush)
         if self._server is not None:
             self._server.close()
             for connection in list(self.connections):

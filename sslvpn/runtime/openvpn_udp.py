@@ -126,15 +126,24 @@ class OpenVpnUdpListener:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.sock.fileno(), self._readable)
+        self.gateway.flushers.append(self._flush)
 
     def close(self) -> None:
         self._flush()  # goodbyes queued by a shutdown leave before the socket goes
+        with contextlib.suppress(ValueError):
+            self.gateway.flushers.remove(self._flush)
         if self._loop is not None:
             self._loop.remove_reader(self.sock.fileno())
             self._loop = None
         self.sock.close()
 
     def _readable(self) -> None:
+        """Read a burst, then send what it produced at once (replies and TUN packets)."""
+        self._read_burst()
+        self._flush()
+        self.gateway.tun.flush()
+
+    def _read_burst(self) -> None:
         recvfrom = self.sock.recvfrom
         clients = self._clients
         for _ in range(READ_BATCH):

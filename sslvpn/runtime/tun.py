@@ -21,6 +21,7 @@ from typing import Protocol
 from sslvpn.runtime.gro import VNET_HDR_LEN, coalesce
 
 PacketSink = Callable[[bytes], None]
+BatchEnd = Callable[[], None]
 
 READ_BATCH = 64  # packets read per readiness callback before yielding to other work
 READ_SIZE = 65535 + VNET_HDR_LEN
@@ -33,9 +34,11 @@ class Tun(Protocol):
     name: str
     drops: int
 
-    def start(self, on_packet: PacketSink) -> None: ...
+    def start(self, on_packet: PacketSink, on_batch_end: BatchEnd | None = None) -> None: ...
 
     def write(self, packet: bytes) -> None: ...
+
+    def flush(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -57,12 +60,16 @@ class LinuxTun:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[bytes] = []
 
-    def start(self, on_packet: PacketSink) -> None:
-        """Hand every packet the kernel routes into the device to ``on_packet``."""
+    def start(self, on_packet: PacketSink, on_batch_end: BatchEnd | None = None) -> None:
+        """Hand every packet the kernel routes into the device to ``on_packet``.
+
+        ``on_batch_end`` runs after each burst of reads, so whoever queued output for the
+        burst sends it at once instead of one loop round later.
+        """
         self._loop = asyncio.get_running_loop()
         fd = self._fd
 
-        def readable() -> None:
+        def read_burst() -> None:
             for _ in range(READ_BATCH):
                 try:
                     data = os.read(fd, READ_SIZE)
@@ -75,6 +82,11 @@ class LinuxTun:
                     self.drops += 1
                     continue
                 on_packet(data[VNET_HDR_LEN:])
+
+        def readable() -> None:
+            read_burst()
+            if on_batch_end is not None:
+                on_batch_end()
 
         self._loop.add_reader(fd, readable)
 
@@ -119,20 +131,28 @@ class MemoryTun:
         self.written: list[bytes] = []
         self.closed = False
         self._on_packet: PacketSink | None = None
+        self._on_batch_end: BatchEnd | None = None
         self._changed = asyncio.Event()
 
-    def start(self, on_packet: PacketSink) -> None:
+    def start(self, on_packet: PacketSink, on_batch_end: BatchEnd | None = None) -> None:
         self._on_packet = on_packet
+        self._on_batch_end = on_batch_end
 
-    def inject(self, packet: bytes) -> None:
-        """Deliver ``packet`` to the gateway as if the kernel routed it into the device."""
+    def inject(self, *packets: bytes) -> None:
+        """Deliver ``packets`` to the gateway as one burst of reads from the kernel."""
         if self._on_packet is None:
             raise RuntimeError("MemoryTun not started")
-        self._on_packet(packet)
+        for packet in packets:
+            self._on_packet(packet)
+        if self._on_batch_end is not None:
+            self._on_batch_end()
 
     def write(self, packet: bytes) -> None:
         self.written.append(packet)
         self._changed.set()
+
+    def flush(self) -> None:
+        """Nothing is held back in memory."""
 
     def close(self) -> None:
         self.closed = True
