@@ -102,7 +102,7 @@ def gso_runs(sizes: list[int]) -> list[tuple[int, int]]:
     start, count = 0, len(sizes)
     while start < count:
         size = sizes[start]
-        limit = min(count, start + GSO_MAX_SEGMENTS, start + max(1, GSO_MAX_BYTES // size))
+        limit = min(count, start + GSO_MAX_SEGMENTS, start + max(1, GSO_MAX_BYTES // max(size, 1)))
         end = start + 1
         while end < limit and sizes[end] == size:
             end += 1
@@ -216,6 +216,7 @@ class IkeSockets:
             loop.call_soon(self.flush)
 
     def send_keepalive(self, peer: Address) -> None:
+        """A one-byte NAT keepalive from 4500 (RFC 3948 section 2.3)."""
         self.keepalives_sent += 1
         self.flush()
         self._send(self._natt, NAT_KEEPALIVE, peer)
@@ -247,13 +248,13 @@ class IkeSockets:
             sock.sendmsg([b"".join(run)], [(socket.SOL_UDP, UDP_SEGMENT, segment)], 0, peer)
             return
         except OSError as exc:
-            if exc.errno not in _GSO_UNSUPPORTED and exc.errno != errno.EINVAL:
-                self.send_errors += len(run)  # full buffer: the whole batch is dropped
-                return
             if exc.errno in _GSO_UNSUPPORTED:
                 log.info("UDP GSO unavailable (%s); sending ESP one packet at a time", exc)
                 self.gso = False
-        for packet in run:  # EINVAL: e.g. a segment above the path MTU; this run only
+            elif exc.errno != errno.EINVAL:  # EINVAL: e.g. a segment above the path MTU
+                self.send_errors += len(run)  # full buffer: the whole batch is dropped
+                return
+        for packet in run:
             self._send(sock, packet, peer)
 
     def _send(self, sock: socket.socket | None, data: bytes, peer: Address) -> None:

@@ -85,6 +85,7 @@ async def test_sockets_route_each_kind_and_add_the_marker() -> None:
         ([1000] * 70, [(0, 64), (64, 70)]),  # at most GSO_MAX_SEGMENTS per send
         ([1500] * 50, [(0, 43), (43, 50)]),  # and at most GSO_MAX_BYTES
         ([], []),
+        ([0, 0], [(0, 2)]),  # never raises, even for empty datagrams
     ],
 )
 def test_gso_runs(sizes: list[int], runs: list[tuple[int, int]]) -> None:
