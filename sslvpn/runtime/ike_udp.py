@@ -116,9 +116,11 @@ def gso_runs(sizes: list[int]) -> list[tuple[int, int]]:
 class IkeSockets:
     """The two UDP sockets of one VPN gateway address, with counters."""
 
-    def __init__(self, on_ike: IkeSink, on_esp: EspSink) -> None:
+    def __init__(self, on_ike: IkeSink, on_esp: EspSink,
+                 on_batch_end: Callable[[], None] | None = None) -> None:
         self._on_ike = on_ike
         self._on_esp = on_esp
+        self._on_batch_end = on_batch_end  # after each burst read from 4500 (flush the TUN)
         self._ike: socket.socket | None = None
         self._natt: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -155,12 +157,18 @@ class IkeSockets:
             self._natt.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._ike.fileno(), self._drain, self._ike, self._from_ike_port)
-        self._loop.add_reader(self._natt.fileno(), self._drain, self._natt, self._from_nat_t_port)
+        self._loop.add_reader(self._natt.fileno(), self._drain_nat_t)
 
     @property
     def ports(self) -> tuple[int, int]:
         """(IKE port, NAT-T port) actually bound."""
         return _port(self._ike), _port(self._natt)
+
+    def _drain_nat_t(self) -> None:
+        if self._natt is not None:
+            self._drain(self._natt, self._from_nat_t_port)
+        if self._on_batch_end is not None:
+            self._on_batch_end()
 
     def _drain(self, sock: socket.socket, handler: Callable[[bytes, Address], None]) -> None:
         for _ in range(READ_BATCH):

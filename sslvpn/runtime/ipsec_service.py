@@ -141,7 +141,7 @@ class IpsecService:
                 tun.close()
                 raise
             self._enable_forwarding()
-        tun.start(self._from_tun)
+        tun.start(self._from_tun, self._flush_sockets)
         self._tun = tun
 
     def _enable_forwarding(self) -> None:
@@ -252,6 +252,7 @@ class IpsecService:
             sockets = IkeSockets(
                 lambda m, p, n: self._from_ike(config.local_address, m, p, n),
                 lambda d, p: self._from_esp(config.local_address, d, p),
+                self._flush_tun,
             )
             await sockets.open(config.local_address, self._ike_port, self._nat_t_port)
             gateway = _Gateway(config.local_address, sockets)
@@ -333,6 +334,16 @@ class IpsecService:
         tunnel.accepted(inner, now)
         if self._tun is not None:
             self._tun.write(inner)
+
+    def _flush_sockets(self) -> None:
+        """A burst of TUN reads ended: its ESP leaves now, not one loop round later."""
+        for gateway in self._gateways.values():
+            gateway.sockets.flush()
+
+    def _flush_tun(self) -> None:
+        """A burst of ESP reads ended: the decrypted packets go to the kernel now."""
+        if self._tun is not None:
+            self._tun.flush()
 
     def _from_tun(self, packet: bytes) -> None:
         pair = addresses(packet)

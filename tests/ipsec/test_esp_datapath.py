@@ -104,6 +104,14 @@ async def test_vpc_packets_go_out_sealed_and_peer_packets_come_in(harness: Harne
     assert (status.bytes_in, status.bytes_out) == (len(incoming), len(outgoing))
 
 
+async def test_a_tun_burst_is_sealed_and_sent_when_the_burst_ends(harness: Harness) -> None:
+    packets = [ipv4("10.2.0.10", "10.1.0.10", bytes([i]) * 100) for i in range(5)]
+    harness.peer.setblocking(False)
+    harness.tun.inject(*packets)  # one burst: its ESP is on the wire when inject returns
+    sent = [harness.peer.recv(4096) for _ in packets]
+    assert [harness.from_us.open(data) for data in sent] == packets
+
+
 async def test_policy_replay_and_garbage_are_dropped_and_counted(
     harness: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:

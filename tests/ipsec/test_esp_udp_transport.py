@@ -193,3 +193,26 @@ async def test_coalesced_reads_are_split_back_into_datagrams() -> None:
     finally:
         sender.close()
         receiver.close()
+
+
+async def test_the_end_of_each_read_burst_is_announced_after_its_datagrams() -> None:
+    events: list[str] = []
+    done = asyncio.Event()
+
+    def batch_end() -> None:
+        events.append("end")
+        if events.count("esp") == 3:
+            done.set()
+
+    sockets = IkeSockets(lambda *_: None, lambda d, p: events.append("esp"), batch_end)
+    await sockets.open("127.0.0.1", 0, 0)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _ in range(3):
+            peer.sendto(ESP, ("127.0.0.1", sockets.ports[1]))
+        await asyncio.wait_for(done.wait(), 5)
+        assert events[-1] == "end" and events.count("esp") == 3
+        assert events.index("end") > events.index("esp")  # never before the first datagram
+    finally:
+        peer.close()
+        sockets.close()
