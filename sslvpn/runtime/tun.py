@@ -2,12 +2,13 @@
 
 ``LinuxTun`` opens a kernel TUN device through python-pytun (no packet-info header, with the
 virtio-net header), reads it from the event loop in batches and writes without blocking (a
-full device drops, it never queues without bound). Writes are batched: packets written during
-one round of loop callbacks (a burst of datagrams from a client) are flushed right after it,
-with neighbouring segments of one TCP flow merged into GSO super packets (``gro``), so the
-kernel forwards one packet where it would have forwarded dozens. ``MemoryTun`` has the same
-surface for tests: ``inject`` plays the kernel handing the gateway a packet, ``written``
-collects what the gateway handed back.
+full device drops, it never queues without bound); every ``FLUSH_EVERY`` packets read, the
+sessions' queued output is sent, so a client gets bursts it can absorb. Writes are batched:
+packets written during one round of loop callbacks (a burst of datagrams from a client) are
+flushed right after it, with neighbouring segments of one TCP flow merged into GSO super
+packets (``gro``), so the kernel forwards one packet where it would have forwarded dozens.
+``MemoryTun`` has the same surface for tests: ``inject`` plays the kernel handing the gateway
+a burst of packets, ``written`` collects what the gateway handed back.
 """
 
 from __future__ import annotations
