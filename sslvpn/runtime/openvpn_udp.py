@@ -191,13 +191,13 @@ class OpenVpnUdpListener:
         count, start = len(datagrams), 0
         while start < count:
             size = len(datagrams[start])
-            limit = min(count, start + min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size))
+            limit = min(count, start + min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // max(size, 1)))
             end = start + 1
             while end < limit and len(datagrams[end]) == size:
                 end += 1
             if end < limit and len(datagrams[end]) < size:
                 end += 1  # GSO allows a shorter last segment
-            if end - start == 1 or not self.gso:
+            if end - start == 1 or not self.gso or not size:
                 for data in datagrams[start:end]:
                     self._send(data, address)
             else:

@@ -86,6 +86,13 @@ def test_refused_segmentation_falls_back_to_one_by_one_for_good() -> None:
     assert sock.gso_tries == 1 and not listener.gso and not listener.drops
 
 
+def test_empty_datagrams_never_form_a_segmented_run() -> None:
+    sock = _RefusingSocket()
+    listener = _listener(sock)
+    listener._send_segmented([b"", b"", b""], ("127.0.0.1", 9))
+    assert sock.sent == [b"", b"", b""] and sock.gso_tries == 0 and listener.gso
+
+
 @pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
 async def test_a_tun_burst_leaves_in_one_write_per_client(tmp_path: Path, tcp: bool) -> None:
     paths, engine = make_data_folder(tmp_path)
