@@ -52,9 +52,26 @@ def _segment(packet: bytes) -> tuple[bytes, int, int, int] | None:
     header = 20 + (packet[32] >> 4) * 4
     if flags & ~_PSH != _ACK or header < 40 or len(packet) <= header:
         return None
+    if not _tcp_checksum_ok(packet):
+        return None  # written alone, so the receiver still sees (and drops) the bad segment
     key = packet[0:2] + packet[6:10] + packet[12:24] + packet[28:33] + packet[34:36] \
         + packet[38:header]
     return key, header, int.from_bytes(packet[24:28], "big"), flags
+
+
+def _tcp_checksum_ok(packet: bytes) -> bool:
+    """Verify the segment's TCP checksum before merging: the kernel writes fresh checksums
+    for a super packet's segments, so merging an unchecked segment would launder corruption.
+
+    The ones'-complement sum of 16-bit words equals the big-endian integer modulo 0xFFFF
+    (2**16 = 1 mod 0xFFFF), which lets one C-speed ``int.from_bytes`` do the summing; a valid
+    checksum makes the total (pseudo-header included) a multiple of 0xFFFF (RFC 1071).
+    """
+    segment = packet[20:]
+    if len(segment) % 2:
+        segment += b"\0"
+    pseudo = int.from_bytes(packet[12:20], "big") + _PROTO_TCP + len(packet) - 20
+    return (pseudo + int.from_bytes(segment, "big")) % 0xFFFF == 0
 
 
 def super_packet(run: list[bytes], header: int) -> list[bytes | memoryview]:

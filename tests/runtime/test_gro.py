@@ -98,6 +98,20 @@ def test_what_cannot_merge_is_written_alone_in_order() -> None:
     assert out[-1] == VNET_NONE + bytes(udp)
 
 
+def test_a_segment_with_a_bad_checksum_is_never_merged() -> None:
+    good = [segment(1000 + i * 100, bytes([i]) * 100) for i in range(3)]
+    corrupt = bytearray(good[1])
+    corrupt[-1] ^= 0x01
+    out = writes([good[0], bytes(corrupt), good[2]])
+    assert [frame[10:] for frame in out] == [good[0], bytes(corrupt), good[2]]
+    assert writes(good) != [VNET_NONE + p for p in good]  # the same run, intact, does merge
+
+
+def test_odd_length_segments_verify() -> None:
+    odd = [segment(1, b"x" * 101), segment(102, b"y" * 1)]
+    assert len(writes(odd)) == 1
+
+
 def test_a_super_packet_stays_within_the_ipv4_length() -> None:
     packets = [segment(1 + i * 1400, b"z" * 1400) for i in range(100)]
     out = writes(packets)
