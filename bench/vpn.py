@@ -13,7 +13,6 @@ the TCP transport uses CUBIC (a namespace may not pick CUBIC as its default; a r
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -197,11 +196,10 @@ class OurServer(Server):
     def start(self, proto: str, *, unlimited_resets: bool = False) -> None:
         if self.topo.cli_error is not None:
             raise Unavailable(f"no data folder from the CLI: {self.topo.cli_error[-300:]}")
-        command = [sys.executable, "-m", "bench.unlimited_serve"] if unlimited_resets \
-            else [SSLVPN]
-        self._spawn([*command, "--data-dir", str(self.topo.data_dir), "serve",
-                     "--listen", GATEWAY_OUTER, "--proto", proto],
-                    f"listening on {proto}", env={**os.environ, "PYTHONPATH": str(ROOT)})
+        limiter = ["--connect-freq-initial", str(RESET_RATE), "10"] if unlimited_resets else []
+        self._spawn([SSLVPN, "--data-dir", str(self.topo.data_dir), "serve",
+                     "--listen", GATEWAY_OUTER, "--proto", proto, *limiter],
+                    f"listening on {proto}")
 
 
 class Client:

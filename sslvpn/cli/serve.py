@@ -161,6 +161,10 @@ def _human_bytes(count: int) -> str:
 @click.option("--no-portal", is_flag=True,
               help="Serve no portal (e.g. `sslvpn portal` runs on another host).")
 @click.option("--tun-name", default="sslvpn%d", show_default=True)
+@click.option("--connect-freq-initial", "connect_freq", nargs=2,
+              type=(click.IntRange(1), click.FloatRange(min=0.001)), default=None,
+              metavar="N SECONDS",
+              help="Answer at most N new clients per SECONDS (OpenVPN's option; default 100 10).")
 @click.option("--no-network-config", is_flag=True,
               help="Leave addresses, forwarding and SNAT to the operator.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug log output.")
@@ -169,7 +173,8 @@ def _human_bytes(count: int) -> str:
 def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
                   proto: str | None, portal_listen: str | None, portal_cert: Path | None,
                   portal_key: Path | None, public_url: str | None, no_portal: bool,
-                  tun_name: str, no_network_config: bool, verbose: bool) -> None:
+                  tun_name: str, connect_freq: tuple[int, float] | None,
+                  no_network_config: bool, verbose: bool) -> None:
     """Run the gateway (OpenVPN over UDP and TCP, IPsec tunnels) and the portal until
     SIGTERM or Ctrl-C."""
     if (portal_cert is None) != (portal_key is None):
@@ -198,6 +203,7 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
             protocols=proto,
             tun_name=tun_name,
             configure_network=not no_network_config,
+            connect_freq=connect_freq,
             extra_tasks=tuple(extra),
             daily_hooks=(lambda: lifecycle.refresh_crl(paths, engine),),
             on_ready=announce,

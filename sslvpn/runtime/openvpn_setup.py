@@ -73,17 +73,34 @@ class ControlChannelAcceptor:
         return acceptor.receive(data, address, now)
 
 
-def build_acceptor(credentials: OpenVpnCredentials, *, tcp: bool) -> ControlChannelAcceptor:
-    """The stateless first-packet gate for one listener."""
+def build_acceptor(
+    credentials: OpenVpnCredentials, *, tcp: bool, connect_freq: tuple[int, float] | None = None
+) -> ControlChannelAcceptor:
+    """The stateless first-packet gate for one listener.
+
+    ``connect_freq`` is OpenVPN's ``connect-freq-initial``: at most N replies to new clients
+    per so many seconds (None: the acceptor's default, 100 per 10 s).
+    """
 
     def one(keys: ServerWrapKeys | None) -> ServerAcceptor | None:
-        return ServerAcceptor(AcceptorConfig(wrap=keys, tcp=tcp)) if keys is not None else None
+        if keys is None:
+            return None
+        if connect_freq is None:
+            return ServerAcceptor(AcceptorConfig(wrap=keys, tcp=tcp))
+        rate, period = connect_freq
+        return ServerAcceptor(
+            AcceptorConfig(wrap=keys, tcp=tcp, reset_rate=rate, reset_period=period)
+        )
 
     return ControlChannelAcceptor(one(credentials.tls_crypt), one(credentials.tls_crypt_v2))
 
 
 def build_openvpn(
-    credentials: OpenVpnCredentials, settings: GatewaySettings, *, tcp: bool
+    credentials: OpenVpnCredentials,
+    settings: GatewaySettings,
+    *,
+    tcp: bool,
+    connect_freq: tuple[int, float] | None = None,
 ) -> tuple[ControlChannelAcceptor, Callable[[CreateSession, float], SessionCore]]:
     """The acceptor and the session factory of one listener (UDP or TCP)."""
     config = ServerConfig(
@@ -93,4 +110,4 @@ def build_openvpn(
     def create(created: CreateSession, now: float) -> SessionCore:
         return ServerSession(config, created, now)
 
-    return build_acceptor(credentials, tcp=tcp), create
+    return build_acceptor(credentials, tcp=tcp, connect_freq=connect_freq), create

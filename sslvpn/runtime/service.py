@@ -51,6 +51,7 @@ class ServeOptions:
     configure_network: bool = True
     gateway_name: str = "default"
     sweep_interval: float = 2.0
+    connect_freq: tuple[int, float] | None = None  # new-client replies per seconds
     extra_tasks: Sequence[ExtraTask] = field(default_factory=tuple)
     daily_hooks: Sequence[DailyHook] = field(default_factory=tuple)
     on_ready: ReadyHook | None = None  # e.g. the CLI printing where clients connect
@@ -151,13 +152,17 @@ class GatewayService:
                 except OSError as exc:
                     self._unavailable("udp", host, port, exc)
                 else:
-                    acceptor, factory = build_openvpn(credentials, settings, tcp=False)
+                    acceptor, factory = build_openvpn(
+                        credentials, settings, tcp=False, connect_freq=self.options.connect_freq
+                    )
                     listener = OpenVpnUdpListener(sock, gateway, acceptor, factory)
                     listener.start()
                     self.udp.append(listener)
                     log.info("OpenVPN listening on udp %s:%d", *listener.address)
             if protocols in ("tcp", "both"):
-                acceptor, factory = build_openvpn(credentials, settings, tcp=True)
+                acceptor, factory = build_openvpn(
+                    credentials, settings, tcp=True, connect_freq=self.options.connect_freq
+                )
                 tcp = OpenVpnTcpListener(gateway, acceptor, factory)
                 try:
                     await tcp.start(host, port)

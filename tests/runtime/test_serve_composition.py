@@ -17,9 +17,10 @@ from click.testing import CliRunner
 from sslvpn.cli import main, serve
 from sslvpn.cli.serve import PortalPlan, announce, ipsec_task, portal_task, shown_url
 from sslvpn.runtime.gateway import Gateway, GatewayOptions
+from sslvpn.runtime.openvpn_setup import OpenVpnCredentials, build_acceptor
 from sslvpn.runtime.service import GatewayService, ServeOptions
 from sslvpn.runtime.tun import MemoryTun
-from sslvpn.store import StoreError
+from sslvpn.store import StoreError, db, queries
 from tests.runtime.fakes import MemoryPolicy
 from tests.runtime.loopback import make_data_folder
 
@@ -133,3 +134,30 @@ def test_an_admin_certificate_needs_its_key(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["--data-dir", str(paths.data_dir), "serve",
                                        "--portal-cert", str(paths.ca_cert)])
     assert result.exit_code == 2 and "give both --portal-cert and --portal-key" in result.output
+
+
+def test_connect_freq_initial_reaches_every_acceptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths, engine = make_data_folder(tmp_path)
+    engine.dispose()
+    captured: list[GatewayService] = []
+
+    async def fake_serve(service: GatewayService) -> None:
+        captured.append(service)
+
+    monkeypatch.setattr(serve, "serve", fake_serve)
+    result = CliRunner().invoke(main, ["--data-dir", str(paths.data_dir), "serve", "--no-portal",
+                                       "--connect-freq-initial", "5", "2"])
+    assert result.exit_code == 0, result.output
+    options = captured[0].options
+    assert options.connect_freq == (5, 2.0)
+    with db.session(captured[0].engine) as s:
+        settings = queries.get_settings(s)
+    credentials = OpenVpnCredentials.load(paths, settings)
+    limited = build_acceptor(credentials, tcp=False, connect_freq=options.connect_freq)
+    default = build_acceptor(credentials, tcp=False)
+    for acceptor in (limited._v1, limited._v2):
+        assert acceptor is not None
+        assert (acceptor.config.reset_rate, acceptor.config.reset_period) == (5, 2.0)
+    assert default._v1 is not None and default._v1.config.reset_rate == 100
