@@ -1,4 +1,4 @@
-"""Network namespaces for interop tests: create, run commands and processes, always clean up.
+"""Network namespaces for interop tests (and the bench): create, run, always clean up.
 
 A ``NetnsLab`` names every namespace ``<prefix>-<role>-<random>`` so parallel runs and other
 helpers never collide, links namespaces with veth pairs, starts processes inside them and, on
@@ -62,19 +62,19 @@ class Namespace:
         env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start a process inside the namespace; the lab kills it on close."""
-        out: int | IO[bytes] = subprocess.DEVNULL
-        if log is not None:
-            out = log.open("ab")
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.name, *args],
-            stdin=stdin,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-        if log is not None and not isinstance(out, int):
-            out.close()
+        out = log.open("ab") if log is not None else None
+        try:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.name, *args],
+                stdin=stdin,
+                stdout=out if out is not None else subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        finally:
+            if out is not None:
+                out.close()
         self.lab.processes.append(proc)
         return proc
 
@@ -118,12 +118,12 @@ class NetnsLab:
     def stop(self, proc: subprocess.Popen[bytes], timeout: float = 10) -> int | None:
         """SIGTERM one process we started (its session), SIGKILL if it lingers."""
         if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
         return proc.returncode
