@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole suite: a private PostgreSQL server for store tests."""
+"""Fixtures shared by the whole suite: a private PostgreSQL server and fresh databases on it."""
 
 from __future__ import annotations
 
@@ -7,11 +7,15 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import make_url, text
+
+from sslvpn.store.db import open_engine
 
 POSTGRES_ROOT = Path("/usr/lib/postgresql")  # Debian: one bin/ per major version
 POSTGRES_OS_USER = "postgres"  # the server refuses to run as root
@@ -76,3 +80,16 @@ def postgres_url() -> Iterator[str]:
         if (data / "postmaster.pid").exists():
             _run_as_postgres([pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"])
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def empty_postgres_url(postgres_url: str) -> Iterator[str]:
+    """A brand-new, empty PostgreSQL database, dropped afterwards."""
+    name = f"empty_{uuid.uuid4().hex[:12]}"
+    admin = open_engine(postgres_url).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.engine.dispose()
