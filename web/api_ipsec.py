@@ -7,7 +7,8 @@ and never appears in an answer.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -22,6 +23,7 @@ from web.pages import portal_of
 
 BASE = f"{PREFIX}/ipsec"
 VIA = "api"
+Row = TypeVar("Row", VpnGateway, CustomerGateway)
 
 
 def refusal(exc: Exception) -> web.Response:
@@ -86,6 +88,24 @@ def tunnels_json(request: web.Request, only: str | None = None) -> list[dict[str
     ]
 
 
+def _named(request: web.Request, get: Callable[..., Row], name: str) -> Row:
+    """One gateway of either kind by name, or 404."""
+    with db.session(portal_of(request).engine) as s:
+        try:
+            return get(s, name=name)
+        except NotFoundError:
+            raise web.HTTPNotFound() from None
+
+
+def _deleted(request: web.Request, delete: Callable[..., None]) -> web.Response:
+    """Delete the object named in the path; in use is 409, as for every refusal."""
+    try:
+        delete(request, name=request.match_info["name"], via=VIA)
+    except StoreError as exc:
+        return refusal(exc)
+    return web.json_response({"deleted": True})
+
+
 def _bandwidth(body: dict[str, Any]) -> int | None:
     value = body.get("bandwidth_bps")
     if isinstance(value, bool):  # JSON true is not a rate
@@ -103,11 +123,7 @@ async def list_gateways(request: web.Request) -> web.StreamResponse:
 
 
 def _gateway(request: web.Request, name: str) -> VpnGateway:
-    with db.session(portal_of(request).engine) as s:
-        try:
-            return q.get_vpn_gateway(s, name=name)
-        except NotFoundError:
-            raise web.HTTPNotFound() from None
+    return _named(request, q.get_vpn_gateway, name)
 
 
 async def create_gateway(request: web.Request) -> web.StreamResponse:
@@ -146,11 +162,7 @@ async def update_gateway(request: web.Request) -> web.StreamResponse:
 
 
 async def delete_gateway(request: web.Request) -> web.StreamResponse:
-    try:
-        ipsec_ops.delete_gateway(request, name=request.match_info["name"], via=VIA)
-    except StoreError as exc:
-        return refusal(exc)
-    return web.json_response({"deleted": True})
+    return _deleted(request, ipsec_ops.delete_gateway)
 
 
 # Customer gateways -------------------------------------------------------------------------
@@ -163,11 +175,7 @@ async def list_customer_gateways(request: web.Request) -> web.StreamResponse:
 
 
 def _customer_gateway(request: web.Request, name: str) -> CustomerGateway:
-    with db.session(portal_of(request).engine) as s:
-        try:
-            return q.get_customer_gateway(s, name=name)
-        except NotFoundError:
-            raise web.HTTPNotFound() from None
+    return _named(request, q.get_customer_gateway, name)
 
 
 async def create_customer_gateway(request: web.Request) -> web.StreamResponse:
@@ -187,11 +195,7 @@ async def get_customer_gateway(request: web.Request) -> web.StreamResponse:
 
 
 async def delete_customer_gateway(request: web.Request) -> web.StreamResponse:
-    try:
-        ipsec_ops.delete_customer_gateway(request, name=request.match_info["name"], via=VIA)
-    except StoreError as exc:
-        return refusal(exc)
-    return web.json_response({"deleted": True})
+    return _deleted(request, ipsec_ops.delete_customer_gateway)
 
 
 # Tunnels -----------------------------------------------------------------------------------
@@ -240,11 +244,7 @@ async def update_tunnel(request: web.Request) -> web.StreamResponse:
 
 
 async def delete_tunnel(request: web.Request) -> web.StreamResponse:
-    try:
-        ipsec_ops.delete_tunnel(request, name=request.match_info["name"], via=VIA)
-    except StoreError as exc:
-        return refusal(exc)
-    return web.json_response({"deleted": True})
+    return _deleted(request, ipsec_ops.delete_tunnel)
 
 
 # SPD policies ------------------------------------------------------------------------------

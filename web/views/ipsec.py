@@ -8,6 +8,7 @@ tunnel's pre-shared key is accepted in a password field and never rendered back.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import quote
 
 from aiohttp import web
@@ -99,17 +100,22 @@ async def change_bandwidth(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(GATEWAYS_PAGE)
 
 
-@require_admin
-async def delete_gateway(request: web.Request) -> web.StreamResponse:
+def _delete_listed(request: web.Request, delete: Callable[..., None], what: str) -> web.Response:
+    """Delete either kind of gateway; one still in use is refused on the same page."""
     name = request.match_info["name"]
     try:
-        ipsec_ops.delete_gateway(request, name=name, via=VIA)
+        delete(request, name=name, via=VIA)
     except NotFoundError:
-        raise web.HTTPNotFound(text="No such VPN gateway.") from None
+        raise web.HTTPNotFound(text=f"No such {what}.") from None
     except StoreError as exc:
         return render_gateways(request, status=409, errors=[str(exc)])
-    flash(request, f"VPN gateway {name} deleted.")
+    flash(request, f"{what[:1].upper()}{what[1:]} {name} deleted.")
     raise web.HTTPSeeOther(GATEWAYS_PAGE)
+
+
+@require_admin
+async def delete_gateway(request: web.Request) -> web.StreamResponse:
+    return _delete_listed(request, ipsec_ops.delete_gateway, "VPN gateway")
 
 
 @require_admin
@@ -126,15 +132,7 @@ async def create_customer_gateway(request: web.Request) -> web.StreamResponse:
 
 @require_admin
 async def delete_customer_gateway(request: web.Request) -> web.StreamResponse:
-    name = request.match_info["name"]
-    try:
-        ipsec_ops.delete_customer_gateway(request, name=name, via=VIA)
-    except NotFoundError:
-        raise web.HTTPNotFound(text="No such customer gateway.") from None
-    except StoreError as exc:
-        return render_gateways(request, status=409, errors=[str(exc)])
-    flash(request, f"Customer gateway {name} deleted.")
-    raise web.HTTPSeeOther(GATEWAYS_PAGE)
+    return _delete_listed(request, ipsec_ops.delete_customer_gateway, "customer gateway")
 
 
 # Tunnels ----------------------------------------------------------------------------------
