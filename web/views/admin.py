@@ -21,7 +21,13 @@ from web.pages import (
     render,
     require_admin,
 )
-from web.views.devices import DEVICE_NAME, DEVICE_NAME_RULE, now_of, profile_response
+from web.views.devices import (
+    DEVICE_NAME,
+    DEVICE_NAME_RULE,
+    now_of,
+    profile_response,
+    rendered_profile,
+)
 
 REVOCATION_REASONS = (
     "unspecified",
@@ -248,11 +254,7 @@ async def admin_profile(request: web.Request) -> web.StreamResponse:
     certificate = certificate_of(request)
     if certificate.status != "valid" or certificate.kind != "client":
         raise web.HTTPGone(text="Only valid client certificates have a profile.")
-    try:
-        profile = pki_ops.render_profile(request, certificate.serial)
-    except pki_ops.OperationError as exc:
-        raise web.HTTPGone(text=str(exc)) from None
-    return profile_response(profile)
+    return profile_response(rendered_profile(request, certificate.serial))
 
 
 @require_admin

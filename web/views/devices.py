@@ -56,6 +56,14 @@ def profile_response(profile: RenderedProfile) -> web.Response:
     )
 
 
+def rendered_profile(request: web.Request, serial: str) -> RenderedProfile:
+    """The certificate's .ovpn, or 410 Gone when it can no longer be rendered."""
+    try:
+        return pki_ops.render_profile(request, serial)
+    except pki_ops.OperationError as exc:
+        raise web.HTTPGone(text=str(exc)) from None
+
+
 def now_of(request: web.Request) -> datetime:
     return datetime.fromtimestamp(portal_of(request).clock(), UTC)
 
@@ -143,11 +151,7 @@ async def download_profile(request: web.Request) -> web.StreamResponse:
     certificate = owned_certificate(request)
     if certificate.status != "valid":
         raise web.HTTPGone(text="This device's certificate is no longer valid.")
-    try:
-        profile = pki_ops.render_profile(request, certificate.serial)
-    except pki_ops.OperationError as exc:
-        raise web.HTTPGone(text=str(exc)) from None
-    return profile_response(profile)
+    return profile_response(rendered_profile(request, certificate.serial))
 
 
 @require_user

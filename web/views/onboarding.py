@@ -25,7 +25,7 @@ from web.import_links import token_hash
 from web.pages import act_as, audit, portal_of
 from web.security import client_address
 from web.views.auth import check_credentials
-from web.views.devices import profile_response
+from web.views.devices import profile_response, rendered_profile
 
 MAX_TOKEN_LENGTH = 128
 MAX_USER_AGENT = 200
@@ -56,10 +56,7 @@ async def profile_via_token(request: web.Request) -> web.StreamResponse:
         audit(request, "profile.import_refused", detail=f"agent={agent}")
         raise web.HTTPGone(text="This import link was already used, revoked or expired.") from None
     act_as(request, owner)
-    try:
-        profile = pki_ops.render_profile(request, row.certificate_serial)
-    except pki_ops.OperationError as exc:
-        raise web.HTTPGone(text=str(exc)) from None
+    profile = rendered_profile(request, row.certificate_serial)
     audit(
         request,
         "profile.import",
