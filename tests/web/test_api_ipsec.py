@@ -9,10 +9,16 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from sslvpn.store import db, queries
-from sslvpn.store import ipsec_queries as q
 from tests.web.conftest import Site, audit_actions, login
 from tests.web.test_api import ADMIN_TOKEN, USER_TOKEN, add_tokens, bearer
-from tests.web.test_ipsec_pages import PSK, StatusGateway, seed, stored, up_status
+from tests.web.test_ipsec_pages import (
+    PSK,
+    StatusGateway,
+    add_tunnel,
+    seed,
+    stored,
+    up_status,
+)
 
 AUTH = bearer(ADMIN_TOKEN)
 ROUTES = [
@@ -184,16 +190,7 @@ async def test_tunnels_never_return_their_key(
 async def test_policies_over_the_api(client: TestClient, site: Site) -> None:
     seed(site)
     add_tokens(site)
-    with db.session(site.engine) as s:
-        q.create_tunnel(
-            s,
-            name="t2",
-            gateway="gw1",
-            customer_gateway="dc2",
-            psk=PSK,
-            ike_proposals="aes256gcm16-prfsha256-ecp256",
-            esp_proposals="aes256gcm16",
-        )
+    add_tunnel(site, "t2", "dc2")
     refusals = [
         ({"local_cidr": "10.0.0.0/16", "peer_cidr": "192.168.0.0/16"}, 400, "tunnel 't1'"),
         ({"local_cidr": "10.0.0.5/16", "peer_cidr": "172.16.0.0/24"}, 400, "host bits"),

@@ -74,16 +74,23 @@ def seed(site: Site) -> None:
         q.create_vpn_gateway(s, name="gw1", public_address="198.18.0.1")
         q.create_customer_gateway(s, name="dc1", address="198.19.0.2")
         q.create_customer_gateway(s, name="dc2", address="198.19.0.3")
+    add_tunnel(site, "t1", "dc1")
+    with db.session(site.engine) as s:
+        q.add_policy(s, tunnel="t1", local_cidr="10.0.0.0/16", peer_cidr="192.168.1.0/24")
+
+
+def add_tunnel(site: Site, name: str, customer_gateway: str) -> None:
+    """A tunnel from gw1 with the default proposals and no policies."""
+    with db.session(site.engine) as s:
         q.create_tunnel(
             s,
-            name="t1",
+            name=name,
             gateway="gw1",
-            customer_gateway="dc1",
+            customer_gateway=customer_gateway,
             psk=PSK,
             ike_proposals="aes256gcm16-prfsha256-ecp256",
             esp_proposals="aes256gcm16",
         )
-        q.add_policy(s, tunnel="t1", local_cidr="10.0.0.0/16", peer_cidr="192.168.1.0/24")
 
 
 async def post(client: TestClient, path: str, csrf: str, **form: str) -> tuple[int, str]:
@@ -309,16 +316,7 @@ async def test_tunnel_admin_switch_and_delete(client: TestClient, site: Site) ->
 
 async def test_policies_follow_the_overlap_rules(client: TestClient, site: Site) -> None:
     seed(site)
-    with db.session(site.engine) as s:
-        q.create_tunnel(
-            s,
-            name="t2",
-            gateway="gw1",
-            customer_gateway="dc2",
-            psk=PSK,
-            ike_proposals="aes256gcm16-prfsha256-ecp256",
-            esp_proposals="aes256gcm16",
-        )
+    add_tunnel(site, "t2", "dc2")
     csrf = await login(client, ADMIN)
     path = "/admin/ipsec/tunnels/t2/policies"
     refusals = [
