@@ -164,6 +164,14 @@ async def connect(service: GatewayService, config: ClientConfig) -> TestClient:
     return client
 
 
+async def connected(service: GatewayService, config: ClientConfig) -> TestClient:
+    """``connect``, then wait (at most 10 s) until the session is established."""
+    client = await connect(service, config)
+    async with asyncio.timeout(10):
+        await client.established.wait()
+    return client
+
+
 @contextlib.asynccontextmanager
 async def running_service(paths: DataPaths, engine: Engine, listen: str = "127.0.0.1"
                           ) -> AsyncIterator[tuple[GatewayService, MemoryTun]]:

@@ -15,6 +15,7 @@ from tests.runtime.loopback import (
     UdpClientProtocol,
     client_config,
     connect,
+    connected,
     issue,
     make_data_folder,
     running_service,
@@ -35,9 +36,7 @@ async def test_connect_and_packets_both_ways(
     paths, engine = make_data_folder(tmp_path)
     row = issue(paths, engine, "alice")
     async with running_service(paths, engine, listen) as (service, tun):
-        client = await connect(service, client_config(paths, row, v2=v2, tcp=tcp))
-        async with asyncio.timeout(10):
-            await client.established.wait()
+        client = await connected(service, client_config(paths, row, v2=v2, tcp=tcp))
         me = client.address
         assert me == "10.8.0.2"
         assert any(o == "route 10.10.0.0 255.255.255.0" for o in client.session.pushed_options)
@@ -72,22 +71,16 @@ async def test_kick_revocation_sweep_and_lease_reuse(tmp_path: Path) -> None:
     async with running_service(paths, engine) as (service, _tun):
         gateway = service.gateway
         assert gateway is not None
-        first = await connect(service, client_config(paths, alice, v2=False, tcp=False))
-        async with asyncio.timeout(10):
-            await first.established.wait()
+        first = await connected(service, client_config(paths, alice, v2=False, tcp=False))
         assert first.address == "10.8.0.2"
         [info] = gateway.list_sessions()
         assert gateway.kick(info.session_id)
         async with asyncio.timeout(5):
             await first.closed.wait()  # the client was told (RESTART)
         first.close_transport()
-        other = await connect(service, client_config(paths, bob, v2=False, tcp=True))
-        async with asyncio.timeout(10):
-            await other.established.wait()
+        other = await connected(service, client_config(paths, bob, v2=False, tcp=True))
         assert other.address == "10.8.0.3"  # alice's lease is kept free
-        again = await connect(service, client_config(paths, alice, v2=False, tcp=False))
-        async with asyncio.timeout(10):
-            await again.established.wait()
+        again = await connected(service, client_config(paths, alice, v2=False, tcp=False))
         assert again.address == "10.8.0.2"
         # revoked by "another process": the sweep disconnects within its interval
         lifecycle.revoke(engine, paths, serial=alice.serial, actor="test")
@@ -117,9 +110,7 @@ async def test_shutdown_tells_connected_clients(tmp_path: Path) -> None:
     paths, engine = make_data_folder(tmp_path)
     row = issue(paths, engine, "alice")
     async with running_service(paths, engine) as (service, tun):
-        client = await connect(service, client_config(paths, row, v2=False, tcp=False))
-        async with asyncio.timeout(10):
-            await client.established.wait()
+        client = await connected(service, client_config(paths, row, v2=False, tcp=False))
     async with asyncio.timeout(5):
         await client.closed.wait()
     assert any(isinstance(e, SessionClosed) and "RESTART" in e.reason for e in client.events)
@@ -133,9 +124,7 @@ async def test_udp_client_floats_to_a_new_address(tmp_path: Path) -> None:
     paths, engine = make_data_folder(tmp_path)
     row = issue(paths, engine, "alice")
     async with running_service(paths, engine) as (service, tun):
-        client = await connect(service, client_config(paths, row, v2=False, tcp=False))
-        async with asyncio.timeout(10):
-            await client.established.wait()
+        client = await connected(service, client_config(paths, row, v2=False, tcp=False))
         assert service.gateway is not None
         [before] = service.gateway.list_sessions()
         # the client's NAT mapping changes: same session, new source port

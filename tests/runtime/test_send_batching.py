@@ -15,7 +15,13 @@ from sslvpn.runtime.gateway import Gateway, GatewayOptions
 from sslvpn.runtime.openvpn_udp import OpenVpnUdpListener, _Peer, bind_udp
 from sslvpn.runtime.tun import MemoryTun
 from tests.runtime.fakes import MemoryPolicy, ipv4
-from tests.runtime.loopback import client_config, connect, issue, make_data_folder, running_service
+from tests.runtime.loopback import (
+    client_config,
+    connected,
+    issue,
+    make_data_folder,
+    running_service,
+)
 
 VPC_HOST = "10.10.0.10"
 
@@ -98,9 +104,7 @@ async def test_a_tun_burst_leaves_in_one_write_per_client(tmp_path: Path, tcp: b
     paths, engine = make_data_folder(tmp_path)
     row = issue(paths, engine, "alice")
     async with running_service(paths, engine) as (service, tun):
-        client = await connect(service, client_config(paths, row, v2=False, tcp=tcp))
-        async with asyncio.timeout(10):
-            await client.established.wait()
+        client = await connected(service, client_config(paths, row, v2=False, tcp=tcp))
         writes: list[int] = []
         if tcp:
             (connection,) = service.tcp[0].connections
