@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from web.views.admin import REVOCATION_REASONS
+
 JSON = "application/json"
 PROFILE = "application/x-openvpn-profile"
 DATE = {"type": "string", "format": "date-time"}
@@ -96,14 +98,7 @@ SESSION = {
         "bytes_out": {"type": "integer"},
     },
 }
-REASONS = [
-    "unspecified",
-    "keyCompromise",
-    "affiliationChanged",
-    "superseded",
-    "cessationOfOperation",
-    "privilegeWithdrawn",
-]
+REASONS = list(REVOCATION_REASONS)  # the API checks against the same list
 NAME = _path_param("name")
 SERIAL = _path_param("serial")
 
