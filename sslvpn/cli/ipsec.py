@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from sqlmodel import Session
 
 from sslvpn.cli.context import CliContext
-from sslvpn.config import DataPaths, database_url
+from sslvpn.cli.setup import one_line_errors, store
+from sslvpn.config import DataPaths
 from sslvpn.ipsec.bandwidth import format_rate, parse_rate
 from sslvpn.ipsec.ike.constants import ProtocolId
-from sslvpn.ipsec.ike.proposals import ProposalError, parse_proposals
+from sslvpn.ipsec.ike.proposals import parse_proposals
 from sslvpn.ipsec.policy import (
     PolicyError,
     check_policy,
@@ -34,47 +35,18 @@ from sslvpn.ipsec.policy import (
 )
 from sslvpn.runtime.control import TunnelStatus
 from sslvpn.runtime.control_server import ControlClient, ControlError
-from sslvpn.store import StoreError
 from sslvpn.store import ipsec_queries as q
-from sslvpn.store.db import open_engine, session, upgrade
+from sslvpn.store.db import session
 
 DEFAULT_IKE = "aes256gcm16-prfsha256-ecp256"
 DEFAULT_ESP = "aes256gcm16"
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
-
-
-def _errors_as_one_line(func: F) -> F:
-    """Operator mistakes and store refusals become one line on stderr and exit status 1."""
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (PolicyError, ProposalError, StoreError, ValueError) as exc:
-            _fail(str(exc))
-        except OSError as exc:
-            _fail(f"{exc.filename or 'file'}: {exc.strerror or exc}")
-        return None
-
-    wrapper.__name__ = func.__name__
-    wrapper.__doc__ = func.__doc__
-    return wrapper  # type: ignore[return-value]
 
 
 @contextmanager
 def _store(ctx: click.Context) -> Iterator[Session]:
-    obj: CliContext = ctx.find_object(CliContext)  # type: ignore[assignment]
-    engine = open_engine(database_url(obj.data_dir, obj.database_url))
-    try:
-        upgrade(engine)
-        with session(engine) as s:
-            yield s
-    finally:
-        engine.dispose()
+    """A session on the upgraded store of the data folder (the same checks as every command)."""
+    with store(ctx) as engine, session(engine) as s:
+        yield s
 
 
 def _table(rows: Sequence[tuple[str, ...]], header: tuple[str, ...]) -> None:
@@ -99,7 +71,7 @@ def gateway() -> None:
 @click.option("--public-address", required=True, help="Our public IP, the IKE endpoint.")
 @click.option("--bandwidth", default=None, help="Cap for all its tunnels, e.g. 100M or 1G.")
 @click.pass_context
-@_errors_as_one_line
+@one_line_errors
 def gateway_add(ctx: click.Context, name: str, public_address: str, bandwidth: str | None) -> None:
     """Create a VPN gateway."""
     address = check_unicast_address(public_address, what="public address")
@@ -111,7 +83,7 @@ def gateway_add(ctx: click.Context, name: str, public_address: str, bandwidth: s
 
 @gateway.command("list")
 @click.pass_context
-@_errors_as_one_line
+@one_line_errors
 def gateway_list(ctx: click.Context) -> None:
     """List VPN gateways."""
     with _store(ctx) as s:
@@ -125,7 +97,7 @@ def gateway_list(ctx: click.Context) -> None:
 @gateway.command("delete")
 @click.argument("name")
 @click.pass_context
-@_errors_as_one_line
+@one_line_errors
 def gateway_delete(ctx: click.Context, name: str) -> None:
     """Delete a VPN gateway that has no tunnels."""
     with _store(ctx) as s:
@@ -143,7 +115,7 @@ def customer_gateway() -> None:
 @click.argument("name")
 @click.option("--address", required=True, help="The peer's public IP.")
 @click.pass_context
-@_errors_as_one_line
+@one_line_errors
 def customer_gateway_add(ctx: click.Context, name: str, address: str) -> None:
     """Create a customer gateway."""
     normalised = check_unicast_address(address, what="customer gateway address")
@@ -154,7 +126,7 @@ def customer_gateway_add(ctx: click.Context, name: str, address: str) -> None:
 
 @customer_gateway.command("list")
 @click.pass_context
-@_errors_as_one_line
+@one_line_errors
 def customer_gateway_list(ctx: click.Context) -> None:
     """List customer gateways."""
     with _store(ctx) as s:
@@ -165,7 +137,7 @@ def customer_gateway_list(ctx: click.Context) -> None:
 @customer_gateway.command("delete")
 @click.argument("name")
 @click.pass_context
-@_errors_as_one_line
+@one_line_errors
 def customer_gateway_delete(ctx: click.Context, name: str) -> None:
     """Delete a customer gateway that has no tunnels."""
     with _store(ctx) as s:
@@ -196,7 +168,7 @@ def _read_psk(psk_stdin: bool, psk_file: Path | None) -> str:
 @click.option("--esp", default=DEFAULT_ESP, show_default=True, help="ESP proposals (strongSwan).")
 @click.option("--initiate/--wait", default=True, help="Start the tunnel, or wait for the peer.")
 @click.pass_context
-@_errors_as_one_line
+@one_line_errors
 def tunnel_add(
     ctx: click.Context,
     name: str,
@@ -228,7 +200,7 @@ def tunnel_add(
 
 @tunnel.command("list")
 @click.pass_context
-@_errors_as_one_line
+@one_line_errors
 def tunnel_list(ctx: click.Context) -> None:
     """List tunnels (never their keys)."""
     with _store(ctx) as s:
@@ -243,7 +215,7 @@ def tunnel_list(ctx: click.Context) -> None:
 @tunnel.command("delete")
 @click.argument("name")
 @click.pass_context
-@_errors_as_one_line
+@one_line_errors
 def tunnel_delete(ctx: click.Context, name: str) -> None:
     """Delete a tunnel and its policies."""
     with _store(ctx) as s:
@@ -262,7 +234,7 @@ def policy() -> None:
 @click.option("--local", "local_cidr", required=True, help="A VPC-side CIDR.")
 @click.option("--peer", "peer_cidr", required=True, help="A CIDR behind the customer gateway.")
 @click.pass_context
-@_errors_as_one_line
+@one_line_errors
 def policy_add(ctx: click.Context, tunnel_name: str, local_cidr: str, peer_cidr: str) -> None:
     """Allow LOCAL <-> PEER traffic through TUNNEL."""
     local = parse_cidr(local_cidr, what="local CIDR")
@@ -280,7 +252,7 @@ def policy_add(ctx: click.Context, tunnel_name: str, local_cidr: str, peer_cidr:
 @policy.command("list")
 @click.argument("tunnel_name", metavar="[TUNNEL]", required=False)
 @click.pass_context
-@_errors_as_one_line
+@one_line_errors
 def policy_list(ctx: click.Context, tunnel_name: str | None) -> None:
     """List policies, of one tunnel or all."""
     with _store(ctx) as s:
@@ -293,7 +265,7 @@ def policy_list(ctx: click.Context, tunnel_name: str | None) -> None:
 @click.option("--local", "local_cidr", required=True)
 @click.option("--peer", "peer_cidr", required=True)
 @click.pass_context
-@_errors_as_one_line
+@one_line_errors
 def policy_delete(ctx: click.Context, tunnel_name: str, local_cidr: str, peer_cidr: str) -> None:
     """Remove one policy from TUNNEL."""
     local = parse_cidr(local_cidr, what="local CIDR")
@@ -313,7 +285,7 @@ def _set_admin(ctx: click.Context, name: str, up: bool) -> None:
 @ipsec.command("up")
 @click.argument("name")
 @click.pass_context
-@_errors_as_one_line
+@one_line_errors
 def tunnel_up(ctx: click.Context, name: str) -> None:
     """Bring a tunnel up (and keep it up)."""
     _set_admin(ctx, name, True)
@@ -322,7 +294,7 @@ def tunnel_up(ctx: click.Context, name: str) -> None:
 @ipsec.command("down")
 @click.argument("name")
 @click.pass_context
-@_errors_as_one_line
+@one_line_errors
 def tunnel_down(ctx: click.Context, name: str) -> None:
     """Take a tunnel down (and keep it down)."""
     _set_admin(ctx, name, False)
@@ -340,7 +312,7 @@ def _published(data_dir: Path) -> tuple[dict[str, TunnelStatus], str | None]:
 @ipsec.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-@_errors_as_one_line
+@one_line_errors
 def status(ctx: click.Context, as_json: bool) -> None:
     """State, SPIs and counters of every tunnel, from the running gateway."""
     obj: CliContext = ctx.find_object(CliContext)  # type: ignore[assignment]
