@@ -13,6 +13,12 @@ re-wraps every retransmission with fresh replay ids and the current ACKs.
 * ``ReliableReceiver``: accepts ids in ``[next_expected, next_expected + window)``,
   drops (without ACK) anything beyond, ACKs duplicates again without delivering them, and
   delivers strictly in id order [src reliable.c reliable_wont_break_sequentiality].
+  Like 2.6 it also remembers the ``ACK_MRU_SIZE`` ids it ACKed most recently and repeats
+  them in every ACK block that has room [src reliable.c reliable_ack_write,
+  copy_acks_to_mru; ssl_common.h key_state.lru_acks]: a stateless server (HMAC cookie,
+  ssl_pkt.c check_session_hmac_and_pkt_id) finds its cookie as the remote session id of
+  an ACK block, so the client's first P_CONTROL keeps carrying the ACK of the server's
+  reset in every retransmission; without it a lost first TLS record stalls the client.
 
 Time is always passed in (seconds, any monotonic origin).
 """
@@ -24,6 +30,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from sslvpn.openvpn.constants import (
+    MAX_ACKS_PER_PACKET,
     N_ACK_RETRANSMIT,
     TLS_RELIABLE_N_REC_BUFFERS,
     TLS_RELIABLE_N_SEND_BUFFERS,
@@ -31,6 +38,9 @@ from sslvpn.openvpn.constants import (
     TLS_TIMEOUT_MAX,
     Opcode,
 )
+
+#: Recently ACKed ids repeated in later ACK blocks (2.6 sizes lru_acks RELIABLE_ACK_SIZE).
+ACK_MRU_SIZE = MAX_ACKS_PER_PACKET
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +177,7 @@ class ReliableReceiver:
         self._next_expected = 0
         self._buffered: dict[int, Message] = {}
         self._acks: deque[int] = deque()
+        self._recent: tuple[int, ...] = ()  # ids ACKed most recently, newest first
 
     @property
     def next_expected(self) -> int:
@@ -202,9 +213,20 @@ class ReliableReceiver:
         return ready
 
     def has_acks(self) -> bool:
+        """Ids wait for their first ACK (repeats alone never warrant a packet)."""
         return bool(self._acks)
 
     def take_acks(self, limit: int) -> tuple[int, ...]:
-        """Up to ``limit`` ids still to be ACKed, oldest first; they count as sent."""
+        """The ACK block of one outgoing packet, at most ``limit`` ids.
+
+        Ids still to be ACKed come first, oldest first, and count as sent; the room left
+        is filled with other recently ACKed ids, newest first (reliable.c
+        reliable_ack_write: the fresh ids move to the front of the MRU, the block is the
+        MRU's head). An empty receiver gives an empty block.
+        """
         count = min(limit, len(self._acks))
-        return tuple(self._acks.popleft() for _ in range(count))
+        fresh = [self._acks.popleft() for _ in range(count)]
+        if fresh:
+            older = (mid for mid in self._recent if mid not in fresh)
+            self._recent = (*fresh, *older)[:ACK_MRU_SIZE]
+        return self._recent[:limit]

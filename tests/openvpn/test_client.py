@@ -7,6 +7,7 @@ import pytest
 from sslvpn.openvpn.client import ClientConfig, ClientSession, _wants_wkc_resend
 from sslvpn.openvpn.constants import EARLY_NEG_START, Opcode
 from sslvpn.openvpn.events import PeerRefused, SessionClosed, SessionEstablished
+from sslvpn.openvpn.packet import pull_control_packet
 from sslvpn.openvpn.server import early_negotiation_tlvs
 from sslvpn.openvpn.tls_wrap import TlsCryptCodec
 from tests.openvpn.conftest import Pki
@@ -115,3 +116,46 @@ def test_client_reset_is_retransmitted_until_answered(pki: Pki) -> None:
     pair.now = timer
     pair.advance(10.0)  # both copies were "lost": the next retransmission connects
     assert any(isinstance(e, SessionEstablished) for e in pair.client_events)
+
+
+class _DropFirstAfterReset:
+    """Loses the client's first datagram after its hard reset once; records the rest."""
+
+    def __init__(self) -> None:
+        self.c2s: list[bytes] = []
+        self.dropped: bytes | None = None
+
+    def __call__(self, direction: str, datagrams: list[bytes]) -> list[bytes]:
+        if direction != "c2s":
+            return datagrams
+        kept = []
+        for data in datagrams:
+            self.c2s.append(data)
+            if len(self.c2s) == 2 and self.dropped is None:
+                self.dropped = data
+            else:
+                kept.append(data)
+        return kept
+
+
+@pytest.mark.parametrize("wrap", ["tls-crypt", "tls-auth", "none", "tls-crypt-v2"])
+def test_lost_first_control_packet_is_admitted_by_its_retransmission(
+    pki: Pki, wrap: str
+) -> None:
+    """The retransmission repeats the ACK of the cookie reset (2.6 lru_acks), so the
+    stateless acceptor can check its cookie and create the session."""
+    pair = Pair(pki, wrap=wrap)
+    lossy = _DropFirstAfterReset()
+    pair.filter = lossy
+    pair.run()
+    assert lossy.dropped is not None and pair.server is None
+    pair.advance(3.0)  # the client's retransmission timer (2 s) fires once
+    assert pair.server is not None
+    assert any(isinstance(e, SessionEstablished) for e in pair.client_events)
+    assert pair.client.drops == {} and pair.server.drops == {}
+    if wrap == "none":  # plaintext: the repeated ACK of message id 0 is on the wire
+        first = pull_control_packet(lossy.dropped)
+        later = [pull_control_packet(d) for d in lossy.c2s[2:]]
+        again = next(p for p in later if p.message_id == first.message_id == 1)
+        assert first.acks == again.acks == (0,)
+        assert again.remote_session_id == first.remote_session_id

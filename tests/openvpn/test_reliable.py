@@ -1,4 +1,4 @@
-"""Reliability layer: window rules, ACK handling, back-off, and a lossy two-endpoint run."""
+"""Reliability layer: window rules, ACK handling and the ACK MRU, back-off, a lossy run."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sslvpn.openvpn.constants import Opcode
-from sslvpn.openvpn.reliable import Message, ReceiveVerdict, ReliableReceiver, ReliableSender
+from sslvpn.openvpn.reliable import (
+    ACK_MRU_SIZE,
+    Message,
+    ReceiveVerdict,
+    ReliableReceiver,
+    ReliableSender,
+)
 
 
 def msg(mid: int, payload: bytes = b"") -> Message:
@@ -77,9 +83,9 @@ def test_receiver_window_duplicates_and_order() -> None:
     assert [m.payload for m in rx.pop_ready()] == [b"b", b"c"]
     assert rx.receive(msg(0, b"a")) is ReceiveVerdict.DUPLICATE
     assert rx.take_acks(4) == (2, 0, 1)
-    assert rx.take_acks(8) == ()
+    assert not rx.has_acks() and rx.take_acks(8) == (2, 0, 1)  # repeats only
     assert rx.receive(msg(1)) is ReceiveVerdict.DUPLICATE
-    assert rx.take_acks(8) == (1,)
+    assert rx.take_acks(8) == (1, 2, 0)
     assert rx.next_expected == 3
     assert rx.receive(msg(14)) is ReceiveVerdict.ACCEPTED  # 3 + 12 is the first outside
     assert rx.receive(msg(15)) is ReceiveVerdict.OUT_OF_WINDOW
@@ -89,7 +95,92 @@ def test_ack_limits() -> None:
     rx = ReliableReceiver()
     for i in range(10):
         rx.receive(msg(i))
-    assert len(rx.take_acks(4)) == 4 and len(rx.take_acks(8)) == 6
+    assert rx.take_acks(4) == (0, 1, 2, 3)
+    assert rx.take_acks(8) == (4, 5, 6, 7, 8, 9, 0, 1)  # 6 new, then the newest repeats
+    assert not rx.has_acks()
+
+
+# -- ACK MRU (2.6 lru_acks) ---------------------------------------------------------------
+def test_empty_receiver_has_an_empty_ack_block() -> None:
+    rx = ReliableReceiver()
+    assert rx.take_acks(4) == () and rx.take_acks(8) == ()
+
+
+def test_reset_ack_is_repeated_in_every_later_block() -> None:
+    """The client's first P_CONTROL and all its retransmissions carry the reset's ACK."""
+    rx = ReliableReceiver()
+    rx.receive(msg(0))
+    assert rx.take_acks(4) == (0,)
+    assert not rx.has_acks()
+    assert [rx.take_acks(4) for _ in range(3)] == [(0,)] * 3
+
+
+def test_mru_keeps_the_eight_newest_ids_newest_first() -> None:
+    rx = ReliableReceiver()
+    for i in range(12):
+        rx.receive(msg(i))
+        rx.pop_ready()
+        assert rx.take_acks(4) == tuple(range(i, max(-1, i - 4), -1))
+    assert rx.take_acks(8) == tuple(range(11, 3, -1))
+    assert len(rx.take_acks(255)) == ACK_MRU_SIZE == 8
+
+
+def test_reacked_duplicate_moves_to_the_front_once() -> None:
+    rx = ReliableReceiver()
+    for i in range(3):
+        rx.receive(msg(i))
+    assert rx.take_acks(8) == (0, 1, 2)
+    rx.receive(msg(1))  # the peer retransmitted: ACK it again
+    assert rx.take_acks(8) == (1, 0, 2)
+    assert rx.take_acks(2) == (1, 0)
+
+
+def test_fresh_ids_always_fit_before_repeats() -> None:
+    rx = ReliableReceiver()
+    for i in range(4):
+        rx.receive(msg(i))
+    rx.take_acks(8)
+    for i in range(4, 9):
+        rx.receive(msg(i))
+    assert rx.take_acks(4) == (4, 5, 6, 7)  # no room for repeats
+    assert rx.take_acks(4) == (8, 4, 5, 6)
+
+
+def test_out_of_window_ids_are_never_acked() -> None:
+    rx = ReliableReceiver()
+    rx.receive(msg(0))
+    rx.receive(msg(40))
+    assert rx.take_acks(8) == (0,)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.integers(0, 20), st.integers(1, 8).map(lambda n: -n)),
+                max_size=60))
+def test_ack_blocks_are_bounded_fresh_first_and_repeat_the_last_block(ops: list[int]) -> None:
+    """Non-negative op: a message id arrives; negative: take a block of at most -op ids."""
+    rx = ReliableReceiver()
+    pending: list[int] = []  # reference: ids waiting for their first ACK, oldest first
+    acked: set[int] = set()
+    previous: tuple[int, ...] | None = None
+    for op in ops:
+        if op >= 0:
+            if rx.receive(msg(op)) is not ReceiveVerdict.OUT_OF_WINDOW and op not in pending:
+                pending.append(op)
+            rx.pop_ready()
+            previous = None
+            continue
+        limit = -op
+        block = rx.take_acks(limit)
+        fresh, pending = pending[:limit], pending[limit:]
+        acked.update(fresh)
+        assert len(set(block)) == len(block) <= limit
+        assert list(block[: len(fresh)]) == fresh
+        assert set(block) <= acked
+        assert len(block) == min(limit, ACK_MRU_SIZE, len(acked))
+        if previous is not None and not fresh:
+            shorter = min(len(previous), len(block))
+            assert block[:shorter] == previous[:shorter]  # a retransmission repeats the ACKs
+        previous = block
 
 
 def test_skip_to_after_a_stateless_reset() -> None:
