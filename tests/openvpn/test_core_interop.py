@@ -1,9 +1,12 @@
-"""The protocol core alone (``core_server.py``, no runtime, no TUN) against real openvpn 2.6.
+"""The protocol cores alone (no runtime, no TUN) against real openvpn 2.6, both ways round.
 
-Two namespaces joined by a veth: the client runs the stock openvpn binary, the server our
-``ServerAcceptor`` + ``ServerSession`` on a UDP socket, answering pings that come through
-the tunnel. Checks EKM and PRF, TLS 1.3 and 1.2, tls-crypt and tls-crypt-v2, renegotiation
-while traffic flows, explicit exit, and AUTH_FAILED with a reason for a foreign certificate.
+Two namespaces joined by a veth. Our server (``core_server.py``: ``ServerAcceptor`` +
+``ServerSession`` on a UDP socket, answering pings through the tunnel) against the stock
+openvpn client: EKM and PRF, TLS 1.3 and 1.2, tls-crypt and tls-crypt-v2, renegotiation
+while traffic flows, explicit exit, AUTH_FAILED with a reason for a foreign certificate.
+Our client (``core_client.py``: one ``ClientSession``) against the stock openvpn server,
+also with its first packet after the reset lost once: 2.6 only admits the retransmission
+because it repeats the ACK of the stateless reset (its HMAC cookie, reliable.c lru_acks).
 """
 
 from __future__ import annotations
@@ -88,8 +91,7 @@ def _write_pem(path: Path, issued: Issued) -> None:
     path.with_suffix(".key").chmod(0o600)
 
 
-@pytest.fixture
-def lab(pki: Pki, tmp_path: Path) -> Iterator[Lab]:
+def _write_files(pki: Pki, tmp_path: Path) -> None:
     if shutil.which("openvpn") is None:
         pytest.fail("the openvpn binary is required (scripts/install-test-deps)")
     (tmp_path / "ca.crt").write_bytes(
@@ -103,6 +105,11 @@ def lab(pki: Pki, tmp_path: Path) -> Iterator[Lab]:
     (tmp_path / "tc2-client.key").write_text(format_tls_crypt_v2_client_key(V2_CLIENT_KEY, wkc))
     for name in ("tc.key", "tc2-client.key"):
         (tmp_path / name).chmod(0o600)
+
+
+@pytest.fixture
+def lab(pki: Pki, tmp_path: Path) -> Iterator[Lab]:
+    _write_files(pki, tmp_path)
     netns = NetnsLab("c2")
     try:
         server_ns, client_ns = netns.namespace("srv"), netns.namespace("cli")
@@ -166,3 +173,68 @@ def test_foreign_certificate_gets_auth_failed_with_reason(lab: Lab) -> None:
     assert "AUTH_FAILED,certificate not issued by our CA" in log.read_text()
     refused = [e for e in lab.events() if e["event"] == "PeerRefused"]
     assert refused and "not issued by our CA" in str(refused[0]["reason"])
+
+
+# -- our client core against the stock openvpn 2.6 server ------------------------------------
+@pytest.fixture
+def server_lab(pki: Pki, tmp_path: Path) -> Iterator[Lab]:
+    _write_files(pki, tmp_path)
+    netns = NetnsLab("sk")
+    try:
+        server_ns, client_ns = netns.namespace("srv"), netns.namespace("cli")
+        netns.link(server_ns, f"{SERVER}/24", client_ns, f"{CLIENT}/24")
+        yield Lab(netns, server_ns, client_ns, tmp_path)
+    finally:
+        netns.close()
+
+
+def _start_openvpn_server(lab: Lab, wrap: str) -> Path:
+    """Stock settings (the stateless HMAC-cookie handshake of 2.6 is always on for UDP)."""
+    log = lab.work / "openvpn-server.log"
+    key = ("tls-crypt-v2", "tc2-server.key") if wrap == "tls-crypt-v2" else ("tls-crypt",
+                                                                              "tc.key")
+    lab.server_ns.spawn(
+        ["openvpn", "--mode", "server", "--tls-server", "--proto", "udp", "--local", SERVER,
+         "--port", "1194", "--dev", "tun", "--topology", "subnet",
+         "--server", "10.8.0.0", "255.255.255.0", "--ca", str(lab.work / "ca.crt"),
+         "--cert", str(lab.work / "server.crt"), "--key", str(lab.work / "server.key"),
+         "--dh", "none", f"--{key[0]}", str(lab.work / key[1]), "--keepalive", "10", "60",
+         "--data-ciphers", "AES-256-GCM", "--disable-dco", "--verb", "3", "--log", str(log)])
+    if not wait_until(file_contains(log, CONNECTED), 20):
+        pytest.fail(f"openvpn server did not start:\n{_tail(log)}")
+    return log
+
+
+def _run_core_client(lab: Lab, wrap: str, drop: str | None) -> list[dict[str, object]]:
+    log = lab.work / "client-events.log"
+    path = lab.work / "client.json"
+    path.write_text(json.dumps({"dir": str(lab.work), "server": SERVER, "port": 1194,
+                                "wrap": wrap, "drop": drop, "seconds": 40, "log": str(log)}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    lab.client_ns.spawn([sys.executable, "-m", "tests.openvpn.core_client", str(path)],
+                        log=lab.work / "client.out", env=env)
+    if not wait_until(file_contains(log, '"stopped"'), 45):
+        pytest.fail("core client did not finish: " + _tail(lab.work / "client.out"))
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("wrap", "drop"),
+    [("tls-crypt", None), ("tls-crypt", "CONTROL_V1"), ("tls-crypt-v2", "CONTROL_WKC_V1")],
+)
+def test_core_client_against_openvpn_server(server_lab: Lab, wrap: str, drop: str | None) -> None:
+    server_log = _start_openvpn_server(server_lab, wrap)
+    events = _run_core_client(server_lab, wrap, drop)
+    kinds = [e["event"] for e in events]
+    assert "SessionEstablished" in kinds and "EchoReply" in kinds, (
+        f"{events}\nserver:\n{_tail(server_log)}")
+    stopped = events[-1]
+    assert stopped["dropped"] == ([drop] if drop else [])
+    sent = stopped["sent"]
+    assert isinstance(sent, list)
+    reset = "CONTROL_HARD_RESET_CLIENT_V3" if wrap == "tls-crypt-v2" else \
+        "CONTROL_HARD_RESET_CLIENT_V2"
+    assert sent.count(reset) == 1  # recovered by retransmitting, not by starting over
+    established = next(e for e in events if e["event"] == "SessionEstablished")
+    assert established["key_derivation"] == "tls-ekm"
+    assert "Peer Connection Initiated" in server_log.read_text()
