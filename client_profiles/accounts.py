@@ -41,7 +41,7 @@ def add_user(
     if password is not None and len(password) < MIN_PASSWORD_LENGTH:
         raise LifecycleError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
     password_hash = hash_password(password) if password is not None else None
-    with session(engine) as s:
+    with session(engine, write=True) as s:
         user = queries.create_user(
             s,
             name=name,
@@ -64,7 +64,7 @@ def set_user_enabled(
     engine: Engine, *, name: str, enabled: bool, actor: str, source_address: str | None = None
 ) -> User:
     """Enable or disable a user; a disabled user gets no new certificates or profiles."""
-    with session(engine) as s:
+    with session(engine, write=True) as s:
         user = queries.set_user_disabled(s, name=name, disabled=not enabled)
         queries.record_audit(
             s,
@@ -78,5 +78,5 @@ def set_user_enabled(
 
 def list_users(engine: Engine) -> list[User]:
     """Every user, by name."""
-    with session(engine) as s:
+    with session(engine, write=False) as s:
         return queries.list_users(s)

@@ -122,7 +122,7 @@ def initialise(
     )
     files = FileBatch()
     try:
-        with session(engine) as s:
+        with session(engine, write=True) as s:
             _refuse_existing_settings(s)
             settings = save_settings(s, settings=settings, now=now)
             _store_certificate(s, server.certificate, kind="server")
@@ -167,7 +167,7 @@ def issue_client(
     device = checked_device(device)
     checked_days(days)
     ca = open_ca(paths, ca_passphrase)
-    with session(engine) as s:
+    with session(engine, write=True) as s:
         user = _enabled_user(get_user(s, name=user_name))
         row = _issue_row(s, ca, paths, user, device, days, now)
         record_audit(
@@ -205,7 +205,7 @@ def renew(
     ca = open_ca(paths, ca_passphrase)
     files = FileBatch()
     try:
-        with session(engine) as s:
+        with session(engine, write=True) as s:
             old = get_certificate(s, serial=serial)
             if old.status != "valid":
                 raise LifecycleError(f"certificate {old.serial} is {old.status}, not valid")
@@ -256,7 +256,7 @@ def revoke(
     ca = open_ca(paths, ca_passphrase)
     files = FileBatch()
     try:
-        with session(engine) as s:
+        with session(engine, write=True) as s:
             targets = _revocation_targets(s, serial, user_name, now)
             for row in targets:
                 mark_revoked(s, serial=row.serial, reason=reason, at=now)
@@ -301,7 +301,7 @@ def refresh_crl(
     ca = open_ca(paths, ca_passphrase)
     files = FileBatch()
     try:
-        with session(engine) as s:
+        with session(engine, write=True) as s:
             number = _next_crl_number(paths)
             next_update = _write_crl(s, ca, paths, files, now=now, number=number)
             record_audit(s, actor=actor, action="crl.refresh", target=str(number), at=now)

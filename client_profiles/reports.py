@@ -59,7 +59,7 @@ def expiry_report(
     now = now or utcnow()
     require_initialised(paths)
     items = _file_items(paths, now)
-    with session(engine) as s:
+    with session(engine, write=False) as s:
         items += _certificate_items(s, now)
     if within is not None:
         horizon = now + within
@@ -88,7 +88,7 @@ def render_profile(
     server_name = certificate_facts(
         load_certificate(read_text(paths.server_cert, "server certificate").encode("ascii"))
     ).subject_cn
-    with session(engine) as s:
+    with session(engine, write=True) as s:
         row = _profile_certificate(s, serial, user_name, device, now)
         settings = get_settings(s)
         try:

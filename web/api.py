@@ -81,7 +81,7 @@ def session_json(s: SessionInfo) -> dict[str, Any]:
 
 
 def owners(request: web.Request) -> dict[int | None, str]:
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=False) as s:
         return {u.id: u.name for u in queries.list_users(s)}
 
 
@@ -119,7 +119,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         return error(401, "bearer token required")
     portal = portal_of(request)
     now = datetime.fromtimestamp(portal.clock(), UTC)
-    with db.session(portal.engine) as s:
+    with db.session(portal.engine, write=True) as s:
         try:
             row = queries.get_api_token_by_hash(s, token_hash=token_hash(token.strip()))
             owner = queries.get_user_by_id(s, user_id=row.user_id)
@@ -155,7 +155,7 @@ async def openapi_json(request: web.Request) -> web.StreamResponse:
 
 
 def _user(request: web.Request) -> User:
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=False) as s:
         try:
             return queries.get_user(s, name=request.match_info["name"])
         except NotFoundError:
@@ -163,7 +163,7 @@ def _user(request: web.Request) -> User:
 
 
 async def list_users(request: web.Request) -> web.StreamResponse:
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=False) as s:
         users = queries.list_users(s)
     return web.json_response([user_json(u) for u in users])
 
@@ -202,7 +202,7 @@ async def update_user(request: web.Request) -> web.StreamResponse:
     me = user_of(request)
     if me is not None and me.id == user.id and (body.get("disabled") or body.get("role") == "user"):
         return error(409, "an administrator cannot disable or demote themselves")
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=True) as s:
         if "disabled" in body:
             user = queries.set_user_disabled(s, name=user.name, disabled=body["disabled"])
         if "role" in body:
@@ -232,7 +232,7 @@ def _certificate(request: web.Request) -> Certificate:
     serial = request.match_info["serial"].lower()
     if not SERIAL.fullmatch(serial):
         raise web.HTTPNotFound()
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=False) as s:
         try:
             row = queries.get_certificate(s, serial=serial)
         except NotFoundError:
@@ -248,12 +248,12 @@ async def list_certificates(request: web.Request) -> web.StreamResponse:
         raise BadRequest("status must be valid, revoked or superseded")
     user_id = None
     if "user" in request.query:
-        with db.session(portal_of(request).engine) as s:
+        with db.session(portal_of(request).engine, write=False) as s:
             try:
                 user_id = queries.get_user(s, name=request.query["user"]).id
             except NotFoundError:
                 return web.json_response([])
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=False) as s:
         rows = queries.list_certificates(s, user_id=user_id, kind="client", status=status)
     names = owners(request)
     return web.json_response([certificate_json(c, names) for c in rows])

@@ -63,7 +63,7 @@ def status_json(t: TunnelStatus) -> dict[str, Any]:
 
 def tunnels_json(request: web.Request, only: str | None = None) -> list[dict[str, Any]]:
     """Tunnels (never their PSK) with policies and what the gateway reports about them."""
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=False) as s:
         gateways = {g.id: g for g in q.list_vpn_gateways(s)}
         customers = {c.id: c for c in q.list_customer_gateways(s)}
         tunnels = [t for t in q.list_tunnels(s) if only is None or t.name == only]
@@ -90,7 +90,7 @@ def tunnels_json(request: web.Request, only: str | None = None) -> list[dict[str
 
 def _named(request: web.Request, get: Callable[..., Row], name: str) -> Row:
     """One gateway of either kind by name, or 404."""
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=False) as s:
         try:
             return get(s, name=name)
         except NotFoundError:
@@ -117,7 +117,7 @@ def _bandwidth(body: dict[str, Any]) -> int | None:
 
 
 async def list_gateways(request: web.Request) -> web.StreamResponse:
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=False) as s:
         rows = q.list_vpn_gateways(s)
     return web.json_response([gateway_json(g) for g in rows])
 
@@ -169,7 +169,7 @@ async def delete_gateway(request: web.Request) -> web.StreamResponse:
 
 
 async def list_customer_gateways(request: web.Request) -> web.StreamResponse:
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=False) as s:
         rows = q.list_customer_gateways(s)
     return web.json_response([customer_gateway_json(c) for c in rows])
 

@@ -16,6 +16,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 from sqlalchemy import Engine
+from sqlmodel import Session
 
 from client_profiles.passwords import generate_password, hash_password
 from sslvpn.config import DataPaths
@@ -93,16 +94,25 @@ FIRST_ADMIN = "admin"
 
 
 def ensure_first_admin(engine: Engine) -> str | None:
-    """On first start create user ``admin``; returns its one-time password (else None)."""
-    with db.session(engine) as s:
-        if any(u.role == "admin" for u in queries.list_users(s)):
+    """On first start create user ``admin``; returns its one-time password (else None).
+
+    The slow password hash is computed before the writer lock is taken, not while holding it.
+    """
+    with db.session(engine, write=False) as s:
+        if _has_admin(s):
             return None
-        password = generate_password()
-        queries.create_user(
-            s, name=FIRST_ADMIN, role="admin", password_hash=hash_password(password)
-        )
+    password = generate_password()
+    hashed = hash_password(password)
+    with db.session(engine, write=True) as s:
+        if _has_admin(s):  # another process created one meanwhile
+            return None
+        queries.create_user(s, name=FIRST_ADMIN, role="admin", password_hash=hashed)
         queries.record_audit(s, actor="portal", action="user.create", target=FIRST_ADMIN)
     return password
+
+
+def _has_admin(s: Session) -> bool:
+    return any(u.role == "admin" for u in queries.list_users(s))
 
 
 def is_loopback(host: str) -> bool:

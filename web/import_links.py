@@ -48,7 +48,7 @@ def base_url(portal: Portal, request: web.Request) -> str:
 def token_ttl(portal: Portal) -> timedelta:
     if portal.settings.import_token_ttl is not None:
         return portal.settings.import_token_ttl
-    with db.session(portal.engine) as s:
+    with db.session(portal.engine, write=False) as s:
         try:
             seconds = queries.get_settings(s, name=portal.settings.gateway_name)
         except NotFoundError:
@@ -61,7 +61,7 @@ def mint(portal: Portal, request: web.Request, *, user_id: int, serial: str) -> 
     token = secrets.token_urlsafe(TOKEN_BYTES)
     now = datetime.fromtimestamp(portal.clock(), UTC)
     expires = now + token_ttl(portal)
-    with db.session(portal.engine) as s:
+    with db.session(portal.engine, write=True) as s:
         row = queries.add_import_token(
             s,
             token_hash=token_hash(token),

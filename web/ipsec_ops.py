@@ -84,20 +84,20 @@ def add_gateway(
     except PolicyError as exc:
         raise _policy_error(exc) from None
     check_bandwidth(bandwidth_bps)
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=True) as s:
         q.create_vpn_gateway(s, name=name, public_address=address, bandwidth_bps=bandwidth_bps)
     audit(request, "ipsec.gateway.create", target=name, detail=f"address={address} via={via}")
 
 
 def set_bandwidth(request: web.Request, *, name: str, bandwidth_bps: int | None, via: str) -> None:
     check_bandwidth(bandwidth_bps)
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=True) as s:
         q.set_vpn_gateway_bandwidth(s, name=name, bandwidth_bps=bandwidth_bps)
     audit(request, "ipsec.gateway.bandwidth", target=name, detail=f"bps={bandwidth_bps} via={via}")
 
 
 def delete_gateway(request: web.Request, *, name: str, via: str) -> None:
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=True) as s:
         q.delete_vpn_gateway(s, name=name)
     audit(request, "ipsec.gateway.delete", target=name, detail=f"via={via}")
 
@@ -108,7 +108,7 @@ def add_customer_gateway(request: web.Request, *, name: str, address: str, via: 
         normalised = check_unicast_address(address, what="customer gateway address")
     except PolicyError as exc:
         raise _policy_error(exc) from None
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=True) as s:
         q.create_customer_gateway(s, name=name, address=normalised)
     audit(
         request,
@@ -119,7 +119,7 @@ def add_customer_gateway(request: web.Request, *, name: str, address: str, via: 
 
 
 def delete_customer_gateway(request: web.Request, *, name: str, via: str) -> None:
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=True) as s:
         q.delete_customer_gateway(s, name=name)
     audit(request, "ipsec.customer_gateway.delete", target=name, detail=f"via={via}")
 
@@ -148,7 +148,7 @@ def add_tunnel(request: web.Request, wanted: TunnelRequest, *, via: str) -> None
     _check_name(wanted.name, "tunnel")
     if wanted.start_action not in START_ACTION_VALUES:
         raise Invalid(f"start action must be one of {', '.join(START_ACTION_VALUES)}")
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=False) as s:
         q.get_vpn_gateway(s, name=wanted.gateway)
         q.get_customer_gateway(s, name=wanted.customer_gateway)
     try:
@@ -156,7 +156,7 @@ def add_tunnel(request: web.Request, wanted: TunnelRequest, *, via: str) -> None
     except PolicyError as exc:
         raise _policy_error(exc) from None
     ike, esp = check_proposals(wanted.ike_proposals, wanted.esp_proposals)
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=True) as s:
         q.create_tunnel(
             s,
             name=wanted.name,
@@ -176,13 +176,13 @@ def add_tunnel(request: web.Request, wanted: TunnelRequest, *, via: str) -> None
 
 def set_admin_up(request: web.Request, *, name: str, up: bool, via: str) -> None:
     """Flip the operator's switch; the running IPsec service follows the store."""
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=True) as s:
         q.set_tunnel_admin_up(s, name=name, up=up)
     audit(request, f"ipsec.tunnel.{'up' if up else 'down'}", target=name, detail=f"via={via}")
 
 
 def delete_tunnel(request: web.Request, *, name: str, via: str) -> None:
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=True) as s:
         q.delete_tunnel(s, name=name)
     audit(request, "ipsec.tunnel.delete", target=name, detail=f"via={via}")
 
@@ -199,7 +199,7 @@ def add_policy(
         peer = parse_cidr(peer_cidr, what="peer CIDR")
     except PolicyError as exc:
         raise _policy_error(exc) from None
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=True) as s:
         existing = [
             (other, parse_cidr(mine), parse_cidr(theirs))
             for other, mine, theirs in q.policies_on_gateway(s, tunnel=tunnel)
@@ -214,7 +214,7 @@ def add_policy(
 
 
 def policy_by_id(request: web.Request, *, tunnel: str, policy_id: int) -> SpdPolicy:
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=False) as s:
         for _, policy in q.list_policies(s, tunnel=tunnel):
             if policy.id == policy_id:
                 return policy
@@ -223,7 +223,7 @@ def policy_by_id(request: web.Request, *, tunnel: str, policy_id: int) -> SpdPol
 
 def delete_policy(request: web.Request, *, tunnel: str, policy_id: int, via: str) -> None:
     policy = policy_by_id(request, tunnel=tunnel, policy_id=policy_id)
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=True) as s:
         q.delete_policy(s, tunnel=tunnel, local_cidr=policy.local_cidr, peer_cidr=policy.peer_cidr)
     detail = f"{policy.local_cidr} <-> {policy.peer_cidr} via={via}"
     audit(request, "ipsec.policy.delete", target=tunnel, detail=detail)

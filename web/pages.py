@@ -75,7 +75,7 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
     request[_SESSION] = session
     request[_USER] = None
     if session is not None and session.user_id is not None:
-        with db.session(portal.engine) as s:
+        with db.session(portal.engine, write=False) as s:
             user = s.get(User, session.user_id)
         if user is None or user.disabled:
             portal.sessions.drop(session)
@@ -162,7 +162,7 @@ def audit(
 ) -> None:
     """One audit row with the actor, time and source address of this request."""
     user = user_of(request)
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=True) as s:
         queries.record_audit(
             s,
             actor=actor or (user.name if user else "anonymous"),

@@ -116,7 +116,7 @@ def delete_user(request: web.Request, name: str) -> tuple[int, int]:
     except LifecycleError:
         revoked = []  # nothing left to revoke
     ended = sum(portal.kick_certificate(c.serial, "user deleted") for c in revoked)
-    with db.session(portal.engine) as s:
+    with db.session(portal.engine, write=True) as s:
         queries.delete_user(s, name=name)
     return len(revoked), ended
 

@@ -55,7 +55,7 @@ def portal_tls(
     if not use_tls:
         return None
     if cert is None or key is None:
-        with db.session(engine) as s:
+        with db.session(engine, write=False) as s:
             addresses = queries.get_settings(s).public_addresses
         cert, key = ensure_portal_certificate(
             paths, [host, *addresses], ca_passphrase=ca_passphrase

@@ -114,7 +114,7 @@ def revoke_command(ctx: click.Context, target: str, reason: str) -> None:
 
 def _existing_serial(engine: Engine, target: str) -> str | None:
     """The target as a certificate serial if one exists, else None (it names a user)."""
-    with session(engine) as s:
+    with session(engine, write=False) as s:
         try:
             return get_certificate(s, serial=target).serial
         except NotFoundError:

@@ -43,9 +43,9 @@ DEFAULT_ESP = "aes256gcm16"
 
 
 @contextmanager
-def _store(ctx: click.Context) -> Iterator[Session]:
+def _store(ctx: click.Context, *, write: bool) -> Iterator[Session]:
     """A session on the upgraded store of the data folder (the same checks as every command)."""
-    with store(ctx) as engine, session(engine) as s:
+    with store(ctx) as engine, session(engine, write=write) as s:
         yield s
 
 
@@ -76,7 +76,7 @@ def gateway_add(ctx: click.Context, name: str, public_address: str, bandwidth: s
     """Create a VPN gateway."""
     address = check_unicast_address(public_address, what="public address")
     bps = parse_rate(bandwidth) if bandwidth else None
-    with _store(ctx) as s:
+    with _store(ctx, write=True) as s:
         q.create_vpn_gateway(s, name=name, public_address=address, bandwidth_bps=bps)
     click.echo(f"VPN gateway {name} at {address}, bandwidth {format_rate(bps)}")
 
@@ -86,7 +86,7 @@ def gateway_add(ctx: click.Context, name: str, public_address: str, bandwidth: s
 @one_line_errors
 def gateway_list(ctx: click.Context) -> None:
     """List VPN gateways."""
-    with _store(ctx) as s:
+    with _store(ctx, write=False) as s:
         rows = [
             (g.name, g.public_address, format_rate(g.bandwidth_bps))
             for g in q.list_vpn_gateways(s)
@@ -100,7 +100,7 @@ def gateway_list(ctx: click.Context) -> None:
 @one_line_errors
 def gateway_delete(ctx: click.Context, name: str) -> None:
     """Delete a VPN gateway that has no tunnels."""
-    with _store(ctx) as s:
+    with _store(ctx, write=True) as s:
         q.delete_vpn_gateway(s, name=name)
     click.echo(f"deleted VPN gateway {name}")
 
@@ -119,7 +119,7 @@ def customer_gateway() -> None:
 def customer_gateway_add(ctx: click.Context, name: str, address: str) -> None:
     """Create a customer gateway."""
     normalised = check_unicast_address(address, what="customer gateway address")
-    with _store(ctx) as s:
+    with _store(ctx, write=True) as s:
         q.create_customer_gateway(s, name=name, address=normalised)
     click.echo(f"customer gateway {name} at {normalised}")
 
@@ -129,7 +129,7 @@ def customer_gateway_add(ctx: click.Context, name: str, address: str) -> None:
 @one_line_errors
 def customer_gateway_list(ctx: click.Context) -> None:
     """List customer gateways."""
-    with _store(ctx) as s:
+    with _store(ctx, write=False) as s:
         rows = [(c.name, c.address) for c in q.list_customer_gateways(s)]
     _table(rows, ("NAME", "ADDRESS"))
 
@@ -140,7 +140,7 @@ def customer_gateway_list(ctx: click.Context) -> None:
 @one_line_errors
 def customer_gateway_delete(ctx: click.Context, name: str) -> None:
     """Delete a customer gateway that has no tunnels."""
-    with _store(ctx) as s:
+    with _store(ctx, write=True) as s:
         q.delete_customer_gateway(s, name=name)
     click.echo(f"deleted customer gateway {name}")
 
@@ -184,7 +184,7 @@ def tunnel_add(
     psk = _read_psk(psk_stdin, psk_file)
     parse_proposals(ike, ProtocolId.IKE)
     parse_proposals(esp, ProtocolId.ESP)
-    with _store(ctx) as s:
+    with _store(ctx, write=True) as s:
         q.create_tunnel(
             s,
             name=name,
@@ -203,7 +203,7 @@ def tunnel_add(
 @one_line_errors
 def tunnel_list(ctx: click.Context) -> None:
     """List tunnels (never their keys)."""
-    with _store(ctx) as s:
+    with _store(ctx, write=False) as s:
         rows = [
             (c.name, c.gateway, c.remote_address, c.ike_proposals, c.esp_proposals,
              "initiate" if c.initiate else "wait", "up" if c.admin_up else "down")
@@ -218,7 +218,7 @@ def tunnel_list(ctx: click.Context) -> None:
 @one_line_errors
 def tunnel_delete(ctx: click.Context, name: str) -> None:
     """Delete a tunnel and its policies."""
-    with _store(ctx) as s:
+    with _store(ctx, write=True) as s:
         q.delete_tunnel(s, name=name)
     click.echo(f"deleted tunnel {name}")
 
@@ -239,7 +239,7 @@ def policy_add(ctx: click.Context, tunnel_name: str, local_cidr: str, peer_cidr:
     """Allow LOCAL <-> PEER traffic through TUNNEL."""
     local = parse_cidr(local_cidr, what="local CIDR")
     peer = parse_cidr(peer_cidr, what="peer CIDR")
-    with _store(ctx) as s:
+    with _store(ctx, write=True) as s:
         existing = [
             (other, parse_cidr(mine), parse_cidr(theirs))
             for other, mine, theirs in q.policies_on_gateway(s, tunnel=tunnel_name)
@@ -255,7 +255,7 @@ def policy_add(ctx: click.Context, tunnel_name: str, local_cidr: str, peer_cidr:
 @one_line_errors
 def policy_list(ctx: click.Context, tunnel_name: str | None) -> None:
     """List policies, of one tunnel or all."""
-    with _store(ctx) as s:
+    with _store(ctx, write=False) as s:
         rows = [(t, p.local_cidr, p.peer_cidr) for t, p in q.list_policies(s, tunnel=tunnel_name)]
     _table(rows, ("TUNNEL", "LOCAL", "PEER"))
 
@@ -270,14 +270,14 @@ def policy_delete(ctx: click.Context, tunnel_name: str, local_cidr: str, peer_ci
     """Remove one policy from TUNNEL."""
     local = parse_cidr(local_cidr, what="local CIDR")
     peer = parse_cidr(peer_cidr, what="peer CIDR")
-    with _store(ctx) as s:
+    with _store(ctx, write=True) as s:
         q.delete_policy(s, tunnel=tunnel_name, local_cidr=str(local), peer_cidr=str(peer))
     click.echo(f"deleted policy {local} <-> {peer} from tunnel {tunnel_name}")
 
 
 # -- runtime -------------------------------------------------------------------------------
 def _set_admin(ctx: click.Context, name: str, up: bool) -> None:
-    with _store(ctx) as s:
+    with _store(ctx, write=True) as s:
         q.set_tunnel_admin_up(s, name=name, up=up)
     click.echo(f"tunnel {name} set {'up' if up else 'down'}; the running gateway follows")
 
@@ -316,7 +316,7 @@ def _published(data_dir: Path) -> tuple[dict[str, TunnelStatus], str | None]:
 def status(ctx: click.Context, as_json: bool) -> None:
     """State, SPIs and counters of every tunnel, from the running gateway."""
     obj: CliContext = ctx.find_object(CliContext)  # type: ignore[assignment]
-    with _store(ctx) as s:
+    with _store(ctx, write=False) as s:
         names = [t.name for t in q.list_tunnels(s)]
     published, problem = _published(obj.data_dir)
     down = {"state": "down", "last_error": problem}

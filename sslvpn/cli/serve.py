@@ -189,7 +189,7 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
     with store(ctx) as engine:
         extra = [ipsec_task(engine)]
         if not no_portal:
-            with db.session(engine) as s:
+            with db.session(engine, write=False) as s:
                 settings = queries.get_settings(s)
             portal_listen = portal_listen or settings.portal_listen
             tls = portal_tls(paths, engine, portal_listen, cert=portal_cert, key=portal_key,

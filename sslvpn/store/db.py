@@ -3,10 +3,20 @@
 SQLite runs in WAL mode with foreign keys on and real transactions (savepoints work);
 PostgreSQL goes through psycopg 3. The schema only ever changes through the alembic
 revisions shipped inside this package, so an installed gateway needs no alembic.ini.
+
+Transactions say what they are: ``session(engine, write=True)`` takes the database's one
+writer lock when it begins (SQLite ``BEGIN IMMEDIATE``, a PostgreSQL transaction-scoped
+advisory lock), so a read-then-write never works from a stale snapshot and waits for the
+other writer instead of failing with "database is locked" (SQLITE_BUSY_SNAPSHOT, which
+the busy timeout does not cover) or losing an update. ``write=False`` is a read-only
+snapshot that refuses writes. Writers run one at a time across the portal, CLI and
+gateway processes, so a write session must be the only session open in its thread.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,13 +28,25 @@ from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.orm import ORMExecuteState, UOWTransaction
 from sqlmodel import Session
 
 from sslvpn.store import StoreError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# PostgreSQL waits for the writer lock (and row locks) as long as SQLite's busy timeout.
+POSTGRES_LOCK_TIMEOUT = f"{SQLITE_BUSY_TIMEOUT_MS}ms"
+# pg_advisory_xact_lock key of the writer lock: "sslvpn" in ASCII, any fixed bigint will do.
+POSTGRES_WRITER_LOCK = 0x73736C76706E
 VERSION_TABLE = "alembic_version"
+WRITE_OPTION = "sslvpn_write"  # connection execution option: begin as the writer
+
+_open_here = threading.local()  # per thread: Counter of open sessions by database URL
+
+
+class SessionMisuseError(RuntimeError):
+    """A session was used against its declared kind; a programming error, not an operator's."""
 
 
 def open_engine(url: str) -> Engine:
@@ -35,6 +57,7 @@ def open_engine(url: str) -> Engine:
         _configure_sqlite(engine)
     else:
         engine = create_engine(parsed, hide_parameters=True, pool_pre_ping=True)
+        event.listen(engine, "begin", _on_postgres_begin)
     try:
         with engine.connect():
             pass
@@ -50,7 +73,7 @@ def upgrade(engine: Engine) -> None:
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     where = _describe(engine.url)
     try:
-        with engine.begin() as connection:
+        with engine.execution_options(**{WRITE_OPTION: True}).begin() as connection:
             _refuse_foreign_schema(connection, where)
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
@@ -61,13 +84,20 @@ def upgrade(engine: Engine) -> None:
 
 
 @contextmanager
-def session(engine: Engine) -> Iterator[Session]:
+def session(engine: Engine, *, write: bool | None = None) -> Iterator[Session]:
     """One transaction: committed when the block ends cleanly, rolled back otherwise.
 
-    Objects stay readable after the commit, so callers may return them.
+    ``write=True`` begins as the database's only writer (waiting for the current one);
+    ``write=False`` is a read-only snapshot; left out, the transaction begins deferred and
+    may write, but on SQLite a read followed by a write can fail when another process
+    committed in between. Objects stay readable after the commit, so callers may return them.
     """
-    with Session(engine, expire_on_commit=False) as active:
+    with _registered(engine, write=bool(write)), Session(engine, expire_on_commit=False) as active:
         try:
+            if write:
+                active.connection(execution_options={WRITE_OPTION: True})
+            elif write is not None:
+                _refuse_writes(active)
             yield active
             active.commit()
         except DBAPIError as exc:
@@ -76,6 +106,37 @@ def session(engine: Engine) -> Iterator[Session]:
         except BaseException:
             active.rollback()
             raise
+
+
+@contextmanager
+def _registered(engine: Engine, *, write: bool) -> Iterator[None]:
+    """Count this thread's open sessions; a writer must be alone, or it waits for itself."""
+    counts: Counter[URL] = _open_here.__dict__.setdefault("counts", Counter())
+    if write and counts[engine.url]:
+        raise SessionMisuseError(
+            "a write session was opened while another session of the same database is open "
+            "in this thread; close that one first (the writer lock would wait for itself)"
+        )
+    counts[engine.url] += 1
+    try:
+        yield
+    finally:
+        counts[engine.url] -= 1
+
+
+def _refuse_writes(active: Session) -> None:
+    """Make a read session raise on any INSERT, UPDATE, DELETE or flush of changes."""
+
+    def check_statement(state: ORMExecuteState) -> None:
+        if state.is_insert or state.is_update or state.is_delete:
+            raise SessionMisuseError("a read session tried to write; open it with write=True")
+
+    def check_flush(flushing: Session, _flush: UOWTransaction, _instances: object) -> None:
+        if flushing.new or flushing.dirty or flushing.deleted:
+            raise SessionMisuseError("a read session tried to write; open it with write=True")
+
+    event.listen(active, "do_orm_execute", check_statement)
+    event.listen(active, "before_flush", check_flush)
 
 
 def _parse_url(url: str) -> URL:
@@ -109,7 +170,15 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN")
+        writer = connection.get_execution_options().get(WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+
+
+def _on_postgres_begin(connection: Connection) -> None:
+    """A writer holds one advisory lock until its transaction ends, like SQLite's RESERVED."""
+    if connection.get_execution_options().get(WRITE_OPTION, False):
+        connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{POSTGRES_LOCK_TIMEOUT}'")
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({POSTGRES_WRITER_LOCK})")
 
 
 def _refuse_foreign_schema(connection: Connection, where: str) -> None:

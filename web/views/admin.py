@@ -42,7 +42,7 @@ DEFAULT_LIFETIME_DAYS = 365
 
 
 def user_named(request: web.Request) -> User:
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=False) as s:
         try:
             return queries.get_user(s, name=request.match_info["name"])
         except NotFoundError:
@@ -50,7 +50,7 @@ def user_named(request: web.Request) -> User:
 
 
 def certificate_of(request: web.Request) -> Certificate:
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=False) as s:
         try:
             return queries.get_certificate(s, serial=request.match_info["serial"])
         except NotFoundError:
@@ -72,7 +72,7 @@ def render_users(
     errors: list[str] | None = None,
     form: dict[str, str] | None = None,
 ) -> web.Response:
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=False) as s:
         users = queries.list_users(s)
         counts = {
             u.id: len(queries.list_certificates(s, user_id=u.id, status="valid")) for u in users
@@ -125,7 +125,7 @@ async def reset_password(request: web.Request) -> web.StreamResponse:
     user = user_named(request)
     password = generate_password()
     hashed = await asyncio.to_thread(hash_password, password)
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=True) as s:
         queries.set_user_password_hash(s, name=user.name, password_hash=hashed)
     if user.id is not None and user.id != current_user(request).id:
         portal_of(request).sessions.drop_user(user.id)
@@ -172,7 +172,7 @@ def render_certificates(
     errors: list[str] | None = None,
     form: dict[str, str] | None = None,
 ) -> web.Response:
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=False) as s:
         certificates = queries.list_certificates(s, kind="client")
         users = queries.list_users(s)
     names = {u.id: u.name for u in users}
@@ -198,7 +198,7 @@ async def issue_certificate(request: web.Request) -> web.StreamResponse:
     if not days_text.isdigit() or not 1 <= int(days_text) <= MAX_LIFETIME_DAYS:
         errors.append(f"Lifetime must be 1 to {MAX_LIFETIME_DAYS} days.")
     owner = None
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=False) as s:
         try:
             owner = queries.get_user(s, name=form.get("user", ""))
         except NotFoundError:

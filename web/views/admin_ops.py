@@ -97,7 +97,7 @@ async def audit_page(request: web.Request) -> web.StreamResponse:
             since = datetime.fromisoformat(since_text).replace(tzinfo=UTC)
         except ValueError:
             errors.append("Since must be a date like 2026-01-31.")
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=False) as s:
         entries = queries.list_audit(s, actor=actor, action=action, since=since, limit=AUDIT_PAGE)
     context = {
         "entries": entries,
@@ -113,7 +113,7 @@ async def audit_page(request: web.Request) -> web.StreamResponse:
 
 def load_settings(request: web.Request) -> GatewaySettings:
     name = portal_of(request).settings.gateway_name
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=False) as s:
         try:
             return queries.get_settings(s, name=name)
         except NotFoundError:
@@ -179,7 +179,7 @@ async def save_settings(request: web.Request) -> web.StreamResponse:
         return render(
             request, "admin_settings.html", {"settings": fresh}, status=400, errors=errors
         )
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=True) as s:
         queries.save_settings(s, settings=settings)
     audit(request, "settings.change", target=settings.name)
     flash(request, "Settings saved. New profiles use them; existing profiles keep theirs.")
@@ -202,7 +202,7 @@ def render_api_tokens(
     errors: list[str] | None = None,
 ) -> web.Response:
     me_id = current_user_id(request)
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=False) as s:
         tokens = queries.list_api_tokens(s, user_id=me_id)
     context = {"tokens": tokens, "new_token": token}
     return render(request, "admin_api_tokens.html", context, status=status, errors=errors)
@@ -217,7 +217,7 @@ async def create_api_token(request: web.Request) -> web.StreamResponse:
         return render_api_tokens(request, status=400, errors=["Name the token (1-40 characters)."])
     token = "svt_" + secrets.token_urlsafe(32)
     try:
-        with db.session(portal_of(request).engine) as s:
+        with db.session(portal_of(request).engine, write=True) as s:
             queries.add_api_token(s, user_id=me_id, name=name, token_hash=token_hash(token))
     except StoreError as exc:
         return render_api_tokens(request, status=400, errors=[str(exc)])
@@ -230,7 +230,7 @@ async def delete_api_token(request: web.Request) -> web.StreamResponse:
     me_id = current_user_id(request)
     try:
         token_id = int(request.match_info["token_id"])
-        with db.session(portal_of(request).engine) as s:
+        with db.session(portal_of(request).engine, write=True) as s:
             queries.delete_api_token(s, token_id=token_id, user_id=me_id)
     except (ValueError, NotFoundError):
         raise web.HTTPNotFound(text="No such token.") from None

@@ -59,7 +59,7 @@ async def check_credentials(request: web.Request, name: str, password: str) -> U
     if portal.throttle.blocked(name, address):
         audit(request, "login.throttled", actor=name or "anonymous", target=name)
         return None
-    with db.session(portal.engine) as s:
+    with db.session(portal.engine, write=False) as s:
         user = find_user(s, name) if name else None
     good = await asyncio.to_thread(verify_password, user.password_hash if user else None, password)
     if user is None or not good or user.disabled:
@@ -123,7 +123,7 @@ async def change_password(request: web.Request) -> web.StreamResponse:
     if errors:
         return render(request, "password.html", status=400, errors=errors)
     hashed = await asyncio.to_thread(hash_password, new)
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=True) as s:
         queries.set_user_password_hash(s, name=me.name, password_hash=hashed)
     audit(request, "user.password_change", target=me.name)
     start_session(request, current_user_id(request))

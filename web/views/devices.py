@@ -35,7 +35,7 @@ PROFILE_TYPE = "application/x-openvpn-profile"
 def owned_certificate(request: web.Request) -> Certificate:
     """The logged-in user's own client certificate named in the path, or 404."""
     me_id = current_user_id(request)
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=False) as s:
         try:
             certificate = queries.get_certificate(s, serial=request.match_info["serial"])
         except NotFoundError:
@@ -77,7 +77,7 @@ def render_devices(
     request: web.Request, *, status: int = 200, errors: list[str] | None = None, device: str = ""
 ) -> web.Response:
     me_id = current_user_id(request)
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=False) as s:
         certificates = queries.list_certificates(s, user_id=me_id, kind="client")
         imported = {
             t.certificate_serial
@@ -127,7 +127,7 @@ def render_device(
     request: web.Request, certificate: Certificate, link: import_links.ImportLink | None = None
 ) -> web.Response:
     me_id = current_user_id(request)
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=False) as s:
         tokens = [
             t
             for t in queries.list_import_tokens(s, user_id=me_id)
@@ -170,7 +170,7 @@ async def create_import_link(request: web.Request) -> web.StreamResponse:
 async def revoke_import_link(request: web.Request) -> web.StreamResponse:
     certificate = owned_certificate(request)
     token_id = request.match_info["token_id"]
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=True) as s:
         try:
             token = queries.revoke_import_token(
                 s, token_id=int(token_id), user_id=current_user_id(request)

@@ -50,7 +50,7 @@ def render_gateways(
     errors: list[str] | None = None,
     form: dict[str, str] | None = None,
 ) -> web.Response:
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=False) as s:
         gateways = q.list_vpn_gateways(s)
         customers = q.list_customer_gateways(s)
     context = {
@@ -145,7 +145,7 @@ def render_tunnels(
     errors: list[str] | None = None,
     form: dict[str, str] | None = None,
 ) -> web.Response:
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=False) as s:
         configs = q.tunnel_configs(s)
         gateways = [g.name for g in q.list_vpn_gateways(s)]
         customers = [c.name for c in q.list_customer_gateways(s)]
@@ -197,7 +197,7 @@ def render_tunnel(
     errors: list[str] | None = None,
     form: dict[str, str] | None = None,
 ) -> web.Response:
-    with db.session(portal_of(request).engine) as s:
+    with db.session(portal_of(request).engine, write=False) as s:
         configs = {c.name: c for c in q.tunnel_configs(s)}
         if name not in configs:
             raise web.HTTPNotFound(text="No such tunnel.")

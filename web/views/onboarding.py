@@ -41,7 +41,7 @@ async def profile_via_token(request: web.Request) -> web.StreamResponse:
     now = datetime.fromtimestamp(portal.clock(), UTC)
     agent = request.headers.get("User-Agent", "")[:MAX_USER_AGENT]
     try:
-        with db.session(portal.engine) as s:
+        with db.session(portal.engine, write=True) as s:
             row = queries.mark_import_token_used(
                 s,
                 token_hash=token_hash(token),
@@ -120,7 +120,7 @@ async def get_userlogin(request: web.Request) -> web.StreamResponse:
 def _needs_tls_crypt_v2(request: web.Request) -> bool:
     """Profiles carry tls-crypt-v2 keys when the gateway uses them; the client must say so."""
     portal = portal_of(request)
-    with db.session(portal.engine) as s:
+    with db.session(portal.engine, write=False) as s:
         try:
             settings = queries.get_settings(s, name=portal.settings.gateway_name)
         except NotFoundError:
