@@ -13,7 +13,7 @@ records and control messages. Peer garbage is counted in ``drops`` and reported 
 from __future__ import annotations
 
 import os
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -79,6 +79,13 @@ class Timing:
 class Endpoint:
     """The shared machinery of one OpenVPN connection, either role."""
 
+    __slots__ = (
+        "server", "_tls_context", "wrap", "identity", "timing", "_rand", "_now", "_keys",
+        "_serial", "_send_key", "_out", "_events", "drops", "closed", "_close_at",
+        "_close_reason", "last_received", "last_sent", "ping_interval", "ping_timeout",
+        "cipher", "derivation", "compression", "data_peer_id", "wkc", "_max_payload",
+    )
+
     def __init__(
         self,
         *,
@@ -100,7 +107,7 @@ class Endpoint:
         self._serial = 0
         self._send_key: KeyState | None = None
         self._out: list[bytes] = []
-        self._events: deque[Event] = deque()
+        self._events: list[Event] = []
         self.drops: Counter[str] = Counter()
         self.closed = False
         self._close_at: float | None = None
@@ -188,6 +195,7 @@ class Endpoint:
             self._derive(ks), ks.key_id, peer_id=self.data_peer_id, compression=self.compression
         )
         ks.installed_at = now
+        ks.forget_handshake()
         if self._send_key is None:
             self._send_key = ks
 
@@ -283,9 +291,9 @@ class Endpoint:
             self._key_failed(ks, exc.args[0] if exc.args else "TLS error")
             return
         while ks.records and not ks.peer_km2_seen and not self.closed:
-            self._on_key_method(ks, ks.records.popleft(), now)
+            self._on_key_method(ks, ks.records.pop(0), now)
         while ks.messages and not self.closed:
-            self._on_message(ks, ks.messages.popleft(), now)
+            self._on_message(ks, ks.messages.pop(0), now)
 
     def _receive_data(self, data: bytes, now: float) -> bytes | None:
         """Open a data packet; returns the tunnel packet it carries, if it carries one."""
@@ -448,7 +456,7 @@ class Endpoint:
         return min(times, default=None)
 
     def next_event(self) -> Event | None:
-        return self._events.popleft() if self._events else None
+        return self._events.pop(0) if self._events else None
 
     # -- helpers for the roles -----------------------------------------------------------
     def _drop(self, reason: str) -> None:

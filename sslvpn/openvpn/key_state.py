@@ -5,11 +5,12 @@ ids start at 0 with the (soft) reset. This module owns that per-key bookkeeping:
 in-order control payloads into TLS, cutting TLS output into control messages, splitting
 the plaintext stream into the key-method 2 record and NUL-terminated text messages, and
 building the (unwrapped) control packets to transmit. Sessions own everything shared.
+Thousands of key states sit idle at once, so the class has slots and holds nothing it
+does not need after the handshake (``forget_handshake``).
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 from sslvpn.openvpn.constants import (
@@ -45,6 +46,12 @@ class Identity:
 class KeyState:
     """Control channel and (once derived) data keys for one key_id."""
 
+    __slots__ = (
+        "key_id", "tls", "sender", "receiver", "started", "serial", "deadline", "max_payload",
+        "tls_running", "records", "messages", "peer_km2_seen", "local_km2", "peer_km2",
+        "crypto", "installed_at", "expires", "_text",
+    )
+
     def __init__(
         self, key_id: int, tls: TlsEngine, now: float, hand_window: float, max_payload: int
     ) -> None:
@@ -57,15 +64,15 @@ class KeyState:
         self.deadline = now + hand_window
         self.max_payload = max_payload
         self.tls_running = tls.server  # a client starts TLS once its reset is ACKed
-        self.records: deque[bytes] = deque()
-        self.messages: deque[str] = deque()
+        self.records: list[bytes] = []  # plaintext before the key-method 2 record was read
+        self.messages: list[str] = []  # complete text messages not yet handled
         self.peer_km2_seen = False
         self.local_km2: KeyMethod2 | None = None
         self.peer_km2: KeyMethod2 | None = None
         self.crypto: DataChannelKey | None = None
         self.installed_at: float | None = None
         self.expires: float | None = None
-        self._text = bytearray()
+        self._text = b""  # an unfinished text message
 
     def __repr__(self) -> str:
         return f"KeyState(key_id={self.key_id}, installed={self.installed_at is not None})"
@@ -97,13 +104,17 @@ class KeyState:
     def km2_received(self) -> None:
         """The first record was the key-method 2 record; later records are text messages."""
         self.peer_km2_seen = True
-        while self.records:
-            self._add_text(self.records.popleft())
+        records, self.records = self.records, []
+        for record in records:
+            self._add_text(record)
+
+    def forget_handshake(self) -> None:
+        """Keys are derived: drop the key-method 2 records (randoms, password) for good."""
+        self.local_km2 = self.peer_km2 = None
 
     def _add_text(self, record: bytes) -> None:
-        self._text += record
-        *complete, rest = bytes(self._text).split(b"\0")
-        self._text = bytearray(rest[:MAX_TEXT_MESSAGE])
+        *complete, rest = (self._text + record).split(b"\0")
+        self._text = rest[:MAX_TEXT_MESSAGE]
         for raw in complete:
             text = raw.decode("utf-8", "replace").rstrip("\r\n")
             if text and text.isprintable():

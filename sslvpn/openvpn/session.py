@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.hazmat.primitives.hashes import SHA256
 
 from sslvpn.openvpn.constants import Opcode
 from sslvpn.openvpn.endpoint import (
@@ -36,6 +37,7 @@ from sslvpn.openvpn.events import (
 )
 from sslvpn.openvpn.key_method import (
     IvProto,
+    KeyMethod2,
     KeyMethodError,
     PeerInfo,
     occ_options_string,
@@ -80,7 +82,15 @@ def _printable(reason: str) -> str:
 
 
 class ServerSession(Endpoint):
-    """One client connection, server role; see the module docstring for the life cycle."""
+    """One client connection, server role; see the module docstring for the life cycle.
+
+    Idle sessions are what a gateway holds by the thousand: the session keeps the client
+    certificate as a fingerprint, the peer-info as its IV_PROTO flags and the push as
+    rendered messages only until they are sent.
+    """
+
+    __slots__ = ("config", "metadata", "peer_proto", "_peer_info", "_fingerprint", "_push",
+                 "_awaiting_decision", "_decided", "_push_requested", "_push_sent")
 
     def __init__(
         self,
@@ -104,9 +114,10 @@ class ServerSession(Endpoint):
         )
         self.config = config
         self.metadata = created.metadata
-        self.peer_info = PeerInfo()
-        self.certificate: x509.Certificate | None = None
-        self.push_config: PushConfig | None = None
+        self.peer_proto = IvProto(0)  # the client's IV_PROTO flags, once it was verified
+        self._peer_info: PeerInfo | None = None  # kept only while the caller decides
+        self._fingerprint: bytes | None = None  # SHA-256 of the client certificate
+        self._push: list[str] | None = None  # PUSH_REPLY messages until they are sent
         self._awaiting_decision = False
         self._decided = False
         self._push_requested = False
@@ -136,32 +147,32 @@ class ServerSession(Endpoint):
             self._rand, occ_options_string(server=True, tcp=self.config.tcp), client=False
         )
         ks.send_record(push_key_method2(ks.local_km2))
-        problem = self._certificate_problem(ks)
+        cert, problem = self._check_certificate(ks)
         if ks.key_id == 0 and not self._decided and not self._awaiting_decision:
-            self._first_key_ready(ks, peer.options, peer.peer_info, peer.username,
-                                  peer.password, problem, now)
+            self._first_key_ready(ks, peer, cert, problem, now)
         elif problem is not None:
             self._refuse(ks, problem, now)
         else:
             self._install(ks, now)
 
-    def _certificate_problem(self, ks: KeyState) -> str | None:
-        if ks.tls.verify_error is not None:
-            return ks.tls.verify_error
+    def _check_certificate(self, ks: KeyState) -> tuple[x509.Certificate | None, str | None]:
+        """The client's leaf and why it is unacceptable (None: it is fine)."""
         cert = ks.tls.peer_certificate()
+        if ks.tls.verify_error is not None:
+            return cert, ks.tls.verify_error
         if cert is None:
-            return "no client certificate"
-        if self.certificate is not None and cert != self.certificate:
-            return "client certificate changed during renegotiation"
-        return client_auth_problem(cert)
+            return None, "no client certificate"
+        if self._fingerprint is not None and cert.fingerprint(SHA256()) != self._fingerprint:
+            return cert, "client certificate changed during renegotiation"
+        return cert, client_auth_problem(cert)
 
     def _first_key_ready(
-        self, ks: KeyState, options: str, peer_info: str, username: str, password: str,
+        self, ks: KeyState, peer: KeyMethod2, cert: x509.Certificate | None,
         problem: str | None, now: float,
     ) -> None:
-        self.peer_info = info = parse_peer_info(peer_info)
-        if problem is not None:
-            self._refuse(ks, problem, now)
+        info = parse_peer_info(peer.peer_info)
+        if problem is not None or cert is None:
+            self._refuse(ks, problem or "no client certificate", now)
             return
         cipher = negotiate_cipher(info, self.config.data_ciphers)
         if cipher is None:
@@ -170,13 +181,13 @@ class ServerSession(Endpoint):
         self.cipher = cipher
         self.derivation = choose_key_derivation(info, allow_ekm=self.config.allow_ekm)
         self.compression = choose_compression(
-            info, occ_has_comp_lzo=occ_wants_compression_framing(options)
+            info, occ_has_comp_lzo=occ_wants_compression_framing(peer.options)
         )
-        cert = ks.tls.peer_certificate()
-        assert cert is not None  # noqa: S101 - _certificate_problem returned None
-        self.certificate = cert
+        self.peer_proto = info.proto
+        self._peer_info = info
+        self._fingerprint = cert.fingerprint(SHA256())
         self._awaiting_decision = True
-        self._events.append(PeerVerified(cert, info, username, password))
+        self._events.append(PeerVerified(cert, info, peer.username, peer.password))
 
     def _refuse(self, ks: KeyState, reason: str, now: float) -> None:
         """The core refuses by itself: tell the caller, then AUTH_FAILED and linger."""
@@ -186,6 +197,7 @@ class ServerSession(Endpoint):
     def _send_auth_failed(self, ks: KeyState, reason: str, now: float) -> None:
         self._decided = True
         self._awaiting_decision = False
+        self._peer_info = None
         ks.send_message("AUTH_FAILED," + _printable(reason))
         self._linger("auth failed: " + reason, now)
 
@@ -194,14 +206,17 @@ class ServerSession(Endpoint):
         """Admit the verified peer: derive keys, push its configuration."""
         if not self._awaiting_decision or self.closed:
             raise LocalProtocolError("accept() is only valid after PeerVerified")
-        ks = self._keys.get(0)
-        if ks is None:
+        ks, info = self._keys.get(0), self._peer_info
+        if ks is None or info is None:
             raise LocalProtocolError("the first key state is gone")
+        self._peer_info = None
         self._awaiting_decision = False
         self._decided = True
-        self.push_config = push_config
-        info = self.peer_info
         self.data_peer_id = push_config.peer_id if info.supports(IvProto.DATA_V2) else None
+        self._push = build_push_reply(push_options(
+            push_config, peer=info, cipher=self.cipher, derivation=self.derivation,
+            compression=self.compression,
+        ))
         self._install(ks, self._now)
         self.ping_interval = float(push_config.ping)
         self.ping_timeout = push_config.ping_restart * self.config.ping_restart_factor
@@ -225,23 +240,18 @@ class ServerSession(Endpoint):
         self._send_auth_failed(ks, reason, self._now)
 
     def _send_push(self, ks: KeyState) -> None:
-        config = self.push_config
-        if config is None or self._push_sent:
+        messages, self._push = self._push, None
+        if messages is None or self._push_sent:
             return
         self._push_sent = True
-        options = push_options(
-            config, peer=self.peer_info, cipher=self.cipher, derivation=self.derivation,
-            compression=self.compression,
-        )
-        for message in build_push_reply(options):
+        for message in messages:
             ks.send_message(message)
 
     # -- control messages ----------------------------------------------------------------
     def _on_message(self, ks: KeyState, message: str, now: float) -> None:
         if message == "PUSH_REQUEST":
             self._push_requested = True
-            if self.push_config is not None:
-                self._send_push(ks)
+            self._send_push(ks)
         elif message == "EXIT":
             self._events.append(ExitRequested("control"))
             self._finish("peer exited (EXIT)")
@@ -254,7 +264,7 @@ class ServerSession(Endpoint):
         ks = self._send_key  # a key state whose TLS session is up
         if ks is not None and self._push_sent:
             ks.send_message("RESTART")
-        if not self.peer_info.supports(IvProto.CC_EXIT_NOTIFY):
+        if not self.peer_proto & IvProto.CC_EXIT_NOTIFY:
             self._send_occ_exit()
 
     def _before_receive(self, ks: KeyState, packet: ControlPacket, now: float) -> bool:

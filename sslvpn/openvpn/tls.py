@@ -61,6 +61,9 @@ class TlsContext:
         no_reneg: int = SSL.OP_NO_RENEGOTIATION  # type: ignore[attr-defined]
         ctx.set_options(SSL.OP_NO_TICKET | no_reneg | SSL.OP_NO_COMPRESSION)
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        # ssl_openssl.c tls_ctx_set_options: an idle TLS session gives back its 16-34 KB
+        # record buffers (most sessions sit idle between rare control messages).
+        ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
         ctx.use_certificate(_modern(credentials.certificate))
         ctx.use_privatekey(_modern(credentials.private_key))
         for extra in credentials.chain:
@@ -83,14 +86,23 @@ def _modern(value: object) -> Any:
     return value
 
 
+class _VerifyOutcome:
+    """What the verify callback found for one engine (the callback only sees the connection)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+
+
 def _record_verify(
     conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int
 ) -> bool:
     # Server role: keep the handshake going and remember the first problem, so the
     # session can refuse with AUTH_FAILED and a reason (ssl_verify_openssl.c logs it).
-    engine = conn.get_app_data()
-    if not ok and isinstance(engine, TlsEngine) and engine.verify_error is None:
-        engine.verify_error = _VERIFY_REASONS.get(errnum, f"certificate verify error {errnum}")
+    outcome = conn.get_app_data()
+    if not ok and isinstance(outcome, _VerifyOutcome) and outcome.error is None:
+        outcome.error = _VERIFY_REASONS.get(errnum, f"certificate verify error {errnum}")
     return True
 
 
@@ -114,18 +126,27 @@ def client_auth_problem(certificate: x509.Certificate) -> str | None:
 class TlsEngine:
     """One TLS session over memory BIOs; plaintext writes are queued until the handshake ends."""
 
+    __slots__ = ("server", "_conn", "_pending", "handshake_done", "_verify", "closed")
+
     def __init__(self, context: TlsContext) -> None:
         self.server = context.server
         self._conn = SSL.Connection(context.context, None)
-        self._conn.set_app_data(self)
+        self._verify = _VerifyOutcome()
+        # The callback's view of this engine; no cycle back to us, so refcounting frees
+        # the (large) SSL object as soon as the key state goes.
+        self._conn.set_app_data(self._verify)
         if self.server:
             self._conn.set_accept_state()
         else:
             self._conn.set_connect_state()
         self._pending: list[bytes] = []
         self.handshake_done = False
-        self.verify_error: str | None = None
         self.closed = False
+
+    @property
+    def verify_error(self) -> str | None:
+        """The first chain problem OpenSSL reported (server role), or None."""
+        return self._verify.error
 
     def receive(self, ciphertext: bytes) -> None:
         """Feed TLS bytes from the control channel (in message-id order)."""
@@ -178,6 +199,7 @@ class TlsEngine:
                 return b"".join(chunks)
 
     def peer_certificate(self) -> x509.Certificate | None:
+        """The peer's leaf as a new ``cryptography`` object (a parse: call it once)."""
         cert: x509.Certificate | None = _modern(self._conn).get_peer_certificate(
             as_cryptography=True
         )
