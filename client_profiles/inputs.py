@@ -14,6 +14,8 @@ from sslvpn.store.models import CONTROL_CHANNEL_VALUES, PROTOCOLS_VALUES, Gatewa
 
 DEVICE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 MAX_CLIENT_DAYS = 3650
+# An IPv6 client pool: at most a /64 (one subnet; SLAAC-sized) and at least a /112.
+POOL6_PREFIXES = range(64, 113)
 
 
 def validated_settings(
@@ -24,6 +26,7 @@ def validated_settings(
     pool: str,
     dns: Sequence[str],
     control_channel: str,
+    pool6: str | None = None,
 ) -> GatewaySettings:
     """The settings `sslvpn init` stores, after checking every value."""
     addresses = [a.strip() for a in public_addresses]
@@ -38,15 +41,45 @@ def validated_settings(
     pool_net = _network(pool, "pool")
     if pool_net.version != 4 or pool_net.prefixlen > 29:
         raise LifecycleError(f"pool {pool} must be an IPv4 network of /29 or larger")
+    vpc_networks = [_network(n, "VPC network") for n in vpc]
+    pool6_net = None if pool6 is None else _pool6(pool6, pool_net, vpc_networks)
+    if pool6_net is None and (v6 := next((n for n in vpc_networks if n.version == 6), None)):
+        raise LifecycleError(f"VPC network {v6} is IPv6: give an IPv6 client pool (--pool6) too")
     return GatewaySettings(
         public_addresses=addresses,
         port=port,
         protocols=proto,
-        vpc_networks=[str(_network(n, "VPC network")) for n in vpc],
+        vpc_networks=[str(n) for n in vpc_networks],
         pool_cidr=str(pool_net),
+        pool6_cidr=None if pool6_net is None else str(pool6_net),
         dns_servers=[_address(d) for d in dns],
         control_channel=control_channel,
     )
+
+
+def _pool6(
+    text: str,
+    pool: ipaddress.IPv4Network | ipaddress.IPv6Network,
+    vpc: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> ipaddress.IPv6Network:
+    """A routable IPv6 pool, apart from the VPC, with room for every IPv4 pool host number
+    (the gateway gives the client with IPv4 host number n the IPv6 host number n)."""
+    net = _network(text, "IPv6 pool")
+    if not isinstance(net, ipaddress.IPv6Network):
+        raise LifecycleError(f"IPv6 pool {text} is not an IPv6 network")
+    if net.prefixlen not in POOL6_PREFIXES:
+        raise LifecycleError(
+            f"IPv6 pool {net} must be a /{POOL6_PREFIXES.start} to /{POOL6_PREFIXES.stop - 1} "
+            "network"
+        )
+    if net.is_multicast or net.is_link_local or net.is_site_local:
+        raise LifecycleError(f"IPv6 pool {net} must be a global or unique-local (fd00::/8) network")
+    if net.num_addresses < pool.num_addresses:
+        raise LifecycleError(f"IPv6 pool {net} has fewer addresses than the IPv4 pool {pool}")
+    for other in vpc:
+        if other.version == 6 and net.overlaps(other):
+            raise LifecycleError(f"IPv6 pool {net} overlaps the VPC network {other}")
+    return net
 
 
 def _network(text: str, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

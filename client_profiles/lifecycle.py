@@ -99,6 +99,7 @@ def initialise(
     proto: str = "both",
     vpc: Sequence[str] = (),
     pool: str = "10.8.0.0/24",
+    pool6: str | None = None,
     dns: Sequence[str] = (),
     key_type: KeyType = KeyType.ECDSA_P256,
     ca_passphrase: str | None = None,
@@ -110,7 +111,9 @@ def initialise(
     now = now or utcnow()
     if paths.ca_cert.exists() or paths.ca_key.exists():
         raise LifecycleError(f"data folder {paths.data_dir} is already initialised")
-    settings = validated_settings(public_addresses, port, proto, vpc, pool, dns, control_channel)
+    settings = validated_settings(
+        public_addresses, port, proto, vpc, pool, dns, control_channel, pool6=pool6
+    )
     ca = create_ca(
         common_name=f"sslvpn CA {settings.public_addresses[0]}", key_type=key_type, now=now
     )

@@ -95,6 +95,12 @@ def _obj(ctx: click.Context) -> CliContext:
 )
 @click.option("--vpc", multiple=True, help="Network (CIDR) clients may reach; repeatable.")
 @click.option("--pool", default="10.8.0.0/24", show_default=True, help="Client address pool.")
+@click.option(
+    "--pool6",
+    default=None,
+    metavar="CIDR",
+    help="IPv6 client pool, /64 to /112 (e.g. fd00:8::/64); client n of --pool gets host n.",
+)
 @click.option("--dns", multiple=True, help="DNS server pushed to clients; repeatable.")
 @click.option(
     "--key-type",
@@ -123,6 +129,7 @@ def init_command(
     proto: str,
     vpc: tuple[str, ...],
     pool: str,
+    pool6: str | None,
     dns: tuple[str, ...],
     key_type: str,
     control_channel: str,
@@ -148,6 +155,7 @@ def init_command(
                 proto=proto,
                 vpc=vpc,
                 pool=pool,
+                pool6=pool6,
                 dns=dns,
                 key_type=KeyType(key_type),
                 ca_passphrase=passphrase,
@@ -163,6 +171,7 @@ def init_command(
     click.echo(f"  server name  {settings.public_addresses[0]}")
     click.echo(f"  listening    {settings.protocols} on port {settings.port}")
     click.echo(f"  client pool  {settings.pool_cidr}")
+    click.echo(f"  IPv6 pool    {settings.pool6_cidr or '(none)'}")
     click.echo(f"  VPC networks {', '.join(settings.vpc_networks) or '(none)'}")
     click.echo(f"  CA key       {'encrypted' if passphrase or _env_passphrase() else 'plain'}")
 

@@ -1,0 +1,78 @@
+"""`sslvpn init --pool6`: the IPv6 client pool is checked, stored and shown, or refused in
+one line with nothing left behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlmodel import select
+
+from sslvpn.cli import main
+from sslvpn.config import database_url
+from sslvpn.store.db import open_engine, session
+from sslvpn.store.models import GatewaySettings
+
+
+def _init(data_dir: Path, *args: str) -> Result:
+    return CliRunner().invoke(
+        main, ["--data-dir", str(data_dir), "init", "--public-address", "vpn.example.test", *args]
+    )
+
+
+def _stored(data_dir: Path) -> GatewaySettings:
+    engine = open_engine(database_url(data_dir, None))
+    try:
+        with session(engine, write=False) as s:
+            return s.exec(select(GatewaySettings)).one()
+    finally:
+        engine.dispose()
+
+
+def test_the_ipv6_pool_and_ipv6_vpc_are_stored_and_shown(tmp_path: Path) -> None:
+    data_dir = tmp_path / "var"
+    result = _init(data_dir, "--pool6", "fd00:8::/64", "--vpc", "10.10.0.0/24",
+                   "--vpc", "fd00:10:10::/64")
+    assert result.exit_code == 0, result.output
+    assert "  IPv6 pool    fd00:8::/64\n" in result.output
+    settings = _stored(data_dir)
+    assert settings.pool6_cidr == "fd00:8::/64"
+    assert settings.vpc_networks == ["10.10.0.0/24", "fd00:10:10::/64"]
+
+
+def test_without_pool6_there_is_no_ipv6_pool(tmp_path: Path) -> None:
+    data_dir = tmp_path / "var"
+    result = _init(data_dir)
+    assert result.exit_code == 0, result.output
+    assert "  IPv6 pool    (none)\n" in result.output
+    assert _stored(data_dir).pool6_cidr is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--pool6", "nope"), "IPv6 pool 'nope' is not a network in CIDR form"),
+        (("--pool6", "fd00:8::1/64"), "IPv6 pool 'fd00:8::1/64' is not a network in CIDR form"),
+        (("--pool6", "10.9.0.0/24"), "IPv6 pool 10.9.0.0/24 is not an IPv6 network"),
+        (("--pool6", "fd00:8::/48"), "IPv6 pool fd00:8::/48 must be a /64 to /112 network"),
+        (("--pool6", "fd00:8::/120"), "IPv6 pool fd00:8::/120 must be a /64 to /112 network"),
+        (("--pool6", "ff05::/64"), "must be a global or unique-local (fd00::/8) network"),
+        (("--pool6", "fe80::/64"), "must be a global or unique-local (fd00::/8) network"),
+        (("--pool6", "fd00:8::/64", "--vpc", "fd00:8::/48"),
+         "IPv6 pool fd00:8::/64 overlaps the VPC network fd00:8::/48"),
+        (("--vpc", "fd00:10:10::/64"),
+         "VPC network fd00:10:10::/64 is IPv6: give an IPv6 client pool (--pool6) too"),
+        (("--pool6", "fd00:8::/112", "--pool", "10.0.0.0/8"),
+         "IPv6 pool fd00:8::/112 has fewer addresses than the IPv4 pool 10.0.0.0/8"),
+    ],
+)
+def test_a_bad_ipv6_pool_is_one_line_and_leaves_nothing(
+    tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    data_dir = tmp_path / "var"
+    result = _init(data_dir, *args)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr
+    assert not data_dir.exists()
