@@ -9,8 +9,11 @@ Everything else is a counted drop, never a log line.
 
 Control: on ``PeerVerified`` the policy (the store) decides; a refused certificate gets
 AUTH_FAILED with the reason, an accepted one an address (its stored lease when free) and a
-PUSH_REPLY. A sweep every few seconds disconnects sessions whose certificate was revoked or
-whose user was disabled by any process. The registry implements ``GatewayControl``.
+PUSH_REPLY. Admission costs one indexed read and does not grow with the number of sessions:
+the pool keeps the leases in memory (loaded at start) and the accounting (session opened and
+ended, counters, leases) goes to a write-behind queue that a worker thread commits in batches.
+A sweep every few seconds (its query in a thread) disconnects sessions whose certificate was
+revoked or whose user was disabled by any process. The registry implements ``GatewayControl``.
 """
 
 from __future__ import annotations
@@ -40,7 +43,14 @@ from sslvpn.openvpn.events import (
 from sslvpn.openvpn.push import PushConfig
 from sslvpn.runtime.control import SessionInfo, TrafficSample, TunnelStatus
 from sslvpn.runtime.driver import SessionCore, SessionDriver, Transmit
-from sslvpn.runtime.policy import Policy
+from sslvpn.runtime.policy import (
+    LeaseStored,
+    Policy,
+    RecordWriter,
+    SessionCounted,
+    SessionEnded,
+    SessionOpened,
+)
 from sslvpn.runtime.tun import Tun
 
 log = logging.getLogger(__name__)
@@ -73,7 +83,7 @@ class ClientSession:
     __slots__ = ("session_id", "driver", "protocol", "real_address", "peer_id", "user",
                  "serial", "device", "vpn_address", "vpn_text", "connected_at",
                  "last_activity", "bytes_in", "bytes_out", "established", "on_closed",
-                 "end_reason", "vpn_address6")
+                 "end_reason", "vpn_address6", "accounted")
 
     def __init__(self, session_id: str, protocol: str, real_address: str, peer_id: int,
                  on_closed: Callable[[], None]) -> None:
@@ -95,6 +105,7 @@ class ClientSession:
         self.established = False
         self.on_closed = on_closed
         self.end_reason: str | None = None  # set when the gateway ends it, wins over the core's
+        self.accounted = (0, 0)  # byte totals last written to the store
 
 
 class Gateway:
@@ -113,15 +124,19 @@ class Gateway:
         self.flushers: list[Callable[[], None]] = []  # listeners' queued sends, per TUN burst
         self._sessions: dict[str, ClientSession] = {}
         self._by_address: dict[bytes, ClientSession] = {}
+        self._by_serial: dict[str, ClientSession] = {}  # admitted sessions
         self._peer_ids = itertools.count()
+        self._live_peer_ids: set[int] = set()
+        self.records = RecordWriter(lambda batch: self.policy.record(batch))
         self._closed_in = 0
         self._closed_out = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- wiring ------------------------------------------------------------------------
     def start(self) -> None:
-        """Start reading the TUN (call from the running loop)."""
+        """Load the stored leases and start reading the TUN (call from the running loop)."""
         self._loop = asyncio.get_running_loop()
+        self.pool.restore_leases(self.policy.stored_leases())
         self.tun.start(self._from_tun, self._flush_listeners)
 
     def _flush_listeners(self) -> None:
@@ -139,6 +154,8 @@ class Gateway:
     ) -> ClientSession:
         """Register a session a listener just created; feed it input through ``.driver``."""
         session_id = f"{protocol}-{secrets.token_hex(4)}"
+        while session_id in self._sessions:  # 32 random bits do collide among 10,000s
+            session_id = f"{protocol}-{secrets.token_hex(4)}"
         client = ClientSession(session_id, protocol, real_address, self._next_peer_id(),
                                on_closed)
         client.driver = SessionDriver(core, transmit=transmit,
@@ -149,10 +166,10 @@ class Gateway:
         return client
 
     def _next_peer_id(self) -> int:
-        used = {c.peer_id for c in self._sessions.values()}
         for _ in range(MAX_PEER_ID + 1):
             candidate = next(self._peer_ids) % (MAX_PEER_ID + 1)
-            if candidate not in used:
+            if candidate not in self._live_peer_ids:
+                self._live_peer_ids.add(candidate)
                 return candidate
         raise RuntimeError("no free peer-id")
 
@@ -220,6 +237,8 @@ class Gateway:
                 self._by_address.pop(client.vpn_address, None)
                 self.pool.release(ipaddress.ip_address(client.vpn_address))
                 client.vpn_address = None
+            if self._by_serial.get(client.serial) is client:
+                del self._by_serial[client.serial]
             if not client.driver.closed:
                 client.driver.reject("server temporarily unavailable")
 
@@ -234,9 +253,9 @@ class Gateway:
                         serial, auth.user, client.real_address, auth.refusal)
             client.driver.reject(auth.refusal)
             return
-        for other in list(self._sessions.values()):
-            if other is not client and other.serial == serial and other.vpn_address:
-                self._end(other, "replaced by a new connection with the same certificate")
+        other = self._by_serial.get(serial)
+        if other is not None and other is not client:
+            self._end(other, "replaced by a new connection with the same certificate")
         try:
             address = self._allocate(serial)
         except PoolExhausted:
@@ -246,13 +265,16 @@ class Gateway:
         client.vpn_address = address.packed
         client.vpn_text = str(address)
         self._by_address[address.packed] = client
+        self._by_serial[serial] = client
         push = self._push_config(client, address)
         peer = event.peer_info
         log.info("accepted %s: user %r serial %s from %s as %s (client %r %r on %r)",
                  client.session_id, auth.user, serial, client.real_address, address,
                  peer.get("IV_GUI_VER"), peer.version, peer.platform)
         client.driver.accept(push)
-        self._account(self.policy.session_opened, self.info(client))
+        self.records.add(SessionOpened(client.session_id, client.user, serial,
+                                       client.real_address, client.vpn_text, client.protocol,
+                                       client.connected_at))
 
     def _push_config(self, client: ClientSession, address: IPAddress) -> PushConfig:
         """What this client is told; an IPv6 pool mirrors the IPv4 host number."""
@@ -281,18 +303,18 @@ class Gateway:
             tun_mtu=options.tun_mtu,
         )
 
-    def _allocate(self, serial: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-        leased = self.policy.lease(serial)
-        avoid = [ipaddress.ip_address(a) for a in self.policy.leased_addresses() if a != leased]
-        address = self.pool.allocate(preferred=leased, avoid=avoid)
-        if str(address) != leased:
-            self.policy.store_lease(serial, str(address))
+    def _allocate(self, serial: str) -> IPAddress:
+        leased = self.pool.lease_of(serial)
+        address = self.pool.allocate(serial)
+        if address != leased:
+            self.records.add(LeaseStored(serial, str(address)))
         return address
 
     def _finish(self, client: ClientSession, reason: str) -> None:
         """Forget a closed session: registry, address, accounting, listener state."""
         if self._sessions.pop(client.session_id, None) is None:
             return
+        self._live_peer_ids.discard(client.peer_id)
         reason = client.end_reason or reason
         if client.driver is not None:
             client.driver.stop()
@@ -301,7 +323,10 @@ class Gateway:
                 if key is not None and self._by_address.get(key) is client:
                     del self._by_address[key]
             self.pool.release(ipaddress.ip_address(client.vpn_address))
-            self._account(self.policy.session_closed, self.info(client), reason)
+            if self._by_serial.get(client.serial) is client:
+                del self._by_serial[client.serial]
+            self.records.add(SessionEnded(client.session_id, datetime.now(UTC), reason[:200],
+                                          client.bytes_in, client.bytes_out))
             log.info("session %s (user %r, %s) closed: %s; %d bytes in, %d out",
                      client.session_id, client.user, client.vpn_text, reason,
                      client.bytes_in, client.bytes_out)
@@ -323,48 +348,53 @@ class Gateway:
         """A listener lost the client's transport (TCP closed): forget it silently."""
         self._finish(client, reason)
 
-    @staticmethod
-    def _account(record: Callable[..., None], *args: object) -> None:
-        """Accounting writes never break the data path: a failure is logged."""
-        try:
-            record(*args)
-        except Exception:
-            log.exception("session accounting failed")
-
     # -- periodic work -----------------------------------------------------------------
     async def run_sweeps(self) -> None:
-        """Disconnect revoked certificates and disabled users; write accounting counters."""
-        last_accounting = time.monotonic()
-        while True:
-            await asyncio.sleep(self.options.sweep_interval)
-            try:
-                self.sweep()
-            except Exception:  # the store may be briefly unavailable: try again next time
-                log.exception("revocation sweep failed")
-            if time.monotonic() - last_accounting >= self.options.accounting_interval:
-                last_accounting = time.monotonic()
-                live = [self.info(c) for c in self._sessions.values() if c.vpn_address]
-                self._account(self.policy.session_counters, live)
+        """Write the accounting queue; disconnect revoked certificates and disabled users;
+        queue the byte counters of sessions that moved traffic."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.records.run(), name="accounting-writer")
+            last_accounting = time.monotonic()
+            while True:
+                await asyncio.sleep(self.options.sweep_interval)
+                try:
+                    await self.sweep()
+                except Exception:  # the store may be briefly unavailable: try again next time
+                    log.exception("revocation sweep failed")
+                if time.monotonic() - last_accounting >= self.options.accounting_interval:
+                    last_accounting = time.monotonic()
+                    self._queue_counters()
 
-    def sweep(self) -> int:
-        """One policy pass over the live sessions; returns how many were disconnected."""
-        serials = {c.serial for c in self._sessions.values() if c.serial and c.vpn_address}
-        if not serials:
+    async def sweep(self) -> int:
+        """One policy pass over the live sessions (the query runs in a thread, off the
+        loop); returns how many were disconnected."""
+        admitted = dict(self._by_serial)
+        if not admitted:
             return 0
-        refused = self.policy.unauthorized(serials)
+        refused = await asyncio.to_thread(self.policy.unauthorized, set(admitted))
         ended = 0
-        for client in list(self._sessions.values()):
-            reason = refused.get(client.serial)
-            if reason is not None and client.vpn_address is not None:
+        for serial, reason in refused.items():
+            client = admitted.get(serial)
+            if client is not None and self._by_serial.get(serial) is client:  # not replaced
                 self._end(client, reason)
                 ended += 1
         return ended
 
+    def _queue_counters(self) -> None:
+        for client in self._by_serial.values():
+            totals = (client.bytes_in, client.bytes_out)
+            if totals != client.accounted:
+                client.accounted = totals
+                self.records.add(SessionCounted(client.session_id, *totals))
+
     async def shutdown(self, reason: str = "gateway shutting down") -> None:
-        """Tell every client it is over (explicit exit), then stop reading the TUN."""
+        """Tell every client it is over (explicit exit), stop reading the TUN, and write
+        the accounting still queued."""
         for client in list(self._sessions.values()):
             self._end(client, reason)
         self.tun.close()
+        await self.records.flush()
+        self.records.close()
 
     # -- GatewayControl ----------------------------------------------------------------
     def info(self, client: ClientSession) -> SessionInfo:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import ipaddress
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +17,14 @@ from sslvpn.openvpn.events import (
 )
 from sslvpn.openvpn.key_method import parse_peer_info
 from sslvpn.openvpn.push import PushConfig
-from sslvpn.runtime.control import SessionInfo
-from sslvpn.runtime.policy import Authorization
+from sslvpn.runtime.policy import (
+    Authorization,
+    LeaseStored,
+    Record,
+    SessionCounted,
+    SessionEnded,
+    SessionOpened,
+)
 
 VERIFY = b"verify:"  # a datagram "verify:<serial hex>" makes the core report PeerVerified
 
@@ -82,15 +88,15 @@ class FakeCore:
 
 
 class MemoryPolicy:
-    """The store's answers, kept in dicts."""
+    """The store's answers, kept in dicts; ``record`` applies accounting like the store."""
 
     def __init__(self) -> None:
         self.certs: dict[str, tuple[str, str]] = {}  # serial -> (user, status)
         self.disabled: set[str] = set()
         self.leases: dict[str, str] = {}
-        self.opened: list[SessionInfo] = []
-        self.closed: list[tuple[SessionInfo, str]] = []
-        self.counters: list[SessionInfo] = []
+        self.opened: list[SessionOpened] = []
+        self.closed: list[SessionEnded] = []
+        self.counters: list[SessionCounted] = []
 
     def add(self, serial: str, user: str, status: str = "valid") -> None:
         self.certs[serial] = (user, status)
@@ -114,24 +120,20 @@ class MemoryPolicy:
                 result[serial] = refusal
         return result
 
-    def lease(self, serial: str) -> str | None:
-        return self.leases.get(serial)
+    def stored_leases(self) -> dict[str, str]:
+        return dict(self.leases)
 
-    def leased_addresses(self) -> list[str]:
-        return list(self.leases.values())
-
-    def store_lease(self, serial: str, address: str) -> None:
-        self.leases = {s: a for s, a in self.leases.items() if a != address}
-        self.leases[serial] = address
-
-    def session_opened(self, info: SessionInfo) -> None:
-        self.opened.append(info)
-
-    def session_counters(self, infos: Collection[SessionInfo]) -> None:
-        self.counters.extend(infos)
-
-    def session_closed(self, info: SessionInfo, reason: str) -> None:
-        self.closed.append((info, reason))
+    def record(self, records: Sequence[Record]) -> None:
+        for record in records:
+            if isinstance(record, LeaseStored):
+                self.leases = {s: a for s, a in self.leases.items() if a != record.address}
+                self.leases[record.serial] = record.address
+            elif isinstance(record, SessionOpened):
+                self.opened.append(record)
+            elif isinstance(record, SessionCounted):
+                self.counters.append(record)
+            else:
+                self.closed.append(record)
 
 
 def ipv4(src: str, dst: str, payload: bytes = b"ping") -> bytes:

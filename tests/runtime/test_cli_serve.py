@@ -52,7 +52,8 @@ async def test_sessions_table_json_and_kick(tmp_path: Path) -> None:
         assert cores["a1"].closed and not cores["b2"].closed
         code, text = await asyncio.to_thread(_cli, tmp_path, "kick", "bob", "--reason", "bye")
         assert (code, text.strip()) == (0, "ended 1 session")
-        assert policy.closed[-1][1] == "bye"
+        await gateway.records.flush()  # accounting is written behind
+        assert policy.closed[-1].reason == "bye"
         code, text = await asyncio.to_thread(_cli, tmp_path, "kick", "nobody")
         assert code == 1 and "no live session or user named 'nobody'" in text
         code, text = await asyncio.to_thread(_cli, tmp_path, "sessions")

@@ -18,19 +18,22 @@ VPC_HOST = "10.10.0.10"
 
 class Harness:
     def __init__(
-        self, *, client_to_client: bool = False, ipv6: bool = False, sweep_interval: float = 2.0
+        self, *, client_to_client: bool = False, ipv6: bool = False, sweep_interval: float = 2.0,
+        policy: MemoryPolicy | None = None, pool: str = "10.8.0.0/24",
+        accounting_interval: float = 60.0,
     ) -> None:
         self.tun = MemoryTun()
-        self.policy = MemoryPolicy()
+        self.policy = policy or MemoryPolicy()
         vpc = ("10.10.0.0/24", "fd10::/64") if ipv6 else ("10.10.0.0/24",)
         self.gateway = Gateway(
             self.tun,
             GatewayOptions(
-                pool=ipaddress.IPv4Network("10.8.0.0/24"),
+                pool=ipaddress.IPv4Network(pool),
                 vpc_networks=tuple(ipaddress.ip_network(n) for n in vpc),
                 client_to_client=client_to_client,
                 pool6=ipaddress.IPv6Network("fd08::/64") if ipv6 else None,
                 sweep_interval=sweep_interval,
+                accounting_interval=accounting_interval,
             ),
             self.policy,
         )
@@ -69,7 +72,10 @@ async def test_accepted_client_gets_address_routes_and_is_listed(harness: Harnes
     assert harness.sent[client.session_id] == [b"PUSH_REPLY"]
     [info] = harness.gateway.list_sessions()
     assert (info.user, info.certificate_serial, info.vpn_address) == ("alice", "a1", "10.8.0.2")
-    assert harness.policy.opened[0].session_id == client.session_id
+    assert harness.policy.opened == []  # written behind, in batches
+    await harness.gateway.records.flush()
+    [opened] = harness.policy.opened
+    assert (opened.session_id, opened.vpn_address) == (client.session_id, "10.8.0.2")
     assert harness.policy.leases == {"a1": "10.8.0.2"}
 
 
@@ -114,7 +120,9 @@ async def test_refused_certificates_get_the_reason(harness: Harness) -> None:
         assert harness.sent[client.session_id] == [b"AUTH_FAILED," + reason.encode()]
     assert harness.gateway.list_sessions() == []
     assert len(harness.gone) == 3
+    await harness.gateway.records.flush()
     assert harness.policy.leases == {}
+    assert harness.policy.opened == []
 
 
 async def test_lease_is_kept_across_reconnects(harness: Harness) -> None:
@@ -146,14 +154,15 @@ async def test_kick_and_revocation_sweep(harness: Harness) -> None:
     harness.policy.add("b2", "bob")
     alice, alice_core = harness.connect("a1")
     bob, bob_core = harness.connect("b2")
-    assert harness.gateway.sweep() == 0
+    assert await harness.gateway.sweep() == 0
     harness.policy.add("a1", "alice", status="revoked")
-    assert harness.gateway.sweep() == 1
+    assert await harness.gateway.sweep() == 1
     assert alice_core.closed and harness.sent[alice.session_id][-1] == b"EXIT"
-    assert harness.policy.closed[-1][1] == "certificate revoked"
     assert harness.gateway.kick_user("bob") == 1
     assert bob_core.closed
-    assert harness.policy.closed[-1][1] == "kicked by admin"
+    await harness.gateway.records.flush()
+    assert [(r.session_id, r.reason) for r in harness.policy.closed] == [
+        (alice.session_id, "certificate revoked"), (bob.session_id, "kicked by admin")]
     assert harness.gateway.list_sessions() == []
     assert not harness.gateway.kick("udp-99")
     # addresses are free again
@@ -180,7 +189,7 @@ async def test_shutdown_says_goodbye_and_closes_the_tun(harness: Harness) -> Non
     await harness.gateway.shutdown()
     assert core.closed and harness.sent[client.session_id][-1] == b"EXIT"
     assert harness.tun.closed
-    assert harness.policy.closed[0][1] == "gateway shutting down"
+    assert [r.reason for r in harness.policy.closed] == ["gateway shutting down"]  # flushed
 
 
 async def test_driver_keeps_one_timer(harness: Harness) -> None:

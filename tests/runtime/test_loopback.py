@@ -88,7 +88,7 @@ async def test_kick_revocation_sweep_and_lease_reuse(tmp_path: Path) -> None:
             await again.closed.wait()
         assert [s.user for s in gateway.list_sessions()] == ["bob"]
         # disabling a user works the same way
-        with db.session(engine) as s:
+        with db.session(engine, write=True) as s:  # the gateway writes meanwhile
             queries.set_user_disabled(s, name="bob", disabled=True)
         async with asyncio.timeout(5):
             await other.closed.wait()

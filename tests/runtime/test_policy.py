@@ -11,8 +11,13 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from sslvpn.runtime.control import SessionInfo
-from sslvpn.runtime.policy import StorePolicy
+from sslvpn.runtime.policy import (
+    LeaseStored,
+    SessionCounted,
+    SessionEnded,
+    SessionOpened,
+    StorePolicy,
+)
 from sslvpn.store import StoreError, db, queries
 
 
@@ -34,12 +39,6 @@ def engine(tmp_path: Path) -> Engine:
     return engine
 
 
-def _info(session_id: str, serial: str) -> SessionInfo:
-    now = datetime.now(UTC)
-    return SessionInfo(session_id, "alice", serial, "laptop", "198.18.0.2:5000", "10.8.0.2",
-                       "udp", now, now, 10, 20)
-
-
 def test_authorize_follows_store_changes(engine: Engine) -> None:
     policy = StorePolicy(engine)
     auth = policy.authorize("a1")
@@ -57,18 +56,25 @@ def test_authorize_follows_store_changes(engine: Engine) -> None:
     assert policy.unauthorized(set()) == {}
 
 
+def _opened(session_id: str, serial: str) -> SessionOpened:
+    return SessionOpened(session_id, "alice", serial, "198.18.0.2:5000", "10.8.0.2", "udp",
+                         datetime.now(UTC))
+
+
+def _ended(session_id: str, reason: str) -> SessionEnded:
+    return SessionEnded(session_id, datetime.now(UTC), reason, 10, 20)
+
+
 def test_leases_and_session_records(engine: Engine) -> None:
     policy = StorePolicy(engine)
-    assert policy.lease("a1") is None
-    policy.store_lease("a1", "10.8.0.2")
-    policy.store_lease("a2", "10.8.0.2")  # taken over
-    assert policy.lease("a1") is None
-    assert policy.leased_addresses() == ["10.8.0.2"]
-    policy.session_opened(_info("udp-1", "a1"))
-    policy.session_counters([_info("udp-1", "a1"), _info("gone", "a1")])
-    policy.session_closed(_info("udp-1", "a1"), "kicked by admin")
-    policy.session_closed(_info("never-opened", "a1"), "x")
-    policy.session_opened(_info("udp-2", "a1"))
+    assert policy.stored_leases() == {}
+    policy.record([LeaseStored("a1", "10.8.0.2"), _opened("udp-1", "a1"),
+                   LeaseStored("a2", "10.8.0.2"),  # taken over
+                   SessionCounted("udp-1", 1, 2), SessionCounted("gone", 1, 2),
+                   _ended("udp-1", "kicked by admin"), _ended("never-opened", "x"),
+                   _opened("udp-2", "a1")])
+    policy.record([])
+    assert policy.stored_leases() == {"a2": "10.8.0.2"}
     assert policy.close_stale_records() == 1
     with db.session(engine) as s:
         records = queries.list_session_records(s, certificate_serial="a1")
@@ -76,6 +82,7 @@ def test_leases_and_session_records(engine: Engine) -> None:
     assert by_id["udp-1"].disconnect_reason == "kicked by admin"
     assert (by_id["udp-1"].bytes_in, by_id["udp-1"].bytes_out) == (10, 20)
     assert by_id["udp-2"].disconnect_reason == "gateway restarted"
+    assert by_id["udp-2"].gateway_name == "default"
 
 
 def test_writes_retry_when_sqlite_says_locked(
@@ -85,8 +92,8 @@ def test_writes_retry_when_sqlite_says_locked(
     failures = {"left": 2}
 
     @contextlib.contextmanager
-    def flaky(e: Engine) -> Iterator[Session]:
-        with real(e) as s:
+    def flaky(e: Engine, *, write: bool | None = None) -> Iterator[Session]:
+        with real(e, write=write) as s:
             yield s
             if failures["left"]:
                 failures["left"] -= 1
@@ -94,19 +101,19 @@ def test_writes_retry_when_sqlite_says_locked(
 
     monkeypatch.setattr("sslvpn.runtime.policy.db.session", flaky)
     policy = StorePolicy(engine)
-    policy.store_lease("a1", "10.8.0.9")  # third attempt succeeds
-    assert policy.lease("a1") == "10.8.0.9"
+    policy.record([LeaseStored("a1", "10.8.0.9")])  # third attempt succeeds
+    assert policy.stored_leases() == {"a1": "10.8.0.9"}
     failures["left"] = 3
     with pytest.raises(StoreError, match="locked"):
-        policy.store_lease("a2", "10.8.0.10")
+        policy.record([LeaseStored("a2", "10.8.0.10")])
     calls: list[str] = []
 
     def disk_full(*_args: object, **_kwargs: object) -> None:
-        calls.append("set_lease")
+        calls.append("write_records")
         raise StoreError("database error: disk full")
 
     failures["left"] = 0
-    monkeypatch.setattr("sslvpn.runtime.policy.queries.set_lease", disk_full)
+    monkeypatch.setattr("sslvpn.runtime.policy.gateway_queries.write_records", disk_full)
     with pytest.raises(StoreError, match="disk full"):
-        policy.store_lease("a2", "10.8.0.10")
-    assert calls == ["set_lease"]  # other errors are not retried
+        policy.record([LeaseStored("a2", "10.8.0.10")])
+    assert calls == ["write_records"]  # other errors are not retried

@@ -1,0 +1,187 @@
+"""The gateway's own queries: cheap reads on the handshake path and batched accounting writes.
+
+A running gateway asks the store the same few questions thousands of times, so these read
+only the columns they need (no ORM objects) and write a whole batch of accounting records
+(session opened, byte counters, session ended, address leases) with one statement per run
+of records of the same kind, inside the caller's one transaction. Like `queries`, every
+function takes the `Session` first and never commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlmodel import Session, col
+
+from sslvpn.store.models import AddressLease, Certificate, User, VpnSessionRecord
+
+CHUNK = 500  # serials per IN (...) list, far below every backend's parameter limit
+
+
+class Standing(NamedTuple):
+    """What decides whether a certificate may connect (``user_name`` None: no owner)."""
+
+    kind: str
+    status: str
+    device: str
+    user_name: str | None
+    user_disabled: bool
+
+
+class LeaseStored(NamedTuple):
+    """``address`` is now ``serial``'s lease, taken from any other certificate."""
+
+    serial: str
+    address: str
+
+
+class SessionOpened(NamedTuple):
+    session_id: str
+    user_name: str
+    certificate_serial: str
+    real_address: str
+    vpn_address: str
+    protocol: str
+    connected_at: datetime
+
+
+class SessionCounted(NamedTuple):
+    """The running byte totals of an open session."""
+
+    session_id: str
+    bytes_in: int
+    bytes_out: int
+
+
+class SessionEnded(NamedTuple):
+    session_id: str
+    at: datetime
+    reason: str
+    bytes_in: int
+    bytes_out: int
+
+
+Record = LeaseStored | SessionOpened | SessionCounted | SessionEnded
+
+# built once: building a statement costs more than running this one (indexed, two rows)
+_STANDINGS = (
+    select(col(Certificate.serial), col(Certificate.kind), col(Certificate.status),
+           col(Certificate.device), col(User.name), col(User.disabled))
+    .join(User, col(Certificate.user_id) == col(User.id), isouter=True)
+    .where(col(Certificate.serial).in_(bindparam("serials", expanding=True)))
+)
+
+
+def standings(s: Session, *, serials: Collection[str]) -> dict[str, Standing]:
+    """The standing of every known certificate among ``serials`` (lowercase hex)."""
+    found: dict[str, Standing] = {}
+    wanted = [serial.lower() for serial in serials]
+    connection = s.connection()
+    for start in range(0, len(wanted), CHUNK):
+        rows = connection.execute(_STANDINGS, {"serials": wanted[start:start + CHUNK]})
+        for serial, kind, status, device, user, disabled in rows:
+            found[serial] = Standing(kind, status, device or "", user, bool(disabled))
+    return found
+
+
+def lease_map(s: Session) -> dict[str, str]:
+    """Every remembered lease, as certificate serial -> address."""
+    rows = s.execute(select(col(AddressLease.certificate_serial), col(AddressLease.address)))
+    return {serial: address for serial, address in rows}
+
+
+def write_records(
+    s: Session, *, records: Sequence[Record], gateway_name: str, now: datetime
+) -> None:
+    """Apply ``records`` with the same end state as one by one, in a few statements.
+
+    Leases and session records are separate tables, so leases go first; session records
+    are written opens, counters, ends, which keeps each session's order as long as no
+    session id comes back after it ended (a new segment starts where one does).
+    """
+    leases = [r for r in records if isinstance(r, LeaseStored)]
+    if leases:
+        _store_leases(s, leases, now)
+    for opened, counted, ended in _segments(r for r in records if not isinstance(r, LeaseStored)):
+        if opened:
+            s.connection().execute(insert(_table(VpnSessionRecord)), [
+                {**item._asdict(), "certificate_serial": item.certificate_serial.lower(),
+                 "gateway_name": gateway_name, "bytes_in": 0, "bytes_out": 0}
+                for item in opened
+            ])
+        if counted:
+            _update_open(s, [{"sid": i.session_id, "bytes_in": i.bytes_in,
+                              "bytes_out": i.bytes_out} for i in counted])
+        if ended:
+            _update_open(s, [{"sid": i.session_id, "disconnected_at": i.at,
+                              "disconnect_reason": i.reason, "bytes_in": i.bytes_in,
+                              "bytes_out": i.bytes_out} for i in ended])
+
+
+_Segment = tuple[list[SessionOpened], list[SessionCounted], list[SessionEnded]]
+
+
+def _segments(
+    records: Iterable[SessionOpened | SessionCounted | SessionEnded],
+) -> Iterator[_Segment]:
+    """Split where a session id opens again after it was already seen."""
+    seen: set[str] = set()
+    segment: _Segment = ([], [], [])
+    for record in records:
+        if isinstance(record, SessionOpened):
+            if record.session_id in seen:
+                yield segment
+                seen, segment = set(), ([], [], [])
+            segment[0].append(record)
+        elif isinstance(record, SessionCounted):
+            segment[1].append(record)
+        else:
+            segment[2].append(record)
+        seen.add(record.session_id)
+    yield segment
+
+
+def _table(model: type[Any]) -> Table:
+    table: Table = model.__table__
+    return table
+
+
+def _update_open(s: Session, params: list[dict[str, Any]]) -> None:
+    """Update the open record of each session id (ids are unique among open records)."""
+    table = _table(VpnSessionRecord)
+    values: dict[str, Any] = {name: bindparam(name) for name in params[0] if name != "sid"}
+    statement = (
+        update(table)
+        .where(table.c.session_id == bindparam("sid"), table.c.disconnected_at.is_(None))
+        .values(values)
+    )
+    s.connection().execute(statement, params)
+
+
+def _store_leases(s: Session, changes: Sequence[LeaseStored], now: datetime) -> None:
+    """The same end state as storing the changes one by one, in three statements."""
+    final: dict[str, str] = {}  # serial -> address
+    holder: dict[str, str] = {}  # address -> serial
+    for change in changes:
+        serial = change.serial.lower()
+        previous_holder = holder.pop(change.address, None)
+        if previous_holder is not None and previous_holder != serial:
+            del final[previous_holder]
+        previous = final.get(serial)
+        if previous is not None:
+            holder.pop(previous, None)
+        final[serial] = change.address
+        holder[change.address] = serial
+    table = _table(AddressLease)
+    connection = s.connection()
+    connection.execute(delete(table).where(table.c.certificate_serial == bindparam("serial")),
+                       [{"serial": serial} for serial in {c.serial.lower() for c in changes}])
+    connection.execute(delete(table).where(table.c.address == bindparam("address")),
+                       [{"address": address} for address in {c.address for c in changes}])
+    connection.execute(insert(table), [
+        {"certificate_serial": serial, "address": address, "updated_at": now}
+        for serial, address in final.items()
+    ])

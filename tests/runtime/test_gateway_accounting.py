@@ -1,0 +1,179 @@
+"""The gateway's admission bookkeeping: leases from memory, accounting written behind."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import pytest
+
+from sslvpn.runtime import policy as policy_module
+from sslvpn.runtime.gateway import Gateway
+from sslvpn.runtime.policy import (
+    LeaseStored,
+    Record,
+    SessionCounted,
+    SessionEnded,
+    SessionOpened,
+)
+from tests.runtime.fakes import MemoryPolicy, ipv4
+from tests.runtime.test_gateway import VPC_HOST, Harness
+
+
+class BatchPolicy(MemoryPolicy):
+    """Remembers every batch; fails the first ``failures`` writes."""
+
+    def __init__(self, failures: int = 0) -> None:
+        super().__init__()
+        self.batches: list[list[Record]] = []
+        self.failures = failures
+        self.sweeps = 0
+
+    def record(self, records: Sequence[Record]) -> None:
+        self.batches.append(list(records))
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("disk I/O error")
+        super().record(records)
+
+    def unauthorized(self, serials: object) -> dict[str, str]:
+        self.sweeps += 1
+        return {}
+
+
+@contextlib.asynccontextmanager
+async def background(gateway: Gateway) -> AsyncIterator[None]:
+    task = asyncio.create_task(gateway.run_sweeps())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+async def test_accounting_is_written_behind_in_one_batch() -> None:
+    policy = BatchPolicy()
+    h = Harness(policy=policy)
+    for serial in ("a1", "b2", "c3"):
+        policy.add(serial, serial)
+        h.connect(serial)
+    assert policy.batches == []  # admission wrote nothing
+    async with background(h.gateway):
+        await until(lambda: len(policy.opened) == 3)
+    [batch] = policy.batches
+    assert [type(r) for r in batch] == [LeaseStored, SessionOpened] * 3
+    assert policy.leases == {"a1": "10.8.0.2", "b2": "10.8.0.3", "c3": "10.8.0.4"}
+
+
+async def test_stored_leases_are_loaded_at_start_and_kept() -> None:
+    policy = MemoryPolicy()
+    policy.leases = {"a1": "10.8.0.9", "b2": "10.8.0.2"}
+    policy.add("a1", "alice")
+    policy.add("c3", "carol")
+    h = Harness(policy=policy)
+    _, alice = h.connect("a1")
+    _, carol = h.connect("c3")
+    assert alice.accepted is not None and carol.accepted is not None
+    assert str(alice.accepted.ifconfig.ip) == "10.8.0.9"
+    assert str(carol.accepted.ifconfig.ip) == "10.8.0.3"  # b2's lease is avoided
+    await h.gateway.records.flush()
+    assert policy.leases == {"a1": "10.8.0.9", "b2": "10.8.0.2", "c3": "10.8.0.3"}
+    assert [type(r) for r in policy.opened] == [SessionOpened] * 2  # a1's lease unchanged
+
+
+async def test_an_exhausted_pool_refuses() -> None:
+    h = Harness(pool="10.8.0.0/29")  # five client addresses
+    for n in range(6):
+        h.policy.add(f"{n:x}", f"user{n}")
+    cores = [h.connect(f"{n:x}")[1] for n in range(6)]
+    assert all(core.accepted is not None for core in cores[:5])
+    assert cores[5].rejected == "address pool exhausted"
+    assert len(h.gateway.list_sessions()) == 5
+
+
+async def test_a_failing_store_write_is_retried_then_given_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    policy = BatchPolicy(failures=policy_module.BATCH_ATTEMPTS + 1)
+    h = Harness(policy=policy)
+    policy.add("a1", "alice")
+    client, _ = h.connect("a1")
+    for _ in range(policy_module.BATCH_ATTEMPTS):
+        await h.gateway.records.flush()
+    assert len(policy.batches) == policy_module.BATCH_ATTEMPTS
+    assert all(batch == policy.batches[0] for batch in policy.batches)  # the same records
+    assert "giving up" in caplog.text and policy.opened == []
+    assert len(h.gateway.records) == 0
+    assert client.driver is not None
+    client.driver.feed(ipv4("10.8.0.2", VPC_HOST))  # the data path never noticed
+    assert len(h.tun.written) == 1
+    assert h.gateway.kick(client.session_id)
+    await h.gateway.records.flush()  # fails once more, kept for the next flush
+    await h.gateway.records.flush()
+    assert [r.reason for r in policy.closed] == ["kicked by admin"]
+
+
+async def test_a_full_queue_drops_new_records(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(policy_module, "MAX_PENDING", 2)
+    h = Harness()
+    for serial in ("a1", "b2"):
+        h.policy.add(serial, serial)
+        h.connect(serial)
+    assert h.gateway.records.dropped == 2
+    assert caplog.text.count("accounting queue full") == 1
+    await h.gateway.records.flush()
+    assert h.policy.leases == {"a1": "10.8.0.2"}
+
+
+async def test_counters_are_written_for_sessions_that_moved_traffic() -> None:
+    policy = BatchPolicy()
+    h = Harness(policy=policy, sweep_interval=0.01, accounting_interval=0)
+    policy.add("a1", "alice")
+    policy.add("b2", "bob")
+    alice, _ = h.connect("a1")
+    h.connect("b2")
+    assert alice.driver is not None
+    packet = ipv4("10.8.0.2", VPC_HOST)
+    alice.driver.feed(packet)
+    async with background(h.gateway):
+        await until(lambda: len(policy.counters) == 1)
+        sweeps = policy.sweeps
+        await until(lambda: policy.sweeps >= sweeps + 3)
+        await h.gateway.records.flush()
+    assert policy.counters == [SessionCounted(alice.session_id, len(packet), 0)]
+
+
+async def test_session_ids_and_peer_ids_are_unique(monkeypatch: pytest.MonkeyPatch) -> None:
+    tokens = iter(["00000001", "00000001", "00000002"])
+    monkeypatch.setattr("sslvpn.runtime.gateway.secrets.token_hex", lambda _n: next(tokens))
+    h = Harness()
+    h.policy.add("a1", "alice")
+    h.policy.add("b2", "bob")
+    first = h.connect("a1")[0]
+    second = h.connect("b2")[0]
+    assert (first.session_id, second.session_id) == ("udp-00000001", "udp-00000002")
+    assert first.peer_id != second.peer_id
+
+
+async def test_ended_sessions_are_recorded_in_order() -> None:
+    h = Harness()
+    h.policy.add("a1", "alice")
+    first, _ = h.connect("a1")
+    second, _ = h.connect("a1")  # replaces the first
+    await h.gateway.shutdown()
+    assert [r.session_id for r in h.policy.opened] == [first.session_id, second.session_id]
+    assert [(r.session_id, r.reason) for r in h.policy.closed] == [
+        (first.session_id, "replaced by a new connection with the same certificate"),
+        (second.session_id, "gateway shutting down"),
+    ]
+    assert all(isinstance(r, SessionEnded) for r in h.policy.closed)

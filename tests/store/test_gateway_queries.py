@@ -1,0 +1,108 @@
+"""The gateway's queries on SQLite and PostgreSQL: standings, leases, batched accounting."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine, delete
+
+from sslvpn.store import NotFoundError, db, gateway_queries, queries
+from sslvpn.store.gateway_queries import (
+    LeaseStored,
+    Record,
+    SessionCounted,
+    SessionEnded,
+    SessionOpened,
+    Standing,
+)
+from sslvpn.store.models import AddressLease
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _certificate(engine: Engine, serial: str, user: str | None, kind: str = "client") -> None:
+    with db.session(engine) as s:
+        user_id = None
+        if user is not None:
+            try:
+                user_id = queries.get_user(s, name=user).id
+            except NotFoundError:
+                user_id = queries.create_user(s, name=user).id
+        queries.add_certificate(s, serial=serial, subject_cn=serial, kind=kind, not_before=T0,
+                                not_after=T0 + timedelta(days=1), fingerprint_sha256="00",
+                                cert_pem="-", user_id=user_id, device=f"dev-{serial}")
+
+
+def test_standings_read_certificate_and_owner(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _certificate(engine, "a1", "alice")
+    _certificate(engine, "b2", None)
+    _certificate(engine, "c3", "carol", kind="server")
+    with db.session(engine) as s:
+        queries.set_user_disabled(s, name="carol", disabled=True)
+    monkeypatch.setattr(gateway_queries, "CHUNK", 2)  # several IN lists
+    with db.session(engine) as s:
+        found = gateway_queries.standings(s, serials=["A1", "b2", "c3", "ff", "a1"])
+    assert found == {
+        "a1": Standing("client", "valid", "dev-a1", "alice", False),
+        "b2": Standing("client", "valid", "dev-b2", None, False),
+        "c3": Standing("server", "valid", "dev-c3", "carol", True),
+    }
+
+
+def _opened(session_id: str, serial: str = "a1") -> SessionOpened:
+    return SessionOpened(session_id, "alice", serial, "198.18.0.2:5000", "10.8.0.2", "udp", T0)
+
+
+def test_session_records_keep_each_sessions_order(engine: Engine) -> None:
+    records: list[Record] = [
+        _opened("udp-1"), _opened("udp-2", "B2"), SessionCounted("udp-1", 5, 6),
+        SessionEnded("udp-1", T0 + timedelta(minutes=1), "kicked", 7, 8),
+        _opened("udp-1"),  # the id comes back after it ended
+        SessionCounted("udp-1", 1, 1), SessionCounted("udp-2", 3, 4),
+        SessionCounted("udp-9", 1, 1), SessionEnded("udp-9", T0, "never opened", 0, 0),
+    ]
+    with db.session(engine) as s:
+        gateway_queries.write_records(s, records=records, gateway_name="gw", now=T0)
+    with db.session(engine) as s:
+        rows = queries.list_session_records(s)
+    got = sorted((r.id, r.session_id, r.certificate_serial, r.gateway_name, r.bytes_in,
+                  r.bytes_out, r.disconnect_reason, r.disconnected_at) for r in rows)
+    assert [row[1:] for row in got] == [
+        ("udp-1", "a1", "gw", 7, 8, "kicked", T0 + timedelta(minutes=1)),
+        ("udp-2", "b2", "gw", 3, 4, None, None),
+        ("udp-1", "a1", "gw", 1, 1, None, None),
+    ]
+
+
+def _leases(engine: Engine) -> dict[str, str]:
+    with db.session(engine) as s:
+        return gateway_queries.lease_map(s)
+
+
+def test_batched_leases_end_like_one_by_one(engine: Engine) -> None:
+    rng = random.Random(6)  # noqa: S311 (reproducible test data)
+    serials = [f"{n:02x}" for n in range(6)]
+    addresses = [f"10.8.0.{n}" for n in range(2, 8)]
+    for _ in range(40):
+        start = dict(zip(rng.sample(serials, 3), rng.sample(addresses, 3), strict=True))
+        changes = [LeaseStored(rng.choice(serials), rng.choice(addresses))
+                   for _ in range(rng.randint(1, 8))]
+        results = []
+        for batched in (False, True):
+            with db.session(engine) as s:
+                s.execute(delete(AddressLease))
+                for serial, address in start.items():
+                    queries.set_lease(s, serial=serial, address=address, now=T0)
+            with db.session(engine) as s:
+                if batched:
+                    gateway_queries.write_records(s, records=changes, gateway_name="gw",
+                                                  now=T0)
+                else:
+                    for change in changes:
+                        queries.set_lease(s, serial=change.serial, address=change.address)
+            results.append(_leases(engine))
+        assert results[0] == results[1], (start, changes)
