@@ -9,7 +9,7 @@ writer lock when it begins (SQLite ``BEGIN IMMEDIATE``, a PostgreSQL transaction
 advisory lock), so a read-then-write never works from a stale snapshot and waits for the
 other writer instead of failing with "database is locked" (SQLITE_BUSY_SNAPSHOT, which
 the busy timeout does not cover) or losing an update. ``write=False`` is a read-only
-snapshot that refuses writes. Writers run one at a time across the portal, CLI and
+transaction that refuses writes. Writers run one at a time across the portal, CLI and
 gateway processes, so a write session must be the only session open in its thread.
 """
 
@@ -88,9 +88,10 @@ def session(engine: Engine, *, write: bool | None = None) -> Iterator[Session]:
     """One transaction: committed when the block ends cleanly, rolled back otherwise.
 
     ``write=True`` begins as the database's only writer (waiting for the current one);
-    ``write=False`` is a read-only snapshot; left out, the transaction begins deferred and
-    may write, but on SQLite a read followed by a write can fail when another process
-    committed in between. Objects stay readable after the commit, so callers may return them.
+    ``write=False`` only reads (a write raises `SessionMisuseError`); left out (callers not
+    yet converted), the transaction begins deferred and may write, but on SQLite a read
+    followed by a write fails when another process committed in between.
+    Objects stay readable after the commit, so callers may return them.
     """
     with _registered(engine, write=bool(write)), Session(engine, expire_on_commit=False) as active:
         try:
@@ -132,7 +133,8 @@ def _refuse_writes(active: Session) -> None:
             raise SessionMisuseError("a read session tried to write; open it with write=True")
 
     def check_flush(flushing: Session, _flush: UOWTransaction, _instances: object) -> None:
-        if flushing.new or flushing.dirty or flushing.deleted:
+        changed = any(flushing.is_modified(row) for row in flushing.dirty)
+        if flushing.new or flushing.deleted or changed:
             raise SessionMisuseError("a read session tried to write; open it with write=True")
 
     event.listen(active, "do_orm_execute", check_statement)
