@@ -5,9 +5,10 @@ A control packet on the wire (without tls-auth/tls-crypt) is
 message id (absent in P_ACK_V1), payload`` and, for the tls-crypt-v2 opcodes, a wrapped
 client key (WKc) at the tail whose trailing u16 length counts itself (reliable.c
 reliable_ack_parse/reliable_ack_write, ssl_pkt.c write_control_auth, tls_crypt.c). With
-tls-crypt everything after the session id is encrypted, so the codec is split in header
-(``pull_control_header``) and body (``pull_control_body``/``push_control_body``) for
-``tls_wrap`` to reuse. Data packets only get their header parsed here (ssl.c
+tls-crypt everything after the session id is encrypted, so the encoder is split in header
+(``encode_control_header``) and body (``encode_control_body``) for ``tls_wrap`` to reuse;
+``decode_control`` reads both in one pass over plain slices (every handshake datagram goes
+through it, so it avoids per-field calls). Data packets only get their header parsed here (ssl.c
 tls_prepend_opcode_v1/_v2); their crypto payload belongs to ``data_channel``.
 
 Every decode failure is a ``BufferReadError`` (``MalformedPacket`` for bad values).
@@ -15,6 +16,7 @@ Every decode failure is a ``BufferReadError`` (``MalformedPacket`` for bad value
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from sslvpn.net.buffer import Buffer, BufferReadError
@@ -34,6 +36,7 @@ from sslvpn.openvpn.constants import (
 )
 
 _ZERO_SID = bytes(SESSION_ID_LEN)
+_U32 = struct.Struct("!I")
 
 
 class MalformedPacket(BufferReadError):
@@ -57,16 +60,6 @@ class ControlPacket:
     message_id: int | None = None
     payload: bytes = b""
     wkc: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ControlBody:
-    """The part of a control packet that tls-crypt encrypts (everything after the sid)."""
-
-    acks: tuple[int, ...]
-    remote_session_id: bytes | None
-    message_id: int | None
-    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,53 +104,86 @@ def is_data_opcode(opcode: Opcode) -> bool:
 
 
 # -- control packets -----------------------------------------------------------------------
-def pull_session_id(buf: Buffer) -> bytes:
-    """An 8-byte session id; all zeros means "undefined" and is refused (session_id.h)."""
-    sid = buf.pull_bytes(SESSION_ID_LEN)
+_CONTROL_BY_VALUE = {int(op): op for op in CONTROL_OPCODES}
+_ACK_BLOCKS = [struct.Struct(f"!{n}I") for n in range(MAX_ACKS_PER_PACKET + 1)]
+_HEADER_LEN = 1 + SESSION_ID_LEN
+
+
+def _short(what: str) -> BufferReadError:
+    return BufferReadError(f"control packet ends inside its {what}")
+
+
+def decode_control(data: bytes) -> ControlPacket:
+    """Decode an unwrapped control packet without WKc (header and body in one pass).
+
+    Everything after the session id is what tls-crypt encrypts; ``tls_wrap`` calls this
+    on the reassembled plaintext. Truncation is ``BufferReadError``, forbidden values
+    (unknown or data opcode, zero session id, more than 8 ACKs, payload in P_ACK_V1)
+    ``MalformedPacket``.
+    """
+    if not data:
+        raise _short("opcode")
+    opcode = _CONTROL_BY_VALUE.get(data[0] >> P_OPCODE_SHIFT)
+    if opcode is None:
+        raise MalformedPacket(f"not a control opcode: {data[0] >> P_OPCODE_SHIFT}")
+    sid = data[1:_HEADER_LEN]
+    if len(sid) != SESSION_ID_LEN:
+        raise _short("session id")
     if sid == _ZERO_SID:
         raise MalformedPacket("zero session id")
-    return sid
-
-
-def pull_control_header(buf: Buffer) -> tuple[Opcode, int, bytes]:
-    """First byte and own session id of a control packet (the part tls-crypt leaves clear)."""
-    opcode, key_id = split_first_byte(buf.pull_uint8())
-    if opcode not in CONTROL_OPCODES:
-        raise MalformedPacket(f"not a control opcode: {opcode.name}")
-    return opcode, key_id, pull_session_id(buf)
-
-
-def pull_control_body(buf: Buffer, opcode: Opcode) -> ControlBody:
-    """ACK block, message id and payload; consumes the rest of ``buf``."""
-    count = buf.pull_uint8()
+    if len(data) <= _HEADER_LEN:
+        raise _short("ACK count")
+    count = data[_HEADER_LEN]
     if count > MAX_ACKS_PER_PACKET:
         raise MalformedPacket(f"{count} acks in one packet")
-    acks = tuple(buf.pull_uint32() for _ in range(count))
-    remote = pull_session_id(buf) if count else None
-    message_id = None if opcode is Opcode.ACK_V1 else buf.pull_uint32()
-    payload = buf.pull_rest()
-    if opcode is Opcode.ACK_V1 and payload:
-        raise MalformedPacket("payload in P_ACK_V1")
-    return ControlBody(acks, remote, message_id, payload)
+    pos = _HEADER_LEN + 1
+    acks: tuple[int, ...] = ()
+    remote = None
+    if count:
+        end = pos + 4 * count
+        if len(data) < end + SESSION_ID_LEN:
+            raise _short("ACK block")
+        acks = _ACK_BLOCKS[count].unpack_from(data, pos)
+        remote = data[end : end + SESSION_ID_LEN]
+        if remote == _ZERO_SID:
+            raise MalformedPacket("zero session id")
+        pos = end + SESSION_ID_LEN
+    key_id = data[0] & P_KEY_ID_MASK
+    if opcode is Opcode.ACK_V1:
+        if len(data) > pos:
+            raise MalformedPacket("payload in P_ACK_V1")
+        return ControlPacket(opcode, key_id, sid, acks, remote)
+    if len(data) < pos + 4:
+        raise _short("message id")
+    (message_id,) = _U32.unpack_from(data, pos)
+    return ControlPacket(opcode, key_id, sid, acks, remote, message_id, data[pos + 4 :])
 
 
-def push_control_body(buf: Buffer, packet: ControlPacket) -> None:
-    """Encode what ``pull_control_body`` reads; validates the packet's invariants."""
-    if len(packet.acks) > MAX_ACKS_PER_PACKET:
+def encode_control_header(packet: ControlPacket) -> bytes:
+    """First byte and own session id: the part tls-crypt leaves in clear."""
+    if packet.opcode not in CONTROL_OPCODES:
+        raise ValueError(f"not a control opcode: {packet.opcode.name}")
+    _check_sid(packet.session_id)
+    return bytes((first_byte(packet.opcode, packet.key_id),)) + packet.session_id
+
+
+def encode_control_body(packet: ControlPacket) -> bytes:
+    """ACK block, message id and payload; validates the packet's invariants."""
+    acks = packet.acks
+    if len(acks) > MAX_ACKS_PER_PACKET:
         raise ValueError("more than 8 acks in one packet")
-    if bool(packet.acks) != (packet.remote_session_id is not None):
+    if bool(acks) != (packet.remote_session_id is not None):
         raise ValueError("remote_session_id must be present exactly when acks are")
     if (packet.opcode is Opcode.ACK_V1) != (packet.message_id is None):
         raise ValueError("message_id must be absent exactly for P_ACK_V1")
-    buf.push_uint8(len(packet.acks))
-    for ack in packet.acks:
-        buf.push_uint32(ack)
+    parts = [bytes((len(acks),))]
     if packet.remote_session_id is not None:
         _check_sid(packet.remote_session_id)
-        buf.push_bytes(packet.remote_session_id)
+        parts += (_ACK_BLOCKS[len(acks)].pack(*acks), packet.remote_session_id)
     if packet.message_id is not None:
-        buf.push_uint32(packet.message_id)
-    buf.push_bytes(packet.payload)
+        parts.append(_U32.pack(packet.message_id))
+    parts.append(packet.payload)
+    return b"".join(parts)
 
 
 def split_wkc(data: bytes) -> tuple[bytes, bytes]:
@@ -173,40 +199,24 @@ def split_wkc(data: bytes) -> tuple[bytes, bytes]:
 
 
 def pull_control_packet(data: bytes) -> ControlPacket:
-    """Decode an unwrapped control packet (no tls-auth/tls-crypt)."""
+    """Decode an unwrapped control packet (no tls-auth/tls-crypt), WKc included."""
     wkc = None
     if data and (data[0] >> P_OPCODE_SHIFT) in WKC_OPCODES:
         data, wkc = split_wkc(data)
-    buf = Buffer(data)
-    opcode, key_id, sid = pull_control_header(buf)
-    body = pull_control_body(buf, opcode)
+    packet = decode_control(data)
+    if wkc is None:
+        return packet
     return ControlPacket(
-        opcode, key_id, sid, body.acks, body.remote_session_id, body.message_id, body.payload, wkc
+        packet.opcode, packet.key_id, packet.session_id, packet.acks,
+        packet.remote_session_id, packet.message_id, packet.payload, wkc,
     )
 
 
 def push_control_packet(packet: ControlPacket) -> bytes:
     """Encode a control packet without wrapping (also the plaintext layout tls-auth signs)."""
-    buf = Buffer()
-    push_control_header(buf, packet)
-    push_control_body(buf, packet)
-    _push_wkc(buf, packet)
-    return buf.getvalue()
-
-
-def push_control_header(buf: Buffer, packet: ControlPacket) -> None:
-    if packet.opcode not in CONTROL_OPCODES:
-        raise ValueError(f"not a control opcode: {packet.opcode.name}")
-    _check_sid(packet.session_id)
-    buf.push_uint8(first_byte(packet.opcode, packet.key_id))
-    buf.push_bytes(packet.session_id)
-
-
-def _push_wkc(buf: Buffer, packet: ControlPacket) -> None:
     if (packet.opcode in WKC_OPCODES) != (packet.wkc is not None):
         raise ValueError("wkc must be present exactly for HARD_RESET_CLIENT_V3/CONTROL_WKC_V1")
-    if packet.wkc is not None:
-        buf.push_bytes(packet.wkc)
+    return encode_control_header(packet) + encode_control_body(packet) + (packet.wkc or b"")
 
 
 def _check_sid(sid: bytes) -> None:

@@ -194,9 +194,13 @@ class TlsEngine:
         chunks: list[bytes] = []
         while True:
             try:
-                chunks.append(self._conn.bio_read(READ_CHUNK))
+                chunk = self._conn.bio_read(READ_CHUNK)
             except SSL.WantReadError:
-                return b"".join(chunks)
+                break
+            chunks.append(chunk)
+            if len(chunk) < READ_CHUNK:  # a memory BIO hands out all it has
+                break
+        return b"".join(chunks)
 
     def peer_certificate(self) -> x509.Certificate | None:
         """The peer's leaf as a new ``cryptography`` object (a parse: call it once)."""

@@ -21,7 +21,6 @@ Failures raise ``UnwrapError`` (a ``BufferReadError``) carrying a short stable `
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import struct
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from sslvpn.net.buffer import Buffer, BufferReadError
+from sslvpn.net.buffer import BufferReadError
 from sslvpn.net.replay import ReplayVerdict, ReplayWindow
 from sslvpn.openvpn.constants import (
     EARLY_NEG_MASK,
@@ -49,10 +48,9 @@ from sslvpn.openvpn.constants import (
 )
 from sslvpn.openvpn.packet import (
     ControlPacket,
-    pull_control_body,
-    pull_control_header,
-    push_control_body,
-    push_control_header,
+    decode_control,
+    encode_control_body,
+    encode_control_header,
     push_control_packet,
     split_wkc,
 )
@@ -101,14 +99,9 @@ class ControlCodec(Protocol):
 def _parse_plain(data: bytes) -> ControlPacket:
     """Decode header and body of ``data``; malformed bytes become ``UnwrapError``."""
     try:
-        buf = Buffer(data)
-        opcode, key_id, sid = pull_control_header(buf)
-        body = pull_control_body(buf, opcode)
+        return decode_control(data)
     except BufferReadError as exc:
         raise UnwrapError("malformed") from exc
-    return ControlPacket(
-        opcode, key_id, sid, body.acks, body.remote_session_id, body.message_id, body.payload
-    )
 
 
 def _split_wkc(data: bytes) -> tuple[bytes, bytes | None]:
@@ -148,15 +141,28 @@ class PlainCodec:
         return Opened(_with_wkc(_parse_plain(data), wkc), 0, 0)
 
 
-@dataclass(frozen=True, slots=True)
-class _Direction:
-    cipher_key: bytes = field(repr=False)
-    hmac_key: bytes = field(repr=False)
+class _Hmac:
+    """An HMAC key set up once; every message starts from a copy (no per-packet key setup)."""
+
+    __slots__ = ("_template",)
+
+    def __init__(self, key: bytes, digest: str) -> None:
+        self._template = hmac.new(key, digestmod=digest)
+
+    def __repr__(self) -> str:
+        return "_Hmac(<key hidden>)"
+
+    def digest(self, *parts: bytes) -> bytes:
+        mac = self._template.copy()
+        for part in parts:
+            mac.update(part)
+        return mac.digest()
 
 
-def _slots(key2: bytes, index: int, cipher_len: int, hmac_len: int) -> _Direction:
+def _slot_keys(key2: bytes, index: int, cipher_len: int, hmac_len: int) -> tuple[bytes, bytes]:
+    """Cipher and HMAC key of ``keys[index]`` in a static key (crypto.c key2 layout)."""
     base = index * 2 * KEY_SLOT_LEN
-    return _Direction(
+    return (
         key2[base : base + cipher_len],
         key2[base + KEY_SLOT_LEN : base + KEY_SLOT_LEN + hmac_len],
     )
@@ -180,22 +186,23 @@ class TlsCryptCodec:
     def __init__(self, key2: bytes, *, server: bool) -> None:
         _check_key2(key2)
         out_index, in_index = (0, 1) if server else (1, 0)
-        self._out = _slots(key2, out_index, TLS_CRYPT_CIPHER_KEY_LEN, TLS_CRYPT_HMAC_KEY_LEN)
-        self._in = _slots(key2, in_index, TLS_CRYPT_CIPHER_KEY_LEN, TLS_CRYPT_HMAC_KEY_LEN)
+        out_cipher, out_hmac = _slot_keys(
+            key2, out_index, TLS_CRYPT_CIPHER_KEY_LEN, TLS_CRYPT_HMAC_KEY_LEN
+        )
+        in_cipher, in_hmac = _slot_keys(
+            key2, in_index, TLS_CRYPT_CIPHER_KEY_LEN, TLS_CRYPT_HMAC_KEY_LEN
+        )
+        self._out_aes, self._out_hmac = algorithms.AES(out_cipher), _Hmac(out_hmac, "sha256")
+        self._in_aes, self._in_hmac = algorithms.AES(in_cipher), _Hmac(in_hmac, "sha256")
 
     def __repr__(self) -> str:
         return "TlsCryptCodec(<keys hidden>)"
 
     def seal(self, packet: ControlPacket, packet_id: int, timestamp: int) -> bytes:
-        head = Buffer()
-        push_control_header(head, packet)
-        head.push_bytes(_PID.pack(packet_id, timestamp))
-        header = head.getvalue()
-        body = Buffer()
-        push_control_body(body, packet)
-        plain = body.getvalue()
-        tag = hmac.digest(self._out.hmac_key, header + plain, hashlib.sha256)
-        out = header + tag + _ctr(self._out.cipher_key, tag, plain)
+        header = encode_control_header(packet) + _PID.pack(packet_id, timestamp)
+        plain = encode_control_body(packet)
+        tag = self._out_hmac.digest(header, plain)
+        out = header + tag + _ctr(self._out_aes, tag, plain)
         if packet.wkc is not None:
             out += packet.wkc
         return out
@@ -206,17 +213,16 @@ class TlsCryptCodec:
             raise UnwrapError("short")
         header = data[:TLS_CRYPT_HEADER_LEN]
         tag = data[TLS_CRYPT_HEADER_LEN : TLS_CRYPT_HEADER_LEN + TLS_CRYPT_TAG_LEN]
-        plain = _ctr(self._in.cipher_key, tag, data[TLS_CRYPT_HEADER_LEN + TLS_CRYPT_TAG_LEN :])
-        expected = hmac.digest(self._in.hmac_key, header + plain, hashlib.sha256)
-        if not hmac.compare_digest(tag, expected):
+        plain = _ctr(self._in_aes, tag, data[TLS_CRYPT_HEADER_LEN + TLS_CRYPT_TAG_LEN :])
+        if not hmac.compare_digest(tag, self._in_hmac.digest(header, plain)):
             raise UnwrapError("auth")
         packet = _parse_plain(header[: 1 + SESSION_ID_LEN] + plain)
         packet_id, timestamp = _PID.unpack_from(header, 1 + SESSION_ID_LEN)
         return Opened(_with_wkc(packet, wkc), packet_id, timestamp)
 
 
-def _ctr(key: bytes, tag: bytes, data: bytes) -> bytes:
-    encryptor = Cipher(algorithms.AES(key), modes.CTR(tag[:16])).encryptor()
+def _ctr(aes: algorithms.AES, tag: bytes, data: bytes) -> bytes:
+    encryptor = Cipher(aes, modes.CTR(tag[:16])).encryptor()
     return encryptor.update(data) + encryptor.finalize()
 
 
@@ -238,8 +244,8 @@ class TlsAuthCodec:
         self._digest = name.lower()
         self._len = _DIGESTS[name]
         out_index, in_index = {None: (0, 0), 0: (0, 1), 1: (1, 0)}[direction]
-        self._out = _slots(key2, out_index, 0, self._len).hmac_key
-        self._in = _slots(key2, in_index, 0, self._len).hmac_key
+        self._out = _Hmac(_slot_keys(key2, out_index, 0, self._len)[1], self._digest)
+        self._in = _Hmac(_slot_keys(key2, in_index, 0, self._len)[1], self._digest)
         self.overhead = self._len + PACKET_ID_LONG_LEN
 
     def __repr__(self) -> str:
@@ -249,8 +255,7 @@ class TlsAuthCodec:
         plain = push_control_packet(packet)
         head, rest = plain[: 1 + SESSION_ID_LEN], plain[1 + SESSION_ID_LEN :]
         pid = _PID.pack(packet_id, timestamp)
-        mac = hmac.digest(self._out, pid + head + rest, self._digest)
-        return head + mac + pid + rest
+        return head + self._out.digest(pid, head, rest) + pid + rest
 
     def open(self, data: bytes) -> Opened:
         data, wkc = _split_wkc(data)
@@ -260,8 +265,7 @@ class TlsAuthCodec:
         mac = data[start : start + self._len]
         pid = data[start + self._len : start + self._len + PACKET_ID_LONG_LEN]
         rest = data[start + self._len + PACKET_ID_LONG_LEN :]
-        expected = hmac.digest(self._in, pid + data[:start] + rest, self._digest)
-        if not hmac.compare_digest(mac, expected):
+        if not hmac.compare_digest(mac, self._in.digest(pid, data[:start], rest)):
             raise UnwrapError("auth")
         packet_id, timestamp = _PID.unpack(pid)
         return Opened(_with_wkc(_parse_plain(data[:start] + rest), wkc), packet_id, timestamp)
