@@ -6,6 +6,14 @@ and fires timers, so clients finish full handshakes and then send keepalives lik
 real clients. Clients start in waves of ``--wave``; after each stage (a number of
 established sessions) the loop keeps the sessions alive for ``--hold`` seconds, reads the
 server's resident memory from /proc (the pid namespace is shared) and prints one JSON line.
+
+Accounting: every session is counted once, as established (it came up; ``lost`` if it
+closed later) or failed (closed before coming up). Lost datagrams are retransmitted by
+the core, so late sessions are normal under a burst: a stage's ``rate`` is the sessions
+that came up during the stage (not the hold) over the time to the last of them, and
+``t50_s``/``t90_s``/``t100_s`` say when that share of the stage's new clients was up.
+``server_rcvbuf_errors`` is the server namespace's UDP ``RcvbufErrors`` during the stage
+(/proc/<pid>/net/snmp), ``send_errors`` the datagrams our own full socket buffers lost.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
+import math
 import resource
 import selectors
 import socket
@@ -30,7 +39,10 @@ from sslvpn.openvpn.static_key import parse_static_key
 from sslvpn.openvpn.tls import TlsContext, TlsCredentials
 from sslvpn.openvpn.tls_wrap import TlsCryptCodec
 
-STALL_S = 15.0  # a stage also ends when no session got established for this long
+#: A stage also ends when no session got established for this long: longer than the gap
+#: between a client's 4th and 5th retransmission (16 s; tls-timeout 2 s, doubling, like 2.6),
+#: so a stage does not end just before a wave of retransmissions that is due.
+STALL_S = 20.0
 
 
 def memory_kib(root: int) -> tuple[int, int]:
@@ -49,6 +61,22 @@ def memory_kib(root: int) -> tuple[int, int]:
     return rss, hwm
 
 
+def udp_rcvbuf_errors(pid: int) -> int | None:
+    """UDP ``RcvbufErrors`` of the network namespace ``pid`` lives in (datagrams it lost)."""
+    try:
+        lines = [line.split() for line in Path(f"/proc/{pid}/net/snmp").read_text().splitlines()
+                 if line.startswith("Udp:")]
+        return int(dict(zip(lines[0], lines[1], strict=True))["RcvbufErrors"])
+    except (OSError, IndexError, KeyError, ValueError):
+        return None
+
+
+def share_up_after(up_after: list[float], clients: int, share: float) -> float | None:
+    """Seconds until ``share`` of ``clients`` were up (``up_after`` ascending), or None."""
+    needed = max(1, math.ceil(share * clients))
+    return round(up_after[needed - 1], 3) if len(up_after) >= needed else None
+
+
 class Swarm:
     """The simulated clients, their sockets and one timer heap."""
 
@@ -59,10 +87,33 @@ class Swarm:
         self.sockets: list[socket.socket] = []
         self.selector = selectors.DefaultSelector()
         self.timers: list[tuple[float, int]] = []
-        self.established = 0
-        self.failed = 0
+        self.up: set[int] = set()  # indexes of sessions that came up
+        self.up_times: list[float] = []  # when each came up, in order
+        self.failed = 0  # closed before coming up
+        self.lost = 0  # closed after coming up
         self.failures: Counter[str] = Counter()
-        self.last_established = 0.0
+        self.send_errors = 0
+
+    @property
+    def established(self) -> int:
+        return len(self.up_times)
+
+    @property
+    def last_established(self) -> float:
+        return self.up_times[-1] if self.up_times else 0.0
+
+    @property
+    def in_flight(self) -> int:
+        """Sessions started that neither came up nor failed yet."""
+        return len(self.sessions) - self.established - self.failed
+
+    def waiting(self, now: float) -> dict[str, object]:
+        """Where the sessions in flight stand: without the server's reset, next timer."""
+        pending = [s for i, s in enumerate(self.sessions) if i not in self.up and not s.closed]
+        timers = sorted(t - now for s in pending if (t := s.get_timer()) is not None)
+        return {"in_flight": len(pending),
+                "in_flight_no_reset": sum(1 for s in pending if s.identity.peer is None),
+                "in_flight_next_timer_s": round(timers[len(timers) // 2], 1) if timers else None}
 
     def start(self, count: int) -> None:
         for _ in range(min(count, len(self.configs) - len(self.sessions))):
@@ -81,14 +132,18 @@ class Swarm:
             try:
                 sock.send(datagram)
             except OSError:
-                break  # a full socket buffer is loss; the protocol retransmits
+                self.send_errors += 1  # a full socket buffer is loss; the core retransmits
         for event in iter(session.next_event, None):
-            if isinstance(event, SessionEstablished):
-                self.established += 1
-                self.last_established = time.monotonic()
+            if isinstance(event, SessionEstablished) and index not in self.up:
+                self.up.add(index)
+                self.up_times.append(time.monotonic())
             elif isinstance(event, SessionClosed):
-                self.failed += 1
-                self.failures[event.reason[:60]] += 1
+                if index in self.up:
+                    self.lost += 1
+                    self.failures["after up: " + event.reason[:50]] += 1
+                else:
+                    self.failed += 1
+                    self.failures[event.reason[:60]] += 1
         timer = session.get_timer()
         if timer is not None:
             heapq.heappush(self.timers, (timer, index))
@@ -146,24 +201,38 @@ def run(args: argparse.Namespace) -> None:
                            parse_static_key(args.tls_crypt.read_text()))
     swarm = Swarm((host, int(port)), configs)
     rss, hwm = memory_kib(args.server_pid)
-    print(json.dumps({"stage": 0, "established": 0, "failed": 0, "rate": 0.0,
-                      "rss_kib": rss, "hwm_kib": hwm, "failures": {}}), flush=True)
+    print(json.dumps({"stage": 0, "established": 0, "live": 0, "failed": 0, "lost": 0,
+                      "rate": 0.0, "rss_kib": rss, "hwm_kib": hwm, "failures": {}}), flush=True)
     for target in (int(s) for s in args.stages.split(",")):
-        began, base = time.monotonic(), swarm.established
-        deadline = began + args.stage_timeout
-        while swarm.established + swarm.failed < target and time.monotonic() < deadline \
-                and time.monotonic() - max(began, swarm.last_established) < STALL_S:
-            in_flight = len(swarm.sessions) - swarm.established - swarm.failed
-            if in_flight < args.wave and len(swarm.sessions) < target:
-                swarm.start(min(args.wave - in_flight, target - len(swarm.sessions)))
-            swarm.step(deadline)
-        elapsed = max(1e-6, swarm.last_established - began)
-        swarm.run_for(args.hold)
-        rss, hwm = memory_kib(args.server_pid)
-        print(json.dumps({"stage": target, "established": swarm.established,
-                          "failed": swarm.failed, "rate": (swarm.established - base) / elapsed,
-                          "rss_kib": rss, "hwm_kib": hwm, "failures": swarm.failures}),
-              flush=True)
+        print(json.dumps(run_stage(swarm, args, target)), flush=True)
+
+
+def run_stage(swarm: Swarm, args: argparse.Namespace, target: int) -> dict[str, object]:
+    """Bring the swarm up to ``target`` sessions, hold them, and describe the stage."""
+    began, base, clients = time.monotonic(), swarm.established, target - len(swarm.sessions)
+    drops_before, send_errors = udp_rcvbuf_errors(args.server_pid), swarm.send_errors
+    deadline = began + args.stage_timeout
+    while swarm.established + swarm.failed < target and time.monotonic() < deadline \
+            and time.monotonic() - max(began, swarm.last_established) < STALL_S:
+        if swarm.in_flight < args.wave and len(swarm.sessions) < target:
+            swarm.start(min(args.wave - swarm.in_flight, target - len(swarm.sessions)))
+        swarm.step(deadline)
+    up_after = [t - began for t in swarm.up_times[base:]]  # before the hold: the burst only
+    waiting = swarm.waiting(time.monotonic())
+    swarm.run_for(args.hold)
+    rss, hwm = memory_kib(args.server_pid)
+    drops_after = udp_rcvbuf_errors(args.server_pid)
+    return {
+        "stage": target, "established": swarm.established,
+        "live": swarm.established - swarm.lost, "failed": swarm.failed, "lost": swarm.lost,
+        "rate": len(up_after) / max(1e-6, up_after[-1]) if up_after else 0.0,
+        **{f"t{round(share * 100)}_s": share_up_after(up_after, clients, share)
+           for share in (0.5, 0.9, 1.0)},
+        "send_errors": swarm.send_errors - send_errors,
+        "server_rcvbuf_errors": None if drops_before is None or drops_after is None
+        else drops_after - drops_before,
+        **waiting, "rss_kib": rss, "hwm_kib": hwm, "failures": swarm.failures,
+    }
 
 
 def main() -> None:

@@ -117,11 +117,17 @@ def _record(report: Report, side: str, stages: list[dict[str, Any]],
             report.notes.append(f"scale {side}: {int(stage['established'])}/{n} sessions "
                                 f"established in the time allowed, failures "
                                 f"{stage.get('failures')}")
+        report.notes.append(
+            f"scale {side}, stage {n}: up after 50/90/100 % {stage.get('t50_s')}/"
+            f"{stage.get('t90_s')}/{stage.get('t100_s')} s; datagrams lost to the server's "
+            f"UDP receive buffer {stage.get('server_rcvbuf_errors')}, to the clients' send "
+            f"buffers {stage.get('send_errors')}; {stage.get('lost', 0)} closed after coming up")
     last = stages[-1]
-    if len(stages) > 1 and last["established"]:
+    live = last.get("live", last["established"])  # sessions that came up and still run
+    if len(stages) > 1 and live:
         per = report.get("scale memory per session", "server RSS per idle session", "KiB",
                          "lower")
-        setattr(per, side, (last["rss_kib"] - idle["rss_kib"]) / last["established"])
+        setattr(per, side, (last["rss_kib"] - idle["rss_kib"]) / live)
     if len(stages) > 1:
         rate = report.get("scale rate", f"handshakes/s, burst of {settings.sizes[0]} "
                           "simulated clients", "handshakes/s", "higher")
