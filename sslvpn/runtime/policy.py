@@ -98,12 +98,12 @@ class StorePolicy:
         if not serials:
             return {}
         with db.session(self._engine) as s:
-            found = gateway_queries.standings(s, serials=serials)
+            refused = gateway_queries.not_in_good_standing(s, serials=serials)
         result = {}
         for serial in serials:
-            reason = _refusal(found.get(serial.lower()))
-            if reason is not None:
-                result[serial] = reason
+            lowered = serial.lower()
+            if lowered in refused:
+                result[serial] = _refusal(refused[lowered]) or "certificate unknown"
         return result
 
     def stored_leases(self) -> dict[str, str]:

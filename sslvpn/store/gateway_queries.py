@@ -13,7 +13,19 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy import (
+    Executable,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    false,
+    func,
+    insert,
+    not_,
+    select,
+    update,
+)
 from sqlmodel import Session, col
 
 from sslvpn.store.models import AddressLease, Certificate, User, VpnSessionRecord
@@ -73,15 +85,44 @@ _STANDINGS = (
     .join(User, col(Certificate.user_id) == col(User.id), isouter=True)
     .where(col(Certificate.serial).in_(bindparam("serials", expanding=True)))
 )
+_GOOD = and_(col(Certificate.kind) == "client", col(Certificate.status) == "valid",
+             col(User.id).is_not(None), col(User.disabled) == false())
+_NOT_GOOD = _STANDINGS.where(not_(_GOOD))
+_KNOWN = select(col(Certificate.serial)).where(
+    col(Certificate.serial).in_(bindparam("serials", expanding=True))
+)
 
 
 def standings(s: Session, *, serials: Collection[str]) -> dict[str, Standing]:
     """The standing of every known certificate among ``serials`` (lowercase hex)."""
+    return _standings(s, _STANDINGS, serials)
+
+
+def not_in_good_standing(s: Session, *, serials: Collection[str]) -> dict[str, Standing | None]:
+    """Among ``serials``, the certificates that may not connect (None: unknown).
+
+    The revocation sweep asks this for every live session every few seconds, so the
+    database filters: only the few refused rows come back, plus a count per chunk.
+    """
+    wanted = sorted({serial.lower() for serial in serials})
+    found: dict[str, Standing | None] = dict(_standings(s, _NOT_GOOD, wanted))
+    connection = s.connection()
+    for start in range(0, len(wanted), CHUNK):
+        chunk = wanted[start:start + CHUNK]
+        count = connection.execute(select(func.count()).select_from(_KNOWN.subquery()),
+                                   {"serials": chunk}).scalar_one()
+        if count < len(chunk):
+            known = set(connection.execute(_KNOWN, {"serials": chunk}).scalars())
+            found.update((serial, None) for serial in chunk if serial not in known)
+    return found
+
+
+def _standings(s: Session, query: Executable, serials: Collection[str]) -> dict[str, Standing]:
     found: dict[str, Standing] = {}
     wanted = [serial.lower() for serial in serials]
     connection = s.connection()
     for start in range(0, len(wanted), CHUNK):
-        rows = connection.execute(_STANDINGS, {"serials": wanted[start:start + CHUNK]})
+        rows = connection.execute(query, {"serials": wanted[start:start + CHUNK]})
         for serial, kind, status, device, user, disabled in rows:
             found[serial] = Standing(kind, status, device or "", user, bool(disabled))
     return found

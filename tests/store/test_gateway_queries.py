@@ -53,6 +53,32 @@ def test_standings_read_certificate_and_owner(
     }
 
 
+def test_the_sweep_query_returns_only_refused_and_unknown(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _certificate(engine, "a1", "alice")
+    _certificate(engine, "b2", None)
+    _certificate(engine, "c3", "carol", kind="server")
+    _certificate(engine, "d4", "alice")
+    _certificate(engine, "e5", "erin")
+    with db.session(engine, write=True) as s:
+        queries.mark_revoked(s, serial="d4", reason="keyCompromise", at=T0)
+        queries.set_user_disabled(s, name="erin", disabled=True)
+    monkeypatch.setattr(gateway_queries, "CHUNK", 2)
+    with db.session(engine) as s:
+        found = gateway_queries.not_in_good_standing(
+            s, serials=["a1", "B2", "c3", "d4", "e5", "ff", "a1"])
+    assert found == {
+        "b2": Standing("client", "valid", "dev-b2", None, False),
+        "c3": Standing("server", "valid", "dev-c3", "carol", False),
+        "d4": Standing("client", "revoked", "dev-d4", "alice", False),
+        "e5": Standing("client", "valid", "dev-e5", "erin", True),
+        "ff": None,
+    }
+    with db.session(engine) as s:
+        assert gateway_queries.not_in_good_standing(s, serials=["a1"]) == {}
+
+
 def _opened(session_id: str, serial: str = "a1") -> SessionOpened:
     return SessionOpened(session_id, "alice", serial, "198.18.0.2:5000", "10.8.0.2", "udp", T0)
 
