@@ -11,7 +11,6 @@ their session straight from the reset (the transport or the client key proved en
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from sslvpn.openvpn.tls_wrap import (
     ControlCodec,
     FirstPacket,
     FirstPacketDropped,
+    HmacKey,
     ServerWrapKeys,
     check_first_packet,
 )
@@ -140,7 +140,7 @@ class ServerAcceptor:
     ) -> None:
         self.config = config
         self._rand = rand
-        self._cookie_key = rand(32)
+        self._cookie_key = HmacKey(rand(32), "sha256")
         self._slot_length = (config.hand_window + 1) / 2
         self._resets = _TokenBucket(config.reset_rate, config.reset_period)
 
@@ -151,7 +151,7 @@ class ServerAcceptor:
         """The server session id a stateless reply uses for this client at this time."""
         slot = int(now // self._slot_length) + offset
         message = slot.to_bytes(8, "big", signed=True) + repr(address).encode() + client_sid
-        digest = hmac.digest(self._cookie_key, message, hashlib.sha256)[:SESSION_ID_LEN]
+        digest = self._cookie_key.digest(message)[:SESSION_ID_LEN]
         return digest if any(digest) else b"\x01" + digest[1:]
 
     def receive(self, data: bytes, address: object, now: float) -> Decision:

@@ -14,11 +14,12 @@ after a short linger (push.c send_auth_failed, schedule_exit).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from sslvpn.openvpn.constants import Opcode
 from sslvpn.openvpn.endpoint import (
@@ -74,6 +75,11 @@ class ServerConfig:
     allow_ekm: bool = True
     timing: Timing = Timing()
     ping_restart_factor: float = 2.0  # helper.c: keepalive 10 60 -> server restarts at 120
+
+
+def _fingerprint(cert: x509.Certificate) -> bytes:
+    """Identity of a certificate for the renegotiation check (BLAKE2b: no OpenSSL fetch)."""
+    return hashlib.blake2b(cert.public_bytes(Encoding.DER), digest_size=32).digest()
 
 
 def _printable(reason: str) -> str:
@@ -162,7 +168,7 @@ class ServerSession(Endpoint):
             return cert, ks.tls.verify_error
         if cert is None:
             return None, "no client certificate"
-        if self._fingerprint is not None and cert.fingerprint(SHA256()) != self._fingerprint:
+        if self._fingerprint is not None and _fingerprint(cert) != self._fingerprint:
             return cert, "client certificate changed during renegotiation"
         return cert, client_auth_problem(cert)
 
@@ -185,7 +191,7 @@ class ServerSession(Endpoint):
         )
         self.peer_proto = info.proto
         self._peer_info = info
-        self._fingerprint = cert.fingerprint(SHA256())
+        self._fingerprint = _fingerprint(cert)
         self._awaiting_decision = True
         self._events.append(PeerVerified(cert, info, peer.username, peer.password))
 

@@ -26,7 +26,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 from sslvpn.net.buffer import BufferReadError
 from sslvpn.net.replay import ReplayVerdict, ReplayWindow
@@ -141,7 +141,7 @@ class PlainCodec:
         return Opened(_with_wkc(_parse_plain(data), wkc), 0, 0)
 
 
-class _Hmac:
+class HmacKey:
     """An HMAC key set up once; every message starts from a copy (no per-packet key setup)."""
 
     __slots__ = ("_template",)
@@ -150,7 +150,7 @@ class _Hmac:
         self._template = hmac.new(key, digestmod=digest)
 
     def __repr__(self) -> str:
-        return "_Hmac(<key hidden>)"
+        return "HmacKey(<key hidden>)"
 
     def digest(self, *parts: bytes) -> bytes:
         mac = self._template.copy()
@@ -192,8 +192,8 @@ class TlsCryptCodec:
         in_cipher, in_hmac = _slot_keys(
             key2, in_index, TLS_CRYPT_CIPHER_KEY_LEN, TLS_CRYPT_HMAC_KEY_LEN
         )
-        self._out_aes, self._out_hmac = algorithms.AES(out_cipher), _Hmac(out_hmac, "sha256")
-        self._in_aes, self._in_hmac = algorithms.AES(in_cipher), _Hmac(in_hmac, "sha256")
+        self._out_ctr, self._out_hmac = _ctr_context(out_cipher), HmacKey(out_hmac, "sha256")
+        self._in_ctr, self._in_hmac = _ctr_context(in_cipher), HmacKey(in_hmac, "sha256")
 
     def __repr__(self) -> str:
         return "TlsCryptCodec(<keys hidden>)"
@@ -202,7 +202,7 @@ class TlsCryptCodec:
         header = encode_control_header(packet) + _PID.pack(packet_id, timestamp)
         plain = encode_control_body(packet)
         tag = self._out_hmac.digest(header, plain)
-        out = header + tag + _ctr(self._out_aes, tag, plain)
+        out = header + tag + _ctr(self._out_ctr, tag, plain)
         if packet.wkc is not None:
             out += packet.wkc
         return out
@@ -213,7 +213,7 @@ class TlsCryptCodec:
             raise UnwrapError("short")
         header = data[:TLS_CRYPT_HEADER_LEN]
         tag = data[TLS_CRYPT_HEADER_LEN : TLS_CRYPT_HEADER_LEN + TLS_CRYPT_TAG_LEN]
-        plain = _ctr(self._in_aes, tag, data[TLS_CRYPT_HEADER_LEN + TLS_CRYPT_TAG_LEN :])
+        plain = _ctr(self._in_ctr, tag, data[TLS_CRYPT_HEADER_LEN + TLS_CRYPT_TAG_LEN :])
         if not hmac.compare_digest(tag, self._in_hmac.digest(header, plain)):
             raise UnwrapError("auth")
         packet = _parse_plain(header[: 1 + SESSION_ID_LEN] + plain)
@@ -221,9 +221,15 @@ class TlsCryptCodec:
         return Opened(_with_wkc(packet, wkc), packet_id, timestamp)
 
 
-def _ctr(aes: algorithms.AES, tag: bytes, data: bytes) -> bytes:
-    encryptor = Cipher(aes, modes.CTR(tag[:16])).encryptor()
-    return encryptor.update(data) + encryptor.finalize()
+def _ctr_context(key: bytes) -> CipherContext:
+    """One AES-256-CTR context per key; each packet restarts it at its own IV."""
+    return Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+
+
+def _ctr(context: CipherContext, tag: bytes, data: bytes) -> bytes:
+    # tls_crypt.c: IV = the first 16 bytes of the tag; a fresh keystream per packet.
+    context.reset_nonce(tag[:16])
+    return context.update(data)
 
 
 _DIGESTS = {"SHA1": 20, "SHA256": 32, "SHA384": 48, "SHA512": 64}
@@ -244,8 +250,8 @@ class TlsAuthCodec:
         self._digest = name.lower()
         self._len = _DIGESTS[name]
         out_index, in_index = {None: (0, 0), 0: (0, 1), 1: (1, 0)}[direction]
-        self._out = _Hmac(_slot_keys(key2, out_index, 0, self._len)[1], self._digest)
-        self._in = _Hmac(_slot_keys(key2, in_index, 0, self._len)[1], self._digest)
+        self._out = HmacKey(_slot_keys(key2, out_index, 0, self._len)[1], self._digest)
+        self._in = HmacKey(_slot_keys(key2, in_index, 0, self._len)[1], self._digest)
         self.overhead = self._len + PACKET_ID_LONG_LEN
 
     def __repr__(self) -> str:
