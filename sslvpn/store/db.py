@@ -123,6 +123,8 @@ def _registered(engine: Engine, *, write: bool) -> Iterator[None]:
         yield
     finally:
         counts[engine.url] -= 1
+        if not counts[engine.url]:
+            del counts[engine.url]  # no entry left behind per database a thread ever opened
 
 
 def _refuse_writes(active: Session) -> None:
