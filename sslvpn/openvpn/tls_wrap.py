@@ -179,6 +179,7 @@ class TlsCryptCodec:
     ``server=True`` uses key direction NORMAL (send with keys[0]), a client INVERSE
     [src tls_crypt.c tls_crypt_init_key]. The WKc of V3/WKC_V1 packets passes through in
     clear at the tail; whoever needs it authenticated must call ``check_first_packet``.
+    The CTR contexts are reused packet after packet: one codec serves one thread.
     """
 
     overhead = TLS_CRYPT_HEADER_LEN + TLS_CRYPT_TAG_LEN

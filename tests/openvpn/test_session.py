@@ -7,8 +7,10 @@ import ipaddress
 from collections.abc import Sequence
 
 import pytest
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from OpenSSL import SSL
 
 from sslvpn.openvpn.endpoint import LocalProtocolError, Timing
 from sslvpn.openvpn.events import (
@@ -20,8 +22,10 @@ from sslvpn.openvpn.events import (
     SessionEstablished,
     TunnelPacket,
 )
+from sslvpn.openvpn.key_method import IvProto
 from sslvpn.openvpn.session import NO_SHARED_CIPHER, ServerSession
-from tests.openvpn.conftest import Pki
+from sslvpn.openvpn.tls import TlsContext, TlsCredentials
+from tests.openvpn.conftest import Pki, issue
 from tests.openvpn.pair import PUSH, Pair
 
 IP_PACKET = bytes.fromhex("4500001c000100004001f7ac0a0800020a0a000a") + b"\x08\x00\xf7\xff\0\0\0\0"
@@ -310,6 +314,29 @@ def test_bad_certificates_get_auth_failed(pki: Pki, who: str, reason: str) -> No
     closed = [e for e in pair.server_events if isinstance(e, SessionClosed)]
     assert len(closed) == 1 and "auth failed" in closed[0].reason
     assert server.closed and server.get_timer() is None
+
+
+def test_renegotiation_with_another_certificate_is_refused(pki: Pki) -> None:
+    pair = Pair(pki, server_timing=Timing(reneg_seconds=100.0))
+    pair.connect()
+    bob = issue(pki.ca, "bob", [ExtendedKeyUsageOID.CLIENT_AUTH])
+    creds = TlsCredentials(bob.certificate, bob.key, (pki.ca.certificate,))
+    pair.client._tls_context = TlsContext(creds, server=False)  # the next key state is bob's
+    pair.advance(101.0)
+    refused = [e for e in pair.server_events if isinstance(e, PeerRefused)]
+    assert [e.reason for e in refused] == ["client certificate changed during renegotiation"]
+    assert pair.client.auth_failed is not None
+
+
+def test_idle_session_keeps_no_handshake_state(pki: Pki) -> None:
+    pair = Pair(pki, peer_info=PRF_ONLY)  # PRF needs both records until the keys exist
+    server = pair.connect()
+    assert not hasattr(server, "__dict__")  # slots: thousands of these sit idle
+    key_states = [server._keys[key_id] for key_id in server.key_ids]
+    assert [(ks.local_km2, ks.peer_km2) for ks in key_states] == [(None, None)]
+    assert server.peer_proto & IvProto.REQUEST_PUSH
+    release = pki.server_context().context.set_mode(0) & SSL.MODE_RELEASE_BUFFERS
+    assert release  # idle TLS sessions give their record buffers back
 
 
 def test_auth_failed_is_retransmitted_while_lingering(pki: Pki) -> None:

@@ -14,6 +14,7 @@ from sslvpn.openvpn.constants import EARLY_NEG_START, Opcode
 from sslvpn.openvpn.packet import ControlPacket
 from sslvpn.openvpn.static_key import wrap_client_key
 from sslvpn.openvpn.tls_wrap import (
+    ControlCodec,
     ControlWrap,
     FirstPacket,
     FirstPacketDropped,
@@ -256,12 +257,25 @@ def test_random_bytes_only_ever_drop(data: bytes, keys: ServerWrapKeys) -> None:
 def test_wrap_unwrap_round_trip(payload: bytes, packet_id: int, timestamp: int) -> None:
     sid = bytes.fromhex("1122334455667788")
     pkt = ControlPacket(Opcode.CONTROL_V1, 3, sid, (1, 2), sid[::-1], 7, payload)
-    for sender, receiver in [
+    pairs: list[tuple[ControlCodec, ControlCodec]] = [
         (TlsCryptCodec(TC_KEY, server=False), TlsCryptCodec(TC_KEY, server=True)),
         (TlsAuthCodec(TC_KEY, direction=1), TlsAuthCodec(TC_KEY, direction=0)),
-    ]:
+    ]
+    for sender, receiver in pairs:
         opened = receiver.open(sender.seal(pkt, packet_id, timestamp))
         assert (opened.packet, opened.packet_id, opened.timestamp) == (pkt, packet_id, timestamp)
+
+
+def test_codec_restarts_its_keystream_for_every_packet() -> None:
+    """One codec seals packet after packet (odd sizes leave partial blocks behind)."""
+    sid = bytes.fromhex("1122334455667788")
+    packets = [ControlPacket(Opcode.CONTROL_V1, 0, sid, message_id=i, payload=b"x" * size)
+               for i, size in enumerate((1, 17, 250, 3, 1200))]
+    reused, opener = TlsCryptCodec(TC_KEY, server=False), TlsCryptCodec(TC_KEY, server=True)
+    for index, pkt in enumerate(packets):
+        wire = reused.seal(pkt, index + 1, 7)
+        assert wire == TlsCryptCodec(TC_KEY, server=False).seal(pkt, index + 1, 7)
+        assert opener.open(wire).packet == pkt
 
 
 @given(st.binary(max_size=300))
