@@ -19,7 +19,6 @@ import os
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from sslvpn.openvpn.constants import Opcode
 from sslvpn.openvpn.endpoint import (
@@ -78,8 +77,12 @@ class ServerConfig:
 
 
 def _fingerprint(cert: x509.Certificate) -> bytes:
-    """Identity of a certificate for the renegotiation check (BLAKE2b: no OpenSSL fetch)."""
-    return hashlib.blake2b(cert.public_bytes(Encoding.DER), digest_size=32).digest()
+    """Identity of a chain-verified certificate for the renegotiation check.
+
+    Our CA's signature covers the whole certificate, so two verified certificates with
+    the same signature are the same certificate; hashing it avoids re-encoding the DER.
+    """
+    return hashlib.blake2b(cert.signature, digest_size=32).digest()
 
 
 def _printable(reason: str) -> str:
