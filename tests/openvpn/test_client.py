@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sslvpn.openvpn.client import ClientConfig, ClientSession, _wants_wkc_resend
 from sslvpn.openvpn.constants import EARLY_NEG_START, Opcode
@@ -159,3 +161,28 @@ def test_lost_first_control_packet_is_admitted_by_its_retransmission(
         again = next(p for p in later if p.message_id == first.message_id == 1)
         assert first.acks == again.acks == (0,)
         assert again.remote_session_id == first.remote_session_id
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sets(st.tuples(st.sampled_from(["c2s", "s2c"]), st.integers(0, 11)), max_size=4))
+def test_handshake_survives_any_few_lost_datagrams(
+    pki: Pki, lost: set[tuple[str, int]]
+) -> None:
+    """Lose up to 4 of the first 12 datagrams each way: retransmissions (with repeated
+    ACKs for the stateless acceptor) still connect well inside the hand-window."""
+    pair = Pair(pki)
+    seen = {"c2s": 0, "s2c": 0}
+
+    def lossy(direction: str, datagrams: list[bytes]) -> list[bytes]:
+        kept = []
+        for data in datagrams:
+            if (direction, seen[direction]) not in lost:
+                kept.append(data)
+            seen[direction] += 1
+        return kept
+
+    pair.filter = lossy
+    pair.run()
+    pair.advance(40.0)
+    assert pair.server is not None and pair.server.established and pair.client.established
