@@ -30,7 +30,7 @@ from sslvpn.runtime.control_server import ControlClient, ControlError
 from sslvpn.runtime.gateway import Gateway
 from sslvpn.runtime.ipsec_service import IpsecService
 from sslvpn.runtime.netconf import NetconfError
-from sslvpn.runtime.service import ExtraTask, GatewayService, ServeOptions, serve
+from sslvpn.runtime.service import ExtraTask, GatewayService, ServeOptions, run, serve
 from sslvpn.store import StoreError, db, queries
 from web.app import create_app, ensure_first_admin, start_portal
 from web.portal import PortalSettings
@@ -209,7 +209,7 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
             on_ready=announce,
         )
         try:
-            asyncio.run(serve(GatewayService(paths, engine, options)))
+            run(serve(GatewayService(paths, engine, options)))  # on uvloop when installed
         except (OSError, NetconfError) as exc:  # no TUN (not root), port taken, ip failed
             raise click.ClickException(f"cannot start the gateway: {exc}") from None
         except ExceptionGroup as group:  # a companion task failed: the portal's port is taken

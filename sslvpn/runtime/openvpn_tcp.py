@@ -5,9 +5,10 @@ transport already proved the address); a session is created only when it says so
 later frame feeds that session's driver. Outgoing packets are framed and written without
 waiting; when the peer stops reading and the buffered output passes a high-water mark,
 further packets are dropped (tunnelled TCP retransmits; the control channel has its own
-reliability layer), so one slow client never holds unbounded memory. Frames sent during one
-round of loop callbacks (a TUN read burst) are joined and written once, right after it,
-instead of one socket write per packet.
+reliability layer), so one slow client never holds unbounded memory. Frames sent during a
+burst of reads (the connection's own input, or a TUN read burst) are joined and written
+once when it ends, anything else at the end of that round of loop callbacks, instead of one
+socket write per packet.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import collections
 import contextlib
 import logging
 import socket
+from typing import cast
 
 from sslvpn.openvpn.framing import FramingError, TcpFrameDecoder, frame
 from sslvpn.openvpn.server import CreateSession, Dropped, Reply
@@ -40,11 +42,12 @@ class _Connection(asyncio.Protocol):
         self.client: ClientSession | None = None
         self._decoder = TcpFrameDecoder()
         self._pending: list[bytes] = []
+        self._reading = False  # in data_received: its end flushes, no callback needed
         self.listed = False  # in the listener's list of connections to flush
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # noqa: S101 (stream server)
-        self.transport = transport
+        # a stream server's transport (uvloop's does not subclass asyncio.Transport)
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -68,12 +71,18 @@ class _Connection(asyncio.Protocol):
         except FramingError:
             self._abort("bad-frame")
             return
-        for packet in frames:
-            self._frame(packet)
-            if self.transport is None:
-                return
-        self.flush()
-        self.listener.gateway.tun.flush()
+        tun = self.listener.gateway.tun
+        tun.hold()
+        self._reading = True
+        try:
+            for packet in frames:
+                self._frame(packet)
+                if self.transport is None:
+                    break
+        finally:
+            self._reading = False
+            self.flush()
+            tun.flush()
 
     def _frame(self, packet: bytes) -> None:
         client = self.client
@@ -111,7 +120,8 @@ class _Connection(asyncio.Protocol):
             return
         pending = self._pending
         if not pending:
-            asyncio.get_running_loop().call_soon(self.flush)
+            if not self._reading and not self.listener.gateway.tun.bursting:
+                asyncio.get_running_loop().call_soon(self.flush)
             if not self.listed:
                 self.listed = True
                 self.listener.dirty.append(self)

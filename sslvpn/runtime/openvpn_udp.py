@@ -7,13 +7,14 @@ A P_DATA_V2 packet from an unknown address whose peer-id belongs to a session is
 that session; if it authenticates (the core heard from its peer), the session floats to the
 new address, as OpenVPN 2.6 does for clients behind NAT rebinding or changing networks.
 Reads are batched per readiness callback. Sends are batched too: what the sessions transmit
-while the loop runs one round of callbacks (a TUN read burst, say) is queued per peer and
-flushed once, right after, with UDP generic segmentation offload (``UDP_SEGMENT``, Linux 4.18+):
-one ``sendmsg`` carries a run of equal-sized datagrams (the last may be shorter) and the
-kernel cuts them apart, instead of one ``sendto`` per datagram. A kernel or path that refuses
-GSO turns it off for the socket and the same datagrams go out one by one. Sends never block
-(a full socket drops, the protocols above recover). Socket buffers are enlarged to absorb
-bursts.
+during a burst of reads (from this socket, or from the TUN) is queued per peer and flushed
+once when the burst ends, and anything transmitted elsewhere (a timer) at the end of that
+round of loop callbacks; a flush uses UDP generic segmentation offload (``UDP_SEGMENT``,
+Linux 4.18+): one ``sendmsg`` carries a run of equal-sized datagrams (the last may be
+shorter) and the kernel cuts them apart, instead of one ``sendto`` per datagram. A kernel or
+path that refuses GSO turns it off for the socket and the same datagrams go out one by one.
+Sends never block (a full socket drops, the protocols above recover). Socket buffers are
+enlarged to absorb bursts.
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ class OpenVpnUdpListener:
         self._by_peer_id: dict[int, _Peer] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dirty: list[_Peer] = []  # peers with pending datagrams, flush scheduled
+        self._reading = False  # in a read burst: its end flushes, no callback needed
         self.gso = sock.family in (socket.AF_INET, socket.AF_INET6)
 
     @property
@@ -139,9 +141,15 @@ class OpenVpnUdpListener:
 
     def _readable(self) -> None:
         """Read a burst, then send what it produced at once (replies and TUN packets)."""
-        self._read_burst()
-        self._flush()
-        self.gateway.tun.flush()
+        tun = self.gateway.tun
+        tun.hold()
+        self._reading = True
+        try:
+            self._read_burst()
+        finally:
+            self._reading = False
+            self._flush()
+            tun.flush()
 
     def _read_burst(self) -> None:
         recvfrom = self.sock.recvfrom
@@ -169,9 +177,10 @@ class OpenVpnUdpListener:
             self.drops["send-error"] += 1
 
     def _queue(self, peer: _Peer, data: bytes) -> None:
-        """Hold a session's datagram until this round of loop callbacks is over."""
+        """Hold a session's datagram until the burst, or this round of callbacks, is over."""
         if not peer.pending:
-            if not self._dirty and self._loop is not None:
+            if (not self._dirty and not self._reading and not self.gateway.tun.bursting
+                    and self._loop is not None):
                 self._loop.call_soon(self._flush)
             self._dirty.append(peer)
         peer.pending.append(data)

@@ -1,0 +1,98 @@
+"""The per-packet path of an idle tunnel: no loop callbacks for flushes a burst's end does.
+
+A read burst (datagrams or TCP frames from a client, packets from the TUN) sends what it
+produced when it ends; scheduling a flush callback as well would cost every packet of an
+idle tunnel one more callback and loop round. And ``run`` serves on uvloop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sslvpn.runtime.service import GatewayService, ServeOptions, run
+from sslvpn.runtime.tun import MemoryTun
+from tests.runtime.fakes import ipv4
+from tests.runtime.loopback import client_config, connected, issue, make_data_folder
+
+VPC_HOST = "10.10.0.10"
+
+
+class RecordingTun(MemoryTun):
+    """A MemoryTun that records the order of hold, write and flush."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def hold(self) -> None:
+        self.calls.append("hold")
+
+    def write(self, packet: bytes) -> None:
+        self.calls.append("write")
+        super().write(packet)
+
+    def flush(self) -> None:
+        self.calls.append("flush")
+
+
+def _spy_call_soon(monkeypatch: pytest.MonkeyPatch) -> list[Callable[..., object]]:
+    loop = asyncio.get_running_loop()
+    real = loop.call_soon
+    scheduled: list[Callable[..., object]] = []
+
+    def call_soon(callback: Callable[..., object], *args: Any, **kwargs: Any) -> asyncio.Handle:
+        scheduled.append(callback)
+        return real(callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_soon", call_soon)
+    return scheduled
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+async def test_bursts_flush_at_their_end_without_a_loop_callback(
+    tmp_path: Path, tcp: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths, engine = make_data_folder(tmp_path)
+    row = issue(paths, engine, "alice")
+    tun = RecordingTun()
+    service = GatewayService(paths, engine, ServeOptions(listen=("127.0.0.1",), port=0,
+                                                         configure_network=False),
+                             tun_factory=lambda _name: tun)
+    task = asyncio.create_task(service.run())
+    try:
+        async with asyncio.timeout(10):
+            await service.ready.wait()
+        client = await connected(service, client_config(paths, row, v2=False, tcp=tcp))
+        owners: list[object] = [tun, *service.udp, *service.tcp,
+                                *(c for t in service.tcp for c in t.connections)]
+        scheduled = _spy_call_soon(monkeypatch)
+        tun.calls.clear()
+
+        outbound = ipv4(client.address, VPC_HOST, b"to the vpc")
+        client.send(outbound)
+        await tun.wait_written(lambda packet: packet == outbound)
+        assert tun.calls == ["hold", "write", "flush"]  # held, then flushed by the reader
+
+        reply = ipv4(VPC_HOST, client.address, b"from the vpc")
+        tun.inject(reply)
+        assert await client.wait_packet() == reply
+        ours = [cb for cb in scheduled if getattr(cb, "__self__", None) in owners]
+        assert ours == []
+        client.close_transport()
+    finally:
+        service.stop()
+        async with asyncio.timeout(10):
+            await task
+        engine.dispose()
+
+
+def test_run_serves_on_uvloop() -> None:
+    async def loop_module() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert run(loop_module()).startswith("uvloop")
