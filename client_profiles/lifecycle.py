@@ -11,7 +11,7 @@ Expiry reporting and profile rendering live in `client_profiles.reports`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography import x509
@@ -23,6 +23,7 @@ from client_profiles.pki import (
     CLIENT_DAYS,
     REVOCATION_REASONS,
     CertificateAuthority,
+    IssuedCertificate,
     KeyType,
     RevokedEntry,
     build_crl,
@@ -170,9 +171,13 @@ def issue_client(
     device = checked_device(device)
     checked_days(days)
     ca = open_ca(paths, ca_passphrase)
-    with session(engine, write=True) as s:
+    with session(engine, write=False) as s:
         user = _enabled_user(get_user(s, name=user_name))
-        row = _issue_row(s, ca, paths, user, device, days, now)
+    # made before the writer lock is taken: other writers never wait for an RSA key
+    material = _client_material(ca, paths, user.name, device, days, now)
+    with session(engine, write=True) as s:
+        user = _enabled_user(get_user(s, name=user_name))  # still enabled
+        row = _store_client(s, material, user, device)
         record_audit(
             s,
             actor=actor,
@@ -220,7 +225,8 @@ def renew(
                 raise LifecycleError(f"certificate {old.serial} belongs to no user")
             else:
                 user = _enabled_user(get_user_by_id(s, user_id=old.user_id))
-                new = _issue_row(s, ca, paths, user, old.device, lifetime, now)
+                material = _client_material(ca, paths, user.name, old.device, lifetime, now)
+                new = _store_client(s, material, user, old.device)
                 revoke_import_tokens_for_certificate(s, serial=old.serial)
             mark_superseded(s, serial=old.serial, by_serial=new.serial)
             record_audit(
@@ -328,34 +334,47 @@ def _refuse_existing_settings(s: Session) -> None:
     raise LifecycleError("the database already holds a gateway; use a fresh database")
 
 
-def _issue_row(
-    s: Session,
+@dataclass(frozen=True)
+class _ClientMaterial:
+    """A signed client certificate with its key and tls-crypt-v2 client key, not yet stored."""
+
+    issued: IssuedCertificate = field(repr=False)
+    tls_crypt_v2_key: str = field(repr=False)
+
+
+def _client_material(
     ca: CertificateAuthority,
     paths: DataPaths,
-    user: User,
+    user_name: str,
     device: str | None,
     days: int,
     now: datetime,
-) -> Certificate:
+) -> _ClientMaterial:
     """Sign a client certificate and wrap a tls-crypt-v2 client key bound to its serial."""
     server_key = parse_tls_crypt_v2_server_key(
         read_text(paths.tls_crypt_v2_server_key, "tls-crypt-v2 server key")
     )
-    common_name = user.name if device is None else f"{user.name}.{device}"
+    common_name = user_name if device is None else f"{user_name}.{device}"
     issued = issue_client_certificate(ca, common_name=common_name, now=now, days=days)
     facts = certificate_facts(issued.certificate)
     client_key = generate_static_key()
     # USER metadata = the serial, so the server can tie a tls-crypt-v2 key to its certificate.
     metadata = bytes([METADATA_TYPE_USER]) + facts.serial.encode("ascii")
     wkc = wrap_client_key(server_key, client_key, metadata)
+    return _ClientMaterial(issued, format_tls_crypt_v2_client_key(client_key, wkc))
+
+
+def _store_client(
+    s: Session, material: _ClientMaterial, user: User, device: str | None
+) -> Certificate:
     return _store_certificate(
         s,
-        issued.certificate,
+        material.issued.certificate,
         kind="client",
         user_id=user.id,
         device=device,
-        key_pem=private_key_pem(issued.private_key).decode("ascii"),
-        tls_crypt_v2_key=format_tls_crypt_v2_client_key(client_key, wkc),
+        key_pem=private_key_pem(material.issued.private_key).decode("ascii"),
+        tls_crypt_v2_key=material.tls_crypt_v2_key,
     )
 
 
