@@ -177,3 +177,16 @@ async def test_ended_sessions_are_recorded_in_order() -> None:
         (second.session_id, "gateway shutting down"),
     ]
     assert all(isinstance(r, SessionEnded) for r in h.policy.closed)
+
+
+async def test_a_full_batch_is_written_without_waiting_for_the_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(policy_module, "FLUSH_SIZE", 2)
+    policy = BatchPolicy()
+    h = Harness(policy=policy)
+    h.gateway.records.interval = 3600
+    policy.add("a1", "alice")
+    h.connect("a1")  # a lease and an opened session: two records
+    async with background(h.gateway):
+        await until(lambda: len(policy.opened) == 1)
