@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from sslvpn.openvpn.tls_wrap import (
     ControlWrap,
     FirstPacket,
     FirstPacketDropped,
+    HmacKey,
     PlainCodec,
     ServerWrapKeys,
     TlsAuthCodec,
@@ -278,6 +280,14 @@ def test_codec_restarts_its_keystream_for_every_packet() -> None:
         assert wire == TlsCryptCodec(TC_KEY, server=False).seal(pkt, index + 1, 7)
         assert opener.open(wire).packet == lean.open(wire).packet == pkt
         assert lean.seal(pkt, index + 1, 7) == opener.seal(pkt, index + 1, 7)
+
+
+@given(st.binary(max_size=200), st.lists(st.binary(max_size=90), max_size=3),
+       st.sampled_from(["sha1", "sha256", "sha512"]))
+def test_precomputed_hmac_matches_the_standard_library(
+    key: bytes, parts: list[bytes], digest: str
+) -> None:
+    assert HmacKey(key, digest).digest(*parts) == hmac.digest(key, b"".join(parts), digest)
 
 
 @given(st.binary(max_size=300))
