@@ -38,7 +38,6 @@ from web.tls import portal_tls
 
 log = logging.getLogger(__name__)
 
-STORE_TRIES = 6  # SQLite refuses a write at once while another process writes ("locked")
 IPSEC_RESTART_DELAY = 5.0  # seconds before an IPsec service that failed is started afresh
 
 
@@ -90,21 +89,14 @@ def portal_task(paths: DataPaths, engine: Engine, plan: PortalPlan) -> ExtraTask
 
 
 async def first_admin(engine: Engine) -> str | None:
-    """The first admin's one-time password (None when an admin exists); a busy or failing
-    store is retried, then logged, never fatal to the gateway."""
-    problem: StoreError | None = None
-    for attempt in range(STORE_TRIES):
-        if attempt:
-            await asyncio.sleep(0.1 * 2**attempt)  # back off while the other writer finishes
-        try:
-            return await asyncio.to_thread(ensure_first_admin, engine)
-        except StoreError as exc:
-            problem = exc
-            if "locked" not in str(exc):
-                break
-    log.error("cannot create the first admin (%s); add one with "
-              "`sslvpn user add NAME --admin --password-stdin`", problem)
-    return None
+    """The first admin's one-time password (None when an admin exists); a failing store is
+    logged, never fatal to the gateway (a busy one is waited for by the writer lock)."""
+    try:
+        return await asyncio.to_thread(ensure_first_admin, engine)
+    except StoreError as exc:
+        log.error("cannot create the first admin (%s); add one with "
+                  "`sslvpn user add NAME --admin --password-stdin`", exc)
+        return None
 
 
 def ipsec_task(engine: Engine) -> ExtraTask:

@@ -199,7 +199,7 @@ class IpsecService:
 
     # -- following the store -----------------------------------------------------------
     async def _reload(self) -> None:
-        with session(self._engine) as s:
+        with session(self._engine, write=False) as s:
             configs = {c.name: c for c in tunnel_configs(s)}
         if configs and self._tun is None:
             self._open_tun()
