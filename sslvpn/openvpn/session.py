@@ -59,7 +59,7 @@ from sslvpn.openvpn.push import (
 )
 from sslvpn.openvpn.server import CreateSession
 from sslvpn.openvpn.tls import TlsContext, client_auth_problem
-from sslvpn.openvpn.tls_wrap import ControlWrap
+from sslvpn.openvpn.tls_wrap import ControlWrap, TlsCryptCodec
 
 NO_SHARED_CIPHER = "Data channel cipher negotiation failed (no shared cipher)"  # ssl_ncp.c
 
@@ -99,7 +99,7 @@ class ServerSession(Endpoint):
     """
 
     __slots__ = ("config", "metadata", "peer_proto", "_peer_info", "_fingerprint", "_push",
-                 "_awaiting_decision", "_decided", "_push_requested", "_push_sent")
+                 "_awaiting_decision", "_decided", "_push_requested", "_push_sent", "_own_codec")
 
     def __init__(
         self,
@@ -123,9 +123,14 @@ class ServerSession(Endpoint):
         )
         self.config = config
         self.metadata = created.metadata
+        # tls-crypt-v2 (the only mode with metadata): a codec made for this client alone,
+        # whose OpenSSL contexts are freed while the session idles.
+        codec = created.codec
+        per_client = created.metadata is not None
+        self._own_codec = codec if per_client and isinstance(codec, TlsCryptCodec) else None
         self.peer_proto = IvProto(0)  # the client's IV_PROTO flags, once it was verified
         self._peer_info: PeerInfo | None = None  # kept only while the caller decides
-        self._fingerprint: bytes | None = None  # SHA-256 of the client certificate
+        self._fingerprint: bytes | None = None  # see _fingerprint
         self._push: list[str] | None = None  # PUSH_REPLY messages until they are sent
         self._awaiting_decision = False
         self._decided = False
@@ -141,6 +146,12 @@ class ServerSession(Endpoint):
 
     def __repr__(self) -> str:
         return f"ServerSession(sid={self.identity.own.hex()}, closed={self.closed})"
+
+    def handle_timer(self, now: float) -> None:
+        """Fire what is due; an established session that negotiates nothing trims its codec."""
+        super().handle_timer(now)
+        if self._own_codec is not None and self.established and self._negotiating() is None:
+            self._own_codec.trim()
 
     # -- key-method 2 and certificate checks ---------------------------------------------
     def _on_key_method(self, ks: KeyState, record: bytes, now: float) -> None:

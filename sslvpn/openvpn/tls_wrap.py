@@ -27,7 +27,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 from sslvpn.net.buffer import BufferReadError
 from sslvpn.net.replay import ReplayVerdict, ReplayWindow
@@ -142,6 +142,10 @@ class PlainCodec:
         return Opened(_with_wkc(_parse_plain(data), wkc), 0, 0)
 
 
+_IPAD = bytes(byte ^ 0x36 for byte in range(256))  # RFC 2104 pads as translate tables
+_OPAD = bytes(byte ^ 0x5C for byte in range(256))
+
+
 class HmacKey:
     """An HMAC key (RFC 2104) whose padded inner and outer hash states are computed once.
 
@@ -156,8 +160,8 @@ class HmacKey:
         if len(key) > inner.block_size:
             key = hashlib.new(digest, key).digest()
         key = key.ljust(inner.block_size, b"\0")
-        inner.update(bytes(byte ^ 0x36 for byte in key))
-        outer.update(bytes(byte ^ 0x5C for byte in key))
+        inner.update(key.translate(_IPAD))
+        outer.update(key.translate(_OPAD))
         self._inner, self._outer = inner, outer
 
     def __repr__(self) -> str:
@@ -189,33 +193,33 @@ def _check_key2(key2: bytes) -> None:
 class _CryptDirection:
     """AES-256-CTR and HMAC-SHA256 keys of one tls-crypt direction.
 
-    With ``keep`` the OpenSSL contexts are built once and restarted per packet (0.5 us
-    instead of ~4 us: right for a listener-wide codec); without, nothing but the keys is
-    kept and contexts are built per packet (right for the per-client codecs of
-    tls-crypt-v2, which sit idle by the thousand: ~5 KB less each).
+    The OpenSSL contexts are built on first use and then restarted per packet (0.5 us
+    instead of ~4 us); ``trim`` drops them (~2.5 KB) until the next packet.
     """
 
     __slots__ = ("_aes", "_hmac_key", "_ctr", "_hmac")
 
-    def __init__(self, cipher_key: bytes, hmac_key: bytes, *, keep: bool) -> None:
+    def __init__(self, cipher_key: bytes, hmac_key: bytes) -> None:
         self._aes = algorithms.AES(cipher_key)
         self._hmac_key = hmac_key
-        self._ctr = Cipher(self._aes, modes.CTR(bytes(16))).encryptor() if keep else None
-        self._hmac = HmacKey(hmac_key, "sha256") if keep else None
+        self._ctr: CipherContext | None = None
+        self._hmac: HmacKey | None = None
 
     def mac(self, header: bytes, body: bytes) -> bytes:
         if self._hmac is None:
-            return hmac.digest(self._hmac_key, header + body, "sha256")
+            self._hmac = HmacKey(self._hmac_key, "sha256")
         return self._hmac.digest(header, body)
 
     def crypt(self, tag: bytes, data: bytes) -> bytes:
         # tls_crypt.c: IV = the first 16 bytes of the tag; a fresh keystream per packet.
-        context = self._ctr
-        if context is None:
-            context = Cipher(self._aes, modes.CTR(tag[:16])).encryptor()
-            return context.update(data) + context.finalize()
-        context.reset_nonce(tag[:16])
-        return context.update(data)
+        if self._ctr is None:
+            self._ctr = Cipher(self._aes, modes.CTR(tag[:16])).encryptor()
+        else:
+            self._ctr.reset_nonce(tag[:16])
+        return self._ctr.update(data)
+
+    def trim(self) -> None:
+        self._ctr = self._hmac = None
 
 
 class TlsCryptCodec:
@@ -224,22 +228,26 @@ class TlsCryptCodec:
     ``server=True`` uses key direction NORMAL (send with keys[0]), a client INVERSE
     [src tls_crypt.c tls_crypt_init_key]. The WKc of V3/WKC_V1 packets passes through in
     clear at the tail; whoever needs it authenticated must call ``check_first_packet``.
-    ``keep_contexts`` trades ~5 KB for faster packets (see ``_CryptDirection``); kept
-    contexts are reused packet after packet, so such a codec serves one thread.
+    Its OpenSSL contexts are reused packet after packet (so a codec serves one thread);
+    the owner of a per-client codec ``trim``s them while the session idles.
     """
 
     overhead = TLS_CRYPT_HEADER_LEN + TLS_CRYPT_TAG_LEN
 
-    def __init__(self, key2: bytes, *, server: bool, keep_contexts: bool = True) -> None:
+    def __init__(self, key2: bytes, *, server: bool) -> None:
         _check_key2(key2)
         out_index, in_index = (0, 1) if server else (1, 0)
         sizes = (TLS_CRYPT_CIPHER_KEY_LEN, TLS_CRYPT_HMAC_KEY_LEN)
-        keep = keep_contexts
-        self._out = _CryptDirection(*_slot_keys(key2, out_index, *sizes), keep=keep)
-        self._in = _CryptDirection(*_slot_keys(key2, in_index, *sizes), keep=keep)
+        self._out = _CryptDirection(*_slot_keys(key2, out_index, *sizes))
+        self._in = _CryptDirection(*_slot_keys(key2, in_index, *sizes))
 
     def __repr__(self) -> str:
         return "TlsCryptCodec(<keys hidden>)"
+
+    def trim(self) -> None:
+        """Free the reusable contexts (~5 KB); the next packet builds them again."""
+        self._out.trim()
+        self._in.trim()
 
     def seal(self, packet: ControlPacket, packet_id: int, timestamp: int) -> bytes:
         header = encode_control_header(packet) + _PID.pack(packet_id, timestamp)
@@ -447,7 +455,7 @@ def _check_v2(server_key: bytes, data: bytes) -> FirstPacket | FirstPacketDroppe
         client_key, metadata = unwrap_client_key(server_key, wkc)
     except ValueError:
         return FirstPacketDropped("wkc-invalid")
-    codec = TlsCryptCodec(client_key, server=True, keep_contexts=False)  # one per client
+    codec = TlsCryptCodec(client_key, server=True)
     opened = codec.open(data)
     early = (opened.packet_id & EARLY_NEG_MASK) == EARLY_NEG_START
     return FirstPacket(opened, codec, metadata, early)

@@ -25,6 +25,7 @@ from sslvpn.openvpn.events import (
 from sslvpn.openvpn.key_method import IvProto
 from sslvpn.openvpn.session import NO_SHARED_CIPHER, ServerSession
 from sslvpn.openvpn.tls import TlsContext, TlsCredentials
+from sslvpn.openvpn.tls_wrap import TlsCryptCodec
 from tests.openvpn.conftest import Pki, issue
 from tests.openvpn.pair import PUSH, Pair
 
@@ -337,6 +338,19 @@ def test_idle_session_keeps_no_handshake_state(pki: Pki) -> None:
     assert server.peer_proto & IvProto.REQUEST_PUSH
     release = pki.server_context().context.set_mode(0) & SSL.MODE_RELEASE_BUFFERS
     assert release  # idle TLS sessions give their record buffers back
+
+
+def test_idle_tls_crypt_v2_session_trims_its_codec_and_still_renegotiates(pki: Pki) -> None:
+    pair = Pair(pki, wrap="tls-crypt-v2", server_timing=Timing(reneg_seconds=100.0))
+    server = pair.connect()
+    codec = server.wrap.codec
+    assert isinstance(codec, TlsCryptCodec) and codec._out._ctr is not None
+    pair.advance(11.0)  # a keepalive tick of an established session
+    assert codec._out._ctr is None and codec._in._hmac is None
+    pair.advance(90.0)
+    assert _renegotiated(pair.server_events) == [1]
+    _exchange(pair, 3, b"v2")
+    assert not server.drops and not pair.client.drops
 
 
 def test_auth_failed_is_retransmitted_while_lingering(pki: Pki) -> None:

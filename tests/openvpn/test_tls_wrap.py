@@ -274,12 +274,13 @@ def test_codec_restarts_its_keystream_for_every_packet() -> None:
     packets = [ControlPacket(Opcode.CONTROL_V1, 0, sid, message_id=i, payload=b"x" * size)
                for i, size in enumerate((1, 17, 250, 3, 1200))]
     reused, opener = TlsCryptCodec(TC_KEY, server=False), TlsCryptCodec(TC_KEY, server=True)
-    lean = TlsCryptCodec(TC_KEY, server=True, keep_contexts=False)
     for index, pkt in enumerate(packets):
         wire = reused.seal(pkt, index + 1, 7)
         assert wire == TlsCryptCodec(TC_KEY, server=False).seal(pkt, index + 1, 7)
-        assert opener.open(wire).packet == lean.open(wire).packet == pkt
-        assert lean.seal(pkt, index + 1, 7) == opener.seal(pkt, index + 1, 7)
+        assert opener.open(wire).packet == pkt
+        if index == 2:
+            reused.trim()  # an idle session gives its contexts back; they come again
+            opener.trim()
 
 
 @given(st.binary(max_size=200), st.lists(st.binary(max_size=90), max_size=3),
