@@ -8,6 +8,8 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeAlias
 
 from client_profiles.pkifiles import LifecycleError
 from sslvpn.store.models import CONTROL_CHANNEL_VALUES, PROTOCOLS_VALUES, GatewaySettings
@@ -16,6 +18,8 @@ DEVICE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 MAX_CLIENT_DAYS = 3650
 # An IPv6 client pool: at most a /64 (one subnet; SLAAC-sized) and at least a /112.
 POOL6_PREFIXES = range(64, 113)
+
+Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def validated_settings(
@@ -38,29 +42,52 @@ def validated_settings(
         raise LifecycleError(f"protocol must be one of {', '.join(PROTOCOLS_VALUES)}")
     if control_channel not in CONTROL_CHANNEL_VALUES:
         raise LifecycleError(f"control channel must be one of {', '.join(CONTROL_CHANNEL_VALUES)}")
-    pool_net = _network(pool, "pool")
-    if pool_net.version != 4 or pool_net.prefixlen > 29:
-        raise LifecycleError(f"pool {pool} must be an IPv4 network of /29 or larger")
-    vpc_networks = [_network(n, "VPC network") for n in vpc]
-    pool6_net = None if pool6 is None else _pool6(pool6, pool_net, vpc_networks)
-    if pool6_net is None and (v6 := next((n for n in vpc_networks if n.version == 6), None)):
-        raise LifecycleError(f"VPC network {v6} is IPv6: give an IPv6 client pool (--pool6) too")
+    networks = checked_networks(pool=pool, vpc=vpc, pool6=pool6)
     return GatewaySettings(
         public_addresses=addresses,
         port=port,
         protocols=proto,
-        vpc_networks=[str(n) for n in vpc_networks],
-        pool_cidr=str(pool_net),
-        pool6_cidr=None if pool6_net is None else str(pool6_net),
+        vpc_networks=[str(n) for n in networks.vpc],
+        pool_cidr=str(networks.pool),
+        pool6_cidr=None if networks.pool6 is None else str(networks.pool6),
         dns_servers=[_address(d) for d in dns],
         control_channel=control_channel,
     )
 
 
+@dataclass(frozen=True)
+class ClientNetworks:
+    """The client pools and the VPC networks they reach, checked together."""
+
+    pool: ipaddress.IPv4Network
+    pool6: ipaddress.IPv6Network | None
+    vpc: tuple[Network, ...]
+
+
+def checked_networks(pool: str, vpc: Sequence[str], pool6: str | None) -> ClientNetworks:
+    """The pools and VPC networks `sslvpn init` and the portal's settings page accept.
+
+    One check for both faces: a client address inside a VPC network would be routed to
+    the VPC instead of the tunnel, and an IPv6 VPC network is unreachable without an IPv6
+    client pool.
+    """
+    pool_net = _network(pool, "pool")
+    if not isinstance(pool_net, ipaddress.IPv4Network) or pool_net.prefixlen > 29:
+        raise LifecycleError(f"pool {pool} must be an IPv4 network of /29 or larger")
+    vpc_networks = tuple(_network(n, "VPC network") for n in vpc)
+    for other in vpc_networks:
+        if other.version == 4 and pool_net.overlaps(other):
+            raise LifecycleError(f"pool {pool_net} overlaps the VPC network {other}")
+    pool6_net = None if pool6 is None else _pool6(pool6, pool_net, vpc_networks)
+    if pool6_net is None and (v6 := next((n for n in vpc_networks if n.version == 6), None)):
+        raise LifecycleError(f"VPC network {v6} is IPv6: give an IPv6 client pool too")
+    return ClientNetworks(pool=pool_net, pool6=pool6_net, vpc=vpc_networks)
+
+
 def _pool6(
     text: str,
-    pool: ipaddress.IPv4Network | ipaddress.IPv6Network,
-    vpc: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+    pool: ipaddress.IPv4Network,
+    vpc: Sequence[Network],
 ) -> ipaddress.IPv6Network:
     """A routable IPv6 pool, apart from the VPC, with room for every IPv4 pool host number
     (the gateway gives the client with IPv4 host number n the IPv6 host number n)."""
@@ -82,7 +109,7 @@ def _pool6(
     return net
 
 
-def _network(text: str, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+def _network(text: str, what: str) -> Network:
     try:
         return ipaddress.ip_network(text, strict=True)
     except ValueError:

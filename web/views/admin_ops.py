@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from client_profiles.inputs import ClientNetworks, checked_networks
+from client_profiles.pkifiles import LifecycleError
 from sslvpn.store import NotFoundError, StoreError, db, queries
 from sslvpn.store.models import PROTOCOLS_VALUES, GatewaySettings
 from web import pki_ops
@@ -130,7 +132,10 @@ def _words(text: str) -> list[str]:
 
 
 def parse_settings(form: dict[str, str], settings: GatewaySettings) -> list[str]:
-    """Apply the form to ``settings``; return what was wrong (nothing applied if anything)."""
+    """Apply the form to ``settings``; return what was wrong (nothing applied if anything).
+
+    The pools and VPC networks go through the same check as `sslvpn init`.
+    """
     errors: list[str] = []
     addresses = _words(form.get("public_addresses", ""))
     if not addresses:
@@ -138,12 +143,16 @@ def parse_settings(form: dict[str, str], settings: GatewaySettings) -> list[str]
     for value in addresses:
         if not HOST.fullmatch(value):
             errors.append(f"{value!r} is not a host name or IP address.")
-    networks, dns = _words(form.get("vpc_networks", "")), _words(form.get("dns_servers", ""))
-    for value in networks + [form.get("pool_cidr", "")]:
-        try:
-            ipaddress.ip_network(value)
-        except ValueError:
-            errors.append(f"{value!r} is not a network like 10.0.0.0/16.")
+    networks: ClientNetworks | None = None
+    try:
+        networks = checked_networks(
+            pool=form.get("pool_cidr", "").strip(),
+            vpc=_words(form.get("vpc_networks", "")),
+            pool6=form.get("pool6_cidr", "").strip() or None,
+        )
+    except LifecycleError as exc:
+        errors.append(_sentence(str(exc)))
+    dns = _words(form.get("dns_servers", ""))
     for value in dns:
         try:
             ipaddress.ip_address(value)
@@ -156,31 +165,40 @@ def parse_settings(form: dict[str, str], settings: GatewaySettings) -> list[str]
         errors.append("Import link lifetime must be 60 to 86400 seconds.")
     if form.get("protocols") not in PROTOCOLS_VALUES:
         errors.append("Protocols must be udp, tcp or both.")
-    if errors:
+    if errors or networks is None:
         return errors
-    settings.public_addresses, settings.vpc_networks, settings.dns_servers = (
-        addresses,
-        networks,
-        dns,
-    )
-    settings.pool_cidr = str(ipaddress.ip_network(form["pool_cidr"]))
+    settings.public_addresses, settings.dns_servers = addresses, dns
+    settings.vpc_networks = [str(n) for n in networks.vpc]
+    settings.pool_cidr = str(networks.pool)
+    settings.pool6_cidr = None if networks.pool6 is None else str(networks.pool6)
     settings.port, settings.import_token_ttl_seconds = int(port), int(ttl)
     settings.protocols = form["protocols"]
     return []
 
 
+def _sentence(message: str) -> str:
+    """A one-line refusal from `client_profiles` as a sentence on the page."""
+    return message[:1].upper() + message[1:] + "."
+
+
 @require_admin
 async def save_settings(request: web.Request) -> web.StreamResponse:
-    settings = load_settings(request)
+    """Apply the form to the stored settings under the writer lock (no lost update)."""
+    portal = portal_of(request)
     form = await form_of(request)
-    errors = parse_settings(form, settings)
+    with db.session(portal.engine, write=True) as s:
+        try:
+            settings = queries.get_settings(s, name=portal.settings.gateway_name)
+        except NotFoundError:
+            settings = GatewaySettings(name=portal.settings.gateway_name)
+        errors = parse_settings(form, settings)
+        if not errors:
+            queries.save_settings(s, settings=settings)
     if errors:
         fresh = load_settings(request)
         return render(
             request, "admin_settings.html", {"settings": fresh}, status=400, errors=errors
         )
-    with db.session(portal_of(request).engine, write=True) as s:
-        queries.save_settings(s, settings=settings)
     audit(request, "settings.change", target=settings.name)
     flash(request, "Settings saved. New profiles use them; existing profiles keep theirs.")
     raise web.HTTPSeeOther("/admin/settings")

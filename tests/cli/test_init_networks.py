@@ -1,4 +1,5 @@
-"""`sslvpn init --pool6`: the IPv6 client pool is checked, stored and shown, or refused in
+"""`sslvpn init --pool/--pool6/--vpc`: the client pools are checked against each other and the
+VPC networks (the same rule as the portal's settings page), stored and shown, or refused in
 one line with nothing left behind."""
 
 from __future__ import annotations
@@ -62,12 +63,16 @@ def test_without_pool6_there_is_no_ipv6_pool(tmp_path: Path) -> None:
         (("--pool6", "fd00:8::/64", "--vpc", "fd00:8::/48"),
          "IPv6 pool fd00:8::/64 overlaps the VPC network fd00:8::/48"),
         (("--vpc", "fd00:10:10::/64"),
-         "VPC network fd00:10:10::/64 is IPv6: give an IPv6 client pool (--pool6) too"),
+         "VPC network fd00:10:10::/64 is IPv6: give an IPv6 client pool too"),
         (("--pool6", "fd00:8::/112", "--pool", "10.0.0.0/8"),
          "IPv6 pool fd00:8::/112 has fewer addresses than the IPv4 pool 10.0.0.0/8"),
+        (("--vpc", "10.8.0.0/16"), "pool 10.8.0.0/24 overlaps the VPC network 10.8.0.0/16"),
+        (("--pool", "10.9.0.0/24", "--vpc", "10.10.0.0/24", "--vpc", "10.9.0.64/26"),
+         "pool 10.9.0.0/24 overlaps the VPC network 10.9.0.64/26"),
+        (("--pool", "fd00:9::/64"), "pool fd00:9::/64 must be an IPv4 network of /29 or larger"),
     ],
 )
-def test_a_bad_ipv6_pool_is_one_line_and_leaves_nothing(
+def test_bad_pools_are_one_line_and_leave_nothing(
     tmp_path: Path, args: tuple[str, ...], message: str
 ) -> None:
     data_dir = tmp_path / "var"
@@ -76,3 +81,11 @@ def test_a_bad_ipv6_pool_is_one_line_and_leaves_nothing(
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert message in result.stderr
     assert not data_dir.exists()
+
+
+def test_a_pool_beside_the_vpc_is_accepted(tmp_path: Path) -> None:
+    data_dir = tmp_path / "var"
+    result = _init(data_dir, "--pool", "10.9.0.0/24", "--vpc", "10.8.0.0/24",
+                   "--vpc", "10.9.1.0/24")
+    assert result.exit_code == 0, result.output
+    assert _stored(data_dir).pool_cidr == "10.9.0.0/24"

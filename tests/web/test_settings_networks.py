@@ -1,0 +1,82 @@
+"""The portal's settings page checks the client pools and VPC networks with the same rule as
+`sslvpn init` (client_profiles.inputs.checked_networks): the IPv6 pool can be set and
+cleared, and a refused value is one sentence with nothing written."""
+
+from __future__ import annotations
+
+import html
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from sslvpn.store import db, queries
+from sslvpn.store.models import GatewaySettings
+from tests.web.conftest import Site, login
+
+FORM = {
+    "public_addresses": "vpn.example.test",
+    "port": "1194",
+    "protocols": "udp",
+    "vpc_networks": "10.10.0.0/24",
+    "dns_servers": "",
+    "pool_cidr": "10.8.0.0/24",
+    "pool6_cidr": "",
+    "import_token_ttl_seconds": "600",
+}
+
+
+async def _save(client: TestClient, csrf: str, **changes: str) -> tuple[int, str]:
+    response = await client.post("/admin/settings", data={"csrf_token": csrf, **FORM, **changes})
+    return response.status, html.unescape(await response.text())
+
+
+def _stored(site: Site) -> GatewaySettings:
+    with db.session(site.engine, write=False) as s:
+        return queries.get_settings(s)
+
+
+async def test_the_ipv6_pool_is_saved_shown_and_cleared(client: TestClient, site: Site) -> None:
+    csrf = await login(client, "root")
+    status, page = await _save(client, csrf, pool6_cidr="fd00:8::/64",
+                               vpc_networks="10.10.0.0/24 fd00:10:10::/64")
+    assert status == 200 and "Settings saved." in page, page
+    assert 'name="pool6_cidr" value="fd00:8::/64"' in page
+    stored = _stored(site)
+    assert stored.pool6_cidr == "fd00:8::/64"
+    assert stored.vpc_networks == ["10.10.0.0/24", "fd00:10:10::/64"]
+    status, page = await _save(client, csrf, pool6_cidr=" ")
+    assert status == 200 and "Settings saved." in page, page
+    assert _stored(site).pool6_cidr is None and _stored(site).vpc_networks == ["10.10.0.0/24"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "sentence"),
+    [
+        ({"vpc_networks": "fd00:10:10::/64"},
+         "VPC network fd00:10:10::/64 is IPv6: give an IPv6 client pool too."),
+        ({"pool6_cidr": "fd00:8::/64", "vpc_networks": "fd00:8::/48"},
+         "IPv6 pool fd00:8::/64 overlaps the VPC network fd00:8::/48."),
+        ({"pool6_cidr": "fd00:8::/48"}, "IPv6 pool fd00:8::/48 must be a /64 to /112 network."),
+        ({"pool6_cidr": "10.9.0.0/24"}, "IPv6 pool 10.9.0.0/24 is not an IPv6 network."),
+        ({"pool6_cidr": "fe80::/64"}, "must be a global or unique-local (fd00::/8) network."),
+        ({"vpc_networks": "10.8.0.0/16"}, "Pool 10.8.0.0/24 overlaps the VPC network 10.8.0.0/16."),
+        ({"vpc_networks": "10.10.0.0/24 10.8.0.128/25"},
+         "Pool 10.8.0.0/24 overlaps the VPC network 10.8.0.128/25."),
+        ({"pool_cidr": "10.8.0.0/30"},
+         "Pool 10.8.0.0/30 must be an IPv4 network of /29 or larger."),
+        ({"pool_cidr": "fd00::/64"}, "Pool fd00::/64 must be an IPv4 network of /29 or larger."),
+        ({"vpc_networks": "10.10.0.1/24"},
+         "VPC network '10.10.0.1/24' is not a network in CIDR form."),
+    ],
+)
+async def test_bad_networks_are_one_sentence_and_change_nothing(
+    client: TestClient, site: Site, changes: dict[str, str], sentence: str
+) -> None:
+    csrf = await login(client, "root")
+    before = _stored(site)
+    status, page = await _save(client, csrf, **changes)
+    assert status == 400 and sentence in page, page
+    after = _stored(site)
+    assert (after.pool_cidr, after.pool6_cidr, after.vpc_networks, after.updated_at) == (
+        before.pool_cidr, before.pool6_cidr, before.vpc_networks, before.updated_at)
+
