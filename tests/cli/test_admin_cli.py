@@ -59,7 +59,7 @@ def _one_line_error(result: Result, fragment: str) -> None:
 def _count(data_dir: Path, model: type[User] | type[Certificate]) -> int:
     engine = open_engine(database_url(data_dir, None))
     try:
-        with session(engine) as s:
+        with session(engine, write=False) as s:
             return len(s.exec(select(model)).all())
     finally:
         engine.dispose()
@@ -73,7 +73,7 @@ def test_init_defaults_and_file_modes(run: Run, data_dir: Path) -> None:
     result = run("init", "--public-address", "vpn.example.test")
     assert result.exit_code == 0, result.output
     engine = open_engine(database_url(data_dir, None))
-    with session(engine) as s:
+    with session(engine, write=False) as s:
         settings = s.exec(select(GatewaySettings)).one()
     engine.dispose()
     assert settings.protocols == "both" and settings.port == 1194
@@ -94,7 +94,7 @@ def test_init_options_are_stored(run: Run, data_dir: Path) -> None:
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     engine = open_engine(database_url(data_dir, None))
-    with session(engine) as s:
+    with session(engine, write=False) as s:
         settings = s.exec(select(GatewaySettings)).one()
     engine.dispose()
     assert settings.public_addresses == ["a.example", "198.18.0.1"]

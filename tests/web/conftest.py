@@ -102,7 +102,7 @@ def make_site(root: Path) -> Site:
     engine = open_engine(database_url(root, None))
     upgrade(engine)
     lifecycle.initialise(paths, engine, public_addresses=["198.18.0.1"], proto="udp")
-    with db.session(engine) as s:
+    with db.session(engine, write=True) as s:
         for name, hashed in _HASHES.items():
             role = "admin" if name == "root" else "user"
             queries.create_user(s, name=name, role=role, password_hash=hashed)
@@ -187,5 +187,5 @@ def issue_for(site: Site, user: str, device: str = "phone") -> str:
 
 
 def audit_actions(site: Site, *, actor: str | None = None) -> list[str]:
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=False) as s:
         return [e.action for e in queries.list_audit(s, actor=actor, limit=1000)]

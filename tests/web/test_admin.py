@@ -47,14 +47,14 @@ async def test_bad_user_input_explains_and_changes_nothing(client: TestClient, s
     assert status == 400 and "at least 8 characters" in page
     status, page = await post(client, "/admin/users", csrf, name="alice", role="user")
     assert status == 400 and "already exists" in page
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=False) as s:
         assert [u.name for u in queries.list_users(s)] == ["alice", "bob", "root"]
 
 
 async def test_disable_enable_and_reset_password(client: TestClient, site: Site) -> None:
     csrf = await login(client, "root")
     await post(client, "/admin/users/bob/disable", csrf)
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=False) as s:
         assert queries.get_user(s, name="bob").disabled
     await post(client, "/admin/users/bob/enable", csrf)
     status, page = await post(client, "/admin/users/bob/password", csrf)
@@ -74,7 +74,7 @@ async def test_delete_user_revokes_their_certificates(
     csrf = await login(client, "root")
     status, page = await post(client, "/admin/users/bob/delete", csrf)
     assert "1 certificate(s) revoked, 1 session(s) ended" in page
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=False) as s:
         assert queries.get_certificate(s, serial=serial).status == "revoked"
         assert "bob" not in [u.name for u in queries.list_users(s)]
 
@@ -95,12 +95,12 @@ async def test_issue_renew_revoke_from_the_certificates_page(
         client, "/admin/certificates", csrf, user="alice", device="laptop", days="30"
     )
     assert status == 200 and "Issued alice/laptop" in page
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=False) as s:
         (first,) = queries.list_certificates(s, kind="client")
     assert (first.not_after - first.not_before).days in (29, 30)
     _, page = await post(client, f"/admin/certificates/{first.serial}/renew", csrf)
     assert "Renewed alice.laptop" in page
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=False) as s:
         old = queries.get_certificate(s, serial=first.serial)
     assert old.status == "superseded" and old.superseded_by
     gateway.add("s1", "alice", old.superseded_by)
@@ -140,7 +140,7 @@ async def test_bad_certificate_input_explains(client: TestClient, site: Site) ->
     )
     assert status == 400
     assert "Choose an existing user." in page and "Lifetime must be 1 to 3650 days." in page
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=False) as s:
         assert queries.list_certificates(s, kind="client") == []
 
 
@@ -212,11 +212,11 @@ async def test_settings_validate_and_save(client: TestClient, site: Site) -> Non
         client, "/admin/settings", csrf, **{**good, "port": "99999", "dns_servers": "x"}
     )
     assert status == 400 and "Port must be 1 to 65535." in page and "is not an IP address" in page
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=False) as s:
         assert queries.get_settings(s).port == 1194
     status, page = await post(client, "/admin/settings", csrf, **good)
     assert status == 200 and "Settings saved." in page
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=False) as s:
         saved = queries.get_settings(s)
     assert saved.port == 443 and saved.vpc_networks == ["10.20.0.0/16", "10.30.0.0/16"]
     assert saved.import_token_ttl_seconds == 300 and saved.protocols == "both"
@@ -229,6 +229,6 @@ async def test_api_tokens_are_shown_once_and_stored_hashed(client: TestClient, s
     assert token
     listing = await (await client.get("/admin/api-tokens")).text()
     assert token.group(1) not in listing and "automation" in listing
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=False) as s:
         (row,) = queries.list_api_tokens(s, user_id=queries.get_user(s, name="root").id)
     assert token.group(1) not in row.token_hash

@@ -13,7 +13,7 @@ USER_TOKEN = "svt_test-user-token"
 
 
 def add_tokens(site: Site) -> None:
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=True) as s:
         for name, token in (("root", ADMIN_TOKEN), ("alice", USER_TOKEN)):
             user = queries.get_user(s, name=name)
             assert user.id is not None

@@ -53,7 +53,7 @@ async def test_create_device_issues_and_downloads_a_profile(client: TestClient, 
     assert "alice.phone.ovpn" in response.headers["Content-Disposition"]
     profile = await response.text()
     assert "<cert>" in profile and "<key>" in profile and "remote 198.18.0.1 1194 udp" in profile
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=False) as s:
         row = queries.get_certificate(s, serial=serial)
     assert row.device == "phone" and row.tls_crypt_v2_key
     actions = audit_actions(site, actor="alice")
@@ -65,7 +65,7 @@ async def test_bad_device_name_explains_and_changes_nothing(client: TestClient, 
     response = await client.post("/devices", data={"device": "no spaces!", "csrf_token": csrf})
     assert response.status == 400
     assert "Device name: 1-32 letters" in await response.text()
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=False) as s:
         assert queries.list_certificates(s, kind="client") == []
 
 
@@ -85,7 +85,7 @@ async def test_import_link_works_once_then_gone(client: TestClient, site: Site) 
     device_page = await (await client.get(f"/devices/{serial}")).text()
     assert "imported at" in device_page and "OpenVPNConnect/3.4" in device_page
     assert "profile.import" in audit_actions(site, actor="alice")
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=False) as s:
         (token,) = queries.list_import_tokens(s, user_id=queries.get_user(s, name="alice").id)
     assert token.used_at is not None and token.user_agent == "OpenVPNConnect/3.4"
     assert len(token.token_hash) == 64 and token.token_hash not in page
@@ -140,7 +140,7 @@ async def test_revoking_a_device_ends_its_sessions_and_kills_links(
     assert gateway.kicked == ["s1"]
     assert (await client.get(path)).status == 410
     assert (await client.get(f"/devices/{serial}/profile.ovpn")).status == 410
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=False) as s:
         assert queries.get_certificate(s, serial=serial).status == "revoked"
     assert site.paths.crl_pem.read_text().startswith("-----BEGIN X509 CRL-----")
 

@@ -70,18 +70,18 @@ def up_status(name: str) -> TunnelStatus:
 
 def seed(site: Site) -> None:
     """gw1 and dc1 joined by tunnel t1 with one policy; dc2 spare."""
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=True) as s:
         q.create_vpn_gateway(s, name="gw1", public_address="198.18.0.1")
         q.create_customer_gateway(s, name="dc1", address="198.19.0.2")
         q.create_customer_gateway(s, name="dc2", address="198.19.0.3")
     add_tunnel(site, "t1", "dc1")
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=True) as s:
         q.add_policy(s, tunnel="t1", local_cidr="10.0.0.0/16", peer_cidr="192.168.1.0/24")
 
 
 def add_tunnel(site: Site, name: str, customer_gateway: str) -> None:
     """A tunnel from gw1 with the default proposals and no policies."""
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=True) as s:
         q.create_tunnel(
             s,
             name=name,
@@ -100,7 +100,7 @@ async def post(client: TestClient, path: str, csrf: str, **form: str) -> tuple[i
 
 
 def stored(site: Site) -> tuple[list[str], list[str], list[str], list[tuple[str, str, str]]]:
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=False) as s:
         return (
             [g.name for g in q.list_vpn_gateways(s)],
             [c.name for c in q.list_customer_gateways(s)],
@@ -283,7 +283,7 @@ async def test_tunnel_form_refuses_bad_input_and_never_echoes_the_key(
     assert stored(site)[2] == ["t1"]
     status, page = await post(client, "/admin/ipsec/tunnels", csrf, **tunnel_form())
     assert status == 200 and "Tunnel t2 created" in page and PSK not in page
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=False) as s:
         made = q.get_tunnel(s, name="t2")
     assert made.psk == PSK and made.start_action == "wait"
     for path in ("/admin/ipsec/tunnels", "/admin/ipsec/tunnels/t2", "/admin/audit"):
@@ -295,11 +295,11 @@ async def test_tunnel_admin_switch_and_delete(client: TestClient, site: Site) ->
     csrf = await login(client, ADMIN)
     status, page = await post(client, "/admin/ipsec/tunnels/t1/down", csrf)
     assert status == 200 and "Tunnel t1 set down" in page and "Bring up" in page
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=False) as s:
         assert q.get_tunnel(s, name="t1").admin_up is False
     status, page = await post(client, "/admin/ipsec/tunnels/t1/up", csrf)
     assert "Take down" in page
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=False) as s:
         assert q.get_tunnel(s, name="t1").admin_up is True
     assert (await post(client, "/admin/ipsec/tunnels/nope/up", csrf))[0] == 404
     status, page = await post(client, "/admin/ipsec/tunnels/t1/delete", csrf)
@@ -336,7 +336,7 @@ async def test_policies_follow_the_overlap_rules(client: TestClient, site: Site)
     assert status == 200 and "Policy 10.0.0.0/16 &lt;-&gt; 172.16.0.0/24 added to t2." in page
     status, page = await post(client, path, csrf, local="10.0.0.0/16", peer="172.16.0.0/24")
     assert status == 400 and "already has policy" in page
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=False) as s:
         ((_, policy),) = q.list_policies(s, tunnel="t2")
     assert (await post(client, f"{path}/999/delete", csrf))[0] == 404
     assert (await post(client, f"{path}/x/delete", csrf))[0] == 404
@@ -381,7 +381,7 @@ async def test_status_without_a_gateway(site: Site) -> None:
 async def test_names_with_url_characters_stay_reachable(client: TestClient, site: Site) -> None:
     """Names the CLI allows but a URL must escape still lead to their own pages."""
     seed(site)
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=True) as s:
         q.create_customer_gateway(s, name="dc 3?", address="198.19.0.4")
         q.create_tunnel(
             s,

@@ -24,7 +24,7 @@ async def test_get_userlogin_issues_a_new_device_profile(client: TestClient, sit
     assert response.content_type == "text/plain"
     profile = await response.text()
     assert profile.startswith("# alice.connect-") and "<key>" in profile
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=False) as s:
         (row,) = queries.list_certificates(s, kind="client")
     assert row.device is not None and row.device.startswith("connect-")
     assert {"login", "certificate.issue", "profile.import"} <= set(
@@ -42,7 +42,7 @@ async def test_get_userlogin_errors_in_access_server_xml(client: TestClient, sit
         assert "<Type>Authorization Required</Type>" in body
         assert "<Synopsis>REST method failed</Synopsis>" in body
         assert "<Message>AUTH_FAILED:" in body
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=False) as s:
         assert queries.list_certificates(s, kind="client") == []
     assert "login.failed" in audit_actions(site, actor="alice")
 
@@ -64,7 +64,7 @@ async def test_web_profile_probe_answers_without_redirect_or_webauth(client: Tes
 async def test_tls_crypt_v2_gateway_needs_a_client_that_says_it_supports_it(
     client: TestClient, site: Site
 ) -> None:
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=True) as s:
         settings = queries.get_settings(s)
         settings.control_channel = "tls-crypt-v2"
         queries.save_settings(s, settings=settings)

@@ -31,7 +31,7 @@ schema.config.generation.update(deterministic=True)
 def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The portal on a loopback port, served from its own thread and event loop."""
     site = make_site(Path(tmp_path_factory.mktemp("api")) / "data")
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=True) as s:
         root = queries.get_user(s, name="root")
         assert root.id is not None
         queries.add_api_token(s, user_id=root.id, name="st", token_hash=token_hash(TOKEN))

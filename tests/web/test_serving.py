@@ -56,18 +56,18 @@ def test_listen_parsing_and_loopback() -> None:
 
 
 def test_first_start_creates_an_admin_once(site: Site) -> None:
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=True) as s:
         queries.set_user_role(s, name="root", role="user")
     password = ensure_first_admin(site.engine)
     assert password is not None
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=False) as s:
         admin = queries.get_user(s, name="admin")
     assert admin.role == "admin" and verify_password(admin.password_hash, password)
     assert ensure_first_admin(site.engine) is None
 
 
 async def test_sslvpn_portal_command_prints_url_and_one_time_password(site: Site) -> None:
-    with db.session(site.engine) as s:
+    with db.session(site.engine, write=True) as s:
         queries.set_user_role(s, name="root", role="user")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = await asyncio.create_subprocess_exec(
