@@ -93,8 +93,15 @@ def _obj(ctx: click.Context) -> CliContext:
 @click.option(
     "--proto", type=click.Choice(["udp", "tcp", "both"]), default="both", show_default=True
 )
-@click.option("--vpc", multiple=True, help="Network (CIDR) clients may reach; repeatable.")
-@click.option("--pool", default="10.8.0.0/24", show_default=True, help="Client address pool.")
+@click.option(
+    "--vpc", multiple=True, help="Network (CIDR) clients may reach; repeatable; IPv6 needs --pool6."
+)
+@click.option(
+    "--pool",
+    default="10.8.0.0/24",
+    show_default=True,
+    help="IPv4 client address pool, /29 or larger, apart from every --vpc network.",
+)
 @click.option(
     "--pool6",
     default=None,
