@@ -6,7 +6,10 @@ answers, drops, or says "create a session": only then is per-client state alloca
 A P_DATA_V2 packet from an unknown address whose peer-id belongs to a session is offered to
 that session; if it authenticates (the core heard from its peer), the session floats to the
 new address, as OpenVPN 2.6 does for clients behind NAT rebinding or changing networks.
-Reads are batched per readiness callback. Sends are batched too: what the sessions transmit
+Reads are batched per readiness callback, except that a socket woken after an idle spell
+reads one datagram only: a lone packet (a ping through an idle tunnel) then costs no
+failing second read, and if more are waiting the loop calls again at once, in batch mode.
+Sends are batched too: what the sessions transmit
 during a burst of reads (from this socket, or from the TUN) is queued per peer and flushed
 once when the burst ends, and anything transmitted elsewhere (a timer) at the end of that
 round of loop callbacks; a flush uses UDP generic segmentation offload (``UDP_SEGMENT``,
@@ -26,6 +29,7 @@ import errno
 import logging
 import socket
 import struct
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -38,6 +42,7 @@ log = logging.getLogger(__name__)
 
 SOCKET_BUFFER = 4 * 1024 * 1024
 READ_BATCH = 64
+IDLE_GAP = 0.001  # seconds between readiness callbacks after which one datagram is read
 MAX_DATAGRAM = 65535
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # linux/udp.h
 GSO_MAX_SEGMENTS = 64  # linux/udp.h UDP_MAX_SEGMENTS (older kernels)
@@ -118,6 +123,7 @@ class OpenVpnUdpListener:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dirty: list[_Peer] = []  # peers with pending datagrams, flush scheduled
         self._reading = False  # in a read burst: its end flushes, no callback needed
+        self._last_read = 0.0  # time.monotonic() of the last readiness callback
         self.gso = sock.family in (socket.AF_INET, socket.AF_INET6)
 
     @property
@@ -152,9 +158,12 @@ class OpenVpnUdpListener:
             tun.flush()
 
     def _read_burst(self) -> None:
+        now = time.monotonic()
+        busy = now - self._last_read < IDLE_GAP
+        self._last_read = now
         recvfrom = self.sock.recvfrom
         clients = self._clients
-        for _ in range(READ_BATCH):
+        for _ in range(READ_BATCH if busy else 1):
             try:
                 data, address = recvfrom(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):

@@ -1,8 +1,10 @@
 """The TUN device edge: packets between the kernel and the gateway, real or in memory.
 
 ``LinuxTun`` opens a kernel TUN device through python-pytun (no packet-info header, with the
-virtio-net header), reads it from the event loop in batches and writes without blocking (a
-full device drops, it never queues without bound); every ``FLUSH_EVERY`` packets read, the
+virtio-net header), reads it from the event loop in batches (one packet when woken after an
+idle spell: no failing second read for a lone packet; if more wait, the loop calls again)
+and writes without blocking (a full device drops, it never queues without bound); every
+``FLUSH_EVERY`` packets read, the
 sessions' queued output is sent, so a client gets bursts it can absorb; ``bursting`` tells
 them that hand-on is coming, so they schedule no flush of their own. Writes are batched:
 packets written during one round of loop callbacks (a burst of datagrams from a client) are
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -29,6 +32,7 @@ PacketSink = Callable[[bytes], None]
 BatchEnd = Callable[[], None]
 
 READ_BATCH = 64  # packets read per readiness callback before yielding to other work
+IDLE_GAP = 0.001  # seconds between readiness callbacks after which one packet is read
 FLUSH_EVERY = 16  # packets per burst handed on at once: bounds the bursts clients receive
 READ_SIZE = 65535 + VNET_HDR_LEN
 WRITE_BATCH = 256  # packets held for one flush at most; more flush at once
@@ -80,9 +84,9 @@ class LinuxTun:
         self._loop = asyncio.get_running_loop()
         fd = self._fd
 
-        def read_burst() -> bool:
-            """Up to FLUSH_EVERY packets; True when the device may hold more."""
-            for _ in range(FLUSH_EVERY):
+        def read_burst(count: int) -> bool:
+            """Up to ``count`` packets; True when the device may hold more."""
+            for _ in range(count):
                 try:
                     data = os.read(fd, READ_SIZE)
                 except (BlockingIOError, InterruptedError):
@@ -96,14 +100,21 @@ class LinuxTun:
                 on_packet(data[VNET_HDR_LEN:])
             return True
 
+        last_read = 0.0
+
         def readable() -> None:
+            nonlocal last_read
+            now = time.monotonic()
+            busy = now - last_read < IDLE_GAP
+            last_read = now
+            count = FLUSH_EVERY if busy else 1
             if on_batch_end is None:
-                read_burst()
+                read_burst(count)
                 return
-            for _ in range(READ_BATCH // FLUSH_EVERY):
+            for _ in range(READ_BATCH // FLUSH_EVERY if busy else 1):
                 self.bursting = True
                 try:
-                    more = read_burst()
+                    more = read_burst(count)
                 finally:
                     self.bursting = False
                 on_batch_end()

@@ -2,21 +2,29 @@
 
 A read burst (datagrams or TCP frames from a client, packets from the TUN) sends what it
 produced when it ends; scheduling a flush callback as well would cost every packet of an
-idle tunnel one more callback and loop round. And ``run`` serves on uvloop.
+idle tunnel one more callback and loop round. A socket woken after idling reads one
+datagram, not one plus a failing read. And ``run`` serves on uvloop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import ipaddress
+import socket
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from sslvpn.runtime import openvpn_udp
+from sslvpn.runtime.gateway import Gateway, GatewayOptions
+from sslvpn.runtime.openvpn_udp import OpenVpnUdpListener
 from sslvpn.runtime.service import GatewayService, ServeOptions, run
 from sslvpn.runtime.tun import MemoryTun
-from tests.runtime.fakes import ipv4
+from tests.runtime.fakes import MemoryPolicy, ipv4
 from tests.runtime.loopback import client_config, connected, issue, make_data_folder
 
 VPC_HOST = "10.10.0.10"
@@ -96,3 +104,36 @@ def test_run_serves_on_uvloop() -> None:
         return type(asyncio.get_running_loop()).__module__
 
     assert run(loop_module()).startswith("uvloop")
+
+
+class _QueuedSocket:
+    """A socket holding datagrams; a read beyond them fails as a drained socket does."""
+
+    family = socket.AF_INET
+
+    def __init__(self, *datagrams: bytes) -> None:
+        self.queued = list(datagrams)
+        self.reads = 0
+
+    def recvfrom(self, _size: int) -> tuple[bytes, tuple[str, int]]:
+        self.reads += 1
+        if not self.queued:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        return self.queued.pop(0), ("192.0.2.1", 1194)
+
+
+def test_a_socket_woken_after_idling_reads_one_datagram_then_bursts(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = iter([100.0, 100.0 + openvpn_udp.IDLE_GAP / 2])
+    monkeypatch.setattr(openvpn_udp, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    sock = _QueuedSocket(b"a", b"b", b"c")
+    gateway = Gateway(MemoryTun(), GatewayOptions(pool=ipaddress.IPv4Network("10.8.0.0/24"),
+                                                  vpc_networks=()), MemoryPolicy())
+    listener = OpenVpnUdpListener(sock, gateway, acceptor=None, session_factory=None)  # type: ignore[arg-type]
+    seen: list[bytes] = []
+    listener._unknown = lambda data, _address: seen.append(data)  # type: ignore[method-assign]
+    listener._read_burst()
+    assert (seen, sock.reads) == ([b"a"], 1)  # a lone packet costs no failing second read
+    listener._read_burst()  # called again soon: the socket is busy, read until drained
+    assert (seen, sock.reads) == ([b"a", b"b", b"c"], 4)
