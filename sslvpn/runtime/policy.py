@@ -185,9 +185,13 @@ class RecordWriter:
             batch, self._pending = self._pending, []
             if self._executor is None:  # one thread keeps the batches in order
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix="sslvpn-accounting")
-            loop = asyncio.get_running_loop()
+            writing = asyncio.get_running_loop().run_in_executor(self._executor, self._write,
+                                                                   batch)
             try:
-                await loop.run_in_executor(self._executor, self._write, batch)
+                await asyncio.shield(writing)  # a cancelled flush (shutdown) still writes
+            except asyncio.CancelledError:
+                writing.add_done_callback(_report_late_failure)
+                raise
             except Exception:  # the store is down or refused the batch: the data path goes on
                 self._failures += 1
                 if self._failures < BATCH_ATTEMPTS:
@@ -202,7 +206,14 @@ class RecordWriter:
             self._failures = 0
 
     def close(self) -> None:
-        """Stop the worker thread (after the last ``flush``)."""
+        """Wait for the writes under way and stop the worker thread (after the last
+        ``flush``)."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+
+
+def _report_late_failure(writing: asyncio.Future[None]) -> None:
+    """A batch whose flush was cancelled: its failure can only be logged."""
+    if not writing.cancelled() and writing.exception() is not None:
+        log.error("writing accounting records failed", exc_info=writing.exception())

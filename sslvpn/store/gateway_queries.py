@@ -1,9 +1,9 @@
 """The gateway's own queries: cheap reads on the handshake path and batched accounting writes.
 
 A running gateway asks the store the same few questions thousands of times, so these read
-only the columns they need (no ORM objects) and write a whole batch of accounting records
-(session opened, byte counters, session ended, address leases) with one statement per run
-of records of the same kind, inside the caller's one transaction. Like `queries`, every
+only the columns they need (no ORM objects, statements built once) and write a whole batch
+of accounting records (session opened, byte counters, session ended, address leases) with a
+few executemany statements inside the caller's one transaction. Like `queries`, every
 function takes the `Session` first and never commits.
 """
 

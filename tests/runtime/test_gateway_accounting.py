@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
@@ -13,6 +14,7 @@ from sslvpn.runtime.gateway import Gateway
 from sslvpn.runtime.policy import (
     LeaseStored,
     Record,
+    RecordWriter,
     SessionCounted,
     SessionEnded,
     SessionOpened,
@@ -190,3 +192,26 @@ async def test_a_full_batch_is_written_without_waiting_for_the_interval(
     h.connect("a1")  # a lease and an opened session: two records
     async with background(h.gateway):
         await until(lambda: len(policy.opened) == 1)
+
+
+async def test_a_cancelled_flush_still_writes_its_batch() -> None:
+    written: list[list[Record]] = []
+    release = threading.Event()
+
+    def slow_write(batch: Sequence[Record]) -> None:
+        release.wait(10)
+        written.append(list(batch))
+
+    writer = RecordWriter(slow_write)
+    first, second = LeaseStored("a1", "10.8.0.2"), LeaseStored("b2", "10.8.0.3")
+    flushes = []
+    for record in (first, second):  # the second waits behind the first in the worker
+        writer.add(record)
+        flushes.append(asyncio.create_task(writer.flush()))
+        await asyncio.sleep(0)
+        flushes[-1].cancel()  # as when the gateway shuts down mid-flush
+        with contextlib.suppress(asyncio.CancelledError):
+            await flushes[-1]
+    release.set()
+    await asyncio.to_thread(writer.close)
+    assert written == [[first], [second]]
