@@ -394,7 +394,7 @@ class Gateway:
             self._end(client, reason)
         self.tun.close()
         await self.records.flush()
-        self.records.close()
+        await self.records.close()
 
     # -- GatewayControl ----------------------------------------------------------------
     def info(self, client: ClientSession) -> SessionInfo:

@@ -205,12 +205,12 @@ class RecordWriter:
                 return
             self._failures = 0
 
-    def close(self) -> None:
-        """Wait for the writes under way and stop the worker thread (after the last
-        ``flush``)."""
+    async def close(self) -> None:
+        """Wait (off the loop) for the writes under way and stop the worker thread; call
+        it after the last ``flush``."""
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+            executor, self._executor = self._executor, None
+            await asyncio.to_thread(executor.shutdown, wait=True)
 
 
 def _report_late_failure(writing: asyncio.Future[None]) -> None:

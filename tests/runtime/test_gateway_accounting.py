@@ -213,5 +213,5 @@ async def test_a_cancelled_flush_still_writes_its_batch() -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await flushes[-1]
     release.set()
-    await asyncio.to_thread(writer.close)
+    await writer.close()
     assert written == [[first], [second]]
