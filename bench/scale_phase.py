@@ -1,11 +1,9 @@
 """Scale: thousands of simulated clients (``bench.loadgen``) against each server, UDP.
 
-Every simulated client has its own certificate (our gateway ends an older session that
-uses the same certificate, as OpenVPN does without ``duplicate-cn``), issued through
-``client_profiles.lifecycle`` into the bench data folder, so both servers see the same
-clients. The first stage is one burst (all its handshakes started at once): its completion
-rate is the "handshakes/s under a burst" figure; each stage then reports the server's RSS
-with that many idle sessions sending keepalives.
+Every simulated client has its own certificate (``bench.credentials``), so both servers see
+the same distinct clients. The first stage is one burst (all its handshakes started at
+once): its completion rate is the "handshakes/s under a burst" figure; each stage then
+reports the server's RSS with that many idle sessions sending keepalives.
 """
 
 from __future__ import annotations
@@ -17,12 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event
-
+from bench.credentials import issue_clients, write_jsonl
 from bench.lab import file_contains, wait_until
 from bench.report import Report
 from bench.tunnel_phases import SIDE
-from bench.vpn import GATEWAY_OUTER, PORT, ROOT, USER, OpenVpnServer, OurServer, Server, VpnTopology
+from bench.vpn import GATEWAY_OUTER, PORT, ROOT, OpenVpnServer, OurServer, Server, VpnTopology
 
 
 @dataclass(frozen=True)
@@ -33,41 +30,12 @@ class ScaleSettings:
     stage_timeout: float = 75.0
 
 
-def _fast_sqlite(engine: Engine) -> None:
-    """Bulk issuance for the bench only: no fsync and no journal file per certificate."""
-
-    @event.listens_for(engine, "connect")
-    def _pragma(dbapi_connection: object, record: object) -> None:
-        dbapi_connection.execute("PRAGMA synchronous=OFF")  # type: ignore[attr-defined]
-        dbapi_connection.execute("PRAGMA journal_mode=MEMORY")  # type: ignore[attr-defined]
-
-
-def issue_credentials(topo: VpnTopology, count: int, out: Path) -> None:
-    """``count`` client certificates (user ``bench``, devices s0..) as JSON lines."""
-    from client_profiles import lifecycle
-    from sslvpn.config import DataPaths, database_url
-    from sslvpn.store.db import open_engine
-
-    paths = DataPaths(topo.data_dir)
-    engine = open_engine(database_url(topo.data_dir, None))
-    _fast_sqlite(engine)
-    try:
-        with out.open("w") as handle:
-            for i in range(count):
-                row = lifecycle.issue_client(engine, paths, user_name=USER, device=f"s{i}",
-                                             actor="bench")
-                handle.write(json.dumps({"cert": row.cert_pem, "key": row.key_pem}) + "\n")
-    finally:
-        engine.dispose()
-    out.chmod(0o600)
-
-
 def run_scale(topo: VpnTopology, report: Report, settings: ScaleSettings) -> None:
     if topo.cli_error is not None:
         report.notes.append("scale: n/a (needs the data folder made by the sslvpn CLI)")
         return
     credentials = topo.work / "scale-clients.jsonl"
-    issue_credentials(topo, max(settings.sizes), credentials)
+    write_jsonl(issue_clients(topo, max(settings.sizes), "s"), credentials)
     servers: dict[str, Server] = {"openvpn": OpenVpnServer(topo), "ours": OurServer(topo)}
     for name, server in servers.items():
         try:

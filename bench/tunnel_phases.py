@@ -10,8 +10,10 @@ from __future__ import annotations
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench import measure
+from bench.credentials import issue_clients, profiles_for
 from bench.lab import wait_until
 from bench.report import Report
 from bench.vpn import (
@@ -53,6 +55,7 @@ class TunnelBench:
         self.down: dict[tuple[str, str], str] = {}  # (server, proto) -> why it cannot start
         self.iperf_server: subprocess.Popen[bytes] | None = None
         self.raw_rtts: list[float] = []
+        self.burst_profiles: dict[str, list[Path]] = {}
         self.runs: list[dict[str, object]] = report.meta.setdefault("runs", [])
 
     def _skip(self, name: str, proto: str, reason: str) -> None:
@@ -199,11 +202,18 @@ class TunnelBench:
             fig.samples[SIDE[name]] = times
             setattr(fig, SIDE[name], measure.median(times))
 
+    def _burst_profiles(self, proto: str) -> list[Path]:
+        if proto not in self.burst_profiles:
+            self.burst_profiles[proto] = _burst_profiles_for(self.topo, proto,
+                                                             self.settings.burst)
+        return self.burst_profiles[proto]
+
     def _burst(self, name: str, proto: str) -> None:
         """``burst`` clients started at once (no TUN each): completed handshakes per second."""
         n = self.settings.burst
+        profiles = self._burst_profiles(proto)
         started = time.time()
-        clients = [Client(self.topo, self.topo.profiles[proto], f"burst-{name}-{i}",
+        clients = [Client(self.topo, profiles[i], f"burst-{name}-{i}",
                           "--machine-readable-output", *NULL_DEVICE) for i in range(n)]
         try:
             wait_until(lambda: all(c.connected() for c in clients), 60)
@@ -217,6 +227,19 @@ class TunnelBench:
                               "handshakes/s", "higher")
         if finished:
             setattr(fig, SIDE[name], len(finished) / max(1e-6, max(finished) - started))
+
+
+def _burst_profiles_for(topo: VpnTopology, proto: str, n: int) -> list[Path]:
+    """One profile per burst client, each with its own certificate (``bench.credentials``).
+
+    Without the CLI's data folder (ours is n/a then) they share the fallback profile.
+    """
+    if topo.cli_error is not None:
+        return [topo.profiles[proto]] * n
+    if not topo.burst_credentials:
+        topo.burst_credentials = issue_clients(topo, n, "b")
+    return profiles_for(topo.profiles[proto], topo.burst_credentials[:n],
+                        topo.work / f"burst-{proto}")
 
 
 def _p99(values: list[float]) -> float | None:

@@ -69,6 +69,7 @@ class VpnTopology:
     data_dir: Path
     profiles: dict[str, Path] = field(default_factory=dict)
     cli_error: str | None = None  # why the CLI could not make the data folder
+    burst_credentials: list[tuple[str, str]] = field(default_factory=list)  # (cert, key) PEM
 
     def raw_route(self, on: bool) -> None:
         """The routed path without a VPN (the ceiling); off before any client connects."""
@@ -178,7 +179,9 @@ class OpenVpnServer(Server):
             f"ca {pki / 'ca.crt'}", f"cert {pki / 'server.crt'}", f"key {pki / 'server.key'}",
             "dh none", *crl, f"tls-crypt {pki / 'tls-crypt.key'}",
             f"data-ciphers {CIPHER}", "keepalive 10 60", "persist-key", "persist-tun",
-            "disable-dco", "max-clients 20000", "duplicate-cn", "verb 3",
+            "disable-dco", "max-clients 20000", "verb 3",
+            # the fallback PKI has one client certificate, shared by every burst client
+            *(["duplicate-cn"] if self.topo.cli_error is not None else []),
             *(["explicit-exit-notify 1"] if proto == "udp" else []), "",
         ]))
         return path
