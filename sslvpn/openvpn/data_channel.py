@@ -53,6 +53,7 @@ _U32 = struct.Struct("!I")
 _V1 = int(Opcode.DATA_V1)
 _V2 = int(Opcode.DATA_V2)
 _MIN_BODY = PACKET_ID_LEN + AEAD_TAG_LEN
+_HEADER_LEN = {_V2: 4, _V1: 1}  # opcode -> bytes before the packet id
 
 
 class DataDropped(BufferReadError):
@@ -100,8 +101,8 @@ class DataChannelKey:
         "key_id",
         "cipher",
         "compression",
-        "_enc",
-        "_dec",
+        "_encrypt",
+        "_decrypt",
         "_enc_iv",
         "_dec_iv",
         "_header",
@@ -126,8 +127,8 @@ class DataChannelKey:
         self.key_id = key_id
         self.cipher = keys.cipher
         self.compression = compression
-        self._enc = _aead(keys.cipher, keys.encrypt.key)
-        self._dec = _aead(keys.cipher, keys.decrypt.key)
+        self._encrypt = _aead(keys.cipher, keys.encrypt.key).encrypt  # bound once: hot path
+        self._decrypt = _aead(keys.cipher, keys.decrypt.key).decrypt
         self._enc_iv = keys.encrypt.implicit_iv
         self._dec_iv = keys.decrypt.implicit_iv
         self._v2 = peer_id is not None
@@ -163,41 +164,44 @@ class DataChannelKey:
         pid_bytes = _U32.pack(pid)
         aad = self._header + pid_bytes if self._v2 else pid_bytes
         plain = packet if self.compression is Compression.NONE else self._frame(packet)
-        sealed = self._enc.encrypt(pid_bytes + self._enc_iv, plain, aad)
+        sealed = self._encrypt(pid_bytes + self._enc_iv, plain, aad)
         self.bytes_out += len(packet)
         return b"".join((self._header, pid_bytes, sealed[-AEAD_TAG_LEN:], sealed[:-AEAD_TAG_LEN]))
 
     def open(self, data: bytes) -> bytes:
-        """Authenticate, replay-check and unframe one data packet; returns the plaintext."""
+        """Authenticate, replay-check and unframe one data packet; returns the plaintext.
+
+        Written for the cold single packet (a ping through an idle tunnel) as much as for
+        bursts: few attribute lookups, and a packet id above the window's top (the normal
+        case) is known fresh without asking the window.
+        """
         if not data:
             raise DataDropped("short")
         first = data[0]
         if first & P_KEY_ID_MASK != self.key_id:
             raise DataDropped("key-id")
-        opcode = first >> P_OPCODE_SHIFT
-        if opcode == _V2:
-            hlen = 4
-        elif opcode == _V1:
-            hlen = 1
-        else:
+        hlen = _HEADER_LEN.get(first >> P_OPCODE_SHIFT)
+        if hlen is None:
             raise DataDropped("not-data")
         if len(data) < hlen + _MIN_BODY:
             raise DataDropped("short")
         body = hlen + PACKET_ID_LEN
         pid_bytes = data[hlen:body]
-        (pid,) = _U32.unpack(pid_bytes)
-        verdict = self._replay.check(pid)
-        if verdict is not ReplayVerdict.FRESH:
-            raise DataDropped("replay" if verdict is ReplayVerdict.REPLAYED else "too-old")
-        aad = data[:body] if hlen == 4 else pid_bytes
+        pid = int.from_bytes(pid_bytes, "big")
+        replay = self._replay
+        if pid <= replay.top:
+            verdict = replay.check(pid)
+            if verdict is not ReplayVerdict.FRESH:
+                raise DataDropped("replay" if verdict is ReplayVerdict.REPLAYED else "too-old")
         tag_end = body + AEAD_TAG_LEN
         try:
-            plain = self._dec.decrypt(
-                pid_bytes + self._dec_iv, data[tag_end:] + data[body:tag_end], aad
+            plain = self._decrypt(
+                pid_bytes + self._dec_iv, data[tag_end:] + data[body:tag_end],
+                data[:body] if hlen == 4 else pid_bytes,
             )
         except InvalidTag:
             raise DataDropped("auth") from None
-        self._replay.update(pid)
+        replay.update(pid)
         if self.compression is not Compression.NONE or (plain and plain[0] == NO_COMPRESS_BYTE):
             plain = self._unframe(plain)
         self.bytes_in += len(plain)

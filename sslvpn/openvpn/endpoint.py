@@ -311,6 +311,10 @@ class Endpoint:
         send = self._send_key
         if send is not None and ks.serial > send.serial:
             self._switch_send_key(ks, now)  # the peer demonstrably uses the new key
+        return self._data_payload(plain)
+
+    def _data_payload(self, plain: bytes) -> bytes | None:
+        """What an opened data packet carries: a tunnel packet, or a ping or OCC to handle."""
         if is_ping(plain):
             return None
         occ = occ_opcode(plain)
@@ -325,18 +329,29 @@ class Endpoint:
     def open_data(self, data: bytes, now: float) -> bytes | None:
         """``receive_datagram`` for the hot path: the tunnel packet is returned, not queued.
 
-        Only a data packet on the key we send with takes the short way; anything else
-        (control, older or newer keys, pings, drops) goes through ``receive_datagram``.
-        None means "nothing to deliver": events or output may be queued, so the caller
-        drains the session as after ``receive_datagram``.
+        Only a data packet on the key we send with takes the short way (one frame down to
+        the AEAD, for the cold lone packet of an idle tunnel); anything else (control,
+        older or newer keys) goes through ``receive_datagram``. None means "nothing to
+        deliver" (that includes pings, OCC and counted drops): events or output may be
+        queued, so the caller drains the session as after ``receive_datagram``.
         """
         ks = self._send_key
-        if (ks is None or self.closed or not data or data[0] & 0x07 != ks.key_id
-                or data[0] >> 3 not in _DATA_OPCODES):
+        crypto = None if ks is None else ks.crypto
+        first = data[0] if data else 0
+        if (crypto is None or self.closed or first & 0x07 != crypto.key_id
+                or first >> 3 not in _DATA_OPCODES):
             self.receive_datagram(data, now)
             return None
         self._now = now
-        return self._receive_data(data, now)
+        try:
+            plain = crypto.open(data)
+        except DataDropped as exc:
+            self._drop("data-" + exc.reason)
+            return None
+        self.last_received = now
+        if plain and plain[0] >> 4 in (4, 6):  # an IP packet: neither ping nor OCC
+            return plain
+        return self._data_payload(plain)
 
     def seal_data(self, ip_packet: bytes, now: float) -> bytes | None:
         """``send_packet`` for the hot path: the sealed datagram is returned, not queued.

@@ -97,15 +97,14 @@ class SessionDriver:
         if self.closed:
             return
         self.now = now = self._loop.time()
-        data_packet = bool(data) and (data[0] >> 3) in _DATA
-        if data_packet and self._open is not None:
+        if self._open is not None:  # it hands anything but a plain data packet on itself
             plain = self._open(data, now)
             if plain is not None:
                 self._on_packet(plain)
                 return
         else:
             self.core.receive_datagram(data, now)
-        self.pump(rearm=not data_packet)
+        self.pump(rearm=not data or (data[0] >> 3) not in _DATA)
 
     def send_packet(self, ip_packet: bytes) -> None:
         """A tunnel packet for the peer (the hot path from the TUN)."""

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sslvpn.net import ippacket
+from sslvpn.net.ippacket import IPV4_HEADER_MIN
 from sslvpn.net.pool import AddressPool, PoolExhausted
 from sslvpn.net.routes import RouteTable
 from sslvpn.openvpn.events import (
@@ -58,6 +59,8 @@ log = logging.getLogger(__name__)
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_PEER_ID = 0xFFFFFE
+VPC_MEMO_SIZE = 4096  # destinations whose VPC verdict is remembered (cleared when full)
+_IPV4_NO_OPTIONS = b"\x45"  # version 4, 20-byte header
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ class Gateway:
         self.vpc: RouteTable[bool] = RouteTable()
         for network in options.vpc_networks:
             self.vpc.add(network, True)
+        self._vpc_memo: dict[bytes, bool] = {}  # destination -> inside the VPC
         self.drops: collections.Counter[str] = collections.Counter()
         self.tunnel_status_providers: list[Callable[[], list[TunnelStatus]]] = []
         self.flushers: list[Callable[[], None]] = []  # listeners' queued sends, per TUN burst
@@ -160,7 +164,7 @@ class Gateway:
                                on_closed)
         client.driver = SessionDriver(core, transmit=transmit,
                                       on_event=lambda _d, event: self._on_event(client, event),
-                                      on_packet=lambda packet: self._from_client(client, packet))
+                                      on_packet=self._client_sink(client))
         client.last_activity = client.driver.now
         self._sessions[session_id] = client
         return client
@@ -175,13 +179,47 @@ class Gateway:
 
     # -- the data path -----------------------------------------------------------------
     def _from_tun(self, packet: bytes) -> None:
-        dst = ippacket.destination(packet)
+        if len(packet) >= IPV4_HEADER_MIN and packet[0] >> 4 == 4:  # the common case inline
+            dst: bytes | None = packet[16:20]
+        else:
+            dst = ippacket.destination(packet)
         client = self._by_address.get(dst) if dst is not None else None
         if client is None or client.driver is None:
             self.drops["tun-no-session"] += 1
             return
         client.bytes_out += len(packet)
         client.driver.send_packet(packet)
+
+    def _client_sink(self, client: ClientSession) -> Callable[[bytes], None]:
+        """One session's client -> VPC path with its lookups bound once (the hot path).
+
+        A plain IPv4 packet (20-byte header) from the client's own address to a VPC address
+        goes to the TUN here; everything else takes ``_from_client``, which has every check.
+        """
+        write = self.tun.write
+        slow = self._from_client
+        in_vpc = self._in_vpc
+
+        def from_client(packet: bytes) -> None:
+            if (packet[:1] == _IPV4_NO_OPTIONS and len(packet) >= IPV4_HEADER_MIN
+                    and packet[12:16] == client.vpn_address and in_vpc(packet[16:20])):
+                client.last_activity = client.driver.now  # type: ignore[union-attr]
+                client.bytes_in += len(packet)
+                write(packet)
+            else:
+                slow(client, packet)
+
+        return from_client
+
+    def _in_vpc(self, dst: bytes) -> bool:
+        """VPC route check with a bounded memo of recent destinations."""
+        known = self._vpc_memo.get(dst)
+        if known is None:
+            known = bool(self.vpc.lookup(dst))
+            if len(self._vpc_memo) >= VPC_MEMO_SIZE:
+                self._vpc_memo.clear()
+            self._vpc_memo[dst] = known
+        return known
 
     def _from_client(self, client: ClientSession, packet: bytes) -> None:
         addrs = ippacket.addresses(packet)
@@ -194,7 +232,7 @@ class Gateway:
             return
         assert client.driver is not None  # noqa: S101 (set in new_session)
         client.last_activity = client.driver.now
-        if self.vpc.lookup(dst):
+        if self._in_vpc(dst):
             client.bytes_in += len(packet)
             self.tun.write(packet)
             return

@@ -41,8 +41,8 @@ class Harness:
         self.sent: dict[str, list[bytes]] = {}
         self.gone: list[str] = []
 
-    def connect(self, serial: str) -> tuple[ClientSession, FakeCore]:
-        core = FakeCore()
+    def connect(self, serial: str, core: FakeCore | None = None) -> tuple[ClientSession, FakeCore]:
+        core = core or FakeCore()
         wire: list[bytes] = []
         client = self.gateway.new_session(
             core,
@@ -55,6 +55,16 @@ class Harness:
         assert client.driver is not None
         client.driver.feed(VERIFY + serial.encode())
         return client, core
+
+
+class FastCore(FakeCore):
+    """A FakeCore with the driver's fast path: IP packets come straight back from open_data."""
+
+    def open_data(self, data: bytes, now: float) -> bytes | None:
+        if data.startswith(VERIFY):
+            self.receive_datagram(data, now)
+            return None
+        return data
 
 
 @pytest_asyncio.fixture
@@ -93,6 +103,24 @@ async def test_packets_flow_both_ways(harness: Harness) -> None:
     assert (info.bytes_in, info.bytes_out) == (len(outbound), len(inbound))
     traffic = harness.gateway.traffic()
     assert (traffic.bytes_in, traffic.bytes_out) == (len(outbound), len(inbound))
+
+
+async def test_fast_path_keeps_every_check(harness: Harness) -> None:
+    """The per-session sink the driver feeds opened packets to drops what the full path does."""
+    harness.policy.add("a1", "alice")
+    client, _ = harness.connect("a1", FastCore())
+    assert client.driver is not None
+    good = ipv4("10.8.0.2", VPC_HOST)
+    plain = ipv4("10.8.0.2", "10.10.0.11")
+    with_options = bytes([0x46]) + plain[1:20] + bytes([1, 1, 1, 0]) + plain[20:]
+    for packet in (good, ipv4("10.8.0.99", VPC_HOST), ipv4("10.8.0.2", "8.8.8.8"),
+                   ipv4("10.8.0.2", "8.8.8.8"), ipv4("10.8.0.2", "10.8.0.1"), b"\x00garbage",
+                   good[:19], with_options, good):
+        client.driver.feed(packet)
+    assert harness.tun.written == [good, with_options, good]
+    assert harness.gateway.drops == {"spoofed-source": 1, "outside-vpc": 3, "not-ip": 2}
+    [info] = harness.gateway.list_sessions()
+    assert info.bytes_in == 2 * len(good) + len(with_options)
 
 
 async def test_spoofed_source_and_non_vpc_destination_are_dropped(harness: Harness) -> None:
