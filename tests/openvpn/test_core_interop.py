@@ -107,16 +107,21 @@ def _write_files(pki: Pki, tmp_path: Path) -> None:
         (tmp_path / name).chmod(0o600)
 
 
-@pytest.fixture
-def lab(pki: Pki, tmp_path: Path) -> Iterator[Lab]:
+def _two_namespaces(pki: Pki, tmp_path: Path, prefix: str) -> Iterator[Lab]:
+    """A server and a client namespace on one link, with the PKI files; always removed."""
     _write_files(pki, tmp_path)
-    netns = NetnsLab("c2")
+    netns = NetnsLab(prefix)
     try:
         server_ns, client_ns = netns.namespace("srv"), netns.namespace("cli")
         netns.link(server_ns, f"{SERVER}/24", client_ns, f"{CLIENT}/24")
         yield Lab(netns, server_ns, client_ns, tmp_path)
     finally:
         netns.close()
+
+
+@pytest.fixture
+def lab(pki: Pki, tmp_path: Path) -> Iterator[Lab]:
+    yield from _two_namespaces(pki, tmp_path, "c2")
 
 
 def _connected(lab: Lab, log: Path) -> None:
@@ -178,14 +183,7 @@ def test_foreign_certificate_gets_auth_failed_with_reason(lab: Lab) -> None:
 # -- our client core against the stock openvpn 2.6 server ------------------------------------
 @pytest.fixture
 def server_lab(pki: Pki, tmp_path: Path) -> Iterator[Lab]:
-    _write_files(pki, tmp_path)
-    netns = NetnsLab("sk")
-    try:
-        server_ns, client_ns = netns.namespace("srv"), netns.namespace("cli")
-        netns.link(server_ns, f"{SERVER}/24", client_ns, f"{CLIENT}/24")
-        yield Lab(netns, server_ns, client_ns, tmp_path)
-    finally:
-        netns.close()
+    yield from _two_namespaces(pki, tmp_path, "sk")
 
 
 def _start_openvpn_server(lab: Lab, wrap: str) -> Path:
