@@ -25,4 +25,8 @@ class ConflictError(StoreError):
     """The row exists but its state forbids the change (already revoked, token used)."""
 
 
-__all__ = ["ConflictError", "DuplicateError", "NotFoundError", "StoreError"]
+class StoreUnavailable(StoreError):
+    """The store failed or did not answer in time; the same request may work later."""
+
+
+__all__ = ["ConflictError", "DuplicateError", "NotFoundError", "StoreError", "StoreUnavailable"]

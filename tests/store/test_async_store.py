@@ -1,0 +1,127 @@
+"""AsyncStore: store calls from an event loop are threaded, bounded in time, outage-aware."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlmodel import Session
+
+from sslvpn.store import NotFoundError, StoreError, StoreUnavailable
+from sslvpn.store.async_store import AsyncStore
+from sslvpn.store.db import open_engine, upgrade
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Engine:
+    engine = open_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    upgrade(engine)
+    return engine
+
+
+def _one(s: Session) -> int:
+    return int(s.exec(text("SELECT 1")).one()[0])  # type: ignore[call-overload]
+
+
+async def test_read_and_write_run_off_the_loop(sqlite_engine: Engine) -> None:
+    store = AsyncStore(sqlite_engine)
+    loop_thread = threading.get_ident()
+    seen: list[int] = []
+
+    def work(s: Session) -> int:
+        seen.append(threading.get_ident())
+        return _one(s)
+
+    assert await store.read(work) == 1
+    assert await store.write(work) == 1
+    assert seen and loop_thread not in seen
+    assert store.available
+    await store.close()
+
+
+async def test_answers_pass_through_and_faults_become_unavailable(
+        sqlite_engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    store = AsyncStore(sqlite_engine)
+
+    def missing(_engine: Engine) -> None:
+        raise NotFoundError("no such user")
+
+    def broken(_engine: Engine) -> None:
+        raise StoreError("database error: disk I/O error")
+
+    with pytest.raises(NotFoundError):
+        await store.call(missing)
+    assert store.available
+    with caplog.at_level(logging.WARNING, logger="sslvpn.store.async_store"):
+        for _ in range(3):
+            with pytest.raises(StoreUnavailable):
+                await store.call(broken)
+        assert not store.available
+        assert await store.read(_one) == 1
+    assert store.available
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("unavailable" in m for m in messages) == 1  # once, not once per failed call
+    assert sum("available again" in m for m in messages) == 1
+    assert store.outages == 1
+    await store.close()
+
+
+async def test_a_hung_store_costs_the_caller_only_the_timeout(sqlite_engine: Engine) -> None:
+    store = AsyncStore(sqlite_engine, timeout=0.2, threads=2)
+    release = threading.Event()
+
+    def hang(_engine: Engine) -> str:
+        release.wait(30)
+        return "late"
+
+    started = time.monotonic()
+    for _ in range(2):
+        with pytest.raises(StoreUnavailable):
+            await store.call(hang)
+    assert time.monotonic() - started < 2
+    # every thread is stuck: the next call fails at once instead of queueing behind them
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        await store.read(_one)
+    assert time.monotonic() - started < 0.1
+    release.set()
+    deadline = time.monotonic() + 10
+    while True:  # the stuck threads come back once the store answers
+        try:
+            assert await store.read(_one) == 1
+            break
+        except StoreUnavailable:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+    assert store.available
+    await store.close()
+
+
+async def test_a_locked_sqlite_file_is_a_timeout_not_a_stall(
+        sqlite_engine: Engine, tmp_path: Path) -> None:
+    store = AsyncStore(sqlite_engine, timeout=0.3)
+    holder = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await store.write(_one)
+        assert time.monotonic() - started < 1.5
+        assert not store.available
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    deadline = time.monotonic() + 15
+    while not store.available:  # the waiting writer gets the lock; a new call proves it
+        assert time.monotonic() < deadline
+        try:
+            await store.read(_one)
+        except StoreUnavailable:
+            await asyncio.sleep(0.05)
+    await store.close()
