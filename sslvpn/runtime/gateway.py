@@ -47,11 +47,11 @@ from sslvpn.runtime.driver import SessionCore, SessionDriver, Transmit
 from sslvpn.runtime.policy import (
     LeaseStored,
     Policy,
-    RecordWriter,
     SessionCounted,
     SessionEnded,
     SessionOpened,
 )
+from sslvpn.runtime.records import RecordWriter
 from sslvpn.runtime.tun import Tun
 
 log = logging.getLogger(__name__)

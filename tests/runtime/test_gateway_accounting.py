@@ -9,16 +9,16 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
 
-from sslvpn.runtime import policy as policy_module
+from sslvpn.runtime import records as records_module
 from sslvpn.runtime.gateway import Gateway
 from sslvpn.runtime.policy import (
     LeaseStored,
     Record,
-    RecordWriter,
     SessionCounted,
     SessionEnded,
     SessionOpened,
 )
+from sslvpn.runtime.records import RecordWriter
 from tests.runtime.fakes import MemoryPolicy, ipv4
 from tests.runtime.test_gateway import VPC_HOST, Harness
 
@@ -104,13 +104,13 @@ async def test_an_exhausted_pool_refuses() -> None:
 async def test_a_failing_store_write_is_retried_then_given_up(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    policy = BatchPolicy(failures=policy_module.BATCH_ATTEMPTS + 1)
+    policy = BatchPolicy(failures=records_module.BATCH_ATTEMPTS + 1)
     h = Harness(policy=policy)
     policy.add("a1", "alice")
     client, _ = h.connect("a1")
-    for _ in range(policy_module.BATCH_ATTEMPTS):
+    for _ in range(records_module.BATCH_ATTEMPTS):
         await h.gateway.records.flush()
-    assert len(policy.batches) == policy_module.BATCH_ATTEMPTS
+    assert len(policy.batches) == records_module.BATCH_ATTEMPTS
     assert all(batch == policy.batches[0] for batch in policy.batches)  # the same records
     assert "giving up" in caplog.text and policy.opened == []
     assert len(h.gateway.records) == 0
@@ -126,7 +126,7 @@ async def test_a_failing_store_write_is_retried_then_given_up(
 async def test_a_full_queue_drops_new_records(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(policy_module, "MAX_PENDING", 2)
+    monkeypatch.setattr(records_module, "MAX_PENDING", 2)
     h = Harness()
     for serial in ("a1", "b2"):
         h.policy.add(serial, serial)
@@ -184,7 +184,7 @@ async def test_ended_sessions_are_recorded_in_order() -> None:
 async def test_a_full_batch_is_written_without_waiting_for_the_interval(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(policy_module, "FLUSH_SIZE", 2)
+    monkeypatch.setattr(records_module, "FLUSH_SIZE", 2)
     policy = BatchPolicy()
     h = Harness(policy=policy)
     h.gateway.records.interval = 3600
