@@ -39,11 +39,12 @@ from client_profiles.pki import (
 from client_profiles.pkifiles import (
     FileBatch,
     LifecycleError,
+    file_refusals,
     open_ca,
-    read_text,
     require_initialised,
     resolve_ca_passphrase,
 )
+from sslvpn import keyfiles
 from sslvpn.config import DataPaths
 from sslvpn.openvpn.static_key import (
     METADATA_TYPE_USER,
@@ -52,7 +53,6 @@ from sslvpn.openvpn.static_key import (
     format_tls_crypt_v2_server_key,
     generate_static_key,
     generate_tls_crypt_v2_server_key,
-    parse_tls_crypt_v2_server_key,
     wrap_client_key,
 )
 from sslvpn.store import NotFoundError
@@ -351,9 +351,10 @@ def _client_material(
     now: datetime,
 ) -> _ClientMaterial:
     """Sign a client certificate and wrap a tls-crypt-v2 client key bound to its serial."""
-    server_key = parse_tls_crypt_v2_server_key(
-        read_text(paths.tls_crypt_v2_server_key, "tls-crypt-v2 server key")
-    )
+    with file_refusals():
+        server_key = keyfiles.read_tls_crypt_v2_server_key(
+            paths.tls_crypt_v2_server_key, keyfiles.TLS_CRYPT_V2
+        )
     common_name = user_name if device is None else f"{user_name}.{device}"
     issued = issue_client_certificate(ca, common_name=common_name, now=now, days=days)
     facts = certificate_facts(issued.certificate)

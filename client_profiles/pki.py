@@ -19,7 +19,6 @@ from enum import StrEnum
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -219,10 +218,6 @@ def certificate_pem(certificate: x509.Certificate) -> bytes:
     return certificate.public_bytes(serialization.Encoding.PEM)
 
 
-def load_certificate(pem: bytes) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(pem)
-
-
 def private_key_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
     """PKCS#8 PEM, encrypted with the best available scheme when a passphrase is given."""
     encryption: serialization.KeySerializationEncryption = (
@@ -236,29 +231,22 @@ def private_key_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
 
 
 def load_private_key(pem: bytes, passphrase: bytes | None = None) -> PrivateKey:
-    """Load a CA or end-entity key; a wrong or missing passphrase raises WrongPassphrase."""
+    """Load a CA or end-entity key; a wrong or missing passphrase raises WrongPassphrase,
+    garbage raises ValueError (so it is never mistaken for a wrong passphrase)."""
+    encrypted = b"ENCRYPTED" in pem  # PKCS#8 "ENCRYPTED PRIVATE KEY" or "Proc-Type: 4,ENCRYPTED"
+    if encrypted and not passphrase:
+        raise WrongPassphrase("the CA key is encrypted: set SSLVPN_CA_PASSPHRASE")
+    if passphrase and not encrypted:
+        raise WrongPassphrase("a CA passphrase was given but the CA key is not encrypted")
     try:
         key = serialization.load_pem_private_key(pem, password=passphrase or None)
-    except TypeError as exc:  # encrypted but no passphrase, or a passphrase for a plain key
-        if passphrase:
-            raise WrongPassphrase(
-                "a CA passphrase was given but the CA key is not encrypted"
-            ) from exc
-        raise WrongPassphrase("the CA key is encrypted: set SSLVPN_CA_PASSPHRASE") from exc
-    except ValueError as exc:  # cryptography reports a failed decryption as ValueError
-        raise WrongPassphrase("the CA passphrase is wrong") from exc
+    except (TypeError, ValueError) as exc:  # a failed decryption is a ValueError too
+        if encrypted:
+            raise WrongPassphrase("the CA passphrase is wrong") from exc
+        raise ValueError(str(exc)) from None
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
         raise ValueError("unsupported private key type")
     return key
-
-
-def load_ca(cert_pem: bytes, key_pem: bytes, passphrase: bytes | None) -> CertificateAuthority:
-    """The CA from its files; refuses a key that does not match the certificate."""
-    certificate = load_certificate(cert_pem)
-    key = load_private_key(key_pem, passphrase)
-    if _spki(key.public_key()) != _spki(certificate.public_key()):
-        raise ValueError("the CA key does not belong to the CA certificate")
-    return CertificateAuthority(certificate, key)
 
 
 def _issue_end_entity(
@@ -307,12 +295,6 @@ def _base_builder(
         .serial_number(random_serial())
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(now + timedelta(days=days))
-    )
-
-
-def _spki(public_key: CertificatePublicKeyTypes) -> bytes:
-    return public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
 

@@ -9,11 +9,15 @@ operator never finds half a PKI. The CA passphrase comes from the caller or from
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client_profiles.pki import CertificateAuthority, load_ca
+from client_profiles.pki import CertificateAuthority, load_private_key
+from sslvpn import keyfiles
 from sslvpn.config import DataPaths, write_public_file, write_secret_file
+from sslvpn.keyfiles import DataFileError
 
 CA_PASSPHRASE_ENV = "SSLVPN_CA_PASSPHRASE"  # noqa: S105 (a variable name, not a secret)
 
@@ -39,20 +43,24 @@ def require_initialised(paths: DataPaths) -> None:
 def open_ca(paths: DataPaths, passphrase: str | None) -> CertificateAuthority:
     """Load the CA (raises `WrongPassphrase` for a wrong or missing passphrase)."""
     require_initialised(paths)
-    try:
-        return load_ca(
-            paths.ca_cert.read_bytes(), paths.ca_key.read_bytes(), resolve_ca_passphrase(passphrase)
+    secret = resolve_ca_passphrase(passphrase)
+    with file_refusals():
+        certificate = keyfiles.read_certificate(paths.ca_cert, keyfiles.CA_CERT)
+        key = keyfiles.read_file(
+            paths.ca_key, keyfiles.CA_KEY, lambda pem: load_private_key(pem, secret)
         )
-    except (OSError, ValueError) as exc:
-        raise LifecycleError(f"cannot load the CA from {paths.pki_dir}: {exc}") from None
+        keyfiles.check_pair(paths.ca_cert, certificate, paths.ca_key, key, keyfiles.CA_KEY)
+    return CertificateAuthority(certificate, key)
 
 
-def read_text(path: Path, what: str) -> str:
-    """A PKI file's text, or a LifecycleError naming what is missing."""
+@contextmanager
+def file_refusals() -> Iterator[None]:
+    """A `DataFileError` (which names the file) becomes a LifecycleError, the refusal
+    operators and the portal already show."""
     try:
-        return path.read_text()
-    except OSError as exc:
-        raise LifecycleError(f"cannot read the {what} ({path}): {exc.strerror}") from None
+        yield
+    except DataFileError as exc:
+        raise LifecycleError(str(exc)) from None
 
 
 @dataclass

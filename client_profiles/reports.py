@@ -15,9 +15,11 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from client_profiles.ovpn import ProfileMaterial, Transport, remotes_for, render_ovpn
-from client_profiles.pki import certificate_facts, crl_next_update, load_certificate
-from client_profiles.pkifiles import LifecycleError, read_text, require_initialised
+from client_profiles.pki import certificate_facts, certificate_pem, crl_next_update
+from client_profiles.pkifiles import LifecycleError, file_refusals, require_initialised
+from sslvpn import keyfiles
 from sslvpn.config import DataPaths
+from sslvpn.openvpn.static_key import format_static_key
 from sslvpn.store.db import session
 from sslvpn.store.models import Certificate, User, utcnow
 from sslvpn.store.queries import get_certificate, get_settings, get_user, record_audit
@@ -84,10 +86,10 @@ def render_profile(
         raise LifecycleError("name exactly one of a serial or a user")
     now = now or utcnow()
     require_initialised(paths)
-    ca_pem = read_text(paths.ca_cert, "CA certificate")
-    server_name = certificate_facts(
-        load_certificate(read_text(paths.server_cert, "server certificate").encode("ascii"))
-    ).subject_cn
+    with file_refusals():
+        ca_pem = certificate_pem(keyfiles.read_certificate(paths.ca_cert, keyfiles.CA_CERT))
+        server = keyfiles.read_certificate(paths.server_cert, keyfiles.SERVER_CERT)
+    server_name = certificate_facts(server).subject_cn
     with session(engine, write=True) as s:
         row = _profile_certificate(s, serial, user_name, device, now)
         settings = get_settings(s)
@@ -101,14 +103,18 @@ def render_profile(
         except ValueError as exc:
             raise LifecycleError(str(exc)) from None
         use_v2 = settings.control_channel == "tls-crypt-v2"
+        with file_refusals():
+            tls_crypt_key = None if use_v2 else format_static_key(
+                keyfiles.read_static_key(paths.tls_crypt_key, keyfiles.TLS_CRYPT)
+            )
         material = ProfileMaterial(
             friendly_name=f"{row.subject_cn} @ {settings.public_addresses[0]}",
             server_name=server_name,
             remotes=remotes,
-            ca_pem=ca_pem,
+            ca_pem=ca_pem.decode("ascii"),
             cert_pem=row.cert_pem,
             key_pem=row.key_pem or "",
-            tls_crypt_key=None if use_v2 else read_text(paths.tls_crypt_key, "tls-crypt key"),
+            tls_crypt_key=tls_crypt_key,
             tls_crypt_v2_key=row.tls_crypt_v2_key if use_v2 else None,
         )
         text = render_ovpn(material)
@@ -173,7 +179,8 @@ def _no_certificate_message(s: Session, user: User, device: str | None) -> str:
 
 
 def _file_items(paths: DataPaths, now: datetime) -> list[ExpiryItem]:
-    ca = certificate_facts(load_certificate(read_text(paths.ca_cert, "CA").encode("ascii")))
+    with file_refusals():
+        ca = certificate_facts(keyfiles.read_certificate(paths.ca_cert, keyfiles.CA_CERT))
     items = [
         ExpiryItem(
             "ca", ca.subject_cn, ca.serial, ca.not_after, _status("valid", ca.not_after, now)

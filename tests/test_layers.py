@@ -25,6 +25,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "sslvpn.store": ("sslvpn.runtime", "sslvpn.cli", "sslvpn.openvpn", "sslvpn.ipsec",
                      "client_profiles", "web"),
     "sslvpn.config": ("sslvpn.runtime", "sslvpn.cli", "sslvpn.store", "client_profiles", "web"),
+    "sslvpn.keyfiles": ("sslvpn.runtime", "sslvpn.cli", "sslvpn.store", "client_profiles", "web"),
     "sslvpn.runtime": ("sslvpn.cli", "client_profiles", "web"),
     "client_profiles": ("sslvpn.runtime", "sslvpn.cli", "web"),
     "web": ("sslvpn.cli",),

@@ -13,9 +13,15 @@ from sqlalchemy import Engine
 
 from client_profiles.pki import certificate_pem, issue_server_certificate, private_key_pem
 from client_profiles.pkifiles import open_ca
+from sslvpn import keyfiles
 from sslvpn.config import DataPaths, write_public_file, write_secret_file
+from sslvpn.keyfiles import CERTIFICATE_PEM, PORTAL_CERT, PORTAL_KEY, PRIVATE_KEY_PEM, FileRole
 from sslvpn.store import db, queries
 from web.app import is_loopback, parse_listen
+
+GIVEN_CERT = FileRole("the portal certificate given", CERTIFICATE_PEM, "give a PEM certificate")
+GIVEN_KEY = FileRole("the private key of the portal certificate given", PRIVATE_KEY_PEM,
+                     "give that certificate's unencrypted PEM key")
 
 
 def ensure_portal_certificate(
@@ -54,17 +60,22 @@ def portal_tls(
         raise ValueError("plain HTTP is only allowed on a loopback address")
     if not use_tls:
         return None
-    if cert is None or key is None:
-        with db.session(engine, write=False) as s:
-            addresses = queries.get_settings(s).public_addresses
-        cert, key = ensure_portal_certificate(
-            paths, [host, *addresses], ca_passphrase=ca_passphrase
-        )
+    if cert is not None and key is not None:
+        return tls_context(cert, key, roles=(GIVEN_CERT, GIVEN_KEY))
+    with db.session(engine, write=False) as s:
+        addresses = queries.get_settings(s).public_addresses
+    cert, key = ensure_portal_certificate(paths, [host, *addresses], ca_passphrase=ca_passphrase)
     return tls_context(cert, key)
 
 
-def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
-    """Server-side TLS 1.2+ with the portal certificate."""
+def tls_context(
+    cert: Path, key: Path, *, roles: tuple[FileRole, FileRole] = (PORTAL_CERT, PORTAL_KEY)
+) -> ssl.SSLContext:
+    """Server-side TLS 1.2+ with the portal certificate; a file that is missing, garbled or
+    not the certificate's key is refused by name (ssl would only say "PEM lib")."""
+    certificate = keyfiles.read_certificate(cert, roles[0])
+    private_key = keyfiles.read_private_key(key, roles[1])
+    keyfiles.check_pair(cert, certificate, key, private_key, roles[1])
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert, key)

@@ -20,6 +20,7 @@ from typing import Any
 import click
 from sqlmodel import Session
 
+from sslvpn import keyfiles
 from sslvpn.cli.context import CliContext
 from sslvpn.cli.setup import one_line_errors, store
 from sslvpn.config import DataPaths
@@ -40,6 +41,8 @@ from sslvpn.store.db import session
 
 DEFAULT_IKE = "aes256gcm16-prfsha256-ecp256"
 DEFAULT_ESP = "aes256gcm16"
+PSK_FILE = keyfiles.FileRole("the tunnel's pre-shared key", "UTF-8 text on one line",
+                             "give --psk-file a text file")
 
 
 @contextmanager
@@ -154,7 +157,10 @@ def tunnel() -> None:
 def _read_psk(psk_stdin: bool, psk_file: Path | None) -> str:
     if psk_stdin == (psk_file is not None):
         raise PolicyError("give the pre-shared key with exactly one of --psk-stdin or --psk-file")
-    text = sys.stdin.read() if psk_stdin else psk_file.read_text()  # type: ignore[union-attr]
+    if psk_stdin or psk_file is None:
+        text = sys.stdin.read()
+    else:
+        text = keyfiles.read_file(psk_file, PSK_FILE, lambda data: data.decode("utf-8"))
     return check_psk(text.rstrip("\r\n"))
 
 

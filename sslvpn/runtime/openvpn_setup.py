@@ -11,15 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
+from sslvpn import keyfiles
 from sslvpn.config import DataPaths
 from sslvpn.openvpn.constants import Opcode
 from sslvpn.openvpn.endpoint import Timing
 from sslvpn.openvpn.server import AcceptorConfig, CreateSession, Decision, ServerAcceptor
 from sslvpn.openvpn.session import ServerConfig, ServerSession
-from sslvpn.openvpn.static_key import parse_static_key, parse_tls_crypt_v2_server_key
 from sslvpn.openvpn.tls import TlsContext, TlsCredentials
 from sslvpn.openvpn.tls_wrap import ServerWrapKeys
 from sslvpn.runtime.driver import SessionCore
@@ -38,23 +35,23 @@ class OpenVpnCredentials:
 
     @classmethod
     def load(cls, paths: DataPaths, settings: GatewaySettings) -> OpenVpnCredentials:
-        """Read the CA, server certificate and key, tls-crypt and tls-crypt-v2 keys."""
-        ca = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
-        cert = x509.load_pem_x509_certificate(paths.server_cert.read_bytes())
-        key = load_pem_private_key(paths.server_key.read_bytes(), password=None)
-        tls = TlsContext(
-            TlsCredentials(certificate=cert, private_key=key, trust=(ca,)),  # type: ignore[arg-type]
-            server=True,
-        )
+        """Read the CA, server certificate and key, and the control-channel keys: the one
+        the settings' profiles use must be there, the other is served when present.
+        A missing or garbled file raises `DataFileError` naming it."""
+        ca = keyfiles.read_certificate(paths.ca_cert, keyfiles.CA_CERT)
+        cert = keyfiles.read_certificate(paths.server_cert, keyfiles.SERVER_CERT)
+        key = keyfiles.read_private_key(paths.server_key, keyfiles.SERVER_KEY)
+        keyfiles.check_pair(paths.server_cert, cert, paths.server_key, key, keyfiles.SERVER_KEY)
+        tls = TlsContext(TlsCredentials(certificate=cert, private_key=key, trust=(ca,)),
+                         server=True)
+        v2_profiles = settings.control_channel == "tls-crypt-v2"
         tc = v2 = None
-        if paths.tls_crypt_key.exists():
-            tc = ServerWrapKeys.tls_crypt(parse_static_key(paths.tls_crypt_key.read_text()))
-        if paths.tls_crypt_v2_server_key.exists():
-            v2 = ServerWrapKeys.tls_crypt_v2(
-                parse_tls_crypt_v2_server_key(paths.tls_crypt_v2_server_key.read_text())
-            )
-        if tc is None and v2 is None:
-            raise FileNotFoundError(f"no tls-crypt or tls-crypt-v2 key in {paths.pki_dir}")
+        if not v2_profiles or paths.tls_crypt_key.exists():
+            tc = ServerWrapKeys.tls_crypt(
+                keyfiles.read_static_key(paths.tls_crypt_key, keyfiles.TLS_CRYPT))
+        if v2_profiles or paths.tls_crypt_v2_server_key.exists():
+            v2 = ServerWrapKeys.tls_crypt_v2(keyfiles.read_tls_crypt_v2_server_key(
+                paths.tls_crypt_v2_server_key, keyfiles.TLS_CRYPT_V2))
         return cls(tls=tls, tls_crypt=tc, tls_crypt_v2=v2)
 
 

@@ -299,3 +299,13 @@ def test_help_everywhere(run: Run, args: tuple[str, ...]) -> None:
         result = run(*args, flag)
         assert result.exit_code == 0, result.output
         assert "Usage:" in result.stdout
+
+
+def test_a_garbled_ca_file_is_named_in_one_line(ready: Run, data_dir: Path) -> None:
+    paths = DataPaths(data_dir)
+    paths.ca_key.write_bytes(b"\x00\xffnot a key")
+    _one_line_error(ready("cert", "issue", "alice"),
+                    f"{paths.ca_key}: holds binary data, not text (it should hold the CA private")
+    paths.ca_cert.write_text("-----BEGIN CERTIFICATE-----\nnonsense\n-----END CERTIFICATE-----\n")
+    _one_line_error(ready("cert", "list"),
+                    f"{paths.ca_cert}: is garbled (it should hold the CA certificate, a PEM ")

@@ -24,7 +24,7 @@ from client_profiles.pki import (
     crl_number_of,
     issue_client_certificate,
     issue_server_certificate,
-    load_ca,
+    load_private_key,
     private_key_pem,
     random_serial,
 )
@@ -174,21 +174,25 @@ def test_facts_serials_and_lifetime(ca: CertificateAuthority) -> None:
 
 
 def test_ca_key_passphrase_round_trip(ca: CertificateAuthority) -> None:
-    cert = certificate_pem(ca.certificate)
     encrypted = private_key_pem(ca.private_key, b"correct horse")
     assert b"ENCRYPTED" in encrypted
-    loaded = load_ca(cert, encrypted, b"correct horse")
-    assert certificate_facts(loaded.certificate) == certificate_facts(ca.certificate)
+    loaded = load_private_key(encrypted, b"correct horse")
+    assert loaded.private_numbers() == ca.private_key.private_numbers()
     with pytest.raises(WrongPassphrase, match="wrong"):
-        load_ca(cert, encrypted, b"battery staple")
+        load_private_key(encrypted, b"battery staple")
     with pytest.raises(WrongPassphrase, match="SSLVPN_CA_PASSPHRASE"):
-        load_ca(cert, encrypted, None)
+        load_private_key(encrypted, None)
     with pytest.raises(WrongPassphrase, match="not encrypted"):
-        load_ca(cert, private_key_pem(ca.private_key), b"x")
-    other = create_ca(common_name="x", key_type=KeyType.ECDSA_P256, now=NOW)
-    with pytest.raises(ValueError, match="does not belong"):
-        load_ca(cert, private_key_pem(other.private_key), None)
+        load_private_key(private_key_pem(ca.private_key), b"x")
     assert "private_key" not in repr(ca)
+
+
+def test_a_garbled_key_is_garbage_not_a_wrong_passphrase(ca: CertificateAuthority) -> None:
+    pem = private_key_pem(ca.private_key)
+    garbled = pem[:40] + b"!!" + pem[42:]
+    with pytest.raises(ValueError) as raised:
+        load_private_key(garbled, None)
+    assert not isinstance(raised.value, WrongPassphrase)
 
 
 def test_crl_metadata(ca: CertificateAuthority) -> None:

@@ -121,3 +121,11 @@ def test_peer_ranges_may_not_overlap_another_tunnel_on_the_gateway(run: Run) -> 
     fails(run("policy", "add", "t2", "--local", "10.2.0.0/24", "--peer", "10.1.0.0/16"),
           "a peer range of tunnel 't1'")
     ok(run("policy", "add", "t2", "--local", "10.2.0.0/24", "--peer", "10.3.0.0/24"))
+
+
+def test_a_binary_psk_file_is_named(run: Run, tmp_path: Path) -> None:
+    _setup(run)
+    psk_file = tmp_path / "psk.bin"
+    psk_file.write_bytes(b"\xff\xfe" + bytes(range(256)))
+    fails(run("tunnel", "add", "t2", "--gateway", "vgw", "--customer-gateway", "dc2",
+              "--psk-file", str(psk_file)), f"{psk_file}: holds binary data, not text")
