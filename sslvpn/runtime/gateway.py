@@ -60,6 +60,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_PEER_ID = 0xFFFFFE
 VPC_MEMO_SIZE = 4096  # destinations whose VPC verdict is remembered (cleared when full)
+SHUTDOWN_FLUSH_TIMEOUT = 10.0  # seconds shutdown waits for a failing store to take the records
 _IPV4_NO_OPTIONS = b"\x45"  # version 4, 20-byte header
 
 
@@ -427,12 +428,12 @@ class Gateway:
 
     async def shutdown(self, reason: str = "gateway shutting down") -> None:
         """Tell every client it is over (explicit exit), stop reading the TUN, and write
-        the accounting still queued."""
+        the accounting still queued (waiting at most ``SHUTDOWN_FLUSH_TIMEOUT`` for a store
+        that fails)."""
         for client in list(self._sessions.values()):
             self._end(client, reason)
         self.tun.close()
-        await self.records.flush()
-        await self.records.close()
+        await self.records.drain(SHUTDOWN_FLUSH_TIMEOUT)
 
     # -- GatewayControl ----------------------------------------------------------------
     def info(self, client: ClientSession) -> SessionInfo:

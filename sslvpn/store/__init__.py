@@ -25,8 +25,14 @@ class ConflictError(StoreError):
     """The row exists but its state forbids the change (already revoked, token used)."""
 
 
+class RejectedError(StoreError):
+    """The database refused the data itself (a constraint, a value out of range): the same
+    write fails again, unlike a failure of the store."""
+
+
 class StoreUnavailable(StoreError):
     """The store failed or did not answer in time; the same request may work later."""
 
 
-__all__ = ["ConflictError", "DuplicateError", "NotFoundError", "StoreError", "StoreUnavailable"]
+__all__ = ["ConflictError", "DuplicateError", "NotFoundError", "RejectedError", "StoreError",
+           "StoreUnavailable"]

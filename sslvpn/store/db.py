@@ -27,11 +27,11 @@ from alembic.config import Config
 from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import ORMExecuteState, UOWTransaction
 from sqlmodel import Session
 
-from sslvpn.store import StoreError
+from sslvpn.store import RejectedError, StoreError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -101,6 +101,9 @@ def session(engine: Engine, *, write: bool | None = None) -> Iterator[Session]:
                 _refuse_writes(active)
             yield active
             active.commit()
+        except (IntegrityError, DataError) as exc:  # the data, not the store: it fails again
+            active.rollback()
+            raise RejectedError(f"database refused the data: {_driver_message(exc)}") from None
         except DBAPIError as exc:
             active.rollback()
             raise StoreError(f"database error: {_driver_message(exc)}") from None

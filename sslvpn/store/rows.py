@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import flag_modified
 from sqlmodel import Session, SQLModel
 
-from sslvpn.store import DuplicateError, NotFoundError, StoreError
+from sslvpn.store import DuplicateError, NotFoundError, RejectedError, StoreError
 
 _Row = TypeVar("_Row", bound=SQLModel)
 
@@ -68,4 +68,4 @@ def integrity_error(exc: IntegrityError, what: str) -> StoreError:
         return DuplicateError(f"{what} already exists")
     if code == _FOREIGN_KEY[0] or text.startswith(_FOREIGN_KEY[1]):
         return NotFoundError(f"{what} refers to a row that does not exist")
-    return StoreError(f"{what} rejected by the database: {text}")
+    return RejectedError(f"{what} rejected by the database: {text}")

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 
 import pytest
 
 from sslvpn.runtime import records as records_module
-from sslvpn.runtime.gateway import Gateway
 from sslvpn.runtime.policy import (
     LeaseStored,
     Record,
@@ -18,7 +16,7 @@ from sslvpn.runtime.policy import (
     SessionEnded,
     SessionOpened,
 )
-from sslvpn.runtime.records import RecordWriter
+from sslvpn.store import StoreError
 from tests.runtime.fakes import MemoryPolicy, ipv4
 from tests.runtime.test_gateway import VPC_HOST, Harness
 
@@ -36,7 +34,7 @@ class BatchPolicy(MemoryPolicy):
         self.batches.append(list(records))
         if self.failures:
             self.failures -= 1
-            raise RuntimeError("disk I/O error")
+            raise StoreError("database error: disk I/O error")
         super().record(records)
 
     def unauthorized(self, serials: object) -> dict[str, str]:
@@ -45,8 +43,9 @@ class BatchPolicy(MemoryPolicy):
 
 
 @contextlib.asynccontextmanager
-async def background(gateway: Gateway) -> AsyncIterator[None]:
-    task = asyncio.create_task(gateway.run_sweeps())
+async def background(work: Coroutine[object, object, None]) -> AsyncIterator[None]:
+    """Run ``work`` (a loop that runs until cancelled) for the block."""
+    task = asyncio.create_task(work)
     try:
         yield
     finally:
@@ -68,7 +67,7 @@ async def test_accounting_is_written_behind_in_one_batch() -> None:
         policy.add(serial, serial)
         h.connect(serial)
     assert policy.batches == []  # admission wrote nothing
-    async with background(h.gateway):
+    async with background(h.gateway.run_sweeps()):
         await until(lambda: len(policy.opened) == 3)
     [batch] = policy.batches
     assert [type(r) for r in batch] == [LeaseStored, SessionOpened] * 3
@@ -101,26 +100,40 @@ async def test_an_exhausted_pool_refuses() -> None:
     assert len(h.gateway.list_sessions()) == 5
 
 
-async def test_a_failing_store_write_is_retried_then_given_up(
+async def test_records_wait_out_a_failing_store_and_the_data_path_goes_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    policy = BatchPolicy(failures=records_module.BATCH_ATTEMPTS + 1)
+    policy = BatchPolicy(failures=5)
     h = Harness(policy=policy)
     policy.add("a1", "alice")
     client, _ = h.connect("a1")
-    for _ in range(records_module.BATCH_ATTEMPTS):
-        await h.gateway.records.flush()
-    assert len(policy.batches) == records_module.BATCH_ATTEMPTS
+    for _ in range(5):
+        assert not await h.gateway.records.flush()
     assert all(batch == policy.batches[0] for batch in policy.batches)  # the same records
-    assert "giving up" in caplog.text and policy.opened == []
-    assert len(h.gateway.records) == 0
+    assert policy.opened == [] and len(h.gateway.records) == 2
     assert client.driver is not None
     client.driver.feed(ipv4("10.8.0.2", VPC_HOST))  # the data path never noticed
     assert len(h.tun.written) == 1
     assert h.gateway.kick(client.session_id)
-    await h.gateway.records.flush()  # fails once more, kept for the next flush
-    await h.gateway.records.flush()
+    assert await h.gateway.records.flush()
+    assert [r.session_id for r in policy.opened] == [client.session_id]
     assert [r.reason for r in policy.closed] == ["kicked by admin"]
+    assert policy.leases == {"a1": "10.8.0.2"}
+    assert caplog.text.count("writing accounting records failed") == 1
+
+
+async def test_shutdown_waits_a_bounded_time_for_a_failing_store(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("sslvpn.runtime.gateway.SHUTDOWN_FLUSH_TIMEOUT", 0.3)
+    policy = BatchPolicy(failures=1_000_000)
+    h = Harness(policy=policy)
+    policy.add("a1", "alice")
+    h.connect("a1")
+    async with asyncio.timeout(5):
+        await h.gateway.shutdown()
+    assert len(policy.batches) >= 2  # retried until the deadline
+    assert "3 accounting records were not written" in caplog.text  # lease, opened, ended
 
 
 async def test_a_full_queue_drops_new_records(
@@ -147,7 +160,7 @@ async def test_counters_are_written_for_sessions_that_moved_traffic() -> None:
     assert alice.driver is not None
     packet = ipv4("10.8.0.2", VPC_HOST)
     alice.driver.feed(packet)
-    async with background(h.gateway):
+    async with background(h.gateway.run_sweeps()):
         await until(lambda: len(policy.counters) == 1)
         sweeps = policy.sweeps
         await until(lambda: policy.sweeps >= sweeps + 3)
@@ -190,28 +203,5 @@ async def test_a_full_batch_is_written_without_waiting_for_the_interval(
     h.gateway.records.interval = 3600
     policy.add("a1", "alice")
     h.connect("a1")  # a lease and an opened session: two records
-    async with background(h.gateway):
+    async with background(h.gateway.run_sweeps()):
         await until(lambda: len(policy.opened) == 1)
-
-
-async def test_a_cancelled_flush_still_writes_its_batch() -> None:
-    written: list[list[Record]] = []
-    release = threading.Event()
-
-    def slow_write(batch: Sequence[Record]) -> None:
-        release.wait(10)
-        written.append(list(batch))
-
-    writer = RecordWriter(slow_write)
-    first, second = LeaseStored("a1", "10.8.0.2"), LeaseStored("b2", "10.8.0.3")
-    flushes = []
-    for record in (first, second):  # the second waits behind the first in the worker
-        writer.add(record)
-        flushes.append(asyncio.create_task(writer.flush()))
-        await asyncio.sleep(0)
-        flushes[-1].cancel()  # as when the gateway shuts down mid-flush
-        with contextlib.suppress(asyncio.CancelledError):
-            await flushes[-1]
-    release.set()
-    await writer.close()
-    assert written == [[first], [second]]

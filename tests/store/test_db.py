@@ -11,7 +11,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
 from sqlmodel import SQLModel, select
 
-from sslvpn.store import StoreError
+from sslvpn.store import RejectedError, StoreError
 from sslvpn.store.db import open_engine, session, upgrade
 from sslvpn.store.models import User
 from tests.store.conftest import BACKENDS
@@ -129,3 +129,11 @@ def test_database_errors_become_store_errors_without_bound_values(engine: Engine
         s.add(User(name="x", role="root", password_hash="argon2-secret-hash"))
     assert "argon2-secret-hash" not in str(failed.value)
     assert failed.value.__cause__ is None
+    assert type(failed.value) is RejectedError  # the data is refused: it would be again
+
+
+@pytest.mark.parametrize("engine", BACKENDS, indirect=True)
+def test_a_failing_statement_is_a_plain_store_error(engine: Engine) -> None:
+    with pytest.raises(StoreError) as failed, session(engine) as s:
+        s.execute(text("SELECT * FROM no_such_table"))
+    assert type(failed.value) is StoreError  # a fault of the store, not of the data

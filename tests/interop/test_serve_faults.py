@@ -1,0 +1,108 @@
+"""`sslvpn serve` under faults, with the real openvpn client in namespaces: a full disk under
+the database keeps the session's records until there is room again."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.interop.conftest import VPC_HOST, Topology, build_topology
+from tests.interop.test_openvpn_client import CONNECTED, OpenVpnClient
+from tests.netns import file_contains, wait_until
+
+pytestmark = pytest.mark.interop
+
+SMALL_DISK = "3m"
+LANDED_WITHIN = 30.0  # seconds the records may take to reach the store once there is room
+
+
+def _report(what: str) -> None:
+    sys.stderr.write(f"\n[faults] {what}\n")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MB tmpfs where the data folder will be; always unmounted."""
+    data = tmp_path / "data"
+    data.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK},mode=0700", "tmpfs",
+                    str(data)], check=True, capture_output=True)
+    try:
+        yield data
+    finally:
+        if subprocess.run(["umount", str(data)], capture_output=True, check=False).returncode:
+            subprocess.run(["umount", "-l", str(data)], capture_output=True, check=False)
+
+
+@pytest.fixture
+def disk_topology(tmp_path: Path, small_disk: Path) -> Iterator[Topology]:
+    with build_topology(tmp_path, prefix="fd", serve_args=("--no-portal",)) as topo:
+        assert topo.data_dir == small_disk
+        yield topo
+
+
+def _fill(path: Path) -> None:
+    """Take every free byte of the file system holding ``path``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        for size in (1 << 16, 1 << 12, 1):
+            chunk = b"\0" * size
+            with contextlib.suppress(OSError):
+                while os.write(fd, chunk):
+                    pass
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as full, path.open("ab") as more:
+        more.write(b"\0")
+        more.flush()
+    assert full.value.errno == errno.ENOSPC
+
+
+def _stored(data_dir: Path, serial: str) -> tuple[int, str | None]:
+    """The serial's open session records and its stored lease, as the store holds them."""
+    with contextlib.closing(sqlite3.connect(data_dir / "sslvpn.db", timeout=10)) as db:
+        opened = db.execute("SELECT count(*) FROM vpnsessionrecord WHERE certificate_serial = ?"
+                            " AND disconnected_at IS NULL", (serial.lower(),)).fetchone()[0]
+        lease = db.execute("SELECT address FROM addresslease WHERE certificate_serial = ?",
+                           (serial.lower(),)).fetchone()
+    return int(opened), lease[0] if lease else None
+
+
+def test_records_written_while_the_disk_is_full_land_once_there_is_room(
+    disk_topology: Topology,
+) -> None:
+    topo = disk_topology
+    serial = topo.issue("alice", "laptop")
+    profile = topo.profile("alice", "laptop", "udp")
+    with contextlib.closing(sqlite3.connect(topo.data_dir / "sslvpn.db", timeout=10)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the next write needs new space
+    filler = topo.data_dir / "filler"
+    _fill(filler)
+    client = OpenVpnClient(topo, profile)
+    try:
+        client.wait_for(CONNECTED)
+        if not wait_until(file_contains(topo.gateway_log, "accounting records failed"), 10):
+            pytest.fail("the store never failed:\n" + topo.gateway_log.read_text()[-3000:])
+        # the data path does not depend on the store; the outage lasts these pings (2 s)
+        assert topo.client_ns.ok("ping", "-c", "5", "-i", "0.5", "-W", "2", VPC_HOST)
+        assert _stored(topo.data_dir, serial) == (0, None)
+        filler.unlink()
+        freed = time.monotonic()
+        landed = wait_until(lambda: _stored(topo.data_dir, serial) == (1, "10.8.0.2"),
+                            LANDED_WITHIN, interval=0.1)
+        took = time.monotonic() - freed
+        assert landed, ("the session's record and lease never reached the store:\n"
+                        + topo.gateway_log.read_text()[-3000:])
+        _report(f"session record and lease stored {took:.1f} s after space was freed")
+        assert "accounting records are written again" in topo.gateway_log.read_text()
+    finally:
+        client.stop()
