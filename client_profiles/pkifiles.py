@@ -33,16 +33,31 @@ def resolve_ca_passphrase(given: str | None) -> bytes | None:
 
 
 def require_initialised(paths: DataPaths) -> None:
-    """Refuse to work on a data folder that `sslvpn init` has not prepared."""
+    """Refuse to work on a data folder that `sslvpn init` has not prepared.
+
+    Only the CA certificate is required: the CA key may be kept offline, and only the
+    operations that sign (`open_ca`) need it.
+    """
     if not paths.data_dir.is_dir():
         raise LifecycleError(f"data folder {paths.data_dir} does not exist; run `sslvpn init`")
-    if not paths.ca_cert.is_file() or not paths.ca_key.is_file():
-        raise LifecycleError(f"data folder {paths.data_dir} has no CA; run `sslvpn init`")
+    if paths.ca_cert.is_file():
+        return
+    if paths.ca_key.is_file():
+        raise LifecycleError(
+            f"data folder {paths.data_dir} has a CA key but no CA certificate "
+            f"({paths.ca_cert}); {keyfiles.RESTORE}"
+        )
+    raise LifecycleError(f"data folder {paths.data_dir} has no CA; run `sslvpn init`")
 
 
 def open_ca(paths: DataPaths, passphrase: str | None) -> CertificateAuthority:
     """Load the CA (raises `WrongPassphrase` for a wrong or missing passphrase)."""
     require_initialised(paths)
+    if not paths.ca_key.is_file():
+        raise LifecycleError(
+            f"the CA key is not in {paths.pki_dir} (kept offline?); "
+            f"put {paths.ca_key.name} back to sign certificates or the CRL"
+        )
     secret = resolve_ca_passphrase(passphrase)
     with file_refusals():
         certificate = keyfiles.read_certificate(paths.ca_cert, keyfiles.CA_CERT)

@@ -276,6 +276,21 @@ def test_profile_command(ready: Run, tmp_path: Path) -> None:
     _one_line_error(ready("profile", "alice", "--device", "phone"), "disabled")
 
 
+def test_profile_and_listing_need_only_the_ca_certificate(ready: Run, data_dir: Path) -> None:
+    """An offline CA: with ca.key moved away, profiles and reports still work, and the
+    operations that sign say what is missing instead of sending the operator to init."""
+    _serial(ready("cert", "issue", "alice", "--device", "phone"))
+    paths = DataPaths(data_dir)
+    paths.ca_key.rename(data_dir.parent / "ca.key.offline")
+    profile = ready("profile", "alice", "--device", "phone")
+    assert profile.exit_code == 0, profile.output
+    assert "<ca>" in profile.stdout
+    assert ready("cert", "list").exit_code == 0
+    issue = ready("cert", "issue", "alice", "--device", "laptop")
+    _one_line_error(issue, "CA key is not in")
+    assert "sslvpn init" not in issue.stderr
+
+
 @pytest.mark.parametrize(
     "args",
     [
