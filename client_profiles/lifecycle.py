@@ -10,9 +10,11 @@ Expiry reporting and profile rendering live in `client_profiles.reports`.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 from cryptography import x509
 from sqlalchemy import Engine
@@ -45,7 +47,13 @@ from client_profiles.pkifiles import (
     resolve_ca_passphrase,
 )
 from sslvpn import keyfiles
-from sslvpn.config import DataPaths
+from sslvpn.config import (
+    DataPaths,
+    make_directory,
+    rename_directory,
+    write_public_file,
+    write_secret_file,
+)
 from sslvpn.openvpn.static_key import (
     METADATA_TYPE_USER,
     format_static_key,
@@ -107,14 +115,27 @@ def initialise(
     control_channel: str = "tls-crypt",
     actor: str = "cli",
     now: datetime | None = None,
-) -> GatewaySettings:
-    """Create the CA, server certificate, tls-crypt keys, first CRL and gateway settings."""
+) -> Initialised:
+    """Create the CA, server certificate, tls-crypt keys, first CRL and gateway settings.
+
+    Crash-safe: the files are built in a staging folder beside ``pki/``, then the settings
+    are committed, then the staging folder is renamed to ``pki/``. A crash before the
+    commit leaves a staging folder that the next run discards; a crash after it leaves
+    one that the next run moves into place (`Initialised.resumed`) with the settings
+    that were committed.
+    """
     now = now or utcnow()
     if paths.ca_cert.exists() or paths.ca_key.exists():
         raise LifecycleError(f"data folder {paths.data_dir} is already initialised")
+    finished = _finish_interrupted_init(paths, engine)
+    if finished is not None:
+        return Initialised(finished, resumed=True)
     settings = validated_settings(
         public_addresses, port, proto, vpc, pool, dns, control_channel, pool6=pool6
     )
+    _refuse_foreign_pki_folder(paths)
+    with session(engine, write=False) as s:
+        _refuse_existing_settings(s)
     ca = create_ca(
         common_name=f"sslvpn CA {settings.public_addresses[0]}", key_type=key_type, now=now
     )
@@ -124,8 +145,10 @@ def initialise(
         public_addresses=settings.public_addresses,
         now=now,
     )
-    files = FileBatch()
+    staging = paths.pki_staging_dir
     try:
+        make_directory(staging, mode=0o700)
+        _write_first_pki(staging, ca, server, settings, ca_passphrase, now)
         with session(engine, write=True) as s:
             _refuse_existing_settings(s)
             settings = save_settings(s, settings=settings, now=now)
@@ -138,20 +161,99 @@ def initialise(
                 at=now,
                 detail=f"key_type={key_type.value} addresses={','.join(settings.public_addresses)}",
             )
-            secret = private_key_pem(ca.private_key, resolve_ca_passphrase(ca_passphrase))
-            files.write(paths.ca_key, secret, secret=True)
-            files.write(paths.ca_cert, certificate_pem(ca.certificate), secret=False)
-            files.write(paths.server_key, private_key_pem(server.private_key), secret=True)
-            files.write(paths.server_cert, certificate_pem(server.certificate), secret=False)
-            static = format_static_key(generate_static_key()).encode("ascii")
-            files.write(paths.tls_crypt_key, static, secret=True)
-            v2 = format_tls_crypt_v2_server_key(generate_tls_crypt_v2_server_key())
-            files.write(paths.tls_crypt_v2_server_key, v2.encode("ascii"), secret=True)
-            _write_crl(s, ca, paths, files, now=now, number=1)
     except BaseException:
-        files.undo()
+        shutil.rmtree(staging, ignore_errors=True)
         raise
-    return settings
+    _move_into_place(paths)
+    return Initialised(settings, resumed=False)
+
+
+@dataclass(frozen=True)
+class Initialised:
+    """The gateway settings `initialise` stored, and whether it finished an earlier run."""
+
+    settings: GatewaySettings
+    resumed: bool
+
+
+def _write_first_pki(
+    folder: Path,
+    ca: CertificateAuthority,
+    server: IssuedCertificate,
+    settings: GatewaySettings,
+    ca_passphrase: str | None,
+    now: datetime,
+) -> None:
+    """Every file of a new PKI, written durably into ``folder``."""
+    layout = DataPaths(folder.parent)  # file names only; the folder is the staging one
+    secrets = {
+        layout.ca_key: private_key_pem(ca.private_key, resolve_ca_passphrase(ca_passphrase)),
+        layout.server_key: private_key_pem(server.private_key),
+        layout.tls_crypt_key: format_static_key(generate_static_key()).encode("ascii"),
+        layout.tls_crypt_v2_server_key: format_tls_crypt_v2_server_key(
+            generate_tls_crypt_v2_server_key()
+        ).encode("ascii"),
+    }
+    crl = build_crl(ca, revoked=[], number=1, now=now, days=settings.crl_days)
+    public = {
+        layout.ca_cert: certificate_pem(ca.certificate),
+        layout.server_cert: certificate_pem(server.certificate),
+        layout.crl_pem: crl.pem,
+        layout.crl_der: crl.der,
+    }
+    for path, data in secrets.items():
+        write_secret_file(folder / path.name, data)
+    for path, data in public.items():
+        write_public_file(folder / path.name, data)
+
+
+def _finish_interrupted_init(paths: DataPaths, engine: Engine) -> GatewaySettings | None:
+    """Move a staging folder whose settings were committed into place; discard any other.
+
+    The commit happened exactly when the store holds settings and the staging folder's
+    server certificate as a valid gateway certificate.
+    """
+    staging = paths.pki_staging_dir
+    if not staging.exists():
+        return None
+    try:
+        pem = (staging / paths.server_cert.name).read_bytes()
+        fingerprint = certificate_facts(x509.load_pem_x509_certificate(pem)).fingerprint_sha256
+    except (OSError, ValueError):
+        fingerprint = None  # the crash came before the files were complete
+    with session(engine, write=False) as s:
+        committed = _committed_init(s, fingerprint)
+    if committed is None:
+        shutil.rmtree(staging)
+        return None
+    _refuse_foreign_pki_folder(paths)
+    _move_into_place(paths)
+    return committed
+
+
+def _committed_init(s: Session, server_fingerprint: str | None) -> GatewaySettings | None:
+    if server_fingerprint is None:
+        return None
+    try:
+        settings = get_settings(s)
+    except NotFoundError:
+        return None
+    servers = list_certificates(s, kind="server")
+    if any(row.fingerprint_sha256 == server_fingerprint for row in servers):
+        return settings
+    return None
+
+
+def _refuse_foreign_pki_folder(paths: DataPaths) -> None:
+    """The staging folder can only be renamed onto nothing or an empty ``pki/``."""
+    if paths.pki_dir.is_dir() and any(paths.pki_dir.iterdir()):
+        raise LifecycleError(
+            f"{paths.pki_dir} holds files but no CA; move it away and run `sslvpn init` again"
+        )
+
+
+def _move_into_place(paths: DataPaths) -> None:
+    rename_directory(paths.pki_staging_dir, paths.pki_dir)
 
 
 def issue_client(

@@ -42,6 +42,10 @@ def require_initialised(paths: DataPaths) -> None:
         raise LifecycleError(f"data folder {paths.data_dir} does not exist; run `sslvpn init`")
     if paths.ca_cert.is_file():
         return
+    if paths.pki_staging_dir.exists():
+        raise LifecycleError(
+            f"`sslvpn init` of {paths.data_dir} was interrupted; run it again to finish it"
+        )
     if paths.ca_key.is_file():
         raise LifecycleError(
             f"data folder {paths.data_dir} has a CA key but no CA certificate "

@@ -23,6 +23,7 @@ class DataPaths:
 
     data_dir: Path
     pki_dir: Path = field(init=False)
+    pki_staging_dir: Path = field(init=False)  # `sslvpn init` builds pki/ here first
     ca_cert: Path = field(init=False)
     ca_key: Path = field(init=False)
     server_cert: Path = field(init=False)
@@ -40,6 +41,7 @@ class DataPaths:
         pki = self.data_dir / "pki"
         derived = {
             "pki_dir": pki,
+            "pki_staging_dir": self.data_dir / "pki.incomplete",
             "ca_cert": pki / "ca.crt",
             "ca_key": pki / "ca.key",
             "server_cert": pki / "server.crt",
@@ -74,9 +76,33 @@ def write_public_file(path: Path, data: bytes) -> None:
     _write_atomically(path, data, PUBLIC_FILE_MODE)
 
 
+def make_directory(directory: Path, mode: int = 0o777) -> None:
+    """Create a folder and its missing parents so their entries survive a power cut."""
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    directory.mkdir(mode=mode, parents=True, exist_ok=True)
+    for created in reversed(missing):
+        fsync_directory(created.parent)
+
+
+def rename_directory(source: Path, target: Path) -> None:
+    """Move a finished folder into place in one step (onto nothing or an empty folder)."""
+    os.rename(source, target)
+    fsync_directory(target.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make renames and new entries in ``directory`` durable across a power cut."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Readers see the old file or the new one, never a half-written one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Readers see the old file or the new one, never a half-written one: temp file,
+    fsync, rename, fsync of the folder."""
+    make_directory(path.parent)
     # mkstemp creates the file with mode 0600 (O_EXCL), so secrets are never exposed.
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -89,13 +115,4 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable across a power cut."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_directory(path.parent)

@@ -153,8 +153,10 @@ def init_command(
     created_db = sqlite and not paths.database.exists()
     try:
         paths.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if created_db:  # private from its first byte: it will hold client keys
+            os.close(os.open(paths.database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         with store(ctx) as engine:
-            settings = lifecycle.initialise(
+            done = lifecycle.initialise(
                 paths,
                 engine,
                 public_addresses=public_addresses,
@@ -169,12 +171,14 @@ def init_command(
                 control_channel=control_channel,
                 actor=ACTOR,
             )
-        if created_db:
-            os.chmod(paths.database, 0o600)  # it will hold client keys
     except BaseException:
         _remove_what_init_created(paths, created_dir=created_dir, created_db=created_db)
         raise
-    click.echo(f"initialised {paths.data_dir}")
+    settings = done.settings
+    if done.resumed:
+        click.echo(f"initialised {paths.data_dir} (finished an interrupted init, as it was begun)")
+    else:
+        click.echo(f"initialised {paths.data_dir}")
     click.echo(f"  server name  {settings.public_addresses[0]}")
     click.echo(f"  listening    {settings.protocols} on port {settings.port}")
     click.echo(f"  client pool  {settings.pool_cidr}")
@@ -188,7 +192,10 @@ def _env_passphrase() -> bool:
 
 
 def _remove_what_init_created(paths: DataPaths, *, created_dir: bool, created_db: bool) -> None:
-    """A failed init leaves the folder as it found it."""
+    """A failed init leaves the folder as it found it, unless its settings were committed:
+    then the staging folder stays for the next run to finish."""
+    if paths.pki_staging_dir.exists():
+        return
     if created_dir:
         shutil.rmtree(paths.data_dir, ignore_errors=True)
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from datetime import timedelta
 from pathlib import Path
@@ -13,6 +14,7 @@ from sqlmodel import select
 from client_profiles import accounts, lifecycle, reports
 from client_profiles.pki import crl_next_update, crl_number_of
 from client_profiles.pkifiles import LifecycleError
+from sslvpn import config
 from sslvpn.config import DataPaths, database_url
 from sslvpn.openvpn.static_key import (
     METADATA_TYPE_USER,
@@ -24,7 +26,8 @@ from sslvpn.openvpn.static_key import (
 from sslvpn.store import DuplicateError, NotFoundError
 from sslvpn.store.db import open_engine, session, upgrade
 from sslvpn.store.models import AuditEntry, Certificate, GatewaySettings, utcnow
-from tests.client_profiles.conftest import Gateway
+from tests.client_profiles.conftest import Gateway, make_gateway
+from web.tls import ensure_portal_certificate
 
 
 def _rows(gw: Gateway) -> list[Certificate]:
@@ -50,6 +53,46 @@ def test_initialise_writes_keys_private_and_in_openvpn_formats(gateway: Gateway)
         settings = s.exec(select(GatewaySettings)).one()
     assert (settings.protocols, settings.port, settings.pool_cidr) == ("both", 1194, "10.8.0.0/24")
     assert "pki.init" in _actions(gateway)
+
+
+def test_every_pki_file_goes_through_the_one_atomic_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """init, issue, revoke, a gateway renewal and the portal certificate write every file
+    of pki/ with temp + fsync + rename + folder fsync (`sslvpn.config`), secrets 0600."""
+    written: set[str] = set()
+    real = config._write_atomically
+
+    def recording(path: Path, data: bytes, mode: int) -> None:
+        written.add(path.name)
+        real(path, data, mode)
+
+    monkeypatch.setattr(config, "_write_atomically", recording)
+    gw = make_gateway(tmp_path / "d")
+    row = lifecycle.issue_client(gw.engine, gw.paths, user_name="alice", actor="t")
+    lifecycle.revoke(gw.engine, gw.paths, serial=row.serial, actor="t")
+    lifecycle.renew(gw.engine, gw.paths, serial=_server_serial(gw), actor="t")
+    ensure_portal_certificate(gw.paths, ["portal.example"])
+    files = {p.name: stat.S_IMODE(p.stat().st_mode) for p in gw.paths.pki_dir.iterdir()}
+    assert set(files) <= written
+    assert {name for name, mode in files.items() if mode == 0o600} == {
+        "ca.key", "server.key", "tls-crypt.key", "tls-crypt-v2-server.key", "portal.key"
+    }
+    gw.engine.dispose()
+
+
+def test_initialise_refuses_a_pki_folder_without_a_ca(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    paths = DataPaths(root)
+    paths.pki_dir.mkdir(parents=True)
+    (paths.pki_dir / "notes.txt").write_text("someone's")
+    engine = open_engine(database_url(root, None))
+    upgrade(engine)
+    with pytest.raises(LifecycleError, match="holds files but no CA; move it away"):
+        lifecycle.initialise(paths, engine, public_addresses=["vpn.example"])
+    assert [f.name for f in paths.pki_dir.iterdir()] == ["notes.txt"]
+    assert not paths.pki_staging_dir.exists()
+    engine.dispose()
 
 
 def test_initialise_refuses_a_second_run(gateway: Gateway) -> None:
@@ -85,15 +128,26 @@ def test_initialise_validates_before_writing(tmp_path: Path, bad: dict[str, obje
     engine.dispose()
 
 
-def test_failed_file_write_during_initialise_leaves_no_files_or_rows(tmp_path: Path) -> None:
+def test_failed_file_write_during_initialise_leaves_no_files_or_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = tmp_path / "d"
+    root.mkdir()
     paths = DataPaths(root)
-    paths.crl_der.mkdir(parents=True)  # writing the last file will fail
     engine = open_engine(database_url(root, None))
     upgrade(engine)
-    with pytest.raises(OSError):
+    real_replace, calls = os.replace, []
+
+    def failing_replace(src: str, dst: str) -> None:
+        calls.append(dst)
+        if len(calls) == 5:
+            raise OSError("disk full")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
         lifecycle.initialise(paths, engine, public_addresses=["vpn.example"])
-    assert [f.name for f in paths.pki_dir.iterdir()] == ["crl.der"]
+    assert not paths.pki_dir.exists() and not paths.pki_staging_dir.exists()
     with session(engine) as s:
         assert s.exec(select(GatewaySettings)).first() is None
         assert s.exec(select(Certificate)).first() is None
