@@ -48,9 +48,9 @@ class ServerDied(RuntimeError):
     """The server under test exited during a measurement (its log says why)."""
 
 
-def sslvpn(data_dir: Path, *args: str) -> str:
-    """Run the real `sslvpn` CLI against the bench data folder."""
-    result = subprocess.run([SSLVPN, "--data-dir", str(data_dir), *args],
+def sslvpn(data_dir: Path, *args: str, stdin: str | None = None) -> str:
+    """Run the real `sslvpn` CLI against the bench data folder (secrets go on ``stdin``)."""
+    result = subprocess.run([SSLVPN, "--data-dir", str(data_dir), *args], input=stdin,
                             capture_output=True, text=True, timeout=120, check=False)
     if result.returncode != 0:
         raise Unavailable(f"sslvpn {' '.join(args)}: {(result.stderr or result.stdout).strip()}")
@@ -192,9 +192,13 @@ class OpenVpnServer(Server):
 
 
 class OurServer(Server):
-    """`sslvpn serve` on the bench data folder, one transport."""
+    """`sslvpn serve` on the bench data folder, one transport (``env``: its environment)."""
 
     name = "ours"
+
+    def __init__(self, topo: VpnTopology, env: dict[str, str] | None = None) -> None:
+        super().__init__(topo)
+        self.env = env
 
     def start(self, proto: str, *, unlimited_resets: bool = False) -> None:
         if self.topo.cli_error is not None:
@@ -202,17 +206,18 @@ class OurServer(Server):
         limiter = ["--connect-freq-initial", str(RESET_RATE), "10"] if unlimited_resets else []
         self._spawn([SSLVPN, "--data-dir", str(self.topo.data_dir), "serve",
                      "--listen", GATEWAY_OUTER, "--proto", proto, *limiter],
-                    f"listening on {proto}")
+                    f"listening on {proto}", env=self.env)
 
 
 class Client:
-    """One real openvpn client process in the client namespace."""
+    """One real openvpn client process, in the client namespace unless ``ns`` says another."""
 
-    def __init__(self, topo: VpnTopology, profile: Path, label: str, *extra: str) -> None:
+    def __init__(self, topo: VpnTopology, profile: Path, label: str, *extra: str,
+                 ns: Namespace | None = None) -> None:
         self.topo = topo
         self.log = topo.work / f"client-{label}-{time.monotonic_ns()}.log"
         self.started_at = time.time()
-        self.proc = topo.cli.spawn(
+        self.proc = (ns or topo.cli).spawn(
             ["openvpn", "--config", str(profile), "--disable-dco", "--data-ciphers", CIPHER,
              "--verb", "3", "--log", str(self.log), *extra])
 

@@ -36,6 +36,7 @@ class DataPaths:
     portal_key: Path = field(init=False)
     database: Path = field(init=False)
     control_socket: Path = field(init=False)
+    heap_snapshots: Path = field(init=False)  # tracemalloc snapshots `serve` writes on SIGUSR2
 
     def __post_init__(self) -> None:
         pki = self.data_dir / "pki"
@@ -54,6 +55,7 @@ class DataPaths:
             "portal_key": pki / "portal.key",
             "database": self.data_dir / DATABASE_FILE_NAME,
             "control_socket": self.data_dir / "control.sock",
+            "heap_snapshots": self.data_dir / "tracemalloc",
         }
         for name, path in derived.items():
             object.__setattr__(self, name, path)

@@ -4,7 +4,10 @@
 runtime its long-running companions: the daily CRL refresh from ``client_profiles``, the
 IPsec service (site-to-site tunnels; their status answered through the gateway's control)
 and the portal (``web``, with the in-process gateway as its GatewayControl, so live
-sessions and kick need no socket); then it runs until SIGTERM/SIGINT.
+sessions and kick need no socket); then it runs until SIGTERM/SIGINT. With
+``--tracemalloc FRAMES`` it traces Python allocations from then on (after the imports,
+which tracing would slow tenfold) and writes a snapshot on each SIGUSR2, for hunting leaks
+in long runs (``bench/soak.py``).
 ``sessions`` and ``kick`` talk to a running gateway over its control socket.
 """
 
@@ -13,7 +16,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
 import ssl
+import time
+import tracemalloc
 import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -118,6 +125,34 @@ def ipsec_task(engine: Engine) -> ExtraTask:
     return run
 
 
+def heap_snapshot_task(folder: Path) -> ExtraTask:
+    """Each SIGUSR2 writes ``<folder>/<ns since epoch>.tracemalloc`` (taken off the loop)."""
+
+    async def run(gateway: Gateway) -> None:
+        asked = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGUSR2, asked.set)
+        try:
+            while True:
+                await asked.wait()
+                asked.clear()
+                path = await asyncio.to_thread(_dump_heap, folder)
+                log.info("tracemalloc snapshot written to %s", path)
+        finally:
+            loop.remove_signal_handler(signal.SIGUSR2)
+
+    return run
+
+
+def _dump_heap(folder: Path) -> Path:
+    folder.mkdir(mode=0o700, exist_ok=True)
+    path = folder / f"{time.time_ns()}.tracemalloc"
+    partial = path.with_suffix(".part")
+    tracemalloc.take_snapshot().dump(str(partial))
+    os.replace(partial, path)  # readers never see half a snapshot
+    return path
+
+
 def announce(service: GatewayService) -> None:
     """Tell the operator where clients connect (the portal prints its own URL)."""
     click.echo("gateway: OpenVPN on " + ", ".join(service.listening()))
@@ -159,6 +194,10 @@ def _human_bytes(count: int) -> str:
               help="Answer at most N new clients per SECONDS (OpenVPN's option; default 100 10).")
 @click.option("--no-network-config", is_flag=True,
               help="Leave addresses, forwarding and SNAT to the operator.")
+@click.option("--tracemalloc", "trace_frames", type=click.IntRange(1, 100), default=None,
+              envvar="SSLVPN_TRACEMALLOC", metavar="FRAMES",
+              help="Trace Python allocations (FRAMES deep; slows the gateway) and write a "
+                   "snapshot to DATA_DIR/tracemalloc/ on each SIGUSR2, to hunt leaks.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug log output.")
 @click.pass_context
 @one_line_errors
@@ -166,7 +205,7 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
                   proto: str | None, portal_listen: str | None, portal_cert: Path | None,
                   portal_key: Path | None, public_url: str | None, no_portal: bool,
                   tun_name: str, connect_freq: tuple[int, float] | None,
-                  no_network_config: bool, verbose: bool) -> None:
+                  no_network_config: bool, trace_frames: int | None, verbose: bool) -> None:
     """Run the gateway (OpenVPN over UDP and TCP, IPsec tunnels) and the portal until
     SIGTERM or Ctrl-C."""
     if (portal_cert is None) != (portal_key is None):
@@ -180,6 +219,9 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
     paths = paths_of(ctx)
     with store(ctx) as engine:
         extra = [ipsec_task(engine)]
+        if trace_frames is not None:
+            tracemalloc.start(trace_frames)
+            extra.append(heap_snapshot_task(paths.heap_snapshots))
         if not no_portal:
             with db.session(engine, write=False) as s:
                 settings = queries.get_settings(s)
