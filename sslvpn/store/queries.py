@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete
+from sqlalchemy import delete, func
 from sqlmodel import Session, col, select
 
 from sslvpn.store import ConflictError, NotFoundError, StoreError
@@ -194,6 +194,16 @@ def list_certificates(
         query = query.where(Certificate.not_after > start)
         query = query.where(Certificate.not_after <= start + expiring_within)
     return list(s.exec(query.order_by(col(Certificate.created_at), col(Certificate.id))).all())
+
+
+def valid_certificate_counts(s: Session) -> dict[int, int]:
+    """How many valid certificates each user holds, in one query (users with none are absent)."""
+    query = (
+        select(Certificate.user_id, func.count())
+        .where(Certificate.status == "valid", col(Certificate.user_id).is_not(None))
+        .group_by(col(Certificate.user_id))
+    )
+    return {user_id: count for user_id, count in s.exec(query) if user_id is not None}
 
 
 def mark_revoked(s: Session, *, serial: str, reason: str, at: datetime) -> Certificate:

@@ -156,6 +156,7 @@ def test_certificates_are_filtered_by_owner_kind_status_and_expiry(engine: Engin
         now = T0 + timedelta(days=2)  # "03" has already expired by then
         assert serials(expiring_within=timedelta(days=30), now=now) == ["01", "04"]
         assert serials(expiring_within=timedelta(days=30), now=now, kind="client") == ["01"]
+        assert queries.valid_certificate_counts(s) == {alice.id: 1}
 
 
 def test_revocation_and_supersession(engine: Engine) -> None:

@@ -74,9 +74,7 @@ def render_users(
 ) -> web.Response:
     with db.session(portal_of(request).engine, write=False) as s:
         users = queries.list_users(s)
-        counts = {
-            u.id: len(queries.list_certificates(s, user_id=u.id, status="valid")) for u in users
-        }
+        counts = queries.valid_certificate_counts(s)
     context = {"users": users, "counts": counts, "form": form or {}, "roles": ROLE_VALUES}
     return render(request, "admin_users.html", context, status=status, errors=errors)
 
