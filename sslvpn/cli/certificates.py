@@ -41,7 +41,7 @@ def cert_group() -> None:
 @one_line_errors
 def issue_command(ctx: click.Context, user: str, device: str | None, days: int) -> None:
     """Issue a client certificate for USER."""
-    with store(ctx) as engine:
+    with store(ctx, write=True) as engine:
         row = lifecycle.issue_client(
             engine, paths_of(ctx), user_name=user, device=device, days=days, actor=ACTOR
         )
@@ -62,7 +62,7 @@ def list_command(ctx: click.Context, expiring: int | None) -> None:
     """List certificates, the CA and the CRL with their expiry."""
     within = None if expiring is None else timedelta(days=expiring)
     now = utcnow()
-    with store(ctx) as engine:
+    with store(ctx, write=False) as engine:
         items = reports.expiry_report(paths_of(ctx), engine, within=within, now=now)
     click.echo(f"{'KIND':<7}{'NAME':<30}{'STATUS':<11}{'EXPIRES':<12}{'DAYS':>6}  SERIAL")
     for item in items:
@@ -84,7 +84,7 @@ def renew_command(ctx: click.Context, serial: str, days: int | None) -> None:
     The old certificate becomes superseded; a renewed gateway certificate is used after
     the gateway restarts.
     """
-    with store(ctx) as engine:
+    with store(ctx, write=True) as engine:
         row = lifecycle.renew(engine, paths_of(ctx), serial=serial, days=days, actor=ACTOR)
     click.echo(f"renewed {serial.lower()} as {row.serial} valid until {row.not_after:%Y-%m-%d}")
 
@@ -98,7 +98,7 @@ def renew_command(ctx: click.Context, serial: str, days: int | None) -> None:
 @one_line_errors
 def revoke_command(ctx: click.Context, target: str, reason: str) -> None:
     """Revoke one certificate, or every certificate of a user, and re-sign the CRL."""
-    with store(ctx) as engine:
+    with store(ctx, write=True) as engine:
         serial = _existing_serial(engine, target)
         rows = lifecycle.revoke(
             engine,
@@ -131,7 +131,7 @@ def _existing_serial(engine: Engine, target: str) -> str | None:
 def crl_command(ctx: click.Context, output: Path | None, encoding: str) -> None:
     """Re-sign the CRL now and write it to FILE (stdout without -o)."""
     paths = paths_of(ctx)
-    with store(ctx) as engine:
+    with store(ctx, write=True) as engine:
         state = lifecycle.refresh_crl(paths, engine, force=True, actor=ACTOR)
     data = (paths.crl_der if encoding == "der" else paths.crl_pem).read_bytes()
     click.echo(f"CRL {state.number} valid until {state.next_update:%Y-%m-%d %H:%M} UTC", err=True)
@@ -150,7 +150,7 @@ def profile_command(
 ) -> None:
     """Write USER's .ovpn profile (with its private key) to FILE, or stdout without -o."""
     transport = _TRANSPORTS.get(proto or "")
-    with store(ctx) as engine:
+    with store(ctx, write=True) as engine:
         profile = reports.render_profile(
             engine, paths_of(ctx), user_name=user, device=device, proto=transport, actor=ACTOR
         )

@@ -48,7 +48,7 @@ PSK_FILE = keyfiles.FileRole("the tunnel's pre-shared key", "UTF-8 text on one l
 @contextmanager
 def _store(ctx: click.Context, *, write: bool) -> Iterator[Session]:
     """A session on the upgraded store of the data folder (the same checks as every command)."""
-    with store(ctx) as engine, session(engine, write=write) as s:
+    with store(ctx, write=write) as engine, session(engine, write=write) as s:
         yield s
 
 

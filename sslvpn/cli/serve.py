@@ -217,7 +217,7 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
     if not verbose:  # migrations that found nothing to do are not news
         logging.getLogger("alembic").setLevel(logging.WARNING)
     paths = paths_of(ctx)
-    with store(ctx) as engine:
+    with store(ctx, write=True) as engine:
         extra = [ipsec_task(engine)]
         if trace_frames is not None:
             tracemalloc.start(trace_frames)

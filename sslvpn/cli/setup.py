@@ -53,17 +53,35 @@ def paths_of(ctx: click.Context) -> DataPaths:
 
 
 @contextmanager
-def store(ctx: click.Context) -> Iterator[Engine]:
-    """An upgraded engine for an existing data folder; disposed when the command ends."""
+def store(ctx: click.Context, *, write: bool) -> Iterator[Engine]:
+    """An upgraded engine for an existing data folder; disposed when the command ends.
+
+    A command that only reads (``write=False``) works on a read-only data folder (the
+    SQLite file is opened read-only); one that writes is refused there, saying so.
+    """
     obj = _obj(ctx)
     if not obj.data_dir.is_dir():
         raise LifecycleError(f"data folder {obj.data_dir} does not exist; run `sslvpn init`")
-    engine = open_engine(database_url(obj.data_dir, obj.database_url))
+    read_only = obj.database_url is None and _read_only_reason(DataPaths(obj.data_dir))
+    if read_only and write:
+        verb = " ".join(ctx.command_path.split()[1:])
+        raise LifecycleError(f"{read_only}: `sslvpn {verb}` needs to write there; "
+                             "run it where the data folder is writable")
+    engine = open_engine(database_url(obj.data_dir, obj.database_url), read_only=bool(read_only))
     try:
         upgrade(engine)
         yield engine
     finally:
         engine.dispose()
+
+
+def _read_only_reason(paths: DataPaths) -> str | None:
+    """Why the SQLite store cannot be written here (its folder or file), or None."""
+    if not os.access(paths.data_dir, os.W_OK):
+        return f"the data folder {paths.data_dir} is read-only"
+    if paths.database.exists() and not os.access(paths.database, os.W_OK):
+        return f"the database {paths.database} is read-only"
+    return None
 
 
 def read_stdin_secret(what: str) -> str:
@@ -153,9 +171,7 @@ def init_command(
     created_db = sqlite and not paths.database.exists()
     try:
         paths.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if created_db:  # private from its first byte: it will hold client keys
-            os.close(os.open(paths.database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        with store(ctx) as engine:
+        with store(ctx, write=True) as engine:  # open_engine creates the file 0600
             done = lifecycle.initialise(
                 paths,
                 engine,

@@ -25,7 +25,7 @@ def add_command(
 ) -> None:
     """Add user NAME."""
     password = read_stdin_secret("password") if password_stdin else None
-    with store(ctx) as engine:
+    with store(ctx, write=True) as engine:
         user = accounts.add_user(
             engine, name=name, email=email, admin=admin, password=password, actor=ACTOR
         )
@@ -37,7 +37,7 @@ def add_command(
 @one_line_errors
 def list_command(ctx: click.Context) -> None:
     """List users with their role and whether they are enabled."""
-    with store(ctx) as engine:
+    with store(ctx, write=False) as engine:
         users = accounts.list_users(engine)
     click.echo(f"{'NAME':<24} {'ROLE':<6} {'STATE':<9} {'PASSWORD':<8} EMAIL")
     for user in users:
@@ -52,7 +52,7 @@ def list_command(ctx: click.Context) -> None:
 @one_line_errors
 def disable_command(ctx: click.Context, name: str) -> None:
     """Disable user NAME: no new certificates or profiles, no portal sign-in."""
-    with store(ctx) as engine:
+    with store(ctx, write=True) as engine:
         accounts.set_user_enabled(engine, name=name, enabled=False, actor=ACTOR)
     click.echo(f"disabled {name}")
 
@@ -63,7 +63,7 @@ def disable_command(ctx: click.Context, name: str) -> None:
 @one_line_errors
 def enable_command(ctx: click.Context, name: str) -> None:
     """Enable user NAME again."""
-    with store(ctx) as engine:
+    with store(ctx, write=True) as engine:
         accounts.set_user_enabled(engine, name=name, enabled=True, actor=ACTOR)
     click.echo(f"enabled {name}")
 

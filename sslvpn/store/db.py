@@ -15,15 +15,22 @@ gateway processes, so a write session must be the only session open in its threa
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sqlite3
 import threading
+import urllib.parse
+import weakref
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, Connection, make_url
@@ -43,18 +50,30 @@ VERSION_TABLE = "alembic_version"
 WRITE_OPTION = "sslvpn_write"  # connection execution option: begin as the writer
 
 _open_here = threading.local()  # per thread: Counter of open sessions by database URL
+_read_only_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 class SessionMisuseError(RuntimeError):
     """A session was used against its declared kind; a programming error, not an operator's."""
 
 
-def open_engine(url: str) -> Engine:
-    """An engine that has already proved it can reach a database at ``url``."""
+def open_engine(url: str, *, read_only: bool = False) -> Engine:
+    """An engine that has already proved it can reach a database at ``url``.
+
+    ``read_only`` (SQLite only) opens a file whose folder nobody may write, such as a
+    read-only mount: every session reads and any write session is refused.
+    """
     parsed = _parse_url(url)
     if parsed.get_backend_name() == "sqlite":
-        engine = create_engine(parsed, hide_parameters=True)
-        _configure_sqlite(engine)
+        if read_only:
+            engine = create_engine(parsed, hide_parameters=True,
+                                   creator=_read_only_connection(parsed))
+        else:
+            _create_private_file(parsed)
+            engine = create_engine(parsed, hide_parameters=True)
+        _configure_sqlite(engine, read_only=read_only)
+        if read_only:
+            _read_only_engines.add(engine)
     else:
         engine = create_engine(parsed, hide_parameters=True, pool_pre_ping=True)
         event.listen(engine, "begin", _on_postgres_begin)
@@ -68,11 +87,19 @@ def open_engine(url: str) -> Engine:
 
 
 def upgrade(engine: Engine) -> None:
-    """Create or migrate the schema to the newest revision, in one transaction."""
+    """Create or migrate the schema to the newest revision, in one transaction.
+
+    A database already at the newest revision is only read, so a read-only one works.
+    """
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     where = _describe(engine.url)
     try:
+        if _at_head(engine, config):
+            return
+        if engine in _read_only_engines:
+            raise StoreError(f"{where} needs its schema upgraded for this version of sslvpn, "
+                             "but it is read-only; upgrade it where it is writable")
         with engine.execution_options(**{WRITE_OPTION: True}).begin() as connection:
             _refuse_foreign_schema(connection, where)
             config.attributes["connection"] = connection
@@ -81,6 +108,14 @@ def upgrade(engine: Engine) -> None:
         raise StoreError(f"{where} is not an sslvpn database this version knows: {exc}") from None
     except DBAPIError as exc:
         raise StoreError(_unusable_message(engine.url, exc)) from None
+
+
+def _at_head(engine: Engine, config: Config) -> bool:
+    """Whether the stored revision is already the newest one shipped (read only)."""
+    head = ScriptDirectory.from_config(config).get_current_head()
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    return current is not None and current == head
 
 
 @contextmanager
@@ -93,6 +128,8 @@ def session(engine: Engine, *, write: bool | None = None) -> Iterator[Session]:
     followed by a write fails when another process committed in between.
     Objects stay readable after the commit, so callers may return them.
     """
+    if write and engine in _read_only_engines:
+        raise StoreError(f"{_describe(engine.url)} is open read-only (its folder is read-only)")
     with _registered(engine, write=bool(write)), Session(engine, expire_on_commit=False) as active:
         try:
             if write:
@@ -157,11 +194,12 @@ def _parse_url(url: str) -> URL:
     return parsed
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, *, read_only: bool) -> None:
     """Per connection: WAL, foreign keys, a busy timeout, and SQLAlchemy-managed BEGIN.
 
     pysqlite's own transaction handling skips BEGIN before DDL and breaks SAVEPOINT;
     turning it off and emitting BEGIN ourselves is the documented SQLAlchemy recipe.
+    A read-only connection leaves the journal mode as the file has it.
     """
 
     @event.listens_for(engine, "connect")
@@ -169,7 +207,8 @@ def _configure_sqlite(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute("PRAGMA journal_mode=WAL")
+            if not read_only:
+                cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         finally:
@@ -179,6 +218,39 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(connection: Connection) -> None:
         writer = connection.get_execution_options().get(WRITE_OPTION, False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+
+
+def _create_private_file(url: URL) -> None:
+    """Create a new SQLite file 0600 before SQLite creates it with the umask's mode: it will
+    hold client keys and password hashes (its -wal and -shm files take the same mode)."""
+    if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
+        with contextlib.suppress(OSError):  # it exists, or SQLite will say why it cannot
+            os.close(os.open(url.database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def _read_only_connection(url: URL) -> Callable[[], sqlite3.Connection]:
+    """Connections to a SQLite file in a folder nobody may write.
+
+    ``mode=ro`` reads the file together with its write-ahead log, but needs the log's
+    ``-shm`` index to exist already; after a clean shutdown there is neither, and then the
+    file alone is the whole database: ``immutable=1`` reads it without the lock files it
+    cannot create. (immutable with a -wal present would hide committed rows, so never then.)
+    """
+    path = str(Path(url.database or "").resolve())
+    quoted = urllib.parse.quote(path)
+
+    def connect() -> sqlite3.Connection:
+        connection = sqlite3.connect(f"file:{quoted}?mode=ro", uri=True, check_same_thread=False)
+        try:
+            connection.execute("PRAGMA schema_version")  # SQLite opens the file lazily
+            return connection
+        except sqlite3.OperationalError:
+            connection.close()
+            if Path(f"{path}-wal").exists() or not Path(path).is_file():
+                raise
+        return sqlite3.connect(f"file:{quoted}?immutable=1", uri=True, check_same_thread=False)
+
+    return connect
 
 
 def _on_postgres_begin(connection: Connection) -> None:
