@@ -37,6 +37,7 @@ class DataPaths:
     database: Path = field(init=False)
     control_socket: Path = field(init=False)
     heap_snapshots: Path = field(init=False)  # tracemalloc snapshots `serve` writes on SIGUSR2
+    serve_lock: Path = field(init=False)
 
     def __post_init__(self) -> None:
         pki = self.data_dir / "pki"
@@ -56,6 +57,7 @@ class DataPaths:
             "database": self.data_dir / DATABASE_FILE_NAME,
             "control_socket": self.data_dir / "control.sock",
             "heap_snapshots": self.data_dir / "tracemalloc",
+            "serve_lock": self.data_dir / "serve.lock",
         }
         for name, path in derived.items():
             object.__setattr__(self, name, path)

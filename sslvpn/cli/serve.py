@@ -31,8 +31,9 @@ import click
 from sqlalchemy import Engine
 
 from client_profiles import lifecycle
-from sslvpn.cli.setup import one_line_errors, paths_of, store
+from sslvpn.cli.setup import one_line_errors, paths_of, require_data_folder, store
 from sslvpn.config import DataPaths
+from sslvpn.runtime import instance
 from sslvpn.runtime.control_server import ControlClient, ControlError
 from sslvpn.runtime.gateway import Gateway
 from sslvpn.runtime.ipsec_service import IpsecService
@@ -217,7 +218,9 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
     if not verbose:  # migrations that found nothing to do are not news
         logging.getLogger("alembic").setLevel(logging.WARNING)
     paths = paths_of(ctx)
-    with store(ctx, write=True) as engine:
+    require_data_folder(ctx, write=True)
+    # one gateway per data folder: locked before the store, the socket, the TUN and nft
+    with instance.exclusive(paths.serve_lock), store(ctx, write=True) as engine:
         extra = [ipsec_task(engine)]
         if trace_frames is not None:
             tracemalloc.start(trace_frames)

@@ -24,6 +24,7 @@ from client_profiles.pki import KeyType, WrongPassphrase
 from client_profiles.pkifiles import LifecycleError
 from sslvpn.cli.context import CliContext
 from sslvpn.config import DataPaths, database_url
+from sslvpn.runtime.instance import AlreadyServing
 from sslvpn.store import StoreError
 from sslvpn.store.db import open_engine, upgrade
 
@@ -38,7 +39,7 @@ def one_line_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (LifecycleError, WrongPassphrase, StoreError, ValueError) as exc:
+        except (LifecycleError, WrongPassphrase, StoreError, ValueError, AlreadyServing) as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         except OSError as exc:
             message = f"{exc.filename or 'file'}: {exc.strerror or exc}"
@@ -60,6 +61,19 @@ def store(ctx: click.Context, *, write: bool) -> Iterator[Engine]:
     SQLite file is opened read-only); one that writes is refused there, saying so.
     """
     obj = _obj(ctx)
+    read_only = require_data_folder(ctx, write=write)
+    engine = open_engine(database_url(obj.data_dir, obj.database_url), read_only=read_only)
+    try:
+        upgrade(engine)
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def require_data_folder(ctx: click.Context, *, write: bool) -> bool:
+    """Refuse a data folder that does not exist (a typo must not create one), or that a
+    command which writes cannot write; True when the store is to be opened read-only."""
+    obj = _obj(ctx)
     if not obj.data_dir.is_dir():
         raise LifecycleError(f"data folder {obj.data_dir} does not exist; run `sslvpn init`")
     read_only = obj.database_url is None and _read_only_reason(DataPaths(obj.data_dir))
@@ -67,12 +81,7 @@ def store(ctx: click.Context, *, write: bool) -> Iterator[Engine]:
         verb = " ".join(ctx.command_path.split()[1:])
         raise LifecycleError(f"{read_only}: `sslvpn {verb}` needs to write there; "
                              "run it where the data folder is writable")
-    engine = open_engine(database_url(obj.data_dir, obj.database_url), read_only=bool(read_only))
-    try:
-        upgrade(engine)
-        yield engine
-    finally:
-        engine.dispose()
+    return bool(read_only)
 
 
 def _read_only_reason(paths: DataPaths) -> str | None:

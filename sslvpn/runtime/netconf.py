@@ -89,7 +89,11 @@ class NetConfig:
         vpc4 = [str(n) for n in self.vpc_networks if n.version == 4]
         if not vpc4:
             return
+        # one transaction: create the table if absent, empty it by deleting it, fill it, so a
+        # table a killed gateway left behind is replaced, never given a second rule
         rules = (
+            f"table ip {NFT_TABLE}\n"
+            f"delete table ip {NFT_TABLE}\n"
             f"table ip {NFT_TABLE} {{\n"
             "  chain postrouting {\n"
             "    type nat hook postrouting priority srcnat; policy accept;\n"

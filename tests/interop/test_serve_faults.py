@@ -1,11 +1,14 @@
 """`sslvpn serve` under faults, with the real openvpn client in namespaces: a full disk under
-the database keeps the session's records until there is room again."""
+the database keeps the session's records until there is room again; a second `serve` on the
+same data folder is refused and changes nothing; a restart after SIGKILL adds no second
+masquerade rule."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.conftest import VPC_HOST, Topology, build_topology
+from tests.interop.conftest import GATEWAY_OUTER, SSLVPN, VPC_HOST, Topology, build_topology
 from tests.interop.test_openvpn_client import CONNECTED, OpenVpnClient
 from tests.netns import file_contains, wait_until
 
@@ -104,5 +107,69 @@ def test_records_written_while_the_disk_is_full_land_once_there_is_room(
                         + topo.gateway_log.read_text()[-3000:])
         _report(f"session record and lease stored {took:.1f} s after space was freed")
         assert "accounting records are written again" in topo.gateway_log.read_text()
+    finally:
+        client.stop()
+
+
+@pytest.fixture
+def snat_topology(tmp_path: Path) -> Iterator[Topology]:
+    with build_topology(tmp_path, snat=True, prefix="fl", serve_args=("--no-portal",)) as topo:
+        yield topo
+
+
+def _serve(topo: Topology) -> list[str]:
+    return [SSLVPN, "--data-dir", str(topo.data_dir), "serve", "--listen", GATEWAY_OUTER,
+            "--no-portal"]
+
+
+def _snat_table(topo: Topology) -> str:
+    return topo.gateway_ns.run("nft", "list", "table", "ip", "sslvpn")
+
+
+def test_a_second_serve_on_the_same_data_folder_is_refused_and_changes_nothing(
+    snat_topology: Topology,
+) -> None:
+    topo = snat_topology
+    serial = topo.issue("alice", "laptop")
+    client = OpenVpnClient(topo, topo.profile("alice", "laptop", "udp"))
+    try:
+        client.wait_for(CONNECTED)
+        assert topo.client_ns.ok("ping", "-c", "1", "-W", "2", VPC_HOST)
+        socket_before = topo.control.path.stat().st_ino
+        table_before = _snat_table(topo)
+        [live] = topo.control.list_sessions()
+        assert wait_until(lambda: _stored(topo.data_dir, serial) == (1, "10.8.0.2"), 10)
+        assert topo.gateway is not None
+        second = subprocess.run(["ip", "netns", "exec", topo.gateway_ns.name, *_serve(topo)],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert second.returncode != 0
+        assert (f"another gateway (pid {topo.gateway.pid}) is serving this data folder"
+                in second.stderr), second.stderr + second.stdout
+        assert topo.control.path.stat().st_ino == socket_before
+        assert [s.session_id for s in topo.control.list_sessions()] == [live.session_id]
+        assert _stored(topo.data_dir, serial) == (1, "10.8.0.2")  # the record is still open
+        assert _snat_table(topo) == table_before
+        assert table_before.count("masquerade") == 1
+        assert topo.client_ns.ok("ping", "-c", "1", "-W", "2", VPC_HOST)
+    finally:
+        client.stop()
+
+
+def test_a_restart_after_sigkill_keeps_one_masquerade_rule(snat_topology: Topology) -> None:
+    topo = snat_topology
+    assert topo.gateway is not None
+    os.kill(topo.gateway.pid, signal.SIGKILL)
+    topo.gateway.wait(10)
+    assert _snat_table(topo).count("masquerade") == 1  # left behind
+    log = topo.work / "restarted.log"
+    topo.gateway = topo.gateway_ns.spawn(_serve(topo), log=log)
+    if not wait_until(file_contains(log, "listening on tcp"), 20):
+        pytest.fail("the gateway did not restart:\n" + log.read_text())
+    assert _snat_table(topo).count("masquerade") == 1
+    topo.issue("bob", "laptop")
+    client = OpenVpnClient(topo, topo.profile("bob", "laptop", "udp"))
+    try:
+        client.wait_for(CONNECTED)
+        assert topo.client_ns.ok("ping", "-c", "1", "-W", "2", VPC_HOST)  # through SNAT
     finally:
         client.stop()
