@@ -39,6 +39,7 @@ from sslvpn.runtime.gateway import Gateway
 from sslvpn.runtime.ipsec_service import IpsecService
 from sslvpn.runtime.netconf import NetconfError
 from sslvpn.runtime.service import ExtraTask, GatewayService, ServeOptions, run, serve
+from sslvpn.runtime.tun_keeper import TunLostError
 from sslvpn.store import StoreError, db, queries
 from web.app import create_app, ensure_first_admin, start_portal
 from web.portal import PortalSettings
@@ -249,11 +250,11 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
             run(serve(GatewayService(paths, engine, options)))  # on uvloop when installed
         except (OSError, NetconfError) as exc:  # no TUN (not root), port taken, ip failed
             raise click.ClickException(f"cannot start the gateway: {exc}") from None
-        except ExceptionGroup as group:  # a companion task failed: the portal's port is taken
-            portal, _ = group.split(PortalStartError)
-            if portal is None:
+        except ExceptionGroup as group:  # a companion task failed: the portal's port is
+            known, _ = group.split((PortalStartError, TunLostError))  # taken, the TUN is gone
+            if known is None:
                 raise
-            raise click.ClickException(str(portal.exceptions[0])) from None
+            raise click.ClickException(str(known.exceptions[0])) from None
 
 
 def _client(ctx: click.Context) -> ControlClient:

@@ -2,9 +2,10 @@
 
 Loads the gateway settings from the store, creates the TUN and the host network setup
 (address, forwarding, optional SNAT), starts the OpenVPN listeners (UDP and TCP, IPv4 and
-IPv6 where available), the control socket, the revocation sweep and the daily hooks (CRL
-refresh), and any extra long-running tasks the composition root adds (the portal and the
-IPsec service), all in one ``asyncio.TaskGroup``. SIGTERM/SIGINT end it cleanly: every
+IPv6 where available), the control socket, the revocation sweep, the daily hooks (CRL
+refresh), the keeper that recreates a TUN device deleted under it, and any extra
+long-running tasks the composition root adds (the portal and the IPsec service), all in
+one ``asyncio.TaskGroup``. SIGTERM/SIGINT end it cleanly: every
 client is told (explicit exit), then listeners, the TUN and the network setup are removed.
 ``run`` drives it on uvloop where installed: its event loop is C, so the wake-up of an idle
 gateway costs less before a packet's callback runs (tests keep asyncio's own loop).
@@ -32,6 +33,7 @@ from sslvpn.runtime.openvpn_tcp import OpenVpnTcpListener
 from sslvpn.runtime.openvpn_udp import OpenVpnUdpListener, bind_udp
 from sslvpn.runtime.policy import StorePolicy
 from sslvpn.runtime.tun import LinuxTun, Tun
+from sslvpn.runtime.tun_keeper import keep_tun
 from sslvpn.store import db, queries
 from sslvpn.store.models import GatewaySettings
 
@@ -134,7 +136,7 @@ class GatewayService:
             self.ready.set()
             if self.options.on_ready is not None:
                 self.options.on_ready(self)
-            await self._run_tasks(gateway)
+            await self._run_tasks(gateway, netconf)
         finally:
             log.info("shutting down: telling %d client(s)", len(gateway.list_sessions()))
             await gateway.shutdown()
@@ -191,10 +193,14 @@ class GatewayService:
             level = logging.WARNING
         log.log(level, "not listening on %s [%s]:%d: %s", proto, host, port, exc.strerror or exc)
 
-    async def _run_tasks(self, gateway: Gateway) -> None:
+    async def _run_tasks(self, gateway: Gateway, netconf: NetConfig) -> None:
+        reconfigure = netconf.apply if self.options.configure_network else None
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(gateway.run_sweeps(), name="policy-sweep"),
-                     group.create_task(self._daily(), name="daily-hooks")]
+                     group.create_task(self._daily(), name="daily-hooks"),
+                     group.create_task(keep_tun(gateway.tun, reconfigure,
+                                                lambda: len(gateway.list_sessions())),
+                                       name="tun-keeper")]
             tasks += [group.create_task(extra(gateway)) for extra in self.options.extra_tasks]
             await self.stopping.wait()
             for task in tasks:

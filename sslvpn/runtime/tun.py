@@ -13,14 +13,22 @@ packets (``gro``), so the kernel forwards one packet where it would have forward
 A reader that will call ``flush`` itself when its burst ends says so with ``hold``: its
 writes then schedule no loop callback (one callback less, and no extra loop round, per
 packet of an idle tunnel).
+A device deleted under the running gateway (``ip link delete``) leaves the file descriptor
+detached: every read and write then fails with EBADFD and the descriptor polls readable
+forever. ``LinuxTun`` notices it on the first such error, stops reading, and tells
+``on_lost``; ``reopen`` creates the device again under the same name and reads it, so the
+sessions above never notice more than the packets dropped meanwhile.
 ``MemoryTun`` has the same surface for tests: ``inject`` plays the kernel handing the gateway
-a burst of packets, ``written`` collects what the gateway handed back.
+a burst of packets, ``written`` collects what the gateway handed back, ``lose`` plays the
+device being deleted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -28,14 +36,19 @@ from typing import Protocol
 
 from sslvpn.runtime.gro import VNET_HDR_LEN, VNET_NONE, coalesce
 
+log = logging.getLogger(__name__)
+
 PacketSink = Callable[[bytes], None]
 BatchEnd = Callable[[], None]
+LostHandler = Callable[[OSError], None]
 
 READ_BATCH = 64  # packets read per readiness callback before yielding to other work
 IDLE_GAP = 0.001  # seconds between readiness callbacks after which one packet is read
 FLUSH_EVERY = 16  # packets per burst handed on at once: bounds the bursts clients receive
 READ_SIZE = 65535 + VNET_HDR_LEN
 WRITE_BATCH = 256  # packets held for one flush at most; more flush at once
+# what a read or write of a device that is no longer there fails with (EBADFD: detached)
+DEVICE_GONE = frozenset({errno.EBADFD, errno.EBADF, errno.ENODEV, errno.ENXIO, errno.EIO})
 
 
 class Tun(Protocol):
@@ -44,8 +57,12 @@ class Tun(Protocol):
     name: str
     drops: int
     bursting: bool  # a read burst is being handed on: on_batch_end runs when it ends
+    lost: bool  # the device was deleted under us; writes are dropped until ``reopen``
+    on_lost: LostHandler | None  # called once when the device is found gone
 
     def start(self, on_packet: PacketSink, on_batch_end: BatchEnd | None = None) -> None: ...
+
+    def reopen(self) -> None: ...
 
     def hold(self) -> None: ...
 
@@ -60,20 +77,27 @@ class LinuxTun:
     """A kernel TUN device (IFF_TUN | IFF_NO_PI | IFF_VNET_HDR), read through the event loop."""
 
     def __init__(self, name: str = "sslvpn%d", *, mtu: int = 1500) -> None:
+        self._mtu = mtu
+        self.drops = 0
+        self.bursting = False
+        self.lost = False
+        self.on_lost: LostHandler | None = None
+        self._open(name)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._readers: tuple[PacketSink, BatchEnd | None] | None = None
+        self._pending: list[bytes] = []
+        self._held = False  # a reader promised the next flush()
+
+    def _open(self, name: str) -> None:
         import pytun  # imported here so MemoryTun users need no kernel support
 
         self._device = pytun.TunTapDevice(
             name=name, flags=pytun.IFF_TUN | pytun.IFF_NO_PI | pytun.IFF_VNET_HDR
         )
-        self._device.mtu = mtu
+        self._device.mtu = self._mtu
         self.name: str = self._device.name
-        self.drops = 0
-        self.bursting = False
         self._fd: int = self._device.fileno()
         os.set_blocking(self._fd, False)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: list[bytes] = []
-        self._held = False  # a reader promised the next flush()
 
     def start(self, on_packet: PacketSink, on_batch_end: BatchEnd | None = None) -> None:
         """Hand every packet the kernel routes into the device to ``on_packet``.
@@ -82,7 +106,22 @@ class LinuxTun:
         burst sends it at once instead of one loop round later.
         """
         self._loop = asyncio.get_running_loop()
-        fd = self._fd
+        self._readers = (on_packet, on_batch_end)
+        self._loop.add_reader(self._fd, self._reader(self._fd, on_packet, on_batch_end))
+
+    def reopen(self) -> None:
+        """Create the lost device again under its name and read it as before (its
+        addresses and routes are the caller's to put back)."""
+        if not self.lost:
+            return
+        self._open(self.name)
+        self.lost = False
+        if self._loop is not None and self._readers is not None:
+            self._loop.add_reader(self._fd, self._reader(self._fd, *self._readers))
+
+    def _reader(self, fd: int, on_packet: PacketSink,
+                on_batch_end: BatchEnd | None) -> Callable[[], None]:
+        """The readiness callback of ``fd`` (bound once: it runs per burst of packets)."""
 
         def read_burst(count: int) -> bool:
             """Up to ``count`` packets; True when the device may hold more."""
@@ -91,8 +130,11 @@ class LinuxTun:
                     data = os.read(fd, READ_SIZE)
                 except (BlockingIOError, InterruptedError):
                     return False
-                except OSError:
-                    self.drops += 1
+                except OSError as exc:
+                    if exc.errno in DEVICE_GONE:
+                        self._lose(exc)
+                    else:
+                        self.drops += 1
                     return False
                 if len(data) <= VNET_HDR_LEN or data[1]:  # GSO: we enable no offloads
                     self.drops += 1
@@ -121,7 +163,7 @@ class LinuxTun:
                 if not more:
                     return
 
-        self._loop.add_reader(fd, readable)
+        return readable
 
     def hold(self) -> None:
         """The caller flushes when its burst ends: writes until then schedule nothing."""
@@ -150,12 +192,31 @@ class LinuxTun:
     def _writev(self, parts: list[bytes | memoryview]) -> None:
         try:
             os.writev(self._fd, parts)
-        except OSError:
+        except OSError as exc:
             self.drops += 1
+            if exc.errno in DEVICE_GONE:
+                self._lose(exc)
+
+    def _lose(self, error: OSError) -> None:
+        """The device is gone: stop polling its descriptor (it would poll ready forever),
+        close it, and say so once."""
+        if self.lost:
+            return
+        self.lost = True
+        if self._loop is not None:
+            self._loop.remove_reader(self._fd)
+        with contextlib.suppress(OSError):
+            self._device.close()
+        self._fd = -1  # writes fail (counted as drops) until reopen
+        if self.on_lost is not None:
+            self.on_lost(error)
+        else:
+            log.error("TUN device %s is gone (%s)", self.name, error.strerror or error)
 
     def close(self) -> None:
         """Stop reading and destroy the device (the kernel removes its routes with it)."""
         self.flush()
+        self.on_lost = None  # closing is not losing
         if self._loop is not None:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(self._fd)
@@ -171,6 +232,9 @@ class MemoryTun:
         self.name = name
         self.drops = 0
         self.bursting = False
+        self.lost = False
+        self.on_lost: LostHandler | None = None
+        self.reopened = 0
         self.written: list[bytes] = []
         self.closed = False
         self._on_packet: PacketSink | None = None
@@ -194,10 +258,23 @@ class MemoryTun:
         if self._on_batch_end is not None:
             self._on_batch_end()
 
+    def lose(self) -> None:
+        """Play the device being deleted: writes are dropped until ``reopen``."""
+        self.lost = True
+        if self.on_lost is not None:
+            self.on_lost(OSError(errno.EBADFD, os.strerror(errno.EBADFD)))
+
+    def reopen(self) -> None:
+        self.lost = False
+        self.reopened += 1
+
     def hold(self) -> None:
         """Nothing is held back in memory, so there is nothing to promise."""
 
     def write(self, packet: bytes) -> None:
+        if self.lost:
+            self.drops += 1
+            return
         self.written.append(packet)
         self._changed.set()
 

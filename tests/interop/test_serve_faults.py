@@ -1,7 +1,8 @@
 """`sslvpn serve` under faults, with the real openvpn client in namespaces: a full disk under
 the database keeps the session's records until there is room again; a second `serve` on the
 same data folder is refused and changes nothing; a restart after SIGKILL adds no second
-masquerade rule."""
+masquerade rule; a TUN device deleted under the gateway comes back and the session pings
+again."""
 
 from __future__ import annotations
 
@@ -171,5 +172,37 @@ def test_a_restart_after_sigkill_keeps_one_masquerade_rule(snat_topology: Topolo
     try:
         client.wait_for(CONNECTED)
         assert topo.client_ns.ok("ping", "-c", "1", "-W", "2", VPC_HOST)  # through SNAT
+    finally:
+        client.stop()
+
+
+@pytest.fixture
+def plain_topology(tmp_path: Path) -> Iterator[Topology]:
+    with build_topology(tmp_path, prefix="ft", serve_args=("--no-portal",)) as topo:
+        yield topo
+
+
+def test_a_deleted_tun_device_comes_back_and_the_session_pings_again(
+    plain_topology: Topology,
+) -> None:
+    topo = plain_topology
+    topo.issue("carol", "laptop")
+    client = OpenVpnClient(topo, topo.profile("carol", "laptop", "udp"))
+    try:
+        client.wait_for(CONNECTED)
+        assert topo.client_ns.ok("ping", "-c", "1", "-W", "2", VPC_HOST)
+        [live] = topo.control.list_sessions()
+        topo.gateway_ns.run("ip", "link", "delete", "sslvpn0")
+        deleted = time.monotonic()
+        back = wait_until(lambda: topo.client_ns.ok("ping", "-c", "1", "-W", "1", VPC_HOST),
+                          30, interval=0.2)
+        took = time.monotonic() - deleted
+        log = topo.gateway_log.read_text()
+        assert back, "no ping through the tunnel 30 s after the TUN was deleted:\n" + log[-3000:]
+        _report(f"pinging the VPC host again {took:.1f} s after the TUN device was deleted")
+        assert [s.session_id for s in topo.control.list_sessions()] == [live.session_id]
+        assert log.count("TUN device sslvpn0 vanished") == 1
+        assert "TUN device sslvpn0 recreated with its addresses and routes" in log
+        assert "10.8.0.1/24" in topo.gateway_ns.run("ip", "-br", "addr", "show", "sslvpn0")
     finally:
         client.stop()

@@ -75,3 +75,47 @@ def test_tun_addresses_forwarding_and_snat_come_and_go(namespace: Namespace) -> 
     assert up["name"] not in down["links"]
     assert down["forwarding"] == "0"
     assert "sslvpn" not in down["nft"]
+
+
+LOSE_SCRIPT = r"""
+import asyncio, errno, json, subprocess
+from sslvpn.net import ippacket
+from sslvpn.runtime.tun import LinuxTun
+
+def sh(*args):
+    return subprocess.run(args, capture_output=True, text=True).stdout
+
+async def main():
+    tun = LinuxTun("svlost%d")
+    losses, packets = [], []
+    tun.on_lost = losses.append
+    tun.start(packets.append)
+    subprocess.run(["ip", "link", "delete", tun.name], check=True)
+    async with asyncio.timeout(5):
+        while not losses:
+            await asyncio.sleep(0.01)
+    tun.write(bytes(28))  # dropped, and no second loss
+    await asyncio.sleep(0)
+    tun.reopen()
+    sh("ip", "addr", "add", "10.8.0.1/24", "dev", tun.name)
+    sh("ip", "link", "set", tun.name, "up")
+    ping = await asyncio.create_subprocess_exec("ping", "-c", "1", "-W", "1", "10.8.0.2",
+                                                stdout=subprocess.DEVNULL)
+    await ping.wait()
+    arrived = [p for p in packets
+               if ippacket.destination(p) == ippacket.pack_address("10.8.0.2")]
+    tun.close()
+    print(json.dumps({"losses": [errno.errorcode[e.errno] for e in losses],
+                      "drops": tun.drops, "arrived": len(arrived)}))
+
+asyncio.run(main())
+"""
+
+
+def test_a_deleted_device_is_reported_once_and_can_be_opened_again(
+    namespace: Namespace,
+) -> None:
+    result = json.loads(namespace.run(sys.executable, "-c", LOSE_SCRIPT))
+    assert result["losses"] == ["EBADFD"]
+    assert result["drops"] == 1
+    assert result["arrived"] >= 1  # the recreated device is read like the first
