@@ -14,7 +14,7 @@ from client_profiles.pkifiles import LifecycleError
 from sslvpn.cli.context import CliContext
 from sslvpn.config import DataPaths, database_url
 from sslvpn.runtime.control_server import ControlClient
-from sslvpn.store import StoreError
+from sslvpn.store import StoreError, integrity
 from sslvpn.store.db import open_engine, upgrade
 from web.app import create_app, ensure_first_admin, start_portal
 from web.portal import PortalSettings
@@ -61,6 +61,7 @@ def portal(
     paths = DataPaths(obj.data_dir)
     try:
         engine = open_engine(database_url(obj.data_dir, obj.database_url))
+        integrity.require_check(engine)  # before its first write: never into a damaged file
         upgrade(engine)
         tls = portal_tls(paths, engine, listen, https=https, cert=cert, key=key)
         password = ensure_first_admin(engine)

@@ -40,13 +40,14 @@ from sslvpn.runtime.ipsec_service import IpsecService
 from sslvpn.runtime.netconf import NetconfError
 from sslvpn.runtime.service import ExtraTask, GatewayService, ServeOptions, run, serve
 from sslvpn.runtime.tun_keeper import TunLostError
-from sslvpn.store import StoreError, db, queries
+from sslvpn.store import StoreError, db, integrity, queries
 from web.app import create_app, ensure_first_admin, start_portal
 from web.portal import PortalSettings
 from web.tls import portal_tls
 
 log = logging.getLogger(__name__)
 
+STORE_CHECK_SECONDS = 10.0  # the longest `serve` waits for PRAGMA quick_check at start
 IPSEC_RESTART_DELAY = 5.0  # seconds before an IPsec service that failed is started afresh
 
 
@@ -155,6 +156,13 @@ def _dump_heap(folder: Path) -> Path:
     return path
 
 
+def refuse_a_damaged_store(engine: Engine) -> None:
+    """Never run on a malformed database; a check too long for a start is left to `check`."""
+    problems = integrity.verify(engine, max_seconds=STORE_CHECK_SECONDS)
+    if problems:
+        raise integrity.DamagedStoreError(integrity.damaged_message(engine, problems[0]))
+
+
 def announce(service: GatewayService) -> None:
     """Tell the operator where clients connect (the portal prints its own URL)."""
     click.echo("gateway: OpenVPN on " + ", ".join(service.listening()))
@@ -222,6 +230,7 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
     require_data_folder(ctx, write=True)
     # one gateway per data folder: locked before the store, the socket, the TUN and nft
     with instance.exclusive(paths.serve_lock), store(ctx, write=True) as engine:
+        refuse_a_damaged_store(engine)
         extra = [ipsec_task(engine)]
         if trace_frames is not None:
             tracemalloc.start(trace_frames)

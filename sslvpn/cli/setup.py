@@ -25,7 +25,7 @@ from client_profiles.pkifiles import LifecycleError
 from sslvpn.cli.context import CliContext
 from sslvpn.config import DataPaths, database_url
 from sslvpn.runtime.instance import AlreadyServing
-from sslvpn.store import StoreError
+from sslvpn.store import StoreError, integrity
 from sslvpn.store.db import open_engine, upgrade
 
 ACTOR = "cli"
@@ -58,11 +58,14 @@ def store(ctx: click.Context, *, write: bool) -> Iterator[Engine]:
     """An upgraded engine for an existing data folder; disposed when the command ends.
 
     A command that only reads (``write=False``) works on a read-only data folder (the
-    SQLite file is opened read-only); one that writes is refused there, saying so.
+    SQLite file is opened read-only); one that writes is refused there, saying so, and
+    on a damaged database (``PRAGMA quick_check`` runs before its first write).
     """
     obj = _obj(ctx)
     read_only = require_data_folder(ctx, write=write)
     engine = open_engine(database_url(obj.data_dir, obj.database_url), read_only=read_only)
+    if write:  # never write into a malformed file: check it whole before the first write
+        integrity.require_check(engine)
     try:
         upgrade(engine)
         yield engine

@@ -38,7 +38,7 @@ from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError,
 from sqlalchemy.orm import ORMExecuteState, UOWTransaction
 from sqlmodel import Session
 
-from sslvpn.store import RejectedError, StoreError
+from sslvpn.store import RejectedError, StoreError, integrity
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -97,6 +97,7 @@ def upgrade(engine: Engine) -> None:
     try:
         if _at_head(engine, config):
             return
+        integrity.before_write(engine)
         if engine in _read_only_engines:
             raise StoreError(f"{where} needs its schema upgraded for this version of sslvpn, "
                              "but it is read-only; upgrade it where it is writable")
@@ -130,6 +131,8 @@ def session(engine: Engine, *, write: bool | None = None) -> Iterator[Session]:
     """
     if write and engine in _read_only_engines:
         raise StoreError(f"{_describe(engine.url)} is open read-only (its folder is read-only)")
+    if write is not False:  # a deferred session may write too
+        integrity.before_write(engine)
     with _registered(engine, write=bool(write)), Session(engine, expire_on_commit=False) as active:
         try:
             if write:
@@ -143,6 +146,8 @@ def session(engine: Engine, *, write: bool | None = None) -> Iterator[Session]:
             raise RejectedError(f"database refused the data: {_driver_message(exc)}") from None
         except DBAPIError as exc:
             active.rollback()
+            if integrity.is_damage(exc):
+                raise integrity.note_damage(engine, _driver_message(exc)) from None
             raise StoreError(f"database error: {_driver_message(exc)}") from None
         except BaseException:
             active.rollback()
@@ -272,6 +277,9 @@ def _unusable_message(url: URL, exc: DBAPIError) -> str:
     detail = _driver_message(exc)
     if url.get_backend_name() == "sqlite" and "not a database" in detail:
         return f"{where} is not an sslvpn database ({detail})"
+    if integrity.is_damage(exc):
+        return (f"the database {where} is damaged ({detail}): "
+                f"{integrity.RESTORE_HINT} (`sslvpn check` lists what is wrong)")
     return f"cannot open the database {where}: {detail}"
 
 
