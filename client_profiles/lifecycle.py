@@ -1,11 +1,12 @@
 """Certificate lifecycle: the operations the CLI and the portal both call.
 
 `initialise` builds the PKI and the gateway settings; `issue_client`, `renew` and `revoke`
-manage client certificates (`renew` also replaces the gateway's own certificate);
-`refresh_crl` keeps the CRL from ever expiring (the service calls it daily). Every
-operation is one database transaction plus its files: files are written after the rows
-are flushed and restored when anything fails, and every operation leaves an audit entry.
-Expiry reporting and profile rendering live in `client_profiles.reports`.
+manage client certificates (`renew` also replaces the gateway's own certificate). Every
+operation is one database transaction plus its files, and leaves an audit entry: a
+gateway renewal writes its files after the rows are flushed and restores them when
+anything fails; a revocation signs the CRL into the store and publishes the files after
+the commit (`client_profiles.crl`, which also keeps the CRL from expiring). Expiry
+reporting and profile rendering live in `client_profiles.reports`.
 """
 
 from __future__ import annotations
@@ -20,20 +21,19 @@ from cryptography import x509
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from client_profiles.crl import publish_crl, sign_crl
 from client_profiles.inputs import checked_days, checked_device, validated_settings
 from client_profiles.pki import (
     CLIENT_DAYS,
     REVOCATION_REASONS,
     CertificateAuthority,
+    Crl,
     IssuedCertificate,
     KeyType,
-    RevokedEntry,
     build_crl,
     certificate_facts,
     certificate_pem,
     create_ca,
-    crl_next_update,
-    crl_number_of,
     issue_client_certificate,
     issue_server_certificate,
     private_key_pem,
@@ -43,7 +43,6 @@ from client_profiles.pkifiles import (
     LifecycleError,
     file_refusals,
     open_ca,
-    require_initialised,
     resolve_ca_passphrase,
 )
 from sslvpn import keyfiles
@@ -82,21 +81,9 @@ from sslvpn.store.queries import (
     mark_superseded,
     record_audit,
     revoke_import_tokens_for_certificate,
-    revoked_certificates,
     save_settings,
+    save_signed_crl,
 )
-
-# Re-sign the CRL once less than this share of its validity is left.
-CRL_REFRESH_FRACTION = 0.5
-
-
-@dataclass(frozen=True)
-class CrlState:
-    """What `refresh_crl` found or did."""
-
-    refreshed: bool
-    number: int
-    next_update: datetime
 
 
 def initialise(
@@ -148,11 +135,14 @@ def initialise(
     staging = paths.pki_staging_dir
     try:
         make_directory(staging, mode=0o700)
-        _write_first_pki(staging, ca, server, settings, ca_passphrase, now)
+        crl = build_crl(ca, revoked=[], number=1, now=now, days=settings.crl_days)
+        _write_first_pki(staging, ca, server, crl, ca_passphrase)
         with session(engine, write=True) as s:
             _refuse_existing_settings(s)
             settings = save_settings(s, settings=settings, now=now)
             _store_certificate(s, server.certificate, kind="server")
+            save_signed_crl(s, number=crl.number, der=crl.der, last_update=crl.last_update,
+                            next_update=crl.next_update)
             record_audit(
                 s,
                 actor=actor,
@@ -180,9 +170,8 @@ def _write_first_pki(
     folder: Path,
     ca: CertificateAuthority,
     server: IssuedCertificate,
-    settings: GatewaySettings,
+    crl: Crl,
     ca_passphrase: str | None,
-    now: datetime,
 ) -> None:
     """Every file of a new PKI, written durably into ``folder``."""
     layout = DataPaths(folder.parent)  # file names only; the folder is the staging one
@@ -194,7 +183,6 @@ def _write_first_pki(
             generate_tls_crypt_v2_server_key()
         ).encode("ascii"),
     }
-    crl = build_crl(ca, revoked=[], number=1, now=now, days=settings.crl_days)
     public = {
         layout.ca_cert: certificate_pem(ca.certificate),
         layout.server_cert: certificate_pem(server.certificate),
@@ -365,61 +353,29 @@ def revoke(
         raise LifecycleError(f"unknown reason {reason!r}; one of: {', '.join(REVOCATION_REASONS)}")
     now = now or utcnow()
     ca = open_ca(paths, ca_passphrase)
-    files = FileBatch()
-    try:
-        with session(engine, write=True) as s:
-            targets = _revocation_targets(s, serial, user_name, now)
-            for row in targets:
-                mark_revoked(s, serial=row.serial, reason=reason, at=now)
-                revoke_import_tokens_for_certificate(s, serial=row.serial)
-                record_audit(
-                    s,
-                    actor=actor,
-                    action="certificate.revoke",
-                    target=row.serial,
-                    at=now,
-                    source_address=source_address,
-                    detail=f"reason={reason}",
-                )
-            _write_crl(s, ca, paths, files, now=now, number=_next_crl_number(paths))
-    except BaseException:
-        files.undo()
-        raise
+    with session(engine, write=True) as s:
+        targets = _revocation_targets(s, serial, user_name, now)
+        for row in targets:
+            mark_revoked(s, serial=row.serial, reason=reason, at=now)
+            revoke_import_tokens_for_certificate(s, serial=row.serial)
+            record_audit(
+                s,
+                actor=actor,
+                action="certificate.revoke",
+                target=row.serial,
+                at=now,
+                source_address=source_address,
+                detail=f"reason={reason}",
+            )
+        sign_crl(s, ca, paths, now=now)
+    try:  # committed: the store is the truth, the files follow it
+        publish_crl(paths, engine)
+    except OSError as exc:
+        raise LifecycleError(
+            f"revoked, but the CRL files could not be written ({exc.strerror or exc}); "
+            "`sslvpn crl` writes them again"
+        ) from None
     return targets
-
-
-def refresh_crl(
-    paths: DataPaths,
-    engine: Engine,
-    *,
-    force: bool = False,
-    actor: str = "service",
-    ca_passphrase: str | None = None,
-    now: datetime | None = None,
-) -> CrlState:
-    """Re-sign the CRL when less than half its validity is left (or when forced).
-
-    The gateway calls this daily, so a CRL never reaches its nextUpdate and locks
-    every client out.
-    """
-    now = now or utcnow()
-    require_initialised(paths)
-    current = _current_crl(paths)
-    if current is not None and not force:
-        number, last, next_update = current
-        if next_update - now > (next_update - last) * CRL_REFRESH_FRACTION:
-            return CrlState(refreshed=False, number=number, next_update=next_update)
-    ca = open_ca(paths, ca_passphrase)
-    files = FileBatch()
-    try:
-        with session(engine, write=True) as s:
-            number = _next_crl_number(paths)
-            next_update = _write_crl(s, ca, paths, files, now=now, number=number)
-            record_audit(s, actor=actor, action="crl.refresh", target=str(number), at=now)
-    except BaseException:
-        files.undo()
-        raise
-    return CrlState(refreshed=True, number=number, next_update=next_update)
 
 
 def _enabled_user(user: User) -> User:
@@ -545,42 +501,3 @@ def _revocation_targets(
     if not rows:
         raise LifecycleError(f"user {user.name!r} has no certificate to revoke")
     return rows
-
-
-def _current_crl(paths: DataPaths) -> tuple[int, datetime, datetime] | None:
-    """(number, lastUpdate, nextUpdate) of the CRL on disk; None when missing or unreadable."""
-    try:
-        pem = paths.crl_pem.read_bytes()
-        last, next_update = crl_next_update(pem)
-        return crl_number_of(pem), last, next_update
-    except (OSError, ValueError):
-        return None
-
-
-def _next_crl_number(paths: DataPaths) -> int:
-    current = _current_crl(paths)
-    return 1 if current is None else current[0] + 1
-
-
-def _write_crl(
-    s: Session,
-    ca: CertificateAuthority,
-    paths: DataPaths,
-    files: FileBatch,
-    *,
-    now: datetime,
-    number: int,
-) -> datetime:
-    """Sign a CRL of every revoked certificate and write its PEM and DER; returns nextUpdate."""
-    entries = [
-        RevokedEntry(
-            serial=row.serial,
-            revoked_at=row.revoked_at or now,
-            reason=row.revocation_reason or "unspecified",
-        )
-        for row in revoked_certificates(s)
-    ]
-    crl = build_crl(ca, revoked=entries, number=number, now=now, days=get_settings(s).crl_days)
-    files.write(paths.crl_pem, crl.pem, secret=False)
-    files.write(paths.crl_der, crl.der, secret=False)
-    return crl.next_update

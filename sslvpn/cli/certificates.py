@@ -14,11 +14,11 @@ from typing import Literal
 import click
 from sqlalchemy import Engine
 
-from client_profiles import lifecycle, reports
+from client_profiles import crl, lifecycle, reports
 from client_profiles.inputs import MAX_CLIENT_DAYS
 from client_profiles.pki import CLIENT_DAYS, REVOCATION_REASONS
 from sslvpn.cli.setup import ACTOR, one_line_errors, paths_of, store
-from sslvpn.config import write_public_file, write_secret_file
+from sslvpn.config import DataPaths, write_public_file, write_secret_file
 from sslvpn.store import NotFoundError
 from sslvpn.store.db import session
 from sslvpn.store.models import utcnow
@@ -62,8 +62,10 @@ def list_command(ctx: click.Context, expiring: int | None) -> None:
     """List certificates, the CA and the CRL with their expiry."""
     within = None if expiring is None else timedelta(days=expiring)
     now = utcnow()
+    paths = paths_of(ctx)
     with store(ctx, write=False) as engine:
-        items = reports.expiry_report(paths_of(ctx), engine, within=within, now=now)
+        _mend_crl(paths, engine)  # the report reads crl.pem
+        items = reports.expiry_report(paths, engine, within=within, now=now)
     click.echo(f"{'KIND':<7}{'NAME':<30}{'STATUS':<11}{'EXPIRES':<12}{'DAYS':>6}  SERIAL")
     for item in items:
         left = (item.not_after - now).days
@@ -71,6 +73,15 @@ def list_command(ctx: click.Context, expiring: int | None) -> None:
             f"{item.kind:<7}{item.name:<30}{item.status:<11}"
             f"{item.not_after:%Y-%m-%d}  {left:>6}  {item.serial or '-'}"
         )
+
+
+def _mend_crl(paths: DataPaths, engine: Engine) -> None:
+    """CRL files that disagree with the store are published again (said on stderr)."""
+    mended = crl.mend_crl(paths, engine, actor=ACTOR)
+    if mended.failure is not None:
+        click.echo(f"warning: {mended.problem}; not mended: {mended.failure}", err=True)
+    elif mended.problem is not None:
+        click.echo(f"note: {mended.problem}; published the CRL files again", err=True)
 
 
 @cert_group.command("renew")
@@ -132,7 +143,7 @@ def crl_command(ctx: click.Context, output: Path | None, encoding: str) -> None:
     """Re-sign the CRL now and write it to FILE (stdout without -o)."""
     paths = paths_of(ctx)
     with store(ctx, write=True) as engine:
-        state = lifecycle.refresh_crl(paths, engine, force=True, actor=ACTOR)
+        state = crl.refresh_crl(paths, engine, force=True, actor=ACTOR)
     data = (paths.crl_der if encoding == "der" else paths.crl_pem).read_bytes()
     click.echo(f"CRL {state.number} valid until {state.next_update:%Y-%m-%d %H:%M} UTC", err=True)
     _emit(data, output, secret=False)

@@ -30,7 +30,7 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
-from client_profiles import lifecycle
+from client_profiles import crl
 from sslvpn.cli.setup import one_line_errors, paths_of, require_data_folder, store
 from sslvpn.config import DataPaths
 from sslvpn.runtime import instance
@@ -163,6 +163,18 @@ def refuse_a_damaged_store(engine: Engine) -> None:
         raise integrity.DamagedStoreError(integrity.damaged_message(engine, problems[0]))
 
 
+def mend_crl(paths: DataPaths, engine: Engine) -> None:
+    """At start, CRL files that disagree with the store (a crash during a revocation) are
+    published again from it; a failure is logged, since the gateway itself asks the store."""
+    mended = crl.mend_crl(paths, engine, actor="service")
+    if mended.failure is not None:
+        log.error("the CRL files disagree with the store (%s) and were not mended: %s",
+                  mended.problem, mended.failure)
+    elif mended.problem is not None:
+        log.warning("the CRL files disagreed with the store (%s); published them again",
+                    mended.problem)
+
+
 def announce(service: GatewayService) -> None:
     """Tell the operator where clients connect (the portal prints its own URL)."""
     click.echo("gateway: OpenVPN on " + ", ".join(service.listening()))
@@ -244,6 +256,7 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
             public = settings.public_addresses[0] if settings.public_addresses else None
             plan = PortalPlan(portal_listen, tls, public_url, public)
             extra.append(portal_task(paths, engine, plan))
+        mend_crl(paths, engine)
         options = ServeOptions(
             listen=listen or ServeOptions.listen,
             port=port,
@@ -252,7 +265,7 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
             configure_network=not no_network_config,
             connect_freq=connect_freq,
             extra_tasks=tuple(extra),
-            daily_hooks=(lambda: lifecycle.refresh_crl(paths, engine),),
+            daily_hooks=(lambda: crl.refresh_crl(paths, engine),),
             on_ready=announce,
         )
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, CheckConstraint, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from sslvpn.store.types import UTCDateTime
@@ -83,6 +83,17 @@ class Certificate(SQLModel, table=True):
     key_pem: str | None = Field(default=None, repr=False)
     tls_crypt_v2_key: str | None = Field(default=None, repr=False)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class SignedCrl(SQLModel, table=True):
+    """The newest CRL the CA signed (one row). The store is the truth: it is signed in the
+    transaction that changes what is revoked, and pki/crl.pem and crl.der are copies."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    number: int = Field(sa_type=BigInteger)  # CRLNumber, only ever increases
+    der: bytes = Field(sa_type=LargeBinary)
+    last_update: datetime = Field(sa_type=UTCDateTime)
+    next_update: datetime = Field(sa_type=UTCDateTime)
 
 
 class GatewaySettings(SQLModel, table=True):

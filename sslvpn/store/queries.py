@@ -23,6 +23,7 @@ from sslvpn.store.models import (
     Certificate,
     GatewaySettings,
     ImportToken,
+    SignedCrl,
     User,
     VpnSessionRecord,
     utcnow,
@@ -238,6 +239,27 @@ def revoked_certificates(s: Session) -> list[Certificate]:
     """What the CRL lists, in revocation order."""
     query = select(Certificate).where(Certificate.status == "revoked")
     return list(s.exec(query.order_by(col(Certificate.revoked_at), col(Certificate.id))).all())
+
+
+def get_signed_crl(s: Session) -> SignedCrl | None:
+    """The newest CRL the CA signed, or None before the first one is stored."""
+    return s.exec(select(SignedCrl).order_by(col(SignedCrl.number).desc())).first()
+
+
+def save_signed_crl(
+    s: Session, *, number: int, der: bytes, last_update: datetime, next_update: datetime
+) -> SignedCrl:
+    """Replace the stored CRL with a newer one; a number that does not grow is refused."""
+    row = get_signed_crl(s)
+    if row is None:
+        new = SignedCrl(number=number, der=der, last_update=last_update, next_update=next_update)
+        return insert(s, new, f"CRL {number}")
+    if number <= row.number:
+        raise ConflictError(f"CRL number {number} is not above the stored {row.number}")
+    values = {"number": number, "der": der, "last_update": last_update,
+              "next_update": next_update}
+    assign(s, row, f"CRL {number}", values)
+    return row
 
 
 # Settings ------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from cryptography import x509
 from sqlmodel import select
 
-from client_profiles import accounts, lifecycle, reports
+from client_profiles import accounts, crl, lifecycle, reports
 from client_profiles.pki import crl_next_update, crl_number_of
 from client_profiles.pkifiles import LifecycleError
 from sslvpn import config
@@ -244,10 +244,10 @@ def test_revoke_lists_reason_in_crl_and_bumps_number(gateway: Gateway) -> None:
         gateway.engine, gateway.paths, user_name="alice", reason="cessationOfOperation", actor="t"
     )
     assert [r.serial for r in revoked] == [second.serial]
-    crl = x509.load_pem_x509_crl(gateway.paths.crl_pem.read_bytes())
+    signed = x509.load_pem_x509_crl(gateway.paths.crl_pem.read_bytes())
     assert crl_number_of(gateway.paths.crl_pem.read_bytes()) == number + 2
     for row, reason in ((first, "keyCompromise"), (second, "cessationOfOperation")):
-        entry = crl.get_revoked_certificate_by_serial_number(int(row.serial, 16))
+        entry = signed.get_revoked_certificate_by_serial_number(int(row.serial, 16))
         assert entry is not None
         assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason.value == (
             reason
@@ -260,41 +260,46 @@ def test_revoke_lists_reason_in_crl_and_bumps_number(gateway: Gateway) -> None:
         reports.render_profile(gateway.engine, gateway.paths, serial=first.serial, actor="t")
 
 
-def test_failed_crl_write_rolls_back_the_revocation(gateway: Gateway) -> None:
+def test_a_failed_crl_write_keeps_the_committed_revocation(gateway: Gateway) -> None:
+    """The store is the truth: the revocation stands, the error says how to mend the files."""
     row = lifecycle.issue_client(gateway.engine, gateway.paths, user_name="alice", actor="t")
-    crl_before = gateway.paths.crl_pem.read_bytes()
     gateway.paths.crl_der.unlink()
-    gateway.paths.crl_der.mkdir()  # the DER write will fail after the PEM was replaced
-    with pytest.raises(OSError):
+    gateway.paths.crl_der.mkdir()  # the CRL files cannot be written
+    with pytest.raises(LifecycleError, match="revoked, but the CRL files could not be written"):
         lifecycle.revoke(gateway.engine, gateway.paths, serial=row.serial, actor="t")
-    assert gateway.paths.crl_pem.read_bytes() == crl_before
-    assert _rows(gateway)[0].status == "valid"
-    assert "certificate.revoke" not in _actions(gateway)
+    assert _rows(gateway)[0].status == "revoked"
+    assert "certificate.revoke" in _actions(gateway)
+    gateway.paths.crl_der.rmdir()
+    assert crl.republish_crl(gateway.paths, gateway.engine) is not None
+    listed = x509.load_der_x509_crl(gateway.paths.crl_der.read_bytes())
+    assert listed.get_revoked_certificate_by_serial_number(int(row.serial, 16)) is not None
 
 
 def test_refresh_crl_only_when_half_its_validity_is_gone(gateway: Gateway) -> None:
     now = utcnow()
     last, next_update = crl_next_update(gateway.paths.crl_pem.read_bytes())
-    fresh = lifecycle.refresh_crl(gateway.paths, gateway.engine, now=now)
+    fresh = crl.refresh_crl(gateway.paths, gateway.engine, now=now)
     assert not fresh.refreshed
     later = last + (next_update - last) * 0.6
-    aged = lifecycle.refresh_crl(gateway.paths, gateway.engine, now=later)
+    aged = crl.refresh_crl(gateway.paths, gateway.engine, now=later)
     assert aged.refreshed and aged.next_update == later + timedelta(days=30)
     assert crl_next_update(gateway.paths.crl_pem.read_bytes())[1] == aged.next_update.replace(
         microsecond=0
     )
     # an already expired CRL (the easy-rsa lock-out) is replaced too
-    expired = lifecycle.refresh_crl(gateway.paths, gateway.engine, now=later + timedelta(days=90))
+    expired = crl.refresh_crl(gateway.paths, gateway.engine, now=later + timedelta(days=90))
     assert expired.refreshed and expired.number == aged.number + 1
-    forced = lifecycle.refresh_crl(gateway.paths, gateway.engine, force=True)
+    forced = crl.refresh_crl(gateway.paths, gateway.engine, force=True)
     assert forced.refreshed
     assert _actions(gateway).count("crl.refresh") == 3
 
 
-def test_refresh_crl_rebuilds_a_missing_crl(gateway: Gateway) -> None:
+def test_refresh_crl_puts_back_a_missing_crl_file(gateway: Gateway) -> None:
+    before = gateway.paths.crl_pem.read_bytes()
     gateway.paths.crl_pem.unlink()
-    state = lifecycle.refresh_crl(gateway.paths, gateway.engine)
-    assert state.refreshed and gateway.paths.crl_pem.exists()
+    state = crl.refresh_crl(gateway.paths, gateway.engine)
+    assert not state.refreshed and state.number == 1
+    assert gateway.paths.crl_pem.read_bytes() == before
 
 
 def test_expiry_report_covers_ca_server_crl_and_clients(gateway: Gateway) -> None:

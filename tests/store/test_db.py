@@ -26,6 +26,7 @@ EXPECTED_TABLES = {
     "customergateway",
     "gatewaysettings",
     "importtoken",
+    "signedcrl",
     "spdpolicy",
     "user",
     "vpngateway",
