@@ -1,7 +1,8 @@
 """`sslvpn serve, sessions and kick`: run the gateway, list and end its live sessions.
 
 ``serve`` is the composition root of the running gateway: it opens the store and hands the
-runtime its long-running companions: the daily CRL refresh from ``client_profiles``, the
+runtime its long-running companions: the daily CRL refresh from ``client_profiles`` and
+retention pass from ``sslvpn.store.retention`` (both in a thread), the
 IPsec service (site-to-site tunnels; their status answered through the gateway's control)
 and the portal (``web``, with the in-process gateway as its GatewayControl, so live
 sessions and kick need no socket); then it runs until SIGTERM/SIGINT. With
@@ -40,7 +41,7 @@ from sslvpn.runtime.ipsec_service import IpsecService
 from sslvpn.runtime.netconf import NetconfError
 from sslvpn.runtime.service import ExtraTask, GatewayService, ServeOptions, run, serve
 from sslvpn.runtime.tun_keeper import TunLostError
-from sslvpn.store import StoreError, db, integrity, queries
+from sslvpn.store import StoreError, db, integrity, queries, retention
 from web.app import create_app, ensure_first_admin, start_portal
 from web.portal import PortalSettings
 from web.tls import portal_tls
@@ -243,6 +244,7 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
     # one gateway per data folder: locked before the store, the socket, the TUN and nft
     with instance.exclusive(paths.serve_lock), store(ctx, write=True) as engine:
         refuse_a_damaged_store(engine)
+        retention.ensure_incremental_vacuum(engine)  # once, before anyone is served
         extra = [ipsec_task(engine)]
         if trace_frames is not None:
             tracemalloc.start(trace_frames)
@@ -265,7 +267,8 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
             configure_network=not no_network_config,
             connect_freq=connect_freq,
             extra_tasks=tuple(extra),
-            daily_hooks=(lambda: crl.refresh_crl(paths, engine),),
+            daily_hooks=(lambda: crl.refresh_crl(paths, engine),
+                         lambda: retention.prune(engine)),
             on_ready=announce,
         )
         try:

@@ -200,7 +200,8 @@ def _parse_url(url: str) -> URL:
 
 
 def _configure_sqlite(engine: Engine, *, read_only: bool) -> None:
-    """Per connection: WAL, foreign keys, a busy timeout, and SQLAlchemy-managed BEGIN.
+    """Per connection: incremental auto-vacuum (takes effect in a new file), WAL, foreign
+    keys, a busy timeout, and SQLAlchemy-managed BEGIN.
 
     pysqlite's own transaction handling skips BEGIN before DDL and breaks SAVEPOINT;
     turning it off and emitting BEGIN ourselves is the documented SQLAlchemy recipe.
@@ -213,6 +214,8 @@ def _configure_sqlite(engine: Engine, *, read_only: bool) -> None:
         cursor = dbapi_connection.cursor()
         try:
             if not read_only:
+                # before WAL, or a new file keeps auto_vacuum=NONE (see store.retention)
+                cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
                 cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")

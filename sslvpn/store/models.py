@@ -53,6 +53,7 @@ class User(SQLModel, table=True):
     role: str = "user"
     password_hash: str | None = Field(default=None, repr=False)
     disabled: bool = False
+    disabled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # retention clock
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
@@ -123,6 +124,11 @@ class GatewaySettings(SQLModel, table=True):
     import_token_ttl_seconds: int = 600
     crl_days: int = 30
     portal_listen: str = "127.0.0.1:8080"
+    # Retention in days (0 keeps forever); `sslvpn.store.retention` says what each prunes.
+    audit_retention_days: int = 400
+    session_retention_days: int = 400
+    import_link_retention_days: int = 7
+    disabled_user_retention_days: int = 400
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
@@ -158,7 +164,7 @@ class VpnSessionRecord(SQLModel, table=True):
     vpn_address: str
     protocol: str
     connected_at: datetime = Field(sa_type=UTCDateTime)
-    disconnected_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    disconnected_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
     bytes_in: int = Field(default=0, sa_type=BigInteger)
     bytes_out: int = Field(default=0, sa_type=BigInteger)
     disconnect_reason: str | None = None

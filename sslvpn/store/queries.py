@@ -93,8 +93,15 @@ def list_users(s: Session) -> list[User]:
     return list(s.exec(select(User).order_by(col(User.name))).all())
 
 
-def set_user_disabled(s: Session, *, name: str, disabled: bool) -> User:
+def set_user_disabled(
+    s: Session, *, name: str, disabled: bool, now: datetime | None = None
+) -> User:
+    """Disabling stamps ``disabled_at`` (the retention clock; kept when already disabled)."""
     user = get_user(s, name=name)
+    if disabled and not user.disabled:
+        user.disabled_at = now or utcnow()
+    elif not disabled:
+        user.disabled_at = None
     user.disabled = disabled
     s.flush()
     return user

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
+from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Network
 from pathlib import Path
 
@@ -156,3 +158,32 @@ def test_connect_freq_initial_reaches_every_acceptor(
         assert acceptor is not None
         assert (acceptor.config.reset_rate, acceptor.config.reset_period) == (5, 2.0)
     assert default._v1 is not None and default._v1.config.reset_rate == 100
+
+
+def test_serve_rebuilds_an_old_sqlite_file_and_prunes_among_its_daily_hooks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths, engine = make_data_folder(tmp_path)
+    with db.session(engine, write=True) as s:
+        queries.record_audit(s, actor="t", action="ancient",
+                             at=datetime.now(UTC) - timedelta(days=500))
+    engine.dispose()
+    old = sqlite3.connect(paths.database, isolation_level=None)
+    old.execute("PRAGMA auto_vacuum=NONE")
+    old.execute("VACUUM")  # as a file made before incremental auto-vacuum
+    old.close()
+    captured: list[GatewayService] = []
+
+    async def fake_serve(service: GatewayService) -> None:
+        captured.append(service)
+
+    monkeypatch.setattr(serve, "serve", fake_serve)
+    result = CliRunner().invoke(main, ["--data-dir", str(paths.data_dir), "serve", "--no-portal"])
+    assert result.exit_code == 0, result.output
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA auto_vacuum").scalar() == 2  # incremental
+    for hook in captured[0].options.daily_hooks:  # the service runs each in a thread
+        hook()
+    with db.session(engine, write=False) as s:
+        assert queries.list_audit(s, action="ancient") == []
+    engine.dispose()

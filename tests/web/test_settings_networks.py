@@ -1,6 +1,7 @@
 """The portal's settings page checks the client pools and VPC networks with the same rule as
 `sslvpn init` (client_profiles.inputs.checked_networks): the IPv6 pool can be set and
-cleared, and a refused value is one sentence with nothing written."""
+cleared, and a refused value is one sentence with nothing written. Retention days are shown
+and saved the same way."""
 
 from __future__ import annotations
 
@@ -80,3 +81,21 @@ async def test_bad_networks_are_one_sentence_and_change_nothing(
     assert (after.pool_cidr, after.pool6_cidr, after.vpc_networks, after.updated_at) == (
         before.pool_cidr, before.pool6_cidr, before.vpc_networks, before.updated_at)
 
+
+
+async def test_retention_days_are_shown_checked_and_saved(client: TestClient, site: Site) -> None:
+    csrf = await login(client, "root")
+    page = html.unescape(await (await client.get("/admin/settings")).text())
+    assert 'name="audit_retention_days" type="number" min="0" max="36500" value="400"' in page
+    assert 'name="import_link_retention_days" type="number" min="0" max="36500" value="7"' in page
+    status, page = await _save(client, csrf, audit_retention_days="30",
+                               session_retention_days="-1", import_link_retention_days="99999")
+    assert status == 400 and "Session history: keep 0 (forever) to 36500 days." in page
+    assert "Used or expired import links: keep 0 (forever) to 36500 days." in page
+    assert _stored(site).audit_retention_days == 400  # nothing written
+    status, page = await _save(client, csrf, audit_retention_days="30",
+                               import_link_retention_days="0")
+    assert status == 200 and "Settings saved." in page
+    stored = _stored(site)
+    assert (stored.audit_retention_days, stored.import_link_retention_days) == (30, 0)
+    assert (stored.session_retention_days, stored.disabled_user_retention_days) == (400, 400)

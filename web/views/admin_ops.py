@@ -30,6 +30,13 @@ from web.pages import (
 from web.views.devices import now_of
 
 AUDIT_PAGE = 200
+RETENTION_FIELDS = {  # GatewaySettings field -> what the page calls it (store.retention)
+    "audit_retention_days": "Audit log",
+    "session_retention_days": "Session history",
+    "import_link_retention_days": "Used or expired import links",
+    "disabled_user_retention_days": "Disabled users",
+}
+MAX_RETENTION_DAYS = 36500
 HOST = re.compile(r"[A-Za-z0-9.:_-]{1,253}")
 EXPIRY_WARNINGS = (30, 7, 1)
 
@@ -124,7 +131,8 @@ def load_settings(request: web.Request) -> GatewaySettings:
 
 @require_admin
 async def settings_page(request: web.Request) -> web.StreamResponse:
-    return render(request, "admin_settings.html", {"settings": load_settings(request)})
+    context = {"settings": load_settings(request), "retention": RETENTION_FIELDS}
+    return render(request, "admin_settings.html", context)
 
 
 def _words(text: str) -> list[str]:
@@ -165,8 +173,11 @@ def parse_settings(form: dict[str, str], settings: GatewaySettings) -> list[str]
         errors.append("Import link lifetime must be 60 to 86400 seconds.")
     if form.get("protocols") not in PROTOCOLS_VALUES:
         errors.append("Protocols must be udp, tcp or both.")
+    retention = _retention(form, settings, errors)
     if errors or networks is None:
         return errors
+    for name, days in retention.items():
+        setattr(settings, name, days)
     settings.public_addresses, settings.dns_servers = addresses, dns
     settings.vpc_networks = [str(n) for n in networks.vpc]
     settings.pool_cidr = str(networks.pool)
@@ -174,6 +185,20 @@ def parse_settings(form: dict[str, str], settings: GatewaySettings) -> list[str]
     settings.port, settings.import_token_ttl_seconds = int(port), int(ttl)
     settings.protocols = form["protocols"]
     return []
+
+
+def _retention(
+    form: dict[str, str], settings: GatewaySettings, errors: list[str]
+) -> dict[str, int]:
+    """The retention days in the form (a field left out keeps its value)."""
+    days: dict[str, int] = {}
+    for name, label in RETENTION_FIELDS.items():
+        text = form.get(name, str(getattr(settings, name))).strip()
+        if not (text.isascii() and text.isdigit()) or int(text) > MAX_RETENTION_DAYS:
+            errors.append(f"{label}: keep 0 (forever) to {MAX_RETENTION_DAYS} days.")
+        else:
+            days[name] = int(text)
+    return days
 
 
 def _sentence(message: str) -> str:
@@ -197,7 +222,8 @@ async def save_settings(request: web.Request) -> web.StreamResponse:
     if errors:
         fresh = load_settings(request)
         return render(
-            request, "admin_settings.html", {"settings": fresh}, status=400, errors=errors
+            request, "admin_settings.html", {"settings": fresh, "retention": RETENTION_FIELDS},
+            status=400, errors=errors,
         )
     audit(request, "settings.change", target=settings.name)
     flash(request, "Settings saved. New profiles use them; existing profiles keep theirs.")
