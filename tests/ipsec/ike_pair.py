@@ -10,6 +10,7 @@ from typing import TypeVar
 from sslvpn.ipsec.ike.config import IkeConfig
 from sslvpn.ipsec.ike.constants import NON_ESP_MARKER
 from sslvpn.ipsec.ike.events import IkeEvent
+from sslvpn.ipsec.ike.messages import Payload, encode_message, pull_message
 from sslvpn.ipsec.ike.sa import IkeSa
 
 E = TypeVar("E")
@@ -94,3 +95,18 @@ def establish(pair: Pair) -> Pair:
     pair.a.initiate(pair.now)
     pair.run()
     return pair
+
+
+def init_request(seed: int = 1, ike: str = "aes256-sha256-ecp256") -> bytes:
+    """A real IKE_SA_INIT from our initiator core at A_ADDR (a new SPIi and nonce per seed)."""
+    sa = IkeSa(config("A", ike=ike), (A_ADDR, 500), (B_ADDR, 500), initiator=True,
+               rand=seeded(seed))
+    sa.initiate(0.0)
+    ((data, _),) = sa.datagrams_to_send(0.0)
+    return data
+
+
+def with_payloads(data: bytes, *extra: Payload) -> bytes:
+    """The same message with more payloads at the end."""
+    message = pull_message(data)
+    return encode_message(message.header, [*message.payloads, *extra])

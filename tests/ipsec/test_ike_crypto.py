@@ -11,7 +11,6 @@ import pytest
 from sslvpn.ipsec.ike import crypto
 from sslvpn.ipsec.ike import messages as m
 from sslvpn.ipsec.ike.constants import DhGroup, EncrId, IntegId, PrfId
-from sslvpn.net.buffer import Buffer
 
 FX = json.loads(
     (Path(__file__).parent.parent / "fixtures/ipsec/strongswan_psk_modp2048.json").read_text()
@@ -108,7 +107,7 @@ def test_strongswan_sk_payload_cbc_hmac_response() -> None:
     plain = inbound.open(assoc, body)
     assert plain == bytes.fromhex(sk["plain"])
     assert plain is not None
-    payloads = m.pull_payloads(Buffer(plain), 36)
+    payloads = m.pull_payloads(plain, 36)
     ids = m.find(payloads, m.IdPayload)
     assert ids[0].data == b"siteB.lab"
 

@@ -36,11 +36,15 @@ class LocalProtocolError(RuntimeError):
 
 
 class Drop(Exception):
-    """Internal: abandon processing of one peer message and count it as dropped."""
+    """Internal: abandon processing of one peer message and count it as dropped.
 
-    def __init__(self, reason: str) -> None:
+    ``kind`` is the counter the runtime files it under (``MessageDropped.kind``).
+    """
+
+    def __init__(self, reason: str, kind: str = "invalid") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.kind = kind
 
 
 class IkeState(Enum):
@@ -104,9 +108,9 @@ class SaBase:
             self.last_error = event.reason
         self._events.append(event)
 
-    def _drop(self, reason: str) -> None:
+    def _drop(self, reason: str, kind: str) -> None:
         self.dropped[reason] += 1
-        self._emit(MessageDropped(reason))
+        self._emit(MessageDropped(reason, kind))
 
     # -- sending ------------------------------------------------------------------------------
 

@@ -193,3 +193,7 @@ DEFAULT_CHILD_LIFE_TIME = 3960.0
 DEFAULT_CHILD_REKEY_JITTER = 360.0
 DEFAULT_DPD_DELAY = 30.0
 REKEY_RETRY_DELAY = 2.0  # after TEMPORARY_FAILURE from a colliding exchange
+# Bounds checked before a message is parsed (strongSwan's max_packet is 10,000 bytes; its
+# own messages to a PSK peer carry at most a dozen payloads, Windows adds a few vendor IDs).
+MAX_MESSAGE_LENGTH = 10_000
+MAX_PAYLOADS = 32  # per chain: the message body, or the inside of SK

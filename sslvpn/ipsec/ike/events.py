@@ -95,7 +95,11 @@ class PeerDead:
 
 @dataclass(frozen=True)
 class MessageDropped:
+    """One peer message ignored; ``kind`` is its counter ("malformed", "unknown-spi",
+    "bad-integrity", or "invalid" for a well-formed message that made no sense here)."""
+
     reason: str
+    kind: str = "invalid"
 
 
 IkeEvent = (

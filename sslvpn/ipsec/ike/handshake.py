@@ -37,6 +37,7 @@ from .messages import (
     encode_message,
     find,
     notifies,
+    unsupported_critical,
 )
 from .proposals import accept_answer, answer_proposal, build_proposals, select
 from .traffic_selectors import is_subset, narrow
@@ -48,14 +49,14 @@ _P = TypeVar("_P")
 def _one(payloads: list[Payload], kind: type[_P], what: str) -> _P:
     found = find(payloads, kind)
     if not found:
-        raise Drop(f"{what} payload missing")
+        raise Drop(f"{what} payload missing", "malformed")
     return found[0]
 
 
 def nonce_of(payloads: list[Payload]) -> bytes:
     nonce = _one(payloads, NoncePayload, "Nonce")
     if not c.MIN_NONCE_LENGTH <= len(nonce.data) <= c.MAX_NONCE_LENGTH:
-        raise Drop("nonce length out of range")
+        raise Drop("nonce length out of range", "malformed")
     return nonce.data
 
 
@@ -98,6 +99,9 @@ class Handshake(SaBase):
         if pending is None or pending.purpose != "init" or message.header.message_id != 0:
             raise Drop("unexpected IKE_SA_INIT response")
         payloads = message.payloads
+        if unsupported_critical(payloads) is not None:
+            raise Drop("IKE_SA_INIT response with an unsupported critical payload",
+                       "unsupported-critical")
         found = notifies(payloads)
         cookie = found.get(NotifyType.COOKIE)
         if cookie is not None and cookie.data != self._cookie:
@@ -298,7 +302,7 @@ class Handshake(SaBase):
         header = message.header
         if header.is_response:
             if not self.is_initiator or header.spi_i != self._ctx.spi_i:
-                raise Drop("IKE_SA_INIT response for another SA")
+                raise Drop("IKE_SA_INIT response for another SA", "unknown-spi")
             self._on_init_response(message, data, now)
             return
         if self.is_initiator:
@@ -312,6 +316,11 @@ class Handshake(SaBase):
             raise Drop("IKE_SA_INIT request in the wrong state")
         if header.message_id != 0 or header.spi_r != ZERO_SPI or not header.from_initiator:
             raise Drop("IKE_SA_INIT request with a bad header")
+        critical = unsupported_critical(message.payloads)
+        if critical is not None:  # RFC 7296 §2.5: refused, and no state is kept
+            self._answer_stateless(header, addr, NotifyPayload(
+                NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, bytes([critical])))
+            raise Drop(f"unsupported critical payload {critical}", "unsupported-critical")
         self._answer_init(message, data, addr, now)
 
     def _answer_stateless(self, header: IkeHeader, addr: Address, notify: NotifyPayload) -> None:

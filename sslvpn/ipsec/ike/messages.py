@@ -1,24 +1,31 @@
 """IKEv2 wire codec: the 28-byte header, payload chains and whole messages (RFC 7296 §3).
 
-Payload bodies live in ``payloads.py`` and are re-exported here. ``pull_*`` functions read
-from a ``Buffer`` and raise ``MalformedMessage`` (a ValueError) on any inconsistency, so a
-session turns peer garbage into one counted drop; ``push_*`` functions append to a
-``Buffer``. Whole messages are built with ``encode_message``; the SK payload (§3.14) is
-sealed/opened through the small ``SkProtector`` protocol that ``crypto.py`` implements, so
-this module holds no key material.
+Payload bodies live in ``payloads.py`` and are re-exported here. Reading is bounded and in
+cost order: ``peek_header`` checks size, version and length with one ``unpack``;
+``scan_payloads`` walks the generic headers (at most ``MAX_PAYLOADS``) without decoding a
+body, so the caller can check SPIs, exchange and critical bits before anything is built;
+``decode_payloads`` then decodes the bodies of that one scan. Every reader raises
+``MalformedMessage`` (a ValueError) on any inconsistency, so a session turns peer garbage
+into one counted drop; ``push_*`` functions append to a ``Buffer``. Whole messages are built
+with ``encode_message``; the SK payload (§3.14) is sealed/opened through the small
+``SkProtector`` protocol that ``crypto.py`` implements, so this module holds no key material.
 """
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
-from sslvpn.net.buffer import Buffer, BufferReadError
+from sslvpn.net.buffer import Buffer
 
 from .constants import (
     GENERIC_PAYLOAD_HEADER_LENGTH,
     IKE_HEADER_LENGTH,
     IKE_VERSION,
+    MAX_MESSAGE_LENGTH,
+    MAX_PAYLOADS,
     HeaderFlag,
     PayloadType,
 )
@@ -30,10 +37,12 @@ from .payloads import (
     MalformedMessage,
     NoncePayload,
     NotifyPayload,
+    OversizeMessage,
     Payload,
     Proposal,
     SaPayload,
     SkPayload,
+    TooManyPayloads,
     Transform,
     TsPayload,
     UnknownPayload,
@@ -42,6 +51,11 @@ from .payloads import (
     pull_body,
     push_body,
 )
+
+_HEADER = struct.Struct("!8s8sBBBBII")
+_GENERIC_HEADER = struct.Struct("!BBH")
+KNOWN_PAYLOAD_TYPES = frozenset(PayloadType) - {PayloadType.NONE}
+_NONE, _SK = int(PayloadType.NONE), int(PayloadType.SK)  # plain ints: a hot loop reads them
 
 # -- header -------------------------------------------------------------------------------
 
@@ -67,19 +81,23 @@ class IkeHeader:
         return bool(self.flags & HeaderFlag.INITIATOR)
 
 
-def pull_header(buf: Buffer) -> IkeHeader:
-    spi_i = buf.pull_bytes(8)
-    spi_r = buf.pull_bytes(8)
-    next_payload = buf.pull_uint8()
-    version = buf.pull_uint8()
-    exchange = buf.pull_uint8()
-    flags = buf.pull_uint8()
-    message_id = buf.pull_uint32()
-    length = buf.pull_uint32()
+def peek_header(data: bytes) -> IkeHeader:
+    """The header of a whole IKE message after the cheap checks (size, version, length).
+
+    Runs before any payload is looked at, so an oversized or mis-framed datagram costs one
+    ``unpack`` (RFC 7296 §3.1: the length field covers the whole message).
+    """
+    if len(data) > MAX_MESSAGE_LENGTH:
+        raise OversizeMessage(f"IKE message of {len(data)} bytes")
+    if len(data) < IKE_HEADER_LENGTH:
+        raise MalformedMessage("shorter than the IKE header")
+    spi_i, spi_r, next_payload, version, exchange, flags, message_id, length = (
+        _HEADER.unpack_from(data)
+    )
     if version >> 4 != IKE_VERSION >> 4:
         raise MalformedMessage(f"IKE major version {version >> 4}")
-    if length < IKE_HEADER_LENGTH:
-        raise MalformedMessage("IKE length shorter than the header")
+    if length != len(data):
+        raise MalformedMessage(f"IKE length {length} but datagram has {len(data)}")
     return IkeHeader(spi_i, spi_r, next_payload, exchange, flags, message_id, length)
 
 
@@ -97,34 +115,78 @@ def push_header(buf: Buffer, header: IkeHeader) -> None:
 # -- payload chains ---------------------------------------------------------------------------
 
 
-def pull_payloads(buf: Buffer, first: int, base_offset: int = 0) -> list[Payload]:
-    """Walk a chain of generic headers; an SK payload must be last and is left sealed."""
-    payloads: list[Payload] = []
+class PayloadSpan(NamedTuple):
+    """One payload found by ``scan_payloads``: its type and where its body lies in the data."""
+
+    type: int
+    next_type: int  # for SK: the type of the first payload inside
+    critical: bool
+    start: int  # body offset (the 4-byte generic header precedes it)
+    end: int
+
+
+def scan_payloads(data: bytes, offset: int, first: int) -> list[PayloadSpan]:
+    """Walk the generic headers of a chain (RFC 7296 §3.2) without decoding any body.
+
+    Bounded: more than ``MAX_PAYLOADS`` payloads is refused before the next one is looked
+    at, so a datagram of hundreds of empty payloads costs a few microseconds. An SK payload
+    must be last; its body stays sealed.
+    """
+    found: list[tuple[int, int, bool, int, int]] = []  # PayloadSpan fields, made at the end
+    size = len(data)
     ptype = first
+    while ptype != _NONE:
+        if len(found) == MAX_PAYLOADS:
+            raise TooManyPayloads(f"more than {MAX_PAYLOADS} payloads")
+        if offset + GENERIC_PAYLOAD_HEADER_LENGTH > size:
+            raise MalformedMessage("payload header truncated")
+        next_type, flags, length = _GENERIC_HEADER.unpack_from(data, offset)
+        end = offset + length
+        if length < GENERIC_PAYLOAD_HEADER_LENGTH or end > size:
+            raise MalformedMessage(f"payload length {length} at offset {offset}")
+        found.append((ptype, next_type, flags >= 0x80, offset + GENERIC_PAYLOAD_HEADER_LENGTH,
+                      end))
+        offset = end
+        if ptype == _SK:
+            break
+        ptype = next_type
+    if offset != size:
+        raise MalformedMessage("bytes after the last payload")
+    return [PayloadSpan._make(span) for span in found]
+
+
+def decode_payloads(data: bytes, spans: list[PayloadSpan]) -> list[Payload]:
+    """The payload objects of a scanned chain (an SK payload stays sealed)."""
+    payloads: list[Payload] = []
     try:
-        while ptype != PayloadType.NONE:
-            offset = base_offset + buf.tell()
-            next_type = buf.pull_uint8()
-            critical = bool(buf.pull_uint8() & 0x80)
-            length = buf.pull_uint16()
-            if length < GENERIC_PAYLOAD_HEADER_LENGTH:
-                raise MalformedMessage("payload length below header size")
-            if ptype == PayloadType.SK:
-                payloads.append(SkPayload(next_type, offset))
-                buf.pull_bytes(length - 4)
-                if not buf.eof():
-                    raise MalformedMessage("SK payload is not the last payload")
-                return payloads
-            body = Buffer(buf.pull_bytes(length - 4))
-            payloads.append(pull_body(ptype, critical, body))
-            ptype = next_type
+        for span in spans:
+            if span.type == _SK:
+                payloads.append(SkPayload(span.next_type,
+                                          span.start - GENERIC_PAYLOAD_HEADER_LENGTH))
+            else:
+                body = Buffer(data[span.start:span.end])
+                payloads.append(pull_body(span.type, span.critical, body))
     except MalformedMessage:
         raise
     except ValueError as exc:  # BufferReadError and ipaddress errors
         raise MalformedMessage(str(exc)) from exc
-    if not buf.eof():
-        raise MalformedMessage("bytes after the last payload")
     return payloads
+
+
+def pull_payloads(data: bytes, first: int) -> list[Payload]:
+    """Scan and decode a whole payload chain (a message body or the inside of SK)."""
+    return decode_payloads(data, scan_payloads(data, 0, first))
+
+
+def unsupported_critical(chain: Iterable[PayloadSpan | Payload]) -> int | None:
+    """The first payload type we do not know that is marked critical (RFC 7296 §2.5), in a
+    scanned or a decoded chain. The critical bit of a type we know is ignored, as the RFC
+    requires."""
+    for item in chain:
+        if (isinstance(item, PayloadSpan | UnknownPayload) and item.critical
+                and item.type not in KNOWN_PAYLOAD_TYPES):
+            return item.type
+    return None
 
 
 def push_payloads(payloads: list[Payload]) -> tuple[int, bytes]:
@@ -171,17 +233,13 @@ class Message:
     payloads: list[Payload]
 
 
-def pull_message(data: bytes) -> Message:
-    """Parse header and payload chain; an SK payload stays sealed (see ``open_sk``)."""
-    buf = Buffer(data)
-    try:
-        header = pull_header(buf)
-    except BufferReadError as exc:
-        raise MalformedMessage(str(exc)) from exc
-    if header.length != len(data):
-        raise MalformedMessage(f"IKE length {header.length} but datagram has {len(data)}")
-    payloads = pull_payloads(buf, header.next_payload)
-    return Message(header, payloads)
+def pull_message(data: bytes, header: IkeHeader | None = None) -> Message:
+    """Parse header (unless the caller peeked it already) and payload chain; an SK payload
+    stays sealed (see ``open_sk``)."""
+    if header is None:
+        header = peek_header(data)
+    spans = scan_payloads(data, IKE_HEADER_LENGTH, header.next_payload)
+    return Message(header, decode_payloads(data, spans))
 
 
 def open_sk(data: bytes, sk: SkPayload, protector: SkProtector) -> list[Payload] | None:
@@ -190,7 +248,7 @@ def open_sk(data: bytes, sk: SkPayload, protector: SkProtector) -> list[Payload]
     inner = protector.open(data[:start], data[start:])
     if inner is None:
         return None
-    return pull_payloads(Buffer(inner), sk.first_inner)
+    return pull_payloads(inner, sk.first_inner)
 
 
 def encode_message(
@@ -240,25 +298,33 @@ __all__ = [
     "IdPayload",
     "IkeHeader",
     "KePayload",
+    "KNOWN_PAYLOAD_TYPES",
     "MalformedMessage",
     "Message",
     "NoncePayload",
     "NotifyPayload",
+    "OversizeMessage",
     "Payload",
+    "PayloadSpan",
     "Proposal",
     "SaPayload",
     "SkPayload",
     "SkProtector",
+    "TooManyPayloads",
     "Transform",
     "TsPayload",
     "UnknownPayload",
     "VendorPayload",
+    "decode_payloads",
     "encode_message",
     "payload_type",
     "find",
     "notifies",
     "open_sk",
+    "peek_header",
     "pull_message",
     "pull_payloads",
     "push_payloads",
+    "scan_payloads",
+    "unsupported_critical",
 ]

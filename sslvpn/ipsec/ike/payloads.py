@@ -19,6 +19,20 @@ from .traffic_selectors import TrafficSelector
 class MalformedMessage(ValueError):
     """The peer's bytes do not form a valid IKEv2 message (a counted drop)."""
 
+    reason = "malformed"  # the drop counter it is counted under
+
+
+class OversizeMessage(MalformedMessage):
+    """Longer than we accept before looking inside (``MAX_MESSAGE_LENGTH``)."""
+
+    reason = "oversize"
+
+
+class TooManyPayloads(MalformedMessage):
+    """More payloads in one chain than any real peer sends (``MAX_PAYLOADS``)."""
+
+    reason = "too-many-payloads"
+
 
 # -- payload bodies -------------------------------------------------------------------------
 

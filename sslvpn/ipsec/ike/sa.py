@@ -2,7 +2,8 @@
 
 Surface (one ``IkeSa`` per peer; the runtime drives it):
 
-* inputs: ``receive_datagram(data, addr, now)``, ``handle_timer(now)``,
+* inputs: ``receive_datagram(data, addr, now)`` (or ``receive_message`` for a message the
+  caller already parsed), ``handle_timer(now)``,
   ``note_inbound_traffic(now)`` (authenticated ESP arrived: DPD need not probe);
 * commands: ``initiate(now)``, ``rekey_child(now, spi_in=None)``, ``rekey_ike(now)``,
   ``delete(now)``;
@@ -41,8 +42,8 @@ from .messages import (
     Message,
     NotifyPayload,
     Payload,
-    UnknownPayload,
     pull_message,
+    unsupported_critical,
 )
 from .window import ZERO_SPI, IkeContext, PendingRequest
 
@@ -168,14 +169,25 @@ class IkeSa(EstablishedExchanges):
             data = data[4:]
         try:
             message = pull_message(data)
+        except MalformedMessage as exc:
+            self._drop("malformed message", exc.reason)
+            return
+        self.receive_message(message, data, addr, now, nat_t=marker)
+
+    def receive_message(
+        self, message: Message, data: bytes, addr: Address, now: float, *, nat_t: bool
+    ) -> None:
+        """Feed one IKE message the caller already parsed (``data`` without the marker;
+        ``nat_t``: it came on 4500), so a datagram is parsed once; never raises."""
+        try:
             if self.state is IkeState.CLOSED:
                 self._replay_after_close(message)
             else:
-                self._dispatch(message, data, addr, marker, now)
+                self._dispatch(message, data, addr, nat_t, now)
         except Drop as drop:
-            self._drop(drop.reason)
-        except ValueError:  # MalformedMessage, CryptoError, bad peer values
-            self._drop("malformed message")
+            self._drop(drop.reason, drop.kind)
+        except ValueError as exc:  # MalformedMessage, CryptoError, bad peer values
+            self._drop("malformed message", getattr(exc, "reason", "malformed"))
         self._pump(now)
 
     def note_inbound_traffic(self, now: float) -> None:
@@ -232,7 +244,7 @@ class IkeSa(EstablishedExchanges):
             return
         ctx = self._context_for(message)
         if ctx is None:
-            raise Drop("unknown IKE SPI")
+            raise Drop("unknown IKE SPI", "unknown-spi")
         if header.from_initiator == ctx.initiator:
             raise Drop("message claims our own role")
         if header.is_response:
@@ -242,7 +254,7 @@ class IkeSa(EstablishedExchanges):
             raise Drop("request outside the message-ID window")
         payloads = ctx.decrypt(data, message)
         if payloads is None:
-            raise Drop("integrity check failed")
+            raise Drop("integrity check failed", "bad-integrity")
         self._last_received = max(self._last_received, now)
         if marker and not self.encapsulated:
             self.encapsulated = True
@@ -258,11 +270,10 @@ class IkeSa(EstablishedExchanges):
             if ctx.cached_response is not None and ctx.cached_response[0] == header.message_id:
                 self._send_raw(ctx.cached_response[1])  # retransmitted request
             return
-        critical = next((p for p in payloads if isinstance(p, UnknownPayload) and p.critical),
-                        None)
+        critical = unsupported_critical(payloads)
         if critical is not None:  # RFC 7296 §2.5: refuse what we must understand but do not
             self._respond(ctx, header.exchange, header.message_id, [NotifyPayload(
-                NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, bytes([critical.type]))])
+                NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, bytes([critical]))])
             return
         self._on_request(ctx, header.exchange, header.message_id, payloads, now)
 
@@ -273,7 +284,7 @@ class IkeSa(EstablishedExchanges):
         cached = ctx.cached_response
         if (cached is None or header.is_response or header.message_id != cached[0]
                 or header.exchange == ExchangeType.IKE_SA_INIT or not ctx.matches(header)):
-            raise Drop("IKE SA closed")
+            raise Drop("IKE SA closed", "unknown-spi")
         self._send_raw(cached[1])
 
     def _context_for(self, message: Message) -> IkeContext | None:
