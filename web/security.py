@@ -57,16 +57,32 @@ class PortalSession:
 
 
 class SessionStore:
-    """In-memory sessions with idle and absolute expiry, bounded in size (oldest evicted)."""
+    """In-memory sessions with idle and absolute expiry, bounded in size (oldest evicted).
+
+    The sessions are kept in order of last use, so the idle ones lead: each new session
+    first drops those, and memory holds only the sessions of the last idle period (every
+    visit to the login page and every logout makes one) instead of ``max_sessions``.
+    """
 
     def __init__(self, clock: Clock = time.time, max_sessions: int = MAX_SESSIONS) -> None:
         self._clock = clock
         self._max = max_sessions
         self._sessions: OrderedDict[str, PortalSession] = OrderedDict()
 
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def _expired(self, session: PortalSession, now: float) -> bool:
+        return (
+            now - session.last_seen > SESSION_IDLE_SECONDS
+            or now - session.created_at > SESSION_ABSOLUTE_SECONDS
+        )
+
     def new(self, user_id: int | None = None) -> PortalSession:
         """A fresh session with a fresh id and CSRF token."""
         now = self._clock()
+        while self._sessions and self._expired(next(iter(self._sessions.values())), now):
+            self._sessions.popitem(last=False)
         session = PortalSession(
             session_id=secrets.token_urlsafe(32),
             csrf_token=secrets.token_urlsafe(32),
@@ -87,10 +103,7 @@ class SessionStore:
         if session is None:
             return None
         now = self._clock()
-        if (
-            now - session.last_seen > SESSION_IDLE_SECONDS
-            or now - session.created_at > SESSION_ABSOLUTE_SECONDS
-        ):
+        if self._expired(session, now):
             del self._sessions[session_id]
             return None
         session.last_seen = now
@@ -120,7 +133,11 @@ def csrf_valid(session: PortalSession | None, submitted: object) -> bool:
 
 
 class LoginThrottle:
-    """Counts failed logins per account and per source address in a sliding window."""
+    """Counts failed logins per account and per source address in a sliding window.
+
+    Only keys with failures in the window are kept (asking about a name stores nothing), so
+    a stream of made-up account names cannot grow it beyond the failures of one window.
+    """
 
     def __init__(
         self,
@@ -135,24 +152,44 @@ class LoginThrottle:
         self._limits = {"account": per_account, "address": per_address}
         self._failures: dict[tuple[str, str], deque[float]] = {}
 
-    def _recent(self, kind: str, key: str) -> deque[float]:
-        stamps = self._failures.setdefault((kind, key), deque())
+    def _recent(self, kind: str, key: str) -> int:
+        """Failures of this key in the window; a key left with none is forgotten."""
+        stamps = self._failures.get((kind, key))
+        if stamps is None:
+            return 0
         cutoff = self._clock() - self._window
         while stamps and stamps[0] < cutoff:
             stamps.popleft()
-        return stamps
+        if not stamps:
+            del self._failures[(kind, key)]
+        return len(stamps)
 
     def blocked(self, account: str, address: str) -> bool:
         """True while either the account or the address has too many recent failures."""
         return (
-            len(self._recent("account", account.lower())) >= self._limits["account"]
-            or len(self._recent("address", address)) >= self._limits["address"]
+            self._recent("account", account.lower()) >= self._limits["account"]
+            or self._recent("address", address) >= self._limits["address"]
         )
 
     def failed(self, account: str, address: str) -> None:
         now = self._clock()
-        self._recent("account", account.lower()).append(now)
-        self._recent("address", address).append(now)
+        self._forget_stale(now)
+        for key in (("account", account.lower()), ("address", address)):
+            stamps = self._failures.pop(key, None) or deque()
+            stamps.append(now)
+            self._failures[key] = stamps  # re-inserted: the dict stays in order of last failure
+
+    def _forget_stale(self, now: float) -> None:
+        """Drop the keys whose last failure has left the window (they lead the dict)."""
+        cutoff = now - self._window
+        while self._failures:
+            key, stamps = next(iter(self._failures.items()))
+            if stamps and stamps[-1] >= cutoff:
+                return
+            del self._failures[key]
+
+    def __len__(self) -> int:
+        return len(self._failures)
 
     def succeeded(self, account: str) -> None:
         """A good password clears the account's count (the address keeps its history)."""
