@@ -250,16 +250,17 @@ class Soak:
             sessions = len(ControlClient(self.paths.control_socket).list_sessions())
         except (ControlError, OSError):
             sessions = -1
-        db_bytes, rows = soak_report.database_figures(self.paths.database)
+        db_bytes, wal_bytes, rows = soak_report.database_figures(self.paths.database)
         sample = Sample(round(time.monotonic() - self.started, 1), phase, rss, anon, fds,
-                        threads, sessions, db_bytes, rows)
+                        threads, sessions, db_bytes, wal_bytes, rows)
         self.samples.append(sample)
         with (self.out / "samples.jsonl").open("a") as f:
             f.write(json.dumps(sample.as_json()) + "\n")
         print(f"[soak] {sample.t / 60:6.1f} min {phase:<8} rss {rss / 1024:7.1f} MiB "
               f"anon {anon / 1024:7.1f} MiB fds {fds:4d} threads {threads:3d} "
               f"sessions {sessions:3d} leases {rows['addresslease']:3d} "
-              f"db {db_bytes / 2**20:6.2f} MiB audit {rows['auditentry']}", flush=True)
+              f"db {db_bytes / 2**20:6.2f} MiB wal {wal_bytes / 2**20:5.2f} MiB "
+              f"audit {rows['auditentry']}", flush=True)
         return sample
 
     def snapshot(self) -> None:

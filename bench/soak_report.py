@@ -6,14 +6,17 @@ slope over the loaded part of the run after the warm-up; the RSS *floor* is the 
 each window (10 minutes by default), so short peaks (a burst of handshakes, a page render)
 do not count as growth, and its slope is the figure to compare between runs. Heap snapshots
 (`serve --tracemalloc N` writes them on SIGUSR2) are compared by
-source line: what grew between two snapshots, biggest first.
+source line: what grew between two snapshots, biggest first; ``python -m bench.soak_report
+FIRST LAST`` prints that for any two snapshots of a run.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sqlite3
 import statistics
+import sys
 import tracemalloc
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +36,8 @@ class Sample:
     fds: int
     threads: int
     sessions: int
-    db_bytes: int  # the database file plus its WAL
+    db_bytes: int  # the database file (its WAL apart: it grows to a checkpoint's size, then
+    wal_bytes: int  # is reused, so it would hide the file's own growth in the first hour)
     rows: dict[str, int]
 
     def as_json(self) -> dict[str, Any]:
@@ -54,9 +58,9 @@ def process_status(pid: int) -> tuple[int, int, int, int]:
     return rss, anon, fds, int(fields.get("Threads", "0"))
 
 
-def database_figures(path: Path) -> tuple[int, dict[str, int]]:
-    """Bytes on disk (file + WAL) and rows per table, read through a read-only connection."""
-    size = sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+def database_figures(path: Path) -> tuple[int, int, dict[str, int]]:
+    """Bytes of the file and of its WAL, and rows per table (through a read-only connection)."""
+    size, wal = (p.stat().st_size if p.exists() else 0 for p in (path, Path(f"{path}-wal")))
     rows: dict[str, int] = {}
     connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     try:
@@ -64,7 +68,7 @@ def database_figures(path: Path) -> tuple[int, dict[str, int]]:
             rows[table] = connection.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]  # noqa: S608 - fixed names
     finally:
         connection.close()
-    return size, rows
+    return size, wal, rows
 
 
 def slope_per_hour(points: list[tuple[float, float]]) -> float | None:
@@ -99,6 +103,7 @@ def growth(samples: list[Sample], window_s: float) -> dict[str, Any]:
         "threads": [(s.t, s.threads) for s in loaded],
         "sessions": [(s.t, s.sessions) for s in loaded],
         "db_bytes": [(s.t, s.db_bytes) for s in loaded],
+        "wal_bytes": [(s.t, s.wal_bytes) for s in loaded],
         **{f"rows.{t}": [(s.t, s.rows.get(t, 0)) for s in loaded] for t in TABLES},
     }
     return {name: {"first": points[0][1] if points else None,
@@ -163,3 +168,19 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
 
 def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.soak_report",
+                                     description="What grew between two heap snapshots.")
+    parser.add_argument("first", type=Path)
+    parser.add_argument("last", type=Path)
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args(argv)
+    print("\n".join(summary_lines({"growth": {}, "heap": [heap_growth(args.first, args.last,
+                                                                    args.top)]})[1:]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
