@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 SECRET_FILE_MODE = 0o600
 PUBLIC_FILE_MODE = 0o644
@@ -104,15 +107,21 @@ def fsync_directory(directory: Path) -> None:
 
 
 def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Readers see the old file or the new one, never a half-written one: temp file,
-    fsync, rename, fsync of the folder."""
+    with atomic_file(path, mode) as handle:
+        handle.write(data)
+
+
+@contextmanager
+def atomic_file(path: Path, mode: int = SECRET_FILE_MODE) -> Iterator[IO[bytes]]:
+    """A file written through the handle yielded: readers see the old file or the new one,
+    never a half-written one (temp file, fsync, rename, fsync of the folder)."""
     make_directory(path.parent)
     # mkstemp creates the file with mode 0600 (O_EXCL), so secrets are never exposed.
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), mode)
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)

@@ -50,7 +50,7 @@ def one_line_errors(func: F) -> F:
 
 
 def paths_of(ctx: click.Context) -> DataPaths:
-    return DataPaths(_obj(ctx).data_dir)
+    return DataPaths(obj_of(ctx).data_dir)
 
 
 @contextmanager
@@ -61,7 +61,7 @@ def store(ctx: click.Context, *, write: bool) -> Iterator[Engine]:
     SQLite file is opened read-only); one that writes is refused there, saying so, and
     on a damaged database (``PRAGMA quick_check`` runs before its first write).
     """
-    obj = _obj(ctx)
+    obj = obj_of(ctx)
     read_only = require_data_folder(ctx, write=write)
     engine = open_engine(database_url(obj.data_dir, obj.database_url), read_only=read_only)
     if write:  # never write into a malformed file: check it whole before the first write
@@ -76,7 +76,7 @@ def store(ctx: click.Context, *, write: bool) -> Iterator[Engine]:
 def require_data_folder(ctx: click.Context, *, write: bool) -> bool:
     """Refuse a data folder that does not exist (a typo must not create one), or that a
     command which writes cannot write; True when the store is to be opened read-only."""
-    obj = _obj(ctx)
+    obj = obj_of(ctx)
     if not obj.data_dir.is_dir():
         raise LifecycleError(f"data folder {obj.data_dir} does not exist; run `sslvpn init`")
     read_only = obj.database_url is None and _read_only_reason(DataPaths(obj.data_dir))
@@ -104,7 +104,7 @@ def read_stdin_secret(what: str) -> str:
     return value
 
 
-def _obj(ctx: click.Context) -> CliContext:
+def obj_of(ctx: click.Context) -> CliContext:
     obj = ctx.find_object(CliContext)
     if obj is None:
         raise click.UsageError("run through the `sslvpn` command")
@@ -173,7 +173,7 @@ def init_command(
     ca_passphrase_stdin: bool,
 ) -> None:
     """Create the data folder: CA, server certificate, tls-crypt keys, CRL and settings."""
-    obj = _obj(ctx)
+    obj = obj_of(ctx)
     paths = DataPaths(obj.data_dir)
     passphrase = read_stdin_secret("CA passphrase") if ca_passphrase_stdin else None
     if paths.ca_cert.exists() or paths.ca_key.exists():

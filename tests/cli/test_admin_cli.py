@@ -307,6 +307,8 @@ def test_profile_and_listing_need_only_the_ca_certificate(ready: Run, data_dir: 
         ("cert", "revoke"),
         ("crl",),
         ("profile",),
+        ("backup",),
+        ("restore",),
     ],
 )
 def test_help_everywhere(run: Run, args: tuple[str, ...]) -> None:
