@@ -152,7 +152,8 @@ def mend_crl(paths: DataPaths, engine: Engine, *, actor: str) -> Mending:
         if problem is not None:
             republish_crl(paths, engine, actor=actor)
     except (LifecycleError, WrongPassphrase, StoreError, OSError) as exc:
-        return Mending(problem or "unknown", str(exc) or type(exc).__name__)
+        said = problem or "the CRL files could not be checked"
+        return Mending(said, str(exc) or type(exc).__name__)
     return Mending(problem)
 
 

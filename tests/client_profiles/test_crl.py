@@ -77,3 +77,13 @@ def test_the_stored_crl_number_only_goes_up(gateway: Gateway) -> None:
         pytest.raises(ConflictError, match="CRL number 1 is not above the stored 1"),
     ):
         save_signed_crl(s, number=1, der=b"x", last_update=utcnow(), next_update=utcnow())
+
+
+def test_mend_reports_what_it_could_not_mend(gateway: Gateway) -> None:
+    """serve's start and `cert list` go on (and say why) when the files cannot be written."""
+    assert crl.mend_crl(gateway.paths, gateway.engine, actor="t") == crl.Mending(None)
+    gateway.paths.crl_der.unlink()
+    gateway.paths.crl_der.mkdir()
+    mended = crl.mend_crl(gateway.paths, gateway.engine, actor="t")
+    assert mended.problem == "crl.der does not hold CRL 1 of the store"
+    assert mended.failure is not None and "Is a directory" in mended.failure
