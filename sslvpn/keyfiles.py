@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+from sslvpn.config import DataPaths
 from sslvpn.openvpn.static_key import parse_static_key, parse_tls_crypt_v2_server_key
 
 T = TypeVar("T")
@@ -58,6 +59,10 @@ TLS_CRYPT = FileRole("the tls-crypt key of every profile", STATIC_KEY)
 TLS_CRYPT_V2 = FileRole("the tls-crypt-v2 server key", V2_SERVER_KEY)
 PORTAL_CERT = FileRole("the portal's certificate", CERTIFICATE_PEM, NEW_PORTAL_PAIR)
 PORTAL_KEY = FileRole("the portal's private key", PRIVATE_KEY_PEM, NEW_PORTAL_PAIR)
+GIVEN_PORTAL_CERT = FileRole("the portal certificate given", CERTIFICATE_PEM,
+                             "give a PEM certificate")
+GIVEN_PORTAL_KEY = FileRole("the private key of the portal certificate given", PRIVATE_KEY_PEM,
+                            "give that certificate's unencrypted PEM key")
 
 
 class DataFileError(ValueError):
@@ -89,11 +94,10 @@ def read_file(path: Path, role: FileRole, parse: Callable[[bytes], T]) -> T:
         raise DataFileError(path, f"cannot be read: {exc.strerror or exc}", role.fix) from None
     if not data.strip():
         raise DataFileError(path, f"is empty ({should})", role.fix)
+    if not _is_text(data):
+        raise DataFileError(path, f"holds binary data, not text ({should})", role.fix)
     try:
-        data.decode("utf-8")  # every file here is text: PEM, hex or a passphrase
         return parse(data)
-    except UnicodeDecodeError:
-        raise DataFileError(path, f"holds binary data, not text ({should})", role.fix) from None
     except Unusable as exc:
         raise DataFileError(path, f"{exc} ({should})", role.fix) from None
     except ValueError:  # the parsers' own words (ASN.1 internals) would not help an operator
@@ -118,6 +122,15 @@ def read_tls_crypt_v2_server_key(path: Path, role: FileRole) -> bytes:
     return read_file(path, role, lambda data: parse_tls_crypt_v2_server_key(data.decode("ascii")))
 
 
+def wrap_keys_loaded(paths: DataPaths, control_channel: str | None) -> tuple[bool, bool]:
+    """Which control-channel keys the gateway loads, (tls-crypt, tls-crypt-v2): the one its
+    profiles use (``control_channel``) whether or not it exists, so a missing one is an
+    error, and the other when present."""
+    v2 = control_channel == "tls-crypt-v2"
+    return ((control_channel is not None and not v2) or paths.tls_crypt_key.exists(),
+            v2 or paths.tls_crypt_v2_server_key.exists())
+
+
 def check_pair(cert_path: Path, certificate: x509.Certificate, key_path: Path,
                key: ServerPrivateKey, role: FileRole) -> None:
     """Refuse a private key that does not belong to its certificate (TLS would fail later,
@@ -125,6 +138,15 @@ def check_pair(cert_path: Path, certificate: x509.Certificate, key_path: Path,
     if _spki(key.public_key()) != _spki(certificate.public_key()):
         raise DataFileError(key_path, f"does not belong to the certificate in {cert_path}",
                             role.fix)
+
+
+def _is_text(data: bytes) -> bool:
+    """Every file here is text: PEM, hex or a passphrase."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return b"\x00" not in data
 
 
 def _spki(public_key: CertificatePublicKeyTypes) -> bytes:

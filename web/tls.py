@@ -15,13 +15,15 @@ from client_profiles.pki import certificate_pem, issue_server_certificate, priva
 from client_profiles.pkifiles import open_ca
 from sslvpn import keyfiles
 from sslvpn.config import DataPaths, write_public_file, write_secret_file
-from sslvpn.keyfiles import CERTIFICATE_PEM, PORTAL_CERT, PORTAL_KEY, PRIVATE_KEY_PEM, FileRole
+from sslvpn.keyfiles import (
+    GIVEN_PORTAL_CERT,
+    GIVEN_PORTAL_KEY,
+    PORTAL_CERT,
+    PORTAL_KEY,
+    FileRole,
+)
 from sslvpn.store import db, queries
 from web.app import is_loopback, parse_listen
-
-GIVEN_CERT = FileRole("the portal certificate given", CERTIFICATE_PEM, "give a PEM certificate")
-GIVEN_KEY = FileRole("the private key of the portal certificate given", PRIVATE_KEY_PEM,
-                     "give that certificate's unencrypted PEM key")
 
 
 def ensure_portal_certificate(
@@ -61,7 +63,7 @@ def portal_tls(
     if not use_tls:
         return None
     if cert is not None and key is not None:
-        return tls_context(cert, key, roles=(GIVEN_CERT, GIVEN_KEY))
+        return tls_context(cert, key, roles=(GIVEN_PORTAL_CERT, GIVEN_PORTAL_KEY))
     with db.session(engine, write=False) as s:
         addresses = queries.get_settings(s).public_addresses
     cert, key = ensure_portal_certificate(paths, [host, *addresses], ca_passphrase=ca_passphrase)

@@ -32,6 +32,7 @@ import click
 from sqlalchemy import Engine
 
 from client_profiles import crl
+from sslvpn.cli.check import allow_insecure_permissions, preflight
 from sslvpn.cli.setup import one_line_errors, paths_of, require_data_folder, store
 from sslvpn.config import DataPaths
 from sslvpn.runtime import instance
@@ -41,14 +42,13 @@ from sslvpn.runtime.ipsec_service import IpsecService
 from sslvpn.runtime.netconf import NetconfError
 from sslvpn.runtime.service import ExtraTask, GatewayService, ServeOptions, run, serve
 from sslvpn.runtime.tun_keeper import TunLostError
-from sslvpn.store import StoreError, db, integrity, queries, retention
+from sslvpn.store import StoreError, db, queries, retention
 from web.app import create_app, ensure_first_admin, start_portal
 from web.portal import PortalSettings
 from web.tls import portal_tls
 
 log = logging.getLogger(__name__)
 
-STORE_CHECK_SECONDS = 10.0  # the longest `serve` waits for PRAGMA quick_check at start
 IPSEC_RESTART_DELAY = 5.0  # seconds before an IPsec service that failed is started afresh
 
 
@@ -157,13 +157,6 @@ def _dump_heap(folder: Path) -> Path:
     return path
 
 
-def refuse_a_damaged_store(engine: Engine) -> None:
-    """Never run on a malformed database; a check too long for a start is left to `check`."""
-    problems = integrity.verify(engine, max_seconds=STORE_CHECK_SECONDS)
-    if problems:
-        raise integrity.DamagedStoreError(integrity.damaged_message(engine, problems[0]))
-
-
 def mend_crl(paths: DataPaths, engine: Engine) -> None:
     """At start, CRL files that disagree with the store (a crash during a revocation) are
     published again from it; a failure is logged, since the gateway itself asks the store."""
@@ -221,6 +214,7 @@ def _human_bytes(count: int) -> str:
               envvar="SSLVPN_TRACEMALLOC", metavar="FRAMES",
               help="Trace Python allocations (FRAMES deep; slows the gateway) and write a "
                    "snapshot to DATA_DIR/tracemalloc/ on each SIGUSR2, to hunt leaks.")
+@allow_insecure_permissions
 @click.option("-v", "--verbose", is_flag=True, help="Debug log output.")
 @click.pass_context
 @one_line_errors
@@ -228,9 +222,10 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
                   proto: str | None, portal_listen: str | None, portal_cert: Path | None,
                   portal_key: Path | None, public_url: str | None, no_portal: bool,
                   tun_name: str, connect_freq: tuple[int, float] | None,
-                  no_network_config: bool, trace_frames: int | None, verbose: bool) -> None:
+                  no_network_config: bool, trace_frames: int | None, allow_insecure: bool,
+                  verbose: bool) -> None:
     """Run the gateway (OpenVPN over UDP and TCP, IPsec tunnels) and the portal until
-    SIGTERM or Ctrl-C."""
+    SIGTERM or Ctrl-C; refuses to start on what `sslvpn check` would report."""
     if (portal_cert is None) != (portal_key is None):
         raise click.UsageError("give both --portal-cert and --portal-key")
     logging.basicConfig(
@@ -243,7 +238,8 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
     require_data_folder(ctx, write=True)
     # one gateway per data folder: locked before the store, the socket, the TUN and nft
     with instance.exclusive(paths.serve_lock), store(ctx, write=True) as engine:
-        refuse_a_damaged_store(engine)
+        given = (portal_cert, portal_key) if portal_cert and portal_key else None
+        preflight(paths, engine, given_portal=given, allow_insecure=allow_insecure)
         retention.ensure_incremental_vacuum(engine)  # once, before anyone is served
         extra = [ipsec_task(engine)]
         if trace_frames is not None:

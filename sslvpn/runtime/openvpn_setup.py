@@ -44,12 +44,12 @@ class OpenVpnCredentials:
         keyfiles.check_pair(paths.server_cert, cert, paths.server_key, key, keyfiles.SERVER_KEY)
         tls = TlsContext(TlsCredentials(certificate=cert, private_key=key, trust=(ca,)),
                          server=True)
-        v2_profiles = settings.control_channel == "tls-crypt-v2"
+        load_tc, load_v2 = keyfiles.wrap_keys_loaded(paths, settings.control_channel)
         tc = v2 = None
-        if not v2_profiles or paths.tls_crypt_key.exists():
+        if load_tc:
             tc = ServerWrapKeys.tls_crypt(
                 keyfiles.read_static_key(paths.tls_crypt_key, keyfiles.TLS_CRYPT))
-        if v2_profiles or paths.tls_crypt_v2_server_key.exists():
+        if load_v2:
             v2 = ServerWrapKeys.tls_crypt_v2(keyfiles.read_tls_crypt_v2_server_key(
                 paths.tls_crypt_v2_server_key, keyfiles.TLS_CRYPT_V2))
         return cls(tls=tls, tls_crypt=tc, tls_crypt_v2=v2)
