@@ -214,8 +214,11 @@ def _configure_sqlite(engine: Engine, *, read_only: bool) -> None:
         cursor = dbapi_connection.cursor()
         try:
             if not read_only:
-                # before WAL, or a new file keeps auto_vacuum=NONE (see store.retention)
-                cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                # a new file only, and before WAL, or it keeps auto_vacuum=NONE (see
+                # store.retention); on an existing file the pragma rewrites the header (a
+                # write, and a wait for the writer lock) on every connection
+                if cursor.execute("PRAGMA page_count").fetchone()[0] == 0:
+                    cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
                 cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")

@@ -58,6 +58,19 @@ def test_a_new_sqlite_file_and_its_log_are_private(tmp_path: Path) -> None:
     assert modes == {"a.db": 0o600, "a.db-wal": 0o600, "a.db-shm": 0o600}
 
 
+def test_opening_an_existing_database_writes_nothing(tmp_path: Path) -> None:
+    engine = open_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    upgrade(engine)
+    engine.dispose()
+    before = (tmp_path / "a.db").read_bytes()
+    engine = open_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    upgrade(engine)
+    with session(engine, write=False) as s:
+        s.exec(select(User)).all()
+    engine.dispose()
+    assert (tmp_path / "a.db").read_bytes() == before  # not even the header's change counter
+
+
 def test_migrations_take_an_empty_sqlite_file_to_head_without_diff(tmp_path: Path) -> None:
     engine = open_engine(f"sqlite:///{tmp_path / 'a.db'}")
     upgrade(engine)
