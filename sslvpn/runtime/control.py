@@ -6,7 +6,7 @@ by a client of the gateway's local control socket.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
@@ -45,6 +45,12 @@ class TunnelStatus:
     bytes_out: int
     packets_in: int
     packets_out: int
+    # what the peer's address sent that was not admitted (attacks show up here)
+    ike_half_open: int = 0  # unauthenticated responder SAs now
+    ike_half_open_peak: int = 0
+    ike_inits_admitted: int = 0  # IKE_SA_INIT requests answered in full (one DH each)
+    ike_drops: dict[str, int] = field(default_factory=dict)  # dropped IKE messages by reason
+    ike_drop_sources: dict[str, int] = field(default_factory=dict)  # top "ip:port" sources
 
 
 class GatewayControl(Protocol):

@@ -30,10 +30,12 @@ from sqlalchemy import Engine
 from sslvpn.ipsec.bandwidth import TokenBucket
 from sslvpn.ipsec.esp.packet import DropReason
 from sslvpn.ipsec.esp.sad import Sad
+from sslvpn.ipsec.ike.admission import InitGate
 from sslvpn.ipsec.ike.config import IkeConfig
 from sslvpn.ipsec.policy import PolicyRule, Spd
 from sslvpn.net.ippacket import addresses
 from sslvpn.runtime.control import TunnelStatus
+from sslvpn.runtime.drop_ledger import DropLedger
 from sslvpn.runtime.ike_udp import (
     IKE_PORT,
     KEEPALIVE_INTERVAL,
@@ -110,6 +112,8 @@ class IpsecService:
         self.spd: Spd[Tunnel] = Spd()
         self.sad: Sad[Tunnel] = Sad()
         self.drops: Counter[str] = Counter()
+        self.ike_drops = DropLedger()  # every tunnel's IKE drops too, by source address
+        self.gate = InitGate(rand=rand)  # COOKIE, throttle: shared by every tunnel
         self._drops_logged: tuple[float, Counter[str]] = (0.0, Counter())
         self.ready = asyncio.Event()
         self._clock: Callable[[], float] = time.monotonic  # the loop's clock once running
@@ -187,6 +191,9 @@ class IpsecService:
         if new:
             log.warning("IPsec drops in the last %.0f s: %s", now - since,
                         ", ".join(f"{reason} {count}" for reason, count in sorted(new.items())))
+        ike = self.ike_drops.summary()
+        if ike is not None:
+            log.warning("IKE drops in the last %.0f s: %s", now - since, ike)
         self._drops_logged = (now, Counter(self.drops))
 
     def _send_keepalives(self) -> None:
@@ -228,9 +235,10 @@ class IpsecService:
         except (OSError, ValueError) as exc:
             log.error("tunnel %s cannot start: %s", config.name, exc)
             return
-        tunnel = Tunnel(config, ike_config, gateway.sockets, self.sad,
+        tunnel = Tunnel(config, ike_config, gateway.sockets, self.sad, gate=self.gate,
                         local_ike=(config.local_address, gateway.sockets.ports[0]),
-                        ike_port=self._ike_port, nat_t_port=self._nat_t_port, rand=self._rand)
+                        ike_port=self._ike_port, nat_t_port=self._nat_t_port,
+                        drops=self.ike_drops, rand=self._rand)
         tunnel.stopped = True
         self._tunnels[config.name] = tunnel
         gateway.by_peer[config.remote_address] = tunnel
@@ -311,7 +319,7 @@ class IpsecService:
         gateway = self._gateways.get(local)
         tunnel = gateway.by_peer.get(peer[0]) if gateway else None
         if tunnel is None:
-            self.drops["ike-unknown-peer"] += 1
+            self.ike_drops.count("unknown-peer", peer)
             return
         tunnel.receive_ike(message, peer, nat_t, self._now())
 

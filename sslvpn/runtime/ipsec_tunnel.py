@@ -1,9 +1,18 @@
-"""One site-to-site tunnel at run time: its IKE SA driver, its ESP SAs and its status.
+"""One site-to-site tunnel at run time: its IKE SAs, its ESP SAs and its status.
 
-A `Tunnel` owns one live `IkeSa` (the IKE core) and, while that one is up, at most one
-*candidate*: a responder SA for a new IKE_SA_INIT from the peer's address (a restarted peer).
-The candidate replaces the live SA only once it authenticated, so unauthenticated packets
-never tear a working tunnel down.
+A `Tunnel` keeps up to three kinds of IKE SA (the IKE core, `IkeSa`) with its peer:
+
+* the *live* SA, authenticated (IKE_AUTH completed); it owns the ESP SAs;
+* while it initiates, our own *initiation* in flight, retried with back-off when it fails;
+* *half-open* responder SAs for IKE_SA_INIT requests from the peer's address, admitted by
+  the service's `InitGate` (COOKIE, throttle) into a bounded `HalfOpenTable`.
+
+Only a completed IKE_AUTH replaces the live SA (the old one gets a DELETE): the SA that
+authenticates last wins, which also settles both sides initiating at once. Nothing
+unauthenticated (a forged INIT, a failing half-open SA) touches the live SA or our own
+initiation. Messages are routed by SPI after a cheap header check and parsed once; every
+drop is counted by reason and source (`DropLedger`); an authentication failure is logged
+with the peer's address and port and feeds the gate's throttle.
 
 After every input the tunnel sends what the cores queued, dispatches their events and keeps
 exactly one timer. CHILD_SA events install and remove ESP SAs (the old inbound SA stays
@@ -23,10 +32,13 @@ from datetime import UTC, datetime
 from sslvpn.ipsec.esp.packet import EspCipher, EspKeys, InboundSa, OutboundSa, SequenceExhausted
 from sslvpn.ipsec.esp.sad import Sad
 from sslvpn.ipsec.ike import events as ev
+from sslvpn.ipsec.ike.admission import HalfOpenTable, InitGate, is_initial_request
 from sslvpn.ipsec.ike.config import IkeConfig
+from sslvpn.ipsec.ike.messages import IkeHeader, MalformedMessage, peek_header, pull_message
 from sslvpn.ipsec.ike.proposals import Suite
-from sslvpn.ipsec.ike.sa import IkeSa, is_initial_request
+from sslvpn.ipsec.ike.sa import IkeSa, IkeState
 from sslvpn.runtime.control import TunnelStatus
+from sslvpn.runtime.drop_ledger import DropLedger
 from sslvpn.runtime.ike_udp import NON_ESP_MARKER, Address, IkeSockets
 from sslvpn.store.ipsec_queries import TunnelConfig
 
@@ -54,9 +66,11 @@ class Tunnel:
         sockets: IkeSockets,
         sad: Sad[Tunnel],
         *,
+        gate: InitGate,
         local_ike: Address,
         ike_port: int,
         nat_t_port: int,
+        drops: DropLedger | None = None,
         rand: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.config = config
@@ -64,14 +78,16 @@ class Tunnel:
         self.name = config.name
         self._sockets = sockets
         self._sad = sad
+        self._gate = gate
         self._rand = rand
         self._local_ike = local_ike
         self._peer_ike: Address = (config.remote_address, ike_port)
-        self._responder_spi_i: bytes | None = None
-        self.candidate: IkeSa | None = None
-        self._candidate_spi_i: bytes | None = None
         self.peer_nat_t: Address = (config.remote_address, nat_t_port)
-        self.sa: IkeSa | None = None
+        self.sa: IkeSa | None = None  # live: authenticated
+        self.initiating: IkeSa | None = None  # our own IKE_SA_INIT / IKE_AUTH in flight
+        self.half_open: HalfOpenTable[IkeSa] = HalfOpenTable(gate)
+        self.inits_admitted = 0  # IKE_SA_INIT requests answered in full (one DH each)
+        self.drops = DropLedger(with_port=True, parent=drops)
         self.outbound: OutboundSa | None = None
         self._inbound_spis: set[int] = set()
         self._current_spi_in: int | None = None
@@ -102,21 +118,23 @@ class Tunnel:
             self.state = "connecting"
 
     def _initiate(self, now: float) -> None:
-        self._drop_sa()
-        self.sa = IkeSa(self.ike_config, self._local_ike, self._peer_ike, initiator=True,
-                        rand=self._rand)
-        self.sa.initiate(now)
-        self.state = "connecting"
+        self.initiating = IkeSa(self.ike_config, self._local_ike, self._peer_ike,
+                                initiator=True, rand=self._rand)
+        self.initiating.initiate(now)
+        if self.sa is None:
+            self.state = "connecting"
         self._retry_at = None
         self._flush(now)
 
     def stop(self, now: float, reason: str | None = None) -> None:
-        """Delete the IKE SA politely (the DELETE goes out) and forget every ESP SA."""
+        """Delete the IKE SA politely (the DELETE goes out) and forget every SA."""
         self.stopped = True
-        if self.sa is not None and self.state == "up":
+        if self.sa is not None:
             self.sa.delete(now)
             self._send(self.sa, now)
-        self._drop_sa()
+        self._drop_live()
+        self.initiating = None
+        self.half_open.clear()
         self.state = "down"
         if reason is not None:
             self.last_error = reason
@@ -134,52 +152,75 @@ class Tunnel:
 
     # -- inputs ------------------------------------------------------------------------
     def receive_ike(self, message: bytes, peer: Address, nat_t: bool, now: float) -> None:
-        """One IKE message from the peer's address (the marker already removed on 4500)."""
-        if self.stopped:
-            return
-        spi_i = message[:8]
-        if (not nat_t and spi_i not in (self._responder_spi_i, self._candidate_spi_i)
-                and is_initial_request(message)):
-            self._new_responder(spi_i, peer)
-        target = self.candidate if spi_i == self._candidate_spi_i else self.sa
-        if target is None:
-            return
-        target.receive_datagram(NON_ESP_MARKER + message if nat_t else message, peer, now)
-        self._flush(now)
+        """One IKE message from the peer's address (the marker already removed on 4500).
 
-    def _new_responder(self, spi_i: bytes, peer: Address) -> None:
-        """The peer starts a new IKE SA: first contact, a restart, or it won a race."""
-        sa = IkeSa(self.ike_config, self._local_ike, peer, initiator=False, rand=self._rand)
-        if self.state == "up" and self.sa is not None:
-            self.candidate, self._candidate_spi_i = sa, spi_i  # proven before it replaces
-            return
-        self._drop_sa()
-        self._retry_at = None
-        self.sa, self._responder_spi_i = sa, spi_i
-        self.state = "connecting"
-
-    def _promote(self, now: float) -> None:
-        """The candidate authenticated: it becomes the live SA.
-
-        The old SA gets one DELETE (it cleans up a peer that raced us; a restarted peer
-        ignores it) and is then forgotten.
+        Cheap checks first: header framing, then the SPIs pick an SA; an unknown SPI is
+        dropped unless the message opens a new IKE SA, which the gate must admit.
         """
-        candidate, spi_i, old = self.candidate, self._candidate_spi_i, self.sa
-        if old is not None:
-            old.delete(now)
-            self._send(old, now)
-        self._drop_sa()
-        self.sa, self._responder_spi_i = candidate, spi_i
-        self.state = "connecting"
+        if self.stopped:
+            self.drops.count("tunnel-down", peer)
+            return
+        try:
+            header = peek_header(message)
+        except MalformedMessage as exc:
+            self.drops.count(exc.reason, peer)
+            return
+        sa = self._route(header)
+        if sa is not None:
+            try:
+                parsed = pull_message(message, header)
+            except MalformedMessage as exc:
+                self.drops.count(exc.reason, peer)
+                return
+            sa.receive_message(parsed, message, peer, now, nat_t=nat_t)
+            self._flush(now, peer)
+        elif not nat_t and is_initial_request(header):
+            self._admit(message, header, peer, now)
+        else:
+            self.drops.count("unknown-spi", peer)
+
+    def _route(self, header: IkeHeader) -> IkeSa | None:
+        """The SA a message is for, by SPIs (a retransmitted INIT finds its half-open SA)."""
+        live = self.sa
+        if live is not None:
+            spis = live.local_spis
+            if header.spi_i in spis or header.spi_r in spis:
+                return live
+        own = self.initiating
+        if own is not None and header.spi_i == own.local_spi:
+            return own
+        entry = self.half_open.get(header.spi_i)
+        return entry.sa if entry is not None else None
+
+    def _admit(self, data: bytes, header: IkeHeader, peer: Address, now: float) -> None:
+        """A new IKE_SA_INIT: the gate decides (COOKIE, throttle); admitted ones are kept."""
+        try:
+            verdict = self._gate.admit(data, header, peer, len(self.half_open), now)
+        except MalformedMessage as exc:
+            self.drops.count(exc.reason, peer)
+            return
+        if verdict.answer is not None:
+            self._sockets.send_ike(verdict.answer, peer, nat_t=False)
+        if verdict.message is None:
+            self.drops.count(verdict.drop or "invalid", peer)
+            return
+        sa = IkeSa(self.ike_config, self._local_ike, peer, initiator=False, rand=self._rand)
+        sa.receive_message(verdict.message, data, peer, now, nat_t=False)
+        if sa.state is IkeState.AUTH_WAIT:  # answered in full: it now waits for IKE_AUTH
+            self.inits_admitted += 1
+            evicted = self.half_open.add(header.spi_i, sa, peer)
+            if evicted is not None:
+                self.drops.count("half-open-evicted", evicted.source)
+        self._drain(sa, now, peer)
+        self._schedule(now)
 
     def handle_timer(self, now: float) -> None:
         self._timer = None
         if self._retry_at is not None and now >= self._retry_at and not self.stopped:
             self._initiate(now)
             return
-        for sa in (self.sa, self.candidate):
-            if sa is not None:
-                sa.handle_timer(now)
+        for sa in self._all_sas():
+            sa.handle_timer(now)
         self._flush(now)
 
     # -- data path ---------------------------------------------------------------------
@@ -221,40 +262,124 @@ class Tunnel:
         return True
 
     # -- core output -------------------------------------------------------------------
+    def _all_sas(self) -> list[IkeSa]:
+        sas = [entry.sa for entry in self.half_open]
+        for sa in (self.initiating, self.sa):
+            if sa is not None:
+                sas.append(sa)
+        return sas
+
     def _send(self, sa: IkeSa | None, now: float) -> None:
         if sa is None:
             return
         for data, addr in sa.datagrams_to_send(now):
             if data[:4] == NON_ESP_MARKER:  # the core floated to NAT-T: send from 4500
-                self.peer_nat_t = addr
+                if sa is self.sa:
+                    self.peer_nat_t = addr
                 self._sockets.send_ike(data[4:], addr, nat_t=True)
             else:
                 self._sockets.send_ike(data, addr, nat_t=False)
 
-    def _flush(self, now: float) -> None:
-        for sa in (self.candidate, self.sa):
-            if sa is not None:
-                self._drain(sa, now)
+    def _flush(self, now: float, source: Address | None = None) -> None:
+        for sa in self._all_sas():
+            self._drain(sa, now, source)
         self._schedule(now)
 
-    def _drain(self, sa: IkeSa, now: float) -> None:
+    def _drain(self, sa: IkeSa, now: float, source: Address | None) -> None:
+        """Send what ``sa`` queued and act on its events (``source``: whose datagram it got)."""
         self._send(sa, now)
+        events: list[ev.IkeEvent] = []
         while (event := sa.next_event()) is not None:
-            if sa is self.candidate:
-                self._candidate_event(event, now)
-            if sa is not self.sa:
-                continue  # a dropped or still unproven SA: nothing else to act on
-            self._on_event(event, now)
+            events.append(event)
+        if (sa is not self.sa and self._pending(sa)
+                and any(isinstance(e, ev.IkeSaEstablished) for e in events)):
+            self._promote(sa, now)
+        live = sa is self.sa
+        for event in events:
+            if isinstance(event, ev.MessageDropped):
+                if source is not None:
+                    self.drops.count(event.kind, source)
+            elif live:
+                self._on_event(event, now)
+            else:
+                self._unauthenticated_event(sa, event, now)
         self._send(sa, now)
 
-    def _candidate_event(self, event: ev.IkeEvent, now: float) -> None:
-        if isinstance(event, ev.IkeSaEstablished | ev.ChildSaEstablished):
-            self._promote(now)
-        elif isinstance(event, ev.AuthenticationFailed | ev.NoProposalChosen | ev.IkeSaClosed):
-            log.warning("tunnel %s: new IKE SA from the peer failed: %s", self.name, event)
-            self.candidate = self._candidate_spi_i = None
+    def _pending(self, sa: IkeSa) -> bool:
+        return sa is self.initiating or self._entry_source(sa) is not None
+
+    def _entry_source(self, sa: IkeSa) -> Address | None:
+        """Where the IKE_SA_INIT of half-open ``sa`` came from (None: not half-open)."""
+        return next((entry.source for entry in self.half_open if entry.sa is sa), None)
+
+    def _promote(self, sa: IkeSa, now: float) -> None:
+        """``sa`` authenticated: it becomes the live SA.
+
+        The old live SA gets one DELETE (it cleans up a peer that raced us; a restarted
+        peer ignores it) and is then forgotten, with its ESP SAs.
+        """
+        if sa is self.initiating:
+            self.initiating = None
+        else:
+            self._forget_half_open(sa)
+        old = self.sa
+        if old is not None:
+            old.delete(now)
+            self._send(old, now)
+        self._drop_live()
+        self.sa = sa
+        if sa.encapsulated:
+            self.peer_nat_t = sa.remote_addr
+        self._retry_at = None
+        self.state = "connecting"
+
+    def _forget_half_open(self, sa: IkeSa) -> None:
+        for entry in self.half_open:
+            if entry.sa is sa:
+                self.half_open.remove(entry.spi_i)
+
+    def _unauthenticated_event(self, sa: IkeSa, event: ev.IkeEvent, now: float) -> None:
+        """An event of our initiation, a half-open SA or a stateless answer: it may fail
+        itself, never the live SA."""
+        if sa is self.initiating:
+            if isinstance(event, ev.AuthenticationFailed):
+                where = f"{sa.remote_addr[0]}:{sa.remote_addr[1]}"
+                self._initiation_failed(f"authentication failed with {where}: {event.reason}",
+                                        now)
+            elif isinstance(event, ev.NoProposalChosen):
+                self._initiation_failed(
+                    f"no proposal chosen in {event.exchange}: {event.detail}", now)
+            elif isinstance(event, ev.IkeSaClosed):
+                self._initiation_failed(f"IKE SA closed: {event.reason}", now)
+        elif isinstance(event, ev.AuthenticationFailed):
+            self._peer_auth_failed(sa, event.reason, now)
+        elif isinstance(event, ev.NoProposalChosen):
+            self._note_error(f"no proposal chosen in {event.exchange}: {event.detail}")
+        elif isinstance(event, ev.IkeSaClosed):
+            self._forget_half_open(sa)
+
+    def _peer_auth_failed(self, sa: IkeSa, reason: str, now: float) -> None:
+        """An initiator at the peer's address failed IKE_AUTH: log who, count, throttle."""
+        where = f"{sa.remote_addr[0]}:{sa.remote_addr[1]}"
+        log.warning("tunnel %s: authentication failed from %s: %s", self.name, where, reason)
+        self.drops.count("auth-failed", sa.remote_addr)
+        self._gate.throttle.failed(self._entry_source(sa) or sa.remote_addr, now)
+        self._note_error(f"authentication failed from {where}: {reason}")
+
+    def _note_error(self, reason: str) -> None:
+        """A failed attempt by the peer explains a tunnel that is not up (never one that is)."""
+        if self.state != "up":
+            self.last_error = reason
+
+    def _initiation_failed(self, reason: str, now: float) -> None:
+        self.initiating = None
+        log.warning("tunnel %s: %s", self.name, reason)
+        if self.sa is None:  # else a live SA came up meanwhile: nothing is lost
+            self.last_error = reason
+            self._retry(now)
 
     def _on_event(self, event: ev.IkeEvent, now: float) -> None:
+        """An event of the live SA."""
         if isinstance(event, ev.ChildSaEstablished):
             self._install(event)
         elif isinstance(event, ev.ChildSaDeleted):
@@ -264,11 +389,11 @@ class Tunnel:
                 self.outbound = None
                 self.state = "connecting" if self.sa is not None else "down"
         elif isinstance(event, ev.IkeSaEstablished):
-            log.info("tunnel %s: IKE SA established with %s", self.name, event.remote_id)
+            where = f"{self.sa.remote_addr[0]}:{self.sa.remote_addr[1]}" if self.sa else "?"
+            log.info("tunnel %s: IKE SA established with %s at %s", self.name,
+                     event.remote_id, where)
         elif isinstance(event, ev.PeerDead):
             self._fail("peer dead (no answer to DPD or requests)", now)
-        elif isinstance(event, ev.AuthenticationFailed):
-            self._fail(f"authentication failed: {event.reason}", now)
         elif isinstance(event, ev.NoProposalChosen):
             self._fail(f"no proposal chosen in {event.exchange}: {event.detail}", now)
         elif isinstance(event, ev.IkeSaClosed):
@@ -292,22 +417,25 @@ class Tunnel:
                  event.spi_out, event.cipher.name)
 
     def _fail(self, reason: str, now: float) -> None:
+        """The live SA is gone; half-open SAs and an initiation in flight carry on (the
+        tunnel shows "connecting" only while it initiates itself)."""
         log.warning("tunnel %s: %s", self.name, reason)
         self.last_error = reason
-        candidate, spi_i = self.candidate, self._candidate_spi_i
-        self._drop_sa()
-        if candidate is not None:  # the peer is already starting over: let it finish
-            self.sa, self._responder_spi_i = candidate, spi_i
-            self.state = "connecting"
-            return
-        self.state = "down" if not self.config.initiate else "connecting"
-        if self.config.initiate and not self.stopped:
-            delay = RETRY_DELAYS[min(self._failures, len(RETRY_DELAYS) - 1)]
-            self._failures += 1
-            self._retry_at = now + delay
+        self._drop_live()
+        if self.initiating is None:
+            self._retry(now)
+        self.state = "connecting" if self.initiating or self._retry_at is not None else "down"
 
-    def _drop_sa(self) -> None:
-        self.sa = self.candidate = self._candidate_spi_i = None
+    def _retry(self, now: float) -> None:
+        """An initiating tunnel tries again after a growing delay."""
+        if not self.config.initiate or self.stopped:
+            return
+        delay = RETRY_DELAYS[min(self._failures, len(RETRY_DELAYS) - 1)]
+        self._failures += 1
+        self._retry_at = now + delay
+
+    def _drop_live(self) -> None:
+        self.sa = None
         self.outbound = None
         for spi in self._inbound_spis:
             self._sad.remove(spi)
@@ -316,7 +444,7 @@ class Tunnel:
     # -- timer -------------------------------------------------------------------------
     def _schedule(self, now: float) -> None:
         self._cancel_timer()
-        timers = [sa.get_timer() for sa in (self.sa, self.candidate) if sa is not None]
+        timers = [sa.get_timer() for sa in self._all_sas()]
         deadlines = [t for t in (self._retry_at, *timers) if t]
         if not deadlines or self.stopped:
             return
@@ -343,4 +471,9 @@ class Tunnel:
             bytes_out=self.bytes_out,
             packets_in=self.packets_in,
             packets_out=self.packets_out,
+            ike_half_open=len(self.half_open),
+            ike_half_open_peak=self.half_open.peak,
+            ike_inits_admitted=self.inits_admitted,
+            ike_drops=dict(self.drops.reasons),
+            ike_drop_sources=self.drops.top_sources(),
         )

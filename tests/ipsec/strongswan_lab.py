@@ -45,6 +45,7 @@ class CharonConfig:
     rekey_time: str = "4h"
     child_rekey_time: str = "1h"
     extra_log: dict[str, int] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)  # more charon.* settings
 
 
 class Topology:
@@ -111,8 +112,9 @@ class Charon:
         levels = {"ike": 1, "cfg": 1, "chd": 1, "knl": 1, "enc": 1, "net": 0, "esp": 1}
         levels.update(self.config.extra_log)
         log_lines = "\n".join(f"            {k} = {v}" for k, v in levels.items())
+        options = "".join(f"    {k} = {v}\n" for k, v in self.config.options.items())
         self.conf.write_text(f"""charon {{
-    load = {PLUGINS}
+{options}    load = {PLUGINS}
     install_routes = yes
     install_virtual_ip = no
     retransmit_tries = 3

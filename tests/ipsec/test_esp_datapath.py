@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import random
 import socket
 import struct
@@ -215,7 +216,7 @@ async def test_random_datagrams_never_raise_and_the_tunnel_keeps_working(
         service._from_ike("127.0.0.1", data, ("127.0.0.2", rng.choice((500, 4500))), True)
         service._from_ike("127.0.0.1", data, ("127.0.0.2", 500), False)
         service._from_ike("127.0.0.1", data, ("127.0.0.9", 500), False)
-    assert service.drops["ike-unknown-peer"] == 500
+    assert service.ike_drops.reasons["unknown-peer"] == 500
     packet = ipv4("10.2.0.10", "10.1.0.10")
     harness.tun.inject(packet)
     assert await harness.received() == packet
@@ -238,3 +239,23 @@ async def test_changing_the_bandwidth_cap_keeps_the_tunnel(harness: Harness) -> 
         harness.tun.inject(packet)
     assert service.drops["bandwidth-out"] == 0
     assert service.tunnel("t1") is tunnel and tunnel.status().packets_out == 200
+
+
+async def test_ike_drops_are_summarised_in_the_log_with_their_top_sources(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = harness.service
+    for port in range(5):
+        service._from_ike("127.0.0.1", b"junk", ("127.0.0.9", 7000 + port), False)
+    for _ in range(3):
+        service._from_ike("127.0.0.1", bytes(30), ("127.0.0.2", 500), False)
+    service._drops_logged = (service._now() - 61, Counter())  # a minute since the last line
+    with caplog.at_level(logging.WARNING):
+        service._log_drops()
+    assert "IKE drops in the last 61 s: malformed 3, unknown-peer 5" in caplog.text
+    assert "top sources: 127.0.0.9 (5), 127.0.0.2 (3)" in caplog.text
+    assert service.tunnel("t1").status().ike_drops == {"malformed": 3}
+    caplog.clear()
+    service._drops_logged = (service._now() - 61, Counter())
+    service._log_drops()
+    assert "IKE drops" not in caplog.text  # nothing new, no line

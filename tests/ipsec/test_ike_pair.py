@@ -8,7 +8,7 @@ import pytest
 
 from sslvpn.ipsec.ike import events as ev
 from sslvpn.ipsec.ike.constants import NON_ESP_MARKER
-from sslvpn.ipsec.ike.sa import IkeState, is_initial_request
+from sslvpn.ipsec.ike.sa import IkeState
 from sslvpn.ipsec.ike.traffic_selectors import TrafficSelector
 
 from .ike_pair import Pair, config, establish, make_pair
@@ -51,15 +51,6 @@ def test_every_proposal_combination_establishes(ike: str, esp: str) -> None:
     assert pair.a.remote_addr == ("198.18.0.2", 4500)
     assert pair.b.remote_addr == ("198.18.0.1", 4500)
     assert not pair.events["a"][2:] and not pair.of("b", ev.MessageDropped)
-
-
-def test_initial_request_check_is_stateless() -> None:
-    pair = make_pair()
-    pair.a.initiate(pair.now)
-    ((data, _),) = pair.a.datagrams_to_send(pair.now)
-    assert is_initial_request(data)
-    assert not is_initial_request(data[:-1])
-    assert not is_initial_request(NON_ESP_MARKER + data)
 
 
 def test_wrong_psk_fails_on_both_sides() -> None:

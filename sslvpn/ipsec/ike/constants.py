@@ -197,3 +197,12 @@ REKEY_RETRY_DELAY = 2.0  # after TEMPORARY_FAILURE from a colliding exchange
 # own messages to a PSK peer carry at most a dozen payloads, Windows adds a few vendor IDs).
 MAX_MESSAGE_LENGTH = 10_000
 MAX_PAYLOADS = 32  # per chain: the message body, or the inside of SK
+# Who may make us keep state (admission.py); strongSwan 5.9's defaults where it has one.
+COOKIE_THRESHOLD = 30  # half-open SAs in all that switch cookies on for every initiator
+COOKIE_THRESHOLD_IP = 3  # half-open SAs of one address that switch cookies on for it
+COOKIE_CALM_DOWN = 10.0  # seconds cookies stay required after the count fell again
+COOKIE_SECRET_LIFETIME = 10.0  # seconds; the previous secret stays valid as long again
+MAX_HALF_OPEN_PER_PEER = 8  # unauthenticated responder SAs kept per peer; oldest evicted
+AUTH_FAILURE_BURST = 5  # failed authentications one source (address, port) may have at once
+AUTH_FAILURE_INTERVAL = 10.0  # seconds that earn a throttled source one more attempt
+MAX_TRACKED_SOURCES = 4096  # addresses remembered for cookie calm-down and the throttle

@@ -1,71 +1,97 @@
 """Stateless COOKIE challenge for IKE_SA_INIT (RFC 7296 §2.6), DoS protection.
 
-When the runtime already holds a half-open responder SA for a peer (or too many of them),
-it calls ``CookieJar.challenge`` before creating another: an INIT without a valid cookie
-gets an ``N(COOKIE)`` answer and no state, so only initiators that can receive at their
-claimed address get a DH computation. The cookie binds Ni, the source IP and SPIi under a
-secret that the caller rotates (the previous secret stays valid for one rotation).
+When ``admission.InitGate`` decides that cookies are required, an INIT without a valid
+cookie gets an ``N(COOKIE)`` answer and no state, so only initiators that can receive at
+their claimed address get a DH computation. A cookie is ``version | HMAC(secret, Ni | IPi |
+SPIi)[:16]`` (the RFC's suggested form): the secret rotates every ``lifetime`` seconds and
+the previous one stays valid for one more period, so a cookie is good for 10-20 s.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
+import struct
 
-from .constants import ExchangeType, HeaderFlag, NotifyType
-from .messages import (
-    IkeHeader,
-    MalformedMessage,
-    NoncePayload,
-    NotifyPayload,
-    encode_message,
-    pull_message,
-)
+from . import constants as c
+from .constants import ExchangeType, HeaderFlag, NotifyType, PayloadType
+from .crypto import Rand
 
-COOKIE_VERSION = b"\x01"
-_COOKIE_LENGTH = 1 + 16
+_MAC_LENGTH = 16
+_SECRET_LENGTH = 32
+
+
+# header, then one Notify payload: generic header, protocol 0, no SPI, type (RFC 7296 §3.10)
+_ANSWER = struct.Struct("!8s8sBBBBII BBH BBH")
+_ANSWER_FIXED = c.IKE_HEADER_LENGTH + c.GENERIC_PAYLOAD_HEADER_LENGTH + 4
+
+
+def stateless_answer(spi_i: bytes, notify_type: int, data: bytes = b"") -> bytes:
+    """An IKE_SA_INIT response carrying one notify and no responder SPI (no state kept).
+
+    Packed directly: under a flood this is the only thing built per datagram.
+    """
+    return _ANSWER.pack(
+        spi_i, bytes(8), PayloadType.NOTIFY, c.IKE_VERSION, ExchangeType.IKE_SA_INIT,
+        HeaderFlag.RESPONSE, 0, _ANSWER_FIXED + len(data),
+        PayloadType.NONE, 0, c.GENERIC_PAYLOAD_HEADER_LENGTH + 4 + len(data),
+        0, 0, notify_type,
+    ) + data
+
+
+@functools.lru_cache(maxsize=256)
+def _packed(ip: str) -> bytes:
+    return ipaddress.ip_address(ip).packed
 
 
 class CookieJar:
-    """Issues and checks cookies; holds no per-peer state."""
+    """Issues and checks cookies; holds no per-peer state, only the current and previous
+    secret (drawn from ``rand``)."""
 
-    def __init__(self, secret: bytes) -> None:
-        self._secrets = [secret]
+    def __init__(self, rand: Rand, lifetime: float = c.COOKIE_SECRET_LIFETIME) -> None:
+        self._rand = rand
+        self._lifetime = lifetime
+        self._secrets: list[tuple[int, bytes]] = []  # (version, secret), current first
+        self._rotate_at = float("-inf")
 
     def __repr__(self) -> str:
-        return "CookieJar(<secret hidden>)"
+        return "CookieJar(<secrets hidden>)"
 
-    def rotate(self, secret: bytes) -> None:
-        """New cookies use ``secret``; cookies from the previous secret still pass."""
-        self._secrets = [secret, self._secrets[0]]
+    def _rotate(self, now: float) -> None:
+        if now < self._rotate_at:
+            return
+        if now >= self._rotate_at + self._lifetime:
+            self._secrets = []  # idle for two periods: nothing issued before stays valid
+        version = (self._secrets[0][0] + 1) % 256 if self._secrets else 0
+        self._secrets = [(version, self._rand(_SECRET_LENGTH)), *self._secrets[:1]]
+        self._rotate_at = now + self._lifetime
 
-    def _cookie(self, secret: bytes, nonce: bytes, ip: str, spi_i: bytes) -> bytes:
-        packed = ipaddress.ip_address(ip).packed
-        mac = hmac.new(secret, nonce + packed + spi_i, hashlib.sha256).digest()[:16]
-        return COOKIE_VERSION + mac
+    @staticmethod
+    def _mac(secret: bytes, spi_i: bytes, nonce: bytes, ip: str) -> bytes:
+        mac = hmac.digest(secret, nonce + _packed(ip) + spi_i, hashlib.sha256)
+        return mac[:_MAC_LENGTH]
 
-    def challenge(self, data: bytes, addr: tuple[str, int]) -> bytes | None:
-        """None if the INIT request carries a valid cookie; else the N(COOKIE) answer.
+    def cookie(self, spi_i: bytes, nonce: bytes, ip: str, now: float) -> bytes:
+        """The cookie an initiator at ``ip`` must echo in its next INIT."""
+        self._rotate(now)
+        version, secret = self._secrets[0]
+        return bytes([version]) + self._mac(secret, spi_i, nonce, ip)
 
-        Garbage also gets None: the caller's own first-packet check rejects it.
-        """
-        try:
-            message = pull_message(data)
-        except MalformedMessage:
-            return None
-        nonces = [p for p in message.payloads if isinstance(p, NoncePayload)]
-        if message.header.exchange != ExchangeType.IKE_SA_INIT or not nonces:
-            return None
-        spi_i, nonce = message.header.spi_i, nonces[0].data
-        first = message.payloads[0]
-        if isinstance(first, NotifyPayload) and first.notify_type == NotifyType.COOKIE:
-            for secret in self._secrets:
-                if hmac.compare_digest(first.data, self._cookie(secret, nonce, addr[0], spi_i)):
-                    return None
-        cookie = self._cookie(self._secrets[0], nonce, addr[0], spi_i)
-        header = IkeHeader(spi_i, bytes(8), 0, ExchangeType.IKE_SA_INIT, HeaderFlag.RESPONSE, 0)
-        return encode_message(header, [NotifyPayload(NotifyType.COOKIE, cookie)])
+    def valid(self, cookie: bytes, spi_i: bytes, nonce: bytes, ip: str, now: float) -> bool:
+        """Whether ``cookie`` came from us, for this SPIi, nonce and address, recently."""
+        self._rotate(now)
+        if len(cookie) != 1 + _MAC_LENGTH:
+            return False
+        for version, secret in self._secrets:
+            if version == cookie[0]:
+                return hmac.compare_digest(cookie[1:], self._mac(secret, spi_i, nonce, ip))
+        return False
+
+    def challenge(self, spi_i: bytes, nonce: bytes, ip: str, now: float) -> bytes:
+        """The whole ``N(COOKIE)`` answer to an INIT (RFC 7296 §2.6)."""
+        return stateless_answer(spi_i, NotifyType.COOKIE, self.cookie(spi_i, nonce, ip, now))
 
 
-__all__ = ["COOKIE_VERSION", "CookieJar"]
+__all__ = ["CookieJar", "stateless_answer"]

@@ -15,7 +15,8 @@ from . import constants as c
 from .base import Address, Drop, IkeState, SaBase
 from .child import ChildParams, ChildSa, jitter, make_child, new_spi
 from .config import Identity
-from .constants import AuthMethod, ExchangeType, HeaderFlag, NotifyType, ProtocolId
+from .constants import AuthMethod, ExchangeType, NotifyType, ProtocolId
+from .cookies import stateless_answer
 from .crypto import CryptoError, derive_ike_keys, psk_auth, skeyseed
 from .events import (
     AuthenticationFailed,
@@ -34,7 +35,6 @@ from .messages import (
     Payload,
     SaPayload,
     TsPayload,
-    encode_message,
     find,
     notifies,
     unsupported_critical,
@@ -324,9 +324,8 @@ class Handshake(SaBase):
         self._answer_init(message, data, addr, now)
 
     def _answer_stateless(self, header: IkeHeader, addr: Address, notify: NotifyPayload) -> None:
-        out = IkeHeader(header.spi_i, ZERO_SPI, 0, ExchangeType.IKE_SA_INIT,
-                        HeaderFlag.RESPONSE, 0)
-        self._outbox.append((encode_message(out, [notify]), addr))
+        self._outbox.append((stateless_answer(header.spi_i, notify.notify_type, notify.data),
+                             addr))
 
     def _answer_init(self, message: Message, data: bytes, addr: Address, now: float) -> None:
         payloads = message.payloads

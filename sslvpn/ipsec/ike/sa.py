@@ -20,9 +20,9 @@ socket. ESP itself never passes through here; send it to ``remote_addr``. With
 always float to 4500 after IKE_SA_INIT, because strongSwan's libipsec only does
 ESP-in-UDP.
 
-A responder ``IkeSa`` is created by the runtime for a datagram that
-``is_initial_request`` accepts; it closes itself after ``half_open_timeout`` if IKE_AUTH
-never comes, and the runtime bounds how many ``half_open`` SAs it keeps per source.
+A responder ``IkeSa`` is created by the runtime for an IKE_SA_INIT request that
+``admission.InitGate`` admitted; it closes itself after ``half_open_timeout`` if IKE_AUTH
+never comes, and ``admission.HalfOpenTable`` bounds how many of them a peer has.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from . import constants as c
 from .base import Address, Drop, IkeState, LocalProtocolError
 from .child import ChildState
 from .config import IkeConfig
-from .constants import ExchangeType, HeaderFlag, NotifyType
+from .constants import ExchangeType, NotifyType
 from .crypto import Rand
 from .events import IkeEvent
 from .exchanges import EstablishedExchanges
@@ -47,24 +47,7 @@ from .messages import (
 )
 from .window import ZERO_SPI, IkeContext, PendingRequest
 
-__all__ = ["Address", "IkeSa", "IkeState", "LocalProtocolError", "is_initial_request"]
-
-
-def is_initial_request(data: bytes) -> bool:
-    """Stateless first-packet check before a responder IkeSa exists (port 500 payload)."""
-    try:
-        message = pull_message(data)
-    except MalformedMessage:
-        return False
-    h = message.header
-    return (
-        h.exchange == ExchangeType.IKE_SA_INIT
-        and h.message_id == 0
-        and h.spi_r == ZERO_SPI
-        and h.spi_i != ZERO_SPI
-        and h.flags & HeaderFlag.INITIATOR != 0
-        and not h.is_response
-    )
+__all__ = ["Address", "IkeSa", "IkeState", "LocalProtocolError"]
 
 
 class IkeSa(EstablishedExchanges):
