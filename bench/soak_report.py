@@ -84,12 +84,12 @@ def slope_per_hour(points: list[tuple[float, float]]) -> float | None:
 
 
 def floor_points(samples: list[Sample], window_s: float) -> list[tuple[float, float]]:
-    """The lowest RSS (KiB) of each window, stamped with the window's middle."""
+    """The lowest RSS (KiB) of each window, at the time it was seen."""
     windows: dict[int, list[Sample]] = {}
     for s in samples:
         windows.setdefault(int(s.t // window_s), []).append(s)
-    return [((index + 0.5) * window_s, float(min(s.rss_kib for s in group)))
-            for index, group in sorted(windows.items())]
+    lowest = [min(group, key=lambda s: s.rss_kib) for _, group in sorted(windows.items())]
+    return [(s.t, float(s.rss_kib)) for s in lowest]
 
 
 def growth(samples: list[Sample], window_s: float) -> dict[str, Any]:
