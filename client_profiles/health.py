@@ -45,8 +45,7 @@ class Problem:
         return f"{self.path}: {self.problem}; {self.fix}"
 
 
-def file_problems(paths: DataPaths, control_channel: str | None,
-                  given_portal: tuple[Path, Path] | None = None) -> list[Problem]:
+def file_problems(paths: DataPaths, control_channel: str | None) -> list[Problem]:
     """Every file the gateway loads, read as it reads them; ``control_channel`` None (the
     store could not say) checks whichever control-channel keys exist."""
     problems: list[Problem] = []
@@ -72,10 +71,18 @@ def file_problems(paths: DataPaths, control_channel: str | None,
             paths.tls_crypt_v2_server_key, keyfiles.TLS_CRYPT_V2))
     if paths.ca_key.exists():  # absent when the CA is kept offline
         _read(problems, lambda: _ca_key(paths))
-    if given_portal is not None:
-        given_cert, given_key = given_portal
-        _read(problems, lambda: keyfiles.read_certificate(given_cert, keyfiles.GIVEN_PORTAL_CERT))
-        _read(problems, lambda: keyfiles.read_private_key(given_key, keyfiles.GIVEN_PORTAL_KEY))
+    return problems
+
+
+def portal_problems(cert_path: Path, key_path: Path, *, given: bool) -> list[Problem]:
+    """The portal's certificate and key: given on the command line, or ours in pki/."""
+    cert_role, key_role = ((keyfiles.GIVEN_PORTAL_CERT, keyfiles.GIVEN_PORTAL_KEY) if given
+                           else (keyfiles.PORTAL_CERT, keyfiles.PORTAL_KEY))
+    problems: list[Problem] = []
+    cert = _read(problems, lambda: keyfiles.read_certificate(cert_path, cert_role))
+    key = _read(problems, lambda: keyfiles.read_private_key(key_path, key_role))
+    if cert is not None and key is not None:
+        _read(problems, lambda: keyfiles.check_pair(cert_path, cert, key_path, key, key_role))
     return problems
 
 

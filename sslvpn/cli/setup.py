@@ -53,6 +53,11 @@ def paths_of(ctx: click.Context) -> DataPaths:
     return DataPaths(obj_of(ctx).data_dir)
 
 
+def sqlite_store(ctx: click.Context) -> bool:
+    """Whether the store is the SQLite file in the data folder (no --database-url)."""
+    return obj_of(ctx).database_url is None
+
+
 @contextmanager
 def store(ctx: click.Context, *, write: bool) -> Iterator[Engine]:
     """An upgraded engine for an existing data folder; disposed when the command ends.

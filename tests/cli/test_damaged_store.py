@@ -74,6 +74,18 @@ def _digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.endswith("-shm")}
 
 
+def test_check_reports_the_damage(damaged: DataPaths) -> None:
+    before = _digest(damaged.data_dir)
+    result = _cli(damaged.data_dir, "check")
+    assert result.exit_code == 1
+    first = result.output.splitlines()[0]
+    assert first.startswith(f"{damaged.database}: is damaged (") and first.endswith(RESTORE)
+    assert "page" in first
+    after = _digest(damaged.data_dir)
+    assert after.pop("sslvpn.db-wal", None) in (None, hashlib.sha256(b"").hexdigest())
+    assert after == before
+
+
 def test_serve_refuses_a_damaged_store(damaged: DataPaths, monkeypatch: pytest.MonkeyPatch) -> None:
     started: list[GatewayService] = []
 

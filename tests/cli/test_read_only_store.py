@@ -78,6 +78,7 @@ def test_reads_work_and_writes_are_refused_on_a_read_only_folder(
     assert "alice.laptop" in _ok(_cli(view, "cert", "list"))
     assert "alice" in _ok(_cli(view, "user", "list"))
     _ok(_cli(view, "ipsec", "tunnel", "list"))
+    assert _ok(_cli(view, "check")).startswith(f"ok: {view}: store intact")
     for args in (("user", "add", "bob"), ("cert", "revoke", "alice"),
                  ("ipsec", "customer-gateway", "add", "dc1", "--address", "198.18.0.1")):
         result = _cli(view, *args)
