@@ -87,7 +87,10 @@ class AsyncStore:
         future.add_done_callback(lambda _done: self._release())
         limit = self.timeout if timeout is None else timeout
         try:
-            result = await asyncio.wait_for(asyncio.wrap_future(future), limit)
+            # not asyncio.wait_for: on 3.11 it swallows a cancellation that arrives as the
+            # work finishes, and a cancelled caller (a task at shutdown) would carry on
+            async with asyncio.timeout(limit):
+                result = await asyncio.wrap_future(future)
         except TimeoutError:
             self._mark_down(f"a call did not finish within {limit:g} s")
             raise StoreUnavailable("the store did not answer in time; try again later") from None

@@ -125,3 +125,22 @@ async def test_a_locked_sqlite_file_is_a_timeout_not_a_stall(
         except StoreUnavailable:
             await asyncio.sleep(0.05)
     await store.close()
+
+
+async def test_a_call_cancelled_as_its_work_finishes_is_still_cancelled(
+        sqlite_engine: Engine) -> None:
+    """A shutdown that cancels a caller just as its store call ends must not be swallowed
+    (asyncio.wait_for on 3.11 returned the result instead, and the caller looped on)."""
+    store = AsyncStore(sqlite_engine, threads=1)
+    loop = asyncio.get_running_loop()
+
+    def work(_engine: Engine) -> str:
+        loop.call_soon_threadsafe(caller.cancel)  # reaches the loop before the result does
+        return "done"
+
+    caller = asyncio.create_task(store.call(work))
+    await asyncio.sleep(0)  # the caller submits the work
+    store._executor.shutdown(wait=True)  # block the loop until cancel and result are queued
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await store.close()
