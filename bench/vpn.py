@@ -103,7 +103,8 @@ def _cli_data_folder(topo: VpnTopology) -> None:
     """The data folder and profiles through the real CLI, as an operator would make them."""
     data_dir = topo.data_dir
     sslvpn(data_dir, "init", "--public-address", GATEWAY_OUTER, "--port", str(PORT),
-           "--proto", "both", "--vpc", VPC_NET, "--pool", POOL)
+           "--proto", "both", "--vpc", VPC_NET, "--pool", POOL,
+           "--keepalive", "10", "60")  # the same keepalive as the OpenVPN server's
     sslvpn(data_dir, "user", "add", USER)
     sslvpn(data_dir, "cert", "issue", USER, "--device", "d0")
     for proto in ("udp", "tcp"):

@@ -18,6 +18,8 @@ DEVICE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 MAX_CLIENT_DAYS = 3650
 # An IPv6 client pool: at most a /64 (one subnet; SLAAC-sized) and at least a /112.
 POOL6_PREFIXES = range(64, 113)
+KEEPALIVE_DEFAULT = (5, 15)  # pushed ping, ping-restart: on a live node within 30 s
+MAX_KEEPALIVE = 3600
 
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -31,6 +33,7 @@ def validated_settings(
     dns: Sequence[str],
     control_channel: str,
     pool6: str | None = None,
+    keepalive: tuple[int, int] = KEEPALIVE_DEFAULT,
 ) -> GatewaySettings:
     """The settings `sslvpn init` stores, after checking every value."""
     addresses = [a.strip() for a in public_addresses]
@@ -43,6 +46,7 @@ def validated_settings(
     if control_channel not in CONTROL_CHANNEL_VALUES:
         raise LifecycleError(f"control channel must be one of {', '.join(CONTROL_CHANNEL_VALUES)}")
     networks = checked_networks(pool=pool, vpc=vpc, pool6=pool6)
+    interval, timeout = checked_keepalive(*keepalive)
     return GatewaySettings(
         public_addresses=addresses,
         port=port,
@@ -52,7 +56,21 @@ def validated_settings(
         pool6_cidr=None if networks.pool6 is None else str(networks.pool6),
         dns_servers=[_address(d) for d in dns],
         control_channel=control_channel,
+        keepalive_interval=interval,
+        keepalive_timeout=timeout,
     )
+
+
+def checked_keepalive(interval: int, timeout: int) -> tuple[int, int]:
+    """The pushed ``ping`` and ``ping-restart`` seconds; like OpenVPN's ``keepalive``, the
+    restart waits at least two pings."""
+    if not 1 <= interval <= MAX_KEEPALIVE or not 1 <= timeout <= MAX_KEEPALIVE:
+        raise LifecycleError(f"keepalive seconds must be 1..{MAX_KEEPALIVE}")
+    if timeout < 2 * interval:
+        raise LifecycleError(
+            f"keepalive restart {timeout} s must be at least twice the ping {interval} s"
+        )
+    return interval, timeout
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,12 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from client_profiles.crl import publish_crl, sign_crl
-from client_profiles.inputs import checked_days, checked_device, validated_settings
+from client_profiles.inputs import (
+    KEEPALIVE_DEFAULT,
+    checked_days,
+    checked_device,
+    validated_settings,
+)
 from client_profiles.pki import (
     CLIENT_DAYS,
     REVOCATION_REASONS,
@@ -100,6 +105,7 @@ def initialise(
     key_type: KeyType = KeyType.ECDSA_P256,
     ca_passphrase: str | None = None,
     control_channel: str = "tls-crypt",
+    keepalive: tuple[int, int] = KEEPALIVE_DEFAULT,
     actor: str = "cli",
     now: datetime | None = None,
 ) -> Initialised:
@@ -118,7 +124,8 @@ def initialise(
     if finished is not None:
         return Initialised(finished, resumed=True)
     settings = validated_settings(
-        public_addresses, port, proto, vpc, pool, dns, control_channel, pool6=pool6
+        public_addresses, port, proto, vpc, pool, dns, control_channel, pool6=pool6,
+        keepalive=keepalive,
     )
     _refuse_foreign_pki_folder(paths)
     with session(engine, write=False) as s:

@@ -2,7 +2,9 @@
 
 Everything is inline (``<ca>``, ``<cert>``, ``<key>``, ``<tls-crypt>``/``<tls-crypt-v2>``)
 because Connect's URL import has no side files. Remotes are listed UDP first, then TCP, so
-clients fail over from UDP to TCP. Every value that lands on a directive line is checked so
+clients fail over from UDP to TCP; a profile for a fleet of several nodes adds
+``remote-random`` so clients spread over the nodes (the client shuffles the whole list once at
+start, TCP entries included). Every value that lands on a directive line is checked so
 that no input can smuggle in an extra directive.
 """
 
@@ -45,6 +47,7 @@ class ProfileMaterial:
     key_pem: str = field(repr=False)
     tls_crypt_key: str | None = field(default=None, repr=False)
     tls_crypt_v2_key: str | None = field(default=None, repr=False)
+    spread: bool = False  # remotes belong to several nodes: clients pick one at random
 
 
 def remotes_for(
@@ -90,6 +93,8 @@ def render_ovpn(material: ProfileMaterial) -> str:
         f"data-ciphers {DATA_CIPHERS}",
         "verb 3",
     ]
+    if material.spread:
+        lines.append("remote-random")
     if len(material.remotes) > 1:
         lines.append(f"server-poll-timeout {SERVER_POLL_TIMEOUT_S}")
     if transports == {"udp"}:

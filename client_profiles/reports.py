@@ -2,7 +2,8 @@
 
 `expiry_report` covers everything that can lock clients out when it lapses (client
 certificates, the server certificate, the CA and the CRL); `render_profile` turns a
-stored client certificate plus the gateway settings into an ``.ovpn`` text.
+stored client certificate plus the gateway settings into an ``.ovpn`` text; in a fleet its
+remotes are every node's public addresses instead of the settings' ones.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Literal
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from client_profiles.fleet import node_addresses
 from client_profiles.ovpn import ProfileMaterial, Transport, remotes_for, render_ovpn
 from client_profiles.pki import certificate_facts, certificate_pem, crl_next_update
 from client_profiles.pkifiles import LifecycleError, file_refusals, require_initialised
@@ -93,9 +95,11 @@ def render_profile(
     with session(engine, write=True) as s:
         row = _profile_certificate(s, serial, user_name, device, now)
         settings = get_settings(s)
+        nodes = node_addresses(s)
+        addresses = [a for node in nodes for a in node] or settings.public_addresses
         try:
             remotes = remotes_for(
-                settings.public_addresses,
+                dict.fromkeys(addresses),
                 port=settings.port,
                 protocols=_protocols(settings.protocols),
                 only=proto,
@@ -116,6 +120,7 @@ def render_profile(
             key_pem=row.key_pem or "",
             tls_crypt_key=tls_crypt_key,
             tls_crypt_v2_key=row.tls_crypt_v2_key if use_v2 else None,
+            spread=len(nodes) > 1,
         )
         text = render_ovpn(material)
         record_audit(

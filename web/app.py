@@ -22,10 +22,10 @@ from client_profiles.passwords import generate_password, hash_password
 from sslvpn.config import DataPaths
 from sslvpn.runtime.control import GatewayControl
 from sslvpn.store import db, queries
-from web import api, api_ipsec, pages, security
+from web import api, api_ipsec, api_nodes, pages, security
 from web.portal import PORTAL, Portal, PortalSettings
 from web.traffic import TrafficHistory
-from web.views import admin, admin_ops, auth, devices, ipsec, onboarding
+from web.views import admin, admin_ops, auth, devices, ipsec, nodes, onboarding
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -64,7 +64,8 @@ def create_app(
         loader=jinja2.PackageLoader("web", "templates"),
         autoescape=jinja2.select_autoescape(default=True),
     )
-    for module in (auth, devices, admin, admin_ops, ipsec, onboarding, api, api_ipsec):
+    for module in (auth, devices, admin, admin_ops, ipsec, nodes, onboarding, api, api_ipsec,
+                   api_nodes):
         module.add_routes(app)
     app.router.add_static("/static/", STATIC_DIR, name="static")
     if control is not None:

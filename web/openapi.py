@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from web.openapi_fleet import SCHEMAS as FLEET_SCHEMAS
+from web.openapi_fleet import fleet_paths
 from web.views.admin import REVOCATION_REASONS
 
 JSON = "application/json"
@@ -503,7 +505,11 @@ def document() -> dict[str, Any]:
         "info": {"title": "sslvpn API", "version": "1"},
         "servers": [{"url": "/api/v1"}],
         "security": [{"bearer": []}],
-        "paths": {**_paths(), **_ipsec_paths()},
+        "paths": {
+            **_paths(),
+            **_ipsec_paths(),
+            **fleet_paths(_json, _errors, _body, _ref, NAME),
+        },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
@@ -515,6 +521,7 @@ def document() -> dict[str, Any]:
                 "Tunnel": TUNNEL,
                 "TunnelStatus": TUNNEL_STATUS,
                 "SpdPolicy": POLICY,
+                **FLEET_SCHEMAS,
                 "Error": {
                     "type": "object",
                     "required": ["error"],

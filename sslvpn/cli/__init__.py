@@ -32,9 +32,19 @@ def main(ctx: click.Context, data_dir: Path, database_url: str | None) -> None:
 
 def _register() -> None:
     """Each sub-command module has one owner and exports its click commands as COMMANDS."""
-    from sslvpn.cli import backup, certificates, check, ipsec, portal, serve, setup, users
+    from sslvpn.cli import (
+        backup,
+        certificates,
+        check,
+        ipsec,
+        nodes,
+        portal,
+        serve,
+        setup,
+        users,
+    )
 
-    for module in (setup, users, certificates, backup, serve, check, portal, ipsec):
+    for module in (setup, users, certificates, backup, serve, check, portal, nodes, ipsec):
         for command in module.COMMANDS:
             main.add_command(command)
 

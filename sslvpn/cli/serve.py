@@ -203,6 +203,9 @@ def _human_bytes(count: int) -> str:
               help="Base URL phones reach the portal at (put in import links).")
 @click.option("--no-portal", is_flag=True,
               help="Serve no portal (e.g. `sslvpn portal` runs on another host).")
+@click.option("--node", envvar="SSLVPN_NODE", default=None, metavar="NAME",
+              help="Run as node NAME of a fleet (see `sslvpn node`): serve its sub-pool and "
+                   "write its heartbeat. Default: the single gateway.")
 @click.option("--tun-name", default="sslvpn%d", show_default=True)
 @click.option("--connect-freq-initial", "connect_freq", nargs=2,
               type=(click.IntRange(1), click.FloatRange(min=0.001)), default=None,
@@ -221,7 +224,7 @@ def _human_bytes(count: int) -> str:
 def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
                   proto: str | None, portal_listen: str | None, portal_cert: Path | None,
                   portal_key: Path | None, public_url: str | None, no_portal: bool,
-                  tun_name: str, connect_freq: tuple[int, float] | None,
+                  node: str | None, tun_name: str, connect_freq: tuple[int, float] | None,
                   no_network_config: bool, trace_frames: int | None, allow_insecure: bool,
                   verbose: bool) -> None:
     """Run the gateway (OpenVPN over UDP and TCP, IPsec tunnels) and the portal until
@@ -260,6 +263,7 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
             port=port,
             protocols=proto,
             tun_name=tun_name,
+            node=node,
             configure_network=not no_network_config,
             connect_freq=connect_freq,
             extra_tasks=tuple(extra),

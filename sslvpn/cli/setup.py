@@ -20,6 +20,7 @@ import click
 from sqlalchemy import Engine
 
 from client_profiles import lifecycle
+from client_profiles.inputs import KEEPALIVE_DEFAULT
 from client_profiles.pki import KeyType, WrongPassphrase
 from client_profiles.pkifiles import LifecycleError
 from sslvpn.cli.context import CliContext
@@ -158,6 +159,16 @@ def obj_of(ctx: click.Context) -> CliContext:
     help="Shared tls-crypt key, or a tls-crypt-v2 key per client.",
 )
 @click.option(
+    "--keepalive",
+    nargs=2,
+    type=click.IntRange(1, 3600),
+    default=KEEPALIVE_DEFAULT,
+    show_default=True,
+    metavar="PING RESTART",
+    help="Pushed to clients: ping every PING s; reconnect (to another node) after RESTART s "
+    "without a packet.",
+)
+@click.option(
     "--ca-passphrase-stdin",
     is_flag=True,
     help="Encrypt the CA key with a passphrase read from stdin (else SSLVPN_CA_PASSPHRASE).",
@@ -175,6 +186,7 @@ def init_command(
     dns: tuple[str, ...],
     key_type: str,
     control_channel: str,
+    keepalive: tuple[int, int],
     ca_passphrase_stdin: bool,
 ) -> None:
     """Create the data folder: CA, server certificate, tls-crypt keys, CRL and settings."""
@@ -202,6 +214,7 @@ def init_command(
                 key_type=KeyType(key_type),
                 ca_passphrase=passphrase,
                 control_channel=control_channel,
+                keepalive=keepalive,
                 actor=ACTOR,
             )
     except BaseException:
@@ -217,6 +230,8 @@ def init_command(
     click.echo(f"  client pool  {settings.pool_cidr}")
     click.echo(f"  IPv6 pool    {settings.pool6_cidr or '(none)'}")
     click.echo(f"  VPC networks {', '.join(settings.vpc_networks) or '(none)'}")
+    click.echo(f"  keepalive    ping {settings.keepalive_interval} s, "
+               f"restart {settings.keepalive_timeout} s")
     click.echo(f"  CA key       {'encrypted' if passphrase or _env_passphrase() else 'plain'}")
 
 

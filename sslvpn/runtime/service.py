@@ -3,9 +3,10 @@
 Loads the gateway settings from the store, creates the TUN and the host network setup
 (address, forwarding, optional SNAT), starts the OpenVPN listeners (UDP and TCP, IPv4 and
 IPv6 where available), the control socket, the revocation sweep, the daily hooks (CRL
-refresh), the keeper that recreates a TUN device deleted under it, and any extra
-long-running tasks the composition root adds (the portal and the IPsec service), all in
-one ``asyncio.TaskGroup``. SIGTERM/SIGINT end it cleanly: every
+refresh), the keeper that recreates a TUN device deleted under it, the heartbeat when it
+runs as a named node of a fleet (`sslvpn.runtime.node`; its address pool is then the node's
+sub-pool), and any extra long-running tasks the composition root adds (the portal and the
+IPsec service), all in one ``asyncio.TaskGroup``. SIGTERM/SIGINT end it cleanly: every
 client is told (explicit exit), then listeners, the TUN and the network setup are removed.
 ``run`` drives it on uvloop where installed: its event loop is C, so the wake-up of an idle
 gateway costs less before a packet's callback runs (tests keep asyncio's own loop).
@@ -25,9 +26,11 @@ from typing import TypeVar
 from sqlalchemy import Engine
 
 from sslvpn.config import DataPaths
+from sslvpn.net.subpools import Fleet, NodePools, effective_pool6
 from sslvpn.runtime.control_server import ControlServer
 from sslvpn.runtime.gateway import Gateway, GatewayOptions
 from sslvpn.runtime.netconf import NetConfig
+from sslvpn.runtime.node import heartbeat, heartbeat_interval, node_pools, vpc_side_addresses
 from sslvpn.runtime.openvpn_setup import OpenVpnCredentials, build_openvpn
 from sslvpn.runtime.openvpn_tcp import OpenVpnTcpListener
 from sslvpn.runtime.openvpn_udp import OpenVpnUdpListener, bind_udp
@@ -35,6 +38,7 @@ from sslvpn.runtime.policy import StorePolicy
 from sslvpn.runtime.tun import LinuxTun, Tun
 from sslvpn.runtime.tun_keeper import keep_tun
 from sslvpn.store import db, queries
+from sslvpn.store.async_store import AsyncStore
 from sslvpn.store.models import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -56,6 +60,8 @@ class ServeOptions:
     tun_name: str = "sslvpn%d"
     configure_network: bool = True
     gateway_name: str = "default"
+    node: str | None = None  # None: the single implicit node, serving the whole pool
+    heartbeat_interval: float | None = None  # None: a third of the stored heartbeat timeout
     sweep_interval: float = 2.0
     connect_freq: tuple[int, float] | None = None  # new-client replies per seconds
     extra_tasks: Sequence[ExtraTask] = field(default_factory=tuple)
@@ -63,14 +69,18 @@ class ServeOptions:
     on_ready: ReadyHook | None = None  # e.g. the CLI printing where clients connect
 
 
-def gateway_options(settings: GatewaySettings, sweep_interval: float = 2.0) -> GatewayOptions:
-    """The data-path and PUSH_REPLY settings from the stored gateway settings."""
+def gateway_options(settings: GatewaySettings, sweep_interval: float = 2.0,
+                    node: NodePools | None = None) -> GatewayOptions:
+    """The data-path and PUSH_REPLY settings from the stored gateway settings; a node
+    hands out addresses from its sub-pools only."""
     pool = ipaddress.ip_network(settings.pool_cidr)
     if not isinstance(pool, ipaddress.IPv4Network):
         raise ValueError(f"the client pool {pool} must be IPv4")
     pool6 = ipaddress.ip_network(settings.pool6_cidr) if settings.pool6_cidr else None
     if pool6 is not None and not isinstance(pool6, ipaddress.IPv6Network):
         raise ValueError(f"the IPv6 client pool {pool6} must be IPv6")
+    if node is not None:
+        pool, pool6 = node.pool, effective_pool6(node, Fleet(pool, pool6))
     return GatewayOptions(
         pool=pool,
         pool6=pool6,
@@ -113,11 +123,14 @@ class GatewayService:
         """Run until ``stop()`` (or SIGTERM/SIGINT when installed by ``serve``)."""
         with db.session(self.engine) as s:
             settings = queries.get_settings(s, name=self.options.gateway_name)
-        policy = StorePolicy(self.engine, gateway_name=self.options.gateway_name)
+            node = node_pools(s, self.options.node)
+        # a node's session records carry its name, so its restart closes only its own
+        policy = StorePolicy(self.engine,
+                             gateway_name=self.options.node or self.options.gateway_name)
         stale = policy.close_stale_records()
         if stale:
             log.info("closed %d session records left open by a previous run", stale)
-        options = gateway_options(settings, self.options.sweep_interval)
+        options = gateway_options(settings, self.options.sweep_interval, node)
         tun = self._tun_factory(self.options.tun_name)
         netconf = NetConfig(
             tun_name=tun.name, pool=options.pool, gateway_address=options.pool.network_address + 1,
@@ -136,7 +149,7 @@ class GatewayService:
             self.ready.set()
             if self.options.on_ready is not None:
                 self.options.on_ready(self)
-            await self._run_tasks(gateway, netconf)
+            await self._run_tasks(gateway, netconf, settings)
         finally:
             log.info("shutting down: telling %d client(s)", len(gateway.list_sessions()))
             await gateway.shutdown()
@@ -193,7 +206,8 @@ class GatewayService:
             level = logging.WARNING
         log.log(level, "not listening on %s [%s]:%d: %s", proto, host, port, exc.strerror or exc)
 
-    async def _run_tasks(self, gateway: Gateway, netconf: NetConfig) -> None:
+    async def _run_tasks(self, gateway: Gateway, netconf: NetConfig,
+                         settings: GatewaySettings) -> None:
         reconfigure = netconf.apply if self.options.configure_network else None
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(gateway.run_sweeps(), name="policy-sweep"),
@@ -201,10 +215,25 @@ class GatewayService:
                      group.create_task(keep_tun(gateway.tun, reconfigure,
                                                 lambda: len(gateway.list_sessions())),
                                        name="tun-keeper")]
+            if self.options.node is not None:
+                beats = self._heartbeat(self.options.node, gateway, settings)
+                tasks.append(group.create_task(beats, name="heartbeat"))
             tasks += [group.create_task(extra(gateway)) for extra in self.options.extra_tasks]
             await self.stopping.wait()
             for task in tasks:
                 task.cancel()
+
+    async def _heartbeat(self, node: str, gateway: Gateway, settings: GatewaySettings) -> None:
+        """The node's heartbeat, in a store thread of its own (a stuck accounting write
+        must not also stop the beats)."""
+        store = AsyncStore(self.engine, threads=1)
+        interval = self.options.heartbeat_interval or heartbeat_interval(settings)
+        try:
+            await heartbeat(store, node=node, interval=interval,
+                            vpc_addresses=vpc_side_addresses(gateway.options.vpc_networks),
+                            on_removed=self.stop)
+        finally:
+            await store.close()
 
     async def _daily(self) -> None:
         while True:

@@ -116,8 +116,10 @@ class GatewaySettings(SQLModel, table=True):
     dns_servers: list[str] = Field(default_factory=list, sa_type=JSON)
     dns_domain: str | None = None
     reneg_sec: int = 3600
-    keepalive_interval: int = 10
-    keepalive_timeout: int = 60
+    # pushed ping/ping-restart: a client of a dead node restarts within 15 s and is on a
+    # live node within 30 s (see README "Running several nodes")
+    keepalive_interval: int = 5
+    keepalive_timeout: int = 15
     client_to_client: bool = False
     snat: bool = False
     control_channel: str = "tls-crypt"
@@ -129,6 +131,7 @@ class GatewaySettings(SQLModel, table=True):
     session_retention_days: int = 400
     import_link_retention_days: int = 7
     disabled_user_retention_days: int = 400
+    heartbeat_timeout: int = 15  # seconds without a heartbeat after which a node is down
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
@@ -239,3 +242,19 @@ class SpdPolicy(SQLModel, table=True):
     tunnel_id: int = Field(foreign_key="vpntunnel.id", ondelete="CASCADE", index=True)
     local_cidr: str
     peer_cidr: str
+
+
+class Node(SQLModel, table=True):
+    """One gateway host of the fleet: where clients reach it, the client sub-pools it alone
+    hands out, and its heartbeat (written by the node; "down" is decided from its age)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    public_addresses: list[str] = Field(default_factory=list, sa_type=JSON)
+    pool_cidr: str = Field(unique=True)
+    pool6_cidr: str | None = None  # None: the mirror of pool_cidr in the fleet's IPv6 pool
+    vpc_addresses: list[str] = Field(default_factory=list, sa_type=JSON)  # operator's next hops
+    seen_vpc_addresses: list[str] = Field(default_factory=list, sa_type=JSON)  # node's report
+    software_version: str | None = None
+    heartbeat_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # database clock
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -89,3 +89,22 @@ def test_a_pool_beside_the_vpc_is_accepted(tmp_path: Path) -> None:
                    "--vpc", "10.9.1.0/24")
     assert result.exit_code == 0, result.output
     assert _stored(data_dir).pool_cidr == "10.9.0.0/24"
+
+
+def test_the_pushed_keepalive_is_chosen_at_init(tmp_path: Path) -> None:
+    """Defaults put a client of a dead node on a live one within 30 s (restart 15 s, then
+    at most a 10 s server-poll-timeout on a dead remote); like OpenVPN's `keepalive`, the
+    restart waits at least two pings."""
+    result = _init(tmp_path / "one")
+    assert result.exit_code == 0, result.output
+    assert "  keepalive    ping 5 s, restart 15 s\n" in result.output
+    stored = _stored(tmp_path / "one")
+    assert (stored.keepalive_interval, stored.keepalive_timeout) == (5, 15)
+    assert _init(tmp_path / "two", "--keepalive", "10", "60").exit_code == 0
+    stored = _stored(tmp_path / "two")
+    assert (stored.keepalive_interval, stored.keepalive_timeout) == (10, 60)
+    refused = _init(tmp_path / "three", "--keepalive", "10", "15")
+    assert refused.exit_code == 1
+    assert refused.stderr.strip() == (
+        "error: keepalive restart 15 s must be at least twice the ping 10 s")
+    assert not (tmp_path / "three").exists()

@@ -173,13 +173,14 @@ async def connected(service: GatewayService, config: ClientConfig) -> TestClient
 
 
 @contextlib.asynccontextmanager
-async def running_service(paths: DataPaths, engine: Engine, listen: str = "127.0.0.1"
-                          ) -> AsyncIterator[tuple[GatewayService, MemoryTun]]:
+async def running_service(paths: DataPaths, engine: Engine, listen: str = "127.0.0.1",
+                          **options: Any) -> AsyncIterator[tuple[GatewayService, MemoryTun]]:
+    """The service until the block ends; ``options`` go to `ServeOptions` (e.g. ``node``)."""
     tun = MemoryTun()
     service = GatewayService(
         paths, engine,
         ServeOptions(listen=(listen,), port=0, configure_network=False,
-                     sweep_interval=0.2),
+                     sweep_interval=0.2, **options),
         tun_factory=lambda _name: tun,
     )
     task = asyncio.create_task(service.run())

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
 from sqlmodel import SQLModel, select
 
 from sslvpn.store import RejectedError, StoreError
-from sslvpn.store.db import open_engine, session, upgrade
+from sslvpn.store.db import MIGRATIONS_DIR, open_engine, session, upgrade
 from sslvpn.store.models import User
 from tests.store.conftest import BACKENDS
 
@@ -26,6 +28,7 @@ EXPECTED_TABLES = {
     "customergateway",
     "gatewaysettings",
     "importtoken",
+    "node",
     "signedcrl",
     "spdpolicy",
     "user",
@@ -39,6 +42,15 @@ def _schema_diff(engine: Engine) -> list[object]:
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         return list(compare_metadata(context, SQLModel.metadata))
+
+
+def test_the_revisions_form_one_line_with_one_head() -> None:
+    """Two branches that each added a revision must re-parent one onto the other: with two
+    heads, `upgrade(engine)` to "head" fails on every database."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    script = ScriptDirectory.from_config(config)
+    assert len(script.get_heads()) == 1, script.get_heads()
 
 
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:

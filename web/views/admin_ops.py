@@ -7,13 +7,16 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from aiohttp import web
 
-from client_profiles.inputs import ClientNetworks, checked_networks
+from client_profiles.fleet import pools_of
+from client_profiles.inputs import ClientNetworks, checked_keepalive, checked_networks
 from client_profiles.pkifiles import LifecycleError
-from sslvpn.store import NotFoundError, StoreError, db, queries
+from sslvpn.net.subpools import Fleet, NodePools, SubpoolError, check_fleet
+from sslvpn.store import NotFoundError, StoreError, db, node_queries, queries
 from sslvpn.store.models import PROTOCOLS_VALUES, GatewaySettings
 from web import pki_ops
 from web.import_links import token_hash
@@ -30,6 +33,7 @@ from web.pages import (
 from web.views.devices import now_of
 
 AUDIT_PAGE = 200
+MAX_HEARTBEAT_TIMEOUT = 3600
 RETENTION_FIELDS = {  # GatewaySettings field -> what the page calls it (store.retention)
     "audit_retention_days": "Audit log",
     "session_retention_days": "Session history",
@@ -139,10 +143,13 @@ def _words(text: str) -> list[str]:
     return [w for w in text.replace(",", " ").split() if w]
 
 
-def parse_settings(form: dict[str, str], settings: GatewaySettings) -> list[str]:
+def parse_settings(
+    form: dict[str, str], settings: GatewaySettings, nodes: Sequence[NodePools] = ()
+) -> list[str]:
     """Apply the form to ``settings``; return what was wrong (nothing applied if anything).
 
-    The pools and VPC networks go through the same check as `sslvpn init`.
+    The pools and VPC networks go through the same check as `sslvpn init`, and must still
+    hold every node's sub-pools. Keepalive and heartbeat fields left out keep their values.
     """
     errors: list[str] = []
     addresses = _words(form.get("public_addresses", ""))
@@ -160,6 +167,12 @@ def parse_settings(form: dict[str, str], settings: GatewaySettings) -> list[str]
         )
     except LifecycleError as exc:
         errors.append(_sentence(str(exc)))
+    if networks is not None:
+        try:
+            check_fleet(Fleet(networks.pool, networks.pool6), nodes)
+        except SubpoolError as exc:
+            errors.append(_sentence(str(exc)))
+    liveness = _liveness(form, settings, errors)
     dns = _words(form.get("dns_servers", ""))
     for value in dns:
         try:
@@ -174,7 +187,7 @@ def parse_settings(form: dict[str, str], settings: GatewaySettings) -> list[str]
     if form.get("protocols") not in PROTOCOLS_VALUES:
         errors.append("Protocols must be udp, tcp or both.")
     retention = _retention(form, settings, errors)
-    if errors or networks is None:
+    if errors or networks is None or liveness is None:
         return errors
     for name, days in retention.items():
         setattr(settings, name, days)
@@ -184,6 +197,7 @@ def parse_settings(form: dict[str, str], settings: GatewaySettings) -> list[str]
     settings.pool6_cidr = None if networks.pool6 is None else str(networks.pool6)
     settings.port, settings.import_token_ttl_seconds = int(port), int(ttl)
     settings.protocols = form["protocols"]
+    settings.keepalive_interval, settings.keepalive_timeout, settings.heartbeat_timeout = liveness
     return []
 
 
@@ -201,6 +215,27 @@ def _retention(
     return days
 
 
+def _liveness(
+    form: dict[str, str], settings: GatewaySettings, errors: list[str]
+) -> tuple[int, int, int] | None:
+    """The pushed ping and ping-restart seconds (checked as `sslvpn init --keepalive` is) and
+    the node heartbeat timeout; a field left out keeps its value."""
+    names = ("keepalive_interval", "keepalive_timeout", "heartbeat_timeout")
+    texts = [form.get(name, str(getattr(settings, name))).strip() for name in names]
+    if not all(text.isascii() and text.isdigit() for text in texts):
+        errors.append("Keepalive and heartbeat times must be whole seconds.")
+        return None
+    ping, restart, heartbeat = (int(text) for text in texts)
+    if not 3 <= heartbeat <= MAX_HEARTBEAT_TIMEOUT:
+        errors.append(f"Node heartbeat timeout must be 3 to {MAX_HEARTBEAT_TIMEOUT} seconds.")
+        return None
+    try:
+        return (*checked_keepalive(ping, restart), heartbeat)
+    except LifecycleError as exc:
+        errors.append(_sentence(str(exc)))
+        return None
+
+
 def _sentence(message: str) -> str:
     """A one-line refusal from `client_profiles` as a sentence on the page."""
     return message[:1].upper() + message[1:] + "."
@@ -216,7 +251,8 @@ async def save_settings(request: web.Request) -> web.StreamResponse:
             settings = queries.get_settings(s, name=portal.settings.gateway_name)
         except NotFoundError:
             settings = GatewaySettings(name=portal.settings.gateway_name)
-        errors = parse_settings(form, settings)
+        nodes = [pools_of(node) for node in node_queries.list_nodes(s)]
+        errors = parse_settings(form, settings, nodes)
         if not errors:
             queries.save_settings(s, settings=settings)
     if errors:
