@@ -170,8 +170,12 @@ def mend_crl(paths: DataPaths, engine: Engine) -> None:
 
 
 def announce(service: GatewayService) -> None:
-    """Tell the operator where clients connect (the portal prints its own URL)."""
+    """Tell the operator where clients connect (the portal prints its own URL) and, for a
+    node of a fleet, which one it is and the sub-pool it hands out."""
     click.echo("gateway: OpenVPN on " + ", ".join(service.listening()))
+    if service.options.node is not None and service.gateway is not None:
+        click.echo(f"node: {service.options.node}, client addresses from "
+                   f"{service.gateway.pool.network}")
 
 
 def _human_bytes(count: int) -> str:

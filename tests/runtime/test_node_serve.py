@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from client_profiles import fleet
 from sslvpn.cli import main, serve
+from sslvpn.cli.serve import announce
 from sslvpn.runtime.node import NodeUnknown, vpc_side_addresses
 from sslvpn.runtime.service import GatewayService, ServeOptions
 from sslvpn.runtime.tun import MemoryTun
@@ -41,7 +42,9 @@ async def _until(condition: Callable[[], bool], timeout: float = 10) -> None:
             await asyncio.sleep(0.02)
 
 
-async def test_a_node_serves_its_sub_pool_and_beats_its_heartbeat(tmp_path: Path) -> None:
+async def test_a_node_serves_its_sub_pool_and_beats_its_heartbeat(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     paths, engine = make_data_folder(tmp_path)
     with db.session(engine, write=True) as s:
         settings = queries.get_settings(s)
@@ -52,6 +55,9 @@ async def test_a_node_serves_its_sub_pool_and_beats_its_heartbeat(tmp_path: Path
     async with running_service(paths, engine, node="b", heartbeat_interval=0.05) as (service, _):
         assert service.gateway is not None
         assert service.gateway.pool.network == ipaddress.IPv4Network("10.8.0.64/26")
+        announce(service)
+        assert capsys.readouterr().out.splitlines()[-1] == (
+            "node: b, client addresses from 10.8.0.64/26")
         client = await connected(service, client_config(paths, row, v2=False, tcp=False))
         assert client.address == "10.8.0.66"  # .65 is node b's own tunnel address
         pushed = client.session.pushed_options
