@@ -12,10 +12,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from sqlmodel import Session
 
 from client_profiles.passwords import MIN_PASSWORD_LENGTH, generate_password
 from sslvpn.runtime.control import SessionInfo
-from sslvpn.store import NotFoundError, StoreError, db, queries
+from sslvpn.store import NotFoundError, StoreError, queries
 from sslvpn.store.models import ROLE_VALUES, Certificate, User
 from web import pki_ops
 from web.import_links import token_hash
@@ -80,9 +81,8 @@ def session_json(s: SessionInfo) -> dict[str, Any]:
     }
 
 
-def owners(request: web.Request) -> dict[int | None, str]:
-    with db.session(portal_of(request).engine, write=False) as s:
-        return {u.id: u.name for u in queries.list_users(s)}
+async def owners(request: web.Request) -> dict[int | None, str]:
+    return await portal_of(request).read(lambda s: {u.id: u.name for u in queries.list_users(s)})
 
 
 class BadRequest(Exception):
@@ -119,14 +119,21 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         return error(401, "bearer token required")
     portal = portal_of(request)
     now = datetime.fromtimestamp(portal.clock(), UTC)
-    with db.session(portal.engine, write=True) as s:
+    hashed = token_hash(token.strip())
+
+    def token_owner(s: Session) -> User | None:
         try:
-            row = queries.get_api_token_by_hash(s, token_hash=token_hash(token.strip()))
+            row = queries.get_api_token_by_hash(s, token_hash=hashed)
             owner = queries.get_user_by_id(s, user_id=row.user_id)
         except NotFoundError:
-            return error(401, "unknown API token")
+            return None
         if row.id is not None:
             queries.touch_api_token(s, token_id=row.id, at=now)
+        return owner
+
+    owner = await portal.write(token_owner)
+    if owner is None:
+        return error(401, "unknown API token")
     if owner.disabled or owner.role != "admin":
         return error(403, "the API is for enabled administrators")
     act_as(request, owner)
@@ -154,17 +161,16 @@ async def openapi_json(request: web.Request) -> web.StreamResponse:
 # Users ------------------------------------------------------------------------------------
 
 
-def _user(request: web.Request) -> User:
-    with db.session(portal_of(request).engine, write=False) as s:
-        try:
-            return queries.get_user(s, name=request.match_info["name"])
-        except NotFoundError:
-            raise web.HTTPNotFound() from None
+async def _user(request: web.Request) -> User:
+    name = request.match_info["name"]
+    try:
+        return await portal_of(request).read(lambda s: queries.get_user(s, name=name))
+    except NotFoundError:
+        raise web.HTTPNotFound() from None
 
 
 async def list_users(request: web.Request) -> web.StreamResponse:
-    with db.session(portal_of(request).engine, write=False) as s:
-        users = queries.list_users(s)
+    users = await portal_of(request).read(queries.list_users)
     return web.json_response([user_json(u) for u in users])
 
 
@@ -191,52 +197,55 @@ async def create_user(request: web.Request) -> web.StreamResponse:
 
 
 async def get_user(request: web.Request) -> web.StreamResponse:
-    return web.json_response(user_json(_user(request)))
+    return web.json_response(user_json(await _user(request)))
 
 
 async def update_user(request: web.Request) -> web.StreamResponse:
-    user = _user(request)
+    user = await _user(request)
     body = await body_of(request, {"disabled": bool, "role": str})
     if "role" in body and body["role"] not in ROLE_VALUES:
         return error(400, "role must be admin or user")
     me = user_of(request)
     if me is not None and me.id == user.id and (body.get("disabled") or body.get("role") == "user"):
         return error(409, "an administrator cannot disable or demote themselves")
-    with db.session(portal_of(request).engine, write=True) as s:
+    def update(s: Session) -> User:
+        changed = user
         if "disabled" in body:
-            user = queries.set_user_disabled(s, name=user.name, disabled=body["disabled"])
+            changed = queries.set_user_disabled(s, name=user.name, disabled=body["disabled"])
         if "role" in body:
-            user = queries.set_user_role(s, name=user.name, role=body["role"])
+            changed = queries.set_user_role(s, name=user.name, role=body["role"])
+        return changed
+
+    user = await portal_of(request).write(update)
     if user.disabled and user.id is not None:
         portal_of(request).sessions.drop_user(user.id)
-    audit(request, "user.update", target=user.name, detail=f"{sorted(body.items())} via=api")
+    await audit(request, "user.update", target=user.name, detail=f"{sorted(body.items())} via=api")
     return web.json_response(user_json(user))
 
 
 async def delete_user(request: web.Request) -> web.StreamResponse:
-    user = _user(request)
+    user = await _user(request)
     me = user_of(request)
     if me is not None and me.id == user.id:
         return error(409, "an administrator cannot delete themselves")
-    revoked, ended = pki_ops.delete_user(request, user.name)
+    revoked, ended = await pki_ops.delete_user(request, user.name)
     if user.id is not None:
         portal_of(request).sessions.drop_user(user.id)
-    audit(request, "user.delete", target=user.name, detail=f"revoked={revoked} via=api")
+    await audit(request, "user.delete", target=user.name, detail=f"revoked={revoked} via=api")
     return web.json_response({"certificates_revoked": revoked, "sessions_ended": ended})
 
 
 # Certificates -----------------------------------------------------------------------------
 
 
-def _certificate(request: web.Request) -> Certificate:
+async def _certificate(request: web.Request) -> Certificate:
     serial = request.match_info["serial"].lower()
     if not SERIAL.fullmatch(serial):
         raise web.HTTPNotFound()
-    with db.session(portal_of(request).engine, write=False) as s:
-        try:
-            row = queries.get_certificate(s, serial=serial)
-        except NotFoundError:
-            raise web.HTTPNotFound() from None
+    try:
+        row = await portal_of(request).read(lambda s: queries.get_certificate(s, serial=serial))
+    except NotFoundError:
+        raise web.HTTPNotFound() from None
     if row.kind != "client":
         raise web.HTTPNotFound()
     return row
@@ -246,16 +255,17 @@ async def list_certificates(request: web.Request) -> web.StreamResponse:
     status = request.query.get("status")
     if status is not None and status not in ("valid", "revoked", "superseded"):
         raise BadRequest("status must be valid, revoked or superseded")
-    user_id = None
-    if "user" in request.query:
-        with db.session(portal_of(request).engine, write=False) as s:
-            try:
-                user_id = queries.get_user(s, name=request.query["user"]).id
-            except NotFoundError:
-                return web.json_response([])
-    with db.session(portal_of(request).engine, write=False) as s:
-        rows = queries.list_certificates(s, user_id=user_id, kind="client", status=status)
-    names = owners(request)
+    owner = request.query.get("user")
+
+    def listed(s: Session) -> list[Certificate]:
+        user_id = None if owner is None else queries.get_user(s, name=owner).id
+        return queries.list_certificates(s, user_id=user_id, kind="client", status=status)
+
+    try:
+        rows = await portal_of(request).read(listed)
+    except NotFoundError:
+        return web.json_response([])
+    names = await owners(request)
     return web.json_response([certificate_json(c, names) for c in rows])
 
 
@@ -267,20 +277,23 @@ async def issue_certificate(request: web.Request) -> web.StreamResponse:
     if not isinstance(body.get("user"), str):
         return error(400, "user is required")
     try:
-        row = pki_ops.issue(request, user_name=body["user"], device=body["device"], days=days)
+        row = await pki_ops.issue(
+            request, user_name=body["user"], device=body["device"], days=days
+        )
     except NotFoundError:
         return error(404, "no such user")
     except pki_ops.OperationError as exc:
         return error(409, str(exc))
-    return web.json_response(certificate_json(row, owners(request)), status=201)
+    return web.json_response(certificate_json(row, await owners(request)), status=201)
 
 
 async def get_certificate(request: web.Request) -> web.StreamResponse:
-    return web.json_response(certificate_json(_certificate(request), owners(request)))
+    row = await _certificate(request)
+    return web.json_response(certificate_json(row, await owners(request)))
 
 
 async def revoke_certificate(request: web.Request) -> web.StreamResponse:
-    row = _certificate(request)
+    row = await _certificate(request)
     body = await body_of(request, {"reason": str})
     reason = body.get("reason", "unspecified")
     if reason not in REVOCATION_REASONS:
@@ -288,30 +301,31 @@ async def revoke_certificate(request: web.Request) -> web.StreamResponse:
     if row.status == "revoked":
         return error(409, "already revoked")
     try:
-        ended = pki_ops.revoke(request, row.serial, reason)
+        ended = await pki_ops.revoke(request, row.serial, reason)
     except pki_ops.OperationError as exc:
         return error(409, str(exc))
+    revoked = await _certificate(request)
     return web.json_response(
         {
-            "certificate": certificate_json(_certificate(request), owners(request)),
+            "certificate": certificate_json(revoked, await owners(request)),
             "sessions_ended": ended,
         }
     )
 
 
 async def renew_certificate(request: web.Request) -> web.StreamResponse:
-    row = _certificate(request)
+    row = await _certificate(request)
     try:
-        new = pki_ops.renew(request, row.serial)
+        new = await pki_ops.renew(request, row.serial)
     except pki_ops.OperationError as exc:
         return error(409, str(exc))
-    return web.json_response(certificate_json(new, owners(request)), status=201)
+    return web.json_response(certificate_json(new, await owners(request)), status=201)
 
 
 async def certificate_profile(request: web.Request) -> web.StreamResponse:
-    row = _certificate(request)
+    row = await _certificate(request)
     try:
-        profile = pki_ops.render_profile(request, row.serial)
+        profile = await pki_ops.render_profile(request, row.serial)
     except pki_ops.OperationError as exc:
         return error(409, str(exc))
     return profile_response(profile)
@@ -321,17 +335,19 @@ async def certificate_profile(request: web.Request) -> web.StreamResponse:
 
 
 async def list_sessions(request: web.Request) -> web.StreamResponse:
-    return web.json_response([session_json(s) for s in portal_of(request).live_sessions()])
+    sessions = await portal_of(request).live_sessions()
+    return web.json_response([session_json(s) for s in sessions])
 
 
 async def kick_session(request: web.Request) -> web.StreamResponse:
     portal = portal_of(request)
     session_id = request.match_info["session_id"]
-    known = {s.session_id: s for s in portal.live_sessions()}
-    if session_id not in known or portal.control is None:
+    known = {s.session_id: s for s in await portal.live_sessions()}
+    if session_id not in known:
         return error(404, "no such live session")
-    kicked = portal.control.kick(session_id, "kicked by admin (api)")
-    audit(request, "session.kick", target=known[session_id].certificate_serial, detail="via=api")
+    kicked = await portal.kick(session_id, "kicked by admin (api)")
+    serial = known[session_id].certificate_serial
+    await audit(request, "session.kick", target=serial, detail="via=api")
     return web.json_response({"kicked": kicked})
 
 

@@ -7,15 +7,16 @@ and never appears in an answer.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
+from sqlmodel import Session
 
 from sslvpn.runtime.control import TunnelStatus
-from sslvpn.store import NotFoundError, StoreError, db
+from sslvpn.store import NotFoundError, StoreError
 from sslvpn.store import ipsec_queries as q
-from sslvpn.store.models import CustomerGateway, SpdPolicy, VpnGateway
+from sslvpn.store.models import CustomerGateway, SpdPolicy, VpnGateway, VpnTunnel
 from web import ipsec_ops
 from web.api import PREFIX, BadRequest, body_of, error
 from web.ipsec_ops import Invalid, TunnelRequest
@@ -61,16 +62,22 @@ def status_json(t: TunnelStatus) -> dict[str, Any]:
     }
 
 
-def tunnels_json(request: web.Request, only: str | None = None) -> list[dict[str, Any]]:
+async def tunnels_json(request: web.Request, only: str | None = None) -> list[dict[str, Any]]:
     """Tunnels (never their PSK) with policies and what the gateway reports about them."""
-    with db.session(portal_of(request).engine, write=False) as s:
+
+    def listed(s: Session) -> tuple[dict[int | None, VpnGateway],
+                                    dict[int | None, CustomerGateway],
+                                    list[VpnTunnel], dict[str, list[SpdPolicy]]]:
         gateways = {g.id: g for g in q.list_vpn_gateways(s)}
         customers = {c.id: c for c in q.list_customer_gateways(s)}
         tunnels = [t for t in q.list_tunnels(s) if only is None or t.name == only]
         policies: dict[str, list[SpdPolicy]] = {}
         for name, policy in q.list_policies(s, tunnel=only) if tunnels else ():
             policies.setdefault(name, []).append(policy)
-    report = ipsec_ops.tunnel_status(request)
+        return gateways, customers, tunnels, policies
+
+    gateways, customers, tunnels, policies = await portal_of(request).read(listed)
+    report = await ipsec_ops.tunnel_status(request)
     return [
         {
             "name": t.name,
@@ -88,19 +95,18 @@ def tunnels_json(request: web.Request, only: str | None = None) -> list[dict[str
     ]
 
 
-def _named(request: web.Request, get: Callable[..., Row], name: str) -> Row:
+async def _named(request: web.Request, get: Callable[..., Row], name: str) -> Row:
     """One gateway of either kind by name, or 404."""
-    with db.session(portal_of(request).engine, write=False) as s:
-        try:
-            return get(s, name=name)
-        except NotFoundError:
-            raise web.HTTPNotFound() from None
+    try:
+        return await portal_of(request).read(lambda s: get(s, name=name))
+    except NotFoundError:
+        raise web.HTTPNotFound() from None
 
 
-def _deleted(request: web.Request, delete: Callable[..., None]) -> web.Response:
+async def _deleted(request: web.Request, delete: Callable[..., Awaitable[None]]) -> web.Response:
     """Delete the object named in the path; in use is 409, as for every refusal."""
     try:
-        delete(request, name=request.match_info["name"], via=VIA)
+        await delete(request, name=request.match_info["name"], via=VIA)
     except StoreError as exc:
         return refusal(exc)
     return web.json_response({"deleted": True})
@@ -117,13 +123,12 @@ def _bandwidth(body: dict[str, Any]) -> int | None:
 
 
 async def list_gateways(request: web.Request) -> web.StreamResponse:
-    with db.session(portal_of(request).engine, write=False) as s:
-        rows = q.list_vpn_gateways(s)
+    rows = await portal_of(request).read(q.list_vpn_gateways)
     return web.json_response([gateway_json(g) for g in rows])
 
 
-def _gateway(request: web.Request, name: str) -> VpnGateway:
-    return _named(request, q.get_vpn_gateway, name)
+async def _gateway(request: web.Request, name: str) -> VpnGateway:
+    return await _named(request, q.get_vpn_gateway, name)
 
 
 async def create_gateway(request: web.Request) -> web.StreamResponse:
@@ -132,7 +137,7 @@ async def create_gateway(request: web.Request) -> web.StreamResponse:
     )
     name = body.get("name", "")
     try:
-        ipsec_ops.add_gateway(
+        await ipsec_ops.add_gateway(
             request,
             name=name,
             public_address=body.get("public_address", ""),
@@ -141,75 +146,75 @@ async def create_gateway(request: web.Request) -> web.StreamResponse:
         )
     except (Invalid, StoreError) as exc:
         return refusal(exc)
-    return web.json_response(gateway_json(_gateway(request, name)), status=201)
+    return web.json_response(gateway_json(await _gateway(request, name)), status=201)
 
 
 async def get_gateway(request: web.Request) -> web.StreamResponse:
-    return web.json_response(gateway_json(_gateway(request, request.match_info["name"])))
+    return web.json_response(gateway_json(await _gateway(request, request.match_info["name"])))
 
 
 async def update_gateway(request: web.Request) -> web.StreamResponse:
     """Only the bandwidth cap changes (null lifts it); running tunnels keep their SAs."""
-    name = _gateway(request, request.match_info["name"]).name
+    name = (await _gateway(request, request.match_info["name"])).name
     body = await body_of(request, {"bandwidth_bps": (int, type(None))})
     if "bandwidth_bps" in body:
         try:
             bps = _bandwidth(body)
-            ipsec_ops.set_bandwidth(request, name=name, bandwidth_bps=bps, via=VIA)
+            await ipsec_ops.set_bandwidth(request, name=name, bandwidth_bps=bps, via=VIA)
         except (Invalid, StoreError) as exc:
             return refusal(exc)
-    return web.json_response(gateway_json(_gateway(request, name)))
+    return web.json_response(gateway_json(await _gateway(request, name)))
 
 
 async def delete_gateway(request: web.Request) -> web.StreamResponse:
-    return _deleted(request, ipsec_ops.delete_gateway)
+    return await _deleted(request, ipsec_ops.delete_gateway)
 
 
 # Customer gateways -------------------------------------------------------------------------
 
 
 async def list_customer_gateways(request: web.Request) -> web.StreamResponse:
-    with db.session(portal_of(request).engine, write=False) as s:
-        rows = q.list_customer_gateways(s)
+    rows = await portal_of(request).read(q.list_customer_gateways)
     return web.json_response([customer_gateway_json(c) for c in rows])
 
 
-def _customer_gateway(request: web.Request, name: str) -> CustomerGateway:
-    return _named(request, q.get_customer_gateway, name)
+async def _customer_gateway(request: web.Request, name: str) -> CustomerGateway:
+    return await _named(request, q.get_customer_gateway, name)
 
 
 async def create_customer_gateway(request: web.Request) -> web.StreamResponse:
     body = await body_of(request, {"name": str, "address": str})
     name = body.get("name", "")
     try:
-        ipsec_ops.add_customer_gateway(request, name=name, address=body.get("address", ""), via=VIA)
+        address = body.get("address", "")
+        await ipsec_ops.add_customer_gateway(request, name=name, address=address, via=VIA)
     except (Invalid, StoreError) as exc:
         return refusal(exc)
-    return web.json_response(customer_gateway_json(_customer_gateway(request, name)), status=201)
+    created = await _customer_gateway(request, name)
+    return web.json_response(customer_gateway_json(created), status=201)
 
 
 async def get_customer_gateway(request: web.Request) -> web.StreamResponse:
-    return web.json_response(
-        customer_gateway_json(_customer_gateway(request, request.match_info["name"]))
-    )
+    found = await _customer_gateway(request, request.match_info["name"])
+    return web.json_response(customer_gateway_json(found))
 
 
 async def delete_customer_gateway(request: web.Request) -> web.StreamResponse:
-    return _deleted(request, ipsec_ops.delete_customer_gateway)
+    return await _deleted(request, ipsec_ops.delete_customer_gateway)
 
 
 # Tunnels -----------------------------------------------------------------------------------
 
 
-def _tunnel(request: web.Request, name: str) -> dict[str, Any]:
-    found = tunnels_json(request, only=name)
+async def _tunnel(request: web.Request, name: str) -> dict[str, Any]:
+    found = await tunnels_json(request, only=name)
     if not found:
         raise web.HTTPNotFound()
     return found[0]
 
 
 async def list_tunnels(request: web.Request) -> web.StreamResponse:
-    return web.json_response(tunnels_json(request))
+    return web.json_response(await tunnels_json(request))
 
 
 async def create_tunnel(request: web.Request) -> web.StreamResponse:
@@ -221,46 +226,46 @@ async def create_tunnel(request: web.Request) -> web.StreamResponse:
         return error(400, f"missing field(s): {', '.join(missing)}")
     wanted = TunnelRequest(**body)
     try:
-        ipsec_ops.add_tunnel(request, wanted, via=VIA)
+        await ipsec_ops.add_tunnel(request, wanted, via=VIA)
     except (Invalid, StoreError) as exc:
         return refusal(exc)
-    return web.json_response(_tunnel(request, wanted.name), status=201)
+    return web.json_response(await _tunnel(request, wanted.name), status=201)
 
 
 async def get_tunnel(request: web.Request) -> web.StreamResponse:
-    return web.json_response(_tunnel(request, request.match_info["name"]))
+    return web.json_response(await _tunnel(request, request.match_info["name"]))
 
 
 async def update_tunnel(request: web.Request) -> web.StreamResponse:
     """The admin switch (``admin_up``); the running IPsec service follows it."""
-    name = _tunnel(request, request.match_info["name"])["name"]
+    name = (await _tunnel(request, request.match_info["name"]))["name"]
     body = await body_of(request, {"admin_up": bool})
     if "admin_up" in body:
         try:
-            ipsec_ops.set_admin_up(request, name=name, up=body["admin_up"], via=VIA)
+            await ipsec_ops.set_admin_up(request, name=name, up=body["admin_up"], via=VIA)
         except StoreError as exc:
             return refusal(exc)
-    return web.json_response(_tunnel(request, name))
+    return web.json_response(await _tunnel(request, name))
 
 
 async def delete_tunnel(request: web.Request) -> web.StreamResponse:
-    return _deleted(request, ipsec_ops.delete_tunnel)
+    return await _deleted(request, ipsec_ops.delete_tunnel)
 
 
 # SPD policies ------------------------------------------------------------------------------
 
 
 async def list_policies(request: web.Request) -> web.StreamResponse:
-    return web.json_response(_tunnel(request, request.match_info["name"])["policies"])
+    return web.json_response((await _tunnel(request, request.match_info["name"]))["policies"])
 
 
 async def add_policy(request: web.Request) -> web.StreamResponse:
-    name = _tunnel(request, request.match_info["name"])["name"]
+    name = (await _tunnel(request, request.match_info["name"]))["name"]
     body = await body_of(request, {"local_cidr": str, "peer_cidr": str})
     if "local_cidr" not in body or "peer_cidr" not in body:
         return error(400, "local_cidr and peer_cidr are required")
     try:
-        row = ipsec_ops.add_policy(
+        row = await ipsec_ops.add_policy(
             request,
             tunnel=name,
             local_cidr=body["local_cidr"],
@@ -275,7 +280,7 @@ async def add_policy(request: web.Request) -> web.StreamResponse:
 async def delete_policy(request: web.Request) -> web.StreamResponse:
     try:
         policy_id = int(request.match_info["policy_id"])
-        ipsec_ops.delete_policy(
+        await ipsec_ops.delete_policy(
             request, tunnel=request.match_info["name"], policy_id=policy_id, via=VIA
         )
     except (ValueError, NotFoundError):

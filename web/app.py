@@ -22,7 +22,9 @@ from client_profiles.passwords import generate_password, hash_password
 from sslvpn.config import DataPaths
 from sslvpn.runtime.control import GatewayControl
 from sslvpn.store import db, queries
+from sslvpn.store.async_store import AsyncStore
 from web import api, api_ipsec, api_nodes, pages, security
+from web.outage import outage_middleware
 from web.portal import PORTAL, Portal, PortalSettings
 from web.traffic import TrafficHistory
 from web.views import admin, admin_ops, auth, devices, ipsec, nodes, onboarding
@@ -38,12 +40,17 @@ def create_app(
     settings: PortalSettings | None = None,
     clock: security.Clock = time.time,
 ) -> web.Application:
-    """Build the portal; ``control`` is None for a portal with no gateway to ask."""
+    """Build the portal; ``control`` is None for a portal with no gateway to ask.
+
+    Its store calls go through an `AsyncStore` of its own, so a flood of portal requests
+    in a store outage never uses up the threads the gateway admits clients with.
+    """
+    settings = settings or PortalSettings()
     portal = Portal(
-        engine=engine,
+        store=AsyncStore(engine, timeout=settings.store_budget, owner="the portal"),
         paths=paths,
         control=control,
-        settings=settings or PortalSettings(),
+        settings=settings,
         sessions=security.SessionStore(clock),
         throttle=security.LoginThrottle(clock),
         traffic=TrafficHistory(),
@@ -52,6 +59,7 @@ def create_app(
     app = web.Application(
         middlewares=[
             security.security_headers,
+            outage_middleware(settings.store_budget),
             pages.session_middleware,
             pages.csrf_middleware,
             api.api_middleware,
@@ -70,7 +78,12 @@ def create_app(
     app.router.add_static("/static/", STATIC_DIR, name="static")
     if control is not None:
         app.cleanup_ctx.append(_sample_traffic)
+    app.on_cleanup.append(_close_store)
     return app
+
+
+async def _close_store(app: web.Application) -> None:
+    await app[PORTAL].store.close()
 
 
 async def _sample_traffic(app: web.Application) -> AsyncIterator[None]:
@@ -79,7 +92,7 @@ async def _sample_traffic(app: web.Application) -> AsyncIterator[None]:
 
     async def loop() -> None:
         while True:
-            portal.sample_traffic()
+            await portal.sample_traffic()
             await asyncio.sleep(portal.settings.refresh_seconds)
 
     task = asyncio.create_task(loop())

@@ -13,8 +13,9 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 from aiohttp import web
+from sqlmodel import Session
 
-from sslvpn.store import NotFoundError, db, queries
+from sslvpn.store import NotFoundError, queries
 from sslvpn.store.models import ImportToken
 from web.portal import Portal
 
@@ -45,24 +46,27 @@ def base_url(portal: Portal, request: web.Request) -> str:
     return f"{request.scheme}://{request.host}"
 
 
-def token_ttl(portal: Portal) -> timedelta:
+async def token_ttl(portal: Portal) -> timedelta:
     if portal.settings.import_token_ttl is not None:
         return portal.settings.import_token_ttl
-    with db.session(portal.engine, write=False) as s:
+
+    def stored(s: Session) -> timedelta:
         try:
-            seconds = queries.get_settings(s, name=portal.settings.gateway_name)
+            settings = queries.get_settings(s, name=portal.settings.gateway_name)
         except NotFoundError:
             return DEFAULT_TTL
-    return timedelta(seconds=seconds.import_token_ttl_seconds)
+        return timedelta(seconds=settings.import_token_ttl_seconds)
+
+    return await portal.read(stored)
 
 
-def mint(portal: Portal, request: web.Request, *, user_id: int, serial: str) -> ImportLink:
+async def mint(portal: Portal, request: web.Request, *, user_id: int, serial: str) -> ImportLink:
     """Create a token for one certificate of one user and build both links for it."""
     token = secrets.token_urlsafe(TOKEN_BYTES)
     now = datetime.fromtimestamp(portal.clock(), UTC)
-    expires = now + token_ttl(portal)
-    with db.session(portal.engine, write=True) as s:
-        row = queries.add_import_token(
+    expires = now + await token_ttl(portal)
+    row = await portal.write(
+        lambda s: queries.add_import_token(
             s,
             token_hash=token_hash(token),
             user_id=user_id,
@@ -70,6 +74,7 @@ def mint(portal: Portal, request: web.Request, *, user_id: int, serial: str) -> 
             expires_at=expires,
             created_at=now,
         )
+    )
     if row.id is None:
         raise RuntimeError("the store did not assign an id to the import token")
     url = f"{base_url(portal, request)}{TOKEN_PATH}?token={quote(token, safe='')}"

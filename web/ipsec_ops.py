@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 
 from aiohttp import web
+from sqlmodel import Session
 
 from sslvpn.ipsec.ike.constants import ProtocolId
 from sslvpn.ipsec.ike.proposals import ProposalError, parse_proposals
@@ -25,10 +26,11 @@ from sslvpn.ipsec.policy import (
     parse_cidr,
 )
 from sslvpn.runtime.control import TunnelStatus
-from sslvpn.store import NotFoundError, db
+from sslvpn.store import NotFoundError
 from sslvpn.store import ipsec_queries as q
 from sslvpn.store.models import START_ACTION_VALUES, SpdPolicy
 from web.pages import audit, portal_of
+from web.portal import NoGateway
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ def _policy_error(exc: PolicyError) -> Invalid:
 # VPN gateways and customer gateways --------------------------------------------------------
 
 
-def add_gateway(
+async def add_gateway(
     request: web.Request, *, name: str, public_address: str, bandwidth_bps: int | None, via: str
 ) -> None:
     _check_name(name, "VPN gateway")
@@ -84,33 +86,42 @@ def add_gateway(
     except PolicyError as exc:
         raise _policy_error(exc) from None
     check_bandwidth(bandwidth_bps)
-    with db.session(portal_of(request).engine, write=True) as s:
-        q.create_vpn_gateway(s, name=name, public_address=address, bandwidth_bps=bandwidth_bps)
-    audit(request, "ipsec.gateway.create", target=name, detail=f"address={address} via={via}")
+    await portal_of(request).write(
+        lambda s: q.create_vpn_gateway(
+            s, name=name, public_address=address, bandwidth_bps=bandwidth_bps
+        )
+    )
+    await audit(request, "ipsec.gateway.create", target=name, detail=f"address={address} via={via}")
 
 
-def set_bandwidth(request: web.Request, *, name: str, bandwidth_bps: int | None, via: str) -> None:
+async def set_bandwidth(
+    request: web.Request, *, name: str, bandwidth_bps: int | None, via: str
+) -> None:
     check_bandwidth(bandwidth_bps)
-    with db.session(portal_of(request).engine, write=True) as s:
-        q.set_vpn_gateway_bandwidth(s, name=name, bandwidth_bps=bandwidth_bps)
-    audit(request, "ipsec.gateway.bandwidth", target=name, detail=f"bps={bandwidth_bps} via={via}")
+    await portal_of(request).write(
+        lambda s: q.set_vpn_gateway_bandwidth(s, name=name, bandwidth_bps=bandwidth_bps)
+    )
+    detail = f"bps={bandwidth_bps} via={via}"
+    await audit(request, "ipsec.gateway.bandwidth", target=name, detail=detail)
 
 
-def delete_gateway(request: web.Request, *, name: str, via: str) -> None:
-    with db.session(portal_of(request).engine, write=True) as s:
-        q.delete_vpn_gateway(s, name=name)
-    audit(request, "ipsec.gateway.delete", target=name, detail=f"via={via}")
+async def delete_gateway(request: web.Request, *, name: str, via: str) -> None:
+    await portal_of(request).write(lambda s: q.delete_vpn_gateway(s, name=name))
+    await audit(request, "ipsec.gateway.delete", target=name, detail=f"via={via}")
 
 
-def add_customer_gateway(request: web.Request, *, name: str, address: str, via: str) -> None:
+async def add_customer_gateway(
+    request: web.Request, *, name: str, address: str, via: str
+) -> None:
     _check_name(name, "customer gateway")
     try:
         normalised = check_unicast_address(address, what="customer gateway address")
     except PolicyError as exc:
         raise _policy_error(exc) from None
-    with db.session(portal_of(request).engine, write=True) as s:
-        q.create_customer_gateway(s, name=name, address=normalised)
-    audit(
+    await portal_of(request).write(
+        lambda s: q.create_customer_gateway(s, name=name, address=normalised)
+    )
+    await audit(
         request,
         "ipsec.customer_gateway.create",
         target=name,
@@ -118,10 +129,9 @@ def add_customer_gateway(request: web.Request, *, name: str, address: str, via: 
     )
 
 
-def delete_customer_gateway(request: web.Request, *, name: str, via: str) -> None:
-    with db.session(portal_of(request).engine, write=True) as s:
-        q.delete_customer_gateway(s, name=name)
-    audit(request, "ipsec.customer_gateway.delete", target=name, detail=f"via={via}")
+async def delete_customer_gateway(request: web.Request, *, name: str, via: str) -> None:
+    await portal_of(request).write(lambda s: q.delete_customer_gateway(s, name=name))
+    await audit(request, "ipsec.customer_gateway.delete", target=name, detail=f"via={via}")
 
 
 # Tunnels -----------------------------------------------------------------------------------
@@ -143,21 +153,24 @@ class TunnelRequest:
         return f"TunnelRequest(name={self.name!r})"
 
 
-def add_tunnel(request: web.Request, wanted: TunnelRequest, *, via: str) -> None:
+async def add_tunnel(request: web.Request, wanted: TunnelRequest, *, via: str) -> None:
     """Unknown gateway names are reported before anything about the key or proposals."""
     _check_name(wanted.name, "tunnel")
     if wanted.start_action not in START_ACTION_VALUES:
         raise Invalid(f"start action must be one of {', '.join(START_ACTION_VALUES)}")
-    with db.session(portal_of(request).engine, write=False) as s:
+    def both_exist(s: Session) -> None:
         q.get_vpn_gateway(s, name=wanted.gateway)
         q.get_customer_gateway(s, name=wanted.customer_gateway)
+
+    portal = portal_of(request)
+    await portal.read(both_exist)
     try:
         psk = check_psk(wanted.psk)
     except PolicyError as exc:
         raise _policy_error(exc) from None
     ike, esp = check_proposals(wanted.ike_proposals, wanted.esp_proposals)
-    with db.session(portal_of(request).engine, write=True) as s:
-        q.create_tunnel(
+    await portal.write(
+        lambda s: q.create_tunnel(
             s,
             name=wanted.name,
             gateway=wanted.gateway,
@@ -167,30 +180,29 @@ def add_tunnel(request: web.Request, wanted: TunnelRequest, *, via: str) -> None
             esp_proposals=esp,
             start_action=wanted.start_action,
         )
+    )
     detail = (
         f"gateway={wanted.gateway} customer_gateway={wanted.customer_gateway} "
         f"ike={ike} esp={esp} start={wanted.start_action} via={via}"
     )
-    audit(request, "ipsec.tunnel.create", target=wanted.name, detail=detail)
+    await audit(request, "ipsec.tunnel.create", target=wanted.name, detail=detail)
 
 
-def set_admin_up(request: web.Request, *, name: str, up: bool, via: str) -> None:
+async def set_admin_up(request: web.Request, *, name: str, up: bool, via: str) -> None:
     """Flip the operator's switch; the running IPsec service follows the store."""
-    with db.session(portal_of(request).engine, write=True) as s:
-        q.set_tunnel_admin_up(s, name=name, up=up)
-    audit(request, f"ipsec.tunnel.{'up' if up else 'down'}", target=name, detail=f"via={via}")
+    await portal_of(request).write(lambda s: q.set_tunnel_admin_up(s, name=name, up=up))
+    await audit(request, f"ipsec.tunnel.{'up' if up else 'down'}", target=name, detail=f"via={via}")
 
 
-def delete_tunnel(request: web.Request, *, name: str, via: str) -> None:
-    with db.session(portal_of(request).engine, write=True) as s:
-        q.delete_tunnel(s, name=name)
-    audit(request, "ipsec.tunnel.delete", target=name, detail=f"via={via}")
+async def delete_tunnel(request: web.Request, *, name: str, via: str) -> None:
+    await portal_of(request).write(lambda s: q.delete_tunnel(s, name=name))
+    await audit(request, "ipsec.tunnel.delete", target=name, detail=f"via={via}")
 
 
 # SPD policies ------------------------------------------------------------------------------
 
 
-def add_policy(
+async def add_policy(
     request: web.Request, *, tunnel: str, local_cidr: str, peer_cidr: str, via: str
 ) -> SpdPolicy:
     """Check syntax and every overlap rule against the tunnel's gateway, then store."""
@@ -199,7 +211,8 @@ def add_policy(
         peer = parse_cidr(peer_cidr, what="peer CIDR")
     except PolicyError as exc:
         raise _policy_error(exc) from None
-    with db.session(portal_of(request).engine, write=True) as s:
+
+    def checked_add(s: Session) -> SpdPolicy:
         existing = [
             (other, parse_cidr(mine), parse_cidr(theirs))
             for other, mine, theirs in q.policies_on_gateway(s, tunnel=tunnel)
@@ -208,25 +221,30 @@ def add_policy(
             check_policy(local, peer, existing, tunnel=tunnel)
         except PolicyError as exc:
             raise _policy_error(exc) from None
-        row = q.add_policy(s, tunnel=tunnel, local_cidr=str(local), peer_cidr=str(peer))
-    audit(request, "ipsec.policy.add", target=tunnel, detail=f"{local} <-> {peer} via={via}")
+        return q.add_policy(s, tunnel=tunnel, local_cidr=str(local), peer_cidr=str(peer))
+
+    row = await portal_of(request).write(checked_add)
+    await audit(request, "ipsec.policy.add", target=tunnel, detail=f"{local} <-> {peer} via={via}")
     return row
 
 
-def policy_by_id(request: web.Request, *, tunnel: str, policy_id: int) -> SpdPolicy:
-    with db.session(portal_of(request).engine, write=False) as s:
-        for _, policy in q.list_policies(s, tunnel=tunnel):
-            if policy.id == policy_id:
-                return policy
+async def policy_by_id(request: web.Request, *, tunnel: str, policy_id: int) -> SpdPolicy:
+    listed = await portal_of(request).read(lambda s: q.list_policies(s, tunnel=tunnel))
+    for _, policy in listed:
+        if policy.id == policy_id:
+            return policy
     raise NotFoundError(f"tunnel {tunnel!r} has no policy {policy_id}")
 
 
-def delete_policy(request: web.Request, *, tunnel: str, policy_id: int, via: str) -> None:
-    policy = policy_by_id(request, tunnel=tunnel, policy_id=policy_id)
-    with db.session(portal_of(request).engine, write=True) as s:
-        q.delete_policy(s, tunnel=tunnel, local_cidr=policy.local_cidr, peer_cidr=policy.peer_cidr)
+async def delete_policy(request: web.Request, *, tunnel: str, policy_id: int, via: str) -> None:
+    policy = await policy_by_id(request, tunnel=tunnel, policy_id=policy_id)
+    await portal_of(request).write(
+        lambda s: q.delete_policy(
+            s, tunnel=tunnel, local_cidr=policy.local_cidr, peer_cidr=policy.peer_cidr
+        )
+    )
     detail = f"{policy.local_cidr} <-> {policy.peer_cidr} via={via}"
-    audit(request, "ipsec.policy.delete", target=tunnel, detail=detail)
+    await audit(request, "ipsec.policy.delete", target=tunnel, detail=detail)
 
 
 # Status ------------------------------------------------------------------------------------
@@ -258,14 +276,13 @@ class StatusReport:
         )
 
 
-def tunnel_status(request: web.Request) -> StatusReport:
+async def tunnel_status(request: web.Request) -> StatusReport:
     """Ask the gateway once; a missing or silent gateway leaves every tunnel down."""
-    control = portal_of(request).control
-    if control is None:
-        return StatusReport({}, "no gateway is attached to this portal")
     try:
-        rows = control.tunnel_status()
+        rows = await portal_of(request).ask_gateway(lambda c: c.tunnel_status())
+    except NoGateway as exc:
+        return StatusReport({}, str(exc))
     except Exception as exc:  # a dead gateway must not take the portal down with it
-        log.warning("gateway did not report tunnel status: %s", exc)
+        log.warning("gateway did not report tunnel status: %r", exc)
         return StatusReport({}, "the gateway did not answer")
     return StatusReport({t.name: t for t in rows}, None)

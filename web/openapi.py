@@ -28,14 +28,21 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _errors(*codes: int) -> dict[str, Any]:
+    """The error answers of an operation: ``codes`` plus those every operation may give."""
     texts = {
         400: "The request does not match this document",
         401: "No or unknown bearer token",
         403: "The token's owner is not an enabled administrator",
         404: "No such object",
         409: "The operation conflicts with the object's state",
+        503: "The store did not answer in time; try again after Retry-After seconds "
+        "(a change may still have been made)",
     }
-    return {str(code): _json(_ref("Error"), texts[code]) for code in (401, 403, *codes)}
+    answers = {str(code): _json(_ref("Error"), texts[code]) for code in (401, 403, *codes, 503)}
+    answers["503"]["headers"] = {
+        "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}
+    }
+    return answers
 
 
 def _body(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from sslvpn.store import db, queries
+from sslvpn.store import queries
 from sslvpn.store.models import User
 from web.portal import PORTAL, Portal
 from web.security import (
@@ -75,8 +75,8 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
     request[_SESSION] = session
     request[_USER] = None
     if session is not None and session.user_id is not None:
-        with db.session(portal.engine, write=False) as s:
-            user = s.get(User, session.user_id)
+        user_id = session.user_id
+        user = await portal.read(lambda s: s.get(User, user_id))
         if user is None or user.disabled:
             portal.sessions.drop(session)
             request[_SESSION] = None
@@ -152,7 +152,7 @@ def current_user_id(request: web.Request) -> int:
     return user_id
 
 
-def audit(
+async def audit(
     request: web.Request,
     action: str,
     *,
@@ -162,15 +162,13 @@ def audit(
 ) -> None:
     """One audit row with the actor, time and source address of this request."""
     user = user_of(request)
-    with db.session(portal_of(request).engine, write=True) as s:
-        queries.record_audit(
-            s,
-            actor=actor or (user.name if user else "anonymous"),
-            action=action,
-            target=target,
-            source_address=client_address(request),
-            detail=detail,
+    who = actor or (user.name if user else "anonymous")
+    where = client_address(request)
+    await portal_of(request).write(
+        lambda s: queries.record_audit(
+            s, actor=who, action=action, target=target, source_address=where, detail=detail
         )
+    )
 
 
 def flash(request: web.Request, message: str) -> None:

@@ -5,16 +5,16 @@ reimplements account or PKI work: everything delegates to `client_profiles`.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from aiohttp import web
+from sqlalchemy import Engine
 
 from client_profiles import accounts, lifecycle, reports
 from client_profiles.pki import CLIENT_DAYS
 from client_profiles.pkifiles import LifecycleError
-from sslvpn.store import StoreError, db, queries
+from sslvpn.store import StoreError, queries
 from sslvpn.store.models import Certificate, User
 from web.pages import portal_of, user_of
 from web.security import client_address
@@ -32,105 +32,118 @@ async def add_user(
     request: web.Request, *, name: str, role: str, email: str | None, password: str
 ) -> User:
     """Create a user through the shared accounts code (validation, hashing, audit)."""
-    portal = portal_of(request)
-    return await asyncio.to_thread(
-        accounts.add_user,
-        portal.engine,
-        name=name,
-        email=email,
-        admin=role == "admin",
-        password=password,
-        actor=_actor(request),
-        source_address=client_address(request),
+    actor, address = _actor(request), client_address(request)
+    return await portal_of(request).call(
+        lambda engine: accounts.add_user(
+            engine,
+            name=name,
+            email=email,
+            admin=role == "admin",
+            password=password,
+            actor=actor,
+            source_address=address,
+        )
     )
 
 
-def set_enabled(request: web.Request, name: str, *, enabled: bool) -> User:
-    portal = portal_of(request)
-    return accounts.set_user_enabled(
-        portal.engine,
-        name=name,
-        enabled=enabled,
-        actor=_actor(request),
-        source_address=client_address(request),
+async def set_enabled(request: web.Request, name: str, *, enabled: bool) -> User:
+    actor, address = _actor(request), client_address(request)
+    return await portal_of(request).call(
+        lambda engine: accounts.set_user_enabled(
+            engine, name=name, enabled=enabled, actor=actor, source_address=address
+        )
     )
 
 
-def issue(
+async def issue(
     request: web.Request, *, user_name: str, device: str, days: int = CLIENT_DAYS
 ) -> Certificate:
     """A certificate and tls-crypt-v2 key for a user's new device."""
     portal = portal_of(request)
-    return lifecycle.issue_client(
-        portal.engine,
-        portal.paths,
-        user_name=user_name,
-        device=device,
-        days=days,
-        actor=_actor(request),
-        source_address=client_address(request),
-        ca_passphrase=portal.settings.ca_passphrase,
-    )
-
-
-def renew(request: web.Request, serial: str) -> Certificate:
-    portal = portal_of(request)
-    return lifecycle.renew(
-        portal.engine,
-        portal.paths,
-        serial=serial,
-        actor=_actor(request),
-        source_address=client_address(request),
-        ca_passphrase=portal.settings.ca_passphrase,
-    )
-
-
-def revoke(request: web.Request, serial: str, reason: str) -> int:
-    """Revoke one certificate and end its live sessions; how many sessions ended."""
-    portal = portal_of(request)
-    lifecycle.revoke(
-        portal.engine,
-        portal.paths,
-        serial=serial,
-        reason=reason,
-        actor=_actor(request),
-        source_address=client_address(request),
-        ca_passphrase=portal.settings.ca_passphrase,
-    )
-    return portal.kick_certificate(serial, f"certificate revoked ({reason})")
-
-
-def delete_user(request: web.Request, name: str) -> tuple[int, int]:
-    """Revoke a user's certificates, end their sessions, delete them: (revoked, ended)."""
-    portal = portal_of(request)
-    try:
-        revoked = lifecycle.revoke(
-            portal.engine,
+    actor, address = _actor(request), client_address(request)
+    return await portal.call(
+        lambda engine: lifecycle.issue_client(
+            engine,
             portal.paths,
-            user_name=name,
-            reason="cessationOfOperation",
-            actor=_actor(request),
-            source_address=client_address(request),
+            user_name=user_name,
+            device=device,
+            days=days,
+            actor=actor,
+            source_address=address,
             ca_passphrase=portal.settings.ca_passphrase,
         )
-    except LifecycleError:
-        revoked = []  # nothing left to revoke
-    ended = sum(portal.kick_certificate(c.serial, "user deleted") for c in revoked)
-    with db.session(portal.engine, write=True) as s:
-        queries.delete_user(s, name=name)
+    )
+
+
+async def renew(request: web.Request, serial: str) -> Certificate:
+    portal = portal_of(request)
+    actor, address = _actor(request), client_address(request)
+    return await portal.call(
+        lambda engine: lifecycle.renew(
+            engine,
+            portal.paths,
+            serial=serial,
+            actor=actor,
+            source_address=address,
+            ca_passphrase=portal.settings.ca_passphrase,
+        )
+    )
+
+
+async def revoke(request: web.Request, serial: str, reason: str) -> int:
+    """Revoke one certificate and end its live sessions; how many sessions ended."""
+    portal = portal_of(request)
+    actor, address = _actor(request), client_address(request)
+    await portal.call(
+        lambda engine: lifecycle.revoke(
+            engine,
+            portal.paths,
+            serial=serial,
+            reason=reason,
+            actor=actor,
+            source_address=address,
+            ca_passphrase=portal.settings.ca_passphrase,
+        )
+    )
+    return await portal.kick_certificate(serial, f"certificate revoked ({reason})")
+
+
+async def delete_user(request: web.Request, name: str) -> tuple[int, int]:
+    """Revoke a user's certificates, end their sessions, delete them: (revoked, ended)."""
+    portal = portal_of(request)
+    actor, address = _actor(request), client_address(request)
+
+    def revoke_all(engine: Engine) -> list[Certificate]:
+        try:
+            return lifecycle.revoke(
+                engine,
+                portal.paths,
+                user_name=name,
+                reason="cessationOfOperation",
+                actor=actor,
+                source_address=address,
+                ca_passphrase=portal.settings.ca_passphrase,
+            )
+        except LifecycleError:
+            return []  # nothing left to revoke
+
+    revoked = await portal.call(revoke_all)
+    ended = 0
+    for certificate in revoked:
+        ended += await portal.kick_certificate(certificate.serial, "user deleted")
+    await portal.write(lambda s: queries.delete_user(s, name=name))
     return len(revoked), ended
 
 
-def render_profile(
+async def render_profile(
     request: web.Request, serial: str, *, actor: str | None = None
 ) -> reports.RenderedProfile:
     portal = portal_of(request)
-    return reports.render_profile(
-        portal.engine,
-        portal.paths,
-        serial=serial,
-        actor=actor or _actor(request),
-        source_address=client_address(request),
+    who, address = actor or _actor(request), client_address(request)
+    return await portal.call(
+        lambda engine: reports.render_profile(
+            engine, portal.paths, serial=serial, actor=who, source_address=address
+        )
     )
 
 
@@ -154,11 +167,13 @@ def _level(days: float) -> str:
     return "ok"
 
 
-def expiry_health(request: web.Request, now: datetime) -> list[HealthItem]:
+async def expiry_health(request: web.Request, now: datetime) -> list[HealthItem]:
     """CA, server certificate and CRL always; client certificates within 30 days."""
     portal = portal_of(request)
     try:
-        items = reports.expiry_report(portal.paths, portal.engine, now=now)
+        items = await portal.call(
+            lambda engine: reports.expiry_report(portal.paths, engine, now=now), writes=False
+        )
     except LifecycleError as exc:
         return [HealthItem(f"PKI unavailable: {exc}", now, 0, "bad")]
     health = []

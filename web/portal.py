@@ -1,20 +1,37 @@
-"""The portal's shared state (`Portal`), its settings, and the app key handlers find it by."""
+"""The portal's shared state (`Portal`), its settings, and the app key handlers find it by.
+
+`Portal` is also the only way a handler reaches the store and the gateway, and both ways
+keep the portal's event loop free: store work runs in the portal's `AsyncStore` threads,
+bounded by what is left of the request's budget (`StoreDown` when the store does not answer
+in it), and `GatewayControl` calls run in a thread too (the control socket client blocks;
+an in-process gateway answers on its own loop), bounded by `CONTROL_TIMEOUT`.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TypeVar
 
 from aiohttp import web
 from sqlalchemy import Engine
+from sqlmodel import Session
 
 from sslvpn.config import DataPaths
 from sslvpn.runtime.control import GatewayControl, SessionInfo
+from sslvpn.store import StoreUnavailable
+from sslvpn.store.async_store import AsyncStore
+from web.outage import STORE_BUDGET, StoreDown, store_wait
 from web.security import Clock, LoginThrottle, SessionStore
 from web.traffic import TrafficHistory
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+CONTROL_TIMEOUT = 3.0  # seconds the portal waits for the gateway to answer one call
 
 
 @dataclass(frozen=True)
@@ -25,14 +42,19 @@ class PortalSettings:
     import_token_ttl: timedelta | None = None
     gateway_name: str = "default"
     refresh_seconds: float = 5.0  # gateway sampling and live page refresh period
+    store_budget: float = STORE_BUDGET  # seconds a request may wait for the store in all
     ca_passphrase: str | None = field(default=None, repr=False)
+
+
+class NoGateway(LookupError):
+    """This portal has no gateway to ask (a portal-only process with no control socket)."""
 
 
 @dataclass
 class Portal:
     """Everything a handler may need, created once per application."""
 
-    engine: Engine
+    store: AsyncStore
     paths: DataPaths
     control: GatewayControl | None
     settings: PortalSettings
@@ -41,33 +63,72 @@ class Portal:
     traffic: TrafficHistory
     clock: Clock
 
-    def live_sessions(self) -> list[SessionInfo]:
+    async def read(self, work: Callable[[Session], T]) -> T:
+        """``work`` in one read-only transaction, off the portal's loop."""
+        try:
+            return await self.store.read(work, timeout=store_wait())
+        except StoreUnavailable:
+            raise StoreDown from None
+
+    async def write(self, work: Callable[[Session], T]) -> T:
+        """``work`` in one write transaction, off the portal's loop."""
+        try:
+            return await self.store.write(work, timeout=store_wait())
+        except StoreUnavailable:
+            raise StoreDown from None
+
+    async def call(self, work: Callable[[Engine], T], *, writes: bool = True) -> T:
+        """Store work that opens its own sessions (accounts, certificate lifecycle)."""
+        try:
+            return await self.store.call(work, timeout=store_wait(), writes=writes)
+        except StoreUnavailable:
+            raise StoreDown from None
+
+    async def ask_gateway(self, question: Callable[[GatewayControl], T]) -> T:
+        """One GatewayControl call in a thread; `NoGateway`, `TimeoutError` or its error."""
+        control = self.control
+        if control is None:
+            raise NoGateway("no gateway is attached to this portal")
+        # not asyncio.wait_for: on 3.11 it can swallow a cancellation that arrives as the call
+        # finishes, and the traffic sampler, cancelled at shutdown, would never end
+        async with asyncio.timeout(CONTROL_TIMEOUT):
+            return await asyncio.to_thread(question, control)
+
+    async def live_sessions(self) -> list[SessionInfo]:
         """The gateway's sessions, or none when no gateway is attached or it fails to answer."""
         if self.control is None:
             return []
         try:
-            return self.control.list_sessions()
+            return await self.ask_gateway(lambda c: c.list_sessions())
         except Exception as exc:  # a dead gateway must not take the portal down with it
-            log.warning("gateway did not list its sessions: %s", exc)
+            log.warning("gateway did not list its sessions: %r", exc)
             return []
 
-    def kick_certificate(self, serial: str, reason: str) -> int:
+    async def kick(self, session_id: str, reason: str) -> bool:
+        """End one live session; False when it had ended or the gateway did not answer."""
+        try:
+            return await self.ask_gateway(lambda c: c.kick(session_id, reason))
+        except Exception as exc:
+            log.warning("gateway did not kick a session: %r", exc)
+            return False
+
+    async def kick_certificate(self, serial: str, reason: str) -> int:
         """End every live session of a certificate; how many ended."""
         if self.control is None:
             return 0
         try:
-            return self.control.kick_certificate(serial, reason)
+            return await self.ask_gateway(lambda c: c.kick_certificate(serial, reason))
         except Exception as exc:
-            log.warning("gateway did not kick certificate sessions: %s", exc)
+            log.warning("gateway did not kick certificate sessions: %r", exc)
             return 0
 
-    def sample_traffic(self) -> None:
+    async def sample_traffic(self) -> None:
         if self.control is None:
             return
         try:
-            self.traffic.add(self.control.traffic())
+            self.traffic.add(await self.ask_gateway(lambda c: c.traffic()))
         except Exception as exc:
-            log.debug("gateway did not report traffic: %s", exc)
+            log.debug("gateway did not report traffic: %r", exc)
 
 
 PORTAL = web.AppKey("portal", Portal)

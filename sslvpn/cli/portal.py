@@ -12,6 +12,7 @@ from aiohttp import web
 
 from client_profiles.pkifiles import LifecycleError
 from sslvpn.cli.context import CliContext
+from sslvpn.cli.setup import log_to_stderr
 from sslvpn.config import DataPaths, database_url
 from sslvpn.runtime.control_server import ControlClient
 from sslvpn.store import StoreError, integrity
@@ -58,6 +59,7 @@ def portal(
     https: bool | None,
 ) -> None:
     """Serve the web portal and REST API (talks to a local gateway via its control socket)."""
+    log_to_stderr()
     paths = DataPaths(obj.data_dir)
     try:
         engine = open_engine(database_url(obj.data_dir, obj.database_url))

@@ -4,9 +4,10 @@
 runtime its long-running companions: the daily CRL refresh from ``client_profiles`` and
 retention pass from ``sslvpn.store.retention`` (both in a thread), the
 IPsec service (site-to-site tunnels; their status answered through the gateway's control)
-and the portal (``web``, with the in-process gateway as its GatewayControl, so live
-sessions and kick need no socket); then it runs until SIGTERM/SIGINT. With
-``--tracemalloc FRAMES`` it traces Python allocations from then on (after the imports,
+and the portal (``web``, on its own event loop in its own thread so that no portal work
+ever runs on the loop that carries packets, with the in-process gateway as its
+GatewayControl, so live sessions and kick need no socket); then it runs until SIGTERM/SIGINT.
+With ``--tracemalloc FRAMES`` it traces Python allocations from then on (after the imports,
 which tracing would slow tenfold) and writes a snapshot on each SIGUSR2, for hunting leaks
 in long runs (``bench/soak.py``).
 ``sessions`` and ``kick`` talk to a running gateway over its control socket.
@@ -29,13 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import click
+from aiohttp import web
 from sqlalchemy import Engine
 
 from client_profiles import crl
 from sslvpn.cli.check import allow_insecure_permissions, preflight
-from sslvpn.cli.setup import one_line_errors, paths_of, require_data_folder, store
+from sslvpn.cli.setup import log_to_stderr, one_line_errors, paths_of, require_data_folder, store
 from sslvpn.config import DataPaths
 from sslvpn.runtime import instance
+from sslvpn.runtime.control import ThreadSafeControl
 from sslvpn.runtime.control_server import ControlClient, ControlError
 from sslvpn.runtime.gateway import Gateway
 from sslvpn.runtime.ipsec_service import IpsecService
@@ -43,8 +46,10 @@ from sslvpn.runtime.netconf import NetconfError
 from sslvpn.runtime.service import ExtraTask, GatewayService, ServeOptions, run, serve
 from sslvpn.runtime.tun_keeper import TunLostError
 from sslvpn.store import StoreError, db, queries, retention
-from web.app import create_app, ensure_first_admin, start_portal
+from sslvpn.store.async_store import AsyncStore
+from web.app import create_app, ensure_first_admin
 from web.portal import PortalSettings
+from web.portal_thread import PortalThread
 from web.tls import portal_tls
 
 log = logging.getLogger(__name__)
@@ -76,25 +81,30 @@ def shown_url(url: str, public_address: str | None) -> str:
 
 
 def portal_task(paths: DataPaths, engine: Engine, plan: PortalPlan) -> ExtraTask:
-    """The portal, answering for the in-process gateway; prints its URL once bound."""
+    """The portal on its own loop and thread, answering for the in-process gateway (through
+    `ThreadSafeControl`); prints its URL once bound."""
 
     async def run(gateway: Gateway) -> None:
-        app = create_app(engine=engine, paths=paths, control=gateway,
-                         settings=PortalSettings(public_url=plan.public_url))
+        control = ThreadSafeControl(gateway, asyncio.get_running_loop())
+
+        def build() -> web.Application:
+            return create_app(engine=engine, paths=paths, control=control,
+                              settings=PortalSettings(public_url=plan.public_url))
+
         try:
-            served = await start_portal(app, plan.listen, plan.tls)
+            portal = await PortalThread.start(build, plan.listen, plan.tls)
         except OSError as exc:
             raise PortalStartError(
                 f"cannot start the portal on {plan.listen}: {exc.strerror or exc}") from None
         try:
-            click.echo(f"portal: {shown_url(served.url, plan.public_address)}")
+            click.echo(f"portal: {shown_url(portal.url, plan.public_address)}")
             # created only once the portal answers, so the printed password is never lost
             password = await first_admin(engine)
             if password is not None:
                 click.echo(f"first start: log in as 'admin' with the one-time password {password}")
-            await asyncio.Event().wait()
+            await portal.wait()
         finally:
-            await served.runner.cleanup()
+            await portal.stop()
 
     return run
 
@@ -110,12 +120,12 @@ async def first_admin(engine: Engine) -> str | None:
         return None
 
 
-def ipsec_task(engine: Engine) -> ExtraTask:
+def ipsec_task(store: AsyncStore) -> ExtraTask:
     """The site-to-site tunnels; the gateway answers `tunnel_status` with theirs."""
 
     async def run(gateway: Gateway) -> None:
         while True:  # a failed IPsec service must not take the OpenVPN gateway with it
-            service = IpsecService(engine)
+            service = IpsecService(store)
             gateway.tunnel_status_providers.append(service.tunnel_status)
             try:
                 await service.run()
@@ -235,12 +245,7 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
     SIGTERM or Ctrl-C; refuses to start on what `sslvpn check` would report."""
     if (portal_cert is None) != (portal_key is None):
         raise click.UsageError("give both --portal-cert and --portal-key")
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not verbose:  # migrations that found nothing to do are not news
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+    log_to_stderr(verbose=verbose)
     paths = paths_of(ctx)
     require_data_folder(ctx, write=True)
     # one gateway per data folder: locked before the store, the socket, the TUN and nft
@@ -248,7 +253,8 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
         given = (portal_cert, portal_key) if portal_cert and portal_key else None
         preflight(paths, engine, given_portal=given, allow_insecure=allow_insecure)
         retention.ensure_incremental_vacuum(engine)  # once, before anyone is served
-        extra = [ipsec_task(engine)]
+        gateway_store = AsyncStore(engine)  # the gateway's only way to the store
+        extra = [ipsec_task(gateway_store)]
         if trace_frames is not None:
             tracemalloc.start(trace_frames)
             extra.append(heap_snapshot_task(paths.heap_snapshots))
@@ -275,8 +281,8 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
                          lambda: retention.prune(engine)),
             on_ready=announce,
         )
-        try:
-            run(serve(GatewayService(paths, engine, options)))  # on uvloop when installed
+        try:  # on uvloop when installed
+            run(serve(GatewayService(paths, gateway_store, options)))
         except (OSError, NetconfError) as exc:  # no TUN (not root), port taken, ip failed
             raise click.ClickException(f"cannot start the gateway: {exc}") from None
         except ExceptionGroup as group:  # a companion task failed: the portal's port is

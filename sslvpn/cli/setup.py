@@ -8,6 +8,7 @@ that the data folder exists (so a typo in ``--data-dir`` never creates an empty 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import shutil
 import sys
@@ -48,6 +49,16 @@ def one_line_errors(func: F) -> F:
         sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def log_to_stderr(*, verbose: bool = False) -> None:
+    """The long-running commands (serve, portal) log with times; alembic only when it acts."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not verbose:  # migrations that found nothing to do are not news
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def paths_of(ctx: click.Context) -> DataPaths:

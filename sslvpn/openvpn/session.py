@@ -9,7 +9,10 @@ On accept it derives the data keys (PRF or EKM), sends PUSH_REPLY (at once for
 IV_PROTO request-push clients, else on PUSH_REQUEST; push.c) and reports
 ``SessionEstablished``. Renegotiations (either side) re-check the certificate, which must
 stay the same, and never push again. A refusal sends ``AUTH_FAILED,<reason>`` and closes
-after a short linger (push.c send_auth_failed, schedule_exit).
+after a short linger (push.c send_auth_failed, schedule_exit); a temporary one (the caller's
+store did not answer) sends ``AUTH_FAILED,TEMP[backoff N]:<reason>`` to clients that parse it.
+The decision may come long after ``PeerVerified`` (the caller asked a store): meanwhile the
+session keeps acknowledging and holds back the PUSH_REPLY the client asks for.
 """
 
 from __future__ import annotations
@@ -222,10 +225,12 @@ class ServerSession(Endpoint):
         self._linger("auth failed: " + reason, now)
 
     # -- the caller's decision -----------------------------------------------------------
-    def accept(self, push_config: PushConfig) -> None:
-        """Admit the verified peer: derive keys, push its configuration."""
+    def accept(self, push_config: PushConfig, now: float | None = None) -> None:
+        """Admit the verified peer: derive keys, push its configuration. ``now`` matters
+        when the decision came later than the last input (the caller asked a store)."""
         if not self._awaiting_decision or self.closed:
             raise LocalProtocolError("accept() is only valid after PeerVerified")
+        self._now = self._now if now is None else now
         ks, info = self._keys.get(0), self._peer_info
         if ks is None or info is None:
             raise LocalProtocolError("the first key state is gone")
@@ -252,12 +257,30 @@ class ServerSession(Endpoint):
             )
         )
 
-    def reject(self, reason: str) -> None:
-        """Refuse the verified peer with ``AUTH_FAILED,<reason>`` (logged by the caller)."""
+    def reject(self, reason: str, now: float | None = None, *,
+               retry_after: int | None = None) -> None:
+        """Refuse the verified peer with ``AUTH_FAILED,<reason>`` (logged by the caller).
+
+        With ``retry_after`` (seconds) the refusal is temporary: a client that announced
+        IV_PROTO_AUTH_FAIL_TEMP gets ``AUTH_FAILED,TEMP[backoff N]:<reason>`` and tries again
+        after N s (push.c receive_auth_failed, options_util.c parse_auth_failed_temp; openvpn3
+        cliproto.hpp). Any other client would stop for good on an AUTH_FAILED, so it is told
+        nothing: the session just ends, and the client, left without a PUSH_REPLY, starts
+        over by itself when its handshake window runs out.
+        """
         ks = self._keys.get(0)
         if not self._awaiting_decision or self.closed or ks is None:
             raise LocalProtocolError("reject() is only valid after PeerVerified")
-        self._send_auth_failed(ks, reason, self._now)
+        self._now = self._now if now is None else now
+        if retry_after is None:
+            self._send_auth_failed(ks, reason, self._now)
+        elif self.peer_proto & IvProto.AUTH_FAIL_TEMP:
+            self._send_auth_failed(ks, f"TEMP[backoff {retry_after}]:{reason}", self._now)
+        else:
+            self._decided = True
+            self._awaiting_decision = False
+            self._peer_info = None
+            self._finish(f"refused for now, without an answer: {reason}")
 
     def _send_push(self, ks: KeyState) -> None:
         messages, self._push = self._push, None

@@ -1,14 +1,21 @@
 """GatewayControl: the one small interface the portal and CLI use to talk to a running gateway.
 
 Implemented in-process by the runtime's gateway and, for a portal or CLI in another process,
-by a client of the gateway's local control socket.
+by a client of the gateway's local control socket. A portal in the gateway's process runs on
+a loop of its own and reaches the gateway through `ThreadSafeControl`.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
+CALL_TIMEOUT = 2.0  # seconds another thread waits for the gateway's loop to answer
 
 
 @dataclass(frozen=True)
@@ -63,3 +70,53 @@ class GatewayControl(Protocol):
     def traffic(self) -> TrafficSample: ...
 
     def tunnel_status(self) -> list[TunnelStatus]: ...
+
+
+class ThreadSafeControl:
+    """A GatewayControl for another thread (the portal's own loop): each call runs on the
+    gateway's loop, between two packets' callbacks, and the caller waits for it at most
+    ``timeout`` seconds. Calls from the gateway's loop itself run at once."""
+
+    def __init__(self, control: GatewayControl, loop: asyncio.AbstractEventLoop,
+                 timeout: float = CALL_TIMEOUT) -> None:
+        self._control = control
+        self._loop = loop
+        self._timeout = timeout
+
+    def list_sessions(self) -> list[SessionInfo]:
+        return self._on_loop(self._control.list_sessions)
+
+    def kick(self, session_id: str, reason: str = "kicked by admin") -> bool:
+        return self._on_loop(lambda: self._control.kick(session_id, reason))
+
+    def kick_certificate(self, serial: str, reason: str = "certificate revoked") -> int:
+        return self._on_loop(lambda: self._control.kick_certificate(serial, reason))
+
+    def traffic(self) -> TrafficSample:
+        return self._on_loop(self._control.traffic)
+
+    def tunnel_status(self) -> list[TunnelStatus]:
+        return self._on_loop(self._control.tunnel_status)
+
+    def _on_loop(self, call: Callable[[], T]) -> T:
+        """``call()`` on the gateway's loop; TimeoutError when it does not get there in time."""
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            return call()
+        done: Future[T] = Future()
+
+        def run() -> None:
+            if done.set_running_or_notify_cancel():
+                try:
+                    done.set_result(call())
+                except BaseException as exc:
+                    done.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(run)
+        try:
+            return done.result(self._timeout)
+        finally:
+            done.cancel()  # not run yet: it never will be

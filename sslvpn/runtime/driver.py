@@ -5,7 +5,9 @@ After every input (a datagram or TCP frame, a timer, a tunnel packet to send, a 
 decision) the driver transmits everything the core queued, hands every event to the owner,
 and keeps exactly one loop timer armed at ``core.get_timer()``. Time is the event loop's
 monotonic clock. A handler may call back into the driver (``accept`` from a ``PeerVerified``
-handler): the pump is not re-entered, it simply runs again until the core is quiet.
+handler): the pump is not re-entered, it simply runs again until the core is quiet. The
+decision may as well come later, from a task (the gateway asks the store off the loop);
+the core keeps the handshake waiting until then.
 
 Hot path: a core with the fast path (``open_data``/``seal_data``, as ``Endpoint`` has) hands
 tunnel packets over directly, without an event object or an output queue: an opened packet
@@ -42,9 +44,10 @@ class SessionCore(Protocol):
 
     def send_packet(self, ip_packet: bytes, now: float) -> None: ...
 
-    def accept(self, push_config: PushConfig) -> None: ...
+    def accept(self, push_config: PushConfig, now: float | None = None) -> None: ...
 
-    def reject(self, reason: str) -> None: ...
+    def reject(self, reason: str, now: float | None = None, *,
+               retry_after: int | None = None) -> None: ...
 
     def close(self) -> None: ...
 
@@ -120,13 +123,17 @@ class SessionDriver:
         self.pump(rearm=False)
 
     def accept(self, push_config: PushConfig) -> None:
+        """The owner's decision, which may come long after ``PeerVerified`` (a store call)."""
         if not self.closed:
-            self.core.accept(push_config)
+            self.now = now = self._loop.time()
+            self.core.accept(push_config, now)
             self.pump()
 
-    def reject(self, reason: str) -> None:
+    def reject(self, reason: str, *, retry_after: int | None = None) -> None:
+        """Refuse the peer; with ``retry_after`` (seconds) only for now."""
         if not self.closed:
-            self.core.reject(reason)
+            self.now = now = self._loop.time()
+            self.core.reject(reason, now, retry_after=retry_after)
             self.pump()
 
     def close(self) -> None:

@@ -7,13 +7,18 @@ and its destination lies inside the VPC networks (no Internet through the VPN); 
 client-to-client on, a packet for another client's address goes straight to that session.
 Everything else is a counted drop, never a log line.
 
-Control: on ``PeerVerified`` the policy (the store) decides; a refused certificate gets
-AUTH_FAILED with the reason, an accepted one an address (its stored lease when free) and a
-PUSH_REPLY. Admission costs one indexed read and does not grow with the number of sessions:
-the pool keeps the leases in memory (loaded at start) and the accounting (session opened and
-ended, counters, leases) goes to a write-behind queue that a worker thread commits in batches.
-A sweep every few seconds (its query in a thread) disconnects sessions whose certificate was
-revoked or whose user was disabled by any process. The registry implements ``GatewayControl``.
+Control: on ``PeerVerified`` the policy (the store) decides, in a task: the handshake waits
+for the answer, the loop does not (the policy's reads run in store threads, bounded in
+time). A refused certificate gets AUTH_FAILED with the reason, an accepted one an address
+(its stored lease when free) and a PUSH_REPLY; when the store cannot answer, the client is
+told ``AUTH_FAILED,TEMP`` and comes back after ``RETRY_AFTER`` seconds. An answer is applied
+only to the session that asked, if it still waits. Admission costs one indexed read and does
+not grow with the number of sessions: the pool keeps the leases in memory (loaded at start)
+and the accounting (session opened and ended, counters, leases) goes to a write-behind queue
+that a worker thread commits in batches. A sweep every few seconds (also off the loop)
+disconnects sessions whose certificate was revoked or whose user was disabled by any
+process; while the store is away the sweep skips a round and tunnels run on. The registry
+implements ``GatewayControl``.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from sslvpn.openvpn.push import PushConfig
 from sslvpn.runtime.control import SessionInfo, TrafficSample, TunnelStatus
 from sslvpn.runtime.driver import SessionCore, SessionDriver, Transmit
 from sslvpn.runtime.policy import (
+    Authorization,
     LeaseStored,
     Policy,
     SessionCounted,
@@ -53,6 +59,7 @@ from sslvpn.runtime.policy import (
 )
 from sslvpn.runtime.records import RecordWriter
 from sslvpn.runtime.tun import Tun
+from sslvpn.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +67,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_PEER_ID = 0xFFFFFE
 VPC_MEMO_SIZE = 4096  # destinations whose VPC verdict is remembered (cleared when full)
+RETRY_AFTER = 5  # seconds a client told AUTH_FAILED,TEMP (store unavailable) waits to retry
 SHUTDOWN_FLUSH_TIMEOUT = 10.0  # seconds shutdown waits for a failing store to take the records
 _IPV4_NO_OPTIONS = b"\x45"  # version 4, 20-byte header
 
@@ -133,15 +141,17 @@ class Gateway:
         self._peer_ids = itertools.count()
         self._live_peer_ids: set[int] = set()
         self.records = RecordWriter(lambda batch: self.policy.record(batch))
+        self._admissions: dict[str, asyncio.Task[None]] = {}  # session id -> policy question
+        self.told_to_retry = 0  # clients answered AUTH_FAILED,TEMP (store unavailable)
         self._closed_in = 0
         self._closed_out = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- wiring ------------------------------------------------------------------------
-    def start(self) -> None:
+    async def start(self) -> None:
         """Load the stored leases and start reading the TUN (call from the running loop)."""
         self._loop = asyncio.get_running_loop()
-        self.pool.restore_leases(self.policy.stored_leases())
+        self.pool.restore_leases(await self.policy.stored_leases())
         self.tun.start(self._from_tun, self._flush_listeners)
 
     def _flush_listeners(self) -> None:
@@ -265,27 +275,70 @@ class Gateway:
             log.debug("session %s: %s", client.session_id, event)
 
     def _verify(self, client: ClientSession, event: PeerVerified) -> None:
-        """Ask the policy; a store failure refuses the peer instead of breaking the loop."""
-        assert client.driver is not None  # noqa: S101 (set in new_session)
-        try:
-            self._admit(client, event)
-        except Exception:  # the store is down or broken: fail closed, keep serving others
-            log.exception("policy check for %s from %s failed", client.session_id,
-                          client.real_address)
-            if client.vpn_address is not None:
-                self._by_address.pop(client.vpn_address, None)
-                self.pool.release(ipaddress.ip_address(client.vpn_address))
-                client.vpn_address = None
-            if self._by_serial.get(client.serial) is client:
-                del self._by_serial[client.serial]
-            if not client.driver.closed:
-                client.driver.reject("server temporarily unavailable")
+        """Ask the policy in a task; the session's handshake waits for the answer."""
+        task = asyncio.get_running_loop().create_task(self._admit(client, event),
+                                                      name=f"admit-{client.session_id}")
+        self._admissions[client.session_id] = task
+        task.add_done_callback(lambda _t: self._admitted(client, task))
 
-    def _admit(self, client: ClientSession, event: PeerVerified) -> None:
-        assert client.driver is not None  # noqa: S101 (set in new_session)
+    def _admitted(self, client: ClientSession, task: asyncio.Task[None]) -> None:
+        if self._admissions.get(client.session_id) is task:
+            del self._admissions[client.session_id]
+
+    def _waiting(self, client: ClientSession) -> bool:
+        """The session that asked is still registered and still waits for its answer."""
+        return (self._sessions.get(client.session_id) is client and client.driver is not None
+                and not client.driver.closed)
+
+    async def _admit(self, client: ClientSession, event: PeerVerified) -> None:
         serial = format(event.certificate.serial_number, "x")
         client.serial = serial
-        auth = self.policy.authorize(serial)
+        try:
+            auth = await self.policy.authorize(serial)
+        except StoreError as exc:  # the store is away (logged once by the store facade)
+            if self._waiting(client):
+                self.told_to_retry += 1
+                log.debug("session %s from %s told to retry in %d s: %s", client.session_id,
+                          client.real_address, RETRY_AFTER, exc)
+                client.driver.reject(  # type: ignore[union-attr]
+                    "the server cannot check certificates right now", retry_after=RETRY_AFTER)
+            return
+        except Exception:  # a bug: fail closed, keep serving the others
+            log.exception("policy check for %s from %s failed", client.session_id,
+                          client.real_address)
+            if self._waiting(client):
+                client.driver.reject("server error")  # type: ignore[union-attr]
+            return
+        if not self._waiting(client):  # closed, timed out or replaced while the store answered
+            log.info("session %s from %s ended before its admission", client.session_id,
+                     client.real_address)
+            return
+        try:
+            self._decide(client, event, auth)
+        except Exception:  # a bug after the answer: undo what was taken, fail closed
+            log.exception("admission of %s from %s failed", client.session_id,
+                          client.real_address)
+            self._unadmit(client)
+
+    def _unadmit(self, client: ClientSession) -> None:
+        self._release(client)
+        client.vpn_address = client.vpn_address6 = None
+        if client.driver is not None and not client.driver.closed:
+            client.driver.reject("server error")
+
+    def _release(self, client: ClientSession) -> None:
+        """Give back the session's addresses and its certificate's place in the registry."""
+        for key in (client.vpn_address, client.vpn_address6):
+            if key is not None and self._by_address.get(key) is client:
+                del self._by_address[key]
+        if client.vpn_address is not None:
+            self.pool.release(ipaddress.ip_address(client.vpn_address))
+        if self._by_serial.get(client.serial) is client:
+            del self._by_serial[client.serial]
+
+    def _decide(self, client: ClientSession, event: PeerVerified, auth: Authorization) -> None:
+        assert client.driver is not None  # noqa: S101 (set in new_session)
+        serial = client.serial
         client.user, client.device = auth.user, auth.device
         if auth.refusal is not None:
             log.warning("refused %s (serial %s, user %r) from %s: %s", client.session_id,
@@ -357,13 +410,11 @@ class Gateway:
         reason = client.end_reason or reason
         if client.driver is not None:
             client.driver.stop()
+        admission = self._admissions.pop(client.session_id, None)
+        if admission is not None and admission is not asyncio.current_task():
+            admission.cancel()  # nobody waits for its answer any more
         if client.vpn_address is not None:
-            for key in (client.vpn_address, client.vpn_address6):
-                if key is not None and self._by_address.get(key) is client:
-                    del self._by_address[key]
-            self.pool.release(ipaddress.ip_address(client.vpn_address))
-            if self._by_serial.get(client.serial) is client:
-                del self._by_serial[client.serial]
+            self._release(client)
             self.records.add(SessionEnded(client.session_id, datetime.now(UTC), reason[:200],
                                           client.bytes_in, client.bytes_out))
             log.info("session %s (user %r, %s) closed: %s; %d bytes in, %d out",
@@ -398,19 +449,21 @@ class Gateway:
                 await asyncio.sleep(self.options.sweep_interval)
                 try:
                     await self.sweep()
-                except Exception:  # the store may be briefly unavailable: try again next time
+                except StoreError:  # the store is away (its facade says so once): next round
+                    pass
+                except Exception:  # a bug: say so, keep sweeping
                     log.exception("revocation sweep failed")
                 if time.monotonic() - last_accounting >= self.options.accounting_interval:
                     last_accounting = time.monotonic()
                     self._queue_counters()
 
     async def sweep(self) -> int:
-        """One policy pass over the live sessions (the query runs in a thread, off the
-        loop); returns how many were disconnected."""
+        """One policy pass over the live sessions (the query runs off the loop, bounded in
+        time); returns how many were disconnected."""
         admitted = dict(self._by_serial)
         if not admitted:
             return 0
-        refused = await asyncio.to_thread(self.policy.unauthorized, set(admitted))
+        refused = await self.policy.unauthorized(set(admitted))
         ended = 0
         for serial, reason in refused.items():
             client = admitted.get(serial)

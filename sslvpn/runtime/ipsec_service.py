@@ -4,6 +4,8 @@
 gateway's public address, opens one TUN device routed to every policy's peer range, and then
 follows the store (tunnels added, deleted, changed, or switched up/down by `sslvpn ipsec
 up|down`) until cancelled, when it deletes its IKE SAs politely and removes what it set up.
+It reads the store through ``AsyncStore`` (a store thread, bounded in time): while the store
+is away the tunnels it runs keep running as they are (the facade logs the outage once).
 
 The data path: TUN -> SPD (destination picks the tunnel, the source must be a local range)
 -> per-gateway bandwidth cap -> ESP seal -> UDP 4500. UDP 4500 -> SAD (SPI picks SA and
@@ -25,8 +27,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
-
 from sslvpn.ipsec.bandwidth import TokenBucket
 from sslvpn.ipsec.esp.packet import DropReason
 from sslvpn.ipsec.esp.sad import Sad
@@ -46,8 +46,8 @@ from sslvpn.runtime.ike_udp import (
 from sslvpn.runtime.ipsec_tunnel import Tunnel
 from sslvpn.runtime.netconf import NetconfError, run
 from sslvpn.runtime.tun import LinuxTun, Tun
-from sslvpn.store import StoreError
-from sslvpn.store.db import session
+from sslvpn.store import StoreError, StoreUnavailable
+from sslvpn.store.async_store import AsyncStore
 from sslvpn.store.ipsec_queries import TunnelConfig, tunnel_configs
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class IpsecService:
 
     def __init__(
         self,
-        engine: Engine,
+        store: AsyncStore,
         *,
         tun_factory: Callable[[], Tun] | None = None,
         ike_port: int = IKE_PORT,
@@ -94,7 +94,7 @@ class IpsecService:
         keepalive_interval: float = KEEPALIVE_INTERVAL,
         rand: Callable[[int], bytes] = os.urandom,
     ) -> None:
-        self._engine = engine
+        self._store = store
         self._tun_factory = tun_factory or (lambda: LinuxTun(TUN_NAME, mtu=TUN_MTU))
         self._ike_port = ike_port
         self._nat_t_port = nat_t_port
@@ -126,6 +126,8 @@ class IpsecService:
             while True:
                 try:
                     await self._reload()
+                except StoreUnavailable:  # logged once by the facade; tunnels run on as they are
+                    pass
                 except (StoreError, NetconfError, OSError) as exc:  # retried next round
                     log.error("IPsec service: %s", exc)
                 self._send_keepalives()
@@ -206,8 +208,7 @@ class IpsecService:
 
     # -- following the store -----------------------------------------------------------
     async def _reload(self) -> None:
-        with session(self._engine, write=False) as s:
-            configs = {c.name: c for c in tunnel_configs(s)}
+        configs = {c.name: c for c in await self._store.read(tunnel_configs)}
         if configs and self._tun is None:
             self._open_tun()
         for name in list(self._tunnels):

@@ -16,14 +16,16 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Callable, Sequence
-
-from sqlmodel import Session
+from typing import TYPE_CHECKING
 
 from sslvpn import __version__
 from sslvpn.net.subpools import NodePools
 from sslvpn.store import NotFoundError, StoreError, node_queries
 from sslvpn.store.async_store import AsyncStore
 from sslvpn.store.models import GatewaySettings
+
+if TYPE_CHECKING:  # what a store thread hands node_pools; never opened here
+    from sqlmodel import Session
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,11 @@ it (accounting).
 
 ``Policy`` is the narrow interface the gateway depends on (a fake in tests); ``StorePolicy``
 answers it from the sslvpn store, so a revocation or a disabled user written by any process
-(CLI, portal) is seen by the gateway's next check or sweep. The write-behind queue that
-hands ``record`` its batches is ``sslvpn.runtime.records.RecordWriter``.
+(CLI, portal) is seen by the gateway's next check or sweep. Its questions are coroutines
+answered through ``AsyncStore`` (a store thread, bounded in time): a locked SQLite or a hung
+PostgreSQL costs the asking handshake a ``StoreUnavailable``, never the loop that carries
+packets. The write-behind queue that hands ``record`` its batches, in its own worker thread,
+is ``sslvpn.runtime.records.RecordWriter``.
 """
 
 from __future__ import annotations
@@ -12,12 +15,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from sqlalchemy import Engine
-from sqlmodel import Session
-
-from sslvpn.store import StoreError, db, gateway_queries, queries
+from sslvpn.store import StoreError, gateway_queries, queries
+from sslvpn.store.async_store import AsyncStore
 from sslvpn.store.gateway_queries import LeaseStored as LeaseStored
 from sslvpn.store.gateway_queries import Record as Record
 from sslvpn.store.gateway_queries import SessionCounted as SessionCounted
@@ -26,10 +27,14 @@ from sslvpn.store.gateway_queries import SessionOpened as SessionOpened
 from sslvpn.store.gateway_queries import Standing
 from sslvpn.store.models import utcnow
 
+if TYPE_CHECKING:  # the type of what a store thread hands the work, never opened here
+    from sqlmodel import Session
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 WRITE_ATTEMPTS = 3
+STARTUP_TIMEOUT = 30.0  # seconds a start-up call may take (SQLite waits 10 s for a writer)
 
 
 @dataclass(frozen=True)
@@ -42,14 +47,15 @@ class Authorization:
 
 
 class Policy(Protocol):
-    """The gateway's questions to the store and its accounting (sync, short; ``record`` runs
-    in a worker thread)."""
+    """The gateway's questions to the store, answered off the loop (a ``StoreError`` when
+    the store cannot answer now), and its accounting (``record`` runs in the accounting
+    worker thread, never on the loop)."""
 
-    def authorize(self, serial: str) -> Authorization: ...
+    async def authorize(self, serial: str) -> Authorization: ...
 
-    def unauthorized(self, serials: Collection[str]) -> dict[str, str]: ...
+    async def unauthorized(self, serials: Collection[str]) -> dict[str, str]: ...
 
-    def stored_leases(self) -> dict[str, str]: ...
+    async def stored_leases(self) -> dict[str, str]: ...
 
     def record(self, records: Sequence[Record]) -> None: ...
 
@@ -71,25 +77,25 @@ def _refusal(standing: Standing | None) -> str | None:
 class StorePolicy:
     """``Policy`` over the sslvpn store for the gateway named ``gateway_name``."""
 
-    def __init__(self, engine: Engine, *, gateway_name: str = "default") -> None:
-        self._engine = engine
+    def __init__(self, store: AsyncStore, *, gateway_name: str = "default") -> None:
+        self._store = store
         self._gateway_name = gateway_name
 
-    def authorize(self, serial: str) -> Authorization:
+    async def authorize(self, serial: str) -> Authorization:
         """One indexed read: the certificate joined with its owner."""
-        with db.session(self._engine) as s:
-            standing = gateway_queries.standings(s, serials=[serial]).get(serial.lower())
+        found = await self._store.read(lambda s: gateway_queries.standings(s, serials=[serial]))
+        standing = found.get(serial.lower())
         return Authorization(
             user=(standing.user_name or "") if standing else "",
             device=standing.device if standing else "",
             refusal=_refusal(standing),
         )
 
-    def unauthorized(self, serials: Collection[str]) -> dict[str, str]:
+    async def unauthorized(self, serials: Collection[str]) -> dict[str, str]:
         if not serials:
             return {}
-        with db.session(self._engine) as s:
-            refused = gateway_queries.not_in_good_standing(s, serials=serials)
+        refused = await self._store.read(
+            lambda s: gateway_queries.not_in_good_standing(s, serials=serials))
         result = {}
         for serial in serials:
             lowered = serial.lower()
@@ -97,32 +103,31 @@ class StorePolicy:
                 result[serial] = _refusal(refused[lowered]) or "certificate unknown"
         return result
 
-    def stored_leases(self) -> dict[str, str]:
-        with db.session(self._engine) as s:
-            return gateway_queries.lease_map(s)
+    async def stored_leases(self) -> dict[str, str]:
+        """Read once at start, before any client is served."""
+        return await self._store.read(gateway_queries.lease_map, timeout=STARTUP_TIMEOUT)
+
+    async def close_stale_records(self) -> int:
+        """Close records a crashed run of this gateway left open (at start)."""
+        return await self._store.write(lambda s: queries.close_stale_session_records(
+            s, gateway_name=self._gateway_name, at=utcnow()
+        ), timeout=STARTUP_TIMEOUT)
 
     def record(self, records: Sequence[Record]) -> None:
-        """Write a batch of accounting records in one transaction (one fsync)."""
+        """Write a batch of accounting records in one transaction (one fsync), in the
+        accounting worker thread."""
         if records:
             self._write(lambda s: gateway_queries.write_records(
                 s, records=records, gateway_name=self._gateway_name, now=utcnow()
             ))
 
-    def close_stale_records(self) -> int:
-        """Close records a crashed run of this gateway left open."""
-        return self._write(lambda s: queries.close_stale_session_records(
-            s, gateway_name=self._gateway_name, at=utcnow()
-        ))
-
     def _write(self, work: Callable[[Session], T]) -> T:
-        """One write transaction (the store's writer lock), retried when SQLite still says
+        """One write transaction in this (worker) thread, retried when SQLite still says
         "locked" (another writer held the lock for longer than the busy timeout)."""
         for _ in range(WRITE_ATTEMPTS - 1):
             try:
-                with db.session(self._engine, write=True) as s:
-                    return work(s)
+                return self._store.write_here(work)
             except StoreError as exc:
                 if "locked" not in str(exc):
                     raise
-        with db.session(self._engine, write=True) as s:
-            return work(s)
+        return self._store.write_here(work)

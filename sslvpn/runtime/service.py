@@ -3,11 +3,14 @@
 Loads the gateway settings from the store, creates the TUN and the host network setup
 (address, forwarding, optional SNAT), starts the OpenVPN listeners (UDP and TCP, IPv4 and
 IPv6 where available), the control socket, the revocation sweep, the daily hooks (CRL
-refresh), the keeper that recreates a TUN device deleted under it, the heartbeat when it
-runs as a named node of a fleet (`sslvpn.runtime.node`; its address pool is then the node's
-sub-pool), and any extra long-running tasks the composition root adds (the portal and the
-IPsec service), all in one ``asyncio.TaskGroup``. SIGTERM/SIGINT end it cleanly: every
-client is told (explicit exit), then listeners, the TUN and the network setup are removed.
+refresh, in a thread), the keeper that recreates a TUN device deleted under it, the
+heartbeat when it runs as a named node of a fleet (`sslvpn.runtime.node`; its address pool
+is then the node's sub-pool), the loop-lag watchdog, and any extra long-running tasks the
+composition root adds (the portal and the IPsec service), all in one ``asyncio.TaskGroup``.
+The service reaches the store only through the ``AsyncStore`` it is given: the loop that
+carries packets never waits for a locked or hung database (its start-up reads too go through
+it, with a longer bound). SIGTERM/SIGINT end it cleanly: every client is told (explicit
+exit), then listeners, the TUN and the network setup are removed.
 ``run`` drives it on uvloop where installed: its event loop is C, so the wake-up of an idle
 gateway costs less before a packet's callback runs (tests keep asyncio's own loop).
 """
@@ -23,21 +26,20 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from sqlalchemy import Engine
-
 from sslvpn.config import DataPaths
 from sslvpn.net.subpools import Fleet, NodePools, effective_pool6
 from sslvpn.runtime.control_server import ControlServer
 from sslvpn.runtime.gateway import Gateway, GatewayOptions
+from sslvpn.runtime.loop_watchdog import LoopWatchdog
 from sslvpn.runtime.netconf import NetConfig
 from sslvpn.runtime.node import heartbeat, heartbeat_interval, node_pools, vpc_side_addresses
 from sslvpn.runtime.openvpn_setup import OpenVpnCredentials, build_openvpn
 from sslvpn.runtime.openvpn_tcp import OpenVpnTcpListener
 from sslvpn.runtime.openvpn_udp import OpenVpnUdpListener, bind_udp
-from sslvpn.runtime.policy import StorePolicy
+from sslvpn.runtime.policy import STARTUP_TIMEOUT, StorePolicy
 from sslvpn.runtime.tun import LinuxTun, Tun
 from sslvpn.runtime.tun_keeper import keep_tun
-from sslvpn.store import db, queries
+from sslvpn.store import queries
 from sslvpn.store.async_store import AsyncStore
 from sslvpn.store.models import GatewaySettings
 
@@ -100,14 +102,15 @@ class GatewayService:
     def __init__(
         self,
         paths: DataPaths,
-        engine: Engine,
+        store: AsyncStore,
         options: ServeOptions,
         *,
         tun_factory: Callable[[str], Tun] | None = None,
     ) -> None:
         self.paths = paths
-        self.engine = engine
+        self.store = store
         self.options = options
+        self.watchdog = LoopWatchdog()
         self._tun_factory = tun_factory or (lambda name: LinuxTun(name))
         self.ready = asyncio.Event()
         self.stopping = asyncio.Event()
@@ -121,13 +124,13 @@ class GatewayService:
 
     async def run(self) -> None:
         """Run until ``stop()`` (or SIGTERM/SIGINT when installed by ``serve``)."""
-        with db.session(self.engine) as s:
-            settings = queries.get_settings(s, name=self.options.gateway_name)
-            node = node_pools(s, self.options.node)
+        gateway_name, node_name = self.options.gateway_name, self.options.node
+        settings, node = await self.store.read(
+            lambda s: (queries.get_settings(s, name=gateway_name), node_pools(s, node_name)),
+            timeout=STARTUP_TIMEOUT)
         # a node's session records carry its name, so its restart closes only its own
-        policy = StorePolicy(self.engine,
-                             gateway_name=self.options.node or self.options.gateway_name)
-        stale = policy.close_stale_records()
+        policy = StorePolicy(self.store, gateway_name=node_name or gateway_name)
+        stale = await policy.close_stale_records()
         if stale:
             log.info("closed %d session records left open by a previous run", stale)
         options = gateway_options(settings, self.options.sweep_interval, node)
@@ -143,7 +146,7 @@ class GatewayService:
         try:
             if self.options.configure_network:
                 netconf.apply()
-            gateway.start()
+            await gateway.start()
             await self._listen(gateway, settings)
             await control.start()
             self.ready.set()
@@ -158,7 +161,10 @@ class GatewayService:
             tun.close()
             if self.options.configure_network:
                 netconf.remove()
-            log.info("gateway stopped")
+            watchdog = self.watchdog
+            log.info("gateway stopped; its event loop ran at most %.0f ms late (%d stalls, "
+                     "%d times starved of CPU)", watchdog.max_lag * 1000, watchdog.stalls,
+                     watchdog.starved)
 
     async def _listen(self, gateway: Gateway, settings: GatewaySettings) -> None:
         port = self.options.port if self.options.port is not None else settings.port
@@ -214,7 +220,8 @@ class GatewayService:
                      group.create_task(self._daily(), name="daily-hooks"),
                      group.create_task(keep_tun(gateway.tun, reconfigure,
                                                 lambda: len(gateway.list_sessions())),
-                                       name="tun-keeper")]
+                                       name="tun-keeper"),
+                     group.create_task(self.watchdog.run(), name="loop-watchdog")]
             if self.options.node is not None:
                 beats = self._heartbeat(self.options.node, gateway, settings)
                 tasks.append(group.create_task(beats, name="heartbeat"))
@@ -226,7 +233,7 @@ class GatewayService:
     async def _heartbeat(self, node: str, gateway: Gateway, settings: GatewaySettings) -> None:
         """The node's heartbeat, in a store thread of its own (a stuck accounting write
         must not also stop the beats)."""
-        store = AsyncStore(self.engine, threads=1)
+        store = self.store.companion(threads=1)
         interval = self.options.heartbeat_interval or heartbeat_interval(settings)
         try:
             await heartbeat(store, node=node, interval=interval,
@@ -254,7 +261,8 @@ class GatewayService:
 
 
 async def serve(service: GatewayService) -> None:
-    """Run ``service`` with SIGTERM and SIGINT mapped to a clean stop."""
+    """Run ``service`` with SIGTERM and SIGINT mapped to a clean stop; then stop its store
+    threads."""
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, service.stop)
@@ -264,6 +272,7 @@ async def serve(service: GatewayService) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
+        await service.store.close()
 
 
 def run(main: Coroutine[object, object, T]) -> T:

@@ -20,6 +20,7 @@ from sslvpn.config import DataPaths, database_url
 from sslvpn.runtime.control import SessionInfo, TrafficSample, TunnelStatus
 from sslvpn.runtime.control_server import ControlServer
 from sslvpn.runtime.ipsec_service import IpsecService
+from sslvpn.store.async_store import AsyncStore
 from sslvpn.store.db import open_engine, upgrade
 
 
@@ -51,7 +52,7 @@ class TunnelsOnly:
 async def main(data_dir: Path, timers: dict[str, float]) -> None:
     engine = open_engine(database_url(data_dir, None))
     upgrade(engine)
-    service = IpsecService(engine, timers=timers, reload_interval=0.5)
+    service = IpsecService(AsyncStore(engine), timers=timers, reload_interval=0.5)
     control = ControlServer(TunnelsOnly(service), DataPaths(data_dir).control_socket)
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()

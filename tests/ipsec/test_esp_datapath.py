@@ -25,6 +25,7 @@ from sslvpn.ipsec.ike.proposals import Suite
 from sslvpn.runtime.ipsec_service import IpsecService
 from sslvpn.runtime.tun import MemoryTun
 from sslvpn.store import ipsec_queries as q
+from sslvpn.store.async_store import AsyncStore
 from sslvpn.store.db import open_engine, session, upgrade
 
 KEY_IN, KEY_OUT = b"\x11" * 36, b"\x22" * 36
@@ -65,7 +66,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
                         esp_proposals="aes256gcm16", start_action="wait")
         q.add_policy(s, tunnel="t1", local_cidr="10.2.0.0/24", peer_cidr="10.1.0.0/24")
     tun = MemoryTun()
-    service = IpsecService(engine, tun_factory=lambda: tun, ike_port=0, nat_t_port=0,
+    service = IpsecService(AsyncStore(engine), tun_factory=lambda: tun, ike_port=0, nat_t_port=0,
                            manage_routes=False, reload_interval=0.05)
     task = asyncio.create_task(service.run())
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -170,7 +171,8 @@ async def test_a_gateway_without_tunnels_opens_no_tun(tmp_path: Path) -> None:
         opened.append(MemoryTun())
         return opened[-1]
 
-    service = IpsecService(engine, tun_factory=factory, manage_routes=False, reload_interval=0.01)
+    service = IpsecService(AsyncStore(engine), tun_factory=factory, manage_routes=False,
+                           reload_interval=0.01)
     task = asyncio.create_task(service.run())
     try:
         await asyncio.wait_for(service.ready.wait(), 5)
@@ -191,7 +193,7 @@ async def test_a_tunnel_without_policy_stays_down_with_a_reason(tmp_path: Path) 
         q.create_tunnel(s, name="t1", gateway="vgw", customer_gateway="dc1",
                         psk="si-lab-psk-0123456789abcdef", ike_proposals="aes256-sha256-ecp256",
                         esp_proposals="aes256gcm16")
-    service = IpsecService(engine, tun_factory=MemoryTun, ike_port=0, nat_t_port=0,
+    service = IpsecService(AsyncStore(engine), tun_factory=MemoryTun, ike_port=0, nat_t_port=0,
                            manage_routes=False, reload_interval=0.01)
     task = asyncio.create_task(service.run())
     try:
@@ -226,7 +228,7 @@ async def test_random_datagrams_never_raise_and_the_tunnel_keeps_working(
 async def test_changing_the_bandwidth_cap_keeps_the_tunnel(harness: Harness) -> None:
     service = harness.service
     tunnel = service.tunnel("t1")
-    with session(service._engine) as s:
+    with session(service._store.engine) as s:
         q.set_vpn_gateway_bandwidth(s, name="vgw", bandwidth_bps=None)
     packet = ipv4("10.2.0.10", "10.1.0.10", b"z" * 1400)
 

@@ -384,6 +384,35 @@ def test_caller_rejects_with_reason(pki: Pki) -> None:
     assert server.closed
 
 
+def test_a_late_temporary_refusal_tells_the_client_to_retry(pki: Pki) -> None:
+    """The store answered late: AUTH_FAILED,TEMP in the format openvpn 2.6 and 3 parse, and
+    the linger runs from the decision, not from the last packet before it."""
+    held: list[ServerSession] = []
+    pair = Pair(pki, decide=lambda s, e: held.append(s))
+    server = pair.connect()
+    pair.now += 4.9  # no input meanwhile: the store took its time
+    server.reject("store unavailable", pair.now, retry_after=5)
+    timer = server.get_timer()
+    assert timer is not None and timer > pair.now + 1.0  # retransmits before the close
+    pair.run()
+    assert pair.client.auth_failed == "TEMP[backoff 5]:store unavailable"
+    pair.advance(6.0)
+    assert server.closed
+
+
+def test_a_client_that_cannot_parse_temp_is_told_nothing(pki: Pki) -> None:
+    """Without IV_PROTO_AUTH_FAIL_TEMP an AUTH_FAILED would stop the client for good; the
+    session ends silently instead and the client starts over after its handshake window."""
+    proto = 990 & ~IvProto.AUTH_FAIL_TEMP
+    info = f"IV_VER=2.5.9\nIV_PROTO={proto}\nIV_CIPHERS=AES-256-GCM\n"
+    pair = Pair(pki, peer_info=info,
+                decide=lambda s, e: s.reject("store unavailable", retry_after=5))
+    server = pair.connect()
+    assert server.closed and pair.client.auth_failed is None
+    closed = [e for e in pair.server_events if isinstance(e, SessionClosed)]
+    assert closed and "store unavailable" in closed[0].reason
+
+
 def test_no_shared_cipher_is_refused(pki: Pki) -> None:
     info = "IV_VER=2.6.14\nIV_PROTO=990\nIV_CIPHERS=AES-256-CBC\n"
     pair = Pair(pki, peer_info=info)

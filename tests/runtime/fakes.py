@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import ipaddress
 from collections.abc import Collection, Sequence
@@ -42,6 +43,7 @@ class FakeCore:
         self.outbox: list[bytes] = []
         self.accepted: PushConfig | None = None
         self.rejected: str | None = None
+        self.retry_after: int | None = None
         self.closed = False
         self.timer: float | None = None
         self.timer_fired: list[float] = []
@@ -61,13 +63,15 @@ class FakeCore:
     def send_packet(self, ip_packet: bytes, now: float) -> None:
         self.outbox.append(b"D" + ip_packet)
 
-    def accept(self, push_config: PushConfig) -> None:
+    def accept(self, push_config: PushConfig, now: float | None = None) -> None:
         self.accepted = push_config
         self.outbox.append(b"PUSH_REPLY")
         self.events.append(SessionEstablished("AES-256-GCM", "prf", push_config.peer_id, "1.3"))
 
-    def reject(self, reason: str) -> None:
+    def reject(self, reason: str, now: float | None = None, *,
+               retry_after: int | None = None) -> None:
         self.rejected = reason
+        self.retry_after = retry_after
         self.outbox.append(b"AUTH_FAILED," + reason.encode())
         self.events.append(SessionClosed("auth failed"))
 
@@ -87,6 +91,14 @@ class FakeCore:
         return self.events.popleft() if self.events else None
 
 
+async def decided(core: FakeCore) -> None:
+    """Wait (bounded) until the gateway answered the core's ``PeerVerified``: the policy is
+    asked in a task, so the answer comes at the earliest one loop round later."""
+    async with asyncio.timeout(5):
+        while core.accepted is None and core.rejected is None and not core.closed:
+            await asyncio.sleep(0)
+
+
 class MemoryPolicy:
     """The store's answers, kept in dicts; ``record`` applies accounting like the store."""
 
@@ -101,7 +113,10 @@ class MemoryPolicy:
     def add(self, serial: str, user: str, status: str = "valid") -> None:
         self.certs[serial] = (user, status)
 
-    def authorize(self, serial: str) -> Authorization:
+    async def authorize(self, serial: str) -> Authorization:
+        return self.standing(serial)
+
+    def standing(self, serial: str) -> Authorization:
         if serial not in self.certs:
             return Authorization("", "", "certificate unknown")
         user, status = self.certs[serial]
@@ -112,15 +127,15 @@ class MemoryPolicy:
             refusal = "user disabled"
         return Authorization(user, "laptop", refusal)
 
-    def unauthorized(self, serials: Collection[str]) -> dict[str, str]:
+    async def unauthorized(self, serials: Collection[str]) -> dict[str, str]:
         result = {}
         for serial in serials:
-            refusal = self.authorize(serial).refusal
+            refusal = self.standing(serial).refusal
             if refusal is not None:
                 result[serial] = refusal
         return result
 
-    def stored_leases(self) -> dict[str, str]:
+    async def stored_leases(self) -> dict[str, str]:
         return dict(self.leases)
 
     def record(self, records: Sequence[Record]) -> None:

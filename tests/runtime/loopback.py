@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,10 @@ from sslvpn.openvpn.static_key import parse_static_key, parse_tls_crypt_v2_clien
 from sslvpn.openvpn.tls import TlsContext, TlsCredentials
 from sslvpn.openvpn.tls_wrap import TlsCryptCodec
 from sslvpn.runtime.driver import SessionDriver
-from sslvpn.runtime.service import GatewayService, ServeOptions
+from sslvpn.runtime.service import ExtraTask, GatewayService, ServeOptions
 from sslvpn.runtime.tun import MemoryTun
 from sslvpn.store import db, queries
+from sslvpn.store.async_store import AsyncStore
 from sslvpn.store.models import Certificate
 
 
@@ -173,14 +174,17 @@ async def connected(service: GatewayService, config: ClientConfig) -> TestClient
 
 
 @contextlib.asynccontextmanager
-async def running_service(paths: DataPaths, engine: Engine, listen: str = "127.0.0.1",
+async def running_service(paths: DataPaths, engine: Engine, listen: str = "127.0.0.1", *,
+                          tun: MemoryTun | None = None, store: AsyncStore | None = None,
+                          sweep_interval: float = 0.2, extra_tasks: Sequence[ExtraTask] = (),
                           **options: Any) -> AsyncIterator[tuple[GatewayService, MemoryTun]]:
-    """The service until the block ends; ``options`` go to `ServeOptions` (e.g. ``node``)."""
-    tun = MemoryTun()
+    """The gateway service on ``tun`` (a new MemoryTun by default) until the block ends;
+    ``options`` go to `ServeOptions` (e.g. ``node``)."""
+    tun = tun or MemoryTun()
     service = GatewayService(
-        paths, engine,
+        paths, store or AsyncStore(engine),
         ServeOptions(listen=(listen,), port=0, configure_network=False,
-                     sweep_interval=0.2, **options),
+                     sweep_interval=sweep_interval, extra_tasks=extra_tasks, **options),
         tun_factory=lambda _name: tun,
     )
     task = asyncio.create_task(service.run())
@@ -192,6 +196,7 @@ async def running_service(paths: DataPaths, engine: Engine, listen: str = "127.0
         service.stop()
         async with asyncio.timeout(10):
             await task
+        await service.store.close()
 
 
 def vpn_address(client: TestClient) -> ipaddress.IPv4Address:

@@ -14,7 +14,7 @@ from sslvpn.config import DataPaths
 from sslvpn.runtime.control_server import ControlServer
 from sslvpn.runtime.gateway import Gateway, GatewayOptions
 from sslvpn.runtime.tun import MemoryTun
-from tests.runtime.fakes import VERIFY, FakeCore, MemoryPolicy
+from tests.runtime.fakes import VERIFY, FakeCore, MemoryPolicy, decided
 
 
 def _cli(data_dir: Path, *args: str) -> tuple[int, str]:
@@ -28,7 +28,7 @@ async def test_sessions_table_json_and_kick(tmp_path: Path) -> None:
     policy.add("b2", "bob")
     gateway = Gateway(MemoryTun(), GatewayOptions(pool=ipaddress.IPv4Network("10.8.0.0/24"),
                                                   vpc_networks=()), policy)
-    gateway.start()
+    await gateway.start()
     cores = {}
     for serial in ("a1", "b2"):
         core = FakeCore()
@@ -36,6 +36,7 @@ async def test_sessions_table_json_and_kick(tmp_path: Path) -> None:
                                      real_address="198.18.0.2:5000", on_closed=lambda: None)
         assert client.driver is not None
         client.driver.feed(VERIFY + serial.encode())
+        await decided(core)
         cores[serial] = core
     server = ControlServer(gateway, DataPaths(tmp_path).control_socket)
     await server.start()

@@ -1,4 +1,5 @@
-"""The control socket: a client in another thread drives the gateway's registry."""
+"""The control socket: a client in another thread drives the gateway's registry; and
+`ThreadSafeControl`, the same for a thread in the gateway's own process (the portal's)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,17 @@ import asyncio
 import ipaddress
 import os
 import stat
+import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from sslvpn.runtime.control import SessionInfo, ThreadSafeControl, TrafficSample, TunnelStatus
 from sslvpn.runtime.control_server import ControlClient, ControlError, ControlServer
 from sslvpn.runtime.gateway import Gateway, GatewayOptions
 from sslvpn.runtime.tun import MemoryTun
-from tests.runtime.fakes import VERIFY, FakeCore, MemoryPolicy, ipv4
+from tests.runtime.fakes import VERIFY, FakeCore, MemoryPolicy, decided, ipv4
 
 
 async def test_sessions_kick_and_traffic_over_the_socket(tmp_path: Path) -> None:
@@ -26,7 +30,7 @@ async def test_sessions_kick_and_traffic_over_the_socket(tmp_path: Path) -> None
                        vpc_networks=(ipaddress.ip_network("10.10.0.0/24"),)),
         policy,
     )
-    gateway.start()
+    await gateway.start()
     cores = []
     for serial in ("a1", "b2"):
         core = FakeCore()
@@ -34,6 +38,7 @@ async def test_sessions_kick_and_traffic_over_the_socket(tmp_path: Path) -> None
                                      real_address="198.18.0.2:4000", on_closed=lambda: None)
         assert client.driver is not None
         client.driver.feed(VERIFY + serial.encode())
+        await decided(core)
         client.driver.feed(ipv4(str(ipaddress.ip_address(client.vpn_text)), "10.10.0.10"))
         cores.append(core)
     server = ControlServer(gateway, tmp_path / "control.sock")
@@ -80,3 +85,51 @@ async def test_bad_requests_are_answered_not_crashed(tmp_path: Path) -> None:
             assert b'"ok": false' in answer
     finally:
         await server.close()
+
+
+class _Recording:
+    """A GatewayControl that records the thread each call ran on."""
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+        self.kicked: list[str] = []
+
+    def list_sessions(self) -> list[SessionInfo]:
+        self.threads.append(threading.get_ident())
+        return []
+
+    def kick(self, session_id: str, reason: str = "kicked by admin") -> bool:
+        self.kicked.append(session_id)
+        return True
+
+    def kick_certificate(self, serial: str, reason: str = "certificate revoked") -> int:
+        return 0
+
+    def traffic(self) -> TrafficSample:
+        return TrafficSample(at=datetime.now(UTC), bytes_in=0, bytes_out=0)
+
+    def tunnel_status(self) -> list[TunnelStatus]:
+        return []
+
+
+async def test_another_threads_calls_run_on_the_gateways_loop_within_a_timeout() -> None:
+    gateway = _Recording()
+    control = ThreadSafeControl(gateway, asyncio.get_running_loop(), timeout=0.2)
+    assert await asyncio.to_thread(control.list_sessions) == []
+    assert control.list_sessions() == []  # from the loop itself: at once, not a deadlock
+    assert gateway.threads == [threading.get_ident()] * 2
+    asked = threading.Event()
+
+    def ask() -> None:
+        try:
+            with pytest.raises(TimeoutError):
+                control.kick("s1")
+        finally:
+            asked.set()
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    assert asked.wait(10)  # blocks this loop, as a stuck gateway would: the call times out
+    asker.join()
+    await asyncio.sleep(0)  # the loop is free again; the abandoned call never runs late
+    assert gateway.kicked == []

@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
+from collections.abc import Callable, Collection
+from typing import Any
 
 import pytest
 import pytest_asyncio
 
-from sslvpn.runtime.gateway import ClientSession, Gateway, GatewayOptions
+from sslvpn.runtime.gateway import RETRY_AFTER, ClientSession, Gateway, GatewayOptions
+from sslvpn.runtime.policy import Authorization
 from sslvpn.runtime.tun import MemoryTun
-from tests.runtime.fakes import VERIFY, FakeCore, MemoryPolicy, ipv4, ipv6
+from sslvpn.store import StoreError, StoreUnavailable
+from tests.runtime.fakes import VERIFY, FakeCore, MemoryPolicy, decided, ipv4, ipv6
 
 VPC_HOST = "10.10.0.10"
 
@@ -37,11 +42,24 @@ class Harness:
             ),
             self.policy,
         )
-        self.gateway.start()
         self.sent: dict[str, list[bytes]] = {}
         self.gone: list[str] = []
 
-    def connect(self, serial: str, core: FakeCore | None = None) -> tuple[ClientSession, FakeCore]:
+    @classmethod
+    async def started(cls, **options: Any) -> Harness:
+        harness = cls(**options)
+        await harness.gateway.start()
+        return harness
+
+    async def connect(self, serial: str, core: FakeCore | None = None
+                      ) -> tuple[ClientSession, FakeCore]:
+        """A session that presents ``serial``, once the gateway decided (off the loop)."""
+        client, core = self.verify(serial, core)
+        await decided(core)
+        return client, core
+
+    def verify(self, serial: str, core: FakeCore | None = None) -> tuple[ClientSession, FakeCore]:
+        """A session that presents ``serial``; the gateway's answer comes later."""
         core = core or FakeCore()
         wire: list[bytes] = []
         client = self.gateway.new_session(
@@ -69,12 +87,12 @@ class FastCore(FakeCore):
 
 @pytest_asyncio.fixture
 async def harness() -> Harness:
-    return Harness()
+    return await Harness.started()
 
 
 async def test_accepted_client_gets_address_routes_and_is_listed(harness: Harness) -> None:
     harness.policy.add("a1", "alice")
-    client, core = harness.connect("a1")
+    client, core = await harness.connect("a1")
     assert core.accepted is not None
     assert str(core.accepted.ifconfig) == "10.8.0.2/24"
     assert str(core.accepted.route_gateway) == "10.8.0.1"
@@ -91,7 +109,7 @@ async def test_accepted_client_gets_address_routes_and_is_listed(harness: Harnes
 
 async def test_packets_flow_both_ways(harness: Harness) -> None:
     harness.policy.add("a1", "alice")
-    client, _ = harness.connect("a1")
+    client, _ = await harness.connect("a1")
     assert client.driver is not None
     outbound = ipv4("10.8.0.2", VPC_HOST)
     client.driver.feed(outbound)
@@ -108,7 +126,7 @@ async def test_packets_flow_both_ways(harness: Harness) -> None:
 async def test_fast_path_keeps_every_check(harness: Harness) -> None:
     """The per-session sink the driver feeds opened packets to drops what the full path does."""
     harness.policy.add("a1", "alice")
-    client, _ = harness.connect("a1", FastCore())
+    client, _ = await harness.connect("a1", FastCore())
     assert client.driver is not None
     good = ipv4("10.8.0.2", VPC_HOST)
     plain = ipv4("10.8.0.2", "10.10.0.11")
@@ -125,7 +143,7 @@ async def test_fast_path_keeps_every_check(harness: Harness) -> None:
 
 async def test_spoofed_source_and_non_vpc_destination_are_dropped(harness: Harness) -> None:
     harness.policy.add("a1", "alice")
-    client, _ = harness.connect("a1")
+    client, _ = await harness.connect("a1")
     assert client.driver is not None
     client.driver.feed(ipv4("10.8.0.99", VPC_HOST))
     client.driver.feed(ipv4("10.8.0.2", "8.8.8.8"))
@@ -143,7 +161,7 @@ async def test_refused_certificates_get_the_reason(harness: Harness) -> None:
     harness.policy.disabled.add("carol")
     for serial, reason in (("b2", "certificate revoked"), ("c3", "user disabled"),
                            ("ff", "certificate unknown")):
-        client, core = harness.connect(serial)
+        client, core = await harness.connect(serial)
         assert core.rejected == reason
         assert harness.sent[client.session_id] == [b"AUTH_FAILED," + reason.encode()]
     assert harness.gateway.list_sessions() == []
@@ -156,20 +174,20 @@ async def test_refused_certificates_get_the_reason(harness: Harness) -> None:
 async def test_lease_is_kept_across_reconnects(harness: Harness) -> None:
     harness.policy.add("a1", "alice")
     harness.policy.add("b2", "bob")
-    first, _ = harness.connect("a1")
+    first, _ = await harness.connect("a1")
     assert harness.gateway.kick(first.session_id)
-    _, bob = harness.connect("b2")
+    _, bob = await harness.connect("b2")
     assert bob.accepted is not None
     assert str(bob.accepted.ifconfig.ip) == "10.8.0.3"  # alice's lease is avoided
-    _, again = harness.connect("a1")
+    _, again = await harness.connect("a1")
     assert again.accepted is not None
     assert str(again.accepted.ifconfig.ip) == "10.8.0.2"
 
 
 async def test_same_certificate_replaces_the_old_session(harness: Harness) -> None:
     harness.policy.add("a1", "alice")
-    old, old_core = harness.connect("a1")
-    new, new_core = harness.connect("a1")
+    old, old_core = await harness.connect("a1")
+    new, new_core = await harness.connect("a1")
     assert old_core.closed and old.session_id in harness.gone
     assert new_core.accepted is not None and str(new_core.accepted.ifconfig.ip) == "10.8.0.2"
     assert [s.session_id for s in harness.gateway.list_sessions()] == [new.session_id]
@@ -180,8 +198,8 @@ async def test_same_certificate_replaces_the_old_session(harness: Harness) -> No
 async def test_kick_and_revocation_sweep(harness: Harness) -> None:
     harness.policy.add("a1", "alice")
     harness.policy.add("b2", "bob")
-    alice, alice_core = harness.connect("a1")
-    bob, bob_core = harness.connect("b2")
+    alice, alice_core = await harness.connect("a1")
+    bob, bob_core = await harness.connect("b2")
     assert await harness.gateway.sweep() == 0
     harness.policy.add("a1", "alice", status="revoked")
     assert await harness.gateway.sweep() == 1
@@ -199,11 +217,11 @@ async def test_kick_and_revocation_sweep(harness: Harness) -> None:
 
 async def test_client_to_client_only_when_enabled() -> None:
     for enabled in (False, True):
-        h = Harness(client_to_client=enabled)
+        h = await Harness.started(client_to_client=enabled)
         h.policy.add("a1", "alice")
         h.policy.add("b2", "bob")
-        alice, _ = h.connect("a1")
-        bob, _ = h.connect("b2")
+        alice, _ = await h.connect("a1")
+        bob, _ = await h.connect("b2")
         assert alice.driver is not None
         packet = ipv4("10.8.0.2", "10.8.0.3")
         alice.driver.feed(packet)
@@ -213,7 +231,7 @@ async def test_client_to_client_only_when_enabled() -> None:
 
 async def test_shutdown_says_goodbye_and_closes_the_tun(harness: Harness) -> None:
     harness.policy.add("a1", "alice")
-    client, core = harness.connect("a1")
+    client, core = await harness.connect("a1")
     await harness.gateway.shutdown()
     assert core.closed and harness.sent[client.session_id][-1] == b"EXIT"
     assert harness.tun.closed
@@ -222,7 +240,7 @@ async def test_shutdown_says_goodbye_and_closes_the_tun(harness: Harness) -> Non
 
 async def test_driver_keeps_one_timer(harness: Harness) -> None:
     harness.policy.add("a1", "alice")
-    client, core = harness.connect("a1")
+    client, core = await harness.connect("a1")
     assert client.driver is not None
     loop = asyncio.get_running_loop()
     core.timer = loop.time() + 0.01
@@ -237,10 +255,10 @@ async def test_driver_keeps_one_timer(harness: Harness) -> None:
 
 
 async def test_ipv6_pool_mirrors_the_ipv4_host_number() -> None:
-    h = Harness(ipv6=True)
+    h = await Harness.started(ipv6=True)
     h.policy.add("a1", "alice")
-    h.connect("a1")
-    client, core = h.connect("a1")  # replaces the first: same address again
+    await h.connect("a1")
+    client, core = await h.connect("a1")  # replaces the first: same address again
     assert client.driver is not None and core.accepted is not None
     assert str(core.accepted.ifconfig_ipv6) == "fd08::2/64"
     assert str(core.accepted.gateway_ipv6) == "fd08::1"
@@ -260,32 +278,123 @@ async def test_ipv6_pool_mirrors_the_ipv4_host_number() -> None:
     assert h.gateway.drops["tun-no-session"] == 1
 
 
-class BrokenPolicy(MemoryPolicy):
-    def authorize(self, serial: str):  # type: ignore[no-untyped-def]
-        raise RuntimeError("database is locked")
+class AwayPolicy(MemoryPolicy):
+    """Every question raises ``error`` (the store facade gave up, or a bug)."""
 
-    def unauthorized(self, serials):  # type: ignore[no-untyped-def]
-        raise RuntimeError("database is locked")
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+        self.asked = 0
+
+    async def authorize(self, serial: str) -> Authorization:
+        self.asked += 1
+        raise self.error
+
+    async def unauthorized(self, serials: Collection[str]) -> dict[str, str]:
+        self.asked += 1
+        raise self.error
 
 
-async def test_a_broken_store_refuses_new_peers_and_keeps_serving(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    h = Harness(sweep_interval=0.01)
-    h.policy.add("a1", "alice")
-    h.connect("a1")
-    h.gateway.policy = BrokenPolicy()
-    _, core = h.connect("a1")
-    assert core.rejected == "server temporarily unavailable"
-    assert "policy check" in caplog.text
-    # the sweep task survives failing passes
+async def _sweeping_while(h: Harness, policy: AwayPolicy, done: Callable[[], bool]) -> None:
+    """Run the sweeps until ``done()``: they must survive the failing passes."""
     sweeps = asyncio.create_task(h.gateway.run_sweeps())
     async with asyncio.timeout(5):
-        while caplog.text.count("revocation sweep failed") < 2:
+        while not done():
             await asyncio.sleep(0.01)
     assert not sweeps.done()
     sweeps.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await sweeps
     assert [s.user for s in h.gateway.list_sessions()] == ["alice"]
+    assert h.gateway.pool.in_use() == {ipaddress.ip_address("10.8.0.2")}
+
+
+@pytest.mark.parametrize("error", [StoreUnavailable("the store did not answer in time"),
+                                   StoreError("database error: disk I/O error")])
+async def test_an_unavailable_store_tells_new_peers_to_retry_and_keeps_serving(
+    caplog: pytest.LogCaptureFixture, error: StoreError,
+) -> None:
+    h = await Harness.started(sweep_interval=0.01)
+    h.policy.add("a1", "alice")
+    await h.connect("a1")
+    h.gateway.policy = away = AwayPolicy(error)
+    _, core = await h.connect("b2")
+    assert core.rejected == "the server cannot check certificates right now"
+    assert core.retry_after == RETRY_AFTER and h.gateway.told_to_retry == 1
+    await _sweeping_while(h, away, lambda: away.asked >= 4)
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []  # the facade logs
+
+
+async def test_a_bug_in_the_policy_refuses_for_good_and_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = await Harness.started(sweep_interval=0.01)
+    h.policy.add("a1", "alice")
+    await h.connect("a1")
+    h.gateway.policy = away = AwayPolicy(RuntimeError("a bug"))
+    _, core = await h.connect("b2")
+    assert (core.rejected, core.retry_after) == ("server error", None)
+    assert "policy check for" in caplog.text
+    await _sweeping_while(h, away, lambda: caplog.text.count("revocation sweep failed") >= 2)
+
+
+class HeldPolicy(MemoryPolicy):
+    """Answers each question only when the test releases it (a slow store)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[asyncio.Event] = []
+
+    async def authorize(self, serial: str) -> Authorization:
+        release = asyncio.Event()
+        self.held.append(release)
+        await release.wait()
+        return self.standing(serial)
+
+
+async def _asked(policy: HeldPolicy, questions: int) -> None:
+    async with asyncio.timeout(5):
+        while len(policy.held) < questions:
+            await asyncio.sleep(0)
+
+
+async def test_the_handshake_waits_for_the_store_and_the_data_path_does_not() -> None:
+    policy = HeldPolicy()
+    h = await Harness.started(policy=policy)
+    policy.add("a1", "alice")
+    policy.add("b2", "bob")
+    alice, alice_core = h.verify("a1")
+    await _asked(policy, 1)
+    policy.held.pop().set()
+    await decided(alice_core)
+    _, bob_core = h.verify("b2")
+    await _asked(policy, 1)  # bob's question is out; alice's traffic goes on meanwhile
+    assert alice.driver is not None
+    alice.driver.feed(ipv4("10.8.0.2", VPC_HOST))
+    h.tun.inject(ipv4(VPC_HOST, "10.8.0.2"))
+    assert len(h.tun.written) == 1 and h.sent[alice.session_id][-1].startswith(b"D")
+    assert bob_core.accepted is None and bob_core.rejected is None
+    policy.held.pop().set()
+    await decided(bob_core)
+    assert bob_core.accepted is not None and str(bob_core.accepted.ifconfig.ip) == "10.8.0.3"
+
+
+async def test_an_answer_for_a_session_gone_meanwhile_is_dropped() -> None:
+    policy = HeldPolicy()
+    h = await Harness.started(policy=policy)
+    policy.add("a1", "alice")
+    gone, gone_core = h.verify("a1")
+    await _asked(policy, 1)
+    h.gateway.transport_lost(gone)  # e.g. its TCP connection closed while the store was slow
+    again, again_core = h.verify("a1")  # the client came back with the same certificate
+    await _asked(policy, 2)
+    late, current = policy.held
+    current.set()
+    await decided(again_core)
+    late.set()
+    await asyncio.sleep(0)  # the late answer's task runs to its end, and takes nothing
+    await h.gateway.records.flush()
+    assert gone_core.accepted is None and gone_core.rejected is None
+    assert [s.session_id for s in h.gateway.list_sessions()] == [again.session_id]
+    assert [r.session_id for r in policy.opened] == [again.session_id]
     assert h.gateway.pool.in_use() == {ipaddress.ip_address("10.8.0.2")}

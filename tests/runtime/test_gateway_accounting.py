@@ -37,7 +37,7 @@ class BatchPolicy(MemoryPolicy):
             raise StoreError("database error: disk I/O error")
         super().record(records)
 
-    def unauthorized(self, serials: object) -> dict[str, str]:
+    async def unauthorized(self, serials: object) -> dict[str, str]:
         self.sweeps += 1
         return {}
 
@@ -62,10 +62,10 @@ async def until(condition: Callable[[], bool]) -> None:
 
 async def test_accounting_is_written_behind_in_one_batch() -> None:
     policy = BatchPolicy()
-    h = Harness(policy=policy)
+    h = await Harness.started(policy=policy)
     for serial in ("a1", "b2", "c3"):
         policy.add(serial, serial)
-        h.connect(serial)
+        await h.connect(serial)
     assert policy.batches == []  # admission wrote nothing
     async with background(h.gateway.run_sweeps()):
         await until(lambda: len(policy.opened) == 3)
@@ -79,9 +79,9 @@ async def test_stored_leases_are_loaded_at_start_and_kept() -> None:
     policy.leases = {"a1": "10.8.0.9", "b2": "10.8.0.2"}
     policy.add("a1", "alice")
     policy.add("c3", "carol")
-    h = Harness(policy=policy)
-    _, alice = h.connect("a1")
-    _, carol = h.connect("c3")
+    h = await Harness.started(policy=policy)
+    _, alice = await h.connect("a1")
+    _, carol = await h.connect("c3")
     assert alice.accepted is not None and carol.accepted is not None
     assert str(alice.accepted.ifconfig.ip) == "10.8.0.9"
     assert str(carol.accepted.ifconfig.ip) == "10.8.0.3"  # b2's lease is avoided
@@ -91,10 +91,10 @@ async def test_stored_leases_are_loaded_at_start_and_kept() -> None:
 
 
 async def test_an_exhausted_pool_refuses() -> None:
-    h = Harness(pool="10.8.0.0/29")  # five client addresses
+    h = await Harness.started(pool="10.8.0.0/29")  # five client addresses
     for n in range(6):
         h.policy.add(f"{n:x}", f"user{n}")
-    cores = [h.connect(f"{n:x}")[1] for n in range(6)]
+    cores = [(await h.connect(f"{n:x}"))[1] for n in range(6)]
     assert all(core.accepted is not None for core in cores[:5])
     assert cores[5].rejected == "address pool exhausted"
     assert len(h.gateway.list_sessions()) == 5
@@ -104,9 +104,9 @@ async def test_records_wait_out_a_failing_store_and_the_data_path_goes_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     policy = BatchPolicy(failures=5)
-    h = Harness(policy=policy)
+    h = await Harness.started(policy=policy)
     policy.add("a1", "alice")
-    client, _ = h.connect("a1")
+    client, _ = await h.connect("a1")
     for _ in range(5):
         assert not await h.gateway.records.flush()
     assert all(batch == policy.batches[0] for batch in policy.batches)  # the same records
@@ -127,9 +127,9 @@ async def test_shutdown_waits_a_bounded_time_for_a_failing_store(
 ) -> None:
     monkeypatch.setattr("sslvpn.runtime.gateway.SHUTDOWN_FLUSH_TIMEOUT", 0.3)
     policy = BatchPolicy(failures=1_000_000)
-    h = Harness(policy=policy)
+    h = await Harness.started(policy=policy)
     policy.add("a1", "alice")
-    h.connect("a1")
+    await h.connect("a1")
     async with asyncio.timeout(5):
         await h.gateway.shutdown()
     assert len(policy.batches) >= 2  # retried until the deadline
@@ -140,10 +140,10 @@ async def test_a_full_queue_drops_new_records(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(records_module, "MAX_PENDING", 2)
-    h = Harness()
+    h = await Harness.started()
     for serial in ("a1", "b2"):
         h.policy.add(serial, serial)
-        h.connect(serial)
+        await h.connect(serial)
     assert h.gateway.records.dropped == 2
     assert caplog.text.count("accounting queue full") == 1
     await h.gateway.records.flush()
@@ -152,11 +152,11 @@ async def test_a_full_queue_drops_new_records(
 
 async def test_counters_are_written_for_sessions_that_moved_traffic() -> None:
     policy = BatchPolicy()
-    h = Harness(policy=policy, sweep_interval=0.01, accounting_interval=0)
+    h = await Harness.started(policy=policy, sweep_interval=0.01, accounting_interval=0)
     policy.add("a1", "alice")
     policy.add("b2", "bob")
-    alice, _ = h.connect("a1")
-    h.connect("b2")
+    alice, _ = await h.connect("a1")
+    await h.connect("b2")
     assert alice.driver is not None
     packet = ipv4("10.8.0.2", VPC_HOST)
     alice.driver.feed(packet)
@@ -171,20 +171,20 @@ async def test_counters_are_written_for_sessions_that_moved_traffic() -> None:
 async def test_session_ids_and_peer_ids_are_unique(monkeypatch: pytest.MonkeyPatch) -> None:
     tokens = iter(["00000001", "00000001", "00000002"])
     monkeypatch.setattr("sslvpn.runtime.gateway.secrets.token_hex", lambda _n: next(tokens))
-    h = Harness()
+    h = await Harness.started()
     h.policy.add("a1", "alice")
     h.policy.add("b2", "bob")
-    first = h.connect("a1")[0]
-    second = h.connect("b2")[0]
+    first = (await h.connect("a1"))[0]
+    second = (await h.connect("b2"))[0]
     assert (first.session_id, second.session_id) == ("udp-00000001", "udp-00000002")
     assert first.peer_id != second.peer_id
 
 
 async def test_ended_sessions_are_recorded_in_order() -> None:
-    h = Harness()
+    h = await Harness.started()
     h.policy.add("a1", "alice")
-    first, _ = h.connect("a1")
-    second, _ = h.connect("a1")  # replaces the first
+    first, _ = await h.connect("a1")
+    second, _ = await h.connect("a1")  # replaces the first
     await h.gateway.shutdown()
     assert [r.session_id for r in h.policy.opened] == [first.session_id, second.session_id]
     assert [(r.session_id, r.reason) for r in h.policy.closed] == [
@@ -199,9 +199,9 @@ async def test_a_full_batch_is_written_without_waiting_for_the_interval(
 ) -> None:
     monkeypatch.setattr(records_module, "FLUSH_SIZE", 2)
     policy = BatchPolicy()
-    h = Harness(policy=policy)
+    h = await Harness.started(policy=policy)
     h.gateway.records.interval = 3600
     policy.add("a1", "alice")
-    h.connect("a1")  # a lease and an opened session: two records
+    await h.connect("a1")  # a lease and an opened session: two records
     async with background(h.gateway.run_sweeps()):
         await until(lambda: len(policy.opened) == 1)

@@ -12,6 +12,7 @@ import pytest
 from sslvpn.runtime import openvpn_tcp
 from sslvpn.runtime.service import GatewayService, ServeOptions
 from sslvpn.runtime.tun import MemoryTun
+from sslvpn.store.async_store import AsyncStore
 from tests.runtime.loopback import issue, make_data_folder, running_service
 
 
@@ -86,12 +87,13 @@ async def test_a_taken_port_fails_the_start_and_leaves_nothing(tmp_path: Path) -
         port = udp.getsockname()[1]
         tun = MemoryTun()
         service = GatewayService(
-            paths, engine,
+            paths, AsyncStore(engine),
             ServeOptions(listen=("127.0.0.1",), port=port, configure_network=False),
             tun_factory=lambda _name: tun,
         )
         with pytest.raises(OSError, match=f"could not listen on port {port}"):
             await service.run()
+        await service.store.close()
     assert tun.closed
     assert not paths.control_socket.exists()
     engine.dispose()

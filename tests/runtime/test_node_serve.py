@@ -20,6 +20,7 @@ from sslvpn.runtime.node import NodeUnknown, vpc_side_addresses
 from sslvpn.runtime.service import GatewayService, ServeOptions
 from sslvpn.runtime.tun import MemoryTun
 from sslvpn.store import db, queries
+from sslvpn.store.async_store import AsyncStore
 from tests.runtime.loopback import (
     client_config,
     connected,
@@ -84,7 +85,7 @@ async def test_a_removed_node_stops_serving(tmp_path: Path) -> None:
     _add_nodes(engine)
     tun = MemoryTun()
     service = GatewayService(
-        paths, engine,
+        paths, AsyncStore(engine),
         ServeOptions(listen=("127.0.0.1",), port=0, configure_network=False, node="a",
                      heartbeat_interval=0.05),
         tun_factory=lambda _name: tun,
@@ -96,6 +97,7 @@ async def test_a_removed_node_stops_serving(tmp_path: Path) -> None:
     async with asyncio.timeout(10):
         await task  # the heartbeat found its row gone and stopped the service
     assert tun.closed
+    await service.store.close()
     engine.dispose()
 
 
@@ -108,11 +110,13 @@ async def test_serve_refuses_to_guess_the_node(
 ) -> None:
     paths, engine = make_data_folder(tmp_path)
     _add_nodes(engine)
-    service = GatewayService(paths, engine, ServeOptions(node=node, configure_network=False),
+    service = GatewayService(paths, AsyncStore(engine),
+                             ServeOptions(node=node, configure_network=False),
                              tun_factory=lambda _name: MemoryTun())
     with pytest.raises(NodeUnknown) as refused:
         await service.run()
     assert str(refused.value) == message
+    await service.store.close()
     engine.dispose()
 
 

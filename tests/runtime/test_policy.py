@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,8 @@ from sslvpn.runtime.policy import (
     SessionOpened,
     StorePolicy,
 )
-from sslvpn.store import StoreError, db, queries
+from sslvpn.store import StoreError, db, gateway_queries, queries
+from sslvpn.store.async_store import AsyncStore
 
 
 @pytest.fixture
@@ -39,21 +41,21 @@ def engine(tmp_path: Path) -> Engine:
     return engine
 
 
-def test_authorize_follows_store_changes(engine: Engine) -> None:
-    policy = StorePolicy(engine)
-    auth = policy.authorize("a1")
+async def test_authorize_follows_store_changes(engine: Engine) -> None:
+    policy = StorePolicy(AsyncStore(engine))
+    auth = await policy.authorize("a1")
     assert (auth.user, auth.device, auth.refusal) == ("alice", "laptop", None)
-    assert policy.authorize("5e").refusal == "not a client certificate"
-    assert policy.authorize("77").refusal == "certificate unknown"
-    assert policy.unauthorized({"a1", "a2", "77"}) == {"77": "certificate unknown"}
+    assert (await policy.authorize("5e")).refusal == "not a client certificate"
+    assert (await policy.authorize("77")).refusal == "certificate unknown"
+    assert await policy.unauthorized({"a1", "a2", "77"}) == {"77": "certificate unknown"}
     with db.session(engine) as s:
         queries.mark_revoked(s, serial="a1", reason="keyCompromise", at=datetime.now(UTC))
-    assert policy.authorize("a1").refusal == "certificate revoked"
+    assert (await policy.authorize("a1")).refusal == "certificate revoked"
     with db.session(engine) as s:
         queries.set_user_disabled(s, name="alice", disabled=True)
-    assert policy.unauthorized({"a1", "a2"}) == {"a1": "certificate revoked",
-                                                 "a2": "user disabled"}
-    assert policy.unauthorized(set()) == {}
+    assert await policy.unauthorized({"a1", "a2"}) == {"a1": "certificate revoked",
+                                                       "a2": "user disabled"}
+    assert await policy.unauthorized(set()) == {}
 
 
 def _opened(session_id: str, serial: str) -> SessionOpened:
@@ -65,24 +67,30 @@ def _ended(session_id: str, reason: str) -> SessionEnded:
     return SessionEnded(session_id, datetime.now(UTC), reason, 10, 20)
 
 
-def test_leases_and_session_records(engine: Engine) -> None:
-    policy = StorePolicy(engine)
-    assert policy.stored_leases() == {}
-    policy.record([LeaseStored("a1", "10.8.0.2"), _opened("udp-1", "a1"),
-                   LeaseStored("a2", "10.8.0.2"),  # taken over
-                   SessionCounted("udp-1", 1, 2), SessionCounted("gone", 1, 2),
-                   _ended("udp-1", "kicked by admin"), _ended("never-opened", "x"),
-                   _opened("udp-2", "a1")])
-    policy.record([])
-    assert policy.stored_leases() == {"a2": "10.8.0.2"}
-    assert policy.close_stale_records() == 1
+async def test_leases_and_session_records(engine: Engine) -> None:
+    policy = StorePolicy(AsyncStore(engine))
+    assert await policy.stored_leases() == {}
+    records = [LeaseStored("a1", "10.8.0.2"), _opened("udp-1", "a1"),
+               LeaseStored("a2", "10.8.0.2"),  # taken over
+               SessionCounted("udp-1", 1, 2), SessionCounted("gone", 1, 2),
+               _ended("udp-1", "kicked by admin"), _ended("never-opened", "x"),
+               _opened("udp-2", "a1")]
+    await asyncio.to_thread(policy.record, records)  # the accounting worker's thread
+    await asyncio.to_thread(policy.record, [])
+    assert await policy.stored_leases() == {"a2": "10.8.0.2"}
+    assert await policy.close_stale_records() == 1
     with db.session(engine) as s:
-        records = queries.list_session_records(s, certificate_serial="a1")
-    by_id = {r.session_id: r for r in records}
+        rows = queries.list_session_records(s, certificate_serial="a1")
+    by_id = {r.session_id: r for r in rows}
     assert by_id["udp-1"].disconnect_reason == "kicked by admin"
     assert (by_id["udp-1"].bytes_in, by_id["udp-1"].bytes_out) == (10, 20)
     assert by_id["udp-2"].disconnect_reason == "gateway restarted"
     assert by_id["udp-2"].gateway_name == "default"
+
+
+async def test_records_are_never_written_on_the_loop(engine: Engine) -> None:
+    with pytest.raises(RuntimeError, match="worker thread"):
+        StorePolicy(AsyncStore(engine)).record([LeaseStored("a1", "10.8.0.2")])
 
 
 def test_writes_retry_when_sqlite_says_locked(
@@ -99,10 +107,11 @@ def test_writes_retry_when_sqlite_says_locked(
                 failures["left"] -= 1
                 raise StoreError("database error: database is locked")
 
-    monkeypatch.setattr("sslvpn.runtime.policy.db.session", flaky)
-    policy = StorePolicy(engine)
+    monkeypatch.setattr("sslvpn.store.async_store.db.session", flaky)
+    policy = StorePolicy(AsyncStore(engine))
     policy.record([LeaseStored("a1", "10.8.0.9")])  # third attempt succeeds
-    assert policy.stored_leases() == {"a1": "10.8.0.9"}
+    with db.session(engine) as s:
+        assert gateway_queries.lease_map(s) == {"a1": "10.8.0.9"}
     failures["left"] = 3
     with pytest.raises(StoreError, match="locked"):
         policy.record([LeaseStored("a2", "10.8.0.10")])

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -18,11 +20,13 @@ from click.testing import CliRunner
 
 from sslvpn.cli import main, serve
 from sslvpn.cli.serve import PortalPlan, announce, ipsec_task, portal_task, shown_url
+from sslvpn.config import DataPaths
 from sslvpn.runtime.gateway import Gateway, GatewayOptions
 from sslvpn.runtime.openvpn_setup import OpenVpnCredentials, build_acceptor
 from sslvpn.runtime.service import GatewayService, ServeOptions
 from sslvpn.runtime.tun import MemoryTun
 from sslvpn.store import StoreError, db, queries
+from sslvpn.store.async_store import AsyncStore
 from tests.runtime.fakes import MemoryPolicy
 from tests.runtime.loopback import make_data_folder
 
@@ -39,25 +43,43 @@ def test_a_wildcard_portal_is_shown_at_the_public_address(
     assert shown_url(url, public) == shown
 
 
-async def test_portal_and_ipsec_run_beside_the_gateway(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _service(tmp_path: Path) -> tuple[GatewayService, MemoryTun, DataPaths]:
+    """`serve` as composed by the CLI (portal and IPsec beside the gateway) on a MemoryTun."""
     paths, engine = make_data_folder(tmp_path)
     tun = MemoryTun()
     plan = PortalPlan("127.0.0.1:0", None, None, "127.0.0.1")
+    store = AsyncStore(engine)
     service = GatewayService(
-        paths, engine,
+        paths, store,
         ServeOptions(listen=("127.0.0.1",), port=0, protocols="tcp", configure_network=False,
-                     extra_tasks=(ipsec_task(engine), portal_task(paths, engine, plan)),
+                     extra_tasks=(ipsec_task(store), portal_task(paths, engine, plan)),
                      on_ready=announce),
         tun_factory=lambda _name: tun,
     )
-    task = asyncio.create_task(service.run())
+    return service, tun, paths
+
+
+async def _closed(service: GatewayService) -> None:
+    await service.store.close()
+    service.store.engine.dispose()
+
+
+async def _printed(capsys: pytest.CaptureFixture[str]) -> str:
+    """What serve printed up to the first admin's one-time password."""
     printed = ""
     async with asyncio.timeout(20):
         while "one-time password" not in printed:
             printed += capsys.readouterr().out
             await asyncio.sleep(0.05)
+    return printed
+
+
+async def test_portal_and_ipsec_run_beside_the_gateway(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service, tun, _paths = _service(tmp_path)
+    task = asyncio.create_task(service.run())
+    printed = await _printed(capsys)
     assert re.search(r"^gateway: OpenVPN on tcp 127\.0\.0\.1:\d+$", printed, re.MULTILINE)
     match = re.search(r"^portal: (http://127\.0\.0\.1:\d+/)$", printed, re.MULTILINE)
     assert match, printed
@@ -73,7 +95,68 @@ async def test_portal_and_ipsec_run_beside_the_gateway(
     async with aiohttp.ClientSession() as http:
         with pytest.raises(aiohttp.ClientConnectionError):
             await http.get(match.group(1))
-    engine.dispose()
+    await _closed(service)
+
+
+async def test_a_portal_request_meeting_a_locked_store_never_stalls_the_gateway_loop(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The portal runs on its own loop: a login whose audit write waits for a locked
+    SQLite file gets its 503 while the gateway's loop keeps its 10 ms ticks."""
+    service, _tun, paths = _service(tmp_path)
+    task = asyncio.create_task(service.run())
+    printed = await _printed(capsys)
+    url = re.search(r"^portal: (\S+)$", printed, re.MULTILINE)
+    password = re.search(r"one-time password (\S+)$", printed, re.MULTILINE)
+    assert url and password, printed
+    gaps: list[float] = []
+
+    async def tick() -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(0.01)
+            gaps.append(time.monotonic() - before)
+
+    ticker = asyncio.create_task(tick())
+    holder = sqlite3.connect(paths.database, isolation_level=None)
+    try:
+        jar = aiohttp.CookieJar(unsafe=True)  # keep cookies of an IP address host
+        async with aiohttp.ClientSession(base_url=url.group(1), cookie_jar=jar) as http:
+            async with http.get("/admin/sessions", allow_redirects=False) as page:
+                assert page.status == 303  # to the login page: not logged in yet
+            form = {"name": "admin", "password": password.group(1),
+                    "csrf_token": await _csrf(http, "/login")}
+            holder.execute("BEGIN EXCLUSIVE")
+            gaps.clear()
+            async with http.post("/login", data=form, allow_redirects=False) as answer:
+                assert answer.status == 503
+            assert max(gaps) < 0.5, max(gaps)
+            holder.execute("ROLLBACK")
+            async with asyncio.timeout(20):  # the stuck audit write commits; logins work again
+                while await _status(http.post("/login", data=form, allow_redirects=False)) != 303:
+                    await asyncio.sleep(0.1)
+            async with http.get("/admin/sessions") as sessions:  # the gateway answers, via
+                assert sessions.status == 200  # ThreadSafeControl on its own loop
+                assert "No live sessions" in await sessions.text()
+    finally:
+        holder.close()
+        ticker.cancel()
+        service.stop()
+        async with asyncio.timeout(10):
+            await task
+        await _closed(service)
+
+
+async def _status(request: Awaitable[aiohttp.ClientResponse]) -> int:
+    async with await request as response:
+        return response.status
+
+
+async def _csrf(http: aiohttp.ClientSession, path: str) -> str:
+    async with http.get(path) as page:
+        found = re.search(r'name="csrf_token" value="([^"]+)"', await page.text())
+    assert found
+    return found.group(1)
 
 
 async def test_a_broken_store_at_first_start_is_only_logged(
@@ -149,7 +232,7 @@ def test_connect_freq_initial_reaches_every_acceptor(
     assert result.exit_code == 0, result.output
     options = captured[0].options
     assert options.connect_freq == (5, 2.0)
-    with db.session(captured[0].engine) as s:
+    with db.session(captured[0].store.engine) as s:
         settings = queries.get_settings(s)
     credentials = OpenVpnCredentials.load(paths, settings)
     limited = build_acceptor(credentials, tcp=False, connect_freq=options.connect_freq)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -61,7 +63,7 @@ async def test_answers_pass_through_and_faults_become_unavailable(
     with caplog.at_level(logging.WARNING, logger="sslvpn.store.async_store"):
         for _ in range(3):
             with pytest.raises(StoreUnavailable):
-                await store.call(broken)
+                await store.call(broken, writes=False)
         assert not store.available
         assert await store.read(_one) == 1
     assert store.available
@@ -83,7 +85,7 @@ async def test_a_hung_store_costs_the_caller_only_the_timeout(sqlite_engine: Eng
     started = time.monotonic()
     for _ in range(2):
         with pytest.raises(StoreUnavailable):
-            await store.call(hang)
+            await store.call(hang, writes=False)
     assert time.monotonic() - started < 2
     # every thread is stuck: the next call fails at once instead of queueing behind them
     started = time.monotonic()
@@ -104,8 +106,8 @@ async def test_a_hung_store_costs_the_caller_only_the_timeout(sqlite_engine: Eng
 
 
 async def test_a_locked_sqlite_file_is_a_timeout_not_a_stall(
-        sqlite_engine: Engine, tmp_path: Path) -> None:
-    store = AsyncStore(sqlite_engine, timeout=0.3)
+        sqlite_engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = AsyncStore(sqlite_engine, timeout=0.3, owner="the test")
     holder = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:
@@ -114,16 +116,25 @@ async def test_a_locked_sqlite_file_is_a_timeout_not_a_stall(
             await store.write(_one)
         assert time.monotonic() - started < 1.5
         assert not store.available
+        # readers go on under a write lock (WAL), but that says nothing about writes: the
+        # store stays unavailable, and the log does not flap between down and back
+        assert await store.read(_one) == 1
+        assert not store.available
+        with pytest.raises(StoreUnavailable):
+            await store.write(_one)
     finally:
         holder.execute("ROLLBACK")
         holder.close()
     deadline = time.monotonic() + 15
-    while not store.available:  # the waiting writer gets the lock; a new call proves it
+    while not store.available:  # the waiting writers get the lock; a new write proves it
         assert time.monotonic() < deadline
         try:
-            await store.read(_one)
+            await store.write(_one)
         except StoreUnavailable:
             await asyncio.sleep(0.05)
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("unavailable to the test" in m for m in said) == 1, said
+    assert sum("available again to the test" in m for m in said) == 1, said
     await store.close()
 
 
@@ -140,7 +151,29 @@ async def test_a_call_cancelled_as_its_work_finishes_is_still_cancelled(
 
     caller = asyncio.create_task(store.call(work))
     await asyncio.sleep(0)  # the caller submits the work
-    store._executor.shutdown(wait=True)  # block the loop until cancel and result are queued
+    store._workers.shutdown(wait=True)  # block the loop until cancel and result are queued
     with pytest.raises(asyncio.CancelledError):
         await caller
     await store.close()
+
+
+def test_a_call_stuck_in_a_hung_store_does_not_hold_up_the_exit(tmp_path: Path) -> None:
+    """serve stopping on SIGTERM while PostgreSQL hangs: its store threads must not keep the
+    process alive (an executor's threads are joined at exit, for as long as the hang lasts)."""
+    script = tmp_path / "stuck.py"
+    script.write_text(
+        "import asyncio, threading\n"
+        "from sqlalchemy import create_engine\n"
+        "from sslvpn.store import StoreUnavailable\n"
+        "from sslvpn.store.async_store import AsyncStore\n"
+        "async def main():\n"
+        "    store = AsyncStore(create_engine('sqlite://'), timeout=0.1)\n"
+        "    try:\n"
+        "        await store.call(lambda engine: threading.Event().wait())  # hangs for good\n"
+        "    except StoreUnavailable:\n"
+        "        print('gave up', flush=True)\n"
+        "    await store.close()\n"
+        "asyncio.run(main())\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert (done.returncode, done.stdout) == (0, "gave up\n"), done.stderr

@@ -25,6 +25,9 @@ from sslvpn.store.db import open_engine, upgrade
 from web.app import create_app
 from web.portal import PortalSettings
 
+# Functional tests wait for the store as long as it takes: on a loaded test machine a healthy
+# call can take seconds, and the outage tests pin the real budget (answers within 5 s).
+PATIENT = 60.0
 PASSWORDS = {"root": "admin-password-1", "alice": "alice-password-1", "bob": "bob-password-1"}
 _HASHES = {name: hash_password(password) for name, password in PASSWORDS.items()}
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -95,11 +98,12 @@ class Site:
     engine: Engine
 
 
-def make_site(root: Path) -> Site:
-    """An initialised data folder with admin root and users alice and bob."""
+def make_site(root: Path, url: str | None = None) -> Site:
+    """An initialised data folder with admin root and users alice and bob (the store in the
+    folder's SQLite file unless ``url`` names another database)."""
     root.mkdir(mode=0o700, exist_ok=True)
     paths = DataPaths(root)
-    engine = open_engine(database_url(root, None))
+    engine = open_engine(database_url(root, url))
     upgrade(engine)
     lifecycle.initialise(paths, engine, public_addresses=["198.18.0.1"], proto="udp")
     with db.session(engine, write=True) as s:
@@ -132,7 +136,7 @@ async def client(site: Site, gateway: FakeGateway, clock: Clock) -> AsyncIterato
         engine=site.engine,
         paths=site.paths,
         control=gateway,
-        settings=PortalSettings(public_url="https://vpn.example.test"),
+        settings=PortalSettings(public_url="https://vpn.example.test", store_budget=PATIENT),
         clock=clock,
     )
     async with TestClient(TestServer(app)) as test_client:

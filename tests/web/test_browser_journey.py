@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
-from tests.web.conftest import PASSWORDS, FakeGateway, Site, issue_for
+from tests.web.conftest import PASSWORDS, PATIENT, FakeGateway, Site, issue_for
 from web.app import create_app, start_portal
 from web.portal import PortalSettings
 
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.interop
 
 @pytest.fixture
 async def portal_url(site: Site, gateway: FakeGateway) -> AsyncIterator[str]:
-    settings = PortalSettings(refresh_seconds=1.0)
+    settings = PortalSettings(refresh_seconds=1.0, store_budget=PATIENT)
     app = create_app(engine=site.engine, paths=site.paths, control=gateway, settings=settings)
     served = await start_portal(app, "127.0.0.1:0", None)
     try:

@@ -12,8 +12,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from sslvpn.runtime.control import TunnelStatus
 from sslvpn.store import db
 from sslvpn.store import ipsec_queries as q
-from tests.web.conftest import FakeGateway, Site, audit_actions, login
+from tests.web.conftest import PATIENT, FakeGateway, Site, audit_actions, login
 from web.app import create_app
+from web.portal import PortalSettings
 
 PSK = "Zq8-fT3#pLw9!vR2@mKx7"
 ANON, USER, ADMIN = "anonymous", "alice", "root"
@@ -371,7 +372,8 @@ async def test_tunnel_status_from_the_gateway(
 
 async def test_status_without_a_gateway(site: Site) -> None:
     seed(site)
-    app = create_app(engine=site.engine, paths=site.paths, control=None)
+    settings = PortalSettings(store_budget=PATIENT)
+    app = create_app(engine=site.engine, paths=site.paths, control=None, settings=settings)
     async with TestClient(TestServer(app)) as client:
         await login(client, ADMIN)
         page = await (await client.get("/admin/ipsec/tunnels")).text()

@@ -15,10 +15,11 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from sslvpn.store import db, queries
-from tests.web.conftest import FakeGateway, issue_for, make_site
+from tests.web.conftest import PATIENT, FakeGateway, issue_for, make_site
 from web.app import create_app, start_portal
 from web.import_links import token_hash
 from web.openapi import document
+from web.portal import PortalSettings
 
 TOKEN = "svt_conformance-token"
 schema = schemathesis.openapi.from_dict(document())
@@ -38,7 +39,8 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     gateway = FakeGateway()
     gateway.add("s1", "alice", issue_for(site, "alice"))
     loop = asyncio.new_event_loop()
-    app = create_app(engine=site.engine, paths=site.paths, control=gateway)
+    settings = PortalSettings(store_budget=PATIENT)
+    app = create_app(engine=site.engine, paths=site.paths, control=gateway, settings=settings)
     served = loop.run_until_complete(start_portal(app, "127.0.0.1:0", None))
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()

@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
+from sqlmodel import Session
 
 from client_profiles.passwords import generate_password, hash_password
-from sslvpn.store import NotFoundError, db, queries
+from sslvpn.store import NotFoundError, queries
 from sslvpn.store.models import ROLE_VALUES, Certificate, User
 from web import pki_ops
 from web.pages import (
@@ -41,20 +42,20 @@ MAX_LIFETIME_DAYS = 3650
 DEFAULT_LIFETIME_DAYS = 365
 
 
-def user_named(request: web.Request) -> User:
-    with db.session(portal_of(request).engine, write=False) as s:
-        try:
-            return queries.get_user(s, name=request.match_info["name"])
-        except NotFoundError:
-            raise web.HTTPNotFound(text="No such user.") from None
+async def user_named(request: web.Request) -> User:
+    name = request.match_info["name"]
+    try:
+        return await portal_of(request).read(lambda s: queries.get_user(s, name=name))
+    except NotFoundError:
+        raise web.HTTPNotFound(text="No such user.") from None
 
 
-def certificate_of(request: web.Request) -> Certificate:
-    with db.session(portal_of(request).engine, write=False) as s:
-        try:
-            return queries.get_certificate(s, serial=request.match_info["serial"])
-        except NotFoundError:
-            raise web.HTTPNotFound(text="No such certificate.") from None
+async def certificate_of(request: web.Request) -> Certificate:
+    serial = request.match_info["serial"]
+    try:
+        return await portal_of(request).read(lambda s: queries.get_certificate(s, serial=serial))
+    except NotFoundError:
+        raise web.HTTPNotFound(text="No such certificate.") from None
 
 
 # Users ------------------------------------------------------------------------------------
@@ -62,19 +63,21 @@ def certificate_of(request: web.Request) -> Certificate:
 
 @require_admin
 async def users_page(request: web.Request) -> web.StreamResponse:
-    return render_users(request)
+    return await render_users(request)
 
 
-def render_users(
+async def render_users(
     request: web.Request,
     *,
     status: int = 200,
     errors: list[str] | None = None,
     form: dict[str, str] | None = None,
 ) -> web.Response:
-    with db.session(portal_of(request).engine, write=False) as s:
+    def listed(s: Session) -> tuple[list[User], dict[int, int]]:
         users = queries.list_users(s)
-        counts = queries.valid_certificate_counts(s)
+        return users, queries.valid_certificate_counts(s)
+
+    users, counts = await portal_of(request).read(listed)
     context = {"users": users, "counts": counts, "form": form or {}, "roles": ROLE_VALUES}
     return render(request, "admin_users.html", context, status=status, errors=errors)
 
@@ -89,7 +92,7 @@ async def create_user(request: web.Request) -> web.StreamResponse:
     if role not in ROLE_VALUES:
         errors.append("Role must be admin or user.")
     if errors:
-        return render_users(request, status=400, errors=errors, form=form)
+        return await render_users(request, status=400, errors=errors, form=form)
     generated = not password
     password = password or generate_password()
     try:
@@ -97,7 +100,7 @@ async def create_user(request: web.Request) -> web.StreamResponse:
             request, name=name, role=role, email=form.get("email") or None, password=password
         )
     except pki_ops.OperationError as exc:
-        return render_users(request, status=400, errors=[str(exc)], form=form)
+        return await render_users(request, status=400, errors=[str(exc)], form=form)
     shown = f" One-time password: {password}" if generated else ""
     flash(request, f"User {name} created.{shown}")
     raise web.HTTPSeeOther("/admin/users")
@@ -106,12 +109,12 @@ async def create_user(request: web.Request) -> web.StreamResponse:
 @require_admin
 async def set_disabled(request: web.Request) -> web.StreamResponse:
     """Disabling blocks logins and new VPN sessions but revokes nothing."""
-    user = user_named(request)
+    user = await user_named(request)
     disabled = request.match_info["action"] == "disable"
     if disabled and user.id == current_user(request).id:
         flash(request, "You cannot disable yourself.")
         raise web.HTTPSeeOther("/admin/users")
-    pki_ops.set_enabled(request, user.name, enabled=not disabled)
+    await pki_ops.set_enabled(request, user.name, enabled=not disabled)
     if disabled and user.id is not None:
         portal_of(request).sessions.drop_user(user.id)
     flash(request, f"User {user.name} {'disabled' if disabled else 'enabled'}.")
@@ -120,14 +123,15 @@ async def set_disabled(request: web.Request) -> web.StreamResponse:
 
 @require_admin
 async def reset_password(request: web.Request) -> web.StreamResponse:
-    user = user_named(request)
+    user = await user_named(request)
     password = generate_password()
     hashed = await asyncio.to_thread(hash_password, password)
-    with db.session(portal_of(request).engine, write=True) as s:
-        queries.set_user_password_hash(s, name=user.name, password_hash=hashed)
+    await portal_of(request).write(
+        lambda s: queries.set_user_password_hash(s, name=user.name, password_hash=hashed)
+    )
     if user.id is not None and user.id != current_user(request).id:
         portal_of(request).sessions.drop_user(user.id)
-    audit(request, "user.password_reset", target=user.name)
+    await audit(request, "user.password_reset", target=user.name)
     flash(request, f"New one-time password for {user.name}: {password}")
     raise web.HTTPSeeOther("/admin/users")
 
@@ -135,14 +139,14 @@ async def reset_password(request: web.Request) -> web.StreamResponse:
 @require_admin
 async def delete_user(request: web.Request) -> web.StreamResponse:
     """Deleting a user revokes every certificate they still hold."""
-    user = user_named(request)
+    user = await user_named(request)
     if user.id == current_user(request).id:
         flash(request, "You cannot delete yourself.")
         raise web.HTTPSeeOther("/admin/users")
-    revoked, ended = pki_ops.delete_user(request, user.name)
+    revoked, ended = await pki_ops.delete_user(request, user.name)
     if user.id is not None:
         portal_of(request).sessions.drop_user(user.id)
-    audit(
+    await audit(
         request,
         "user.delete",
         target=user.name,
@@ -160,19 +164,20 @@ async def delete_user(request: web.Request) -> web.StreamResponse:
 
 @require_admin
 async def certificates_page(request: web.Request) -> web.StreamResponse:
-    return render_certificates(request)
+    return await render_certificates(request)
 
 
-def render_certificates(
+async def render_certificates(
     request: web.Request,
     *,
     status: int = 200,
     errors: list[str] | None = None,
     form: dict[str, str] | None = None,
 ) -> web.Response:
-    with db.session(portal_of(request).engine, write=False) as s:
-        certificates = queries.list_certificates(s, kind="client")
-        users = queries.list_users(s)
+    def listed(s: Session) -> tuple[list[Certificate], list[User]]:
+        return queries.list_certificates(s, kind="client"), queries.list_users(s)
+
+    certificates, users = await portal_of(request).read(listed)
     names = {u.id: u.name for u in users}
     context = {
         "certificates": list(reversed(certificates)),
@@ -196,31 +201,32 @@ async def issue_certificate(request: web.Request) -> web.StreamResponse:
     if not days_text.isdigit() or not 1 <= int(days_text) <= MAX_LIFETIME_DAYS:
         errors.append(f"Lifetime must be 1 to {MAX_LIFETIME_DAYS} days.")
     owner = None
-    with db.session(portal_of(request).engine, write=False) as s:
-        try:
-            owner = queries.get_user(s, name=form.get("user", ""))
-        except NotFoundError:
-            errors.append("Choose an existing user.")
-    if errors or owner is None:
-        return render_certificates(request, status=400, errors=errors, form=form)
     try:
-        certificate = pki_ops.issue(
+        owner = await portal_of(request).read(
+            lambda s: queries.get_user(s, name=form.get("user", ""))
+        )
+    except NotFoundError:
+        errors.append("Choose an existing user.")
+    if errors or owner is None:
+        return await render_certificates(request, status=400, errors=errors, form=form)
+    try:
+        certificate = await pki_ops.issue(
             request, user_name=owner.name, device=device, days=int(days_text)
         )
     except pki_ops.OperationError as exc:
-        return render_certificates(request, status=400, errors=[str(exc)], form=form)
+        return await render_certificates(request, status=400, errors=[str(exc)], form=form)
     flash(request, f"Issued {owner.name}/{device} (serial {certificate.serial}).")
     raise web.HTTPSeeOther("/admin/certificates")
 
 
 @require_admin
 async def renew_certificate(request: web.Request) -> web.StreamResponse:
-    old = certificate_of(request)
+    old = await certificate_of(request)
     if old.status != "valid":
         flash(request, f"Certificate {old.serial} is {old.status}; only valid ones renew.")
         raise web.HTTPSeeOther("/admin/certificates")
     try:
-        new = pki_ops.renew(request, old.serial)
+        new = await pki_ops.renew(request, old.serial)
     except pki_ops.OperationError as exc:
         flash(request, f"Not renewed: {exc}")
         raise web.HTTPSeeOther("/admin/certificates") from None
@@ -234,34 +240,36 @@ async def renew_certificate(request: web.Request) -> web.StreamResponse:
 
 @require_admin
 async def revoke_certificate(request: web.Request) -> web.StreamResponse:
-    certificate = certificate_of(request)
+    certificate = await certificate_of(request)
     form = await form_of(request)
     reason = form.get("reason", "unspecified")
     if reason not in REVOCATION_REASONS:
-        return render_certificates(request, status=400, errors=["Choose a listed reason."])
+        return await render_certificates(request, status=400, errors=["Choose a listed reason."])
     if certificate.status == "revoked":
         flash(request, f"Certificate {certificate.serial} was already revoked.")
         raise web.HTTPSeeOther("/admin/certificates")
-    ended = pki_ops.revoke(request, certificate.serial, reason)
+    ended = await pki_ops.revoke(request, certificate.serial, reason)
     flash(request, f"Revoked {certificate.subject_cn}; {ended} live session(s) ended.")
     raise web.HTTPSeeOther("/admin/certificates")
 
 
 @require_admin
 async def admin_profile(request: web.Request) -> web.StreamResponse:
-    certificate = certificate_of(request)
+    certificate = await certificate_of(request)
     if certificate.status != "valid" or certificate.kind != "client":
         raise web.HTTPGone(text="Only valid client certificates have a profile.")
-    return profile_response(rendered_profile(request, certificate.serial))
+    return profile_response(await rendered_profile(request, certificate.serial))
 
 
 @require_admin
 async def download_crl(request: web.Request) -> web.StreamResponse:
     crl = portal_of(request).paths.crl_pem
-    if not crl.is_file():
-        raise web.HTTPNotFound(text="No CRL has been published yet.")
+    try:
+        body = await asyncio.to_thread(crl.read_bytes)
+    except FileNotFoundError:
+        raise web.HTTPNotFound(text="No CRL has been published yet.") from None
     return web.Response(
-        body=crl.read_bytes(),
+        body=body,
         content_type="application/x-pem-file",
         headers={"Content-Disposition": 'attachment; filename="crl.pem"'},
     )

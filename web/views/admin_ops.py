@@ -11,12 +11,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from aiohttp import web
+from sqlmodel import Session
 
 from client_profiles.fleet import pools_of
 from client_profiles.inputs import ClientNetworks, checked_keepalive, checked_networks
 from client_profiles.pkifiles import LifecycleError
 from sslvpn.net.subpools import Fleet, NodePools, SubpoolError, check_fleet
-from sslvpn.store import NotFoundError, StoreError, db, node_queries, queries
+from sslvpn.store import NotFoundError, StoreError, node_queries, queries
 from sslvpn.store.models import PROTOCOLS_VALUES, GatewaySettings
 from web import pki_ops
 from web.import_links import token_hash
@@ -49,8 +50,8 @@ EXPIRY_WARNINGS = (30, 7, 1)
 async def dashboard(request: web.Request) -> web.StreamResponse:
     portal = portal_of(request)
     now = now_of(request)
-    health = pki_ops.expiry_health(request, now)
-    sessions = portal.live_sessions()
+    health = await pki_ops.expiry_health(request, now)
+    sessions = await portal.live_sessions()
     context = {
         "health": health,
         "sessions": len(sessions),
@@ -75,7 +76,7 @@ async def traffic_json(request: web.Request) -> web.StreamResponse:
 
 @require_admin
 async def sessions_page(request: web.Request) -> web.StreamResponse:
-    sessions = sorted(portal_of(request).live_sessions(), key=lambda s: s.connected_at)
+    sessions = sorted(await portal_of(request).live_sessions(), key=lambda s: s.connected_at)
     context = {
         "sessions": sessions,
         "has_gateway": portal_of(request).control is not None,
@@ -88,13 +89,13 @@ async def sessions_page(request: web.Request) -> web.StreamResponse:
 async def kick(request: web.Request) -> web.StreamResponse:
     portal = portal_of(request)
     session_id = request.match_info["session_id"]
-    known = {s.session_id: s for s in portal.live_sessions()}
-    if session_id not in known or portal.control is None:
+    known = {s.session_id: s for s in await portal.live_sessions()}
+    if session_id not in known:
         flash(request, "That session has already ended.")
         raise web.HTTPSeeOther("/admin/sessions")
-    portal.control.kick(session_id, f"kicked by {current_user(request).name}")
+    await portal.kick(session_id, f"kicked by {current_user(request).name}")
     info = known[session_id]
-    audit(request, "session.kick", target=info.certificate_serial, detail=f"user={info.user}")
+    await audit(request, "session.kick", target=info.certificate_serial, detail=f"user={info.user}")
     flash(request, f"Session of {info.user} ({info.device}) ended.")
     raise web.HTTPSeeOther("/admin/sessions")
 
@@ -110,8 +111,9 @@ async def audit_page(request: web.Request) -> web.StreamResponse:
             since = datetime.fromisoformat(since_text).replace(tzinfo=UTC)
         except ValueError:
             errors.append("Since must be a date like 2026-01-31.")
-    with db.session(portal_of(request).engine, write=False) as s:
-        entries = queries.list_audit(s, actor=actor, action=action, since=since, limit=AUDIT_PAGE)
+    entries = await portal_of(request).read(
+        lambda s: queries.list_audit(s, actor=actor, action=action, since=since, limit=AUDIT_PAGE)
+    )
     context = {
         "entries": entries,
         "actor": actor or "",
@@ -124,18 +126,21 @@ async def audit_page(request: web.Request) -> web.StreamResponse:
 # Settings ---------------------------------------------------------------------------------
 
 
-def load_settings(request: web.Request) -> GatewaySettings:
+async def load_settings(request: web.Request) -> GatewaySettings:
     name = portal_of(request).settings.gateway_name
-    with db.session(portal_of(request).engine, write=False) as s:
+
+    def stored(s: Session) -> GatewaySettings:
         try:
             return queries.get_settings(s, name=name)
         except NotFoundError:
             return GatewaySettings(name=name)
 
+    return await portal_of(request).read(stored)
+
 
 @require_admin
 async def settings_page(request: web.Request) -> web.StreamResponse:
-    context = {"settings": load_settings(request), "retention": RETENTION_FIELDS}
+    context = {"settings": await load_settings(request), "retention": RETENTION_FIELDS}
     return render(request, "admin_settings.html", context)
 
 
@@ -246,22 +251,27 @@ async def save_settings(request: web.Request) -> web.StreamResponse:
     """Apply the form to the stored settings under the writer lock (no lost update)."""
     portal = portal_of(request)
     form = await form_of(request)
-    with db.session(portal.engine, write=True) as s:
+    name = portal.settings.gateway_name
+
+    def save(s: Session) -> tuple[GatewaySettings, list[str]]:
         try:
-            settings = queries.get_settings(s, name=portal.settings.gateway_name)
+            settings = queries.get_settings(s, name=name)
         except NotFoundError:
-            settings = GatewaySettings(name=portal.settings.gateway_name)
+            settings = GatewaySettings(name=name)
         nodes = [pools_of(node) for node in node_queries.list_nodes(s)]
         errors = parse_settings(form, settings, nodes)
         if not errors:
             queries.save_settings(s, settings=settings)
+        return settings, errors
+
+    settings, errors = await portal.write(save)
     if errors:
-        fresh = load_settings(request)
+        fresh = await load_settings(request)
         return render(
             request, "admin_settings.html", {"settings": fresh, "retention": RETENTION_FIELDS},
             status=400, errors=errors,
         )
-    audit(request, "settings.change", target=settings.name)
+    await audit(request, "settings.change", target=settings.name)
     flash(request, "Settings saved. New profiles use them; existing profiles keep theirs.")
     raise web.HTTPSeeOther("/admin/settings")
 
@@ -271,10 +281,10 @@ async def save_settings(request: web.Request) -> web.StreamResponse:
 
 @require_admin
 async def api_tokens_page(request: web.Request) -> web.StreamResponse:
-    return render_api_tokens(request)
+    return await render_api_tokens(request)
 
 
-def render_api_tokens(
+async def render_api_tokens(
     request: web.Request,
     *,
     token: str | None = None,
@@ -282,8 +292,7 @@ def render_api_tokens(
     errors: list[str] | None = None,
 ) -> web.Response:
     me_id = current_user_id(request)
-    with db.session(portal_of(request).engine, write=False) as s:
-        tokens = queries.list_api_tokens(s, user_id=me_id)
+    tokens = await portal_of(request).read(lambda s: queries.list_api_tokens(s, user_id=me_id))
     context = {"tokens": tokens, "new_token": token}
     return render(request, "admin_api_tokens.html", context, status=status, errors=errors)
 
@@ -294,15 +303,19 @@ async def create_api_token(request: web.Request) -> web.StreamResponse:
     me_id = current_user_id(request)
     name = (await form_of(request)).get("name", "").strip()
     if not 1 <= len(name) <= 40:
-        return render_api_tokens(request, status=400, errors=["Name the token (1-40 characters)."])
+        return await render_api_tokens(
+            request, status=400, errors=["Name the token (1-40 characters)."]
+        )
     token = "svt_" + secrets.token_urlsafe(32)
+    hashed = token_hash(token)
     try:
-        with db.session(portal_of(request).engine, write=True) as s:
-            queries.add_api_token(s, user_id=me_id, name=name, token_hash=token_hash(token))
+        await portal_of(request).write(
+            lambda s: queries.add_api_token(s, user_id=me_id, name=name, token_hash=hashed)
+        )
     except StoreError as exc:
-        return render_api_tokens(request, status=400, errors=[str(exc)])
-    audit(request, "api_token.create", target=name)
-    return render_api_tokens(request, token=token)
+        return await render_api_tokens(request, status=400, errors=[str(exc)])
+    await audit(request, "api_token.create", target=name)
+    return await render_api_tokens(request, token=token)
 
 
 @require_admin
@@ -310,11 +323,12 @@ async def delete_api_token(request: web.Request) -> web.StreamResponse:
     me_id = current_user_id(request)
     try:
         token_id = int(request.match_info["token_id"])
-        with db.session(portal_of(request).engine, write=True) as s:
-            queries.delete_api_token(s, token_id=token_id, user_id=me_id)
+        await portal_of(request).write(
+            lambda s: queries.delete_api_token(s, token_id=token_id, user_id=me_id)
+        )
     except (ValueError, NotFoundError):
         raise web.HTTPNotFound(text="No such token.") from None
-    audit(request, "api_token.delete", target=str(token_id))
+    await audit(request, "api_token.delete", target=str(token_id))
     flash(request, "API token deleted.")
     raise web.HTTPSeeOther("/admin/api-tokens")
 

@@ -8,7 +8,7 @@ from aiohttp import web
 from sqlmodel import Session
 
 from client_profiles.passwords import MIN_PASSWORD_LENGTH, hash_password, verify_password
-from sslvpn.store import NotFoundError, db, queries
+from sslvpn.store import NotFoundError, queries
 from sslvpn.store.models import User
 from web.pages import (
     audit,
@@ -57,18 +57,17 @@ async def check_credentials(request: web.Request, name: str, password: str) -> U
     portal = portal_of(request)
     address = client_address(request)
     if portal.throttle.blocked(name, address):
-        audit(request, "login.throttled", actor=name or "anonymous", target=name)
+        await audit(request, "login.throttled", actor=name or "anonymous", target=name)
         return None
-    with db.session(portal.engine, write=False) as s:
-        user = find_user(s, name) if name else None
+    user = await portal.read(lambda s: find_user(s, name)) if name else None
     good = await asyncio.to_thread(verify_password, user.password_hash if user else None, password)
     if user is None or not good or user.disabled:
         portal.throttle.failed(name, address)
         why = "disabled" if user is not None and good else "bad credentials"
-        audit(request, "login.failed", actor=name or "anonymous", target=name, detail=why)
+        await audit(request, "login.failed", actor=name or "anonymous", target=name, detail=why)
         return None
     portal.throttle.succeeded(name)
-    audit(request, "login", actor=user.name, target=user.name)
+    await audit(request, "login", actor=user.name, target=user.name)
     return user
 
 
@@ -77,7 +76,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     name = form.get("name", "").strip()
     portal = portal_of(request)
     if portal.throttle.blocked(name, client_address(request)):
-        audit(request, "login.throttled", actor=name or "anonymous", target=name)
+        await audit(request, "login.throttled", actor=name or "anonymous", target=name)
         return render(
             request,
             "login.html",
@@ -123,9 +122,10 @@ async def change_password(request: web.Request) -> web.StreamResponse:
     if errors:
         return render(request, "password.html", status=400, errors=errors)
     hashed = await asyncio.to_thread(hash_password, new)
-    with db.session(portal_of(request).engine, write=True) as s:
-        queries.set_user_password_hash(s, name=me.name, password_hash=hashed)
-    audit(request, "user.password_change", target=me.name)
+    await portal_of(request).write(
+        lambda s: queries.set_user_password_hash(s, name=me.name, password_hash=hashed)
+    )
+    await audit(request, "user.password_change", target=me.name)
     start_session(request, current_user_id(request))
     flash(request, "Password changed.")
     raise web.HTTPSeeOther(home_of(me))

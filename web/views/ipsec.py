@@ -8,15 +8,16 @@ tunnel's pre-shared key is accepted in a password field and never rendered back.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
 from aiohttp import web
+from sqlmodel import Session
 
 from sslvpn.ipsec.bandwidth import format_rate, parse_rate
-from sslvpn.store import NotFoundError, StoreError, db
+from sslvpn.store import NotFoundError, StoreError
 from sslvpn.store import ipsec_queries as q
-from sslvpn.store.models import START_ACTION_VALUES
+from sslvpn.store.models import START_ACTION_VALUES, CustomerGateway, SpdPolicy, VpnGateway
 from web import ipsec_ops
 from web.ipsec_ops import Invalid, TunnelRequest
 from web.pages import flash, form_of, portal_of, render, require_admin
@@ -43,16 +44,17 @@ def _tunnel_page(name: str) -> str:
 # Gateways and customer gateways -----------------------------------------------------------
 
 
-def render_gateways(
+async def render_gateways(
     request: web.Request,
     *,
     status: int = 200,
     errors: list[str] | None = None,
     form: dict[str, str] | None = None,
 ) -> web.Response:
-    with db.session(portal_of(request).engine, write=False) as s:
-        gateways = q.list_vpn_gateways(s)
-        customers = q.list_customer_gateways(s)
+    def listed(s: Session) -> tuple[list[VpnGateway], list[CustomerGateway]]:
+        return q.list_vpn_gateways(s), q.list_customer_gateways(s)
+
+    gateways, customers = await portal_of(request).read(listed)
     context = {
         "gateways": gateways,
         "customers": customers,
@@ -64,7 +66,7 @@ def render_gateways(
 
 @require_admin
 async def gateways_page(request: web.Request) -> web.StreamResponse:
-    return render_gateways(request)
+    return await render_gateways(request)
 
 
 @require_admin
@@ -72,7 +74,7 @@ async def create_gateway(request: web.Request) -> web.StreamResponse:
     form = await form_of(request)
     name = form.get("name", "").strip()
     try:
-        ipsec_ops.add_gateway(
+        await ipsec_ops.add_gateway(
             request,
             name=name,
             public_address=form.get("public_address", ""),
@@ -80,7 +82,7 @@ async def create_gateway(request: web.Request) -> web.StreamResponse:
             via=VIA,
         )
     except (Invalid, StoreError) as exc:
-        return render_gateways(request, status=400, errors=[str(exc)], form=form)
+        return await render_gateways(request, status=400, errors=[str(exc)], form=form)
     flash(request, f"VPN gateway {name} created.")
     raise web.HTTPSeeOther(GATEWAYS_PAGE)
 
@@ -91,31 +93,33 @@ async def change_bandwidth(request: web.Request) -> web.StreamResponse:
     form = await form_of(request)
     try:
         bps = _bandwidth(form.get("bandwidth", ""))
-        ipsec_ops.set_bandwidth(request, name=name, bandwidth_bps=bps, via=VIA)
+        await ipsec_ops.set_bandwidth(request, name=name, bandwidth_bps=bps, via=VIA)
     except NotFoundError:
         raise web.HTTPNotFound(text="No such VPN gateway.") from None
     except (Invalid, StoreError) as exc:
-        return render_gateways(request, status=400, errors=[str(exc)])
+        return await render_gateways(request, status=400, errors=[str(exc)])
     flash(request, f"VPN gateway {name} bandwidth: {format_rate(bps)}. Tunnels keep their SAs.")
     raise web.HTTPSeeOther(GATEWAYS_PAGE)
 
 
-def _delete_listed(request: web.Request, delete: Callable[..., None], what: str) -> web.Response:
+async def _delete_listed(
+    request: web.Request, delete: Callable[..., Awaitable[None]], what: str
+) -> web.Response:
     """Delete either kind of gateway; one still in use is refused on the same page."""
     name = request.match_info["name"]
     try:
-        delete(request, name=name, via=VIA)
+        await delete(request, name=name, via=VIA)
     except NotFoundError:
         raise web.HTTPNotFound(text=f"No such {what}.") from None
     except StoreError as exc:
-        return render_gateways(request, status=409, errors=[str(exc)])
+        return await render_gateways(request, status=409, errors=[str(exc)])
     flash(request, f"{what[:1].upper()}{what[1:]} {name} deleted.")
     raise web.HTTPSeeOther(GATEWAYS_PAGE)
 
 
 @require_admin
 async def delete_gateway(request: web.Request) -> web.StreamResponse:
-    return _delete_listed(request, ipsec_ops.delete_gateway, "VPN gateway")
+    return await _delete_listed(request, ipsec_ops.delete_gateway, "VPN gateway")
 
 
 @require_admin
@@ -123,33 +127,36 @@ async def create_customer_gateway(request: web.Request) -> web.StreamResponse:
     form = await form_of(request)
     name = form.get("customer_name", "").strip()
     try:
-        ipsec_ops.add_customer_gateway(request, name=name, address=form.get("address", ""), via=VIA)
+        address = form.get("address", "")
+        await ipsec_ops.add_customer_gateway(request, name=name, address=address, via=VIA)
     except (Invalid, StoreError) as exc:
-        return render_gateways(request, status=400, errors=[str(exc)], form=form)
+        return await render_gateways(request, status=400, errors=[str(exc)], form=form)
     flash(request, f"Customer gateway {name} created.")
     raise web.HTTPSeeOther(GATEWAYS_PAGE)
 
 
 @require_admin
 async def delete_customer_gateway(request: web.Request) -> web.StreamResponse:
-    return _delete_listed(request, ipsec_ops.delete_customer_gateway, "customer gateway")
+    return await _delete_listed(request, ipsec_ops.delete_customer_gateway, "customer gateway")
 
 
 # Tunnels ----------------------------------------------------------------------------------
 
 
-def render_tunnels(
+async def render_tunnels(
     request: web.Request,
     *,
     status: int = 200,
     errors: list[str] | None = None,
     form: dict[str, str] | None = None,
 ) -> web.Response:
-    with db.session(portal_of(request).engine, write=False) as s:
-        configs = q.tunnel_configs(s)
+    def listed(s: Session) -> tuple[list[q.TunnelConfig], list[str], list[str]]:
         gateways = [g.name for g in q.list_vpn_gateways(s)]
         customers = [c.name for c in q.list_customer_gateways(s)]
-    report = ipsec_ops.tunnel_status(request)
+        return q.tunnel_configs(s), gateways, customers
+
+    configs, gateways, customers = await portal_of(request).read(listed)
+    report = await ipsec_ops.tunnel_status(request)
     shown = {key: value for key, value in (form or {}).items() if key != "psk"}
     context = {
         "tunnels": configs,
@@ -166,7 +173,7 @@ def render_tunnels(
 
 @require_admin
 async def tunnels_page(request: web.Request) -> web.StreamResponse:
-    return render_tunnels(request)
+    return await render_tunnels(request)
 
 
 @require_admin
@@ -182,14 +189,14 @@ async def create_tunnel(request: web.Request) -> web.StreamResponse:
         start_action=form.get("start", ""),
     )
     try:
-        ipsec_ops.add_tunnel(request, wanted, via=VIA)
+        await ipsec_ops.add_tunnel(request, wanted, via=VIA)
     except (Invalid, StoreError) as exc:
-        return render_tunnels(request, status=400, errors=[str(exc)], form=form)
+        return await render_tunnels(request, status=400, errors=[str(exc)], form=form)
     flash(request, f"Tunnel {wanted.name} created; add an SPD policy so traffic can use it.")
     raise web.HTTPSeeOther(_tunnel_page(wanted.name))
 
 
-def render_tunnel(
+async def render_tunnel(
     request: web.Request,
     name: str,
     *,
@@ -197,14 +204,18 @@ def render_tunnel(
     errors: list[str] | None = None,
     form: dict[str, str] | None = None,
 ) -> web.Response:
-    with db.session(portal_of(request).engine, write=False) as s:
+    def listed(s: Session) -> tuple[q.TunnelConfig | None, list[SpdPolicy]]:
         configs = {c.name: c for c in q.tunnel_configs(s)}
         if name not in configs:
-            raise web.HTTPNotFound(text="No such tunnel.")
-        policies = [p for _, p in q.list_policies(s, tunnel=name)]
+            return None, []
+        return configs[name], [p for _, p in q.list_policies(s, tunnel=name)]
+
+    tunnel, policies = await portal_of(request).read(listed)
+    if tunnel is None:
+        raise web.HTTPNotFound(text="No such tunnel.")
     context = {
-        "tunnel": configs[name],
-        "status": ipsec_ops.tunnel_status(request).of(name),
+        "tunnel": tunnel,
+        "status": (await ipsec_ops.tunnel_status(request)).of(name),
         "policies": policies,
         "form": form or {},
         "refresh": portal_of(request).settings.refresh_seconds,
@@ -214,7 +225,7 @@ def render_tunnel(
 
 @require_admin
 async def tunnel_page(request: web.Request) -> web.StreamResponse:
-    return render_tunnel(request, request.match_info["name"])
+    return await render_tunnel(request, request.match_info["name"])
 
 
 @require_admin
@@ -222,7 +233,7 @@ async def set_admin(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     up = request.match_info["action"] == "up"
     try:
-        ipsec_ops.set_admin_up(request, name=name, up=up, via=VIA)
+        await ipsec_ops.set_admin_up(request, name=name, up=up, via=VIA)
     except NotFoundError:
         raise web.HTTPNotFound(text="No such tunnel.") from None
     flash(request, f"Tunnel {name} set {'up' if up else 'down'}; the running gateway follows.")
@@ -233,7 +244,7 @@ async def set_admin(request: web.Request) -> web.StreamResponse:
 async def delete_tunnel(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     try:
-        ipsec_ops.delete_tunnel(request, name=name, via=VIA)
+        await ipsec_ops.delete_tunnel(request, name=name, via=VIA)
     except NotFoundError:
         raise web.HTTPNotFound(text="No such tunnel.") from None
     flash(request, f"Tunnel {name} and its policies deleted.")
@@ -248,7 +259,7 @@ async def add_policy(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     form = await form_of(request)
     try:
-        policy = ipsec_ops.add_policy(
+        policy = await ipsec_ops.add_policy(
             request,
             tunnel=name,
             local_cidr=form.get("local", ""),
@@ -258,7 +269,7 @@ async def add_policy(request: web.Request) -> web.StreamResponse:
     except NotFoundError:
         raise web.HTTPNotFound(text="No such tunnel.") from None
     except (Invalid, StoreError) as exc:
-        return render_tunnel(request, name, status=400, errors=[str(exc)], form=form)
+        return await render_tunnel(request, name, status=400, errors=[str(exc)], form=form)
     flash(request, f"Policy {policy.local_cidr} <-> {policy.peer_cidr} added to {name}.")
     raise web.HTTPSeeOther(_tunnel_page(name))
 
@@ -268,7 +279,7 @@ async def delete_policy(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     try:
         policy_id = int(request.match_info["policy_id"])
-        ipsec_ops.delete_policy(request, tunnel=name, policy_id=policy_id, via=VIA)
+        await ipsec_ops.delete_policy(request, tunnel=name, policy_id=policy_id, via=VIA)
     except (ValueError, NotFoundError):
         raise web.HTTPNotFound(text="No such policy.") from None
     flash(request, f"Policy removed from {name}.")

@@ -18,8 +18,10 @@ from datetime import UTC, datetime
 from xml.sax.saxutils import escape
 
 from aiohttp import web
+from sqlmodel import Session
 
-from sslvpn.store import ConflictError, NotFoundError, db, queries
+from sslvpn.store import ConflictError, NotFoundError, queries
+from sslvpn.store.models import ImportToken, User
 from web import pki_ops
 from web.import_links import token_hash
 from web.pages import act_as, audit, portal_of
@@ -40,24 +42,24 @@ async def profile_via_token(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(text="Unknown import link.")
     now = datetime.fromtimestamp(portal.clock(), UTC)
     agent = request.headers.get("User-Agent", "")[:MAX_USER_AGENT]
+    hashed, address = token_hash(token), client_address(request)
+
+    def spend(s: Session) -> tuple[ImportToken, User]:
+        row = queries.mark_import_token_used(
+            s, token_hash=hashed, at=now, used_from=address, user_agent=agent or None
+        )
+        return row, queries.get_user_by_id(s, user_id=row.user_id)
+
     try:
-        with db.session(portal.engine, write=True) as s:
-            row = queries.mark_import_token_used(
-                s,
-                token_hash=token_hash(token),
-                at=now,
-                used_from=client_address(request),
-                user_agent=agent or None,
-            )
-            owner = queries.get_user_by_id(s, user_id=row.user_id)
+        row, owner = await portal.write(spend)
     except NotFoundError:
         raise web.HTTPNotFound(text="Unknown import link.") from None
     except ConflictError:
-        audit(request, "profile.import_refused", detail=f"agent={agent}")
+        await audit(request, "profile.import_refused", detail=f"agent={agent}")
         raise web.HTTPGone(text="This import link was already used, revoked or expired.") from None
     act_as(request, owner)
-    profile = rendered_profile(request, row.certificate_serial)
-    audit(
+    profile = await rendered_profile(request, row.certificate_serial)
+    await audit(
         request,
         "profile.import",
         target=row.certificate_serial,
@@ -99,17 +101,17 @@ async def get_userlogin(request: web.Request) -> web.StreamResponse:
     if user is None:
         return rest_error(401, "Authorization Required", "AUTH_FAILED: bad credentials (9007)")
     act_as(request, user)
-    if _needs_tls_crypt_v2(request) and request.query.get("tls-cryptv2") != "1":
+    if await _needs_tls_crypt_v2(request) and request.query.get("tls-cryptv2") != "1":
         return rest_error(
             403, "Access denied", "This gateway needs a client with tls-crypt-v2 support."
         )
     device = f"connect-{secrets.token_hex(3)}"
     try:
-        certificate = pki_ops.issue(request, user_name=user.name, device=device)
-        profile = pki_ops.render_profile(request, certificate.serial)
+        certificate = await pki_ops.issue(request, user_name=user.name, device=device)
+        profile = await pki_ops.render_profile(request, certificate.serial)
     except pki_ops.OperationError as exc:
         return rest_error(500, "Internal Server Error", f"PROFILE_FAILED: {exc}")
-    audit(request, "profile.import", target=certificate.serial, detail="rest=GetUserlogin")
+    await audit(request, "profile.import", target=certificate.serial, detail="rest=GetUserlogin")
     return web.Response(
         text=profile.text,
         content_type="text/plain",
@@ -117,14 +119,14 @@ async def get_userlogin(request: web.Request) -> web.StreamResponse:
     )
 
 
-def _needs_tls_crypt_v2(request: web.Request) -> bool:
+async def _needs_tls_crypt_v2(request: web.Request) -> bool:
     """Profiles carry tls-crypt-v2 keys when the gateway uses them; the client must say so."""
     portal = portal_of(request)
-    with db.session(portal.engine, write=False) as s:
-        try:
-            settings = queries.get_settings(s, name=portal.settings.gateway_name)
-        except NotFoundError:
-            return False
+    name = portal.settings.gateway_name
+    try:
+        settings = await portal.read(lambda s: queries.get_settings(s, name=name))
+    except NotFoundError:
+        return False
     return settings.control_channel == "tls-crypt-v2"
 
 

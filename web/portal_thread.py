@@ -1,0 +1,82 @@
+"""The portal on its own event loop, in its own thread, beside a gateway in the same process.
+
+`sslvpn serve` runs the portal this way so that nothing the portal does (TLS handshakes,
+templates, QR codes, its store calls and their timeouts) runs on the loop that carries
+packets: a slow page or a stuck store can delay other portal requests, never a packet.
+The portal reaches the gateway through `sslvpn.runtime.control.ThreadSafeControl`, which
+runs each call on the gateway's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+
+from aiohttp import web
+
+from web.app import Served, start_portal
+
+STOP_TIMEOUT = 30.0  # seconds to wait for the portal's thread once asked to stop
+
+_Started = tuple[Served, asyncio.AbstractEventLoop, asyncio.Event]
+
+
+class PortalThread:
+    """A started portal: where it listens, and how to wait for it or stop it."""
+
+    def __init__(self, served: Served, loop: asyncio.AbstractEventLoop, stop: asyncio.Event,
+                 finished: Future[None]) -> None:
+        self.url = served.url
+        self._loop, self._stop, self._finished = loop, stop, finished
+
+    @classmethod
+    async def start(cls, build: Callable[[], web.Application], listen: str,
+                    tls: ssl.SSLContext | None) -> PortalThread:
+        """Build the app in a new thread and serve it there; raises what binding raised."""
+        started: Future[_Started] = Future()
+        finished: Future[None] = Future()
+        # Running futures cannot be cancelled: a waiter that gives up leaves them to the thread.
+        started.set_running_or_notify_cancel()
+        finished.set_running_or_notify_cancel()
+        threading.Thread(target=_main, args=(build, listen, tls, started, finished),
+                         name="sslvpn-portal", daemon=True).start()
+        served, loop, stop = await asyncio.wrap_future(started)
+        return cls(served, loop, stop, finished)
+
+    async def wait(self) -> None:
+        """Until the portal's loop ends (asked to stop, or an error, which is raised)."""
+        await asyncio.wrap_future(self._finished)
+
+    async def stop(self) -> None:
+        """Close the portal's connections and end its thread."""
+        with contextlib.suppress(RuntimeError):  # its loop has closed already
+            self._loop.call_soon_threadsafe(self._stop.set)
+        async with asyncio.timeout(STOP_TIMEOUT):
+            await asyncio.wrap_future(self._finished)
+
+
+def _main(build: Callable[[], web.Application], listen: str, tls: ssl.SSLContext | None,
+          started: Future[_Started], finished: Future[None]) -> None:
+    try:
+        asyncio.run(_serve(build, listen, tls, started))
+    except BaseException as exc:  # handed to whoever waits, in the gateway's thread
+        if not started.done():
+            started.set_exception(exc)
+        finished.set_exception(exc)
+    else:
+        finished.set_result(None)
+
+
+async def _serve(build: Callable[[], web.Application], listen: str, tls: ssl.SSLContext | None,
+                 started: Future[_Started]) -> None:
+    served = await start_portal(build(), listen, tls)
+    stop = asyncio.Event()
+    started.set_result((served, asyncio.get_running_loop(), stop))
+    try:
+        await stop.wait()
+    finally:
+        await served.runner.cleanup()
