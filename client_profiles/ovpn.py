@@ -19,8 +19,12 @@ Transport = Literal["udp", "tcp"]
 DATA_CIPHERS = "AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305"
 # OpenVPN's option names for the client side of each transport [src options.c ascii2proto].
 _PROTO_NAME: dict[Transport, str] = {"udp": "udp", "tcp": "tcp-client"}
-# Without it a 2.6 client waits ~60 s on a silent UDP remote before trying the next one.
-SERVER_POLL_TIMEOUT_S = 10
+# Without it a 2.6 client waits ~60 s on a silent UDP remote before trying the next one. After
+# a ping-restart the client first retries the remote it was on (the dead node), and a lost
+# host also costs its TCP entry when the shuffle put it next: 15 s restart + 1 s pause + two
+# dead remotes at 5 s + a handshake stays under the fleet's 30 s; a live node answers a
+# handshake well within 5 s.
+SERVER_POLL_TIMEOUT_S = 5
 _HOST = re.compile(r"[A-Za-z0-9.:_-]{1,253}")
 _PLAIN_TOKEN = re.compile(r"[^\s\"'\\#;]{1,255}")
 _UNSAFE_IN_QUOTES = re.compile(r"[\"\\\r\n\x00]")

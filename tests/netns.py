@@ -100,8 +100,32 @@ class NetnsLab:
 
     def link(self, a: Namespace, a_address: str, b: Namespace, b_address: str) -> tuple[str, str]:
         """A veth pair between two namespaces with one address (CIDR) at each end."""
+        name_a, name_b = self._veth(a, b)
+        for ns, ifname, address in ((a, name_a, a_address), (b, name_b, b_address)):
+            ns.run("ip", "addr", "add", address, "dev", ifname)
+            ns.run("ip", "link", "set", ifname, "up")
+        return name_a, name_b
+
+    def bridge(self, ns: Namespace) -> str:
+        """A bridge inside ``ns``: one shared segment that ``attach`` plugs namespaces into."""
         self._links += 1
-        # veth names are at most 15 characters: prefix(2) + "v" + link + a/b + tag(6)
+        name = f"{self.prefix}br{self._links}"
+        ns.run("ip", "link", "add", name, "type", "bridge")
+        ns.run("ip", "link", "set", name, "up")
+        return name
+
+    def attach(self, ns: Namespace, address: str, segment: Namespace, bridge: str) -> str:
+        """A veth from ``ns`` (with ``address``, a CIDR) into ``bridge`` inside ``segment``."""
+        name_a, name_b = self._veth(ns, segment)
+        ns.run("ip", "addr", "add", address, "dev", name_a)
+        ns.run("ip", "link", "set", name_a, "up")
+        segment.run("ip", "link", "set", name_b, "master", bridge, "up")
+        return name_a
+
+    def _veth(self, a: Namespace, b: Namespace) -> tuple[str, str]:
+        """A veth pair, one end in each namespace; returns the two interface names."""
+        self._links += 1
+        # veth names are at most 15 characters: prefix(2) + link + a/b + tag(6)
         name_a = f"{self.prefix}{self._links}a{self.tag}"
         name_b = f"{self.prefix}{self._links}b{self.tag}"
         subprocess.run(
@@ -110,9 +134,6 @@ class NetnsLab:
             check=True,
             capture_output=True,
         )
-        for ns, ifname, address in ((a, name_a, a_address), (b, name_b, b_address)):
-            ns.run("ip", "addr", "add", address, "dev", ifname)
-            ns.run("ip", "link", "set", ifname, "up")
         return name_a, name_b
 
     def stop(self, proc: subprocess.Popen[bytes], timeout: float = 10) -> int | None:

@@ -93,7 +93,7 @@ def test_a_pool_beside_the_vpc_is_accepted(tmp_path: Path) -> None:
 
 def test_the_pushed_keepalive_is_chosen_at_init(tmp_path: Path) -> None:
     """Defaults put a client of a dead node on a live one within 30 s (restart 15 s, then
-    at most a 10 s server-poll-timeout on a dead remote); like OpenVPN's `keepalive`, the
+    at most a 5 s server-poll-timeout on each dead remote); like OpenVPN's `keepalive`, the
     restart waits at least two pings."""
     result = _init(tmp_path / "one")
     assert result.exit_code == 0, result.output

@@ -187,7 +187,7 @@ def test_fleet_profiles_list_every_node_udp_first_with_remote_random(run: Run) -
         "remote 198.18.0.1 1194 tcp-client",
         "remote 198.18.0.2 1194 tcp-client",
         "remote-random",
-        "server-poll-timeout 10",
+        "server-poll-timeout 5",
     ]
     # made before b was added: it lists a only, and a accepts it as before (same CA, same
     # server name, same keys: nothing in a profile depends on the set of nodes)

@@ -67,7 +67,7 @@ def test_both_protocols_list_udp_first_and_skip_exit_notify() -> None:
         "remote 198.18.0.1 443 tcp-client",
     ]
     assert "proto udp" in text.splitlines()
-    assert "server-poll-timeout 10" in text.splitlines()
+    assert "server-poll-timeout 5" in text.splitlines()
     assert "explicit-exit-notify" not in text
 
 

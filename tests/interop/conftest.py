@@ -29,6 +29,7 @@ from sslvpn.config import DataPaths
 from sslvpn.runtime.control_server import ControlClient
 from sslvpn.store import db, queries
 from tests.netns import Namespace, NetnsLab, file_contains, wait_until
+from tests.pgcluster import PostgresCluster, postgres_cluster
 
 SSLVPN = str(Path(sys.executable).with_name("sslvpn"))
 STREAM_TOOL = str(Path(__file__).with_name("stream_tool.py"))
@@ -144,6 +145,14 @@ def update_settings(data_dir: Path, **values: object) -> None:
             queries.save_settings(s, settings=settings)
     finally:
         engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresCluster]:
+    """A private PostgreSQL cluster per module, for tests that stop, freeze or share it
+    between namespaces (its unix socket reaches it from any of them)."""
+    with postgres_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")

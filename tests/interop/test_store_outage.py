@@ -32,7 +32,7 @@ from sslvpn.store.models import VpnSessionRecord
 from tests.interop.conftest import VPC_HOST, Topology, build_topology
 from tests.interop.test_openvpn_client import CONNECTED, OpenVpnClient
 from tests.netns import file_contains, wait_until
-from tests.pgcluster import PostgresCluster, postgres_cluster
+from tests.pgcluster import PostgresCluster
 
 pytestmark = pytest.mark.interop
 
@@ -59,12 +59,6 @@ def _report(what: str) -> None:
 def sqlite_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     with build_topology(tmp_path_factory.mktemp("store-sqlite"), prefix="so") as topo:
         yield topo
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresCluster]:
-    with postgres_cluster() as cluster:
-        yield cluster
 
 
 @pytest.fixture(scope="module")

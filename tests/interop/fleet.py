@@ -1,0 +1,234 @@
+"""The two-node fleet topology for interop tests: clients, two `serve --node` hosts, a VPC.
+
+    sslvpn client i 198.18.0.(10+i) --+                 +-- 10.10.0.2  node a (serve --node a)
+                                       +- "internet" ---+-- 198.18.0.1 node a   tun 10.8.0.0/26
+                                       |   (a bridge)   +-- 198.18.0.2 node b   tun 10.8.0.64/26
+                                       |                +-- 10.10.0.3  node b
+    VPC 10.10.0.10 (a bridge)  routes 10.8.0.0/26 via 10.10.0.2 and 10.8.0.64/26 via 10.10.0.3
+
+Both nodes share one PostgreSQL database (a private cluster reached through its unix socket,
+which works from every namespace) and a copy of the same ``pki/`` folder, each in its own
+data folder (its own control socket). Each serves its portal over HTTPS on its internet
+address, port 8443. Every client gets its own namespace (each openvpn client installs the
+VPC route). A node can be SIGKILLed and started again; everything is removed on exit.
+Tests pass their own namespace ``prefix`` so parallel modules never collide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import Engine
+
+from sslvpn.cli import main
+from sslvpn.config import DataPaths
+from sslvpn.store import db
+from tests.interop.conftest import SSLVPN, VPC_HOST
+from tests.netns import Namespace, NetnsLab, file_contains, wait_until
+from tests.pgcluster import PostgresCluster
+
+PORT = 1194
+PORTAL_PORT = 8443
+VPC_NETWORK = "10.10.0.0/24"
+CONNECTED = "Initialization Sequence Completed"
+NODES = {  # name -> (internet address, VPC-side address, sub-pool)
+    "a": ("198.18.0.1", "10.10.0.2", "10.8.0.0/26"),
+    "b": ("198.18.0.2", "10.10.0.3", "10.8.0.64/26"),
+}
+INTERNET_HOST = "198.18.0.254"  # the internet segment's own address: portal tools run there
+REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from ")
+
+
+@dataclass
+class FleetNode:
+    """One gateway host: its namespace, data folder and (while running) `serve` process."""
+
+    fleet: FleetLab
+    name: str
+    ns: Namespace
+    public_address: str
+    vpc_address: str
+    pool: str
+    data_dir: Path
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def portal_url(self) -> str:
+        return f"https://{self.public_address}:{PORTAL_PORT}/"
+
+    def start(self) -> None:
+        """Start `serve --node` and wait (bounded) until it listens on TCP."""
+        before = self._log_text().count("listening on tcp")
+        self.proc = self.ns.spawn(
+            [SSLVPN, "--data-dir", str(self.data_dir), "--database-url", self.fleet.database_url,
+             "serve", "--node", self.name, "--listen", self.public_address,
+             "--portal-listen", f"{self.public_address}:{PORTAL_PORT}"],
+            log=self.log,
+        )
+        if not wait_until(lambda: self._log_text().count("listening on tcp") > before, 30):
+            pytest.fail(f"node {self.name} did not start:\n{self._log_text()[-3000:]}")
+
+    def kill(self) -> float:
+        """SIGKILL the node (no goodbye to anyone); returns the wall-clock time of the kill."""
+        assert self.proc is not None
+        killed_at = time.time()
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self.proc = None
+        return killed_at
+
+    def _log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@dataclass
+class FleetClient:
+    """A real openvpn 2.6 client in its own namespace, and optionally a pinger to the VPC."""
+
+    fleet: FleetLab
+    ns: Namespace
+    serial: str
+    log: Path
+    proc: subprocess.Popen[bytes]
+    ping_log: Path | None = None
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_connected(self, timeout: float = 30) -> None:
+        if not wait_until(file_contains(self.log, CONNECTED), timeout):
+            pytest.fail(f"client {self.serial} did not connect:\n{self.text()[-3000:]}")
+
+    def start_pinging(self) -> None:
+        """``ping -i 0.2`` to the VPC host, each reply time-stamped (``-D``)."""
+        self.ping_log = self.log.with_suffix(".ping")
+        self.ns.spawn(["ping", "-D", "-i", "0.2", "-W", "1", VPC_HOST], log=self.ping_log)
+
+    def replies(self) -> list[float]:
+        """Wall-clock times of the ping replies so far."""
+        if self.ping_log is None or not self.ping_log.exists():
+            return []
+        lines = self.ping_log.read_text(errors="replace").splitlines()
+        return [float(m.group(1)) for m in map(REPLY.match, lines) if m]
+
+
+@dataclass
+class FleetLab:
+    """The namespaces, the shared database, both nodes and the clients of one test module."""
+
+    lab: NetnsLab
+    work: Path
+    database_url: str
+    internet: Namespace
+    vpc: Namespace
+    internet_bridge: str
+    nodes: dict[str, FleetNode] = field(default_factory=dict)
+    clients: list[FleetClient] = field(default_factory=list)
+
+    @property
+    def data_dir(self) -> Path:
+        """The data folder the CLI verbs use (node a's; both share the database)."""
+        return self.nodes["a"].data_dir
+
+    def cli(self, *args: str, stdin: str | None = None, check: bool = True) -> Result:
+        """An `sslvpn` verb in-process against the fleet's database."""
+        result = CliRunner().invoke(
+            main, ["--data-dir", str(self.data_dir), "--database-url", self.database_url, *args],
+            input=stdin,
+        )
+        if check and result.exit_code != 0:
+            raise AssertionError(f"sslvpn {' '.join(args)} failed: {result.output}")
+        return result
+
+    def engine(self) -> Engine:
+        """A store engine on the shared database (dispose it when done)."""
+        return db.open_engine(self.database_url)
+
+    def issue(self, user: str, device: str) -> str:
+        """A certificate for user/device (the user is created on first use); its serial."""
+        if user not in self.cli("user", "list").output:
+            self.cli("user", "add", user)
+        return self.cli("cert", "issue", user, "--device", device).output.split()[1]
+
+    def profile(self, user: str, device: str) -> Path:
+        """The ``.ovpn`` `sslvpn profile` makes (every node's remotes)."""
+        path = self.work / f"{user}-{device}.ovpn"
+        self.cli("profile", user, "--device", device, "-o", str(path))
+        return path
+
+    def start_client(self, user: str, device: str) -> FleetClient:
+        """Issue a certificate, make its profile and start openvpn in a new namespace."""
+        index = len(self.clients)
+        serial = self.issue(user, device)
+        profile = self.profile(user, device)
+        ns = self.lab.namespace(f"c{index}")
+        self.lab.attach(ns, f"198.18.0.{10 + index}/24", self.internet, self.internet_bridge)
+        log = self.work / f"client-{index}-{device}.log"
+        proc = ns.spawn(["openvpn", "--config", str(profile), "--disable-dco", "--verb", "3",
+                         "--log", str(log)])
+        client = FleetClient(self, ns, serial, log, proc)
+        self.clients.append(client)
+        return client
+
+    def ca_file(self) -> str:
+        return str(DataPaths(self.data_dir).ca_cert)
+
+
+def _require(binary: str) -> None:
+    if shutil.which(binary) is None:
+        pytest.fail(f"{binary} is not installed (run scripts/install-test-deps)")
+
+
+@contextlib.contextmanager
+def build_fleet(work: Path, postgres: PostgresCluster, *, prefix: str) -> Iterator[FleetLab]:
+    """The namespaces, a fleet of nodes a and b made with the CLI on ``postgres``, both
+    nodes running; removed (processes, namespaces) however the block ends."""
+    for binary in ("openvpn", "ip", "ping"):
+        _require(binary)
+    lab = NetnsLab(prefix)
+    try:
+        internet, vpc = lab.namespace("inet"), lab.namespace("vpc")
+        internet_bridge, vpc_bridge = lab.bridge(internet), lab.bridge(vpc)
+        internet.run("ip", "addr", "add", f"{INTERNET_HOST}/24", "dev", internet_bridge)
+        vpc.run("ip", "addr", "add", f"{VPC_HOST}/24", "dev", vpc_bridge)
+        fleet = FleetLab(lab, work, postgres.socket_url, internet, vpc, internet_bridge)
+        for name, (public, vpc_side, pool) in NODES.items():
+            ns = lab.namespace(f"n{name}")
+            lab.attach(ns, f"{public}/24", internet, internet_bridge)
+            lab.attach(ns, f"{vpc_side}/24", vpc, vpc_bridge)
+            vpc.run("ip", "route", "add", pool, "via", vpc_side)
+            fleet.nodes[name] = FleetNode(fleet, name, ns, public, vpc_side, pool,
+                                          work / f"node-{name}", work / f"node-{name}.log")
+        fleet.cli("init", "--public-address", NODES["a"][0], "--port", str(PORT),
+                  "--proto", "both", "--vpc", VPC_NETWORK)
+        for name, (public, vpc_side, pool) in NODES.items():
+            fleet.cli("node", "add", name, "--public-address", public, "--pool", pool,
+                      "--vpc-address", vpc_side)
+        shutil.copytree(DataPaths(fleet.data_dir).pki_dir,
+                        DataPaths(fleet.nodes["b"].data_dir).pki_dir)
+        fleet.nodes["b"].data_dir.chmod(0o700)
+        for node in fleet.nodes.values():
+            node.start()
+        yield fleet
+    finally:
+        lab.close()
+
+
+def portal(fleet: FleetLab, node: str, *args: str, stdin: str = "") -> str:
+    """Run tests/interop/portal_client.py in a client-side namespace against a node's portal."""
+    client_tool = str(Path(__file__).with_name("portal_client.py"))
+    return fleet.internet.run(sys.executable, client_tool, fleet.nodes[node].portal_url,
+                              fleet.ca_file(), *args, stdin=stdin, timeout=60)
