@@ -37,7 +37,8 @@ def refusal(exc: Exception) -> web.Response:
 
 
 def gateway_json(g: VpnGateway) -> dict[str, Any]:
-    return {"name": g.name, "public_address": g.public_address, "bandwidth_bps": g.bandwidth_bps}
+    return {"name": g.name, "public_address": g.public_address, "bandwidth_bps": g.bandwidth_bps,
+            "nodes": list(g.nodes)}
 
 
 def customer_gateway_json(c: CustomerGateway) -> dict[str, Any]:
@@ -51,6 +52,7 @@ def policy_json(p: SpdPolicy) -> dict[str, Any]:
 def status_json(t: TunnelStatus) -> dict[str, Any]:
     return {
         "state": t.state,
+        "node": t.node,
         "last_error": t.last_error,
         "established_at": t.established_at.isoformat() if t.established_at else None,
         "spi_in": t.spi_in,
@@ -133,9 +135,13 @@ async def _gateway(request: web.Request, name: str) -> VpnGateway:
 
 async def create_gateway(request: web.Request) -> web.StreamResponse:
     body = await body_of(
-        request, {"name": str, "public_address": str, "bandwidth_bps": (int, type(None))}
+        request, {"name": str, "public_address": str, "bandwidth_bps": (int, type(None)),
+                  "nodes": list}
     )
     name = body.get("name", "")
+    nodes = body.get("nodes", [])
+    if not all(isinstance(node, str) for node in nodes):
+        return error(400, "nodes must be a list of node names")
     try:
         await ipsec_ops.add_gateway(
             request,
@@ -143,6 +149,7 @@ async def create_gateway(request: web.Request) -> web.StreamResponse:
             public_address=body.get("public_address", ""),
             bandwidth_bps=_bandwidth(body),
             via=VIA,
+            nodes=nodes,
         )
     except (Invalid, StoreError) as exc:
         return refusal(exc)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from sqlmodel import Session
@@ -78,9 +79,14 @@ def _policy_error(exc: PolicyError) -> Invalid:
 
 
 async def add_gateway(
-    request: web.Request, *, name: str, public_address: str, bandwidth_bps: int | None, via: str
+    request: web.Request, *, name: str, public_address: str, bandwidth_bps: int | None, via: str,
+    nodes: Sequence[str] = (),
 ) -> None:
+    """A VPN gateway; ``nodes`` are the fleet nodes that may carry its tunnels. The portal
+    never sets the on-activate command: a shell command run as root is the CLI's to give."""
     _check_name(name, "VPN gateway")
+    for node in nodes:
+        _check_name(node, "node")
     try:
         address = check_unicast_address(public_address, what="public address")
     except PolicyError as exc:
@@ -88,10 +94,12 @@ async def add_gateway(
     check_bandwidth(bandwidth_bps)
     await portal_of(request).write(
         lambda s: q.create_vpn_gateway(
-            s, name=name, public_address=address, bandwidth_bps=bandwidth_bps
+            s, name=name, public_address=address, bandwidth_bps=bandwidth_bps, nodes=nodes
         )
     )
-    await audit(request, "ipsec.gateway.create", target=name, detail=f"address={address} via={via}")
+    on = f" nodes={','.join(nodes)}" if nodes else ""
+    await audit(request, "ipsec.gateway.create", target=name,
+                detail=f"address={address}{on} via={via}")
 
 
 async def set_bandwidth(
@@ -256,16 +264,20 @@ class StatusReport:
 
     by_name: dict[str, TunnelStatus]
     problem: str | None
+    owners: dict[str, str] = field(default_factory=dict)  # fleet tunnel -> its last taker
 
     def of(self, name: str) -> TunnelStatus:
-        """A tunnel the gateway does not report is down, with the reason if one is known."""
+        """A tunnel the gateway does not report is down, with the reason if one is known,
+        or carried "elsewhere" by the fleet node that took it last."""
         found = self.by_name.get(name)
         if found is not None:
             return found
+        owner = self.owners.get(name)
         return TunnelStatus(
             name=name,
-            state="down",
-            last_error=self.problem or NOT_RUNNING,
+            state="elsewhere" if owner else "down",
+            last_error=None if owner else self.problem or NOT_RUNNING,
+            node=owner,
             established_at=None,
             spi_in=None,
             spi_out=None,
@@ -277,12 +289,15 @@ class StatusReport:
 
 
 async def tunnel_status(request: web.Request) -> StatusReport:
-    """Ask the gateway once; a missing or silent gateway leaves every tunnel down."""
+    """Ask the gateway once, and the store which node took each fleet tunnel; a missing or
+    silent gateway leaves every tunnel it would run down."""
+    taken = await portal_of(request).read(q.tunnel_owners)
+    owners = {name: node for name, (node, _since) in taken.items()}
     try:
         rows = await portal_of(request).ask_gateway(lambda c: c.tunnel_status())
     except NoGateway as exc:
-        return StatusReport({}, str(exc))
+        return StatusReport({}, str(exc), owners)
     except Exception as exc:  # a dead gateway must not take the portal down with it
         log.warning("gateway did not report tunnel status: %r", exc)
-        return StatusReport({}, "the gateway did not answer")
-    return StatusReport({t.name: t for t in rows}, None)
+        return StatusReport({}, "the gateway did not answer", owners)
+    return StatusReport({t.name: t for t in rows}, None, owners)

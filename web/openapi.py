@@ -292,13 +292,19 @@ DELETED = _json(
     {"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "boolean"}}},
     "Deleted",
 )
+NODE_NAMES = {
+    "type": "array",
+    "items": {"type": "string"},
+    "description": "fleet nodes that may carry its tunnels, one at a time; empty: single gateway",
+}
 VPN_GATEWAY = {
     "type": "object",
-    "required": ["name", "public_address", "bandwidth_bps"],
+    "required": ["name", "public_address", "bandwidth_bps", "nodes"],
     "properties": {
         "name": {"type": "string"},
         "public_address": {"type": "string"},
         "bandwidth_bps": {**NULLABLE_INT, "description": "cap for all its tunnels; null: none"},
+        "nodes": NODE_NAMES,
     },
 }
 CUSTOMER_GATEWAY = {
@@ -319,7 +325,9 @@ TUNNEL_STATUS = {
     "type": "object",
     "required": ["state", "last_error", "established_at", "spi_in", "spi_out"],
     "properties": {
-        "state": {"type": "string", "enum": ["down", "connecting", "up"]},
+        "state": {"type": "string", "enum": ["down", "connecting", "up", "elsewhere"],
+                  "description": "elsewhere: another fleet node carries it (see node)"},
+        "node": {**NULLABLE_TEXT, "description": "the fleet node holding it; null: single"},
         "last_error": NULLABLE_TEXT,
         "established_at": NULLABLE_DATE,
         "spi_in": NULLABLE_TEXT,
@@ -368,12 +376,13 @@ def _ipsec_paths() -> dict[str, Any]:
                         "name": OBJECT_NAME,
                         "public_address": UNICAST_ADDRESS,
                         "bandwidth_bps": BANDWIDTH_BODY,
+                        "nodes": {**NODE_NAMES, "items": OBJECT_NAME, "uniqueItems": True},
                     },
                     ["name", "public_address"],
                 ),
                 "responses": {
                     "201": _json(_ref("VpnGateway"), "Created"),
-                    **_errors(400, 409),
+                    **_errors(400, 404, 409),
                 },
             },
         },

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -73,15 +74,25 @@ def gateway() -> None:
 @click.argument("name")
 @click.option("--public-address", required=True, help="Our public IP, the IKE endpoint.")
 @click.option("--bandwidth", default=None, help="Cap for all its tunnels, e.g. 100M or 1G.")
+@click.option("--node", "nodes", multiple=True, metavar="NAME",
+              help="A fleet node that may carry its tunnels (repeatable); one holds each "
+                   "tunnel at a time and another takes it over when it dies. Default: the "
+                   "single gateway.")
+@click.option("--on-activate", default=None, metavar="CMD",
+              help="Shell command a node runs when it takes one of its tunnels (instead of "
+                   "serve's --on-activate), e.g. to point the VPC route table at it.")
 @click.pass_context
 @one_line_errors
-def gateway_add(ctx: click.Context, name: str, public_address: str, bandwidth: str | None) -> None:
+def gateway_add(ctx: click.Context, name: str, public_address: str, bandwidth: str | None,
+                nodes: tuple[str, ...], on_activate: str | None) -> None:
     """Create a VPN gateway."""
     address = check_unicast_address(public_address, what="public address")
     bps = parse_rate(bandwidth) if bandwidth else None
     with _store(ctx, write=True) as s:
-        q.create_vpn_gateway(s, name=name, public_address=address, bandwidth_bps=bps)
-    click.echo(f"VPN gateway {name} at {address}, bandwidth {format_rate(bps)}")
+        q.create_vpn_gateway(s, name=name, public_address=address, bandwidth_bps=bps,
+                             nodes=nodes, on_activate=on_activate or None)
+    where = f", on nodes {', '.join(nodes)}" if nodes else ""
+    click.echo(f"VPN gateway {name} at {address}, bandwidth {format_rate(bps)}{where}")
 
 
 @gateway.command("list")
@@ -91,10 +102,10 @@ def gateway_list(ctx: click.Context) -> None:
     """List VPN gateways."""
     with _store(ctx, write=False) as s:
         rows = [
-            (g.name, g.public_address, format_rate(g.bandwidth_bps))
+            (g.name, g.public_address, format_rate(g.bandwidth_bps), ",".join(g.nodes) or "-")
             for g in q.list_vpn_gateways(s)
         ]
-    _table(rows, ("NAME", "PUBLIC ADDRESS", "BANDWIDTH"))
+    _table(rows, ("NAME", "PUBLIC ADDRESS", "BANDWIDTH", "NODES"))
 
 
 @gateway.command("delete")
@@ -320,33 +331,50 @@ def _published(data_dir: Path) -> tuple[dict[str, TunnelStatus], str | None]:
 @click.pass_context
 @one_line_errors
 def status(ctx: click.Context, as_json: bool) -> None:
-    """State, SPIs and counters of every tunnel, from the running gateway."""
+    """State, SPIs and counters of every tunnel, from the running gateway; on a fleet, the
+    node holding each tunnel (from the store for tunnels another node carries)."""
     obj: CliContext = ctx.find_object(CliContext)  # type: ignore[assignment]
     with _store(ctx, write=False) as s:
         names = [t.name for t in q.list_tunnels(s)]
+        owners = q.tunnel_owners(s)
     published, problem = _published(obj.data_dir)
-    down = {"state": "down", "last_error": problem}
     if as_json:
         out = []
         for name in names:
             entry = published.get(name)
-            data: dict[str, Any] = asdict(entry) if entry else {"name": name, **down}
+            data: dict[str, Any] = asdict(entry) if entry else {
+                "name": name, "state": "elsewhere" if name in owners else "down",
+                "last_error": None if name in owners else problem}
             if entry and entry.established_at:
                 data["established_at"] = entry.established_at.isoformat()
+            data["node"], taken = _holder(entry, owners.get(name))
+            data["node_since"] = taken.isoformat() if taken else None
             out.append(data)
         click.echo(json.dumps(out, indent=2))
         return
     rows = []
     for name in names:
         t = published.get(name)
+        node = _holder(t, owners.get(name))[0] or "-"
         if t is None:
-            rows.append((name, "down", "-", "-", "-", "-", problem or "not running"))
+            away = node != "-"  # carried by another node of the fleet
+            rows.append((name, node, "elsewhere" if away else "down", "-", "-", "-", "-",
+                         "" if away else problem or "not running"))
             continue
         since = t.established_at.strftime("%Y-%m-%d %H:%M:%S") if t.established_at else "-"
         spis = f"{t.spi_in}/{t.spi_out}" if t.spi_in else "-"
-        rows.append((name, t.state, since, spis, f"{t.bytes_in}/{t.packets_in}",
+        rows.append((name, node, t.state, since, spis, f"{t.bytes_in}/{t.packets_in}",
                      f"{t.bytes_out}/{t.packets_out}", t.last_error or ""))
-    _table(rows, ("TUNNEL", "STATE", "SINCE", "SPI IN/OUT", "IN B/PKT", "OUT B/PKT", "LAST ERROR"))
+    _table(rows, ("TUNNEL", "NODE", "STATE", "SINCE", "SPI IN/OUT", "IN B/PKT", "OUT B/PKT",
+                  "LAST ERROR"))
+
+
+def _holder(running: TunnelStatus | None, owner: tuple[str, datetime | None] | None,
+            ) -> tuple[str | None, datetime | None]:
+    """The node carrying a tunnel: this one when it runs it here, else the last taker."""
+    if running is not None and running.node:
+        return running.node, owner[1] if owner and owner[0] == running.node else None
+    return owner if owner else (None, None)
 
 
 COMMANDS: list[click.Command] = [ipsec]

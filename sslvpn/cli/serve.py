@@ -120,12 +120,14 @@ async def first_admin(engine: Engine) -> str | None:
         return None
 
 
-def ipsec_task(store: AsyncStore) -> ExtraTask:
-    """The site-to-site tunnels; the gateway answers `tunnel_status` with theirs."""
+def ipsec_task(store: AsyncStore, node: str | None = None,
+               on_activate: str | None = None) -> ExtraTask:
+    """The site-to-site tunnels (on a fleet node, those whose lease it holds); the gateway
+    answers `tunnel_status` with theirs."""
 
     async def run(gateway: Gateway) -> None:
         while True:  # a failed IPsec service must not take the OpenVPN gateway with it
-            service = IpsecService(store)
+            service = IpsecService(store, node=node, on_activate=on_activate)
             gateway.tunnel_status_providers.append(service.tunnel_status)
             try:
                 await service.run()
@@ -220,6 +222,10 @@ def _human_bytes(count: int) -> str:
 @click.option("--node", envvar="SSLVPN_NODE", default=None, metavar="NAME",
               help="Run as node NAME of a fleet (see `sslvpn node`): serve its sub-pool and "
                    "write its heartbeat. Default: the single gateway.")
+@click.option("--on-activate", default=None, metavar="CMD",
+              help="Shell command run when this node takes an IPsec tunnel (to point the VPC "
+                   "route table at it), unless the VPN gateway has its own; SSLVPN_TUNNEL, "
+                   "SSLVPN_NODE, SSLVPN_LOCAL_CIDRS and SSLVPN_PEER_CIDRS in its environment.")
 @click.option("--tun-name", default="sslvpn%d", show_default=True)
 @click.option("--connect-freq-initial", "connect_freq", nargs=2,
               type=(click.IntRange(1), click.FloatRange(min=0.001)), default=None,
@@ -238,7 +244,8 @@ def _human_bytes(count: int) -> str:
 def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
                   proto: str | None, portal_listen: str | None, portal_cert: Path | None,
                   portal_key: Path | None, public_url: str | None, no_portal: bool,
-                  node: str | None, tun_name: str, connect_freq: tuple[int, float] | None,
+                  node: str | None, on_activate: str | None, tun_name: str,
+                  connect_freq: tuple[int, float] | None,
                   no_network_config: bool, trace_frames: int | None, allow_insecure: bool,
                   verbose: bool) -> None:
     """Run the gateway (OpenVPN over UDP and TCP, IPsec tunnels) and the portal until
@@ -254,7 +261,7 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
         preflight(paths, engine, given_portal=given, allow_insecure=allow_insecure)
         retention.ensure_incremental_vacuum(engine)  # once, before anyone is served
         gateway_store = AsyncStore(engine)  # the gateway's only way to the store
-        extra = [ipsec_task(gateway_store)]
+        extra = [ipsec_task(gateway_store, node, on_activate)]
         if trace_frames is not None:
             tracemalloc.start(trace_frames)
             extra.append(heap_snapshot_task(paths.heap_snapshots))

@@ -58,6 +58,7 @@ class TunnelStatus:
     ike_inits_admitted: int = 0  # IKE_SA_INIT requests answered in full (one DH each)
     ike_drops: dict[str, int] = field(default_factory=dict)  # dropped IKE messages by reason
     ike_drop_sources: dict[str, int] = field(default_factory=dict)  # top "ip:port" sources
+    node: str | None = None  # the fleet node carrying it (None: the single gateway)
 
 
 class GatewayControl(Protocol):

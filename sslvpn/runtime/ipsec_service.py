@@ -11,6 +11,13 @@ The data path: TUN -> SPD (destination picks the tunnel, the source must be a lo
 -> per-gateway bandwidth cap -> ESP seal -> UDP 4500. UDP 4500 -> SAD (SPI picks SA and
 tunnel) -> ESP open (ICV, replay, padding) -> SPD inbound check -> bandwidth cap -> TUN.
 Packets matching no policy are dropped and counted.
+
+On a node of a fleet (``node``), the tunnels of VPN gateways that name this node run only
+while this node holds their lease (`sslvpn.runtime.ipsec_lease`): every round it keeps the
+leases it has and tries to take the others, so a standby takes a dead owner's tunnels within
+one round of the lock's release. A node that takes a tunnel records itself as its owner,
+initiates to the customer gateway and runs the operator's ``on_activate`` hook; a node that
+loses its lease connection stops the tunnels at once, since another node may own them next.
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ import contextlib
 import ipaddress
 import logging
 import os
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,12 +51,14 @@ from sslvpn.runtime.ike_udp import (
     Address,
     IkeSockets,
 )
+from sslvpn.runtime.ipsec_hook import hook_environment, run_hook
+from sslvpn.runtime.ipsec_lease import TunnelLeases
 from sslvpn.runtime.ipsec_tunnel import Tunnel
 from sslvpn.runtime.netconf import NetconfError, run
 from sslvpn.runtime.tun import LinuxTun, Tun
 from sslvpn.store import StoreError, StoreUnavailable
 from sslvpn.store.async_store import AsyncStore
-from sslvpn.store.ipsec_queries import TunnelConfig, tunnel_configs
+from sslvpn.store.ipsec_queries import TunnelConfig, set_tunnel_owner, tunnel_configs
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +103,23 @@ class IpsecService:
         reload_interval: float = RELOAD_INTERVAL,
         keepalive_interval: float = KEEPALIVE_INTERVAL,
         rand: Callable[[int], bytes] = os.urandom,
+        node: str | None = None,
+        on_activate: str | None = None,
     ) -> None:
         self._store = store
+        self._node = node
+        self._on_activate = on_activate  # serve's hook, for gateways without their own
+        self._leases: TunnelLeases | None = None
+        self._lease_store: AsyncStore | None = None
+        if node is not None:
+            try:
+                self._leases = TunnelLeases(store.engine, node)
+                # a thread of its own: lease rounds never queue behind the gateway's calls
+                self._lease_store = AsyncStore(store.engine, timeout=store.timeout, threads=1,
+                                               owner="the IPsec leases")
+            except ValueError as exc:  # SQLite: fleet tunnels cannot run here
+                log.error("%s", exc)
+        self._background: set[asyncio.Task[object]] = set()
         self._tun_factory = tun_factory or (lambda: LinuxTun(TUN_NAME, mtu=TUN_MTU))
         self._ike_port = ike_port
         self._nat_t_port = nat_t_port
@@ -136,6 +161,18 @@ class IpsecService:
                 await asyncio.sleep(self._reload_interval)
         finally:
             self._shutdown()
+            await self._release_leases()
+
+    async def _release_leases(self) -> None:
+        """Free our leases for the standby nodes, in a thread (a call stuck in a hung store
+        holds the connection; its end closes it)."""
+        for task in self._background:
+            task.cancel()
+        if self._leases is not None:
+            threading.Thread(target=self._leases.close, daemon=True,
+                             name="sslvpn-ipsec-lease-close").start()
+        if self._lease_store is not None:
+            await self._lease_store.close()
 
     def _open_tun(self) -> None:
         """The TUN device, created with the first tunnel (a gateway without any needs none)."""
@@ -208,7 +245,14 @@ class IpsecService:
 
     # -- following the store -----------------------------------------------------------
     async def _reload(self) -> None:
-        configs = {c.name: c for c in await self._store.read(tunnel_configs)}
+        try:
+            read = await self._store.read(lambda s: tunnel_configs(s, self._node))
+        except StoreUnavailable:  # the leases still decide: a lost one stops its tunnel
+            configs = await self._leased(self._configs)
+            for name in [n for n in self._tunnels if n not in configs]:
+                self._remove_tunnel(name)
+            raise
+        configs = await self._leased({c.name: c for c in read})
         if configs and self._tun is None:
             self._open_tun()
         for name in list(self._tunnels):
@@ -218,6 +262,8 @@ class IpsecService:
         for name, config in configs.items():
             if name not in self._tunnels:
                 await self._add_tunnel(config)
+                if config.nodes and name in self._tunnels:
+                    self._activated(config)
             tunnel = self._tunnels.get(name)
             if tunnel is None:
                 continue
@@ -228,6 +274,45 @@ class IpsecService:
         self._configs = configs
         self._set_bandwidth(configs.values())
         self._sync_routes()
+
+    async def _leased(self, configs: dict[str, TunnelConfig]) -> dict[str, TunnelConfig]:
+        """The tunnels this node runs: the single gateway's, and those of a fleet gateway
+        that names this node while it holds their lease (which it always initiates: the
+        peer cannot know which node to expect)."""
+        configs = {name: c for name, c in configs.items()
+                   if not c.nodes or self._node in c.nodes}
+        fleet = {c.tunnel_id for c in configs.values() if c.nodes}
+        held: frozenset[int] = frozenset()
+        if fleet and self._leases is not None and self._lease_store is not None:
+            leases = self._leases
+            try:
+                held = await self._lease_store.call(lambda _engine: leases.sync(fleet))
+            except StoreUnavailable:  # logged once by that facade; every lease is lost
+                pass
+        return {name: replace(c, initiate=True) if c.nodes else c
+                for name, c in configs.items() if not c.nodes or c.tunnel_id in held}
+
+    def _activated(self, config: TunnelConfig) -> None:
+        """This node took ``config``'s tunnel: say so in the store, run the hook (both off
+        the loop, in the background)."""
+        node = self._node or ""
+        log.info("node %s took the lease of tunnel %s", node, config.name)
+        self._spawn(self._record_owner(config.tunnel_id, node))
+        command = config.on_activate or self._on_activate
+        if command:
+            self._spawn(run_hook(command, hook_environment(config, node)))
+
+    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _record_owner(self, tunnel_id: int, node: str) -> None:
+        try:
+            await self._store.write(lambda s: set_tunnel_owner(s, tunnel_id=tunnel_id,
+                                                               node=node))
+        except StoreError as exc:
+            log.error("cannot record node %s as the tunnel's owner: %s", node, exc)
 
     async def _add_tunnel(self, config: TunnelConfig) -> None:
         try:
@@ -284,7 +369,7 @@ class IpsecService:
     def _ike_config(self, config: TunnelConfig) -> IkeConfig:
         timers: dict[str, Any] = dict(self._timers)
         return IkeConfig.build(
-            local_id=config.local_address,
+            local_id=config.local_id or config.local_address,
             remote_id=config.remote_address,
             psk=config.psk.encode(),
             ike_proposals=config.ike_proposals,
@@ -377,7 +462,9 @@ class IpsecService:
     # -- control -----------------------------------------------------------------------
     def tunnel_status(self) -> list[TunnelStatus]:
         """State, SPIs and counters of every tunnel (GatewayControl.tunnel_status)."""
-        return [self._tunnels[name].status() for name in sorted(self._tunnels)]
+        return [replace(self._tunnels[name].status(),
+                        node=self._node if self._tunnels[name].config.nodes else None)
+                for name in sorted(self._tunnels)]
 
     def rekey_all(self, now: float, *, ike: bool) -> None:
         """Rekey every up tunnel's CHILD_SA (or IKE SA) now, e.g. before a planned key change."""

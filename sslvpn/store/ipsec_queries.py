@@ -12,9 +12,12 @@ them first, using `policies_on_gateway` for the overlap rules, then call these q
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import delete
+from sqlalchemy import delete, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col, select
 
@@ -26,15 +29,28 @@ from sslvpn.store.models import (
     VpnGateway,
     VpnTunnel,
 )
+from sslvpn.store.node_queries import get_node, list_nodes
 from sslvpn.store.rows import assign, insert, integrity_error
 
 # VPN gateways --------------------------------------------------------------------------
 
 
 def create_vpn_gateway(
-    s: Session, *, name: str, public_address: str, bandwidth_bps: int | None = None
+    s: Session,
+    *,
+    name: str,
+    public_address: str,
+    bandwidth_bps: int | None = None,
+    nodes: Sequence[str] = (),
+    on_activate: str | None = None,
 ) -> VpnGateway:
-    row = VpnGateway(name=name, public_address=public_address, bandwidth_bps=bandwidth_bps)
+    """A gateway; ``nodes`` (fleet nodes that exist) may carry its tunnels, one at a time."""
+    for node in nodes:
+        get_node(s, name=node)
+    if len(set(nodes)) != len(nodes):
+        raise ConflictError("a node is named twice")
+    row = VpnGateway(name=name, public_address=public_address, bandwidth_bps=bandwidth_bps,
+                     nodes=list(nodes), on_activate=on_activate)
     return insert(s, row, f"VPN gateway {name!r}")
 
 
@@ -216,7 +232,7 @@ class TunnelConfig:
 
     name: str
     gateway: str
-    local_address: str
+    local_address: str  # where this node speaks from
     remote_address: str
     psk: str
     ike_proposals: str
@@ -225,26 +241,37 @@ class TunnelConfig:
     admin_up: bool
     bandwidth_bps: int | None
     policies: tuple[tuple[str, str], ...]  # (local CIDR, peer CIDR)
+    tunnel_id: int = 0  # the key of its lease among a fleet's nodes
+    local_id: str = ""  # IKE identity: the gateway's public address, the same on every node
+    nodes: tuple[str, ...] = ()  # empty: the single gateway runs it, no lease
+    on_activate: str | None = None
 
     def __repr__(self) -> str:
         return f"TunnelConfig(name={self.name!r}, remote={self.remote_address!r})"
 
 
-def tunnel_configs(s: Session) -> list[TunnelConfig]:
+def tunnel_configs(s: Session, node: str | None = None) -> list[TunnelConfig]:
+    """Every tunnel, as node ``node`` would run it: a fleet gateway's tunnels speak from that
+    node's own public address (of the peer's IP version) when the gateway names the node."""
     gateways = {g.id: g for g in list_vpn_gateways(s)}
     customers = {c.id: c for c in list_customer_gateways(s)}
+    addresses = {n.name: n.public_addresses for n in list_nodes(s)} if node else {}
     policies: dict[str, list[tuple[str, str]]] = {}
     for name, policy in list_policies(s):
         policies.setdefault(name, []).append((policy.local_cidr, policy.peer_cidr))
     configs = []
     for tunnel in list_tunnels(s):
         gateway = gateways[tunnel.gateway_id]
+        remote = customers[tunnel.customer_gateway_id].address
+        local = gateway.public_address
+        if node in gateway.nodes:
+            local = _node_address(addresses.get(node, []), remote) or local
         configs.append(
             TunnelConfig(
                 name=tunnel.name,
                 gateway=gateway.name,
-                local_address=gateway.public_address,
-                remote_address=customers[tunnel.customer_gateway_id].address,
+                local_address=local,
+                remote_address=remote,
                 psk=tunnel.psk,
                 ike_proposals=tunnel.ike_proposals,
                 esp_proposals=tunnel.esp_proposals,
@@ -252,9 +279,38 @@ def tunnel_configs(s: Session) -> list[TunnelConfig]:
                 admin_up=tunnel.admin_up,
                 bandwidth_bps=gateway.bandwidth_bps,
                 policies=tuple(policies.get(tunnel.name, ())),
+                tunnel_id=_id(tunnel),
+                local_id=gateway.public_address,
+                nodes=tuple(gateway.nodes),
+                on_activate=gateway.on_activate,
             )
         )
     return configs
+
+
+def _node_address(public_addresses: Sequence[str], remote: str) -> str | None:
+    """The node's first public IP of the peer's version (its other entries may be names)."""
+    version = ipaddress.ip_address(remote).version
+    for entry in public_addresses:
+        try:
+            if ipaddress.ip_address(entry).version == version:
+                return entry
+        except ValueError:
+            continue
+    return None
+
+
+def set_tunnel_owner(s: Session, *, tunnel_id: int, node: str) -> None:
+    """Record that ``node`` took the tunnel's lease (for status; the lock is the truth)."""
+    statement = (update(VpnTunnel).where(col(VpnTunnel.id) == tunnel_id)
+                 .values(owner_node=node, owner_since=func.now()))
+    s.connection().execute(statement)
+
+
+def tunnel_owners(s: Session) -> dict[str, tuple[str, datetime | None]]:
+    """Tunnel name -> (node that last took it, since when), for tunnels of fleet gateways."""
+    query = select(VpnTunnel.name, VpnTunnel.owner_node, VpnTunnel.owner_since)
+    return {name: (owner, since) for name, owner, since in s.exec(query) if owner}
 
 
 def _tunnel_names(s: Session, condition: object) -> list[str]:

@@ -206,8 +206,10 @@ class VpnGateway(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(unique=True, index=True)
-    public_address: str
+    public_address: str  # the IKE identity; with nodes, each node speaks from its own address
     bandwidth_bps: int | None = Field(default=None, sa_type=BigInteger)
+    nodes: list[str] = Field(default_factory=list, sa_type=JSON)  # empty: the single gateway
+    on_activate: str | None = None  # command run by the node that takes one of its tunnels
 
 
 class CustomerGateway(SQLModel, table=True):
@@ -233,6 +235,9 @@ class VpnTunnel(SQLModel, table=True):
     start_action: str = "initiate"
     admin_up: bool = True
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # written by the node that took the tunnel's lease (the lock itself is the truth)
+    owner_node: str | None = None
+    owner_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class SpdPolicy(SQLModel, table=True):

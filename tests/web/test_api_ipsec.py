@@ -86,8 +86,11 @@ async def test_gateways_and_customer_gateways(client: TestClient, site: Site) ->
         {"name": "gw1", "public_address": "198.18.0.1", "bandwidth_bps": 100_000_000},
     )
     assert status == 201
-    assert body == {"name": "gw1", "public_address": "198.18.0.1", "bandwidth_bps": 100_000_000}
+    assert body == {"name": "gw1", "public_address": "198.18.0.1", "bandwidth_bps": 100_000_000,
+                    "nodes": []}
     refusals = [
+        ({"name": "gw2", "public_address": "198.18.0.2", "nodes": ["nowhere"]}, 404, "no node"),
+        ({"name": "gw2", "public_address": "198.18.0.2", "nodes": [7]}, 400, "node names"),
         ({"name": "gw2", "public_address": "127.0.0.1"}, 400, "loopback"),
         ({"name": "gw2", "public_address": "198.18.0.2", "bandwidth_bps": 10}, 400, "bandwidth"),
         ({"name": "gw2", "public_address": "198.18.0.2", "bandwidth_bps": True}, 400, "type"),
@@ -162,6 +165,7 @@ async def test_tunnels_never_return_their_key(
     assert [t["name"] for t in listed] == ["t1", "t2"]
     assert listed[0]["status"] == {
         "state": "up",
+        "node": None,
         "last_error": None,
         "established_at": "2026-11-24T20:00:05+00:00",
         "spi_in": "c1a2b3d4",

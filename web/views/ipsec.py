@@ -80,6 +80,7 @@ async def create_gateway(request: web.Request) -> web.StreamResponse:
             public_address=form.get("public_address", ""),
             bandwidth_bps=_bandwidth(form.get("bandwidth", "")),
             via=VIA,
+            nodes=form.get("nodes", "").replace(",", " ").split(),
         )
     except (Invalid, StoreError) as exc:
         return await render_gateways(request, status=400, errors=[str(exc)], form=form)
