@@ -120,6 +120,7 @@ class IpsecService:
             except ValueError as exc:  # SQLite: fleet tunnels cannot run here
                 log.error("%s", exc)
         self._background: set[asyncio.Task[object]] = set()
+        self._standing_by: set[int] = set()  # fleet tunnels another node holds
         self._tun_factory = tun_factory or (lambda: LinuxTun(TUN_NAME, mtu=TUN_MTU))
         self._ike_port = ike_port
         self._nat_t_port = nat_t_port
@@ -289,8 +290,18 @@ class IpsecService:
                 held = await self._lease_store.call(lambda _engine: leases.sync(fleet))
             except StoreUnavailable:  # logged once by that facade; every lease is lost
                 pass
+        self._note_standby(configs, held)
         return {name: replace(c, initiate=True) if c.nodes else c
                 for name, c in configs.items() if not c.nodes or c.tunnel_id in held}
+
+    def _note_standby(self, configs: dict[str, TunnelConfig], held: frozenset[int]) -> None:
+        """Log once per tunnel that this node waits for another node's lease to end."""
+        waiting = {c.tunnel_id: name for name, c in configs.items()
+                   if c.nodes and c.tunnel_id not in held}
+        for tunnel_id in waiting.keys() - self._standing_by:
+            log.info("node %s stands by for tunnel %s (another node holds it)", self._node,
+                     waiting[tunnel_id])
+        self._standing_by = set(waiting)
 
     def _activated(self, config: TunnelConfig) -> None:
         """This node took ``config``'s tunnel: say so in the store, run the hook (both off

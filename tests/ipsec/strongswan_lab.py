@@ -46,6 +46,8 @@ class CharonConfig:
     child_rekey_time: str = "1h"
     extra_log: dict[str, int] = field(default_factory=dict)
     options: dict[str, str] = field(default_factory=dict)  # more charon.* settings
+    remote_addrs: str = WAN_B  # a fleet lists every node that may carry the tunnel
+    unique: str = "no"  # "replace": a new IKE SA from the same identity replaces the old
 
 
 class Topology:
@@ -145,7 +147,8 @@ class Charon:
     site {{
         version = 2
         local_addrs = {WAN_A}
-        remote_addrs = {WAN_B}
+        remote_addrs = {c.remote_addrs}
+        unique = {c.unique}
         encap = yes
         mobike = no
         proposals = {c.ike_proposals}

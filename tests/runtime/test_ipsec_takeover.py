@@ -1,0 +1,187 @@
+"""The takeover rule for IPsec tunnels on fleet nodes, on a real PostgreSQL.
+
+Each tunnel is held by one node at a time through an advisory lock on that node's lease
+connection: a standby never gets it while the owner's connection lives, and gets it as soon
+as that connection ends (the owner stopped, was SIGKILLed, or the server dropped it). Then
+two IPsec services (nodes A and B, on loopback addresses with a MemoryTun) show the whole
+rule: A carries the tunnel, runs its hook and is recorded as owner; B stands by; when A
+stops, B takes the tunnel, initiates, runs the hook with the tunnel's facts and is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+
+from sslvpn.runtime.ipsec_lease import TunnelLeases
+from sslvpn.runtime.ipsec_service import IpsecService
+from sslvpn.runtime.tun import MemoryTun
+from sslvpn.store import StoreUnavailable, node_queries
+from sslvpn.store import ipsec_queries as q
+from sslvpn.store.async_store import AsyncStore
+from sslvpn.store.db import open_engine, session, upgrade
+from tests.netns import wait_until
+
+pytestmark = pytest.mark.postgres
+
+NODE_A, NODE_B, PEER = "127.0.0.2", "127.0.0.3", "127.0.0.9"
+LOCAL, REMOTE = "10.2.0.0/24", "10.1.0.0/24"
+PSK = "takeover-test-psk-0123456789abcdef"
+HOLD = """
+import sys, time
+from sqlalchemy import create_engine
+from sslvpn.runtime.ipsec_lease import TunnelLeases
+leases = TunnelLeases(create_engine(sys.argv[1]), "A")
+print(sorted(leases.sync({5})), flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def engine(empty_postgres_url: str) -> Iterator[Engine]:
+    store = open_engine(empty_postgres_url)
+    upgrade(store)
+    yield store
+    store.dispose()
+
+
+def test_one_node_holds_a_lease_until_its_connection_ends(engine: Engine) -> None:
+    a, b = TunnelLeases(engine, "A"), TunnelLeases(engine, "B")
+    try:
+        assert a.sync({1, 2}) == {1, 2}
+        assert b.sync({1, 2}) == frozenset()  # the standby tries and never waits
+        assert a.sync({1}) == {1}  # no longer wanted: released at once
+        assert b.sync({1, 2}) == {2}
+        a.close()
+        assert b.sync({1, 2}) == {1, 2}
+        assert a.sync({1, 2}) == frozenset()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_dropped_connection_loses_every_lease_and_cannot_take_them_back(
+    engine: Engine,
+) -> None:
+    """A connection the server ended (as for a vanished host) frees its locks for the
+    standby; the old owner learns it lost them and then finds them taken: no split brain."""
+    a, b = TunnelLeases(engine, "A"), TunnelLeases(engine, "B")
+    try:
+        assert a.sync({7}) == {7}
+        with engine.connect() as connection:
+            ended = connection.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'sslvpn-ipsec A'")).scalars().all()
+        assert ended == [True]
+        assert wait_until(lambda: b.sync({7}) == {7}, 5)
+        with pytest.raises(StoreUnavailable):
+            a.sync({7})
+        assert a.sync({7}) == frozenset()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_sigkilled_owner_frees_its_lease_at_once(engine: Engine) -> None:
+    url = engine.url.render_as_string(hide_password=False)
+    b = TunnelLeases(engine, "B")
+    with subprocess.Popen([sys.executable, "-c", HOLD, url], stdout=subprocess.PIPE,
+                          text=True) as owner:
+        try:
+            assert owner.stdout is not None and owner.stdout.readline().strip() == "[5]"
+            assert b.sync({5}) == frozenset()
+            owner.send_signal(signal.SIGKILL)
+            killed = time.monotonic()
+            assert wait_until(lambda: b.sync({5}) == {5}, 5)
+            print(f"lease taken {time.monotonic() - killed:.3f} s after SIGKILL")  # noqa: T201
+        finally:
+            owner.kill()
+            b.close()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _fleet_tunnel(engine: Engine, hook_dir: Path) -> None:
+    hook = f"env | grep ^SSLVPN_ | sort > {hook_dir}/hook-$SSLVPN_NODE"
+    with session(engine, write=True) as s:
+        node_queries.add_node(s, name="A", public_addresses=["a.example", NODE_A],
+                              pool_cidr="10.8.0.0/26")
+        node_queries.add_node(s, name="B", public_addresses=[NODE_B], pool_cidr="10.8.0.64/26")
+        q.create_vpn_gateway(s, name="vgw", public_address="198.18.0.2", nodes=["A", "B"],
+                             on_activate=hook)
+        q.create_customer_gateway(s, name="dc1", address=PEER)
+        q.create_tunnel(s, name="t1", gateway="vgw", customer_gateway="dc1", psk=PSK,
+                        ike_proposals="aes256gcm16-prfsha256-ecp256",
+                        esp_proposals="aes256gcm16", start_action="wait")
+        q.add_policy(s, tunnel="t1", local_cidr=LOCAL, peer_cidr=REMOTE)
+
+
+async def _until(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+def _owner(engine: Engine) -> str | None:
+    with session(engine, write=False) as s:
+        return q.tunnel_owners(s).get("t1", (None, None))[0]
+
+
+async def test_a_standby_takes_the_tunnel_when_the_owner_stops(
+    engine: Engine, tmp_path: Path
+) -> None:
+    _fleet_tunnel(engine, tmp_path)
+    ports = {"ike_port": _free_port(), "nat_t_port": _free_port()}
+    a = IpsecService(AsyncStore(engine), node="A", tun_factory=MemoryTun, manage_routes=False,
+                     reload_interval=0.2, **ports)
+    b = IpsecService(AsyncStore(engine), node="B", tun_factory=MemoryTun, manage_routes=False,
+                     reload_interval=0.2, **ports)
+    running_a = asyncio.create_task(a.run())
+    running_b: asyncio.Task[None] | None = None
+    try:
+        assert await _until(lambda: [t.node for t in a.tunnel_status()] == ["A"], 10)
+        tunnel = a.tunnel("t1")
+        assert tunnel.config.local_address == NODE_A and tunnel.ike_config.local_id
+        assert tunnel.state == "connecting" and tunnel.initiating is not None  # it initiates
+        assert await _until(lambda: (tmp_path / "hook-A").exists(), 10)
+        assert await _until(lambda: _owner(engine) == "A", 5)
+
+        running_b = asyncio.create_task(b.run())
+        await asyncio.wait_for(b.ready.wait(), 10)
+        await asyncio.sleep(0.6)  # three rounds of B trying
+        assert b.tunnel_status() == []
+
+        running_a.cancel()
+        stopped = time.monotonic()
+        await asyncio.gather(running_a, return_exceptions=True)
+        assert await _until(lambda: [t.node for t in b.tunnel_status()] == ["B"], 10)
+        took = time.monotonic() - stopped
+        assert b.tunnel("t1").config.local_address == NODE_B
+        assert b.tunnel("t1").initiating is not None
+        assert await _until(lambda: (tmp_path / "hook-B").exists(), 10)
+        assert await _until(lambda: _owner(engine) == "B", 5)
+        hook_env = (tmp_path / "hook-B").read_text().splitlines()
+        assert {"SSLVPN_TUNNEL=t1", "SSLVPN_NODE=B", f"SSLVPN_LOCAL_CIDRS={LOCAL}",
+                f"SSLVPN_PEER_CIDRS={REMOTE}", f"SSLVPN_LOCAL_ADDRESS={NODE_B}"} <= set(hook_env)
+        print(f"standby took the tunnel {took:.3f} s after the owner stopped")  # noqa: T201
+    finally:
+        for task in (running_a, running_b):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
