@@ -46,7 +46,10 @@ class CharonConfig:
     child_rekey_time: str = "1h"
     extra_log: dict[str, int] = field(default_factory=dict)
     options: dict[str, str] = field(default_factory=dict)  # more charon.* settings
+    local_addr: str = WAN_A  # charon's address and IKE identity
     remote_addrs: str = WAN_B  # a fleet lists every node that may carry the tunnel
+    remote_id: str = WAN_B  # the VPN gateway's IKE identity
+    remote_ts: str = LAN_B
     unique: str = "no"  # "replace": a new IKE SA from the same identity replaces the old
 
 
@@ -146,7 +149,7 @@ class Charon:
         self.swanctl_conf.write_text(f"""connections {{
     site {{
         version = 2
-        local_addrs = {WAN_A}
+        local_addrs = {c.local_addr}
         remote_addrs = {c.remote_addrs}
         unique = {c.unique}
         encap = yes
@@ -156,17 +159,17 @@ class Charon:
         dpd_delay = {c.dpd_delay}
         local {{
             auth = psk
-            id = {WAN_A}
+            id = {c.local_addr}
         }}
         remote {{
             auth = psk
-            id = {WAN_B}
+            id = {c.remote_id}
         }}
         children {{
             net {{
                 mode = tunnel
                 local_ts = {LAN_A}
-                remote_ts = {LAN_B}
+                remote_ts = {c.remote_ts}
                 esp_proposals = {c.esp_proposals}
                 rekey_time = {c.child_rekey_time}
                 start_action = {c.start_action}
@@ -178,8 +181,8 @@ class Charon:
 }}
 secrets {{
     ike-site {{
-        id-a = {WAN_A}
-        id-b = {WAN_B}
+        id-a = {c.local_addr}
+        id-b = {c.remote_id}
         secret = "{c.psk}"
     }}
 }}
