@@ -6,6 +6,9 @@ is closed by its kernel and the server frees the lock at once, and a vanished ho
 connection is found dead by TCP keepalives and ``tcp_user_timeout`` on both ends (seconds,
 not the kernel's default two hours). No clock is compared, so clock skew cannot give a
 tunnel two owners. Standby nodes try ``pg_try_advisory_lock`` every round and never wait.
+A hung owner (a stopped process, a stuck loop) keeps its connection open, so a standby that
+sees the owner's heartbeat stale (by the database's clock) ends that node's lease connection
+with ``pg_terminate_backend`` and takes the lease on the next try.
 
 `TunnelLeases.sync` blocks on the network: the IPsec service calls it only through an
 `AsyncStore` of its own (a store thread, bounded in time), never on the packet loop. When the
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Collection
 
 import psycopg
 from psycopg.conninfo import make_conninfo
@@ -31,6 +35,15 @@ LEASE_CLASS = 0x1B5EC  # first key of every tunnel lease; the second is the tunn
 # libpq (client side) and server-side settings that bound how long a dead peer holds a lease
 KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
              "keepalives_count": 3, "tcp_user_timeout": 10000, "connect_timeout": 5}
+APPLICATION_PREFIX = "sslvpn-ipsec "  # + node name: how a node's lease connection is found
+FENCE = """
+WITH holders AS MATERIALIZED (
+  SELECT DISTINCT a.pid, a.application_name FROM pg_stat_activity a
+  JOIN pg_locks l ON l.pid = a.pid
+  WHERE a.application_name = ANY(%s) AND l.locktype = 'advisory' AND l.granted
+    AND l.objsubid = 2 AND l.classid::bigint = %s AND l.objid::bigint = ANY(%s))
+SELECT application_name FROM holders WHERE pg_terminate_backend(pid)
+"""  # materialised first: the planner may not run the termination before the filters
 SERVER_OPTIONS = ("-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 "
                   "-c tcp_keepalives_count=3 -c tcp_user_timeout=10000")
 
@@ -44,15 +57,18 @@ class TunnelLeases:
                              "(SQLite has no advisory locks)")
         self._conninfo = make_conninfo(
             engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
-            application_name=f"sslvpn-ipsec {node}", options=SERVER_OPTIONS, **KEEPALIVE)
+            application_name=f"{APPLICATION_PREFIX}{node}", options=SERVER_OPTIONS, **KEEPALIVE)
         self.node = node
         self._connection: psycopg.Connection[TupleRow] | None = None
         self._held: set[int] = set()
         self._lock = threading.Lock()
 
-    def sync(self, wanted: set[int]) -> frozenset[int]:
+    def sync(self, wanted: set[int], fence: Collection[str] = ()) -> frozenset[int]:
         """Release the leases no longer wanted, try to take the missing ones; the held set.
 
+        ``fence`` names nodes whose heartbeat is stale: a hung owner (a stopped process, a
+        stuck loop) keeps its connection and its locks, so the lease connections of those
+        nodes that hold a lease we want are ended first; their locks are free a moment later.
         Raises `StoreUnavailable` (after forgetting every lease) when the connection fails.
         """
         with self._lock:
@@ -63,7 +79,10 @@ class TunnelLeases:
                                        (LEASE_CLASS, tunnel_id))
                     self._held.discard(tunnel_id)
                 connection.execute("SELECT 1")  # the held ones still stand: it answers
-                for tunnel_id in sorted(wanted - self._held):
+                missing = sorted(wanted - self._held)
+                if missing and fence:
+                    self._fence(connection, fence, missing)
+                for tunnel_id in missing:
                     row = connection.execute("SELECT pg_try_advisory_lock(%s, %s)",
                                              (LEASE_CLASS, tunnel_id)).fetchone()
                     if row is not None and row[0]:
@@ -72,6 +91,15 @@ class TunnelLeases:
                 self._drop()
                 raise StoreUnavailable(f"the IPsec lease connection failed: {exc}") from None
             return frozenset(self._held)
+
+    @staticmethod
+    def _fence(connection: psycopg.Connection[TupleRow], nodes: Collection[str],
+               tunnel_ids: list[int]) -> None:
+        names = [f"{APPLICATION_PREFIX}{node}" for node in nodes]
+        ended = connection.execute(FENCE, (names, LEASE_CLASS, tunnel_ids)).fetchall()
+        for (application,) in ended:
+            log.warning("ended the lease connection of node %s: its heartbeat is stale",
+                        application.removeprefix(APPLICATION_PREFIX))
 
     def close(self) -> None:
         """Release every lease now (closing the connection frees its locks)."""

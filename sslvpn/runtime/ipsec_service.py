@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sslvpn.ipsec.bandwidth import TokenBucket
 from sslvpn.ipsec.esp.packet import DropReason
@@ -58,7 +58,15 @@ from sslvpn.runtime.netconf import NetconfError, run
 from sslvpn.runtime.tun import LinuxTun, Tun
 from sslvpn.store import StoreError, StoreUnavailable
 from sslvpn.store.async_store import AsyncStore
-from sslvpn.store.ipsec_queries import TunnelConfig, set_tunnel_owner, tunnel_configs
+from sslvpn.store.ipsec_queries import (
+    TunnelConfig,
+    set_tunnel_owner,
+    stale_nodes,
+    tunnel_configs,
+)
+
+if TYPE_CHECKING:  # what a store thread hands _read_configs; never opened here
+    from sqlmodel import Session
 
 log = logging.getLogger(__name__)
 
@@ -247,13 +255,13 @@ class IpsecService:
     # -- following the store -----------------------------------------------------------
     async def _reload(self) -> None:
         try:
-            read = await self._store.read(lambda s: tunnel_configs(s, self._node))
+            read, stale = await self._store.read(self._read_configs)
         except StoreUnavailable:  # the leases still decide: a lost one stops its tunnel
-            configs = await self._leased(self._configs)
+            configs = await self._leased(self._configs, set())
             for name in [n for n in self._tunnels if n not in configs]:
                 self._remove_tunnel(name)
             raise
-        configs = await self._leased({c.name: c for c in read})
+        configs = await self._leased({c.name: c for c in read}, stale)
         if configs and self._tun is None:
             self._open_tun()
         for name in list(self._tunnels):
@@ -276,7 +284,14 @@ class IpsecService:
         self._set_bandwidth(configs.values())
         self._sync_routes()
 
-    async def _leased(self, configs: dict[str, TunnelConfig]) -> dict[str, TunnelConfig]:
+    def _read_configs(self, s: Session) -> tuple[list[TunnelConfig], set[str]]:
+        """The tunnels as this node runs them and, on a node, the other nodes that look
+        dead (whose leases it may end)."""
+        stale = stale_nodes(s) - {self._node} if self._node is not None else set()
+        return tunnel_configs(s, self._node), stale
+
+    async def _leased(self, configs: dict[str, TunnelConfig],
+                      stale: set[str]) -> dict[str, TunnelConfig]:
         """The tunnels this node runs: the single gateway's, and those of a fleet gateway
         that names this node while it holds their lease (which it always initiates: the
         peer cannot know which node to expect)."""
@@ -287,7 +302,7 @@ class IpsecService:
         if fleet and self._leases is not None and self._lease_store is not None:
             leases = self._leases
             try:
-                held = await self._lease_store.call(lambda _engine: leases.sync(fleet))
+                held = await self._lease_store.call(lambda _engine: leases.sync(fleet, stale))
             except StoreUnavailable:  # logged once by that facade; every lease is lost
                 pass
         self._note_standby(configs, held)

@@ -25,11 +25,13 @@ from sslvpn.store import ConflictError, NotFoundError
 from sslvpn.store.models import (
     START_ACTION_VALUES,
     CustomerGateway,
+    GatewaySettings,
     SpdPolicy,
     VpnGateway,
     VpnTunnel,
 )
-from sslvpn.store.node_queries import get_node, list_nodes
+from sslvpn.store.node_queries import database_now, get_node, list_nodes
+from sslvpn.store.queries import get_settings
 from sslvpn.store.rows import assign, insert, integrity_error
 
 # VPN gateways --------------------------------------------------------------------------
@@ -305,6 +307,20 @@ def set_tunnel_owner(s: Session, *, tunnel_id: int, node: str) -> None:
     statement = (update(VpnTunnel).where(col(VpnTunnel.id) == tunnel_id)
                  .values(owner_node=node, owner_since=func.now()))
     s.connection().execute(statement)
+
+
+def stale_nodes(s: Session) -> set[str]:
+    """Nodes whose heartbeat is older than the heartbeat timeout, by the database's clock
+    (a node that never beat is starting, not stale)."""
+    beats = {n.name: n.heartbeat_at for n in list_nodes(s) if n.heartbeat_at is not None}
+    if not beats:
+        return set()
+    try:
+        timeout = get_settings(s).heartbeat_timeout
+    except NotFoundError:  # a store `init` has not set up yet: the model's default
+        timeout = GatewaySettings().heartbeat_timeout
+    now = database_now(s)
+    return {name for name, at in beats.items() if (now - at).total_seconds() > timeout}
 
 
 def tunnel_owners(s: Session) -> dict[str, tuple[str, datetime | None]]:

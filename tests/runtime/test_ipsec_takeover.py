@@ -108,6 +108,46 @@ def test_a_sigkilled_owner_frees_its_lease_at_once(engine: Engine) -> None:
             b.close()
 
 
+def test_a_hung_owner_is_fenced_once_its_heartbeat_is_stale(engine: Engine) -> None:
+    """A stopped owner's kernel keeps its connection, and so its lock, alive: the standby
+    ends that connection when told the owner's heartbeat is stale, and only that one."""
+    url = engine.url.render_as_string(hide_password=False)
+    b, c = TunnelLeases(engine, "B"), TunnelLeases(engine, "C")
+    with subprocess.Popen([sys.executable, "-c", HOLD, url], stdout=subprocess.PIPE,
+                          text=True) as owner:
+        try:
+            assert owner.stdout is not None and owner.stdout.readline().strip() == "[5]"
+            assert c.sync({9}) == {9}
+            owner.send_signal(signal.SIGSTOP)
+            assert b.sync({5}) == frozenset()  # alive as far as the server can tell
+            assert b.sync({5}, fence={"C"}) == frozenset()  # C holds nothing B wants
+            assert c.sync({9}) == {9}
+            fenced = time.monotonic()
+            assert wait_until(lambda: b.sync({5}, fence={"A"}) == {5}, 5)
+            print(f"hung owner fenced in {time.monotonic() - fenced:.3f} s")  # noqa: T201
+        finally:
+            owner.kill()
+            owner.send_signal(signal.SIGCONT)
+            b.close()
+            c.close()
+
+
+def test_stale_nodes_are_those_whose_heartbeat_is_older_than_the_timeout(
+    engine: Engine,
+) -> None:
+    with session(engine, write=True) as s:
+        for name, pool in (("A", "10.8.0.0/26"), ("B", "10.8.0.64/26"), ("C", "10.8.0.128/26")):
+            node_queries.add_node(s, name=name, public_addresses=[name.lower() + ".example"],
+                                  pool_cidr=pool)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE node SET heartbeat_at = now() - interval '16 seconds' "
+                                "WHERE name = 'A'"))
+        connection.execute(text("UPDATE node SET heartbeat_at = now() - interval '14 seconds' "
+                                "WHERE name = 'B'"))
+    with session(engine, write=False) as s:
+        assert q.stale_nodes(s) == {"A"}  # the default timeout is 15 s; C never beat
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
