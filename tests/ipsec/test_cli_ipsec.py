@@ -10,6 +10,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from sslvpn.cli import main
+from sslvpn.config import database_url
+from sslvpn.store.db import open_engine, session
+from sslvpn.store.ipsec_queries import get_tunnel, set_tunnel_owner
+from sslvpn.store.node_queries import add_node
 
 PSK = "Zq8-lab-psk-0123456789abcdef"
 Run = Callable[..., Result]
@@ -129,3 +133,32 @@ def test_a_binary_psk_file_is_named(run: Run, tmp_path: Path) -> None:
     psk_file.write_bytes(b"\xff\xfe" + bytes(range(256)))
     fails(run("tunnel", "add", "t2", "--gateway", "vgw", "--customer-gateway", "dc2",
               "--psk-file", str(psk_file)), f"{psk_file}: holds binary data, not text")
+
+
+def test_a_fleet_gateway_names_its_nodes_and_status_shows_the_holder(
+    run: Run, tmp_path: Path
+) -> None:
+    ok(run("gateway", "list"))  # makes the store
+    engine = open_engine(database_url(tmp_path, None))
+    with session(engine, write=True) as s:
+        add_node(s, name="a", public_addresses=["198.18.0.2"], pool_cidr="10.8.0.0/26")
+        add_node(s, name="b", public_addresses=["198.18.0.3"], pool_cidr="10.8.0.64/26")
+    fails(run("gateway", "add", "fgw", "--public-address", "198.18.0.5", "--node", "x"),
+          "no node named 'x'")
+    fails(run("gateway", "add", "fgw", "--public-address", "198.18.0.5", "--node", "a",
+              "--node", "a"), "a node is named twice")
+    assert "on nodes a, b" in ok(run("gateway", "add", "fgw", "--public-address", "198.18.0.5",
+                                     "--node", "a", "--node", "b", "--on-activate", "true"))
+    assert "a,b" in ok(run("gateway", "list"))
+    ok(run("customer-gateway", "add", "dc1", "--address", "198.18.0.1"))
+    ok(run("tunnel", "add", "t1", "--gateway", "fgw", "--customer-gateway", "dc1",
+           "--psk-stdin", stdin=PSK + "\n"))
+    [row] = json.loads(ok(run("status", "--json")))
+    assert (row["state"], row["node"], row["node_since"]) == ("down", None, None)
+    with session(engine, write=True) as s:
+        set_tunnel_owner(s, tunnel_id=get_tunnel(s, name="t1").id or 0, node="b")
+    [row] = json.loads(ok(run("status", "--json")))
+    assert (row["state"], row["node"], row["last_error"]) == ("elsewhere", "b", None)
+    assert row["node_since"] is not None
+    assert ok(run("status")).splitlines()[1].split()[:3] == ["t1", "b", "elsewhere"]
+    engine.dispose()

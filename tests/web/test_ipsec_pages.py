@@ -3,14 +3,14 @@ reason on the same page and nothing changed, the PSK never shown, and live tunne
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from sslvpn.runtime.control import TunnelStatus
-from sslvpn.store import db
+from sslvpn.store import db, node_queries
 from sslvpn.store import ipsec_queries as q
 from tests.web.conftest import PATIENT, FakeGateway, Site, audit_actions, login
 from web.app import create_app
@@ -399,3 +399,28 @@ async def test_names_with_url_characters_stay_reachable(client: TestClient, site
     assert 'href="/admin/ipsec/tunnels/t%203%3F"' in listing
     page = await client.get("/admin/ipsec/tunnels/t%203%3F")
     assert page.status == 200 and "Tunnel t 3?" in await page.text()
+
+
+async def test_fleet_gateways_name_their_nodes_and_tunnels_show_who_holds_them(
+    client: TestClient, site: Site, gateway: StatusGateway
+) -> None:
+    with db.session(site.engine, write=True) as s:
+        node_queries.add_node(s, name="a", public_addresses=["198.18.0.1"],
+                              pool_cidr="10.8.0.0/26")
+        node_queries.add_node(s, name="b", public_addresses=["198.18.0.2"],
+                              pool_cidr="10.8.0.64/26")
+    csrf = await login(client, ADMIN)
+    status, page = await post(client, "/admin/ipsec/gateways", csrf, name="gw2",
+                              public_address="198.18.0.9", nodes="a nowhere")
+    assert status == 400 and "no node named &#39;nowhere&#39;" in page
+    status, page = await post(client, "/admin/ipsec/gateways", csrf, name="gw2",
+                              public_address="198.18.0.9", nodes="a, b")
+    assert status == 200 and "<td>a, b</td>" in page
+    seed(site)
+    with db.session(site.engine, write=True) as s:
+        q.set_tunnel_owner(s, tunnel_id=q.get_tunnel(s, name="t1").id or 0, node="b")
+    page = await (await client.get("/admin/ipsec/tunnels/t1")).text()
+    assert "<th>Node</th><td>b</td>" in page and 'class="warn">elsewhere<' in page
+    gateway.tunnels = [replace(up_status("t1"), node="a")]  # a took it and runs it here
+    listing = await (await client.get("/admin/ipsec/tunnels")).text()
+    assert "<td>a</td>" in listing and 'class="ok">up<' in listing
