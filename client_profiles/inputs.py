@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from client_profiles.pkifiles import LifecycleError
+from sslvpn.openvpn.constants import DEFAULT_TLS_GROUPS
+from sslvpn.openvpn.tls import TlsGroupsError, checked_tls_groups
 from sslvpn.store.models import CONTROL_CHANNEL_VALUES, PROTOCOLS_VALUES, GatewaySettings
 
 DEVICE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
@@ -34,6 +36,7 @@ def validated_settings(
     control_channel: str,
     pool6: str | None = None,
     keepalive: tuple[int, int] = KEEPALIVE_DEFAULT,
+    tls_groups: str = DEFAULT_TLS_GROUPS,
 ) -> GatewaySettings:
     """The settings `sslvpn init` stores, after checking every value."""
     addresses = [a.strip() for a in public_addresses]
@@ -47,6 +50,7 @@ def validated_settings(
         raise LifecycleError(f"control channel must be one of {', '.join(CONTROL_CHANNEL_VALUES)}")
     networks = checked_networks(pool=pool, vpc=vpc, pool6=pool6)
     interval, timeout = checked_keepalive(*keepalive)
+    groups = checked_groups(tls_groups)
     return GatewaySettings(
         public_addresses=addresses,
         port=port,
@@ -58,7 +62,16 @@ def validated_settings(
         control_channel=control_channel,
         keepalive_interval=interval,
         keepalive_timeout=timeout,
+        tls_groups=groups,
     )
+
+
+def checked_groups(tls_groups: str) -> str:
+    """The control channel's TLS key-exchange groups, as OpenSSL here accepts them."""
+    try:
+        return checked_tls_groups(tls_groups)
+    except TlsGroupsError as exc:
+        raise LifecycleError(str(exc)) from None
 
 
 def checked_keepalive(interval: int, timeout: int) -> tuple[int, int]:

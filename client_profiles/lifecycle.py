@@ -58,6 +58,7 @@ from sslvpn.config import (
     write_public_file,
     write_secret_file,
 )
+from sslvpn.openvpn.constants import DEFAULT_TLS_GROUPS
 from sslvpn.openvpn.static_key import (
     METADATA_TYPE_USER,
     format_static_key,
@@ -106,6 +107,7 @@ def initialise(
     ca_passphrase: str | None = None,
     control_channel: str = "tls-crypt",
     keepalive: tuple[int, int] = KEEPALIVE_DEFAULT,
+    tls_groups: str = DEFAULT_TLS_GROUPS,
     actor: str = "cli",
     now: datetime | None = None,
 ) -> Initialised:
@@ -125,7 +127,7 @@ def initialise(
         return Initialised(finished, resumed=True)
     settings = validated_settings(
         public_addresses, port, proto, vpc, pool, dns, control_channel, pool6=pool6,
-        keepalive=keepalive,
+        keepalive=keepalive, tls_groups=tls_groups,
     )
     _refuse_foreign_pki_folder(paths)
     with session(engine, write=False) as s:

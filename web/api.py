@@ -78,6 +78,7 @@ def session_json(s: SessionInfo) -> dict[str, Any]:
         "connected_at": _iso(s.connected_at),
         "bytes_in": s.bytes_in,
         "bytes_out": s.bytes_out,
+        "tls_group": s.tls_group,
     }
 
 

@@ -105,6 +105,7 @@ SESSION = {
         "connected_at": DATE,
         "bytes_in": {"type": "integer"},
         "bytes_out": {"type": "integer"},
+        "tls_group": NULLABLE_TEXT,  # the control channel's TLS key exchange
     },
 }
 REASONS = list(REVOCATION_REASONS)  # the API checks against the same list

@@ -37,6 +37,7 @@ from client_profiles import crl
 from sslvpn.cli.check import allow_insecure_permissions, preflight
 from sslvpn.cli.setup import log_to_stderr, one_line_errors, paths_of, require_data_folder, store
 from sslvpn.config import DataPaths
+from sslvpn.openvpn.tls import TlsGroupsError
 from sslvpn.runtime import instance
 from sslvpn.runtime.control import ThreadSafeControl
 from sslvpn.runtime.control_server import ControlClient, ControlError
@@ -290,7 +291,8 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
         )
         try:  # on uvloop when installed
             run(serve(GatewayService(paths, gateway_store, options)))
-        except (OSError, NetconfError) as exc:  # no TUN (not root), port taken, ip failed
+        except (OSError, NetconfError, TlsGroupsError) as exc:  # no TUN (not root), port
+            # taken, ip failed, stored tls-groups this OpenSSL refuses
             raise click.ClickException(f"cannot start the gateway: {exc}") from None
         except ExceptionGroup as group:  # a companion task failed: the portal's port is
             known, _ = group.split((PortalStartError, TunLostError))  # taken, the TUN is gone

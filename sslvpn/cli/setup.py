@@ -26,6 +26,7 @@ from client_profiles.pki import KeyType, WrongPassphrase
 from client_profiles.pkifiles import LifecycleError
 from sslvpn.cli.context import CliContext
 from sslvpn.config import DataPaths, database_url
+from sslvpn.openvpn.constants import DEFAULT_TLS_GROUPS
 from sslvpn.runtime.instance import AlreadyServing
 from sslvpn.store import StoreError, integrity
 from sslvpn.store.db import open_engine, upgrade
@@ -180,6 +181,14 @@ def obj_of(ctx: click.Context) -> CliContext:
     "without a packet.",
 )
 @click.option(
+    "--tls-groups",
+    default=DEFAULT_TLS_GROUPS,
+    show_default=True,
+    metavar="GROUPS",
+    help="TLS key-exchange groups of the control channel, best first (OpenVPN's tls-groups, "
+    "OpenSSL names separated by ':'); the hybrid post-quantum group first.",
+)
+@click.option(
     "--ca-passphrase-stdin",
     is_flag=True,
     help="Encrypt the CA key with a passphrase read from stdin (else SSLVPN_CA_PASSPHRASE).",
@@ -198,6 +207,7 @@ def init_command(
     key_type: str,
     control_channel: str,
     keepalive: tuple[int, int],
+    tls_groups: str,
     ca_passphrase_stdin: bool,
 ) -> None:
     """Create the data folder: CA, server certificate, tls-crypt keys, CRL and settings."""
@@ -226,6 +236,7 @@ def init_command(
                 ca_passphrase=passphrase,
                 control_channel=control_channel,
                 keepalive=keepalive,
+                tls_groups=tls_groups,
                 actor=ACTOR,
             )
     except BaseException:
@@ -243,6 +254,7 @@ def init_command(
     click.echo(f"  VPC networks {', '.join(settings.vpc_networks) or '(none)'}")
     click.echo(f"  keepalive    ping {settings.keepalive_interval} s, "
                f"restart {settings.keepalive_timeout} s")
+    click.echo(f"  TLS groups   {settings.tls_groups}")
     click.echo(f"  CA key       {'encrypted' if passphrase or _env_passphrase() else 'plain'}")
 
 

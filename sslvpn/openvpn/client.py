@@ -186,6 +186,7 @@ class ClientSession(Endpoint):
                 key_derivation=self.derivation.value,
                 peer_id=PEER_ID_UNDEF if self.data_peer_id is None else self.data_peer_id,
                 tls_version=ks.tls.version,
+                tls_group=ks.tls.group,
             )
         )
 

@@ -150,3 +150,8 @@ REPLAY_WINDOW = 64  # packet_id.h DEFAULT_SEQ_BACKTRACK
 REPLAY_TIME = 15.0  # packet_id.h DEFAULT_TIME_BACKTRACK, seconds
 TCP_MAX_PACKET = 4096  # ours: TCP frames above this close the stream (socket.c "Bogus
 #                        packet size"); 2.6 sends <= 1250 control, ~1550 data bytes
+
+# OpenVPN's tls-groups, in OpenSSL's names: the hybrid post-quantum group first, so a client
+# that offers it (OpenVPN 2.7 or Connect on OpenSSL >= 3.5 or AWS-LC) gets a key exchange
+# a future quantum computer cannot break; X25519 and P-256 for every other client.
+DEFAULT_TLS_GROUPS = "X25519MLKEM768:X25519:P-256"

@@ -27,6 +27,7 @@ class PeerVerified(Event):
     peer_info: PeerInfo
     username: str = ""
     password: str = field(default="", repr=False)
+    tls_group: str | None = None  # the TLS key exchange's group, e.g. X25519MLKEM768
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class SessionEstablished(Event):
     key_derivation: str
     peer_id: int
     tls_version: str
+    tls_group: str | None = None
 
 
 @dataclass(frozen=True)

@@ -210,7 +210,8 @@ class ServerSession(Endpoint):
         self._peer_info = info
         self._fingerprint = _fingerprint(cert)
         self._awaiting_decision = True
-        self._events.append(PeerVerified(cert, info, peer.username, peer.password))
+        self._events.append(
+            PeerVerified(cert, info, peer.username, peer.password, tls_group=ks.tls.group))
 
     def _refuse(self, ks: KeyState, reason: str, now: float) -> None:
         """The core refuses by itself: tell the caller, then AUTH_FAILED and linger."""
@@ -254,6 +255,7 @@ class ServerSession(Endpoint):
                 key_derivation=self.derivation.value,
                 peer_id=push_config.peer_id,
                 tls_version=ks.tls.version,
+                tls_group=ks.tls.group,
             )
         )
 

@@ -19,6 +19,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import SSL, crypto
+from OpenSSL._util import lib as _ssl_lib
+
+from sslvpn.openvpn.constants import DEFAULT_TLS_GROUPS
 
 READ_CHUNK = 16 * 1024 + 512  # one TLS record of plaintext, with room to spare
 
@@ -41,6 +44,10 @@ class TlsError(Exception):
     """The TLS session failed (alert, protocol error); the key state is dead."""
 
 
+class TlsGroupsError(ValueError):
+    """A tls-groups list OpenSSL refuses (one line, naming the list)."""
+
+
 @dataclass(frozen=True)
 class TlsCredentials:
     """Own certificate and key, intermediates to send, and the CA(s) that peers must chain to."""
@@ -54,10 +61,12 @@ class TlsCredentials:
 class TlsContext:
     """A configured ``SSL.Context`` shared by every engine of one role."""
 
-    def __init__(self, credentials: TlsCredentials, *, server: bool) -> None:
+    def __init__(self, credentials: TlsCredentials, *, server: bool,
+                 groups: str = DEFAULT_TLS_GROUPS) -> None:
         self.server = server
         ctx = SSL.Context(SSL.TLS_METHOD)
         ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+        _set_groups(ctx, groups)
         no_reneg: int = SSL.OP_NO_RENEGOTIATION  # type: ignore[attr-defined]
         ctx.set_options(SSL.OP_NO_TICKET | no_reneg | SSL.OP_NO_COMPRESSION)
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
@@ -79,6 +88,29 @@ class TlsContext:
         else:
             ctx.set_verify(SSL.VERIFY_PEER, _strict_verify)
         self.context = ctx
+
+
+def _set_groups(ctx: SSL.Context, groups: str) -> None:
+    """The key-exchange groups, in preference order (OpenSSL's SSL_CTX_set1_groups_list;
+    pyOpenSSL wraps it only under its older name). Raises `TlsGroupsError` when OpenSSL
+    knows none of them or rejects the list."""
+    names = [name for name in groups.split(":") if name]
+    if not names or len(names) != groups.count(":") + 1:
+        raise TlsGroupsError(f"TLS groups {groups!r}: give group names separated by ':'")
+    handle = ctx._context  # noqa: SLF001 (the SSL_CTX pyOpenSSL wraps)
+    if _ssl_lib.SSL_CTX_set1_curves_list(handle, groups.encode("ascii", "replace")) != 1:
+        _ssl_lib.ERR_clear_error()  # or a later, unrelated call would report it
+        raise TlsGroupsError(
+            f"TLS groups {groups!r}: this OpenSSL does not know one of these groups "
+            f"(default {DEFAULT_TLS_GROUPS})"
+        )
+
+
+def checked_tls_groups(groups: str) -> str:
+    """``groups`` when OpenSSL accepts the list, else `TlsGroupsError` (one line)."""
+    groups = groups.strip()
+    _set_groups(SSL.Context(SSL.TLS_METHOD), groups)
+    return groups
 
 
 def _modern(value: object) -> Any:
@@ -218,6 +250,11 @@ class TlsEngine:
     @property
     def version(self) -> str:
         return self._conn.get_protocol_version_name()
+
+    @property
+    def group(self) -> str | None:
+        """The key-exchange group the handshake used (e.g. X25519MLKEM768), once done."""
+        return self._conn.get_group_name() if self.handshake_done else None
 
     def export_keying_material(self, label: bytes, length: int) -> bytes:
         """RFC 5705 / RFC 8446 7.5 exporter without context (ssl_openssl.c, use_context=0)."""

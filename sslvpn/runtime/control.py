@@ -31,6 +31,7 @@ class SessionInfo:
     last_activity: datetime
     bytes_in: int  # from the client into the VPC
     bytes_out: int  # from the VPC to the client
+    tls_group: str | None = None  # the control channel's key exchange, e.g. X25519MLKEM768
 
 
 @dataclass(frozen=True)

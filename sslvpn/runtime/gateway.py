@@ -95,7 +95,7 @@ class ClientSession:
     __slots__ = ("session_id", "driver", "protocol", "real_address", "peer_id", "user",
                  "serial", "device", "vpn_address", "vpn_text", "connected_at",
                  "last_activity", "bytes_in", "bytes_out", "established", "on_closed",
-                 "end_reason", "vpn_address6", "accounted")
+                 "end_reason", "vpn_address6", "accounted", "tls_group")
 
     def __init__(self, session_id: str, protocol: str, real_address: str, peer_id: int,
                  on_closed: Callable[[], None]) -> None:
@@ -118,6 +118,7 @@ class ClientSession:
         self.on_closed = on_closed
         self.end_reason: str | None = None  # set when the gateway ends it, wins over the core's
         self.accounted = (0, 0)  # byte totals last written to the store
+        self.tls_group: str | None = None  # the control channel's key-exchange group
 
 
 class Gateway:
@@ -293,6 +294,7 @@ class Gateway:
     async def _admit(self, client: ClientSession, event: PeerVerified) -> None:
         serial = format(event.certificate.serial_number, "x")
         client.serial = serial
+        client.tls_group = event.tls_group
         try:
             auth = await self.policy.authorize(serial)
         except StoreError as exc:  # the store is away (logged once by the store facade)
@@ -366,7 +368,7 @@ class Gateway:
         client.driver.accept(push)
         self.records.add(SessionOpened(client.session_id, client.user, serial,
                                        client.real_address, client.vpn_text, client.protocol,
-                                       client.connected_at))
+                                       client.connected_at, client.tls_group))
 
     def _push_config(self, client: ClientSession, address: IPAddress) -> PushConfig:
         """What this client is told; an IPv6 pool mirrors the IPv4 host number."""
@@ -504,6 +506,7 @@ class Gateway:
             last_activity=datetime.fromtimestamp(time.time() - idle, UTC),
             bytes_in=client.bytes_in,
             bytes_out=client.bytes_out,
+            tls_group=client.tls_group,
         )
 
     def list_sessions(self) -> list[SessionInfo]:

@@ -43,7 +43,7 @@ class OpenVpnCredentials:
         key = keyfiles.read_private_key(paths.server_key, keyfiles.SERVER_KEY)
         keyfiles.check_pair(paths.server_cert, cert, paths.server_key, key, keyfiles.SERVER_KEY)
         tls = TlsContext(TlsCredentials(certificate=cert, private_key=key, trust=(ca,)),
-                         server=True)
+                         server=True, groups=settings.tls_groups)
         load_tc, load_v2 = keyfiles.wrap_keys_loaded(paths, settings.control_channel)
         tc = v2 = None
         if load_tc:

@@ -58,6 +58,7 @@ class SessionOpened(NamedTuple):
     vpn_address: str
     protocol: str
     connected_at: datetime
+    tls_group: str | None = None
 
 
 class SessionCounted(NamedTuple):

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from sqlalchemy import JSON, BigInteger, CheckConstraint, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from sslvpn.openvpn.constants import DEFAULT_TLS_GROUPS
 from sslvpn.store.types import UTCDateTime
 
 # Deterministic constraint names keep alembic migrations (and SQLite batch mode) stable.
@@ -123,6 +124,7 @@ class GatewaySettings(SQLModel, table=True):
     client_to_client: bool = False
     snat: bool = False
     control_channel: str = "tls-crypt"
+    tls_groups: str = DEFAULT_TLS_GROUPS  # OpenVPN's tls-groups, OpenSSL names, best first
     import_token_ttl_seconds: int = 600
     crl_days: int = 30
     portal_listen: str = "127.0.0.1:8080"
@@ -171,6 +173,7 @@ class VpnSessionRecord(SQLModel, table=True):
     bytes_in: int = Field(default=0, sa_type=BigInteger)
     bytes_out: int = Field(default=0, sa_type=BigInteger)
     disconnect_reason: str | None = None
+    tls_group: str | None = None  # the control channel's key exchange, e.g. X25519MLKEM768
 
 
 class ImportToken(SQLModel, table=True):

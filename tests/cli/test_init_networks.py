@@ -1,6 +1,6 @@
 """`sslvpn init --pool/--pool6/--vpc`: the client pools are checked against each other and the
 VPC networks (the same rule as the portal's settings page), stored and shown, or refused in
-one line with nothing left behind."""
+one line with nothing left behind; --keepalive and --tls-groups the same way."""
 
 from __future__ import annotations
 
@@ -107,4 +107,18 @@ def test_the_pushed_keepalive_is_chosen_at_init(tmp_path: Path) -> None:
     assert refused.exit_code == 1
     assert refused.stderr.strip() == (
         "error: keepalive restart 15 s must be at least twice the ping 10 s")
+    assert not (tmp_path / "three").exists()
+
+
+def test_the_tls_groups_are_chosen_at_init(tmp_path: Path) -> None:
+    """The hybrid post-quantum group first by default; a list OpenSSL refuses is one line."""
+    result = _init(tmp_path / "one")
+    assert "  TLS groups   X25519MLKEM768:X25519:P-256\n" in result.output
+    assert _stored(tmp_path / "one").tls_groups == "X25519MLKEM768:X25519:P-256"
+    assert _init(tmp_path / "two", "--tls-groups", "X25519:P-256").exit_code == 0
+    assert _stored(tmp_path / "two").tls_groups == "X25519:P-256"
+    refused = _init(tmp_path / "three", "--tls-groups", "X25519:kyber")
+    assert refused.exit_code == 1
+    assert refused.stderr.strip().startswith(
+        "error: TLS groups 'X25519:kyber': this OpenSSL does not know one of these groups")
     assert not (tmp_path / "three").exists()

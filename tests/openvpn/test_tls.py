@@ -5,10 +5,14 @@ from __future__ import annotations
 import pytest
 from OpenSSL import SSL
 
-from sslvpn.openvpn.constants import EKM_LABEL_DATA_KEYS
+from sslvpn.openvpn.constants import DEFAULT_TLS_GROUPS, EKM_LABEL_DATA_KEYS
 from sslvpn.openvpn.tls import (
+    TlsContext,
+    TlsCredentials,
     TlsEngine,
     TlsError,
+    TlsGroupsError,
+    checked_tls_groups,
     client_auth_problem,
 )
 from tests.openvpn.conftest import Issued, Pki
@@ -117,3 +121,48 @@ def test_client_without_certificate_fails_the_handshake(pki: Pki) -> None:
     with pytest.raises(TlsError):
         _pump(client, server)
     assert server.closed and server.peer_certificate() is None
+
+
+def test_the_default_groups_put_the_hybrid_post_quantum_group_first() -> None:
+    assert DEFAULT_TLS_GROUPS == "X25519MLKEM768:X25519:P-256"
+
+
+def _client_offering(pki: Pki, groups: str) -> TlsContext:
+    creds = TlsCredentials(pki.client.certificate, pki.client.key, (pki.ca.certificate,))
+    return TlsContext(creds, server=False, groups=groups)
+
+
+@pytest.mark.parametrize(("offered", "negotiated"), [
+    ("X25519MLKEM768", "X25519MLKEM768"),  # OpenVPN 2.7 on AWS-LC offering only the hybrid
+    (DEFAULT_TLS_GROUPS, "X25519MLKEM768"),
+    ("X25519", "x25519"),  # OpenVPN 2.6 on OpenSSL 3.0 (no ML-KEM)
+    ("P-256", "secp256r1"),
+])
+def test_the_server_picks_the_best_group_the_client_offers(
+    pki: Pki, offered: str, negotiated: str
+) -> None:
+    client, server = TlsEngine(_client_offering(pki, offered)), TlsEngine(pki.server_context())
+    assert server.group is None
+    _pump(client, server)
+    assert server.handshake_done and (server.group, client.group) == (negotiated, negotiated)
+
+
+def test_a_client_with_no_group_of_ours_fails_the_handshake(pki: Pki) -> None:
+    client, server = TlsEngine(_client_offering(pki, "ffdhe2048")), TlsEngine(pki.server_context())
+    with pytest.raises(TlsError):
+        _pump(client, server)
+    assert not server.handshake_done
+
+
+@pytest.mark.parametrize("groups", ["", "bogus", "X25519::P-256", "X25519:", "X25519:bogus"])
+def test_groups_openssl_refuses_are_named_in_one_line(groups: str) -> None:
+    with pytest.raises(TlsGroupsError, match="TLS groups"):
+        checked_tls_groups(groups)
+
+
+def test_a_refused_list_leaves_no_error_behind_for_the_next_handshake(pki: Pki) -> None:
+    with pytest.raises(TlsGroupsError):
+        checked_tls_groups("bogus")
+    client, server = TlsEngine(pki.client_context()), TlsEngine(pki.server_context())
+    _pump(client, server)
+    assert server.handshake_done and server.group == "X25519MLKEM768"

@@ -52,7 +52,8 @@ class FakeCore:
     def receive_datagram(self, data: bytes, now: float) -> None:
         if data.startswith(VERIFY):
             cert: Any = FakeCertificate(int(data[len(VERIFY):], 16))
-            self.events.append(PeerVerified(cert, parse_peer_info("IV_VER=2.6.14\n")))
+            self.events.append(PeerVerified(cert, parse_peer_info("IV_VER=2.6.14\n"),
+                                            tls_group="X25519MLKEM768"))
         else:
             self.events.append(TunnelPacket(data))
 

@@ -100,10 +100,12 @@ async def test_accepted_client_gets_address_routes_and_is_listed(harness: Harnes
     assert harness.sent[client.session_id] == [b"PUSH_REPLY"]
     [info] = harness.gateway.list_sessions()
     assert (info.user, info.certificate_serial, info.vpn_address) == ("alice", "a1", "10.8.0.2")
+    assert info.tls_group == "X25519MLKEM768"  # as the core's TLS handshake reported it
     assert harness.policy.opened == []  # written behind, in batches
     await harness.gateway.records.flush()
     [opened] = harness.policy.opened
     assert (opened.session_id, opened.vpn_address) == (client.session_id, "10.8.0.2")
+    assert opened.tls_group == "X25519MLKEM768"
     assert harness.policy.leases == {"a1": "10.8.0.2"}
 
 

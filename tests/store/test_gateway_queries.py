@@ -80,7 +80,8 @@ def test_the_sweep_query_returns_only_refused_and_unknown(
 
 
 def _opened(session_id: str, serial: str = "a1") -> SessionOpened:
-    return SessionOpened(session_id, "alice", serial, "198.18.0.2:5000", "10.8.0.2", "udp", T0)
+    return SessionOpened(session_id, "alice", serial, "198.18.0.2:5000", "10.8.0.2", "udp", T0,
+                         "X25519MLKEM768")
 
 
 def test_session_records_keep_each_sessions_order(engine: Engine) -> None:
@@ -95,6 +96,7 @@ def test_session_records_keep_each_sessions_order(engine: Engine) -> None:
         gateway_queries.write_records(s, records=records, gateway_name="gw", now=T0)
     with db.session(engine) as s:
         rows = queries.list_session_records(s)
+    assert {r.tls_group for r in rows} == {"X25519MLKEM768"}
     got = sorted((r.id, r.session_id, r.certificate_serial, r.gateway_name, r.bytes_in,
                   r.bytes_out, r.disconnect_reason, r.disconnected_at) for r in rows)
     assert [row[1:] for row in got] == [

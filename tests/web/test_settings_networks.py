@@ -1,7 +1,7 @@
 """The portal's settings page checks the client pools and VPC networks with the same rule as
 `sslvpn init` (client_profiles.inputs.checked_networks): the IPv6 pool can be set and
-cleared, and a refused value is one sentence with nothing written. Retention days are shown
-and saved the same way."""
+cleared, and a refused value is one sentence with nothing written. Retention days and the
+TLS key-exchange groups are shown and saved the same way."""
 
 from __future__ import annotations
 
@@ -99,3 +99,15 @@ async def test_retention_days_are_shown_checked_and_saved(client: TestClient, si
     stored = _stored(site)
     assert (stored.audit_retention_days, stored.import_link_retention_days) == (30, 0)
     assert (stored.session_retention_days, stored.disabled_user_retention_days) == (400, 400)
+
+
+async def test_tls_groups_are_shown_checked_and_saved(client: TestClient, site: Site) -> None:
+    csrf = await login(client, "root")
+    page = html.unescape(await (await client.get("/admin/settings")).text())
+    assert 'name="tls_groups" value="X25519MLKEM768:X25519:P-256"' in page
+    status, page = await _save(client, csrf, tls_groups="X25519:bogus")
+    assert status == 400 and "TLS groups 'X25519:bogus': this OpenSSL does not know" in page
+    assert _stored(site).tls_groups == "X25519MLKEM768:X25519:P-256"  # nothing written
+    status, page = await _save(client, csrf, tls_groups=" X25519:P-256 ")
+    assert status == 200 and "Settings saved." in page
+    assert _stored(site).tls_groups == "X25519:P-256"

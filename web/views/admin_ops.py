@@ -14,7 +14,12 @@ from aiohttp import web
 from sqlmodel import Session
 
 from client_profiles.fleet import pools_of
-from client_profiles.inputs import ClientNetworks, checked_keepalive, checked_networks
+from client_profiles.inputs import (
+    ClientNetworks,
+    checked_groups,
+    checked_keepalive,
+    checked_networks,
+)
 from client_profiles.pkifiles import LifecycleError
 from sslvpn.net.subpools import Fleet, NodePools, SubpoolError, check_fleet
 from sslvpn.store import NotFoundError, StoreError, node_queries, queries
@@ -192,6 +197,11 @@ def parse_settings(
     if form.get("protocols") not in PROTOCOLS_VALUES:
         errors.append("Protocols must be udp, tcp or both.")
     retention = _retention(form, settings, errors)
+    groups = form.get("tls_groups", settings.tls_groups)
+    try:
+        groups = checked_groups(groups)
+    except LifecycleError as exc:
+        errors.append(_sentence(str(exc)))
     if errors or networks is None or liveness is None:
         return errors
     for name, days in retention.items():
@@ -203,6 +213,7 @@ def parse_settings(
     settings.port, settings.import_token_ttl_seconds = int(port), int(ttl)
     settings.protocols = form["protocols"]
     settings.keepalive_interval, settings.keepalive_timeout, settings.heartbeat_timeout = liveness
+    settings.tls_groups = groups
     return []
 
 
