@@ -219,7 +219,7 @@ async def update_user(request: web.Request) -> web.StreamResponse:
 
     user = await portal_of(request).write(update)
     if user.disabled and user.id is not None:
-        portal_of(request).sessions.drop_user(user.id)
+        await portal_of(request).sessions.drop_user(user.id)
     await audit(request, "user.update", target=user.name, detail=f"{sorted(body.items())} via=api")
     return web.json_response(user_json(user))
 
@@ -231,7 +231,7 @@ async def delete_user(request: web.Request) -> web.StreamResponse:
         return error(409, "an administrator cannot delete themselves")
     revoked, ended = await pki_ops.delete_user(request, user.name)
     if user.id is not None:
-        portal_of(request).sessions.drop_user(user.id)
+        await portal_of(request).sessions.drop_user(user.id)
     await audit(request, "user.delete", target=user.name, detail=f"revoked={revoked} via=api")
     return web.json_response({"certificates_revoked": revoked, "sessions_ended": ended})
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp_jinja2
+import aiohttp_session
 import jinja2
 from aiohttp import web
 from sqlalchemy import Engine
@@ -51,7 +52,6 @@ def create_app(
         paths=paths,
         control=control,
         settings=settings,
-        sessions=security.SessionStore(clock),
         throttle=security.LoginThrottle(clock),
         traffic=TrafficHistory(),
         clock=clock,
@@ -60,6 +60,7 @@ def create_app(
         middlewares=[
             security.security_headers,
             outage_middleware(settings.store_budget),
+            aiohttp_session.session_middleware(portal.sessions),
             pages.session_middleware,
             pages.csrf_middleware,
             api.api_middleware,

@@ -10,23 +10,17 @@ from typing import Any
 
 import aiohttp_jinja2
 from aiohttp import web
+from aiohttp_session import SESSION_KEY, Session, get_session
 
 from sslvpn.store import queries
 from sslvpn.store.models import User
 from web.portal import PORTAL, Portal
-from web.security import (
-    SESSION_COOKIE,
-    PortalSession,
-    client_address,
-    csrf_valid,
-    set_session_cookie,
-)
+from web.security import CSRF_KEY, client_address, csrf_valid
+from web.sessions import end_session
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_SESSION: web.RequestKey[PortalSession | None] = web.RequestKey("sslvpn_session")
 _USER: web.RequestKey[User | None] = web.RequestKey("sslvpn_user")
-_NEW_SESSION: web.RequestKey[PortalSession | None] = web.RequestKey("sslvpn_new_session")
 # Paths whose state-changing requests authenticate with a bearer token or HTTP Basic
 # instead of a cookie, so a cross-site form cannot ride on them.
 CSRF_EXEMPT_PREFIXES = ("/api/", "/rest/", "/openvpn-api/")
@@ -37,8 +31,10 @@ def portal_of(request: web.Request) -> Portal:
     return request.app[PORTAL]
 
 
-def session_of(request: web.Request) -> PortalSession | None:
-    return request.get(_SESSION)
+def session_of(request: web.Request) -> Session | None:
+    """The browser's session (aiohttp-session, kept in the store), None when it has none."""
+    session: Session | None = request.get(SESSION_KEY)
+    return None if session is None or session.empty else session
 
 
 def user_of(request: web.Request) -> User | None:
@@ -50,51 +46,31 @@ def act_as(request: web.Request, user: User) -> None:
     request[_USER] = user
 
 
-def start_session(request: web.Request, user_id: int | None) -> PortalSession:
-    """Replace the request's session (rotating the id); the middleware sets the cookie."""
-    portal = portal_of(request)
-    old = session_of(request)
-    session = portal.sessions.rotate(old, user_id) if user_id is not None else portal.sessions.new()
-    if old is not None and user_id is None:
-        portal.sessions.drop(old)
-    request[_SESSION] = session
-    request[_NEW_SESSION] = session
-    return session
+def start_session(request: web.Request, user_id: int | None) -> Session:
+    """Replace the browser's session with a new id and CSRF token (login, logout); the old
+    one ends and the cookie is set when the response goes out."""
+    return portal_of(request).sessions.start(request, user_id)
 
 
-def ensure_session(request: web.Request) -> PortalSession:
+def ensure_session(request: web.Request) -> Session:
     """An anonymous session so a login form can carry a CSRF token."""
     return session_of(request) or start_session(request, None)
 
 
 @web.middleware
 async def session_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Attach the session and its (still enabled) user; set the cookie when it changed."""
-    portal = portal_of(request)
-    session = portal.sessions.get(request.cookies.get(SESSION_COOKIE))
-    request[_SESSION] = session
+    """Attach the session and its (still enabled) user; a disabled or deleted user's session
+    ends here."""
+    session = await get_session(request)
     request[_USER] = None
-    if session is not None and session.user_id is not None:
-        user_id = session.user_id
-        user = await portal.read(lambda s: s.get(User, user_id))
+    user_id = session.get("user_id")
+    if isinstance(user_id, int):
+        user = await portal_of(request).read(lambda s: s.get(User, user_id))
         if user is None or user.disabled:
-            portal.sessions.drop(session)
-            request[_SESSION] = None
+            end_session(request)
         else:
             request[_USER] = user
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        _set_cookie_if_new(request, exc)
-        raise
-    _set_cookie_if_new(request, response)
-    return response
-
-
-def _set_cookie_if_new(request: web.Request, response: web.StreamResponse) -> None:
-    new = request.get(_NEW_SESSION)
-    if new is not None and not response.prepared:
-        set_session_cookie(response, request, new.session_id)
+    return await handler(request)
 
 
 @web.middleware
@@ -175,7 +151,7 @@ def flash(request: web.Request, message: str) -> None:
     """A one-time message shown on the next rendered page."""
     session = session_of(request)
     if session is not None:
-        session.flash.append(message)
+        session["flash"] = [*session.get("flash", []), message]
 
 
 def render(
@@ -188,10 +164,12 @@ def render(
 ) -> web.Response:
     """Render with the user, CSRF token, flash messages and any form errors."""
     session = ensure_session(request)
-    messages, session.flash = session.flash, []
+    messages = session.get("flash", [])
+    if messages:
+        session["flash"] = []
     full = {
         "me": user_of(request),
-        "csrf_token": session.csrf_token,
+        "csrf_token": session[CSRF_KEY],
         "messages": messages,
         "errors": errors or [],
         **(context or {}),

@@ -25,7 +25,8 @@ from sslvpn.runtime.control import GatewayControl, SessionInfo
 from sslvpn.store import StoreUnavailable
 from sslvpn.store.async_store import AsyncStore
 from web.outage import STORE_BUDGET, StoreDown, store_wait
-from web.security import Clock, LoginThrottle, SessionStore
+from web.security import Clock, LoginThrottle
+from web.sessions import StoreSessions
 from web.traffic import TrafficHistory
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,13 @@ class Portal:
     paths: DataPaths
     control: GatewayControl | None
     settings: PortalSettings
-    sessions: SessionStore
     throttle: LoginThrottle
     traffic: TrafficHistory
     clock: Clock
+    sessions: StoreSessions = field(init=False)  # portal logins, in the store
+
+    def __post_init__(self) -> None:
+        self.sessions = StoreSessions(self, self.clock)
 
     async def read(self, work: Callable[[Session], T]) -> T:
         """``work`` in one read-only transaction, off the portal's loop."""

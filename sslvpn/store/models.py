@@ -176,6 +176,30 @@ class VpnSessionRecord(SQLModel, table=True):
     tls_group: str | None = None  # the control channel's key exchange, e.g. X25519MLKEM768
 
 
+class PortalLogin(SQLModel, table=True):
+    """One browser's portal session, shared by every node's portal and kept over restarts.
+
+    The browser holds a random id; only its SHA-256 is stored, so reading the table does not
+    let anyone in. Deleting the row logs the browser out everywhere at once.
+    """
+
+    id_hash: str = Field(primary_key=True)  # sha256 hex of the cookie's id
+    user_id: int | None = Field(default=None, foreign_key="user.id", ondelete="CASCADE",
+                                index=True)  # None: before login (a login form's CSRF token)
+    data: dict[str, object] = Field(default_factory=dict, sa_type=JSON, repr=False)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    last_seen: datetime = Field(sa_type=UTCDateTime, index=True)
+
+
+class PortalKey(SQLModel, table=True):
+    """The fleet's key for the login form's CSRF token (made by the migration): a visitor
+    who is not logged in holds only a random id, so showing the login page writes nothing
+    and any node checks the token."""
+
+    id: int = Field(primary_key=True)
+    secret: str = Field(repr=False)
+
+
 class ImportToken(SQLModel, table=True):
     """A short-lived, single-use link to download a profile; only its hash is kept."""
 

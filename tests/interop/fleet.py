@@ -70,15 +70,21 @@ class FleetNode:
         return f"https://{self.public_address}:{PORTAL_PORT}/"
 
     def start(self) -> None:
-        """Start `serve --node` and wait (bounded) until it listens on TCP."""
-        before = self._log_text().count("listening on tcp")
+        """Start `serve --node` and wait (bounded) until it listens on TCP and its portal
+        answers."""
+        marks = ("listening on tcp", "portal: ")
+        before = [self._log_text().count(mark) for mark in marks]
         self.proc = self.ns.spawn(
             [SSLVPN, "--data-dir", str(self.data_dir), "--database-url", self.fleet.database_url,
              "serve", "--node", self.name, "--listen", self.public_address,
              "--portal-listen", f"{self.public_address}:{PORTAL_PORT}"],
             log=self.log,
         )
-        if not wait_until(lambda: self._log_text().count("listening on tcp") > before, 30):
+        def started() -> bool:
+            text = self._log_text()
+            return all(text.count(mark) > seen for mark, seen in zip(marks, before, strict=True))
+
+        if not wait_until(started, 30):
             pytest.fail(f"node {self.name} did not start:\n{self._log_text()[-3000:]}")
 
     def kill(self) -> float:

@@ -3,8 +3,11 @@
 ``python portal_client.py BASE_URL CAFILE NAME ACTION [ARG...]``, the password on stdin.
 Actions: ``device DEVICE OUT`` creates a device and saves its downloaded `.ovpn` to OUT;
 ``get PATH`` prints a page; ``kick SESSION_ID`` ends a live session from the admin's
-sessions page and prints the page it lands on. Only the standard library, so it runs with
-any Python; HTTPS is verified against CAFILE (our CA).
+sessions page and prints the page it lands on; ``cookie`` prints the session cookie. With
+NAME ``-`` (no login, no password), ``landing COOKIE PATH`` prints the path a browser holding
+only that session cookie ends on after opening PATH (``/login`` when it is not logged in).
+Only the standard library, so it runs with any Python; HTTPS is verified against CAFILE (our
+CA).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+SESSION_COOKIE = "sslvpn_session"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
@@ -26,9 +30,10 @@ class Browser:
     def __init__(self, base: str, cafile: str) -> None:
         self.base = base.rstrip("/")
         context = ssl.create_default_context(cafile=cafile)
+        self.cookies = http.cookiejar.CookieJar()
         self.opener = urllib.request.build_opener(
             urllib.request.HTTPSHandler(context=context),
-            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()),
+            urllib.request.HTTPCookieProcessor(self.cookies),
         )
         self.csrf = ""
 
@@ -62,8 +67,21 @@ class Browser:
             raise SystemExit(f"login as {name} failed:\n{body}")
 
 
+def landing(base: str, cafile: str, cookie: str, path: str) -> str:
+    """The path a browser holding only this session cookie ends on after opening ``path``."""
+    context = ssl.create_default_context(cafile=cafile)
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
+    request = urllib.request.Request(base.rstrip("/") + path,  # noqa: S310 (an https base)
+                                     headers={"Cookie": f"{SESSION_COOKIE}={cookie}"})
+    with opener.open(request, timeout=20) as response:
+        return urllib.parse.urlparse(response.geturl()).path
+
+
 def main(argv: list[str]) -> None:
     base, cafile, name, action, *args = argv
+    if name == "-" and action == "landing":
+        sys.stdout.write(landing(base, cafile, *args) + "\n")
+        return
     browser = Browser(base, cafile)
     browser.login(name, sys.stdin.readline().rstrip("\n"))
     if action == "device":
@@ -73,6 +91,9 @@ def main(argv: list[str]) -> None:
         serial = url.rstrip("/").rsplit("/", 1)[-1]
         Path(out).write_bytes(browser.download(f"/devices/{serial}/profile.ovpn"))
         sys.stdout.write(serial + "\n")
+    elif action == "cookie":
+        [cookie] = [c.value for c in browser.cookies if c.name == SESSION_COOKIE]
+        sys.stdout.write(cookie + "\n")
     elif action == "get":
         sys.stdout.write(browser.get(args[0])[1])
     elif action == "kick":

@@ -5,7 +5,9 @@ Clients with profiles from `sslvpn profile` (every node's remotes, ``remote-rand
 holding a client is SIGKILLed: each of its clients must reconnect through the other node and
 ping the VPC host again within the pushed ``ping-restart`` plus one dead remote and a
 connect (30 s, the issue's figure); the time from the kill to the first reply is measured per
-client. Throughout, the store never shows one address in two open sessions. Namespaces use
+client. Throughout, the store never shows one address in two open sessions. A portal login
+made on node a's portal is accepted by node b's and by node a's after a restart (portal
+sessions live in the store). Namespaces use
 the prefix ``ff`` (tests/interop/fleet.py) and are removed in finalizers.
 """
 
@@ -23,7 +25,7 @@ from sqlmodel import col, select
 
 from sslvpn.store import db
 from sslvpn.store.models import VpnSessionRecord
-from tests.interop.fleet import FleetClient, FleetLab, build_fleet
+from tests.interop.fleet import FleetClient, FleetLab, build_fleet, portal
 from tests.netns import wait_until
 from tests.pgcluster import PostgresCluster
 
@@ -32,6 +34,7 @@ pytestmark = pytest.mark.interop
 FAILOVER_LIMIT = 30.0  # seconds from the kill to the first reply through the other node
 MIN_PER_NODE = 2
 MAX_CLIENTS = 10
+CAROL_PASSWORD = "carol-portal-pw-0123456789"  # noqa: S105 (a test credential)
 
 
 def _report(what: str) -> None:
@@ -139,3 +142,15 @@ def test_clients_of_a_killed_node_are_back_through_the_other_within_30_s(
     assert watch.samples > 10
     assert watch.doubled == []
     fleet.nodes[victim].start()  # the next test finds both nodes up
+
+
+def test_a_portal_login_on_node_a_is_accepted_by_node_b_and_survives_a_restart_of_a(
+    fleet: FleetLab,
+) -> None:
+    fleet.cli("user", "add", "carol", "--password-stdin", stdin=CAROL_PASSWORD + "\n")
+    cookie = portal(fleet, "a", "carol", "cookie", stdin=CAROL_PASSWORD + "\n").strip()
+    assert portal(fleet, "b", "-", "landing", cookie, "/devices").strip() == "/devices"
+    fleet.nodes["a"].kill()
+    fleet.nodes["a"].start()
+    assert portal(fleet, "a", "-", "landing", cookie, "/devices").strip() == "/devices"
+    assert portal(fleet, "a", "-", "landing", "not-a-session", "/devices").strip() == "/login"

@@ -29,6 +29,8 @@ EXPECTED_TABLES = {
     "gatewaysettings",
     "importtoken",
     "node",
+    "portalkey",
+    "portallogin",
     "signedcrl",
     "spdpolicy",
     "user",

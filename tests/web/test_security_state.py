@@ -1,31 +1,13 @@
-"""The portal's in-memory state stays as small as its live users: idle sessions and stale
-login failures are dropped as new ones arrive, instead of piling up for the process's life
-(a soak's login cycle grew the heap with every visit to the login page)."""
+"""The portal's in-memory state stays as small as its live users: stale login failures are
+dropped as new ones arrive, instead of piling up for the process's life (a soak's login cycle
+grew the heap with every visit to the login page). Sessions live in the store
+(tests/web/test_sessions.py)."""
 
 from __future__ import annotations
 
-from web.security import (
-    SESSION_IDLE_SECONDS,
-    THROTTLE_WINDOW_SECONDS,
-    LoginThrottle,
-    SessionStore,
-)
+from web.security import THROTTLE_WINDOW_SECONDS, LoginThrottle
 
 from .conftest import Clock
-
-
-def test_idle_sessions_make_room_for_new_ones() -> None:
-    clock = Clock(now=1_000_000.0)
-    store = SessionStore(clock)
-    for _ in range(100):
-        store.new()
-    used = store.new(user_id=1)
-    clock.now += SESSION_IDLE_SECONDS - 60
-    assert store.get(used.session_id) is used  # seen again: no longer idle
-    clock.now += 120  # the other 100 have been idle past the limit
-    fresh = store.new()
-    assert len(store) == 2
-    assert store.get(used.session_id) is used and store.get(fresh.session_id) is fresh
 
 
 def test_the_throttle_keeps_only_keys_with_failures_in_the_window() -> None:

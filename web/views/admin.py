@@ -116,7 +116,7 @@ async def set_disabled(request: web.Request) -> web.StreamResponse:
         raise web.HTTPSeeOther("/admin/users")
     await pki_ops.set_enabled(request, user.name, enabled=not disabled)
     if disabled and user.id is not None:
-        portal_of(request).sessions.drop_user(user.id)
+        await portal_of(request).sessions.drop_user(user.id)
     flash(request, f"User {user.name} {'disabled' if disabled else 'enabled'}.")
     raise web.HTTPSeeOther("/admin/users")
 
@@ -130,7 +130,7 @@ async def reset_password(request: web.Request) -> web.StreamResponse:
         lambda s: queries.set_user_password_hash(s, name=user.name, password_hash=hashed)
     )
     if user.id is not None and user.id != current_user(request).id:
-        portal_of(request).sessions.drop_user(user.id)
+        await portal_of(request).sessions.drop_user(user.id)
     await audit(request, "user.password_reset", target=user.name)
     flash(request, f"New one-time password for {user.name}: {password}")
     raise web.HTTPSeeOther("/admin/users")
@@ -145,7 +145,7 @@ async def delete_user(request: web.Request) -> web.StreamResponse:
         raise web.HTTPSeeOther("/admin/users")
     revoked, ended = await pki_ops.delete_user(request, user.name)
     if user.id is not None:
-        portal_of(request).sessions.drop_user(user.id)
+        await portal_of(request).sessions.drop_user(user.id)
     await audit(
         request,
         "user.delete",
