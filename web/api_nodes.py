@@ -1,5 +1,7 @@
 """The /api/v1 part for the fleet's nodes: list, add, remove, and the VPC routes they need,
-with the same checks and audit as `sslvpn node` and the portal's nodes page (`web.node_ops`).
+with the same checks and audit as `sslvpn node` and the portal's nodes page (`web.node_ops`);
+and the keepalive pushed to clients with the heartbeat timeout (how fast clients of a dead
+node move, and how fast the fleet calls it down), checked as the settings page checks them.
 Authentication and JSON errors come from `web.api.api_middleware`; every answer matches
 `web.openapi`: a field that breaks the document's patterns is a 400, a well-formed node the
 fleet refuses (its pools do not fit, its name is taken) a 409.
@@ -12,13 +14,18 @@ from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
+from sqlmodel import Session
 
-from sslvpn.store import NotFoundError
+from sslvpn.store import NotFoundError, queries
+from sslvpn.store.models import GatewaySettings
 from web import node_ops
 from web.api import PREFIX, QUERY_PARAMETERS, BadRequest, body_of, error
 from web.openapi_fleet import PATTERNS
+from web.pages import audit, portal_of
+from web.views.admin_ops import LIVENESS_FIELDS, parse_liveness
 
 NODES = f"{PREFIX}/nodes"
+KEEPALIVE = f"{PREFIX}/keepalive"
 FORCE_VALUES = {"true": True, "false": False}
 MAX_VPC_ADDRESSES = 2
 QUERY_PARAMETERS[f"{NODES}/{{name}}"] = frozenset({"force"})
@@ -78,9 +85,45 @@ async def list_routes(request: web.Request) -> web.StreamResponse:
     return web.json_response([asdict(entry) for entry in await node_ops.routes(request)])
 
 
+def _liveness(settings: GatewaySettings) -> dict[str, int]:
+    return {name: getattr(settings, name) for name in LIVENESS_FIELDS}
+
+
+async def get_keepalive(request: web.Request) -> web.StreamResponse:
+    name = portal_of(request).settings.gateway_name
+    settings = await portal_of(request).read(lambda s: queries.get_settings(s, name=name))
+    return web.json_response(_liveness(settings))
+
+
+async def set_keepalive(request: web.Request) -> web.StreamResponse:
+    """The pushed ping/ping-restart and the heartbeat timeout, checked as the settings page
+    checks them; a field left out keeps its value."""
+    body = await body_of(request, dict.fromkeys(LIVENESS_FIELDS, int))
+    name = portal_of(request).settings.gateway_name
+    errors: list[str] = []
+
+    def save(s: Session) -> dict[str, int] | None:
+        settings = queries.get_settings(s, name=name)
+        liveness = parse_liveness({k: str(v) for k, v in body.items()}, settings, errors)
+        if liveness is None:
+            return None
+        settings.keepalive_interval, settings.keepalive_timeout, settings.heartbeat_timeout = (
+            liveness)
+        queries.save_settings(s, settings=settings)
+        return _liveness(settings)
+
+    saved = await portal_of(request).write(save)
+    if saved is None:  # well-formed, but the restart would not wait for two pings
+        return error(409, " ".join(errors))
+    await audit(request, "settings.change", target=name, detail=f"{saved} via=api")
+    return web.json_response(saved)
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get(NODES, list_nodes)
     r.add_post(NODES, add_node)
     r.add_delete(f"{NODES}/{{name}}", remove_node)
     r.add_get(f"{PREFIX}/node-routes", list_routes)
+    r.add_get(KEEPALIVE, get_keepalive)
+    r.add_put(KEEPALIVE, set_keepalive)

@@ -46,7 +46,22 @@ ROUTE = {
         "next_hop": {**NULLABLE_TEXT, "description": "null: not known until the node runs"},
     },
 }
-SCHEMAS = {"Node": NODE, "NodeRoute": ROUTE}
+SECONDS = {"type": "integer", "minimum": 1, "maximum": 3600}
+KEEPALIVE = {
+    "type": "object",
+    "required": ["keepalive_interval", "keepalive_timeout", "heartbeat_timeout"],
+    "properties": {
+        "keepalive_interval": {**SECONDS, "description": "pushed `ping`: seconds between "
+                                                         "keepalive pings"},
+        "keepalive_timeout": {**SECONDS, "description": "pushed `ping-restart`: a client "
+                                                        "reconnects (to another node if this "
+                                                        "one died) after this many silent "
+                                                        "seconds; at least twice the ping"},
+        "heartbeat_timeout": {**SECONDS, "minimum": 3,
+                              "description": "a node without a heartbeat this long is down"},
+    },
+}
+SCHEMAS = {"Node": NODE, "NodeRoute": ROUTE, "Keepalive": KEEPALIVE}
 
 
 def fleet_paths(
@@ -97,6 +112,22 @@ def fleet_paths(
                     }, "Removed"),
                     **errors(400, 404, 409),
                 },
+            },
+        },
+        "/keepalive": {
+            "get": {
+                "operationId": "getKeepalive",
+                "responses": {"200": json_answer(ref("Keepalive"), "The stored values"),
+                              **errors()},
+            },
+            "put": {
+                "operationId": "setKeepalive",
+                "description": "A field left out keeps its value. Refused (409) when the "
+                               "restart is shorter than two pings. New connections get the "
+                               "new values.",
+                "requestBody": body(KEEPALIVE["properties"]),
+                "responses": {"200": json_answer(ref("Keepalive"), "Saved"),
+                              **errors(400, 409)},
             },
         },
         "/node-routes": {

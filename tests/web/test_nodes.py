@@ -141,3 +141,31 @@ async def test_settings_keep_every_node_inside_the_pools_and_take_keepalive(
         stored = queries.get_settings(s)
     assert (stored.keepalive_interval, stored.keepalive_timeout) == (4, 12)
     assert (stored.heartbeat_timeout, stored.pool_cidr) == (9, "10.8.0.0/16")
+
+
+async def test_the_api_reads_and_sets_the_keepalive_as_the_settings_page_checks_it(
+    client: TestClient, site: Site
+) -> None:
+    add_tokens(site)
+    url = "/api/v1/keepalive"
+    stored = {"keepalive_interval": 5, "keepalive_timeout": 15, "heartbeat_timeout": 15}
+    assert await (await client.get(url, headers=AUTH)).json() == stored
+    assert (await client.get(url, headers=bearer(USER_TOKEN))).status == 403
+    response = await client.put(url, headers=AUTH,
+                                json={"keepalive_interval": 4, "keepalive_timeout": 12})
+    assert response.status == 200, await response.text()
+    stored = {**stored, "keepalive_interval": 4, "keepalive_timeout": 12}
+    assert await response.json() == stored
+    assert "settings.change" in audit_actions(site, actor="root")
+    for refused, status, reason in (
+        ({"keepalive_interval": 10, "keepalive_timeout": 15}, 409, "at least twice the ping"),
+        ({"heartbeat_timeout": 2}, 409, "heartbeat timeout must be 3 to"),
+        ({"keepalive_interval": True}, 400, "wrong type"),
+        ({"ping": 5}, 400, "unknown field"),
+    ):
+        response = await client.put(url, headers=AUTH, json=refused)
+        assert response.status == status, refused
+        assert reason in (await response.json())["error"], refused
+    with db.session(site.engine, write=False) as s:
+        settings = queries.get_settings(s)
+    assert (settings.keepalive_interval, settings.keepalive_timeout) == (4, 12)

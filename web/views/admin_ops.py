@@ -182,7 +182,7 @@ def parse_settings(
             check_fleet(Fleet(networks.pool, networks.pool6), nodes)
         except SubpoolError as exc:
             errors.append(_sentence(str(exc)))
-    liveness = _liveness(form, settings, errors)
+    liveness = parse_liveness(form, settings, errors)
     dns = _words(form.get("dns_servers", ""))
     for value in dns:
         try:
@@ -231,13 +231,16 @@ def _retention(
     return days
 
 
-def _liveness(
+LIVENESS_FIELDS = ("keepalive_interval", "keepalive_timeout", "heartbeat_timeout")
+
+
+def parse_liveness(
     form: dict[str, str], settings: GatewaySettings, errors: list[str]
 ) -> tuple[int, int, int] | None:
     """The pushed ping and ping-restart seconds (checked as `sslvpn init --keepalive` is) and
-    the node heartbeat timeout; a field left out keeps its value."""
-    names = ("keepalive_interval", "keepalive_timeout", "heartbeat_timeout")
-    texts = [form.get(name, str(getattr(settings, name))).strip() for name in names]
+    the node heartbeat timeout, for the settings page and the API; a field left out keeps
+    its value."""
+    texts = [form.get(name, str(getattr(settings, name))).strip() for name in LIVENESS_FIELDS]
     if not all(text.isascii() and text.isdigit() for text in texts):
         errors.append("Keepalive and heartbeat times must be whole seconds.")
         return None
