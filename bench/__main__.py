@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench import report as report_module
+from bench.fleet_phase import FleetSettings, run_fleet
 from bench.ipsec_phase import IpsecSettings, run_ipsec
 from bench.lab import Lab
 from bench.report import Report
@@ -26,13 +27,15 @@ from bench.scale_phase import ScaleSettings, run_scale
 from bench.tunnel_phases import TunnelBench, TunnelSettings
 from bench.vpn import build_topology
 
-PHASES = ("throughput", "admission", "scale", "ipsec")
+PHASES = ("throughput", "admission", "scale", "ipsec", "fleet")
 FULL = (TunnelSettings(reps=3, seconds=10, raw_seconds=5, pings=200, handshakes=10, burst=50),
         IpsecSettings(reps=3, seconds=10),
-        ScaleSettings(sizes=(1000, 10000), burst=1000, hold=3, stage_timeout=45))
+        ScaleSettings(sizes=(1000, 10000), burst=1000, hold=3, stage_timeout=45),
+        FleetSettings(clients=20, back_timeout=90))
 QUICK = (TunnelSettings(reps=1, seconds=3, raw_seconds=2, pings=50, handshakes=3, burst=10),
          IpsecSettings(reps=1, seconds=3),
-         ScaleSettings(sizes=(100,), burst=100, hold=2, stage_timeout=30))
+         ScaleSettings(sizes=(100,), burst=100, hold=2, stage_timeout=30),
+        FleetSettings(clients=6, back_timeout=90))
 REQUIRED = ("ip", "openvpn", "iperf3", "ping", "openssl", "swanctl")
 
 
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing or os.geteuid() != 0:
         print(f"bench needs root and {', '.join(REQUIRED)}; missing: {missing}", file=sys.stderr)
         return 2
-    tunnel_s, ipsec_s, scale_s = QUICK if args.quick else FULL
+    tunnel_s, ipsec_s, scale_s, fleet_s = QUICK if args.quick else FULL
     work = args.out / "work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -93,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                 _phase(report, "scale", lambda: run_scale(topo, report, scale_s))
         if "ipsec" in phases:
             _phase(report, "ipsec", lambda: run_ipsec(lab, work / "ipsec", report, ipsec_s))
+        if "fleet" in phases:
+            _phase(report, "fleet", lambda: run_fleet(work / "fleet", report, fleet_s))
     finally:
         lab.close()
         report.meta["duration_s"] = round(time.monotonic() - started, 1)

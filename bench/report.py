@@ -14,12 +14,12 @@ from typing import Any, Literal
 
 Better = Literal["higher", "lower"]
 GROUPS = ("throughput", "cpu per Gbit", "latency", "handshake time", "handshake rate",
-          "scale memory", "scale memory per session", "scale rate", "ipsec")
+          "scale memory", "scale memory per session", "scale rate", "ipsec", "fleet failover")
 
 
 @dataclass
 class Figure:
-    group: str  # "throughput", "cpu", "latency", "admission", "scale", "ipsec"
+    group: str  # "throughput", "cpu", "latency", "admission", "scale", "ipsec", "fleet ..."
     name: str
     unit: str
     better: Better

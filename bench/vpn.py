@@ -123,6 +123,22 @@ def _fallback_data_folder(topo: VpnTopology) -> None:
         topo.profiles[proto] = path
 
 
+def openvpn_server_lines(pki: Path, local: str, proto: str, network: str, mask: str,
+                         keepalive: tuple[int, int]) -> list[str]:
+    """A stock OpenVPN 2.6 server on one transport with the data folder's CA, server
+    certificate, tls-crypt key and CRL, pushing the VPC route (the bench's baseline)."""
+    crl = [f"crl-verify {pki / 'crl.pem'}"] if (pki / "crl.pem").exists() else []
+    return [
+        f"local {local}", f"port {PORT}", f"proto {'tcp-server' if proto == 'tcp' else 'udp'}",
+        "dev tun", "topology subnet", f"server {network} {mask}",
+        f'push "route {VPC_NET.split("/")[0]} 255.255.255.0"',
+        f"ca {pki / 'ca.crt'}", f"cert {pki / 'server.crt'}", f"key {pki / 'server.key'}",
+        "dh none", *crl, f"tls-crypt {pki / 'tls-crypt.key'}",
+        f"data-ciphers {CIPHER}", f"keepalive {keepalive[0]} {keepalive[1]}", "persist-key",
+        "persist-tun", "disable-dco", "verb 3",
+    ]
+
+
 class Server:
     """A VPN server process tree in the gateway namespace (one transport at a time)."""
 
@@ -169,18 +185,11 @@ class OpenVpnServer(Server):
     name = "openvpn"
 
     def config(self, proto: str) -> Path:
-        pki = self.topo.data_dir / "pki"
         path = self.topo.work / f"openvpn-server-{proto}.conf"
-        crl = [f"crl-verify {pki / 'crl.pem'}"] if (pki / "crl.pem").exists() else []
         path.write_text("\n".join([
-            f"local {GATEWAY_OUTER}", f"port {PORT}",
-            f"proto {'tcp-server' if proto == 'tcp' else 'udp'}",
-            "dev tun", "topology subnet", f"server {POOL.split('/')[0]} {POOL_MASK}",
-            f'push "route {VPC_NET.split("/")[0]} 255.255.255.0"',
-            f"ca {pki / 'ca.crt'}", f"cert {pki / 'server.crt'}", f"key {pki / 'server.key'}",
-            "dh none", *crl, f"tls-crypt {pki / 'tls-crypt.key'}",
-            f"data-ciphers {CIPHER}", "keepalive 10 60", "persist-key", "persist-tun",
-            "disable-dco", "max-clients 20000", "verb 3",
+            *openvpn_server_lines(self.topo.data_dir / "pki", GATEWAY_OUTER, proto,
+                                  POOL.split("/")[0], POOL_MASK, (10, 60)),
+            "max-clients 20000",
             # the fallback PKI has one client certificate, shared by every burst client
             *(["duplicate-cn"] if self.topo.cli_error is not None else []),
             *(["explicit-exit-notify 1"] if proto == "udp" else []), "",

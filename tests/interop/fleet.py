@@ -23,7 +23,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +33,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import Engine
+from sqlmodel import col, select
 
 from sslvpn.cli import main
 from sslvpn.config import DataPaths
 from sslvpn.store import db
+from sslvpn.store.models import VpnSessionRecord
 from tests.interop.conftest import SSLVPN, VPC_HOST
 from tests.netns import Namespace, NetnsLab, file_contains, wait_until
 from tests.pgcluster import PostgresCluster
@@ -107,9 +111,25 @@ class FleetClient:
     fleet: FleetLab
     ns: Namespace
     serial: str
+    profile: Path
     log: Path
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | None = None
     ping_log: Path | None = None
+    pinger: subprocess.Popen[bytes] | None = None
+
+    def launch(self, log: Path) -> None:
+        """(Re)start openvpn with the profile, logging to ``log``; any pinger stops."""
+        self.stop()
+        self.log, self.ping_log = log, None
+        self.proc = self.ns.spawn(["openvpn", "--config", str(self.profile), "--disable-dco",
+                                   "--verb", "3", "--log", str(log)])
+
+    def stop(self) -> None:
+        """Stop openvpn and the pinger (the namespace stays)."""
+        for proc in (self.pinger, self.proc):
+            if proc is not None:
+                self.fleet.lab.stop(proc)
+        self.proc = self.pinger = None
 
     def text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -118,10 +138,17 @@ class FleetClient:
         if not wait_until(file_contains(self.log, CONNECTED), timeout):
             pytest.fail(f"client {self.serial} did not connect:\n{self.text()[-3000:]}")
 
+    def address(self) -> str | None:
+        """The tunnel's IPv4 address in the client's namespace, if it has one now."""
+        out = self.ns.run("ip", "-4", "-o", "addr", "show", "dev", "tun0", check=False)
+        match = re.search(r" inet (\d+\.\d+\.\d+\.\d+)/", out)
+        return match.group(1) if match else None
+
     def start_pinging(self) -> None:
         """``ping -i 0.2`` to the VPC host, each reply time-stamped (``-D``)."""
         self.ping_log = self.log.with_suffix(".ping")
-        self.ns.spawn(["ping", "-D", "-i", "0.2", "-W", "1", VPC_HOST], log=self.ping_log)
+        self.pinger = self.ns.spawn(["ping", "-D", "-i", "0.2", "-W", "1", VPC_HOST],
+                                    log=self.ping_log)
 
     def replies(self) -> list[float]:
         """Wall-clock times of the ping replies so far."""
@@ -183,14 +210,47 @@ class FleetLab:
         ns = self.lab.namespace(f"c{index}")
         self.lab.attach(ns, f"198.18.0.{10 + index}/24", self.internet, self.internet_bridge)
         log = self.work / f"client-{index}-{device}.log"
-        proc = ns.spawn(["openvpn", "--config", str(profile), "--disable-dco", "--verb", "3",
-                         "--log", str(log)])
-        client = FleetClient(self, ns, serial, log, proc)
+        client = FleetClient(self, ns, serial, profile, log)
+        client.launch(log)
         self.clients.append(client)
         return client
 
     def ca_file(self) -> str:
         return str(DataPaths(self.data_dir).ca_cert)
+
+
+def open_sessions(fleet: FleetLab) -> list[VpnSessionRecord]:
+    """The sessions the shared store shows open now."""
+    engine = fleet.engine()
+    try:
+        with db.session(engine, write=False) as s:
+            query = select(VpnSessionRecord).where(col(VpnSessionRecord.disconnected_at).is_(None))
+            return list(s.exec(query).all())
+    finally:
+        engine.dispose()
+
+
+class AddressWatch:
+    """Reads the open sessions from the store every 0.2 s; remembers any address that two
+    open sessions held at once."""
+
+    def __init__(self, fleet: FleetLab) -> None:
+        self.fleet = fleet
+        self.doubled: list[tuple[str, int]] = []
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            counts = Counter(r.vpn_address for r in open_sessions(self.fleet))
+            self.doubled += [(a, n) for a, n in counts.items() if n > 1]
+            self.samples += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
 
 
 def _require(binary: str) -> None:

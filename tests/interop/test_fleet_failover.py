@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import statistics
 import sys
-import threading
-from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
-from sqlmodel import col, select
 
-from sslvpn.store import db
-from sslvpn.store.models import VpnSessionRecord
-from tests.interop.fleet import FleetClient, FleetLab, build_fleet, portal
+from tests.interop.fleet import (
+    AddressWatch,
+    FleetClient,
+    FleetLab,
+    build_fleet,
+    open_sessions,
+    portal,
+)
 from tests.netns import wait_until
 from tests.pgcluster import PostgresCluster
 
@@ -48,45 +50,12 @@ def fleet(postgres: PostgresCluster, tmp_path_factory: pytest.TempPathFactory
         yield lab
 
 
-def _open_records(fleet: FleetLab) -> list[VpnSessionRecord]:
-    engine = fleet.engine()
-    try:
-        with db.session(engine, write=False) as s:
-            query = select(VpnSessionRecord).where(col(VpnSessionRecord.disconnected_at).is_(None))
-            return list(s.exec(query).all())
-    finally:
-        engine.dispose()
-
-
 def _node_of(fleet: FleetLab, serial: str, since: datetime | None = None) -> str | None:
     """The node holding the certificate's open session (opened after ``since``)."""
-    for record in _open_records(fleet):
+    for record in open_sessions(fleet):
         if record.certificate_serial == serial and (since is None or record.connected_at > since):
             return record.gateway_name
     return None
-
-
-class AddressWatch:
-    """Reads the open sessions from the store every 0.2 s; remembers any address that two
-    open sessions held at once."""
-
-    def __init__(self, fleet: FleetLab) -> None:
-        self.fleet = fleet
-        self.doubled: list[tuple[str, int]] = []
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            counts = Counter(r.vpn_address for r in _open_records(self.fleet))
-            self.doubled += [(a, n) for a, n in counts.items() if n > 1]
-            self.samples += 1
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
 
 def _placed(fleet: FleetLab, serial: str) -> str:
