@@ -13,7 +13,7 @@ tunnel) -> ESP open (ICV, replay, padding) -> SPD inbound check -> bandwidth cap
 Packets matching no policy are dropped and counted.
 
 On a node of a fleet (``node``), the tunnels of VPN gateways that name this node run only
-while this node holds their lease (`sslvpn.runtime.ipsec_lease`): every round it keeps the
+while this node holds their lease (`sslvpn.store.leases`): every round it keeps the
 leases it has and tries to take the others, so a standby takes a dead owner's tunnels within
 one round of the lock's release. A node that takes a tunnel records itself as its owner,
 initiates to the customer gateway and runs the operator's ``on_activate`` hook; a node that
@@ -52,7 +52,6 @@ from sslvpn.runtime.ike_udp import (
     IkeSockets,
 )
 from sslvpn.runtime.ipsec_hook import hook_environment, run_hook
-from sslvpn.runtime.ipsec_lease import TunnelLeases
 from sslvpn.runtime.ipsec_tunnel import Tunnel
 from sslvpn.runtime.netconf import NetconfError, run
 from sslvpn.runtime.tun import LinuxTun, Tun
@@ -64,6 +63,7 @@ from sslvpn.store.ipsec_queries import (
     stale_nodes,
     tunnel_configs,
 )
+from sslvpn.store.leases import TunnelLeases
 
 if TYPE_CHECKING:  # what a store thread hands _read_configs; never opened here
     from sqlmodel import Session
@@ -121,10 +121,9 @@ class IpsecService:
         self._lease_store: AsyncStore | None = None
         if node is not None:
             try:
-                self._leases = TunnelLeases(store.engine, node)
+                self._leases = store.leases(node)
                 # a thread of its own: lease rounds never queue behind the gateway's calls
-                self._lease_store = AsyncStore(store.engine, timeout=store.timeout, threads=1,
-                                               owner="the IPsec leases")
+                self._lease_store = store.companion(threads=1, owner="the IPsec leases")
             except ValueError as exc:  # SQLite: fleet tunnels cannot run here
                 log.error("%s", exc)
         self._background: set[asyncio.Task[object]] = set()

@@ -29,6 +29,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from sslvpn.store import StoreError, StoreUnavailable, db
+from sslvpn.store.leases import TunnelLeases
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +126,16 @@ class AsyncStore:
             return _in_session(self.engine, work, write=True)
         raise RuntimeError("write_here() blocks: call it from a worker thread, not the loop")
 
-    def companion(self, *, threads: int) -> AsyncStore:
+    def companion(self, *, threads: int, owner: str | None = None) -> AsyncStore:
         """Another facade on the same database with threads of its own, for work that must
         go on while this one's threads are all busy (a fleet node's heartbeat)."""
-        return AsyncStore(self.engine, timeout=self.timeout, threads=threads)
+        return AsyncStore(self.engine, timeout=self.timeout, threads=threads,
+                          owner=owner or self.owner)
+
+    def leases(self, node: str) -> TunnelLeases:
+        """Node ``node``'s IPsec tunnel leases, on a connection of their own; call them only
+        through `call` (they block). ValueError on SQLite, which has no advisory locks."""
+        return TunnelLeases(self.engine, node)
 
     async def close(self) -> None:
         """Stop the threads without waiting for calls stuck in a dead store."""

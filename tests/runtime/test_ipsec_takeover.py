@@ -22,13 +22,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from sslvpn.runtime.ipsec_lease import TunnelLeases
 from sslvpn.runtime.ipsec_service import IpsecService
 from sslvpn.runtime.tun import MemoryTun
 from sslvpn.store import StoreUnavailable, node_queries
 from sslvpn.store import ipsec_queries as q
 from sslvpn.store.async_store import AsyncStore
 from sslvpn.store.db import open_engine, session, upgrade
+from sslvpn.store.leases import TunnelLeases
 from tests.netns import wait_until
 
 pytestmark = pytest.mark.postgres
@@ -39,7 +39,7 @@ PSK = "takeover-test-psk-0123456789abcdef"
 HOLD = """
 import sys, time
 from sqlalchemy import create_engine
-from sslvpn.runtime.ipsec_lease import TunnelLeases
+from sslvpn.store.leases import TunnelLeases
 leases = TunnelLeases(create_engine(sys.argv[1]), "A")
 print(sorted(leases.sync({5})), flush=True)
 time.sleep(120)

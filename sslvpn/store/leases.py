@@ -10,8 +10,9 @@ A hung owner (a stopped process, a stuck loop) keeps its connection open, so a s
 sees the owner's heartbeat stale (by the database's clock) ends that node's lease connection
 with ``pg_terminate_backend`` and takes the lease on the next try.
 
-`TunnelLeases.sync` blocks on the network: the IPsec service calls it only through an
-`AsyncStore` of its own (a store thread, bounded in time), never on the packet loop. When the
+`TunnelLeases.sync` blocks on the network: the IPsec service gets its leases from
+`AsyncStore.leases` and calls them only through a companion `AsyncStore` (a store thread
+of their own, bounded in time), never on the packet loop. When the
 connection fails, every lease is taken for lost: the owner stops its tunnels, since another
 node may hold them a moment later.
 """
