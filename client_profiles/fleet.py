@@ -129,7 +129,7 @@ def remove_node(
                 "stop it first or force the removal"
             )
         ended = queries.close_stale_session_records(
-            s, gateway_name=name, at=node_queries.database_now(s), reason=REMOVED_REASON
+            s, node=name, at=node_queries.database_now(s), reason=REMOVED_REASON
         )
         node_queries.delete_node(s, name=name)
         queries.record_audit(

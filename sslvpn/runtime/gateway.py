@@ -17,7 +17,9 @@ not grow with the number of sessions: the pool keeps the leases in memory (loade
 and the accounting (session opened and ended, counters, leases) goes to a write-behind queue
 that a worker thread commits in batches. A sweep every few seconds (also off the loop)
 disconnects sessions whose certificate was revoked or whose user was disabled by any
-process; while the store is away the sweep skips a round and tunnels run on. The registry
+process, and sessions another process asked to end (a kick through the store, a survivor
+that took this node for down); the fleet's signal wakes it at once. While the store is away
+the sweep skips a round and tunnels run on. The registry
 implements ``GatewayControl``.
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ipaddress
 import itertools
 import logging
@@ -147,6 +150,7 @@ class Gateway:
         self._closed_in = 0
         self._closed_out = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweep_now = asyncio.Event()
 
     # -- wiring ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -441,14 +445,23 @@ class Gateway:
         self._finish(client, reason)
 
     # -- periodic work -----------------------------------------------------------------
+    def wake_sweep(self) -> None:
+        """Sweep now rather than at the next interval (the fleet signalled a revocation, a
+        disabled user or a kick)."""
+        self._sweep_now.set()
+
     async def run_sweeps(self) -> None:
-        """Write the accounting queue; disconnect revoked certificates and disabled users;
-        queue the byte counters of sessions that moved traffic."""
+        """Write the accounting queue; disconnect revoked certificates, disabled users and
+        sessions the fleet asked to end, every interval or at once when woken; queue the
+        byte counters of sessions that moved traffic."""
         async with asyncio.TaskGroup() as group:
             group.create_task(self.records.run(), name="accounting-writer")
             last_accounting = time.monotonic()
             while True:
-                await asyncio.sleep(self.options.sweep_interval)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.options.sweep_interval):
+                        await self._sweep_now.wait()
+                self._sweep_now.clear()
                 try:
                     await self.sweep()
                 except StoreError:  # the store is away (its facade says so once): next round
@@ -460,7 +473,7 @@ class Gateway:
                     self._queue_counters()
 
     async def sweep(self) -> int:
-        """One policy pass over the live sessions (the query runs off the loop, bounded in
+        """One policy pass over the live sessions (the queries run off the loop, bounded in
         time); returns how many were disconnected."""
         admitted = dict(self._by_serial)
         if not admitted:
@@ -470,6 +483,12 @@ class Gateway:
         for serial, reason in refused.items():
             client = admitted.get(serial)
             if client is not None and self._by_serial.get(serial) is client:  # not replaced
+                self._end(client, reason)
+                ended += 1
+        live = {c.session_id: c for c in admitted.values() if c.session_id in self._sessions}
+        for session_id, reason in (await self.policy.ended_elsewhere(set(live))).items():
+            client = live.get(session_id)
+            if client is not None and self._sessions.get(session_id) is client:
                 self._end(client, reason)
                 ended += 1
         return ended

@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from sslvpn.store import StoreError, gateway_queries, queries
+from sslvpn.store import StoreError, fleet_queries, gateway_queries, queries
 from sslvpn.store.async_store import AsyncStore
 from sslvpn.store.gateway_queries import LeaseStored as LeaseStored
 from sslvpn.store.gateway_queries import Record as Record
@@ -55,6 +55,16 @@ class Policy(Protocol):
 
     async def unauthorized(self, serials: Collection[str]) -> dict[str, str]: ...
 
+    async def ended_elsewhere(self, session_ids: Collection[str]) -> dict[str, str]: ...
+
+    async def ended_elsewhere(self, session_ids: Collection[str]) -> dict[str, str]:
+        """Live sessions of this node the fleet wants ended (a kick from another process,
+        or a survivor that took this node for down), with the reason."""
+        if not session_ids:
+            return {}
+        return await self._store.read(lambda s: fleet_queries.ended_elsewhere(
+            s, node=self._node, session_ids=session_ids))
+
     async def stored_leases(self) -> dict[str, str]: ...
 
     def record(self, records: Sequence[Record]) -> None: ...
@@ -75,11 +85,14 @@ def _refusal(standing: Standing | None) -> str | None:
 
 
 class StorePolicy:
-    """``Policy`` over the sslvpn store for the gateway named ``gateway_name``."""
+    """``Policy`` over the sslvpn store for the gateway named ``gateway_name``, running as
+    fleet node ``node`` (None: the single implicit node)."""
 
-    def __init__(self, store: AsyncStore, *, gateway_name: str = "default") -> None:
+    def __init__(self, store: AsyncStore, *, gateway_name: str = "default",
+                 node: str | None = None) -> None:
         self._store = store
         self._gateway_name = gateway_name
+        self._node = node
 
     async def authorize(self, serial: str) -> Authorization:
         """One indexed read: the certificate joined with its owner."""
@@ -103,6 +116,14 @@ class StorePolicy:
                 result[serial] = _refusal(refused[lowered]) or "certificate unknown"
         return result
 
+    async def ended_elsewhere(self, session_ids: Collection[str]) -> dict[str, str]:
+        """Live sessions of this node the fleet wants ended (a kick from another process,
+        or a survivor that took this node for down), with the reason."""
+        if not session_ids:
+            return {}
+        return await self._store.read(lambda s: fleet_queries.ended_elsewhere(
+            s, node=self._node, session_ids=session_ids))
+
     async def stored_leases(self) -> dict[str, str]:
         """Read once at start, before any client is served."""
         return await self._store.read(gateway_queries.lease_map, timeout=STARTUP_TIMEOUT)
@@ -110,7 +131,7 @@ class StorePolicy:
     async def close_stale_records(self) -> int:
         """Close records a crashed run of this gateway left open (at start)."""
         return await self._store.write(lambda s: queries.close_stale_session_records(
-            s, gateway_name=self._gateway_name, at=utcnow()
+            s, gateway_name=self._gateway_name, node=self._node, at=utcnow()
         ), timeout=STARTUP_TIMEOUT)
 
     def record(self, records: Sequence[Record]) -> None:
@@ -118,8 +139,8 @@ class StorePolicy:
         accounting worker thread."""
         if records:
             self._write(lambda s: gateway_queries.write_records(
-                s, records=records, gateway_name=self._gateway_name, now=utcnow()
-            ))
+                s, records=records, gateway_name=self._gateway_name, now=utcnow(),
+                node=self._node))
 
     def _write(self, work: Callable[[Session], T]) -> T:
         """One write transaction in this (worker) thread, retried when SQLite still says

@@ -129,7 +129,7 @@ class GatewayService:
             lambda s: (queries.get_settings(s, name=gateway_name), node_pools(s, node_name)),
             timeout=STARTUP_TIMEOUT)
         # a node's session records carry its name, so its restart closes only its own
-        policy = StorePolicy(self.store, gateway_name=node_name or gateway_name)
+        policy = StorePolicy(self.store, gateway_name=gateway_name, node=node_name)
         stale = await policy.close_stale_records()
         if stale:
             log.info("closed %d session records left open by a previous run", stale)

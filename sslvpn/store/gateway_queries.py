@@ -136,31 +136,40 @@ def lease_map(s: Session) -> dict[str, str]:
 
 
 def write_records(
-    s: Session, *, records: Sequence[Record], gateway_name: str, now: datetime
+    s: Session, *, records: Sequence[Record], gateway_name: str, now: datetime,
+    node: str | None = None,
 ) -> None:
     """Apply ``records`` with the same end state as one by one, in a few statements.
 
     Leases and session records are separate tables, so leases go first; session records
-    are written opens, counters, ends, which keeps each session's order as long as no
-    session id comes back after it ended (a new segment starts where one does).
+    are written ends of sessions opened earlier, opens, counters, other ends, which keeps
+    each session's order as long as no session id or address opens twice (a new segment
+    starts where one does), and ends a reconnecting client's old session before its new one
+    takes the same address (one live session per address is a unique index).
     """
     leases = [r for r in records if isinstance(r, LeaseStored)]
     if leases:
         _store_leases(s, leases, now)
     for opened, counted, ended in _segments(r for r in records if not isinstance(r, LeaseStored)):
+        new = {item.session_id for item in opened}
+        _end_open(s, [item for item in ended if item.session_id not in new])
         if opened:
             s.connection().execute(insert(_table(VpnSessionRecord)), [
                 {**item._asdict(), "certificate_serial": item.certificate_serial.lower(),
-                 "gateway_name": gateway_name, "bytes_in": 0, "bytes_out": 0}
+                 "gateway_name": gateway_name, "node": node, "bytes_in": 0, "bytes_out": 0}
                 for item in opened
             ])
         if counted:
             _update_open(s, [{"sid": i.session_id, "bytes_in": i.bytes_in,
                               "bytes_out": i.bytes_out} for i in counted])
-        if ended:
-            _update_open(s, [{"sid": i.session_id, "disconnected_at": i.at,
-                              "disconnect_reason": i.reason, "bytes_in": i.bytes_in,
-                              "bytes_out": i.bytes_out} for i in ended])
+        _end_open(s, [item for item in ended if item.session_id in new])
+
+
+def _end_open(s: Session, ended: Sequence[SessionEnded]) -> None:
+    if ended:
+        _update_open(s, [{"sid": i.session_id, "disconnected_at": i.at,
+                          "disconnect_reason": i.reason, "bytes_in": i.bytes_in,
+                          "bytes_out": i.bytes_out} for i in ended])
 
 
 _Segment = tuple[list[SessionOpened], list[SessionCounted], list[SessionEnded]]
@@ -169,14 +178,17 @@ _Segment = tuple[list[SessionOpened], list[SessionCounted], list[SessionEnded]]
 def _segments(
     records: Iterable[SessionOpened | SessionCounted | SessionEnded],
 ) -> Iterator[_Segment]:
-    """Split where a session id opens again after it was already seen."""
+    """Split where a session id opens again after it was already seen, or an address opens
+    again (a session opened and ended here, then the next one at its address)."""
     seen: set[str] = set()
+    addresses: set[str] = set()
     segment: _Segment = ([], [], [])
     for record in records:
         if isinstance(record, SessionOpened):
-            if record.session_id in seen:
+            if record.session_id in seen or record.vpn_address in addresses:
                 yield segment
-                seen, segment = set(), ([], [], [])
+                seen, addresses, segment = set(), set(), ([], [], [])
+            addresses.add(record.vpn_address)
             segment[0].append(record)
         elif isinstance(record, SessionCounted):
             segment[1].append(record)

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, LargeBinary, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Index,
+    LargeBinary,
+    UniqueConstraint,
+    text,
+)
 from sqlmodel import Field, SQLModel
 
 from sslvpn.openvpn.constants import DEFAULT_TLS_GROUPS
@@ -157,12 +165,22 @@ class AddressLease(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
+_LIVE = text("disconnected_at IS NULL")
+
+
 class VpnSessionRecord(SQLModel, table=True):
-    """History of one VPN connection, for the portal and accounting."""
+    """History of one VPN connection, for the portal and accounting; an open record is a live
+    session of its node (None: the single implicit node), and no address is live twice."""
+
+    __table_args__ = (
+        Index("uq_vpnsessionrecord_live_vpn_address", "vpn_address", unique=True,
+              sqlite_where=_LIVE, postgresql_where=_LIVE),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     session_id: str = Field(index=True)
     gateway_name: str
+    node: str | None = Field(default=None, index=True)
     user_name: str
     certificate_serial: str = Field(index=True)
     real_address: str
@@ -174,6 +192,7 @@ class VpnSessionRecord(SQLModel, table=True):
     bytes_out: int = Field(default=0, sa_type=BigInteger)
     disconnect_reason: str | None = None
     tls_group: str | None = None  # the control channel's key exchange, e.g. X25519MLKEM768
+    end_requested: str | None = None  # a kick's reason, for the node holding the session
 
 
 class PortalLogin(SQLModel, table=True):

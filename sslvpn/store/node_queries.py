@@ -1,4 +1,5 @@
-"""Named queries for the fleet's nodes: the node rows, their heartbeats, their session counts.
+"""Named queries for the fleet's nodes: the node rows, their heartbeats, their session counts,
+and the signal that makes every node sweep now.
 
 Heartbeats are stamped and aged with the database's clock (``now()`` on PostgreSQL,
 ``CURRENT_TIMESTAMP`` on SQLite), never a node's own, so a node whose clock is off is not
@@ -18,6 +19,8 @@ from sslvpn.store import NotFoundError
 from sslvpn.store.models import Node, VpnSessionRecord
 from sslvpn.store.rows import flush, insert
 from sslvpn.store.types import UTCDateTime
+
+FLEET_CHANNEL = "sslvpn_fleet"  # LISTEN/NOTIFY channel; a notification means "sweep now"
 
 
 def add_node(
@@ -76,10 +79,19 @@ def database_now(s: Session) -> datetime:
 
 
 def open_session_counts(s: Session) -> dict[str, int]:
-    """Open session records per gateway (a node's records carry its name)."""
+    """Open session records per node."""
     query = (
-        select(col(VpnSessionRecord.gateway_name), func.count())
-        .where(col(VpnSessionRecord.disconnected_at).is_(None))
-        .group_by(col(VpnSessionRecord.gateway_name))
+        select(col(VpnSessionRecord.node), func.count())
+        .where(col(VpnSessionRecord.disconnected_at).is_(None),
+               col(VpnSessionRecord.node).is_not(None))
+        .group_by(col(VpnSessionRecord.node))
     )
-    return {name: int(count) for name, count in s.exec(query).all()}
+    return {str(name): int(count) for name, count in s.connection().execute(query).all()}
+
+
+def signal_fleet(s: Session, what: str) -> None:
+    """Ask every node to sweep now, delivered when this transaction commits (PostgreSQL
+    NOTIFY on `FLEET_CHANNEL`); on SQLite the periodic sweep is the only path."""
+    connection = s.connection()
+    if connection.dialect.name == "postgresql":
+        connection.execute(select(func.pg_notify(FLEET_CHANNEL, what[:200])))

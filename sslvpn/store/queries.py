@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func
 from sqlmodel import Session, col, select
 
-from sslvpn.store import ConflictError, NotFoundError, StoreError
+from sslvpn.store import ConflictError, NotFoundError, StoreError, node_queries
 from sslvpn.store.models import (
     AddressLease,
     ApiToken,
@@ -104,6 +104,8 @@ def set_user_disabled(
         user.disabled_at = None
     user.disabled = disabled
     s.flush()
+    if disabled:
+        node_queries.signal_fleet(s, "user disabled")
     return user
 
 
@@ -133,6 +135,7 @@ def delete_user(s: Session, *, name: str) -> list[Certificate]:
     s.execute(delete(ApiToken).where(col(ApiToken.user_id) == user.id))
     s.delete(user)
     s.flush()
+    node_queries.signal_fleet(s, "user deleted")
     return [c for c in certificates if c.status == "valid"]
 
 
@@ -226,6 +229,7 @@ def mark_revoked(s: Session, *, serial: str, reason: str, at: datetime) -> Certi
     row.revocation_reason = reason
     s.flush()
     revoke_import_tokens_for_certificate(s, serial=row.serial)
+    node_queries.signal_fleet(s, "certificate revoked")
     return row
 
 
@@ -239,6 +243,7 @@ def mark_superseded(s: Session, *, serial: str, by_serial: str) -> Certificate:
     row.superseded_by = by_serial.lower()
     s.flush()
     revoke_import_tokens_for_certificate(s, serial=row.serial)
+    node_queries.signal_fleet(s, "certificate superseded")
     return row
 
 
@@ -398,10 +403,12 @@ def open_session_record(
     vpn_address: str,
     protocol: str,
     connected_at: datetime,
+    node: str | None = None,
 ) -> VpnSessionRecord:
     record = VpnSessionRecord(
         session_id=session_id,
         gateway_name=gateway_name,
+        node=node,
         user_name=user_name,
         certificate_serial=certificate_serial.lower(),
         real_address=real_address,
@@ -457,14 +464,18 @@ def close_session_record(
 
 
 def close_stale_session_records(
-    s: Session, *, gateway_name: str, at: datetime, reason: str = "gateway restarted"
+    s: Session, *, gateway_name: str = "default", node: str | None = None, at: datetime,
+    reason: str = "gateway restarted",
 ) -> int:
-    """Close what a crashed gateway left open; returns how many records were closed."""
-    stale = s.exec(
-        select(VpnSessionRecord)
-        .where(VpnSessionRecord.gateway_name == gateway_name)
-        .where(col(VpnSessionRecord.disconnected_at).is_(None))
-    ).all()
+    """Close what a crashed gateway left open: node ``node``'s records, or with no node those
+    of the single implicit node of ``gateway_name``; returns how many records were closed."""
+    query = select(VpnSessionRecord).where(col(VpnSessionRecord.disconnected_at).is_(None))
+    if node is None:
+        query = query.where(VpnSessionRecord.gateway_name == gateway_name,
+                            col(VpnSessionRecord.node).is_(None))
+    else:
+        query = query.where(VpnSessionRecord.node == node)
+    stale = s.exec(query).all()
     for record in stale:
         record.disconnected_at = at
         record.disconnect_reason = reason

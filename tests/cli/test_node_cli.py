@@ -135,7 +135,7 @@ def test_remove_is_refused_while_the_node_has_live_sessions_unless_forced(
     try:
         with session(engine, write=True) as s:
             queries.open_session_record(
-                s, session_id="udp-1", gateway_name="a", user_name="alice",
+                s, session_id="udp-1", gateway_name="default", node="a", user_name="alice",
                 certificate_serial="ab", real_address="198.51.100.7:5000",
                 vpn_address="10.8.0.2", protocol="udp", connected_at=utcnow())
         assert _nodes(run)[0]["sessions"] == 1

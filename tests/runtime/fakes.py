@@ -110,6 +110,7 @@ class MemoryPolicy:
         self.opened: list[SessionOpened] = []
         self.closed: list[SessionEnded] = []
         self.counters: list[SessionCounted] = []
+        self.end_requests: dict[str, str] = {}  # session id -> reason (a kick via the store)
 
     def add(self, serial: str, user: str, status: str = "valid") -> None:
         self.certs[serial] = (user, status)
@@ -135,6 +136,9 @@ class MemoryPolicy:
             if refusal is not None:
                 result[serial] = refusal
         return result
+
+    async def ended_elsewhere(self, session_ids: Collection[str]) -> dict[str, str]:
+        return {sid: why for sid, why in self.end_requests.items() if sid in session_ids}
 
     async def stored_leases(self) -> dict[str, str]:
         return dict(self.leases)

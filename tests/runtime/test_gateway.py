@@ -280,6 +280,38 @@ async def test_ipv6_pool_mirrors_the_ipv4_host_number() -> None:
     assert h.gateway.drops["tun-no-session"] == 1
 
 
+async def test_a_session_the_fleet_asked_to_end_ends_at_the_sweep(harness: Harness) -> None:
+    """A kick written to the store by another process (another node's portal) reaches the
+    node holding the session at its sweep."""
+    harness.policy.add("a1", "alice")
+    harness.policy.add("b2", "bob")
+    alice, alice_core = await harness.connect("a1")
+    bob, bob_core = await harness.connect("b2")
+    harness.policy.end_requests = {alice.session_id: "kicked by carol", "udp-gone": "x"}
+    assert await harness.gateway.sweep() == 1
+    assert alice_core.closed and not bob_core.closed
+    await harness.gateway.records.flush()
+    assert [(r.session_id, r.reason) for r in harness.policy.closed] == [
+        (alice.session_id, "kicked by carol")]
+
+
+async def test_a_woken_sweep_runs_at_once() -> None:
+    h = await Harness.started(sweep_interval=3600.0)
+    h.policy.add("a1", "alice")
+    _, core = await h.connect("a1")
+    sweeps = asyncio.create_task(h.gateway.run_sweeps())
+    try:
+        h.policy.add("a1", "alice", status="revoked")
+        h.gateway.wake_sweep()
+        async with asyncio.timeout(5):
+            while not core.closed:
+                await asyncio.sleep(0.01)
+    finally:
+        sweeps.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeps
+
+
 class AwayPolicy(MemoryPolicy):
     """Every question raises ``error`` (the store facade gave up, or a bug)."""
 

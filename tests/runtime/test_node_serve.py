@@ -75,7 +75,7 @@ async def test_a_node_serves_its_sub_pool_and_beats_its_heartbeat(
         assert (a.state, a.sessions, b.software_version) == ("down", 0, "0.1.0")
         with db.session(engine, write=False) as s:
             [record] = queries.list_session_records(s, open_only=True)
-        assert (record.gateway_name, record.vpn_address) == ("b", "10.8.0.66")
+        assert (record.node, record.vpn_address) == ("b", "10.8.0.66")
         client.close_transport()
     engine.dispose()
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, delete
 
-from sslvpn.store import NotFoundError, db, gateway_queries, queries
+from sslvpn.store import NotFoundError, RejectedError, db, gateway_queries, queries
 from sslvpn.store.gateway_queries import (
     LeaseStored,
     Record,
@@ -79,14 +79,14 @@ def test_the_sweep_query_returns_only_refused_and_unknown(
         assert gateway_queries.not_in_good_standing(s, serials=["a1"]) == {}
 
 
-def _opened(session_id: str, serial: str = "a1") -> SessionOpened:
-    return SessionOpened(session_id, "alice", serial, "198.18.0.2:5000", "10.8.0.2", "udp", T0,
+def _opened(session_id: str, serial: str = "a1", address: str = "10.8.0.2") -> SessionOpened:
+    return SessionOpened(session_id, "alice", serial, "198.18.0.2:5000", address, "udp", T0,
                          "X25519MLKEM768")
 
 
 def test_session_records_keep_each_sessions_order(engine: Engine) -> None:
     records: list[Record] = [
-        _opened("udp-1"), _opened("udp-2", "B2"), SessionCounted("udp-1", 5, 6),
+        _opened("udp-1"), _opened("udp-2", "B2", "10.8.0.3"), SessionCounted("udp-1", 5, 6),
         SessionEnded("udp-1", T0 + timedelta(minutes=1), "kicked", 7, 8),
         _opened("udp-1"),  # the id comes back after it ended
         SessionCounted("udp-1", 1, 1), SessionCounted("udp-2", 3, 4),
@@ -104,6 +104,36 @@ def test_session_records_keep_each_sessions_order(engine: Engine) -> None:
         ("udp-2", "b2", "gw", 3, 4, None, None),
         ("udp-1", "a1", "gw", 1, 1, None, None),
     ]
+
+
+def test_a_reconnect_in_one_batch_ends_the_old_session_before_the_new_one_opens(
+    engine: Engine,
+) -> None:
+    """The client's old session and its new one share the address (its lease); one live
+    session per address is a unique index, so the end must be written first."""
+    with db.session(engine) as s:
+        gateway_queries.write_records(s, records=[_opened("udp-1")], gateway_name="gw",
+                                      now=T0, node="a")
+    batch: list[Record] = [SessionEnded("udp-1", T0, "connection lost", 1, 2),
+                           _opened("udp-2"), SessionEnded("udp-2", T0, "kicked", 3, 4),
+                           _opened("udp-3")]
+    with db.session(engine) as s:
+        gateway_queries.write_records(s, records=batch[:3], gateway_name="gw", now=T0,
+                                      node="a")
+        gateway_queries.write_records(s, records=batch[3:], gateway_name="gw", now=T0,
+                                      node="a")
+    with db.session(engine) as s:
+        rows = queries.list_session_records(s)
+    assert sorted((r.session_id, r.node, r.disconnect_reason) for r in rows) == [
+        ("udp-1", "a", "connection lost"), ("udp-2", "a", "kicked"), ("udp-3", "a", None)]
+
+
+def test_no_address_is_live_in_two_records(engine: Engine) -> None:
+    with db.session(engine) as s:
+        gateway_queries.write_records(s, records=[_opened("udp-1")], gateway_name="gw", now=T0)
+    with pytest.raises(RejectedError), db.session(engine) as s:
+        gateway_queries.write_records(s, records=[_opened("udp-2", "b2")], gateway_name="gw",
+                                      now=T0)
 
 
 def _leases(engine: Engine) -> dict[str, str]:

@@ -298,7 +298,8 @@ def test_leases_remember_move_and_release_addresses(engine: Engine) -> None:
 def _open(s: Session, session_id: str, *, user: str = "alice", minutes: int = 0) -> None:
     queries.open_session_record(
         s, session_id=session_id, gateway_name="default", user_name=user,
-        certificate_serial="0A", real_address="198.18.0.2:51000", vpn_address="10.8.0.2",
+        certificate_serial="0A", real_address="198.18.0.2:51000",
+        vpn_address=f"10.8.0.{1 + int(session_id[1:])}",
         protocol="udp", connected_at=T0 + timedelta(minutes=minutes),
     )  # fmt: skip
 

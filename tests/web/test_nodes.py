@@ -26,7 +26,8 @@ def _names(site: Site) -> list[str]:
 def _live_session(site: Site, node: str) -> None:
     with db.session(site.engine, write=True) as s:
         queries.open_session_record(
-            s, session_id="udp-1", gateway_name=node, user_name="alice", certificate_serial="ab",
+            s, session_id="udp-1", node=node, gateway_name="default", user_name="alice",
+            certificate_serial="ab",
             real_address="198.51.100.7:5000", vpn_address="10.8.0.2", protocol="udp",
             connected_at=utcnow())
 
