@@ -79,6 +79,7 @@ def session_json(s: SessionInfo) -> dict[str, Any]:
         "bytes_in": s.bytes_in,
         "bytes_out": s.bytes_out,
         "tls_group": s.tls_group,
+        "node": s.node,
     }
 
 

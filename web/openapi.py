@@ -106,6 +106,8 @@ SESSION = {
         "bytes_in": {"type": "integer"},
         "bytes_out": {"type": "integer"},
         "tls_group": NULLABLE_TEXT,  # the control channel's TLS key exchange
+        "node": {"type": "string", "nullable": True,
+                 "description": "The fleet node holding it (null: the single implicit node)"},
     },
 }
 REASONS = list(REVOCATION_REASONS)  # the API checks against the same list

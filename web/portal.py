@@ -21,8 +21,9 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from sslvpn.config import DataPaths
+from sslvpn.runtime import fleet_sessions
 from sslvpn.runtime.control import GatewayControl, SessionInfo
-from sslvpn.store import StoreUnavailable
+from sslvpn.store import StoreUnavailable, fleet_queries
 from sslvpn.store.async_store import AsyncStore
 from web.outage import STORE_BUDGET, StoreDown, store_wait
 from web.security import Clock, LoginThrottle
@@ -99,7 +100,16 @@ class Portal:
             return await asyncio.to_thread(question, control)
 
     async def live_sessions(self) -> list[SessionInfo]:
-        """The gateway's sessions, or none when no gateway is attached or it fails to answer."""
+        """Every node's live sessions in a fleet (from the store, with what a gateway on this
+        host knows of its own), else the gateway's; none when neither answers."""
+        try:
+            fleet = await self.read(fleet_sessions.fleet_sessions)
+        except StoreDown:  # this host's own gateway can still answer for itself
+            fleet = None
+        local = await self._local_sessions()
+        return local if fleet is None else fleet_sessions.with_local(fleet, local)
+
+    async def _local_sessions(self) -> list[SessionInfo]:
         if self.control is None:
             return []
         try:
@@ -109,7 +119,11 @@ class Portal:
             return []
 
     async def kick(self, session_id: str, reason: str) -> bool:
-        """End one live session; False when it had ended or the gateway did not answer."""
+        """End one live session, on whichever node holds it; False when it had ended or
+        nobody could be asked."""
+        if await self._in_fleet():
+            return bool(await self.write(lambda s: fleet_queries.request_end(
+                s, session_id=session_id, reason=reason)))
         try:
             return await self.ask_gateway(lambda c: c.kick(session_id, reason))
         except Exception as exc:
@@ -117,7 +131,11 @@ class Portal:
             return False
 
     async def kick_certificate(self, serial: str, reason: str) -> int:
-        """End every live session of a certificate; how many ended."""
+        """End every live session of a certificate, on every node; how many were ended (in a
+        fleet: asked to end)."""
+        if await self._in_fleet():
+            return len(await self.write(lambda s: fleet_queries.request_end(
+                s, certificate_serial=serial, reason=reason)))
         if self.control is None:
             return 0
         try:
@@ -125,6 +143,14 @@ class Portal:
         except Exception as exc:
             log.warning("gateway did not kick certificate sessions: %r", exc)
             return 0
+
+    async def _in_fleet(self) -> bool:
+        """Whether kicks go through the store (it has nodes); False when it cannot answer,
+        so this host's own gateway is still asked."""
+        try:
+            return await self.read(fleet_sessions.in_fleet)
+        except StoreDown:
+            return False
 
     async def sample_traffic(self) -> None:
         if self.control is None:

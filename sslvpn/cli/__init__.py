@@ -40,11 +40,13 @@ def _register() -> None:
         nodes,
         portal,
         serve,
+        sessions,
         setup,
         users,
     )
 
-    for module in (setup, users, certificates, backup, serve, check, portal, nodes, ipsec):
+    for module in (setup, users, certificates, backup, serve, sessions, check, portal, nodes,
+                   ipsec):
         for command in module.COMMANDS:
             main.add_command(command)
 

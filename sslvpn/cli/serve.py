@@ -1,4 +1,4 @@
-"""`sslvpn serve, sessions and kick`: run the gateway, list and end its live sessions.
+"""`sslvpn serve`: run the gateway.
 
 ``serve`` is the composition root of the running gateway: it opens the store and hands the
 runtime its long-running companions: the daily CRL refresh from ``client_profiles`` and
@@ -10,13 +10,11 @@ GatewayControl, so live sessions and kick need no socket); then it runs until SI
 With ``--tracemalloc FRAMES`` it traces Python allocations from then on (after the imports,
 which tracing would slow tenfold) and writes a snapshot on each SIGUSR2, for hunting leaks
 in long runs (``bench/soak.py``).
-``sessions`` and ``kick`` talk to a running gateway over its control socket.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -25,9 +23,7 @@ import time
 import tracemalloc
 import urllib.parse
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import click
 from aiohttp import web
@@ -40,7 +36,6 @@ from sslvpn.config import DataPaths
 from sslvpn.openvpn.tls import TlsGroupsError
 from sslvpn.runtime import instance
 from sslvpn.runtime.control import ThreadSafeControl
-from sslvpn.runtime.control_server import ControlClient, ControlError
 from sslvpn.runtime.gateway import Gateway
 from sslvpn.runtime.ipsec_service import IpsecService
 from sslvpn.runtime.netconf import NetconfError
@@ -191,17 +186,6 @@ def announce(service: GatewayService) -> None:
                    f"{service.gateway.pool.network}")
 
 
-def _human_bytes(count: int) -> str:
-    if count < 1024:
-        return f"{count} B"
-    value, unit = float(count) / 1024, "KiB"
-    for bigger in ("MiB", "GiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{value:.1f} {unit}"
-
-
 @click.command("serve")
 @click.option("--listen", "listen", multiple=True,
               help="Address to listen on (repeatable; default all IPv4 and IPv6 addresses).")
@@ -301,54 +285,4 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
             raise click.ClickException(str(known.exceptions[0])) from None
 
 
-def _client(ctx: click.Context) -> ControlClient:
-    return ControlClient(paths_of(ctx).control_socket)
-
-
-@click.command("sessions")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.pass_context
-def sessions_command(ctx: click.Context, as_json: bool) -> None:
-    """List the live sessions of the running gateway."""
-    try:
-        sessions = _client(ctx).list_sessions()
-    except ControlError as exc:
-        raise click.ClickException(str(exc)) from None
-    if as_json:
-        rows: list[dict[str, Any]] = [
-            {**s.__dict__, "connected_at": s.connected_at.isoformat(),
-             "last_activity": s.last_activity.isoformat()} for s in sessions
-        ]
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not sessions:
-        click.echo("no live sessions")
-        return
-    now = datetime.now(UTC)
-    click.echo(f"{'SESSION':<14} {'USER':<14} {'DEVICE':<10} {'REAL ADDRESS':<22} "
-               f"{'VPN ADDRESS':<15} {'SINCE (UTC)':<20} {'IN':>10} {'OUT':>10} {'IDLE':>6}")
-    for s in sessions:
-        idle = max(0, int((now - s.last_activity).total_seconds()))
-        click.echo(f"{s.session_id:<14} {s.user:<14} {s.device or '-':<10} "
-                   f"{s.real_address:<22} {s.vpn_address:<15} "
-                   f"{s.connected_at.strftime('%Y-%m-%d %H:%M:%S'):<20} "
-                   f"{_human_bytes(s.bytes_in):>10} {_human_bytes(s.bytes_out):>10} {idle:>5}s")
-
-
-@click.command("kick")
-@click.argument("target")
-@click.option("--reason", default="kicked by admin", show_default=True)
-@click.pass_context
-def kick_command(ctx: click.Context, target: str, reason: str) -> None:
-    """End a live session, by session id or every session of a user."""
-    client = _client(ctx)
-    try:
-        count = 1 if client.kick(target, reason) else client.kick_user(target, reason)
-    except ControlError as exc:
-        raise click.ClickException(str(exc)) from None
-    if count == 0:
-        raise click.ClickException(f"no live session or user named {target!r}")
-    click.echo(f"ended {count} session{'s' if count != 1 else ''}")
-
-
-COMMANDS: list[click.Command] = [serve_command, sessions_command, kick_command]
+COMMANDS: list[click.Command] = [serve_command]

@@ -28,10 +28,11 @@ class SessionInfo:
     vpn_address: str
     protocol: str  # "udp" | "tcp"
     connected_at: datetime
-    last_activity: datetime
+    last_activity: datetime | None  # None: known only to the node holding the session
     bytes_in: int  # from the client into the VPC
     bytes_out: int  # from the VPC to the client
     tls_group: str | None = None  # the control channel's key exchange, e.g. X25519MLKEM768
+    node: str | None = None  # the fleet node holding it (None: the single implicit node)
 
 
 @dataclass(frozen=True)

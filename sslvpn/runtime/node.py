@@ -1,11 +1,14 @@
-"""Running as one node of a fleet: which sub-pools this gateway serves, and its heartbeat.
+"""Running as one node of a fleet: which sub-pools this gateway serves, its heartbeat, and
+ending the sessions of nodes that stopped beating.
 
 ``serve --node NAME`` hands out addresses only from that node's sub-pools; with no node named
 and no node in the store, the gateway is the single implicit node and serves the whole pool
 as before. The heartbeat stamps the node's row every few seconds through `AsyncStore` (never
 a store session on the event loop), with the software version and the address this host uses
 towards the VPC (the next hop `sslvpn node routes` prints). A node that finds its row gone was
-removed from the fleet: its sub-pool may already be another node's, so it stops.
+removed from the fleet: its sub-pool may already be another node's, so it stops. With each
+beat a node ends, in the store, the live sessions of every node whose heartbeat is older than
+the timeout ("node down"), once however many nodes notice (`fleet_queries.end_down_nodes`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from sslvpn import __version__
 from sslvpn.net.subpools import NodePools
-from sslvpn.store import NotFoundError, StoreError, node_queries
+from sslvpn.store import NotFoundError, StoreError, fleet_queries, node_queries
 from sslvpn.store.async_store import AsyncStore
 from sslvpn.store.models import GatewaySettings
 
@@ -76,21 +79,36 @@ def vpc_side_addresses(
     return list(found.values())
 
 
+def _beat_and_reap(s: Session, *, node: str, timeout: int,
+                   vpc_addresses: Sequence[str]) -> bool:
+    """Stamp this node's heartbeat, then end the sessions of nodes whose heartbeat is older
+    than ``timeout`` (in the same transaction); False when this node was removed."""
+    if not node_queries.beat(s, name=node, software_version=__version__,
+                             seen_vpc_addresses=vpc_addresses):
+        return False
+    for down, count in fleet_queries.end_down_nodes(s, survivor=node, timeout=timeout).items():
+        log.warning("node %s is down (no heartbeat for %d s): ended its %d live session%s and "
+                    "freed their addresses", down, timeout, count, "s" if count != 1 else "")
+    return True
+
+
 async def heartbeat(
     store: AsyncStore,
     *,
     node: str,
     interval: float,
+    timeout: int,
     vpc_addresses: Sequence[str],
     on_removed: Callable[[], None],
 ) -> None:
-    """Stamp the node's heartbeat every ``interval`` seconds until cancelled or removed.
+    """Stamp the node's heartbeat every ``interval`` seconds until cancelled or removed, and
+    end the sessions of nodes that stopped beating ``timeout`` seconds ago.
 
     A store outage only skips beats (the store logs it once); the others then see this node
     as down, which is the truth as far as the fleet can tell.
     """
-    beat = functools.partial(node_queries.beat, name=node, software_version=__version__,
-                             seen_vpc_addresses=list(vpc_addresses))
+    beat = functools.partial(_beat_and_reap, node=node, timeout=timeout,
+                             vpc_addresses=list(vpc_addresses))
     while True:
         try:
             present = await store.write(lambda s: beat(s))

@@ -57,14 +57,6 @@ class Policy(Protocol):
 
     async def ended_elsewhere(self, session_ids: Collection[str]) -> dict[str, str]: ...
 
-    async def ended_elsewhere(self, session_ids: Collection[str]) -> dict[str, str]:
-        """Live sessions of this node the fleet wants ended (a kick from another process,
-        or a survivor that took this node for down), with the reason."""
-        if not session_ids:
-            return {}
-        return await self._store.read(lambda s: fleet_queries.ended_elsewhere(
-            s, node=self._node, session_ids=session_ids))
-
     async def stored_leases(self) -> dict[str, str]: ...
 
     def record(self, records: Sequence[Record]) -> None: ...

@@ -5,8 +5,10 @@ Loads the gateway settings from the store, creates the TUN and the host network 
 IPv6 where available), the control socket, the revocation sweep, the daily hooks (CRL
 refresh, in a thread), the keeper that recreates a TUN device deleted under it, the
 heartbeat when it runs as a named node of a fleet (`sslvpn.runtime.node`; its address pool
-is then the node's sub-pool), the loop-lag watchdog, and any extra long-running tasks the
-composition root adds (the portal and the IPsec service), all in one ``asyncio.TaskGroup``.
+is then the node's sub-pool), the listener for the fleet's signals on PostgreSQL
+(`sslvpn.runtime.fleet_signal`: a revocation or kick anywhere wakes the sweep), the loop-lag
+watchdog, and any extra long-running tasks the composition root adds (the portal and the
+IPsec service), all in one ``asyncio.TaskGroup``.
 The service reaches the store only through the ``AsyncStore`` it is given: the loop that
 carries packets never waits for a locked or hung database (its start-up reads too go through
 it, with a longer bound). SIGTERM/SIGINT end it cleanly: every client is told (explicit
@@ -29,6 +31,7 @@ from typing import TypeVar
 from sslvpn.config import DataPaths
 from sslvpn.net.subpools import Fleet, NodePools, effective_pool6
 from sslvpn.runtime.control_server import ControlServer
+from sslvpn.runtime.fleet_signal import listen_conninfo, listen_for_signals
 from sslvpn.runtime.gateway import Gateway, GatewayOptions
 from sslvpn.runtime.loop_watchdog import LoopWatchdog
 from sslvpn.runtime.netconf import NetConfig
@@ -225,6 +228,10 @@ class GatewayService:
             if self.options.node is not None:
                 beats = self._heartbeat(self.options.node, gateway, settings)
                 tasks.append(group.create_task(beats, name="heartbeat"))
+            conninfo = listen_conninfo(self.store.engine.url)
+            if conninfo is not None:
+                signals = listen_for_signals(conninfo, gateway.wake_sweep)
+                tasks.append(group.create_task(signals, name="fleet-signals"))
             tasks += [group.create_task(extra(gateway)) for extra in self.options.extra_tasks]
             await self.stopping.wait()
             for task in tasks:
@@ -237,6 +244,7 @@ class GatewayService:
         interval = self.options.heartbeat_interval or heartbeat_interval(settings)
         try:
             await heartbeat(store, node=node, interval=interval,
+                            timeout=settings.heartbeat_timeout,
                             vpc_addresses=vpc_side_addresses(gateway.options.vpc_networks),
                             on_removed=self.stop)
         finally:

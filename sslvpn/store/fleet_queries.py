@@ -5,11 +5,11 @@ sessions.
 A live session is an open session record, marked with its node (None: the single implicit
 node). Nothing here reaches another node directly: an end is asked by stamping the record
 (``end_requested``) and the node holding it ends the session at its next sweep; the signal
-(`node_queries.signal_fleet`, a PostgreSQL ``NOTIFY`` sent at commit) only makes every node sweep now,
-so a lost signal delays an end by one sweep and never loses it. A down node's sessions are
-ended by a conditional UPDATE (only records still open), so when several survivors notice
-at once each record is ended, its lease freed and the audit written exactly once. Like
-`queries`, every function takes the `Session` first and never commits.
+(`node_queries.signal_fleet`, a PostgreSQL ``NOTIFY`` sent at commit) only makes every node
+sweep now, so a lost signal delays an end by one sweep and never loses it. A down node's
+sessions are ended by a conditional UPDATE (only records still open), so when several
+survivors notice at once each record is ended, its lease freed and the audit written exactly
+once. Like `queries`, every function takes the `Session` first and never commits.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import timedelta
 
-from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, or_, select, update
 from sqlmodel import Session, col
 
 from sslvpn.store import node_queries, queries
@@ -35,13 +35,13 @@ def _records() -> Table:
 def live_sessions(s: Session) -> list[tuple[VpnSessionRecord, str]]:
     """Every open session record of every node with its certificate's device, oldest first."""
     query = (
-        select(VpnSessionRecord, Certificate.device)
+        select(VpnSessionRecord, col(Certificate.device))
         .join(Certificate, col(Certificate.serial) == col(VpnSessionRecord.certificate_serial),
               isouter=True)
         .where(col(VpnSessionRecord.disconnected_at).is_(None))
         .order_by(col(VpnSessionRecord.connected_at), col(VpnSessionRecord.id))
     )
-    return [(record, device or "") for record, device in s.exec(query).all()]
+    return [(record, device or "") for record, device in s.execute(query).all()]
 
 
 def request_end(
@@ -51,9 +51,9 @@ def request_end(
     session_id: str | None = None,
     user_name: str | None = None,
     certificate_serial: str | None = None,
-) -> int:
+) -> list[str]:
     """Ask the nodes holding the matching live sessions to end them (one of the three
-    filters); returns how many live sessions were asked, and signals the fleet."""
+    filters); returns the ids of the live sessions asked, and signals the fleet."""
     table = _records()
     statement = update(table).where(table.c.disconnected_at.is_(None))
     if session_id is not None:
@@ -64,7 +64,8 @@ def request_end(
         statement = statement.where(table.c.certificate_serial == certificate_serial.lower())
     else:
         raise ValueError("request_end needs a session id, a user or a certificate")
-    asked = int(s.connection().execute(statement.values(end_requested=reason[:200])).rowcount)
+    statement = statement.values(end_requested=reason[:200]).returning(table.c.session_id)
+    asked = list(s.connection().execute(statement).scalars())
     if asked:
         node_queries.signal_fleet(s, "end")
     return asked

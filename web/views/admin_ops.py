@@ -84,6 +84,7 @@ async def sessions_page(request: web.Request) -> web.StreamResponse:
     sessions = sorted(await portal_of(request).live_sessions(), key=lambda s: s.connected_at)
     context = {
         "sessions": sessions,
+        "fleet": any(s.node is not None for s in sessions),
         "has_gateway": portal_of(request).control is not None,
         "refresh": portal_of(request).settings.refresh_seconds,
     }

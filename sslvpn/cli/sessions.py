@@ -1,0 +1,141 @@
+"""`sslvpn sessions` and `sslvpn kick`: list and end live sessions.
+
+In a fleet (a store with nodes) both go through the store, so any host sees every node's
+sessions, each marked with its node, and a kick reaches the node holding the session (that
+node ends it at once on PostgreSQL, at its next sweep otherwise); ``kick`` waits up to
+`KICK_WAIT` seconds for the end to show in the store. A gateway running on this host adds
+what only it knows of its own sessions (idle time, fresh byte counters). With no node in the
+store, the single implicit node is asked over its control socket, as always.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from sqlalchemy import Engine
+
+from sslvpn.cli.setup import one_line_errors, paths_of, store
+from sslvpn.runtime import fleet_sessions
+from sslvpn.runtime.control import SessionInfo
+from sslvpn.runtime.control_server import ControlClient, ControlError
+from sslvpn.store import db
+
+KICK_WAIT = 5.0  # seconds `kick` waits for the node holding a session to end it
+_POLL = 0.1
+
+
+def _client(ctx: click.Context) -> ControlClient:
+    return ControlClient(paths_of(ctx).control_socket)
+
+
+def _live_sessions(ctx: click.Context) -> tuple[list[SessionInfo], bool]:
+    """The live sessions, and whether they are a fleet's (read from the store)."""
+    with store(ctx, write=False) as engine, db.session(engine, write=False) as s:
+        fleet = fleet_sessions.fleet_sessions(s)
+    if fleet is None:
+        try:
+            return _client(ctx).list_sessions(), False
+        except ControlError as exc:
+            raise click.ClickException(str(exc)) from None
+    try:
+        local = _client(ctx).list_sessions()
+    except ControlError:  # no gateway on this host: the store's view is all there is
+        local = []
+    return fleet_sessions.with_local(fleet, local), True
+
+
+@click.command("sessions")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+@one_line_errors
+def sessions_command(ctx: click.Context, as_json: bool) -> None:
+    """List the live sessions: every node's in a fleet, else the running gateway's."""
+    sessions, fleet = _live_sessions(ctx)
+    if as_json:
+        rows: list[dict[str, Any]] = [
+            {**s.__dict__, "connected_at": s.connected_at.isoformat(),
+             "last_activity": s.last_activity.isoformat() if s.last_activity else None}
+            for s in sessions
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not sessions:
+        click.echo("no live sessions")
+        return
+    now = datetime.now(UTC)
+    node = f"{'NODE':<12} " if fleet else ""
+    click.echo(f"{'SESSION':<14} {node}{'USER':<14} {'DEVICE':<10} {'REAL ADDRESS':<22} "
+               f"{'VPN ADDRESS':<15} {'SINCE (UTC)':<20} {'IN':>10} {'OUT':>10} {'IDLE':>6}")
+    for s in sessions:
+        idle = "-" if s.last_activity is None else (
+            f"{max(0, int((now - s.last_activity).total_seconds()))}s")
+        node = f"{s.node or '-':<12} " if fleet else ""
+        click.echo(f"{s.session_id:<14} {node}{s.user:<14} {s.device or '-':<10} "
+                   f"{s.real_address:<22} {s.vpn_address:<15} "
+                   f"{s.connected_at.strftime('%Y-%m-%d %H:%M:%S'):<20} "
+                   f"{_human_bytes(s.bytes_in):>10} {_human_bytes(s.bytes_out):>10} {idle:>6}")
+
+
+@click.command("kick")
+@click.argument("target")
+@click.option("--reason", default="kicked by admin", show_default=True)
+@click.pass_context
+@one_line_errors
+def kick_command(ctx: click.Context, target: str, reason: str) -> None:
+    """End a live session, by session id or every session of a user (on any node)."""
+    with store(ctx, write=True) as engine:
+        with db.session(engine, write=True) as s:
+            asked = fleet_sessions.request_kick(s, target=target, reason=reason)
+        if asked is None:
+            count = _kick_here(ctx, target, reason)
+        else:
+            count = len(asked)
+            left = _wait_for_end(engine, asked)
+            if left:
+                click.echo(f"asked {count} session{_s(count)} to end; {len(left)} still live "
+                           f"after {KICK_WAIT:g} s (is its node down? see `sslvpn node list`)")
+                return
+    if count == 0:
+        raise click.ClickException(f"no live session or user named {target!r}")
+    click.echo(f"ended {count} session{_s(count)}")
+
+
+def _kick_here(ctx: click.Context, target: str, reason: str) -> int:
+    client = _client(ctx)
+    try:
+        return 1 if client.kick(target, reason) else client.kick_user(target, reason)
+    except ControlError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _wait_for_end(engine: Engine, session_ids: list[str]) -> list[str]:
+    """The asked sessions still live after at most `KICK_WAIT` seconds."""
+    deadline = time.monotonic() + KICK_WAIT
+    while True:
+        with db.session(engine, write=False) as s:
+            left = fleet_sessions.still_live(s, session_ids=session_ids)
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(_POLL)
+
+
+def _s(count: int) -> str:
+    return "s" if count != 1 else ""
+
+
+def _human_bytes(count: int) -> str:
+    if count < 1024:
+        return f"{count} B"
+    value, unit = float(count) / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.1f} {unit}"
+
+
+COMMANDS: list[click.Command] = [sessions_command, kick_command]
