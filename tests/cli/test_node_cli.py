@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -14,6 +15,7 @@ from sqlalchemy import update
 from sqlmodel import select
 
 from sslvpn.cli import main
+from sslvpn.cli import sessions as sessions_cli
 from sslvpn.config import database_url
 from sslvpn.store import node_queries, queries
 from sslvpn.store.db import open_engine, session
@@ -196,3 +198,59 @@ def test_fleet_profiles_list_every_node_udp_first_with_remote_random(run: Run) -
     assert "remote-random" not in before_b
     unchanged = re.compile(r"^(?!remote |remote-random|server-poll).*$", re.M)
     assert unchanged.findall(before_b) == unchanged.findall(fleet)
+
+
+def _open_record(url: str, session_id: str, node: str, address: str) -> None:
+    engine = open_engine(url)
+    try:
+        with session(engine, write=True) as s:
+            queries.open_session_record(
+                s, session_id=session_id, gateway_name="default", node=node,
+                user_name="alice", certificate_serial="ab", real_address="198.51.100.7:5000",
+                vpn_address=address, protocol="udp", connected_at=utcnow())
+    finally:
+        engine.dispose()
+
+
+def _act_as_node(url: str, stop: threading.Event) -> None:
+    """What the node holding a session does when asked to end it: end it in the store."""
+    engine = open_engine(url)
+    try:
+        while not stop.wait(0.05):
+            with session(engine, write=True) as s:
+                for record in queries.list_session_records(s, open_only=True):
+                    if record.end_requested:
+                        queries.close_session_record(s, session_id=record.session_id,
+                                                     at=utcnow(), reason=record.end_requested)
+    finally:
+        engine.dispose()
+
+
+def test_sessions_and_kick_see_every_nodes_sessions_through_the_store(
+    run: Run, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _ok(run("node", "add", "a", "--public-address", "198.18.0.1"))
+    _ok(run("node", "add", "b", "--public-address", "198.18.0.2"))
+    _open_record(url, "udp-1", "a", "10.8.0.2")
+    _open_record(url, "udp-2", "b", "10.8.0.66")
+    listed = json.loads(_ok(run("sessions", "--json")))
+    assert [(s["session_id"], s["node"], s["last_activity"]) for s in listed] == [
+        ("udp-1", "a", None), ("udp-2", "b", None)]
+    table = _ok(run("sessions")).splitlines()
+    assert table[0].split()[:3] == ["SESSION", "NODE", "USER"]
+    assert table[2].split()[:3] == ["udp-2", "b", "alice"]
+    stop = threading.Event()
+    node = threading.Thread(target=_act_as_node, args=(url, stop))
+    node.start()
+    try:
+        assert _ok(run("kick", "udp-2")) == "ended 1 session\n"
+    finally:
+        stop.set()
+        node.join()
+    monkeypatch.setattr(sessions_cli, "KICK_WAIT", 0.2)  # nobody carries out this one
+    assert _ok(run("kick", "alice", "--reason", "bye")) == (
+        "asked 1 session to end; 1 still live after 0.2 s (is its node down? see "
+        "`sslvpn node list`)\n")
+    assert run("kick", "nobody").exit_code == 1
+    listed = json.loads(_ok(run("sessions", "--json")))
+    assert [s["session_id"] for s in listed] == ["udp-1"]

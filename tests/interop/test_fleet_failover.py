@@ -54,7 +54,7 @@ def _node_of(fleet: FleetLab, serial: str, since: datetime | None = None) -> str
     """The node holding the certificate's open session (opened after ``since``)."""
     for record in open_sessions(fleet):
         if record.certificate_serial == serial and (since is None or record.connected_at > since):
-            return record.gateway_name
+            return record.node
     return None
 
 

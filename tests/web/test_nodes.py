@@ -12,7 +12,8 @@ from aiohttp.test_utils import TestClient
 from client_profiles import fleet
 from sslvpn.store import db, queries
 from sslvpn.store.models import utcnow
-from tests.web.conftest import Site, audit_actions, csrf_from, login
+from tests.web.conftest import FakeGateway, Site, audit_actions, csrf_from, login
+from tests.web.test_admin import post
 from tests.web.test_api import ADMIN_TOKEN, USER_TOKEN, add_tokens, bearer
 from tests.web.test_settings_networks import FORM
 
@@ -170,3 +171,27 @@ async def test_the_api_reads_and_sets_the_keepalive_as_the_settings_page_checks_
     with db.session(site.engine, write=False) as s:
         settings = queries.get_settings(s)
     assert (settings.keepalive_interval, settings.keepalive_timeout) == (4, 12)
+
+
+async def test_a_fleets_sessions_are_listed_with_their_node_and_kicked_through_the_store(
+    client: TestClient, site: Site, gateway: FakeGateway
+) -> None:
+    """The portal lists every node's sessions from the store (this host's gateway adds what
+    it knows of its own) and a kick is asked of the node holding the session."""
+    fleet.add_node(site.engine, name="a", public_addresses=["198.18.0.1"], actor="test")
+    fleet.add_node(site.engine, name="b", public_addresses=["198.18.0.2"], actor="test")
+    _live_session(site, "b")
+    gateway.add("udp-1", "alice", "ab")  # this portal's gateway holds it: fresh counters
+    add_tokens(site)
+    status, [listed] = await call(client, "GET", "/sessions")
+    assert status == 200
+    assert (listed["session_id"], listed["node"], listed["bytes_in"]) == ("udp-1", "b", 1234)
+    csrf = await login(client, "root")
+    page = await (await client.get("/admin/sessions")).text()
+    assert "<th>Node</th>" in page and "<td>b</td>" in page
+    assert await call(client, "POST", "/sessions/udp-1/kick") == (200, {"kicked": True})
+    _, page = await post(client, "/admin/sessions/udp-1/kick", csrf)
+    assert gateway.kicked == []  # not asked directly: the node holding it ends it
+    with db.session(site.engine, write=False) as s:
+        [record] = queries.list_session_records(s)
+    assert record.end_requested == "kicked by root" and record.disconnected_at is None
