@@ -3,11 +3,12 @@
 ``python portal_client.py BASE_URL CAFILE NAME ACTION [ARG...]``, the password on stdin.
 Actions: ``device DEVICE OUT`` creates a device and saves its downloaded `.ovpn` to OUT;
 ``get PATH`` prints a page; ``kick SESSION_ID`` ends a live session from the admin's
-sessions page and prints the page it lands on; ``cookie`` prints the session cookie. With
-NAME ``-`` (no login, no password), ``landing COOKIE PATH`` prints the path a browser holding
-only that session cookie ends on after opening PATH (``/login`` when it is not logged in).
-Only the standard library, so it runs with any Python; HTTPS is verified against CAFILE (our
-CA).
+sessions page and prints the page it lands on; ``revoke SERIAL REASON`` revokes a certificate
+from the admin's certificates page and prints the page it lands on; ``cookie`` prints the
+session cookie. With NAME ``-`` (no login, no password), ``landing COOKIE PATH`` prints the
+path a browser holding only that session cookie ends on after opening PATH (``/login`` when
+it is not logged in). Only the standard library, so it runs with any Python; HTTPS is
+verified against CAFILE (our CA).
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ def main(argv: list[str]) -> None:
     elif action == "kick":
         browser.get("/admin/sessions")
         sys.stdout.write(browser.post(f"/admin/sessions/{args[0]}/kick", {})[1])
+    elif action == "revoke":
+        serial, reason = args
+        browser.get("/admin/certificates")
+        sys.stdout.write(browser.post(f"/admin/certificates/{serial}/revoke",
+                                      {"reason": reason})[1])
     else:
         raise SystemExit(f"unknown action {action!r}")
 
