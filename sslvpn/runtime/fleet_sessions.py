@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-
-from sqlmodel import Session
+from typing import TYPE_CHECKING
 
 from sslvpn.runtime.control import SessionInfo
 from sslvpn.store import fleet_queries, node_queries
 from sslvpn.store.models import VpnSessionRecord
+
+if TYPE_CHECKING:  # what a store thread hands these functions; never opened here
+    from sqlmodel import Session
 
 
 def in_fleet(s: Session) -> bool:

@@ -17,12 +17,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg.conninfo import make_conninfo
-from sqlalchemy.engine import URL
 
 from sslvpn.store.node_queries import FLEET_CHANNEL
+
+if TYPE_CHECKING:  # where the store is; no engine is opened here
+    from sqlalchemy.engine import URL
 
 log = logging.getLogger(__name__)
 

@@ -228,7 +228,7 @@ class GatewayService:
             if self.options.node is not None:
                 beats = self._heartbeat(self.options.node, gateway, settings)
                 tasks.append(group.create_task(beats, name="heartbeat"))
-            conninfo = listen_conninfo(self.store.engine.url)
+            conninfo = listen_conninfo(self.store.url)
             if conninfo is not None:
                 signals = listen_for_signals(conninfo, gateway.wake_sweep)
                 tasks.append(group.create_task(signals, name="fleet-signals"))

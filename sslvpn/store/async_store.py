@@ -26,6 +26,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
+from sqlalchemy.engine import URL
 from sqlmodel import Session
 
 from sslvpn.store import StoreError, StoreUnavailable, db
@@ -53,6 +54,12 @@ class AsyncStore:
         self._down_since: float | None = None
         self._reads_failed = False  # during this outage (only writes failed: reads prove little)
         self.outages = 0  # times the store stopped answering (for the metrics)
+
+    @property
+    def url(self) -> URL:
+        """Where the store is, for a connection of the caller's own that never blocks (the
+        fleet's LISTEN)."""
+        return self.engine.url
 
     @property
     def available(self) -> bool:
