@@ -71,5 +71,6 @@ def _info(record: VpnSessionRecord, device: str) -> SessionInfo:
         last_activity=None,  # only the node holding it knows
         bytes_in=record.bytes_in,
         bytes_out=record.bytes_out,
+        tls_group=record.tls_group,
         node=record.node,
     )
