@@ -407,6 +407,8 @@ class Tunnel:
         self._sad.remove(event.spi_in)
         self._sad.add(inbound, self)
         self._inbound_spis.add(event.spi_in)
+        if not event.outbound:  # the redundant SA of a rekey collision: inbound only
+            return
         self._current_spi_in = event.spi_in
         self.outbound = OutboundSa(event.spi_out, cipher, _keys(event.keys_out), rand=self._rand)
         if self.state != "up":

@@ -220,23 +220,19 @@ def test_commands_need_the_right_state() -> None:
         pair.a.initiate(pair.now)
 
 
-@pytest.mark.parametrize("what", ["child", "ike"])
-def test_simultaneous_rekeys_collide_then_resolve(what: str) -> None:
+def test_simultaneous_ike_rekeys_collide_then_resolve() -> None:
+    """IKE SA rekeys that cross are refused (TEMPORARY_FAILURE) and retried with jitter;
+    CHILD_SA collisions follow the lowest-nonce rule (test_ike_rekey_collision.py)."""
     pair = _up(dpd_delay=0.0)
     for sa in (pair.a, pair.b):
-        (sa.rekey_child if what == "child" else sa.rekey_ike)(pair.now)
+        sa.rekey_ike(pair.now)
     pair.run()
     # both requests crossed: each side answered TEMPORARY_FAILURE and nothing changed yet
     assert len(pair.of("a", ev.ChildSaEstablished)) == 1 and not pair.of("a", ev.IkeSaRekeyed)
     assert not pair.of("a", ev.ChildSaFailed) and not pair.of("b", ev.ChildSaFailed)
     pair.advance(pair.now + 30)
-    if what == "child":
-        rekeys = [e for e in pair.of("a", ev.ChildSaEstablished) if e.rekeyed_from]
-        assert len(rekeys) >= 1
-        _assert_children_agree(pair)
-    else:
-        assert pair.of("a", ev.IkeSaRekeyed) and pair.of("b", ev.IkeSaRekeyed)
-        assert pair.a.local_spis == {pair.a.local_spi}
+    assert pair.of("a", ev.IkeSaRekeyed) and pair.of("b", ev.IkeSaRekeyed)
+    assert pair.a.local_spis == {pair.a.local_spi}
     assert len(pair.a.children) == len(pair.b.children) == 1
     assert pair.a.state is IkeState.ESTABLISHED and pair.b.state is IkeState.ESTABLISHED
 
@@ -277,12 +273,13 @@ def test_closed_responder_repeats_authentication_failed_to_a_retransmission() ->
     assert pair.of("a", ev.AuthenticationFailed) and pair.a.state is IkeState.CLOSED
 
 
-def test_retransmission_schedule_matches_strongswan_defaults() -> None:
-    pair = make_pair()  # retransmit_base 4 s, factor 1.8, 5 retransmissions
+def _schedule(**timers: float) -> tuple[list[float], float]:
+    pair = make_pair(config("A", **timers))
     start = pair.now
     pair.a.initiate(start)
     sends = [0.0]
     pair.a.datagrams_to_send(start)
+    gave_up = 0.0
     while pair.a.state is not IkeState.CLOSED:
         due = pair.a.get_timer()
         assert due is not None
@@ -290,5 +287,33 @@ def test_retransmission_schedule_matches_strongswan_defaults() -> None:
         if pair.a.datagrams_to_send(due):
             sends.append(round(due - start, 2))
         gave_up = due - start
-    assert sends == [0.0, 4.0, 11.2, 24.16, 47.49, 89.48]
-    assert round(gave_up, 1) == 165.1
+    return sends, round(gave_up, 1)
+
+
+def test_retransmission_schedule_is_strongswans_capped_by_the_limit() -> None:
+    # strongSwan's retransmit_timeout 4 s, base 1.8, 5 tries, without a limit ...
+    assert _schedule(retransmit_limit=0.0) == ([0.0, 4.0, 11.2, 24.16, 47.49, 89.48], 165.1)
+    # ... and ours by default: no wait longer than 20 s, so a peer back is heard soon
+    assert _schedule() == ([0.0, 4.0, 11.2, 24.16, 44.16, 64.16], 84.2)
+
+
+def test_dpd_timeout_declares_the_peer_dead_before_the_retransmissions_end() -> None:
+    pair = _up(dpd_delay=10.0, dpd_timeout=30.0)
+    pair.collect()
+    quiet_since = pair.now
+    pair.drop = lambda direction, data: True  # kill -9 of the peer
+    while pair.a.state is not IkeState.CLOSED and pair.now < quiet_since + 200:
+        pair.advance(pair.now + 0.5)
+    assert pair.of("a", ev.PeerDead)
+    assert pair.a.close_reason and "peer dead" in pair.a.close_reason
+    # the probe left at +10 s and was given up 30 s later (retransmissions alone: 84 s)
+    assert quiet_since + 40 <= pair.now <= quiet_since + 40.5
+
+
+def test_an_unanswered_init_says_so() -> None:
+    pair = make_pair(config("A", retransmit_base=1.0, retransmit_tries=1))
+    pair.drop = lambda direction, data: True
+    establish(pair)
+    pair.advance(pair.now + 10)
+    (closed,) = pair.of("a", ev.IkeSaClosed)
+    assert closed.unanswered

@@ -137,7 +137,8 @@ class SaBase:
             purpose,
             state or RequestState(),
             tries=0,
-            next_send=now + self.config.retransmit_base,
+            next_send=now + self._backoff(0),
+            sent_at=now,
         )
         ctx.next_request_id += 1
         self._send_raw(data)
@@ -151,15 +152,29 @@ class SaBase:
         ctx.cached_response = (message_id, data)
         self._send_raw(data)
 
+    def _backoff(self, tries: int) -> float:
+        """The wait after the ``tries``-th resend: strongSwan's 4 s x 1.8^n, capped by
+        ``retransmit_limit`` so a peer that comes back is heard from soon."""
+        config = self.config
+        delay: float = config.retransmit_base * config.retransmit_factor**tries
+        return min(delay, config.retransmit_limit) if config.retransmit_limit else delay
+
     def _retransmit(self, ctx: IkeContext, pending: PendingRequest, now: float) -> bool:
-        """Exponential back-off (strongSwan: 4 s x 1.8^n). False once all tries are spent."""
+        """Resend with back-off. False once all tries are spent."""
         if pending.tries >= self.config.retransmit_tries:
             return False
         self._send_raw(pending.data)
         pending.tries += 1
-        delay = self.config.retransmit_base * self.config.retransmit_factor**pending.tries
-        pending.next_send = now + delay
+        pending.next_send = now + self._backoff(pending.tries)
         return True
+
+    def _give_up_at(self, pending: PendingRequest) -> float:
+        """When an unanswered request on an established SA means a dead peer (DPD timeout),
+        so liveness is not left to the whole retransmission schedule."""
+        timeout = self.config.dpd_timeout
+        if not timeout or self.state is not IkeState.ESTABLISHED:
+            return float("inf")
+        return pending.sent_at + timeout
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -204,7 +219,7 @@ class SaBase:
                 )
             )
 
-    def _close(self, reason: str) -> None:
+    def _close(self, reason: str, *, unanswered: bool = False) -> None:
         """Forget the IKE SA and all CHILD_SAs locally (after DELETE, failure or timeout)."""
         if self.state is IkeState.CLOSED:
             return
@@ -217,4 +232,4 @@ class SaBase:
         self._queue.clear()
         self._half_open_deadline = None
         self._dh = None
-        self._emit(IkeSaClosed(reason))
+        self._emit(IkeSaClosed(reason, unanswered))

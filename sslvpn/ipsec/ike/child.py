@@ -36,11 +36,14 @@ class ChildSa:
     expire_at: float
     state: ChildState = ChildState.INSTALLED
     rekeyed: bool = False  # replaced by a newer CHILD_SA (its DELETE says "rekeyed")
+    # while our rekey of this SA is outstanding the peer rekeyed it too (RFC 7296 §2.8.1):
+    # the CHILD_SA the peer created and the lower nonce of the peer's exchange
+    collision: tuple[ChildSa, bytes] | None = None
 
     def __repr__(self) -> str:
         return f"ChildSa(in={self.spi_in.hex()}, out={self.spi_out.hex()}, {self.state.value})"
 
-    def established(self, rekeyed_from: bytes | None) -> ChildSaEstablished:
+    def established(self, rekeyed_from: bytes | None, outbound: bool) -> ChildSaEstablished:
         return ChildSaEstablished(
             spi_in=int.from_bytes(self.spi_in, "big"),
             spi_out=int.from_bytes(self.spi_out, "big"),
@@ -50,6 +53,7 @@ class ChildSa:
             local_ts=self.local_ts,
             remote_ts=self.remote_ts,
             rekeyed_from=int.from_bytes(rekeyed_from, "big") if rekeyed_from else None,
+            outbound=outbound,
         )
 
 

@@ -59,9 +59,11 @@ class IkeConfig:
     child_life_time: float = c.DEFAULT_CHILD_LIFE_TIME
     child_rekey_jitter: float = c.DEFAULT_CHILD_REKEY_JITTER
     dpd_delay: float | None = c.DEFAULT_DPD_DELAY
+    dpd_timeout: float = c.DEFAULT_DPD_TIMEOUT  # 0: only the retransmission tries count
     retransmit_base: float = c.RETRANSMIT_BASE
     retransmit_factor: float = c.RETRANSMIT_FACTOR
     retransmit_tries: int = c.RETRANSMIT_TRIES
+    retransmit_limit: float = c.RETRANSMIT_LIMIT  # 0: no cap on the back-off
     half_open_timeout: float = c.HALF_OPEN_TIMEOUT
     force_encap: bool = True  # libipsec peers only do ESP-in-UDP: always float to 4500
     initial_contact: bool = True

@@ -185,6 +185,7 @@ MAX_NONCE_LENGTH = 256
 RETRANSMIT_BASE = 4.0  # seconds; strongSwan's retransmit_timeout
 RETRANSMIT_FACTOR = 1.8  # strongSwan's retransmit_base
 RETRANSMIT_TRIES = 5
+RETRANSMIT_LIMIT = 20.0  # longest wait between two sends (strongSwan: unlimited, up to 75 s)
 HALF_OPEN_TIMEOUT = 30.0  # strongSwan's half_open_timeout
 DEFAULT_IKE_REKEY_TIME = 14400.0
 DEFAULT_IKE_REKEY_JITTER = 1440.0
@@ -192,6 +193,7 @@ DEFAULT_CHILD_REKEY_TIME = 3600.0
 DEFAULT_CHILD_LIFE_TIME = 3960.0
 DEFAULT_CHILD_REKEY_JITTER = 360.0
 DEFAULT_DPD_DELAY = 30.0
+DEFAULT_DPD_TIMEOUT = 30.0  # an unanswered request on an established SA declares it dead
 REKEY_RETRY_DELAY = 2.0  # after TEMPORARY_FAILURE from a colliding exchange
 # Bounds checked before a message is parsed (strongSwan's max_packet is 10,000 bytes; its
 # own messages to a PSK peer carry at most a dozen payloads, Windows adds a few vendor IDs).

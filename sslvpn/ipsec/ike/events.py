@@ -40,7 +40,10 @@ class IkeSaRekeyed:
 
 @dataclass(frozen=True)
 class IkeSaClosed:
+    """``unanswered``: the peer never answered (not a refusal): try again at once."""
+
     reason: str
+    unanswered: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class ChildSaEstablished:
 
     ``rekeyed_from`` is the ``spi_in`` of the CHILD_SA this one replaces: keep that old
     inbound SA until its ``ChildSaDeleted`` arrives, so no packet in flight is lost.
+    ``outbound`` False: a redundant SA of a rekey collision, about to be deleted; install
+    it inbound only (the peer may send on it meanwhile) and keep sending on the current one.
     """
 
     spi_in: int
@@ -59,6 +64,7 @@ class ChildSaEstablished:
     local_ts: tuple[TrafficSelector, ...]
     remote_ts: tuple[TrafficSelector, ...]
     rekeyed_from: int | None = None
+    outbound: bool = True
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 * CHILD_SA rekey (§2.8): ``N(REKEY_SA, old inbound SPI), SA, Ni, [KE], TSi, TSr``; the new
   SA is announced at once, the old one is deleted by its rekey initiator afterwards and
-  its inbound half stays usable until that DELETE completes (no loss).
+  its inbound half stays usable until that DELETE completes (no loss). When both sides
+  rekey the same SA at once, both exchanges complete and the lowest-nonce rule (§2.8.1)
+  picks the redundant new SA, deleted by its creator; the other creator deletes the old.
 * IKE SA rekey (§2.18): ``SA(new SPI), Ni, KE``; the requester becomes the initiator of
   the new IKE SA, SKEYSEED' = prf(SK_d old, g^ir | Ni | Nr), CHILD_SAs move over, the old
   SA is deleted by the requester. Collisions are answered with TEMPORARY_FAILURE.
@@ -173,6 +175,9 @@ class EstablishedExchanges(Handshake):
         payloads: list[Payload], now: float,
     ) -> None:
         error = self._error_notify(payloads)
+        if error is not None and old.collision is not None:
+            old.state, old.rekeyed = ChildState.REKEYED, True  # the peer's rekey replaced it
+            return
         if error is not None:
             old.state = ChildState.INSTALLED
             if error == NotifyType.INVALID_KE_PAYLOAD:
@@ -188,24 +193,40 @@ class EstablishedExchanges(Handshake):
                 else:
                     self._emit(ChildSaFailed(f"rekey refused: {self._notify_name(error)}"))
             return
-        sas, tsi, tsr = self._child_payloads(payloads)
-        suite = accept_answer(list(self.config.esp_proposals), sas[0].proposals) if sas else None
-        if suite is None or len(sas[0].proposals[0].spi) != 4 or not tsi or not tsr:
-            old.state, old.rekey_at = ChildState.INSTALLED, INF
-            self._emit(ChildSaFailed("rekey response carries no acceptable CHILD_SA"))
-            return
         try:
-            shared = self._pfs_secret(state.dh, suite.dh, payloads)
-            nr = nonce_of(payloads)
+            params, nr, shared = self._rekey_answer(state, payloads)
         except (ValueError, Drop) as exc:
+            if old.collision is not None:
+                old.state, old.rekeyed = ChildState.REKEYED, True
+                return
             old.state, old.rekey_at = ChildState.INSTALLED, INF
             self._emit(ChildSaFailed(f"rekey response unusable: {exc}"))
             return
-        params = ChildParams(suite, state.spi, sas[0].proposals[0].spi, tuple(tsi), tuple(tsr))
         old.state = ChildState.REKEYED
         old.rekeyed = True
+        if old.collision is not None and min(state.nonce, nr) < old.collision[1]:
+            # RFC 7296 §2.8.1: the SA whose exchange holds the lowest of the four nonces is
+            # redundant and its creator (us) deletes it; the peer deletes the old one
+            ours = self._add_child(ctx, params, state.nonce, nr, shared, True, now, old,
+                                   outbound=False)
+            ours.rekeyed = True
+            self._queue.appendleft(("delete_child", ours))
+            return
         self._add_child(ctx, params, state.nonce, nr, shared, True, now, old)
-        self._queue.appendleft(("delete_child", old))
+        self._queue.appendleft(("delete_child", old))  # the peer deletes its redundant SA
+
+    def _rekey_answer(
+        self, state: RequestState, payloads: list[Payload]
+    ) -> tuple[ChildParams, bytes, bytes]:
+        """The CHILD_SA a rekey response settles: parameters, Nr, PFS secret."""
+        sas, tsi, tsr = self._child_payloads(payloads)
+        suite = accept_answer(list(self.config.esp_proposals), sas[0].proposals) if sas else None
+        if suite is None or len(sas[0].proposals[0].spi) != 4 or not tsi or not tsr:
+            raise ValueError("rekey response carries no acceptable CHILD_SA")
+        shared = self._pfs_secret(state.dh, suite.dh, payloads)
+        nr = nonce_of(payloads)
+        params = ChildParams(suite, state.spi, sas[0].proposals[0].spi, tuple(tsi), tuple(tsr))
+        return params, nr, shared
 
     def _pfs_secret(self, dh: DhExchange | None, group: int, payloads: list[Payload]) -> bytes:
         if not group:
@@ -304,8 +325,8 @@ class EstablishedExchanges(Handshake):
             old = next((ch for ch in self.children if ch.spi_out == rekey.spi), None)
             if old is None or old.state is ChildState.DELETING:
                 return refuse(NotifyType.CHILD_SA_NOT_FOUND)
-            if old.state is ChildState.REKEYING:
-                return refuse(NotifyType.TEMPORARY_FAILURE)  # collision: simple strategy
+            if old.state is ChildState.REKEYED:  # already replaced; its DELETE is coming
+                return refuse(NotifyType.TEMPORARY_FAILURE)
         sas, tsi, tsr = self._child_payloads(payloads)
         specs: list[ProposalSpec] = list(self.config.esp_proposals)
         chosen = select(specs, sas[0].proposals) if sas else None
@@ -336,9 +357,11 @@ class EstablishedExchanges(Handshake):
         response += [TsPayload(False, their_side), TsPayload(True, our_side)]
         self._respond(ctx, ExchangeType.CREATE_CHILD_SA, message_id, response)
         params = ChildParams(suite, spi, proposal.spi, tuple(our_side), tuple(their_side))
-        if old is not None:
+        new = self._add_child(ctx, params, ni, nr, shared, False, now, old)
+        if old is not None and old.state is ChildState.REKEYING:
+            old.collision = (new, min(ni, nr))  # settled when our own rekey is answered
+        elif old is not None:
             old.state, old.rekeyed = ChildState.REKEYED, True
-        self._add_child(ctx, params, ni, nr, shared, False, now, old)
         return None
 
     def _answer_rekey_ike(

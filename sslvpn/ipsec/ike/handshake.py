@@ -267,7 +267,7 @@ class Handshake(SaBase):
 
     def _add_child(
         self, ctx: IkeContext, params: ChildParams, ni: bytes, nr: bytes, shared: bytes,
-        we_initiated: bool, now: float, replaces: ChildSa | None,
+        we_initiated: bool, now: float, replaces: ChildSa | None, *, outbound: bool = True,
     ) -> ChildSa:
         if ctx.keys is None or ctx.suite is None:
             raise Drop("no IKE keys")
@@ -278,7 +278,7 @@ class Handshake(SaBase):
             rekey_jitter=self.config.child_rekey_jitter, rand=self._rand,
         )
         self.children.append(child)
-        self._emit(child.established(replaces.spi_in if replaces else None))
+        self._emit(child.established(replaces.spi_in if replaces else None, outbound))
         return child
 
     def _established(self, ctx: IkeContext, remote_id: str, now: float) -> None:

@@ -181,8 +181,11 @@ class IkeSa(EstablishedExchanges):
         """Retransmit, expire half-open state, start due rekeys/DPD (call at ``get_timer()``)."""
         for ctx in (self._ctx, self._old_ctx):
             pending = ctx.pending if ctx is not None else None
-            if ctx is not None and pending is not None and now >= pending.next_send:
-                if not self._retransmit(ctx, pending, now):
+            if ctx is None or pending is None:
+                continue
+            timed_out = now >= self._give_up_at(pending)
+            if timed_out or now >= pending.next_send:
+                if timed_out or not self._retransmit(ctx, pending, now):
                     ctx.pending = None
                     self._gave_up(ctx, pending)
         if self._half_open_deadline is not None and now >= self._half_open_deadline:
@@ -205,7 +208,7 @@ class IkeSa(EstablishedExchanges):
     def get_timer(self) -> float | None:
         """The next time ``handle_timer`` has work, or None when nothing is scheduled."""
         times = [
-            ctx.pending.next_send
+            min(ctx.pending.next_send, self._give_up_at(ctx.pending))
             for ctx in (self._ctx, self._old_ctx)
             if ctx is not None and ctx.pending is not None
         ]
@@ -305,4 +308,4 @@ class IkeSa(EstablishedExchanges):
         elif self.state is IkeState.ESTABLISHED:
             self._peer_dead()
         else:
-            self._close(f"no answer to {ExchangeType(pending.exchange).name}")
+            self._close(f"no answer to {ExchangeType(pending.exchange).name}", unanswered=True)

@@ -41,6 +41,7 @@ class PendingRequest:
     state: RequestState = field(default_factory=RequestState)
     tries: int = 1
     next_send: float = 0.0
+    sent_at: float = 0.0  # first sent: an established SA gives up ``dpd_timeout`` later
 
 
 class IkeContext:
