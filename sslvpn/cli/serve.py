@@ -125,6 +125,7 @@ def ipsec_task(store: AsyncStore, node: str | None = None,
         while True:  # a failed IPsec service must not take the OpenVPN gateway with it
             service = IpsecService(store, node=node, on_activate=on_activate)
             gateway.tunnel_status_providers.append(service.tunnel_status)
+            gateway.tunnel_action_handler = service.tunnel_action
             try:
                 await service.run()
             except Exception:
@@ -132,6 +133,7 @@ def ipsec_task(store: AsyncStore, node: str | None = None,
                               IPSEC_RESTART_DELAY)
             finally:
                 gateway.tunnel_status_providers.remove(service.tunnel_status)
+                gateway.tunnel_action_handler = None
             await asyncio.sleep(IPSEC_RESTART_DELAY)
 
     return run

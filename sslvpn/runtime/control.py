@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 CALL_TIMEOUT = 2.0  # seconds another thread waits for the gateway's loop to answer
@@ -61,6 +61,14 @@ class TunnelStatus:
     ike_drops: dict[str, int] = field(default_factory=dict)  # dropped IKE messages by reason
     ike_drop_sources: dict[str, int] = field(default_factory=dict)  # top "ip:port" sources
     node: str | None = None  # the fleet node carrying it (None: the single gateway)
+    settings: dict[str, Any] = field(default_factory=dict)  # start action and timers in force
+    # seconds until the IKE SA / current CHILD_SA rekeys, and until that CHILD_SA expires
+    ike_rekey_in: float | None = None
+    child_rekey_in: float | None = None
+    child_expires_in: float | None = None
+
+
+TUNNEL_ACTIONS = ("rekey-ike", "rekey-child", "restart", "down")
 
 
 class GatewayControl(Protocol):
@@ -73,6 +81,10 @@ class GatewayControl(Protocol):
     def traffic(self) -> TrafficSample: ...
 
     def tunnel_status(self) -> list[TunnelStatus]: ...
+
+    def tunnel_action(self, name: str, action: str) -> str:
+        """One of TUNNEL_ACTIONS on a running tunnel; what was done, or ValueError why not."""
+        ...
 
 
 class ThreadSafeControl:
@@ -100,6 +112,9 @@ class ThreadSafeControl:
 
     def tunnel_status(self) -> list[TunnelStatus]:
         return self._on_loop(self._control.tunnel_status)
+
+    def tunnel_action(self, name: str, action: str) -> str:
+        return self._on_loop(lambda: self._control.tunnel_action(name, action))
 
     def _on_loop(self, call: Callable[[], T]) -> T:
         """``call()`` on the gateway's loop; TimeoutError when it does not get there in time."""

@@ -108,6 +108,12 @@ class ControlServer:
             return {"ok": True, "traffic": _encode(control.traffic())}
         if op == "tunnels":
             return {"ok": True, "tunnels": [_encode(t) for t in control.tunnel_status()]}
+        if op == "tunnel_action":
+            try:
+                done = control.tunnel_action(str(request["name"]), str(request["action"]))
+            except ValueError as exc:  # not running, not up, unknown action: say which
+                return {"ok": False, "error": str(exc)}
+            return {"ok": True, "message": done}
         return {"ok": False, "error": f"unknown op {op!r}"}
 
 
@@ -161,3 +167,7 @@ class ControlClient:
     def tunnel_status(self) -> list[TunnelStatus]:
         rows = self._call(op="tunnels")["tunnels"]
         return [TunnelStatus(**_decode_times(r, "established_at")) for r in rows]
+
+    def tunnel_action(self, name: str, action: str) -> str:
+        """Raises ControlError with the gateway's reason when it refuses."""
+        return str(self._call(op="tunnel_action", name=name, action=action)["message"])

@@ -138,6 +138,7 @@ class Gateway:
         self._vpc_memo: dict[bytes, bool] = {}  # destination -> inside the VPC
         self.drops: collections.Counter[str] = collections.Counter()
         self.tunnel_status_providers: list[Callable[[], list[TunnelStatus]]] = []
+        self.tunnel_action_handler: Callable[[str, str], str] | None = None  # IPsec service
         self.flushers: list[Callable[[], None]] = []  # listeners' queued sends, per TUN burst
         self._sessions: dict[str, ClientSession] = {}
         self._by_address: dict[bytes, ClientSession] = {}
@@ -560,3 +561,8 @@ class Gateway:
 
     def tunnel_status(self) -> list[TunnelStatus]:
         return [status for provider in self.tunnel_status_providers for status in provider()]
+
+    def tunnel_action(self, name: str, action: str) -> str:
+        if self.tunnel_action_handler is None:
+            raise ValueError("no IPsec service runs in this gateway")
+        return self.tunnel_action_handler(name, action)

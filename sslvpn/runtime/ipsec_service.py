@@ -41,6 +41,7 @@ from sslvpn.ipsec.esp.sad import Sad
 from sslvpn.ipsec.ike.admission import InitGate
 from sslvpn.ipsec.ike.config import IkeConfig
 from sslvpn.ipsec.policy import PolicyRule, Spd
+from sslvpn.ipsec.tunnel_settings import TunnelSettings
 from sslvpn.net.ippacket import addresses
 from sslvpn.runtime.control import TunnelStatus
 from sslvpn.runtime.drop_ledger import DropLedger
@@ -90,10 +91,12 @@ class _Gateway:
 
 
 def _renegotiate(old: TunnelConfig, new: TunnelConfig) -> bool:
-    """Whether an edit needs a new IKE SA (admin up/down and the bandwidth cap do not)."""
-    return replace(old, admin_up=True, bandwidth_bps=None) != replace(
-        new, admin_up=True, bandwidth_bps=None
-    )
+    """Whether an edit needs a new IKE SA (admin up/down, the bandwidth cap, timers and the
+    start action do not)."""
+    def keys(c: TunnelConfig) -> TunnelConfig:
+        return replace(c, admin_up=True, bandwidth_bps=None, timers={}, start_action="")
+
+    return keys(old) != keys(new)
 
 
 class IpsecService:
@@ -275,6 +278,8 @@ class IpsecService:
             tunnel = self._tunnels.get(name)
             if tunnel is None:
                 continue
+            if tunnel.config != config:
+                tunnel.reconfigure(config, self._ike_config(config))
             if config.admin_up and tunnel.stopped:
                 tunnel.start(self._now())
             elif not config.admin_up and not tunnel.stopped:
@@ -305,7 +310,7 @@ class IpsecService:
             except StoreUnavailable:  # logged once by that facade; every lease is lost
                 pass
         self._note_standby(configs, held)
-        return {name: replace(c, initiate=True) if c.nodes else c
+        return {name: replace(c, start_action="initiate") if c.nodes else c
                 for name, c in configs.items() if not c.nodes or c.tunnel_id in held}
 
     def _note_standby(self, configs: dict[str, TunnelConfig], held: frozenset[int]) -> None:
@@ -392,7 +397,8 @@ class IpsecService:
             gateway.bps = bps
 
     def _ike_config(self, config: TunnelConfig) -> IkeConfig:
-        timers: dict[str, Any] = dict(self._timers)
+        timers: dict[str, Any] = TunnelSettings(**config.timers).ike_timers()
+        timers.update(self._timers)
         return IkeConfig.build(
             local_id=config.local_id or config.local_address,
             remote_id=config.remote_address,
@@ -481,13 +487,15 @@ class IpsecService:
         data = tunnel.seal(packet)
         if data is None:
             self.drops["no-sa"] += 1
+            tunnel.on_demand(self._clock())
             return
         gateway.sockets.send_esp(data, tunnel.peer_nat_t)
 
     # -- control -----------------------------------------------------------------------
     def tunnel_status(self) -> list[TunnelStatus]:
         """State, SPIs and counters of every tunnel (GatewayControl.tunnel_status)."""
-        return [replace(self._tunnels[name].status(),
+        now = self._now()
+        return [replace(self._tunnels[name].status(now),
                         node=self._node if self._tunnels[name].config.nodes else None)
                 for name in sorted(self._tunnels)]
 
@@ -499,6 +507,28 @@ class IpsecService:
                     tunnel.rekey_ike(now)
                 else:
                     tunnel.rekey_child(now)
+
+    def tunnel_action(self, name: str, action: str) -> str:
+        """An operator's action on one running tunnel (GatewayControl.tunnel_action)."""
+        tunnel = self._tunnels.get(name)
+        if tunnel is None:
+            raise ValueError(f"tunnel {name!r} is not running on this gateway")
+        if tunnel.stopped:
+            raise ValueError(f"tunnel {name!r} is switched down: 'sslvpn ipsec up {name}' first")
+        now = self._now()
+        if action in ("rekey-ike", "rekey-child"):
+            if tunnel.state != "up":
+                raise ValueError(f"tunnel {name!r} is not up ({tunnel.state})")
+            (tunnel.rekey_ike if action == "rekey-ike" else tunnel.rekey_child)(now)
+            return f"tunnel {name}: {action.replace('-', ' ')} started"
+        if action == "restart":
+            tunnel.restart(now)
+            return f"tunnel {name}: restarting from IKE_SA_INIT"
+        if action == "down":
+            tunnel.terminate(now)
+            return f"tunnel {name}: SAs deleted; it stays down until restarted or the peer " \
+                "initiates"
+        raise ValueError(f"unknown tunnel action {action!r}")
 
     def tunnel(self, name: str) -> Tunnel:
         """The running tunnel called ``name`` (for tests and the control socket)."""

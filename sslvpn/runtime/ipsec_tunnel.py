@@ -17,8 +17,12 @@ with the peer's address and port and feeds the gate's throttle.
 After every input the tunnel sends what the cores queued, dispatches their events and keeps
 exactly one timer. CHILD_SA events install and remove ESP SAs (the old inbound SA stays
 until its DELETE, so a rekey loses nothing); failures become the tunnel's ``last_error``; a
-dead peer (DPD) or a failed attempt schedules a fresh initiation with back-off when the
-tunnel initiates, while a tunnel that waits accepts the peer's next IKE_SA_INIT.
+dead peer (DPD) is handled by the tunnel's ``dpd_action``: ``restart`` initiates a fresh IKE
+SA at once (never retransmitting on SPIs the peer may have forgotten), ``clear`` forgets
+the SAs and waits for the peer (or, starting on traffic, the next packet), ``none`` only
+waits for the peer. An initiation the peer never answered starts again at once (the
+retransmission back-off was the wait); one it refused, after a growing delay. The
+operator's ``rekey``, ``restart`` and ``down`` act on the running tunnel.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from sslvpn.ipsec.ike.config import IkeConfig
 from sslvpn.ipsec.ike.messages import IkeHeader, MalformedMessage, peek_header, pull_message
 from sslvpn.ipsec.ike.proposals import Suite
 from sslvpn.ipsec.ike.sa import IkeSa, IkeState
+from sslvpn.ipsec.tunnel_settings import TunnelSettings
 from sslvpn.runtime.control import TunnelStatus
 from sslvpn.runtime.drop_ledger import DropLedger
 from sslvpn.runtime.ike_udp import NON_ESP_MARKER, Address, IkeSockets
@@ -99,6 +104,9 @@ class Tunnel:
         self._failures = 0
         self._retry_at: float | None = None
         self.stopped = False
+        self.settings = TunnelSettings(**config.timers)
+        self._initiator = config.initiate  # re-initiate on failure (start or DPD restart)
+        self._held = False  # taken down by the operator: nothing starts it but the peer
         self._keepalive_mark = (-1, 0.0)  # (packets_out, time) when we last checked
 
     def __repr__(self) -> str:
@@ -112,10 +120,28 @@ class Tunnel:
             self.last_error = "no SPD policy: add one with 'sslvpn ipsec policy add'"
             self.stopped = True
             return
+        self._initiator = self.config.initiate
+        self._held = False
         if self.config.initiate:
             self._initiate(now)
         else:
             self.state = "connecting"
+
+    def on_demand(self, now: float) -> None:
+        """A packet for the peer found no SA: a tunnel that starts on traffic starts now."""
+        if (self.config.start_action == "trap" and not self.stopped and not self._held
+                and self.sa is None and self.initiating is None and self._retry_at is None):
+            log.info("tunnel %s: traffic for the peer, initiating", self.name)
+            self._initiate(now)
+
+    def reconfigure(self, config: TunnelConfig, ike_config: IkeConfig) -> None:
+        """New timers or start action: SAs keep their keys, new timers apply from now on."""
+        self.config, self.ike_config = config, ike_config
+        self.settings = TunnelSettings(**config.timers)
+        for sa in self._all_sas():
+            sa.config = ike_config
+        if not self._held:
+            self._initiator = config.initiate
 
     def _initiate(self, now: float) -> None:
         self.initiating = IkeSa(self.ike_config, self._local_ike, self._peer_ike,
@@ -149,6 +175,32 @@ class Tunnel:
         if self.sa is not None:
             self.sa.rekey_ike(now)
             self._flush(now)
+
+    def restart(self, now: float) -> None:
+        """The operator's restart: DELETE the IKE SA and negotiate a fresh one at once."""
+        self._delete_live(now)
+        self.initiating = None
+        self._initiator, self._held, self._failures = True, False, 0
+        log.info("tunnel %s: restarted by the operator", self.name)
+        self._initiate(now)
+
+    def terminate(self, now: float) -> None:
+        """The operator's down: DELETE the IKE SA; nothing re-initiates it (the peer may),
+        unlike `stop` (the admin switch), which also ignores the peer."""
+        self._delete_live(now)
+        self.initiating = None
+        self._retry_at = None
+        self._initiator, self._held = False, True
+        self.state = "down"
+        self.last_error = "taken down by the operator"
+        log.info("tunnel %s: taken down by the operator", self.name)
+        self._flush(now)
+
+    def _delete_live(self, now: float) -> None:
+        if self.sa is not None:
+            self.sa.delete(now)
+            self._send(self.sa, now)
+        self._drop_live()
 
     # -- inputs ------------------------------------------------------------------------
     def receive_ike(self, message: bytes, peer: Address, nat_t: bool, now: float) -> None:
@@ -331,6 +383,7 @@ class Tunnel:
         if sa.encapsulated:
             self.peer_nat_t = sa.remote_addr
         self._retry_at = None
+        self._held = False
         self.state = "connecting"
 
     def _forget_half_open(self, sa: IkeSa) -> None:
@@ -350,7 +403,8 @@ class Tunnel:
                 self._initiation_failed(
                     f"no proposal chosen in {event.exchange}: {event.detail}", now)
             elif isinstance(event, ev.IkeSaClosed):
-                self._initiation_failed(f"IKE SA closed: {event.reason}", now)
+                self._initiation_failed(f"IKE SA closed: {event.reason}", now,
+                                        again_now=event.unanswered)
         elif isinstance(event, ev.AuthenticationFailed):
             self._peer_auth_failed(sa, event.reason, now)
         elif isinstance(event, ev.NoProposalChosen):
@@ -371,12 +425,12 @@ class Tunnel:
         if self.state != "up":
             self.last_error = reason
 
-    def _initiation_failed(self, reason: str, now: float) -> None:
+    def _initiation_failed(self, reason: str, now: float, *, again_now: bool = False) -> None:
         self.initiating = None
         log.warning("tunnel %s: %s", self.name, reason)
         if self.sa is None:  # else a live SA came up meanwhile: nothing is lost
             self.last_error = reason
-            self._retry(now)
+            self._retry(now, again_now=again_now)
 
     def _on_event(self, event: ev.IkeEvent, now: float) -> None:
         """An event of the live SA."""
@@ -393,10 +447,10 @@ class Tunnel:
             log.info("tunnel %s: IKE SA established with %s at %s", self.name,
                      event.remote_id, where)
         elif isinstance(event, ev.PeerDead):
-            self._fail("peer dead (no answer to DPD or requests)", now)
+            self._peer_dead(now)
         elif isinstance(event, ev.NoProposalChosen):
             self._fail(f"no proposal chosen in {event.exchange}: {event.detail}", now)
-        elif isinstance(event, ev.IkeSaClosed):
+        elif isinstance(event, ev.IkeSaClosed) and self.sa is not None:
             self._fail(f"IKE SA closed: {event.reason}", now)
         elif isinstance(event, ev.ChildSaFailed):
             self.last_error = f"CHILD_SA failed: {event.reason}"
@@ -428,9 +482,28 @@ class Tunnel:
             self._retry(now)
         self.state = "connecting" if self.initiating or self._retry_at is not None else "down"
 
-    def _retry(self, now: float) -> None:
-        """An initiating tunnel tries again after a growing delay."""
-        if not self.config.initiate or self.stopped:
+    def _peer_dead(self, now: float) -> None:
+        """DPD gave up: act as the tunnel's ``dpd_action`` says."""
+        reason = "peer dead (no answer to DPD or requests)"
+        log.warning("tunnel %s: %s; dpd action %s", self.name, reason, self.settings.dpd_action)
+        self.last_error = reason
+        self._drop_live()
+        if self.settings.dpd_action == "restart":
+            self._initiator = True
+            if self.initiating is None:
+                self._initiate(now)
+            return
+        self._initiator = False
+        self._held = self.settings.dpd_action == "none"
+        self.state = "connecting" if self.initiating is not None else "down"
+
+    def _retry(self, now: float, *, again_now: bool = False) -> None:
+        """An initiating tunnel tries again: at once when the peer never answered (the
+        retransmissions were the back-off), else after a growing delay."""
+        if not self._initiator or self.stopped:
+            return
+        if again_now:
+            self._retry_at = now
             return
         delay = RETRY_DELAYS[min(self._failures, len(RETRY_DELAYS) - 1)]
         self._failures += 1
@@ -459,9 +532,12 @@ class Tunnel:
             self._timer.cancel()
             self._timer = None
 
-    def status(self) -> TunnelStatus:
+    def status(self, now: float) -> TunnelStatus:
         out = self.outbound
         spi_in = self._current_spi_in if out else None
+        sa = self.sa
+        child = next((c for c in sa.children if int.from_bytes(c.spi_in, "big") == spi_in),
+                     None) if sa is not None and spi_in is not None else None
         return TunnelStatus(
             name=self.name,
             state=self.state,
@@ -478,4 +554,13 @@ class Tunnel:
             ike_inits_admitted=self.inits_admitted,
             ike_drops=dict(self.drops.reasons),
             ike_drop_sources=self.drops.top_sources(),
+            settings={"start_action": self.config.start_action, **self.settings.as_dict()},
+            ike_rekey_in=_left(sa.ike_rekey_at, now) if sa is not None else None,
+            child_rekey_in=_left(child.rekey_at, now) if child is not None else None,
+            child_expires_in=_left(child.expire_at, now) if child is not None else None,
         )
+
+
+def _left(at: float, now: float) -> float | None:
+    """Seconds until ``at`` (None when nothing is planned)."""
+    return None if at == float("inf") else round(max(0.0, at - now), 1)

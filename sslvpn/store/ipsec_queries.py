@@ -13,9 +13,10 @@ them first, using `policies_on_gateway` for the overlap rules, then call these q
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, func, update
 from sqlalchemy.exc import IntegrityError
@@ -24,6 +25,7 @@ from sqlmodel import Session, SQLModel, col, select
 from sslvpn.store import ConflictError, NotFoundError
 from sslvpn.store.models import (
     START_ACTION_VALUES,
+    TUNNEL_TIMER_COLUMNS,
     CustomerGateway,
     GatewaySettings,
     SpdPolicy,
@@ -123,9 +125,9 @@ def create_tunnel(
     ike_proposals: str,
     esp_proposals: str,
     start_action: str = "initiate",
+    settings: Mapping[str, Any] | None = None,
 ) -> VpnTunnel:
-    if start_action not in START_ACTION_VALUES:
-        raise ConflictError(f"start action must be one of {', '.join(START_ACTION_VALUES)}")
+    _check_start_action(start_action)
     gateway_id = _id(get_vpn_gateway(s, name=gateway))
     customer_id = _id(get_customer_gateway(s, name=customer_gateway))
     same_pair = _tunnel_names(
@@ -145,8 +147,42 @@ def create_tunnel(
         ike_proposals=ike_proposals,
         esp_proposals=esp_proposals,
         start_action=start_action,
+        **_timers(settings or {}),
     )
     return insert(s, row, f"tunnel {name!r}")
+
+
+def _check_start_action(start_action: str) -> None:
+    if start_action not in START_ACTION_VALUES:
+        raise ConflictError(f"start action must be one of {', '.join(START_ACTION_VALUES)}")
+
+
+def _timers(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Timer columns only (values checked by the faces with `TunnelSettings`)."""
+    unknown = set(settings) - set(TUNNEL_TIMER_COLUMNS)
+    if unknown:
+        raise ConflictError(f"unknown tunnel setting {sorted(unknown)[0]!r}")
+    return dict(settings)
+
+
+def tunnel_timers(row: VpnTunnel) -> dict[str, Any]:
+    """The timers stored on a tunnel row, by column name."""
+    return {name: getattr(row, name) for name in TUNNEL_TIMER_COLUMNS}
+
+
+def set_tunnel(
+    s: Session, *, name: str, settings: Mapping[str, Any] | None = None,
+    start_action: str | None = None,
+) -> VpnTunnel:
+    """Change a tunnel's timers and/or start action; the running service applies them to
+    new SAs without renegotiating the current ones."""
+    row = get_tunnel(s, name=name)
+    values = _timers(settings or {})
+    if start_action is not None:
+        _check_start_action(start_action)
+        values["start_action"] = start_action
+    assign(s, row, f"tunnel {name!r}", values)
+    return row
 
 
 def get_tunnel(s: Session, *, name: str) -> VpnTunnel:
@@ -239,7 +275,7 @@ class TunnelConfig:
     psk: str
     ike_proposals: str
     esp_proposals: str
-    initiate: bool
+    start_action: str  # initiate | wait | trap (start on the first packet)
     admin_up: bool
     bandwidth_bps: int | None
     policies: tuple[tuple[str, str], ...]  # (local CIDR, peer CIDR)
@@ -247,6 +283,11 @@ class TunnelConfig:
     local_id: str = ""  # IKE identity: the gateway's public address, the same on every node
     nodes: tuple[str, ...] = ()  # empty: the single gateway runs it, no lease
     on_activate: str | None = None
+    timers: Mapping[str, Any] = field(default_factory=dict)  # TUNNEL_TIMER_COLUMNS
+
+    @property
+    def initiate(self) -> bool:
+        return self.start_action == "initiate"
 
     def __repr__(self) -> str:
         return f"TunnelConfig(name={self.name!r}, remote={self.remote_address!r})"
@@ -277,7 +318,7 @@ def tunnel_configs(s: Session, node: str | None = None) -> list[TunnelConfig]:
                 psk=tunnel.psk,
                 ike_proposals=tunnel.ike_proposals,
                 esp_proposals=tunnel.esp_proposals,
-                initiate=tunnel.start_action == "initiate",
+                start_action=tunnel.start_action,
                 admin_up=tunnel.admin_up,
                 bandwidth_bps=gateway.bandwidth_bps,
                 policies=tuple(policies.get(tunnel.name, ())),
@@ -285,6 +326,7 @@ def tunnel_configs(s: Session, node: str | None = None) -> list[TunnelConfig]:
                 local_id=gateway.public_address,
                 nodes=tuple(gateway.nodes),
                 on_activate=gateway.on_activate,
+                timers=tunnel_timers(tunnel),
             )
         )
     return configs

@@ -37,7 +37,8 @@ CERTIFICATE_KIND_VALUES = ("client", "server")
 CERTIFICATE_STATUS_VALUES = ("valid", "revoked", "superseded")
 PROTOCOLS_VALUES = ("udp", "tcp", "both")
 CONTROL_CHANNEL_VALUES = ("tls-crypt", "tls-crypt-v2")
-START_ACTION_VALUES = ("initiate", "wait")
+START_ACTION_VALUES = ("initiate", "wait", "trap")  # trap: start on the first packet
+DPD_ACTION_VALUES = ("restart", "clear", "none")
 
 
 def utcnow() -> datetime:
@@ -269,7 +270,10 @@ class CustomerGateway(SQLModel, table=True):
 class VpnTunnel(SQLModel, table=True):
     """One IKEv2 tunnel between a VPN gateway and a customer gateway."""
 
-    __table_args__ = (_one_of("start_action", START_ACTION_VALUES),)
+    __table_args__ = (
+        _one_of("start_action", START_ACTION_VALUES),
+        _one_of("dpd_action", DPD_ACTION_VALUES),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(unique=True, index=True)
@@ -284,6 +288,24 @@ class VpnTunnel(SQLModel, table=True):
     # written by the node that took the tunnel's lease (the lock itself is the truth)
     owner_node: str | None = None
     owner_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # timers (sslvpn.ipsec.tunnel_settings.TunnelSettings), seconds
+    dpd_delay: float = 30.0
+    dpd_timeout: float = 30.0
+    dpd_action: str = "restart"
+    ike_lifetime: float = 10800.0
+    child_lifetime: float = 3600.0
+    rekey_margin: float = 540.0
+    rekey_fuzz: int = 100
+    retransmit_timeout: float = 4.0
+    retransmit_tries: int = 5
+    retransmit_base: float = 1.8
+    retransmit_limit: float = 20.0
+
+
+TUNNEL_TIMER_COLUMNS = (
+    "dpd_delay", "dpd_timeout", "dpd_action", "ike_lifetime", "child_lifetime", "rekey_margin",
+    "rekey_fuzz", "retransmit_timeout", "retransmit_tries", "retransmit_base", "retransmit_limit",
+)
 
 
 class SpdPolicy(SQLModel, table=True):

@@ -48,6 +48,9 @@ class TunnelsOnly:
     def tunnel_status(self) -> list[TunnelStatus]:
         return self.service.tunnel_status()
 
+    def tunnel_action(self, name: str, action: str) -> str:
+        return self.service.tunnel_action(name, action)
+
 
 async def main(data_dir: Path, timers: dict[str, float]) -> None:
     engine = open_engine(database_url(data_dir, None))

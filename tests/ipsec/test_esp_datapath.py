@@ -240,7 +240,7 @@ async def test_changing_the_bandwidth_cap_keeps_the_tunnel(harness: Harness) -> 
     for _ in range(200):
         harness.tun.inject(packet)
     assert service.drops["bandwidth-out"] == 0
-    assert service.tunnel("t1") is tunnel and tunnel.status().packets_out == 200
+    assert service.tunnel("t1") is tunnel and tunnel.status(0.0).packets_out == 200
 
 
 async def test_ike_drops_are_summarised_in_the_log_with_their_top_sources(
@@ -256,7 +256,7 @@ async def test_ike_drops_are_summarised_in_the_log_with_their_top_sources(
         service._log_drops()
     assert "IKE drops in the last 61 s: malformed 3, unknown-peer 5" in caplog.text
     assert "top sources: 127.0.0.9 (5), 127.0.0.2 (3)" in caplog.text
-    assert service.tunnel("t1").status().ike_drops == {"malformed": 3}
+    assert service.tunnel("t1").status(0.0).ike_drops == {"malformed": 3}
     caplog.clear()
     service._drops_logged = (service._now() - 61, Counter())
     service._log_drops()

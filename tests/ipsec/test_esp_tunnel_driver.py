@@ -41,12 +41,15 @@ class Wire:
 class Lab:
     """One tunnel at B_ADDR (timers fired by hand) and the peer's IKE cores at A_ADDR."""
 
-    def __init__(self, *, initiate: bool = False, **timers: float) -> None:
+    def __init__(self, *, initiate: bool = False, start: str | None = None,
+                 dpd_action: str = "restart", **timers: float) -> None:
         self.gate = InitGate(rand=seeded(5))
         self.wire = Wire()
         self.sad: Sad[Tunnel] = Sad()
         tunnel_config = TunnelConfig("t1", "vgw", B_ADDR, A_ADDR, "psk", IKE, "aes256gcm16",
-                                     initiate, True, None, (("10.2.0.0/24", "10.1.0.0/24"),))
+                                     start or ("initiate" if initiate else "wait"), True, None,
+                                     (("10.2.0.0/24", "10.1.0.0/24"),),
+                                     {"dpd_action": dpd_action})
         self.tunnel = Tunnel(tunnel_config, config("B", ike=IKE, **timers), self.wire,  # type: ignore[arg-type]
                              self.sad, gate=self.gate, local_ike=(B_ADDR, 500), ike_port=500,
                              nat_t_port=4500, rand=seeded(6))
@@ -122,7 +125,7 @@ def test_waiting_tunnel_answers_the_peer_and_installs_its_child_sa(lab: Lab) -> 
     assert lab.tunnel.state == "connecting" and lab.tunnel.sa is None
     peer = bring_up(lab)
     child = peer.children[0]
-    status = lab.tunnel.status()
+    status = lab.tunnel.status(lab.now)
     assert (status.spi_in, status.spi_out) == (child.spi_out.hex(), child.spi_in.hex())
     assert lab.tunnel.seal(b"\x45" + bytes(19)) is not None
     assert status.ike_half_open == 0 and status.ike_inits_admitted == 1 and not status.ike_drops
@@ -130,9 +133,9 @@ def test_waiting_tunnel_answers_the_peer_and_installs_its_child_sa(lab: Lab) -> 
 
 def test_forged_inits_never_touch_a_live_sa_and_soon_get_cookies(lab: Lab) -> None:
     peer = bring_up(lab)
-    live, spis = lab.tunnel.sa, lab.tunnel.status().spi_in
+    live, spis = lab.tunnel.sa, lab.tunnel.status(lab.now).spi_in
     lab.forge_inits(50)
-    status = lab.tunnel.status()
+    status = lab.tunnel.status(lab.now)
     assert lab.tunnel.sa is live and status.state == "up" and status.spi_in == spis
     assert status.ike_inits_admitted == 1 + c.COOKIE_THRESHOLD_IP  # one DH each
     assert status.ike_half_open == status.ike_half_open_peak == c.COOKIE_THRESHOLD_IP
@@ -140,7 +143,7 @@ def test_forged_inits_never_touch_a_live_sa_and_soon_get_cookies(lab: Lab) -> No
     assert status.ike_drop_sources == {f"{A_ADDR}:500": 50 - c.COOKIE_THRESHOLD_IP}
     peer.rekey_child(lab.now)  # the live SA still works
     lab.run(peer)
-    assert lab.tunnel.status().spi_in != spis and lab.tunnel.state == "up"
+    assert lab.tunnel.status(lab.now).spi_in != spis and lab.tunnel.state == "up"
 
 
 def test_the_real_peer_comes_up_in_the_middle_of_a_flood(lab: Lab) -> None:
@@ -150,11 +153,11 @@ def test_the_real_peer_comes_up_in_the_middle_of_a_flood(lab: Lab) -> None:
     lab.to_tunnel(peer)  # answered with a COOKIE ...
     assert lab.to_peers(peer) == 1 and peer.state is IkeState.INIT_SENT
     lab.to_tunnel(peer)  # ... repeated with it: admitted
-    assert lab.tunnel.status().ike_half_open == c.COOKIE_THRESHOLD_IP + 1
+    assert lab.tunnel.status(lab.now).ike_half_open == c.COOKIE_THRESHOLD_IP + 1
     lab.forge_inits(20)  # more forgeries cannot evict it: they get cookies
     lab.run(peer)
     assert lab.tunnel.state == "up" and peer.state is IkeState.ESTABLISHED
-    assert lab.tunnel.status().ike_drops["cookie-required"] == 40 - c.COOKIE_THRESHOLD_IP + 1
+    assert lab.tunnel.status(lab.now).ike_drops["cookie-required"] == 40 - c.COOKIE_THRESHOLD_IP + 1
 
 
 def test_forged_inits_do_not_cancel_our_own_initiation() -> None:
@@ -167,25 +170,25 @@ def test_forged_inits_do_not_cancel_our_own_initiation() -> None:
     responder = lab.peer(2, initiator=False)
     lab.run(responder)
     assert lab.tunnel.state == "up" and lab.tunnel.sa is ours
-    assert lab.tunnel.initiating is None and lab.tunnel.status().ike_half_open == 3
+    assert lab.tunnel.initiating is None and lab.tunnel.status(lab.now).ike_half_open == 3
 
 
 def test_a_new_sa_replaces_the_live_one_only_once_authenticated(lab: Lab) -> None:
     old_peer = bring_up(lab)
-    old_spi = lab.tunnel.status().spi_in
+    old_spi = lab.tunnel.status(lab.now).spi_in
     restarted = lab.peer(2)  # the peer restarted: a new IKE SA with INITIAL_CONTACT
     restarted.initiate(lab.now)
     lab.to_tunnel(restarted)
     lab.to_peers(restarted)
-    assert lab.tunnel.status().spi_in == old_spi  # IKE_SA_INIT alone changes nothing
+    assert lab.tunnel.status(lab.now).spi_in == old_spi  # IKE_SA_INIT alone changes nothing
     lab.run(restarted, old_peer)
-    assert lab.tunnel.status().spi_in not in (None, old_spi) and lab.tunnel.state == "up"
+    assert lab.tunnel.status(lab.now).spi_in not in (None, old_spi) and lab.tunnel.state == "up"
     assert old_peer.state is IkeState.CLOSED  # our DELETE reached the old SA
     assert lab.sad.remove(int(old_spi or "0", 16)) is None  # its ESP is gone
 
 
 def test_a_dead_live_sa_leaves_a_half_open_sa_to_finish() -> None:
-    lab = Lab(dpd_delay=1.0, retransmit_base=0.5, retransmit_tries=1)
+    lab = Lab(dpd_delay=1.0, retransmit_base=0.5, retransmit_tries=1, dpd_action="clear")
     bring_up(lab)
     restarted = lab.peer(2)
     restarted.initiate(lab.now)
@@ -229,14 +232,14 @@ def test_authentication_failures_are_named_counted_and_throttled_per_source(
         assert guesser.state is IkeState.CLOSED
     assert f"authentication failed from {A_ADDR}:40001" in caplog.text
     assert f"from {A_ADDR}:40001" in (lab.tunnel.last_error or "")
-    status = lab.tunnel.status()
+    status = lab.tunnel.status(lab.now)
     assert status.ike_drops == {"auth-failed": c.AUTH_FAILURE_BURST}
     guesser = lab.peer(60, psk=b"a wrong guess")
     guesser.initiate(lab.now)
     lab.to_tunnel(guesser, guesser_init)
-    assert not lab.wire.sent and lab.tunnel.status().ike_drops["auth-throttled"] == 1
+    assert not lab.wire.sent and lab.tunnel.status(lab.now).ike_drops["auth-throttled"] == 1
     bring_up(lab, seed=61)  # the genuine peer (another port) is not locked out
-    assert lab.tunnel.status().ike_half_open == 0
+    assert lab.tunnel.status(lab.now).ike_half_open == 0
 
 
 def test_garbage_and_unknown_spis_are_counted_by_reason_and_source(lab: Lab) -> None:
@@ -249,7 +252,7 @@ def test_garbage_and_unknown_spis_are_counted_by_reason_and_source(lab: Lab) -> 
     tampered = bytearray(peer._ctx.encode(37, peer._ctx.next_request_id, False, []))
     tampered[-1] ^= 1
     tunnel.receive_ike(bytes(tampered), (A_ADDR, 4500), True, lab.now)
-    status = tunnel.status()
+    status = tunnel.status(lab.now)
     assert status.ike_drops == {"malformed": 2, "unknown-spi": 1, "bad-integrity": 1}
     assert status.ike_drop_sources == {f"{A_ADDR}:7000": 2, f"{A_ADDR}:4500": 2}
     assert tunnel.state == "up"

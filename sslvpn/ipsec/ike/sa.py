@@ -79,6 +79,11 @@ class IkeSa(EstablishedExchanges):
         return frozenset(spis - {ZERO_SPI})
 
     @property
+    def ike_rekey_at(self) -> float:
+        """When this IKE SA starts its rekey (inf: none planned)."""
+        return self._ike_rekey_at
+
+    @property
     def half_open(self) -> bool:
         """A responder without an authenticated peer yet (the runtime bounds these)."""
         return not self.is_initiator and self.state in (IkeState.INITIAL, IkeState.AUTH_WAIT)
