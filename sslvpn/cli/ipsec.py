@@ -1,9 +1,10 @@
 """`sslvpn ipsec` commands: VPN gateways, customer gateways, tunnels, SPD policies, status.
 
-Each command validates what the operator typed (pure checks in `sslvpn.ipsec.policy` and the
-IKE proposal parser), then writes the store. Every failure prints one line on stderr and
-exits 1. Tunnels run inside `sslvpn serve`; `up`/`down` flip the tunnel's admin switch in
-the store, which the running IPsec service follows; `status` asks the running gateway over
+Each command validates what the operator typed (pure checks in `sslvpn.ipsec.policy`,
+`sslvpn.ipsec.tunnel_settings` and the IKE proposal parser), then writes the store. Every
+failure prints one line on stderr and exits 1. Tunnels run inside `sslvpn serve`; `up`/`down`
+flip the tunnel's admin switch in the store, which the running IPsec service follows (as it
+follows `tunnel set`); `status` and `tunnel rekey|restart|down` ask the running gateway over
 its control socket.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime
@@ -35,6 +36,7 @@ from sslvpn.ipsec.policy import (
     check_unicast_address,
     parse_cidr,
 )
+from sslvpn.ipsec.tunnel_settings import DPD_ACTIONS, TunnelSettings, format_duration
 from sslvpn.runtime.control import TunnelStatus
 from sslvpn.runtime.control_server import ControlClient, ControlError
 from sslvpn.store import ipsec_queries as q
@@ -175,6 +177,47 @@ def _read_psk(psk_stdin: bool, psk_file: Path | None) -> str:
     return check_psk(text.rstrip("\r\n"))
 
 
+_TIMER_OPTIONS: list[tuple[str, str]] = [
+    ("--dpd-delay", "Probe the peer after this much silence (0: never) [30s]."),
+    ("--dpd-timeout", "Declare the peer dead when a probe is unanswered this long [30s]."),
+    ("--dpd-action", f"On a dead peer: {' | '.join(DPD_ACTIONS)} [restart]."),
+    ("--ike-lifetime", "IKE SA lifetime [3h]."),
+    ("--child-lifetime", "CHILD_SA lifetime [1h]."),
+    ("--rekey-margin", "Rekey this long before an SA ends [9m]."),
+    ("--rekey-fuzz", "Plus up to this % of the margin, at random [100]."),
+    ("--retransmit-timeout", "First retransmission after [4s]."),
+    ("--retransmit-tries", "Retransmissions before giving up [5]."),
+    ("--retransmit-base", "Back-off factor per retransmission [1.8]."),
+    ("--retransmit-limit", "Longest wait between retransmissions (0: none) [20s]."),
+]
+F = Callable[..., Any]
+
+
+def _tunnel_options(func: F) -> F:
+    """Timers (strongSwan names, durations like 30s, 5m, 1h) and the start action."""
+    for flag, text in reversed(_TIMER_OPTIONS):
+        func = click.option(flag, default=None, help=text)(func)
+    func = click.option("--on-traffic", "start", flag_value="trap",
+                        help="Start on the first packet for the peer.")(func)
+    func = click.option("--wait", "start", flag_value="wait", help="Wait for the peer.")(func)
+    return click.option("--initiate", "start", flag_value="initiate",
+                        help="Start the tunnel at once (the default for a new tunnel).")(func)
+
+
+def _settings(base: TunnelSettings, given: dict[str, str | None]) -> TunnelSettings:
+    return base.changed(**{k: v for k, v in given.items() if v is not None})
+
+
+def describe(start: str, t: TunnelSettings) -> str:
+    """One line of a tunnel's settings, in the notation the options take."""
+    d = format_duration
+    return (f"start {start}, dpd {d(t.dpd_delay)}/{d(t.dpd_timeout)} {t.dpd_action}, "
+            f"ike {d(t.ike_lifetime)}, child {d(t.child_lifetime)}, rekey margin "
+            f"{d(t.rekey_margin)} +{t.rekey_fuzz}%, retransmit {d(t.retransmit_timeout)} "
+            f"x{t.retransmit_base:g} {t.retransmit_tries} tries limit "
+            f"{d(t.retransmit_limit)}")
+
+
 @tunnel.command("add")
 @click.argument("name")
 @click.option("--gateway", "gateway_name", required=True, help="VPN gateway (our side).")
@@ -183,11 +226,12 @@ def _read_psk(psk_stdin: bool, psk_file: Path | None) -> str:
 @click.option("--psk-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--ike", default=DEFAULT_IKE, show_default=True, help="IKE proposals (strongSwan).")
 @click.option("--esp", default=DEFAULT_ESP, show_default=True, help="ESP proposals (strongSwan).")
-@click.option("--initiate/--wait", default=True, help="Start the tunnel, or wait for the peer.")
+@_tunnel_options
 @click.pass_context
 @one_line_errors
 def tunnel_add(
     ctx: click.Context,
+    /,
     name: str,
     gateway_name: str,
     customer_name: str,
@@ -195,9 +239,11 @@ def tunnel_add(
     psk_file: Path | None,
     ike: str,
     esp: str,
-    initiate: bool,
+    start: str | None,
+    **timers: str | None,
 ) -> None:
     """Create a tunnel (PSK authentication, proposals in strongSwan notation)."""
+    settings = _settings(TunnelSettings(), timers)
     psk = _read_psk(psk_stdin, psk_file)
     parse_proposals(ike, ProtocolId.IKE)
     parse_proposals(esp, ProtocolId.ESP)
@@ -210,9 +256,72 @@ def tunnel_add(
             psk=psk,
             ike_proposals=ike,
             esp_proposals=esp,
-            start_action="initiate" if initiate else "wait",
+            start_action=start or "initiate",
+            settings=settings.as_dict(),
         )
     click.echo(f"tunnel {name}: {gateway_name} <-> {customer_name}, ike {ike}, esp {esp}")
+
+
+@tunnel.command("set")
+@click.argument("name")
+@_tunnel_options
+@click.pass_context
+@one_line_errors
+def tunnel_set(
+    ctx: click.Context, /, name: str, start: str | None, **timers: str | None
+) -> None:
+    """Change a tunnel's timers or start action; current SAs keep their keys."""
+    if start is None and all(v is None for v in timers.values()):
+        raise PolicyError("nothing to change: give at least one setting (see --help)")
+    with _store(ctx, write=True) as s:
+        row = q.get_tunnel(s, name=name)
+        settings = _settings(TunnelSettings(**q.tunnel_timers(row)), timers)
+        q.set_tunnel(s, name=name, settings=settings.as_dict(), start_action=start)
+        start = row.start_action
+    click.echo(f"tunnel {name}: {describe(start, settings)}")
+
+
+def _act(ctx: click.Context, name: str, action: str) -> None:
+    """An operator action on the running tunnel, through the gateway's control socket."""
+    obj: CliContext = ctx.find_object(CliContext)  # type: ignore[assignment]
+    with _store(ctx, write=False) as s:
+        q.get_tunnel(s, name=name)  # an unknown name is the store's one-line error
+    try:
+        done = ControlClient(DataPaths(obj.data_dir).control_socket).tunnel_action(name, action)
+    except ControlError as exc:
+        raise PolicyError(str(exc)) from None
+    click.echo(done)
+
+
+@tunnel.command("rekey")
+@click.argument("name")
+@click.option("--ike", "what", flag_value="rekey-ike", help="Rekey the IKE SA.")
+@click.option("--child", "what", flag_value="rekey-child", default=True,
+              help="Rekey the CHILD_SA (the default).")
+@click.pass_context
+@one_line_errors
+def tunnel_rekey(ctx: click.Context, name: str, what: str) -> None:
+    """Rekey a running tunnel now (no traffic is lost)."""
+    _act(ctx, name, what)
+
+
+@tunnel.command("restart")
+@click.argument("name")
+@click.pass_context
+@one_line_errors
+def tunnel_restart(ctx: click.Context, name: str) -> None:
+    """Delete the tunnel's SAs and negotiate new ones from IKE_SA_INIT at once."""
+    _act(ctx, name, "restart")
+
+
+@tunnel.command("down")
+@click.argument("name")
+@click.pass_context
+@one_line_errors
+def tunnel_terminate(ctx: click.Context, name: str) -> None:
+    """Delete the tunnel's SAs now; it stays down until restarted or the peer initiates
+    (unlike `ipsec down`, which keeps it down across restarts of the gateway)."""
+    _act(ctx, name, "down")
 
 
 @tunnel.command("list")
@@ -223,7 +332,7 @@ def tunnel_list(ctx: click.Context) -> None:
     with _store(ctx, write=False) as s:
         rows = [
             (c.name, c.gateway, c.remote_address, c.ike_proposals, c.esp_proposals,
-             "initiate" if c.initiate else "wait", "up" if c.admin_up else "down")
+             c.start_action, "up" if c.admin_up else "down")
             for c in q.tunnel_configs(s)
         ]
     _table(rows, ("NAME", "GATEWAY", "PEER", "IKE", "ESP", "START", "ADMIN"))
@@ -335,12 +444,13 @@ def status(ctx: click.Context, as_json: bool) -> None:
     node holding each tunnel (from the store for tunnels another node carries)."""
     obj: CliContext = ctx.find_object(CliContext)  # type: ignore[assignment]
     with _store(ctx, write=False) as s:
-        names = [t.name for t in q.list_tunnels(s)]
         owners = q.tunnel_owners(s)
+        stored = {c.name: (c.start_action, TunnelSettings(**c.timers))
+                  for c in q.tunnel_configs(s)}
     published, problem = _published(obj.data_dir)
     if as_json:
         out = []
-        for name in names:
+        for name, (start, settings) in stored.items():
             entry = published.get(name)
             data: dict[str, Any] = asdict(entry) if entry else {
                 "name": name, "state": "elsewhere" if name in owners else "down",
@@ -349,24 +459,28 @@ def status(ctx: click.Context, as_json: bool) -> None:
                 data["established_at"] = entry.established_at.isoformat()
             data["node"], taken = _holder(entry, owners.get(name))
             data["node_since"] = taken.isoformat() if taken else None
+            data["settings"] = {"start_action": start, **settings.as_dict()}
             out.append(data)
         click.echo(json.dumps(out, indent=2))
         return
+    names = list(stored)
     rows = []
     for name in names:
         t = published.get(name)
         node = _holder(t, owners.get(name))[0] or "-"
         if t is None:
             away = node != "-"  # carried by another node of the fleet
-            rows.append((name, node, "elsewhere" if away else "down", "-", "-", "-", "-",
+            rows.append((name, node, "elsewhere" if away else "down", "-", "-", "-", "-", "-",
                          "" if away else problem or "not running"))
             continue
         since = t.established_at.strftime("%Y-%m-%d %H:%M:%S") if t.established_at else "-"
         spis = f"{t.spi_in}/{t.spi_out}" if t.spi_in else "-"
-        rows.append((name, node, t.state, since, spis, f"{t.bytes_in}/{t.packets_in}",
+        rows.append((name, node, t.state, since, spis, _left(t), f"{t.bytes_in}/{t.packets_in}",
                      f"{t.bytes_out}/{t.packets_out}", t.last_error or ""))
-    _table(rows, ("TUNNEL", "NODE", "STATE", "SINCE", "SPI IN/OUT", "IN B/PKT", "OUT B/PKT",
-                  "LAST ERROR"))
+    _table(rows, ("TUNNEL", "NODE", "STATE", "SINCE", "SPI IN/OUT", "REKEY IKE/CHILD (EXPIRES)",
+                  "IN B/PKT", "OUT B/PKT", "LAST ERROR"))
+    for name, (start, settings) in stored.items():
+        click.echo(f"{name}: {describe(start, settings)}")
 
 
 def _holder(running: TunnelStatus | None, owner: tuple[str, datetime | None] | None,
@@ -375,6 +489,22 @@ def _holder(running: TunnelStatus | None, owner: tuple[str, datetime | None] | N
     if running is not None and running.node:
         return running.node, owner[1] if owner and owner[0] == running.node else None
     return owner if owner else (None, None)
+
+
+def _left(t: TunnelStatus) -> str:
+    """Time left on the IKE SA and the current CHILD_SA, e.g. ``2h41m/47m (57m)``."""
+    def left(seconds: float | None) -> str:
+        if seconds is None:
+            return "-"
+        whole = int(seconds)
+        hours, minutes, secs = whole // 3600, whole % 3600 // 60, whole % 60
+        if hours:
+            return f"{hours}h{minutes:02d}m"
+        return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+    if t.ike_rekey_in is None and t.child_rekey_in is None:
+        return "-"
+    return f"{left(t.ike_rekey_in)}/{left(t.child_rekey_in)} ({left(t.child_expires_in)})"
 
 
 COMMANDS: list[click.Command] = [ipsec]

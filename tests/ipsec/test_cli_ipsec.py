@@ -162,3 +162,55 @@ def test_a_fleet_gateway_names_its_nodes_and_status_shows_the_holder(
     assert row["node_since"] is not None
     assert ok(run("status")).splitlines()[1].split()[:3] == ["t1", "b", "elsewhere"]
     engine.dispose()
+
+
+def test_tunnel_timers_are_set_shown_and_checked(run: Run) -> None:
+    _setup(run)
+    ok(run("tunnel", "add", "t2", "--gateway", "vgw", "--customer-gateway", "dc2", "--psk-stdin",
+           "--on-traffic", "--dpd-delay", "10s", "--child-lifetime", "20m", stdin=PSK))
+    changed = ok(run("tunnel", "set", "t2", "--dpd-action", "clear", "--retransmit-limit", "0",
+                     "--rekey-margin", "2m"))
+    assert "dpd 10s/30s clear" in changed and "child 20m" in changed and "limit 0s" in changed
+    rows = {r["name"]: r for r in json.loads(ok(run("status", "--json")))}
+    assert rows["t2"]["settings"] == {
+        "start_action": "trap", "dpd_delay": 10.0, "dpd_timeout": 30.0, "dpd_action": "clear",
+        "ike_lifetime": 10800.0, "child_lifetime": 1200.0, "rekey_margin": 120.0,
+        "rekey_fuzz": 100, "retransmit_timeout": 4.0, "retransmit_tries": 5,
+        "retransmit_base": 1.8, "retransmit_limit": 0.0}
+    assert rows["t1"]["settings"]["start_action"] == "wait"
+    text = ok(run("status"))
+    assert "t1: start wait, dpd 30s/30s restart, ike 3h, child 1h" in text
+    ok(run("tunnel", "set", "t2", "--initiate"))
+    assert "initiate" in ok(run("tunnel", "list")).splitlines()[2]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--dpd-delay", "soon"), "dpd delay must be a duration like 30s, 5m or 1h, not 'soon'"),
+        (("--dpd-timeout", "2h"), "dpd timeout must be 0 (off) or 1s to 1h, not 2h"),
+        (("--dpd-action", "hold"), "dpd action must be one of restart, clear, none, not 'hold'"),
+        (("--child-lifetime", "5s"), "child lifetime must be 10s to 7d, not 5s"),
+        (("--rekey-margin", "40m"), "rekey margin 40m plus 100% fuzz must be shorter than the "
+                                    "child lifetime 1h"),
+        (("--rekey-fuzz", "300"), "rekey fuzz must be 0% to 200%, not 300%"),
+        (("--retransmit-tries", "many"), "retransmit tries must be a number, not 'many'"),
+        (("--retransmit-base", "9"), "retransmit base must be 1 to 4, not 9"),
+        ((), "nothing to change"),
+    ],
+)
+def test_bad_tunnel_settings_are_one_clear_line(
+    run: Run, args: tuple[str, ...], message: str
+) -> None:
+    _setup(run)
+    fails(run("tunnel", "set", "t1", *args), message)
+    if args:
+        fails(run("tunnel", "add", "t2", "--gateway", "vgw", "--customer-gateway", "dc2",
+                  "--psk-stdin", *args, stdin=PSK), message)
+
+
+@pytest.mark.parametrize("action", [("rekey", "--ike"), ("rekey",), ("restart",), ("down",)])
+def test_live_actions_need_a_running_gateway(run: Run, action: tuple[str, ...]) -> None:
+    _setup(run)
+    fails(run("tunnel", action[0], "t1", *action[1:]), "no gateway running")
+    fails(run("tunnel", action[0], "nope", *action[1:]), "no tunnel named 'nope'")

@@ -58,6 +58,21 @@ async def test_sessions_kick_and_traffic_over_the_socket(tmp_path: Path) -> None
         assert await asyncio.to_thread(remote.kick_user, "bob") == 1
         assert await asyncio.to_thread(remote.kick_certificate, "a1") == 0
         assert await asyncio.to_thread(remote.tunnel_status) == []
+        with pytest.raises(ControlError, match="no IPsec service"):
+            await asyncio.to_thread(remote.tunnel_action, "t1", "restart")
+        asked: list[tuple[str, str]] = []
+
+        def act(name: str, action: str) -> str:
+            if action == "bogus":
+                raise ValueError(f"unknown tunnel action {action!r}")
+            asked.append((name, action))
+            return f"tunnel {name}: done"
+
+        gateway.tunnel_action_handler = act
+        assert await asyncio.to_thread(remote.tunnel_action, "t1", "rekey-ike") == "tunnel t1: done"
+        with pytest.raises(ControlError, match="unknown tunnel action 'bogus'"):
+            await asyncio.to_thread(remote.tunnel_action, "t1", "bogus")
+        assert asked == [("t1", "rekey-ike")]
         assert await asyncio.to_thread(remote.list_sessions) == []
     finally:
         await server.close()
@@ -111,11 +126,15 @@ class _Recording:
     def tunnel_status(self) -> list[TunnelStatus]:
         return []
 
+    def tunnel_action(self, name: str, action: str) -> str:
+        return f"{action} {name}"
+
 
 async def test_another_threads_calls_run_on_the_gateways_loop_within_a_timeout() -> None:
     gateway = _Recording()
     control = ThreadSafeControl(gateway, asyncio.get_running_loop(), timeout=0.2)
     assert await asyncio.to_thread(control.list_sessions) == []
+    assert await asyncio.to_thread(control.tunnel_action, "t1", "down") == "down t1"
     assert control.list_sessions() == []  # from the loop itself: at once, not a deadlock
     assert gateway.threads == [threading.get_ident()] * 2
     asked = threading.Event()

@@ -187,6 +187,9 @@ async def test_a_failed_ipsec_service_is_started_again(
         def tunnel_status(self) -> list[object]:
             return []
 
+        def tunnel_action(self, name: str, action: str) -> str:
+            return action
+
         async def run(self) -> None:
             runs.append(self)
             if len(runs) == 1:
