@@ -19,7 +19,7 @@ from sslvpn.store import ipsec_queries as q
 from sslvpn.store.models import CustomerGateway, SpdPolicy, VpnGateway, VpnTunnel
 from web import ipsec_ops
 from web.api import PREFIX, BadRequest, body_of, error
-from web.ipsec_ops import Invalid, TunnelRequest
+from web.ipsec_ops import GatewayRefused, Invalid, TunnelRequest
 from web.pages import portal_of
 
 BASE = f"{PREFIX}/ipsec"
@@ -33,7 +33,7 @@ def refusal(exc: Exception) -> web.Response:
         return error(400, str(exc))
     if isinstance(exc, NotFoundError):
         return error(404, str(exc))
-    return error(409, str(exc))
+    return error(409, str(exc))  # also GatewayRefused: not running, not up, no gateway
 
 
 def gateway_json(g: VpnGateway) -> dict[str, Any]:
@@ -61,6 +61,9 @@ def status_json(t: TunnelStatus) -> dict[str, Any]:
         "bytes_out": t.bytes_out,
         "packets_in": t.packets_in,
         "packets_out": t.packets_out,
+        "ike_rekey_in": t.ike_rekey_in,
+        "child_rekey_in": t.child_rekey_in,
+        "child_expires_in": t.child_expires_in,
     }
 
 
@@ -89,6 +92,7 @@ async def tunnels_json(request: web.Request, only: str | None = None) -> list[di
             "ike_proposals": t.ike_proposals,
             "esp_proposals": t.esp_proposals,
             "start_action": t.start_action,
+            "settings": q.tunnel_timers(t),
             "admin_up": t.admin_up,
             "policies": [policy_json(p) for p in policies.get(t.name, [])],
             "status": status_json(report.of(t.name)),
@@ -227,11 +231,11 @@ async def list_tunnels(request: web.Request) -> web.StreamResponse:
 async def create_tunnel(request: web.Request) -> web.StreamResponse:
     text = {key: str for key in ("name", "gateway", "customer_gateway", "psk")}
     options = {key: str for key in ("ike_proposals", "esp_proposals", "start_action")}
-    body = await body_of(request, {**text, **options})
+    body = await body_of(request, {**text, **options, "settings": dict})
     missing = [key for key in text if key not in body]
     if missing:
         return error(400, f"missing field(s): {', '.join(missing)}")
-    wanted = TunnelRequest(**body)
+    wanted = TunnelRequest(**{**body, "settings": _settings(body)})
     try:
         await ipsec_ops.add_tunnel(request, wanted, via=VIA)
     except (Invalid, StoreError) as exc:
@@ -243,16 +247,52 @@ async def get_tunnel(request: web.Request) -> web.StreamResponse:
     return web.json_response(await _tunnel(request, request.match_info["name"]))
 
 
+def _settings(body: dict[str, Any]) -> dict[str, Any]:
+    """The ``settings`` object: each value a number (seconds) or a string such as ``30s``."""
+    settings: dict[str, Any] = body.get("settings", {})
+    for key, value in settings.items():
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise BadRequest(f"setting {key!r} has the wrong type")
+    return settings
+
+
 async def update_tunnel(request: web.Request) -> web.StreamResponse:
-    """The admin switch (``admin_up``); the running IPsec service follows it."""
+    """The admin switch (``admin_up``), the start action and timers (``settings``, merged
+    over the stored ones); the running IPsec service follows them."""
     name = (await _tunnel(request, request.match_info["name"]))["name"]
-    body = await body_of(request, {"admin_up": bool})
-    if "admin_up" in body:
-        try:
+    body = await body_of(request, {"admin_up": bool, "start_action": str, "settings": dict})
+    try:
+        if "settings" in body or "start_action" in body:
+            await ipsec_ops.set_tunnel(request, name=name, settings=_settings(body),
+                                       start_action=body.get("start_action"), via=VIA)
+        if "admin_up" in body:
             await ipsec_ops.set_admin_up(request, name=name, up=body["admin_up"], via=VIA)
-        except StoreError as exc:
-            return refusal(exc)
+    except (Invalid, StoreError) as exc:
+        return refusal(exc)
     return web.json_response(await _tunnel(request, name))
+
+
+async def _act(request: web.Request, action: str) -> web.StreamResponse:
+    name = (await _tunnel(request, request.match_info["name"]))["name"]
+    try:
+        done = await ipsec_ops.tunnel_action(request, name=name, action=action, via=VIA)
+    except (Invalid, StoreError, GatewayRefused) as exc:
+        return refusal(exc)
+    return web.json_response({"message": done})
+
+
+async def rekey_tunnel(request: web.Request) -> web.StreamResponse:
+    """Rekey the CHILD_SA, or with ``{"ike": true}`` the IKE SA, of a running tunnel."""
+    body = await body_of(request, {"ike": bool})
+    return await _act(request, "rekey-ike" if body.get("ike") else "rekey-child")
+
+
+async def restart_tunnel(request: web.Request) -> web.StreamResponse:
+    return await _act(request, "restart")
+
+
+async def take_tunnel_down(request: web.Request) -> web.StreamResponse:
+    return await _act(request, "down")
 
 
 async def delete_tunnel(request: web.Request) -> web.StreamResponse:
@@ -311,6 +351,9 @@ def add_routes(app: web.Application) -> None:
     r.add_get(f"{BASE}/tunnels/{{name}}", get_tunnel)
     r.add_patch(f"{BASE}/tunnels/{{name}}", update_tunnel)
     r.add_delete(f"{BASE}/tunnels/{{name}}", delete_tunnel)
+    r.add_post(f"{BASE}/tunnels/{{name}}/rekey", rekey_tunnel)
+    r.add_post(f"{BASE}/tunnels/{{name}}/restart", restart_tunnel)
+    r.add_post(f"{BASE}/tunnels/{{name}}/down", take_tunnel_down)
     r.add_get(f"{BASE}/tunnels/{{name}}/policies", list_policies)
     r.add_post(f"{BASE}/tunnels/{{name}}/policies", add_policy)
     r.add_delete(f"{BASE}/tunnels/{{name}}/policies/{{policy_id}}", delete_policy)

@@ -13,6 +13,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from sqlmodel import Session
@@ -26,7 +27,8 @@ from sslvpn.ipsec.policy import (
     check_unicast_address,
     parse_cidr,
 )
-from sslvpn.runtime.control import TunnelStatus
+from sslvpn.ipsec.tunnel_settings import TunnelSettings
+from sslvpn.runtime.control import TUNNEL_ACTIONS, TunnelStatus
 from sslvpn.store import NotFoundError
 from sslvpn.store import ipsec_queries as q
 from sslvpn.store.models import START_ACTION_VALUES, SpdPolicy
@@ -156,16 +158,30 @@ class TunnelRequest:
     ike_proposals: str = DEFAULT_IKE
     esp_proposals: str = DEFAULT_ESP
     start_action: str = "initiate"
+    settings: dict[str, Any] = field(default_factory=dict)  # TunnelSettings names
 
     def __repr__(self) -> str:
         return f"TunnelRequest(name={self.name!r})"
 
 
+def check_settings(values: dict[str, Any], base: TunnelSettings | None = None) -> TunnelSettings:
+    """``values`` (numbers, or strings like ``30s``) over ``base``, checked as the CLI does."""
+    try:
+        return (base or TunnelSettings()).changed(**values)
+    except PolicyError as exc:
+        raise _policy_error(exc) from None
+
+
+def _check_start(start_action: str) -> None:
+    if start_action not in START_ACTION_VALUES:
+        raise Invalid(f"start action must be one of {', '.join(START_ACTION_VALUES)}")
+
+
 async def add_tunnel(request: web.Request, wanted: TunnelRequest, *, via: str) -> None:
     """Unknown gateway names are reported before anything about the key or proposals."""
     _check_name(wanted.name, "tunnel")
-    if wanted.start_action not in START_ACTION_VALUES:
-        raise Invalid(f"start action must be one of {', '.join(START_ACTION_VALUES)}")
+    _check_start(wanted.start_action)
+
     def both_exist(s: Session) -> None:
         q.get_vpn_gateway(s, name=wanted.gateway)
         q.get_customer_gateway(s, name=wanted.customer_gateway)
@@ -177,6 +193,7 @@ async def add_tunnel(request: web.Request, wanted: TunnelRequest, *, via: str) -
     except PolicyError as exc:
         raise _policy_error(exc) from None
     ike, esp = check_proposals(wanted.ike_proposals, wanted.esp_proposals)
+    settings = check_settings(wanted.settings)
     await portal.write(
         lambda s: q.create_tunnel(
             s,
@@ -187,6 +204,7 @@ async def add_tunnel(request: web.Request, wanted: TunnelRequest, *, via: str) -
             ike_proposals=ike,
             esp_proposals=esp,
             start_action=wanted.start_action,
+            settings=settings.as_dict(),
         )
     )
     detail = (
@@ -200,6 +218,45 @@ async def set_admin_up(request: web.Request, *, name: str, up: bool, via: str) -
     """Flip the operator's switch; the running IPsec service follows the store."""
     await portal_of(request).write(lambda s: q.set_tunnel_admin_up(s, name=name, up=up))
     await audit(request, f"ipsec.tunnel.{'up' if up else 'down'}", target=name, detail=f"via={via}")
+
+
+async def set_tunnel(
+    request: web.Request, *, name: str, settings: dict[str, Any], start_action: str | None,
+    via: str,
+) -> TunnelSettings:
+    """Change timers (merged over the stored ones) and/or the start action; the running
+    service applies them to new SAs without renegotiating."""
+    if start_action is not None:
+        _check_start(start_action)
+    stored = await portal_of(request).read(lambda s: q.tunnel_timers(q.get_tunnel(s, name=name)))
+    merged = check_settings(settings, TunnelSettings(**stored))
+    await portal_of(request).write(
+        lambda s: q.set_tunnel(s, name=name, settings=merged.as_dict(), start_action=start_action)
+    )
+    changed = ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))
+    detail = f"{changed} start={start_action or '-'} via={via}"
+    await audit(request, "ipsec.tunnel.settings", target=name, detail=detail)
+    return merged
+
+
+class GatewayRefused(RuntimeError):
+    """The running gateway could not do an operator action; the message says why."""
+
+
+async def tunnel_action(request: web.Request, *, name: str, action: str, via: str) -> str:
+    """Rekey, restart or take down a running tunnel through the gateway (its answer)."""
+    if action not in TUNNEL_ACTIONS:
+        raise Invalid(f"action must be one of {', '.join(TUNNEL_ACTIONS)}")
+    await portal_of(request).read(lambda s: q.get_tunnel(s, name=name))
+    try:
+        done = await portal_of(request).ask_gateway(lambda c: c.tunnel_action(name, action))
+    except NoGateway as exc:
+        raise GatewayRefused(str(exc)) from None
+    except Exception as exc:  # refused (ValueError, ControlError) or silent: say so
+        raise GatewayRefused(str(exc) or "the gateway did not answer") from None
+    verb = "terminate" if action == "down" else action  # "down" is the admin switch's
+    await audit(request, f"ipsec.tunnel.{verb}", target=name, detail=f"via={via}")
+    return done
 
 
 async def delete_tunnel(request: web.Request, *, name: str, via: str) -> None:

@@ -340,7 +340,38 @@ TUNNEL_STATUS = {
             for unit in ("bytes", "packets")
             for way in ("in", "out")
         },
+        **{
+            name: {"type": "number", "nullable": True, "description": text}
+            for name, text in (
+                ("ike_rekey_in", "Seconds until the IKE SA is rekeyed"),
+                ("child_rekey_in", "Seconds until the current CHILD_SA is rekeyed"),
+                ("child_expires_in", "Seconds until the current CHILD_SA expires"),
+            )
+        },
     },
+}
+START_ACTION = {"type": "string", "enum": ["initiate", "wait", "trap"],
+                "description": "trap: start on the first packet for the peer"}
+_SECONDS = {"type": "number"}
+TUNNEL_SETTINGS = {
+    "type": "object",
+    "description": "Timers with strongSwan's names; durations in seconds.",
+    "properties": {
+        **{name: _SECONDS for name in (
+            "dpd_delay", "dpd_timeout", "ike_lifetime", "child_lifetime", "rekey_margin",
+            "retransmit_timeout", "retransmit_base", "retransmit_limit")},
+        "dpd_action": {"type": "string", "enum": ["restart", "clear", "none"]},
+        "rekey_fuzz": {"type": "integer", "description": "percent of the rekey margin"},
+        "retransmit_tries": {"type": "integer"},
+    },
+}
+_SETTING_VALUE = {"oneOf": [{"type": "number"}, {"type": "string"}],
+                  "description": "seconds, or a duration such as 30s, 5m, 1h"}
+SETTINGS_BODY = {
+    "type": "object",
+    "description": "Any of the tunnel settings; refused (400) with one line when out of range.",
+    "properties": {name: _SETTING_VALUE for name in TUNNEL_SETTINGS["properties"]},
+    "additionalProperties": False,
 }
 TUNNEL = {
     "type": "object",
@@ -353,7 +384,8 @@ TUNNEL = {
         "peer_address": {"type": "string"},
         "ike_proposals": {"type": "string"},
         "esp_proposals": {"type": "string"},
-        "start_action": {"type": "string", "enum": ["initiate", "wait"]},
+        "start_action": START_ACTION,
+        "settings": TUNNEL_SETTINGS,
         "admin_up": {"type": "boolean"},
         "policies": {"type": "array", "items": _ref("SpdPolicy")},
         "status": _ref("TunnelStatus"),
@@ -450,7 +482,8 @@ def _ipsec_paths() -> dict[str, Any]:
                         "psk": {"type": "string", "minLength": 20, "maxLength": 128},
                         "ike_proposals": {"type": "string"},
                         "esp_proposals": {"type": "string"},
-                        "start_action": {"type": "string", "enum": ["initiate", "wait"]},
+                        "start_action": START_ACTION,
+                        "settings": SETTINGS_BODY,
                     },
                     ["name", "gateway", "customer_gateway", "psk"],
                 ),
@@ -468,8 +501,11 @@ def _ipsec_paths() -> dict[str, Any]:
             },
             "patch": {
                 "operationId": "updateTunnel",
-                "description": "The admin switch; the running gateway follows it.",
-                "requestBody": _body({"admin_up": {"type": "boolean"}}),
+                "description": "The admin switch, start action and timers (merged over the "
+                "stored ones); the running gateway follows them without renegotiating.",
+                "requestBody": _body({"admin_up": {"type": "boolean"},
+                                      "start_action": START_ACTION,
+                                      "settings": SETTINGS_BODY}),
                 "responses": {"200": _json(_ref("Tunnel"), "Updated"), **_errors(400, 404)},
             },
             "delete": {
@@ -477,6 +513,30 @@ def _ipsec_paths() -> dict[str, Any]:
                 "description": "Deletes the tunnel and its SPD policies.",
                 "responses": {"200": DELETED, **_errors(404)},
             },
+        },
+        **{
+            f"{base}/tunnels/{{name}}/{verb}": {
+                "parameters": [NAME],
+                "post": {
+                    "operationId": operation,
+                    "description": text + " Refused (409) when the gateway is not running "
+                    "the tunnel.",
+                    **({"requestBody": _body({"ike": {"type": "boolean"}})}
+                       if verb == "rekey" else {}),
+                    "responses": {
+                        "200": _json({"type": "object", "required": ["message"],
+                                      "properties": {"message": {"type": "string"}}},
+                                     "What the gateway did"),
+                        **_errors(400, 404, 409),
+                    },
+                },
+            }
+            for verb, operation, text in (
+                ("rekey", "rekeyTunnel", "Rekey the CHILD_SA (or with ike: true the IKE SA)."),
+                ("restart", "restartTunnel", "Delete the SAs and start again from IKE_SA_INIT."),
+                ("down", "takeTunnelDown", "Delete the SAs; the tunnel stays down until "
+                 "restarted or the peer initiates."),
+            )
         },
         f"{base}/tunnels/{{name}}/policies": {
             "parameters": [NAME],

@@ -56,12 +56,12 @@ class CharonConfig:
 class Topology:
     """The four namespaces and their links; ``close`` removes everything."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, prefix: str = "si") -> None:
         for binary in (CHARON, Path(SWANCTL)):
             if not binary.exists():
                 raise RuntimeError(f"{binary} is missing: run scripts/install-test-deps")
         self.workdir = workdir
-        self.lab = NetnsLab("si")
+        self.lab = NetnsLab(prefix)
         try:
             self._build()
         except BaseException:

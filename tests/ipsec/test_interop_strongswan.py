@@ -57,7 +57,8 @@ ESP_NAMES = {"aes256gcm16": "AES_GCM_16-256", "aes256-sha256": "AES_CBC-256/HMAC
 class Peer:
     """Our side: a data folder configured through the store and the service process."""
 
-    def __init__(self, topo: Topology, data_dir: Path) -> None:
+    def __init__(self, topo: Topology, data_dir: Path,
+                 timers: dict[str, float] | None = None) -> None:
         self.topo = topo
         self.data_dir = data_dir
         data_dir.mkdir()
@@ -67,7 +68,8 @@ class Peer:
             q.create_vpn_gateway(s, name="vgw", public_address=WAN_B)
             q.create_customer_gateway(s, name="dc1", address=WAN_A)
         self.proc = topo.siteb.spawn(
-            [sys.executable, str(PEER_SCRIPT), str(data_dir), json.dumps(TIMERS)],
+            [sys.executable, str(PEER_SCRIPT), str(data_dir),
+             json.dumps(TIMERS if timers is None else timers)],
             log=data_dir / "stdout.log",
         )
         self.control = ControlClient(DataPaths(data_dir).control_socket, timeout=5)
@@ -86,12 +88,15 @@ class Peer:
             return False
         return True
 
-    def configure(self, ike: str, esp: str, *, initiate: bool, psk: str = PSK) -> None:
+    def configure(self, ike: str, esp: str, *, initiate: bool, psk: str = PSK,
+                  settings: dict[str, object] | None = None) -> None:
+        """A fresh tunnel t1; ``settings``: its timers (`TunnelSettings` names)."""
         self.remove_tunnel()
         with session(self.engine) as s:
             q.create_tunnel(s, name="t1", gateway="vgw", customer_gateway="dc1", psk=psk,
                             ike_proposals=ike, esp_proposals=esp,
-                            start_action="initiate" if initiate else "wait")
+                            start_action="initiate" if initiate else "wait",
+                            settings=settings)
             q.add_policy(s, tunnel="t1", local_cidr=LAN_B, peer_cidr=LAN_A)
 
     def status(self) -> TunnelStatus | None:

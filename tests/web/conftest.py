@@ -63,6 +63,9 @@ class FakeGateway:
     def tunnel_status(self) -> list[TunnelStatus]:
         return []
 
+    def tunnel_action(self, name: str, action: str) -> str:
+        raise ValueError("no IPsec service runs in this gateway")
+
     def add(self, session_id: str, user: str, serial: str) -> None:
         now = datetime.now(UTC)
         self.sessions.append(

@@ -36,6 +36,9 @@ ROUTES = [
     ("GET", "/api/v1/ipsec/tunnels/t1"),
     ("PATCH", "/api/v1/ipsec/tunnels/t1"),
     ("DELETE", "/api/v1/ipsec/tunnels/t1"),
+    ("POST", "/api/v1/ipsec/tunnels/t1/rekey"),
+    ("POST", "/api/v1/ipsec/tunnels/t1/restart"),
+    ("POST", "/api/v1/ipsec/tunnels/t1/down"),
     ("GET", "/api/v1/ipsec/tunnels/t1/policies"),
     ("POST", "/api/v1/ipsec/tunnels/t1/policies"),
     ("DELETE", "/api/v1/ipsec/tunnels/t1/policies/1"),
@@ -174,7 +177,11 @@ async def test_tunnels_never_return_their_key(
         "bytes_out": 8484,
         "packets_in": 42,
         "packets_out": 84,
+        "ike_rekey_in": None,
+        "child_rekey_in": None,
+        "child_expires_in": None,
     }
+    assert listed[0]["settings"]["dpd_delay"] == 30.0
     assert listed[0]["policies"][0]["local_cidr"] == "10.0.0.0/16"
     assert listed[1]["status"]["last_error"] == "not running"
     assert PSK not in str(listed)
@@ -216,3 +223,38 @@ async def test_policies_over_the_api(client: TestClient, site: Site) -> None:
     assert (await call(client, "DELETE", f"/tunnels/t2/policies/{t1_policy}"))[0] == 404
     assert (await call(client, "DELETE", f"/tunnels/t2/policies/{made['id']}"))[0] == 200
     assert stored(site)[3] == [("t1", "10.0.0.0/16", "192.168.1.0/24")]
+
+
+async def test_tunnel_settings_and_actions_over_the_api(
+    client: TestClient, site: Site, gateway: StatusGateway
+) -> None:
+    seed(site)
+    add_tokens(site)
+    status, body = await call(client, "POST", "/tunnels", tunnel_body(
+        start_action="trap", settings={"dpd_delay": "10s", "child_lifetime": 1200}))
+    assert status == 201 and body["start_action"] == "trap"
+    assert body["settings"]["dpd_delay"] == 10.0 and body["settings"]["child_lifetime"] == 1200
+    refusals = [
+        ({"settings": {"dpd_timeout": "2h"}}, "dpd timeout must be 0 (off) or 1s to 1h"),
+        ({"settings": {"dpd_action": "hold"}}, "dpd action must be one of"),
+        ({"settings": {"wobble": 1}}, "unknown tunnel setting 'wobble'"),
+        ({"settings": {"dpd_delay": True}}, "setting 'dpd_delay' has the wrong type"),
+        ({"start_action": "later"}, "start action"),
+    ]
+    for request, reason in refusals:
+        status, answer = await call(client, "PATCH", "/tunnels/t2", request)
+        assert status == 400 and reason in answer["error"], (request, answer)
+    status, body = await call(client, "PATCH", "/tunnels/t2",
+                              {"settings": {"rekey_margin": "2m", "dpd_action": "none"}})
+    assert status == 200 and body["settings"]["rekey_margin"] == 120.0
+    assert body["settings"]["dpd_delay"] == 10.0  # merged over what was stored
+    status, answer = await call(client, "POST", "/tunnels/t1/restart")
+    assert status == 409 and "is not up" in answer["error"]
+    gateway.tunnels = [up_status("t1")]
+    status, answer = await call(client, "POST", "/tunnels/t1/rekey", {"ike": True})
+    assert status == 200 and answer == {"message": "tunnel t1: rekey-ike"}
+    assert (await call(client, "POST", "/tunnels/t1/down"))[0] == 200
+    assert (await call(client, "POST", "/tunnels/nope/down"))[0] == 404
+    assert gateway.actions == [("t1", "rekey-ike"), ("t1", "down")]
+    assert {"ipsec.tunnel.settings", "ipsec.tunnel.terminate"} <= set(
+        audit_actions(site, actor="root"))

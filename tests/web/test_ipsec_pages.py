@@ -31,6 +31,8 @@ POST_ACTIONS = [
     "/admin/ipsec/tunnels/t1/up",
     "/admin/ipsec/tunnels/t1/down",
     "/admin/ipsec/tunnels/t1/delete",
+    "/admin/ipsec/tunnels/t1/settings",
+    "/admin/ipsec/tunnels/t1/actions/restart",
     "/admin/ipsec/tunnels/t1/policies",
     "/admin/ipsec/tunnels/t1/policies/1/delete",
 ]
@@ -42,11 +44,19 @@ class StatusGateway(FakeGateway):
 
     tunnels: list[TunnelStatus] = field(default_factory=list)
     broken: bool = False
+    actions: list[tuple[str, str]] = field(default_factory=list)
 
     def tunnel_status(self) -> list[TunnelStatus]:
         if self.broken:
             raise ConnectionRefusedError("control socket gone")
         return list(self.tunnels)
+
+    def tunnel_action(self, name: str, action: str) -> str:
+        """Acts on a tunnel it reports up; refuses others as the gateway does."""
+        if not any(t.name == name and t.state == "up" for t in self.tunnels):
+            raise ValueError(f"tunnel {name!r} is not up (down)")
+        self.actions.append((name, action))
+        return f"tunnel {name}: {action}"
 
 
 @pytest.fixture
@@ -424,3 +434,33 @@ async def test_fleet_gateways_name_their_nodes_and_tunnels_show_who_holds_them(
     gateway.tunnels = [replace(up_status("t1"), node="a")]  # a took it and runs it here
     listing = await (await client.get("/admin/ipsec/tunnels")).text()
     assert "<td>a</td>" in listing and 'class="ok">up<' in listing
+
+
+async def test_tunnel_settings_and_actions_on_the_tunnel_page(
+    client: TestClient, site: Site, gateway: StatusGateway
+) -> None:
+    seed(site)
+    csrf = await login(client, ADMIN)
+    page = await (await client.get("/admin/ipsec/tunnels/t1")).text()
+    assert 'name="dpd_delay" class="mono" value="30s"' in page
+    assert 'name="retransmit_base" class="mono" value="1.8"' in page
+    code, page = await post(client, "/admin/ipsec/tunnels/t1/settings", csrf,
+                            dpd_delay="10s", dpd_action="clear", start="trap")
+    assert code == 200 and "settings saved" in page
+    with db.session(site.engine, write=False) as s:
+        row = q.get_tunnel(s, name="t1")
+        assert (row.dpd_delay, row.dpd_action, row.start_action) == (10.0, "clear", "trap")
+    code, page = await post(client, "/admin/ipsec/tunnels/t1/settings", csrf,
+                            rekey_margin="50m")
+    assert code == 400
+    assert "rekey margin 50m plus 100% fuzz must be shorter than the child lifetime 1h" in page
+    with db.session(site.engine, write=False) as s:
+        assert q.get_tunnel(s, name="t1").rekey_margin == 540.0  # nothing changed
+    code, page = await post(client, "/admin/ipsec/tunnels/t1/actions/restart", csrf)
+    assert code == 409 and "is not up" in page and not gateway.actions
+    gateway.tunnels = [up_status("t1")]
+    code, page = await post(client, "/admin/ipsec/tunnels/t1/actions/rekey-ike", csrf)
+    assert code == 200 and "IKE SA rekey started" in page
+    assert gateway.actions == [("t1", "rekey-ike")]
+    assert {"ipsec.tunnel.settings", "ipsec.tunnel.rekey-ike"} <= set(
+        audit_actions(site, actor="root"))

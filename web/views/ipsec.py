@@ -15,16 +15,23 @@ from aiohttp import web
 from sqlmodel import Session
 
 from sslvpn.ipsec.bandwidth import format_rate, parse_rate
+from sslvpn.ipsec.tunnel_settings import DPD_ACTIONS, TunnelSettings, format_duration
+from sslvpn.runtime.control import TUNNEL_ACTIONS
 from sslvpn.store import NotFoundError, StoreError
 from sslvpn.store import ipsec_queries as q
 from sslvpn.store.models import START_ACTION_VALUES, CustomerGateway, SpdPolicy, VpnGateway
 from web import ipsec_ops
-from web.ipsec_ops import Invalid, TunnelRequest
+from web.ipsec_ops import GatewayRefused, Invalid, TunnelRequest
 from web.pages import flash, form_of, portal_of, render, require_admin
 
 VIA = "portal"
 GATEWAYS_PAGE = "/admin/ipsec"
 TUNNELS_PAGE = "/admin/ipsec/tunnels"
+START_LABELS = {"initiate": "initiate (we start it)", "wait": "wait (the peer starts it)",
+                "trap": "on traffic (the first packet starts it)"}
+ACTION_DONE = {"rekey-child": "CHILD_SA rekey started", "rekey-ike": "IKE SA rekey started",
+               "restart": "restarting from IKE_SA_INIT",
+               "down": "SAs deleted; it stays down until restarted or the peer initiates"}
 
 
 def _bandwidth(text: str) -> int | None:
@@ -165,6 +172,7 @@ async def render_tunnels(
         "gateways": gateways,
         "customers": customers,
         "start_actions": START_ACTION_VALUES,
+        "START_LABELS": START_LABELS,
         "form": shown
         or {"ike": ipsec_ops.DEFAULT_IKE, "esp": ipsec_ops.DEFAULT_ESP, "start": "initiate"},
         "refresh": portal_of(request).settings.refresh_seconds,
@@ -214,8 +222,16 @@ async def render_tunnel(
     tunnel, policies = await portal_of(request).read(listed)
     if tunnel is None:
         raise web.HTTPNotFound(text="No such tunnel.")
+    settings = TunnelSettings(**tunnel.timers)
+    shown = {name: _shown(name, value) for name, value in settings.as_dict().items()}
     context = {
         "tunnel": tunnel,
+        "settings": {**shown, "start": tunnel.start_action, **(form or {})},
+        "start_actions": START_ACTION_VALUES,
+        "START_LABELS": START_LABELS,
+        "dpd_actions": DPD_ACTIONS,
+        "actions": TUNNEL_ACTIONS,
+        "left": _left,
         "status": (await ipsec_ops.tunnel_status(request)).of(name),
         "policies": policies,
         "form": form or {},
@@ -238,6 +254,48 @@ async def set_admin(request: web.Request) -> web.StreamResponse:
     except NotFoundError:
         raise web.HTTPNotFound(text="No such tunnel.") from None
     flash(request, f"Tunnel {name} set {'up' if up else 'down'}; the running gateway follows.")
+    raise web.HTTPSeeOther(_tunnel_page(name))
+
+
+def _shown(name: str, value: object) -> str:
+    """A setting as the form shows it (durations in strongSwan notation)."""
+    if isinstance(value, float) and name != "retransmit_base":
+        return format_duration(value)
+    return str(value)
+
+
+def _left(seconds: float | None) -> str:
+    return "-" if seconds is None else format_duration(round(seconds))
+
+
+@require_admin
+async def change_settings(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    form = await form_of(request)
+    given = {key: form[key].strip() for key in TunnelSettings.names() if form.get(key, "").strip()}
+    try:
+        await ipsec_ops.set_tunnel(request, name=name, settings=given,
+                                   start_action=form.get("start") or None, via=VIA)
+    except NotFoundError:
+        raise web.HTTPNotFound(text="No such tunnel.") from None
+    except (Invalid, StoreError) as exc:
+        return await render_tunnel(request, name, status=400, errors=[str(exc)], form=form)
+    flash(request, f"Tunnel {name}: settings saved; new SAs use them, current SAs keep "
+                   "their keys.")
+    raise web.HTTPSeeOther(_tunnel_page(name))
+
+
+@require_admin
+async def act(request: web.Request) -> web.StreamResponse:
+    """Rekey, restart or take down the running tunnel (through the gateway)."""
+    name, action = request.match_info["name"], request.match_info["action"]
+    try:
+        await ipsec_ops.tunnel_action(request, name=name, action=action, via=VIA)
+    except NotFoundError:
+        raise web.HTTPNotFound(text="No such tunnel.") from None
+    except (Invalid, GatewayRefused) as exc:
+        return await render_tunnel(request, name, status=409, errors=[str(exc)])
+    flash(request, f"Tunnel {name}: {ACTION_DONE[action]}.")
     raise web.HTTPSeeOther(_tunnel_page(name))
 
 
@@ -300,5 +358,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get(f"{TUNNELS_PAGE}/{{name}}", tunnel_page)
     r.add_post(f"{TUNNELS_PAGE}/{{name}}/{{action:up|down}}", set_admin)
     r.add_post(f"{TUNNELS_PAGE}/{{name}}/delete", delete_tunnel)
+    r.add_post(f"{TUNNELS_PAGE}/{{name}}/settings", change_settings)
+    r.add_post(f"{TUNNELS_PAGE}/{{name}}/actions/{{action:{'|'.join(TUNNEL_ACTIONS)}}}", act)
     r.add_post(f"{TUNNELS_PAGE}/{{name}}/policies", add_policy)
     r.add_post(f"{TUNNELS_PAGE}/{{name}}/policies/{{policy_id}}/delete", delete_policy)

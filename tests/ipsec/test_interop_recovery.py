@@ -1,0 +1,127 @@
+"""Recovery against a real strongSwan 5.9 charon: a killed peer, a 90 s partition, operator
+actions. Our tunnel runs with its stored per-tunnel settings (no test overrides) and DPD
+10 s; charon runs without DPD so that recovery is our side's doing.
+
+Figures (seconds to down, seconds to traffic after the network returns) are logged at INFO
+(`pytest -o log_cli=true --log-cli-level=INFO`) for the closing note.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.ipsec.strongswan_lab import HOST_A, HOST_B, WAN_A, WAN_B, CharonConfig, Topology
+from tests.ipsec.test_interop_strongswan import Peer, ping
+from tests.netns import Namespace, wait_until
+
+pytestmark = pytest.mark.interop
+log = logging.getLogger(__name__)
+
+IKE, ESP = "aes256gcm16-prfsha256-ecp256", "aes256gcm16"
+TABLE = "itpartition"
+
+
+@pytest.fixture(scope="module")
+def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    topology = Topology(tmp_path_factory.mktemp("it-lab"), prefix="it")
+    try:
+        yield topology
+    finally:
+        topology.close()
+
+
+@pytest.fixture(scope="module")
+def peer(topo: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peer]:
+    ours = Peer(topo, tmp_path_factory.mktemp("it-peer") / "data", timers={})
+    try:
+        yield ours
+    finally:
+        ours.close()
+
+
+def _up(topo: Topology, peer: Peer, **settings: object) -> None:
+    peer.remove_tunnel()
+    topo.start_charon(CharonConfig(ike_proposals=IKE, esp_proposals=ESP, dpd_delay="0s"))
+    peer.configure(IKE, ESP, initiate=True, settings={"dpd_delay": 10.0, **settings})
+    peer.wait_state("up")
+    ping(topo.lanb, HOST_A)
+
+
+def _partition(ns: Namespace, peer_address: str) -> None:
+    """Drop everything arriving from the other site (input only: no send errors)."""
+    ns.run("nft", "add", "table", "ip", TABLE)
+    ns.run("nft", "add", "chain", "ip", TABLE, "in",
+           "{ type filter hook input priority -10; policy accept; }")
+    ns.run("nft", "add", "rule", "ip", TABLE, "in", "ip", "saddr", peer_address, "drop")
+
+
+def _not_up(peer: Peer) -> bool:
+    status = peer.status()
+    return status is not None and status.state != "up"
+
+
+def _heal(ns: Namespace) -> None:
+    ns.run("nft", "delete", "table", "ip", TABLE)
+
+
+def test_killed_strongswan_is_marked_down_within_45s(topo: Topology, peer: Peer) -> None:
+    _up(topo, peer)
+    charon = topo.charon
+    assert charon is not None and charon.proc is not None
+    pings = topo.lanb.spawn(["ping", "-i", "0.2", "-W", "1", HOST_A])  # traffic keeps going
+    try:
+        os.kill(charon.proc.pid, signal.SIGKILL)  # no DELETE: only DPD can notice
+        killed = time.monotonic()
+        charon.proc.wait(10)
+        charon.proc = None
+        assert wait_until(lambda: _not_up(peer), 60, 0.2), peer.log()
+        took = time.monotonic() - killed
+    finally:
+        topo.lab.stop(pings)
+    status = peer.status()
+    assert status is not None and "peer dead" in (status.last_error or ""), status
+    log.info("charon killed -> tunnel marked down in %.1f s (dpd 10s/30s)", took)
+    assert took <= 45
+
+
+def test_after_a_90s_partition_traffic_flows_within_30s(topo: Topology, peer: Peer) -> None:
+    _up(topo, peer)
+    _partition(topo.siteb, WAN_A)
+    _partition(topo.sitea, WAN_B)
+    cut = time.monotonic()
+    try:
+        assert wait_until(lambda: _not_up(peer), 60, 0.5), peer.log()
+        assert wait_until(lambda: time.monotonic() - cut >= 90, 100, 0.5)  # the outage itself
+        assert _not_up(peer)
+    finally:
+        _heal(topo.siteb)
+        _heal(topo.sitea)
+    healed = time.monotonic()
+    assert wait_until(lambda: topo.lanb.ok("ping", "-c", "1", "-W", "1", HOST_A), 40, 0.2)
+    took = time.monotonic() - healed
+    log.info("90 s partition -> traffic again %.1f s after the network returned", took)
+    assert took <= 30, peer.log()
+    ping(topo.lana, HOST_B)
+
+
+def test_operator_rekey_restart_and_down(topo: Topology, peer: Peer) -> None:
+    _up(topo, peer)
+    first = peer.wait_state("up")
+    assert peer.control.tunnel_action("t1", "rekey-child") == "tunnel t1: rekey child started"
+    assert wait_until(lambda: (peer.status() or first).spi_in not in (None, first.spi_in), 20)
+    ping(topo.lanb, HOST_A)
+    rekeyed = peer.wait_state("up")
+    assert peer.control.tunnel_action("t1", "restart").startswith("tunnel t1: restarting")
+    assert wait_until(lambda: (peer.status() or first).spi_in not in (None, rekeyed.spi_in), 20)
+    ping(topo.lanb, HOST_A)
+    peer.control.tunnel_action("t1", "down")
+    assert peer.wait_state("down").last_error == "taken down by the operator"
+    charon = topo.charon
+    assert charon is not None
+    assert wait_until(lambda: "ESTABLISHED" not in charon.list_sas(), 10)  # our DELETE arrived
