@@ -49,7 +49,7 @@ class Lab:
         tunnel_config = TunnelConfig("t1", "vgw", B_ADDR, A_ADDR, "psk", IKE, "aes256gcm16",
                                      start or ("initiate" if initiate else "wait"), True, None,
                                      (("10.2.0.0/24", "10.1.0.0/24"),),
-                                     {"dpd_action": dpd_action})
+                                     timers={"dpd_action": dpd_action})
         self.tunnel = Tunnel(tunnel_config, config("B", ike=IKE, **timers), self.wire,  # type: ignore[arg-type]
                              self.sad, gate=self.gate, local_ike=(B_ADDR, 500), ike_port=500,
                              nat_t_port=4500, rand=seeded(6))

@@ -181,7 +181,7 @@ async def test_a_failed_ipsec_service_is_started_again(
     again = asyncio.Event()
 
     class Failing:
-        def __init__(self, _engine: object) -> None:
+        def __init__(self, _engine: object, **_options: object) -> None:
             pass
 
         def tunnel_status(self) -> list[object]:
