@@ -3,7 +3,8 @@
 revoked through the *other* node's portal ends its session within 5 s (the NOTIFY path); a
 revocation that sends no NOTIFY (a node that missed it) still ends its session through the
 periodic sweep; a kick from the CLI and a disabled user end sessions on whichever node holds
-them. Each end is timed from the store's own stamps (revoked or asked at, ended at).
+them; a SIGKILLed node's session is ended once by the survivor ("node down"). Each end is
+timed from the store's own stamps (revoked or asked at, ended at) or the test's clock.
 Namespaces use the prefix ``fs`` (tests/interop/fleet.py) and are removed in finalizers.
 """
 
@@ -20,7 +21,7 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import select
 
-from sslvpn.store import db
+from sslvpn.store import db, queries
 from sslvpn.store.models import Certificate, VpnSessionRecord
 from tests.interop.fleet import FleetClient, FleetLab, build_fleet, portal
 from tests.netns import wait_until
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.interop
 END_LIMIT = 5.0  # seconds from a revocation (or kick) to the session's end, on any node
 ADMIN_PASSWORD = "a-long-admin-password"
 PER_NODE = 2
+HEARTBEAT_TIMEOUT = 15  # the default at init
 MAX_CLIENTS = 12
 
 
@@ -160,3 +162,47 @@ def _session_id(fleet: FleetLab, client: FleetClient) -> str:
     record = _record(fleet, client.serial)
     assert record is not None and record.disconnected_at is None
     return record.session_id
+
+
+def test_a_killed_nodes_sessions_are_ended_once_by_the_survivor(fleet: FleetLab) -> None:
+    """SIGKILL the node holding a session: once its heartbeat is older than the timeout the
+    survivor ends the session in the store ("node down") exactly once and frees its lease."""
+    client = fleet.start_client("dave", "laptop")
+    client.wait_connected()
+    assert wait_until(functools.partial(_recorded, fleet, client.serial), 10)
+    record = _record(fleet, client.serial)
+    assert record is not None and record.node is not None
+    victim = record.node
+    [survivor] = [name for name in fleet.nodes if name != victim]
+    started = time.monotonic()
+    fleet.nodes[victim].kill()
+
+    def reaped() -> bool:
+        return any(r.disconnect_reason == "node down" for r in _records(fleet))
+
+    assert wait_until(reaped, HEARTBEAT_TIMEOUT + 10)
+    took = time.monotonic() - started
+    down = [r for r in _records(fleet) if r.disconnect_reason == "node down"]
+    assert [(r.session_id, r.node) for r in down] == [(record.session_id, victim)]
+    nodes = {n["name"]: n for n in json.loads(fleet.cli("node", "list", "--json").output)}
+    assert (nodes[victim]["state"], nodes[victim]["sessions"]) == ("down", 0)
+    engine = fleet.engine()
+    try:
+        with db.session(engine, write=False) as s:
+            audit = queries.list_audit(s, action="node.down")
+    finally:
+        engine.dispose()
+    assert [(e.actor, e.target, e.detail) for e in audit] == [
+        (f"node {survivor}", victim, "sessions_ended=1")]
+    _report(f"node {victim} SIGKILLed: its session ended by {survivor} after {took:.1f} s "
+            f"(heartbeat timeout {HEARTBEAT_TIMEOUT} s)")
+    fleet.nodes[victim].start()
+
+
+def _records(fleet: FleetLab) -> list[VpnSessionRecord]:
+    engine = fleet.engine()
+    try:
+        with db.session(engine, write=False) as s:
+            return list(s.exec(select(VpnSessionRecord)).all())
+    finally:
+        engine.dispose()
