@@ -20,7 +20,7 @@ DEVICE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 MAX_CLIENT_DAYS = 3650
 # An IPv6 client pool: at most a /64 (one subnet; SLAAC-sized) and at least a /112.
 POOL6_PREFIXES = range(64, 113)
-KEEPALIVE_DEFAULT = (5, 15)  # pushed ping, ping-restart: on a live node within 30 s
+KEEPALIVE_DEFAULT = (5, 12)  # pushed ping, ping-restart: on a live node within 30 s
 MAX_KEEPALIVE = 3600
 
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network

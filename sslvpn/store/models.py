@@ -126,10 +126,10 @@ class GatewaySettings(SQLModel, table=True):
     dns_servers: list[str] = Field(default_factory=list, sa_type=JSON)
     dns_domain: str | None = None
     reneg_sec: int = 3600
-    # pushed ping/ping-restart: a client of a dead node restarts within 15 s and is on a
-    # live node within 30 s (see README "Running several nodes")
+    # pushed ping/ping-restart: a client of a dead node restarts within 12 s and is on a
+    # live node within 30 s, a vanished host's too (see README "Running several nodes")
     keepalive_interval: int = 5
-    keepalive_timeout: int = 15
+    keepalive_timeout: int = 12
     client_to_client: bool = False
     snat: bool = False
     control_channel: str = "tls-crypt"

@@ -92,14 +92,14 @@ def test_a_pool_beside_the_vpc_is_accepted(tmp_path: Path) -> None:
 
 
 def test_the_pushed_keepalive_is_chosen_at_init(tmp_path: Path) -> None:
-    """Defaults put a client of a dead node on a live one within 30 s (restart 15 s, then
+    """Defaults put a client of a dead node on a live one within 30 s (restart 12 s, then
     at most a 5 s server-poll-timeout on each dead remote); like OpenVPN's `keepalive`, the
     restart waits at least two pings."""
     result = _init(tmp_path / "one")
     assert result.exit_code == 0, result.output
-    assert "  keepalive    ping 5 s, restart 15 s\n" in result.output
+    assert "  keepalive    ping 5 s, restart 12 s\n" in result.output
     stored = _stored(tmp_path / "one")
-    assert (stored.keepalive_interval, stored.keepalive_timeout) == (5, 15)
+    assert (stored.keepalive_interval, stored.keepalive_timeout) == (5, 12)
     assert _init(tmp_path / "two", "--keepalive", "10", "60").exit_code == 0
     stored = _stored(tmp_path / "two")
     assert (stored.keepalive_interval, stored.keepalive_timeout) == (10, 60)

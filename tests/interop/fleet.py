@@ -10,7 +10,8 @@ Both nodes share one PostgreSQL database (a private cluster reached through its 
 which works from every namespace) and a copy of the same ``pki/`` folder, each in its own
 data folder (its own control socket). Each serves its portal over HTTPS on its internet
 address, port 8443. Every client gets its own namespace (each openvpn client installs the
-VPC route). A node can be SIGKILLed and started again; everything is removed on exit.
+VPC route). A node can be SIGKILLed and started again, or vanish from the internet (every
+packet on its link dropped) while its process runs on; everything is removed on exit.
 Tests pass their own namespace ``prefix`` so parallel modules never collide.
 """
 
@@ -51,6 +52,11 @@ NODES = {  # name -> (internet address, VPC-side address, sub-pool)
     "a": ("198.18.0.1", "10.10.0.2", "10.8.0.0/26"),
     "b": ("198.18.0.2", "10.10.0.3", "10.8.0.64/26"),
 }
+VANISH = """table inet vanish {{
+  chain in {{ type filter hook input priority -300; iifname "{link}" drop; }}
+  chain out {{ type filter hook output priority -300; oifname "{link}" drop; }}
+}}
+"""
 INTERNET_HOST = "198.18.0.254"  # the internet segment's own address: portal tools run there
 REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from ")
 
@@ -67,6 +73,7 @@ class FleetNode:
     pool: str
     data_dir: Path
     log: Path
+    internet_link: str
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -99,6 +106,16 @@ class FleetNode:
         self.proc.wait(10)
         self.proc = None
         return killed_at
+
+    def vanish(self) -> float:
+        """Drop every packet on the node's internet link, as a host that lost power or its
+        network does (no RST, no ICMP: clients only see silence; the process runs on).
+        Returns the wall-clock time of the cut; `reappear` undoes it."""
+        self.ns.run("nft", "-f", "-", stdin=VANISH.format(link=self.internet_link))
+        return time.time()
+
+    def reappear(self) -> None:
+        self.ns.run("nft", "delete", "table", "inet", "vanish")
 
     def _log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -262,7 +279,7 @@ def _require(binary: str) -> None:
 def build_fleet(work: Path, postgres: PostgresCluster, *, prefix: str) -> Iterator[FleetLab]:
     """The namespaces, a fleet of nodes a and b made with the CLI on ``postgres``, both
     nodes running; removed (processes, namespaces) however the block ends."""
-    for binary in ("openvpn", "ip", "ping"):
+    for binary in ("openvpn", "ip", "ping", "nft"):
         _require(binary)
     lab = NetnsLab(prefix)
     try:
@@ -273,11 +290,11 @@ def build_fleet(work: Path, postgres: PostgresCluster, *, prefix: str) -> Iterat
         fleet = FleetLab(lab, work, postgres.socket_url, internet, vpc, internet_bridge)
         for name, (public, vpc_side, pool) in NODES.items():
             ns = lab.namespace(f"n{name}")
-            lab.attach(ns, f"{public}/24", internet, internet_bridge)
+            link = lab.attach(ns, f"{public}/24", internet, internet_bridge)
             lab.attach(ns, f"{vpc_side}/24", vpc, vpc_bridge)
             vpc.run("ip", "route", "add", pool, "via", vpc_side)
             fleet.nodes[name] = FleetNode(fleet, name, ns, public, vpc_side, pool,
-                                          work / f"node-{name}", work / f"node-{name}.log")
+                                          work / f"node-{name}", work / f"node-{name}.log", link)
         fleet.cli("init", "--public-address", NODES["a"][0], "--port", str(PORT),
                   "--proto", "both", "--vpc", VPC_NETWORK)
         for name, (public, vpc_side, pool) in NODES.items():

@@ -64,7 +64,7 @@ async def test_a_node_serves_its_sub_pool_and_beats_its_heartbeat(
         pushed = client.session.pushed_options
         assert "route-gateway 10.8.0.65" in pushed
         assert "ifconfig-ipv6 fd00:8::42/122 fd00:8::41" in pushed  # host 66 mirrored
-        assert {"ping 5", "ping-restart 15"} <= set(pushed)  # the keepalive set at init
+        assert {"ping 5", "ping-restart 12"} <= set(pushed)  # the keepalive set at init
 
         def up_with_a_session() -> bool:
             [_, b] = fleet.node_statuses(engine)

@@ -150,7 +150,7 @@ async def test_the_api_reads_and_sets_the_keepalive_as_the_settings_page_checks_
 ) -> None:
     add_tokens(site)
     url = "/api/v1/keepalive"
-    stored = {"keepalive_interval": 5, "keepalive_timeout": 15, "heartbeat_timeout": 15}
+    stored = {"keepalive_interval": 5, "keepalive_timeout": 12, "heartbeat_timeout": 15}
     assert await (await client.get(url, headers=AUTH)).json() == stored
     assert (await client.get(url, headers=bearer(USER_TOKEN))).status == 403
     response = await client.put(url, headers=AUTH,
