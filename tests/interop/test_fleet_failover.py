@@ -5,7 +5,9 @@ Clients with profiles from `sslvpn profile` (every node's remotes, ``remote-rand
 holding a client is SIGKILLed: each of its clients must reconnect through the other node and
 ping the VPC host again within the pushed ``ping-restart`` plus one dead remote and a
 connect (30 s, the issue's figure); the time from the kill to the first reply is measured per
-client. Throughout, the store never shows one address in two open sessions. A portal login
+client. Throughout, the store never shows one address in two open sessions; once the dead
+node's heartbeat is older than the timeout, `sslvpn sessions` no longer shows its sessions,
+which the survivor ended in the store ("node down") once. A portal login
 made on node a's portal is accepted by node b's and by node a's after a restart (portal
 sessions live in the store). Last, a node's host vanishes (every packet dropped, no RST):
 its clients are back through the other node within 30 s too. Namespaces use the prefix
@@ -14,6 +16,7 @@ its clients are back through the other node within 30 s too. Namespaces use the 
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
@@ -23,6 +26,7 @@ from datetime import datetime
 
 import pytest
 
+from sslvpn.store import db, node_queries, queries
 from tests.interop.fleet import (
     AddressWatch,
     FleetClient,
@@ -39,6 +43,7 @@ pytestmark = pytest.mark.interop
 FAILOVER_LIMIT = 30.0  # seconds from the kill to the first reply through the other node
 MIN_PER_NODE = 2
 MAX_CLIENTS = 10
+HEARTBEAT_TIMEOUT = 15  # the default: a node this long without a heartbeat is down
 CAROL_PASSWORD = "carol-portal-pw-0123456789"  # noqa: S105 (a test credential)
 
 
@@ -99,6 +104,50 @@ def _assert_back_through(fleet: FleetLab, moved: list[FleetClient], survivor: st
     assert max(times) <= FAILOVER_LIMIT
 
 
+def _shown_nodes(fleet: FleetLab) -> list[str | None]:
+    """The node of each live session `sslvpn sessions --json` shows."""
+    return [row["node"] for row in json.loads(fleet.cli("sessions", "--json").output)]
+
+
+def _heartbeat(fleet: FleetLab, node: str) -> datetime | None:
+    engine = fleet.engine()
+    try:
+        with db.session(engine, write=False) as s:
+            return node_queries.get_node(s, name=node).heartbeat_at
+    finally:
+        engine.dispose()
+
+
+def _assert_ended_once(fleet: FleetLab, victim: str, survivor: str, doomed: list[str],
+                       killed_at: float) -> None:
+    """`sessions` stops showing the dead node's sessions once its heartbeat is older than
+    the timeout; the survivor ended each in the store ("node down") and said so once, and
+    two heartbeats later still only once."""
+    assert wait_until(lambda: victim not in _shown_nodes(fleet), HEARTBEAT_TIMEOUT + 15)
+    beats = {_heartbeat(fleet, survivor)}
+
+    def two_more_beats() -> bool:
+        beats.add(_heartbeat(fleet, survivor))
+        return len(beats) >= 3
+
+    assert wait_until(two_more_beats, 30, interval=0.5)
+    engine = fleet.engine()
+    try:
+        with db.session(engine, write=False) as s:
+            ended = [r for r in queries.list_session_records(s, open_only=False)
+                     if r.session_id in doomed]
+            downs = [e for e in queries.list_audit(s, action="node.down") if e.target == victim]
+    finally:
+        engine.dispose()
+    assert sorted(r.session_id for r in ended) == sorted(doomed)
+    assert {r.disconnect_reason for r in ended} == {"node down"}
+    [down] = downs
+    assert (down.actor, down.detail) == (f"node {survivor}", f"sessions_ended={len(doomed)}")
+    after = max(r.disconnected_at for r in ended if r.disconnected_at).timestamp() - killed_at
+    _report(f"node down: {len(doomed)} sessions of {victim} ended once by {survivor}, "
+            f"{after:.1f} s after the kill")
+
+
 def test_clients_of_a_killed_node_are_back_through_the_other_within_30_s(
     fleet: FleetLab,
 ) -> None:
@@ -109,12 +158,15 @@ def test_clients_of_a_killed_node_are_back_through_the_other_within_30_s(
         assert wait_until(lambda c=client: len(c.replies()) >= 2, 10), client.ping_log
     _report(f"clients per node: { {n: len(c) for n, c in by_node.items()} }")
     watch = AddressWatch(fleet)
+    victim, survivor = "a", "b"
+    doomed = [r.session_id for r in open_sessions(fleet) if r.node == victim]
+    assert len(doomed) == len(by_node[victim])
     try:
-        victim, survivor = "a", "b"
         killed_at = fleet.nodes[victim].kill()
         _assert_back_through(fleet, by_node[victim], survivor, killed_at, "SIGKILL")
         for client in by_node[survivor]:  # the survivor's own clients never left
             assert any(t > killed_at for t in client.replies())
+        _assert_ended_once(fleet, victim, survivor, doomed, killed_at)
     finally:
         watch.stop()
     assert watch.samples > 10
