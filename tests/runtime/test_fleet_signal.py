@@ -1,5 +1,6 @@
-"""The fleet's signal on real PostgreSQL: a commit anywhere wakes a node at once, and a
-listening connection that drops is opened again (with a wake-up for what it missed)."""
+"""The fleet's signal on real PostgreSQL: a commit anywhere wakes a node at once (a running
+gateway ends a revoked session without waiting for its sweep), and a listening connection
+that drops is opened again (with a wake-up for what it missed)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,18 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
 
+from client_profiles import lifecycle
+from sslvpn.config import DataPaths
 from sslvpn.runtime.fleet_signal import listen_conninfo, listen_for_signals
-from sslvpn.store import db, node_queries
+from sslvpn.store import db, node_queries, queries
 from sslvpn.store.db import open_engine
+from tests.runtime.loopback import client_config, connected, issue, running_service
 
 pytestmark = pytest.mark.postgres
 
@@ -104,3 +109,38 @@ async def test_a_dropped_listener_connects_again_and_hears_the_next_signal(
         assert again != pid
         committed = await asyncio.to_thread(_signal, engine)
         assert await wakes.wait_for(3) - committed < 1.0
+
+
+async def test_a_revocation_committed_anywhere_ends_a_running_gateways_session_at_once(
+    tmp_path: Path, empty_postgres_url: str
+) -> None:
+    """The gateway's periodic sweep is an hour away here: only the signal can end it."""
+    paths = DataPaths(tmp_path / "data")
+    paths.data_dir.mkdir()
+    engine = open_engine(empty_postgres_url)
+    try:
+        db.upgrade(engine)
+        lifecycle.initialise(paths, engine, public_addresses=["127.0.0.1"], port=1194,
+                             proto="udp", vpc=["10.10.0.0/24"])
+        row = issue(paths, engine, "alice")
+        async with running_service(paths, engine, sweep_interval=3600.0) as (service, _):
+            assert service.gateway is not None
+            gateway = service.gateway
+            client = await connected(service, client_config(paths, row, v2=False, tcp=False))
+
+            def revoke() -> float:
+                with db.session(engine, write=True) as s:
+                    queries.mark_revoked(s, serial=row.serial, reason="keyCompromise",
+                                         at=datetime.now(UTC))
+                return time.monotonic()
+
+            try:
+                committed = await asyncio.to_thread(revoke)
+                async with asyncio.timeout(5):
+                    while gateway.list_sessions():
+                        await asyncio.sleep(0.01)
+                assert time.monotonic() - committed < 1.0
+            finally:
+                client.close_transport()
+    finally:
+        engine.dispose()
