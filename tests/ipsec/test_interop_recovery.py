@@ -11,12 +11,21 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.ipsec.strongswan_lab import HOST_A, HOST_B, WAN_A, WAN_B, CharonConfig, Topology
+from tests.ipsec.strongswan_lab import (
+    HOST_A,
+    HOST_B,
+    SWANCTL,
+    WAN_A,
+    WAN_B,
+    CharonConfig,
+    Topology,
+)
 from tests.ipsec.test_interop_strongswan import Peer, ping
 from tests.netns import Namespace, wait_until
 
@@ -125,3 +134,61 @@ def test_operator_rekey_restart_and_down(topo: Topology, peer: Peer) -> None:
     charon = topo.charon
     assert charon is not None
     assert wait_until(lambda: "ESTABLISHED" not in charon.list_sas(), 10)  # our DELETE arrived
+
+
+def _hold_ike(ns: Namespace) -> None:
+    """Drop IKE arriving on 4500 (the non-ESP marker: four zero bytes), let ESP through."""
+    ns.run("nft", "add", "table", "ip", TABLE)
+    ns.run("nft", "add", "chain", "ip", TABLE, "in",
+           "{ type filter hook input priority -10; policy accept; }")
+    ns.run("nft", "add", "rule", "ip", TABLE, "in", "udp", "dport", "4500",
+           "@th,64,32", "0", "counter", "drop")
+
+
+def _held(ns: Namespace) -> int:
+    out = ns.run("nft", "list", "table", "ip", TABLE)
+    return int(out.split("counter packets ")[1].split()[0])
+
+
+def _children(charon_sas: str) -> int:
+    return charon_sas.count("INSTALLED")
+
+
+@pytest.mark.parametrize("our_retransmit", [3.0, 1.0], ids=["we-see-it", "strongswan-sees-it"])
+def test_crossing_child_rekeys_keep_one_sa_and_lose_no_ping(
+    topo: Topology, peer: Peer, our_retransmit: float
+) -> None:
+    """Both sides rekey the CHILD_SA while neither hears the other (IKE held, ESP flowing),
+    then the requests cross: charon retransmits after 2 s, we after ``our_retransmit``."""
+    _up(topo, peer, retransmit_timeout=our_retransmit)
+    charon = topo.charon
+    assert charon is not None
+    before = peer.wait_state("up")
+    pings = topo.lanb.spawn(["ping", "-i", "0.01", "-c", "1000", "-W", "2", HOST_A],
+                            log=topo.workdir / "collision-ping.txt")
+    _hold_ike(topo.siteb)
+    _hold_ike(topo.sitea)
+    try:
+        peer.control.tunnel_action("t1", "rekey-child")
+        rekey = subprocess.Popen(  # swanctl waits for the rekey: let it, in the background
+            [SWANCTL, "--rekey", "--child", "net", "--uri", f"unix://{charon.vici}"],
+            env={**os.environ, "STRONGSWAN_CONF": str(charon.conf)},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_until(lambda: _held(topo.siteb) > 0 and _held(topo.sitea) > 0, 10, 0.05)
+    finally:
+        _heal(topo.siteb)
+        _heal(topo.sitea)
+    rekey.wait(30)
+
+    def settled() -> bool:
+        status = peer.status()
+        sas = charon.list_sas()
+        return (status is not None and status.state == "up" and status.spi_in != before.spi_in
+                and _children(sas) == 1 and bool(status.spi_in) and str(status.spi_in) in sas)
+
+    assert wait_until(settled, 30, 0.2), f"{charon.list_sas()}\n{peer.log()}"
+    assert pings.wait(60) == 0
+    summary = (topo.workdir / "collision-ping.txt").read_text()
+    log.info("crossing rekeys (%s): %s", our_retransmit, summary.splitlines()[-2])
+    assert " 0% packet loss" in summary, summary
+    assert _children(charon.list_sas()) == 1
