@@ -27,7 +27,6 @@ import contextlib
 import ipaddress
 import logging
 import os
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
@@ -175,13 +174,12 @@ class IpsecService:
             await self._release_leases()
 
     async def _release_leases(self) -> None:
-        """Free our leases for the standby nodes, in a thread (a call stuck in a hung store
-        holds the connection; its end closes it)."""
+        """Free our leases for the standby nodes at once (never waiting for a call stuck in
+        a hung store: its end closes them)."""
         for task in self._background:
             task.cancel()
         if self._leases is not None:
-            threading.Thread(target=self._leases.close, daemon=True,
-                             name="sslvpn-ipsec-lease-close").start()
+            self._leases.close_soon()
         if self._lease_store is not None:
             await self._lease_store.close()
 

@@ -107,6 +107,17 @@ class TunnelLeases:
         with self._lock:
             self._drop()
 
+    def close_soon(self) -> None:
+        """Release every lease now when no call is using the connection, else in a thread
+        as soon as that call ends (one stuck in a hung store): never blocks the caller."""
+        if self._lock.acquire(blocking=False):
+            try:
+                self._drop()
+            finally:
+                self._lock.release()
+            return
+        threading.Thread(target=self.close, daemon=True, name="sslvpn-lease-close").start()
+
     def _connect(self) -> psycopg.Connection[TupleRow]:
         if self._connection is None or self._connection.closed:
             self._held.clear()

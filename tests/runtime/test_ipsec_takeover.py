@@ -178,6 +178,11 @@ async def _until(condition: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
+def _hook_ran(output: Path) -> bool:
+    """The hook's shell made its output file before it wrote it: wait for the last line."""
+    return output.exists() and "SSLVPN_TUNNEL=t1" in output.read_text()
+
+
 def _owner(engine: Engine) -> str | None:
     with session(engine, write=False) as s:
         return q.tunnel_owners(s).get("t1", (None, None))[0]
@@ -199,7 +204,7 @@ async def test_a_standby_takes_the_tunnel_when_the_owner_stops(
         tunnel = a.tunnel("t1")
         assert tunnel.config.local_address == NODE_A and tunnel.ike_config.local_id
         assert tunnel.state == "connecting" and tunnel.initiating is not None  # it initiates
-        assert await _until(lambda: (tmp_path / "hook-A").exists(), 10)
+        assert await _until(lambda: _hook_ran(tmp_path / "hook-A"), 10)
         assert await _until(lambda: _owner(engine) == "A", 5)
 
         running_b = asyncio.create_task(b.run())
@@ -214,7 +219,7 @@ async def test_a_standby_takes_the_tunnel_when_the_owner_stops(
         took = time.monotonic() - stopped
         assert b.tunnel("t1").config.local_address == NODE_B
         assert b.tunnel("t1").initiating is not None
-        assert await _until(lambda: (tmp_path / "hook-B").exists(), 10)
+        assert await _until(lambda: _hook_ran(tmp_path / "hook-B"), 10)
         assert await _until(lambda: _owner(engine) == "B", 5)
         hook_env = (tmp_path / "hook-B").read_text().splitlines()
         assert {"SSLVPN_TUNNEL=t1", "SSLVPN_NODE=B", f"SSLVPN_LOCAL_CIDRS={LOCAL}",
@@ -225,3 +230,42 @@ async def test_a_standby_takes_the_tunnel_when_the_owner_stops(
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_an_owner_that_loses_its_lease_connection_stops_the_tunnel(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """The server ending the owner's lease connection (a node fenced or cut off) ends its
+    claim: the owner stops the tunnel at once (alone, it takes the lease again and starts
+    afresh); with a standby, the standby takes it and the old owner finds it taken."""
+    _fleet_tunnel(engine, tmp_path)
+    ports = {"ike_port": _free_port(), "nat_t_port": _free_port()}
+    a, b = (IpsecService(AsyncStore(engine), node=node, tun_factory=MemoryTun,
+                         manage_routes=False, reload_interval=0.2, **ports) for node in "AB")
+    running = [asyncio.create_task(a.run())]
+
+    def end_a_lease_connection() -> None:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                    "WHERE application_name = 'sslvpn-ipsec A'"))
+
+    try:
+        assert await _until(lambda: [t.node for t in a.tunnel_status()] == ["A"], 10)
+        first = a.tunnel("t1")
+        end_a_lease_connection()
+        assert await _until(lambda: first.stopped, 5)
+        assert await _until(lambda: [t.node for t in a.tunnel_status()] == ["A"], 5)
+        assert a.tunnel("t1") is not first
+
+        running.append(asyncio.create_task(b.run()))
+        await asyncio.wait_for(b.ready.wait(), 10)
+        assert b.tunnel_status() == []
+        end_a_lease_connection()
+        assert await _until(lambda: [t.node for t in b.tunnel_status()] == ["B"], 10)
+        assert await _until(lambda: a.tunnel_status() == [], 5)
+        await asyncio.sleep(0.6)  # three rounds of A trying again
+        assert a.tunnel_status() == [] and [t.node for t in b.tunnel_status()] == ["B"]
+    finally:
+        for task in running:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
