@@ -14,7 +14,16 @@ from sqlmodel import select
 
 from sslvpn.store import db
 from sslvpn.store.models import PortalLogin
-from tests.web.conftest import PATIENT, Clock, FakeGateway, Site, csrf_from, login, second_browser
+from tests.web.conftest import (
+    PASSWORDS,
+    PATIENT,
+    Clock,
+    FakeGateway,
+    Site,
+    csrf_from,
+    login,
+    second_browser,
+)
 from web.app import create_app
 from web.portal import PortalSettings
 from web.security import SESSION_COOKIE
@@ -138,3 +147,27 @@ async def test_visitors_store_nothing_and_idle_logins_make_room_for_new_ones(
         await login(browser, "bob")
     assert len(logins(site)) == 2
     assert await landing(client, cookie) == "200"
+
+
+async def test_a_login_form_token_only_works_with_its_own_visitor_id(
+    client: TestClient, site: Site, clock: Clock
+) -> None:
+    """Before login nothing is stored: the form's token is bound to the visitor's random id
+    under the fleet's key, so another visitor's token, a made-up id or a made-up token is
+    refused, while the form itself works on any node."""
+    token = await csrf_from(client, "/login")
+    visitor = cookie_of(client)
+    assert visitor.startswith("anon.") and logins(site) == []
+    form = {"name": "alice", "password": PASSWORDS["alice"]}
+    async with second_browser(client) as other:
+        other_token = await csrf_from(other, "/login")
+        for cookie, submitted in ((visitor, other_token), ("anon.chosen-by-eve", token),
+                                  (visitor, "forged")):
+            refused = await other.post("/login", data={**form, "csrf_token": submitted},
+                                       cookies={SESSION_COOKIE: cookie}, allow_redirects=False)
+            assert refused.status == 403, (cookie, submitted)
+    async with portal_on(site, clock)() as node_b:
+        response = await node_b.post("/login", data={**form, "csrf_token": token},
+                                     cookies={SESSION_COOKIE: visitor}, allow_redirects=False)
+        assert response.status == 303
+        assert response.cookies[SESSION_COOKIE].value not in (visitor, "")
