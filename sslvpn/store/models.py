@@ -20,7 +20,6 @@ from sqlalchemy import (
 )
 from sqlmodel import Field, SQLModel
 
-from sslvpn.openvpn.constants import DEFAULT_TLS_GROUPS
 from sslvpn.store.types import UTCDateTime
 
 # Deterministic constraint names keep alembic migrations (and SQLite batch mode) stable.
@@ -133,7 +132,9 @@ class GatewaySettings(SQLModel, table=True):
     client_to_client: bool = False
     snat: bool = False
     control_channel: str = "tls-crypt"
-    tls_groups: str = DEFAULT_TLS_GROUPS  # OpenVPN's tls-groups, OpenSSL names, best first
+    # OpenVPN's tls-groups, OpenSSL names, best first: the core's DEFAULT_TLS_GROUPS (a
+    # test pins that they agree; the store may not import the protocol core)
+    tls_groups: str = "X25519MLKEM768:X25519:P-256"
     import_token_ttl_seconds: int = 600
     crl_days: int = 30
     portal_listen: str = "127.0.0.1:8080"

@@ -15,6 +15,7 @@ from sslvpn.openvpn.tls import (
     checked_tls_groups,
     client_auth_problem,
 )
+from sslvpn.store.models import GatewaySettings
 from tests.openvpn.conftest import Issued, Pki
 
 EKM_DATA_KEYS_LABEL_B = EKM_LABEL_DATA_KEYS.encode()
@@ -125,6 +126,7 @@ def test_client_without_certificate_fails_the_handshake(pki: Pki) -> None:
 
 def test_the_default_groups_put_the_hybrid_post_quantum_group_first() -> None:
     assert DEFAULT_TLS_GROUPS == "X25519MLKEM768:X25519:P-256"
+    assert GatewaySettings().tls_groups == DEFAULT_TLS_GROUPS  # what init and the store use
 
 
 def _client_offering(pki: Pki, groups: str) -> TlsContext:
