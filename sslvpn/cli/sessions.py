@@ -87,21 +87,28 @@ def sessions_command(ctx: click.Context, as_json: bool) -> None:
 @one_line_errors
 def kick_command(ctx: click.Context, target: str, reason: str) -> None:
     """End a live session, by session id or every session of a user (on any node)."""
-    with store(ctx, write=True) as engine:
-        with db.session(engine, write=True) as s:
-            asked = fleet_sessions.request_kick(s, target=target, reason=reason)
-        if asked is None:
-            count = _kick_here(ctx, target, reason)
-        else:
-            count = len(asked)
-            left = _wait_for_end(engine, asked)
-            if left:
-                click.echo(f"asked {count} session{_s(count)} to end; {len(left)} still live "
-                           f"after {KICK_WAIT:g} s (is its node down? see `sslvpn node list`)")
-                return
+    with store(ctx, write=False) as engine, db.session(engine, write=False) as s:
+        fleet = fleet_sessions.in_fleet(s)
+    count = _kick_in_fleet(ctx, target, reason) if fleet else _kick_here(ctx, target, reason)
+    if count is None:
+        return
     if count == 0:
         raise click.ClickException(f"no live session or user named {target!r}")
     click.echo(f"ended {count} session{_s(count)}")
+
+
+def _kick_in_fleet(ctx: click.Context, target: str, reason: str) -> int | None:
+    """Ask through the store and wait for the nodes; None when some did not end in time
+    (said here)."""
+    with store(ctx, write=True) as engine:
+        with db.session(engine, write=True) as s:
+            asked = fleet_sessions.request_kick(s, target=target, reason=reason) or []
+        left = _wait_for_end(engine, asked)
+    if left:
+        click.echo(f"asked {len(asked)} session{_s(len(asked))} to end; {len(left)} still "
+                   f"live after {KICK_WAIT:g} s (is its node down? see `sslvpn node list`)")
+        return None
+    return len(asked)
 
 
 def _kick_here(ctx: click.Context, target: str, reason: str) -> int:
