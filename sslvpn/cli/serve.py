@@ -15,10 +15,12 @@ in long runs (``bench/soak.py``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import ssl
+import sys
 import time
 import tracemalloc
 import urllib.parse
@@ -41,6 +43,7 @@ from sslvpn.runtime.ipsec_service import IpsecService
 from sslvpn.runtime.netconf import NetconfError
 from sslvpn.runtime.service import ExtraTask, GatewayService, ServeOptions, run, serve
 from sslvpn.runtime.tun_keeper import TunLostError
+from sslvpn.runtime.workers import Supervisor, WorkerSlot, supervise
 from sslvpn.store import StoreError, db, queries, retention
 from sslvpn.store.async_store import AsyncStore
 from web.app import create_app, ensure_first_admin
@@ -181,11 +184,31 @@ def mend_crl(paths: DataPaths, engine: Engine) -> None:
 
 def announce(service: GatewayService) -> None:
     """Tell the operator where clients connect (the portal prints its own URL) and, for a
-    node of a fleet, which one it is and the sub-pool it hands out."""
-    click.echo("gateway: OpenVPN on " + ", ".join(service.listening()))
+    node of a fleet, which one it is and the sub-pool it hands out; a worker names itself
+    and its slice."""
+    worker = service.options.worker
+    prefix = "" if worker is None else f"worker {worker}: "
+    click.echo(prefix + "gateway: OpenVPN on " + ", ".join(service.listening()))
     if service.options.node is not None and service.gateway is not None:
-        click.echo(f"node: {service.options.node}, client addresses from "
+        click.echo(f"{prefix}node: {service.options.node}, client addresses from "
                    f"{service.gateway.pool.network}")
+    elif worker is not None and service.gateway is not None:
+        click.echo(f"{prefix}client addresses from {service.gateway.pool.network}")
+
+
+def _worker_slot(text: str | None) -> WorkerSlot | None:
+    if text is None:
+        return None
+    try:
+        return WorkerSlot.parse(text)
+    except ValueError as exc:
+        raise click.UsageError(f"--worker-slot: {exc}") from None
+
+
+def _worker_command(slot: WorkerSlot) -> list[str]:
+    """This very command line, run again as one worker (serve is the last verb, so an
+    option appended at the end is serve's)."""
+    return [*sys.orig_argv, "--worker-slot", str(slot)]
 
 
 @click.command("serve")
@@ -224,6 +247,11 @@ def announce(service: GatewayService) -> None:
               envvar="SSLVPN_TRACEMALLOC", metavar="FRAMES",
               help="Trace Python allocations (FRAMES deep; slows the gateway) and write a "
                    "snapshot to DATA_DIR/tracemalloc/ on each SIGUSR2, to hunt leaks.")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Gateway processes, one per core: a supervisor runs N workers, each with "
+                   "its own sockets on the port (SO_REUSEPORT), TUN and slice of the pool.")
+@click.option("--worker-slot", default=None, hidden=True, metavar="INDEX/COUNT",
+              help="Internal: run as one worker of `--workers` (the supervisor passes it).")
 @allow_insecure_permissions
 @click.option("-v", "--verbose", is_flag=True, help="Debug log output.")
 @click.pass_context
@@ -233,8 +261,8 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
                   portal_key: Path | None, public_url: str | None, no_portal: bool,
                   node: str | None, on_activate: str | None, tun_name: str,
                   connect_freq: tuple[int, float] | None,
-                  no_network_config: bool, trace_frames: int | None, allow_insecure: bool,
-                  verbose: bool) -> None:
+                  no_network_config: bool, trace_frames: int | None, workers: int,
+                  worker_slot: str | None, allow_insecure: bool, verbose: bool) -> None:
     """Run the gateway (OpenVPN over UDP and TCP, IPsec tunnels) and the portal until
     SIGTERM or Ctrl-C; refuses to start on what `sslvpn check` would report."""
     if (portal_cert is None) != (portal_key is None):
@@ -242,17 +270,26 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
     log_to_stderr(verbose=verbose)
     paths = paths_of(ctx)
     require_data_folder(ctx, write=True)
-    # one gateway per data folder: locked before the store, the socket, the TUN and nft
-    with instance.exclusive(paths.serve_lock), store(ctx, write=True) as engine:
-        given = (portal_cert, portal_key) if portal_cert and portal_key else None
-        preflight(paths, engine, given_portal=given, allow_insecure=allow_insecure)
-        retention.ensure_incremental_vacuum(engine)  # once, before anyone is served
+    slot = _worker_slot(worker_slot)
+    # one gateway per data folder: locked before the store, the socket, the TUN and nft (by
+    # the supervisor when there are workers: they run only while it holds the lock)
+    with (instance.exclusive(paths.serve_lock) if slot is None else contextlib.nullcontext(),
+          store(ctx, write=True) as engine):
+        if slot is None:
+            given = (portal_cert, portal_key) if portal_cert and portal_key else None
+            preflight(paths, engine, given_portal=given, allow_insecure=allow_insecure)
+            retention.ensure_incremental_vacuum(engine)  # once, before anyone is served
+            mend_crl(paths, engine)
+        if slot is None and workers > 1:
+            run(supervise(Supervisor(workers, _worker_command)))
+            return
         gateway_store = AsyncStore(engine)  # the gateway's only way to the store
-        extra = [ipsec_task(gateway_store, node, on_activate)]
+        first = slot is None or slot.first  # node-wide companions run in one process only
+        extra = [ipsec_task(gateway_store, node, on_activate)] if first else []
         if trace_frames is not None:
             tracemalloc.start(trace_frames)
             extra.append(heap_snapshot_task(paths.heap_snapshots))
-        if not no_portal:
+        if not no_portal and first:
             with db.session(engine, write=False) as s:
                 settings = queries.get_settings(s)
             portal_listen = portal_listen or settings.portal_listen
@@ -261,7 +298,6 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
             public = settings.public_addresses[0] if settings.public_addresses else None
             plan = PortalPlan(portal_listen, tls, public_url, public)
             extra.append(portal_task(paths, engine, plan))
-        mend_crl(paths, engine)
         options = ServeOptions(
             listen=listen or ServeOptions.listen,
             port=port,
@@ -272,8 +308,9 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
             connect_freq=connect_freq,
             extra_tasks=tuple(extra),
             daily_hooks=(lambda: crl.refresh_crl(paths, engine),
-                         lambda: retention.prune(engine)),
+                         lambda: retention.prune(engine)) if first else (),
             on_ready=announce,
+            worker=slot,
         )
         try:  # on uvloop when installed
             run(serve(GatewayService(paths, gateway_store, options)))

@@ -157,3 +157,24 @@ def _network(text: str, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Netw
         return ipaddress.ip_network(text.strip(), strict=True)
     except ValueError:
         raise SubpoolError(f"{what} {text!r} is not a network in CIDR form") from None
+
+
+def worker_slices(
+    pool: ipaddress.IPv4Network, pool6: ipaddress.IPv6Network | None, count: int
+) -> list[tuple[ipaddress.IPv4Network, ipaddress.IPv6Network | None]]:
+    """A node's sub-pools cut into ``count`` slices, one per worker process of that node.
+
+    Each slice is a CIDR block (its TUN's connected route carries VPC replies to the worker
+    owning the address), so with a count that is not a power of two the last blocks stay
+    unused. IPv6 slices mirror the IPv4 ones inside ``pool6`` exactly as a node's IPv6
+    sub-pool mirrors its IPv4 one in the fleet, so a client's pairing never changes.
+    """
+    if count < 1:
+        raise SubpoolError(f"{count} workers: give at least one")
+    prefix = pool.prefixlen + (count - 1).bit_length()
+    if prefix > MIN_PREFIX:
+        raise SubpoolError(f"pool {pool} is too small for {count} workers: each needs a "
+                           f"/{MIN_PREFIX} or larger")
+    within = Fleet(pool, pool6)
+    return [(block, mirror6(block, within))
+            for block in list(pool.subnets(new_prefix=prefix))[:count]]

@@ -7,15 +7,19 @@ holder (whose pid is in the file), so it never closes the running gateway's sess
 removes its control socket or deletes its SNAT table. The lock is ``flock``: the kernel drops
 it when the holder dies, even by SIGKILL, so a restart after a crash simply takes it, and a
 child process (``ip``, ``nft``) never inherits it. The file itself stays: removing a lock file
-races with a process that has just opened it.
+races with a process that has just opened it. ``stop_on_signals`` is how the running
+instance (a gateway, or the supervisor of its workers) hears SIGTERM and SIGINT.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import fcntl
 import os
+import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -57,3 +61,17 @@ def _holder(fd: int) -> int | None:
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.01)
+
+
+@contextmanager
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """Call ``stop`` on SIGTERM or SIGINT while inside (on the running event loop)."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop)
+    try:
+        yield
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signum)

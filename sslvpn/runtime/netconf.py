@@ -48,6 +48,7 @@ class NetConfig:
     pool6: ipaddress.IPv6Network | None = None
     gateway6_address: ipaddress.IPv6Address | None = None
     snat: bool = False
+    nft_table: str = NFT_TABLE  # one per worker process: each masquerades its own slice
     _saved_forwarding: dict[int, str] = field(default_factory=dict)
     _snat_installed: bool = False
 
@@ -69,7 +70,7 @@ class NetConfig:
         """Undo ``apply``; safe to call twice and after a partial ``apply``."""
         if self._snat_installed:
             with contextlib.suppress(NetconfError):
-                run("nft", "delete", "table", "ip", NFT_TABLE)
+                run("nft", "delete", "table", "ip", self.nft_table)
             self._snat_installed = False
         for version, value in list(self._saved_forwarding.items()):
             with contextlib.suppress(OSError):
@@ -92,9 +93,9 @@ class NetConfig:
         # one transaction: create the table if absent, empty it by deleting it, fill it, so a
         # table a killed gateway left behind is replaced, never given a second rule
         rules = (
-            f"table ip {NFT_TABLE}\n"
-            f"delete table ip {NFT_TABLE}\n"
-            f"table ip {NFT_TABLE} {{\n"
+            f"table ip {self.nft_table}\n"
+            f"delete table ip {self.nft_table}\n"
+            f"table ip {self.nft_table} {{\n"
             "  chain postrouting {\n"
             "    type nat hook postrouting priority srcnat; policy accept;\n"
             f"    ip saddr {self.pool} ip daddr {{ {', '.join(vpc4)} }} masquerade\n"
@@ -107,4 +108,4 @@ class NetConfig:
         if result.returncode != 0:
             raise NetconfError(f"nft: {result.stderr.strip()}")
         self._snat_installed = True
-        log.info("SNAT toward %s installed (table ip %s)", ", ".join(vpc4), NFT_TABLE)
+        log.info("SNAT toward %s installed (table ip %s)", ", ".join(vpc4), self.nft_table)

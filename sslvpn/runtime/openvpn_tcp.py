@@ -174,10 +174,13 @@ class OpenVpnTcpListener:
         self.dirty: list[_Connection] = []  # connections with frames waiting for a flush
         self._server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+        """Listen; ``reuse_port`` shares the port with the other workers of this node (the
+        kernel spreads new connections, an accepted one stays with its worker)."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: _Connection(self), host, port, reuse_address=True, backlog=128,
+            reuse_port=reuse_port or None,
         )
         self.gateway.flushers.append(self.flush)
 

@@ -76,11 +76,14 @@ def enlarge_buffers(sock: socket.socket, size: int = SOCKET_BUFFER) -> None:
                 sock.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
-def bind_udp(host: str, port: int) -> socket.socket:
-    """A non-blocking UDP socket bound to ``host:port`` (IPv6 sockets are IPv6-only)."""
+def bind_udp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A non-blocking UDP socket bound to ``host:port`` (IPv6 sockets are IPv6-only);
+    ``reuse_port`` puts it in the port's ``SO_REUSEPORT`` group with the other workers'."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))

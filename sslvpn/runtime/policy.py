@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from sslvpn.store import StoreError, fleet_queries, gateway_queries, queries
@@ -120,10 +121,11 @@ class StorePolicy:
         """Read once at start, before any client is served."""
         return await self._store.read(gateway_queries.lease_map, timeout=STARTUP_TIMEOUT)
 
-    async def close_stale_records(self) -> int:
-        """Close records a crashed run of this gateway left open (at start)."""
+    async def close_stale_records(self, within: IPv4Network | None = None) -> int:
+        """Close records a crashed run of this gateway left open (at start); a worker
+        process closes only those of addresses ``within`` its slice."""
         return await self._store.write(lambda s: queries.close_stale_session_records(
-            s, gateway_name=self._gateway_name, node=self._node, at=utcnow()
+            s, gateway_name=self._gateway_name, node=self._node, at=utcnow(), within=within
         ), timeout=STARTUP_TIMEOUT)
 
     def record(self, records: Sequence[Record]) -> None:

@@ -20,10 +20,8 @@ gateway costs less before a packet's callback runs (tests keep asyncio's own loo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
-import signal
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -33,8 +31,9 @@ from sslvpn.net.subpools import Fleet, NodePools, effective_pool6
 from sslvpn.runtime.control_server import ControlServer
 from sslvpn.runtime.fleet_signal import listen_conninfo, listen_for_signals
 from sslvpn.runtime.gateway import Gateway, GatewayOptions
+from sslvpn.runtime.instance import stop_on_signals
 from sslvpn.runtime.loop_watchdog import LoopWatchdog
-from sslvpn.runtime.netconf import NetConfig
+from sslvpn.runtime.netconf import NFT_TABLE, NetConfig
 from sslvpn.runtime.node import heartbeat, heartbeat_interval, node_pools, vpc_side_addresses
 from sslvpn.runtime.openvpn_setup import OpenVpnCredentials, build_openvpn
 from sslvpn.runtime.openvpn_tcp import OpenVpnTcpListener
@@ -42,6 +41,7 @@ from sslvpn.runtime.openvpn_udp import OpenVpnUdpListener, bind_udp
 from sslvpn.runtime.policy import STARTUP_TIMEOUT, StorePolicy
 from sslvpn.runtime.tun import LinuxTun, Tun
 from sslvpn.runtime.tun_keeper import keep_tun
+from sslvpn.runtime.workers import WorkerSlot
 from sslvpn.store import queries
 from sslvpn.store.async_store import AsyncStore
 from sslvpn.store.models import GatewaySettings
@@ -72,6 +72,7 @@ class ServeOptions:
     extra_tasks: Sequence[ExtraTask] = field(default_factory=tuple)
     daily_hooks: Sequence[DailyHook] = field(default_factory=tuple)
     on_ready: ReadyHook | None = None  # e.g. the CLI printing where clients connect
+    worker: WorkerSlot | None = None  # None: one process serving the node's whole pool
 
 
 def gateway_options(settings: GatewaySettings, sweep_interval: float = 2.0,
@@ -131,21 +132,29 @@ class GatewayService:
         settings, node = await self.store.read(
             lambda s: (queries.get_settings(s, name=gateway_name), node_pools(s, node_name)),
             timeout=STARTUP_TIMEOUT)
-        # a node's session records carry its name, so its restart closes only its own
+        worker = self.options.worker
+        options = gateway_options(settings, self.options.sweep_interval, node)
+        if worker is not None:
+            options = worker.narrow(options)
+        # a node's session records carry its name, so its restart closes only its own (a
+        # worker's, only those in its slice: the other workers' clients are still served)
         policy = StorePolicy(self.store, gateway_name=gateway_name, node=node_name)
-        stale = await policy.close_stale_records()
+        stale = await policy.close_stale_records(
+            within=options.pool if worker is not None else None)
         if stale:
             log.info("closed %d session records left open by a previous run", stale)
-        options = gateway_options(settings, self.options.sweep_interval, node)
         tun = self._tun_factory(self.options.tun_name)
         netconf = NetConfig(
             tun_name=tun.name, pool=options.pool, gateway_address=options.pool.network_address + 1,
             vpc_networks=list(options.vpc_networks), mtu=options.tun_mtu, snat=settings.snat,
             pool6=options.pool6,
             gateway6_address=options.pool6.network_address + 1 if options.pool6 else None,
+            nft_table=worker.nft_table if worker is not None else NFT_TABLE,
         )
         gateway = self.gateway = Gateway(tun, options, policy)
-        control = ControlServer(gateway, self.paths.control_socket)
+        control_path = self.paths.control_socket
+        control = ControlServer(gateway, control_path if worker is None
+                                else worker.control_socket(control_path))
         try:
             if self.options.configure_network:
                 netconf.apply()
@@ -173,10 +182,11 @@ class GatewayService:
         port = self.options.port if self.options.port is not None else settings.port
         protocols = self.options.protocols or settings.protocols
         credentials = OpenVpnCredentials.load(self.paths, settings)
+        shared = self.options.worker is not None  # the port is shared with the other workers
         for host in self.options.listen:
             if protocols in ("udp", "both"):
                 try:
-                    sock = bind_udp(host, port)
+                    sock = bind_udp(host, port, reuse_port=shared)
                 except OSError as exc:
                     self._unavailable("udp", host, port, exc)
                 else:
@@ -193,7 +203,7 @@ class GatewayService:
                 )
                 tcp = OpenVpnTcpListener(gateway, acceptor, factory)
                 try:
-                    await tcp.start(host, port)
+                    await tcp.start(host, port, reuse_port=shared)
                 except OSError as exc:
                     self._unavailable("tcp", host, port, exc)
                 else:
@@ -271,15 +281,10 @@ class GatewayService:
 async def serve(service: GatewayService) -> None:
     """Run ``service`` with SIGTERM and SIGINT mapped to a clean stop; then stop its store
     threads."""
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, service.stop)
     try:
-        await service.run()
+        with stop_on_signals(service.stop):
+            await service.run()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(signum)
         await service.store.close()
 
 

@@ -11,6 +11,7 @@ import one module. IPsec tunnel queries live with the IPsec code, not here.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from ipaddress import IPv4Network, ip_address
 
 from sqlalchemy import delete, func
 from sqlmodel import Session, col, select
@@ -465,17 +466,19 @@ def close_session_record(
 
 def close_stale_session_records(
     s: Session, *, gateway_name: str = "default", node: str | None = None, at: datetime,
-    reason: str = "gateway restarted",
+    reason: str = "gateway restarted", within: IPv4Network | None = None,
 ) -> int:
     """Close what a crashed gateway left open: node ``node``'s records, or with no node those
-    of the single implicit node of ``gateway_name``; returns how many records were closed."""
+    of the single implicit node of ``gateway_name``, only at addresses ``within`` that network
+    when given (one worker process's slice); returns how many records were closed."""
     query = select(VpnSessionRecord).where(col(VpnSessionRecord.disconnected_at).is_(None))
     if node is None:
         query = query.where(VpnSessionRecord.gateway_name == gateway_name,
                             col(VpnSessionRecord.node).is_(None))
     else:
         query = query.where(VpnSessionRecord.node == node)
-    stale = s.exec(query).all()
+    stale = [record for record in s.exec(query).all()
+             if within is None or ip_address(record.vpn_address) in within]
     for record in stale:
         record.disconnected_at = at
         record.disconnect_reason = reason

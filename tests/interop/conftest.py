@@ -94,12 +94,14 @@ def _require(binary: str) -> None:
 
 @contextlib.contextmanager
 def build_topology(work: Path, *, snat: bool = False, prefix: str = "sv",
-                   serve_args: Sequence[str] = ()) -> Iterator[Topology]:
+                   serve_args: Sequence[str] = (), start_timeout: float = 20,
+                   ) -> Iterator[Topology]:
     """The namespaces, a data folder made by the CLI, a running gateway and a stream sink.
 
     With ``snat`` the VPC host gets no route back to the client pool: only the gateway's
     masquerade can make replies come back. ``prefix`` names the namespaces (one per test
-    module owner); ``serve_args`` are added to the `sslvpn serve` command line.
+    module owner); ``serve_args`` are added to the `sslvpn serve` command line;
+    ``start_timeout`` bounds the wait for it to listen.
     """
     for binary in ("openvpn", "ip", "ping", "nft"):
         _require(binary)
@@ -123,7 +125,7 @@ def build_topology(work: Path, *, snat: bool = False, prefix: str = "sv",
         topo.gateway = gw.spawn([SSLVPN, "--data-dir", str(data_dir), "serve",
                                  "--listen", GATEWAY_OUTER, *serve_args],
                                 log=topo.gateway_log)
-        if not wait_until(file_contains(topo.gateway_log, "listening on tcp"), 20):
+        if not wait_until(file_contains(topo.gateway_log, "listening on tcp"), start_timeout):
             pytest.fail("gateway did not start:\n" + topo.gateway_log.read_text())
         vpc.spawn([sys.executable, STREAM_TOOL, "serve", VPC_HOST, str(STREAM_PORT)],
                   log=work / "stream.log")

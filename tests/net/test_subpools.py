@@ -16,6 +16,7 @@ from sslvpn.net.subpools import (
     effective_pool6,
     mirror6,
     plan_subpools,
+    worker_slices,
 )
 
 FLEET = Fleet(IPv4Network("10.8.0.0/24"))
@@ -117,3 +118,21 @@ def test_a_fleet_pool_change_must_still_hold_every_node() -> None:
         check_fleet(Fleet(IPv4Network("10.8.0.0/25")), [_node("a", "10.8.0.128/26")])
     with pytest.raises(SubpoolError, match=r"^IPv6 pool \(none\) does not hold node b's"):
         check_fleet(Fleet(IPv4Network("10.8.0.0/24")), nodes)
+
+
+def test_worker_slices_split_a_node_pool_and_mirror_its_ipv6_block() -> None:
+    pool, pool6 = IPv4Network("10.8.0.0/24"), IPv6Network("fd00::/120")
+    assert worker_slices(pool, pool6, 2) == [
+        (IPv4Network("10.8.0.0/25"), IPv6Network("fd00::/121")),
+        (IPv4Network("10.8.0.128/25"), IPv6Network("fd00::80/121")),
+    ]
+    # three workers take three of four blocks (each is a CIDR block its TUN routes)
+    assert [s for s, _ in worker_slices(pool, None, 3)] == [
+        IPv4Network("10.8.0.0/26"), IPv4Network("10.8.0.64/26"), IPv4Network("10.8.0.128/26")]
+    assert worker_slices(pool, None, 1) == [(pool, None)]
+
+
+def test_worker_slices_refuse_slices_smaller_than_a_29() -> None:
+    assert len(worker_slices(IPv4Network("10.8.0.0/24"), None, 32)) == 32
+    with pytest.raises(SubpoolError, match="too small for 33 workers"):
+        worker_slices(IPv4Network("10.8.0.0/24"), None, 33)

@@ -1,0 +1,145 @@
+"""`sslvpn serve --workers N`: one gateway process per core, under a supervisor.
+
+A node's client pool is cut into one slice per worker with the same machinery that cuts the
+fleet pool into nodes (`sslvpn.net.subpools.worker_slices`): each worker is a whole gateway
+(its own UDP and TCP sockets on the shared port with ``SO_REUSEPORT``, its own TUN, its own
+SNAT table) that hands out addresses only from its slice, so the TUN's connected route
+carries every VPC reply to the process holding the session. Nothing passes between workers:
+they meet only in the store, as fleet nodes do.
+
+The supervisor runs no gateway and carries no packet: it starts the workers, starts again
+one that exits (its clients reconnect to the others or to it), and on SIGTERM/SIGINT asks
+each to stop with the gateway's own clean shutdown (clients told, TUN and routes removed),
+killing only one that outlives `STOP_TIMEOUT`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sslvpn.net.subpools import worker_slices
+from sslvpn.runtime.gateway import GatewayOptions
+from sslvpn.runtime.instance import stop_on_signals
+from sslvpn.runtime.netconf import NFT_TABLE
+
+log = logging.getLogger(__name__)
+
+RESTART_DELAY = 1.0  # seconds before a worker that exited is started again
+STOP_TIMEOUT = 30.0  # seconds a worker has to tell its clients and remove its TUN
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    """Worker ``index`` of ``count``: which slice of the node's pools it serves."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> WorkerSlot:
+        """``INDEX/COUNT`` as the supervisor passes it on a worker's command line."""
+        index, _, count = text.partition("/")
+        slot = cls(int(index), int(count))
+        if not 0 <= slot.index < slot.count:
+            raise ValueError(f"worker {text}: want INDEX/COUNT with 0 <= INDEX < COUNT")
+        return slot
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    @property
+    def first(self) -> bool:
+        """The worker that also runs the node-wide companions (portal, IPsec, daily jobs)."""
+        return self.index == 0
+
+    def narrow(self, options: GatewayOptions) -> GatewayOptions:
+        """The gateway options of this worker: its slice of the node's pools."""
+        pool, pool6 = worker_slices(options.pool, options.pool6, self.count)[self.index]
+        return dataclasses.replace(options, pool=pool, pool6=pool6)
+
+    def control_socket(self, default: Path) -> Path:
+        """The first worker answers on the usual socket, the others beside it."""
+        return default if self.first else default.with_name(f"control-w{self.index}.sock")
+
+    @property
+    def nft_table(self) -> str:
+        return f"{NFT_TABLE}_w{self.index}"
+
+
+Command = Callable[[WorkerSlot], Sequence[str]]
+
+
+class Supervisor:
+    """Keeps ``count`` worker processes running until ``stop()``."""
+
+    def __init__(self, count: int, command: Command, *,
+                 restart_delay: float = RESTART_DELAY, stop_timeout: float = STOP_TIMEOUT) -> None:
+        self.slots = [WorkerSlot(i, count) for i in range(count)]
+        self._command = command
+        self._restart_delay = restart_delay
+        self._stop_timeout = stop_timeout
+        self._stopping = asyncio.Event()
+        self.processes: dict[int, asyncio.subprocess.Process] = {}
+        self.restarts = 0
+
+    def stop(self) -> None:
+        """Begin stopping every worker (signal handlers call this)."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Run the workers until ``stop()``; returns once every one has exited."""
+        async with asyncio.TaskGroup() as group:
+            for slot in self.slots:
+                group.create_task(self._keep(slot), name=f"worker-{slot.index}")
+
+    async def _keep(self, slot: WorkerSlot) -> None:
+        while not self._stopping.is_set():
+            process = await asyncio.create_subprocess_exec(*self._command(slot))
+            self.processes[slot.index] = process
+            log.info("worker %s started (pid %d)", slot, process.pid)
+            exited = asyncio.ensure_future(process.wait())
+            stopping = asyncio.ensure_future(self._stopping.wait())
+            await asyncio.wait((exited, stopping), return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not exited.done():
+                await self._end(slot, process, exited)
+                return
+            log.warning("worker %s (pid %d) exited with %s; starting it again in %.0f s",
+                        slot, process.pid, _status(process.returncode), self._restart_delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._restart_delay)
+            self.restarts += 1
+
+    async def _end(self, slot: WorkerSlot, process: asyncio.subprocess.Process,
+                   exited: asyncio.Future[int]) -> None:
+        """SIGTERM (the worker's clean shutdown), SIGKILL after the timeout."""
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(exited), self._stop_timeout)
+        except TimeoutError:
+            log.error("worker %s (pid %d) did not stop within %.0f s; killing it",
+                      slot, process.pid, self._stop_timeout)
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await exited
+        log.info("worker %s stopped (%s)", slot, _status(process.returncode))
+
+
+def _status(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"signal {signal.Signals(-code).name}"
+    return f"status {code}"
+
+
+async def supervise(supervisor: Supervisor) -> None:
+    """Run ``supervisor`` with SIGTERM and SIGINT mapped to stopping every worker."""
+    with stop_on_signals(supervisor.stop):
+        await supervisor.run()

@@ -1,0 +1,74 @@
+"""The supervisor of `serve --workers`, with stand-in workers (small Python processes):
+it restarts one that dies and stops them all with SIGTERM, killing only a hung one."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from sslvpn.runtime.workers import Supervisor, WorkerSlot
+
+# a worker that writes its pid to a file and stops on SIGTERM by writing "clean"
+WORKER = """
+import pathlib, signal, sys, time
+out = pathlib.Path(sys.argv[1])
+def stop(*_):
+    out.with_suffix(".stopped").write_text("clean")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop if sys.argv[2] == "polite" else signal.SIG_IGN)
+out.write_text(str(__import__("os").getpid()))
+while True:
+    time.sleep(1)
+"""
+
+
+async def _wait(condition: object, timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():  # type: ignore[operator]
+            await asyncio.sleep(0.02)
+
+
+def _command(tmp_path: Path, manner: str = "polite"):  # type: ignore[no-untyped-def]
+    def command(slot: WorkerSlot) -> list[str]:
+        return [sys.executable, "-c", WORKER, str(tmp_path / f"w{slot.index}.pid"), manner]
+    return command
+
+
+async def test_a_killed_worker_is_started_again_and_sigterm_stops_all(tmp_path: Path) -> None:
+    supervisor = Supervisor(2, _command(tmp_path), restart_delay=0.1)
+    running = asyncio.create_task(supervisor.run())
+    pids = [tmp_path / "w0.pid", tmp_path / "w1.pid"]
+    await _wait(lambda: all(p.exists() and p.read_text() for p in pids))
+    killed = int(pids[1].read_text())
+    pids[1].unlink()
+    os.kill(killed, signal.SIGKILL)
+    await _wait(lambda: pids[1].exists() and pids[1].read_text())
+    assert int(pids[1].read_text()) != killed
+    assert supervisor.restarts == 1
+    supervisor.stop()
+    await asyncio.wait_for(running, 10)
+    assert (tmp_path / "w0.stopped").read_text() == "clean"
+    assert (tmp_path / "w1.stopped").read_text() == "clean"
+    assert all(p.returncode == 0 for p in supervisor.processes.values())
+
+
+async def test_a_worker_ignoring_sigterm_is_killed_after_the_timeout(tmp_path: Path) -> None:
+    supervisor = Supervisor(1, _command(tmp_path, "deaf"), stop_timeout=0.3)
+    running = asyncio.create_task(supervisor.run())
+    await _wait(lambda: (tmp_path / "w0.pid").exists() and (tmp_path / "w0.pid").read_text())
+    supervisor.stop()
+    await asyncio.wait_for(running, 10)
+    assert supervisor.processes[0].returncode == -signal.SIGKILL
+
+
+def test_a_worker_slot_is_parsed_and_checked() -> None:
+    assert WorkerSlot.parse("1/2") == WorkerSlot(1, 2)
+    with pytest.raises(ValueError, match="INDEX/COUNT"):
+        WorkerSlot.parse("2/2")
+    assert WorkerSlot(1, 2).control_socket(Path("/d/control.sock")) == Path("/d/control-w1.sock")
+    assert WorkerSlot(0, 2).control_socket(Path("/d/control.sock")) == Path("/d/control.sock")
