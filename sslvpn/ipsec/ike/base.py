@@ -15,7 +15,7 @@ from enum import Enum
 from . import constants as c
 from .child import ChildSa
 from .config import IkeConfig
-from .crypto import DhExchange, Rand, natd_hash
+from .crypto import DhExchange, KemExchange, Rand, natd_hash
 from .events import (
     AuthenticationFailed,
     ChildSaDeleted,
@@ -98,6 +98,13 @@ class SaBase:
         self._cookie = b""
         self._init_request = b""
         self._init_response = b""
+        # RFC 9370/9242: additional key exchanges still to run in IKE_INTERMEDIATE, our KEM
+        # half (initiator), and IntAuth_i/IntAuth_r so far (AUTH covers them)
+        self._addke_todo: list[c.DhGroup] = []
+        self._kem: KemExchange | None = None
+        self._int_auth_i = b""
+        self._int_auth_r = b""
+        self._auth_mid = 1  # message ID of IKE_AUTH, which AUTH covers after intermediates
 
     # -- events and drops ------------------------------------------------------------------
 

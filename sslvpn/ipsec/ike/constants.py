@@ -26,6 +26,7 @@ class ExchangeType(IntEnum):
     IKE_AUTH = 35
     CREATE_CHILD_SA = 36
     INFORMATIONAL = 37
+    IKE_INTERMEDIATE = 43  # RFC 9242
 
 
 class HeaderFlag(IntFlag):
@@ -66,8 +67,16 @@ class TransformType(IntEnum):
     ENCR = 1
     PRF = 2
     INTEG = 3
-    DH = 4
+    DH = 4  # "Key Exchange Method" since RFC 9370
     ESN = 5
+    # RFC 9370: Additional Key Exchange 1..7, each negotiated like DH, run in IKE_INTERMEDIATE
+    ADDKE1 = 6
+    ADDKE2 = 7
+    ADDKE3 = 8
+    ADDKE4 = 9
+    ADDKE5 = 10
+    ADDKE6 = 11
+    ADDKE7 = 12
 
 
 class EncrId(IntEnum):
@@ -105,6 +114,7 @@ class DhGroup(IntEnum):
     ECP_521 = 21
     CURVE25519 = 31
     CURVE448 = 32
+    ML_KEM_768 = 36  # draft-ietf-ipsecme-ikev2-mlkem (as strongSwan 6): a KEM, not DH
 
 
 class EsnId(IntEnum):
@@ -173,6 +183,7 @@ class NotifyType(IntEnum):
     IKEV2_MESSAGE_ID_SYNC_SUPPORTED = 16420
     IKEV2_FRAGMENTATION_SUPPORTED = 16430
     SIGNATURE_HASH_ALGORITHMS = 16431
+    INTERMEDIATE_EXCHANGE_SUPPORTED = 16438  # RFC 9242
 
 
 ERROR_NOTIFY_LIMIT = 16384  # notify types below this are errors (RFC 7296 section 3.10.1)

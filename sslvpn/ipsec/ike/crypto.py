@@ -2,7 +2,9 @@
 
 Formulas follow RFC 7296 §2.13-2.17 (checked against strongSwan 5.9.8's level-4 dumps in
 the tests), RFC 5282 for AES-GCM in the SK payload, RFC 4868 for HMAC-SHA2, RFC 5903 for
-ECP groups (public value X|Y, shared secret X) and RFC 8031 for Curve25519. Randomness is
+ECP groups (public value X|Y, shared secret X), RFC 8031 for Curve25519, and FIPS 203
+ML-KEM-768 for RFC 9370 additional key exchanges (encapsulation key from the initiator,
+ciphertext from the responder, as the IETF ML-KEM-in-IKEv2 draft has it). Randomness is
 injected (``rand(n) -> bytes``) so that tests are deterministic. Key material lives in
 objects whose ``repr`` hides it.
 """
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, mlkem, x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -114,6 +116,46 @@ class DhExchange:
         return secret
 
 
+# -- ML-KEM (additional key exchanges, RFC 9370) ---------------------------------------------
+
+MLKEM768_KEY_LENGTH = 1184  # encapsulation key (FIPS 203 table 3)
+MLKEM768_CIPHERTEXT_LENGTH = 1088
+
+
+class KemExchange:
+    """The initiator's half of one ML-KEM-768 exchange: ``public`` is the encapsulation key."""
+
+    def __init__(self, method: DhGroup, rand: Rand) -> None:
+        if method != DhGroup.ML_KEM_768:
+            raise ValueError(f"unsupported key exchange method {method}")
+        self.method = method
+        self._key = mlkem.MLKEM768PrivateKey.from_seed_bytes(rand(64))
+        self.public = self._key.public_key().public_bytes_raw()
+
+    def __repr__(self) -> str:
+        return f"KemExchange(method={self.method!r})"
+
+    def shared_secret(self, ciphertext: bytes) -> bytes:
+        """Decapsulate the responder's ciphertext; CryptoError on a wrong size."""
+        if len(ciphertext) != MLKEM768_CIPHERTEXT_LENGTH:
+            raise CryptoError(f"ML-KEM-768 ciphertext has {len(ciphertext)} bytes")
+        return self._key.decapsulate(ciphertext)
+
+
+def kem_encapsulate(method: DhGroup, peer_public: bytes) -> tuple[bytes, bytes]:
+    """The responder's half: (ciphertext for the KE payload, shared secret)."""
+    if method != DhGroup.ML_KEM_768:
+        raise CryptoError(f"unsupported key exchange method {method}")
+    if len(peer_public) != MLKEM768_KEY_LENGTH:
+        raise CryptoError(f"ML-KEM-768 encapsulation key has {len(peer_public)} bytes")
+    try:
+        key = mlkem.MLKEM768PublicKey.from_public_bytes(peer_public)
+    except ValueError as exc:  # FIPS 203 §7.2 modulus check
+        raise CryptoError("invalid ML-KEM-768 encapsulation key") from exc
+    shared, ciphertext = key.encapsulate()
+    return ciphertext, shared
+
+
 # -- prf, prf+, key lengths -----------------------------------------------------------------
 
 _PRF_HASH = {
@@ -179,7 +221,8 @@ def skeyseed(prf_id: PrfId, nonce_i: bytes, nonce_r: bytes, shared: bytes) -> by
 def rekey_skeyseed(
     prf_id: PrfId, old_sk_d: bytes, shared: bytes, nonce_i: bytes, nonce_r: bytes
 ) -> bytes:
-    """SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr) for an IKE rekey (RFC 7296 §2.18)."""
+    """SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr) for an IKE rekey (RFC 7296 §2.18),
+    and after each additional key exchange with its secret (RFC 9370 §2.2.2)."""
     return prf(prf_id, old_sk_d, shared + nonce_i + nonce_r)
 
 
@@ -240,11 +283,18 @@ def derive_child_keys(
 
 def psk_auth(
     prf_id: PrfId, psk: bytes, real_message: bytes, peer_nonce: bytes, sk_p: bytes,
-    id_body: bytes,
+    id_body: bytes, int_auth: bytes = b"",
 ) -> bytes:
-    """AUTH = prf(prf(PSK, "Key Pad for IKEv2"), RealMessage | Nonce | prf(SK_p, ID'))."""
-    octets = real_message + peer_nonce + prf(prf_id, sk_p, id_body)
+    """AUTH = prf(prf(PSK, "Key Pad for IKEv2"), RealMessage | Nonce | prf(SK_p, ID')
+    [| IntAuth_i | IntAuth_r | IKE_AUTH message ID]) (RFC 9242 §3.3.2)."""
+    octets = real_message + peer_nonce + prf(prf_id, sk_p, id_body) + int_auth
     return prf(prf_id, prf(prf_id, psk, KEY_PAD), octets)
+
+
+def int_auth(prf_id: PrfId, sk_p: bytes, previous: bytes, octets: bytes) -> bytes:
+    """IntAuth_N = prf(SK_p, IntAuth_N-1 | IntAuth_NA | IntAuth_NP) (RFC 9242 §3.3.2), with
+    the SK_p that protected the IKE_INTERMEDIATE message."""
+    return prf(prf_id, sk_p, previous + octets)
 
 
 def natd_hash(spi_i: bytes, spi_r: bytes, ip: bytes, port: int) -> bytes:

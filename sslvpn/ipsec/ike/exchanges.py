@@ -136,7 +136,7 @@ class EstablishedExchanges(Handshake):
         group = self._ke_group if self._ke_group else (suite.dh if suite else 0)
         dh = self._new_dh(group)
         payloads: list[Payload] = [
-            SaPayload(build_proposals(list(self.config.ike_proposals), spi)),
+            SaPayload(build_proposals(list(self.config.ike_rekey_proposals), spi)),
             NoncePayload(ni),
             KePayload(group, dh.public),
         ]
@@ -263,7 +263,8 @@ class EstablishedExchanges(Handshake):
                 self._emit(NoProposalChosen("CREATE_CHILD_SA", "peer rejected our IKE rekey"))
             return
         sas = find(payloads, SaPayload)
-        suite = accept_answer(list(self.config.ike_proposals), sas[0].proposals) if sas else None
+        specs = list(self.config.ike_rekey_proposals)
+        suite = accept_answer(specs, sas[0].proposals) if sas else None
         if suite is None or len(sas[0].proposals[0].spi) != 8:
             self._emit(ChildSaFailed("IKE rekey response carries no acceptable SA"))
             return
@@ -375,7 +376,7 @@ class EstablishedExchanges(Handshake):
         pending = ctx.pending
         if (pending is not None and pending.purpose == "rekey_ike") or self._old_ctx:
             return refuse(NotifyType.TEMPORARY_FAILURE)
-        chosen = select(list(self.config.ike_proposals), sa.proposals)
+        chosen = select(list(self.config.ike_rekey_proposals), sa.proposals)
         if chosen is None or len(chosen[0].spi) != 8:
             self._emit(NoProposalChosen("CREATE_CHILD_SA", "peer's IKE rekey proposals do "
                                         "not match ours"))

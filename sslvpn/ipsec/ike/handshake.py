@@ -4,6 +4,12 @@ Initiator: INIT request (retried for INVALID_KE_PAYLOAD with the same SPIi, or w
 COOKIE), then IKE_AUTH on 4500 carrying the first CHILD_SA. Responder: answers INIT
 (NO_PROPOSAL_CHOSEN / INVALID_KE_PAYLOAD without keeping state), then verifies IKE_AUTH
 and answers with its AUTH and the narrowed CHILD_SA. AUTH signs the exact INIT bytes.
+
+When the chosen IKE proposal has additional key exchanges (RFC 9370, e.g. ML-KEM-768),
+one IKE_INTERMEDIATE exchange (RFC 9242) per method runs between INIT and AUTH: the
+initiator sends KE(encapsulation key), the responder KE(ciphertext); each side then sets
+SKEYSEED(n) = prf(SK_d(n-1), SK(n) | Ni | Nr) and derives all SK_* anew. AUTH also covers
+IntAuth_i | IntAuth_r | the IKE_AUTH message ID, chained over those exchanges.
 """
 
 from __future__ import annotations
@@ -17,7 +23,16 @@ from .child import ChildParams, ChildSa, jitter, make_child, new_spi
 from .config import Identity
 from .constants import AuthMethod, ExchangeType, NotifyType, ProtocolId
 from .cookies import stateless_answer
-from .crypto import CryptoError, derive_ike_keys, psk_auth, skeyseed
+from .crypto import (
+    CryptoError,
+    KemExchange,
+    derive_ike_keys,
+    int_auth,
+    kem_encapsulate,
+    psk_auth,
+    rekey_skeyseed,
+    skeyseed,
+)
 from .events import (
     AuthenticationFailed,
     ChildSaFailed,
@@ -88,6 +103,8 @@ class Handshake(SaBase):
                 self._natd(ZERO_SPI, self.remote_addr, False),
             ),
         ]
+        if any(spec.addkes for spec in self.config.ike_proposals):
+            payloads.append(NotifyPayload(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED))
         self._ctx.next_request_id = 0
         self._send_request(self._ctx, ExchangeType.IKE_SA_INIT, payloads, "init", now)
         self._init_request = self._ctx.pending.data if self._ctx.pending else b""
@@ -144,7 +161,96 @@ class Handshake(SaBase):
         if peer_nat or self.behind_nat or self.config.force_encap:
             self.encapsulated = True
             self.remote_addr = (self.remote_addr[0], c.NAT_T_PORT)
-        self._send_auth(now)
+        self._addke_todo = list(suite.additional_kes)
+        if not self._addke_todo:
+            self._send_auth(now)
+        elif NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED not in found:
+            self._close("peer chose additional key exchanges without IKE_INTERMEDIATE")
+        else:
+            self._send_intermediate(now)
+
+    # -- additional key exchanges (RFC 9370 in RFC 9242's IKE_INTERMEDIATE) ------------
+
+    def _send_intermediate(self, now: float) -> None:
+        ctx = self._ctx
+        self._kem = KemExchange(self._addke_todo[0], self._rand)
+        payloads: list[Payload] = [KePayload(self._kem.method, self._kem.public)]
+        self._send_request(ctx, ExchangeType.IKE_INTERMEDIATE, payloads, "intermediate", now)
+        if ctx.pending is not None:
+            self._int_auth_i = self._int_auth(
+                ctx, True, self._int_auth_i, ctx.sent_int_auth_octets(ctx.pending.data, payloads)
+            )
+
+    def _int_auth(self, ctx: IkeContext, of_initiator: bool, previous: bytes,
+                  octets: bytes) -> bytes:
+        suite, keys = ctx.suite, ctx.keys
+        if suite is None or suite.prf is None or keys is None:
+            raise Drop("no IKE keys")
+        return int_auth(suite.prf, keys.sk_pi if of_initiator else keys.sk_pr, previous, octets)
+
+    def _mix_additional_key(self, ctx: IkeContext, shared: bytes) -> None:
+        """SKEYSEED(n) = prf(SK_d(n-1), SK(n) | Ni | Nr), then every SK_* anew (RFC 9370)."""
+        suite, keys = ctx.suite, ctx.keys
+        if suite is None or suite.prf is None or keys is None:
+            raise Drop("no IKE keys")
+        seed = rekey_skeyseed(suite.prf, keys.sk_d, shared, self._ni, self._nr)
+        ctx.install_keys(suite, derive_ike_keys(
+            suite.prf, suite.encr, suite.key_bits, suite.integ, seed, self._ni, self._nr,
+            ctx.spi_i, ctx.spi_r,
+        ), self._rand, keep_previous=not self.is_initiator)
+        self._addke_todo.pop(0)
+
+    def _on_intermediate_response(self, ctx: IkeContext, payloads: list[Payload],
+                                  now: float) -> None:
+        kem = self._kem
+        error = self._error_notify(payloads)
+        kes = find(payloads, KePayload)
+        if kem is None or not self._addke_todo:
+            raise Drop("unexpected IKE_INTERMEDIATE response")
+        if error is not None:
+            self._close(f"IKE_INTERMEDIATE failed: {self._notify_name(error)}")
+            return
+        try:
+            if len(kes) != 1 or kes[0].group != kem.method:
+                raise CryptoError("IKE_INTERMEDIATE response without the negotiated KE")
+            shared = kem.shared_secret(kes[0].data)
+        except CryptoError as exc:  # authenticated but unusable: the SA cannot go on
+            self._close(f"additional key exchange failed: {exc}")
+            return
+        self._int_auth_r = self._int_auth(ctx, False, self._int_auth_r,
+                                          ctx.last_int_auth_octets)
+        self._kem = None
+        self._mix_additional_key(ctx, shared)
+        if self._addke_todo:
+            self._send_intermediate(now)
+        else:
+            self._send_auth(now)
+
+    def _on_intermediate_request(self, ctx: IkeContext, message_id: int,
+                                 payloads: list[Payload]) -> None:
+        if self.state is not IkeState.AUTH_WAIT or not self._addke_todo:
+            raise Drop("IKE_INTERMEDIATE request out of sequence")
+        method = self._addke_todo[0]
+        kes = find(payloads, KePayload)
+        try:
+            if len(kes) != 1 or kes[0].group != method:
+                raise CryptoError("IKE_INTERMEDIATE request without the negotiated KE")
+            ciphertext, shared = kem_encapsulate(method, kes[0].data)
+        except CryptoError as exc:  # authenticated, so the peer's: refuse and give up
+            self._respond(ctx, ExchangeType.IKE_INTERMEDIATE, message_id,
+                          [NotifyPayload(NotifyType.INVALID_SYNTAX)])
+            self._close(f"additional key exchange failed: {exc}")
+            return
+        self._int_auth_i = self._int_auth(ctx, True, self._int_auth_i,
+                                          ctx.last_int_auth_octets)
+        answer: list[Payload] = [KePayload(method, ciphertext)]
+        self._respond(ctx, ExchangeType.IKE_INTERMEDIATE, message_id, answer)
+        if ctx.cached_response is not None:
+            self._int_auth_r = self._int_auth(
+                ctx, False, self._int_auth_r,
+                ctx.sent_int_auth_octets(ctx.cached_response[1], answer),
+            )
+        self._mix_additional_key(ctx, shared)
 
     def _retry_with_group(self, data: bytes, now: float) -> None:
         group = int.from_bytes(data[:2], "big") if len(data) >= 2 else 0
@@ -182,7 +288,8 @@ class Handshake(SaBase):
         ctx.install_keys(suite, keys, self._rand)
 
     def _auth_value(self, ctx: IkeContext, ours: bool, id_body: bytes) -> bytes:
-        """PSK AUTH (RFC 7296 §2.15) for our side (``ours``) or the peer's."""
+        """PSK AUTH (RFC 7296 §2.15) for our side (``ours``) or the peer's; after
+        IKE_INTERMEDIATE exchanges it covers their IntAuth too (RFC 9242 §3.3.2)."""
         suite, keys = ctx.suite, ctx.keys
         if suite is None or suite.prf is None or keys is None:
             raise Drop("no IKE keys")
@@ -190,7 +297,12 @@ class Handshake(SaBase):
         message = self._init_request if as_initiator else self._init_response
         nonce = self._nr if as_initiator else self._ni
         sk_p = keys.sk_pi if as_initiator else keys.sk_pr
-        return psk_auth(suite.prf, self.config.psk, message, nonce, sk_p, id_body)
+        intermediate = b""
+        if self._int_auth_i:
+            intermediate = (self._int_auth_i + self._int_auth_r
+                            + self._auth_mid.to_bytes(4, "big"))
+        return psk_auth(suite.prf, self.config.psk, message, nonce, sk_p, id_body,
+                        intermediate)
 
     def _send_auth(self, now: float) -> None:
         ctx = self._ctx
@@ -203,6 +315,7 @@ class Handshake(SaBase):
             rid = self.config.remote_id
             payloads.append(IdPayload(True, rid.id_type, rid.data))
         specs = [s.without_dh() for s in self.config.esp_proposals]
+        self._auth_mid = ctx.next_request_id
         payloads += [
             AuthPayload(AuthMethod.SHARED_KEY_MIC, self._auth_value(ctx, True, my_id.body)),
             SaPayload(build_proposals(specs, spi)),
@@ -333,6 +446,9 @@ class Handshake(SaBase):
         ke = _one(payloads, KePayload, "KE")
         ni = nonce_of(payloads)
         chosen = select(list(self.config.ike_proposals), sa.proposals)
+        if (chosen is not None and chosen[1].additional_kes
+                and NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED not in notifies(payloads)):
+            chosen = None  # RFC 9370 §2.2.1: additional key exchanges need IKE_INTERMEDIATE
         if chosen is None:
             self._answer_stateless(message.header, addr,
                                    NotifyPayload(NotifyType.NO_PROPOSAL_CHOSEN))
@@ -366,6 +482,9 @@ class Handshake(SaBase):
             NotifyPayload(NotifyType.NAT_DETECTION_DESTINATION_IP,
                           self._natd(ctx.spi_r, addr, False)),
         ]
+        if suite.additional_kes:
+            response.append(NotifyPayload(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED))
+            self._addke_todo = list(suite.additional_kes)
         self._respond(ctx, ExchangeType.IKE_SA_INIT, 0, response)
         self._init_request = data
         self._init_response = ctx.cached_response[1] if ctx.cached_response else b""
@@ -373,7 +492,10 @@ class Handshake(SaBase):
         self.state = IkeState.AUTH_WAIT
         self._half_open_deadline = now + self.config.half_open_timeout
 
-    def _on_auth_request(self, ctx: IkeContext, payloads: list[Payload], now: float) -> None:
+    def _on_auth_request(self, ctx: IkeContext, message_id: int, payloads: list[Payload],
+                         now: float) -> None:
+        self._auth_mid = message_id
+        ctx.forget_previous_keys()
         ids = [p for p in find(payloads, IdPayload) if not p.responder]
         wanted = [p for p in find(payloads, IdPayload) if p.responder]
         auths = find(payloads, AuthPayload)
@@ -390,7 +512,7 @@ class Handshake(SaBase):
         ):
             reason = "initiator AUTH did not verify (different PSK?)"
         if reason is not None:
-            self._respond(ctx, ExchangeType.IKE_AUTH, 1,
+            self._respond(ctx, ExchangeType.IKE_AUTH, message_id,
                           [NotifyPayload(NotifyType.AUTHENTICATION_FAILED)])
             self._auth_failed(reason)
             return
@@ -399,7 +521,7 @@ class Handshake(SaBase):
             my_id, AuthPayload(AuthMethod.SHARED_KEY_MIC, self._auth_value(ctx, True, my_id.body))
         ]
         child_payloads, params = self._negotiate_first_child(payloads)
-        self._respond(ctx, ExchangeType.IKE_AUTH, 1, response + child_payloads)
+        self._respond(ctx, ExchangeType.IKE_AUTH, message_id, response + child_payloads)
         self._established(ctx, str(_identity_text(ids[0])), now)
         if params is not None:
             self._add_child(ctx, params, self._ni, self._nr, b"", False, now, None)

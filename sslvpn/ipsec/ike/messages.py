@@ -242,13 +242,19 @@ def pull_message(data: bytes, header: IkeHeader | None = None) -> Message:
     return Message(header, decode_payloads(data, spans))
 
 
-def open_sk(data: bytes, sk: SkPayload, protector: SkProtector) -> list[Payload] | None:
-    """Decrypt the SK payload of ``data``; None when the ICV does not verify."""
+def open_sk(data: bytes, sk: SkPayload, protector: SkProtector) -> bytes | None:
+    """Decrypt the SK payload of ``data`` to its inner payload bytes; None when the ICV
+    does not verify (parse them with ``pull_payloads(inner, sk.first_inner)``)."""
     start = sk.offset + GENERIC_PAYLOAD_HEADER_LENGTH
-    inner = protector.open(data[:start], data[start:])
-    if inner is None:
-        return None
-    return pull_payloads(inner, sk.first_inner)
+    return protector.open(data[:start], data[start:])
+
+
+def int_auth_octets(data: bytes, inner: bytes) -> bytes:
+    """IntAuth_A | IntAuth_P of an IKE_INTERMEDIATE message whose only outer payload is SK
+    (RFC 9242 §3.3.2): header and SK header with lengths as if SK held only ``inner``."""
+    body = GENERIC_PAYLOAD_HEADER_LENGTH + len(inner)
+    return (data[:24] + (IKE_HEADER_LENGTH + body).to_bytes(4, "big") + data[28:30]
+            + body.to_bytes(2, "big") + inner)
 
 
 def encode_message(

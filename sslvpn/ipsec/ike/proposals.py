@@ -6,12 +6,17 @@ algorithms in preference order (same type = OR, different types = AND; RFC 7296 
 The responder picks the first of its own specs that matches one of the peer's proposals
 and answers with exactly one transform per type (§2.7); nothing matching means
 NO_PROPOSAL_CHOSEN. The result is a ``Suite``: the negotiated algorithms, with key sizes.
+
+Additional key exchanges (RFC 9370) are written as in strongSwan 6: ``ke1_mlkem768`` asks
+for ML-KEM-768 as Additional Key Exchange 1 (transform type 6), ``ke1_none`` makes it
+optional. A peer that does not know these transform types rejects such a proposal
+(RFC 7296 §3.3.6), so list a classical one after it to keep talking to older peers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .constants import DhGroup, EncrId, EsnId, IntegId, PrfId, ProtocolId, TransformType
 from .messages import Proposal, Transform
@@ -28,6 +33,10 @@ _DH_WORDS = {
     "curve25519": DhGroup.CURVE25519,
     "x25519": DhGroup.CURVE25519,
 }
+# Methods an additional key exchange may use (``keN_<word>``); NONE makes that round optional.
+_ADDKE_WORDS = {"mlkem768": DhGroup.ML_KEM_768, "none": DhGroup.NONE}
+ADDKE_TYPES = tuple(TransformType(t) for t in range(TransformType.ADDKE1,
+                                                    TransformType.ADDKE7 + 1))
 _INTEG_WORDS = {"sha256": IntegId.HMAC_SHA2_256_128, "sha2_256": IntegId.HMAC_SHA2_256_128}
 _INTEG_PRF = {IntegId.HMAC_SHA2_256_128: PrfId.HMAC_SHA2_256}
 _PRF_WORDS = {
@@ -61,10 +70,17 @@ class Suite:
     prf: PrfId | None = None  # IKE only
     dh: DhGroup = DhGroup.NONE
     esn: EsnId = EsnId.NO_ESN
+    # RFC 9370: (ADDKE transform type, chosen method) for each type the proposal carried
+    addkes: tuple[tuple[TransformType, DhGroup], ...] = ()
 
     @property
     def aead(self) -> bool:
         return self.encr in AEAD_CIPHERS
+
+    @property
+    def additional_kes(self) -> tuple[DhGroup, ...]:
+        """The IKE_INTERMEDIATE rounds to run after IKE_SA_INIT, in transform-type order."""
+        return tuple(method for _, method in self.addkes if method != DhGroup.NONE)
 
     @property
     def name(self) -> str:
@@ -76,6 +92,8 @@ class Suite:
             parts.append(_word(_PRF_WORDS, self.prf))
         if self.dh != DhGroup.NONE:
             parts.append(_word(_DH_WORDS, self.dh))
+        parts += [f"ke{ttype - TransformType.ADDKE1 + 1}_{_word(_ADDKE_WORDS, method)}"
+                  for ttype, method in self.addkes if method != DhGroup.NONE]
         return "-".join(parts)
 
     def transforms(self) -> list[Transform]:
@@ -87,6 +105,7 @@ class Suite:
             out.append(Transform(TransformType.PRF, self.prf))
         if self.dh != DhGroup.NONE:
             out.append(Transform(TransformType.DH, self.dh))
+        out += [Transform(ttype, method) for ttype, method in self.addkes]
         if self.prf is None:
             out.append(Transform(TransformType.ESN, self.esn))
         return out
@@ -106,6 +125,8 @@ class ProposalSpec:
     prfs: tuple[PrfId, ...] = ()
     dhs: tuple[DhGroup, ...] = ()
     esns: tuple[EsnId, ...] = field(default=(EsnId.NO_ESN,))
+    # RFC 9370: acceptable methods per Additional Key Exchange type (index 0 = ADDKE1)
+    addkes: tuple[tuple[DhGroup, ...], ...] = ()
 
     @property
     def aead(self) -> bool:
@@ -115,11 +136,19 @@ class ProposalSpec:
         """The spec as used in IKE_AUTH, which never carries KE (RFC 7296 §1.2)."""
         return ProposalSpec(self.protocol, self.encrs, self.integs, self.prfs, (), self.esns)
 
+    def without_additional_ke(self) -> ProposalSpec:
+        """The spec for an IKE rekey: IKE_FOLLOWUP_KE (RFC 9370 §2.2.4) is not implemented,
+        so a rekey runs the classical exchange only; SKEYSEED' still mixes in the old SK_d,
+        which carries the additional key exchanges' secrets (RFC 7296 §2.18)."""
+        return replace(self, addkes=())
+
     def to_proposal(self, number: int, spi: bytes) -> Proposal:
         transforms = [Transform(TransformType.ENCR, e, bits) for e, bits in self.encrs]
         transforms += [Transform(TransformType.INTEG, i) for i in self.integs]
         transforms += [Transform(TransformType.PRF, p) for p in self.prfs]
         transforms += [Transform(TransformType.DH, d) for d in self.dhs]
+        transforms += [Transform(ADDKE_TYPES[i], m)
+                       for i, methods in enumerate(self.addkes) for m in methods]
         if self.protocol == ProtocolId.ESP:
             transforms += [Transform(TransformType.ESN, e) for e in self.esns]
         return Proposal(number, self.protocol, spi, transforms)
@@ -136,8 +165,15 @@ def parse_proposal(text: str, protocol: ProtocolId) -> ProposalSpec:
     prfs: list[PrfId] = []
     dhs: list[DhGroup] = []
     esns: list[EsnId] = []
+    addkes: list[list[DhGroup]] = []
     for word in text.strip().lower().split("-"):
-        if word in _ENCR_WORDS:
+        if _is_addke(word):
+            index, method = int(word[2]) - 1, _ADDKE_WORDS[word[4:]]
+            addkes += [[] for _ in range(index + 1 - len(addkes))]
+            if method in addkes[index]:
+                raise ProposalError(f"{word!r} named twice in proposal {text!r}")
+            addkes[index].append(method)
+        elif word in _ENCR_WORDS:
             encrs.append(_ENCR_WORDS[word])
         elif word in _INTEG_WORDS:
             integs.append(_INTEG_WORDS[word])
@@ -170,11 +206,21 @@ def parse_proposal(text: str, protocol: ProtocolId) -> ProposalSpec:
         esns = []
     elif prfs:
         raise ProposalError(f"ESP proposal {text!r} cannot name a prf")
+    elif addkes:
+        raise ProposalError(f"additional key exchanges in ESP proposal {text!r} are not "
+                            "supported")
     else:
         esns = esns or [EsnId.NO_ESN]
     return ProposalSpec(
-        protocol, tuple(encrs), tuple(integs), tuple(prfs), tuple(dhs), tuple(esns)
+        protocol, tuple(encrs), tuple(integs), tuple(prfs), tuple(dhs), tuple(esns),
+        tuple(tuple(methods) for methods in addkes),
     )
+
+
+def _is_addke(word: str) -> bool:
+    """``ke1_mlkem768`` .. ``ke7_none``: an additional key exchange (RFC 9370)."""
+    return (len(word) > 4 and word[:2] == "ke" and word[2] in "1234567" and word[3] == "_"
+            and word[4:] in _ADDKE_WORDS)
 
 
 def parse_proposals(text: str, protocol: ProtocolId) -> list[ProposalSpec]:
@@ -244,7 +290,9 @@ def _match(spec: ProposalSpec, proposal: Proposal, ignore_dh: bool = False) -> S
     esn: int | None = EsnId.NO_ESN
     if any(t.type == TransformType.ESN for t in offered):
         esn = _pick(offered, TransformType.ESN, spec.esns)
-    if integ is None or dh is None or esn is None or (spec.prfs and prf is None):
+    addkes = () if ignore_dh else _pick_addkes(proposal.transforms, offered, spec)
+    if (integ is None or dh is None or esn is None or addkes is None
+            or (spec.prfs and prf is None)):
         return None
     return Suite(
         encr[0],
@@ -253,7 +301,31 @@ def _match(spec: ProposalSpec, proposal: Proposal, ignore_dh: bool = False) -> S
         PrfId(prf) if prf is not None else None,
         DhGroup(dh),
         EsnId(esn),
+        addkes,
     )
+
+
+def _pick_addkes(
+    proposal: list[Transform], offered: list[Transform], spec: ProposalSpec
+) -> tuple[tuple[TransformType, DhGroup], ...] | None:
+    """One method per Additional Key Exchange type (RFC 9370 §2.2.2), or None.
+
+    A type the peer proposes must get one of our methods, or NONE if the peer allows it;
+    a type we require (no NONE among ours) must be proposed.
+    """
+    chosen: list[tuple[TransformType, DhGroup]] = []
+    for index, ttype in enumerate(ADDKE_TYPES):
+        mine = spec.addkes[index] if index < len(spec.addkes) else ()
+        proposed = any(t.type == ttype for t in proposal)
+        if not proposed:
+            if mine and DhGroup.NONE not in mine:
+                return None
+            continue
+        pick = _pick(offered, ttype, mine or (DhGroup.NONE,))
+        if pick is None:
+            return None
+        chosen.append((ttype, DhGroup(pick)))
+    return tuple(chosen)
 
 
 def select(

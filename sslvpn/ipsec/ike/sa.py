@@ -289,6 +289,8 @@ class IkeSa(EstablishedExchanges):
     ) -> None:
         if pending.purpose == "auth":
             self._on_auth_response(ctx, payloads, pending.state.spi, now)
+        elif pending.purpose == "intermediate":
+            self._on_intermediate_response(ctx, payloads, now)
         else:
             self._on_established_response(ctx, pending, payloads, now)
 
@@ -296,10 +298,13 @@ class IkeSa(EstablishedExchanges):
         self, ctx: IkeContext, exchange: int, message_id: int, payloads: list[Payload],
         now: float,
     ) -> None:
+        if exchange == ExchangeType.IKE_INTERMEDIATE:
+            self._on_intermediate_request(ctx, message_id, payloads)
+            return
         if exchange == ExchangeType.IKE_AUTH:
-            if self.state is not IkeState.AUTH_WAIT or message_id != 1:
+            if self.state is not IkeState.AUTH_WAIT or self._addke_todo:
                 raise Drop("IKE_AUTH request out of sequence")
-            self._on_auth_request(ctx, payloads, now)
+            self._on_auth_request(ctx, message_id, payloads, now)
             return
         if self.state is not IkeState.ESTABLISHED:
             raise Drop(f"exchange {exchange} before the IKE SA is established")

@@ -13,7 +13,16 @@ from dataclasses import dataclass, field
 from .child import ChildSa
 from .constants import ExchangeType, HeaderFlag
 from .crypto import DhExchange, IkeKeys, Protector, Rand, make_protectors
-from .messages import IkeHeader, Message, Payload, encode_message, open_sk
+from .messages import (
+    IkeHeader,
+    Message,
+    Payload,
+    encode_message,
+    int_auth_octets,
+    open_sk,
+    pull_payloads,
+    push_payloads,
+)
 from .messages import SkPayload as _Sk
 from .proposals import Suite
 
@@ -55,10 +64,15 @@ class IkeContext:
         self.keys: IkeKeys | None = None
         self._out: Protector | None = None
         self._in: Protector | None = None
+        # responder during IKE_INTERMEDIATE: the inbound keys before the last additional key
+        # exchange, to recognise a retransmitted request (answered from the cache)
+        self._previous_in: Protector | None = None
         self.next_request_id = 0
         self.peer_next_id = 0
         self.pending: PendingRequest | None = None
         self.cached_response: tuple[int, bytes] | None = None
+        # IntAuth_A | IntAuth_P of the last message decrypted (RFC 9242: IKE_INTERMEDIATE)
+        self.last_int_auth_octets = b""
 
     def __repr__(self) -> str:
         return f"IkeContext(spi_i={self.spi_i.hex()}, spi_r={self.spi_r.hex()})"
@@ -71,10 +85,16 @@ class IkeContext:
     def remote_spi(self) -> bytes:
         return self.spi_r if self.initiator else self.spi_i
 
-    def install_keys(self, suite: Suite, keys: IkeKeys, rand: Rand) -> None:
+    def install_keys(self, suite: Suite, keys: IkeKeys, rand: Rand, *,
+                     keep_previous: bool = False) -> None:
         self.suite = suite
         self.keys = keys
+        self._previous_in = self._in if keep_previous else None
         self._out, self._in = make_protectors(suite.encr, keys, self.initiator, rand)
+
+    def forget_previous_keys(self) -> None:
+        """IKE_AUTH arrived: no IKE_INTERMEDIATE request can be retransmitted any more."""
+        self._previous_in = None
 
     def matches(self, header: IkeHeader) -> bool:
         """Is this message for this SA? (SPIr may still be zero in IKE_SA_INIT.)"""
@@ -102,4 +122,19 @@ class IkeContext:
         sk = message.payloads[-1]
         if not isinstance(sk, _Sk) or len(message.payloads) != 1:
             return None
-        return open_sk(data, sk, self._in)
+        inner = open_sk(data, sk, self._in)
+        header = message.header
+        if (inner is None and self._previous_in is not None and not header.is_response
+                and header.message_id == self.peer_next_id - 1):
+            inner = open_sk(data, sk, self._previous_in)
+        if inner is None:
+            return None
+        payloads = pull_payloads(inner, sk.first_inner)
+        if header.exchange == ExchangeType.IKE_INTERMEDIATE:
+            self.last_int_auth_octets = int_auth_octets(data, inner)
+        return payloads
+
+    @staticmethod
+    def sent_int_auth_octets(data: bytes, payloads: list[Payload]) -> bytes:
+        """IntAuth_A | IntAuth_P of a message we encoded from ``payloads``."""
+        return int_auth_octets(data, push_payloads(payloads)[1])
