@@ -193,7 +193,8 @@ class GatewayService:
                     acceptor, factory = build_openvpn(
                         credentials, settings, tcp=False, connect_freq=self.options.connect_freq
                     )
-                    listener = OpenVpnUdpListener(sock, gateway, acceptor, factory)
+                    listener = OpenVpnUdpListener(sock, gateway, acceptor, factory,
+                                                   pin=shared)
                     listener.start()
                     self.udp.append(listener)
                     log.info("OpenVPN listening on udp %s:%d", *listener.address)

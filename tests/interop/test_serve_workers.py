@@ -2,10 +2,10 @@
 
 Both workers share the port (SO_REUSEPORT) and each serves its half of the pool through its
 own TUN: a client on each pings the VPC host. A SIGKILLed worker is started again by the
-supervisor and its client reconnects; SIGTERM to the supervisor stops every worker cleanly
-(clients told, TUNs gone). The loss of the other worker's client while one dies is reported,
-not asserted: keeping it on its worker while the reuseport group changes size is the next
-step of issue 15.
+supervisor and its client reconnects, while the other worker's client loses no ping (its
+session's pinned socket keeps it there when the reuseport group changes size: the second kill
+is the order that moves every unpinned flow); SIGTERM to the supervisor stops every worker
+cleanly (clients told, TUNs gone).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.interop
 
 CONNECTED = "Initialization Sequence Completed"
 SLICES = (ipaddress.IPv4Network("10.8.0.0/25"), ipaddress.IPv4Network("10.8.0.128/25"))
-REPLY = re.compile(r"^\[(\d+\.\d+)\] .*bytes from")
+REPLY = re.compile(r"^\[(\d+\.\d+)\] .*bytes from.* icmp_seq=(\d+)")
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +67,14 @@ class Client:
                                     log=self.ping_log)
 
     def replies(self) -> list[float]:
+        return [at for at, _ in self.answered()]
+
+    def answered(self) -> list[tuple[float, int]]:
+        """(time, icmp_seq) of each ping reply so far."""
         if not self.ping_log.exists():
             return []
         lines = self.ping_log.read_text(errors="replace").splitlines()
-        return [float(m.group(1)) for m in map(REPLY.match, lines) if m]
+        return [(float(m.group(1)), int(m.group(2))) for m in map(REPLY.match, lines) if m]
 
     def stop(self) -> None:
         for proc in (self.pinger, self.proc):
@@ -91,57 +95,78 @@ def _workers(topo: Topology) -> dict[int, int]:
 
 
 def _slice_of(address: ipaddress.IPv4Address) -> int:
+    """The worker serving ``address`` (worker i hands out slice i)."""
     return next(i for i, s in enumerate(SLICES) if address in s)
 
 
-def test_workers_serve_slices_survive_a_kill_and_stop_cleanly(topology: Topology) -> None:
+def _connect_on(topo: Topology, ns: Namespace, user: str, worker: int | None,
+                started: list[Client]) -> Client:
+    """A pinging client on ``worker`` (None: any): the kernel hashes each client's source
+    port, so reconnect until it lands there (one chance in two each time)."""
+    for _ in range(12):
+        client = Client(topo, ns, topo.profile(user, "laptop", "udp"))
+        started.append(client)
+        assert client.connected(), client.log.read_text()
+        if worker is None or _slice_of(client.address()) == worker:
+            assert client.ns.ok("ping", "-c", "2", "-i", "0.2", "-W", "2", VPC_HOST)
+            client.start_pinging()
+            assert wait_until(lambda c=client: len(c.replies()) >= 3, 10)  # type: ignore[misc]
+            return client
+        client.stop()
+    pytest.fail(f"twelve connections of {user} all missed worker {worker}")
+
+
+def _kill(topo: Topology, worker: int, victim: Client, survivor: Client) -> int:
+    """SIGKILL ``worker``; once the supervisor restarted it and ``victim`` pings again,
+    return how many of the survivor's pings went unanswered since the kill."""
+    pid = _workers(topo)[worker]
+    killed_at = time.time()
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: sorted(_workers(topo)) == [0, 1]
+                      and pid not in _workers(topo).values(), 10)
+    assert wait_until(lambda: any(t > killed_at + 1 for t in victim.replies()), 90), \
+        victim.log.read_text()[-3000:]
+    recovered = min(t for t in victim.replies() if t > killed_at + 1) - killed_at
+    answered = survivor.answered()
+    before = max(seq for at, seq in answered if at <= killed_at)
+    since = {seq for at, seq in answered if at > killed_at}
+    lost = sum(1 for seq in range(before + 1, max(since, default=before)) if seq not in since)
+    times = [killed_at, *(at for at, _ in answered if at > killed_at)]
+    gap = max(b - a for a, b in zip(times, times[1:], strict=False))
+    sys.stderr.write(f"\n[interop] worker {worker} SIGKILLed: its client pings again "
+                     f"{recovered:.1f} s later; the other worker's client lost {lost} of "
+                     f"{len(since) + lost} pings (longest gap {gap:.2f} s)\n")
+    return lost
+
+
+def test_workers_serve_slices_survive_kills_and_stop_cleanly(topology: Topology) -> None:
     topo = topology
     links = topo.gateway_ns.run("ip", "-4", "-o", "addr")
     assert "10.8.0.1/25" in links and "10.8.0.129/25" in links, links
-    workers = _workers(topo)
-    assert sorted(workers) == [0, 1]
+    assert sorted(_workers(topo)) == [0, 1]
     topo.issue("ann", "laptop")
     topo.issue("bob", "laptop")
-    first = Client(topo, topo.client_ns, topo.profile("ann", "laptop", "udp"))
-    started = [first]
+    started: list[Client] = []
     try:
-        assert first.connected(), first.log.read_text()
-        # the kernel hashes each client's source port: reconnect until the second client
-        # lands on the other worker (one chance in two each time)
-        for _ in range(12):
-            second = Client(topo, topo.second_client_ns, topo.profile("bob", "laptop", "udp"))
-            started.append(second)
-            assert second.connected(), second.log.read_text()
-            if _slice_of(second.address()) != _slice_of(first.address()):
-                break
-            second.stop()
-        else:
-            pytest.fail("twelve connections all landed on one worker")
-        for client in (first, second):
-            assert client.ns.ok("ping", "-c", "2", "-i", "0.2", "-W", "2", VPC_HOST)
-            client.start_pinging()
-        assert wait_until(lambda: len(first.replies()) >= 3 and len(second.replies()) >= 3, 10)
-
-        victim = workers[_slice_of(second.address())]
-        killed_at = time.time()
-        os.kill(victim, signal.SIGKILL)
-        assert wait_until(lambda: sorted(_workers(topo)) == [0, 1]
-                          and victim not in _workers(topo).values(), 10)
-        back = wait_until(lambda: any(t > killed_at + 1 for t in second.replies()), 90)
-        assert back, second.log.read_text()[-3000:]
-        recovered = min(t for t in second.replies() if t > killed_at + 1) - killed_at
-        window = [t for t in first.replies() if t > killed_at]
-        gaps = [b - a for a, b in zip(window, window[1:], strict=False)]
-        sys.stderr.write(f"\n[interop] killed worker's client pings again {recovered:.1f} s "
-                         f"after the kill; other worker's client: {len(window)} replies, "
-                         f"longest gap {max(gaps, default=0):.1f} s\n")
+        ann = _connect_on(topo, topo.client_ns, "ann", None, started)
+        y = _slice_of(ann.address())
+        x = 1 - y
+        bob = _connect_on(topo, topo.second_client_ns, "bob", x, started)
+        # first kill: bob's worker; ann's is pinned whichever joined the port first
+        assert _kill(topo, x, bob, ann) == 0
+        # x's new process joined the reuseport group last: when y dies now, the group's
+        # hash moves every unpinned flow of x to y's successor (measured: all of them)
+        if _slice_of(bob.address()) != x:
+            bob.stop()
+            bob = _connect_on(topo, topo.second_client_ns, "bob", x, started)
+        assert _kill(topo, y, ann, bob) == 0
 
         assert topo.gateway is not None
         topo.gateway.send_signal(signal.SIGTERM)
         assert topo.gateway.wait(30) == 0
         assert topo.gateway_log.read_text().count("gateway stopped") >= 2
         assert "10.8.0" not in topo.gateway_ns.run("ip", "-4", "-o", "addr")
-        assert wait_until(file_contains(first.log, "SIGUSR1"), 10)
+        assert wait_until(file_contains(ann.log, "SIGUSR1"), 10)
     finally:
         for client in started:
             client.stop()
