@@ -5,11 +5,13 @@ sessions, each marked with its node, and a kick reaches the node holding the ses
 node ends it at once on PostgreSQL, at its next sweep otherwise); ``kick`` waits up to
 `KICK_WAIT` seconds for the end to show in the store. A gateway running on this host adds
 what only it knows of its own sessions (idle time, fresh byte counters). With no node in the
-store, the single implicit node is asked over its control socket, as always.
+store, the single implicit node is asked over its control socket, as always, and with
+`serve --workers` over each worker's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from datetime import UTC, datetime
@@ -22,6 +24,7 @@ from sslvpn.cli.setup import one_line_errors, paths_of, store
 from sslvpn.runtime import fleet_sessions
 from sslvpn.runtime.control import SessionInfo
 from sslvpn.runtime.control_server import ControlClient, ControlError
+from sslvpn.runtime.workers import other_control_sockets
 from sslvpn.store import db
 
 KICK_WAIT = 5.0  # seconds `kick` waits for the node holding a session to end it
@@ -32,17 +35,32 @@ def _client(ctx: click.Context) -> ControlClient:
     return ControlClient(paths_of(ctx).control_socket)
 
 
+def _workers(ctx: click.Context) -> list[ControlClient]:
+    """The other workers of a `serve --workers` on this host (none for one process)."""
+    return [ControlClient(path) for path in other_control_sockets(paths_of(ctx).control_socket)]
+
+
+def _local_sessions(ctx: click.Context) -> list[SessionInfo]:
+    """Every local worker's sessions; ControlError when the gateway is not running (a
+    worker being restarted is skipped: its clients are reconnecting)."""
+    found = _client(ctx).list_sessions()
+    for worker in _workers(ctx):
+        with contextlib.suppress(ControlError):
+            found += worker.list_sessions()
+    return found
+
+
 def _live_sessions(ctx: click.Context) -> tuple[list[SessionInfo], bool]:
     """The live sessions, and whether they are a fleet's (read from the store)."""
     with store(ctx, write=False) as engine, db.session(engine, write=False) as s:
         fleet = fleet_sessions.fleet_sessions(s)
     if fleet is None:
         try:
-            return _client(ctx).list_sessions(), False
+            return _local_sessions(ctx), False
         except ControlError as exc:
             raise click.ClickException(str(exc)) from None
     try:
-        local = _client(ctx).list_sessions()
+        local = _local_sessions(ctx)
     except ControlError:  # no gateway on this host: the store's view is all there is
         local = []
     return fleet_sessions.with_local(fleet, local), True
@@ -112,11 +130,19 @@ def _kick_in_fleet(ctx: click.Context, target: str, reason: str) -> int | None:
 
 
 def _kick_here(ctx: click.Context, target: str, reason: str) -> int:
-    client = _client(ctx)
+    """The session (or the user's sessions) on whichever local worker holds it."""
     try:
-        return 1 if client.kick(target, reason) else client.kick_user(target, reason)
+        ended = _kick_on(_client(ctx), target, reason)
     except ControlError as exc:
         raise click.ClickException(str(exc)) from None
+    for worker in _workers(ctx):
+        with contextlib.suppress(ControlError):  # one being restarted holds no session
+            ended += _kick_on(worker, target, reason)
+    return ended
+
+
+def _kick_on(client: ControlClient, target: str, reason: str) -> int:
+    return 1 if client.kick(target, reason) else client.kick_user(target, reason)
 
 
 def _wait_for_end(engine: Engine, session_ids: list[str]) -> list[str]:

@@ -73,6 +73,11 @@ class WorkerSlot:
         return f"{NFT_TABLE}_w{self.index}"
 
 
+def other_control_sockets(default: Path) -> list[Path]:
+    """The control sockets of the workers after the first, as found beside ``default``."""
+    return sorted(default.parent.glob("control-w*.sock"))
+
+
 Command = Callable[[WorkerSlot], Sequence[str]]
 
 

@@ -1,7 +1,8 @@
 """`sslvpn serve --workers 2` with real openvpn 2.6 clients, in network namespaces.
 
 Both workers share the port (SO_REUSEPORT) and each serves its half of the pool through its
-own TUN: a client on each pings the VPC host. A SIGKILLed worker is started again by the
+own TUN: a client on each pings the VPC host; `sessions` lists both and `kick` ends the
+one on the second worker. A SIGKILLed worker is started again by the
 supervisor and its client reconnects, while the other worker's client loses no ping (its
 session's pinned socket keeps it there when the reuseport group changes size: the second kill
 is the order that moves every unpinned flow); SIGTERM to the supervisor stops every worker
@@ -11,6 +12,7 @@ cleanly (clients told, TUNs gone).
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import signal
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.conftest import VPC_HOST, Topology, build_topology
+from tests.interop.conftest import VPC_HOST, Topology, build_topology, sslvpn
 from tests.netns import Namespace, file_contains, wait_until
 
 pytestmark = pytest.mark.interop
@@ -152,6 +154,16 @@ def test_workers_serve_slices_survive_kills_and_stop_cleanly(topology: Topology)
         y = _slice_of(ann.address())
         x = 1 - y
         bob = _connect_on(topo, topo.second_client_ns, "bob", x, started)
+        # sessions and kick reach every worker (one control socket each)
+        listed = json.loads(sslvpn(topo.data_dir, "sessions", "--json").output)
+        assert sorted(row["user"] for row in listed) == ["ann", "bob"]
+        on_second = ann if y == 1 else bob
+        user = "ann" if on_second is ann else "bob"
+        assert "ended 1 session" in sslvpn(topo.data_dir, "kick", user).output
+        assert wait_until(file_contains(on_second.log, "SIGUSR1"), 10)
+        on_second.stop()
+        again = _connect_on(topo, on_second.ns, user, 1, started)
+        ann, bob = (again, bob) if on_second is ann else (ann, again)
         # first kill: bob's worker; ann's is pinned whichever joined the port first
         assert _kill(topo, x, bob, ann) == 0
         # x's new process joined the reuseport group last: when y dies now, the group's
