@@ -1,12 +1,13 @@
 """`sslvpn serve --workers 2` with real openvpn 2.6 clients, in network namespaces.
 
 Both workers share the port (SO_REUSEPORT) and each serves its half of the pool through its
-own TUN: a client on each pings the VPC host; `sessions` lists both and `kick` ends the
-one on the second worker. A SIGKILLed worker is started again by the
-supervisor and its client reconnects, while the other worker's client loses no ping (its
-session's pinned socket keeps it there when the reuseport group changes size: the second kill
-is the order that moves every unpinned flow); SIGTERM to the supervisor stops every worker
-cleanly (clients told, TUNs gone).
+own TUN: a client on each pings the VPC host; `sessions` lists both and `kick` ends the one
+on the second worker. A SIGKILLed worker is started again by the supervisor and its client
+reconnects, while the other worker's client loses no ping (its session's pinned socket keeps
+it there when the reuseport group changes size: the second kill is the order that moves
+every unpinned flow). A TCP client on the second worker pings, and revoking its certificate
+ends its session within 5 s. SIGTERM to the supervisor stops every worker cleanly (clients
+told, TUNs gone).
 """
 
 from __future__ import annotations
@@ -102,11 +103,11 @@ def _slice_of(address: ipaddress.IPv4Address) -> int:
 
 
 def _connect_on(topo: Topology, ns: Namespace, user: str, worker: int | None,
-                started: list[Client]) -> Client:
+                started: list[Client], proto: str = "udp") -> Client:
     """A pinging client on ``worker`` (None: any): the kernel hashes each client's source
     port, so reconnect until it lands there (one chance in two each time)."""
     for _ in range(12):
-        client = Client(topo, ns, topo.profile(user, "laptop", "udp"))
+        client = Client(topo, ns, topo.profile(user, "laptop", proto))
         started.append(client)
         assert client.connected(), client.log.read_text()
         if worker is None or _slice_of(client.address()) == worker:
@@ -173,12 +174,23 @@ def test_workers_serve_slices_survive_kills_and_stop_cleanly(topology: Topology)
             bob = _connect_on(topo, topo.second_client_ns, "bob", x, started)
         assert _kill(topo, y, ann, bob) == 0
 
+        # TCP on the second worker, and a revocation reaching it through the store
+        ann.stop()
+        serial = topo.issue("dave", "laptop")
+        dave = _connect_on(topo, topo.client_ns, "dave", 1, started, proto="tcp")
+        sslvpn(topo.data_dir, "cert", "revoke", serial)
+        revoked_at = time.monotonic()
+        assert wait_until(lambda: "dave" not in sslvpn(topo.data_dir, "sessions").output, 5)
+        sys.stderr.write(f"\n[interop] a TCP session on worker 1 ended "
+                         f"{time.monotonic() - revoked_at:.1f} s after its revocation\n")
+        assert wait_until(file_contains(dave.log, "AUTH_FAILED"), 30)
+
         assert topo.gateway is not None
         topo.gateway.send_signal(signal.SIGTERM)
         assert topo.gateway.wait(30) == 0
         assert topo.gateway_log.read_text().count("gateway stopped") >= 2
         assert "10.8.0" not in topo.gateway_ns.run("ip", "-4", "-o", "addr")
-        assert wait_until(file_contains(ann.log, "SIGUSR1"), 10)
+        assert wait_until(file_contains(bob.log, "SIGUSR1"), 10)
     finally:
         for client in started:
             client.stop()
