@@ -43,7 +43,7 @@ from sslvpn.runtime.ipsec_service import IpsecService
 from sslvpn.runtime.netconf import NetconfError
 from sslvpn.runtime.service import ExtraTask, GatewayService, ServeOptions, run, serve
 from sslvpn.runtime.tun_keeper import TunLostError
-from sslvpn.runtime.workers import Supervisor, WorkerSlot, supervise
+from sslvpn.runtime.workers import Supervisor, WorkerSlot, raise_descriptor_limit, supervise
 from sslvpn.store import StoreError, db, queries, retention
 from sslvpn.store.async_store import AsyncStore
 from web.app import create_app, ensure_first_admin
@@ -283,6 +283,9 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
         if slot is None and workers > 1:
             run(supervise(Supervisor(workers, _worker_command)))
             return
+        if slot is not None:
+            log.info("worker %s: up to %d descriptors (one per UDP session)", slot,
+                     raise_descriptor_limit())
         gateway_store = AsyncStore(engine)  # the gateway's only way to the store
         first = slot is None or slot.first  # node-wide companions run in one process only
         extra = [ipsec_task(gateway_store, node, on_activate)] if first else []

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import resource
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -71,6 +72,15 @@ class WorkerSlot:
     @property
     def nft_table(self) -> str:
         return f"{NFT_TABLE}_w{self.index}"
+
+
+def raise_descriptor_limit() -> int:
+    """Lift this worker's descriptor limit to the hard one (each UDP session pins a
+    socket); returns the limit now in force."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def other_control_sockets(default: Path) -> list[Path]:

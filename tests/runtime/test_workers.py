@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import sys
 from pathlib import Path
 
 import pytest
 
-from sslvpn.runtime.workers import Supervisor, WorkerSlot
+from sslvpn.runtime.workers import Supervisor, WorkerSlot, raise_descriptor_limit
 
 # a worker that writes its pid to a file and stops on SIGTERM by writing "clean"
 WORKER = """
@@ -72,3 +73,12 @@ def test_a_worker_slot_is_parsed_and_checked() -> None:
         WorkerSlot.parse("2/2")
     assert WorkerSlot(1, 2).control_socket(Path("/d/control.sock")) == Path("/d/control-w1.sock")
     assert WorkerSlot(0, 2).control_socket(Path("/d/control.sock")) == Path("/d/control.sock")
+
+
+def test_a_worker_lifts_its_descriptor_limit_to_the_hard_one() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))
+        assert raise_descriptor_limit() == hard
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
