@@ -43,7 +43,13 @@ from sslvpn.runtime.ipsec_service import IpsecService
 from sslvpn.runtime.netconf import NetconfError
 from sslvpn.runtime.service import ExtraTask, GatewayService, ServeOptions, run, serve
 from sslvpn.runtime.tun_keeper import TunLostError
-from sslvpn.runtime.workers import Supervisor, WorkerSlot, raise_descriptor_limit, supervise
+from sslvpn.runtime.workers import (
+    Supervisor,
+    WorkerSlot,
+    raise_descriptor_limit,
+    stop_with_supervisor,
+    supervise,
+)
 from sslvpn.store import StoreError, db, queries, retention
 from sslvpn.store.async_store import AsyncStore
 from web.app import create_app, ensure_first_admin
@@ -284,6 +290,7 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
             run(supervise(Supervisor(workers, _worker_command)))
             return
         if slot is not None:
+            stop_with_supervisor()
             log.info("worker %s: up to %d descriptors (one per UDP session)", slot,
                      raise_descriptor_limit())
         gateway_store = AsyncStore(engine)  # the gateway's only way to the store

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import logging
+import os
 import resource
 import signal
 from collections.abc import Callable, Sequence
@@ -32,6 +34,7 @@ from sslvpn.runtime.netconf import NFT_TABLE
 
 log = logging.getLogger(__name__)
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 RESTART_DELAY = 1.0  # seconds before a worker that exited is started again
 STOP_TIMEOUT = 30.0  # seconds a worker has to tell its clients and remove its TUN
 
@@ -72,6 +75,18 @@ class WorkerSlot:
     @property
     def nft_table(self) -> str:
         return f"{NFT_TABLE}_w{self.index}"
+
+
+def stop_with_supervisor() -> None:
+    """Have the kernel send this worker SIGTERM (its clean shutdown) when the supervisor
+    dies, even by SIGKILL: otherwise the workers would serve on without the data folder's
+    lock, beside a new `serve`."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("cannot ask to stop with the supervisor: %s",
+                    os.strerror(ctypes.get_errno()))
+    if os.getppid() == 1:  # the supervisor died before we asked
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def raise_descriptor_limit() -> int:

@@ -7,7 +7,9 @@ import asyncio
 import os
 import resource
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,41 @@ def test_a_worker_lifts_its_descriptor_limit_to_the_hard_one() -> None:
         assert raise_descriptor_limit() == hard
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# a stand-in supervisor: starts a worker that asks to stop with it, prints its pid, waits
+PARENT = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]])
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+CHILD = """
+import pathlib, signal, sys, time
+from sslvpn.runtime.workers import stop_with_supervisor
+out = pathlib.Path(sys.argv[1])
+signal.signal(signal.SIGTERM, lambda *_: (out.write_text("clean"), sys.exit(0)))
+stop_with_supervisor()
+out.with_suffix(".ready").write_text("")
+time.sleep(60)
+"""
+
+
+def test_a_worker_is_told_to_stop_when_its_supervisor_is_killed(tmp_path: Path) -> None:
+    out = tmp_path / "worker"
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, CHILD, str(out)],  # noqa: S603
+                              stdout=subprocess.PIPE)
+    try:
+        assert parent.stdout is not None
+        parent.stdout.readline()
+        deadline = time.monotonic() + 20
+        while not out.with_suffix(".ready").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        parent.kill()
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert out.read_text() == "clean"
+    finally:
+        parent.kill()
+        parent.wait()
+        parent.stdout.close()  # type: ignore[union-attr]
