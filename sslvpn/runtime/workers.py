@@ -23,6 +23,7 @@ import logging
 import os
 import resource
 import signal
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 RESTART_DELAY = 1.0  # seconds before a worker that exited is started again
+MAX_RESTART_DELAY = 30.0  # a worker failing at once again and again waits up to this long
+HEALTHY_RUN = 60.0  # seconds a worker must have run for its next restart to be prompt again
 STOP_TIMEOUT = 30.0  # seconds a worker has to tell its clients and remove its TUN
 
 
@@ -130,7 +133,9 @@ class Supervisor:
                 group.create_task(self._keep(slot), name=f"worker-{slot.index}")
 
     async def _keep(self, slot: WorkerSlot) -> None:
+        delay = 0.0  # the first restart waits the plain restart delay
         while not self._stopping.is_set():
+            started = time.monotonic()
             process = await asyncio.create_subprocess_exec(*self._command(slot))
             self.processes[slot.index] = process
             log.info("worker %s started (pid %d)", slot, process.pid)
@@ -141,10 +146,11 @@ class Supervisor:
             if not exited.done():
                 await self._end(slot, process, exited)
                 return
+            delay = next_delay(delay, time.monotonic() - started, self._restart_delay)
             log.warning("worker %s (pid %d) exited with %s; starting it again in %.0f s",
-                        slot, process.pid, _status(process.returncode), self._restart_delay)
+                        slot, process.pid, _status(process.returncode), delay)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._restart_delay)
+                await asyncio.wait_for(self._stopping.wait(), delay)
             self.restarts += 1
 
     async def _end(self, slot: WorkerSlot, process: asyncio.subprocess.Process,
@@ -161,6 +167,14 @@ class Supervisor:
                 process.kill()
             await exited
         log.info("worker %s stopped (%s)", slot, _status(process.returncode))
+
+
+def next_delay(previous: float, lived: float, first: float = RESTART_DELAY) -> float:
+    """The wait before a restart: ``first`` after a worker that ran well, else doubled up to
+    `MAX_RESTART_DELAY` (a worker that cannot start, e.g. its TUN refused, does not spin)."""
+    if lived >= HEALTHY_RUN:
+        return first
+    return min(MAX_RESTART_DELAY, max(first, previous * 2))
 
 
 def _status(code: int | None) -> str:

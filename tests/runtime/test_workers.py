@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sslvpn.runtime.workers import Supervisor, WorkerSlot, raise_descriptor_limit
+from sslvpn.runtime.workers import Supervisor, WorkerSlot, next_delay, raise_descriptor_limit
 
 # a worker that writes its pid to a file and stops on SIGTERM by writing "clean"
 WORKER = """
@@ -122,3 +122,12 @@ def test_a_worker_is_told_to_stop_when_its_supervisor_is_killed(tmp_path: Path) 
         parent.kill()
         parent.wait()
         parent.stdout.close()  # type: ignore[union-attr]
+
+
+def test_a_worker_failing_at_once_is_restarted_less_and_less_often() -> None:
+    waits, delay = [], 0.0
+    for _ in range(7):
+        delay = next_delay(delay, lived=0.5, first=1.0)
+        waits.append(delay)
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert next_delay(30.0, lived=3600.0, first=1.0) == 1.0  # ran well: prompt again
