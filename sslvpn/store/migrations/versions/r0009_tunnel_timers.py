@@ -1,7 +1,7 @@
 """Per-tunnel timers (DPD, lifetimes, retransmission) and start action "trap".
 
-Revision ID: 0007
-Revises: 0010
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-07 18:00:00
 
 Existing tunnels get the defaults of `sslvpn.ipsec.tunnel_settings.TunnelSettings`, which
@@ -14,8 +14,8 @@ import sqlalchemy as sa
 import sqlmodel.sql.sqltypes
 from alembic import op
 
-revision: str = "0007"
-down_revision: str | Sequence[str] | None = "0010"
+revision: str = "0009"
+down_revision: str | Sequence[str] | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

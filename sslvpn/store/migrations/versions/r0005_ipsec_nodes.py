@@ -1,6 +1,6 @@
 """IPsec tunnels on fleet nodes: a VPN gateway's nodes and hook, a tunnel's current owner.
 
-Revision ID: 0006
+Revision ID: 0005
 Revises: 0004
 Create Date: 2026-12-07 18:00:00
 """
@@ -13,7 +13,7 @@ from alembic import op
 
 import sslvpn.store.types
 
-revision: str = "0006"
+revision: str = "0005"
 down_revision: str | Sequence[str] | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

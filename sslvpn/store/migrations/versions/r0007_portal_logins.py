@@ -1,8 +1,8 @@
 """Portal logins in the store: every node's portal serves any user, a restart logs nobody out;
 and the fleet's key for the login form's CSRF token.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-07 18:00:00
 """
 
@@ -15,8 +15,8 @@ from alembic import op
 
 import sslvpn.store.types
 
-revision: str = "0009"
-down_revision: str | Sequence[str] | None = "0008"
+revision: str = "0007"
+down_revision: str | Sequence[str] | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
