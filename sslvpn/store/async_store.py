@@ -7,6 +7,9 @@ itself: it hands the work to ``AsyncStore``, which runs it in a small pool of it
 and gives up waiting after a timeout with `StoreUnavailable`, the answer callers turn into
 ``AUTH_FAILED,TEMP`` or a 503. A thread stuck in a dead store stays stuck until the store
 answers; while every thread is stuck, calls fail at once instead of queueing behind them.
+Every thread busy is not proof of a dead store when a call succeeded within the timeout
+(the store is answering, only busy, e.g. the calls that waited out an outage finishing
+together): then a call queues, up to ``QUEUE_PER_THREAD`` per thread, and waits its time.
 The threads are daemons: one stuck in a dead store never holds up the exit of the process
 (``serve`` stopping on SIGTERM while PostgreSQL hangs). The facade logs once when the store
 stops answering and once when it is back, never once per failed call. "Back" needs a call
@@ -37,6 +40,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 CALL_TIMEOUT = 5.0  # seconds a caller on the loop waits for one store call
 THREADS = 4  # store calls under way at once; more fail at once (the store is not answering)
+QUEUE_PER_THREAD = 4  # calls waiting per thread while the store answers but is busy
 
 
 class AsyncStore:
@@ -52,6 +56,7 @@ class AsyncStore:
         self._lock = threading.Lock()
         self._busy = 0
         self._down_since: float | None = None
+        self._answered_at = float("-inf")  # monotonic time of the last call that succeeded
         self._reads_failed = False  # during this outage (only writes failed: reads prove little)
         self.outages = 0  # times the store stopped answering (for the metrics)
 
@@ -87,8 +92,10 @@ class AsyncStore:
         store thread is still stuck in earlier calls; other `StoreError`s (not found,
         duplicate, conflict) are answers and pass through unchanged.
         """
+        answering = time.monotonic() - self._answered_at < self.timeout
+        room = self._threads * (1 + QUEUE_PER_THREAD) if answering else self._threads
         with self._lock:
-            if self._busy >= self._threads:
+            if self._busy >= room:
                 stuck = self._busy
             else:
                 stuck = 0
@@ -162,6 +169,7 @@ class AsyncStore:
                       self.owner, reason)
 
     def _mark_up(self, writes: bool) -> None:
+        self._answered_at = time.monotonic()
         if self._down_since is not None and (writes or self._reads_failed):
             log.warning("the store is available again to %s after %.1f s",
                         self.owner, time.monotonic() - self._down_since)

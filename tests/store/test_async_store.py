@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import subprocess
@@ -102,6 +103,43 @@ async def test_a_hung_store_costs_the_caller_only_the_timeout(sqlite_engine: Eng
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
     assert store.available
+    await store.close()
+
+
+async def test_busy_threads_just_after_an_outage_are_not_a_second_outage(
+        sqlite_engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    """Calls that waited out an outage finish together with the first new ones: every
+    thread busy then is a store that answers, so a new call queues instead of failing and
+    the log says down once and back once (it flapped in the portal outage test)."""
+    store = AsyncStore(sqlite_engine, timeout=0.3, threads=2, owner="the test")
+    release = threading.Event()
+
+    def hang(_engine: Engine) -> str:
+        release.wait(30)
+        return "late"
+
+    for _ in range(2):
+        with pytest.raises(StoreUnavailable):
+            await store.call(hang, writes=False)
+    release.set()
+    deadline = time.monotonic() + 10
+    while not store.available:
+        assert time.monotonic() < deadline
+        with contextlib.suppress(StoreUnavailable):
+            await store.read(_one)
+        await asyncio.sleep(0.01)
+
+    def slow(_engine: Engine) -> str:
+        time.sleep(0.1)
+        return "slow"
+
+    busy = [asyncio.ensure_future(store.call(slow, writes=False)) for _ in range(2)]
+    await asyncio.sleep(0.02)  # both threads are taken now
+    assert await store.read(_one) == 1
+    assert [await call for call in busy] == ["slow", "slow"]
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("unavailable to the test" in m for m in said) == 1, said
+    assert sum("available again to the test" in m for m in said) == 1, said
     await store.close()
 
 
