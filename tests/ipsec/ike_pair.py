@@ -9,9 +9,9 @@ from typing import TypeVar
 
 from sslvpn.ipsec.ike.config import IkeConfig
 from sslvpn.ipsec.ike.constants import NON_ESP_MARKER
-from sslvpn.ipsec.ike.events import IkeEvent
+from sslvpn.ipsec.ike.events import ChildSaEstablished, IkeEvent
 from sslvpn.ipsec.ike.messages import Payload, encode_message, pull_message
-from sslvpn.ipsec.ike.sa import IkeSa
+from sslvpn.ipsec.ike.sa import IkeSa, IkeState
 
 E = TypeVar("E")
 A_ADDR = "198.18.0.1"
@@ -80,6 +80,25 @@ class Pair:
 
     def of(self, name: str, kind: type[E]) -> list[E]:
         return [e for e in self.events[name] if isinstance(e, kind)]
+
+    def run_tampered(self, messages: int, which: int, pos: int, xor: int) -> None:
+        """Initiate, flip one byte (``pos``, ``xor``) of handshake message ``which`` of
+        ``messages``, then run; if both sides still establish, their keys must agree."""
+        self.a.initiate(self.now)
+        flows = [(self.a, self.b), (self.b, self.a)]
+        for step in range(messages):
+            src, dst = flows[step % 2]
+            for data, _dest in src.datagrams_to_send(self.now):
+                if step == which:
+                    buf = bytearray(data)
+                    buf[pos % len(buf)] ^= xor
+                    data = bytes(buf)
+                port = 4500 if data[:4] == NON_ESP_MARKER else 500
+                dst.receive_datagram(data, (src.local_addr[0], port), self.now)
+        self.run()
+        if self.a.state is IkeState.ESTABLISHED and self.b.state is IkeState.ESTABLISHED:
+            a, b = self.of("a", ChildSaEstablished), self.of("b", ChildSaEstablished)
+            assert a and b and a[0].keys_out == b[0].keys_in
 
 
 def make_pair(a_cfg: IkeConfig | None = None, b_cfg: IkeConfig | None = None,
