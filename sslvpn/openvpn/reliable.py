@@ -9,7 +9,10 @@ re-wraps every retransmission with fresh replay ids and the current ACKs.
   flight (the peer drops anything beyond its receive window), retransmits after a timeout
   that doubles per retry [src reliable.c reliable_send], fast-retransmits a message after
   ``N_ACK_RETRANSMIT`` ACKs of later ids, and treats ACKs of unknown ids as no-ops
-  (2.6 re-sends recent ACKs, reliable.c copy_acks_to_mru).
+  (2.6 re-sends recent ACKs, reliable.c copy_acks_to_mru). While ``answer_only`` is set
+  it sends each message once and retransmits only when told to (``resend``): a server
+  that made state from a reset whose source address may be forged sends nothing on its
+  own there until the peer has answered.
 * ``ReliableReceiver``: accepts ids in ``[next_expected, next_expected + window)``,
   drops (without ACK) anything beyond, ACKs duplicates again without delivering them, and
   delivers strictly in id order [src reliable.c reliable_wont_break_sequentiality].
@@ -59,6 +62,7 @@ class _Outgoing:
     timeout: float = TLS_TIMEOUT
     later_acks: int = 0
     sends: int = 0
+    asked: bool = False  # the peer repeated itself: retransmit even while answer_only
 
 
 class ReliableSender:
@@ -79,6 +83,7 @@ class ReliableSender:
         self._next_id = 0
         self._pending: dict[int, _Outgoing] = {}
         self.retransmissions = 0
+        self.answer_only = False  # no timer retransmissions until the peer answered
 
     @property
     def next_message_id(self) -> int:
@@ -127,7 +132,8 @@ class ReliableSender:
         for out in self._in_window():
             if out.next_send is None:
                 out.next_send = now + out.timeout
-            elif out.next_send <= now:
+            elif out.next_send <= now and (out.asked or not self.answer_only):
+                out.asked = False
                 out.timeout = min(out.timeout * 2, self._timeout_max)
                 out.next_send = now + out.timeout
                 out.later_acks = 0
@@ -138,11 +144,21 @@ class ReliableSender:
             ready.append(out.message)
         return ready
 
+    def resend(self, message_id: int, now: float) -> None:
+        """Send a message again with the next ``due(now)`` (the peer asked by repeating
+        itself), also while ``answer_only``."""
+        out = self._pending.get(message_id)
+        if out is not None and out.next_send is not None:
+            out.next_send = now
+            out.asked = True
+
     def get_timer(self) -> float | None:
         """When the next retransmission falls due, or None when nothing is in flight.
 
         Messages never sent yet are not timers: drain ``due(now)`` after every input.
         """
+        if self.answer_only:
+            return None
         times = [out.next_send for out in self._in_window() if out.next_send is not None]
         return min(times, default=None)
 

@@ -4,9 +4,14 @@ For UDP it copies OpenVPN 2.6's HMAC cookie (ssl_pkt.c calculate_session_id_hmac
 mudp.c do_pre_decrypt_check): a verified HARD_RESET_CLIENT gets a HARD_RESET_SERVER_V2
 whose session id is ``HMAC-SHA256(K, time slot || address || client sid)[:8]``, and only
 a later packet that ACKs that cookie creates a session, so spoofed sources cost nothing.
-Resets are rate limited so the server is no reflection amplifier (2.6
-``connect-freq-initial``). TCP, and tls-crypt-v2 clients without early negotiation, get
-their session straight from the reset (the transport or the client key proved enough).
+UDP resets are rate limited so the server is no reflection amplifier (2.6
+``connect-freq-initial``); TCP resets are not (the transport proved the address, and the
+listener admits connections by source, see ``sslvpn.runtime.admission``), so a TCP client
+gets its session straight from the reset. A tls-crypt-v2 client without early negotiation
+(OpenVPN before 2.6) cannot do the cookie exchange: with ``force_cookie`` (the default, 2.6
+``tls-crypt-v2 ... force-cookie``) its UDP reset is refused; without it the session is made
+from the reset, and it answers only what reaches it until the address answered
+(``ServerSession``), so a forged source gets one packet per packet, never retransmissions.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from sslvpn.openvpn.tls_wrap import (
 COOKIE_SLOT_OFFSETS = (0, -1, -2, 1)  # mudp.c: accept cookies of neighbouring time slots
 RESET_RATE = 100  # connect-freq-initial default: replies per RESET_PERIOD
 RESET_PERIOD = 10.0
+#: Drop reason of a UDP tls-crypt-v2 reset without early negotiation under force-cookie.
+NO_COOKIE_SUPPORT = "no-cookie-support"
 FIRST_REPLY_PACKET_ID = 1  # the stateless reply's tls-wrap replay id (ssl_pkt.c)
 #: Largest first packet we look at: a tls-mtu sized control packet plus the biggest WKc
 #: (2.6 drops "Incoming control channel packet too big" beyond its buffers, mtu.h).
@@ -55,6 +62,7 @@ class AcceptorConfig:
     hand_window: float = HAND_WINDOW
     reset_rate: int = RESET_RATE
     reset_period: float = RESET_PERIOD
+    force_cookie: bool = True  # refuse UDP tls-crypt-v2 resets that cannot do the cookie
 
 
 @dataclass(frozen=True)
@@ -169,12 +177,14 @@ class ServerAcceptor:
                 return Dropped("bad-opcode")
             if packet.message_id != 0 or packet.acks:
                 return Dropped("bad-reset")  # 2.7 ignores resets with message id != 0
+            if self.config.tcp:
+                return self._create(checked, self._random_session_id(), False, now, 0)
+            legacy_v2 = checked.metadata is not None and not checked.early_negotiation
+            if legacy_v2 and self.config.force_cookie:
+                return Dropped(NO_COOKIE_SUPPORT)
             if not self._resets.take(now):
                 return Dropped("rate-limited")
-            stateless = not self.config.tcp and (
-                checked.metadata is None or checked.early_negotiation
-            )
-            if not stateless:
+            if legacy_v2:
                 return self._create(checked, self._random_session_id(), False, now, 0)
             return Reply(self._reply(checked, address, now))
         if self.config.tcp:

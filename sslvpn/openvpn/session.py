@@ -64,6 +64,8 @@ from sslvpn.openvpn.server import CreateSession
 from sslvpn.openvpn.tls import TlsContext, client_auth_problem
 from sslvpn.openvpn.tls_wrap import ControlWrap, TlsCryptCodec
 
+_CLIENT_RESETS = frozenset(
+    {Opcode.CONTROL_HARD_RESET_CLIENT_V2, Opcode.CONTROL_HARD_RESET_CLIENT_V3})
 NO_SHARED_CIPHER = "Data channel cipher negotiation failed (no shared cipher)"  # ssl_ncp.c
 
 
@@ -145,6 +147,9 @@ class ServerSession(Endpoint):
             ks.receiver.skip_to(1)
         else:
             ks.sender.queue(Opcode.CONTROL_HARD_RESET_SERVER_V2)
+            # UDP without the cookie: the source may be forged, so no retransmission to it
+            # until it answered (a repeated reset is answered once per copy)
+            ks.sender.answer_only = not config.tcp
         self._handle_control(created.first, now)
 
     def __repr__(self) -> str:
@@ -316,4 +321,9 @@ class ServerSession(Endpoint):
         if packet.opcode is Opcode.CONTROL_HARD_RESET_SERVER_V2:
             self._drop("server-reset-from-client")
             return False
+        if ks.sender.answer_only:
+            if packet.acks:  # it knows our session id: the address is the client's
+                ks.sender.answer_only = False
+            elif packet.opcode in _CLIENT_RESETS and packet.message_id == 0:
+                ks.sender.resend(0, now)
         return True

@@ -59,6 +59,7 @@ class Pair:
     pki: Pki
     wrap: str = "tls-crypt"
     tcp: bool = False
+    force_cookie: bool = True
     client_cert: Issued | None = None
     peer_info: str | None = None
     server_timing: Timing = field(default_factory=Timing)
@@ -86,7 +87,8 @@ class Pair:
         else:
             keys = ServerWrapKeys.tls_crypt(TC_KEY)
             codec = TlsCryptCodec(TC_KEY, server=False)
-        self.acceptor = ServerAcceptor(AcceptorConfig(wrap=keys, tcp=self.tcp))
+        self.acceptor = ServerAcceptor(AcceptorConfig(wrap=keys, tcp=self.tcp,
+                                                      force_cookie=self.force_cookie))
         self.server_config = ServerConfig(
             tls=self.pki.server_context(), tcp=self.tcp, data_ciphers=self.data_ciphers,
             allow_ekm=self.allow_ekm, timing=self.server_timing,

@@ -46,8 +46,9 @@ def test_tls_crypt_v2_client_uses_early_negotiation_and_wkc_v1(pki: Pki) -> None
     assert any(isinstance(e, SessionEstablished) for e in pair.client_events)
 
 
-def test_tls_crypt_v2_client_without_early_negotiation(pki: Pki) -> None:
-    pair = Pair(pki, wrap="tls-crypt-v2")
+def _legacy_v2_pair(pki: Pki) -> Pair:
+    """A tls-crypt-v2 client without early negotiation (OpenVPN 2.5), force-cookie off."""
+    pair = Pair(pki, wrap="tls-crypt-v2", force_cookie=False)
     pair.client = ClientSession(
         ClientConfig(
             tls=pki.client_context(), codec=TlsCryptCodec(V2_CLIENT_KEY, server=False),
@@ -55,6 +56,11 @@ def test_tls_crypt_v2_client_without_early_negotiation(pki: Pki) -> None:
         ),
         pair.now,
     )
+    return pair
+
+
+def test_tls_crypt_v2_client_without_early_negotiation(pki: Pki) -> None:
+    pair = _legacy_v2_pair(pki)
     log: list[tuple[str, int, int]] = []
     _recording(pair, log)
     pair.connect()
@@ -186,3 +192,29 @@ def test_handshake_survives_any_few_lost_datagrams(
     pair.run()
     pair.advance(40.0)
     assert pair.server is not None and pair.server.established and pair.client.established
+
+
+def test_server_without_cookie_answers_only_until_the_address_answers(pki: Pki) -> None:
+    """A reset without early negotiation (force-cookie off) may come from a forged
+    address: the server sends its reset once and again only per repeated reset, never on
+    its own timer, until the client has answered; then the handshake finishes as usual."""
+    pair = _legacy_v2_pair(pki)
+    reset = pair.client.datagrams_to_send(pair.now)
+    pair._to_server(reset)
+    server = pair.server
+    assert server is not None
+    assert len(server.datagrams_to_send(pair.now)) == 1  # the answer to the reset: lost
+    sent = 0
+    for second in range(1, 59):  # its hand-window: no retransmission to an unproven address
+        server.handle_timer(pair.now + second)
+        sent += len(server.datagrams_to_send(pair.now + second))
+    assert sent == 0 and server.get_timer() == pair.now + 60.0
+    pair.now += 30.0
+    pair.client.handle_timer(pair.now)
+    pair._to_server(pair.client.datagrams_to_send(pair.now))  # it repeats: one answer
+    again = server.datagrams_to_send(pair.now)
+    assert len(again) == 1
+    for data in again:
+        pair.client.receive_datagram(data, pair.now)
+    pair.run()
+    assert any(isinstance(e, SessionEstablished) for e in pair.client_events)

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from sslvpn.openvpn.constants import Opcode
 from sslvpn.openvpn.packet import ControlPacket
 from sslvpn.openvpn.server import (
+    NO_COOKIE_SUPPORT,
     AcceptorConfig,
     CreateSession,
     Dropped,
@@ -100,6 +101,14 @@ def test_reset_replies_are_rate_limited() -> None:
     assert isinstance(acceptor.receive(_reset(client), ADDR, 52.5), Reply)  # refilled
 
 
+def test_tcp_resets_are_not_rate_limited() -> None:
+    """TCP proved the address; the UDP limiter would abort legitimate connections."""
+    acceptor = _acceptor(tcp=True, reset_rate=2, reset_period=10.0)
+    client = TlsCryptCodec(KEY, server=False)
+    results = [acceptor.receive(_reset(client), ADDR, 50.0) for _ in range(5)]
+    assert all(isinstance(r, CreateSession) for r in results)
+
+
 def test_tcp_creates_session_from_reset() -> None:
     acceptor, client = _acceptor(tcp=True), TlsCryptCodec(KEY, server=False)
     decision = acceptor.receive(_reset(client), ADDR, 5.0)
@@ -127,10 +136,16 @@ def test_tls_crypt_v2_early_negotiation_and_wkc_packet() -> None:
     # a plain CONTROL_V1 cannot create a tls-crypt-v2 session (no client key)
     plain = ControlPacket(Opcode.CONTROL_V1, 0, CLIENT_SID, (0,), cookie, 1, b"hi")
     assert acceptor.receive(client.seal(plain, 3, 1000), ADDR, 11.0) == Dropped("wkc-missing")
-    # an old client without the early-negotiation marker gets state right away
+    # an old client without the early-negotiation marker cannot do the cookie: refused
+    # unless force-cookie is off, then it gets state right away
     legacy = _reset(client, pid=1, opcode=Opcode.CONTROL_HARD_RESET_CLIENT_V3, wkc=wkc)
-    made = acceptor.receive(legacy, ADDR, 12.0)
+    assert acceptor.receive(legacy, ADDR, 12.0) == Dropped(NO_COOKIE_SUPPORT)
+    lenient = _acceptor(wrap=ServerWrapKeys.tls_crypt_v2(V2_SERVER_KEY), force_cookie=False)
+    made = lenient.receive(legacy, ADDR, 12.0)
     assert isinstance(made, CreateSession) and not made.reset_done
+    # over TCP the transport proved the address: no cookie needed
+    over_tcp = _acceptor(wrap=ServerWrapKeys.tls_crypt_v2(V2_SERVER_KEY), tcp=True)
+    assert isinstance(over_tcp.receive(legacy, ADDR, 12.0), CreateSession)
 
 
 @settings(max_examples=300)
