@@ -1,7 +1,8 @@
 """Certificate lifecycle: the operations the CLI and the portal both call.
 
 `initialise` builds the PKI and the gateway settings; `issue_client`, `renew` and `revoke`
-manage client certificates (`renew` also replaces the gateway's own certificate). Every
+manage client certificates (`renew` also replaces the gateway's own certificate; a renewed
+client certificate overlaps its renewal until `retire_superseded` revokes it). Every
 operation is one database transaction plus its files, and leaves an audit entry: a
 gateway renewal writes its files after the rows are flushed and restores them when
 anything fails; a revocation signs the CRL into the store and publishes the files after
@@ -14,7 +15,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -78,6 +79,7 @@ from sslvpn.store.models import (
 )
 from sslvpn.store.queries import (
     add_certificate,
+    begin_overlap,
     get_certificate,
     get_settings,
     get_user,
@@ -85,11 +87,16 @@ from sslvpn.store.queries import (
     list_certificates,
     mark_revoked,
     mark_superseded,
+    overlaps_due,
     record_audit,
     revoke_import_tokens_for_certificate,
     save_settings,
     save_signed_crl,
 )
+
+# A renewed client certificate works this long, or until its renewal first connects.
+RENEWAL_OVERLAP_DAYS = 7
+MAX_OVERLAP_DAYS = 365
 
 
 def initialise(
@@ -295,20 +302,25 @@ def renew(
     *,
     serial: str,
     days: int | None = None,
+    overlap_days: int = RENEWAL_OVERLAP_DAYS,
     actor: str,
     source_address: str | None = None,
     ca_passphrase: str | None = None,
     now: datetime | None = None,
 ) -> Certificate:
-    """Issue a replacement for a valid certificate; the old one becomes superseded.
+    """Issue a replacement for a valid certificate.
 
-    ``days`` defaults to the old certificate's lifetime. For a client certificate the
-    import links of the old one stop working; the old certificate itself stays usable
-    until it expires or is revoked. For the gateway's certificate the new key and
-    certificate replace the files (same CN, so existing profiles keep matching); the
-    gateway picks them up when it restarts.
+    ``days`` defaults to the old certificate's lifetime. A client's old certificate keeps
+    working (so the device is not cut off before it imports the new profile) until the new
+    one first connects or ``overlap_days`` pass, then it is revoked with reason superseded
+    (`retire_superseded`); with no overlap, at once. Its import links stop working now.
+    For the gateway's certificate the new key and certificate replace the files (same CN,
+    so existing profiles keep matching) and the old one is superseded; the gateway picks
+    them up when it restarts.
     """
     now = now or utcnow()
+    if not 0 <= overlap_days <= MAX_OVERLAP_DAYS:
+        raise LifecycleError(f"the overlap must be 0 to {MAX_OVERLAP_DAYS} days")
     ca = open_ca(paths, ca_passphrase)
     files = FileBatch()
     try:
@@ -316,18 +328,26 @@ def renew(
             old = get_certificate(s, serial=serial)
             if old.status != "valid":
                 raise LifecycleError(f"certificate {old.serial} is {old.status}, not valid")
+            if old.superseded_by is not None:
+                raise LifecycleError(f"certificate {old.serial} was already renewed as "
+                                     f"{old.superseded_by}; renew that one")
             lifetime = days if days is not None else max(1, (old.not_after - old.not_before).days)
             checked_days(lifetime)
+            detail = ""
             if old.kind == "server":
                 new = _renew_server(s, ca, paths, files, old.subject_cn, lifetime, now)
+                mark_superseded(s, serial=old.serial, by_serial=new.serial)
             elif old.user_id is None:
                 raise LifecycleError(f"certificate {old.serial} belongs to no user")
             else:
                 user = _enabled_user(get_user_by_id(s, user_id=old.user_id))
                 material = _client_material(ca, paths, user.name, old.device, lifetime, now)
                 new = _store_client(s, material, user, old.device)
-                revoke_import_tokens_for_certificate(s, serial=old.serial)
-            mark_superseded(s, serial=old.serial, by_serial=new.serial)
+                until = now + timedelta(days=overlap_days)
+                begin_overlap(s, serial=old.serial, by_serial=new.serial, until=until)
+                detail = f" old valid until {until:%Y-%m-%d %H:%M:%S}Z"
+                if overlap_days == 0:
+                    _retire(s, ca, paths, [old], actor, now)
             record_audit(
                 s,
                 actor=actor,
@@ -335,12 +355,68 @@ def renew(
                 target=old.serial,
                 at=now,
                 source_address=source_address,
-                detail=f"new={new.serial}",
+                detail=f"new={new.serial}{detail}",
             )
     except BaseException:
         files.undo()
         raise
+    if overlap_days == 0 and old.kind == "client":
+        _publish_after_revocation(paths, engine, "revoked")
     return new
+
+
+def retire_superseded(
+    engine: Engine,
+    paths: DataPaths,
+    *,
+    actor: str = "service",
+    ca_passphrase: str | None = None,
+    now: datetime | None = None,
+) -> list[Certificate]:
+    """Revoke (reason superseded) every renewed certificate whose overlap ended: its
+    overlap period passed, or the gateway saw its renewal connect. One cheap read when
+    there is nothing to do; `serve` calls it every few seconds."""
+    now = now or utcnow()
+    with session(engine, write=False) as s:
+        if not overlaps_due(s, now=now):
+            return []
+    ca = open_ca(paths, ca_passphrase)
+    with session(engine, write=True) as s:
+        due = overlaps_due(s, now=now)  # another node may have retired them meanwhile
+        if due:
+            _retire(s, ca, paths, due, actor, now)
+    if due:
+        _publish_after_revocation(paths, engine, "retired superseded certificates")
+    return due
+
+
+def _retire(
+    s: Session,
+    ca: CertificateAuthority,
+    paths: DataPaths,
+    rows: Sequence[Certificate],
+    actor: str,
+    now: datetime,
+) -> None:
+    """Revoke renewed certificates with reason superseded (as of their overlap's end) and
+    sign the CRL in the caller's transaction."""
+    for row in rows:
+        at = min(row.overlap_until or now, now)
+        mark_revoked(s, serial=row.serial, reason="superseded", at=at)
+        record_audit(s, actor=actor, action="certificate.retire", target=row.serial, at=now,
+                     detail=f"superseded by {row.superseded_by}")
+    sign_crl(s, ca, paths, now=now)
+
+
+def _publish_after_revocation(paths: DataPaths, engine: Engine, done: str) -> None:
+    """The CRL files follow the committed store; a failure is one line naming the fix."""
+    try:
+        publish_crl(paths, engine)
+    except OSError as exc:
+        raise LifecycleError(
+            f"{done}, but the CRL files could not be written ({exc.strerror or exc}); "
+            "`sslvpn crl` writes them again"
+        ) from None
 
 
 def revoke(
@@ -377,13 +453,7 @@ def revoke(
                 detail=f"reason={reason}",
             )
         sign_crl(s, ca, paths, now=now)
-    try:  # committed: the store is the truth, the files follow it
-        publish_crl(paths, engine)
-    except OSError as exc:
-        raise LifecycleError(
-            f"revoked, but the CRL files could not be written ({exc.strerror or exc}); "
-            "`sslvpn crl` writes them again"
-        ) from None
+    _publish_after_revocation(paths, engine, "revoked")  # committed: the files follow
     return targets
 
 

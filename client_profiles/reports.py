@@ -40,6 +40,8 @@ class ExpiryItem:
     status: str  # valid, revoked, superseded or expired
     user: str | None = None
     device: str | None = None
+    overlap_until: datetime | None = None  # renewed: works until then (or its renewal connects)
+    superseded_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ def _profile_certificate(
             select(Certificate)
             .where(Certificate.user_id == user.id, Certificate.kind == "client")
             .where(Certificate.status == "valid", Certificate.device == device)
+            .where(col(Certificate.superseded_by).is_(None))  # not one a renewal replaces
             .order_by(col(Certificate.not_after).desc())
         )
         found = s.exec(query).first()
@@ -210,6 +213,8 @@ def _certificate_items(s: Session, now: datetime) -> list[ExpiryItem]:
             status=_status(row.status, row.not_after, now),
             user=users.get(row.user_id),
             device=row.device,
+            overlap_until=row.overlap_until if row.status == "valid" else None,
+            superseded_by=row.superseded_by,
         )
         for row in s.exec(select(Certificate)).all()
     ]

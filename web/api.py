@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 from sqlmodel import Session
 
+from client_profiles.lifecycle import MAX_OVERLAP_DAYS, RENEWAL_OVERLAP_DAYS
 from client_profiles.passwords import MIN_PASSWORD_LENGTH, generate_password
 from sslvpn.runtime.control import SessionInfo
 from sslvpn.store import NotFoundError, StoreError, queries
@@ -63,6 +64,7 @@ def certificate_json(c: Certificate, owners: dict[int | None, str]) -> dict[str,
         "revoked_at": _iso(c.revoked_at),
         "revocation_reason": c.revocation_reason,
         "superseded_by": c.superseded_by,
+        "overlap_until": _iso(c.overlap_until) if c.status == "valid" else None,
     }
 
 
@@ -317,8 +319,12 @@ async def revoke_certificate(request: web.Request) -> web.StreamResponse:
 
 async def renew_certificate(request: web.Request) -> web.StreamResponse:
     row = await _certificate(request)
+    body = await body_of(request, {"overlap_days": int})
+    overlap = body.get("overlap_days", RENEWAL_OVERLAP_DAYS)
+    if not 0 <= overlap <= MAX_OVERLAP_DAYS:
+        return error(400, f"overlap_days must be 0 to {MAX_OVERLAP_DAYS}")
     try:
-        new = await pki_ops.renew(request, row.serial)
+        new = await pki_ops.renew(request, row.serial, overlap_days=overlap)
     except pki_ops.OperationError as exc:
         return error(409, str(exc))
     return web.json_response(certificate_json(new, await owners(request)), status=201)

@@ -89,6 +89,8 @@ CERTIFICATE = {
         "revoked_at": NULLABLE_DATE,
         "revocation_reason": NULLABLE_TEXT,
         "superseded_by": NULLABLE_TEXT,
+        "overlap_until": {**NULLABLE_DATE, "description":
+                          "renewed: still works until then, or until its renewal connects"},
     },
 }
 SESSION = {
@@ -231,9 +233,13 @@ def _paths() -> dict[str, Any]:
             "parameters": [SERIAL],
             "post": {
                 "operationId": "renewCertificate",
+                "requestBody": _body({"overlap_days": {
+                    "type": "integer", "minimum": 0, "maximum": 365,
+                    "description": "days the old certificate keeps working unless the new "
+                                   "one connects first (default 7; 0 revokes it now)"}}),
                 "responses": {
                     "201": _json(_ref("Certificate"), "The replacement certificate"),
-                    **_errors(404, 409),
+                    **_errors(400, 404, 409),
                 },
             },
         },

@@ -75,7 +75,10 @@ async def issue(
     )
 
 
-async def renew(request: web.Request, serial: str) -> Certificate:
+async def renew(
+    request: web.Request, serial: str, *, overlap_days: int = lifecycle.RENEWAL_OVERLAP_DAYS
+) -> Certificate:
+    """A replacement certificate; the old one works until the overlap ends (`lifecycle`)."""
     portal = portal_of(request)
     actor, address = _actor(request), client_address(request)
     return await portal.call(
@@ -83,6 +86,7 @@ async def renew(request: web.Request, serial: str) -> Certificate:
             engine,
             portal.paths,
             serial=serial,
+            overlap_days=overlap_days,
             actor=actor,
             source_address=address,
             ca_passphrase=portal.settings.ca_passphrase,

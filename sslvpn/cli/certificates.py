@@ -69,9 +69,12 @@ def list_command(ctx: click.Context, expiring: int | None) -> None:
     click.echo(f"{'KIND':<7}{'NAME':<30}{'STATUS':<11}{'EXPIRES':<12}{'DAYS':>6}  SERIAL")
     for item in items:
         left = (item.not_after - now).days
+        renewed = "" if item.overlap_until is None else (
+            f"  renewed as {item.superseded_by}, works until "
+            f"{item.overlap_until:%Y-%m-%d %H:%M} UTC or until that one connects")
         click.echo(
             f"{item.kind:<7}{item.name:<30}{item.status:<11}"
-            f"{item.not_after:%Y-%m-%d}  {left:>6}  {item.serial or '-'}"
+            f"{item.not_after:%Y-%m-%d}  {left:>6}  {item.serial or '-'}{renewed}"
         )
 
 
@@ -87,17 +90,32 @@ def _mend_crl(paths: DataPaths, engine: Engine) -> None:
 @cert_group.command("renew")
 @click.argument("serial")
 @click.option("--days", type=_DAYS, default=None, help="Default: the old certificate's lifetime.")
+@click.option(
+    "--overlap-days",
+    type=click.IntRange(0, lifecycle.MAX_OVERLAP_DAYS),
+    default=lifecycle.RENEWAL_OVERLAP_DAYS,
+    show_default=True,
+    help="A client's old certificate keeps working this long, or until the new one first "
+    "connects; then it is revoked (superseded). 0 revokes it now.",
+)
 @click.pass_context
 @one_line_errors
-def renew_command(ctx: click.Context, serial: str, days: int | None) -> None:
+def renew_command(ctx: click.Context, serial: str, days: int | None, overlap_days: int) -> None:
     """Replace certificate SERIAL (a client's or the gateway's) with a new one.
 
-    The old certificate becomes superseded; a renewed gateway certificate is used after
-    the gateway restarts.
+    A client's device is not cut off: its old certificate works until the new profile
+    first connects or the overlap ends. A renewed gateway certificate is used after the
+    gateway restarts.
     """
     with store(ctx, write=True) as engine:
-        row = lifecycle.renew(engine, paths_of(ctx), serial=serial, days=days, actor=ACTOR)
-    click.echo(f"renewed {serial.lower()} as {row.serial} valid until {row.not_after:%Y-%m-%d}")
+        row = lifecycle.renew(engine, paths_of(ctx), serial=serial, days=days,
+                              overlap_days=overlap_days, actor=ACTOR)
+        with session(engine, write=False) as s:
+            old = get_certificate(s, serial=serial)
+    click.echo(f"renewed {old.serial} as {row.serial} valid until {row.not_after:%Y-%m-%d}")
+    if old.overlap_until is not None and old.status == "valid":
+        click.echo(f"the old certificate works until {old.overlap_until:%Y-%m-%d %H:%M} UTC "
+                   "or until the new one first connects")
 
 
 @cert_group.command("revoke")

@@ -1,8 +1,9 @@
 """`sslvpn serve`: run the gateway.
 
 ``serve`` is the composition root of the running gateway: it opens the store and hands the
-runtime its long-running companions: the daily CRL refresh from ``client_profiles`` and
-retention pass from ``sslvpn.store.retention`` (both in a thread), the
+runtime its long-running companions: the daily CRL refresh and the revocation of renewed
+certificates whose overlap ended from ``client_profiles``, the
+retention pass from ``sslvpn.store.retention`` (all in a thread), the
 IPsec service (site-to-site tunnels; their status answered through the gateway's control)
 and the portal (``web``, on its own event loop in its own thread so that no portal work
 ever runs on the loop that carries packets, with the in-process gateway as its
@@ -31,7 +32,9 @@ import click
 from aiohttp import web
 from sqlalchemy import Engine
 
-from client_profiles import crl
+from client_profiles import crl, lifecycle
+from client_profiles.pki import WrongPassphrase
+from client_profiles.pkifiles import LifecycleError
 from sslvpn.cli.check import allow_insecure_permissions, preflight
 from sslvpn.cli.setup import log_to_stderr, one_line_errors, paths_of, require_data_folder, store
 from sslvpn.config import DataPaths
@@ -60,6 +63,7 @@ from web.tls import portal_tls
 log = logging.getLogger(__name__)
 
 IPSEC_RESTART_DELAY = 5.0  # seconds before an IPsec service that failed is started afresh
+RETIRE_INTERVAL = 5.0  # seconds between looks for renewed certificates to revoke
 
 
 class PortalStartError(Exception):
@@ -174,6 +178,35 @@ def _dump_heap(folder: Path) -> Path:
     tracemalloc.take_snapshot().dump(str(partial))
     os.replace(partial, path)  # readers never see half a snapshot
     return path
+
+
+def retire_task(paths: DataPaths, engine: Engine, interval: float = RETIRE_INTERVAL
+                ) -> ExtraTask:
+    """Every ``interval`` seconds, in a thread (the CA signs the CRL), revoke the renewed
+    certificates whose overlap ended: their renewal connected (which the gateway's
+    accounting wrote) or their overlap period passed. A failure (the CA key offline, the
+    store away) is logged when it starts and when it changes, not every round; meanwhile
+    the gateway refuses those certificates anyway, from the store."""
+
+    async def run(gateway: Gateway) -> None:
+        failing: str | None = None
+        while True:
+            try:
+                retired = await asyncio.to_thread(lifecycle.retire_superseded, engine, paths)
+            except Exception as exc:  # a bug too: the gateway goes on, the log says it
+                if str(exc) != failing:
+                    known = isinstance(exc, LifecycleError | WrongPassphrase | StoreError | OSError)
+                    log.error("renewed certificates not revoked yet: %s", exc,
+                              exc_info=not known)
+                failing = str(exc)
+            else:
+                failing = None
+                for row in retired:
+                    log.info("certificate %s revoked: superseded by %s", row.serial,
+                             row.superseded_by)
+            await asyncio.sleep(interval)
+
+    return run
 
 
 def mend_crl(paths: DataPaths, engine: Engine) -> None:
@@ -295,7 +328,8 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
                      raise_descriptor_limit())
         gateway_store = AsyncStore(engine)  # the gateway's only way to the store
         first = slot is None or slot.first  # node-wide companions run in one process only
-        extra = [ipsec_task(gateway_store, node, on_activate)] if first else []
+        extra = [ipsec_task(gateway_store, node, on_activate),
+                 retire_task(paths, engine)] if first else []
         if trace_frames is not None:
             tracemalloc.start(trace_frames)
             extra.append(heap_snapshot_task(paths.heap_snapshots))

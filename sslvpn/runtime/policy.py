@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -63,13 +64,15 @@ class Policy(Protocol):
     def record(self, records: Sequence[Record]) -> None: ...
 
 
-def _refusal(standing: Standing | None) -> str | None:
+def _refusal(standing: Standing | None, now: datetime) -> str | None:
     if standing is None:
         return "certificate unknown"
     if standing.kind != "client":
         return "not a client certificate"
     if standing.status != "valid":
         return f"certificate {standing.status}"
+    if standing.overlap_until is not None and standing.overlap_until <= now:
+        return "certificate superseded"  # its renewal connected, or the overlap ended
     if standing.user_name is None:
         return "certificate has no user"
     if standing.user_disabled:
@@ -94,19 +97,20 @@ class StorePolicy:
         return Authorization(
             user=(standing.user_name or "") if standing else "",
             device=standing.device if standing else "",
-            refusal=_refusal(standing),
+            refusal=_refusal(standing, utcnow()),
         )
 
     async def unauthorized(self, serials: Collection[str]) -> dict[str, str]:
         if not serials:
             return {}
+        now = utcnow()
         refused = await self._store.read(
-            lambda s: gateway_queries.not_in_good_standing(s, serials=serials))
+            lambda s: gateway_queries.not_in_good_standing(s, serials=serials, now=now))
         result = {}
         for serial in serials:
             lowered = serial.lower()
             if lowered in refused:
-                result[serial] = _refusal(refused[lowered]) or "certificate unknown"
+                result[serial] = _refusal(refused[lowered], now) or "certificate unknown"
         return result
 
     async def ended_elsewhere(self, session_ids: Collection[str]) -> dict[str, str]:

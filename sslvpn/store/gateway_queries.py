@@ -23,11 +23,13 @@ from sqlalchemy import (
     func,
     insert,
     not_,
+    or_,
     select,
     update,
 )
 from sqlmodel import Session, col
 
+from sslvpn.store import node_queries
 from sslvpn.store.models import AddressLease, Certificate, User, VpnSessionRecord
 
 CHUNK = 500  # serials per IN (...) list, far below every backend's parameter limit
@@ -41,6 +43,7 @@ class Standing(NamedTuple):
     device: str
     user_name: str | None
     user_disabled: bool
+    overlap_until: datetime | None = None  # a renewed certificate: valid until then
 
 
 class LeaseStored(NamedTuple):
@@ -82,12 +85,15 @@ Record = LeaseStored | SessionOpened | SessionCounted | SessionEnded
 # built once: building a statement costs more than running this one (indexed, two rows)
 _STANDINGS = (
     select(col(Certificate.serial), col(Certificate.kind), col(Certificate.status),
-           col(Certificate.device), col(User.name), col(User.disabled))
+           col(Certificate.device), col(User.name), col(User.disabled),
+           col(Certificate.overlap_until))
     .join(User, col(Certificate.user_id) == col(User.id), isouter=True)
     .where(col(Certificate.serial).in_(bindparam("serials", expanding=True)))
 )
 _GOOD = and_(col(Certificate.kind) == "client", col(Certificate.status) == "valid",
-             col(User.id).is_not(None), col(User.disabled) == false())
+             col(User.id).is_not(None), col(User.disabled) == false(),
+             or_(col(Certificate.overlap_until).is_(None),
+                 col(Certificate.overlap_until) > bindparam("now")))
 _NOT_GOOD = _STANDINGS.where(not_(_GOOD))
 _KNOWN = select(col(Certificate.serial)).where(
     col(Certificate.serial).in_(bindparam("serials", expanding=True))
@@ -99,14 +105,16 @@ def standings(s: Session, *, serials: Collection[str]) -> dict[str, Standing]:
     return _standings(s, _STANDINGS, serials)
 
 
-def not_in_good_standing(s: Session, *, serials: Collection[str]) -> dict[str, Standing | None]:
-    """Among ``serials``, the certificates that may not connect (None: unknown).
+def not_in_good_standing(
+    s: Session, *, serials: Collection[str], now: datetime
+) -> dict[str, Standing | None]:
+    """Among ``serials``, the certificates that may not connect at ``now`` (None: unknown).
 
     The revocation sweep asks this for every live session every few seconds, so the
     database filters: only the few refused rows come back, plus a count per chunk.
     """
     wanted = sorted({serial.lower() for serial in serials})
-    found: dict[str, Standing | None] = dict(_standings(s, _NOT_GOOD, wanted))
+    found: dict[str, Standing | None] = dict(_standings(s, _NOT_GOOD, wanted, now))
     connection = s.connection()
     for start in range(0, len(wanted), CHUNK):
         chunk = wanted[start:start + CHUNK]
@@ -118,14 +126,19 @@ def not_in_good_standing(s: Session, *, serials: Collection[str]) -> dict[str, S
     return found
 
 
-def _standings(s: Session, query: Executable, serials: Collection[str]) -> dict[str, Standing]:
+def _standings(s: Session, query: Executable, serials: Collection[str],
+               now: datetime | None = None) -> dict[str, Standing]:
     found: dict[str, Standing] = {}
     wanted = [serial.lower() for serial in serials]
     connection = s.connection()
     for start in range(0, len(wanted), CHUNK):
-        rows = connection.execute(query, {"serials": wanted[start:start + CHUNK]})
-        for serial, kind, status, device, user, disabled in rows:
-            found[serial] = Standing(kind, status, device or "", user, bool(disabled))
+        params: dict[str, Any] = {"serials": wanted[start:start + CHUNK]}
+        if now is not None:
+            params["now"] = now
+        rows = connection.execute(query, params)
+        for serial, kind, status, device, user, disabled, overlap_until in rows:
+            found[serial] = Standing(kind, status, device or "", user, bool(disabled),
+                                     overlap_until)
     return found
 
 
@@ -154,6 +167,7 @@ def write_records(
         new = {item.session_id for item in opened}
         _end_open(s, [item for item in ended if item.session_id not in new])
         if opened:
+            _end_overlaps(s, {item.certificate_serial.lower() for item in opened}, now)
             s.connection().execute(insert(_table(VpnSessionRecord)), [
                 {**item._asdict(), "certificate_serial": item.certificate_serial.lower(),
                  "gateway_name": gateway_name, "node": node, "bytes_in": 0, "bytes_out": 0}
@@ -163,6 +177,19 @@ def write_records(
             _update_open(s, [{"sid": i.session_id, "bytes_in": i.bytes_in,
                               "bytes_out": i.bytes_out} for i in counted])
         _end_open(s, [item for item in ended if item.session_id in new])
+
+
+def _end_overlaps(s: Session, serials: set[str], now: datetime) -> None:
+    """A renewal that connects ends the overlap of the certificate it replaced: from now
+    the old one is refused, and the sweeps end its sessions on every node."""
+    table = _table(Certificate)
+    ended = s.connection().execute(
+        update(table)
+        .where(table.c.superseded_by.in_(sorted(serials)), table.c.status == "valid",
+               table.c.overlap_until > now)
+        .values(overlap_until=now))
+    if ended.rowcount:
+        node_queries.signal_fleet(s, "renewal connected")
 
 
 def _end_open(s: Session, ended: Sequence[SessionEnded]) -> None:

@@ -88,7 +88,10 @@ class Certificate(SQLModel, table=True):
     status: str = "valid"
     revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     revocation_reason: str | None = None  # RFC 5280 reason name, e.g. "keyCompromise"
-    superseded_by: str | None = None  # serial of the renewal
+    superseded_by: str | None = Field(default=None, index=True)  # serial of the renewal
+    # a renewed client certificate stays valid until this (end of the overlap, or the
+    # renewal's first connection), then it is revoked with reason superseded
+    overlap_until: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
     cert_pem: str
     key_pem: str | None = Field(default=None, repr=False)
     tls_crypt_v2_key: str | None = Field(default=None, repr=False)

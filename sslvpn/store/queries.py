@@ -248,6 +248,30 @@ def mark_superseded(s: Session, *, serial: str, by_serial: str) -> Certificate:
     return row
 
 
+def begin_overlap(s: Session, *, serial: str, by_serial: str, until: datetime) -> Certificate:
+    """Record that a renewal replaces this client certificate, which stays valid until
+    ``until`` or the renewal's first connection (`overlaps_due` then finds it); its
+    import links die at once."""
+    row = get_certificate(s, serial=serial)
+    get_certificate(s, serial=by_serial)
+    if row.status != "valid" or row.superseded_by is not None:
+        raise ConflictError(f"certificate {row.serial} is {row.status}"
+                            f"{', already renewed' if row.superseded_by else ''}")
+    row.superseded_by = by_serial.lower()
+    row.overlap_until = until
+    s.flush()
+    revoke_import_tokens_for_certificate(s, serial=row.serial)
+    return row
+
+
+def overlaps_due(s: Session, *, now: datetime) -> list[Certificate]:
+    """Renewed certificates still valid whose overlap has ended: to revoke (superseded)."""
+    query = select(Certificate).where(
+        Certificate.status == "valid", col(Certificate.overlap_until) <= now
+    )
+    return list(s.exec(query.order_by(col(Certificate.overlap_until))).all())
+
+
 def revoked_certificates(s: Session) -> list[Certificate]:
     """What the CRL lists, in revocation order."""
     query = select(Certificate).where(Certificate.status == "revoked")

@@ -231,12 +231,16 @@ def test_certificate_lifecycle_through_the_cli(ready: Run, data_dir: Path) -> No
     renewed = ready("cert", "renew", first)
     assert renewed.exit_code == 0, renewed.output
     new = renewed.stdout.split()[3]
-    assert "superseded" in ready("cert", "list").stdout
+    assert "the old certificate works until" in renewed.stdout
+    listing = ready("cert", "list").stdout
+    [old_line] = [line for line in listing.splitlines() if first in line]
+    assert " valid " in old_line and f"renewed as {new}, works until" in old_line
+    assert any(new in line and " valid " in line for line in listing.splitlines())
     revoked = ready("cert", "revoke", new, "--reason", "keyCompromise")
     assert revoked.exit_code == 0 and new in revoked.stdout
     everything = ready("cert", "revoke", "alice")
     assert everything.exit_code == 0
-    assert len(everything.stdout.strip().splitlines()) == 2  # superseded + the 200-day one
+    assert len(everything.stdout.strip().splitlines()) == 2  # the renewed one + the 200-day one
     _one_line_error(ready("cert", "revoke", "alice"), "no certificate")
     _one_line_error(ready("cert", "revoke", new), "already revoked")
 

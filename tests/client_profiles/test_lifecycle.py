@@ -184,22 +184,47 @@ def test_issue_refusals(gateway: Gateway) -> None:
     assert _rows(gateway) == []
 
 
-def test_renew_supersedes_and_keeps_device_and_lifetime(gateway: Gateway) -> None:
+def test_renew_overlaps_and_keeps_device_and_lifetime(gateway: Gateway) -> None:
+    """The old certificate stays valid (its device is not cut off) until the overlap ends;
+    then `retire_superseded` revokes it with reason superseded and the CRL lists it."""
     old = lifecycle.issue_client(
         gateway.engine, gateway.paths, user_name="alice", device="pc", days=30, actor="t"
     )
-    new = lifecycle.renew(gateway.engine, gateway.paths, serial=old.serial, actor="t")
+    now = utcnow()
+    new = lifecycle.renew(gateway.engine, gateway.paths, serial=old.serial, actor="t", now=now)
     assert new.serial != old.serial and new.device == "pc"
     assert (new.not_after - new.not_before).days == 30
     by_serial = {r.serial: r for r in _rows(gateway)}
-    assert by_serial[old.serial].status == "superseded"
+    assert by_serial[old.serial].status == "valid"
     assert by_serial[old.serial].superseded_by == new.serial
-    with pytest.raises(LifecycleError, match="superseded"):
+    assert by_serial[old.serial].overlap_until == now + timedelta(days=7)
+    with pytest.raises(LifecycleError, match=f"already renewed as {new.serial}"):
         lifecycle.renew(gateway.engine, gateway.paths, serial=old.serial, actor="t")
     profile = reports.render_profile(
         gateway.engine, gateway.paths, user_name="alice", device="pc", actor="t"
     )
     assert profile.serial == new.serial
+    assert lifecycle.retire_superseded(gateway.engine, gateway.paths, now=now) == []
+    later = now + timedelta(days=7)
+    retired = lifecycle.retire_superseded(gateway.engine, gateway.paths, now=later)
+    assert [r.serial for r in retired] == [old.serial]
+    row = {r.serial: r for r in _rows(gateway)}[old.serial]
+    assert (row.status, row.revocation_reason, row.revoked_at) == ("revoked", "superseded", later)
+    listed = x509.load_pem_x509_crl(gateway.paths.crl_pem.read_bytes())
+    entry = listed.get_revoked_certificate_by_serial_number(int(old.serial, 16))
+    assert entry is not None
+    assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == \
+        x509.ReasonFlags.superseded
+
+
+def test_renew_without_overlap_revokes_the_old_certificate_at_once(gateway: Gateway) -> None:
+    old = lifecycle.issue_client(gateway.engine, gateway.paths, user_name="alice",
+                                 device="pc", actor="t")
+    lifecycle.renew(gateway.engine, gateway.paths, serial=old.serial, overlap_days=0, actor="t")
+    row = {r.serial: r for r in _rows(gateway)}[old.serial]
+    assert (row.status, row.revocation_reason) == ("revoked", "superseded")
+    listed = x509.load_pem_x509_crl(gateway.paths.crl_pem.read_bytes())
+    assert listed.get_revoked_certificate_by_serial_number(int(old.serial, 16)) is not None
 
 
 def _server_serial(gw: Gateway) -> str:
@@ -216,7 +241,7 @@ def test_renew_the_gateway_certificate_replaces_its_files(gateway: Gateway) -> N
     assert format(cert.serial_number, "x") == new.serial == _server_serial(gateway)
     assert gateway.paths.server_key.read_bytes() != old_key
     assert stat.S_IMODE(gateway.paths.server_key.stat().st_mode) == 0o600
-    with pytest.raises(LifecycleError, match="superseded"):
+    with pytest.raises(LifecycleError, match="superseded, not valid"):
         lifecycle.renew(gateway.engine, gateway.paths, serial=old_serial, actor="t")
 
 

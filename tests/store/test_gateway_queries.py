@@ -67,7 +67,7 @@ def test_the_sweep_query_returns_only_refused_and_unknown(
     monkeypatch.setattr(gateway_queries, "CHUNK", 2)
     with db.session(engine) as s:
         found = gateway_queries.not_in_good_standing(
-            s, serials=["a1", "B2", "c3", "d4", "e5", "ff", "a1"])
+            s, serials=["a1", "B2", "c3", "d4", "e5", "ff", "a1"], now=T0)
     assert found == {
         "b2": Standing("client", "valid", "dev-b2", None, False),
         "c3": Standing("server", "valid", "dev-c3", "carol", False),
@@ -76,7 +76,39 @@ def test_the_sweep_query_returns_only_refused_and_unknown(
         "ff": None,
     }
     with db.session(engine) as s:
-        assert gateway_queries.not_in_good_standing(s, serials=["a1"]) == {}
+        assert gateway_queries.not_in_good_standing(s, serials=["a1"], now=T0) == {}
+
+
+def test_a_renewed_certificate_works_until_its_renewal_connects(engine: Engine) -> None:
+    """During the overlap both certificates are in good standing; the renewal's first
+    session (written by the accounting thread) ends the overlap, and from then the sweep
+    refuses the old one. A session of the old one does not end anything."""
+    _certificate(engine, "a1", "alice")
+    _certificate(engine, "a2", "alice")
+    until = T0 + timedelta(days=7)
+    with db.session(engine, write=True) as s:
+        queries.begin_overlap(s, serial="a1", by_serial="a2", until=until)
+
+    def refused(at: datetime) -> set[str]:
+        with db.session(engine) as s:
+            return set(gateway_queries.not_in_good_standing(s, serials=["a1", "a2"], now=at))
+
+    assert refused(T0) == set()
+    assert refused(until) == {"a1"}  # the overlap's end
+    later = T0 + timedelta(hours=1)
+    with db.session(engine, write=True) as s:
+        gateway_queries.write_records(s, records=[_opened("s1", serial="a1")],
+                                      gateway_name="default", now=later)
+    assert refused(later) == set()
+    with db.session(engine, write=True) as s:
+        gateway_queries.write_records(
+            s, records=[_opened("s2", serial="a2", address="10.8.0.3")],
+            gateway_name="default", now=later)
+    assert refused(later) == {"a1"}
+    with db.session(engine) as s:
+        assert [c.serial for c in queries.overlaps_due(s, now=later)] == ["a1"]
+        found = gateway_queries.standings(s, serials=["a1"])
+    assert found["a1"].overlap_until == later
 
 
 def _opened(session_id: str, serial: str = "a1", address: str = "10.8.0.2") -> SessionOpened:

@@ -102,7 +102,10 @@ async def test_issue_renew_revoke_from_the_certificates_page(
     assert "Renewed alice.laptop" in page
     with db.session(site.engine, write=False) as s:
         old = queries.get_certificate(s, serial=first.serial)
-    assert old.status == "superseded" and old.superseded_by
+    assert old.status == "valid" and old.superseded_by and old.overlap_until
+    page = await (await client.get("/admin/certificates")).text()
+    assert f"works until {old.overlap_until:%Y-%m-%d %H:%M} UTC" in page
+    assert page.count("/renew") == 1  # the renewed one is not offered again
     gateway.add("s1", "alice", old.superseded_by)
     gateway.add("s2", "alice", old.superseded_by)
     _, page = await post(
@@ -125,6 +128,7 @@ async def test_renewal_offers_the_owner_a_fresh_import_link(client: TestClient, 
         alice_csrf = await login(alice, "alice")
         devices = await (await alice.get("/devices")).text()
         assert "was renewed" in devices
+        assert "works until" in devices and devices.count("Download .ovpn") == 1  # the new one
         new = re.search(r'id="renewed-([0-9a-f]+)"', devices)
         assert new and new.group(1) != serial
         link = await alice.post(

@@ -90,8 +90,20 @@ async def test_certificates_profiles_and_kick_over_the_api(
     assert [c["serial"] for c in await listed.json()] == [serial]
     profile = await client.get(f"/api/v1/certificates/{serial}/profile", headers=auth)
     assert profile.content_type == "application/x-openvpn-profile"
+    too_long = await client.post(f"/api/v1/certificates/{serial}/renew",
+                                 json={"overlap_days": 366}, headers=auth)
+    assert too_long.status == 400 and "overlap_days" in (await too_long.json())["error"]
     renewed = await client.post(f"/api/v1/certificates/{serial}/renew", headers=auth)
     new_serial = (await renewed.json())["serial"]
+    old = await (await client.get(f"/api/v1/certificates/{serial}", headers=auth)).json()
+    assert (old["status"], old["superseded_by"]) == ("valid", new_serial)
+    assert old["overlap_until"] is not None  # works for 7 days or until the new one connects
+    again = await client.post(f"/api/v1/certificates/{new_serial}/renew",
+                              json={"overlap_days": 0}, headers=auth)
+    assert again.status == 201
+    replaced = await (await client.get(f"/api/v1/certificates/{new_serial}", headers=auth)).json()
+    assert (replaced["status"], replaced["revocation_reason"]) == ("revoked", "superseded")
+    new_serial = (await again.json())["serial"]
     gateway.add("s7", "alice", new_serial)
     sessions = await (await client.get("/api/v1/sessions", headers=auth)).json()
     assert [s["session_id"] for s in sessions] == ["s7"]

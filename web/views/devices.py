@@ -102,7 +102,7 @@ async def render_devices(
     renewed = {
         c.superseded_by
         for c in certificates
-        if c.status == "superseded" and c.superseded_by not in imported
+        if c.superseded_by is not None and c.superseded_by not in imported
     }
     context = {
         "certificates": shown,
