@@ -49,7 +49,6 @@ from sslvpn.runtime.tun_keeper import TunLostError
 from sslvpn.runtime.workers import (
     Supervisor,
     WorkerSlot,
-    raise_descriptor_limit,
     stop_with_supervisor,
     supervise,
 )
@@ -324,8 +323,6 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
             return
         if slot is not None:
             stop_with_supervisor()
-            log.info("worker %s: up to %d descriptors (one per UDP session)", slot,
-                     raise_descriptor_limit())
         gateway_store = AsyncStore(engine)  # the gateway's only way to the store
         first = slot is None or slot.first  # node-wide companions run in one process only
         extra = [ipsec_task(gateway_store, node, on_activate),

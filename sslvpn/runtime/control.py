@@ -68,6 +68,19 @@ class TunnelStatus:
     child_expires_in: float | None = None
 
 
+@dataclass(frozen=True)
+class ListenerStatus:
+    """The OpenVPN listeners of one gateway process: clients held, refused, limits."""
+
+    clients: int = 0  # UDP sessions and TCP connections held
+    # clients that have not authenticated yet (no admitted session), by "udp" / "tcp"
+    half_open: dict[str, int] = field(default_factory=dict)
+    half_open_peak: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)  # new clients refused, by reason
+    top_refused_sources: dict[str, int] = field(default_factory=dict)  # host -> refusals
+    limits: dict[str, int] = field(default_factory=dict)  # the caps in force
+
+
 TUNNEL_ACTIONS = ("rekey-ike", "rekey-child", "restart", "down")
 
 
@@ -81,6 +94,8 @@ class GatewayControl(Protocol):
     def traffic(self) -> TrafficSample: ...
 
     def tunnel_status(self) -> list[TunnelStatus]: ...
+
+    def listener_status(self) -> ListenerStatus: ...
 
     def tunnel_action(self, name: str, action: str) -> str:
         """One of TUNNEL_ACTIONS on a running tunnel; what was done, or ValueError why not."""
@@ -112,6 +127,9 @@ class ThreadSafeControl:
 
     def tunnel_status(self) -> list[TunnelStatus]:
         return self._on_loop(self._control.tunnel_status)
+
+    def listener_status(self) -> ListenerStatus:
+        return self._on_loop(self._control.listener_status)
 
     def tunnel_action(self, name: str, action: str) -> str:
         return self._on_loop(lambda: self._control.tunnel_action(name, action))

@@ -19,7 +19,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from sslvpn.runtime.control import GatewayControl, SessionInfo, TrafficSample, TunnelStatus
+from sslvpn.runtime.control import (
+    GatewayControl,
+    ListenerStatus,
+    SessionInfo,
+    TrafficSample,
+    TunnelStatus,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +112,8 @@ class ControlServer:
             return {"ok": True, "count": control.kick_certificate(str(request["serial"]), reason)}
         if op == "traffic":
             return {"ok": True, "traffic": _encode(control.traffic())}
+        if op == "listeners":
+            return {"ok": True, "listeners": _encode(control.listener_status())}
         if op == "tunnels":
             return {"ok": True, "tunnels": [_encode(t) for t in control.tunnel_status()]}
         if op == "tunnel_action":
@@ -167,6 +175,9 @@ class ControlClient:
     def tunnel_status(self) -> list[TunnelStatus]:
         rows = self._call(op="tunnels")["tunnels"]
         return [TunnelStatus(**_decode_times(r, "established_at")) for r in rows]
+
+    def listener_status(self) -> ListenerStatus:
+        return ListenerStatus(**self._call(op="listeners")["listeners"])
 
     def tunnel_action(self, name: str, action: str) -> str:
         """Raises ControlError with the gateway's reason when it refuses."""

@@ -50,7 +50,8 @@ from sslvpn.openvpn.events import (
     TunnelPacket,
 )
 from sslvpn.openvpn.push import PushConfig
-from sslvpn.runtime.control import SessionInfo, TrafficSample, TunnelStatus
+from sslvpn.runtime.admission import Admission, AdmissionLimits, Slot
+from sslvpn.runtime.control import ListenerStatus, SessionInfo, TrafficSample, TunnelStatus
 from sslvpn.runtime.driver import SessionCore, SessionDriver, Transmit
 from sslvpn.runtime.policy import (
     Authorization,
@@ -90,6 +91,7 @@ class GatewayOptions:
     tun_mtu: int = 1500
     sweep_interval: float = 2.0
     accounting_interval: float = 60.0
+    admission: AdmissionLimits = AdmissionLimits()
 
 
 class ClientSession:
@@ -98,7 +100,7 @@ class ClientSession:
     __slots__ = ("session_id", "driver", "protocol", "real_address", "peer_id", "user",
                  "serial", "device", "vpn_address", "vpn_text", "connected_at",
                  "last_activity", "bytes_in", "bytes_out", "established", "on_closed",
-                 "end_reason", "vpn_address6", "accounted", "tls_group")
+                 "end_reason", "vpn_address6", "accounted", "tls_group", "slot")
 
     def __init__(self, session_id: str, protocol: str, real_address: str, peer_id: int,
                  on_closed: Callable[[], None]) -> None:
@@ -122,6 +124,7 @@ class ClientSession:
         self.end_reason: str | None = None  # set when the gateway ends it, wins over the core's
         self.accounted = (0, 0)  # byte totals last written to the store
         self.tls_group: str | None = None  # the control channel's key-exchange group
+        self.slot: Slot | None = None  # its place in the listeners' admission
 
 
 class Gateway:
@@ -140,6 +143,7 @@ class Gateway:
         self.tunnel_status_providers: list[Callable[[], list[TunnelStatus]]] = []
         self.tunnel_action_handler: Callable[[str, str], str] | None = None  # IPsec service
         self.flushers: list[Callable[[], None]] = []  # listeners' queued sends, per TUN burst
+        self.admission = Admission(options.admission)  # shared by the OpenVPN listeners
         self._sessions: dict[str, ClientSession] = {}
         self._by_address: dict[bytes, ClientSession] = {}
         self._by_serial: dict[str, ClientSession] = {}  # admitted sessions
@@ -172,13 +176,17 @@ class Gateway:
         protocol: str,
         real_address: str,
         on_closed: Callable[[], None],
+        slot: Slot | None = None,
     ) -> ClientSession:
-        """Register a session a listener just created; feed it input through ``.driver``."""
+        """Register a session a listener just created; feed it input through ``.driver``.
+        Its admission ``slot`` leaves the half-open count when the session is established
+        and is released when it ends."""
         session_id = f"{protocol}-{secrets.token_hex(4)}"
         while session_id in self._sessions:  # 32 random bits do collide among 10,000s
             session_id = f"{protocol}-{secrets.token_hex(4)}"
         client = ClientSession(session_id, protocol, real_address, self._next_peer_id(),
                                on_closed)
+        client.slot = slot
         client.driver = SessionDriver(core, transmit=transmit,
                                       on_event=lambda _d, event: self._on_event(client, event),
                                       on_packet=self._client_sink(client))
@@ -271,6 +279,8 @@ class Gateway:
             self._verify(client, event)  # type: ignore[arg-type]
         elif kind is SessionEstablished:
             client.established = True
+            if client.slot is not None:
+                client.slot.authenticated()
             log.info("session %s established: %s", client.session_id, event)
         elif kind is PeerRefused:
             log.warning("session %s from %s refused by the core: %s", client.session_id,
@@ -414,6 +424,8 @@ class Gateway:
         if self._sessions.pop(client.session_id, None) is None:
             return
         self._live_peer_ids.discard(client.peer_id)
+        if client.slot is not None:
+            client.slot.release()
         reason = client.end_reason or reason
         if client.driver is not None:
             client.driver.stop()
@@ -558,6 +570,9 @@ class Gateway:
             bytes_in=self._closed_in + sum(c.bytes_in for c in live),
             bytes_out=self._closed_out + sum(c.bytes_out for c in live),
         )
+
+    def listener_status(self) -> ListenerStatus:
+        return self.admission.status()
 
     def tunnel_status(self) -> list[TunnelStatus]:
         return [status for provider in self.tunnel_status_providers for status in provider()]

@@ -15,7 +15,14 @@ from sslvpn import keyfiles
 from sslvpn.config import DataPaths
 from sslvpn.openvpn.constants import Opcode
 from sslvpn.openvpn.endpoint import Timing
-from sslvpn.openvpn.server import AcceptorConfig, CreateSession, Decision, ServerAcceptor
+from sslvpn.openvpn.server import (
+    RESET_PERIOD,
+    RESET_RATE,
+    AcceptorConfig,
+    CreateSession,
+    Decision,
+    ServerAcceptor,
+)
 from sslvpn.openvpn.session import ServerConfig, ServerSession
 from sslvpn.openvpn.tls import TlsContext, TlsCredentials
 from sslvpn.openvpn.tls_wrap import ServerWrapKeys
@@ -71,23 +78,22 @@ class ControlChannelAcceptor:
 
 
 def build_acceptor(
-    credentials: OpenVpnCredentials, *, tcp: bool, connect_freq: tuple[int, float] | None = None
+    credentials: OpenVpnCredentials, *, tcp: bool, connect_freq: tuple[int, float] | None = None,
+    force_cookie: bool = True,
 ) -> ControlChannelAcceptor:
     """The stateless first-packet gate for one listener.
 
-    ``connect_freq`` is OpenVPN's ``connect-freq-initial``: at most N replies to new clients
-    per so many seconds (None: the acceptor's default, 100 per 10 s).
+    ``connect_freq`` is OpenVPN's ``connect-freq-initial``: at most N replies to new UDP
+    clients per so many seconds (None: the acceptor's default, 100 per 10 s).
+    ``force_cookie`` refuses UDP tls-crypt-v2 clients that cannot do the cookie exchange.
     """
+    rate, period = connect_freq or (RESET_RATE, RESET_PERIOD)
 
     def one(keys: ServerWrapKeys | None) -> ServerAcceptor | None:
         if keys is None:
             return None
-        if connect_freq is None:
-            return ServerAcceptor(AcceptorConfig(wrap=keys, tcp=tcp))
-        rate, period = connect_freq
-        return ServerAcceptor(
-            AcceptorConfig(wrap=keys, tcp=tcp, reset_rate=rate, reset_period=period)
-        )
+        return ServerAcceptor(AcceptorConfig(wrap=keys, tcp=tcp, reset_rate=rate,
+                                             reset_period=period, force_cookie=force_cookie))
 
     return ControlChannelAcceptor(one(credentials.tls_crypt), one(credentials.tls_crypt_v2))
 
@@ -107,4 +113,6 @@ def build_openvpn(
     def create(created: CreateSession, now: float) -> SessionCore:
         return ServerSession(config, created, now)
 
-    return build_acceptor(credentials, tcp=tcp, connect_freq=connect_freq), create
+    acceptor = build_acceptor(credentials, tcp=tcp, connect_freq=connect_freq,
+                              force_cookie=settings.tls_crypt_v2_force_cookie)
+    return acceptor, create

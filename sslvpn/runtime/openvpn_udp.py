@@ -46,7 +46,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from sslvpn.openvpn.constants import DATA_V2_HEADER_LEN, Opcode
-from sslvpn.openvpn.server import CreateSession, Decision, Dropped, Reply
+from sslvpn.openvpn.server import NO_COOKIE_SUPPORT, CreateSession, Decision, Dropped, Reply
 from sslvpn.runtime.driver import SessionCore
 from sslvpn.runtime.gateway import ClientSession, Gateway
 
@@ -62,6 +62,8 @@ GSO_MAX_BYTES = 65000  # one GSO send must fit one (unfragmented-size) IP datagr
 _GSO_REFUSED = frozenset((errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP))
 _GSO_SIZE = struct.Struct("=H")
 
+#: Acceptor drops that refuse a client that proved its key (counted by admission too).
+REFUSALS = frozenset({"rate-limited", NO_COOKIE_SUPPORT})
 SessionFactory = Callable[[CreateSession, float], SessionCore]
 PeerAddress = tuple[str, int] | tuple[str, int, int, int]
 
@@ -293,6 +295,8 @@ class OpenVpnUdpListener:
             self._send(decision.data, address)
         elif isinstance(decision, Dropped):
             self.drops[decision.reason] += 1
+            if decision.reason in REFUSALS:
+                self.gateway.admission.refuse(decision.reason, address[0])
         elif isinstance(decision, CreateSession):
             self._create(decision, address, now)
 
@@ -341,11 +345,15 @@ class OpenVpnUdpListener:
         pin.close()
 
     def _create(self, decision: CreateSession, address: PeerAddress, now: float) -> None:
+        slot = self.gateway.admission.take(address[0], "udp", lambda: evict())
+        if slot is None:
+            return
         try:
             core = self.session_factory(decision, now)
         except Exception:  # a broken first packet must not take the listener down
             log.exception("could not create a session for %s", format_peer(address))
             self.drops["session-create-failed"] += 1
+            slot.release()
             return
         clients = self._clients
         by_peer_id = self._by_peer_id
@@ -360,9 +368,13 @@ class OpenVpnUdpListener:
                 del by_peer_id[peer.client.peer_id]
             self._unpin(peer)
 
+        def evict() -> None:
+            self.gateway.transport_lost(peer.client, "evicted: too many clients that have "
+                                                     "not authenticated")
+
         client = self.gateway.new_session(
             core, transmit=transmit, protocol="udp", real_address=format_peer(address),
-            on_closed=forget,
+            on_closed=forget, slot=slot,
         )
         peer = _Peer(address, client)
         clients[address] = client

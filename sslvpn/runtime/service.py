@@ -28,6 +28,7 @@ from typing import TypeVar
 
 from sslvpn.config import DataPaths
 from sslvpn.net.subpools import Fleet, NodePools, effective_pool6
+from sslvpn.runtime.admission import HALF_OPEN_MAX, AdmissionLimits, raise_descriptor_limit
 from sslvpn.runtime.control_server import ControlServer
 from sslvpn.runtime.fleet_signal import listen_conninfo, listen_for_signals
 from sslvpn.runtime.gateway import Gateway, GatewayOptions
@@ -87,7 +88,13 @@ def gateway_options(settings: GatewaySettings, sweep_interval: float = 2.0,
         raise ValueError(f"the IPv6 client pool {pool6} must be IPv6")
     if node is not None:
         pool, pool6 = node.pool, effective_pool6(node, Fleet(pool, pool6))
+    usable = max(pool.num_addresses - 3, 1)  # network, gateway, broadcast
+    admission = AdmissionLimits(
+        max_clients=settings.max_clients or usable + HALF_OPEN_MAX,
+        max_clients_per_address=settings.max_clients_per_address,
+    )
     return GatewayOptions(
+        admission=admission,
         pool=pool,
         pool6=pool6,
         vpc_networks=tuple(ipaddress.ip_network(n) for n in settings.vpc_networks),
@@ -136,6 +143,7 @@ class GatewayService:
         options = gateway_options(settings, self.options.sweep_interval, node)
         if worker is not None:
             options = worker.narrow(options)
+        raise_descriptor_limit(options.admission.max_clients)
         # a node's session records carry its name, so its restart closes only its own (a
         # worker's, only those in its slice: the other workers' clients are still served)
         policy = StorePolicy(self.store, gateway_name=gateway_name, node=node_name)

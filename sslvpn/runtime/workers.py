@@ -21,7 +21,6 @@ import ctypes
 import dataclasses
 import logging
 import os
-import resource
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -67,9 +66,13 @@ class WorkerSlot:
         return self.index == 0
 
     def narrow(self, options: GatewayOptions) -> GatewayOptions:
-        """The gateway options of this worker: its slice of the node's pools."""
+        """The gateway options of this worker: its slice of the node's pools and its share
+        of the node's max-clients."""
         pool, pool6 = worker_slices(options.pool, options.pool6, self.count)[self.index]
-        return dataclasses.replace(options, pool=pool, pool6=pool6)
+        limits = options.admission
+        share = -(-limits.max_clients // self.count)
+        return dataclasses.replace(options, pool=pool, pool6=pool6,
+                                   admission=dataclasses.replace(limits, max_clients=share))
 
     def control_socket(self, default: Path) -> Path:
         """The first worker answers on the usual socket, the others beside it."""
@@ -90,15 +93,6 @@ def stop_with_supervisor() -> None:
                     os.strerror(ctypes.get_errno()))
     if os.getppid() == 1:  # the supervisor died before we asked
         os.kill(os.getpid(), signal.SIGTERM)
-
-
-def raise_descriptor_limit() -> int:
-    """Lift this worker's descriptor limit to the hard one (each UDP session pins a
-    socket); returns the limit now in force."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def other_control_sockets(default: Path) -> list[Path]:

@@ -147,6 +147,12 @@ class GatewaySettings(SQLModel, table=True):
     import_link_retention_days: int = 7
     disabled_user_retention_days: int = 400
     heartbeat_timeout: int = 15  # seconds without a heartbeat after which a node is down
+    # OpenVPN's max-clients, in all and per source address (0: as many as the pool holds,
+    # no cap per address); refuse UDP tls-crypt-v2 clients that cannot do the cookie
+    # exchange (before 2.6), as 2.6's tls-crypt-v2 ... force-cookie
+    max_clients: int = 0
+    max_clients_per_address: int = 0
+    tls_crypt_v2_force_cookie: bool = True
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sslvpn.config import DataPaths, database_url
-from sslvpn.runtime.control import SessionInfo, TrafficSample, TunnelStatus
+from sslvpn.runtime.control import ListenerStatus, SessionInfo, TrafficSample, TunnelStatus
 from sslvpn.runtime.control_server import ControlServer
 from sslvpn.runtime.ipsec_service import IpsecService
 from sslvpn.store.async_store import AsyncStore
@@ -47,6 +47,9 @@ class TunnelsOnly:
 
     def tunnel_status(self) -> list[TunnelStatus]:
         return self.service.tunnel_status()
+
+    def listener_status(self) -> ListenerStatus:
+        return ListenerStatus()
 
     def tunnel_action(self, name: str, action: str) -> str:
         return self.service.tunnel_action(name, action)

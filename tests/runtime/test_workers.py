@@ -4,6 +4,7 @@ it restarts one that dies and stops them all with SIGTERM, killing only a hung o
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import resource
 import signal
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from sslvpn.runtime.workers import Supervisor, WorkerSlot, next_delay, raise_descriptor_limit
+from sslvpn.runtime.admission import raise_descriptor_limit
+from sslvpn.runtime.workers import Supervisor, WorkerSlot, next_delay
 
 # a worker that writes its pid to a file and stops on SIGTERM by writing "clean"
 WORKER = """
@@ -77,11 +79,19 @@ def test_a_worker_slot_is_parsed_and_checked() -> None:
     assert WorkerSlot(0, 2).control_socket(Path("/d/control.sock")) == Path("/d/control.sock")
 
 
-def test_a_worker_lifts_its_descriptor_limit_to_the_hard_one() -> None:
+def test_serve_lifts_its_descriptor_limit_to_the_hard_one(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """And warns when even the hard limit cannot hold the configured clients."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))
-        assert raise_descriptor_limit() == hard
+        with caplog.at_level(logging.INFO, "sslvpn.runtime.admission"):
+            assert raise_descriptor_limit(100) == hard
+        assert "soft limit was 256" in caplog.text and "below" not in caplog.text
+        with caplog.at_level(logging.INFO, "sslvpn.runtime.admission"):
+            assert raise_descriptor_limit(hard) == hard
+        assert f"the open-file limit {hard} is below the {hard + 256} descriptors {hard} " \
+            "clients need" in caplog.text
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 

@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from client_profiles import lifecycle
 from client_profiles.passwords import hash_password
 from sslvpn.config import DataPaths, database_url
-from sslvpn.runtime.control import SessionInfo, TrafficSample, TunnelStatus
+from sslvpn.runtime.control import ListenerStatus, SessionInfo, TrafficSample, TunnelStatus
 from sslvpn.store import db, queries
 from sslvpn.store.db import open_engine, upgrade
 from web.app import create_app
@@ -40,6 +40,7 @@ class FakeGateway:
     sessions: list[SessionInfo] = field(default_factory=list)
     kicked: list[str] = field(default_factory=list)
     bytes_in: int = 0
+    listeners: ListenerStatus = field(default_factory=ListenerStatus)
 
     def list_sessions(self) -> list[SessionInfo]:
         return list(self.sessions)
@@ -62,6 +63,9 @@ class FakeGateway:
 
     def tunnel_status(self) -> list[TunnelStatus]:
         return []
+
+    def listener_status(self) -> ListenerStatus:
+        return self.listeners
 
     def tunnel_action(self, name: str, action: str) -> str:
         raise ValueError("no IPsec service runs in this gateway")
