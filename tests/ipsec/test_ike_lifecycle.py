@@ -220,21 +220,44 @@ def test_commands_need_the_right_state() -> None:
         pair.a.initiate(pair.now)
 
 
-def test_simultaneous_ike_rekeys_collide_then_resolve() -> None:
-    """IKE SA rekeys that cross are refused (TEMPORARY_FAILURE) and retried with jitter;
-    CHILD_SA collisions follow the lowest-nonce rule (test_ike_rekey_collision.py)."""
+@pytest.mark.parametrize("error", ["NO_PROPOSAL_CHOSEN", "INVALID_SYNTAX", "garbage"])
+def test_a_refused_ike_rekey_keeps_the_sa_and_tries_again_later(error: str) -> None:
+    """The peer refuses our IKE rekey (or answers nonsense): the working IKE SA and its
+    CHILD_SA stay, nothing is torn down, and the rekey is tried again 30-45 s later."""
+    from dataclasses import replace
+
+    from sslvpn.ipsec.ike.constants import ExchangeType, NotifyType
+    from sslvpn.ipsec.ike.messages import NotifyPayload
+
     pair = _up(dpd_delay=0.0)
-    for sa in (pair.a, pair.b):
-        sa.rekey_ike(pair.now)
+    b_config = pair.b.config
+    if error == "NO_PROPOSAL_CHOSEN":  # B was reconfigured: our rekey proposal no longer fits
+        pair.b.config = replace(b_config, ike_proposals=config(
+            "B", ike="aes128gcm16-prfsha256-ecp256").ike_proposals)
+    else:  # B answers with an error, or with an SA-less answer, and keeps its SA
+        from sslvpn.ipsec.ike.messages import NoncePayload
+
+        answer = ([NotifyPayload(NotifyType.INVALID_SYNTAX)] if error != "garbage"
+                  else [NoncePayload(bytes(32))])
+
+        def spoil(ctx, message_id, payloads, sa, now):  # type: ignore[no-untyped-def]
+            pair.b._respond(ctx, ExchangeType.CREATE_CHILD_SA, message_id, answer)  # noqa: SLF001
+
+        pair.b._answer_rekey_ike = spoil  # type: ignore[method-assign]  # noqa: SLF001
+    pair.a.rekey_ike(pair.now)
     pair.run()
-    # both requests crossed: each side answered TEMPORARY_FAILURE and nothing changed yet
-    assert len(pair.of("a", ev.ChildSaEstablished)) == 1 and not pair.of("a", ev.IkeSaRekeyed)
-    assert not pair.of("a", ev.ChildSaFailed) and not pair.of("b", ev.ChildSaFailed)
-    pair.advance(pair.now + 30)
-    assert pair.of("a", ev.IkeSaRekeyed) and pair.of("b", ev.IkeSaRekeyed)
-    assert pair.a.local_spis == {pair.a.local_spi}
-    assert len(pair.a.children) == len(pair.b.children) == 1
+    (failed,) = pair.of("a", ev.IkeRekeyFailed)
+    assert error.split("_")[0].lower() in failed.reason.lower() or error == "garbage"
     assert pair.a.state is IkeState.ESTABLISHED and pair.b.state is IkeState.ESTABLISHED
+    assert not pair.of("a", ev.IkeSaRekeyed) and not pair.of("a", ev.IkeSaClosed)
+    assert not pair.of("a", ev.ChildSaDeleted) and len(pair.a.children) == 1
+    assert pair.now + 30 <= pair.a.ike_rekey_at <= pair.now + 45
+    pair.b.config = b_config
+    if error != "NO_PROPOSAL_CHOSEN":
+        del pair.b._answer_rekey_ike  # noqa: SLF001
+    pair.advance(pair.a.ike_rekey_at + 1)
+    assert pair.of("a", ev.IkeSaRekeyed) and pair.of("b", ev.IkeSaRekeyed)
+    assert pair.a.state is IkeState.ESTABLISHED and len(pair.b.children) == 1
 
 
 def test_initiator_repeats_init_with_the_cookie() -> None:

@@ -71,7 +71,6 @@ def test_strongswan_notation_for_additional_key_exchanges() -> None:
     assert (TransformType.ADDKE1, DhGroup.ML_KEM_768) in [(t.type, t.id) for t in transforms]
     optional = pr.parse_proposal(f"{CLASSIC}-ke3_mlkem768-ke3_none", IKE)
     assert optional.addkes == ((), (), (DhGroup.ML_KEM_768, DhGroup.NONE))
-    assert spec.without_additional_ke() == pr.parse_proposal(CLASSIC, IKE)
 
 
 @pytest.mark.parametrize("text", [
@@ -253,18 +252,107 @@ def test_a_lost_intermediate_response_is_retransmitted() -> None:
     assert pair.a.state is IkeState.ESTABLISHED and pair.b.state is IkeState.ESTABLISHED
 
 
-def test_rekeys_after_an_ml_kem_handshake() -> None:
-    """IKE rekeys run the classical exchange (IKE_FOLLOWUP_KE is not implemented) over the
-    post-quantum SK_d; CHILD_SA rekeys are unchanged."""
-    pair, _ = _establish(BOTH, BOTH)
-    pair.a.rekey_ike(pair.now)
+def _rekey(pair: Pair, who: str) -> list[tuple[str, int, int, bool]]:
+    seen = _traced(pair)
+    (pair.a if who == "a" else pair.b).rekey_ike(pair.now)
     pair.run()
-    (rekeyed,) = pair.of("b", ev.IkeSaRekeyed)
-    assert rekeyed.suite.name == CLASSIC
+    return seen
+
+
+def _works(pair: Pair) -> None:
+    """Both sides are on the same single IKE SA, and it carries a CHILD rekey and DPD."""
+    assert pair.a.local_spis == {pair.a.local_spi} and pair.b.local_spis == {pair.b.local_spi}
+    assert {pair.a.local_spi, pair.b.local_spi} == {pair.a._ctx.spi_i, pair.a._ctx.spi_r}  # noqa: SLF001
+    before = len(pair.of("a", ev.ChildSaEstablished))
     pair.b.rekey_child(pair.now)
     pair.run()
-    assert len(pair.of("a", ev.ChildSaEstablished)) == 2
+    a, b = pair.of("a", ev.ChildSaEstablished)[-1], pair.of("b", ev.ChildSaEstablished)[-1]
+    assert len(pair.of("a", ev.ChildSaEstablished)) == before + 1
+    assert a.keys_out == b.keys_in and a.keys_in == b.keys_out
+    pair.advance(pair.now + 31)
     assert pair.a.state is IkeState.ESTABLISHED and pair.b.state is IkeState.ESTABLISHED
+
+
+@pytest.mark.parametrize("who", ["a", "b"])
+@pytest.mark.parametrize("ike", [PQ, BOTH], ids=["ml-kem-only", "ml-kem-or-classical"])
+def test_ike_rekeys_run_ml_kem_in_ike_followup_ke(who: str, ike: str) -> None:
+    """RFC 9370 §2.2.4 either way: CREATE_CHILD_SA settles the suite with ML-KEM and links
+    to one IKE_FOLLOWUP_KE on the old SA; the new SA is used only after it."""
+    pair, _ = _establish(ike, ike)
+    seen = _rekey(pair, who)
+    requests = [(e, mid) for d, e, mid, resp in seen if d == who and not resp]
+    assert [e for e, _ in requests] == [ExchangeType.CREATE_CHILD_SA,
+                                        ExchangeType.IKE_FOLLOWUP_KE, ExchangeType.INFORMATIONAL]
+    for name in "ab":
+        (rekeyed,) = pair.of(name, ev.IkeSaRekeyed)
+        assert rekeyed.suite.name == PQ
+        assert not pair.of(name, ev.MessageDropped) and not pair.of(name, ev.ChildSaDeleted)
+    _works(pair)
+
+
+def test_the_followup_ml_kem_secret_feeds_the_new_ike_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A responder whose IKE_FOLLOWUP_KE secret differs derives other keys: the new SA
+    cannot be read (its first message, the old SA's DELETE, is still on the old SA; the
+    CHILD rekey after it fails)."""
+    from sslvpn.ipsec.ike import ike_rekey
+
+    pair, _ = _establish(PQ, PQ)
+    real = ike_rekey.kem_encapsulate
+
+    def other_secret(method: DhGroup, public: bytes) -> tuple[bytes, bytes]:
+        ciphertext, shared = real(method, public)
+        return ciphertext, bytes(len(shared))
+
+    monkeypatch.setattr(ike_rekey, "kem_encapsulate", other_secret)
+    pair.a.rekey_ike(pair.now)
+    pair.run()
+    pair.b.rekey_child(pair.now)
+    pair.run()
+    assert [d.kind for d in pair.of("a", ev.MessageDropped)] == ["bad-integrity"]
+
+
+def test_a_followup_with_a_wrong_link_is_refused_and_the_sa_stays() -> None:
+    """The responder answers STATE_NOT_FOUND to an IKE_FOLLOWUP_KE whose link it does not
+    know; the requester keeps its working SA and tries again later."""
+    pair, _ = _establish(PQ, PQ)
+    pair.a.rekey_ike(pair.now)
+    for data, _ in pair.a.datagrams_to_send(pair.now):
+        pair.b.receive_datagram(data, ("198.18.0.1", 4500), pair.now)
+    passive = pair.b._passive  # noqa: SLF001
+    assert passive is not None and len(passive.link) == 8
+    passive.link = bytes(8)  # B lost track of the link it handed out
+    pair.run()
+    (failed,) = pair.of("a", ev.IkeRekeyFailed)
+    assert "STATE_NOT_FOUND" in failed.reason
+    for name in "ab":
+        assert not pair.of(name, ev.IkeSaRekeyed) and not pair.of(name, ev.IkeSaClosed)
+    assert pair.now + 30 <= pair.a.ike_rekey_at <= pair.now + 45
+    pair.advance(pair.a.ike_rekey_at + 1)  # the retry goes through
+    assert pair.of("a", ev.IkeSaRekeyed) and pair.of("b", ev.IkeSaRekeyed)
+    _works(pair)
+
+
+def test_simultaneous_ml_kem_ike_rekeys_leave_one_sa() -> None:
+    outcomes = set()
+    for seed in range(1, 9):
+        pair = make_pair(config("A", ike=PQ, dpd_delay=0.0), config("B", ike=PQ, dpd_delay=0.0),
+                         seed=seed)
+        pair.a.initiate(pair.now)
+        pair.run()
+        pair.a.rekey_ike(pair.now)
+        pair.b.rekey_ike(pair.now)
+        pair.run()
+        pair.advance(pair.now + 60)
+        assert pair.a.local_spis == {pair.a.local_spi}
+        assert pair.b.local_spis == {pair.b.local_spi}
+        assert pair.a._ctx.spi_i == pair.b._ctx.spi_i  # noqa: SLF001
+        assert pair.a._ctx.keys.sk_d == pair.b._ctx.keys.sk_d  # type: ignore[union-attr]  # noqa: SLF001
+        outcomes.add(pair.a._ctx.initiator)  # noqa: SLF001
+        assert not pair.of("a", ev.ChildSaDeleted) and not pair.of("b", ev.ChildSaDeleted)
+        _works(pair)
+    assert outcomes == {True, False}
 
 
 # -- robustness ----------------------------------------------------------------------------

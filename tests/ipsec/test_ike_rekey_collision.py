@@ -10,6 +10,7 @@ both sides agree on it; across seeds both outcomes of the lowest-nonce rule occu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import pytest
 
@@ -19,6 +20,8 @@ from sslvpn.ipsec.ike.sa import IkeState
 
 from .ike_pair import Pair, config, establish, make_pair
 
+E = TypeVar("E")
+
 
 @dataclass
 class Sad:
@@ -27,8 +30,13 @@ class Sad:
     inbound: dict[int, ev.EspKeys] = field(default_factory=dict)
     outbound: tuple[int, ev.EspKeys] | None = None
     redundant_seen: int = 0
+    events: list[ev.IkeEvent] = field(default_factory=list)
+
+    def of(self, kind: type[E]) -> list[E]:
+        return [e for e in self.events if isinstance(e, kind)]
 
     def apply(self, event: ev.IkeEvent) -> None:
+        self.events.append(event)
         if isinstance(event, ev.ChildSaEstablished):
             self.inbound[event.spi_in] = event.keys_in
             if event.outbound:
@@ -91,15 +99,32 @@ def _settle(pair: Pair, sads: dict[str, Sad], lose: set[int], until: float) -> N
             sa.handle_timer(pair.now)
 
 
-def _collide(seed: int, lose_peer_request: bool) -> tuple[Pair, dict[str, Sad]]:
-    pair = establish(make_pair(config("A", dpd_delay=0.0, retransmit_base=1.0),
-                               config("B", dpd_delay=0.0, retransmit_base=1.0), seed=seed))
+def _run_for(pair: Pair, sads: dict[str, Sad], seconds: float) -> None:
+    """Let both sides' timers run (rekeys start on their own), checking ESP throughout."""
+    end = pair.now + seconds
+    while pair.now < end:
+        _settle(pair, sads, set(), pair.now + 5)
+        pair.now += 5
+        for sa in (pair.a, pair.b):
+            sa.handle_timer(pair.now)
+    _settle(pair, sads, set(), pair.now + 1)
+
+
+def _up(seed: int, **timers: float) -> tuple[Pair, dict[str, Sad]]:
+    """An established pair and each side's SAD model, fed with the events so far."""
+    timers = {"dpd_delay": 0.0, "retransmit_base": 1.0, **timers}
+    pair = establish(make_pair(config("A", **timers), config("B", **timers), seed=seed))
     assert pair.a.state is IkeState.ESTABLISHED
     sads = {"a": Sad(), "b": Sad()}
     pair.collect()
     for name in "ab":
         for event in pair.events[name]:
             sads[name].apply(event)
+    return pair, sads
+
+
+def _collide(seed: int, lose_peer_request: bool) -> tuple[Pair, dict[str, Sad]]:
+    pair, sads = _up(seed)
     pair.a.rekey_child(pair.now)
     pair.b.rekey_child(pair.now)
     lose: set[int] = set()
@@ -139,20 +164,70 @@ def test_repeated_collisions_under_short_lifetimes_stay_single() -> None:
     """Same lifetimes, no jitter: every rekey collides; an hour keeps one SA throughout."""
     timers = {"dpd_delay": 0.0, "child_rekey_time": 20.0, "child_life_time": 30.0,
               "child_rekey_jitter": 0.0, "retransmit_base": 1.0}
-    pair = establish(make_pair(config("A", **timers), config("B", **timers), seed=7))
-    sads = {"a": Sad(), "b": Sad()}
-    pair.collect()
-    for name in "ab":
-        for event in pair.events[name]:
-            sads[name].apply(event)
-    rekeys = 0
-    end = pair.now + 3600
-    while pair.now < end:
-        _settle(pair, sads, set(), pair.now + 5)
-        pair.now += 5
-        for sa in (pair.a, pair.b):
-            sa.handle_timer(pair.now)
-        rekeys = max(rekeys, sads["a"].redundant_seen + sads["b"].redundant_seen)
-    _settle(pair, sads, set(), pair.now + 1)
-    assert rekeys >= 100  # the collisions really happened, about one every 20 s
+    pair, sads = _up(7, **timers)
+    _run_for(pair, sads, 3600)
+    collided = sads["a"].redundant_seen + sads["b"].redundant_seen
+    assert collided >= 100  # the collisions really happened, about one every 20 s
     _one_child_each(pair)
+
+
+# -- the IKE SA itself (RFC 7296 §2.8.2) -------------------------------------------------------
+
+
+def _one_ike_sa(pair: Pair) -> None:
+    """Both sides are left with one and the same IKE SA, with the same keys."""
+    a, b = pair.a._ctx, pair.b._ctx  # noqa: SLF001
+    assert pair.a.local_spis == {pair.a.local_spi} and pair.b.local_spis == {pair.b.local_spi}
+    assert (a.spi_i, a.spi_r) == (b.spi_i, b.spi_r) and a.initiator != b.initiator
+    assert a.keys is not None and b.keys is not None and a.keys.sk_d == b.keys.sk_d
+    assert pair.a._passive is None and pair.b._passive is None  # noqa: SLF001
+
+
+@pytest.mark.parametrize("lose", ["nothing", "b-request", "a-response"])
+def test_simultaneous_ike_rekeys_keep_one_ike_sa_and_lose_nothing(lose: str) -> None:
+    """Both sides rekey the IKE SA at once. Whatever reaches whom, one IKE SA survives on
+    both sides (the lowest nonce's SA is deleted by its creator), CHILD_SAs never change
+    and ESP sent at any instant is accepted; across seeds both sides win sometimes.
+    "b-request": B's request is lost once (A never sees the collision); "a-response": the
+    answer to A is lost once (B's DELETE of the old SA or its retransmission settles it).
+    Either way it is settled within one retransmission, never by refusing and retrying."""
+    winners = set()
+    for seed in range(1, 13):
+        pair, sads = _up(seed)
+        pair.a.rekey_ike(pair.now)
+        pair.b.rekey_ike(pair.now)
+        lost = {"nothing": set(), "b-request": {pair.delivered + 2},
+                "a-response": {pair.delivered + 4}}[lose]
+        _settle(pair, sads, lost, pair.now + 1.5)  # one retransmission, no retried rekey
+        a, b = pair.a._ctx, pair.b._ctx  # noqa: SLF001
+        assert (a.spi_i, a.spi_r) == (b.spi_i, b.spi_r), "not settled in one exchange"
+        _settle(pair, sads, set(), pair.now + 60)  # a redundant SA may wait for its DELETE
+        _one_ike_sa(pair)
+        _one_child_each(pair)
+        for sad in sads.values():
+            assert len(sad.of(ev.ChildSaEstablished)) == 1 and not sad.of(ev.ChildSaDeleted)
+            assert not sad.of(ev.IkeSaClosed) and not sad.of(ev.IkeRekeyFailed)
+            assert len(sad.of(ev.IkeSaRekeyed)) == 1
+        winners.add(pair.a._ctx.initiator)  # noqa: SLF001 - A created the surviving SA
+        pair.b.rekey_child(pair.now)  # the survivor works
+        _settle(pair, sads, set(), pair.now + 30)
+        _one_child_each(pair)
+        assert pair.a.state is IkeState.ESTABLISHED and pair.b.state is IkeState.ESTABLISHED
+    if lose == "nothing":
+        assert winners == {True, False}  # both branches of the lowest-nonce rule ran
+
+
+def test_repeated_ike_rekey_collisions_under_short_lifetimes_stay_single() -> None:
+    """Same short IKE and CHILD lifetimes on both sides, no jitter: for an hour every IKE
+    rekey collides (and CHILD rekeys with them); one IKE SA and one CHILD_SA throughout."""
+    timers = {"dpd_delay": 0.0, "ike_rekey_time": 30.0, "ike_rekey_jitter": 0.0,
+              "child_rekey_time": 20.0, "child_life_time": 30.0, "child_rekey_jitter": 0.0,
+              "retransmit_base": 1.0}
+    pair, sads = _up(3, **timers)
+    _run_for(pair, sads, 3600)
+    rekeys = [len(sads[name].of(ev.IkeSaRekeyed)) for name in "ab"]
+    assert rekeys[0] == rekeys[1] >= 100  # about one every 30 s, the same on both sides
+    _one_ike_sa(pair)
+    _one_child_each(pair)
+    for sad in sads.values():
+        assert not sad.of(ev.IkeSaClosed) and not sad.of(ev.IkeRekeyFailed)

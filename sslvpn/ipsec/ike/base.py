@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter, deque
+from dataclasses import dataclass, field
 from enum import Enum
 
 from . import constants as c
@@ -26,6 +27,7 @@ from .events import (
     NoProposalChosen,
 )
 from .messages import NotifyPayload, Payload
+from .proposals import Suite
 from .window import ZERO_SPI, IkeContext, PendingRequest, RequestState
 
 Address = tuple[str, int]
@@ -56,6 +58,26 @@ class IkeState(Enum):
     CLOSED = "closed"
 
 
+@dataclass
+class NewIke:
+    """An IKE SA that a rekey is creating (RFC 7296 §2.18): settled by CREATE_CHILD_SA, keyed
+    once every key exchange is done, the additional ones in IKE_FOLLOWUP_KE (RFC 9370)."""
+
+    ctx: IkeContext
+    suite: Suite
+    ni: bytes = field(repr=False)  # the nonces of the exchange's initiator and responder
+    nr: bytes = field(repr=False)
+    secrets: list[bytes] = field(repr=False)  # SK(0), SK(1), ... so far
+    todo: list[c.DhGroup]  # additional key exchanges still to run
+    link: bytes = b""  # the ADDITIONAL_KEY_EXCHANGE data the next IKE_FOLLOWUP_KE carries
+    kem: KemExchange | None = None  # our half of the running one (rekey initiator)
+
+    @property
+    def lower_nonce(self) -> bytes:
+        """What RFC 7296 §2.8.2 compares when two rekeys collide."""
+        return min(self.ni, self.nr)
+
+
 class SaBase:
     """Everything one IKE SA remembers, plus the primitives its exchanges share."""
 
@@ -75,6 +97,12 @@ class SaBase:
         self._rand = rand
         self._ctx = IkeContext(rand(8) if initiator else ZERO_SPI, ZERO_SPI, initiator)
         self._old_ctx: IkeContext | None = None
+        # IKE rekeys (ike_rekey.py): ours after its CREATE_CHILD_SA, the peer's that we
+        # answered, and the redundant SA of a settled collision until its DELETE
+        self._rekeying: NewIke | None = None
+        self._passive: NewIke | None = None
+        self._redundant_ctx: IkeContext | None = None
+        self._redundant_until: float | None = None
         self.state = IkeState.INITIAL
         self.close_reason: str | None = None
         self.last_error: str | None = None  # latest negotiation failure, for tunnel status
@@ -105,6 +133,14 @@ class SaBase:
         self._int_auth_i = b""
         self._int_auth_r = b""
         self._auth_mid = 1  # message ID of IKE_AUTH, which AUTH covers after intermediates
+
+    def _contexts(self) -> list[IkeContext]:
+        """Every IKE SA context in use: current, old (being deleted), redundant, and the
+        peer's rekeyed one once it has keys."""
+        found = [self._ctx, self._old_ctx, self._redundant_ctx]
+        if self._passive is not None and self._passive.ctx.keys is not None:
+            found.append(self._passive.ctx)
+        return [ctx for ctx in found if ctx is not None]
 
     # -- events and drops ------------------------------------------------------------------
 
@@ -235,7 +271,8 @@ class SaBase:
         self.state = IkeState.CLOSED
         self.close_reason = reason
         self._ctx.pending = None
-        self._old_ctx = None
+        self._old_ctx = self._redundant_ctx = self._redundant_until = None
+        self._rekeying = self._passive = None
         self._queue.clear()
         self._half_open_deadline = None
         self._dh = None

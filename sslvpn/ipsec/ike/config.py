@@ -68,12 +68,6 @@ class IkeConfig:
     force_encap: bool = True  # libipsec peers only do ESP-in-UDP: always float to 4500
     initial_contact: bool = True
 
-    @property
-    def ike_rekey_proposals(self) -> tuple[ProposalSpec, ...]:
-        """The IKE proposals for CREATE_CHILD_SA rekeys: without additional key exchanges
-        (see ``ProposalSpec.without_additional_ke``), duplicates removed."""
-        return tuple(dict.fromkeys(s.without_additional_ke() for s in self.ike_proposals))
-
     @classmethod
     def build(
         cls,

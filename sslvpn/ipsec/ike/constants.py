@@ -27,6 +27,7 @@ class ExchangeType(IntEnum):
     CREATE_CHILD_SA = 36
     INFORMATIONAL = 37
     IKE_INTERMEDIATE = 43  # RFC 9242
+    IKE_FOLLOWUP_KE = 44  # RFC 9370 §2.2.4: additional key exchanges of a rekey
 
 
 class HeaderFlag(IntFlag):
@@ -166,6 +167,7 @@ class NotifyType(IntEnum):
     INVALID_SELECTORS = 39
     TEMPORARY_FAILURE = 43
     CHILD_SA_NOT_FOUND = 44
+    STATE_NOT_FOUND = 47  # RFC 9370: an IKE_FOLLOWUP_KE whose link we do not know
     # status types
     INITIAL_CONTACT = 16384
     SET_WINDOW_SIZE = 16385
@@ -184,6 +186,7 @@ class NotifyType(IntEnum):
     IKEV2_FRAGMENTATION_SUPPORTED = 16430
     SIGNATURE_HASH_ALGORITHMS = 16431
     INTERMEDIATE_EXCHANGE_SUPPORTED = 16438  # RFC 9242
+    ADDITIONAL_KEY_EXCHANGE = 16441  # RFC 9370: links a rekey to its IKE_FOLLOWUP_KE
 
 
 ERROR_NOTIFY_LIMIT = 16384  # notify types below this are errors (RFC 7296 section 3.10.1)
@@ -206,6 +209,7 @@ DEFAULT_CHILD_REKEY_JITTER = 360.0
 DEFAULT_DPD_DELAY = 30.0
 DEFAULT_DPD_TIMEOUT = 30.0  # an unanswered request on an established SA declares it dead
 REKEY_RETRY_DELAY = 2.0  # after TEMPORARY_FAILURE from a colliding exchange
+REKEY_REFUSED_DELAY = 30.0  # an IKE rekey the peer refused or botched is tried again after
 # Bounds checked before a message is parsed (strongSwan's max_packet is 10,000 bytes; its
 # own messages to a PSK peer carry at most a dozen payloads, Windows adds a few vendor IDs).
 MAX_MESSAGE_LENGTH = 10_000

@@ -219,11 +219,13 @@ def skeyseed(prf_id: PrfId, nonce_i: bytes, nonce_r: bytes, shared: bytes) -> by
 
 
 def rekey_skeyseed(
-    prf_id: PrfId, old_sk_d: bytes, shared: bytes, nonce_i: bytes, nonce_r: bytes
+    prf_id: PrfId, old_sk_d: bytes, shared: bytes, nonce_i: bytes, nonce_r: bytes,
+    additional: bytes = b"",
 ) -> bytes:
     """SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr) for an IKE rekey (RFC 7296 §2.18),
-    and after each additional key exchange with its secret (RFC 9370 §2.2.2)."""
-    return prf(prf_id, old_sk_d, shared + nonce_i + nonce_r)
+    and after each additional key exchange with its secret (RFC 9370 §2.2.2). A rekey with
+    additional key exchanges appends their secrets, SK(1) | ... | SK(n) (RFC 9370 §2.2.4)."""
+    return prf(prf_id, old_sk_d, shared + nonce_i + nonce_r + additional)
 
 
 def derive_ike_keys(

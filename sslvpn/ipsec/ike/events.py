@@ -39,6 +39,13 @@ class IkeSaRekeyed:
 
 
 @dataclass(frozen=True)
+class IkeRekeyFailed:
+    """An IKE SA rekey was refused or went wrong; the SA stays up and tries again later."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class IkeSaClosed:
     """``unanswered``: the peer never answered (not a refusal): try again at once."""
 
@@ -111,6 +118,7 @@ class MessageDropped:
 IkeEvent = (
     IkeSaEstablished
     | IkeSaRekeyed
+    | IkeRekeyFailed
     | IkeSaClosed
     | ChildSaEstablished
     | ChildSaDeleted

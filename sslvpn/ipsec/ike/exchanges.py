@@ -5,22 +5,20 @@
   its inbound half stays usable until that DELETE completes (no loss). When both sides
   rekey the same SA at once, both exchanges complete and the lowest-nonce rule (§2.8.1)
   picks the redundant new SA, deleted by its creator; the other creator deletes the old.
-* IKE SA rekey (§2.18): ``SA(new SPI), Ni, KE``; the requester becomes the initiator of
-  the new IKE SA, SKEYSEED' = prf(SK_d old, g^ir | Ni | Nr), CHILD_SAs move over, the old
-  SA is deleted by the requester. Collisions are answered with TEMPORARY_FAILURE.
+* IKE SA rekey (§2.18), with its collisions and IKE_FOLLOWUP_KE: ``ike_rekey.py``.
 * INFORMATIONAL: DELETE of CHILD_SAs (answered with our inbound SPIs) or of the IKE SA
   (answered empty), and empty DPD probes sent when nothing arrived for ``dpd_delay``.
 """
 
 from __future__ import annotations
 
-from . import constants as c
 from .base import Drop, IkeState
-from .child import ChildParams, ChildSa, ChildState, jitter, new_spi
+from .child import ChildParams, ChildSa, ChildState, new_spi
 from .constants import ExchangeType, NotifyType, ProtocolId
-from .crypto import CryptoError, DhExchange, derive_ike_keys, rekey_skeyseed
-from .events import ChildSaFailed, IkeSaRekeyed, NoProposalChosen, PeerDead
-from .handshake import Handshake, nonce_of
+from .crypto import CryptoError
+from .events import ChildSaFailed, NoProposalChosen, PeerDead
+from .handshake import nonce_of
+from .ike_rekey import IkeRekey
 from .messages import (
     DeletePayload,
     KePayload,
@@ -34,7 +32,6 @@ from .messages import (
 )
 from .proposals import (
     ProposalSpec,
-    Suite,
     accept_answer,
     answer_proposal,
     build_proposals,
@@ -46,7 +43,7 @@ from .window import IkeContext, PendingRequest, RequestState
 INF = float("inf")
 
 
-class EstablishedExchanges(Handshake):
+class EstablishedExchanges(IkeRekey):
     """Rekeying, deletion and liveness once IKE_AUTH has completed."""
 
     # -- timers ------------------------------------------------------------------------
@@ -130,19 +127,6 @@ class EstablishedExchanges(Handshake):
                            [DeletePayload(ProtocolId.ESP, [child.spi_in])], "delete_child",
                            now, RequestState(child=child))
 
-    def _start_rekey_ike(self, now: float) -> None:
-        spi, ni = self._rand(8), self._nonce()
-        suite = self._ctx.suite
-        group = self._ke_group if self._ke_group else (suite.dh if suite else 0)
-        dh = self._new_dh(group)
-        payloads: list[Payload] = [
-            SaPayload(build_proposals(list(self.config.ike_rekey_proposals), spi)),
-            NoncePayload(ni),
-            KePayload(group, dh.public),
-        ]
-        self._send_request(self._ctx, ExchangeType.CREATE_CHILD_SA, payloads, "rekey_ike", now,
-                           RequestState(spi, ni, dh))
-
     # -- responses to our requests ---------------------------------------------------
 
     def _on_established_response(
@@ -157,18 +141,8 @@ class EstablishedExchanges(Handshake):
             self._on_rekey_ike_response(ctx, state, payloads, now)
         elif purpose == "delete_ike":
             self._close("deleted")
-        elif purpose == "delete_old_ike":
-            self._old_ctx = None
-
-    def _retry_time(self, now: float) -> float:
-        """When to retry after TEMPORARY_FAILURE: jittered, so colliding peers diverge."""
-        return now + c.REKEY_RETRY_DELAY + jitter(self._rand, c.REKEY_RETRY_DELAY)
-
-    def _retry_group(self, payloads: list[Payload]) -> int | None:
-        found = notifies(payloads).get(NotifyType.INVALID_KE_PAYLOAD)
-        if found is None or len(found.data) < 2:
-            return None
-        return int.from_bytes(found.data[:2], "big")
+        elif purpose in ("delete_old_ike", "delete_redundant"):
+            self._forget_context(ctx)
 
     def _on_rekey_child_response(
         self, ctx: IkeContext, old: ChildSa, state: RequestState,
@@ -228,17 +202,6 @@ class EstablishedExchanges(Handshake):
         params = ChildParams(suite, state.spi, sas[0].proposals[0].spi, tuple(tsi), tuple(tsr))
         return params, nr, shared
 
-    def _pfs_secret(self, dh: DhExchange | None, group: int, payloads: list[Payload]) -> bytes:
-        if not group:
-            return b""
-        kes = find(payloads, KePayload)
-        if dh is None or not kes or kes[0].group != group or dh.group != group:
-            raise ValueError("PFS group mismatch")
-        try:
-            return dh.shared_secret(kes[0].data)
-        except CryptoError as exc:
-            raise ValueError(str(exc)) from exc
-
     @staticmethod
     def _child_payloads(
         payloads: list[Payload],
@@ -249,47 +212,6 @@ class EstablishedExchanges(Handshake):
         tsr = next((t.selectors for t in ts if t.responder), [])
         return sas, tsi, tsr
 
-    def _on_rekey_ike_response(
-        self, ctx: IkeContext, state: RequestState, payloads: list[Payload], now: float
-    ) -> None:
-        error = self._error_notify(payloads)
-        if error is not None:
-            if error == NotifyType.INVALID_KE_PAYLOAD:
-                self._ke_group = self._retry_group(payloads) or self._ke_group
-                self._ike_rekey_at = now
-            elif error == NotifyType.TEMPORARY_FAILURE:
-                self._ike_rekey_at = self._retry_time(now)
-            elif error == NotifyType.NO_PROPOSAL_CHOSEN:
-                self._emit(NoProposalChosen("CREATE_CHILD_SA", "peer rejected our IKE rekey"))
-            return
-        sas = find(payloads, SaPayload)
-        specs = list(self.config.ike_rekey_proposals)
-        suite = accept_answer(specs, sas[0].proposals) if sas else None
-        if suite is None or len(sas[0].proposals[0].spi) != 8:
-            self._emit(ChildSaFailed("IKE rekey response carries no acceptable SA"))
-            return
-        nr = nonce_of(payloads)
-        shared = self._pfs_secret(state.dh, suite.dh, payloads)
-        new = IkeContext(state.spi, sas[0].proposals[0].spi, True)
-        self._switch_ike(ctx, new, suite, shared, state.nonce, nr, now)
-        self._send_request(ctx, ExchangeType.INFORMATIONAL,
-                           [DeletePayload(ProtocolId.IKE, [])], "delete_old_ike", now)
-
-    def _switch_ike(self, old: IkeContext, new: IkeContext, suite: Suite, shared: bytes,
-                    ni: bytes, nr: bytes, now: float) -> None:
-        """Derive the new IKE SA's keys from the old SK_d and make it current."""
-        if suite.prf is None or old.keys is None or old.suite is None or old.suite.prf is None:
-            raise ValueError("IKE rekey without keys")
-        seed = rekey_skeyseed(old.suite.prf, old.keys.sk_d, shared, ni, nr)
-        keys = derive_ike_keys(suite.prf, suite.encr, suite.key_bits, suite.integ, seed,
-                               ni, nr, new.spi_i, new.spi_r)
-        new.install_keys(suite, keys, self._rand)
-        self._old_ctx, self._ctx = old, new
-        self._ke_group = suite.dh
-        self._ike_rekey_at = now + self.config.ike_rekey_time - jitter(
-            self._rand, self.config.ike_rekey_jitter)
-        self._emit(IkeSaRekeyed(old.local_spi, new.local_spi, suite))
-
     # -- requests from the peer ------------------------------------------------------
 
     def _on_established_request(
@@ -297,7 +219,10 @@ class EstablishedExchanges(Handshake):
         now: float,
     ) -> None:
         if exchange == ExchangeType.INFORMATIONAL:
-            self._on_informational(ctx, message_id, payloads)
+            self._on_informational(ctx, message_id, payloads, now)
+            return
+        if exchange == ExchangeType.IKE_FOLLOWUP_KE:
+            self._on_followup_request(ctx, message_id, payloads, now)
             return
         if exchange != ExchangeType.CREATE_CHILD_SA:
             self._respond(ctx, exchange, message_id,
@@ -365,49 +290,17 @@ class EstablishedExchanges(Handshake):
             old.state, old.rekeyed = ChildState.REKEYED, True
         return None
 
-    def _answer_rekey_ike(
-        self, ctx: IkeContext, message_id: int, payloads: list[Payload], sa: SaPayload,
-        now: float,
-    ) -> None:
-        def refuse(notify: int, data: bytes = b"") -> None:
-            self._respond(ctx, ExchangeType.CREATE_CHILD_SA, message_id,
-                          [NotifyPayload(notify, data)])
-
-        pending = ctx.pending
-        if (pending is not None and pending.purpose == "rekey_ike") or self._old_ctx:
-            return refuse(NotifyType.TEMPORARY_FAILURE)
-        chosen = select(list(self.config.ike_rekey_proposals), sa.proposals)
-        if chosen is None or len(chosen[0].spi) != 8:
-            self._emit(NoProposalChosen("CREATE_CHILD_SA", "peer's IKE rekey proposals do "
-                                        "not match ours"))
-            return refuse(NotifyType.NO_PROPOSAL_CHOSEN)
-        proposal, suite = chosen
-        kes = find(payloads, KePayload)
-        if not kes or kes[0].group != suite.dh:
-            return refuse(NotifyType.INVALID_KE_PAYLOAD, int(suite.dh).to_bytes(2, "big"))
-        ni, nr, spi = nonce_of(payloads), self._nonce(), self._rand(8)
-        dh = self._new_dh(suite.dh)
-        try:
-            shared = dh.shared_secret(kes[0].data)
-        except CryptoError:
-            return refuse(NotifyType.INVALID_SYNTAX)
-        self._respond(ctx, ExchangeType.CREATE_CHILD_SA, message_id, [
-            SaPayload([answer_proposal(proposal, suite, spi)]),
-            NoncePayload(nr),
-            KePayload(suite.dh, dh.public),
-        ])
-        self._switch_ike(ctx, IkeContext(proposal.spi, spi, False), suite, shared, ni, nr, now)
-        return None
-
     def _on_informational(self, ctx: IkeContext, message_id: int,
-                          payloads: list[Payload]) -> None:
+                          payloads: list[Payload], now: float) -> None:
         deletes = find(payloads, DeletePayload)
         if any(d.protocol == ProtocolId.IKE for d in deletes):
             self._respond(ctx, ExchangeType.INFORMATIONAL, message_id, [])
-            if ctx is self._old_ctx:
-                self._old_ctx = None
-            else:
+            if ctx is self._ctx and self._passive is not None and self._passive.ctx.keys:
+                self._adopt_passive(now)  # the peer's rekey won; this SA was the old one
+            if ctx is self._ctx:
                 self._close("deleted by peer")
+            else:
+                self._forget_context(ctx)
             return
         ours: list[bytes] = []
         for d in deletes:

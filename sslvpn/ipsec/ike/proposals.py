@@ -16,7 +16,7 @@ optional. A peer that does not know these transform types rejects such a proposa
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from .constants import DhGroup, EncrId, EsnId, IntegId, PrfId, ProtocolId, TransformType
 from .messages import Proposal, Transform
@@ -135,12 +135,6 @@ class ProposalSpec:
     def without_dh(self) -> ProposalSpec:
         """The spec as used in IKE_AUTH, which never carries KE (RFC 7296 §1.2)."""
         return ProposalSpec(self.protocol, self.encrs, self.integs, self.prfs, (), self.esns)
-
-    def without_additional_ke(self) -> ProposalSpec:
-        """The spec for an IKE rekey: IKE_FOLLOWUP_KE (RFC 9370 §2.2.4) is not implemented,
-        so a rekey runs the classical exchange only; SKEYSEED' still mixes in the old SK_d,
-        which carries the additional key exchanges' secrets (RFC 7296 §2.18)."""
-        return replace(self, addkes=())
 
     def to_proposal(self, number: int, spi: bytes) -> Proposal:
         transforms = [Transform(TransformType.ENCR, e, bits) for e, bits in self.encrs]

@@ -33,11 +33,12 @@ from . import constants as c
 from .base import Address, Drop, IkeState, LocalProtocolError
 from .child import ChildState
 from .config import IkeConfig
-from .constants import ExchangeType, NotifyType
+from .constants import ExchangeType, NotifyType, ProtocolId
 from .crypto import Rand
 from .events import IkeEvent
 from .exchanges import EstablishedExchanges
 from .messages import (
+    DeletePayload,
     MalformedMessage,
     Message,
     NotifyPayload,
@@ -72,11 +73,8 @@ class IkeSa(EstablishedExchanges):
 
     @property
     def local_spis(self) -> frozenset[bytes]:
-        """Our IKE SPIs in use (two during an IKE rekey): demultiplex incoming IKE on these."""
-        spis = {self._ctx.local_spi}
-        if self._old_ctx is not None:
-            spis.add(self._old_ctx.local_spi)
-        return frozenset(spis - {ZERO_SPI})
+        """Our IKE SPIs in use (more than one around an IKE rekey): demultiplex IKE on these."""
+        return frozenset(ctx.local_spi for ctx in self._contexts()) - {ZERO_SPI}
 
     @property
     def ike_rekey_at(self) -> float:
@@ -184,9 +182,9 @@ class IkeSa(EstablishedExchanges):
 
     def handle_timer(self, now: float) -> None:
         """Retransmit, expire half-open state, start due rekeys/DPD (call at ``get_timer()``)."""
-        for ctx in (self._ctx, self._old_ctx):
-            pending = ctx.pending if ctx is not None else None
-            if ctx is None or pending is None:
+        for ctx in self._contexts():
+            pending = ctx.pending
+            if pending is None:
                 continue
             timed_out = now >= self._give_up_at(pending)
             if timed_out or now >= pending.next_send:
@@ -195,6 +193,8 @@ class IkeSa(EstablishedExchanges):
                     self._gave_up(ctx, pending)
         if self._half_open_deadline is not None and now >= self._half_open_deadline:
             self._close("half-open IKE SA timed out")
+        if self._redundant_ctx is not None and now >= (self._redundant_until or 0.0):
+            self._forget_context(self._redundant_ctx)
         if self.state is IkeState.ESTABLISHED:
             self._established_timer(now)
         self._pump(now)
@@ -214,11 +214,12 @@ class IkeSa(EstablishedExchanges):
         """The next time ``handle_timer`` has work, or None when nothing is scheduled."""
         times = [
             min(ctx.pending.next_send, self._give_up_at(ctx.pending))
-            for ctx in (self._ctx, self._old_ctx)
-            if ctx is not None and ctx.pending is not None
+            for ctx in self._contexts()
+            if ctx.pending is not None
         ]
-        if self._half_open_deadline is not None:
-            times.append(self._half_open_deadline)
+        for deadline in (self._half_open_deadline, self._redundant_until):
+            if deadline is not None:
+                times.append(deadline)
         if self.state is IkeState.ESTABLISHED:
             times += self._established_timers()
         finite = [t for t in times if t != float("inf")]
@@ -247,6 +248,9 @@ class IkeSa(EstablishedExchanges):
         if payloads is None:
             raise Drop("integrity check failed", "bad-integrity")
         self._last_received = max(self._last_received, now)
+        if (self._passive is not None and ctx is self._passive.ctx
+                and not _deletes_ike(payloads)):
+            self._adopt_passive(now)  # the peer already uses the SA its rekey created
         if marker and not self.encapsulated:
             self.encapsulated = True
         if self.encapsulated and addr != self.remote_addr:
@@ -279,8 +283,8 @@ class IkeSa(EstablishedExchanges):
         self._send_raw(cached[1])
 
     def _context_for(self, message: Message) -> IkeContext | None:
-        for ctx in (self._ctx, self._old_ctx):
-            if ctx is not None and ctx.spi_r != ZERO_SPI and ctx.matches(message.header):
+        for ctx in self._contexts():
+            if ctx.spi_r != ZERO_SPI and ctx.matches(message.header):
                 return ctx
         return None
 
@@ -291,6 +295,8 @@ class IkeSa(EstablishedExchanges):
             self._on_auth_response(ctx, payloads, pending.state.spi, now)
         elif pending.purpose == "intermediate":
             self._on_intermediate_response(ctx, payloads, now)
+        elif pending.purpose == "followup_ke":
+            self._on_followup_response(ctx, payloads, now)
         else:
             self._on_established_response(ctx, pending, payloads, now)
 
@@ -311,11 +317,15 @@ class IkeSa(EstablishedExchanges):
         self._on_established_request(ctx, exchange, message_id, payloads, now)
 
     def _gave_up(self, ctx: IkeContext, pending: PendingRequest) -> None:
-        if ctx is self._old_ctx:
-            self._old_ctx = None  # the old SA's DELETE went unanswered: forget it quietly
+        if ctx is self._old_ctx or ctx is self._redundant_ctx:
+            self._forget_context(ctx)  # its DELETE went unanswered: forget it quietly
         elif pending.purpose == "delete_ike":
             self._close("deleted (peer did not confirm)")
         elif self.state is IkeState.ESTABLISHED:
             self._peer_dead()
         else:
             self._close(f"no answer to {ExchangeType(pending.exchange).name}", unanswered=True)
+
+
+def _deletes_ike(payloads: list[Payload]) -> bool:
+    return any(isinstance(p, DeletePayload) and p.protocol == ProtocolId.IKE for p in payloads)
