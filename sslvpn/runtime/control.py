@@ -60,6 +60,15 @@ class TunnelStatus:
     ike_inits_admitted: int = 0  # IKE_SA_INIT requests answered in full (one DH each)
     ike_drops: dict[str, int] = field(default_factory=dict)  # dropped IKE messages by reason
     ike_drop_sources: dict[str, int] = field(default_factory=dict)  # top "ip:port" sources
+    # its ESP and packets dropped (bad ICV, replay, policy, bandwidth, no SA ...): sources
+    # are "ip:port" of ESP, or the inner source address of a packet going out
+    esp_drops: dict[str, int] = field(default_factory=dict)
+    esp_drop_sources: dict[str, int] = field(default_factory=dict)
+    # the whole gateway's drops, those of no tunnel too (unknown SPI, no policy, IKE from
+    # unknown peers; IKE reasons prefixed "ike-"), the same in every tunnel's row
+    gateway_drops: dict[str, int] = field(default_factory=dict)
+    gateway_drop_sources: dict[str, int] = field(default_factory=dict)
+    rekeys: dict[str, int] = field(default_factory=dict)  # completed, "ike" and "child"
     node: str | None = None  # the fleet node carrying it (None: the single gateway)
     settings: dict[str, Any] = field(default_factory=dict)  # start action and timers in force
     # seconds until the IKE SA / current CHILD_SA rekeys, and until that CHILD_SA expires

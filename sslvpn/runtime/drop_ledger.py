@@ -1,9 +1,12 @@
-"""IKE datagrams the IPsec service dropped, by reason and by source: attacks made visible.
+"""What the IPsec service dropped, by reason and by source: attacks made visible.
 
 Every IKE-side drop (malformed, unknown SPI, cookie required, unsupported critical payload,
-authentication failed, throttled, ...) is counted under its reason and its source. Adding
-costs two dict increments; memory is bounded (``MAX_SOURCES`` distinct sources, later ones
-are counted as "other"). The counters are plain attributes read at any time: per tunnel for
+authentication failed, throttled, ...) and every data-path drop (ESP with a bad ICV, a
+replay, an unknown SPI, no policy, over the bandwidth cap, ...) is counted under its reason
+and its source. Adding costs a few dict increments; memory is bounded even when every packet
+claims another source (a spoofed flood): a table that reaches ``MAX_SOURCES`` keeps its
+busiest half and folds the rest into "other", so heavy sources stay visible and the cost
+stays amortised O(1). The counters are plain attributes read at any time: per tunnel for
 `ipsec status --json`, service-wide for a /metrics scrape; ``summary()`` gives the
 rate-limited log line with the top sources since the previous line.
 """
@@ -16,6 +19,7 @@ Address = tuple[str, int]
 
 MAX_SOURCES = 256
 TOP_SOURCES = 5
+OTHER = "other"  # the sources folded together to keep the table small
 
 
 class DropLedger:
@@ -29,8 +33,12 @@ class DropLedger:
         self._recent_reasons: Counter[str] = Counter()
         self._recent_sources: Counter[str] = Counter()
 
-    def count(self, reason: str, source: Address) -> None:
-        key = f"{source[0]}:{source[1]}" if self._with_port else source[0]
+    def count(self, reason: str, source: Address | str) -> None:
+        """One drop; ``source`` is (address, port), or already a key (an inner address)."""
+        if isinstance(source, str):
+            key = source
+        else:
+            key = f"{source[0]}:{source[1]}" if self._with_port else source[0]
         self.reasons[reason] += 1
         self._recent_reasons[reason] += 1
         _bounded_add(self.sources, key)
@@ -54,5 +62,9 @@ class DropLedger:
 
 def _bounded_add(counter: Counter[str], key: str) -> None:
     if key not in counter and len(counter) >= MAX_SOURCES:
-        key = "other"
+        keep = dict(counter.most_common(MAX_SOURCES // 2))
+        folded = counter.total() - sum(keep.values())
+        counter.clear()
+        counter.update(keep)
+        counter[OTHER] += folded
     counter[key] += 1

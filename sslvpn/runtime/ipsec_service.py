@@ -43,7 +43,7 @@ from sslvpn.ipsec.policy import PolicyRule, Spd
 from sslvpn.ipsec.tunnel_settings import TunnelSettings
 from sslvpn.net.ippacket import addresses
 from sslvpn.runtime.control import TunnelStatus
-from sslvpn.runtime.drop_ledger import DropLedger
+from sslvpn.runtime.drop_ledger import TOP_SOURCES, DropLedger
 from sslvpn.runtime.ike_udp import (
     IKE_PORT,
     KEEPALIVE_INTERVAL,
@@ -87,6 +87,18 @@ class _Gateway:
     bucket_out: TokenBucket | None = None
     bucket_in: TokenBucket | None = None
     bps: int | None = None
+
+
+# ESP drops that happen once the SPI found an SA: filed under that SA's tunnel
+_OWNED = frozenset({DropReason.REPLAYED, DropReason.TOO_OLD, DropReason.BAD_ICV,
+                    DropReason.BAD_LENGTH, DropReason.BAD_PADDING, DropReason.DUMMY,
+                    DropReason.UNSUPPORTED_NEXT_HEADER})
+
+
+def _source(packet: bytes) -> str:
+    """A dropped inner packet's source address, as the drop ledger files it."""
+    pair = addresses(packet)
+    return str(ipaddress.ip_address(pair[0])) if pair else "not-ip"
 
 
 def _renegotiate(old: TunnelConfig, new: TunnelConfig) -> bool:
@@ -146,10 +158,12 @@ class IpsecService:
         self._forwarding_was: str | None = None  # restored on shutdown when we changed it
         self.spd: Spd[Tunnel] = Spd()
         self.sad: Sad[Tunnel] = Sad()
-        self.drops: Counter[str] = Counter()
-        self.ike_drops = DropLedger()  # every tunnel's IKE drops too, by source address
+        # every drop of the gateway, by reason and source: the data path's (ESP by
+        # "ip:port", TUN by inner source address) and, apart, every tunnel's IKE drops
+        self.drops = DropLedger(with_port=True)
+        self.ike_drops = DropLedger()
         self.gate = InitGate(rand=rand)  # COOKIE, throttle: shared by every tunnel
-        self._drops_logged: tuple[float, Counter[str]] = (0.0, Counter())
+        self._drops_logged = 0.0
         self.ready = asyncio.Event()
         self._clock: Callable[[], float] = time.monotonic  # the loop's clock once running
 
@@ -232,17 +246,14 @@ class IpsecService:
     def _log_drops(self) -> None:
         """One log line a minute when packets were dropped (never one line per packet)."""
         now = self._now()
-        since, seen = self._drops_logged
+        since = self._drops_logged
         if now - since < DROP_LOG_INTERVAL:
             return
-        new = self.drops - seen
-        if new:
-            log.warning("IPsec drops in the last %.0f s: %s", now - since,
-                        ", ".join(f"{reason} {count}" for reason, count in sorted(new.items())))
-        ike = self.ike_drops.summary()
-        if ike is not None:
-            log.warning("IKE drops in the last %.0f s: %s", now - since, ike)
-        self._drops_logged = (now, Counter(self.drops))
+        for what, ledger in (("IPsec", self.drops), ("IKE", self.ike_drops)):
+            line = ledger.summary()
+            if line is not None:
+                log.warning("%s drops in the last %.0f s: %s", what, now - since, line)
+        self._drops_logged = now
 
     def _send_keepalives(self) -> None:
         now = self._now()
@@ -352,7 +363,7 @@ class IpsecService:
         tunnel = Tunnel(config, ike_config, gateway.sockets, self.sad, gate=self.gate,
                         local_ike=(config.local_address, gateway.sockets.ports[0]),
                         ike_port=self._ike_port, nat_t_port=self._nat_t_port,
-                        drops=self.ike_drops, rand=self._rand)
+                        drops=self.ike_drops, esp_drops=self.drops, rand=self._rand)
         tunnel.stopped = True
         self._tunnels[config.name] = tunnel
         gateway.by_peer[config.remote_address] = tunnel
@@ -441,17 +452,18 @@ class IpsecService:
     def _from_esp(self, local: str, data: bytes, peer: Address) -> None:
         result = self.sad.open(data)
         if isinstance(result, DropReason):
-            self.drops[f"esp-{result.value}"] += 1
+            owner = self.sad.owner(data) if result in _OWNED else None
+            (owner.esp_drops if owner else self.drops).count(f"esp-{result.value}", peer)
             return
         tunnel, _sa, inner = result
         pair = addresses(inner)
         if pair is None or not self.spd.inbound_allowed(tunnel, pair[0], pair[1]):
-            self.drops["esp-policy"] += 1
+            tunnel.esp_drops.count("esp-policy", peer)
             return
         now = self._clock()
         bucket = self._gateways[local].bucket_in
         if bucket is not None and not bucket.allow(len(inner), now):
-            self.drops["bandwidth-in"] += 1
+            tunnel.esp_drops.count("bandwidth-in", peer)
             return
         tunnel.peer_nat_t = peer
         tunnel.accepted(inner, now)
@@ -472,19 +484,19 @@ class IpsecService:
         pair = addresses(packet)
         tunnel = self.spd.outbound(pair[0], pair[1]) if pair else None
         if tunnel is None:
-            self.drops["no-policy"] += 1
+            self.drops.count("no-policy", _source(packet))
             return
         gateway = self._gateways.get(tunnel.config.local_address)
         if gateway is None:
-            self.drops["no-gateway"] += 1
+            tunnel.esp_drops.count("no-gateway", _source(packet))
             return
         bucket = gateway.bucket_out
         if bucket is not None and not bucket.allow(len(packet), self._clock()):
-            self.drops["bandwidth-out"] += 1
+            tunnel.esp_drops.count("bandwidth-out", _source(packet))
             return
         data = tunnel.seal(packet)
         if data is None:
-            self.drops["no-sa"] += 1
+            tunnel.esp_drops.count("no-sa", _source(packet))
             tunnel.on_demand(self._clock())
             return
         gateway.sockets.send_esp(data, tunnel.peer_nat_t)
@@ -493,8 +505,12 @@ class IpsecService:
     def tunnel_status(self) -> list[TunnelStatus]:
         """State, SPIs and counters of every tunnel (GatewayControl.tunnel_status)."""
         now = self._now()
+        drops = self.drops.reasons + Counter({f"ike-{reason}": count for reason, count
+                                              in self.ike_drops.reasons.items()})
+        sources = (self.drops.sources + self.ike_drops.sources).most_common(TOP_SOURCES)
         return [replace(self._tunnels[name].status(now),
-                        node=self._node if self._tunnels[name].config.nodes else None)
+                        node=self._node if self._tunnels[name].config.nodes else None,
+                        gateway_drops=dict(drops), gateway_drop_sources=dict(sources))
                 for name in sorted(self._tunnels)]
 
     def rekey_all(self, now: float, *, ike: bool) -> None:

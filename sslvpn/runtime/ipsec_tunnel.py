@@ -16,7 +16,8 @@ with the peer's address and port and feeds the gate's throttle.
 
 After every input the tunnel sends what the cores queued, dispatches their events and keeps
 exactly one timer. CHILD_SA events install and remove ESP SAs (the old inbound SA stays
-until its DELETE, so a rekey loses nothing); failures become the tunnel's ``last_error``; a
+until its DELETE and ``REKEYED_INBOUND_GRACE`` after, so a rekey loses nothing); a rekey
+the peer refuses leaves the SAs in use alone; failures become the tunnel's ``last_error``; a
 dead peer (DPD) is handled by the tunnel's ``dpd_action``: ``restart`` initiates a fresh IKE
 SA at once (never retransmitting on SPIs the peer may have forgotten), ``clear`` forgets
 the SAs and waits for the peer (or, starting on traffic, the next packet), ``none`` only
@@ -30,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -50,6 +52,10 @@ from sslvpn.store.ipsec_queries import TunnelConfig
 log = logging.getLogger(__name__)
 
 RETRY_DELAYS = (2.0, 5.0, 10.0, 20.0, 30.0)  # seconds before re-initiating after a failure
+# a rekeyed CHILD_SA's inbound half outlives its DELETE this long, so ESP the peer sent on
+# it just before (reordered, or queued behind the DELETE) still arrives: strongSwan's
+# delete_rekeyed_delay
+REKEYED_INBOUND_GRACE = 5.0
 
 
 def esp_cipher(suite: Suite) -> EspCipher:
@@ -76,6 +82,7 @@ class Tunnel:
         ike_port: int,
         nat_t_port: int,
         drops: DropLedger | None = None,
+        esp_drops: DropLedger | None = None,
         rand: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.config = config
@@ -92,9 +99,12 @@ class Tunnel:
         self.initiating: IkeSa | None = None  # our own IKE_SA_INIT / IKE_AUTH in flight
         self.half_open: HalfOpenTable[IkeSa] = HalfOpenTable(gate)
         self.inits_admitted = 0  # IKE_SA_INIT requests answered in full (one DH each)
-        self.drops = DropLedger(with_port=True, parent=drops)
+        self.drops = DropLedger(with_port=True, parent=drops)  # IKE
+        self.esp_drops = DropLedger(with_port=True, parent=esp_drops)  # its ESP and packets
         self.outbound: OutboundSa | None = None
         self._inbound_spis: set[int] = set()
+        self._retiring: dict[int, float] = {}  # rekeyed inbound SPI -> when it goes
+        self.rekeys: Counter[str] = Counter()  # completed rekeys, "ike" and "child"
         self._current_spi_in: int | None = None
         self.state = "down"
         self.last_error: str | None = None
@@ -268,6 +278,9 @@ class Tunnel:
 
     def handle_timer(self, now: float) -> None:
         self._timer = None
+        for spi, until in list(self._retiring.items()):
+            if now >= until:
+                self._forget_inbound(spi)
         if self._retry_at is not None and now >= self._retry_at and not self.stopped:
             self._initiate(now)
             return
@@ -437,8 +450,10 @@ class Tunnel:
         if isinstance(event, ev.ChildSaEstablished):
             self._install(event)
         elif isinstance(event, ev.ChildSaDeleted):
-            self._sad.remove(event.spi_in)
-            self._inbound_spis.discard(event.spi_in)
+            if event.reason == "rekeyed" and event.spi_in in self._inbound_spis:
+                self._retiring[event.spi_in] = now + REKEYED_INBOUND_GRACE
+            else:
+                self._forget_inbound(event.spi_in)
             if self.outbound is not None and self.outbound.spi == event.spi_out:
                 self.outbound = None
                 self.state = "connecting" if self.sa is not None else "down"
@@ -448,14 +463,30 @@ class Tunnel:
                      event.remote_id, where)
         elif isinstance(event, ev.PeerDead):
             self._peer_dead(now)
+        elif isinstance(event, ev.NoProposalChosen) and event.exchange == "CREATE_CHILD_SA":
+            # a rekey (ours or the peer's) found no common proposal: the SAs in use stay
+            self.last_error = f"no proposal chosen in {event.exchange}: {event.detail}"
         elif isinstance(event, ev.NoProposalChosen):
             self._fail(f"no proposal chosen in {event.exchange}: {event.detail}", now)
         elif isinstance(event, ev.IkeSaClosed) and self.sa is not None:
             self._fail(f"IKE SA closed: {event.reason}", now)
         elif isinstance(event, ev.ChildSaFailed):
             self.last_error = f"CHILD_SA failed: {event.reason}"
+        elif isinstance(event, ev.IkeRekeyFailed):
+            log.warning("tunnel %s: IKE rekey failed, the IKE SA stays: %s", self.name,
+                        event.reason)
+            self.last_error = f"IKE rekey failed: {event.reason}"
+        elif isinstance(event, ev.IkeSaRekeyed):
+            self.rekeys["ike"] += 1
+
+    def _forget_inbound(self, spi: int) -> None:
+        self._sad.remove(spi)
+        self._inbound_spis.discard(spi)
+        self._retiring.pop(spi, None)
 
     def _install(self, event: ev.ChildSaEstablished) -> None:
+        if event.rekeyed_from is not None and event.outbound:
+            self.rekeys["child"] += 1
         cipher = esp_cipher(event.cipher)
         inbound = InboundSa(event.spi_in, cipher, _keys(event.keys_in))
         self._sad.remove(event.spi_in)
@@ -515,12 +546,13 @@ class Tunnel:
         for spi in self._inbound_spis:
             self._sad.remove(spi)
         self._inbound_spis.clear()
+        self._retiring.clear()
 
     # -- timer -------------------------------------------------------------------------
     def _schedule(self, now: float) -> None:
         self._cancel_timer()
         timers = [sa.get_timer() for sa in self._all_sas()]
-        deadlines = [t for t in (self._retry_at, *timers) if t]
+        deadlines = [t for t in (self._retry_at, *timers, *self._retiring.values()) if t]
         if not deadlines or self.stopped:
             return
         loop = asyncio.get_running_loop()
@@ -554,6 +586,9 @@ class Tunnel:
             ike_inits_admitted=self.inits_admitted,
             ike_drops=dict(self.drops.reasons),
             ike_drop_sources=self.drops.top_sources(),
+            esp_drops=dict(self.esp_drops.reasons),
+            esp_drop_sources=self.esp_drops.top_sources(),
+            rekeys=dict(self.rekeys),
             settings={"start_action": self.config.start_action, **self.settings.as_dict()},
             ike_rekey_in=_left(sa.ike_rekey_at, now) if sa is not None else None,
             child_rekey_in=_left(child.rekey_at, now) if child is not None else None,

@@ -12,7 +12,6 @@ import logging
 import random
 import socket
 import struct
-from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from sslvpn.ipsec.esp.packet import DropReason, EspCipher, EspKeys, InboundSa, O
 from sslvpn.ipsec.ike import events as ev
 from sslvpn.ipsec.ike.constants import EncrId
 from sslvpn.ipsec.ike.proposals import Suite
+from sslvpn.runtime.drop_ledger import MAX_SOURCES
 from sslvpn.runtime.ipsec_service import IpsecService
 from sslvpn.runtime.tun import MemoryTun
 from sslvpn.store import ipsec_queries as q
@@ -119,7 +119,6 @@ async def test_policy_replay_and_garbage_are_dropped_and_counted(
 ) -> None:
     service, tun = harness.service, harness.tun
     tun.inject(ipv4("10.2.0.10", "10.9.0.1"))  # no policy for this destination
-    tun.inject(ipv4("10.7.0.10", "10.1.0.10"))  # source outside the local range
     natt = ("127.0.0.1", _natt_port(service))
     spoofed = harness.to_us.seal(ipv4("10.5.0.1", "10.2.0.10"))  # not from the peer's range
     good_packet = ipv4("10.1.0.10", "10.2.0.10", b"ok" * 10)
@@ -128,18 +127,31 @@ async def test_policy_replay_and_garbage_are_dropped_and_counted(
         harness.peer.sendto(datagram, natt)
     await tun.wait_written(lambda p: p == good_packet)
 
+    drops = service.drops.reasons
+
     def counted() -> bool:
-        return service.drops["esp-replayed"] == 1 and service.drops["esp-unknown-spi"] == 1
+        return drops["esp-replayed"] == 1 and drops["esp-unknown-spi"] == 1
 
     async with asyncio.timeout(5):
         while not counted():
             await asyncio.sleep(0.01)
-    assert service.drops["no-policy"] == 2
-    assert service.drops["esp-policy"] == 1
+    assert drops["no-policy"] == 1 and drops["no-sa"] == 0 and drops["esp-policy"] == 1
+    assert drops["esp-truncated"] == 0  # 3 bytes are not ESP at all: the socket drops them
     assert tun.written == [good_packet]
-    service._drops_logged = (-1e9, Counter())  # as if the last summary was long ago
-    service._log_drops()
-    assert "esp-policy 1, esp-replayed 1, esp-unknown-spi 1, no-policy 2" in caplog.text
+    # by source: the peer's ip:port for ESP, the inner source address for what left the TUN
+    peer = f"127.0.0.1:{harness.peer.getsockname()[1]}"
+    assert service.drops.sources == {peer: 3, "10.2.0.10": 1}
+    status = service.tunnel_status()[0]
+    assert status.esp_drops == {"esp-policy": 1, "esp-replayed": 1}  # the unknown SPI is no
+    assert status.esp_drop_sources == {peer: 2}  # tunnel's: only the gateway counts it
+    assert status.gateway_drops == {"esp-policy": 1, "esp-replayed": 1, "esp-unknown-spi": 1,
+                                    "no-policy": 1}
+    assert status.gateway_drop_sources == {peer: 3, "10.2.0.10": 1}
+    service._drops_logged = -1e9  # as if the last summary was long ago
+    with caplog.at_level(logging.WARNING):
+        service._log_drops()
+    assert ("esp-policy 1, esp-replayed 1, esp-unknown-spi 1, no-policy 1; top sources: "
+            f"{peer} (3), 10.2.0.10 (1)") in caplog.text
 
 
 async def test_bandwidth_cap_drops_the_excess(harness: Harness) -> None:
@@ -147,8 +159,9 @@ async def test_bandwidth_cap_drops_the_excess(harness: Harness) -> None:
     packet = ipv4("10.2.0.10", "10.1.0.10", b"z" * 1400)
     for _ in range(200):  # 290 kB at once against 1 MB/s with a 64 kB burst
         harness.tun.inject(packet)
-    assert service.drops["bandwidth-out"] > 100
-    assert service.tunnel_status()[0].packets_out == 200 - service.drops["bandwidth-out"]
+    dropped = service.drops.reasons["bandwidth-out"]
+    assert dropped > 100 and service.tunnel_status()[0].packets_out == 200 - dropped
+    assert service.tunnel_status()[0].esp_drop_sources == {"10.2.0.10": dropped}
 
 
 async def test_idle_tunnel_sends_nat_keepalives_and_ignores_the_peers(harness: Harness) -> None:
@@ -239,7 +252,7 @@ async def test_changing_the_bandwidth_cap_keeps_the_tunnel(harness: Harness) -> 
     await asyncio.wait_for(uncapped(), 5)
     for _ in range(200):
         harness.tun.inject(packet)
-    assert service.drops["bandwidth-out"] == 0
+    assert service.drops.reasons["bandwidth-out"] == 0
     assert service.tunnel("t1") is tunnel and tunnel.status(0.0).packets_out == 200
 
 
@@ -251,13 +264,43 @@ async def test_ike_drops_are_summarised_in_the_log_with_their_top_sources(
         service._from_ike("127.0.0.1", b"junk", ("127.0.0.9", 7000 + port), False)
     for _ in range(3):
         service._from_ike("127.0.0.1", bytes(30), ("127.0.0.2", 500), False)
-    service._drops_logged = (service._now() - 61, Counter())  # a minute since the last line
+    service._drops_logged = service._now() - 61  # a minute since the last line
     with caplog.at_level(logging.WARNING):
         service._log_drops()
     assert "IKE drops in the last 61 s: malformed 3, unknown-peer 5" in caplog.text
     assert "top sources: 127.0.0.9 (5), 127.0.0.2 (3)" in caplog.text
     assert service.tunnel("t1").status(0.0).ike_drops == {"malformed": 3}
     caplog.clear()
-    service._drops_logged = (service._now() - 61, Counter())
+    service._drops_logged = service._now() - 61
     service._log_drops()
     assert "IKE drops" not in caplog.text  # nothing new, no line
+
+
+async def test_a_spoofed_source_flood_keeps_the_drop_tables_small_and_the_attacker_visible(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """100,000 ESP datagrams with unknown SPIs, each from another forged address, and in
+    the second half every 10th from one heavy source: the per-source tables stay bounded,
+    the heavy source shows on top in status and in the summary line, the tunnel works."""
+    service = harness.service
+    heavy = ("198.51.100.7", 4500)
+    junk = struct.pack("!II", 0xDEAD_BEEF, 1) + bytes(40)
+    for i in range(100_000):
+        late = i >= 50_000 and i % 10 == 0  # it starts once the tables are long full
+        source = heavy if late else (str(ipaddress.IPv4Address(0x0A000000 + i)), 4500)
+        service._from_esp("127.0.0.1", junk, source)
+    ledger = service.drops
+    assert ledger.reasons["esp-unknown-spi"] == 100_000
+    assert len(ledger.sources) <= MAX_SOURCES and len(ledger._recent_sources) <= MAX_SOURCES
+    assert sum(ledger.sources.values()) == 100_000  # the folded ones are still counted
+    top = list(service.tunnel_status()[0].gateway_drop_sources.items())
+    assert top[0][0] == "other" and top[0][1] > 94_000  # but the latest forged ones
+    assert top[1] == ("198.51.100.7:4500", 5_000)
+    service._drops_logged = service._now() - 61
+    with caplog.at_level(logging.WARNING):
+        service._log_drops()
+    assert "esp-unknown-spi 100000; top sources: other (" in caplog.text
+    assert "198.51.100.7:4500 (5000)" in caplog.text
+    packet = ipv4("10.2.0.10", "10.1.0.10")
+    harness.tun.inject(packet)
+    assert await harness.received() == packet

@@ -10,7 +10,9 @@ from __future__ import annotations
 from sslvpn.ipsec.ike.constants import ExchangeType
 from sslvpn.ipsec.ike.messages import peek_header
 from sslvpn.ipsec.ike.sa import IkeState
+from sslvpn.runtime.ipsec_tunnel import REKEYED_INBOUND_GRACE
 
+from .ike_pair import config
 from .test_esp_tunnel_driver import Lab, bring_up
 
 FAST_DPD = {"dpd_delay": 10.0, "dpd_timeout": 30.0}
@@ -116,3 +118,37 @@ def test_operator_restart_and_down() -> None:
     again.initiate(lab.now)
     lab.run(again)
     assert lab.tunnel.state == "up"
+
+
+def test_the_old_inbound_sa_outlives_its_delete_by_the_grace_period() -> None:
+    """As strongSwan's delete_rekeyed_delay: ESP the peer sent on the old SA just before
+    its DELETE still gets in for REKEYED_INBOUND_GRACE seconds, then the SA goes."""
+    lab = Lab()
+    peer = bring_up(lab)
+    (old,) = peer.children
+    old_spi = int.from_bytes(old.spi_out, "big")  # the tunnel's inbound SPI
+    peer.rekey_child(lab.now)
+    lab.run(peer)  # new CHILD_SA, then the peer's DELETE of the old one
+    assert len(peer.children) == 1 and peer.children[0] is not old
+    assert old_spi in lab.sad and lab.tunnel.status(lab.now).spi_in != f"{old_spi:08x}"
+    lab.tick(REKEYED_INBOUND_GRACE - 1)
+    assert old_spi in lab.sad
+    lab.tick(1.0)
+    assert old_spi not in lab.sad and len(lab.sad) == 1
+    assert lab.tunnel.rekeys["child"] == 1 and lab.tunnel.state == "up"
+
+
+def test_rekeys_the_peer_refuses_leave_the_tunnel_up() -> None:
+    """NO_PROPOSAL_CHOSEN to our IKE rekey and to our CHILD_SA rekey: the SAs in use stay,
+    traffic goes on, the reason shows in last_error (before: the tunnel started afresh)."""
+    lab = Lab()
+    peer = bring_up(lab)
+    live, outbound = lab.tunnel.sa, lab.tunnel.outbound
+    peer.config = config("A", ike="aes128gcm16-prfsha256-ecp384", esp="aes128gcm16")
+    for action in ("rekey-ike", "rekey-child"):
+        (lab.tunnel.rekey_ike if action == "rekey-ike" else lab.tunnel.rekey_child)(lab.now)
+        lab.run(peer)
+        assert lab.tunnel.state == "up" and lab.tunnel.sa is live
+        assert lab.tunnel.outbound is outbound and lab.tunnel.initiating is None
+        assert "no_proposal_chosen" in (lab.tunnel.last_error or "").replace(" ", "_").lower()
+    assert live is not None and live.ike_rekey_at <= lab.now + 45

@@ -39,6 +39,15 @@ class Sad(Generic[T]):
     def __len__(self) -> int:
         return len(self._inbound)
 
+    def __contains__(self, spi: object) -> bool:
+        return spi in self._inbound
+
+    def owner(self, packet: bytes) -> T | None:
+        """Whose SA a datagram names (to file a drop under its tunnel), if anyone's."""
+        spi = peek_spi(packet)
+        entry = self._inbound.get(spi) if spi is not None else None
+        return entry[1] if entry is not None else None
+
     def open(self, packet: bytes) -> tuple[T, InboundSa, bytes] | DropReason:
         """(owner, SA, inner IP packet) for an authentic fresh packet, else the drop reason."""
         spi = peek_spi(packet)
