@@ -115,6 +115,7 @@ def initialise(
     control_channel: str = "tls-crypt",
     keepalive: tuple[int, int] = KEEPALIVE_DEFAULT,
     tls_groups: str = DEFAULT_TLS_GROUPS,
+    caps: ClientCaps | None = None,
     actor: str = "cli",
     now: datetime | None = None,
 ) -> Initialised:
@@ -136,6 +137,8 @@ def initialise(
         public_addresses, port, proto, vpc, pool, dns, control_channel, pool6=pool6,
         keepalive=keepalive, tls_groups=tls_groups,
     )
+    if caps is not None:
+        caps.apply(settings)
     _refuse_foreign_pki_folder(paths)
     with session(engine, write=False) as s:
         _refuse_existing_settings(s)
@@ -172,6 +175,22 @@ def initialise(
         raise
     _move_into_place(paths)
     return Initialised(settings, resumed=False)
+
+
+@dataclass(frozen=True)
+class ClientCaps:
+    """The OpenVPN listener caps of the settings (see `GatewaySettings`)."""
+
+    max_clients: int = 0
+    max_clients_per_address: int = 0
+    tls_crypt_v2_force_cookie: bool = True
+
+    def apply(self, settings: GatewaySettings) -> None:
+        if self.max_clients < 0 or self.max_clients_per_address < 0:
+            raise LifecycleError("max-clients must be 0 (no cap) or more")
+        settings.max_clients = self.max_clients
+        settings.max_clients_per_address = self.max_clients_per_address
+        settings.tls_crypt_v2_force_cookie = self.tls_crypt_v2_force_cookie
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from sqlmodel import Session
 
 from sslvpn.config import DataPaths
 from sslvpn.runtime import fleet_sessions
-from sslvpn.runtime.control import GatewayControl, SessionInfo
+from sslvpn.runtime.control import GatewayControl, ListenerStatus, SessionInfo
 from sslvpn.store import StoreUnavailable, fleet_queries
 from sslvpn.store.async_store import AsyncStore
 from web.outage import STORE_BUDGET, StoreDown, store_wait
@@ -117,6 +117,17 @@ class Portal:
         except Exception as exc:  # a dead gateway must not take the portal down with it
             log.warning("gateway did not list its sessions: %r", exc)
             return []
+
+    async def listener_status(self) -> ListenerStatus | None:
+        """What this host's gateway's OpenVPN listeners hold and refused (None: no gateway
+        attached or it did not answer)."""
+        if self.control is None:
+            return None
+        try:
+            return await self.ask_gateway(lambda c: c.listener_status())
+        except Exception as exc:  # a dead gateway must not take the portal down with it
+            log.warning("gateway did not report its listeners: %r", exc)
+            return None
 
     async def kick(self, session_id: str, reason: str) -> bool:
         """End one live session, on whichever node holds it; False when it had ended or

@@ -278,7 +278,8 @@ def _worker_command(slot: WorkerSlot) -> list[str]:
 @click.option("--connect-freq-initial", "connect_freq", nargs=2,
               type=(click.IntRange(1), click.FloatRange(min=0.001)), default=None,
               metavar="N SECONDS",
-              help="Answer at most N new clients per SECONDS (OpenVPN's option; default 100 10).")
+              help="Answer at most N new UDP clients per SECONDS (OpenVPN's option; default "
+                   "100 10).")
 @click.option("--no-network-config", is_flag=True,
               help="Leave addresses, forwarding and SNAT to the operator.")
 @click.option("--tracemalloc", "trace_frames", type=click.IntRange(1, 100), default=None,

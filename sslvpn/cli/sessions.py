@@ -1,5 +1,10 @@
 """`sslvpn sessions` and `sslvpn kick`: list and end live sessions.
 
+``sessions --json`` prints ``{"sessions": [...], "listeners": {...}}``: the sessions, and
+what this host's OpenVPN listeners hold and refused (clients that have not authenticated
+yet per transport, refusals by reason, the most refused sources, the caps in force; null
+when no gateway runs here); the table starts with the same in one line.
+
 In a fleet (a store with nodes) both go through the store, so any host sees every node's
 sessions, each marked with its node, and a kick reaches the node holding the session (that
 node ends it at once on PostgreSQL, at its next sweep otherwise); ``kick`` waits up to
@@ -12,6 +17,7 @@ store, the single implicit node is asked over its control socket, as always, and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from datetime import UTC, datetime
@@ -22,7 +28,7 @@ from sqlalchemy import Engine
 
 from sslvpn.cli.setup import one_line_errors, paths_of, store
 from sslvpn.runtime import fleet_sessions
-from sslvpn.runtime.control import SessionInfo
+from sslvpn.runtime.control import ListenerStatus, SessionInfo, combined
 from sslvpn.runtime.control_server import ControlClient, ControlError
 from sslvpn.runtime.workers import other_control_sockets
 from sslvpn.store import db
@@ -50,6 +56,19 @@ def _local_sessions(ctx: click.Context) -> list[SessionInfo]:
     return found
 
 
+def _local_listeners(ctx: click.Context) -> ListenerStatus | None:
+    """What this host's OpenVPN listeners hold and refused, every worker's added up (None:
+    no gateway runs here)."""
+    try:
+        found = [_client(ctx).listener_status()]
+    except ControlError:
+        return None
+    for worker in _workers(ctx):
+        with contextlib.suppress(ControlError):
+            found.append(worker.listener_status())
+    return combined(found)
+
+
 def _live_sessions(ctx: click.Context) -> tuple[list[SessionInfo], bool]:
     """The live sessions, and whether they are a fleet's (read from the store)."""
     with store(ctx, write=False) as engine, db.session(engine, write=False) as s:
@@ -73,14 +92,18 @@ def _live_sessions(ctx: click.Context) -> tuple[list[SessionInfo], bool]:
 def sessions_command(ctx: click.Context, as_json: bool) -> None:
     """List the live sessions: every node's in a fleet, else the running gateway's."""
     sessions, fleet = _live_sessions(ctx)
+    listeners = _local_listeners(ctx)
     if as_json:
         rows: list[dict[str, Any]] = [
             {**s.__dict__, "connected_at": s.connected_at.isoformat(),
              "last_activity": s.last_activity.isoformat() if s.last_activity else None}
             for s in sessions
         ]
-        click.echo(json.dumps(rows, indent=2))
+        shown = None if listeners is None else dataclasses.asdict(listeners)
+        click.echo(json.dumps({"sessions": rows, "listeners": shown}, indent=2))
         return
+    if listeners is not None:
+        click.echo(listener_summary(listeners))
     if not sessions:
         click.echo("no live sessions")
         return
@@ -154,6 +177,15 @@ def _wait_for_end(engine: Engine, session_ids: list[str]) -> list[str]:
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(_POLL)
+
+
+def listener_summary(status: ListenerStatus) -> str:
+    """One line on what this host's listeners hold and refused."""
+    half_open = ", ".join(f"{proto} {n}" for proto, n in status.half_open.items())
+    refused = ", ".join(f"{reason} {n}" for reason, n in status.refused.items()) or "none"
+    top = ", ".join(f"{host} {n}" for host, n in status.top_refused_sources.items())
+    return (f"clients held: {status.clients} (not authenticated yet: {half_open}); refused: "
+            f"{refused}" + (f"; most refused: {top}" if top else ""))
 
 
 def _s(count: int) -> str:

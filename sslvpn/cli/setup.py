@@ -189,6 +189,30 @@ def obj_of(ctx: click.Context) -> CliContext:
     "OpenSSL names separated by ':'); the hybrid post-quantum group first.",
 )
 @click.option(
+    "--max-clients",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="OpenVPN clients held at once, authenticated or not (OpenVPN's max-clients); 0: as "
+    "many as the pool holds, plus room for handshakes.",
+)
+@click.option(
+    "--max-clients-per-address",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="OpenVPN clients one source address may hold (0: no cap; people behind one NAT "
+    "share an address).",
+)
+@click.option(
+    "--tls-crypt-v2-force-cookie/--no-tls-crypt-v2-force-cookie",
+    "force_cookie",
+    default=True,
+    show_default=True,
+    help="Refuse UDP tls-crypt-v2 clients that cannot do the stateless cookie exchange "
+    "(OpenVPN before 2.6), as OpenVPN's tls-crypt-v2 ... force-cookie.",
+)
+@click.option(
     "--ca-passphrase-stdin",
     is_flag=True,
     help="Encrypt the CA key with a passphrase read from stdin (else SSLVPN_CA_PASSPHRASE).",
@@ -208,6 +232,9 @@ def init_command(
     control_channel: str,
     keepalive: tuple[int, int],
     tls_groups: str,
+    max_clients: int,
+    max_clients_per_address: int,
+    force_cookie: bool,
     ca_passphrase_stdin: bool,
 ) -> None:
     """Create the data folder: CA, server certificate, tls-crypt keys, CRL and settings."""
@@ -237,6 +264,7 @@ def init_command(
                 control_channel=control_channel,
                 keepalive=keepalive,
                 tls_groups=tls_groups,
+                caps=lifecycle.ClientCaps(max_clients, max_clients_per_address, force_cookie),
                 actor=ACTOR,
             )
     except BaseException:
@@ -255,6 +283,9 @@ def init_command(
     click.echo(f"  keepalive    ping {settings.keepalive_interval} s, "
                f"restart {settings.keepalive_timeout} s")
     click.echo(f"  TLS groups   {settings.tls_groups}")
+    click.echo(f"  max clients  {settings.max_clients or 'pool size'} in all, "
+               f"{settings.max_clients_per_address or 'no cap'} per address; tls-crypt-v2 "
+               f"force-cookie {'on' if settings.tls_crypt_v2_force_cookie else 'off'}")
     click.echo(f"  CA key       {'encrypted' if passphrase or _env_passphrase() else 'plain'}")
 
 

@@ -30,14 +30,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sslvpn.runtime.control import ListenerStatus
+from sslvpn.runtime.control import TOP_SOURCES, ListenerStatus
 
 log = logging.getLogger(__name__)
 
 HALF_OPEN_PER_ADDRESS = 16  # half-open clients one source address may hold
 HALF_OPEN_MAX = 1024  # half-open clients in all (2.6's max-clients default, as a scale)
 LOG_INTERVAL = 10.0  # seconds between two log lines about the same refusal reason
-TOP_SOURCES = 10  # refused source addresses reported
 _SOURCES_KEPT = 4096  # refused source addresses remembered before the rarest are forgotten
 PROTOCOLS = ("udp", "tcp")
 OUT_OF_DESCRIPTORS = "out-of-descriptors"

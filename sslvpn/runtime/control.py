@@ -8,6 +8,7 @@ a loop of its own and reaches the gateway through `ThreadSafeControl`.
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
+TOP_SOURCES = 10  # refused source addresses a listener status reports
 CALL_TIMEOUT = 2.0  # seconds another thread waits for the gateway's loop to answer
 
 
@@ -88,6 +90,25 @@ class ListenerStatus:
     refused: dict[str, int] = field(default_factory=dict)  # new clients refused, by reason
     top_refused_sources: dict[str, int] = field(default_factory=dict)  # host -> refusals
     limits: dict[str, int] = field(default_factory=dict)  # the caps in force
+
+
+def combined(statuses: list[ListenerStatus]) -> ListenerStatus:
+    """Several processes' listeners (the workers of one node) as one."""
+    def total(name: str) -> dict[str, int]:
+        summed: collections.Counter[str] = collections.Counter()
+        for status in statuses:
+            summed.update(getattr(status, name))
+        return dict(summed)
+
+    top = collections.Counter(total("top_refused_sources")).most_common(TOP_SOURCES)
+    return ListenerStatus(
+        clients=sum(s.clients for s in statuses),
+        half_open=total("half_open"),
+        half_open_peak=total("half_open_peak"),  # each worker's peak: an upper bound
+        refused=total("refused"),
+        top_refused_sources=dict(top),
+        limits=statuses[0].limits if statuses else {},
+    )
 
 
 TUNNEL_ACTIONS = ("rekey-ike", "rekey-child", "restart", "down")

@@ -122,3 +122,18 @@ def test_the_tls_groups_are_chosen_at_init(tmp_path: Path) -> None:
     assert refused.stderr.strip().startswith(
         "error: TLS groups 'X25519:kyber': this OpenSSL does not know one of these groups")
     assert not (tmp_path / "three").exists()
+
+
+def test_client_caps_and_force_cookie_are_chosen_at_init(tmp_path: Path) -> None:
+    """No cap beyond the pool and force-cookie on by default; both can be set."""
+    result = _init(tmp_path / "one")
+    assert "  max clients  pool size in all, no cap per address; tls-crypt-v2 force-cookie " \
+        "on\n" in result.output
+    stored = _stored(tmp_path / "one")
+    assert (stored.max_clients, stored.max_clients_per_address) == (0, 0)
+    assert stored.tls_crypt_v2_force_cookie
+    assert _init(tmp_path / "two", "--max-clients", "5000", "--max-clients-per-address", "20",
+                 "--no-tls-crypt-v2-force-cookie").exit_code == 0
+    stored = _stored(tmp_path / "two")
+    assert (stored.max_clients, stored.max_clients_per_address) == (5000, 20)
+    assert not stored.tls_crypt_v2_force_cookie

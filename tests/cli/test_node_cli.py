@@ -233,7 +233,7 @@ def test_sessions_and_kick_see_every_nodes_sessions_through_the_store(
     _ok(run("node", "add", "b", "--public-address", "198.18.0.2"))
     _open_record(url, "udp-1", "a", "10.8.0.2")
     _open_record(url, "udp-2", "b", "10.8.0.66")
-    listed = json.loads(_ok(run("sessions", "--json")))
+    listed = json.loads(_ok(run("sessions", "--json")))["sessions"]
     assert [(s["session_id"], s["node"], s["last_activity"]) for s in listed] == [
         ("udp-1", "a", None), ("udp-2", "b", None)]
     table = _ok(run("sessions")).splitlines()
@@ -252,5 +252,5 @@ def test_sessions_and_kick_see_every_nodes_sessions_through_the_store(
         "asked 1 session to end; 1 still live after 0.2 s (is its node down? see "
         "`sslvpn node list`)\n")
     assert run("kick", "nobody").exit_code == 1
-    listed = json.loads(_ok(run("sessions", "--json")))
+    listed = json.loads(_ok(run("sessions", "--json")))["sessions"]
     assert [s["session_id"] for s in listed] == ["udp-1"]

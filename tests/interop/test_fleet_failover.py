@@ -106,7 +106,7 @@ def _assert_back_through(fleet: FleetLab, moved: list[FleetClient], survivor: st
 
 def _shown_nodes(fleet: FleetLab) -> list[str | None]:
     """The node of each live session `sslvpn sessions --json` shows."""
-    return [row["node"] for row in json.loads(fleet.cli("sessions", "--json").output)]
+    return [row["node"] for row in json.loads(fleet.cli("sessions", "--json").output)["sessions"]]
 
 
 def _heartbeat(fleet: FleetLab, node: str) -> datetime | None:

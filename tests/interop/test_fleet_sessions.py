@@ -104,7 +104,7 @@ def _ended(fleet: FleetLab, client: FleetClient) -> VpnSessionRecord:
 
 def test_every_nodes_sessions_are_seen_and_ended_from_anywhere(fleet: FleetLab) -> None:
     by_node = _spread(fleet)
-    listed = json.loads(fleet.cli("sessions", "--json").output)
+    listed = json.loads(fleet.cli("sessions", "--json").output)["sessions"]
     assert sorted((s["certificate_serial"], s["node"]) for s in listed) == sorted(
         (c.serial, node) for node, clients in by_node.items() for c in clients)
     (a1, a2), (b1, b2) = by_node["a"][:2], by_node["b"][:2]
@@ -146,7 +146,7 @@ def test_every_nodes_sessions_are_seen_and_ended_from_anywhere(fleet: FleetLab) 
     record = _ended(fleet, b2)
     disabled = time.monotonic() - started
     assert (record.node, record.disconnect_reason) == ("b", "user disabled")
-    assert json.loads(fleet.cli("sessions", "--json").output) == []
+    assert json.loads(fleet.cli("sessions", "--json").output)["sessions"] == []
     _report(f"revoked on b's portal, ended on a: {notified * 1000:.0f} ms (stamps), "
             f"{seen:.2f} s seen by the test; no NOTIFY, ended by b's sweep: "
             f"{swept * 1000:.0f} ms; CLI kick (ended in the store): {kicked:.2f} s; "

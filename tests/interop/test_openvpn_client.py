@@ -80,7 +80,7 @@ def clients(topology: Topology):  # type: ignore[no-untyped-def]
 
 def _sessions(topo: Topology) -> list[dict[str, object]]:
     """What `sslvpn sessions --json` shows."""
-    return list(json.loads(sslvpn(topo.data_dir, "sessions", "--json").output))
+    return list(json.loads(sslvpn(topo.data_dir, "sessions", "--json").output)["sessions"])
 
 
 def _live_serials(topo: Topology) -> list[str]:

@@ -94,7 +94,7 @@ def _connect(lab: Lab6) -> Path:
 
 def test_client_gets_an_ipv6_address_and_pings_the_ipv6_vpc(lab6: Lab6) -> None:
     _connect(lab6)
-    [session] = json.loads(sslvpn(lab6.data_dir, "sessions", "--json").output)
+    [session] = json.loads(sslvpn(lab6.data_dir, "sessions", "--json").output)["sessions"]
     host_number = int(ipaddress.IPv4Address(session["vpn_address"])) - int(POOL.network_address)
     address6 = POOL6.network_address + host_number
     assert f"inet6 {address6}/{POOL6.prefixlen}" in lab6.client_ns.run(

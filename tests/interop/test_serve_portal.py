@@ -71,7 +71,7 @@ def _admin_password(topo: Topology) -> str:
 
 
 def _session_ids(topo: Topology) -> list[str]:
-    rows = json.loads(sslvpn(topo.data_dir, "sessions", "--json").output)
+    rows = json.loads(sslvpn(topo.data_dir, "sessions", "--json").output)["sessions"]
     return [str(row["session_id"]) for row in rows]
 
 

@@ -156,7 +156,7 @@ def test_workers_serve_slices_survive_kills_and_stop_cleanly(topology: Topology)
         x = 1 - y
         bob = _connect_on(topo, topo.second_client_ns, "bob", x, started)
         # sessions and kick reach every worker (one control socket each)
-        listed = json.loads(sslvpn(topo.data_dir, "sessions", "--json").output)
+        listed = json.loads(sslvpn(topo.data_dir, "sessions", "--json").output)["sessions"]
         assert sorted(row["user"] for row in listed) == ["ann", "bob"]
         on_second = ann if y == 1 else bob
         user = "ann" if on_second is ann else "bob"

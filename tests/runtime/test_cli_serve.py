@@ -44,9 +44,13 @@ async def test_sessions_table_json_and_kick(tmp_path: Path) -> None:
         code, table = await asyncio.to_thread(_cli, tmp_path, "sessions")
         assert code == 0
         assert "alice" in table and "10.8.0.2" in table and "laptop" in table
-        assert table.splitlines()[0].split()[-1] == "IDLE" and " 0s" in table
+        summary, header = table.splitlines()[:2]
+        assert summary.startswith("clients held: 0 (not authenticated yet: udp 0, tcp 0)")
+        assert header.split()[-1] == "IDLE" and " 0s" in table
         code, text = await asyncio.to_thread(_cli, tmp_path, "sessions", "--json")
-        rows = json.loads(text)
+        shown = json.loads(text)
+        rows = shown["sessions"]
+        assert shown["listeners"]["half_open"] == {"udp": 0, "tcp": 0}
         assert [r["user"] for r in rows] == ["alice", "bob"]
         code, text = await asyncio.to_thread(_cli, tmp_path, "kick", rows[0]["session_id"])
         assert (code, text.strip()) == (0, "ended 1 session")
@@ -58,7 +62,7 @@ async def test_sessions_table_json_and_kick(tmp_path: Path) -> None:
         code, text = await asyncio.to_thread(_cli, tmp_path, "kick", "nobody")
         assert code == 1 and "no live session or user named 'nobody'" in text
         code, text = await asyncio.to_thread(_cli, tmp_path, "sessions")
-        assert (code, text.strip()) == (0, "no live sessions")
+        assert (code, text.strip().splitlines()[-1]) == (0, "no live sessions")
     finally:
         await server.close()
 

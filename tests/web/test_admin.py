@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from aiohttp.test_utils import TestClient
 
+from sslvpn.runtime.control import ListenerStatus
 from sslvpn.store import db, queries
 from tests.web.conftest import (
     Clock,
@@ -154,6 +155,12 @@ async def test_sessions_page_and_kick(client: TestClient, site: Site, gateway: F
     csrf = await login(client, "root")
     page = await (await client.get("/admin/sessions")).text()
     assert "198.18.0.9:50000" in page and "10.8.0.2" in page and "1234 / 5678" in page
+    gateway.listeners = ListenerStatus(
+        clients=7, half_open={"udp": 2, "tcp": 5}, half_open_peak={"udp": 3, "tcp": 16},
+        refused={"half-open-per-address": 40}, top_refused_sources={"203.0.113.9": 40})
+    page = await (await client.get("/admin/sessions")).text()
+    assert "Clients held: 7. Not authenticated yet:\nudp 2 (peak 3), tcp 5 (peak 16)." in page
+    assert "half-open-per-address 40" in page and "203.0.113.9</span> 40" in page
     _, page = await post(client, "/admin/sessions/s1/kick", csrf)
     assert "Session of alice (phone) ended." in page
     assert gateway.kicked == ["s1"]
@@ -224,6 +231,19 @@ async def test_settings_validate_and_save(client: TestClient, site: Site) -> Non
         saved = queries.get_settings(s)
     assert saved.port == 443 and saved.vpc_networks == ["10.20.0.0/16", "10.30.0.0/16"]
     assert saved.import_token_ttl_seconds == 300 and saved.protocols == "both"
+    assert (saved.max_clients, saved.max_clients_per_address) == (0, 0)  # left out: kept
+    assert saved.tls_crypt_v2_force_cookie
+    status, page = await post(client, "/admin/settings", csrf, **good, max_clients="-1",
+                              tls_crypt_v2_force_cookie="maybe")
+    assert status == 400 and "Max clients must be 0 (no cap) to 1,000,000." in page
+    caps = {"max_clients": "5000", "max_clients_per_address": "50",
+            "tls_crypt_v2_force_cookie": "off"}
+    status, page = await post(client, "/admin/settings", csrf, **good, **caps)
+    assert status == 200 and 'name="max_clients_per_address" type="number"' in page
+    with db.session(site.engine, write=False) as s:
+        saved = queries.get_settings(s)
+    assert (saved.max_clients, saved.max_clients_per_address) == (5000, 50)
+    assert not saved.tls_crypt_v2_force_cookie
 
 
 async def test_api_tokens_are_shown_once_and_stored_hashed(client: TestClient, site: Site) -> None:

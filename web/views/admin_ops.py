@@ -20,6 +20,7 @@ from client_profiles.inputs import (
     checked_keepalive,
     checked_networks,
 )
+from client_profiles.lifecycle import ClientCaps
 from client_profiles.pkifiles import LifecycleError
 from sslvpn.net.subpools import Fleet, NodePools, SubpoolError, check_fleet
 from sslvpn.store import NotFoundError, StoreError, node_queries, queries
@@ -84,6 +85,7 @@ async def sessions_page(request: web.Request) -> web.StreamResponse:
     sessions = sorted(await portal_of(request).live_sessions(), key=lambda s: s.connected_at)
     context = {
         "sessions": sessions,
+        "listeners": await portal_of(request).listener_status(),
         "fleet": any(s.node is not None for s in sessions),
         "has_gateway": portal_of(request).control is not None,
         "refresh": portal_of(request).settings.refresh_seconds,
@@ -198,13 +200,15 @@ def parse_settings(
     if form.get("protocols") not in PROTOCOLS_VALUES:
         errors.append("Protocols must be udp, tcp or both.")
     retention = _retention(form, settings, errors)
+    caps = parse_caps(form, settings, errors)
     groups = form.get("tls_groups", settings.tls_groups)
     try:
         groups = checked_groups(groups)
     except LifecycleError as exc:
         errors.append(_sentence(str(exc)))
-    if errors or networks is None or liveness is None:
+    if errors or networks is None or liveness is None or caps is None:
         return errors
+    caps.apply(settings)
     for name, days in retention.items():
         setattr(settings, name, days)
     settings.public_addresses, settings.dns_servers = addresses, dns
@@ -230,6 +234,27 @@ def _retention(
         else:
             days[name] = int(text)
     return days
+
+
+MAX_CLIENTS = 1_000_000
+
+
+def parse_caps(
+    form: dict[str, str], settings: GatewaySettings, errors: list[str]
+) -> ClientCaps | None:
+    """max-clients in all and per address (0: no cap) and tls-crypt-v2 force-cookie ("on"
+    or "off"); a field left out keeps its value."""
+    texts = [form.get(name, str(getattr(settings, name))).strip()
+             for name in ("max_clients", "max_clients_per_address")]
+    cookie = form.get("tls_crypt_v2_force_cookie",
+                      "on" if settings.tls_crypt_v2_force_cookie else "off")
+    if not all(t.isascii() and t.isdigit() and int(t) <= MAX_CLIENTS for t in texts):
+        errors.append(f"Max clients must be 0 (no cap) to {MAX_CLIENTS:,}.")
+        return None
+    if cookie not in ("on", "off"):
+        errors.append("tls-crypt-v2 force-cookie must be on or off.")
+        return None
+    return ClientCaps(int(texts[0]), int(texts[1]), cookie == "on")
 
 
 LIVENESS_FIELDS = ("keepalive_interval", "keepalive_timeout", "heartbeat_timeout")
