@@ -17,6 +17,7 @@ from sslvpn.openvpn.tls import TlsGroupsError, checked_tls_groups
 from sslvpn.store.models import CONTROL_CHANNEL_VALUES, PROTOCOLS_VALUES, GatewaySettings
 
 DEVICE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
+MAX_SERIAL_DIGITS = 64  # an X.509 serial is at most 20 octets; room for colons and zeros
 MAX_CLIENT_DAYS = 3650
 # An IPv6 client pool: at most a /64 (one subnet; SLAAC-sized) and at least a /112.
 POOL6_PREFIXES = range(64, 113)
@@ -164,3 +165,17 @@ def checked_days(days: int) -> int:
     if not 1 <= days <= MAX_CLIENT_DAYS:
         raise LifecycleError(f"lifetime must be 1..{MAX_CLIENT_DAYS} days")
     return days
+
+
+def serial_forms(text: str) -> list[str]:
+    """The stored form (lower-case hex, no leading zeros) of a serial as admins paste it:
+    openssl's upper case with leading zeros, colon- or space-separated octets, lower case,
+    or decimal. All-digit text is read as hex first, then as decimal. Nothing for text
+    that is not a serial (a user name, a CN)."""
+    packed = re.sub(r"[:\s]", "", text.strip()).lower().removeprefix("0x")
+    if not packed or len(packed) > MAX_SERIAL_DIGITS or not re.fullmatch(r"[0-9a-f]+", packed):
+        return []
+    forms = [packed.lstrip("0") or "0"]
+    if packed.isdigit():
+        forms.append(format(int(packed), "x"))
+    return list(dict.fromkeys(forms))

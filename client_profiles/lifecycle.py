@@ -27,6 +27,7 @@ from client_profiles.inputs import (
     KEEPALIVE_DEFAULT,
     checked_days,
     checked_device,
+    serial_forms,
     validated_settings,
 )
 from client_profiles.pki import (
@@ -298,10 +299,12 @@ def issue_client(
     ca = open_ca(paths, ca_passphrase)
     with session(engine, write=False) as s:
         user = _enabled_user(get_user(s, name=user_name))
+        _refuse_second_device(s, user, device, now)  # before the key is made, and again below
     # made before the writer lock is taken: other writers never wait for an RSA key
     material = _client_material(ca, paths, user.name, device, days, now)
     with session(engine, write=True) as s:
         user = _enabled_user(get_user(s, name=user_name))  # still enabled
+        _refuse_second_device(s, user, device, now)
         row = _store_client(s, material, user, device)
         record_audit(
             s,
@@ -438,27 +441,51 @@ def _publish_after_revocation(paths: DataPaths, engine: Engine, done: str) -> No
         ) from None
 
 
+def find_serial(s: Session, text: str) -> str | None:
+    """The stored serial of a certificate named by a serial in any usual form (see
+    `serial_forms`), or None."""
+    for form in serial_forms(text):
+        try:
+            return get_certificate(s, serial=form).serial
+        except NotFoundError:
+            continue
+    return None
+
+
+def certificates_named(s: Session, common_name: str, *, now: datetime) -> list[Certificate]:
+    """The unrevoked, unexpired client certificates with this CN (``alice.laptop``), the
+    current one last (during a renewal's overlap there are two)."""
+    rows = list_certificates(s, kind="client")
+    return sorted(
+        (r for r in rows if r.subject_cn == common_name and r.status == "valid"
+         and r.not_after > now),
+        key=lambda r: (r.superseded_by is None, r.created_at),
+    )
+
+
 def revoke(
     engine: Engine,
     paths: DataPaths,
     *,
     serial: str | None = None,
     user_name: str | None = None,
+    common_name: str | None = None,
     reason: str = "unspecified",
     actor: str,
     source_address: str | None = None,
     ca_passphrase: str | None = None,
     now: datetime | None = None,
 ) -> list[Certificate]:
-    """Revoke one certificate, or every unexpired one of a user, and re-sign the CRL."""
-    if (serial is None) == (user_name is None):
-        raise LifecycleError("name exactly one of a serial or a user to revoke")
+    """Revoke one certificate, every unexpired one of a user, or those with a CN, and
+    re-sign the CRL."""
+    if sum(given is not None for given in (serial, user_name, common_name)) != 1:
+        raise LifecycleError("name exactly one of a serial, a user or a CN to revoke")
     if reason not in REVOCATION_REASONS:
         raise LifecycleError(f"unknown reason {reason!r}; one of: {', '.join(REVOCATION_REASONS)}")
     now = now or utcnow()
     ca = open_ca(paths, ca_passphrase)
     with session(engine, write=True) as s:
-        targets = _revocation_targets(s, serial, user_name, now)
+        targets = _revocation_targets(s, serial, user_name, common_name, now)
         for row in targets:
             mark_revoked(s, serial=row.serial, reason=reason, at=now)
             revoke_import_tokens_for_certificate(s, serial=row.serial)
@@ -474,6 +501,17 @@ def revoke(
         sign_crl(s, ca, paths, now=now)
     _publish_after_revocation(paths, engine, "revoked")  # committed: the files follow
     return targets
+
+
+def _refuse_second_device(s: Session, user: User, device: str | None, now: datetime) -> None:
+    """A device has one certificate: a second one for the same name is a renewal."""
+    for row in list_certificates(s, user_id=user.id, kind="client", status="valid"):
+        if row.device == device and row.not_after > now:
+            which = f"device {device!r}" if device else "no device name"
+            raise LifecycleError(
+                f"user {user.name!r} already has a valid certificate for {which} "
+                f"({row.serial}); renew it instead: sslvpn cert renew {row.subject_cn}"
+            )
 
 
 def _enabled_user(user: User) -> User:
@@ -583,8 +621,14 @@ def _store_certificate(
 
 
 def _revocation_targets(
-    s: Session, serial: str | None, user_name: str | None, now: datetime
+    s: Session, serial: str | None, user_name: str | None, common_name: str | None,
+    now: datetime,
 ) -> list[Certificate]:
+    if common_name is not None:
+        rows = certificates_named(s, common_name, now=now)
+        if not rows:
+            raise LifecycleError(f"no serial, user or valid certificate's CN is {common_name!r}")
+        return rows
     if serial is not None:
         row = get_certificate(s, serial=serial)
         if row.kind != "client":

@@ -150,18 +150,7 @@ def _profile_certificate(
     if serial is not None:
         row = get_certificate(s, serial=serial)
     else:
-        user = get_user(s, name=str(user_name))
-        query = (
-            select(Certificate)
-            .where(Certificate.user_id == user.id, Certificate.kind == "client")
-            .where(Certificate.status == "valid", Certificate.device == device)
-            .where(col(Certificate.superseded_by).is_(None))  # not one a renewal replaces
-            .order_by(col(Certificate.not_after).desc())
-        )
-        found = s.exec(query).first()
-        if found is None:
-            raise LifecycleError(_no_certificate_message(s, user, device))
-        row = found
+        row = _device_certificate(s, get_user(s, name=str(user_name)), device)
     if row.kind != "client" or row.key_pem is None:
         raise LifecycleError(f"certificate {row.serial} is not a client certificate")
     if row.status != "valid":
@@ -175,15 +164,28 @@ def _profile_certificate(
     return row
 
 
-def _no_certificate_message(s: Session, user: User, device: str | None) -> str:
-    """Say which devices do have a certificate, so the operator can pick one."""
-    query = select(Certificate).where(
-        Certificate.user_id == user.id, Certificate.kind == "client", Certificate.status == "valid"
+def _device_certificate(s: Session, user: User, device: str | None) -> Certificate:
+    """The user's current certificate (not one a renewal replaces) for ``device``; with no
+    device named, that of the user's only device (several: the operator picks one)."""
+    query = (
+        select(Certificate)
+        .where(Certificate.user_id == user.id, Certificate.kind == "client")
+        .where(Certificate.status == "valid", col(Certificate.superseded_by).is_(None))
+        .order_by(col(Certificate.not_after).desc())
     )
-    devices = sorted({row.device or "(none)" for row in s.exec(query).all()})
+    current = list(s.exec(query).all())
+    named = [row for row in current if row.device == device]
+    if named:
+        return named[0]
+    devices = sorted({row.device or "(none)" for row in current})
+    if device is None and len(current) == 1:
+        return current[0]
+    if device is None and current:
+        raise LifecycleError(f"user {user.name!r} has several devices: {', '.join(devices)}; "
+                             "choose one with --device")
     which = f"device {device!r}" if device else "no --device"
     known = f"; devices with one: {', '.join(devices)}" if devices else ""
-    return f"user {user.name!r} has no valid certificate for {which}{known}"
+    raise LifecycleError(f"user {user.name!r} has no valid certificate for {which}{known}")
 
 
 def _file_items(paths: DataPaths, now: datetime) -> list[ExpiryItem]:

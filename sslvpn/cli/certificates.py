@@ -13,16 +13,18 @@ from typing import Literal
 
 import click
 from sqlalchemy import Engine
+from sqlmodel import Session
 
 from client_profiles import crl, lifecycle, reports
 from client_profiles.inputs import MAX_CLIENT_DAYS
 from client_profiles.pki import CLIENT_DAYS, REVOCATION_REASONS
+from client_profiles.pkifiles import LifecycleError
 from sslvpn.cli.setup import ACTOR, one_line_errors, paths_of, store
 from sslvpn.config import DataPaths, write_public_file, write_secret_file
 from sslvpn.store import NotFoundError
 from sslvpn.store.db import session
 from sslvpn.store.models import utcnow
-from sslvpn.store.queries import get_certificate
+from sslvpn.store.queries import get_certificate, get_user
 
 _DAYS = click.IntRange(1, MAX_CLIENT_DAYS)
 _TRANSPORTS: dict[str, Literal["udp", "tcp"]] = {"udp": "udp", "tcp": "tcp"}
@@ -88,7 +90,7 @@ def _mend_crl(paths: DataPaths, engine: Engine) -> None:
 
 
 @cert_group.command("renew")
-@click.argument("serial")
+@click.argument("target", metavar="SERIAL|CN")
 @click.option("--days", type=_DAYS, default=None, help="Default: the old certificate's lifetime.")
 @click.option(
     "--overlap-days",
@@ -100,14 +102,16 @@ def _mend_crl(paths: DataPaths, engine: Engine) -> None:
 )
 @click.pass_context
 @one_line_errors
-def renew_command(ctx: click.Context, serial: str, days: int | None, overlap_days: int) -> None:
-    """Replace certificate SERIAL (a client's or the gateway's) with a new one.
+def renew_command(ctx: click.Context, target: str, days: int | None, overlap_days: int) -> None:
+    """Replace a certificate (a client's or the gateway's) with a new one: by serial in
+    any usual form (openssl's upper case, colons, decimal) or a client's CN (alice.laptop).
 
     A client's device is not cut off: its old certificate works until the new profile
     first connects or the overlap ends. A renewed gateway certificate is used after the
     gateway restarts.
     """
     with store(ctx, write=True) as engine:
+        serial = _renewal_serial(engine, target)
         row = lifecycle.renew(engine, paths_of(ctx), serial=serial, days=days,
                               overlap_days=overlap_days, actor=ACTOR)
         with session(engine, write=False) as s:
@@ -118,36 +122,52 @@ def renew_command(ctx: click.Context, serial: str, days: int | None, overlap_day
                    "or until the new one first connects")
 
 
+def _renewal_serial(engine: Engine, target: str) -> str:
+    """The serial TARGET names, else the current certificate of the CN TARGET."""
+    with session(engine, write=False) as s:
+        serial = lifecycle.find_serial(s, target)
+        named = lifecycle.certificates_named(s, target, now=utcnow())
+    if serial is not None:
+        return serial
+    if named:
+        return named[-1].serial
+    raise LifecycleError(f"no certificate has the serial or CN {target!r}")
+
+
+def _user_exists(s: Session, name: str) -> bool:
+    try:
+        get_user(s, name=name)
+    except NotFoundError:
+        return False
+    return True
+
+
 @cert_group.command("revoke")
-@click.argument("target", metavar="SERIAL|USER")
+@click.argument("target", metavar="SERIAL|CN|USER")
 @click.option(
     "--reason", type=click.Choice(REVOCATION_REASONS), default="unspecified", show_default=True
 )
 @click.pass_context
 @one_line_errors
 def revoke_command(ctx: click.Context, target: str, reason: str) -> None:
-    """Revoke one certificate, or every certificate of a user, and re-sign the CRL."""
+    """Revoke one certificate (by serial in any usual form), every certificate of a user,
+    or those of a CN (alice.laptop: during a renewal's overlap, the old and the new one),
+    and re-sign the CRL."""
     with store(ctx, write=True) as engine:
-        serial = _existing_serial(engine, target)
+        with session(engine, write=False) as s:
+            serial = lifecycle.find_serial(s, target)
+            user = serial is None and _user_exists(s, target)
         rows = lifecycle.revoke(
             engine,
             paths_of(ctx),
             serial=serial,
-            user_name=None if serial else target,
+            user_name=target if user else None,
+            common_name=target if serial is None and not user else None,
             reason=reason,
             actor=ACTOR,
         )
     for row in rows:
         click.echo(f"revoked {row.serial} CN={row.subject_cn} ({reason})")
-
-
-def _existing_serial(engine: Engine, target: str) -> str | None:
-    """The target as a certificate serial if one exists, else None (it names a user)."""
-    with session(engine, write=False) as s:
-        try:
-            return get_certificate(s, serial=target).serial
-        except NotFoundError:
-            return None
 
 
 @click.command("crl")

@@ -245,6 +245,46 @@ def test_certificate_lifecycle_through_the_cli(ready: Run, data_dir: Path) -> No
     _one_line_error(ready("cert", "revoke", new), "already revoked")
 
 
+def test_certificates_are_found_by_cn_and_by_serial_in_any_usual_form(ready: Run) -> None:
+    """openssl prints serials in upper case with leading zeros (x509 -serial) or colons
+    (crl -text shows octets); admins also paste lower case and decimal."""
+    laptop = _serial(ready("cert", "issue", "alice", "--device", "laptop"))
+    renewed = ready("cert", "renew", "alice.laptop")
+    assert renewed.exit_code == 0 and renewed.stdout.split()[1] == laptop, renewed.output
+    new = renewed.stdout.split()[3]
+
+    def colons(serial: str) -> str:
+        octets = f"{int(serial, 16):040x}".upper()
+        return ":".join(octets[i:i + 2] for i in range(0, len(octets), 2))
+
+    for spell in (lambda s: f"00{s.upper()}", colons, lambda s: str(int(s, 16))):
+        form = spell(new)
+        found = ready("cert", "renew", form, "--overlap-days", "0")
+        assert found.exit_code == 0 and found.stdout.split()[1] == new, (form, found.output)
+        new = found.stdout.split()[3]
+    revoked = ready("cert", "revoke", "alice.laptop")  # the current one and the overlapping
+    assert revoked.exit_code == 0 and laptop in revoked.stdout and new in revoked.stdout
+    _one_line_error(ready("cert", "revoke", "alice.laptop"), "no serial, user or valid")
+    _one_line_error(ready("cert", "renew", "bob.phone"), "no certificate has the serial or CN")
+
+
+def test_a_device_has_one_certificate_and_profile_finds_the_only_device(
+    ready: Run, data_dir: Path
+) -> None:
+    first = _serial(ready("cert", "issue", "alice", "--device", "laptop"))
+    _one_line_error(ready("cert", "issue", "alice", "--device", "laptop"),
+                    f"already has a valid certificate for device 'laptop' ({first}); renew it")
+    assert _count(data_dir, Certificate) == 2  # the gateway's and the laptop's
+    profile = ready("profile", "alice")
+    assert profile.exit_code == 0 and "# alice.laptop @" in profile.stdout, profile.output
+    ready("cert", "renew", "alice.laptop")  # the overlapping old one is not a second device
+    assert ready("profile", "alice").exit_code == 0
+    _serial(ready("cert", "issue", "alice", "--device", "phone"))
+    _one_line_error(ready("profile", "alice"), "several devices: laptop, phone; choose one")
+    ready("cert", "revoke", "alice.laptop")
+    _serial(ready("cert", "issue", "alice", "--device", "laptop"))  # revoked: a new one is fine
+
+
 def test_renew_the_gateway_certificate(ready: Run, data_dir: Path) -> None:
     server_line = next(
         line for line in ready("cert", "list").stdout.splitlines() if line.startswith("server")
