@@ -6,6 +6,7 @@ Every namespace and process is removed on exit, also on an error, Ctrl-C or SIGT
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import shutil
@@ -27,7 +28,7 @@ from bench.scale_phase import ScaleSettings, run_scale
 from bench.tunnel_phases import TunnelBench, TunnelSettings
 from bench.vpn import build_topology
 
-PHASES = ("throughput", "admission", "scale", "ipsec", "fleet")
+PHASES = ("throughput", "latency", "admission", "scale", "ipsec", "fleet")
 FULL = (TunnelSettings(reps=3, seconds=10, raw_seconds=5, pings=200, handshakes=10, burst=50),
         IpsecSettings(reps=3, seconds=10),
         ScaleSettings(sizes=(1000, 10000), burst=1000, hold=3, stage_timeout=45),
@@ -43,12 +44,13 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def _meta(quick: bool) -> dict[str, object]:
+def _meta(quick: bool, workers: int) -> dict[str, object]:
     version = subprocess.run(["openvpn", "--version"], capture_output=True, text=True,
                              check=False).stdout.splitlines()
     return {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "mode": "quick" if quick else "full",
+        "workers": workers, "load_average": os.getloadavg(),
         "host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
         "openvpn": version[0] if version else "?",
         "baseline": "OpenVPN 2.6 server (tunnel figures) / strongSwan (IPsec figures)",
@@ -64,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path,
                         default=Path(tempfile.gettempdir()) / "sslvpn-bench",
                         help="folder for results.json/.md/.png and the run's work files")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="run ours as `serve --workers N` (default 1: one process)")
+    parser.add_argument("--pings", type=int, default=None,
+                        help="pings per latency figure (default 200, 50 with --quick)")
     args = parser.parse_args(argv)
     phases = [p for p in args.only.split(",") if p]
     unknown = set(phases) - set(PHASES)
@@ -74,26 +80,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench needs root and {', '.join(REQUIRED)}; missing: {missing}", file=sys.stderr)
         return 2
     tunnel_s, ipsec_s, scale_s, fleet_s = QUICK if args.quick else FULL
+    if args.pings is not None:
+        tunnel_s = dataclasses.replace(tunnel_s, pings=args.pings)
     work = args.out / "work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     signal.signal(signal.SIGTERM, _terminate)
-    report = Report(meta=_meta(args.quick))
+    report = Report(meta=_meta(args.quick, args.workers))
     started = time.monotonic()
     lab = Lab()
     try:
-        if {"throughput", "admission", "scale"} & set(phases):
+        if {"throughput", "latency", "admission", "scale"} & set(phases):
             topo = build_topology(lab, work / "vpn")
             if topo.cli_error:
                 report.notes.append("sslvpn CLI unavailable, OpenVPN baseline uses an openssl "
                                     f"PKI: {topo.cli_error.strip().splitlines()[-1][:200]}")
-            tunnels = TunnelBench(topo, report, tunnel_s)
+            tunnels = TunnelBench(topo, report, tunnel_s, args.workers)
             if "throughput" in phases:
                 _phase(report, "throughput + latency", tunnels.run_throughput)
+            elif "latency" in phases:
+                _phase(report, "latency", tunnels.run_latency)
             if "admission" in phases:
                 _phase(report, "admission", tunnels.run_admission)
             if "scale" in phases:
-                _phase(report, "scale", lambda: run_scale(topo, report, scale_s))
+                _phase(report, "scale", lambda: run_scale(topo, report, scale_s, args.workers))
         if "ipsec" in phases:
             _phase(report, "ipsec", lambda: run_ipsec(lab, work / "ipsec", report, ipsec_s))
         if "fleet" in phases:

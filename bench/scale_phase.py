@@ -30,13 +30,15 @@ class ScaleSettings:
     stage_timeout: float = 75.0
 
 
-def run_scale(topo: VpnTopology, report: Report, settings: ScaleSettings) -> None:
+def run_scale(topo: VpnTopology, report: Report, settings: ScaleSettings,
+              workers: int = 1) -> None:
     if topo.cli_error is not None:
         report.notes.append("scale: n/a (needs the data folder made by the sslvpn CLI)")
         return
     credentials = topo.work / "scale-clients.jsonl"
     write_jsonl(issue_clients(topo, max(settings.sizes), "s"), credentials)
-    servers: dict[str, Server] = {"openvpn": OpenVpnServer(topo), "ours": OurServer(topo)}
+    servers: dict[str, Server] = {"openvpn": OpenVpnServer(topo),
+                                  "ours": OurServer(topo, workers=workers)}
     for name, server in servers.items():
         try:
             server.start("udp", unlimited_resets=True)

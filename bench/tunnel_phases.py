@@ -47,11 +47,13 @@ class TunnelSettings:
 class TunnelBench:
     """Both servers in one topology, filling figures into the report."""
 
-    def __init__(self, topo: VpnTopology, report: Report, settings: TunnelSettings) -> None:
+    def __init__(self, topo: VpnTopology, report: Report, settings: TunnelSettings,
+                 workers: int = 1) -> None:
         self.topo = topo
         self.report = report
         self.settings = settings
-        self.servers: dict[str, Server] = {"openvpn": OpenVpnServer(topo), "ours": OurServer(topo)}
+        self.servers: dict[str, Server] = {"openvpn": OpenVpnServer(topo),
+                                           "ours": OurServer(topo, workers=workers)}
         self.down: dict[tuple[str, str], str] = {}  # (server, proto) -> why it cannot start
         self.iperf_server: subprocess.Popen[bytes] | None = None
         self.raw_rtts: list[float] = []
@@ -85,13 +87,26 @@ class TunnelBench:
                                                 log=self.topo.work / "iperf3.log")
         wait_until(lambda: f"{VPC_HOST}:5201" in self.topo.vpc.run("ss", "-tln", check=False), 5)
 
-    def _raw(self) -> None:
+    def run_latency(self) -> None:
+        """Only the added RTT (the latency rows of ``run_throughput``), a short stage."""
+        self._raw(throughput=False)
+        for proto in PROTOS:
+            for name, server in self.servers.items():
+                if (name, proto) in self.down:
+                    continue
+                try:
+                    with tunnel(self.topo, server, proto):
+                        self._latency(name, proto)
+                except (ServerDied, Unavailable) as exc:
+                    self._skip(name, proto, str(exc))
+
+    def _raw(self, *, throughput: bool = True) -> None:
         """The routed veth path without a VPN: the ceiling, and the RTT to subtract."""
         self.topo.raw_route(True)
         try:
             wait_until(lambda: bool(measure.ping_rtts(self.topo.cli, VPC_HOST, 1, 0.2)), 10)
             self.raw_rtts = measure.ping_rtts(self.topo.cli, VPC_HOST, self.settings.pings)
-            for mode in measure.IPERF_MODES:
+            for mode in measure.IPERF_MODES if throughput else ():
                 result = measure.iperf(self.topo.cli, VPC_HOST, mode, self.settings.raw_seconds,
                                        None)
                 self.runs.append({"server": "raw", "mode": mode, "mbps": result.mbps})

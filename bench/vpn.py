@@ -165,14 +165,22 @@ class Server:
             self.topo.lab.stop(self.proc)
             self.proc = None
 
-    def _spawn(self, args: list[str], ready: str, env: dict[str, str] | None = None) -> None:
+    def _spawn(self, args: list[str], ready: str, env: dict[str, str] | None = None,
+               ready_count: int = 1) -> None:
+        """Start ``args``; up once ``ready`` was logged ``ready_count`` times (once per
+        worker)."""
         self.stop()
         self.starts += 1
         self.log = self.topo.work / f"{self.name}-{self.starts}.log"  # one per start, kept
         self.proc = self.topo.gw.spawn(args, log=self.log, env=env)
         proc = self.proc
-        up = wait_until(lambda: file_contains(self.log, ready)() or proc.poll() is not None,
-                        SERVER_START_TIMEOUT_S)
+        log = self.log
+
+        def ready_or_dead() -> bool:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            return text.count(ready) >= ready_count or proc.poll() is not None
+
+        up = wait_until(ready_or_dead, SERVER_START_TIMEOUT_S)
         if not up or proc.poll() is not None:
             tail = self.log.read_text(errors="replace")[-1500:]
             self.stop()
@@ -202,21 +210,25 @@ class OpenVpnServer(Server):
 
 
 class OurServer(Server):
-    """`sslvpn serve` on the bench data folder, one transport (``env``: its environment)."""
+    """`sslvpn serve --workers N` on the bench data folder, one transport (``env``: its
+    environment)."""
 
     name = "ours"
 
-    def __init__(self, topo: VpnTopology, env: dict[str, str] | None = None) -> None:
+    def __init__(self, topo: VpnTopology, env: dict[str, str] | None = None,
+                 workers: int = 1) -> None:
         super().__init__(topo)
         self.env = env
+        self.workers = workers
 
     def start(self, proto: str, *, unlimited_resets: bool = False) -> None:
         if self.topo.cli_error is not None:
             raise Unavailable(f"no data folder from the CLI: {self.topo.cli_error[-300:]}")
         limiter = ["--connect-freq-initial", str(RESET_RATE), "10"] if unlimited_resets else []
         self._spawn([SSLVPN, "--data-dir", str(self.topo.data_dir), "serve",
-                     "--listen", GATEWAY_OUTER, "--proto", proto, *limiter],
-                    f"listening on {proto}", env=self.env)
+                     "--listen", GATEWAY_OUTER, "--proto", proto, *limiter,
+                     "--workers", str(self.workers)],
+                    f"listening on {proto}", env=self.env, ready_count=self.workers)
 
 
 class Client:
