@@ -161,6 +161,12 @@ async def start_portal(app: web.Application, listen: str, tls: ssl.SSLContext | 
     host, port = parse_listen(listen)
     if tls is None and not is_loopback(host):
         raise ValueError("plain HTTP is only allowed on a loopback address; give a certificate")
+    return await start_site(app, host, port, tls)
+
+
+async def start_site(app: web.Application, host: str, port: int,
+                     tls: ssl.SSLContext | None) -> Served:
+    """Bind and start serving ``app``, whatever the address."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=tls)

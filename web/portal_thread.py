@@ -4,21 +4,23 @@
 templates, QR codes, its store calls and their timeouts) runs on the loop that carries
 packets: a slow page or a stuck store can delay other portal requests, never a packet.
 The portal reaches the gateway through `sslvpn.runtime.control.ThreadSafeControl`, which
-runs each call on the gateway's loop.
+runs each call on the gateway's loop. The metrics listener (`web.ops`) runs the same way,
+in a thread of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 
 from aiohttp import web
 
-from web.app import Served, start_portal
+from web.app import Served
+
+Bind = Callable[[web.Application], Awaitable[Served]]  # e.g. start_portal with its address
 
 STOP_TIMEOUT = 30.0  # seconds to wait for the portal's thread once asked to stop
 
@@ -34,16 +36,16 @@ class PortalThread:
         self._loop, self._stop, self._finished = loop, stop, finished
 
     @classmethod
-    async def start(cls, build: Callable[[], web.Application], listen: str,
-                    tls: ssl.SSLContext | None) -> PortalThread:
-        """Build the app in a new thread and serve it there; raises what binding raised."""
+    async def start(cls, build: Callable[[], web.Application], bind: Bind,
+                    name: str = "sslvpn-portal") -> PortalThread:
+        """Build the app in a new thread and ``bind`` it there; raises what binding raised."""
         started: Future[_Started] = Future()
         finished: Future[None] = Future()
         # Running futures cannot be cancelled: a waiter that gives up leaves them to the thread.
         started.set_running_or_notify_cancel()
         finished.set_running_or_notify_cancel()
-        threading.Thread(target=_main, args=(build, listen, tls, started, finished),
-                         name="sslvpn-portal", daemon=True).start()
+        threading.Thread(target=_main, args=(build, bind, started, finished),
+                         name=name, daemon=True).start()
         served, loop, stop = await asyncio.wrap_future(started)
         return cls(served, loop, stop, finished)
 
@@ -59,10 +61,10 @@ class PortalThread:
             await asyncio.wrap_future(self._finished)
 
 
-def _main(build: Callable[[], web.Application], listen: str, tls: ssl.SSLContext | None,
-          started: Future[_Started], finished: Future[None]) -> None:
+def _main(build: Callable[[], web.Application], bind: Bind, started: Future[_Started],
+          finished: Future[None]) -> None:
     try:
-        asyncio.run(_serve(build, listen, tls, started))
+        asyncio.run(_serve(build, bind, started))
     except BaseException as exc:  # handed to whoever waits, in the gateway's thread
         if not started.done():
             started.set_exception(exc)
@@ -71,9 +73,9 @@ def _main(build: Callable[[], web.Application], listen: str, tls: ssl.SSLContext
         finished.set_result(None)
 
 
-async def _serve(build: Callable[[], web.Application], listen: str, tls: ssl.SSLContext | None,
+async def _serve(build: Callable[[], web.Application], bind: Bind,
                  started: Future[_Started]) -> None:
-    served = await start_portal(build(), listen, tls)
+    served = await bind(build())
     stop = asyncio.Event()
     started.set_result((served, asyncio.get_running_loop(), stop))
     try:

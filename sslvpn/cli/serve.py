@@ -43,6 +43,7 @@ from sslvpn.runtime import instance
 from sslvpn.runtime.control import ThreadSafeControl
 from sslvpn.runtime.gateway import Gateway
 from sslvpn.runtime.ipsec_service import IpsecService
+from sslvpn.runtime.metrics import Metrics, gateway_source, ipsec_source, store_facts
 from sslvpn.runtime.netconf import NetconfError
 from sslvpn.runtime.service import ExtraTask, GatewayService, ServeOptions, run, serve
 from sslvpn.runtime.tun_keeper import TunLostError
@@ -54,7 +55,8 @@ from sslvpn.runtime.workers import (
 )
 from sslvpn.store import StoreError, db, queries, retention
 from sslvpn.store.async_store import AsyncStore
-from web.app import create_app, ensure_first_admin
+from web.app import create_app, ensure_first_admin, start_portal
+from web.ops import create_ops_app, metrics_listen, start_ops
 from web.portal import PortalSettings
 from web.portal_thread import PortalThread
 from web.tls import portal_tls
@@ -100,7 +102,8 @@ def portal_task(paths: DataPaths, engine: Engine, plan: PortalPlan) -> ExtraTask
                               settings=PortalSettings(public_url=plan.public_url))
 
         try:
-            portal = await PortalThread.start(build, plan.listen, plan.tls)
+            portal = await PortalThread.start(
+                build, lambda app: start_portal(app, plan.listen, plan.tls))
         except OSError as exc:
             raise PortalStartError(
                 f"cannot start the portal on {plan.listen}: {exc.strerror or exc}") from None
@@ -147,6 +150,33 @@ def ipsec_task(store: AsyncStore, node: str | None = None,
                 gateway.tunnel_status_providers.remove(service.tunnel_status)
                 gateway.tunnel_action_handler = None
             await asyncio.sleep(IPSEC_RESTART_DELAY)
+
+    return run
+
+
+def metrics_task(paths: DataPaths, store: AsyncStore, listen: str,
+                 node: str | None) -> ExtraTask:
+    """``GET /metrics`` on ``listen``, served from a thread of its own: a scrape reads the
+    gateway's counters in one hop to its loop, the rest in a store thread of its own."""
+
+    async def run(gateway: Gateway) -> None:
+        metrics = Metrics(loop=asyncio.get_running_loop(),
+                          store=store.companion(threads=1, owner="the metrics endpoint"))
+        metrics.add_loop_source(gateway_source(gateway, node or "default"))
+        metrics.add_loop_source(ipsec_source(gateway))
+        metrics.add_store_source(store_facts(paths))
+        try:
+            served = await PortalThread.start(lambda: create_ops_app(metrics),
+                                              lambda app: start_ops(app, listen),
+                                              name="sslvpn-metrics")
+        except OSError as exc:
+            raise PortalStartError(
+                f"cannot serve metrics on {listen}: {exc.strerror or exc}") from None
+        try:
+            click.echo(f"metrics: {served.url}metrics")
+            await served.wait()
+        finally:
+            await served.stop()
 
     return run
 
@@ -274,6 +304,9 @@ def _worker_command(slot: WorkerSlot) -> list[str]:
               help="Shell command run when this node takes an IPsec tunnel (to point the VPC "
                    "route table at it), unless the VPN gateway has its own; SSLVPN_TUNNEL, "
                    "SSLVPN_NODE, SSLVPN_LOCAL_CIDRS and SSLVPN_PEER_CIDRS in its environment.")
+@click.option("--metrics-listen", "metrics_listen_at", default=None, metavar="HOST:PORT",
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT: on "
+                   "127.0.0.1). Default: off.")
 @click.option("--tun-name", default="sslvpn%d", show_default=True)
 @click.option("--connect-freq-initial", "connect_freq", nargs=2,
               type=(click.IntRange(1), click.FloatRange(min=0.001)), default=None,
@@ -298,7 +331,8 @@ def _worker_command(slot: WorkerSlot) -> list[str]:
 def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
                   proto: str | None, portal_listen: str | None, portal_cert: Path | None,
                   portal_key: Path | None, public_url: str | None, no_portal: bool,
-                  node: str | None, on_activate: str | None, tun_name: str,
+                  node: str | None, on_activate: str | None, metrics_listen_at: str | None,
+                  tun_name: str,
                   connect_freq: tuple[int, float] | None,
                   no_network_config: bool, trace_frames: int | None, workers: int,
                   worker_slot: str | None, allow_insecure: bool, verbose: bool) -> None:
@@ -306,6 +340,10 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
     SIGTERM or Ctrl-C; refuses to start on what `sslvpn check` would report."""
     if (portal_cert is None) != (portal_key is None):
         raise click.UsageError("give both --portal-cert and --portal-key")
+    try:
+        metrics_at = None if metrics_listen_at is None else metrics_listen(metrics_listen_at)
+    except ValueError as exc:
+        raise click.UsageError(f"--metrics-listen: {exc}") from None
     log_to_stderr(verbose=verbose)
     paths = paths_of(ctx)
     require_data_folder(ctx, write=True)
@@ -328,6 +366,8 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
         first = slot is None or slot.first  # node-wide companions run in one process only
         extra = [ipsec_task(gateway_store, node, on_activate),
                  retire_task(paths, engine)] if first else []
+        if metrics_at is not None and first:
+            extra.append(metrics_task(paths, gateway_store, metrics_at, node))
         if trace_frames is not None:
             tracemalloc.start(trace_frames)
             extra.append(heap_snapshot_task(paths.heap_snapshots))

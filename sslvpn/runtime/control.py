@@ -172,17 +172,24 @@ class ThreadSafeControl:
             running = None
         if running is self._loop:
             return call()
-        done: Future[T] = Future()
-
-        def run() -> None:
-            if done.set_running_or_notify_cancel():
-                try:
-                    done.set_result(call())
-                except BaseException as exc:
-                    done.set_exception(exc)
-
-        self._loop.call_soon_threadsafe(run)
+        done = schedule_on_loop(self._loop, call)
         try:
             return done.result(self._timeout)
         finally:
             done.cancel()  # not run yet: it never will be
+
+
+def schedule_on_loop(loop: asyncio.AbstractEventLoop, call: Callable[[], T]) -> Future[T]:
+    """``call()`` run on ``loop`` (from another thread), its outcome in the future returned;
+    cancelling that future before the call started means it never will."""
+    done: Future[T] = Future()
+
+    def run() -> None:
+        if done.set_running_or_notify_cancel():
+            try:
+                done.set_result(call())
+            except BaseException as exc:
+                done.set_exception(exc)
+
+    loop.call_soon_threadsafe(run)
+    return done

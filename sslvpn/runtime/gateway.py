@@ -74,6 +74,30 @@ VPC_MEMO_SIZE = 4096  # destinations whose VPC verdict is remembered (cleared wh
 RETRY_AFTER = 5  # seconds a client told AUTH_FAILED,TEMP (store unavailable) waits to retry
 SHUTDOWN_FLUSH_TIMEOUT = 10.0  # seconds shutdown waits for a failing store to take the records
 _IPV4_NO_OPTIONS = b"\x45"  # version 4, 20-byte header
+HANDSHAKE_RESULTS = ("ok", "auth_failed", "revoked", "expired", "tls_error", "timeout")
+
+
+def refusal_result(reason: str) -> str:
+    """The handshake result a refusal counts as: revoked and expired certificates apart."""
+    lowered = reason.lower()
+    if "revoked" in lowered:
+        return "revoked"
+    if "expired" in lowered:
+        return "expired"
+    return "auth_failed"
+
+
+@dataclass(frozen=True)
+class GatewayCounters:
+    """One pass over the registry for a metrics scrape: totals since start, live sessions."""
+
+    sessions: dict[str, int]  # admitted sessions by protocol
+    bytes_in: int
+    bytes_out: int
+    packets_in: int
+    packets_out: int
+    handshakes: dict[str, int]
+    drops: dict[str, int]  # the gateway's and its sessions' cores' drops, by reason
 
 
 @dataclass(frozen=True)
@@ -99,8 +123,9 @@ class ClientSession:
 
     __slots__ = ("session_id", "driver", "protocol", "real_address", "peer_id", "user",
                  "serial", "device", "vpn_address", "vpn_text", "connected_at",
-                 "last_activity", "bytes_in", "bytes_out", "established", "on_closed",
-                 "end_reason", "vpn_address6", "accounted", "tls_group", "slot")
+                 "last_activity", "bytes_in", "bytes_out", "packets_in", "packets_out",
+                 "established", "on_closed", "end_reason", "vpn_address6", "accounted",
+                 "tls_group", "slot", "handshake", "core_drops")
 
     def __init__(self, session_id: str, protocol: str, real_address: str, peer_id: int,
                  on_closed: Callable[[], None]) -> None:
@@ -119,12 +144,16 @@ class ClientSession:
         self.last_activity = 0.0  # event-loop time
         self.bytes_in = 0  # client -> VPC
         self.bytes_out = 0  # VPC -> client
+        self.packets_in = 0
+        self.packets_out = 0
         self.established = False
         self.on_closed = on_closed
         self.end_reason: str | None = None  # set when the gateway ends it, wins over the core's
         self.accounted = (0, 0)  # byte totals last written to the store
         self.tls_group: str | None = None  # the control channel's key-exchange group
         self.slot: Slot | None = None  # its place in the listeners' admission
+        self.handshake: str | None = None  # its counted outcome (one of HANDSHAKE_RESULTS)
+        self.core_drops: collections.Counter[str] | None = None  # its core's, if it counts
 
 
 class Gateway:
@@ -144,6 +173,7 @@ class Gateway:
         self.tunnel_action_handler: Callable[[str, str], str] | None = None  # IPsec service
         self.flushers: list[Callable[[], None]] = []  # listeners' queued sends, per TUN burst
         self.admission = Admission(options.admission)  # shared by the OpenVPN listeners
+        self.drop_counters: list[collections.Counter[str]] = []  # listeners', for the metrics
         self._sessions: dict[str, ClientSession] = {}
         self._by_address: dict[bytes, ClientSession] = {}
         self._by_serial: dict[str, ClientSession] = {}  # admitted sessions
@@ -152,8 +182,12 @@ class Gateway:
         self.records = RecordWriter(lambda batch: self.policy.record(batch))
         self._admissions: dict[str, asyncio.Task[None]] = {}  # session id -> policy question
         self.told_to_retry = 0  # clients answered AUTH_FAILED,TEMP (store unavailable)
+        self.handshakes: collections.Counter[str] = collections.Counter()
         self._closed_in = 0
         self._closed_out = 0
+        self._closed_packets_in = 0
+        self._closed_packets_out = 0
+        self._closed_core_drops: collections.Counter[str] = collections.Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweep_now = asyncio.Event()
 
@@ -191,6 +225,7 @@ class Gateway:
                                       on_event=lambda _d, event: self._on_event(client, event),
                                       on_packet=self._client_sink(client))
         client.last_activity = client.driver.now
+        client.core_drops = getattr(core, "drops", None)
         self._sessions[session_id] = client
         return client
 
@@ -213,6 +248,7 @@ class Gateway:
             self.drops["tun-no-session"] += 1
             return
         client.bytes_out += len(packet)
+        client.packets_out += 1
         client.driver.send_packet(packet)
 
     def _client_sink(self, client: ClientSession) -> Callable[[bytes], None]:
@@ -230,6 +266,7 @@ class Gateway:
                     and packet[12:16] == client.vpn_address and in_vpc(packet[16:20])):
                 client.last_activity = client.driver.now  # type: ignore[union-attr]
                 client.bytes_in += len(packet)
+                client.packets_in += 1
                 write(packet)
             else:
                 slow(client, packet)
@@ -259,13 +296,16 @@ class Gateway:
         client.last_activity = client.driver.now
         if self._in_vpc(dst):
             client.bytes_in += len(packet)
+            client.packets_in += 1
             self.tun.write(packet)
             return
         if self.options.client_to_client:
             peer = self._by_address.get(dst)
             if peer is not None and peer is not client and peer.driver is not None:
                 client.bytes_in += len(packet)
+                client.packets_in += 1
                 peer.bytes_out += len(packet)
+                peer.packets_out += 1
                 peer.driver.send_packet(packet)
                 return
         self.drops["outside-vpc"] += 1
@@ -283,6 +323,7 @@ class Gateway:
                 client.slot.authenticated()
             log.info("session %s established: %s", client.session_id, event)
         elif kind is PeerRefused:
+            self._count_handshake(client, refusal_result(event.reason))  # type: ignore[attr-defined]
             log.warning("session %s from %s refused by the core: %s", client.session_id,
                         client.real_address, event.reason)  # type: ignore[attr-defined]
         elif kind is SessionClosed:
@@ -315,6 +356,7 @@ class Gateway:
         except StoreError as exc:  # the store is away (logged once by the store facade)
             if self._waiting(client):
                 self.told_to_retry += 1
+                self._count_handshake(client, "auth_failed")
                 log.debug("session %s from %s told to retry in %d s: %s", client.session_id,
                           client.real_address, RETRY_AFTER, exc)
                 client.driver.reject(  # type: ignore[union-attr]
@@ -324,6 +366,7 @@ class Gateway:
             log.exception("policy check for %s from %s failed", client.session_id,
                           client.real_address)
             if self._waiting(client):
+                self._count_handshake(client, "auth_failed")
                 client.driver.reject("server error")  # type: ignore[union-attr]
             return
         if not self._waiting(client):  # closed, timed out or replaced while the store answered
@@ -341,6 +384,7 @@ class Gateway:
         self._release(client)
         client.vpn_address = client.vpn_address6 = None
         if client.driver is not None and not client.driver.closed:
+            self._count_handshake(client, "auth_failed")
             client.driver.reject("server error")
 
     def _release(self, client: ClientSession) -> None:
@@ -360,6 +404,7 @@ class Gateway:
         if auth.refusal is not None:
             log.warning("refused %s (serial %s, user %r) from %s: %s", client.session_id,
                         serial, auth.user, client.real_address, auth.refusal)
+            self._count_handshake(client, refusal_result(auth.refusal))
             client.driver.reject(auth.refusal)
             return
         other = self._by_serial.get(serial)
@@ -369,6 +414,7 @@ class Gateway:
             address = self._allocate(serial)
         except PoolExhausted:
             log.error("refused %s: address pool %s exhausted", client.session_id, self.pool.network)
+            self._count_handshake(client, "auth_failed")
             client.driver.reject("address pool exhausted")
             return
         client.vpn_address = address.packed
@@ -381,9 +427,16 @@ class Gateway:
                  client.session_id, auth.user, serial, client.real_address, address,
                  peer.get("IV_GUI_VER"), peer.version, peer.platform)
         client.driver.accept(push)
+        self._count_handshake(client, "ok")
         self.records.add(SessionOpened(client.session_id, client.user, serial,
                                        client.real_address, client.vpn_text, client.protocol,
                                        client.connected_at, client.tls_group))
+
+    def _count_handshake(self, client: ClientSession, result: str) -> None:
+        """Count a handshake's outcome once (a refused session lingers, then closes)."""
+        if client.handshake is None:
+            client.handshake = result
+            self.handshakes[result] += 1
 
     def _push_config(self, client: ClientSession, address: IPAddress) -> PushConfig:
         """What this client is told; an IPv6 pool mirrors the IPv4 host number."""
@@ -442,8 +495,16 @@ class Gateway:
         else:
             log.info("session %s from %s ended before admission: %s", client.session_id,
                      client.real_address, reason)
+            if "hand-window" in reason:
+                self._count_handshake(client, "timeout")
+            elif client.end_reason is None:  # the core ended it: the handshake failed
+                self._count_handshake(client, "tls_error")
         self._closed_in += client.bytes_in
         self._closed_out += client.bytes_out
+        self._closed_packets_in += client.packets_in
+        self._closed_packets_out += client.packets_out
+        if client.core_drops:
+            self._closed_core_drops.update(client.core_drops)
         client.on_closed()
 
     def _end(self, client: ClientSession, reason: str) -> None:
@@ -455,6 +516,7 @@ class Gateway:
 
     def transport_lost(self, client: ClientSession, reason: str = "connection lost") -> None:
         """A listener lost the client's transport (TCP closed): forget it silently."""
+        client.end_reason = client.end_reason or reason  # not the handshake's failure
         self._finish(client, reason)
 
     # -- periodic work -----------------------------------------------------------------
@@ -574,6 +636,33 @@ class Gateway:
     def listener_status(self) -> ListenerStatus:
         return self.admission.status()
 
+    def counters(self) -> GatewayCounters:
+        """Everything a metrics scrape reads, in one pass over the registry (on the loop)."""
+        udp = tcp = 0
+        bytes_in, bytes_out = self._closed_in, self._closed_out
+        packets_in, packets_out = self._closed_packets_in, self._closed_packets_out
+        drops = collections.Counter(self.drops)
+        drops.update(self._closed_core_drops)
+        for counter in self.drop_counters:
+            drops.update(counter)
+        for client in self._sessions.values():
+            if client.vpn_address is not None:
+                if client.protocol == "udp":
+                    udp += 1
+                else:
+                    tcp += 1
+            bytes_in += client.bytes_in
+            bytes_out += client.bytes_out
+            packets_in += client.packets_in
+            packets_out += client.packets_out
+            if client.core_drops:
+                drops.update(client.core_drops)
+        return GatewayCounters(sessions={"udp": udp, "tcp": tcp}, bytes_in=bytes_in,
+                               bytes_out=bytes_out, packets_in=packets_in,
+                               packets_out=packets_out,
+                               handshakes={r: self.handshakes[r] for r in HANDSHAKE_RESULTS},
+                               drops=dict(drops))
+
     def tunnel_status(self) -> list[TunnelStatus]:
         return [status for provider in self.tunnel_status_providers for status in provider()]
 
@@ -581,3 +670,4 @@ class Gateway:
         if self.tunnel_action_handler is None:
             raise ValueError("no IPsec service runs in this gateway")
         return self.tunnel_action_handler(name, action)
+

@@ -205,6 +205,7 @@ class GatewayService:
                                                    pin=shared)
                     listener.start()
                     self.udp.append(listener)
+                    gateway.drop_counters.append(listener.drops)
                     log.info("OpenVPN listening on udp %s:%d", *listener.address)
             if protocols in ("tcp", "both"):
                 acceptor, factory = build_openvpn(
@@ -217,6 +218,7 @@ class GatewayService:
                     self._unavailable("tcp", host, port, exc)
                 else:
                     self.tcp.append(tcp)
+                    gateway.drop_counters.append(tcp.drops)
                     log.info("OpenVPN listening on tcp %s:%d", *tcp.address)
         if not self.udp and not self.tcp:
             raise OSError(f"could not listen on port {port} on any address")

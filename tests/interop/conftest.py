@@ -136,6 +136,18 @@ def build_topology(work: Path, *, snat: bool = False, prefix: str = "sv",
         lab.close()
 
 
+def add_waiting_tunnel(data_dir: Path, psk: str) -> None:
+    """IPsec tunnel t1 from the gateway's outer address to a customer gateway at the client's
+    address (198.18.0.2), waiting for the peer to start it, with one policy."""
+    sslvpn(data_dir, "ipsec", "gateway", "add", "vgw", "--public-address", GATEWAY_OUTER)
+    sslvpn(data_dir, "ipsec", "customer-gateway", "add", "dc1", "--address", "198.18.0.2")
+    subprocess.run([SSLVPN, "--data-dir", str(data_dir), "ipsec", "tunnel", "add", "t1",
+                    "--gateway", "vgw", "--customer-gateway", "dc1", "--psk-stdin", "--wait"],
+                   input=psk + "\n", text=True, check=True, capture_output=True, timeout=60)
+    sslvpn(data_dir, "ipsec", "policy", "add", "t1", "--local", "10.10.0.0/24",
+           "--peer", "10.30.0.0/24")
+
+
 def update_settings(data_dir: Path, **values: object) -> None:
     """Change stored gateway settings the way the portal's settings page would."""
     engine = db.open_engine(f"sqlite:///{data_dir / 'sslvpn.db'}")

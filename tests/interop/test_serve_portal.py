@@ -26,6 +26,7 @@ from tests.interop.conftest import (
     SSLVPN,
     VPC_HOST,
     Topology,
+    add_waiting_tunnel,
     build_topology,
     sslvpn,
 )
@@ -114,13 +115,7 @@ def test_portal_profile_connects_and_the_admin_kicks_it(topo: Topology) -> None:
 
 def test_ipsec_tunnels_start_in_serve_and_report_their_status(topo: Topology) -> None:
     data = topo.data_dir
-    sslvpn(data, "ipsec", "gateway", "add", "vgw", "--public-address", GATEWAY_OUTER)
-    sslvpn(data, "ipsec", "customer-gateway", "add", "dc1", "--address", "198.18.0.2")
-    subprocess.run([SSLVPN, "--data-dir", str(data), "ipsec", "tunnel", "add", "t1",
-                    "--gateway", "vgw", "--customer-gateway", "dc1", "--psk-stdin", "--wait"],
-                   input=PSK + "\n", text=True, check=True, capture_output=True, timeout=60)
-    sslvpn(data, "ipsec", "policy", "add", "t1", "--local", "10.10.0.0/24",
-           "--peer", "10.30.0.0/24")
+    add_waiting_tunnel(data, PSK)
 
     def waiting() -> bool:
         rows = json.loads(sslvpn(data, "ipsec", "status", "--json").output)

@@ -1,0 +1,116 @@
+"""`serve --metrics-listen`: a real openvpn 2.6 client moves traffic, and the scrapes that
+`promtool check metrics` accepts show the values move.
+
+The gateway serves its metrics on loopback inside its namespace (a bare port); the scrapes
+are made from there. A revoked certificate's attempt shows as a "revoked" handshake. An IPsec
+tunnel configured towards a peer that does not answer shows as down. Namespaces use the
+prefix ``m12`` and are removed in finalizers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.interop.conftest import (
+    STREAM_PORT,
+    STREAM_TOOL,
+    VPC_HOST,
+    Topology,
+    add_waiting_tunnel,
+    build_topology,
+    sslvpn,
+)
+from tests.netns import file_contains, wait_until
+from tests.runtime.test_metrics import GATEWAY_FAMILIES, promtool_check, samples, value
+
+pytestmark = pytest.mark.interop
+
+METRICS_PORT = 9540
+CONNECTED = "Initialization Sequence Completed"
+TRANSFER = 4 * 1024 * 1024
+PSK = "m12-lab-psk-0123456789abcdef-0123"  # noqa: S105 (a test credential)
+FETCH = ("import sys, urllib.request; "
+         "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())")
+
+
+@pytest.fixture(scope="module")
+def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    work = tmp_path_factory.mktemp("m12-metrics")
+    with build_topology(work, prefix="m12", serve_args=(
+            "--no-portal", "--metrics-listen", str(METRICS_PORT))) as topology:
+        yield topology
+
+
+def _scrape(topo: Topology) -> str:
+    """One scrape from inside the gateway's namespace, checked by promtool."""
+    text = topo.gateway_ns.run(sys.executable, "-c", FETCH,
+                               f"http://127.0.0.1:{METRICS_PORT}/metrics")
+    promtool_check(text)
+    return text
+
+
+def test_scrapes_follow_a_real_client_and_promtool_accepts_them(topo: Topology) -> None:
+    assert wait_until(file_contains(topo.gateway_log,
+                                    f"metrics: http://127.0.0.1:{METRICS_PORT}/metrics"), 20)
+    add_waiting_tunnel(topo.data_dir, PSK)
+    topo.issue("alice", "laptop")
+    log = topo.work / "alice.log"
+    client = topo.client_ns.spawn(["openvpn", "--config", str(topo.profile("alice", "laptop",
+                                   "udp")), "--disable-dco", "--verb", "3", "--log", str(log)])
+    try:
+        assert wait_until(file_contains(log, CONNECTED), 30), log.read_text()
+        assert topo.client_ns.ok("ping", "-c", "3", "-i", "0.2", "-W", "2", VPC_HOST)
+        before = samples(_scrape(topo))
+        moved = json.loads(topo.client_ns.run(
+            sys.executable, STREAM_TOOL, "put", VPC_HOST, str(STREAM_PORT), str(TRANSFER),
+            timeout=120))
+        assert moved["ok"], moved
+        text = _scrape(topo)
+    finally:
+        topo.lab.stop(client)
+    after = samples(text)
+    sys.stderr.write("\n[metrics] scrape during traffic:\n" + "\n".join(
+        line for line in text.splitlines() if line.startswith("sslvpn_")) + "\n")
+
+    def moved_by(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    node = {"node": "default"}
+    assert value(after, "sslvpn_sessions", proto="udp", **node) == 1
+    assert value(after, "sslvpn_handshakes_total", result="ok", **node) >= 1
+    assert moved_by("sslvpn_tunnel_bytes_total", direction="in", **node) > TRANSFER
+    assert moved_by("sslvpn_tunnel_bytes_total", direction="out", **node) > 0  # TCP ACKs
+    assert moved_by("sslvpn_tunnel_packets_total", direction="in", **node) > TRANSFER / 1500
+    kinds = {labels for (name, labels) in after
+             if name == "sslvpn_certificate_expiry_timestamp_seconds"}
+    assert kinds == {(("kind", k),) for k in ("ca", "server", "crl_next_update",
+                                               "earliest_client")}
+    assert value(after, "sslvpn_ipsec_tunnel_up", tunnel="t1") == 0  # its peer never answers
+    families = {family.name for family in text_string_to_metric_families(text)}
+    assert families >= GATEWAY_FAMILIES | {"process_resident_memory_bytes"}
+
+
+def test_a_revoked_certificate_counts_as_a_revoked_handshake(topo: Topology) -> None:
+    serial = topo.issue("bob", "phone")
+    profile = topo.profile("bob", "phone", "udp")
+    sslvpn(topo.data_dir, "cert", "revoke", serial)
+    before = samples(_scrape(topo))
+    log = topo.work / "bob.log"
+    client = topo.client_ns.spawn(["openvpn", "--config", str(profile), "--disable-dco",
+                                   "--verb", "3", "--auth-retry", "none", "--log", str(log)])
+    try:
+        assert wait_until(file_contains(log, "AUTH_FAILED"), 30), log.read_text()
+    finally:
+        topo.lab.stop(client)
+
+    def revoked() -> float:
+        return value(samples(_scrape(topo)), "sslvpn_handshakes_total", node="default",
+                     result="revoked")
+
+    start = value(before, "sslvpn_handshakes_total", node="default", result="revoked")
+    assert wait_until(lambda: revoked() == start + 1, 10)
