@@ -56,14 +56,16 @@ def _scrape(topo: Topology) -> str:
 
 def test_scrapes_follow_a_real_client_and_promtool_accepts_them(topo: Topology) -> None:
     assert wait_until(file_contains(topo.gateway_log,
-                                    f"metrics: http://127.0.0.1:{METRICS_PORT}/metrics"), 20)
+                                    f"metrics: http://127.0.0.1:{METRICS_PORT}/metrics"), 20), \
+        topo.gateway_log.read_text()
     add_waiting_tunnel(topo.data_dir, PSK)
     topo.issue("alice", "laptop")
     log = topo.work / "alice.log"
     client = topo.client_ns.spawn(["openvpn", "--config", str(topo.profile("alice", "laptop",
                                    "udp")), "--disable-dco", "--verb", "3", "--log", str(log)])
     try:
-        assert wait_until(file_contains(log, CONNECTED), 30), log.read_text()
+        assert wait_until(file_contains(log, CONNECTED), 30), \
+            log.read_text() + topo.gateway_log.read_text()[-3000:]
         assert topo.client_ns.ok("ping", "-c", "3", "-i", "0.2", "-W", "2", VPC_HOST)
         before = samples(_scrape(topo))
         moved = json.loads(topo.client_ns.run(
