@@ -185,7 +185,7 @@ def gateway_source(gateway: Gateway, node: str) -> LoopSource:
 
 def ipsec_source(gateway: Gateway) -> LoopSource:
     """Site-to-site tunnels as the IPsec service reports them: up or not, bytes each way
-    (in: from the peer's networks, out: to them)."""
+    (in: from the peer's networks, out: to them), completed rekeys (ike, child)."""
 
     def read() -> Iterator[Metric]:
         up = GaugeMetricFamily("sslvpn_ipsec_tunnel_up", "1 when the IPsec tunnel is up.",
@@ -193,11 +193,15 @@ def ipsec_source(gateway: Gateway) -> LoopSource:
         tunnel_bytes = CounterMetricFamily(
             "sslvpn_ipsec_bytes", "Bytes through the IPsec tunnel's CHILD_SA, by direction.",
             labels=["tunnel", "direction"])
+        rekeys = CounterMetricFamily("sslvpn_ipsec_rekeys", "Completed rekeys, by SA kind.",
+                                     labels=["tunnel", "kind"])
         for status in gateway.tunnel_status():
             up.add_metric([status.name], 1 if status.state == "up" else 0)
             tunnel_bytes.add_metric([status.name, "in"], status.bytes_in)
             tunnel_bytes.add_metric([status.name, "out"], status.bytes_out)
-        return iter((up, tunnel_bytes))
+            for kind in ("ike", "child"):
+                rekeys.add_metric([status.name, kind], status.rekeys.get(kind, 0))
+        return iter((up, tunnel_bytes, rekeys))
 
     return read
 

@@ -59,6 +59,8 @@ def test_scrapes_follow_a_real_client_and_promtool_accepts_them(topo: Topology) 
                                     f"metrics: http://127.0.0.1:{METRICS_PORT}/metrics"), 20), \
         topo.gateway_log.read_text()
     add_waiting_tunnel(topo.data_dir, PSK)
+    tunnel_up = ("sslvpn_ipsec_tunnel_up", (("tunnel", "t1"),))
+    assert wait_until(lambda: tunnel_up in samples(_scrape(topo)), 20, 0.5)  # service read it
     topo.issue("alice", "laptop")
     log = topo.work / "alice.log"
     client = topo.client_ns.spawn(["openvpn", "--config", str(topo.profile("alice", "laptop",
@@ -92,7 +94,8 @@ def test_scrapes_follow_a_real_client_and_promtool_accepts_them(topo: Topology) 
              if name == "sslvpn_certificate_expiry_timestamp_seconds"}
     assert kinds == {(("kind", k),) for k in ("ca", "server", "crl_next_update",
                                                "earliest_client")}
-    assert value(after, "sslvpn_ipsec_tunnel_up", tunnel="t1") == 0  # its peer never answers
+    assert after[tunnel_up] == 0  # its peer never answers
+    assert value(after, "sslvpn_ipsec_rekeys_total", tunnel="t1", kind="child") == 0
     families = {family.name for family in text_string_to_metric_families(text)}
     assert families >= GATEWAY_FAMILIES | {"process_resident_memory_bytes"}
 

@@ -23,6 +23,7 @@ from prometheus_client.samples import Sample
 from sslvpn.cli import main
 from sslvpn.config import DataPaths
 from sslvpn.openvpn.events import PeerRefused, SessionClosed
+from sslvpn.runtime.control import TunnelStatus
 from sslvpn.runtime.metrics import Metrics, gateway_source, ipsec_source, store_facts
 from sslvpn.store import db, node_queries
 from sslvpn.store.async_store import AsyncStore
@@ -102,6 +103,9 @@ async def test_a_scrape_reads_what_moved_since_the_last() -> None:
     metrics = Metrics(loop=asyncio.get_running_loop())
     metrics.add_loop_source(gateway_source(h.gateway, "n1"))
     metrics.add_loop_source(ipsec_source(h.gateway))
+    tunnel = TunnelStatus("t1", "up", None, None, "c1", "c2", bytes_in=10, bytes_out=20,
+                          packets_in=1, packets_out=2, rekeys={"child": 3})
+    h.gateway.tunnel_status_providers.append(lambda: [tunnel])
     before = await scrape(metrics)
     promtool_check(before)
     first = samples(before)
@@ -111,6 +115,10 @@ async def test_a_scrape_reads_what_moved_since_the_last() -> None:
     assert value(first, "sslvpn_sessions", node="n1", proto="tcp") == 0
     assert value(first, "sslvpn_handshakes_total", node="n1", result="ok") == 1
     assert value(first, "sslvpn_tunnel_packets_total", node="n1", direction="in") == 0
+    assert value(first, "sslvpn_ipsec_tunnel_up", tunnel="t1") == 1
+    assert value(first, "sslvpn_ipsec_bytes_total", tunnel="t1", direction="out") == 20
+    assert value(first, "sslvpn_ipsec_rekeys_total", tunnel="t1", kind="child") == 3
+    assert value(first, "sslvpn_ipsec_rekeys_total", tunnel="t1", kind="ike") == 0
 
     outbound, inbound = ipv4("10.8.0.2", VPC_HOST), ipv4(VPC_HOST, "10.8.0.2", b"pong")
     for _ in range(3):
