@@ -70,7 +70,9 @@ class TunnelStatus:
     # unknown peers; IKE reasons prefixed "ike-"), the same in every tunnel's row
     gateway_drops: dict[str, int] = field(default_factory=dict)
     gateway_drop_sources: dict[str, int] = field(default_factory=dict)
-    rekeys: dict[str, int] = field(default_factory=dict)  # completed, "ike" and "child"
+    # completed rekeys, "ike" and "child", and "ike-collision" (settled by the lowest nonce)
+    rekeys: dict[str, int] = field(default_factory=dict)
+    ike_sas: int = 0  # IKE SAs of the live one: 1, more while a rekey's old one goes
     node: str | None = None  # the fleet node carrying it (None: the single gateway)
     settings: dict[str, Any] = field(default_factory=dict)  # start action and timers in force
     # seconds until the IKE SA / current CHILD_SA rekeys, and until that CHILD_SA expires

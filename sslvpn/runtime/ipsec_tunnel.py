@@ -478,6 +478,10 @@ class Tunnel:
             self.last_error = f"IKE rekey failed: {event.reason}"
         elif isinstance(event, ev.IkeSaRekeyed):
             self.rekeys["ike"] += 1
+            if event.collision:
+                self.rekeys["ike-collision"] += 1
+                log.info("tunnel %s: IKE SA rekeys crossed; one kept by the lowest nonce",
+                         self.name)
 
     def _forget_inbound(self, spi: int) -> None:
         self._sad.remove(spi)
@@ -589,6 +593,7 @@ class Tunnel:
             esp_drops=dict(self.esp_drops.reasons),
             esp_drop_sources=self.esp_drops.top_sources(),
             rekeys=dict(self.rekeys),
+            ike_sas=len(sa.local_spis) if sa is not None else 0,
             settings={"start_action": self.config.start_action, **self.settings.as_dict()},
             ike_rekey_in=_left(sa.ike_rekey_at, now) if sa is not None else None,
             child_rekey_in=_left(child.rekey_at, now) if child is not None else None,

@@ -208,6 +208,8 @@ def test_simultaneous_ike_rekeys_keep_one_ike_sa_and_lose_nothing(lose: str) -> 
             assert len(sad.of(ev.ChildSaEstablished)) == 1 and not sad.of(ev.ChildSaDeleted)
             assert not sad.of(ev.IkeSaClosed) and not sad.of(ev.IkeRekeyFailed)
             assert len(sad.of(ev.IkeSaRekeyed)) == 1
+        if lose == "nothing":  # both saw the collision and say so
+            assert all(e.collision for sad in sads.values() for e in sad.of(ev.IkeSaRekeyed))
         winners.add(pair.a._ctx.initiator)  # noqa: SLF001 - A created the surviving SA
         pair.b.rekey_child(pair.now)  # the survivor works
         _settle(pair, sads, set(), pair.now + 30)

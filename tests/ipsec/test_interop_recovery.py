@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import time
@@ -23,6 +24,7 @@ from tests.ipsec.strongswan_lab import (
     SWANCTL,
     WAN_A,
     WAN_B,
+    Charon,
     CharonConfig,
     Topology,
 )
@@ -150,6 +152,25 @@ def _held(ns: Namespace) -> int:
     return int(out.split("counter packets ")[1].split()[0])
 
 
+def _cross(topo: Topology, peer: Peer, charon: Charon, kind: str) -> None:
+    """Both sides rekey (``kind`` "child" or "ike") while neither hears the other's IKE
+    (held on 4500, ESP flowing); the held requests cross once released."""
+    _hold_ike(topo.siteb)
+    _hold_ike(topo.sitea)
+    try:
+        peer.control.tunnel_action("t1", f"rekey-{kind}")
+        which = ["--child", "net"] if kind == "child" else ["--ike", "site"]
+        rekey = subprocess.Popen(  # swanctl waits for the rekey: let it, in the background
+            [SWANCTL, "--rekey", *which, "--uri", f"unix://{charon.vici}"],
+            env={**os.environ, "STRONGSWAN_CONF": str(charon.conf)},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_until(lambda: _held(topo.siteb) > 0 and _held(topo.sitea) > 0, 10, 0.05)
+    finally:
+        _heal(topo.siteb)
+        _heal(topo.sitea)
+    rekey.wait(30)
+
+
 def _children(charon_sas: str) -> int:
     return charon_sas.count("INSTALLED")
 
@@ -166,19 +187,7 @@ def test_crossing_child_rekeys_keep_one_sa_and_lose_no_ping(
     before = peer.wait_state("up")
     pings = topo.lanb.spawn(["ping", "-i", "0.01", "-c", "1000", "-W", "2", HOST_A],
                             log=topo.workdir / "collision-ping.txt")
-    _hold_ike(topo.siteb)
-    _hold_ike(topo.sitea)
-    try:
-        peer.control.tunnel_action("t1", "rekey-child")
-        rekey = subprocess.Popen(  # swanctl waits for the rekey: let it, in the background
-            [SWANCTL, "--rekey", "--child", "net", "--uri", f"unix://{charon.vici}"],
-            env={**os.environ, "STRONGSWAN_CONF": str(charon.conf)},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert wait_until(lambda: _held(topo.siteb) > 0 and _held(topo.sitea) > 0, 10, 0.05)
-    finally:
-        _heal(topo.siteb)
-        _heal(topo.sitea)
-    rekey.wait(30)
+    _cross(topo, peer, charon, "child")
 
     def settled() -> bool:
         status = peer.status()
@@ -192,3 +201,61 @@ def test_crossing_child_rekeys_keep_one_sa_and_lose_no_ping(
     log.info("crossing rekeys (%s): %s", our_retransmit, summary.splitlines()[-2])
     assert " 0% packet loss" in summary, summary
     assert _children(charon.list_sas()) == 1
+
+
+def _ike_sas(charon_sas: str) -> list[str]:
+    """charon's IKE SAs of the connection, one state word each (ESTABLISHED, REKEYED ...)."""
+    return re.findall(r"^site: #\d+, (\w+),", charon_sas, re.MULTILINE)
+
+
+@pytest.mark.parametrize("our_retransmit", [3.0, 1.0], ids=["we-see-it", "strongswan-sees-it"])
+def test_crossing_ike_rekeys_under_load_keep_one_ike_sa_and_lose_no_ping(
+    topo: Topology, peer: Peer, our_retransmit: float
+) -> None:
+    """Short IKE lifetimes on both sides (charon rekeys after 30 s, we 30 s without fuzz),
+    pings every 10 ms, and twice both sides rekey the IKE SA while neither hears the other
+    (IKE held, ESP flowing) so the requests cross when released; then the lifetimes run
+    out on both sides at about the same time. Each time exactly one IKE SA is left, on
+    both sides, and no ping of 4000 is lost."""
+    peer.remove_tunnel()
+    charon = topo.start_charon(CharonConfig(ike_proposals=IKE, esp_proposals=ESP,
+                                            dpd_delay="0s", rekey_time="30s"))
+    peer.configure(IKE, ESP, initiate=True, settings={
+        "dpd_delay": 10.0, "ike_lifetime": 40.0, "rekey_margin": 10.0, "rekey_fuzz": 0,
+        "retransmit_timeout": our_retransmit})
+    peer.wait_state("up")
+    ping(topo.lanb, HOST_A)
+    seen_before = len(charon.log.read_text())
+    log_file = topo.workdir / f"ike-collision-ping-{our_retransmit}.txt"
+    pings = topo.lanb.spawn(["ping", "-i", "0.01", "-c", "4000", "-W", "2", HOST_A],
+                            log=log_file)
+
+    def rekeys() -> int:
+        status = peer.status()
+        return status.rekeys.get("ike", 0) if status is not None else -1
+
+    def single(count: int) -> bool:
+        status = peer.status()
+        return (status is not None and status.state == "up" and status.ike_sas == 1
+                and rekeys() >= count and _ike_sas(charon.list_sas()) == ["ESTABLISHED"])
+
+    for _ in range(2):
+        before = rekeys()
+        _cross(topo, peer, charon, "ike")
+        assert wait_until(lambda b=before: single(b + 1), 20, 0.2), \
+            f"{charon.list_sas()}\n{peer.status()}\n{peer.log()}"
+    collisions = re.findall(r"IKE_SA rekey collision \w+|IKE_SA rekey collision, \w+",
+                            charon.log.read_text()[seen_before:])
+    status = peer.status()
+    ours = status.rekeys.get("ike-collision", 0) if status is not None else 0
+    assert collisions or ours, "the requests never crossed"
+    forced = rekeys()
+    assert wait_until(lambda: single(forced + 1), 45, 0.5), \
+        f"no lifetime rekey: {charon.list_sas()}\n{peer.log()}"
+    assert pings.wait(90) == 0
+    summary = log_file.read_text()
+    log.info("crossing IKE rekeys (%s): %s; %d IKE rekeys, %d crossed as we saw them, "
+             "charon: %s", our_retransmit, summary.splitlines()[-2], rekeys(), ours,
+             collisions)
+    assert " 0% packet loss" in summary, summary
+    assert single(forced + 1)

@@ -71,6 +71,7 @@ class NewIke:
     todo: list[c.DhGroup]  # additional key exchanges still to run
     link: bytes = b""  # the ADDITIONAL_KEY_EXCHANGE data the next IKE_FOLLOWUP_KE carries
     kem: KemExchange | None = None  # our half of the running one (rekey initiator)
+    collided: bool = False  # the peer's rekey crossed ours: settled by the lowest nonce
 
     @property
     def lower_nonce(self) -> bytes:

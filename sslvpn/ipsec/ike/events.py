@@ -31,11 +31,13 @@ class IkeSaEstablished:
 
 @dataclass(frozen=True)
 class IkeSaRekeyed:
-    """The IKE SA moved to new SPIs; demultiplex on ``new_local_spi`` from now on."""
+    """The IKE SA moved to new SPIs; demultiplex on ``new_local_spi`` from now on.
+    ``collision``: both sides were rekeying it at once (settled by the lowest nonce)."""
 
     old_local_spi: bytes
     new_local_spi: bytes
     suite: Suite
+    collision: bool = False
 
 
 @dataclass(frozen=True)

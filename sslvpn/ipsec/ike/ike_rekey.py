@@ -89,7 +89,7 @@ class IkeRekey(Handshake):
                                new.ni, new.nr, new.ctx.spi_i, new.ctx.spi_r)
         new.ctx.install_keys(suite, keys, self._rand)
 
-    def _switch_ike(self, new: NewIke, now: float) -> None:
+    def _switch_ike(self, new: NewIke, now: float, *, collision: bool = False) -> None:
         """Make the keyed ``new`` SA current; the previous one becomes the old SA."""
         old = self._ctx
         if new.ctx.keys is None:
@@ -99,19 +99,22 @@ class IkeRekey(Handshake):
         self._queue = type(self._queue)(item for item in self._queue if item[0] != "rekey_ike")
         self._ike_rekey_at = now + self.config.ike_rekey_time - jitter(
             self._rand, self.config.ike_rekey_jitter)
-        self._emit(IkeSaRekeyed(old.local_spi, new.ctx.local_spi, new.suite))
+        self._emit(IkeSaRekeyed(old.local_spi, new.ctx.local_spi, new.suite,
+                                collision or new.collided))
 
-    def _adopt_passive(self, now: float) -> None:
+    def _adopt_passive(self, now: float, *, collision: bool = False) -> None:
         """The peer's rekey is complete and won: its SA becomes ours (the peer deletes the
         old one). Our own rekey, if any, is abandoned."""
         new, self._passive = self._passive, None
         if new is None:
             return
-        self._rekeying = None
         pending = self._ctx.pending
-        if pending is not None and pending.purpose in ("rekey_ike", "followup_ke"):
+        ours = pending is not None and pending.purpose in ("rekey_ike", "followup_ke")
+        collision = collision or ours or self._rekeying is not None
+        self._rekeying = None
+        if ours:
             self._ctx.pending = None
-        self._switch_ike(new, now)
+        self._switch_ike(new, now, collision=collision)
 
     def _forget_context(self, ctx: IkeContext) -> None:
         if ctx is self._old_ctx:
@@ -212,7 +215,7 @@ class IkeRekey(Handshake):
 
     def _rekey_ike_refused(self, error: int, payloads: list[Payload], now: float) -> None:
         if self._passive is not None and self._passive.ctx.keys is not None:
-            self._adopt_passive(now)  # the peer did not see the collision: its SA won
+            self._adopt_passive(now, collision=True)  # the peer did not see it: its SA won
         elif error == NotifyType.INVALID_KE_PAYLOAD:
             self._ke_group = self._retry_group(payloads) or self._ke_group
             self._ike_rekey_at = now
@@ -226,7 +229,7 @@ class IkeRekey(Handshake):
     def _rekey_ike_failed(self, reason: str, now: float) -> None:
         """Keep the working SA and try the rekey again later."""
         if self._passive is not None and self._passive.ctx.keys is not None:
-            self._adopt_passive(now)
+            self._adopt_passive(now, collision=True)
             return
         self._emit(IkeRekeyFailed(reason))
         self._ike_rekey_at = now + c.REKEY_REFUSED_DELAY + jitter(
@@ -238,12 +241,14 @@ class IkeRekey(Handshake):
         passive = self._passive
         if passive is None:
             return False
+        new.collided = True
         if new.lower_nonce < passive.lower_nonce:
             if not new.todo:  # the peer has it: we created it, we delete it
                 self._key_new_ike(self._ctx, new)
                 self._keep_redundant(new.ctx, now)
                 self._send_request(new.ctx, ExchangeType.INFORMATIONAL,
                                    [DeletePayload(ProtocolId.IKE, [])], "delete_redundant", now)
+            passive.collided = True
             if passive.ctx.keys is not None:
                 self._adopt_passive(now)  # else it finishes its IKE_FOLLOWUP_KE first
             return True
