@@ -43,7 +43,13 @@ from sslvpn.runtime import instance
 from sslvpn.runtime.control import ThreadSafeControl
 from sslvpn.runtime.gateway import Gateway
 from sslvpn.runtime.ipsec_service import IpsecService
-from sslvpn.runtime.metrics import Metrics, gateway_source, ipsec_source, store_facts
+from sslvpn.runtime.metrics import (
+    Metrics,
+    gateway_source,
+    ipsec_source,
+    listener_source,
+    store_facts,
+)
 from sslvpn.runtime.netconf import NetconfError
 from sslvpn.runtime.service import ExtraTask, GatewayService, ServeOptions, run, serve
 from sslvpn.runtime.tun_keeper import TunLostError
@@ -163,6 +169,7 @@ def metrics_task(paths: DataPaths, store: AsyncStore, listen: str,
         metrics = Metrics(loop=asyncio.get_running_loop(),
                           store=store.companion(threads=1, owner="the metrics endpoint"))
         metrics.add_loop_source(gateway_source(gateway, node or "default"))
+        metrics.add_loop_source(listener_source(gateway, node or "default"))
         metrics.add_loop_source(ipsec_source(gateway))
         metrics.add_store_source(store_facts(paths))
         try:

@@ -183,6 +183,41 @@ def gateway_source(gateway: Gateway, node: str) -> LoopSource:
     return read
 
 
+def listener_source(gateway: Gateway, node: str) -> LoopSource:
+    """The OpenVPN listeners' admission: clients held, those not authenticated yet (now and
+    peak) per transport, new clients refused by reason, the caps in force. The most refused
+    sources stay out (one label value per attacker address); `sslvpn sessions --json` has
+    them."""
+
+    def read() -> Iterator[Metric]:
+        status = gateway.listener_status()
+        clients = GaugeMetricFamily("sslvpn_openvpn_clients", "OpenVPN clients held (UDP "
+                                    "sessions and TCP connections), authenticated or not.",
+                                    labels=["node"])
+        clients.add_metric([node], status.clients)
+        half_open = GaugeMetricFamily(
+            "sslvpn_openvpn_half_open", "OpenVPN clients that have not authenticated yet.",
+            labels=["node", "proto"])
+        peak = GaugeMetricFamily(
+            "sslvpn_openvpn_half_open_peak", "Most OpenVPN clients not authenticated at once "
+            "since the gateway started.", labels=["node", "proto"])
+        for proto in ("udp", "tcp"):
+            half_open.add_metric([node, proto], status.half_open.get(proto, 0))
+            peak.add_metric([node, proto], status.half_open_peak.get(proto, 0))
+        refused = CounterMetricFamily(
+            "sslvpn_openvpn_refused", "New OpenVPN clients refused (or evicted), by reason.",
+            labels=["node", "reason"])
+        for reason, count in sorted(status.refused.items()):
+            refused.add_metric([node, reason], count)
+        limits = GaugeMetricFamily("sslvpn_openvpn_client_limit", "The admission caps in "
+                                   "force (0: none).", labels=["node", "limit"])
+        for name, limit in sorted(status.limits.items()):
+            limits.add_metric([node, name], limit)
+        return iter((clients, half_open, peak, refused, limits))
+
+    return read
+
+
 def ipsec_source(gateway: Gateway) -> LoopSource:
     """Site-to-site tunnels as the IPsec service reports them: up or not, bytes each way
     (in: from the peer's networks, out: to them), completed rekeys (ike, child)."""

@@ -24,7 +24,13 @@ from sslvpn.cli import main
 from sslvpn.config import DataPaths
 from sslvpn.openvpn.events import PeerRefused, SessionClosed
 from sslvpn.runtime.control import TunnelStatus
-from sslvpn.runtime.metrics import Metrics, gateway_source, ipsec_source, store_facts
+from sslvpn.runtime.metrics import (
+    Metrics,
+    gateway_source,
+    ipsec_source,
+    listener_source,
+    store_facts,
+)
 from sslvpn.store import db, node_queries
 from sslvpn.store.async_store import AsyncStore
 from tests.runtime.fakes import FakeCore, ipv4
@@ -139,6 +145,38 @@ async def test_a_scrape_reads_what_moved_since_the_last() -> None:
     gone = samples(await scrape(metrics))
     assert value(gone, "sslvpn_sessions", node="n1", proto="udp") == 0
     assert value(gone, "sslvpn_tunnel_packets_total", node="n1", direction="in") == 3
+
+
+async def test_half_open_clients_and_refusals_are_gauges_and_counters() -> None:
+    """The listeners' admission as the metrics show it: a scrape reads it live."""
+    h = await Harness.started()
+    metrics = Metrics(loop=asyncio.get_running_loop())
+    metrics.add_loop_source(listener_source(h.gateway, "n1"))
+    admission = h.gateway.admission
+    held = [admission.take("203.0.113.9", "tcp", lambda: None) for _ in range(20)]
+    udp = admission.take("198.51.100.7", "udp", lambda: None)
+    admission.refuse("rate-limited", "192.0.2.1")
+    text = await scrape(metrics)
+    promtool_check(text)
+    found = samples(text)
+    assert value(found, "sslvpn_openvpn_clients", node="n1") == 17
+    assert value(found, "sslvpn_openvpn_half_open", node="n1", proto="tcp") == 16
+    assert value(found, "sslvpn_openvpn_half_open", node="n1", proto="udp") == 1
+    assert value(found, "sslvpn_openvpn_refused_total", node="n1",
+                 reason="half-open-per-address") == 4
+    assert value(found, "sslvpn_openvpn_refused_total", node="n1", reason="rate-limited") == 1
+    assert value(found, "sslvpn_openvpn_client_limit", node="n1",
+                 limit="half_open_per_address") == 16
+    assert udp is not None
+    udp.authenticated()
+    for slot in held[:16]:
+        assert slot is not None
+        slot.release()
+    found = samples(await scrape(metrics))
+    assert value(found, "sslvpn_openvpn_half_open", node="n1", proto="tcp") == 0
+    assert value(found, "sslvpn_openvpn_half_open_peak", node="n1", proto="tcp") == 16
+    assert value(found, "sslvpn_openvpn_half_open", node="n1", proto="udp") == 0
+    assert value(found, "sslvpn_openvpn_clients", node="n1") == 1
 
 
 async def test_a_stuck_gateway_loop_leaves_its_families_out() -> None:
