@@ -220,7 +220,10 @@ def listener_source(gateway: Gateway, node: str) -> LoopSource:
 
 def ipsec_source(gateway: Gateway) -> LoopSource:
     """Site-to-site tunnels as the IPsec service reports them: up or not, bytes each way
-    (in: from the peer's networks, out: to them), completed rekeys (ike, child)."""
+    (in: from the peer's networks, out: to them), completed rekeys (ike, child), half-open
+    IKE SAs, and drops by reason: each tunnel's IKE and ESP ones, and the gateway's in all
+    (those of no tunnel too). Sources stay out of the labels: a spoofed flood would make
+    one series per forged address (`ipsec status --json` has the top sources)."""
 
     def read() -> Iterator[Metric]:
         up = GaugeMetricFamily("sslvpn_ipsec_tunnel_up", "1 when the IPsec tunnel is up.",
@@ -230,13 +233,29 @@ def ipsec_source(gateway: Gateway) -> LoopSource:
             labels=["tunnel", "direction"])
         rekeys = CounterMetricFamily("sslvpn_ipsec_rekeys", "Completed rekeys, by SA kind.",
                                      labels=["tunnel", "kind"])
-        for status in gateway.tunnel_status():
+        half_open = GaugeMetricFamily("sslvpn_ipsec_ike_half_open", "IKE SAs from the "
+                                      "peer's address not authenticated yet.",
+                                      labels=["tunnel"])
+        dropped = CounterMetricFamily(
+            "sslvpn_ipsec_dropped", "IKE messages (plane ike) and ESP or packets (plane esp) "
+            "a tunnel dropped, by reason.", labels=["tunnel", "plane", "reason"])
+        gateway_dropped = CounterMetricFamily(
+            "sslvpn_ipsec_gateway_dropped", "Everything the IPsec gateway dropped, tunnels' "
+            "and no tunnel's (IKE reasons prefixed ike-), by reason.", labels=["reason"])
+        statuses = gateway.tunnel_status()
+        for status in statuses:
             up.add_metric([status.name], 1 if status.state == "up" else 0)
             tunnel_bytes.add_metric([status.name, "in"], status.bytes_in)
             tunnel_bytes.add_metric([status.name, "out"], status.bytes_out)
             for kind in ("ike", "child"):
                 rekeys.add_metric([status.name, kind], status.rekeys.get(kind, 0))
-        return iter((up, tunnel_bytes, rekeys))
+            half_open.add_metric([status.name], status.ike_half_open)
+            for plane, counts in (("ike", status.ike_drops), ("esp", status.esp_drops)):
+                for reason, count in sorted(counts.items()):
+                    dropped.add_metric([status.name, plane, reason], count)
+        for reason, count in sorted(statuses[0].gateway_drops.items() if statuses else ()):
+            gateway_dropped.add_metric([reason], count)  # the same in every tunnel's row
+        return iter((up, tunnel_bytes, rekeys, half_open, dropped, gateway_dropped))
 
     return read
 

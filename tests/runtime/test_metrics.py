@@ -110,7 +110,9 @@ async def test_a_scrape_reads_what_moved_since_the_last() -> None:
     metrics.add_loop_source(gateway_source(h.gateway, "n1"))
     metrics.add_loop_source(ipsec_source(h.gateway))
     tunnel = TunnelStatus("t1", "up", None, None, "c1", "c2", bytes_in=10, bytes_out=20,
-                          packets_in=1, packets_out=2, rekeys={"child": 3})
+                          packets_in=1, packets_out=2, rekeys={"child": 3}, ike_half_open=2,
+                          ike_drops={"cookie-required": 7}, esp_drops={"esp-replayed": 4},
+                          gateway_drops={"esp-unknown-spi": 9, "ike-cookie-required": 7})
     h.gateway.tunnel_status_providers.append(lambda: [tunnel])
     before = await scrape(metrics)
     promtool_check(before)
@@ -125,6 +127,12 @@ async def test_a_scrape_reads_what_moved_since_the_last() -> None:
     assert value(first, "sslvpn_ipsec_bytes_total", tunnel="t1", direction="out") == 20
     assert value(first, "sslvpn_ipsec_rekeys_total", tunnel="t1", kind="child") == 3
     assert value(first, "sslvpn_ipsec_rekeys_total", tunnel="t1", kind="ike") == 0
+    assert value(first, "sslvpn_ipsec_ike_half_open", tunnel="t1") == 2
+    assert value(first, "sslvpn_ipsec_dropped_total", tunnel="t1", plane="ike",
+                 reason="cookie-required") == 7
+    assert value(first, "sslvpn_ipsec_dropped_total", tunnel="t1", plane="esp",
+                 reason="esp-replayed") == 4
+    assert value(first, "sslvpn_ipsec_gateway_dropped_total", reason="esp-unknown-spi") == 9
 
     outbound, inbound = ipv4("10.8.0.2", VPC_HOST), ipv4(VPC_HOST, "10.8.0.2", b"pong")
     for _ in range(3):
