@@ -25,6 +25,7 @@ from sslvpn.runtime.control import GatewayControl
 from sslvpn.store import db, queries
 from sslvpn.store.async_store import AsyncStore
 from web import api, api_ipsec, api_nodes, pages, security
+from web.health import Health, add_health_routes, store_reachable
 from web.outage import outage_middleware
 from web.portal import PORTAL, Portal, PortalSettings
 from web.traffic import TrafficHistory
@@ -77,6 +78,7 @@ def create_app(
                    api_nodes):
         module.add_routes(app)
     app.router.add_static("/static/", STATIC_DIR, name="static")
+    add_health_routes(app, Health(checks={"store": store_reachable(portal.store)}))
     if control is not None:
         app.cleanup_ctx.append(_sample_traffic)
     app.on_cleanup.append(_close_store)

@@ -1,5 +1,5 @@
 """The operations listener: ``GET /metrics`` in the Prometheus text format (or OpenMetrics,
-as the scraper's Accept header asks).
+as the scraper's Accept header asks), ``/healthz`` and ``/readyz`` (`web.health`).
 
 It is a listener of its own (``--metrics-listen``), apart from the portal: a scraper needs
 no login, TLS or CSRF, and an operator firewalls it separately. Off unless asked for; a bare
@@ -13,6 +13,7 @@ from aiohttp import web
 
 from sslvpn.runtime.metrics import Metrics
 from web.app import Served, parse_listen, start_site
+from web.health import Health, add_health_routes
 
 METRICS_KEY = web.AppKey("metrics", Metrics)
 
@@ -24,10 +25,11 @@ def metrics_listen(text: str) -> str:
     return listen
 
 
-def create_ops_app(metrics: Metrics) -> web.Application:
+def create_ops_app(metrics: Metrics, health: Health) -> web.Application:
     app = web.Application()
     app[METRICS_KEY] = metrics
     app.router.add_get("/metrics", _metrics)
+    add_health_routes(app, health)
     return app
 
 

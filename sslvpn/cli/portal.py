@@ -22,6 +22,7 @@ from sslvpn.store import StoreError, integrity
 from sslvpn.store.async_store import AsyncStore
 from sslvpn.store.db import open_engine, upgrade
 from web.app import create_app, ensure_first_admin, start_portal
+from web.health import Health, store_reachable
 from web.ops import create_ops_app, metrics_listen, start_ops
 from web.portal import PortalSettings
 from web.tls import portal_tls
@@ -96,9 +97,11 @@ def _metrics(paths: DataPaths, engine: Engine, listen: str | None) -> OpsPlan | 
     """The portal process's own metrics: process, certificate expiry, node heartbeats."""
     if listen is None:
         return None
-    metrics = Metrics(store=AsyncStore(engine, threads=1, owner="the metrics endpoint"))
+    store = AsyncStore(engine, threads=1, owner="the metrics endpoint")
+    metrics = Metrics(store=store)
     metrics.add_store_source(store_facts(paths))
-    return OpsPlan(create_ops_app(metrics), listen)
+    return OpsPlan(create_ops_app(metrics, Health(checks={"store": store_reachable(store)})),
+                   listen)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import sys
 import time
 import tracemalloc
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,7 @@ from sslvpn.runtime.metrics import (
     gateway_source,
     ipsec_source,
     listener_source,
+    on_loop,
     store_facts,
 )
 from sslvpn.runtime.netconf import NetconfError
@@ -62,6 +64,7 @@ from sslvpn.runtime.workers import (
 from sslvpn.store import StoreError, db, queries, retention
 from sslvpn.store.async_store import AsyncStore
 from web.app import create_app, ensure_first_admin, start_portal
+from web.health import CHECK_TIMEOUT, Check, Health, store_reachable
 from web.ops import create_ops_app, metrics_listen, start_ops
 from web.portal import PortalSettings
 from web.portal_thread import PortalThread
@@ -166,14 +169,19 @@ def metrics_task(paths: DataPaths, store: AsyncStore, listen: str,
     gateway's counters in one hop to its loop, the rest in a store thread of its own."""
 
     async def run(gateway: Gateway) -> None:
-        metrics = Metrics(loop=asyncio.get_running_loop(),
-                          store=store.companion(threads=1, owner="the metrics endpoint"))
+        loop = asyncio.get_running_loop()
+        own_store = store.companion(threads=1, owner="the metrics endpoint")
+        metrics = Metrics(loop=loop, store=own_store)
         metrics.add_loop_source(gateway_source(gateway, node or "default"))
         metrics.add_loop_source(listener_source(gateway, node or "default"))
         metrics.add_loop_source(ipsec_source(gateway))
         metrics.add_store_source(store_facts(paths))
+        health = Health(checks={"store": store_reachable(own_store),
+                                **{name: _in_thread(check)
+                                   for name, check in gateway.ready_checks.items()}},
+                        alive=lambda: on_loop(loop, lambda: True, CHECK_TIMEOUT))
         try:
-            served = await PortalThread.start(lambda: create_ops_app(metrics),
+            served = await PortalThread.start(lambda: create_ops_app(metrics, health),
                                               lambda app: start_ops(app, listen),
                                               name="sslvpn-metrics")
         except OSError as exc:
@@ -184,6 +192,15 @@ def metrics_task(paths: DataPaths, store: AsyncStore, listen: str,
             await served.wait()
         finally:
             await served.stop()
+
+    return run
+
+
+def _in_thread(check: Callable[[], bool]) -> Check:
+    """A gateway's readiness check, made by the probe's own thread (a cheap read)."""
+
+    async def run() -> bool:
+        return check()
 
     return run
 

@@ -174,6 +174,9 @@ class Gateway:
         self.flushers: list[Callable[[], None]] = []  # listeners' queued sends, per TUN burst
         self.admission = Admission(options.admission)  # shared by the OpenVPN listeners
         self.drop_counters: list[collections.Counter[str]] = []  # listeners', for the metrics
+        # readiness by name (the service adds its listeners' and the TUN's): cheap reads that
+        # a probe may make from another thread
+        self.ready_checks: dict[str, Callable[[], bool]] = {}
         self._sessions: dict[str, ClientSession] = {}
         self._by_address: dict[bytes, ClientSession] = {}
         self._by_serial: dict[str, ClientSession] = {}  # admitted sessions

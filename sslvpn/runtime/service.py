@@ -168,6 +168,7 @@ class GatewayService:
                 netconf.apply()
             await gateway.start()
             await self._listen(gateway, settings)
+            gateway.ready_checks.update(listeners=lambda: bool(self.udp or self.tcp), tun=tun.up)
             await control.start()
             self.ready.set()
             if self.options.on_ready is not None:

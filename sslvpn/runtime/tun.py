@@ -32,6 +32,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 from sslvpn.runtime.gro import VNET_HDR_LEN, VNET_NONE, coalesce
@@ -48,6 +49,7 @@ FLUSH_EVERY = 16  # packets per burst handed on at once: bounds the bursts clien
 READ_SIZE = 65535 + VNET_HDR_LEN
 WRITE_BATCH = 256  # packets held for one flush at most; more flush at once
 # what a read or write of a device that is no longer there fails with (EBADFD: detached)
+IFF_UP = 0x1  # <linux/if.h>: the interface is administratively up
 DEVICE_GONE = frozenset({errno.EBADFD, errno.EBADF, errno.ENODEV, errno.ENXIO, errno.EIO})
 
 
@@ -63,6 +65,10 @@ class Tun(Protocol):
     def start(self, on_packet: PacketSink, on_batch_end: BatchEnd | None = None) -> None: ...
 
     def reopen(self) -> None: ...
+
+    def up(self) -> bool:
+        """The device is there and administratively up (a cheap read, from any thread)."""
+        ...
 
     def hold(self) -> None: ...
 
@@ -108,6 +114,13 @@ class LinuxTun:
         self._loop = asyncio.get_running_loop()
         self._readers = (on_packet, on_batch_end)
         self._loop.add_reader(self._fd, self._reader(self._fd, on_packet, on_batch_end))
+
+    def up(self) -> bool:
+        try:  # the kernel's view (in the process's network namespace), not what we assume
+            flags = int(Path(f"/sys/class/net/{self.name}/flags").read_text(), 16)
+        except (OSError, ValueError):
+            return False
+        return not self.lost and bool(flags & IFF_UP)
 
     def reopen(self) -> None:
         """Create the lost device again under its name and read it as before (its
@@ -263,6 +276,9 @@ class MemoryTun:
         self.lost = True
         if self.on_lost is not None:
             self.on_lost(OSError(errno.EBADFD, os.strerror(errno.EBADFD)))
+
+    def up(self) -> bool:
+        return not (self.lost or self.closed)
 
     def reopen(self) -> None:
         self.lost = False

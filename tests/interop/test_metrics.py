@@ -34,8 +34,14 @@ METRICS_PORT = 9540
 CONNECTED = "Initialization Sequence Completed"
 TRANSFER = 4 * 1024 * 1024
 PSK = "m12-lab-psk-0123456789abcdef-0123"  # noqa: S105 (a test credential)
-FETCH = ("import sys, urllib.request; "
-         "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())")
+FETCH = """
+import sys, urllib.error, urllib.request
+try:
+    answer = urllib.request.urlopen(sys.argv[1], timeout=10)
+except urllib.error.HTTPError as error:
+    answer = error
+sys.stdout.write(str(answer.status) + "\\n" + answer.read().decode())
+"""
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +52,17 @@ def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
         yield topology
 
 
+def _get(topo: Topology, path: str) -> tuple[int, str]:
+    """A GET on the metrics listener from inside the gateway's namespace: status, body."""
+    status, _, body = topo.gateway_ns.run(
+        sys.executable, "-c", FETCH, f"http://127.0.0.1:{METRICS_PORT}{path}").partition("\n")
+    return int(status), body
+
+
 def _scrape(topo: Topology) -> str:
-    """One scrape from inside the gateway's namespace, checked by promtool."""
-    text = topo.gateway_ns.run(sys.executable, "-c", FETCH,
-                               f"http://127.0.0.1:{METRICS_PORT}/metrics")
+    """One scrape, checked by promtool."""
+    status, text = _get(topo, "/metrics")
+    assert status == 200
     promtool_check(text)
     return text
 
@@ -119,3 +132,22 @@ def test_a_revoked_certificate_counts_as_a_revoked_handshake(topo: Topology) -> 
 
     start = value(before, "sslvpn_handshakes_total", node="default", result="revoked")
     assert wait_until(lambda: revoked() == start + 1, 10)
+
+
+def test_readyz_follows_the_tun_and_healthz_the_loop(topo: Topology) -> None:
+    """Last in the module: it takes the TUN down for a moment."""
+
+    def probe(path: str) -> tuple[int, object]:
+        status, body = _get(topo, path)
+        return status, json.loads(body)
+
+    assert probe("/healthz") == (200, {"alive": True})
+    ready = {"store": True, "listeners": True, "tun": True}
+    assert probe("/readyz") == (200, {"ready": True, "checks": ready})
+    topo.gateway_ns.run("ip", "link", "set", "sslvpn0", "down")
+    try:
+        assert wait_until(lambda: probe("/readyz") == (
+            503, {"ready": False, "checks": {**ready, "tun": False}}), 10)
+    finally:
+        topo.gateway_ns.run("ip", "link", "set", "sslvpn0", "up")
+    assert wait_until(lambda: probe("/readyz")[0] == 200, 10)
