@@ -29,8 +29,9 @@ def _fast_sqlite(engine: Engine) -> None:
 
 
 def issue_clients(topo: VpnTopology, count: int, prefix: str) -> list[Credential]:
-    """``count`` certificates for user ``bench``, devices ``<prefix>0`` onwards."""
-    from client_profiles import lifecycle
+    """``count`` certificates for user ``bench``, devices ``<prefix>0`` onwards (its device
+    limit lifted: it stands for ``count`` users)."""
+    from client_profiles import accounts, lifecycle
     from sslvpn.config import DataPaths, database_url
     from sslvpn.store.db import open_engine
 
@@ -38,6 +39,8 @@ def issue_clients(topo: VpnTopology, count: int, prefix: str) -> list[Credential
     engine = open_engine(database_url(topo.data_dir, None))
     _fast_sqlite(engine)
     try:
+        accounts.set_limits(engine, name=USER, devices=accounts.MAX_LIMIT, sessions=None,
+                            actor="bench")
         credentials = []
         for i in range(count):
             row = lifecycle.issue_client(engine, paths, user_name=USER, device=f"{prefix}{i}",

@@ -1,20 +1,25 @@
 """User accounts as the CLI and the portal manage them: validated names, audited changes.
 
 A user name becomes (part of) a certificate CN, so it is limited to characters that are
-safe in a CN, a file name and an OpenVPN option line.
+safe in a CN, a file name and an OpenVPN option line. Deleting a user revokes what they
+hold first; a new password ends their portal logins; per-user limits override the gateway
+settings' (`lifecycle.effective_limits`).
 """
 
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 from sqlalchemy import Engine
 
-from client_profiles.passwords import MIN_PASSWORD_LENGTH, hash_password
+from client_profiles import lifecycle
+from client_profiles.passwords import MIN_PASSWORD_LENGTH, generate_password, hash_password
 from client_profiles.pkifiles import LifecycleError
-from sslvpn.store import queries
+from sslvpn.config import DataPaths
+from sslvpn.store import portal_logins, queries
 from sslvpn.store.db import session
-from sslvpn.store.models import User
+from sslvpn.store.models import Certificate, User, utcnow
 
 USER_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
@@ -80,3 +85,101 @@ def list_users(engine: Engine) -> list[User]:
     """Every user, by name."""
     with session(engine, write=False) as s:
         return queries.list_users(s)
+
+
+def delete_user(
+    engine: Engine,
+    paths: DataPaths,
+    *,
+    name: str,
+    actor: str,
+    source_address: str | None = None,
+    ca_passphrase: str | None = None,
+) -> list[Certificate]:
+    """Revoke every certificate the user still holds (cessationOfOperation; the gateway's
+    sweeps end their sessions), then delete the user, their tokens and portal logins.
+    Returns what was revoked."""
+    with session(engine, write=False) as s:
+        user = queries.get_user(s, name=name)  # an unknown name is refused before anything
+        holds = any(r.status != "revoked" and r.not_after > utcnow()
+                    for r in queries.list_certificates(s, user_id=user.id))
+    revoked = lifecycle.revoke(
+        engine, paths, user_name=name, reason="cessationOfOperation", actor=actor,
+        source_address=source_address, ca_passphrase=ca_passphrase,
+    ) if holds else []
+    with session(engine, write=True) as s:
+        queries.delete_user(s, name=name)
+        queries.record_audit(s, actor=actor, action="user.delete", target=name,
+                             source_address=source_address,
+                             detail=f"certificates_revoked={len(revoked)}")
+    return revoked
+
+
+def set_password(
+    engine: Engine,
+    *,
+    name: str,
+    password: str | None,
+    actor: str,
+    source_address: str | None = None,
+) -> str | None:
+    """Give a user a new portal password (None: generate one, returned to show once) and
+    end every portal login they had."""
+    generated = generate_password() if password is None else None
+    new = generated or str(password)
+    if len(new) < MIN_PASSWORD_LENGTH:
+        raise LifecycleError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
+    hashed = hash_password(new)
+    with session(engine, write=True) as s:
+        user = queries.set_user_password_hash(s, name=name, password_hash=hashed)
+        if user.id is not None:
+            portal_logins.end_user_logins(s, user_id=user.id)
+        queries.record_audit(s, actor=actor, action="user.password_reset", target=name,
+                             source_address=source_address,
+                             detail="generated" if generated else "given")
+    return generated
+
+
+def unlock(
+    engine: Engine,
+    *,
+    name: str,
+    actor: str,
+    source_address: str | None = None,
+    now: datetime | None = None,
+) -> User:
+    """Failed portal logins of this account so far no longer count (every portal reads the
+    stamp when the account is throttled)."""
+    with session(engine, write=True) as s:
+        user = queries.get_user(s, name=name)
+        user.unlocked_at = now or utcnow()
+        s.flush()
+        queries.record_audit(s, actor=actor, action="user.unlock", target=name,
+                             source_address=source_address)
+    return user
+
+
+MAX_LIMIT = 1_000_000
+
+
+def set_limits(
+    engine: Engine,
+    *,
+    name: str,
+    devices: int | None,
+    sessions: int | None,
+    actor: str,
+    source_address: str | None = None,
+) -> User:
+    """This user's own limits (None: the gateway settings'); sessions 0 is one per device."""
+    for value in (devices, sessions):
+        if value is not None and not 0 <= value <= MAX_LIMIT:
+            raise LifecycleError(f"a limit is 0 to {MAX_LIMIT}")
+    with session(engine, write=True) as s:
+        user = queries.get_user(s, name=name)
+        user.max_devices, user.max_sessions = devices, sessions
+        s.flush()
+        queries.record_audit(s, actor=actor, action="user.limits", target=name,
+                             source_address=source_address,
+                             detail=f"devices={devices} sessions={sessions}")
+    return user

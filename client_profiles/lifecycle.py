@@ -81,6 +81,7 @@ from sslvpn.store.models import (
 from sslvpn.store.queries import (
     add_certificate,
     begin_overlap,
+    effective_limits,
     get_certificate,
     get_settings,
     get_user,
@@ -299,12 +300,12 @@ def issue_client(
     ca = open_ca(paths, ca_passphrase)
     with session(engine, write=False) as s:
         user = _enabled_user(get_user(s, name=user_name))
-        _refuse_second_device(s, user, device, now)  # before the key is made, and again below
+        _refuse_new_device(s, user, device, now)  # before the key is made, and again below
     # made before the writer lock is taken: other writers never wait for an RSA key
     material = _client_material(ca, paths, user.name, device, days, now)
     with session(engine, write=True) as s:
         user = _enabled_user(get_user(s, name=user_name))  # still enabled
-        _refuse_second_device(s, user, device, now)
+        _refuse_new_device(s, user, device, now)
         row = _store_client(s, material, user, device)
         record_audit(
             s,
@@ -503,15 +504,27 @@ def revoke(
     return targets
 
 
-def _refuse_second_device(s: Session, user: User, device: str | None, now: datetime) -> None:
-    """A device has one certificate: a second one for the same name is a renewal."""
-    for row in list_certificates(s, user_id=user.id, kind="client", status="valid"):
-        if row.device == device and row.not_after > now:
+def _refuse_new_device(s: Session, user: User, device: str | None, now: datetime) -> None:
+    """A device has one certificate (a second one for the same name is a renewal), and a
+    user holds at most their limit of devices."""
+    current = [row for row in list_certificates(s, user_id=user.id, kind="client",
+                                                status="valid")
+               if row.not_after > now and row.superseded_by is None]
+    for row in current:
+        if row.device == device:
             which = f"device {device!r}" if device else "no device name"
             raise LifecycleError(
                 f"user {user.name!r} already has a valid certificate for {which} "
                 f"({row.serial}); renew it instead: sslvpn cert renew {row.subject_cn}"
             )
+    limit = effective_limits(user, get_settings(s)).devices
+    if len(current) >= limit:
+        raise LifecycleError(
+            f"user {user.name!r} has {len(current)} valid devices, the most allowed ({limit}); "
+            "revoke one or raise the limit (sslvpn user limits)"
+        )
+
+
 
 
 def _enabled_user(user: User) -> User:

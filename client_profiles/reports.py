@@ -164,6 +164,17 @@ def _profile_certificate(
     return row
 
 
+def device_certificate(s: Session, *, user_id: int | None, device: str) -> Certificate | None:
+    """The current (valid, unexpired, not replaced by a renewal) certificate of a device."""
+    query = (
+        select(Certificate)
+        .where(Certificate.user_id == user_id, Certificate.kind == "client")
+        .where(Certificate.status == "valid", Certificate.device == device)
+        .where(col(Certificate.superseded_by).is_(None), col(Certificate.not_after) > utcnow())
+    )
+    return s.exec(query).first()
+
+
 def _device_certificate(s: Session, user: User, device: str | None) -> Certificate:
     """The user's current certificate (not one a renewal replaces) for ``device``; with no
     device named, that of the user's only device (several: the operator picks one)."""

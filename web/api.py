@@ -232,10 +232,9 @@ async def delete_user(request: web.Request) -> web.StreamResponse:
     me = user_of(request)
     if me is not None and me.id == user.id:
         return error(409, "an administrator cannot delete themselves")
-    revoked, ended = await pki_ops.delete_user(request, user.name)
+    revoked, ended = await pki_ops.delete_user(request, user.name)  # audited there
     if user.id is not None:
         await portal_of(request).sessions.drop_user(user.id)
-    await audit(request, "user.delete", target=user.name, detail=f"revoked={revoked} via=api")
     return web.json_response({"certificates_revoked": revoked, "sessions_ended": ended})
 
 

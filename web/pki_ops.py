@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from aiohttp import web
-from sqlalchemy import Engine
 
 from client_profiles import accounts, lifecycle, reports
 from client_profiles.pki import CLIENT_DAYS
 from client_profiles.pkifiles import LifecycleError
-from sslvpn.store import StoreError, queries
+from sslvpn.store import StoreError
 from sslvpn.store.models import Certificate, User
 from web.pages import portal_of, user_of
 from web.security import client_address
@@ -113,29 +112,19 @@ async def revoke(request: web.Request, serial: str, reason: str) -> int:
 
 
 async def delete_user(request: web.Request, name: str) -> tuple[int, int]:
-    """Revoke a user's certificates, end their sessions, delete them: (revoked, ended)."""
+    """Revoke a user's certificates, delete them (`accounts.delete_user`) and end their live
+    sessions here at once: (revoked, ended)."""
     portal = portal_of(request)
     actor, address = _actor(request), client_address(request)
-
-    def revoke_all(engine: Engine) -> list[Certificate]:
-        try:
-            return lifecycle.revoke(
-                engine,
-                portal.paths,
-                user_name=name,
-                reason="cessationOfOperation",
-                actor=actor,
-                source_address=address,
-                ca_passphrase=portal.settings.ca_passphrase,
-            )
-        except LifecycleError:
-            return []  # nothing left to revoke
-
-    revoked = await portal.call(revoke_all)
+    revoked = await portal.call(
+        lambda engine: accounts.delete_user(
+            engine, portal.paths, name=name, actor=actor, source_address=address,
+            ca_passphrase=portal.settings.ca_passphrase,
+        )
+    )
     ended = 0
     for certificate in revoked:
         ended += await portal.kick_certificate(certificate.serial, "user deleted")
-    await portal.write(lambda s: queries.delete_user(s, name=name))
     return len(revoked), ended
 
 

@@ -112,6 +112,12 @@ class LoginThrottle:
     def __len__(self) -> int:
         return len(self._failures)
 
+    def unlocked(self, account: str, at: float) -> None:
+        """An admin unlocked the account at ``at``: its earlier failures stop counting."""
+        stamps = self._failures.get(("account", account.lower()))
+        while stamps and stamps[0] < at:
+            stamps.popleft()
+
     def succeeded(self, account: str) -> None:
         """A good password clears the account's count (the address keeps its history)."""
         self._failures.pop(("account", account.lower()), None)

@@ -1,11 +1,11 @@
-"""`sslvpn user add/list/disable/enable` commands."""
+"""`sslvpn user add/list/disable/enable/delete/passwd/unlock/limits` commands."""
 
 from __future__ import annotations
 
 import click
 
 from client_profiles import accounts
-from sslvpn.cli.setup import ACTOR, one_line_errors, read_stdin_secret, store
+from sslvpn.cli.setup import ACTOR, one_line_errors, paths_of, read_stdin_secret, store
 
 
 @click.group("user")
@@ -66,6 +66,74 @@ def enable_command(ctx: click.Context, name: str) -> None:
     with store(ctx, write=True) as engine:
         accounts.set_user_enabled(engine, name=name, enabled=True, actor=ACTOR)
     click.echo(f"enabled {name}")
+
+
+@user_group.command("delete")
+@click.argument("name")
+@click.pass_context
+@one_line_errors
+def delete_command(ctx: click.Context, name: str) -> None:
+    """Delete user NAME: their certificates are revoked first (the gateway ends their
+    sessions), then the user, their tokens and portal logins go."""
+    with store(ctx, write=True) as engine:
+        revoked = accounts.delete_user(engine, paths_of(ctx), name=name, actor=ACTOR)
+    click.echo(f"deleted {name}; revoked {len(revoked)} certificate(s)")
+
+
+@user_group.command("passwd")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the new password from stdin; without it one is generated and shown.")
+@click.pass_context
+@one_line_errors
+def passwd_command(ctx: click.Context, name: str, password_stdin: bool) -> None:
+    """Set NAME's portal password (their portal logins end)."""
+    password = read_stdin_secret("password") if password_stdin else None
+    with store(ctx, write=True) as engine:
+        generated = accounts.set_password(engine, name=name, password=password, actor=ACTOR)
+    if generated is not None:
+        click.echo(f"new password for {name}: {generated}")
+    else:
+        click.echo(f"password of {name} changed")
+
+
+@user_group.command("unlock")
+@click.argument("name")
+@click.pass_context
+@one_line_errors
+def unlock_command(ctx: click.Context, name: str) -> None:
+    """Let NAME sign in to the portal again now: their failed logins so far stop counting."""
+    with store(ctx, write=True) as engine:
+        accounts.unlock(engine, name=name, actor=ACTOR)
+    click.echo(f"unlocked {name}")
+
+
+def _limit(value: str | None) -> int | None:
+    """A limit option: a number, or ``default`` for the gateway settings' value."""
+    if value is None or value == "default":
+        return None
+    if not value.isdigit():
+        raise click.BadParameter(f"{value!r} is not a number or 'default'")
+    return int(value)
+
+
+@user_group.command("limits")
+@click.argument("name")
+@click.option("--max-devices", metavar="N|default", default=None,
+              help="Valid certificates (devices) NAME may hold.")
+@click.option("--max-sessions", metavar="N|default", default=None,
+              help="Live VPN sessions at once (0: one per device).")
+@click.pass_context
+@one_line_errors
+def limits_command(ctx: click.Context, name: str, max_devices: str | None,
+                   max_sessions: str | None) -> None:
+    """Set NAME's own limits; 'default' (or leaving one out) takes the gateway settings'."""
+    with store(ctx, write=True) as engine:
+        user = accounts.set_limits(engine, name=name, devices=_limit(max_devices),
+                                   sessions=_limit(max_sessions), actor=ACTOR)
+    shown = {"devices": user.max_devices, "sessions": user.max_sessions}
+    click.echo(f"{name}: " + ", ".join(f"max {what} {'default' if value is None else value}"
+                                       for what, value in shown.items()))
 
 
 COMMANDS: list[click.Command] = [user_group]

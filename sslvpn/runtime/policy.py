@@ -91,13 +91,25 @@ class StorePolicy:
         self._node = node
 
     async def authorize(self, serial: str) -> Authorization:
-        """One indexed read: the certificate joined with its owner."""
-        found = await self._store.read(lambda s: gateway_queries.standings(s, serials=[serial]))
-        standing = found.get(serial.lower())
+        """The certificate joined with its owner (one indexed read) and, when it is in good
+        standing, the owner's limit of live sessions."""
+        now, gateway_name = utcnow(), self._gateway_name
+
+        def ask(s: Session) -> tuple[Standing | None, str | None]:
+            standing = gateway_queries.standings(s, serials=[serial]).get(serial.lower())
+            refusal = _refusal(standing, now)
+            if refusal is None:
+                limit = gateway_queries.session_limit_reached(s, serial=serial,
+                                                              gateway_name=gateway_name)
+                if limit is not None:
+                    refusal = f"too many sessions (at most {limit})"
+            return standing, refusal
+
+        standing, refusal = await self._store.read(ask)
         return Authorization(
             user=(standing.user_name or "") if standing else "",
             device=standing.device if standing else "",
-            refusal=_refusal(standing, utcnow()),
+            refusal=refusal,
         )
 
     async def unauthorized(self, serials: Collection[str]) -> dict[str, str]:

@@ -28,9 +28,17 @@ from sqlalchemy import (
     update,
 )
 from sqlmodel import Session, col
+from sqlmodel import select as model_select
 
 from sslvpn.store import node_queries
-from sslvpn.store.models import AddressLease, Certificate, User, VpnSessionRecord
+from sslvpn.store.models import (
+    AddressLease,
+    Certificate,
+    GatewaySettings,
+    User,
+    VpnSessionRecord,
+)
+from sslvpn.store.queries import effective_limits
 
 CHUNK = 500  # serials per IN (...) list, far below every backend's parameter limit
 
@@ -140,6 +148,26 @@ def _standings(s: Session, query: Executable, serials: Collection[str],
             found[serial] = Standing(kind, status, device or "", user, bool(disabled),
                                      overlap_until)
     return found
+
+
+def session_limit_reached(s: Session, *, serial: str, gateway_name: str) -> int | None:
+    """The owner's limit of live sessions when a new session of this certificate would pass
+    it, else None. Its own earlier session does not count (the new one replaces it), and
+    the sessions are those of every node (open records)."""
+    owner = s.exec(model_select(User).join(Certificate, col(Certificate.user_id) == col(User.id))
+                   .where(col(Certificate.serial) == serial.lower())).first()
+    if owner is None:
+        return None
+    settings = s.exec(model_select(GatewaySettings)
+                      .where(col(GatewaySettings.name) == gateway_name)).first()
+    limit = effective_limits(owner, settings or GatewaySettings(name=gateway_name)).sessions
+    if limit is None:
+        return None
+    live = s.connection().execute(select(func.count()).where(
+        col(VpnSessionRecord.disconnected_at).is_(None),
+        col(VpnSessionRecord.user_name) == owner.name,
+        col(VpnSessionRecord.certificate_serial) != serial.lower())).scalar_one()
+    return limit if live >= limit else None
 
 
 def lease_map(s: Session) -> dict[str, str]:

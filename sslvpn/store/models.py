@@ -64,6 +64,11 @@ class User(SQLModel, table=True):
     disabled: bool = False
     disabled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # retention clock
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # limits of this user; None: the gateway settings' max_devices/max_sessions_per_user
+    max_devices: int | None = None
+    max_sessions: int | None = None
+    # failed portal logins before this no longer count (`sslvpn user unlock`)
+    unlocked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class Certificate(SQLModel, table=True):
@@ -147,6 +152,8 @@ class GatewaySettings(SQLModel, table=True):
     import_link_retention_days: int = 7
     disabled_user_retention_days: int = 400
     heartbeat_timeout: int = 15  # seconds without a heartbeat after which a node is down
+    max_devices_per_user: int = 10  # valid client certificates (devices) a user may hold
+    max_sessions_per_user: int = 0  # live VPN sessions at once; 0: one per device
     # OpenVPN's max-clients, in all and per source address (0: as many as the pool holds,
     # no cap per address); refuse UDP tls-crypt-v2 clients that cannot do the cookie
     # exchange (before 2.6), as 2.6's tls-crypt-v2 ... force-cookie

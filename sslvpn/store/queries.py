@@ -10,6 +10,7 @@ import one module. IPsec tunnel queries live with the IPsec code, not here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from ipaddress import IPv4Network, ip_address
 
@@ -121,6 +122,23 @@ def set_user_role(s: Session, *, name: str, role: str) -> User:
     user = get_user(s, name=name)
     assign(s, user, f"role {role!r}", {"role": role})
     return user
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one user may hold: valid devices, and live VPN sessions (None: one per device,
+    which a certificate's new session replacing its old one already keeps)."""
+
+    devices: int
+    sessions: int | None
+
+
+def effective_limits(user: User, settings: GatewaySettings) -> Limits:
+    """The user's own limits where set, else the gateway settings'."""
+    devices = user.max_devices if user.max_devices is not None else settings.max_devices_per_user
+    sessions = (user.max_sessions if user.max_sessions is not None
+                else settings.max_sessions_per_user)
+    return Limits(devices=devices, sessions=sessions or None)
 
 
 def delete_user(s: Session, *, name: str) -> list[Certificate]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from cryptography import x509
 from sqlmodel import select
 
 from sslvpn.cli import main
@@ -283,6 +284,27 @@ def test_a_device_has_one_certificate_and_profile_finds_the_only_device(
     _one_line_error(ready("profile", "alice"), "several devices: laptop, phone; choose one")
     ready("cert", "revoke", "alice.laptop")
     _serial(ready("cert", "issue", "alice", "--device", "laptop"))  # revoked: a new one is fine
+
+
+def test_user_delete_passwd_unlock_and_limits(ready: Run, data_dir: Path) -> None:
+    serial = _serial(ready("cert", "issue", "alice", "--device", "laptop"))
+    changed = ready("user", "passwd", "alice", "--password-stdin", stdin="a-long-password\n")
+    assert changed.exit_code == 0 and "password of alice changed" in changed.stdout
+    generated = ready("user", "passwd", "alice")
+    assert generated.exit_code == 0 and generated.stdout.startswith("new password for alice: ")
+    _one_line_error(ready("user", "passwd", "alice", "--password-stdin", stdin="short\n"),
+                    "at least")
+    assert ready("user", "unlock", "alice").stdout == "unlocked alice\n"
+    limits = ready("user", "limits", "alice", "--max-devices", "1", "--max-sessions", "2")
+    assert limits.stdout == "alice: max devices 1, max sessions 2\n"
+    _one_line_error(ready("cert", "issue", "alice", "--device", "phone"),
+                    "has 1 valid devices, the most allowed (1)")
+    deleted = ready("user", "delete", "alice")
+    assert deleted.stdout == "deleted alice; revoked 1 certificate(s)\n"
+    assert "alice" not in ready("user", "list").stdout
+    crl = x509.load_pem_x509_crl((data_dir / "pki" / "crl.pem").read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(int(serial, 16)) is not None
+    _one_line_error(ready("user", "delete", "alice"), "no user named 'alice'")
 
 
 def test_renew_the_gateway_certificate(ready: Run, data_dir: Path) -> None:

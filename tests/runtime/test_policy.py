@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from client_profiles import accounts
 from sslvpn.runtime.policy import (
     LeaseStored,
     SessionCounted,
@@ -56,6 +57,24 @@ async def test_authorize_follows_store_changes(engine: Engine) -> None:
     assert await policy.unauthorized({"a1", "a2"}) == {"a1": "certificate revoked",
                                                        "a2": "user disabled"}
     assert await policy.unauthorized(set()) == {}
+
+
+async def test_a_users_session_limit_counts_every_nodes_live_sessions(engine: Engine) -> None:
+    """alice holds two devices (a1, a2): by default each may have its session; with her
+    limit at one, a2 is refused while a1's session is open anywhere in the fleet, and a1's
+    own reconnection is not (its new session replaces the old)."""
+    policy = StorePolicy(AsyncStore(engine))
+    with db.session(engine, write=True) as s:
+        gateway_queries.write_records(s, records=[_opened("s1", "a1")], gateway_name="default",
+                                      now=datetime.now(UTC), node="other-node")
+    assert (await policy.authorize("a2")).refusal is None
+    accounts.set_limits(engine, name="alice", devices=None, sessions=1, actor="t")
+    assert (await policy.authorize("a2")).refusal == "too many sessions (at most 1)"
+    assert (await policy.authorize("a1")).refusal is None
+    with db.session(engine, write=True) as s:
+        gateway_queries.write_records(s, records=[_ended("s1", "gone")],
+                                      gateway_name="default", now=datetime.now(UTC))
+    assert (await policy.authorize("a2")).refusal is None
 
 
 def _opened(session_id: str, serial: str) -> SessionOpened:

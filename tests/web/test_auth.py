@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from aiohttp.test_utils import TestClient
 
+from client_profiles import accounts
 from tests.web.conftest import (
     PASSWORDS,
     Clock,
@@ -78,6 +81,19 @@ async def test_account_is_throttled_then_released(client: TestClient, clock: Clo
     assert await try_login(client, "alice", PASSWORDS["alice"]) == 429
     assert await try_login(client, "bob", PASSWORDS["bob"]) == 303  # other accounts unaffected
     clock.now += THROTTLE_WINDOW_SECONDS + 1
+    assert await try_login(client, "alice", PASSWORDS["alice"]) == 303
+
+
+async def test_an_admin_unlocks_a_throttled_account(
+    client: TestClient, clock: Clock, site: Site
+) -> None:
+    """`sslvpn user unlock` (another process, maybe another host) lets the owner in now."""
+    for _ in range(THROTTLE_ACCOUNT_FAILURES):
+        assert await try_login(client, "alice", "wrong") == 401
+    assert await try_login(client, "alice", PASSWORDS["alice"]) == 429
+    accounts.unlock(site.engine, name="alice", actor="cli",
+                    now=datetime.fromtimestamp(clock.now + 1, UTC))
+    clock.now += 2
     assert await try_login(client, "alice", PASSWORDS["alice"]) == 303
 
 

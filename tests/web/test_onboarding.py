@@ -15,18 +15,24 @@ def basic(name: str, password: str) -> dict[str, str]:
     return {"Authorization": f"Basic {encoded}"}
 
 
-async def test_get_userlogin_issues_a_new_device_profile(client: TestClient, site: Site) -> None:
-    response = await client.get(
-        "/rest/GetUserlogin?tls-cryptv2=1&action=import",
-        headers=basic("alice", PASSWORDS["alice"]),
-    )
-    assert response.status == 200
-    assert response.content_type == "text/plain"
-    profile = await response.text()
-    assert profile.startswith("# alice.connect-") and "<key>" in profile
+async def test_get_userlogin_reuses_the_users_connect_device(
+    client: TestClient, site: Site
+) -> None:
+    """Each import used to mint a new certificate (a new device every call)."""
+    profiles = []
+    for _ in range(3):
+        response = await client.get(
+            "/rest/GetUserlogin?tls-cryptv2=1&action=import",
+            headers=basic("alice", PASSWORDS["alice"]),
+        )
+        assert response.status == 200
+        assert response.content_type == "text/plain"
+        profiles.append(await response.text())
+    assert profiles[0].startswith("# alice.connect @") and "<key>" in profiles[0]
+    assert profiles[1] == profiles[2] == profiles[0]
     with db.session(site.engine, write=False) as s:
         (row,) = queries.list_certificates(s, kind="client")
-    assert row.device is not None and row.device.startswith("connect-")
+    assert row.device == "connect"
     assert {"login", "certificate.issue", "profile.import"} <= set(
         audit_actions(site, actor="alice")
     )

@@ -10,9 +10,10 @@ import html
 import pytest
 from aiohttp.test_utils import TestClient
 
+from client_profiles.pkifiles import LifecycleError
 from sslvpn.store import db, queries
 from sslvpn.store.models import GatewaySettings
-from tests.web.conftest import Site, login
+from tests.web.conftest import Site, issue_for, login
 
 FORM = {
     "public_addresses": "vpn.example.test",
@@ -111,3 +112,20 @@ async def test_tls_groups_are_shown_checked_and_saved(client: TestClient, site: 
     status, page = await _save(client, csrf, tls_groups=" X25519:P-256 ")
     assert status == 200 and "Settings saved." in page
     assert _stored(site).tls_groups == "X25519:P-256"
+
+
+async def test_per_user_limits_are_saved_and_a_device_beyond_them_refused(
+    client: TestClient, site: Site
+) -> None:
+    csrf = await login(client, "root")
+    page = html.unescape(await (await client.get("/admin/settings")).text())
+    assert 'name="max_devices_per_user" type="number" min="0" max="1000000" value="10"' in page
+    status, page = await _save(client, csrf, max_devices_per_user="x", max_sessions_per_user="2")
+    assert status == 400 and "Devices per user: 0 to 1000000." in page
+    status, page = await _save(client, csrf, max_devices_per_user="1", max_sessions_per_user="2")
+    assert status == 200 and "Settings saved." in page, page
+    stored = _stored(site)
+    assert (stored.max_devices_per_user, stored.max_sessions_per_user) == (1, 2)
+    issue_for(site, "alice", "phone")
+    with pytest.raises(LifecycleError, match="the most allowed"):
+        issue_for(site, "alice", "laptop")

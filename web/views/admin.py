@@ -143,15 +143,9 @@ async def delete_user(request: web.Request) -> web.StreamResponse:
     if user.id == current_user(request).id:
         flash(request, "You cannot delete yourself.")
         raise web.HTTPSeeOther("/admin/users")
-    revoked, ended = await pki_ops.delete_user(request, user.name)
+    revoked, ended = await pki_ops.delete_user(request, user.name)  # audited there
     if user.id is not None:
         await portal_of(request).sessions.drop_user(user.id)
-    await audit(
-        request,
-        "user.delete",
-        target=user.name,
-        detail=f"certificates_revoked={revoked} sessions_ended={ended}",
-    )
     flash(
         request,
         f"User {user.name} deleted; {revoked} certificate(s) revoked, {ended} session(s) ended.",

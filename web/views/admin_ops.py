@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 from sqlmodel import Session
 
+from client_profiles.accounts import MAX_LIMIT
 from client_profiles.fleet import pools_of
 from client_profiles.inputs import (
     ClientNetworks,
@@ -200,6 +201,7 @@ def parse_settings(
     if form.get("protocols") not in PROTOCOLS_VALUES:
         errors.append("Protocols must be udp, tcp or both.")
     retention = _retention(form, settings, errors)
+    limits = _user_limits(form, settings, errors)
     caps = parse_caps(form, settings, errors)
     groups = form.get("tls_groups", settings.tls_groups)
     try:
@@ -209,7 +211,7 @@ def parse_settings(
     if errors or networks is None or liveness is None or caps is None:
         return errors
     caps.apply(settings)
-    for name, days in retention.items():
+    for name, days in (retention | limits).items():
         setattr(settings, name, days)
     settings.public_addresses, settings.dns_servers = addresses, dns
     settings.vpc_networks = [str(n) for n in networks.vpc]
@@ -226,14 +228,23 @@ def _retention(
     form: dict[str, str], settings: GatewaySettings, errors: list[str]
 ) -> dict[str, int]:
     """The retention days in the form (a field left out keeps its value)."""
-    days: dict[str, int] = {}
-    for name, label in RETENTION_FIELDS.items():
+    return _whole_numbers(form, settings, errors, RETENTION_FIELDS, MAX_RETENTION_DAYS,
+                          "{label}: keep 0 (forever) to {most} days.")
+
+
+def _whole_numbers(
+    form: dict[str, str], settings: GatewaySettings, errors: list[str],
+    fields: dict[str, str], most: int, refusal: str,
+) -> dict[str, int]:
+    """Whole numbers 0 to ``most`` from the form by field name (left out: the stored value)."""
+    numbers: dict[str, int] = {}
+    for name, label in fields.items():
         text = form.get(name, str(getattr(settings, name))).strip()
-        if not (text.isascii() and text.isdigit()) or int(text) > MAX_RETENTION_DAYS:
-            errors.append(f"{label}: keep 0 (forever) to {MAX_RETENTION_DAYS} days.")
+        if not (text.isascii() and text.isdigit()) or int(text) > most:
+            errors.append(refusal.format(label=label, most=most))
         else:
-            days[name] = int(text)
-    return days
+            numbers[name] = int(text)
+    return numbers
 
 
 MAX_CLIENTS = 1_000_000
@@ -255,6 +266,18 @@ def parse_caps(
         errors.append("tls-crypt-v2 force-cookie must be on or off.")
         return None
     return ClientCaps(int(texts[0]), int(texts[1]), cookie == "on")
+
+
+USER_LIMIT_FIELDS = {"max_devices_per_user": "Devices per user",
+                     "max_sessions_per_user": "VPN sessions per user"}
+
+
+def _user_limits(
+    form: dict[str, str], settings: GatewaySettings, errors: list[str]
+) -> dict[str, int]:
+    """The per-user limits in the form (a field left out keeps its value)."""
+    return _whole_numbers(form, settings, errors, USER_LIMIT_FIELDS, MAX_LIMIT,
+                          "{label}: 0 to {most}.")
 
 
 LIVENESS_FIELDS = ("keepalive_interval", "keepalive_timeout", "heartbeat_timeout")

@@ -48,6 +48,18 @@ async def login_page(request: web.Request) -> web.StreamResponse:
     return render(request, "login.html")
 
 
+async def throttled(request: web.Request, name: str, address: str) -> bool:
+    """Whether this login must wait; when it must, the store is asked (once) whether an
+    admin unlocked the account since (`sslvpn user unlock`, on any host)."""
+    throttle = portal_of(request).throttle
+    if not throttle.blocked(name, address):
+        return False
+    user = await portal_of(request).read(lambda s: find_user(s, name)) if name else None
+    if user is not None and user.unlocked_at is not None:
+        throttle.unlocked(name, user.unlocked_at.timestamp())
+    return throttle.blocked(name, address)
+
+
 async def check_credentials(request: web.Request, name: str, password: str) -> User | None:
     """The enabled user these credentials belong to; throttled and audited either way.
 
@@ -55,7 +67,7 @@ async def check_credentials(request: web.Request, name: str, password: str) -> U
     """
     portal = portal_of(request)
     address = client_address(request)
-    if portal.throttle.blocked(name, address):
+    if await throttled(request, name, address):
         await audit(request, "login.throttled", actor=name or "anonymous", target=name)
         return None
     user = await portal.read(lambda s: find_user(s, name)) if name else None
@@ -73,8 +85,7 @@ async def check_credentials(request: web.Request, name: str, password: str) -> U
 async def login(request: web.Request) -> web.StreamResponse:
     form = await form_of(request)
     name = form.get("name", "").strip()
-    portal = portal_of(request)
-    if portal.throttle.blocked(name, client_address(request)):
+    if await throttled(request, name, client_address(request)):
         await audit(request, "login.throttled", actor=name or "anonymous", target=name)
         return render(
             request,

@@ -3,8 +3,9 @@
 - ``GET /rest/GetProfileViaToken?token=...``: the target of the
   ``openvpn://import-profile/https://...`` deep link; no login (the single-use token is the
   credential), ``application/x-openvpn-profile``, 410 Gone once used, revoked or expired.
-- ``GET /rest/GetUserlogin``: "import from URL" with HTTP Basic portal credentials; issues a
-  new device for that user and answers ``text/plain``; errors in Access Server's XML shape.
+- ``GET /rest/GetUserlogin``: "import from URL" with HTTP Basic portal credentials; the
+  profile of the user's "connect" device (issued on the first call, reused after), as
+  ``text/plain``; errors in Access Server's XML shape.
 - ``HEAD/GET /openvpn-api/profile``: the web-based download probe. We answer it directly
   (no redirect) and without ``Ovpn-WebAuth``, which tells Connect to use the REST method.
 """
@@ -13,13 +14,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import secrets
 from datetime import UTC, datetime
 from xml.sax.saxutils import escape
 
 from aiohttp import web
 from sqlmodel import Session
 
+from client_profiles import reports
 from sslvpn.store import ConflictError, NotFoundError, queries
 from sslvpn.store.models import ImportToken, User
 from web import pki_ops
@@ -32,6 +33,7 @@ from web.views.devices import profile_response, rendered_profile
 MAX_TOKEN_LENGTH = 128
 MAX_USER_AGENT = 200
 BASIC_REALM = 'Basic realm="sslvpn", charset="UTF-8"'
+ONBOARDING_DEVICE = "connect"  # the device OpenVPN Connect's "import from URL" gets
 
 
 async def profile_via_token(request: web.Request) -> web.StreamResponse:
@@ -105,18 +107,39 @@ async def get_userlogin(request: web.Request) -> web.StreamResponse:
         return rest_error(
             403, "Access denied", "This gateway needs a client with tls-crypt-v2 support."
         )
-    device = f"connect-{secrets.token_hex(3)}"
     try:
-        certificate = await pki_ops.issue(request, user_name=user.name, device=device)
-        profile = await pki_ops.render_profile(request, certificate.serial)
+        serial = await _onboarding_certificate(request, user)
+        profile = await pki_ops.render_profile(request, serial)
     except pki_ops.OperationError as exc:
         return rest_error(500, "Internal Server Error", f"PROFILE_FAILED: {exc}")
-    await audit(request, "profile.import", target=certificate.serial, detail="rest=GetUserlogin")
+    await audit(request, "profile.import", target=serial, detail="rest=GetUserlogin")
     return web.Response(
         text=profile.text,
         content_type="text/plain",
         headers={"Content-Disposition": f'attachment; filename="{profile.file_name}"'},
     )
+
+
+async def _onboarding_certificate(request: web.Request, user: User) -> str:
+    """The serial of the user's Connect device: the current one when there is one (each
+    import used to mint a new certificate), else a new one. Two imports at once: the
+    second one's issue is refused as a second device and it takes the first one's."""
+    portal = portal_of(request)
+
+    def current(s: Session) -> str | None:
+        row = reports.device_certificate(s, user_id=user.id, device=ONBOARDING_DEVICE)
+        return None if row is None else row.serial
+
+    found = await portal.read(current)
+    if found is not None:
+        return found
+    try:
+        return (await pki_ops.issue(request, user_name=user.name, device=ONBOARDING_DEVICE)).serial
+    except pki_ops.OperationError:
+        found = await portal.read(current)
+        if found is None:
+            raise
+        return found
 
 
 async def _needs_tls_crypt_v2(request: web.Request) -> bool:
