@@ -8,6 +8,10 @@ IPsec service (site-to-site tunnels; their status answered through the gateway's
 and the portal (``web``, on its own event loop in its own thread so that no portal work
 ever runs on the loop that carries packets, with the in-process gateway as its
 GatewayControl, so live sessions and kick need no socket); then it runs until SIGTERM/SIGINT.
+With ``--workers N`` (N > 1) this process becomes the supervisor: the workers carry the
+packets (the first one also the IPsec tunnels), and the supervisor runs the rest off their
+loops: the node's revocation sweep, the daily work, the retirement of renewed certificates
+and the portal, answering for every worker (`sslvpn.runtime.workers_control`).
 With ``--tracemalloc FRAMES`` it traces Python allocations from then on (after the imports,
 which tracing would slow tenfold) and writes a snapshot on each SIGUSR2, for hunting leaks
 in long runs (``bench/soak.py``).
@@ -41,7 +45,8 @@ from sslvpn.cli.setup import log_to_stderr, one_line_errors, paths_of, require_d
 from sslvpn.config import DataPaths
 from sslvpn.openvpn.tls import TlsGroupsError
 from sslvpn.runtime import instance
-from sslvpn.runtime.control import ThreadSafeControl
+from sslvpn.runtime.control import GatewayControl, ThreadSafeControl
+from sslvpn.runtime.fleet_signal import listen_conninfo, listen_for_signals
 from sslvpn.runtime.gateway import Gateway
 from sslvpn.runtime.ipsec_service import IpsecService
 from sslvpn.runtime.metrics import (
@@ -53,14 +58,24 @@ from sslvpn.runtime.metrics import (
     store_facts,
 )
 from sslvpn.runtime.netconf import NetconfError
-from sslvpn.runtime.service import ExtraTask, GatewayService, ServeOptions, run, serve
+from sslvpn.runtime.service import (
+    DailyHook,
+    ExtraTask,
+    GatewayService,
+    ServeOptions,
+    run,
+    run_daily,
+    serve,
+)
 from sslvpn.runtime.tun_keeper import TunLostError
 from sslvpn.runtime.workers import (
+    Companion,
     Supervisor,
     WorkerSlot,
     stop_with_supervisor,
     supervise,
 )
+from sslvpn.runtime.workers_control import NodeSweep, WorkersControl
 from sslvpn.store import StoreError, db, queries, retention
 from sslvpn.store.async_store import AsyncStore
 from web.app import create_app, ensure_first_admin, start_portal
@@ -100,33 +115,39 @@ def shown_url(url: str, public_address: str | None) -> str:
 
 
 def portal_task(paths: DataPaths, engine: Engine, plan: PortalPlan) -> ExtraTask:
-    """The portal on its own loop and thread, answering for the in-process gateway (through
-    `ThreadSafeControl`); prints its URL once bound."""
+    """The portal answering for the in-process gateway (through `ThreadSafeControl`)."""
 
     async def run(gateway: Gateway) -> None:
         control = ThreadSafeControl(gateway, asyncio.get_running_loop())
-
-        def build() -> web.Application:
-            return create_app(engine=engine, paths=paths, control=control,
-                              settings=PortalSettings(public_url=plan.public_url))
-
-        try:
-            portal = await PortalThread.start(
-                build, lambda app: start_portal(app, plan.listen, plan.tls))
-        except OSError as exc:
-            raise PortalStartError(
-                f"cannot start the portal on {plan.listen}: {exc.strerror or exc}") from None
-        try:
-            click.echo(f"portal: {shown_url(portal.url, plan.public_address)}")
-            # created only once the portal answers, so the printed password is never lost
-            password = await first_admin(engine)
-            if password is not None:
-                click.echo(f"first start: log in as 'admin' with the one-time password {password}")
-            await portal.wait()
-        finally:
-            await portal.stop()
+        await run_portal(paths, engine, plan, control)
 
     return run
+
+
+async def run_portal(paths: DataPaths, engine: Engine, plan: PortalPlan,
+                     control: GatewayControl) -> None:
+    """The portal on its own loop and thread, answering for ``control``'s gateway (the
+    in-process one, or every worker's from the supervisor); prints its URL once bound."""
+
+    def build() -> web.Application:
+        return create_app(engine=engine, paths=paths, control=control,
+                          settings=PortalSettings(public_url=plan.public_url))
+
+    try:
+        portal = await PortalThread.start(
+            build, lambda app: start_portal(app, plan.listen, plan.tls))
+    except OSError as exc:
+        raise PortalStartError(
+            f"cannot start the portal on {plan.listen}: {exc.strerror or exc}") from None
+    try:
+        click.echo(f"portal: {shown_url(portal.url, plan.public_address)}")
+        # created only once the portal answers, so the printed password is never lost
+        password = await first_admin(engine)
+        if password is not None:
+            click.echo(f"first start: log in as 'admin' with the one-time password {password}")
+        await portal.wait()
+    finally:
+        await portal.stop()
 
 
 async def first_admin(engine: Engine) -> str | None:
@@ -233,33 +254,68 @@ def _dump_heap(folder: Path) -> Path:
     return path
 
 
-def retire_task(paths: DataPaths, engine: Engine, interval: float = RETIRE_INTERVAL
-                ) -> ExtraTask:
+async def retire_superseded(paths: DataPaths, engine: Engine,
+                            interval: float = RETIRE_INTERVAL) -> None:
     """Every ``interval`` seconds, in a thread (the CA signs the CRL), revoke the renewed
     certificates whose overlap ended: their renewal connected (which the gateway's
     accounting wrote) or their overlap period passed. A failure (the CA key offline, the
     store away) is logged when it starts and when it changes, not every round; meanwhile
     the gateway refuses those certificates anyway, from the store."""
+    failing: str | None = None
+    while True:
+        try:
+            retired = await asyncio.to_thread(lifecycle.retire_superseded, engine, paths)
+        except Exception as exc:  # a bug too: the gateway goes on, the log says it
+            if str(exc) != failing:
+                known = isinstance(exc, LifecycleError | WrongPassphrase | StoreError | OSError)
+                log.error("renewed certificates not revoked yet: %s", exc, exc_info=not known)
+            failing = str(exc)
+        else:
+            failing = None
+            for row in retired:
+                log.info("certificate %s revoked: superseded by %s", row.serial,
+                         row.superseded_by)
+        await asyncio.sleep(interval)
 
-    async def run(gateway: Gateway) -> None:
-        failing: str | None = None
-        while True:
-            try:
-                retired = await asyncio.to_thread(lifecycle.retire_superseded, engine, paths)
-            except Exception as exc:  # a bug too: the gateway goes on, the log says it
-                if str(exc) != failing:
-                    known = isinstance(exc, LifecycleError | WrongPassphrase | StoreError | OSError)
-                    log.error("renewed certificates not revoked yet: %s", exc,
-                              exc_info=not known)
-                failing = str(exc)
-            else:
-                failing = None
-                for row in retired:
-                    log.info("certificate %s revoked: superseded by %s", row.serial,
-                             row.superseded_by)
-            await asyncio.sleep(interval)
 
-    return run
+def daily_hooks(paths: DataPaths, engine: Engine) -> tuple[DailyHook, ...]:
+    """The CRL re-signed and the retention pass, once a day."""
+    return (lambda: crl.refresh_crl(paths, engine), lambda: retention.prune(engine))
+
+
+def portal_plan(paths: DataPaths, engine: Engine, listen: str | None, cert: Path | None,
+                key: Path | None, public_url: str | None) -> PortalPlan:
+    """Where the portal listens and with which TLS (the stored settings unless given)."""
+    with db.session(engine, write=False) as s:
+        settings = queries.get_settings(s)
+    listen = listen or settings.portal_listen
+    tls = portal_tls(paths, engine, listen, cert=cert, key=key,
+                     https=True if cert is not None else None)
+    public = settings.public_addresses[0] if settings.public_addresses else None
+    return PortalPlan(listen, tls, public_url, public)
+
+
+async def supervise_node(paths: DataPaths, engine: Engine, workers: int, node: str | None,
+                         plan: PortalPlan | None) -> None:
+    """`serve --workers N`: the supervisor runs the workers and, off their loops, the node's
+    revocation sweep (woken by the fleet's signal on PostgreSQL), the daily work, the
+    retirement of renewed certificates and the portal, which sees every worker."""
+    supervisor = Supervisor(workers, _worker_command)
+    control = WorkersControl([slot.control_socket(paths.control_socket)
+                              for slot in supervisor.slots])
+    store = AsyncStore(engine)
+    sweep = NodeSweep(store, control, node=node)
+    companions: list[Companion] = [sweep.run, lambda: retire_superseded(paths, engine),
+                                   lambda: run_daily(daily_hooks(paths, engine))]
+    conninfo = listen_conninfo(engine.url)
+    if conninfo is not None:
+        companions.append(lambda: listen_for_signals(conninfo, sweep.wake))
+    if plan is not None:
+        companions.append(lambda: run_portal(paths, engine, plan, control))
+    try:
+        await supervise(supervisor, companions)
+    finally:
+        await store.close()
 
 
 def mend_crl(paths: DataPaths, engine: Engine) -> None:
@@ -381,28 +437,29 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
             preflight(paths, engine, given_portal=given, allow_insecure=allow_insecure)
             retention.ensure_incremental_vacuum(engine)  # once, before anyone is served
             mend_crl(paths, engine)
+        plan = None if no_portal or slot is not None else portal_plan(
+            paths, engine, portal_listen, portal_cert, portal_key, public_url)
         if slot is None and workers > 1:
-            run(supervise(Supervisor(workers, _worker_command)))
+            try:
+                run(supervise_node(paths, engine, workers, node, plan))
+            except PortalStartError as exc:
+                raise click.ClickException(str(exc)) from None
             return
         if slot is not None:
             stop_with_supervisor()
         gateway_store = AsyncStore(engine)  # the gateway's only way to the store
-        first = slot is None or slot.first  # node-wide companions run in one process only
-        extra = [ipsec_task(gateway_store, node, on_activate),
-                 retire_task(paths, engine)] if first else []
+        # IPsec and metrics in one process only (the first worker); the node's periodic work
+        # in the supervisor, if any
+        first = slot is None or slot.first
+        extra = [ipsec_task(gateway_store, node, on_activate)] if first else []
+        if slot is None:
+            extra.append(lambda _gateway: retire_superseded(paths, engine))
         if metrics_at is not None and first:
             extra.append(metrics_task(paths, gateway_store, metrics_at, node))
         if trace_frames is not None:
             tracemalloc.start(trace_frames)
             extra.append(heap_snapshot_task(paths.heap_snapshots))
-        if not no_portal and first:
-            with db.session(engine, write=False) as s:
-                settings = queries.get_settings(s)
-            portal_listen = portal_listen or settings.portal_listen
-            tls = portal_tls(paths, engine, portal_listen, cert=portal_cert, key=portal_key,
-                             https=True if portal_cert is not None else None)
-            public = settings.public_addresses[0] if settings.public_addresses else None
-            plan = PortalPlan(portal_listen, tls, public_url, public)
+        if plan is not None:
             extra.append(portal_task(paths, engine, plan))
         options = ServeOptions(
             listen=listen or ServeOptions.listen,
@@ -413,8 +470,8 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
             configure_network=not no_network_config,
             connect_freq=connect_freq,
             extra_tasks=tuple(extra),
-            daily_hooks=(lambda: crl.refresh_crl(paths, engine),
-                         lambda: retention.prune(engine)) if first else (),
+            daily_hooks=daily_hooks(paths, engine) if slot is None else (),
+            sweep_interval=2.0 if slot is None else None,  # the supervisor sweeps for workers
             on_ready=announce,
             worker=slot,
         )

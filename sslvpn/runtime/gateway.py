@@ -113,7 +113,7 @@ class GatewayOptions:
     keepalive_timeout: int = 60
     client_to_client: bool = False
     tun_mtu: int = 1500
-    sweep_interval: float = 2.0
+    sweep_interval: float | None = 2.0  # None: another process sweeps (a worker's supervisor)
     accounting_interval: float = 60.0
     admission: AdmissionLimits = AdmissionLimits()
 
@@ -530,18 +530,22 @@ class Gateway:
 
     async def run_sweeps(self) -> None:
         """Write the accounting queue; disconnect revoked certificates, disabled users and
-        sessions the fleet asked to end, every interval or at once when woken; queue the
-        byte counters of sessions that moved traffic."""
+        sessions the fleet asked to end, every interval or at once when woken (unless the
+        sweep interval is None: a worker's supervisor sweeps for it); queue the byte
+        counters of sessions that moved traffic."""
+        interval = self.options.sweep_interval
+        wait = interval if interval is not None else self.options.accounting_interval
         async with asyncio.TaskGroup() as group:
             group.create_task(self.records.run(), name="accounting-writer")
             last_accounting = time.monotonic()
             while True:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.options.sweep_interval):
+                    async with asyncio.timeout(wait):
                         await self._sweep_now.wait()
                 self._sweep_now.clear()
                 try:
-                    await self.sweep()
+                    if interval is not None:
+                        await self.sweep()
                 except StoreError:  # the store is away (its facade says so once): next round
                     pass
                 except Exception:  # a bug: say so, keep sweeping

@@ -64,7 +64,7 @@ class Policy(Protocol):
     def record(self, records: Sequence[Record]) -> None: ...
 
 
-def _refusal(standing: Standing | None, now: datetime) -> str | None:
+def refusal_of(standing: Standing | None, now: datetime) -> str | None:
     if standing is None:
         return "certificate unknown"
     if standing.kind != "client":
@@ -97,7 +97,7 @@ class StorePolicy:
 
         def ask(s: Session) -> tuple[Standing | None, str | None]:
             standing = gateway_queries.standings(s, serials=[serial]).get(serial.lower())
-            refusal = _refusal(standing, now)
+            refusal = refusal_of(standing, now)
             if refusal is None:
                 limit = gateway_queries.session_limit_reached(s, serial=serial,
                                                               gateway_name=gateway_name)
@@ -122,7 +122,7 @@ class StorePolicy:
         for serial in serials:
             lowered = serial.lower()
             if lowered in refused:
-                result[serial] = _refusal(refused[lowered], now) or "certificate unknown"
+                result[serial] = refusal_of(refused[lowered], now) or "certificate unknown"
         return result
 
     async def ended_elsewhere(self, session_ids: Collection[str]) -> dict[str, str]:

@@ -68,7 +68,7 @@ class ServeOptions:
     gateway_name: str = "default"
     node: str | None = None  # None: the single implicit node, serving the whole pool
     heartbeat_interval: float | None = None  # None: a third of the stored heartbeat timeout
-    sweep_interval: float = 2.0
+    sweep_interval: float | None = 2.0  # None: the supervisor of the workers sweeps
     connect_freq: tuple[int, float] | None = None  # new-client replies per seconds
     extra_tasks: Sequence[ExtraTask] = field(default_factory=tuple)
     daily_hooks: Sequence[DailyHook] = field(default_factory=tuple)
@@ -76,7 +76,7 @@ class ServeOptions:
     worker: WorkerSlot | None = None  # None: one process serving the node's whole pool
 
 
-def gateway_options(settings: GatewaySettings, sweep_interval: float = 2.0,
+def gateway_options(settings: GatewaySettings, sweep_interval: float | None = 2.0,
                     node: NodePools | None = None) -> GatewayOptions:
     """The data-path and PUSH_REPLY settings from the stored gateway settings; a node
     hands out addresses from its sub-pools only."""
@@ -242,7 +242,8 @@ class GatewayService:
         reconfigure = netconf.apply if self.options.configure_network else None
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(gateway.run_sweeps(), name="policy-sweep"),
-                     group.create_task(self._daily(), name="daily-hooks"),
+                     group.create_task(run_daily(self.options.daily_hooks),
+                                       name="daily-hooks"),
                      group.create_task(keep_tun(gateway.tun, reconfigure,
                                                 lambda: len(gateway.list_sessions())),
                                        name="tun-keeper"),
@@ -251,7 +252,7 @@ class GatewayService:
                 beats = self._heartbeat(self.options.node, gateway, settings)
                 tasks.append(group.create_task(beats, name="heartbeat"))
             conninfo = listen_conninfo(self.store.url)
-            if conninfo is not None:
+            if conninfo is not None and self.options.sweep_interval is not None:
                 signals = listen_for_signals(conninfo, gateway.wake_sweep)
                 tasks.append(group.create_task(signals, name="fleet-signals"))
             tasks += [group.create_task(extra(gateway)) for extra in self.options.extra_tasks]
@@ -272,15 +273,6 @@ class GatewayService:
         finally:
             await store.close()
 
-    async def _daily(self) -> None:
-        while True:
-            for hook in self.options.daily_hooks:
-                try:
-                    await asyncio.to_thread(hook)
-                except Exception:  # a failed refresh is logged and retried tomorrow
-                    log.exception("daily task %r failed", hook)
-            await asyncio.sleep(DAILY)
-
     async def _close_listeners(self) -> None:
         for udp in self.udp:
             udp.close()
@@ -288,6 +280,17 @@ class GatewayService:
             await tcp.close()
         self.udp.clear()
         self.tcp.clear()
+
+
+async def run_daily(hooks: Sequence[DailyHook]) -> None:
+    """Each hook once a day, in a thread (the supervisor of workers runs them too)."""
+    while True:
+        for hook in hooks:
+            try:
+                await asyncio.to_thread(hook)
+            except Exception:  # a failed refresh is logged and retried tomorrow
+                log.exception("daily task %r failed", hook)
+        await asyncio.sleep(DAILY)
 
 
 async def serve(service: GatewayService) -> None:

@@ -23,7 +23,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +101,7 @@ def other_control_sockets(default: Path) -> list[Path]:
 
 
 Command = Callable[[WorkerSlot], Sequence[str]]
+Companion = Callable[[], Coroutine[object, object, None]]
 
 
 class Supervisor:
@@ -177,7 +178,20 @@ def _status(code: int | None) -> str:
     return f"status {code}"
 
 
-async def supervise(supervisor: Supervisor) -> None:
-    """Run ``supervisor`` with SIGTERM and SIGINT mapped to stopping every worker."""
+async def supervise(supervisor: Supervisor, companions: Sequence[Companion] = ()) -> None:
+    """Run ``supervisor`` with SIGTERM and SIGINT mapped to stopping every worker, and the
+    node-wide ``companions`` (portal, sweep, daily work) beside it until the workers have
+    stopped. A companion that fails stops the workers too, and its error is raised."""
     with stop_on_signals(supervisor.stop):
-        await supervisor.run()
+        tasks = [asyncio.create_task(companion()) for companion in companions]
+        for task in tasks:
+            task.add_done_callback(lambda _task: supervisor.stop())
+        try:
+            await supervisor.run()
+        finally:
+            for task in tasks:
+                task.cancel()
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, Exception):
+            raise outcome

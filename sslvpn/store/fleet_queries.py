@@ -15,7 +15,7 @@ once. Like `queries`, every function takes the `Session` first and never commits
 from __future__ import annotations
 
 from collections.abc import Collection
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Table, and_, bindparam, delete, or_, select, update
 from sqlmodel import Session, col
@@ -94,6 +94,26 @@ def ended_elsewhere(
                                                                {"ids": ids[start:start + CHUNK]}):
             found[session_id] = requested or ended
     return found
+
+
+def ends_wanted(s: Session, *, node: str | None,
+                since: datetime | None) -> tuple[dict[str, str], datetime]:
+    """What `ended_elsewhere` finds for the whole of ``node`` without its session ids: open
+    records with an end asked and, unless ``since`` is None (a first sweep: the node's
+    sessions are all newer), records a survivor ended as down at or after ``since``; with
+    the database's time now, the next call's ``since``."""
+    now = node_queries.database_now(s)
+    table = _records()
+    mine = table.c.node.is_(None) if node is None else table.c.node == node
+    wanted = and_(table.c.disconnected_at.is_(None), table.c.end_requested.is_not(None))
+    if since is not None:
+        wanted = or_(wanted, and_(table.c.disconnect_reason == NODE_DOWN_REASON,
+                                  table.c.disconnected_at >= since))
+    query = select(table.c.session_id, table.c.end_requested,
+                   table.c.disconnect_reason).where(mine, wanted)
+    found = {session_id: requested or ended
+             for session_id, requested, ended in s.connection().execute(query)}
+    return found, now
 
 
 def end_down_nodes(s: Session, *, survivor: str, timeout: int) -> dict[str, int]:

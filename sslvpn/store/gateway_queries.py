@@ -134,6 +134,32 @@ def not_in_good_standing(
     return found
 
 
+def refused_open_sessions(s: Session, *, gateway_name: str, node: str | None,
+                          now: datetime) -> dict[str, Standing | None]:
+    """The open session records of ``node`` (None: the single implicit node) whose
+    certificate may not connect at ``now`` (None: unknown), by session id: the whole node's
+    revocation sweep in one query, for a supervisor sweeping for its workers."""
+    records = _table(VpnSessionRecord)
+    mine = records.c.node.is_(None) if node is None else records.c.node == node
+    query = (
+        select(records.c.session_id, col(Certificate.serial), col(Certificate.kind),
+               col(Certificate.status), col(Certificate.device), col(User.name),
+               col(User.disabled), col(Certificate.overlap_until))
+        .select_from(records)
+        .join(Certificate, col(Certificate.serial) == records.c.certificate_serial,
+              isouter=True)
+        .join(User, col(Certificate.user_id) == col(User.id), isouter=True)
+        .where(records.c.disconnected_at.is_(None), records.c.gateway_name == gateway_name,
+               mine, or_(col(Certificate.serial).is_(None), not_(_GOOD)))
+    )
+    found: dict[str, Standing | None] = {}
+    for session_id, serial, kind, status, device, user, disabled, overlap in (
+            s.connection().execute(query, {"now": now})):
+        found[session_id] = (None if serial is None else
+                             Standing(kind, status, device or "", user, bool(disabled), overlap))
+    return found
+
+
 def _standings(s: Session, query: Executable, serials: Collection[str],
                now: datetime | None = None) -> dict[str, Standing]:
     found: dict[str, Standing] = {}

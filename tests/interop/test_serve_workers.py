@@ -1,13 +1,14 @@
 """`sslvpn serve --workers 2` with real openvpn 2.6 clients, in network namespaces.
 
 Both workers share the port (SO_REUSEPORT) and each serves its half of the pool through its
-own TUN: a client on each pings the VPC host; `sessions` lists both and `kick` ends the one
-on the second worker. A SIGKILLed worker is started again by the supervisor and its client
-reconnects, while the other worker's client loses no ping (its session's pinned socket keeps
-it there when the reuseport group changes size: the second kill is the order that moves
-every unpinned flow). A TCP client on the second worker pings, and revoking its certificate
-ends its session within 5 s. SIGTERM to the supervisor stops every worker cleanly (clients
-told, TUNs gone).
+own TUN: a client on each pings the VPC host; `sessions` and the admin's portal (served by
+the supervisor) list both, and the portal's kick ends the one on the second worker. A
+SIGKILLed worker is started again by the supervisor and its client reconnects, while the
+other worker's client loses no ping (its session's pinned socket keeps it there when the
+reuseport group changes size: the second kill is the order that moves every unpinned flow).
+A TCP client on the second worker pings, and revoking its certificate ends its session
+within 5 s (by the supervisor's sweep: the workers do not sweep). SIGTERM to the supervisor
+stops every worker cleanly (clients told, TUNs gone).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from sslvpn.config import DataPaths
 from tests.interop.conftest import VPC_HOST, Topology, build_topology, sslvpn
 from tests.netns import Namespace, file_contains, wait_until
 
@@ -32,12 +34,13 @@ pytestmark = pytest.mark.interop
 
 CONNECTED = "Initialization Sequence Completed"
 SLICES = (ipaddress.IPv4Network("10.8.0.0/25"), ipaddress.IPv4Network("10.8.0.128/25"))
+PORTAL_CLIENT = str(Path(__file__).with_name("portal_client.py"))
 REPLY = re.compile(r"^\[(\d+\.\d+)\] .*bytes from.* icmp_seq=(\d+)")
 
 
 @pytest.fixture(scope="module")
 def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
-    with build_topology(tmp_path_factory.mktemp("workers"), prefix="wk",
+    with build_topology(tmp_path_factory.mktemp("workers"), prefix="w15",
                         serve_args=("--workers", "2"), start_timeout=60) as topo:
         log = topo.gateway_log
         if not wait_until(lambda: log.read_text().count("listening on tcp") >= 2, 60):
@@ -119,6 +122,18 @@ def _connect_on(topo: Topology, ns: Namespace, user: str, worker: int | None,
     pytest.fail(f"twelve connections of {user} all missed worker {worker}")
 
 
+def _portal(topo: Topology, *action: str) -> str:
+    """The admin, logged in to the portal that the supervisor serves (loopback HTTP in the
+    gateway's namespace), does one thing and prints the page."""
+    printed = topo.gateway_log.read_text()
+    url = re.search(r"^portal: (\S+)$", printed, re.MULTILINE)
+    password = re.search(r"one-time password (\S+)$", printed, re.MULTILINE)
+    assert url is not None and password is not None, printed
+    ca = str(DataPaths(topo.data_dir).ca_cert)
+    return topo.gateway_ns.run(sys.executable, PORTAL_CLIENT, url.group(1), ca, "admin",
+                               *action, stdin=password.group(1) + "\n", timeout=60)
+
+
 def _kill(topo: Topology, worker: int, victim: Client, survivor: Client) -> int:
     """SIGKILL ``worker``; once the supervisor restarted it and ``victim`` pings again,
     return how many of the survivor's pings went unanswered since the kill."""
@@ -155,12 +170,17 @@ def test_workers_serve_slices_survive_kills_and_stop_cleanly(topology: Topology)
         y = _slice_of(ann.address())
         x = 1 - y
         bob = _connect_on(topo, topo.second_client_ns, "bob", x, started)
-        # sessions and kick reach every worker (one control socket each)
+        # sessions, and the portal in the supervisor, see every worker (one control socket
+        # each), and the portal's kick reaches the second worker
         listed = json.loads(sslvpn(topo.data_dir, "sessions", "--json").output)["sessions"]
         assert sorted(row["user"] for row in listed) == ["ann", "bob"]
         on_second = ann if y == 1 else bob
         user = "ann" if on_second is ann else "bob"
-        assert "ended 1 session" in sslvpn(topo.data_dir, "kick", user).output
+        page = _portal(topo, "get", "/admin/sessions")
+        assert "ann" in page and "bob" in page, page
+        [kicked] = [row["session_id"] for row in listed if row["user"] == user]
+        landed = _portal(topo, "kick", kicked)
+        assert f"Session of {user} (laptop) ended." in landed, landed
         assert wait_until(file_contains(on_second.log, "SIGUSR1"), 10)
         on_second.stop()
         again = _connect_on(topo, on_second.ns, user, 1, started)

@@ -96,6 +96,23 @@ def test_a_down_nodes_sessions_are_ended_once_and_their_leases_freed(fleet: Engi
             "udp-b1": "node down"}
 
 
+def test_a_whole_nodes_wanted_ends_are_found_without_its_session_ids(fleet: Engine) -> None:
+    with db.session(fleet, write=False) as s:
+        assert fleet_queries.ends_wanted(s, node="b", since=None)[0] == {}
+        _, before = fleet_queries.ends_wanted(s, node="b", since=None)
+    with db.session(fleet, write=True) as s:
+        fleet_queries.request_end(s, session_id="udp-a1", reason="kicked by carol")
+        assert fleet_queries.end_down_nodes(s, survivor="a", timeout=TIMEOUT) == {"b": 2}
+    with db.session(fleet, write=False) as s:
+        assert fleet_queries.ends_wanted(s, node="a", since=before)[0] == {
+            "udp-a1": "kicked by carol"}
+        # node b, back, is told which of its sessions were ended as down since it last looked
+        found, now = fleet_queries.ends_wanted(s, node="b", since=before)
+        assert found == {"udp-b1": "node down", "udp-b2": "node down"}
+        assert fleet_queries.ends_wanted(s, node="b", since=None)[0] == {}  # a first sweep
+        assert fleet_queries.ends_wanted(s, node="b", since=now + timedelta(seconds=1))[0] == {}
+
+
 def test_a_node_that_never_beat_is_down_and_the_single_node_is_never(engine: Engine) -> None:
     with db.session(engine, write=True) as s:
         _node(s, "a", "10.8.0.0/26", beat_ago=0)

@@ -196,3 +196,30 @@ def test_batched_leases_end_like_one_by_one(engine: Engine) -> None:
                         queries.set_lease(s, serial=change.serial, address=change.address)
             results.append(_leases(engine))
         assert results[0] == results[1], (start, changes)
+
+
+def test_the_node_sweep_finds_open_sessions_whose_certificate_may_not_connect(
+    engine: Engine,
+) -> None:
+    for serial, user in (("a1", "alice"), ("b2", "bob"), ("c3", "carol"), ("d4", "dave")):
+        _certificate(engine, serial, user)
+    with db.session(engine) as s:
+        queries.mark_revoked(s, serial="b2", reason="keyCompromise", at=T0)
+        queries.set_user_disabled(s, name="carol", disabled=True)
+    opened = [SessionOpened(f"udp-{serial}", "x", serial, "198.18.0.2:1", f"10.8.0.{i + 2}",
+                            "udp", T0) for i, serial in enumerate(("a1", "b2", "c3", "ee"))]
+    with db.session(engine) as s:
+        gateway_queries.write_records(s, records=opened, gateway_name="default", now=T0)
+        gateway_queries.write_records(s, records=[SessionOpened(
+            "udp-other", "x", "b2", "198.18.0.3:1", "10.8.1.2", "udp", T0)],
+            gateway_name="default", now=T0, node="a")  # another node's session
+        gateway_queries.write_records(s, records=[SessionOpened(
+            "udp-d4", "x", "d4", "198.18.0.4:1", "10.8.0.9", "udp", T0),
+            SessionEnded("udp-d4", T0, "gone", 0, 0)], gateway_name="default", now=T0)
+    with db.session(engine) as s:
+        refused = gateway_queries.refused_open_sessions(s, gateway_name="default", node=None,
+                                                        now=T0)
+    assert sorted(refused) == ["udp-b2", "udp-c3", "udp-ee"]
+    assert refused["udp-b2"] is not None and refused["udp-b2"].status == "revoked"
+    assert refused["udp-c3"] is not None and refused["udp-c3"].user_disabled
+    assert refused["udp-ee"] is None  # unknown certificate

@@ -1,0 +1,133 @@
+"""The supervisor's view of its workers: one control over every worker's control socket, and
+the node's revocation sweep ending a session on whichever worker holds it."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from sslvpn.runtime.control_server import ControlError, ControlServer
+from sslvpn.runtime.gateway import ClientSession, Gateway, GatewayOptions
+from sslvpn.runtime.tun import MemoryTun
+from sslvpn.runtime.workers_control import NodeSweep, WorkersControl
+from sslvpn.store import db, fleet_queries, gateway_queries, queries
+from sslvpn.store.async_store import AsyncStore
+from sslvpn.store.db import open_engine, upgrade
+from sslvpn.store.gateway_queries import SessionOpened
+from tests.runtime.fakes import VERIFY, FakeCore, MemoryPolicy, decided, ipv4
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+SECOND = ipaddress.IPv4Network("10.8.0.128/25")  # the second worker's slice
+
+
+class Worker:
+    """A gateway on a MemoryTun answering on its own control socket, as a worker does."""
+
+    def __init__(self, index: int, socket: Path) -> None:
+        self.policy = MemoryPolicy()
+        self.gateway = Gateway(
+            MemoryTun(),
+            GatewayOptions(pool=ipaddress.IPv4Network(f"10.8.0.{index * 128}/25"),
+                           vpc_networks=(ipaddress.ip_network("10.10.0.0/24"),),
+                           sweep_interval=None),
+            self.policy,
+        )
+        self.server = ControlServer(self.gateway, socket)
+        self.cores: dict[str, FakeCore] = {}
+
+    async def start(self) -> None:
+        await self.gateway.start()
+        await self.server.start()
+
+    async def connect(self, serial: str, user: str) -> ClientSession:
+        self.policy.add(serial, user)
+        core = FakeCore()
+        client = self.gateway.new_session(core, transmit=lambda _d: None, protocol="udp",
+                                          real_address="198.18.0.2:4000",
+                                          on_closed=lambda: None)
+        assert client.driver is not None
+        client.driver.feed(VERIFY + serial.encode())
+        await decided(core)
+        client.driver.feed(ipv4(client.vpn_text, "10.10.0.10"))
+        self.cores[serial] = core
+        return client
+
+
+@pytest.fixture
+async def workers(tmp_path: Path) -> AsyncIterator[list[Worker]]:
+    started = [Worker(i, tmp_path / f"control-w{i}.sock") for i in range(2)]
+    for worker in started:
+        await worker.start()
+    yield started
+    for worker in started:
+        await worker.server.close()
+        await worker.gateway.shutdown()
+
+
+async def test_one_control_lists_counts_and_kicks_every_workers_sessions(
+    workers: list[Worker], tmp_path: Path
+) -> None:
+    first = await workers[0].connect("a1", "alice")
+    second = await workers[1].connect("b2", "bob")
+    await workers[1].connect("c3", "alice")
+    control = WorkersControl([tmp_path / "control-w0.sock", tmp_path / "control-w1.sock"])
+    listed = await asyncio.to_thread(control.list_sessions)
+    assert sorted((s.user, ipaddress.ip_address(s.vpn_address) in SECOND) for s in listed) == [
+        ("alice", False), ("alice", True), ("bob", True)]
+    assert (await asyncio.to_thread(control.traffic)).bytes_in == 3 * 24
+    assert (await asyncio.to_thread(control.listener_status)).clients == 0  # no listeners here
+    assert await asyncio.to_thread(control.kick, second.session_id) is True
+    assert workers[1].cores["b2"].closed
+    assert await asyncio.to_thread(control.kick, "udp-nobody") is False
+    assert await asyncio.to_thread(control.kick_user, "alice") == 2
+    assert workers[0].cores["a1"].closed and workers[1].cores["c3"].closed
+    assert first.session_id not in [s.session_id for s in workers[0].gateway.list_sessions()]
+    # a worker being restarted is skipped; with none answering, the caller is told
+    await workers[1].server.close()
+    assert await asyncio.to_thread(control.list_sessions) == []
+    await workers[0].server.close()
+    with pytest.raises(ControlError):
+        await asyncio.to_thread(control.list_sessions)
+
+
+async def test_the_node_sweep_ends_a_revoked_session_on_the_worker_holding_it(
+    workers: list[Worker], tmp_path: Path
+) -> None:
+    engine = open_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    upgrade(engine)
+    store = AsyncStore(engine)
+    try:
+        clients = [await workers[0].connect("a1", "alice"), await workers[1].connect("b2", "bob"),
+                   await workers[1].connect("c3", "carol")]
+        with db.session(engine) as s:
+            for client, serial in zip(clients, ("a1", "b2", "c3"), strict=True):
+                user_id = queries.create_user(s, name=client.user).id
+                queries.add_certificate(s, serial=serial, subject_cn=serial, kind="client",
+                                        not_before=T0, not_after=T0 + timedelta(days=999),
+                                        fingerprint_sha256="00", cert_pem="-",
+                                        user_id=user_id, device="laptop")
+            gateway_queries.write_records(s, gateway_name="default", now=T0, records=[
+                SessionOpened(c.session_id, c.user, c.serial, c.real_address, c.vpn_text,
+                              "udp", T0) for c in clients])
+        control = WorkersControl([tmp_path / "control-w0.sock", tmp_path / "control-w1.sock"])
+        sweep = NodeSweep(store, control, interval=3600)
+        assert await sweep.sweep() == 0
+        with db.session(engine) as s:
+            queries.mark_revoked(s, serial="b2", reason="keyCompromise", at=T0)
+            fleet_queries.request_end(s, session_id=clients[0].session_id, reason="kicked")
+        running = asyncio.create_task(sweep.run())
+        sweep.wake()  # as the fleet's signal does: at once, not after the interval
+        async with asyncio.timeout(5):
+            while not (workers[1].cores["b2"].closed and workers[0].cores["a1"].closed):
+                await asyncio.sleep(0.01)
+        running.cancel()
+        assert not workers[1].cores["c3"].closed
+        assert sweep.ended == 2
+    finally:
+        await store.close()
+        engine.dispose()
