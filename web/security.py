@@ -22,6 +22,7 @@ SESSION_COOKIE = "sslvpn_session"
 THROTTLE_WINDOW_SECONDS = 15 * 60
 THROTTLE_ACCOUNT_FAILURES = 5
 THROTTLE_ADDRESS_FAILURES = 20
+MAX_LOGIN_NAME = 64  # the longest user name (client_profiles.accounts): longer is refused
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -72,6 +73,7 @@ class LoginThrottle:
         self._window = window
         self._limits = {"account": per_account, "address": per_address}
         self._failures: dict[tuple[str, str], deque[float]] = {}
+        self._reported: dict[str, float] = {}  # address -> when its refusal was last audited
 
     def _recent(self, kind: str, key: str) -> int:
         """Failures of this key in the window; a key left with none is forgotten."""
@@ -111,6 +113,20 @@ class LoginThrottle:
 
     def __len__(self) -> int:
         return len(self._failures)
+
+    def first_refusal(self, address: str) -> bool:
+        """True for the first refusal of an address in a window (the one to audit): a
+        throttled source must not write the audit log once per try."""
+        now = self._clock()
+        while self._reported:  # in order of reporting: the stale ones lead
+            oldest, at = next(iter(self._reported.items()))
+            if at >= now - self._window:
+                break
+            del self._reported[oldest]
+        if address in self._reported:
+            return False
+        self._reported[address] = now
+        return True
 
     def unlocked(self, account: str, at: float) -> None:
         """An admin unlocked the account at ``at``: its earlier failures stop counting."""

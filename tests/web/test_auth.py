@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
+from aiohttp import ClientSession, DummyCookieJar
 from aiohttp.test_utils import TestClient
+from sqlmodel import select
 
 from client_profiles import accounts
+from sslvpn.store import db, queries
+from sslvpn.store.models import PortalLogin
 from tests.web.conftest import (
     PASSWORDS,
     Clock,
@@ -17,6 +22,7 @@ from tests.web.conftest import (
     login,
     second_browser,
 )
+from web.portal import PORTAL
 from web.security import SESSION_COOKIE, THROTTLE_ACCOUNT_FAILURES, THROTTLE_WINDOW_SECONDS
 
 
@@ -189,3 +195,55 @@ async def test_change_own_password(client: TestClient) -> None:
     )
     assert good.status == 303
     assert await try_login(client, "alice", "a-new-password") == 303
+
+
+async def test_cookieless_page_views_store_nothing_and_evict_no_one(
+    client: TestClient, site: Site
+) -> None:
+    """10,050 visitors without a cookie (more than the 10,000 logins kept) add no row, so
+    they cannot push a logged-in user's session out."""
+    await login(client, "alice")
+    before = _logins(site)
+    async with ClientSession(base_url=client.make_url("/"),
+                             cookie_jar=DummyCookieJar()) as anonymous:
+
+        async def visit() -> int:
+            async with anonymous.get("/login") as response:
+                await response.read()
+                return response.status
+
+        for _ in range(201):
+            assert set(await asyncio.gather(*(visit() for _ in range(50)))) == {200}
+    assert _logins(site) == before and len(before) == 1
+    page = await client.get("/devices", allow_redirects=False)
+    assert page.status == 200  # alice is still logged in
+
+
+async def test_a_throttled_address_is_audited_once_and_long_names_not_at_all(
+    client: TestClient, site: Site, clock: Clock
+) -> None:
+    for i in range(20):
+        assert await try_login(client, f"user{i}", "wrong") == 401
+    throttle = client.app[PORTAL].throttle
+    size = len(throttle)
+    for name in ("alice", "bob", "x" * 60_000, "carol"):
+        assert await try_login(client, name, "wrong") in (401, 429)
+    assert len(throttle) == size  # a 60 KB name is not a key
+    actions = audit_actions(site)
+    assert actions.count("login.throttled") == 1
+    assert not any(len(e) > 1000 for e in _audit_targets(site))
+    clock.now += THROTTLE_WINDOW_SECONDS + 1
+    for i in range(20):
+        await try_login(client, f"user{i}", "wrong")
+    await try_login(client, "alice", "wrong")
+    assert audit_actions(site).count("login.throttled") == 2  # the next window's one
+
+
+def _logins(site: Site) -> list[str]:
+    with db.session(site.engine, write=False) as s:
+        return [row.id_hash for row in s.exec(select(PortalLogin)).all()]
+
+
+def _audit_targets(site: Site) -> list[str]:
+    with db.session(site.engine, write=False) as s:
+        return [e.target or "" for e in queries.list_audit(s, limit=1000)]

@@ -22,7 +22,7 @@ from web.pages import (
     start_session,
     user_of,
 )
-from web.security import client_address
+from web.security import MAX_LOGIN_NAME, client_address
 
 
 def find_user(s: Session, name: str) -> User | None:
@@ -50,14 +50,19 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 
 async def throttled(request: web.Request, name: str, address: str) -> bool:
     """Whether this login must wait; when it must, the store is asked (once) whether an
-    admin unlocked the account since (`sslvpn user unlock`, on any host)."""
+    admin unlocked the account since (`sslvpn user unlock`, on any host), and the first
+    refusal of the address in a window is audited."""
     throttle = portal_of(request).throttle
     if not throttle.blocked(name, address):
         return False
     user = await portal_of(request).read(lambda s: find_user(s, name)) if name else None
     if user is not None and user.unlocked_at is not None:
         throttle.unlocked(name, user.unlocked_at.timestamp())
-    return throttle.blocked(name, address)
+    if not throttle.blocked(name, address):
+        return False
+    if throttle.first_refusal(address):  # audited once per address and window
+        await audit(request, "login.throttled", actor=name or "anonymous", target=name)
+    return True
 
 
 async def check_credentials(request: web.Request, name: str, password: str) -> User | None:
@@ -67,8 +72,9 @@ async def check_credentials(request: web.Request, name: str, password: str) -> U
     """
     portal = portal_of(request)
     address = client_address(request)
+    if len(name) > MAX_LOGIN_NAME:
+        return None  # no such user can exist: nothing to throttle, audit or look up
     if await throttled(request, name, address):
-        await audit(request, "login.throttled", actor=name or "anonymous", target=name)
         return None
     user = await portal.read(lambda s: find_user(s, name)) if name else None
     good = await asyncio.to_thread(verify_password, user.password_hash if user else None, password)
@@ -85,8 +91,7 @@ async def check_credentials(request: web.Request, name: str, password: str) -> U
 async def login(request: web.Request) -> web.StreamResponse:
     form = await form_of(request)
     name = form.get("name", "").strip()
-    if await throttled(request, name, client_address(request)):
-        await audit(request, "login.throttled", actor=name or "anonymous", target=name)
+    if len(name) <= MAX_LOGIN_NAME and await throttled(request, name, client_address(request)):
         return render(
             request,
             "login.html",
