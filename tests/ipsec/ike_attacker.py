@@ -161,11 +161,12 @@ def main() -> None:
     answers: Counter[str] = Counter()
 
     def drain(wait: float) -> None:
+        """Count answers until ``wait`` seconds have passed (it paces the sending too)."""
+        until = time.monotonic() + wait
         if sock is None:
             time.sleep(wait)  # pacing only: a forged source gets no answers here
             return
-        while select.select([sock], [], [], wait)[0]:
-            wait = 0.0
+        while select.select([sock], [], [], max(0.0, until - time.monotonic()))[0]:
             try:
                 answers[classify(sock.recv(65535))] += 1
             except OSError:
