@@ -59,6 +59,7 @@ class ClientConfig:
     wkc: bytes | None = field(default=None, repr=False)  # tls-crypt-v2 wrapped client key
     early_negotiation: bool = True
     peer_info: str = DEFAULT_PEER_INFO
+    options: str | None = None  # OCC string to send; None: what a stock 2.6 client sends
     tcp: bool = False
     username: str = ""
     password: str = field(default="", repr=False)
@@ -99,6 +100,7 @@ class ClientSession(Endpoint):
         self._push_parts: list[str] = []
         self.pushed_options: list[str] = []
         self.auth_failed: str | None = None
+        self.server_options = ""  # the server's OCC string, as a client would compare it
         ks = self._new_key_state(0, now)
         ks.sender.queue(
             Opcode.CONTROL_HARD_RESET_CLIENT_V3 if v2 else Opcode.CONTROL_HARD_RESET_CLIENT_V2
@@ -126,7 +128,7 @@ class ClientSession(Endpoint):
             ks.sender.queue(Opcode.CONTROL_WKC_V1)  # message id 1 carries the WKc again
         ks.local_km2 = local_key_method(
             self._rand,
-            occ_options_string(server=False, tcp=self.config.tcp),
+            self.config.options or occ_options_string(server=False, tcp=self.config.tcp),
             client=True,
             peer_info=self.config.peer_info,
             username=self.config.username,
@@ -143,6 +145,7 @@ class ClientSession(Endpoint):
             return
         ks.km2_received()
         if ks.key_id == 0 and self._send_key is None:
+            self.server_options = ks.peer_km2.options
             ks.send_message("PUSH_REQUEST")
         else:
             self._install(ks, now)

@@ -181,19 +181,54 @@ def parse_peer_info(text: str) -> PeerInfo:
 _ALL_IV_PROTO = sum(int(flag) for flag in IvProto)
 
 
-def occ_options_string(*, server: bool, tcp: bool) -> str:
+# The OCC fields describe the legacy BF-CBC/HMAC-SHA1 fallback that a profile without a
+# ``cipher`` line implies; 2.4 to 2.6 compute link-mtu for it (mtu.c
+# calc_options_string_link_mtu): tun-mtu + opcode 1 + IV 8 + CBC padding 8 + HMAC 20 + packet
+# id 4, plus the 2-byte length prefix over TCP and 1 byte when compression framing is on.
+OCC_TUN_MTU = 1500
+_OCC_FALLBACK_OVERHEAD = 1 + 8 + 8 + 20 + 4
+_OCC_TCP_LENGTH = 2
+_OCC_COMPRESSION_BYTE = 1
+OCC_FALLBACK_CIPHER = "BF-CBC"
+
+
+def occ_options_string(
+    *, server: bool, tcp: bool, compression: bool = False, cipher: str | None = None
+) -> str:
     """The OCC string 2.6 writes for an AEAD-only config (options.c options_string).
 
-    Peers only warn on mismatches, so we mirror what a stock 2.6 server/client sends.
+    Peers only warn on mismatches; a server passes what the client's own string showed
+    (compression framing, ``occ_echoed_cipher``) so that 2.4 and 2.5 clients find exactly
+    the string they expect from their server.
     """
     role = "server" if server else "client"
     proto = f"TCPv4_{role.upper()}" if tcp else "UDPv4"
+    link_mtu = OCC_TUN_MTU + _OCC_FALLBACK_OVERHEAD
+    link_mtu += (_OCC_TCP_LENGTH if tcp else 0) + (_OCC_COMPRESSION_BYTE if compression else 0)
+    comp = ",comp-lzo" if compression else ""
+    announced = f",cipher {cipher}" if cipher else ""
     return (
-        f"V4,dev-type tun,link-mtu 1541,tun-mtu 1500,proto {proto},"
-        f"auth SHA1,keysize 128,key-method 2,tls-{role}"
+        f"V4,dev-type tun,link-mtu {link_mtu},tun-mtu {OCC_TUN_MTU},proto {proto}{comp}"
+        f"{announced},auth SHA1,keysize 128,key-method 2,tls-{role}"
     )
 
 
+def occ_echoed_cipher(options: str) -> str | None:
+    """The ``cipher`` entry a server's OCC string mirrors from the client's, if any.
+
+    2.4 compares the ``cipher`` entry and always sends one: ``cipher BF-CBC`` when the
+    profile has no cipher line, the very fallback our link-mtu describes, so we echo
+    exactly that one. 2.5 and later skip ``cipher`` entries when comparing (options.c
+    options_warning_safe_scan2), and any other legacy cipher is a real difference the
+    client may rightly warn about.
+    """
+    return OCC_FALLBACK_CIPHER if f"cipher {OCC_FALLBACK_CIPHER}" in options.split(",") else None
+
+
 def occ_wants_compression_framing(options: str) -> bool:
-    """True when the peer's OCC string shows a compression directive (options.c ``,comp-lzo``)."""
+    """True when the peer's OCC string shows a compression directive (options.c ``,comp-lzo``).
+
+    Such a client also expects ``,comp-lzo`` and one more byte of link-mtu from the server
+    (2.6 ssl_util.c options_string_compat_lzo does the same under ``compress migrate``).
+    """
     return "comp-lzo" in options.split(",")

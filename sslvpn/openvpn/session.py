@@ -43,6 +43,7 @@ from sslvpn.openvpn.key_method import (
     KeyMethod2,
     KeyMethodError,
     PeerInfo,
+    occ_echoed_cipher,
     occ_options_string,
     occ_wants_compression_framing,
     parse_peer_info,
@@ -171,9 +172,12 @@ class ServerSession(Endpoint):
             return
         ks.peer_km2 = peer
         ks.km2_received()
-        ks.local_km2 = local_key_method(
-            self._rand, occ_options_string(server=True, tcp=self.config.tcp), client=False
+        occ = occ_options_string(
+            server=True, tcp=self.config.tcp,
+            compression=occ_wants_compression_framing(peer.options),
+            cipher=occ_echoed_cipher(peer.options),
         )
+        ks.local_km2 = local_key_method(self._rand, occ, client=False)
         ks.send_record(push_key_method2(ks.local_km2))
         cert, problem = self._check_certificate(ks)
         if ks.key_id == 0 and not self._decided and not self._awaiting_decision:

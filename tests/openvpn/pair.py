@@ -62,6 +62,7 @@ class Pair:
     force_cookie: bool = True
     client_cert: Issued | None = None
     peer_info: str | None = None
+    options: str | None = None  # the client's OCC string, e.g. as an older OpenVPN sends it
     server_timing: Timing = field(default_factory=Timing)
     client_timing: Timing = field(default_factory=lambda: Timing(reneg_seconds=None))
     data_ciphers: tuple[str, ...] = ("AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305")
@@ -94,6 +95,8 @@ class Pair:
             allow_ekm=self.allow_ekm, timing=self.server_timing,
         )
         extra = {} if self.peer_info is None else {"peer_info": self.peer_info}
+        if self.options is not None:
+            extra["options"] = self.options
         self.client = ClientSession(
             ClientConfig(
                 tls=self.pki.client_context(self.client_cert), codec=codec, wkc=wkc,

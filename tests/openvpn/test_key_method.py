@@ -10,6 +10,7 @@ from sslvpn.openvpn.key_method import (
     IvProto,
     KeyMethod2,
     KeyMethodError,
+    occ_echoed_cipher,
     occ_options_string,
     occ_wants_compression_framing,
     parse_peer_info,
@@ -29,6 +30,28 @@ LAB_CLIENT_OCC = (
     "key-method 2,tls-client"
 )
 LAB_SERVER_OCC = LAB_CLIENT_OCC.replace("tls-client", "tls-server")
+# "Local Options String" and "Expected Remote Options String" logged at verb 4 by
+# OpenVPN 2.4.12 (mbed TLS) and 2.5.11 (OpenSSL) built from their tags, each with the
+# unmodified rendered profile, over TCP and UDP.
+OCC_24_TCP = (
+    "V4,dev-type tun,link-mtu 1543,tun-mtu 1500,proto TCPv4_CLIENT,cipher BF-CBC,auth SHA1,"
+    "keysize 128,key-method 2,tls-client",
+    "V4,dev-type tun,link-mtu 1543,tun-mtu 1500,proto TCPv4_SERVER,cipher BF-CBC,auth SHA1,"
+    "keysize 128,key-method 2,tls-server",
+)
+OCC_24_UDP = (
+    "V4,dev-type tun,link-mtu 1541,tun-mtu 1500,proto UDPv4,cipher BF-CBC,auth SHA1,"
+    "keysize 128,key-method 2,tls-client",
+    "V4,dev-type tun,link-mtu 1541,tun-mtu 1500,proto UDPv4,cipher BF-CBC,auth SHA1,"
+    "keysize 128,key-method 2,tls-server",
+)
+OCC_25_TCP = (
+    "V4,dev-type tun,link-mtu 1543,tun-mtu 1500,proto TCPv4_CLIENT,auth SHA1,keysize 128,"
+    "key-method 2,tls-client",
+    "V4,dev-type tun,link-mtu 1543,tun-mtu 1500,proto TCPv4_SERVER,auth SHA1,keysize 128,"
+    "key-method 2,tls-server",
+)
+OCC_25_UDP = (LAB_CLIENT_OCC, LAB_SERVER_OCC)
 
 
 def test_lab_peer_info_is_typed() -> None:
@@ -110,9 +133,41 @@ def test_random_bytes_only_raise_key_method_error(data: bytes, from_client: bool
         pass
 
 
+def server_occ_for(client_options: str, *, tcp: bool) -> str:
+    """What the server session sends a client whose own string is ``client_options``."""
+    return occ_options_string(
+        server=True, tcp=tcp, compression=occ_wants_compression_framing(client_options),
+        cipher=occ_echoed_cipher(client_options),
+    )
+
+
+@pytest.mark.parametrize(
+    ("strings", "tcp"),
+    [(OCC_24_TCP, True), (OCC_24_UDP, False), (OCC_25_TCP, True), (OCC_25_UDP, False)],
+    ids=["2.4-tcp", "2.4-udp", "2.5-tcp", "2.5-udp"],
+)
+def test_server_occ_is_what_older_clients_expect(strings: tuple[str, str], tcp: bool) -> None:
+    local, expected_remote = strings
+    assert server_occ_for(local, tcp=tcp) == expected_remote
+
+
+def test_server_occ_mirrors_compression_framing_like_compress_migrate() -> None:
+    with_comp = OCC_24_TCP[0].replace("link-mtu 1543", "link-mtu 1544").replace(
+        ",proto TCPv4_CLIENT", ",proto TCPv4_CLIENT,comp-lzo")
+    assert server_occ_for(with_comp, tcp=True) == with_comp.replace("CLIENT", "SERVER").replace(
+        "tls-client", "tls-server")
+
+
+def test_only_the_implicit_fallback_cipher_is_echoed() -> None:
+    assert occ_echoed_cipher(OCC_24_UDP[0]) == "BF-CBC"
+    assert occ_echoed_cipher(OCC_24_UDP[0].replace("BF-CBC", "AES-256-CBC")) is None
+    assert occ_echoed_cipher(OCC_25_UDP[0]) is None
+    assert occ_echoed_cipher("V4,cipher BF-CBC-X") is None
+
+
 def test_occ_strings() -> None:
     assert occ_options_string(server=True, tcp=False) == LAB_SERVER_OCC
-    assert "proto TCPv4_SERVER" in occ_options_string(server=True, tcp=True)
+    assert occ_options_string(server=True, tcp=True) == OCC_25_TCP[1]
     assert occ_options_string(server=False, tcp=False) == LAB_CLIENT_OCC
     assert not occ_wants_compression_framing(LAB_CLIENT_OCC)
     assert occ_wants_compression_framing(LAB_CLIENT_OCC + ",comp-lzo")

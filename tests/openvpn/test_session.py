@@ -28,6 +28,7 @@ from sslvpn.openvpn.tls import TlsContext, TlsCredentials
 from sslvpn.openvpn.tls_wrap import TlsCryptCodec
 from tests.openvpn.conftest import Pki, issue
 from tests.openvpn.pair import PUSH, Pair
+from tests.openvpn.test_key_method import OCC_24_TCP, OCC_24_UDP, OCC_25_TCP, OCC_25_UDP
 
 IP_PACKET = bytes.fromhex("4500001c000100004001f7ac0a0800020a0a000a") + b"\x08\x00\xf7\xff\0\0\0\0"
 PRF_ONLY = (
@@ -86,6 +87,21 @@ def test_tcp_mode_without_cookie(pki: Pki) -> None:
     pair = Pair(pki, tcp=True)
     pair.connect()
     _exchange(pair, 5)
+
+
+@pytest.mark.parametrize(
+    ("strings", "tcp"),
+    [(OCC_24_TCP, True), (OCC_24_UDP, False), (OCC_25_TCP, True), (OCC_25_UDP, False)],
+    ids=["2.4-tcp", "2.4-udp", "2.5-tcp", "2.5-udp"],
+)
+def test_server_sends_the_options_string_the_client_expects(
+    pki: Pki, strings: tuple[str, str], tcp: bool
+) -> None:
+    local, expected_remote = strings
+    pair = Pair(pki, tcp=tcp, options=local)
+    pair.connect()
+    assert pair.client.established
+    assert pair.client.server_options == expected_remote
 
 
 def test_push_waits_for_push_request_without_request_push_bit(pki: Pki) -> None:
