@@ -1,4 +1,4 @@
-"""Render a self-contained ``.ovpn`` client profile for OpenVPN 2.6 and OpenVPN Connect.
+"""Render a self-contained ``.ovpn`` client profile for OpenVPN 2.4 on, Connect and NetworkManager.
 
 Everything is inline (``<ca>``, ``<cert>``, ``<key>``, ``<tls-crypt>``/``<tls-crypt-v2>``)
 because Connect's URL import has no side files. Remotes are listed UDP first, then TCP, so
@@ -6,6 +6,16 @@ clients fail over from UDP to TCP; a profile for a fleet of several nodes adds
 ``remote-random`` so clients spread over the nodes (the client shuffles the whole list once at
 start, TCP entries included). Every value that lands on a directive line is checked so
 that no input can smuggle in an extra directive.
+
+Older clients: every line must parse on OpenVPN 2.4, which refuses unknown options outright.
+The only newer one is ``data-ciphers`` (2.5); it is preceded by ``ignore-unknown-option
+data-ciphers`` rather than rewritten as ``setenv opt data-ciphers ...``: the line stays an
+ordinary directive, so 2.5+, OpenVPN 3 and NetworkManager's importer read it as before
+(NetworkManager drops a ``setenv opt`` line, so its connection would lose its cipher list),
+and only that one name may be unknown, so a typo in any other line still fails loudly.
+2.4 skips it with one warning and negotiates AES-GCM by NCP. ``tls-crypt-v2`` is not
+hidden that way: without it a 2.4 client cannot reach the gateway at all, so it should fail
+on the profile (``client_requirement`` says which clients a gateway's profiles need).
 """
 
 from __future__ import annotations
@@ -25,6 +35,10 @@ _PROTO_NAME: dict[Transport, str] = {"udp": "udp", "tcp": "tcp-client"}
 # dead remotes at 5 s + a handshake stays under the fleet's 30 s; a live node answers a
 # handshake well within 5 s.
 SERVER_POLL_TIMEOUT_S = 5
+# Options a 2.4 client may skip: they only narrow what 2.5+ negotiates.
+NEWER_THAN_2_4 = ("data-ciphers",)
+# The oldest OpenVPN 2 release each control-channel protection works with (tls-crypt: 2.4).
+OLDEST_CLIENT = {"tls-crypt": "2.4", "tls-crypt-v2": "2.5"}
 _HOST = re.compile(r"[A-Za-z0-9.:_-]{1,253}")
 _PLAIN_TOKEN = re.compile(r"[^\s\"'\\#;]{1,255}")
 _UNSAFE_IN_QUOTES = re.compile(r"[\"\\\r\n\x00]")
@@ -94,6 +108,7 @@ def render_ovpn(material: ProfileMaterial) -> str:
         "persist-tun",
         "remote-cert-tls server",
         f"verify-x509-name {_token(material.server_name)} name",
+        f"ignore-unknown-option {' '.join(NEWER_THAN_2_4)}",
         f"data-ciphers {DATA_CIPHERS}",
         "verb 3",
     ]
@@ -107,10 +122,24 @@ def render_ovpn(material: ProfileMaterial) -> str:
     lines += _block("cert", material.cert_pem)
     lines += _block("key", material.key_pem)
     if material.tls_crypt_v2_key is not None:
+        lines.append(f"# {client_requirement('tls-crypt-v2')}")
         lines += _block("tls-crypt-v2", material.tls_crypt_v2_key)
     elif material.tls_crypt_key is not None:
         lines += _block("tls-crypt", material.tls_crypt_key)
     return "\n".join(lines) + "\n"
+
+
+def oldest_client(control_channel: str) -> str:
+    """The oldest OpenVPN 2 release that takes a gateway's profiles, e.g. "2.5"."""
+    return OLDEST_CLIENT[control_channel]
+
+
+def client_requirement(control_channel: str) -> str:
+    """Which clients take a gateway's profiles, for whoever hands them out."""
+    text = f"Needs OpenVPN {oldest_client(control_channel)} or later, or OpenVPN 3 (Connect)"
+    if control_channel == "tls-crypt-v2":
+        text += "; tls-crypt-v2 is unknown to OpenVPN 2.4"
+    return text + "."
 
 
 def _remote_line(remote: Remote) -> str:

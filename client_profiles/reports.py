@@ -16,7 +16,14 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from client_profiles.fleet import node_addresses
-from client_profiles.ovpn import ProfileMaterial, Transport, remotes_for, render_ovpn
+from client_profiles.ovpn import (
+    ProfileMaterial,
+    Transport,
+    client_requirement,
+    oldest_client,
+    remotes_for,
+    render_ovpn,
+)
 from client_profiles.pki import certificate_facts, certificate_pem, crl_next_update
 from client_profiles.pkifiles import LifecycleError, file_refusals, require_initialised
 from sslvpn import keyfiles
@@ -51,6 +58,8 @@ class RenderedProfile:
     serial: str
     file_name: str
     text: str = field(repr=False)
+    requirement: str  # which clients take it (client_profiles.ovpn.client_requirement)
+    oldest_client: str  # the oldest OpenVPN 2 release it works with, e.g. "2.5"
 
 
 def expiry_report(
@@ -134,7 +143,9 @@ def render_profile(
             source_address=source_address,
             detail=f"proto={proto or settings.protocols}",
         )
-    return RenderedProfile(serial=row.serial, file_name=f"{row.subject_cn}.ovpn", text=text)
+    return RenderedProfile(serial=row.serial, file_name=f"{row.subject_cn}.ovpn", text=text,
+                           requirement=client_requirement(settings.control_channel),
+                           oldest_client=oldest_client(settings.control_channel))
 
 
 def _protocols(value: str) -> Literal["udp", "tcp", "both"]:

@@ -197,13 +197,19 @@ def crl_command(ctx: click.Context, output: Path | None, encoding: str) -> None:
 def profile_command(
     ctx: click.Context, user: str, device: str | None, proto: str | None, output: Path | None
 ) -> None:
-    """Write USER's .ovpn profile (with its private key) to FILE, or stdout without -o."""
+    """Write USER's .ovpn profile (with its private key) to FILE, or stdout without -o.
+
+    Which clients take it goes to stderr, with the command that lists the live sessions of
+    clients too old for it.
+    """
     transport = _TRANSPORTS.get(proto or "")
     with store(ctx, write=True) as engine:
         profile = reports.render_profile(
             engine, paths_of(ctx), user_name=user, device=device, proto=transport, actor=ACTOR
         )
     _emit(profile.text.encode("utf-8"), output, secret=True)
+    click.echo(f"{profile.requirement} Live sessions of older clients: "
+               f"sslvpn sessions --older-than {profile.oldest_client}", err=True)
 
 
 def _emit(data: bytes, output: Path | None, *, secret: bool) -> None:

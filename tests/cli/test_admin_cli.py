@@ -336,6 +336,8 @@ def test_profile_command(ready: Run, tmp_path: Path) -> None:
     out = tmp_path / "alice.ovpn"
     tcp = ready("profile", "alice", "--device", "phone", "--proto", "tcp", "-o", str(out))
     assert tcp.exit_code == 0 and tcp.stdout == ""
+    assert tcp.stderr == ("Needs OpenVPN 2.4 or later, or OpenVPN 3 (Connect). Live sessions of "
+                          "older clients: sslvpn sessions --older-than 2.4\n")
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     assert "udp" not in out.read_text().split("<ca>")[0]
     assert ready("user", "disable", "alice").exit_code == 0

@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from client_profiles.ovpn import ProfileMaterial, Remote, remotes_for, render_ovpn
+from client_profiles.ovpn import (
+    ProfileMaterial,
+    Remote,
+    client_requirement,
+    remotes_for,
+    render_ovpn,
+)
 from client_profiles.qr import qr_png, qr_svg
 
 PEM = "-----BEGIN X-----\nAAAA\n-----END X-----\n"
@@ -41,6 +47,7 @@ def test_udp_profile_has_every_required_directive() -> None:
         "persist-tun",
         "remote-cert-tls server",
         "verify-x509-name vpn.example.test name",
+        "ignore-unknown-option data-ciphers",
         "data-ciphers AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305",
         "explicit-exit-notify 1",
         "<ca>",
@@ -92,6 +99,65 @@ def test_tcp_only_and_tls_crypt_v2() -> None:
     assert "proto tcp-client" in text.splitlines()
     assert "<tls-crypt-v2>" in text and "<tls-crypt>" not in text
     assert "explicit-exit-notify" not in text
+
+
+# Every directive and inline block a profile may use that OpenVPN 2.4.12 knows (options.c
+# add_option); `data-ciphers` (2.5) and `tls-crypt-v2` (2.5) are not among them.
+KNOWN_TO_2_4 = {
+    "setenv", "client", "dev", "proto", "remote", "resolv-retry", "nobind", "persist-key",
+    "persist-tun", "remote-cert-tls", "verify-x509-name", "ignore-unknown-option", "verb",
+    "remote-random", "server-poll-timeout", "explicit-exit-notify", "<ca>", "<cert>", "<key>",
+    "<tls-crypt>",
+}
+
+
+def _variants() -> list[tuple[str, str]]:
+    both = remotes_for(["a.example", "198.18.0.1"], port=1194, protocols="both")
+    v2 = replace(MATERIAL, tls_crypt_key=None, tls_crypt_v2_key=PEM)
+    return [
+        ("tls-crypt", render_ovpn(MATERIAL)),
+        ("tls-crypt", render_ovpn(replace(MATERIAL, remotes=both, spread=True))),
+        ("tls-crypt-v2", render_ovpn(v2)),
+        ("tls-crypt-v2", render_ovpn(replace(v2, remotes=both))),
+    ]
+
+
+@pytest.mark.parametrize(("control_channel", "text"), _variants())
+def test_openvpn_2_4_takes_every_line_of_a_tls_crypt_profile(
+    control_channel: str, text: str
+) -> None:
+    """The compatibility lines, pinned: 2.4 refuses any unknown directive unless an
+    earlier `ignore-unknown-option` names it; only tls-crypt-v2 itself needs 2.5."""
+    lines = text.splitlines()
+    assert lines.index("ignore-unknown-option data-ciphers") + 1 == lines.index(
+        "data-ciphers AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305")
+    ignored: set[str] = set()
+    unknown = []
+    inside = False
+    for line in lines:
+        if inside or not line or line.startswith("#"):
+            inside = inside and not line.startswith("</")
+            continue
+        name = line.split()[0]
+        if name.startswith("<"):
+            inside = True
+        if name == "ignore-unknown-option":
+            ignored.update(line.split()[1:])
+        if name not in KNOWN_TO_2_4 and name not in ignored:
+            unknown.append(name)
+    if control_channel == "tls-crypt":
+        assert unknown == []
+        assert "# Needs" not in text
+    else:
+        assert unknown == ["<tls-crypt-v2>"]
+        note = lines[lines.index("<tls-crypt-v2>") - 1]
+        assert note == "# Needs OpenVPN 2.5 or later, or OpenVPN 3 (Connect); " \
+            "tls-crypt-v2 is unknown to OpenVPN 2.4."
+
+
+def test_client_requirement_per_control_channel() -> None:
+    assert client_requirement("tls-crypt") == "Needs OpenVPN 2.4 or later, or OpenVPN 3 (Connect)."
+    assert client_requirement("tls-crypt-v2").startswith("Needs OpenVPN 2.5 or later")
 
 
 def test_remotes_refuse_a_protocol_the_gateway_does_not_offer() -> None:

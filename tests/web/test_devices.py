@@ -53,6 +53,8 @@ async def test_create_device_issues_and_downloads_a_profile(client: TestClient, 
     assert "alice.phone.ovpn" in response.headers["Content-Disposition"]
     profile = await response.text()
     assert "<cert>" in profile and "<key>" in profile and "remote 198.18.0.1 1194 udp" in profile
+    page = await (await client.get(f"/devices/{serial}")).text()
+    assert "Needs OpenVPN 2.4 or later, or OpenVPN 3 (Connect)." in page
     with db.session(site.engine, write=False) as s:
         row = queries.get_certificate(s, serial=serial)
     assert row.device == "phone" and row.tls_crypt_v2_key

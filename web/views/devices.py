@@ -13,10 +13,11 @@ from datetime import UTC, datetime
 from aiohttp import web
 from sqlmodel import Session
 
+from client_profiles.ovpn import client_requirement
 from client_profiles.qr import qr_png, qr_svg
 from client_profiles.reports import RenderedProfile
 from sslvpn.store import NotFoundError, queries
-from sslvpn.store.models import Certificate
+from sslvpn.store.models import Certificate, ImportToken
 from web import import_links, pki_ops
 from web.pages import (
     audit,
@@ -140,15 +141,20 @@ async def render_device(
     request: web.Request, certificate: Certificate, link: import_links.ImportLink | None = None
 ) -> web.Response:
     me_id = current_user_id(request)
-    tokens = [
-        t
-        for t in await portal_of(request).read(
-            lambda s: queries.list_import_tokens(s, user_id=me_id)
-        )
-        if t.certificate_serial == certificate.serial
-    ]
+    name = portal_of(request).settings.gateway_name
+
+    def read(s: Session) -> tuple[list[ImportToken], str | None]:
+        tokens = queries.list_import_tokens(s, user_id=me_id)
+        try:
+            return tokens, queries.get_settings(s, name=name).control_channel
+        except NotFoundError:
+            return tokens, None
+
+    listed, control_channel = await portal_of(request).read(read)
+    tokens = [t for t in listed if t.certificate_serial == certificate.serial]
     now = now_of(request)
     context: dict[str, object] = {
+        "requirement": control_channel and client_requirement(control_channel),
         "certificate": certificate,
         "tokens": [(t, import_links.state_of(t, now)) for t in tokens],
         "now": now,
