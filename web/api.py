@@ -16,7 +16,7 @@ from sqlmodel import Session
 
 from client_profiles.lifecycle import MAX_OVERLAP_DAYS, RENEWAL_OVERLAP_DAYS
 from client_profiles.passwords import MIN_PASSWORD_LENGTH, generate_password
-from sslvpn.runtime.control import SessionInfo
+from sslvpn.runtime.control import SessionInfo, older_clients
 from sslvpn.store import NotFoundError, StoreError, queries
 from sslvpn.store.models import ROLE_VALUES, Certificate, User
 from web import pki_ops
@@ -30,7 +30,10 @@ PREFIX = "/api/v1"
 MAX_DAYS = 3650
 SERIAL = re.compile(r"[0-9a-f]{1,64}")
 # The only query parameters the API takes (everything else is refused, as documented).
-QUERY_PARAMETERS = {f"{PREFIX}/certificates": frozenset({"user", "status"})}
+QUERY_PARAMETERS = {
+    f"{PREFIX}/certificates": frozenset({"user", "status"}),
+    f"{PREFIX}/sessions": frozenset({"older_than"}),
+}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -82,6 +85,9 @@ def session_json(s: SessionInfo) -> dict[str, Any]:
         "bytes_out": s.bytes_out,
         "tls_group": s.tls_group,
         "node": s.node,
+        "client_version": s.client_version,
+        "client_platform": s.client_platform,
+        "client_gui": s.client_gui,
     }
 
 
@@ -342,7 +348,11 @@ async def certificate_profile(request: web.Request) -> web.StreamResponse:
 
 
 async def list_sessions(request: web.Request) -> web.StreamResponse:
-    sessions = await portal_of(request).live_sessions()
+    try:
+        sessions = older_clients(await portal_of(request).live_sessions(),
+                                 request.query.get("older_than"))
+    except ValueError as exc:
+        raise BadRequest(f"older_than: {exc}") from None
     return web.json_response([session_json(s) for s in sessions])
 
 

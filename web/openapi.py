@@ -110,6 +110,12 @@ SESSION = {
         "tls_group": NULLABLE_TEXT,  # the control channel's TLS key exchange
         "node": {"type": "string", "nullable": True,
                  "description": "The fleet node holding it (null: the single implicit node)"},
+        "client_version": {"type": "string", "nullable": True,
+                           "description": "The client's OpenVPN version (peer-info IV_VER)"},
+        "client_platform": {"type": "string", "nullable": True,
+                            "description": "Its platform (IV_PLAT and IV_PLAT_VER)"},
+        "client_gui": {"type": "string", "nullable": True,
+                       "description": "Its app or GUI (IV_GUI_VER)"},
     },
 }
 REASONS = list(REVOCATION_REASONS)  # the API checks against the same list
@@ -259,9 +265,18 @@ def _paths() -> dict[str, Any]:
         "/sessions": {
             "get": {
                 "operationId": "listSessions",
+                "parameters": [
+                    {
+                        "name": "older_than",
+                        "in": "query",
+                        "description": "Only clients older than this version (e.g. 2.6), "
+                        "or that sent none",
+                        "schema": {"type": "string", "pattern": r"^\d{1,4}(\.\d{1,4}){0,2}$"},
+                    },
+                ],
                 "responses": {
                     "200": _json({"type": "array", "items": _ref("Session")}, "Live sessions"),
-                    **_errors(),
+                    **_errors(400),
                 },
             },
         },

@@ -28,7 +28,14 @@ from sqlalchemy import Engine
 
 from sslvpn.cli.setup import one_line_errors, paths_of, store
 from sslvpn.runtime import fleet_sessions
-from sslvpn.runtime.control import ListenerStatus, SessionInfo, combined
+from sslvpn.runtime.control import (
+    ListenerStatus,
+    SessionInfo,
+    client_summary,
+    combined,
+    older_clients,
+    parse_threshold,
+)
 from sslvpn.runtime.control_server import ControlClient, ControlError
 from sslvpn.runtime.workers import other_control_sockets
 from sslvpn.store import db
@@ -85,14 +92,28 @@ def _live_sessions(ctx: click.Context) -> tuple[list[SessionInfo], bool]:
     return fleet_sessions.with_local(fleet, local), True
 
 
+def _version(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Refuse a malformed version before asking any gateway."""
+    if value is not None:
+        try:
+            parse_threshold(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
 @click.command("sessions")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--older-than", "older", metavar="VERSION", callback=_version,
+              help="Only clients older than VERSION (e.g. 2.6) or that sent no version.")
 @click.pass_context
 @one_line_errors
-def sessions_command(ctx: click.Context, as_json: bool) -> None:
-    """List the live sessions: every node's in a fleet, else the running gateway's."""
+def sessions_command(ctx: click.Context, as_json: bool, older: str | None) -> None:
+    """List the live sessions: every node's in a fleet, else the running gateway's, with
+    the client software each one reported (OpenVPN version, platform, GUI)."""
     sessions, fleet = _live_sessions(ctx)
     listeners = _local_listeners(ctx)
+    sessions = older_clients(sessions, older)
     if as_json:
         rows: list[dict[str, Any]] = [
             {**s.__dict__, "connected_at": s.connected_at.isoformat(),
@@ -105,12 +126,13 @@ def sessions_command(ctx: click.Context, as_json: bool) -> None:
     if listeners is not None:
         click.echo(listener_summary(listeners))
     if not sessions:
-        click.echo("no live sessions")
+        click.echo("no live sessions" + (f" of clients older than {older}" if older else ""))
         return
     now = datetime.now(UTC)
     node = f"{'NODE':<12} " if fleet else ""
     click.echo(f"{'SESSION':<14} {node}{'USER':<14} {'DEVICE':<10} {'REAL ADDRESS':<22} "
-               f"{'VPN ADDRESS':<15} {'SINCE (UTC)':<20} {'IN':>10} {'OUT':>10} {'IDLE':>6}")
+               f"{'VPN ADDRESS':<15} {'SINCE (UTC)':<20} {'IN':>10} {'OUT':>10} {'IDLE':>6}  "
+               "CLIENT")
     for s in sessions:
         idle = "-" if s.last_activity is None else (
             f"{max(0, int((now - s.last_activity).total_seconds()))}s")
@@ -118,7 +140,8 @@ def sessions_command(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"{s.session_id:<14} {node}{s.user:<14} {s.device or '-':<10} "
                    f"{s.real_address:<22} {s.vpn_address:<15} "
                    f"{s.connected_at.strftime('%Y-%m-%d %H:%M:%S'):<20} "
-                   f"{_human_bytes(s.bytes_in):>10} {_human_bytes(s.bytes_out):>10} {idle:>6}")
+                   f"{_human_bytes(s.bytes_in):>10} {_human_bytes(s.bytes_out):>10} {idle:>6}  "
+                   f"{client_summary(s)}")
 
 
 @click.command("kick")

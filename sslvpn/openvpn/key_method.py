@@ -8,6 +8,7 @@ Peer-info is the client's newline-separated ``IV_*`` block (ssl.c push_peer_info
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import IntFlag
 
@@ -179,6 +180,37 @@ def parse_peer_info(text: str) -> PeerInfo:
 
 
 _ALL_IV_PROTO = sum(int(flag) for flag in IvProto)
+SOFTWARE_TEXT_MAX = 64  # characters kept of each peer-info value shown to admins
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+@dataclass(frozen=True)
+class ClientSoftware:
+    """Which client program connected, for admins planning to retire old ones.
+
+    Read from a fixed list of peer-info variables that describe software, never from the
+    ones that carry secrets or identities (IV_SSO, UV_*, IV_HWADDR); values are the
+    client's own words, so they are cut short and kept to printable ASCII.
+    """
+
+    version: str | None = None  # IV_VER: "2.4.12", "3.10" (OpenVPN 3 core)
+    platform: str | None = None  # IV_PLAT and IV_PLAT_VER: "linux", "win 10.0.19045"
+    gui: str | None = None  # IV_GUI_VER: "OCmacOS_3.4.4", "de.blinkt.openvpn 0.7.51"
+
+
+def client_software(info: PeerInfo) -> ClientSoftware:
+    """The shown software facts of a peer-info block (None where the client said nothing)."""
+    platform = " ".join(v for v in (info.get("IV_PLAT"), info.get("IV_PLAT_VER")) if v)
+    return ClientSoftware(
+        version=_shown(info.get("IV_VER")),
+        platform=_shown(platform),
+        gui=_shown(info.get("IV_GUI_VER")),
+    )
+
+
+def _shown(text: str) -> str | None:
+    cleaned = _UNPRINTABLE.sub("", text).strip()[:SOFTWARE_TEXT_MAX]
+    return cleaned or None
 
 
 # The OCC fields describe the legacy BF-CBC/HMAC-SHA1 fallback that a profile without a

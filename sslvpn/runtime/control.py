@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -35,6 +36,56 @@ class SessionInfo:
     bytes_out: int  # from the VPC to the client
     tls_group: str | None = None  # the control channel's key exchange, e.g. X25519MLKEM768
     node: str | None = None  # the fleet node holding it (None: the single implicit node)
+    # what the client said it is (peer-info IV_VER, IV_PLAT + IV_PLAT_VER, IV_GUI_VER)
+    client_version: str | None = None
+    client_platform: str | None = None
+    client_gui: str | None = None
+
+
+_VERSION = re.compile(r"(\d{1,4})(?:\.(\d{1,4}))?(?:\.(\d{1,4}))?")
+
+
+def version_key(text: str | None) -> tuple[int, int, int] | None:
+    """The numeric release of an IV_VER ("2.4.12", "2.6_git", "3.12_git:master"), or None."""
+    found = _VERSION.match(text or "")
+    return None if found is None else _key(found)
+
+
+def older_clients(sessions: list[SessionInfo], older: str | None) -> list[SessionInfo]:
+    """The sessions whose client is older than version ``older`` (all when it is None);
+    ValueError when it is not a version."""
+    if older is None:
+        return sessions
+    threshold = parse_threshold(older)
+    return [s for s in sessions if older_than(s, threshold)]
+
+
+def older_than(session: SessionInfo, version: tuple[int, int, int]) -> bool:
+    """The session's client is older than ``version``, or said no version it can be judged
+    by (a client that hides its version cannot be counted on when retiring old ones)."""
+    key = version_key(session.client_version)
+    return key is None or key < version
+
+
+def client_summary(session: SessionInfo) -> str:
+    """One short text for tables: "2.4.12 linux (OCmacOS_3.4.4)", "-" when nothing was said."""
+    text = " ".join(p for p in (session.client_version, session.client_platform) if p)
+    if session.client_gui:
+        text = f"{text} ({session.client_gui})".strip()
+    return text or "-"
+
+
+def parse_threshold(text: str) -> tuple[int, int, int]:
+    """A version given by an admin ("2.6", "2.5.11"); ValueError when it is none."""
+    found = _VERSION.fullmatch(text.strip())
+    if found is None:
+        raise ValueError(f"{text!r} is not a version such as 2.6 or 2.5.11")
+    return _key(found)
+
+
+def _key(found: re.Match[str]) -> tuple[int, int, int]:
+    major, minor, patch = (int(part or 0) for part in found.groups())
+    return major, minor, patch
 
 
 @dataclass(frozen=True)

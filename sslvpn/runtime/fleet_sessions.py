@@ -73,4 +73,7 @@ def _info(record: VpnSessionRecord, device: str) -> SessionInfo:
         bytes_out=record.bytes_out,
         tls_group=record.tls_group,
         node=record.node,
+        client_version=record.client_version,
+        client_platform=record.client_platform,
+        client_gui=record.client_gui,
     )

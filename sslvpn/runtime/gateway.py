@@ -49,6 +49,7 @@ from sslvpn.openvpn.events import (
     SessionEstablished,
     TunnelPacket,
 )
+from sslvpn.openvpn.key_method import ClientSoftware, client_software
 from sslvpn.openvpn.push import PushConfig
 from sslvpn.runtime.admission import Admission, AdmissionLimits, Slot
 from sslvpn.runtime.control import ListenerStatus, SessionInfo, TrafficSample, TunnelStatus
@@ -125,7 +126,7 @@ class ClientSession:
                  "serial", "device", "vpn_address", "vpn_text", "connected_at",
                  "last_activity", "bytes_in", "bytes_out", "packets_in", "packets_out",
                  "established", "on_closed", "end_reason", "vpn_address6", "accounted",
-                 "tls_group", "slot", "handshake", "core_drops")
+                 "tls_group", "slot", "handshake", "core_drops", "software")
 
     def __init__(self, session_id: str, protocol: str, real_address: str, peer_id: int,
                  on_closed: Callable[[], None]) -> None:
@@ -154,6 +155,7 @@ class ClientSession:
         self.slot: Slot | None = None  # its place in the listeners' admission
         self.handshake: str | None = None  # its counted outcome (one of HANDSHAKE_RESULTS)
         self.core_drops: collections.Counter[str] | None = None  # its core's, if it counts
+        self.software = ClientSoftware()  # what the client said it is (peer-info)
 
 
 class Gateway:
@@ -354,6 +356,7 @@ class Gateway:
         serial = format(event.certificate.serial_number, "x")
         client.serial = serial
         client.tls_group = event.tls_group
+        client.software = client_software(event.peer_info)
         try:
             auth = await self.policy.authorize(serial)
         except StoreError as exc:  # the store is away (logged once by the store facade)
@@ -425,15 +428,16 @@ class Gateway:
         self._by_address[address.packed] = client
         self._by_serial[serial] = client
         push = self._push_config(client, address)
-        peer = event.peer_info
+        software = client.software
         log.info("accepted %s: user %r serial %s from %s as %s (client %r %r on %r)",
                  client.session_id, auth.user, serial, client.real_address, address,
-                 peer.get("IV_GUI_VER"), peer.version, peer.platform)
+                 software.gui, software.version, software.platform)
         client.driver.accept(push)
         self._count_handshake(client, "ok")
         self.records.add(SessionOpened(client.session_id, client.user, serial,
                                        client.real_address, client.vpn_text, client.protocol,
-                                       client.connected_at, client.tls_group))
+                                       client.connected_at, client.tls_group,
+                                       software.version, software.platform, software.gui))
 
     def _count_handshake(self, client: ClientSession, result: str) -> None:
         """Count a handshake's outcome once (a refused session lingers, then closes)."""
@@ -608,6 +612,9 @@ class Gateway:
             bytes_in=client.bytes_in,
             bytes_out=client.bytes_out,
             tls_group=client.tls_group,
+            client_version=client.software.version,
+            client_platform=client.software.platform,
+            client_gui=client.software.gui,
         )
 
     def list_sessions(self) -> list[SessionInfo]:

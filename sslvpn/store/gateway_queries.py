@@ -70,6 +70,9 @@ class SessionOpened(NamedTuple):
     protocol: str
     connected_at: datetime
     tls_group: str | None = None
+    client_version: str | None = None  # peer-info facts, see VpnSessionRecord
+    client_platform: str | None = None
+    client_gui: str | None = None
 
 
 class SessionCounted(NamedTuple):

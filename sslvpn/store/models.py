@@ -210,6 +210,11 @@ class VpnSessionRecord(SQLModel, table=True):
     bytes_out: int = Field(default=0, sa_type=BigInteger)
     disconnect_reason: str | None = None
     tls_group: str | None = None  # the control channel's key exchange, e.g. X25519MLKEM768
+    # the client's own peer-info (IV_VER, IV_PLAT + IV_PLAT_VER, IV_GUI_VER), for admins
+    # planning to retire old clients; at most 64 printable characters each
+    client_version: str | None = None
+    client_platform: str | None = None
+    client_gui: str | None = None
     end_requested: str | None = None  # a kick's reason, for the node holding the session
 
 

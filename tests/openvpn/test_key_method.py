@@ -7,9 +7,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sslvpn.openvpn.key_method import (
+    SOFTWARE_TEXT_MAX,
+    ClientSoftware,
     IvProto,
     KeyMethod2,
     KeyMethodError,
+    client_software,
     occ_echoed_cipher,
     occ_options_string,
     occ_wants_compression_framing,
@@ -163,6 +166,17 @@ def test_only_the_implicit_fallback_cipher_is_echoed() -> None:
     assert occ_echoed_cipher(OCC_24_UDP[0].replace("BF-CBC", "AES-256-CBC")) is None
     assert occ_echoed_cipher(OCC_25_UDP[0]) is None
     assert occ_echoed_cipher("V4,cipher BF-CBC-X") is None
+
+
+def test_client_software_keeps_only_what_describes_the_program() -> None:
+    info = parse_peer_info(
+        "IV_VER=2.6.12\nIV_PLAT=win\nIV_PLAT_VER=10.0.19045\nIV_GUI_VER=OpenVPN-GUI 11.50\n"
+        "IV_SSO=webauth,openurl\nIV_HWADDR=00:11:22:33:44:55\nUV_TOKEN=secret\n")
+    assert client_software(info) == ClientSoftware("2.6.12", "win 10.0.19045", "OpenVPN-GUI 11.50")
+    assert client_software(parse_peer_info("")) == ClientSoftware(None, None, None)
+    hostile = client_software(parse_peer_info("IV_VER=2.4\x1b[31m\x00\nIV_GUI_VER=" + "x" * 500))
+    assert hostile.version == "2.4[31m"  # no control characters reach a terminal or log
+    assert hostile.gui == "x" * SOFTWARE_TEXT_MAX
 
 
 def test_occ_strings() -> None:

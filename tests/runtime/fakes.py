@@ -28,6 +28,7 @@ from sslvpn.runtime.policy import (
 )
 
 VERIFY = b"verify:"  # a datagram "verify:<serial hex>" makes the core report PeerVerified
+DEFAULT_PEER_INFO = "IV_VER=2.6.14\n"  # what it reports unless "\n<peer-info>" follows
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,9 @@ class FakeCore:
 
     def receive_datagram(self, data: bytes, now: float) -> None:
         if data.startswith(VERIFY):
-            cert: Any = FakeCertificate(int(data[len(VERIFY):], 16))
-            self.events.append(PeerVerified(cert, parse_peer_info("IV_VER=2.6.14\n"),
+            serial, _, peer_info = data[len(VERIFY):].decode().partition("\n")
+            cert: Any = FakeCertificate(int(serial, 16))
+            self.events.append(PeerVerified(cert, parse_peer_info(peer_info or DEFAULT_PEER_INFO),
                                             tls_group="X25519MLKEM768"))
         else:
             self.events.append(TunnelPacket(data))

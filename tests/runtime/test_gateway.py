@@ -106,6 +106,8 @@ async def test_accepted_client_gets_address_routes_and_is_listed(harness: Harnes
     [opened] = harness.policy.opened
     assert (opened.session_id, opened.vpn_address) == (client.session_id, "10.8.0.2")
     assert opened.tls_group == "X25519MLKEM768"
+    assert (opened.client_version, opened.client_platform, opened.client_gui) == (
+        info.client_version, info.client_platform, info.client_gui) == ("2.6.14", None, None)
     assert harness.policy.leases == {"a1": "10.8.0.2"}
 
 

@@ -14,8 +14,9 @@ import pytest
 from sqlalchemy import Engine, text, update
 from sqlmodel import Session, select
 
+from sslvpn.runtime import fleet_sessions
 from sslvpn.runtime.fleet_signal import listen_conninfo
-from sslvpn.store import db, fleet_queries, node_queries, queries
+from sslvpn.store import db, fleet_queries, gateway_queries, node_queries, queries
 from sslvpn.store.models import AuditEntry, Node, utcnow
 
 TIMEOUT = 15  # the heartbeat timeout
@@ -58,6 +59,21 @@ def test_every_nodes_live_sessions_are_listed_with_their_node(fleet: Engine) -> 
         live = fleet_queries.live_sessions(s)
     assert sorted((r.session_id, r.node) for r, _ in live) == [
         ("udp-a1", "a"), ("udp-b1", "b"), ("udp-b2", "b")]
+
+
+def test_fleet_sessions_carry_the_client_software_a_node_wrote(fleet: Engine) -> None:
+    opened = gateway_queries.SessionOpened(
+        "tcp-a9", "carol", "c9", "198.51.100.9:5000", "10.8.0.9", "tcp", utcnow(), None,
+        "2.5.11", "win 10.0.19045", "OpenVPN-GUI 11.50")
+    with db.session(fleet, write=True) as s:
+        gateway_queries.write_records(s, records=[opened], gateway_name="default", now=utcnow(),
+                                      node="a")
+    with db.session(fleet, write=False) as s:
+        listed = {i.session_id: i for i in fleet_sessions.fleet_sessions(s) or []}
+    carol = listed["tcp-a9"]
+    assert (carol.node, carol.client_version, carol.client_platform, carol.client_gui) == (
+        "a", "2.5.11", "win 10.0.19045", "OpenVPN-GUI 11.50")
+    assert listed["udp-a1"].client_version is None  # opened before it was recorded
 
 
 def test_an_end_asked_reaches_only_the_node_holding_the_session(fleet: Engine) -> None:

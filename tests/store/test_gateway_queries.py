@@ -113,7 +113,7 @@ def test_a_renewed_certificate_works_until_its_renewal_connects(engine: Engine) 
 
 def _opened(session_id: str, serial: str = "a1", address: str = "10.8.0.2") -> SessionOpened:
     return SessionOpened(session_id, "alice", serial, "198.18.0.2:5000", address, "udp", T0,
-                         "X25519MLKEM768")
+                         "X25519MLKEM768", "2.4.12", "linux", None)
 
 
 def test_session_records_keep_each_sessions_order(engine: Engine) -> None:
@@ -129,6 +129,8 @@ def test_session_records_keep_each_sessions_order(engine: Engine) -> None:
     with db.session(engine) as s:
         rows = queries.list_session_records(s)
     assert {r.tls_group for r in rows} == {"X25519MLKEM768"}
+    assert {(r.client_version, r.client_platform, r.client_gui) for r in rows} == {
+        ("2.4.12", "linux", None)}
     got = sorted((r.id, r.session_id, r.certificate_serial, r.gateway_name, r.bytes_in,
                   r.bytes_out, r.disconnect_reason, r.disconnected_at) for r in rows)
     assert [row[1:] for row in got] == [

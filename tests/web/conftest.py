@@ -70,7 +70,10 @@ class FakeGateway:
     def tunnel_action(self, name: str, action: str) -> str:
         raise ValueError("no IPsec service runs in this gateway")
 
-    def add(self, session_id: str, user: str, serial: str) -> None:
+    def add(self, session_id: str, user: str, serial: str, *,
+            client: tuple[str | None, str | None, str | None] = ("2.6.14", "linux", None)
+            ) -> None:
+        """A live session; ``client`` is its version, platform and GUI (peer-info)."""
         now = datetime.now(UTC)
         self.sessions.append(
             SessionInfo(
@@ -85,6 +88,9 @@ class FakeGateway:
                 last_activity=now,
                 bytes_in=1234,
                 bytes_out=5678,
+                client_version=client[0],
+                client_platform=client[1],
+                client_gui=client[2],
             )
         )
 

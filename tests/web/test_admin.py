@@ -169,6 +169,24 @@ async def test_sessions_page_and_kick(client: TestClient, site: Site, gateway: F
     assert "already ended" in page
 
 
+async def test_sessions_page_shows_clients_and_filters_older_ones(
+    client: TestClient, site: Site, gateway: FakeGateway
+) -> None:
+    serial = issue_for(site, "alice")
+    gateway.add("s1", "alice", serial, client=("2.4.12", "linux", None))
+    gateway.add("s2", "alice", serial, client=("3.10", "ios", "net.openvpn.connect.ios_3.5"))
+    gateway.add("s3", "alice", serial, client=(None, None, "<b>odd</b>"))
+    await login(client, "root")
+    page = await (await client.get("/admin/sessions")).text()
+    assert "2.4.12 linux" in page and "3.10 ios<br><small>net.openvpn.connect.ios_3.5" in page
+    assert "&lt;b&gt;odd&lt;/b&gt;" in page and "<b>odd" not in page  # the client's own words
+    older = await (await client.get("/admin/sessions?older_than=2.5")).text()
+    assert "2.4.12 linux" in older and "3.10 ios" not in older and "odd" in older
+    assert 'value="2.5"' in older
+    bad = await client.get("/admin/sessions?older_than=two")
+    assert "&#39;two&#39; is not a version" in await bad.text() and "3.10 ios" in await bad.text()
+
+
 async def test_dashboard_expiry_health_and_traffic(
     client: TestClient, site: Site, gateway: FakeGateway, clock: Clock
 ) -> None:

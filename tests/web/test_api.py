@@ -107,6 +107,13 @@ async def test_certificates_profiles_and_kick_over_the_api(
     gateway.add("s7", "alice", new_serial)
     sessions = await (await client.get("/api/v1/sessions", headers=auth)).json()
     assert [s["session_id"] for s in sessions] == ["s7"]
+    assert (sessions[0]["client_version"], sessions[0]["client_platform"]) == ("2.6.14", "linux")
+    assert sessions[0]["client_gui"] is None
+    for older, found in (("2.6", []), ("2.6.15", ["s7"])):
+        listed = await client.get(f"/api/v1/sessions?older_than={older}", headers=auth)
+        assert [s["session_id"] for s in await listed.json()] == found
+    bad = await client.get("/api/v1/sessions?older_than=new", headers=auth)
+    assert bad.status == 400 and "older_than" in (await bad.json())["error"]
     revoked = await client.post(
         f"/api/v1/certificates/{new_serial}/revoke", json={"reason": "keyCompromise"}, headers=auth
     )

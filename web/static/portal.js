@@ -7,7 +7,8 @@
   if (!table) { return; }
   async function refresh() {
     try {
-      const response = await fetch(window.location.pathname, { credentials: "same-origin" });
+      const here = window.location.pathname + window.location.search;  // keeps a filter
+      const response = await fetch(here, { credentials: "same-origin" });
       if (!response.ok) { return; }
       const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
       const replacement = fresh.getElementById(table.id);

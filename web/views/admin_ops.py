@@ -24,6 +24,7 @@ from client_profiles.inputs import (
 from client_profiles.lifecycle import ClientCaps
 from client_profiles.pkifiles import LifecycleError
 from sslvpn.net.subpools import Fleet, NodePools, SubpoolError, check_fleet
+from sslvpn.runtime.control import older_clients
 from sslvpn.store import NotFoundError, StoreError, node_queries, queries
 from sslvpn.store.models import PROTOCOLS_VALUES, GatewaySettings
 from web import pki_ops
@@ -83,10 +84,18 @@ async def traffic_json(request: web.Request) -> web.StreamResponse:
 
 @require_admin
 async def sessions_page(request: web.Request) -> web.StreamResponse:
+    """Live sessions with their client software; ``?older_than=2.6`` keeps older clients."""
+    older = request.query.get("older_than", "").strip()
     sessions = sorted(await portal_of(request).live_sessions(), key=lambda s: s.connected_at)
+    try:
+        sessions = older_clients(sessions, older or None)
+    except ValueError as exc:
+        flash(request, str(exc))
+        raise web.HTTPSeeOther("/admin/sessions") from None
     context = {
         "sessions": sessions,
         "listeners": await portal_of(request).listener_status(),
+        "older_than": older,
         "fleet": any(s.node is not None for s in sessions),
         "has_gateway": portal_of(request).control is not None,
         "refresh": portal_of(request).settings.refresh_seconds,
