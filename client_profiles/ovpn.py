@@ -37,8 +37,6 @@ _PROTO_NAME: dict[Transport, str] = {"udp": "udp", "tcp": "tcp-client"}
 SERVER_POLL_TIMEOUT_S = 5
 # Options a 2.4 client may skip: they only narrow what 2.5+ negotiates.
 NEWER_THAN_2_4 = ("data-ciphers",)
-# The oldest OpenVPN 2 release each control-channel protection works with (tls-crypt: 2.4).
-OLDEST_CLIENT = {"tls-crypt": "2.4", "tls-crypt-v2": "2.5"}
 _HOST = re.compile(r"[A-Za-z0-9.:_-]{1,253}")
 _PLAIN_TOKEN = re.compile(r"[^\s\"'\\#;]{1,255}")
 _UNSAFE_IN_QUOTES = re.compile(r"[\"\\\r\n\x00]")
@@ -66,6 +64,31 @@ class ProfileMaterial:
     tls_crypt_key: str | None = field(default=None, repr=False)
     tls_crypt_v2_key: str | None = field(default=None, repr=False)
     spread: bool = False  # remotes belong to several nodes: clients pick one at random
+    # the gateway refuses UDP tls-crypt-v2 clients that cannot do the cookie exchange (2.5)
+    force_cookie: bool = False
+
+
+@dataclass(frozen=True)
+class ClientRequirement:
+    """Which clients take a gateway's profiles, for whoever hands them out."""
+
+    oldest: str  # the oldest OpenVPN 2 release that connects, e.g. "2.5"
+    text: str
+
+
+def client_requirement(
+    control_channel: str, *, udp: bool = True, force_cookie: bool = False
+) -> ClientRequirement:
+    """tls-crypt works from 2.4 on; tls-crypt-v2 from 2.5, and over UDP from 2.6 when the
+    gateway forces the cookie exchange, which 2.5 cannot do (its TCP still works)."""
+    if control_channel != "tls-crypt-v2":
+        return ClientRequirement("2.4", "Needs OpenVPN 2.4 or later, or OpenVPN 3 (Connect).")
+    if udp and force_cookie:
+        return ClientRequirement("2.6", (
+            "Needs OpenVPN 2.6 or later, or OpenVPN 3 (Connect): OpenVPN 2.5 connects over "
+            "TCP only (it cannot do tls-crypt-v2's cookie exchange) and 2.4 not at all."))
+    return ClientRequirement("2.5", "Needs OpenVPN 2.5 or later, or OpenVPN 3 (Connect); "
+                                    "tls-crypt-v2 is unknown to OpenVPN 2.4.")
 
 
 def remotes_for(
@@ -122,24 +145,13 @@ def render_ovpn(material: ProfileMaterial) -> str:
     lines += _block("cert", material.cert_pem)
     lines += _block("key", material.key_pem)
     if material.tls_crypt_v2_key is not None:
-        lines.append(f"# {client_requirement('tls-crypt-v2')}")
+        needs = client_requirement("tls-crypt-v2", udp="udp" in transports,
+                                   force_cookie=material.force_cookie)
+        lines.append(f"# {needs.text}")
         lines += _block("tls-crypt-v2", material.tls_crypt_v2_key)
     elif material.tls_crypt_key is not None:
         lines += _block("tls-crypt", material.tls_crypt_key)
     return "\n".join(lines) + "\n"
-
-
-def oldest_client(control_channel: str) -> str:
-    """The oldest OpenVPN 2 release that takes a gateway's profiles, e.g. "2.5"."""
-    return OLDEST_CLIENT[control_channel]
-
-
-def client_requirement(control_channel: str) -> str:
-    """Which clients take a gateway's profiles, for whoever hands them out."""
-    text = f"Needs OpenVPN {oldest_client(control_channel)} or later, or OpenVPN 3 (Connect)"
-    if control_channel == "tls-crypt-v2":
-        text += "; tls-crypt-v2 is unknown to OpenVPN 2.4"
-    return text + "."
 
 
 def _remote_line(remote: Remote) -> str:

@@ -17,10 +17,10 @@ from sqlmodel import Session, col, select
 
 from client_profiles.fleet import node_addresses
 from client_profiles.ovpn import (
+    ClientRequirement,
     ProfileMaterial,
     Transport,
     client_requirement,
-    oldest_client,
     remotes_for,
     render_ovpn,
 )
@@ -58,8 +58,7 @@ class RenderedProfile:
     serial: str
     file_name: str
     text: str = field(repr=False)
-    requirement: str  # which clients take it (client_profiles.ovpn.client_requirement)
-    oldest_client: str  # the oldest OpenVPN 2 release it works with, e.g. "2.5"
+    requirement: ClientRequirement  # which clients take it
 
 
 def expiry_report(
@@ -132,6 +131,7 @@ def render_profile(
             tls_crypt_key=tls_crypt_key,
             tls_crypt_v2_key=row.tls_crypt_v2_key if use_v2 else None,
             spread=len(nodes) > 1,
+            force_cookie=settings.tls_crypt_v2_force_cookie,
         )
         text = render_ovpn(material)
         record_audit(
@@ -144,8 +144,10 @@ def render_profile(
             detail=f"proto={proto or settings.protocols}",
         )
     return RenderedProfile(serial=row.serial, file_name=f"{row.subject_cn}.ovpn", text=text,
-                           requirement=client_requirement(settings.control_channel),
-                           oldest_client=oldest_client(settings.control_channel))
+                           requirement=client_requirement(
+                               settings.control_channel, udp=any(r.transport == "udp"
+                                                                 for r in remotes),
+                               force_cookie=settings.tls_crypt_v2_force_cookie))
 
 
 def _protocols(value: str) -> Literal["udp", "tcp", "both"]:

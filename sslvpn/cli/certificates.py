@@ -208,8 +208,9 @@ def profile_command(
             engine, paths_of(ctx), user_name=user, device=device, proto=transport, actor=ACTOR
         )
     _emit(profile.text.encode("utf-8"), output, secret=True)
-    click.echo(f"{profile.requirement} Live sessions of older clients: "
-               f"sslvpn sessions --older-than {profile.oldest_client}", err=True)
+    needs = profile.requirement
+    click.echo(f"{needs.text} Live sessions of older clients: "
+               f"sslvpn sessions --older-than {needs.oldest}", err=True)
 
 
 def _emit(data: bytes, output: Path | None, *, secret: bool) -> None:

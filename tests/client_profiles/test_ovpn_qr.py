@@ -13,6 +13,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from client_profiles.ovpn import (
+    ClientRequirement,
     ProfileMaterial,
     Remote,
     client_requirement,
@@ -156,8 +157,15 @@ def test_openvpn_2_4_takes_every_line_of_a_tls_crypt_profile(
 
 
 def test_client_requirement_per_control_channel() -> None:
-    assert client_requirement("tls-crypt") == "Needs OpenVPN 2.4 or later, or OpenVPN 3 (Connect)."
-    assert client_requirement("tls-crypt-v2").startswith("Needs OpenVPN 2.5 or later")
+    assert client_requirement("tls-crypt", force_cookie=True) == ClientRequirement(
+        "2.4", "Needs OpenVPN 2.4 or later, or OpenVPN 3 (Connect).")
+    assert client_requirement("tls-crypt-v2").oldest == "2.5"
+    assert client_requirement("tls-crypt-v2", udp=False, force_cookie=True).oldest == "2.5"
+    cookie = client_requirement("tls-crypt-v2", force_cookie=True)
+    assert cookie.oldest == "2.6" and "OpenVPN 2.5 connects over TCP only" in cookie.text
+    forced = render_ovpn(replace(MATERIAL, tls_crypt_key=None, tls_crypt_v2_key=PEM,
+                                 force_cookie=True))
+    assert f"# {cookie.text}" in forced.splitlines()
 
 
 def test_remotes_refuse_a_protocol_the_gateway_does_not_offer() -> None:

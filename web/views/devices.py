@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 from sqlmodel import Session
 
-from client_profiles.ovpn import client_requirement
+from client_profiles.ovpn import ClientRequirement, client_requirement
 from client_profiles.qr import qr_png, qr_svg
 from client_profiles.reports import RenderedProfile
 from sslvpn.store import NotFoundError, queries
@@ -143,18 +143,21 @@ async def render_device(
     me_id = current_user_id(request)
     name = portal_of(request).settings.gateway_name
 
-    def read(s: Session) -> tuple[list[ImportToken], str | None]:
+    def read(s: Session) -> tuple[list[ImportToken], ClientRequirement | None]:
         tokens = queries.list_import_tokens(s, user_id=me_id)
         try:
-            return tokens, queries.get_settings(s, name=name).control_channel
+            settings = queries.get_settings(s, name=name)
         except NotFoundError:
             return tokens, None
+        return tokens, client_requirement(
+            settings.control_channel, udp=settings.protocols != "tcp",
+            force_cookie=settings.tls_crypt_v2_force_cookie)
 
-    listed, control_channel = await portal_of(request).read(read)
+    listed, requirement = await portal_of(request).read(read)
     tokens = [t for t in listed if t.certificate_serial == certificate.serial]
     now = now_of(request)
     context: dict[str, object] = {
-        "requirement": control_channel and client_requirement(control_channel),
+        "requirement": requirement,
         "certificate": certificate,
         "tokens": [(t, import_links.state_of(t, now)) for t in tokens],
         "now": now,
