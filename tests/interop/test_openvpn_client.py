@@ -131,6 +131,9 @@ def test_connect_ping_and_move_50mb_each_way(
     assert (session["user"], session["certificate_serial"], session["protocol"]) == (
         "alice", serial, proto)
     assert session["tls_group"] == "x25519"  # Debian's 2.6 is on OpenSSL 3.0: no ML-KEM
+    # what the client's peer-info said it is (IV_VER, IV_PLAT)
+    assert re.fullmatch(r"2\.6\.\d+", str(session["client_version"])), session
+    assert (session["client_platform"], session["client_gui"]) == ("linux", None)
     up = _stream(topology, "put", str(FIFTY_MB))
     down = _stream(topology, "get", str(FIFTY_MB))
     assert up["ok"] and up["bytes"] == FIFTY_MB, up
