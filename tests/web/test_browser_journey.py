@@ -149,6 +149,12 @@ async def test_dashboard_chart_and_sessions_refresh_live(
     await admin.wait_for_selector("#traffic-now:has-text('now: in')", timeout=30_000)
     await admin.goto(f"{portal_url}/admin/sessions")
     assert "No live sessions." in await admin.content()
-    gateway.add("live-1", "alice", issue_for(site, "alice"))
+    serial = issue_for(site, "alice")
+    gateway.add("live-1", "alice", serial)
     await admin.wait_for_selector("#sessions >> text=198.18.0.9:50000", timeout=30_000)
+    await admin.goto(f"{portal_url}/admin/sessions?older_than=2.6")  # 2.6.14 is not older
+    assert "No live sessions of older clients." in await admin.content()
+    gateway.add("live-2", "alice", serial, client=("2.4.12", "linux", None))
+    await admin.wait_for_selector("#sessions >> text=2.4.12 linux", timeout=30_000)
+    assert "2.6.14" not in await admin.inner_text("#sessions")  # the refresh kept the filter
     assert errors == []  # nothing blocked by the Content-Security-Policy
