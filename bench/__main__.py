@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench import report as report_module
+from bench.attack_phase import AttackSettings, run_attack
 from bench.fleet_phase import FleetSettings, run_fleet
 from bench.ipsec_phase import IpsecSettings, run_ipsec
 from bench.lab import Lab
@@ -28,15 +29,17 @@ from bench.scale_phase import ScaleSettings, run_scale
 from bench.tunnel_phases import TunnelBench, TunnelSettings
 from bench.vpn import build_topology
 
-PHASES = ("throughput", "latency", "admission", "scale", "ipsec", "fleet")
+PHASES = ("throughput", "latency", "admission", "scale", "attack", "ipsec", "fleet")
 FULL = (TunnelSettings(reps=3, seconds=10, raw_seconds=5, pings=200, handshakes=10, burst=50),
         IpsecSettings(reps=3, seconds=10),
         ScaleSettings(sizes=(1000, 10000), burst=1000, hold=3, stage_timeout=45),
-        FleetSettings(clients=20, back_timeout=90))
+        FleetSettings(clients=20, back_timeout=90),
+        AttackSettings(forged=2000, window=10, tcp_clients=10))
 QUICK = (TunnelSettings(reps=1, seconds=3, raw_seconds=2, pings=50, handshakes=3, burst=10),
          IpsecSettings(reps=1, seconds=3),
          ScaleSettings(sizes=(100,), burst=100, hold=2, stage_timeout=30),
-        FleetSettings(clients=6, back_timeout=90))
+         FleetSettings(clients=6, back_timeout=90),
+         AttackSettings(forged=500, window=7, tcp_clients=3))
 REQUIRED = ("ip", "openvpn", "iperf3", "ping", "openssl", "swanctl")
 
 
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing or os.geteuid() != 0:
         print(f"bench needs root and {', '.join(REQUIRED)}; missing: {missing}", file=sys.stderr)
         return 2
-    tunnel_s, ipsec_s, scale_s, fleet_s = QUICK if args.quick else FULL
+    tunnel_s, ipsec_s, scale_s, fleet_s, attack_s = QUICK if args.quick else FULL
     if args.pings is not None:
         tunnel_s = dataclasses.replace(tunnel_s, pings=args.pings)
     work = args.out / "work"
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     lab = Lab()
     try:
-        if {"throughput", "latency", "admission", "scale"} & set(phases):
+        if {"throughput", "latency", "admission", "scale", "attack"} & set(phases):
             topo = build_topology(lab, work / "vpn")
             if topo.cli_error:
                 report.notes.append("sslvpn CLI unavailable, OpenVPN baseline uses an openssl "
@@ -104,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                 _phase(report, "admission", tunnels.run_admission)
             if "scale" in phases:
                 _phase(report, "scale", lambda: run_scale(topo, report, scale_s, args.workers))
+            if "attack" in phases:
+                _phase(report, "attack", lambda: run_attack(topo, report, attack_s))
         if "ipsec" in phases:
             _phase(report, "ipsec", lambda: run_ipsec(lab, work / "ipsec", report, ipsec_s))
         if "fleet" in phases:
