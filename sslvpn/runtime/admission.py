@@ -53,6 +53,11 @@ _EXPLAIN = {
                      "as many as any other",
     "evicted": "{half_open_max} clients had not authenticated: the oldest of the address "
                "holding the most was dropped for a newcomer",
+    "no-cookie-support": "a tls-crypt-v2 client without early negotiation (OpenVPN 2.5) over "
+                         "UDP, refused by force-cookie (`init --no-tls-crypt-v2-force-cookie` "
+                         "or the settings page admits it)",
+    "rate-limited": "more new UDP clients than connect-freq-initial allows (serve "
+                    "--connect-freq-initial)",
 }
 
 

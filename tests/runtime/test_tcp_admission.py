@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from sslvpn.runtime.admission import HALF_OPEN_PER_ADDRESS, OUT_OF_DESCRIPTORS
+from sslvpn.store import db, queries
 from tests.runtime.loopback import (
     client_config,
     connected,
@@ -77,6 +78,34 @@ async def test_one_source_holds_at_most_its_half_open_budget(tmp_path: Path) -> 
         client.close_transport()
         for _reader, writer in flood:
             writer.close()
+    engine.dispose()
+
+
+async def test_max_clients_refuses_the_excess_cleanly_with_a_log_line(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """OpenVPN's max-clients: with 2 held, a third client's connection is closed at once,
+    counted and logged; an authenticated client counts as much as a half-open one."""
+    paths, engine = make_data_folder(tmp_path)
+    row = issue(paths, engine, "alice")
+    with db.session(engine, write=True) as s:
+        settings = queries.get_settings(s)
+        settings.max_clients = 2
+        queries.save_settings(s, settings=settings)
+    async with running_service(paths, engine) as (service, _tun):
+        assert service.gateway is not None
+        client = await connected(service, client_config(paths, row, v2=False, tcp=True))
+        host, port = service.tcp[0].address
+        idle = await asyncio.open_connection(host, port)
+        with caplog.at_level(logging.WARNING, "sslvpn.runtime.admission"):
+            reader, writer = await asyncio.open_connection(host, port)
+            assert await _read_closed(reader)
+        status = service.gateway.listener_status()
+        assert status.refused == {"max-clients": 1} and status.clients == 2
+        assert status.limits["max_clients"] == 2
+        assert "the gateway holds max-clients (2) clients (first from 127.0.0.1)" in caplog.text
+        writer.close()
+        idle[1].close()
+        client.close_transport()
     engine.dispose()
 
 
