@@ -11,9 +11,9 @@ Floods (built with our own client core from leaked keys, ``tests.interop.attacks
 
 Per flood and server (started afresh for each): packets and bytes the victim got per forged
 packet and byte, counted by nft after a window that covers 2.6's first retransmissions;
-half-open peak (ours: ``sessions --json``; OpenVPN shows none: n/a); RSS growth (peak
-VmHWM over the process tree, minus the peak once started and settled); and a real openvpn
-client's first packet to connected, started right after the UDP flood was sent or while the
+half-open peak (ours: ``sessions --json``; OpenVPN shows none: n/a); RSS growth (the process
+tree's RSS sampled during the flood, minus its RSS once started and settled); and a real
+openvpn client's first packet to connected, started right after the UDP flood was sent or while the
 TCP flood runs (median of several in a row for TCP, and the worst). For tls-crypt-v2 both
 servers run tls-crypt-v2 (OpenVPN cannot serve tls-crypt beside it), the client a v2 profile.
 """
@@ -24,6 +24,7 @@ import dataclasses
 import json
 import os
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,7 @@ VICTIM = "198.18.0.77"
 FLOOD_SOURCES = [f"198.18.0.{n}" for n in range(100, 108)]
 GROUP = "attack"
 SETTLE = 3.0  # seconds a freshly started server is left alone before a flood
+RSS_SAMPLE = 0.2  # seconds between two RSS samples during a flood
 
 
 @dataclass(frozen=True)
@@ -182,11 +184,26 @@ def _tree_kib(pid: int, field: str) -> int:
     return total
 
 
-def _settled_peak(pid: int) -> int:
-    """The server's peak RSS (KiB) once its start-up is over (ours starts its portal after
-    it listens): the baseline of the growth a flood causes."""
-    time.sleep(SETTLE)
-    return _tree_kib(pid, "VmHWM")
+class RssWatch:
+    """The server tree's RSS once settled (ours starts its portal after it listens), and the
+    most it reaches while watched (sampled every ``RSS_SAMPLE`` s, in a thread)."""
+
+    def __init__(self, pid: int) -> None:
+        time.sleep(SETTLE)
+        self.pid = pid
+        self.baseline = self.peak = _tree_kib(pid, "VmRSS")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(RSS_SAMPLE):
+            self.peak = max(self.peak, _tree_kib(self.pid, "VmRSS"))
+
+    def growth_mib(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return (max(self.peak, _tree_kib(self.pid, "VmRSS")) - self.baseline) / 1024
 
 
 def _half_open_peak(topo: VpnTopology, proto: str) -> float | None:
@@ -209,8 +226,7 @@ def _set(report: Report, label: str, figure: str, unit: str, name: str,
 def _udp_flood(topo: VpnTopology, report: Report, settings: AttackSettings, name: str,
                server: Server, label: str, packets: list[bytes], source: str,
                profile: Path) -> None:
-    pid = server.pid
-    rss = _settled_peak(pid)
+    rss = RssWatch(server.pid)
     before = victim_count(topo.cli)
     path = write_packets(topo.work / f"attack-{name}-{label.replace(' ', '-')}.bin", packets)
     sent = forge_udp(topo.cli, source, GATEWAY_OUTER, PORT, path, 20000)
@@ -228,7 +244,7 @@ def _udp_flood(topo: VpnTopology, report: Report, settings: AttackSettings, name
         _set(report, label, "reflected bytes per forged byte", "bytes", name, size / sent_bytes)
     peak = _half_open_peak(topo, "udp") if name == "ours" else None
     _set(report, label, "half-open peak", "clients", name, peak)
-    _set(report, label, "RSS growth", "MiB", name, (_tree_kib(pid, "VmHWM") - rss) / 1024)
+    _set(report, label, "RSS growth", "MiB", name, rss.growth_mib())
     _set(report, label, "real client first packet to connected", "s", name, took)
     report.notes.append(f"attack {label} {name}: {sent} forged, {got} packets / {size} bytes "
                         "at the victim")
@@ -236,8 +252,7 @@ def _udp_flood(topo: VpnTopology, report: Report, settings: AttackSettings, name
 
 def _tcp_flood(topo: VpnTopology, report: Report, settings: AttackSettings, name: str,
                server: Server, serial: str) -> None:
-    pid = server.pid
-    rss = _settled_peak(pid)
+    rss = RssWatch(server.pid)
     reset = resets(leaked_config(topo.data_dir, serial, v2=False, tcp=True), 1)
     path = write_packets(topo.work / f"attack-{name}-tcp.bin", reset)
     flood = start_tcp_flood(topo.cli, GATEWAY_OUTER, PORT, path, settings.tcp_concurrency,
@@ -255,7 +270,7 @@ def _tcp_flood(topo: VpnTopology, report: Report, settings: AttackSettings, name
             if took is not None:
                 times.append(took)
         peak = _half_open_peak(topo, "tcp") if name == "ours" else None
-        hwm = _tree_kib(pid, "VmHWM")
+        growth = rss.growth_mib()
     finally:
         made = stop_tcp_flood(flood)
     label = "tcp flood"
@@ -264,6 +279,6 @@ def _tcp_flood(topo: VpnTopology, report: Report, settings: AttackSettings, name
     setattr(figure, SIDE[name], statistics.median(times) if times else None)
     _set(report, label, "real client connect (worst)", "s", name, max(times, default=None))
     _set(report, label, "half-open peak", "clients", name, peak)
-    _set(report, label, "RSS growth", "MiB", name, (hwm - rss) / 1024)
+    _set(report, label, "RSS growth", "MiB", name, growth)
     report.notes.append(f"attack tcp {name}: {made} connections made by the flood; real "
                         f"clients {', '.join(f'{t:.3f}' for t in times)} s")
