@@ -245,6 +245,7 @@ async def test_settings_validate_and_save(client: TestClient, site: Site) -> Non
         assert queries.get_settings(s).port == 1194
     status, page = await post(client, "/admin/settings", csrf, **good)
     assert status == 200 and "Settings saved." in page
+    assert '<a href="/admin/sessions?older_than=2.6" id="older-clients">' in page
     with db.session(site.engine, write=False) as s:
         saved = queries.get_settings(s)
     assert saved.port == 443 and saved.vpc_networks == ["10.20.0.0/16", "10.30.0.0/16"]
