@@ -160,7 +160,9 @@ def combined(statuses: list[ListenerStatus]) -> ListenerStatus:
         half_open_peak=total("half_open_peak"),  # each worker's peak: an upper bound
         refused=total("refused"),
         top_refused_sources=dict(top),
-        limits=statuses[0].limits if statuses else {},
+        # each worker enforces its share of max-clients; the other caps hold per worker
+        limits={**statuses[0].limits, "max_clients": sum(
+            s.limits.get("max_clients", 0) for s in statuses)} if statuses else {},
     )
 
 

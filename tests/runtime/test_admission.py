@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from sslvpn.runtime.admission import LOG_INTERVAL, Admission, AdmissionLimits, Slot
+from sslvpn.runtime.control import ListenerStatus, combined
 
 
 class Clock:
@@ -78,3 +79,20 @@ def test_refusals_are_logged_at_most_once_per_interval(caplog: pytest.LogCapture
     assert len(caplog.records) == 2
     assert "refused 100 more new OpenVPN client(s) in 10 s" in caplog.records[1].getMessage()
     assert admission.refused == {"half-open-per-address": 101}
+
+
+def test_the_workers_of_a_node_add_up() -> None:
+    """`sessions` on a node with `serve --workers` shows every worker's listeners as one."""
+    one = ListenerStatus(clients=3, half_open={"udp": 1, "tcp": 2}, half_open_peak={"udp": 4},
+                         refused={"max-clients": 2}, top_refused_sources={"192.0.2.1": 2},
+                         limits={"max_clients": 10})
+    two = ListenerStatus(clients=1, half_open={"udp": 0, "tcp": 1}, half_open_peak={"udp": 1},
+                         refused={"max-clients": 1, "rate-limited": 5},
+                         top_refused_sources={"192.0.2.1": 1, "192.0.2.9": 5},
+                         limits={"max_clients": 10})
+    both = combined([one, two])
+    assert (both.clients, both.half_open, both.half_open_peak) == (
+        4, {"udp": 1, "tcp": 3}, {"udp": 5})
+    assert both.refused == {"max-clients": 3, "rate-limited": 5}
+    assert list(both.top_refused_sources.items()) == [("192.0.2.9", 5), ("192.0.2.1", 3)]
+    assert both.limits == {"max_clients": 20}  # each worker holds its share
