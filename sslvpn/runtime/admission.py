@@ -15,7 +15,9 @@ handed out). Admission refuses a new slot cleanly when:
   never locks out another address's client; only when the newcomer's address already holds
   as many as any other is it refused.
 
-Refusals are counted by reason and by source address (the top ones are shown by
+A source is an IPv4 address or an IPv6 /64 (one host or household usually holds a whole
+/64, so counting single IPv6 addresses would give one attacker billions of budgets).
+Refusals are counted by reason and by source (the top ones are shown by
 ``sslvpn sessions --json``, the portal and the metrics), and logged at most once per
 ``LOG_INTERVAL`` per reason, with the count and the limit, so a flood cannot fill the log.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ipaddress
 import logging
 import resource
 import time
@@ -59,6 +62,16 @@ _EXPLAIN = {
     "rate-limited": "more new UDP clients than connect-freq-initial allows (serve "
                     "--connect-freq-initial)",
 }
+
+
+def source_of(address: str) -> str:
+    """The admission source of a peer address: itself (IPv4) or its /64 (IPv6)."""
+    if ":" not in address:
+        return address
+    try:
+        return str(ipaddress.IPv6Network((address.split("%")[0], 64), strict=False))
+    except ValueError:  # not an address (a test's stand-in): itself
+        return address
 
 
 def descriptors_needed(clients: int) -> int:

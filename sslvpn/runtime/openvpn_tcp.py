@@ -28,7 +28,7 @@ from typing import cast
 
 from sslvpn.openvpn.framing import FramingError, TcpFrameDecoder, frame
 from sslvpn.openvpn.server import CreateSession, Dropped, Reply
-from sslvpn.runtime.admission import Slot
+from sslvpn.runtime.admission import Slot, source_of
 from sslvpn.runtime.gateway import ClientSession, Gateway
 from sslvpn.runtime.openvpn_udp import Acceptor, SessionFactory, enlarge_buffers, format_peer
 
@@ -228,7 +228,7 @@ class OpenVpnTcpListener:
     def _admit(self, conn: socket.socket, address: tuple[str, int]) -> None:
         assert self._loop is not None  # noqa: S101 (started)
         connection = _Connection(self)
-        slot = self.gateway.admission.take(address[0], "tcp", connection.evict)
+        slot = self.gateway.admission.take(source_of(address[0]), "tcp", connection.evict)
         if slot is None:
             conn.close()
             return

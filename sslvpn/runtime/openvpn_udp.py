@@ -47,6 +47,7 @@ from typing import Protocol
 
 from sslvpn.openvpn.constants import DATA_V2_HEADER_LEN, Opcode
 from sslvpn.openvpn.server import NO_COOKIE_SUPPORT, CreateSession, Decision, Dropped, Reply
+from sslvpn.runtime.admission import source_of
 from sslvpn.runtime.driver import SessionCore
 from sslvpn.runtime.gateway import ClientSession, Gateway
 
@@ -296,7 +297,7 @@ class OpenVpnUdpListener:
         elif isinstance(decision, Dropped):
             self.drops[decision.reason] += 1
             if decision.reason in REFUSALS:
-                self.gateway.admission.refuse(decision.reason, address[0])
+                self.gateway.admission.refuse(decision.reason, source_of(address[0]))
         elif isinstance(decision, CreateSession):
             self._create(decision, address, now)
 
@@ -345,7 +346,7 @@ class OpenVpnUdpListener:
         pin.close()
 
     def _create(self, decision: CreateSession, address: PeerAddress, now: float) -> None:
-        slot = self.gateway.admission.take(address[0], "udp", lambda: evict())
+        slot = self.gateway.admission.take(source_of(address[0]), "udp", lambda: evict())
         if slot is None:
             return
         try:

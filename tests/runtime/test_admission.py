@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from sslvpn.runtime.admission import LOG_INTERVAL, Admission, AdmissionLimits, Slot
+from sslvpn.runtime.admission import LOG_INTERVAL, Admission, AdmissionLimits, Slot, source_of
 from sslvpn.runtime.control import ListenerStatus, combined
 
 
@@ -96,3 +96,15 @@ def test_the_workers_of_a_node_add_up() -> None:
     assert both.refused == {"max-clients": 3, "rate-limited": 5}
     assert list(both.top_refused_sources.items()) == [("192.0.2.9", 5), ("192.0.2.1", 3)]
     assert both.limits == {"max_clients": 20}  # each worker holds its share
+
+
+def test_an_ipv6_source_is_its_slash_64() -> None:
+    """One host usually holds a whole /64: counting single IPv6 addresses would hand an
+    attacker a budget per address."""
+    assert source_of("198.51.100.7") == "198.51.100.7"
+    assert source_of("2001:db8:1:2::5") == source_of("2001:db8:1:2:ffff::1") == \
+        "2001:db8:1:2::/64"
+    assert source_of("fe80::1%eth0") == "fe80::/64"
+    admission = Admission(AdmissionLimits(half_open_per_address=2))
+    taken = [_take(admission, source_of(f"2001:db8:1:2::{n}")) for n in range(1, 4)]
+    assert [slot is not None for slot in taken] == [True, True, False]
