@@ -492,10 +492,9 @@ class Tunnel:
         if event.rekeyed_from is not None and event.outbound:
             self.rekeys["child"] += 1
         cipher = esp_cipher(event.cipher)
-        inbound = InboundSa(event.spi_in, cipher, _keys(event.keys_in))
-        self._sad.remove(event.spi_in)
-        self._sad.add(inbound, self)
-        self._inbound_spis.add(event.spi_in)
+        if event.spi_in not in self._inbound_spis:  # else it now sends too: keep its window
+            self._sad.add(InboundSa(event.spi_in, cipher, _keys(event.keys_in)), self)
+            self._inbound_spis.add(event.spi_in)
         if not event.outbound:  # the redundant SA of a rekey collision: inbound only
             return
         self._current_spi_in = event.spi_in

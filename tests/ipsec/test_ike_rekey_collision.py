@@ -30,20 +30,31 @@ class Sad:
     inbound: dict[int, ev.EspKeys] = field(default_factory=dict)
     outbound: tuple[int, ev.EspKeys] | None = None
     redundant_seen: int = 0
+    promoted: int = 0
     events: list[ev.IkeEvent] = field(default_factory=list)
 
     def of(self, kind: type[E]) -> list[E]:
         return [e for e in self.events if isinstance(e, kind)]
 
+    inbound_only: set[int] = field(default_factory=set)
+
     def apply(self, event: ev.IkeEvent) -> None:
+        """Inbound-only SAs are the redundant SA of a collision, or a rekey's new SA held
+        back until the old one goes (then announced again, outbound)."""
         self.events.append(event)
         if isinstance(event, ev.ChildSaEstablished):
             self.inbound[event.spi_in] = event.keys_in
             if event.outbound:
                 self.outbound = (event.spi_out, event.keys_out)
+                if event.spi_in in self.inbound_only:
+                    self.promoted += 1  # held back until the old SA went
+                self.inbound_only.discard(event.spi_in)
             else:
-                self.redundant_seen += 1
+                self.inbound_only.add(event.spi_in)
         elif isinstance(event, ev.ChildSaDeleted):
+            if event.spi_in in self.inbound_only:
+                self.redundant_seen += 1  # never sent on: the redundant SA
+                self.inbound_only.discard(event.spi_in)
             self.inbound.pop(event.spi_in, None)
             if self.outbound is not None and self.outbound[0] == event.spi_out:
                 self.outbound = None
@@ -152,9 +163,11 @@ def test_simultaneous_child_rekeys_keep_one_sa_and_lose_nothing(lose_peer_reques
             assert sad.outbound is not None
             assert sad.outbound[0] == int.from_bytes(child.spi_out, "big")
         if not lose_peer_request:
-            # exactly one side created the redundant SA: it installed it inbound only
-            assert sads["a"].redundant_seen + sads["b"].redundant_seen == 1
-            outcomes.add("a" if sads["a"].redundant_seen else "b")
+            # one redundant SA, inbound only on both sides until deleted; the side that lost
+            # sends on the peer's new SA once the old one is gone, the winner on its own
+            assert sads["a"].redundant_seen == sads["b"].redundant_seen == 1
+            assert sads["a"].promoted + sads["b"].promoted == 1
+            outcomes.add("b" if sads["a"].promoted else "a")
         assert pair.a.state is IkeState.ESTABLISHED and pair.b.state is IkeState.ESTABLISHED
     if not lose_peer_request:
         assert outcomes == {"a", "b"}  # both branches of the lowest-nonce rule ran

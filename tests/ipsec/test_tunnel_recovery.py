@@ -152,3 +152,21 @@ def test_rekeys_the_peer_refuses_leave_the_tunnel_up() -> None:
         assert lab.tunnel.outbound is outbound and lab.tunnel.initiating is None
         assert "no_proposal_chosen" in (lab.tunnel.last_error or "").replace(" ", "_").lower()
     assert live is not None and live.ike_rekey_at <= lab.now + 45
+
+
+def test_the_rekey_responder_sends_on_the_new_sa_only_once_the_old_one_goes() -> None:
+    """As strongSwan: answering the peer's CHILD_SA rekey, the tunnel installs the new SA
+    inbound at once but keeps sending on the old one until the peer (which installs the
+    new one only on reading our answer) deletes it: no packet goes to an SPI the peer
+    does not know yet (one ping was lost so under load, crossing rekeys with strongSwan)."""
+    lab = Lab()
+    peer = bring_up(lab)
+    old_out = lab.tunnel.outbound
+    assert old_out is not None
+    peer.rekey_child(lab.now)
+    lab.to_tunnel(peer)  # the peer's CREATE_CHILD_SA: answered, the answer not yet delivered
+    assert lab.tunnel.outbound is old_out and len(lab.sad) == 2  # new one inbound only
+    lab.run(peer)  # the answer reaches the peer, which installs the SA and deletes the old
+    assert lab.tunnel.outbound is not old_out and lab.tunnel.outbound is not None
+    assert lab.tunnel.outbound.spi == int.from_bytes(peer.children[0].spi_in, "big")
+    assert lab.tunnel.state == "up" and lab.tunnel.rekeys["child"] == 1

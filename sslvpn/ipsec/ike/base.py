@@ -255,6 +255,10 @@ class SaBase:
     def _remove_child(self, child: ChildSa, reason: str) -> None:
         if child in self.children:
             self.children.remove(child)
+            successor = child.successor
+            if successor is not None and successor.held and successor in self.children:
+                successor.held = False  # send on it from now on, before the old one goes
+                self._emit(successor.established(child.spi_in, True))
             self._emit(
                 ChildSaDeleted(
                     int.from_bytes(child.spi_in, "big"),

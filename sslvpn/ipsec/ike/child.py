@@ -39,6 +39,11 @@ class ChildSa:
     # while our rekey of this SA is outstanding the peer rekeyed it too (RFC 7296 §2.8.1):
     # the CHILD_SA the peer created and the lower nonce of the peer's exchange
     collision: tuple[ChildSa, bytes] | None = None
+    # the rekey's new SA that takes over sending once this one is removed; ``held``: a new
+    # SA whose rekey the peer started, inbound only until then (the peer may not have
+    # installed it yet: as strongSwan, its responder sends on it once the old one is gone)
+    successor: ChildSa | None = None
+    held: bool = False
 
     def __repr__(self) -> str:
         return f"ChildSa(in={self.spi_in.hex()}, out={self.spi_out.hex()}, {self.state.value})"

@@ -2,7 +2,9 @@
 
 * CHILD_SA rekey (§2.8): ``N(REKEY_SA, old inbound SPI), SA, Ni, [KE], TSi, TSr``; the new
   SA is announced at once, the old one is deleted by its rekey initiator afterwards and
-  its inbound half stays usable until that DELETE completes (no loss). When both sides
+  its inbound half stays usable until that DELETE completes (no loss). The responder
+  installs the new SA inbound only and sends on it once the old one is removed, as
+  strongSwan does: the initiator may not have processed the answer yet. When both sides
   rekey the same SA at once, both exchanges complete and the lowest-nonce rule (§2.8.1)
   picks the redundant new SA, deleted by its creator; the other creator deletes the old.
 * IKE SA rekey (§2.18), with its collisions and IKE_FOLLOWUP_KE: ``ike_rekey.py``.
@@ -186,7 +188,7 @@ class EstablishedExchanges(IkeRekey):
             ours.rekeyed = True
             self._queue.appendleft(("delete_child", ours))
             return
-        self._add_child(ctx, params, state.nonce, nr, shared, True, now, old)
+        old.successor = self._add_child(ctx, params, state.nonce, nr, shared, True, now, old)
         self._queue.appendleft(("delete_child", old))  # the peer deletes its redundant SA
 
     def _rekey_answer(
@@ -283,7 +285,10 @@ class EstablishedExchanges(IkeRekey):
         response += [TsPayload(False, their_side), TsPayload(True, our_side)]
         self._respond(ctx, ExchangeType.CREATE_CHILD_SA, message_id, response)
         params = ChildParams(suite, spi, proposal.spi, tuple(our_side), tuple(their_side))
-        new = self._add_child(ctx, params, ni, nr, shared, False, now, old)
+        new = self._add_child(ctx, params, ni, nr, shared, False, now, old,
+                              outbound=old is None)
+        if old is not None:  # sent on once the old SA is removed (its DELETE, or expiry)
+            new.held, old.successor = True, new
         if old is not None and old.state is ChildState.REKEYING:
             old.collision = (new, min(ni, nr))  # settled when our own rekey is answered
         elif old is not None:
