@@ -115,6 +115,7 @@ class GatewayOptions:
     client_to_client: bool = False
     tun_mtu: int = 1500
     sweep_interval: float | None = 2.0  # None: another process sweeps (a worker's supervisor)
+    peer_id_lane: tuple[int, int] = (0, 1)  # (index, count): hand out index + k * count
     accounting_interval: float = 60.0
     admission: AdmissionLimits = AdmissionLimits()
 
@@ -235,8 +236,12 @@ class Gateway:
         return client
 
     def _next_peer_id(self) -> int:
-        for _ in range(MAX_PEER_ID + 1):
-            candidate = next(self._peer_ids) % (MAX_PEER_ID + 1)
+        """A free peer-id in this process's lane (``peer_id % count == index``: a worker's
+        own, so another worker can tell whose a floated datagram is)."""
+        index, count = self.options.peer_id_lane
+        lane_size = (MAX_PEER_ID - index) // count + 1
+        for _ in range(lane_size):
+            candidate = next(self._peer_ids) % lane_size * count + index
             if candidate not in self._live_peer_ids:
                 self._live_peer_ids.add(candidate)
                 return candidate

@@ -29,7 +29,8 @@ only: an exact 4-tuple match beats the group in the kernel's lookup, and since i
 member of the reuseport group it never changes how new clients are spread (measured: 200 of
 200 pinned flows stayed through two restarts, new flows still split 188/212; a connected
 socket that *is* in the group made new flows land on other clients' sockets after a
-restart). A session that floats is pinned again at its new address.
+restart). A session that floats is pinned again at its new address; a floated datagram the
+kernel gave another worker is handed over to this one (`sslvpn.runtime.handover`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from sslvpn.openvpn.server import NO_COOKIE_SUPPORT, CreateSession, Decision, Dr
 from sslvpn.runtime.admission import source_of
 from sslvpn.runtime.driver import SessionCore
 from sslvpn.runtime.gateway import ClientSession, Gateway
+from sslvpn.runtime.handover import Handover
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +155,11 @@ class OpenVpnUdpListener:
         session_factory: SessionFactory,
         *,
         pin: bool = False,
+        handover: Handover | None = None,
     ) -> None:
         self.sock = sock
         self.pin = pin  # a worker sharing the port: pin each session to this process
+        self.handover = handover  # a worker: other workers' floated datagrams go to them
         self.gateway = gateway
         self.acceptor = acceptor
         self.session_factory = session_factory
@@ -197,6 +201,23 @@ class OpenVpnUdpListener:
         self._reading = True
         try:
             self._read_burst(sock)
+        finally:
+            self._reading = False
+            self._flush()
+            tun.flush()
+
+    def receive_handed(self, data: bytes, address: PeerAddress) -> None:
+        """A datagram another worker received for one of this worker's sessions (a client
+        that floated to a 4-tuple the kernel gave that worker): offered as if read here."""
+        tun = self.gateway.tun
+        tun.hold()
+        self._reading = True
+        try:
+            client = self._clients.get(address)
+            if client is not None and client.driver is not None:
+                client.driver.feed(data)
+            else:
+                self._unknown(data, address)
         finally:
             self._reading = False
             self._flush()
@@ -286,9 +307,13 @@ class OpenVpnUdpListener:
     def _unknown(self, data: bytes, address: PeerAddress) -> None:
         assert self._loop is not None  # noqa: S101 (reading implies started)
         if len(data) >= DATA_V2_HEADER_LEN and data[0] >> 3 == Opcode.DATA_V2:
-            peer = self._by_peer_id.get(int.from_bytes(data[1:4], "big"))
+            peer_id = int.from_bytes(data[1:4], "big")
+            peer = self._by_peer_id.get(peer_id)
             if peer is not None:
                 self._float(peer, data, address)
+                return
+            handover = self.handover
+            if handover is not None and handover.hand(peer_id, self.address[0], data, address):
                 return
         now = self._loop.time()
         decision = self.acceptor.receive(data, address, now)

@@ -32,13 +32,14 @@ from sslvpn.runtime.admission import HALF_OPEN_MAX, AdmissionLimits, raise_descr
 from sslvpn.runtime.control_server import ControlServer
 from sslvpn.runtime.fleet_signal import listen_conninfo, listen_for_signals
 from sslvpn.runtime.gateway import Gateway, GatewayOptions
+from sslvpn.runtime.handover import Handover
 from sslvpn.runtime.instance import stop_on_signals
 from sslvpn.runtime.loop_watchdog import LoopWatchdog
 from sslvpn.runtime.netconf import NFT_TABLE, NetConfig
 from sslvpn.runtime.node import heartbeat, heartbeat_interval, node_pools, vpc_side_addresses
 from sslvpn.runtime.openvpn_setup import OpenVpnCredentials, build_openvpn
 from sslvpn.runtime.openvpn_tcp import OpenVpnTcpListener
-from sslvpn.runtime.openvpn_udp import OpenVpnUdpListener, bind_udp
+from sslvpn.runtime.openvpn_udp import OpenVpnUdpListener, PeerAddress, bind_udp
 from sslvpn.runtime.policy import STARTUP_TIMEOUT, StorePolicy
 from sslvpn.runtime.tun import LinuxTun, Tun
 from sslvpn.runtime.tun_keeper import keep_tun
@@ -128,6 +129,7 @@ class GatewayService:
         self.gateway: Gateway | None = None
         self.udp: list[OpenVpnUdpListener] = []
         self.tcp: list[OpenVpnTcpListener] = []
+        self.handover: Handover | None = None  # a worker: floated datagrams between workers
 
     def stop(self) -> None:
         """Begin a clean shutdown (signal handlers call this)."""
@@ -191,7 +193,11 @@ class GatewayService:
         port = self.options.port if self.options.port is not None else settings.port
         protocols = self.options.protocols or settings.protocols
         credentials = OpenVpnCredentials.load(self.paths, settings)
-        shared = self.options.worker is not None  # the port is shared with the other workers
+        worker = self.options.worker
+        shared = worker is not None  # the port is shared with the other workers
+        if worker is not None:
+            self.handover = Handover(self.paths.control_socket.parent, worker.index,
+                                     worker.count)
         for host in self.options.listen:
             if protocols in ("udp", "both"):
                 try:
@@ -203,7 +209,7 @@ class GatewayService:
                         credentials, settings, tcp=False, connect_freq=self.options.connect_freq
                     )
                     listener = OpenVpnUdpListener(sock, gateway, acceptor, factory,
-                                                   pin=shared)
+                                                   pin=shared, handover=self.handover)
                     listener.start()
                     self.udp.append(listener)
                     gateway.drop_counters.append(listener.drops)
@@ -223,6 +229,15 @@ class GatewayService:
                     log.info("OpenVPN listening on tcp %s:%d", *tcp.address)
         if not self.udp and not self.tcp:
             raise OSError(f"could not listen on port {port} on any address")
+        if self.handover is not None and self.udp:
+            self.handover.start(self._handed)
+
+    def _handed(self, local_host: str, data: bytes, address: PeerAddress) -> None:
+        """A datagram another worker handed over: to the listener on the same address."""
+        for listener in self.udp:
+            if listener.address[0] == local_host:
+                listener.receive_handed(data, address)
+                return
 
     def listening(self) -> list[str]:
         """Where clients reach the OpenVPN listeners, as ``proto host:port``."""
@@ -274,6 +289,8 @@ class GatewayService:
             await store.close()
 
     async def _close_listeners(self) -> None:
+        if self.handover is not None:
+            self.handover.close()
         for udp in self.udp:
             udp.close()
         for tcp in self.tcp:

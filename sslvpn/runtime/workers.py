@@ -66,13 +66,14 @@ class WorkerSlot:
         return self.index == 0
 
     def narrow(self, options: GatewayOptions) -> GatewayOptions:
-        """The gateway options of this worker: its slice of the node's pools and its share
-        of the node's max-clients."""
+        """The gateway options of this worker: its slice of the node's pools, its share
+        of the node's max-clients and its lane of peer-ids."""
         pool, pool6 = worker_slices(options.pool, options.pool6, self.count)[self.index]
         limits = options.admission
         share = -(-limits.max_clients // self.count)
         return dataclasses.replace(options, pool=pool, pool6=pool6,
-                                   admission=dataclasses.replace(limits, max_clients=share))
+                                   admission=dataclasses.replace(limits, max_clients=share),
+                                   peer_id_lane=(self.index, self.count))
 
     def control_socket(self, default: Path) -> Path:
         """The first worker answers on the usual socket, the others beside it."""

@@ -27,7 +27,14 @@ from pathlib import Path
 import pytest
 
 from sslvpn.config import DataPaths
-from tests.interop.conftest import VPC_HOST, Topology, build_topology, sslvpn
+from tests.interop.conftest import (
+    GATEWAY_OUTER,
+    PORT,
+    VPC_HOST,
+    Topology,
+    build_topology,
+    sslvpn,
+)
 from tests.netns import Namespace, file_contains, wait_until
 
 pytestmark = pytest.mark.interop
@@ -155,6 +162,60 @@ def _kill(topo: Topology, worker: int, victim: Client, survivor: Client) -> int:
                      f"{recovered:.1f} s later; the other worker's client lost {lost} of "
                      f"{len(since) + lost} pings (longest gap {gap:.2f} s)\n")
     return lost
+
+
+def _move_source_port(ns: Namespace, port: int, to: int) -> None:
+    """Make the client's datagrams to the gateway leave from port ``to`` instead of
+    ``port`` (and the answers come back to ``port``), as a NAT rebinding does, by rewriting
+    them before conntrack in the client's namespace; the client itself knows nothing."""
+    ns.run("nft", "-f", "-", stdin=f"""
+table ip w15float
+delete table ip w15float
+table ip w15float {{
+  chain out {{
+    type filter hook output priority raw;
+    ip daddr {GATEWAY_OUTER} udp sport {port} udp dport {PORT} notrack udp sport set {to}
+  }}
+  chain back {{
+    type filter hook prerouting priority raw;
+    ip saddr {GATEWAY_OUTER} udp sport {PORT} udp dport {to} notrack udp dport set {port}
+  }}
+}}
+""")
+
+
+def test_a_client_whose_source_port_changes_keeps_its_session(topology: Topology) -> None:
+    """Six new source ports: each lands on either worker (the group's hash), and the one
+    that does not hold the session hands its datagrams over until the session is pinned at
+    the new address; the client never reconnects and its pings go on."""
+    topo = topology
+    topo.issue("fay", "laptop")
+    started: list[Client] = []
+    try:
+        fay = _connect_on(topo, topo.client_ns, "fay", None, started)
+        listed = json.loads(sslvpn(topo.data_dir, "sessions", "--json").output)["sessions"]
+        [address] = [row["real_address"] for row in listed if row["user"] == "fay"]
+        port = int(address.rsplit(":", 1)[1])
+        began = time.time()
+        for to in range(41001, 41007):
+            _move_source_port(topo.client_ns, port, to)
+            moved_at = time.time()
+            assert wait_until(file_contains(topo.gateway_log, f"to 198.18.0.2:{to}"), 10), \
+                topo.gateway_log.read_text()[-3000:]
+            assert wait_until(lambda t=moved_at: sum(  # type: ignore[misc]
+                r > t for r in fay.replies()) >= 3, 10)
+        answered = fay.answered()
+        since = sorted(seq for at, seq in answered if at > began)
+        lost = sum(1 for seq in range(since[0], since[-1]) if seq not in set(since))
+        sys.stderr.write(f"\n[interop] a client floated over 6 source ports on 2 workers: "
+                         f"{lost} of {len(since) + lost} pings lost, no reconnection\n")
+        assert fay.log.read_text().count(CONNECTED) == 1, fay.log.read_text()[-3000:]
+        fay.stop()  # its exit notice, from the last port, ends the session at once
+        assert wait_until(lambda: "fay" not in sslvpn(topo.data_dir, "sessions").output, 10)
+    finally:
+        for client in started:
+            client.stop()
+        topo.client_ns.run("nft", "delete", "table", "ip", "w15float", check=False)
 
 
 def test_workers_serve_slices_survive_kills_and_stop_cleanly(topology: Topology) -> None:
