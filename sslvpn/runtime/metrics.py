@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from cryptography import x509
 from prometheus_client import (
@@ -37,7 +37,6 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlmodel import Session
 
 from sslvpn.config import DataPaths
 from sslvpn.runtime.control import schedule_on_loop
@@ -45,13 +44,16 @@ from sslvpn.runtime.gateway import Gateway
 from sslvpn.store import StoreError, metrics_queries
 from sslvpn.store.async_store import AsyncStore
 
+if TYPE_CHECKING:  # the type of what a store thread hands a source, never opened here
+    from sqlmodel import Session
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 LOOP_TIMEOUT = 2.0  # seconds a scrape waits for the gateway's loop
 STORE_TIMEOUT = 5.0  # seconds a scrape waits for the store's answers
 LoopSource = Callable[[], Iterable[Metric]]
-StoreSource = Callable[[Session], Iterable[Metric]]
+StoreSource = Callable[["Session"], Iterable[Metric]]
 
 
 class Metrics:
