@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 
 from client_profiles.pkifiles import LifecycleError
 from sslvpn.cli.context import CliContext
-from sslvpn.cli.setup import log_to_stderr
+from sslvpn.cli.setup import log_format_option, log_to_stderr
 from sslvpn.config import DataPaths, database_url
 from sslvpn.runtime.control_server import ControlClient
 from sslvpn.runtime.metrics import Metrics, store_facts
@@ -58,6 +58,7 @@ DEFAULT_LISTEN = "127.0.0.1:8080"
 @click.option("--metrics-listen", "metrics_listen_at", default=None, metavar="HOST:PORT",
               help="Serve this process's Prometheus metrics at http://HOST:PORT/metrics (a "
                    "bare PORT: on 127.0.0.1). Default: off.")
+@log_format_option
 @click.pass_obj
 def portal(
     obj: CliContext,
@@ -67,9 +68,10 @@ def portal(
     key: Path | None,
     https: bool | None,
     metrics_listen_at: str | None,
+    log_format: str,
 ) -> None:
     """Serve the web portal and REST API (talks to a local gateway via its control socket)."""
-    log_to_stderr()
+    log_to_stderr(log_format=log_format)
     try:
         metrics_at = None if metrics_listen_at is None else metrics_listen(metrics_listen_at)
     except ValueError as exc:

@@ -41,7 +41,14 @@ from client_profiles import crl, lifecycle
 from client_profiles.pki import WrongPassphrase
 from client_profiles.pkifiles import LifecycleError
 from sslvpn.cli.check import allow_insecure_permissions, preflight
-from sslvpn.cli.setup import log_to_stderr, one_line_errors, paths_of, require_data_folder, store
+from sslvpn.cli.setup import (
+    log_format_option,
+    log_to_stderr,
+    one_line_errors,
+    paths_of,
+    require_data_folder,
+    store,
+)
 from sslvpn.config import DataPaths
 from sslvpn.openvpn.tls import TlsGroupsError
 from sslvpn.runtime import instance
@@ -406,6 +413,7 @@ def _worker_command(slot: WorkerSlot) -> list[str]:
               help="Internal: run as one worker of `--workers` (the supervisor passes it).")
 @allow_insecure_permissions
 @click.option("-v", "--verbose", is_flag=True, help="Debug log output.")
+@log_format_option
 @click.pass_context
 @one_line_errors
 def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
@@ -415,7 +423,8 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
                   tun_name: str,
                   connect_freq: tuple[int, float] | None,
                   no_network_config: bool, trace_frames: int | None, workers: int,
-                  worker_slot: str | None, allow_insecure: bool, verbose: bool) -> None:
+                  worker_slot: str | None, allow_insecure: bool, verbose: bool,
+                  log_format: str) -> None:
     """Run the gateway (OpenVPN over UDP and TCP, IPsec tunnels) and the portal until
     SIGTERM or Ctrl-C; refuses to start on what `sslvpn check` would report."""
     if (portal_cert is None) != (portal_key is None):
@@ -424,7 +433,7 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
         metrics_at = None if metrics_listen_at is None else metrics_listen(metrics_listen_at)
     except ValueError as exc:
         raise click.UsageError(f"--metrics-listen: {exc}") from None
-    log_to_stderr(verbose=verbose)
+    log_to_stderr(verbose=verbose, log_format=log_format, node=node or "default")
     paths = paths_of(ctx)
     require_data_folder(ctx, write=True)
     slot = _worker_slot(worker_slot)

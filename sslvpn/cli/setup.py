@@ -8,7 +8,6 @@ that the data folder exists (so a typo in ``--data-dir`` never creates an empty 
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import shutil
 import sys
@@ -24,6 +23,7 @@ from client_profiles import lifecycle
 from client_profiles.inputs import KEEPALIVE_DEFAULT
 from client_profiles.pki import KeyType, WrongPassphrase
 from client_profiles.pkifiles import LifecycleError
+from sslvpn import eventlog
 from sslvpn.cli.context import CliContext
 from sslvpn.config import DataPaths, database_url
 from sslvpn.openvpn.constants import DEFAULT_TLS_GROUPS
@@ -52,14 +52,17 @@ def one_line_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def log_to_stderr(*, verbose: bool = False) -> None:
-    """The long-running commands (serve, portal) log with times; alembic only when it acts."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not verbose:  # migrations that found nothing to do are not news
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+log_format_option = click.option(
+    "--log-format", type=click.Choice(eventlog.LOG_FORMATS), default="text", show_default=True,
+    envvar="SSLVPN_LOG_FORMAT",
+    help="text, or json: one JSON object per line with timestamp, level, node, event and "
+         "the event's fields.")
+
+
+def log_to_stderr(*, verbose: bool = False, log_format: str = "text",
+                  node: str | None = None) -> None:
+    """The long-running commands (serve, portal) log with times (`sslvpn.eventlog`)."""
+    eventlog.configure(log_format, node=node, verbose=verbose)
 
 
 def paths_of(ctx: click.Context) -> DataPaths:

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sslvpn.eventlog import fields
 from sslvpn.net import ippacket
 from sslvpn.net.ippacket import IPV4_HEADER_MIN
 from sslvpn.net.pool import AddressPool, PoolExhausted
@@ -333,9 +334,10 @@ class Gateway:
                 client.slot.authenticated()
             log.info("session %s established: %s", client.session_id, event)
         elif kind is PeerRefused:
-            self._count_handshake(client, refusal_result(event.reason))  # type: ignore[attr-defined]
+            reason: str = event.reason  # type: ignore[attr-defined]
+            self._count_handshake(client, refusal_result(reason))
             log.warning("session %s from %s refused by the core: %s", client.session_id,
-                        client.real_address, event.reason)  # type: ignore[attr-defined]
+                        client.real_address, reason, extra=_refused(client, reason))
         elif kind is SessionClosed:
             self._finish(client, event.reason)  # type: ignore[attr-defined]
         else:
@@ -413,9 +415,10 @@ class Gateway:
         serial = client.serial
         client.user, client.device = auth.user, auth.device
         if auth.refusal is not None:
-            log.warning("refused %s (serial %s, user %r) from %s: %s", client.session_id,
-                        serial, auth.user, client.real_address, auth.refusal)
             self._count_handshake(client, refusal_result(auth.refusal))
+            log.warning("refused %s (serial %s, user %r) from %s: %s", client.session_id,
+                        serial, auth.user, client.real_address, auth.refusal,
+                        extra=_refused(client, auth.refusal))
             client.driver.reject(auth.refusal)
             return
         other = self._by_serial.get(serial)
@@ -424,8 +427,9 @@ class Gateway:
         try:
             address = self._allocate(serial)
         except PoolExhausted:
-            log.error("refused %s: address pool %s exhausted", client.session_id, self.pool.network)
             self._count_handshake(client, "auth_failed")
+            log.error("refused %s: address pool %s exhausted", client.session_id, self.pool.network,
+                      extra=_refused(client, "address pool exhausted"))
             client.driver.reject("address pool exhausted")
             return
         client.vpn_address = address.packed
@@ -436,7 +440,9 @@ class Gateway:
         software = client.software
         log.info("accepted %s: user %r serial %s from %s as %s (client %r %r on %r)",
                  client.session_id, auth.user, serial, client.real_address, address,
-                 software.gui, software.version, software.platform)
+                 software.gui, software.version, software.platform,
+                 extra=fields("session.connected", **_who(client),
+                              client_version=software.version, platform=software.platform))
         client.driver.accept(push)
         self._count_handshake(client, "ok")
         self.records.add(SessionOpened(client.session_id, client.user, serial,
@@ -501,16 +507,24 @@ class Gateway:
             self._release(client)
             self.records.add(SessionEnded(client.session_id, datetime.now(UTC), reason[:200],
                                           client.bytes_in, client.bytes_out))
+            duration = (datetime.now(UTC) - client.connected_at).total_seconds()
             log.info("session %s (user %r, %s) closed: %s; %d bytes in, %d out",
                      client.session_id, client.user, client.vpn_text, reason,
-                     client.bytes_in, client.bytes_out)
+                     client.bytes_in, client.bytes_out,
+                     extra=fields("session.disconnected", **_who(client), reason=reason,
+                                  bytes_in=client.bytes_in, bytes_out=client.bytes_out,
+                                  duration_seconds=round(duration, 3)))
         else:
-            log.info("session %s from %s ended before admission: %s", client.session_id,
-                     client.real_address, reason)
+            refused = client.handshake is not None  # said so when it was refused
             if "hand-window" in reason:
                 self._count_handshake(client, "timeout")
             elif client.end_reason is None:  # the core ended it: the handshake failed
                 self._count_handshake(client, "tls_error")
+            failed = None if refused or client.handshake is None else fields(
+                "handshake.failed", session_id=client.session_id,
+                real_address=client.real_address, reason=reason, result=client.handshake)
+            log.info("session %s from %s ended before admission: %s", client.session_id,
+                     client.real_address, reason, extra=failed)
         self._closed_in += client.bytes_in
         self._closed_out += client.bytes_out
         self._closed_packets_in += client.packets_in
@@ -690,3 +704,15 @@ class Gateway:
             raise ValueError("no IPsec service runs in this gateway")
         return self.tunnel_action_handler(name, action)
 
+
+def _who(client: ClientSession) -> dict[str, object]:
+    """A session's fields in the log events: who, from where, with which address."""
+    return {"session_id": client.session_id, "user": client.user, "device": client.device,
+            "serial": client.serial, "real_address": client.real_address,
+            "vpn_address": client.vpn_text, "protocol": client.protocol}
+
+
+def _refused(client: ClientSession, reason: str) -> dict[str, object]:
+    return fields("handshake.refused", session_id=client.session_id, user=client.user,
+                  serial=client.serial, real_address=client.real_address,
+                  protocol=client.protocol, reason=reason, result=client.handshake)

@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from sslvpn.eventlog import fields
 from sslvpn.ipsec.esp.packet import EspCipher, EspKeys, InboundSa, OutboundSa, SequenceExhausted
 from sslvpn.ipsec.esp.sad import Sad
 from sslvpn.ipsec.ike import events as ev
@@ -106,7 +107,7 @@ class Tunnel:
         self._retiring: dict[int, float] = {}  # rekeyed inbound SPI -> when it goes
         self.rekeys: Counter[str] = Counter()  # completed rekeys, "ike" and "child"
         self._current_spi_in: int | None = None
-        self.state = "down"
+        self._state = "down"
         self.last_error: str | None = None
         self.established_at: datetime | None = None
         self.bytes_in = self.bytes_out = self.packets_in = self.packets_out = 0
@@ -121,6 +122,18 @@ class Tunnel:
 
     def __repr__(self) -> str:
         return f"Tunnel({self.name!r}, {self.state})"
+
+    @property
+    def state(self) -> str:
+        """down, connecting or up; each change is logged (event ``tunnel.state``)."""
+        return self._state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        previous, self._state = self._state, value
+        if value != previous:
+            log.info("tunnel %s: %s -> %s", self.name, previous, value, extra=fields(
+                "tunnel.state", tunnel=self.name, state=value, previous_state=previous))
 
     # -- control -----------------------------------------------------------------------
     def start(self, now: float) -> None:

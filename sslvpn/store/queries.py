@@ -10,13 +10,17 @@ import one module. IPsec tunnel queries live with the IPsec code, not here.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from ipaddress import IPv4Network, ip_address
 
-from sqlalchemy import delete, func
+from sqlalchemy import delete, event, func
+from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.orm import SessionTransaction
 from sqlmodel import Session, col, select
 
+from sslvpn.eventlog import fields
 from sslvpn.store import ConflictError, NotFoundError, StoreError, node_queries
 from sslvpn.store.models import (
     AddressLease,
@@ -44,6 +48,8 @@ from sslvpn.store.tokens import (
     revoke_import_tokens_for_certificate as revoke_import_tokens_for_certificate,
 )
 from sslvpn.store.tokens import touch_api_token as touch_api_token
+
+log = logging.getLogger(__name__)
 
 # RFC 5280 section 5.3.1 CRLReason names (the spelling `cryptography` uses too).
 REVOCATION_REASONS = frozenset(
@@ -369,7 +375,31 @@ def record_audit(
         source_address=source_address,
         detail=detail,
     )
-    return insert(s, entry, "audit entry")
+    row = insert(s, entry, "audit entry")
+    s.info.setdefault(_AUDIT_TO_LOG, []).append(fields(
+        "admin.action", actor=actor, action=action, target=target,
+        source_address=source_address, detail=detail))
+    return row
+
+
+_AUDIT_TO_LOG = "sslvpn.audit_to_log"  # Session.info key: entries logged once committed
+
+
+@event.listens_for(OrmSession, "after_commit")
+def _log_audit(s: OrmSession) -> None:
+    """Each audit entry is logged (event ``admin.action``) once its transaction committed,
+    so the log never shows an action that was rolled back (a savepoint's commit is not)."""
+    if s.in_nested_transaction():
+        return
+    for entry in s.info.pop(_AUDIT_TO_LOG, ()):
+        log.info("audit: %s by %s on %s", entry["action"], entry["actor"], entry["target"],
+                 extra=entry)
+
+
+@event.listens_for(OrmSession, "after_transaction_end")
+def _forget_audit(s: OrmSession, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the whole transaction ended; committed ones were logged
+        s.info.pop(_AUDIT_TO_LOG, None)
 
 
 def list_audit(

@@ -15,7 +15,11 @@ from collections.abc import Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlmodel import select
 
+from sslvpn.config import DataPaths
+from sslvpn.store import db
+from sslvpn.store.models import Certificate
 from tests.interop.conftest import (
     STREAM_PORT,
     STREAM_TOOL,
@@ -48,7 +52,8 @@ sys.stdout.write(str(answer.status) + "\\n" + answer.read().decode())
 def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     work = tmp_path_factory.mktemp("m12-metrics")
     with build_topology(work, prefix="m12", serve_args=(
-            "--no-portal", "--metrics-listen", str(METRICS_PORT))) as topology:
+            "--no-portal", "--metrics-listen", str(METRICS_PORT), "--log-format", "json",
+    )) as topology:
         yield topology
 
 
@@ -132,6 +137,47 @@ def test_a_revoked_certificate_counts_as_a_revoked_handshake(topo: Topology) -> 
 
     start = value(before, "sslvpn_handshakes_total", node="default", result="revoked")
     assert wait_until(lambda: revoked() == start + 1, 10)
+
+
+def _secret_lines(topo: Topology) -> list[str]:
+    """Lines of every key the gateway holds (PEM bodies, tls-crypt keys), the clients' keys
+    from the store, and the tunnel's PSK."""
+    paths = DataPaths(topo.data_dir)
+    texts = [path.read_text() for path in (paths.ca_key, paths.server_key, paths.tls_crypt_key,
+                                           paths.tls_crypt_v2_server_key) if path.exists()]
+    engine = db.open_engine(f"sqlite:///{topo.data_dir / 'sslvpn.db'}")
+    try:
+        with db.session(engine, write=False) as s:
+            texts += [row.key_pem for row in s.exec(select(Certificate)).all() if row.key_pem]
+    finally:
+        engine.dispose()
+    lines = [line for text in texts for line in text.splitlines()
+             if len(line) >= 16 and not line.startswith(("-----", "#"))]
+    return [*lines, PSK]
+
+
+def test_the_json_log_carries_the_events_and_no_secret(topo: Topology) -> None:
+    """After the client and the refused attempt above: every log line is JSON with the
+    events' fields, and no line of any key (nor the PSK) is anywhere in the output."""
+    text = topo.gateway_log.read_text()
+    logged = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert all({"timestamp", "level", "node", "event", "message"} <= set(line)
+               for line in logged)
+    assert not [line for line in text.splitlines()
+                if line and not line.startswith(("{", "gateway:", "metrics:"))], text[-2000:]
+    by_event = {line["event"]: line for line in logged}  # the last of each
+    connected, ended = by_event["session.connected"], by_event["session.disconnected"]
+    assert (connected["user"], connected["device"], connected["node"]) == (
+        "alice", "laptop", "default")
+    assert connected["real_address"].startswith("198.18.0.2:")
+    assert ended["user"] == "alice" and ended["bytes_in"] > TRANSFER
+    assert ended["duration_seconds"] > 0 and ended["reason"]
+    assert (by_event["handshake.refused"]["user"], by_event["handshake.refused"]["result"]) == (
+        "bob", "revoked")
+    assert any(line["event"] == "tunnel.state" and line["tunnel"] == "t1" for line in logged)
+    secrets = _secret_lines(topo)
+    assert len(secrets) > 20
+    assert [secret for secret in secrets if secret in text] == []
 
 
 def test_readyz_follows_the_tun_and_healthz_the_loop(topo: Topology) -> None:
