@@ -1,14 +1,16 @@
 """`sslvpn serve --workers 2` with real openvpn 2.6 clients, in network namespaces.
 
 Both workers share the port (SO_REUSEPORT) and each serves its half of the pool through its
-own TUN: a client on each pings the VPC host; `sessions` and the admin's portal (served by
-the supervisor) list both, and the portal's kick ends the one on the second worker. A
-SIGKILLed worker is started again by the supervisor and its client reconnects, while the
-other worker's client loses no ping (its session's pinned socket keeps it there when the
-reuseport group changes size: the second kill is the order that moves every unpinned flow).
-A TCP client on the second worker pings, and revoking its certificate ends its session
-within 5 s (by the supervisor's sweep: the workers do not sweep). SIGTERM to the supervisor
-stops every worker cleanly (clients told, TUNs gone).
+own TUN. A UDP client whose source port changes six times (a rebinding NAT) keeps its
+session whichever worker each new port lands on. A client on each worker pings the VPC host
+and moves 50 MB each way, hash-checked, over UDP and then over TCP; `sessions` and the
+admin's portal (served by the supervisor) list both, and the portal's kick ends the one on
+the second worker. A SIGKILLed worker is started again by the supervisor and its client
+reconnects, while the other worker's client loses no ping (its session's pinned socket
+keeps it there when the reuseport group changes size: the second kill is the order that
+moves every unpinned flow). Revoking the certificate of a TCP client on the second worker
+ends its session within 5 s (by the supervisor's sweep: the workers do not sweep). SIGTERM
+to the supervisor stops every worker cleanly (clients told, TUNs gone).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from sslvpn.config import DataPaths
 from tests.interop.conftest import (
     GATEWAY_OUTER,
     PORT,
+    STREAM_PORT,
+    STREAM_TOOL,
     VPC_HOST,
     Topology,
     build_topology,
@@ -41,6 +45,7 @@ pytestmark = pytest.mark.interop
 
 CONNECTED = "Initialization Sequence Completed"
 SLICES = (ipaddress.IPv4Network("10.8.0.0/25"), ipaddress.IPv4Network("10.8.0.128/25"))
+FIFTY_MB = 50 * 1024 * 1024
 PORTAL_CLIENT = str(Path(__file__).with_name("portal_client.py"))
 REPLY = re.compile(r"^\[(\d+\.\d+)\] .*bytes from.* icmp_seq=(\d+)")
 
@@ -127,6 +132,19 @@ def _connect_on(topo: Topology, ns: Namespace, user: str, worker: int | None,
             return client
         client.stop()
     pytest.fail(f"twelve connections of {user} all missed worker {worker}")
+
+
+def _moves_fifty_mb(client: Client, label: str) -> None:
+    """50 MB up and 50 MB down between ``client`` and the VPC host, each checked by SHA-256."""
+    rates = []
+    for mode in ("put", "get"):
+        out = client.ns.run(sys.executable, STREAM_TOOL, mode, VPC_HOST, str(STREAM_PORT),
+                            str(FIFTY_MB), timeout=180)
+        result = json.loads(out)
+        assert result["ok"] and result["bytes"] == FIFTY_MB, result
+        rates.append(result["mbps"])
+    sys.stderr.write(f"\n[interop] {label}: 50 MB up {rates[0]} Mbit/s, down {rates[1]} "
+                     "Mbit/s, hash-checked\n")
 
 
 def _portal(topo: Topology, *action: str) -> str:
@@ -231,6 +249,8 @@ def test_workers_serve_slices_survive_kills_and_stop_cleanly(topology: Topology)
         y = _slice_of(ann.address())
         x = 1 - y
         bob = _connect_on(topo, topo.second_client_ns, "bob", x, started)
+        for client in (ann, bob):
+            _moves_fifty_mb(client, f"UDP client on worker {_slice_of(client.address())}")
         # sessions, and the portal in the supervisor, see every worker (one control socket
         # each), and the portal's kick reaches the second worker
         listed = json.loads(sslvpn(topo.data_dir, "sessions", "--json").output)["sessions"]
@@ -255,10 +275,15 @@ def test_workers_serve_slices_survive_kills_and_stop_cleanly(topology: Topology)
             bob = _connect_on(topo, topo.second_client_ns, "bob", x, started)
         assert _kill(topo, y, ann, bob) == 0
 
-        # TCP on the second worker, and a revocation reaching it through the store
+        # TCP on each worker, and a revocation reaching the second through the store
         ann.stop()
+        topo.issue("erin", "laptop")
+        erin = _connect_on(topo, topo.client_ns, "erin", 0, started, proto="tcp")
+        _moves_fifty_mb(erin, "TCP client on worker 0")
+        erin.stop()
         serial = topo.issue("dave", "laptop")
         dave = _connect_on(topo, topo.client_ns, "dave", 1, started, proto="tcp")
+        _moves_fifty_mb(dave, "TCP client on worker 1")
         sslvpn(topo.data_dir, "cert", "revoke", serial)
         revoked_at = time.monotonic()
         assert wait_until(lambda: "dave" not in sslvpn(topo.data_dir, "sessions").output, 5)
