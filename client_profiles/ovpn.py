@@ -10,9 +10,11 @@ that no input can smuggle in an extra directive.
 Older clients: every line must parse on OpenVPN 2.4, which refuses unknown options outright.
 The only newer one is ``data-ciphers`` (2.5); it is preceded by ``ignore-unknown-option
 data-ciphers`` rather than rewritten as ``setenv opt data-ciphers ...``: the line stays an
-ordinary directive, so 2.5+, OpenVPN 3 and NetworkManager's importer read it as before
+ordinary directive, so 2.5+ and NetworkManager's importer read it as before
 (NetworkManager drops a ``setenv opt`` line, so its connection would lose its cipher list),
 and only that one name may be unknown, so a typo in any other line still fails loudly.
+OpenVPN 3 never uses ``data-ciphers`` from a profile (it offers its own list); it notes the
+line as ignored and goes on, while an unknown option it is not told to ignore is fatal to it.
 2.4 skips it with one warning and negotiates AES-GCM by NCP. ``tls-crypt-v2`` is not
 hidden that way: without it a 2.4 client cannot reach the gateway at all, so it should fail
 on the profile (``client_requirement`` says which clients a gateway's profiles need).
