@@ -426,3 +426,38 @@ def test_tampered_ml_kem_handshake_never_raises_nor_disagrees(
     """Flip one byte of one of the six handshake messages: drops or failures, never two
     established SAs with different keys."""
     make_pair(config("A", ike=BOTH), config("B", ike=BOTH)).run_tampered(6, which, pos, xor)
+
+
+@pytest.mark.parametrize("ke", [
+    KePayload(DhGroup.ML_KEM_768, b"\x01" * 1183),  # wrong size
+    KePayload(DhGroup.ECP_256, b"\x01" * 64),  # not the negotiated method
+    None,  # no KE at all
+])
+def test_authenticated_but_wrong_followup_keeps_both_sas(ke: KePayload | None) -> None:
+    """An IKE_FOLLOWUP_KE from the key holder with a wrong KE gets INVALID_SYNTAX; the rekey
+    is abandoned, the working IKE SA and CHILD_SA stay on both sides, nothing raises, and
+    the next rekey works."""
+    pair, _ = _establish(PQ, PQ)
+    pair.a.rekey_ike(pair.now)
+    for data, _ in pair.a.datagrams_to_send(pair.now):
+        pair.b.receive_datagram(data, ("198.18.0.1", 4500), pair.now)
+    for data, _ in pair.b.datagrams_to_send(pair.now):
+        pair.a.receive_datagram(data, ("198.18.0.2", 4500), pair.now)
+    new = pair.a._rekeying  # noqa: SLF001
+    assert new is not None and pair.a.datagrams_to_send(pair.now)  # the real one, dropped
+    ctx = pair.a._ctx  # noqa: SLF001 - speak as the authenticated initiator instead
+    assert ctx.pending is not None
+    link = NotifyPayload(NotifyType.ADDITIONAL_KEY_EXCHANGE, new.link)
+    forged = ctx.encode(ExchangeType.IKE_FOLLOWUP_KE, ctx.pending.message_id, False,
+                        [ke, link] if ke else [link])
+    ctx.pending.data = forged  # as if this had been our request
+    pair.b.receive_datagram(NON_ESP_MARKER + forged, ("198.18.0.1", 4500), pair.now)
+    pair.run()
+    (failed,) = pair.of("a", ev.IkeRekeyFailed)
+    assert "INVALID_SYNTAX" in failed.reason and pair.of("b", ev.IkeRekeyFailed)
+    for sa in (pair.a, pair.b):
+        assert sa.state is IkeState.ESTABLISHED and len(sa.children) == 1
+        assert sa._passive is None and sa._rekeying is None  # noqa: SLF001
+    pair.b.rekey_ike(pair.now)
+    pair.run()
+    _works(pair)
