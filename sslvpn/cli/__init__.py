@@ -40,13 +40,14 @@ def _register() -> None:
         nodes,
         portal,
         serve,
+        service,
         sessions,
         setup,
         users,
     )
 
     for module in (setup, users, certificates, backup, serve, sessions, check, portal, nodes,
-                   ipsec):
+                   ipsec, service):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -74,6 +74,7 @@ from sslvpn.runtime.service import (
     run_daily,
     serve,
 )
+from sslvpn.runtime.systemd import notify_systemd
 from sslvpn.runtime.tun_keeper import TunLostError
 from sslvpn.runtime.workers import (
     Companion,
@@ -463,6 +464,8 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
         extra = [ipsec_task(gateway_store, node, on_activate)] if first else []
         if slot is None:
             extra.append(lambda _gateway: retire_superseded(paths, engine))
+        if first:  # with workers, NotifyAccess=all takes the first one's word
+            extra.append(lambda _gateway: notify_systemd("serving OpenVPN clients"))
         if metrics_at is not None and first:
             extra.append(metrics_task(paths, gateway_store, metrics_at, node))
         if trace_frames is not None:

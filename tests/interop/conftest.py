@@ -14,10 +14,11 @@ Everything is removed in finalizers, even when a test fails.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,13 +96,14 @@ def _require(binary: str) -> None:
 @contextlib.contextmanager
 def build_topology(work: Path, *, snat: bool = False, prefix: str = "sv",
                    serve_args: Sequence[str] = (), start_timeout: float = 20,
-                   ) -> Iterator[Topology]:
+                   serve_env: Mapping[str, str] | None = None) -> Iterator[Topology]:
     """The namespaces, a data folder made by the CLI, a running gateway and a stream sink.
 
     With ``snat`` the VPC host gets no route back to the client pool: only the gateway's
     masquerade can make replies come back. ``prefix`` names the namespaces (one per test
     module owner); ``serve_args`` are added to the `sslvpn serve` command line;
-    ``start_timeout`` bounds the wait for it to listen.
+    ``start_timeout`` bounds the wait for it to listen; ``serve_env`` is added to its
+    environment.
     """
     for binary in ("openvpn", "ip", "ping", "nft"):
         _require(binary)
@@ -124,7 +126,8 @@ def build_topology(work: Path, *, snat: bool = False, prefix: str = "sv",
         topo = Topology(lab, cli, gw, vpc, out, cl2, data_dir, work, work / "gateway.log")
         topo.gateway = gw.spawn([SSLVPN, "--data-dir", str(data_dir), "serve",
                                  "--listen", GATEWAY_OUTER, *serve_args],
-                                log=topo.gateway_log)
+                                log=topo.gateway_log,
+                                env={**os.environ, **serve_env} if serve_env else None)
         if not wait_until(file_contains(topo.gateway_log, "listening on tcp"), start_timeout):
             pytest.fail("gateway did not start:\n" + topo.gateway_log.read_text())
         vpc.spawn([sys.executable, STREAM_TOOL, "serve", VPC_HOST, str(STREAM_PORT)],
