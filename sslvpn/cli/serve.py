@@ -72,6 +72,7 @@ from sslvpn.runtime.service import (
     ServeOptions,
     run,
     run_daily,
+    run_heartbeat,
     serve,
 )
 from sslvpn.runtime.systemd import notify_systemd
@@ -306,8 +307,9 @@ def portal_plan(paths: DataPaths, engine: Engine, listen: str | None, cert: Path
 async def supervise_node(paths: DataPaths, engine: Engine, workers: int, node: str | None,
                          plan: PortalPlan | None) -> None:
     """`serve --workers N`: the supervisor runs the workers and, off their loops, the node's
-    revocation sweep (woken by the fleet's signal on PostgreSQL), the daily work, the
-    retirement of renewed certificates and the portal, which sees every worker."""
+    revocation sweep (woken by the fleet's signal on PostgreSQL), a fleet node's heartbeat
+    (which also ends down nodes' sessions), the daily work, the retirement of renewed
+    certificates and the portal, which sees every worker."""
     supervisor = Supervisor(workers, _worker_command)
     control = WorkersControl([slot.control_socket(paths.control_socket)
                               for slot in supervisor.slots])
@@ -318,6 +320,11 @@ async def supervise_node(paths: DataPaths, engine: Engine, workers: int, node: s
     conninfo = listen_conninfo(engine.url)
     if conninfo is not None:
         companions.append(lambda: listen_for_signals(conninfo, sweep.wake))
+    if node is not None:
+        with db.session(engine, write=False) as s:
+            settings = queries.get_settings(s)
+        companions.append(lambda: run_heartbeat(store, node, settings, interval=None,
+                                                on_removed=supervisor.stop))
     if plan is not None:
         companions.append(lambda: run_portal(paths, engine, plan, control))
     try:

@@ -263,8 +263,11 @@ class GatewayService:
                                                 lambda: len(gateway.list_sessions())),
                                        name="tun-keeper"),
                      group.create_task(self.watchdog.run(), name="loop-watchdog")]
-            if self.options.node is not None:
-                beats = self._heartbeat(self.options.node, gateway, settings)
+            if self.options.node is not None and self.options.worker is None:  # else the
+                # supervisor of the workers beats for the node
+                beats = run_heartbeat(self.store, self.options.node, settings,
+                                      interval=self.options.heartbeat_interval,
+                                      on_removed=self.stop)
                 tasks.append(group.create_task(beats, name="heartbeat"))
             conninfo = listen_conninfo(self.store.url)
             if conninfo is not None and self.options.sweep_interval is not None:
@@ -275,19 +278,6 @@ class GatewayService:
             for task in tasks:
                 task.cancel()
 
-    async def _heartbeat(self, node: str, gateway: Gateway, settings: GatewaySettings) -> None:
-        """The node's heartbeat, in a store thread of its own (a stuck accounting write
-        must not also stop the beats)."""
-        store = self.store.companion(threads=1)
-        interval = self.options.heartbeat_interval or heartbeat_interval(settings)
-        try:
-            await heartbeat(store, node=node, interval=interval,
-                            timeout=settings.heartbeat_timeout,
-                            vpc_addresses=vpc_side_addresses(gateway.options.vpc_networks),
-                            on_removed=self.stop)
-        finally:
-            await store.close()
-
     async def _close_listeners(self) -> None:
         if self.handover is not None:
             self.handover.close()
@@ -297,6 +287,20 @@ class GatewayService:
             await tcp.close()
         self.udp.clear()
         self.tcp.clear()
+
+
+async def run_heartbeat(store: AsyncStore, node: str, settings: GatewaySettings, *,
+                        interval: float | None, on_removed: Callable[[], None]) -> None:
+    """The node's heartbeat, in a store thread of its own (a stuck accounting write must not
+    also stop the beats); ``interval`` None: a third of the stored heartbeat timeout."""
+    companion = store.companion(threads=1)
+    vpc = [ipaddress.ip_network(network) for network in settings.vpc_networks]
+    try:
+        await heartbeat(companion, node=node, interval=interval or heartbeat_interval(settings),
+                        timeout=settings.heartbeat_timeout,
+                        vpc_addresses=vpc_side_addresses(vpc), on_removed=on_removed)
+    finally:
+        await companion.close()
 
 
 async def run_daily(hooks: Sequence[DailyHook]) -> None:
