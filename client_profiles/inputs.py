@@ -26,6 +26,22 @@ MAX_KEEPALIVE = 3600
 
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# An IPv4 client pool lies in RFC 1918 space or RFC 6598 shared space (what VPNs use).
+PRIVATE_POOLS = tuple(ipaddress.IPv4Network(n) for n in
+                      ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"))
+# What VPN clients must never reach through the gateway, with the reason said to the operator.
+FORBIDDEN_VPC: tuple[tuple[Network, str], ...] = tuple(
+    (ipaddress.ip_network(net), why) for net, why in (
+        ("169.254.0.0/16", "link-local: the cloud's instance metadata service, 169.254.169.254, "
+                           "hands out the gateway's credentials"),
+        ("127.0.0.0/8", "loopback: the gateway's own services"),
+        ("0.0.0.0/8", "'this network'"),
+        ("224.0.0.0/4", "multicast"),
+        ("::1/128", "loopback: the gateway's own services"),
+        ("fe80::/10", "link-local"),
+        ("ff00::/8", "multicast"),
+    ))
+
 
 def validated_settings(
     public_addresses: Sequence[str],
@@ -106,7 +122,16 @@ def checked_networks(pool: str, vpc: Sequence[str], pool6: str | None) -> Client
     pool_net = _network(pool, "pool")
     if not isinstance(pool_net, ipaddress.IPv4Network) or pool_net.prefixlen > 29:
         raise LifecycleError(f"pool {pool} must be an IPv4 network of /29 or larger")
+    if not any(pool_net.subnet_of(private) for private in PRIVATE_POOLS):
+        raise LifecycleError(
+            f"pool {pool_net} must be private unicast space (inside "
+            f"{', '.join(map(str, PRIVATE_POOLS))}): clients given public, loopback or "
+            "multicast addresses would shadow real ones")
     vpc_networks = tuple(_network(n, "VPC network") for n in vpc)
+    for other in vpc_networks:
+        for forbidden, why in FORBIDDEN_VPC:
+            if other.version == forbidden.version and other.overlaps(forbidden):
+                raise LifecycleError(f"VPC network {other} overlaps {forbidden} ({why})")
     for other in vpc_networks:
         if other.version == 4 and pool_net.overlaps(other):
             raise LifecycleError(f"pool {pool_net} overlaps the VPC network {other}")

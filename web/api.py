@@ -18,7 +18,7 @@ from client_profiles.lifecycle import MAX_OVERLAP_DAYS, RENEWAL_OVERLAP_DAYS
 from client_profiles.passwords import MIN_PASSWORD_LENGTH, generate_password
 from sslvpn.runtime.control import SessionInfo, older_clients
 from sslvpn.store import NotFoundError, StoreError, queries
-from sslvpn.store.models import ROLE_VALUES, Certificate, User
+from sslvpn.store.models import ROLE_VALUES, ApiToken, Certificate, User
 from web import pki_ops
 from web.import_links import token_hash
 from web.openapi import document
@@ -103,10 +103,17 @@ async def body_of(
     request: web.Request, allowed: dict[str, type | tuple[type, ...]]
 ) -> dict[str, Any]:
     """A JSON object with only the allowed keys, each of the allowed type."""
+    body = await request.read()
     try:
-        data = json.loads(await request.read() or b"{}")
+        data = json.loads(body or b"{}")
+        # a lone surrogate ("\ud800") is valid JSON but no text the store can keep
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("body holds a lone UTF-16 surrogate (\\ud800-\\udfff)") from None
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("body is not JSON") from None
+    except RecursionError:  # thousands of nested brackets
+        raise BadRequest("body is nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("body must be a JSON object")
     for key, value in data.items():
@@ -117,6 +124,20 @@ async def body_of(
         if not isinstance(value, kinds) or bad_bool:
             raise BadRequest(f"field {key!r} has the wrong type")
     return data
+
+
+# What an issue-only token may do besides reading certificates: issue one, fetch a profile.
+ISSUE_ONLY = re.compile(rf"(GET|HEAD) {PREFIX}/certificates(/[0-9a-fA-F]+(/profile)?)?"
+                        rf"|POST {PREFIX}/certificates")
+
+
+def in_scope(scope: str, request: web.Request) -> bool:
+    """Whether a token of ``scope`` may make this request (full: anything)."""
+    if scope == "read-only":
+        return request.method in ("GET", "HEAD")
+    if scope == "issue-only":
+        return ISSUE_ONLY.fullmatch(f"{request.method} {request.path}") is not None
+    return scope == "full"
 
 
 @web.middleware
@@ -131,21 +152,27 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     now = datetime.fromtimestamp(portal.clock(), UTC)
     hashed = token_hash(token.strip())
 
-    def token_owner(s: Session) -> User | None:
+    def token_owner(s: Session) -> tuple[ApiToken, User] | None:
         try:
             row = queries.get_api_token_by_hash(s, token_hash=hashed)
             owner = queries.get_user_by_id(s, user_id=row.user_id)
         except NotFoundError:
             return None
-        if row.id is not None:
+        if row.id is not None and (row.expires_at is None or row.expires_at > now):
             queries.touch_api_token(s, token_id=row.id, at=now)
-        return owner
+        return row, owner
 
-    owner = await portal.write(token_owner)
-    if owner is None:
+    found = await portal.write(token_owner)
+    if found is None:
         return error(401, "unknown API token")
+    row, owner = found
+    if row.expires_at is not None and row.expires_at <= now:
+        return error(401, "this API token has expired")
     if owner.disabled or owner.role != "admin":
         return error(403, "the API is for enabled administrators")
+    if not in_scope(row.scope, request):
+        return error(403, f"this API token is {row.scope}: it may not {request.method} "
+                          f"{request.path}")
     act_as(request, owner)
     route = request.match_info.route.resource
     allowed = QUERY_PARAMETERS.get(route.canonical if route else "", frozenset())

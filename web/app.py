@@ -69,6 +69,7 @@ def create_app(
         client_max_size=64 * 1024,
     )
     app[PORTAL] = portal
+    app.on_response_prepare.append(security.server_header)
     aiohttp_jinja2.setup(
         app,
         loader=jinja2.PackageLoader("web", "templates"),

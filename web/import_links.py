@@ -7,10 +7,11 @@ keeps only its SHA-256. Spending it is atomic in the store, so a link yields one
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 from sqlmodel import Session
@@ -39,11 +40,40 @@ class ImportLink:
     expires_at: datetime
 
 
-def base_url(portal: Portal, request: web.Request) -> str:
-    """Where phones reach this portal: the configured public URL or the host asked for."""
+async def base_url(portal: Portal, request: web.Request) -> str:
+    """Where phones reach this portal: ``--public-url``, else the settings' public URL, else
+    the gateway's first public address on the port and scheme this request came in on. Never
+    the request's Host header, which whoever sends the request chooses."""
     if portal.settings.public_url:
         return portal.settings.public_url.rstrip("/")
-    return f"{request.scheme}://{request.host}"
+
+    def stored(s: Session) -> tuple[str | None, str | None]:
+        try:
+            settings = queries.get_settings(s, name=portal.settings.gateway_name)
+        except NotFoundError:
+            return None, None
+        first = settings.public_addresses[0] if settings.public_addresses else None
+        return settings.portal_public_url, first
+
+    configured, address = await portal.read(stored)
+    if configured:
+        return configured.rstrip("/")
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    port = sockname[1] if sockname else (443 if request.secure else 80)
+    host = address or (sockname[0] if sockname else "localhost")
+    shown = f"[{host}]" if ":" in host else host
+    return f"{request.scheme}://{shown}:{port}"
+
+
+def reachable_from_elsewhere(url: str) -> bool:
+    """False for a loopback host (localhost, 127.x, ::1): a phone cannot open such a link."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # a DNS name
 
 
 async def token_ttl(portal: Portal) -> timedelta:
@@ -77,7 +107,7 @@ async def mint(portal: Portal, request: web.Request, *, user_id: int, serial: st
     )
     if row.id is None:
         raise RuntimeError("the store did not assign an id to the import token")
-    url = f"{base_url(portal, request)}{TOKEN_PATH}?token={quote(token, safe='')}"
+    url = f"{await base_url(portal, request)}{TOKEN_PATH}?token={quote(token, safe='')}"
     return ImportLink(row.id, url, DEEP_LINK_PREFIX + url, expires)
 
 

@@ -10,7 +10,6 @@ either case nothing was written. The tunnel's pre-shared key is never logged or 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,11 +21,13 @@ from sslvpn.ipsec.ike.constants import ProtocolId
 from sslvpn.ipsec.ike.proposals import ProposalError, parse_proposals
 from sslvpn.ipsec.policy import (
     PolicyError,
+    check_name,
     check_policy,
     check_psk,
     check_unicast_address,
     parse_cidr,
 )
+from sslvpn.ipsec.policy import check_bandwidth as policy_bandwidth
 from sslvpn.ipsec.tunnel_settings import TunnelSettings
 from sslvpn.runtime.control import TUNNEL_ACTIONS, TunnelStatus
 from sslvpn.store import NotFoundError
@@ -39,11 +40,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_IKE = "aes256gcm16-prfsha256-ecp256"
 DEFAULT_ESP = "aes256gcm16"
-MIN_BANDWIDTH_BPS = 1000
-MAX_BANDWIDTH_BPS = 10**13  # 10 Tbit/s: far above any link, well inside the BigInteger column
-# Names appear in URLs and in the CLI; keep them to one plain word.
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-NAME_RULE = "letters, digits, '.', '_' or '-', starting with a letter or digit, at most 64"
 NOT_RUNNING = "not running"
 
 
@@ -52,15 +48,17 @@ class Invalid(ValueError):
 
 
 def _check_name(name: str, what: str) -> str:
-    if not NAME.fullmatch(name):
-        raise Invalid(f"{what} name {name!r} is not allowed: {NAME_RULE}")
-    return name
+    try:
+        return check_name(name, what)
+    except PolicyError as exc:
+        raise _policy_error(exc) from None
 
 
 def check_bandwidth(bps: int | None) -> int | None:
-    if bps is not None and not MIN_BANDWIDTH_BPS <= bps <= MAX_BANDWIDTH_BPS:
-        raise Invalid("bandwidth must be 1 kbit/s to 10 Tbit/s (or unlimited)")
-    return bps
+    try:
+        return policy_bandwidth(bps)
+    except PolicyError as exc:
+        raise _policy_error(exc) from None
 
 
 def check_proposals(ike: str, esp: str) -> tuple[str, str]:
@@ -283,7 +281,8 @@ async def add_policy(
             for other, mine, theirs in q.policies_on_gateway(s, tunnel=tunnel)
         ]
         try:
-            check_policy(local, peer, existing, tunnel=tunnel)
+            pools = [parse_cidr(pool) for pool in q.client_pools(s)]
+            check_policy(local, peer, existing, tunnel=tunnel, client_pools=pools)
         except PolicyError as exc:
             raise _policy_error(exc) from None
         return q.add_policy(s, tunnel=tunnel, local_cidr=str(local), peer_cidr=str(peer))

@@ -31,8 +31,10 @@ def _errors(*codes: int) -> dict[str, Any]:
     """The error answers of an operation: ``codes`` plus those every operation may give."""
     texts = {
         400: "The request does not match this document",
-        401: "No or unknown bearer token",
-        403: "The token's owner is not an enabled administrator",
+        401: "No, unknown or expired bearer token",
+        403: "The token's owner is not an enabled administrator, or the token's scope "
+             "(read-only: GET; issue-only: read and issue certificates, fetch profiles) "
+             "does not cover the request",
         404: "No such object",
         409: "The operation conflicts with the object's state",
         503: "The store did not answer in time; try again after Retry-After seconds "

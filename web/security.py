@@ -38,6 +38,7 @@ SECURITY_HEADERS = {
     "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
 }
 
+SERVER_NAME = "sslvpn"  # no version
 Clock = Callable[[], float]
 CSRF_KEY = "csrf"  # where a session keeps its CSRF token
 
@@ -157,6 +158,12 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
         raise
     _apply_headers(response, request)
     return response
+
+
+async def server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """``Server: sslvpn`` on every response, 500s included: aiohttp's default names the
+    Python and aiohttp versions, a map for whoever looks for known holes."""
+    response.headers["Server"] = SERVER_NAME
 
 
 def _apply_headers(response: web.StreamResponse, request: web.Request) -> None:

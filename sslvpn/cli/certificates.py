@@ -27,6 +27,7 @@ from sslvpn.store.models import utcnow
 from sslvpn.store.queries import get_certificate, get_user
 
 _DAYS = click.IntRange(1, MAX_CLIENT_DAYS)
+MAX_EXPIRING_DAYS = 36500  # a century; far beyond it, timedelta overflows
 _TRANSPORTS: dict[str, Literal["udp", "tcp"]] = {"udp": "udp", "tcp": "tcp"}
 
 
@@ -53,7 +54,7 @@ def issue_command(ctx: click.Context, user: str, device: str | None, days: int) 
 @cert_group.command("list")
 @click.option(
     "--expiring",
-    type=click.IntRange(0),
+    type=click.IntRange(0, MAX_EXPIRING_DAYS),
     default=None,
     metavar="DAYS",
     help="Only what is valid and expires within DAYS days (CA, server cert, CRL included).",

@@ -31,6 +31,8 @@ from sslvpn.ipsec.ike.constants import ProtocolId
 from sslvpn.ipsec.ike.proposals import parse_proposals
 from sslvpn.ipsec.policy import (
     PolicyError,
+    check_bandwidth,
+    check_name,
     check_policy,
     check_psk,
     check_unicast_address,
@@ -88,8 +90,11 @@ def gateway() -> None:
 def gateway_add(ctx: click.Context, name: str, public_address: str, bandwidth: str | None,
                 nodes: tuple[str, ...], on_activate: str | None) -> None:
     """Create a VPN gateway."""
+    check_name(name, "VPN gateway")
+    for node in nodes:
+        check_name(node, "node")
     address = check_unicast_address(public_address, what="public address")
-    bps = parse_rate(bandwidth) if bandwidth else None
+    bps = check_bandwidth(parse_rate(bandwidth)) if bandwidth else None
     with _store(ctx, write=True) as s:
         q.create_vpn_gateway(s, name=name, public_address=address, bandwidth_bps=bps,
                              nodes=nodes, on_activate=on_activate or None)
@@ -134,6 +139,7 @@ def customer_gateway() -> None:
 @one_line_errors
 def customer_gateway_add(ctx: click.Context, name: str, address: str) -> None:
     """Create a customer gateway."""
+    check_name(name, "customer gateway")
     normalised = check_unicast_address(address, what="customer gateway address")
     with _store(ctx, write=True) as s:
         q.create_customer_gateway(s, name=name, address=normalised)
@@ -243,6 +249,7 @@ def tunnel_add(
     **timers: str | None,
 ) -> None:
     """Create a tunnel (PSK authentication, proposals in strongSwan notation)."""
+    check_name(name, "tunnel")
     settings = _settings(TunnelSettings(), timers)
     psk = _read_psk(psk_stdin, psk_file)
     parse_proposals(ike, ProtocolId.IKE)
@@ -370,7 +377,8 @@ def policy_add(ctx: click.Context, tunnel_name: str, local_cidr: str, peer_cidr:
             (other, parse_cidr(mine), parse_cidr(theirs))
             for other, mine, theirs in q.policies_on_gateway(s, tunnel=tunnel_name)
         ]
-        check_policy(local, peer, existing, tunnel=tunnel_name)
+        pools = [parse_cidr(pool) for pool in q.client_pools(s)]
+        check_policy(local, peer, existing, tunnel=tunnel_name, client_pools=pools)
         q.add_policy(s, tunnel=tunnel_name, local_cidr=str(local), peer_cidr=str(peer))
     click.echo(f"policy {local} <-> {peer} on tunnel {tunnel_name}")
 

@@ -7,6 +7,7 @@ the operator's rate notation lives here too so the CLI and the portal read it th
 
 from __future__ import annotations
 
+import math
 import re
 
 DEFAULT_BURST_SECONDS = 0.05  # burst = 50 ms at the configured rate (TCP-friendly policer)
@@ -22,6 +23,8 @@ def parse_rate(text: str) -> int:
     if match is None:
         raise ValueError(f"bandwidth {text!r} is not a rate like 100M or 1G")
     bits = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not math.isfinite(bits):  # hundreds of digits: float says inf, int() would raise
+        raise ValueError(f"bandwidth {text[:40]!r} is far above any link")
     if bits < 1000:
         raise ValueError(f"bandwidth {text!r} is below 1 kbit/s")
     return int(bits)

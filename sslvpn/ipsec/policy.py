@@ -8,13 +8,15 @@ Two parts, both pure:
   inbound traffic is checked against the SA's selectors). Anything else is dropped.
   Verdicts are cached per (source, destination) pair, because a flow's packets all ask the
   same question; the cache is bounded and emptied whenever a tunnel's rules change.
-- Validation of what operators type: CIDRs, overlaps, the customer gateway's address, PSK
-  strength. Each failure is a `PolicyError` whose message can be shown as is.
+- Validation of what operators type, shared by the CLI, the API and the portal: names,
+  bandwidth, CIDRs, overlaps, the customer gateway's address, PSK strength. Each failure
+  is a `PolicyError` whose message can be shown as is.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -23,6 +25,10 @@ from sslvpn.net.routes import Network, RouteTable
 
 MIN_PSK_LENGTH = 20  # characters; cloud gateways ask for 8-64, strongSwan warns below 20
 MAX_PSK_LENGTH = 128
+MIN_BANDWIDTH_BPS = 1000
+MAX_BANDWIDTH_BPS = 10**13  # 10 Tbit/s: far above any link, well inside the BigInteger column
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+NAME_RULE = "letters, digits, '.', '_' or '-', starting with a letter or digit, at most 64"
 FLOW_CACHE_SIZE = 4096  # (source, destination) verdicts kept per direction before a reset
 T = TypeVar("T")
 
@@ -55,18 +61,25 @@ def check_policy(
     existing: Iterable[tuple[str, Network, Network]] = (),
     *,
     tunnel: str = "",
+    client_pools: Iterable[Network] = (),
 ) -> None:
     """A new policy of ``tunnel`` must keep the gateway's address plan unambiguous.
 
     ``existing`` lists (tunnel name, local range, peer range) of every policy already on the
     same VPN gateway. Local and peer ranges must not overlap each other; a local range must
     not overlap any peer range there, a peer range no local range, and no peer range of
-    another tunnel (the destination would not say which tunnel to use).
+    another tunnel (the destination would not say which tunnel to use). Neither may overlap
+    the remote-access ``client_pools``: the site would reach (or pose as) VPN clients.
     """
     if local.version != peer.version:
         raise PolicyError(f"local {local} and peer {peer} are of different IP versions")
     if local.overlaps(peer):
         raise PolicyError(f"local range {local} overlaps peer range {peer}")
+    for pool in client_pools:
+        for side, net in (("local", local), ("peer", peer)):
+            if net.version == pool.version and net.overlaps(pool):
+                raise PolicyError(f"{side} range {net} overlaps the VPN client pool {pool}: "
+                                  "the site would reach or pose as VPN clients")
     for other, other_local, other_peer in existing:
         clashes = (
             ("local", local, other_peer, "peer"),
@@ -98,6 +111,21 @@ def check_unicast_address(text: str, *, what: str = "address") -> str:
         if bad:
             raise PolicyError(f"{what} {address} is a {name} address, not a usable unicast one")
     return str(address)
+
+
+def check_name(name: str, what: str) -> str:
+    """Names appear in URLs, file names and the CLI: one plain word (the portal refused
+    ``x/../y`` while the CLI stored it)."""
+    if not NAME.fullmatch(name):
+        raise PolicyError(f"{what} name {name!r} is not allowed: {NAME_RULE}")
+    return name
+
+
+def check_bandwidth(bps: int | None) -> int | None:
+    """A gateway's cap in bit/s, None for unlimited; bounded so that it fits the column."""
+    if bps is not None and not MIN_BANDWIDTH_BPS <= bps <= MAX_BANDWIDTH_BPS:
+        raise PolicyError("bandwidth must be 1 kbit/s to 10 Tbit/s (or unlimited)")
+    return bps
 
 
 def check_psk(psk: str) -> str:

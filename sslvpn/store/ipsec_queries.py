@@ -85,6 +85,15 @@ def delete_vpn_gateway(s: Session, *, name: str) -> None:
     _remove(s, row, f"VPN gateway {name!r}")
 
 
+def client_pools(s: Session) -> list[str]:
+    """The remote-access client pools (IPv4, IPv6) that no IPsec range may overlap."""
+    try:
+        settings = get_settings(s)
+    except NotFoundError:
+        return []
+    return [pool for pool in (settings.pool_cidr, settings.pool6_cidr) if pool]
+
+
 # Customer gateways ---------------------------------------------------------------------
 
 

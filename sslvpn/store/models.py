@@ -38,6 +38,7 @@ PROTOCOLS_VALUES = ("udp", "tcp", "both")
 CONTROL_CHANNEL_VALUES = ("tls-crypt", "tls-crypt-v2")
 START_ACTION_VALUES = ("initiate", "wait", "trap")  # trap: start on the first packet
 DPD_ACTION_VALUES = ("restart", "clear", "none")
+API_SCOPE_VALUES = ("full", "read-only", "issue-only")
 
 
 def utcnow() -> datetime:
@@ -146,6 +147,8 @@ class GatewaySettings(SQLModel, table=True):
     import_token_ttl_seconds: int = 600
     crl_days: int = 30
     portal_listen: str = "127.0.0.1:8080"
+    # where phones reach the portal (import links, QR); None: the first public address
+    portal_public_url: str | None = None
     # Retention in days (0 keeps forever); `sslvpn.store.retention` says what each prunes.
     audit_retention_days: int = 400
     session_retention_days: int = 400
@@ -258,9 +261,11 @@ class ImportToken(SQLModel, table=True):
 
 
 class ApiToken(SQLModel, table=True):
-    """A bearer token for the REST API; only its hash is kept."""
+    """A bearer token for the REST API; only its hash is kept. ``scope`` bounds what it may
+    do (read-only: GET; issue-only: read certificates, issue them, fetch profiles); it stops
+    working at ``expires_at`` (None: when deleted)."""
 
-    __table_args__ = (UniqueConstraint("user_id", "name"),)
+    __table_args__ = (UniqueConstraint("user_id", "name"), _one_of("scope", API_SCOPE_VALUES))
 
     id: int | None = Field(default=None, primary_key=True)
     user_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True)
@@ -268,6 +273,8 @@ class ApiToken(SQLModel, table=True):
     token_hash: str = Field(unique=True, index=True)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    scope: str = "full"
 
 
 class VpnGateway(SQLModel, table=True):

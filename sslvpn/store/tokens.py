@@ -114,10 +114,18 @@ def list_import_tokens(s: Session, *, user_id: int) -> list[ImportToken]:
 
 
 def add_api_token(
-    s: Session, *, user_id: int, name: str, token_hash: str, created_at: datetime | None = None
+    s: Session,
+    *,
+    user_id: int,
+    name: str,
+    token_hash: str,
+    created_at: datetime | None = None,
+    expires_at: datetime | None = None,
+    scope: str = "full",
 ) -> ApiToken:
     token = ApiToken(
-        user_id=user_id, name=name, token_hash=token_hash, created_at=created_at or utcnow()
+        user_id=user_id, name=name, token_hash=token_hash, created_at=created_at or utcnow(),
+        expires_at=expires_at, scope=scope,
     )
     return insert(s, token, f"API token {name!r}")
 

@@ -161,6 +161,9 @@ def test_bad_input_is_one_line(ready: Run) -> None:
     _one_line_error(ready("cert", "issue", "alice", "--device", "a/b"), "device")
     _one_line_error(ready("cert", "renew", "abcdef"), "abcdef")
     _one_line_error(ready("profile", "alice"), "no valid certificate")
+    huge = ready("cert", "list", "--expiring", "99999999999999999999")
+    assert huge.exit_code == 2 and "not in the range 0<=x<=36500" in huge.stderr
+    assert "Traceback" not in huge.output
 
 
 @pytest.mark.parametrize(

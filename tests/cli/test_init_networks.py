@@ -70,6 +70,16 @@ def test_without_pool6_there_is_no_ipv6_pool(tmp_path: Path) -> None:
         (("--pool", "10.9.0.0/24", "--vpc", "10.10.0.0/24", "--vpc", "10.9.0.64/26"),
          "pool 10.9.0.0/24 overlaps the VPC network 10.9.0.64/26"),
         (("--pool", "fd00:9::/64"), "pool fd00:9::/64 must be an IPv4 network of /29 or larger"),
+        # dangerous networks, each refused with the reason
+        (("--pool", "0.0.0.0/0"), "pool 0.0.0.0/0 must be private unicast space"),
+        (("--pool", "127.0.0.0/8"), "pool 127.0.0.0/8 must be private unicast space"),
+        (("--pool", "224.0.0.0/4"), "pool 224.0.0.0/4 must be private unicast space"),
+        (("--pool", "198.51.100.0/24"), "would shadow real ones"),
+        (("--vpc", "169.254.169.254/32"),
+         "VPC network 169.254.169.254/32 overlaps 169.254.0.0/16 (link-local: the cloud's "
+         "instance metadata service"),
+        (("--vpc", "0.0.0.0/0"), "VPC network 0.0.0.0/0 overlaps 169.254.0.0/16"),
+        (("--vpc", "127.0.0.1/32"), "overlaps 127.0.0.0/8 (loopback"),
     ],
 )
 def test_bad_pools_are_one_line_and_leave_nothing(

@@ -109,6 +109,17 @@ def test_status_without_a_running_gateway(run: Run) -> None:
         (("tunnel", "add", "t9", "--gateway", "vgw", "--customer-gateway", "dc1", "--psk-stdin"),
          PSK, "tunnel 't1' already connects 'vgw' to 'dc1'"),
         (("up", "nope"), None, "no tunnel named 'nope'"),
+        # one check per field, shared with the portal and the API
+        (("gateway", "add", "x/../y", "--public-address", "198.18.0.9"), None,
+         "VPN gateway name 'x/../y' is not allowed"),
+        (("customer-gateway", "add", "x/../y", "--address", "198.18.5.5"), None,
+         "customer gateway name 'x/../y' is not allowed"),
+        (("tunnel", "add", "x/../y", "--gateway", "vgw", "--customer-gateway", "dc2",
+          "--psk-stdin"), PSK, "tunnel name 'x/../y' is not allowed"),
+        (("gateway", "add", "g2", "--public-address", "198.18.0.9", "--bandwidth", "99999999T"),
+         None, "bandwidth must be 1 kbit/s to 10 Tbit/s"),
+        (("gateway", "add", "g2", "--public-address", "198.18.0.9", "--bandwidth", "9" * 400),
+         None, "far above any link"),
     ],
 )
 def test_errors_are_one_clear_line(
@@ -214,3 +225,14 @@ def test_live_actions_need_a_running_gateway(run: Run, action: tuple[str, ...]) 
     _setup(run)
     fails(run("tunnel", action[0], "t1", *action[1:]), "no gateway running")
     fails(run("tunnel", action[0], "nope", *action[1:]), "no tunnel named 'nope'")
+
+
+def test_ipsec_ranges_may_not_overlap_the_vpn_client_pool(run: Run, tmp_path: Path) -> None:
+    init = CliRunner().invoke(main, ["--data-dir", str(tmp_path), "init", "--public-address",
+                                     "198.18.0.2", "--pool", "10.8.0.0/24"])
+    assert init.exit_code == 0, init.output
+    _setup(run)
+    fails(run("policy", "add", "t1", "--local", "10.8.0.0/16", "--peer", "10.77.0.0/24"),
+          "local range 10.8.0.0/16 overlaps the VPN client pool 10.8.0.0/24")
+    fails(run("policy", "add", "t1", "--local", "10.3.0.0/24", "--peer", "10.8.0.128/25"),
+          "peer range 10.8.0.128/25 overlaps the VPN client pool 10.8.0.0/24")

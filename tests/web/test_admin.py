@@ -275,3 +275,10 @@ async def test_api_tokens_are_shown_once_and_stored_hashed(client: TestClient, s
     with db.session(site.engine, write=False) as s:
         (row,) = queries.list_api_tokens(s, user_id=queries.get_user(s, name="root").id)
     assert token.group(1) not in row.token_hash
+    assert (row.scope, row.expires_at) == ("full", None)
+    status, page = await post(client, "/admin/api-tokens", csrf, name="ci", scope="issue-only",
+                              expires_days="30")
+    assert status == 200 and "issue-only" in page
+    status, page = await post(client, "/admin/api-tokens", csrf, name="x", scope="root",
+                              expires_days="-1")
+    assert status == 400 and "Scope must be one of" in page and "Expiry must be 1 to" in page

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from aiohttp.test_utils import TestClient
 
 from sslvpn.store import db, queries
-from tests.web.conftest import FakeGateway, Site, audit_actions, issue_for
+from tests.web.conftest import Clock, FakeGateway, Site, audit_actions, issue_for
 from web.import_links import token_hash
 
 ADMIN_TOKEN = "svt_test-admin-token"
@@ -129,3 +131,48 @@ async def test_certificates_profiles_and_kick_over_the_api(
         "/api/v1/certificates", json={"user": "nobody", "device": "x"}, headers=auth
     )
     assert missing.status == 404
+
+
+async def test_hostile_json_gets_a_400_not_a_500(client: TestClient, site: Site) -> None:
+    add_tokens(site)
+    auth = {**bearer(ADMIN_TOKEN), "Content-Type": "application/json"}
+    deep = "[" * 5000 + "]" * 5000
+    surrogate = '{"name": "zed", "email": "\\ud800@mail.example"}'
+    for body, message in ((deep, "nested too deeply"), ('{"a":' * 5000 + "1" + "}" * 5000,
+                                                        "nested too deeply"),
+                          (surrogate, "lone UTF-16 surrogate")):
+        response = await client.post("/api/v1/users", data=body, headers=auth)
+        assert response.status == 400, await response.text()
+        assert message in (await response.json())["error"]
+    assert (await client.get("/api/v1/users/zed", headers=auth)).status == 404
+
+
+async def test_api_tokens_expire_and_keep_to_their_scope(
+    client: TestClient, site: Site, clock: Clock
+) -> None:
+    now = datetime.fromtimestamp(clock.now, UTC)
+    tokens = {"read": ("read-only", None), "issue": ("issue-only", None),
+              "old": ("full", now + timedelta(hours=1))}
+    with db.session(site.engine, write=True) as s:
+        root = queries.get_user(s, name="root")
+        assert root.id is not None
+        for name, (scope, expires) in tokens.items():
+            queries.add_api_token(s, user_id=root.id, name=name, token_hash=token_hash(name),
+                                  scope=scope, expires_at=expires)
+    issue = {"user": "alice", "device": "ci", "days": 7}
+    assert (await client.get("/api/v1/users", headers=bearer("read"))).status == 200
+    refused = await client.post("/api/v1/certificates", json=issue, headers=bearer("read"))
+    assert refused.status == 403 and "read-only" in (await refused.json())["error"]
+    issued = await client.post("/api/v1/certificates", json=issue, headers=bearer("issue"))
+    assert issued.status == 201
+    serial = (await issued.json())["serial"]
+    profile = await client.get(f"/api/v1/certificates/{serial}/profile", headers=bearer("issue"))
+    assert profile.status == 200
+    for method, path in (("POST", f"/api/v1/certificates/{serial}/revoke"),
+                         ("GET", "/api/v1/users"), ("DELETE", "/api/v1/users/alice")):
+        response = await client.request(method, path, headers=bearer("issue"))
+        assert response.status == 403, (method, path)
+    assert (await client.get("/api/v1/users", headers=bearer("old"))).status == 200
+    clock.now += 3601
+    expired = await client.get("/api/v1/users", headers=bearer("old"))
+    assert expired.status == 401 and "expired" in (await expired.json())["error"]

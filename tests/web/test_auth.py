@@ -172,6 +172,7 @@ async def test_security_headers_on_pages_and_errors(client: TestClient) -> None:
         assert response.headers["X-Frame-Options"] == "DENY"
         assert response.headers["Referrer-Policy"] == "no-referrer"
         assert response.headers["Cache-Control"] == "no-store"
+        assert response.headers["Server"] == "sslvpn"  # no Python or aiohttp version
 
 
 async def test_change_own_password(client: TestClient) -> None:

@@ -6,10 +6,11 @@ import html
 import re
 from datetime import timedelta
 
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from sslvpn.store import db, queries
 from tests.web.conftest import (
+    PATIENT,
     Clock,
     FakeGateway,
     Site,
@@ -18,6 +19,8 @@ from tests.web.conftest import (
     login,
     second_browser,
 )
+from web.app import create_app
+from web.portal import PortalSettings
 
 LINK = re.compile(r'id="plain-link">([^<]+)<')
 QR = re.compile(r'id="qr"[^>]*src="data:image/png;base64,([^"]+)"')
@@ -153,3 +156,36 @@ async def test_users_see_only_their_own_devices(client: TestClient, site: Site) 
     await login(client, "alice")
     page = await (await client.get("/devices")).text()
     assert mine in page and theirs not in page and "tablet" not in page
+
+
+async def test_import_links_never_take_the_host_header(site: Site, clock: Clock) -> None:
+    """Without --public-url, links use the settings' public URL or the gateway's first public
+    address, whatever Host the request claims; a loopback URL is warned about."""
+    app = create_app(engine=site.engine, paths=site.paths, control=FakeGateway(),
+                     settings=PortalSettings(store_budget=PATIENT), clock=clock)
+    async with TestClient(TestServer(app)) as portal:
+        csrf = await login(portal, "alice")
+        serial = await create_device(portal, csrf)
+
+        async def link() -> tuple[str, str]:
+            response = await portal.post(f"/devices/{serial}/import-links",
+                                         data={"csrf_token": csrf},
+                                         headers={"Host": "evil.example"})
+            page = await response.text()
+            found = LINK.search(page)
+            assert found, page
+            return html.unescape(found.group(1)), page
+
+        url, page = await link()
+        port = portal.server.port
+        assert url.startswith(f"http://198.18.0.1:{port}/rest/GetProfileViaToken?token=")
+        assert "evil.example" not in page and 'id="loopback-warning"' not in page
+        for public, warned in (("https://vpn.example.org:8443", False),
+                               ("http://127.0.0.1:8080", True)):
+            with db.session(site.engine, write=True) as s:
+                settings = queries.get_settings(s)
+                settings.portal_public_url = public
+                queries.save_settings(s, settings=settings)
+            url, page = await link()
+            assert url.startswith(f"{public}/rest/GetProfileViaToken?token=")
+            assert ('id="loopback-warning"' in page) is warned

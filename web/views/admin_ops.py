@@ -8,7 +8,8 @@ import ipaddress
 import re
 import secrets
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from sqlmodel import Session
@@ -26,7 +27,7 @@ from client_profiles.pkifiles import LifecycleError
 from sslvpn.net.subpools import Fleet, NodePools, SubpoolError, check_fleet
 from sslvpn.runtime.control import older_clients
 from sslvpn.store import NotFoundError, StoreError, node_queries, queries
-from sslvpn.store.models import PROTOCOLS_VALUES, GatewaySettings
+from sslvpn.store.models import API_SCOPE_VALUES, PROTOCOLS_VALUES, GatewaySettings
 from web import pki_ops
 from web.import_links import token_hash
 from web.pages import (
@@ -42,6 +43,7 @@ from web.pages import (
 from web.views.devices import now_of
 
 AUDIT_PAGE = 200
+MAX_TOKEN_DAYS = 3650
 MAX_HEARTBEAT_TIMEOUT = 3600
 RETENTION_FIELDS = {  # GatewaySettings field -> what the page calls it (store.retention)
     "audit_retention_days": "Audit log",
@@ -211,6 +213,8 @@ def parse_settings(
         errors.append("Protocols must be udp, tcp or both.")
     retention = _retention(form, settings, errors)
     limits = _user_limits(form, settings, errors)
+    public_url = _public_url(form.get("portal_public_url", settings.portal_public_url or ""),
+                             errors)
     caps = parse_caps(form, settings, errors)
     groups = form.get("tls_groups", settings.tls_groups)
     try:
@@ -222,6 +226,7 @@ def parse_settings(
     caps.apply(settings)
     for name, days in (retention | limits).items():
         setattr(settings, name, days)
+    settings.portal_public_url = public_url
     settings.public_addresses, settings.dns_servers = addresses, dns
     settings.vpc_networks = [str(n) for n in networks.vpc]
     settings.pool_cidr = str(networks.pool)
@@ -275,6 +280,24 @@ def parse_caps(
         errors.append("tls-crypt-v2 force-cookie must be on or off.")
         return None
     return ClientCaps(int(texts[0]), int(texts[1]), cookie == "on")
+
+
+def _public_url(text: str, errors: list[str]) -> str | None:
+    """The portal's public URL (import links and QR codes use it): http(s), a host, maybe a
+    port and path; empty clears it."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        parts = None
+    if (parts is None or parts.scheme not in ("https", "http") or not parts.hostname
+            or parts.username or parts.query or parts.fragment or len(text) > 200):
+        errors.append("Portal public URL must look like https://vpn.example.com[:port].")
+        return None
+    return text.rstrip("/")
 
 
 USER_LIMIT_FIELDS = {"max_devices_per_user": "Devices per user",
@@ -365,7 +388,8 @@ async def render_api_tokens(
 ) -> web.Response:
     me_id = current_user_id(request)
     tokens = await portal_of(request).read(lambda s: queries.list_api_tokens(s, user_id=me_id))
-    context = {"tokens": tokens, "new_token": token}
+    context = {"tokens": tokens, "new_token": token, "scopes": API_SCOPE_VALUES,
+               "now": now_of(request)}
     return render(request, "admin_api_tokens.html", context, status=status, errors=errors)
 
 
@@ -373,20 +397,30 @@ async def render_api_tokens(
 async def create_api_token(request: web.Request) -> web.StreamResponse:
     """Mint a bearer token for the REST API; shown once, stored hashed."""
     me_id = current_user_id(request)
-    name = (await form_of(request)).get("name", "").strip()
+    form = await form_of(request)
+    name, scope = form.get("name", "").strip(), form.get("scope", "full")
+    days = form.get("expires_days", "").strip()
+    errors = []
     if not 1 <= len(name) <= 40:
-        return await render_api_tokens(
-            request, status=400, errors=["Name the token (1-40 characters)."]
-        )
+        errors.append("Name the token (1-40 characters).")
+    if scope not in API_SCOPE_VALUES:
+        errors.append(f"Scope must be one of {', '.join(API_SCOPE_VALUES)}.")
+    if days and not (days.isascii() and days.isdigit() and 1 <= int(days) <= MAX_TOKEN_DAYS):
+        errors.append(f"Expiry must be 1 to {MAX_TOKEN_DAYS} days, or empty for none.")
+    if errors:
+        return await render_api_tokens(request, status=400, errors=errors)
+    expires = now_of(request) + timedelta(days=int(days)) if days else None
     token = "svt_" + secrets.token_urlsafe(32)
     hashed = token_hash(token)
     try:
         await portal_of(request).write(
-            lambda s: queries.add_api_token(s, user_id=me_id, name=name, token_hash=hashed)
+            lambda s: queries.add_api_token(s, user_id=me_id, name=name, token_hash=hashed,
+                                            expires_at=expires, scope=scope)
         )
     except StoreError as exc:
         return await render_api_tokens(request, status=400, errors=[str(exc)])
-    await audit(request, "api_token.create", target=name)
+    await audit(request, "api_token.create", target=name,
+                detail=f"scope={scope} expires={expires.isoformat() if expires else 'never'}")
     return await render_api_tokens(request, token=token)
 
 

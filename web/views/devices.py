@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
 from datetime import UTC, datetime
 
 from aiohttp import web
 from sqlmodel import Session
 
+from client_profiles.inputs import DEVICE_PATTERN
 from client_profiles.ovpn import ClientRequirement, client_requirement
 from client_profiles.qr import qr_png, qr_svg
 from client_profiles.reports import RenderedProfile
@@ -30,7 +30,7 @@ from web.pages import (
     require_user,
 )
 
-DEVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
+DEVICE_NAME = DEVICE_PATTERN  # the lifecycle's own check, so every face accepts the same
 DEVICE_NAME_RULE = "1-32 letters, digits, '_' or '-', starting with a letter or digit"
 PROFILE_TYPE = "application/x-openvpn-profile"
 
@@ -166,6 +166,7 @@ async def render_device(
     if link is not None:
         png, svg = await asyncio.to_thread(_qr_codes, link.deep_link)
         context["qr_png"], context["qr_svg"] = png, svg
+        context["loopback_link"] = not import_links.reachable_from_elsewhere(link.url)
     return render(request, "device.html", context)
 
 
