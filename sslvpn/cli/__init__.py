@@ -33,6 +33,7 @@ def main(ctx: click.Context, data_dir: Path, database_url: str | None) -> None:
 def _register() -> None:
     """Each sub-command module has one owner and exports its click commands as COMMANDS."""
     from sslvpn.cli import (
+        alarms,
         backup,
         certificates,
         check,
@@ -47,7 +48,7 @@ def _register() -> None:
     )
 
     for module in (setup, users, certificates, backup, serve, sessions, check, portal, nodes,
-                   ipsec, service):
+                   ipsec, service, alarms):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -40,6 +40,7 @@ from sqlalchemy import Engine
 from client_profiles import crl, lifecycle
 from client_profiles.pki import WrongPassphrase
 from client_profiles.pkifiles import LifecycleError
+from sslvpn.cli.alarms import refresh_crl_watched
 from sslvpn.cli.check import allow_insecure_permissions, preflight
 from sslvpn.cli.setup import (
     log_format_option,
@@ -52,7 +53,8 @@ from sslvpn.cli.setup import (
 from sslvpn.config import DataPaths
 from sslvpn.openvpn.tls import TlsGroupsError
 from sslvpn.runtime import instance
-from sslvpn.runtime.control import GatewayControl, ThreadSafeControl
+from sslvpn.runtime.alarms import run_alarms
+from sslvpn.runtime.control import GatewayControl, ThreadSafeControl, TunnelStatus
 from sslvpn.runtime.fleet_signal import listen_conninfo, listen_for_signals
 from sslvpn.runtime.gateway import Gateway
 from sslvpn.runtime.ipsec_service import IpsecService
@@ -97,6 +99,7 @@ from web.tls import portal_tls
 log = logging.getLogger(__name__)
 
 IPSEC_RESTART_DELAY = 5.0  # seconds before an IPsec service that failed is started afresh
+AUTH_FAILURES = ("auth_failed", "revoked", "expired")  # handshake results an alarm counts
 RETIRE_INTERVAL = 5.0  # seconds between looks for renewed certificates to revoke
 
 
@@ -226,6 +229,23 @@ def metrics_task(paths: DataPaths, store: AsyncStore, listen: str,
     return run
 
 
+def alarms_task(paths: DataPaths, store: AsyncStore, node: str | None) -> ExtraTask:
+    """The alarms of a single gateway process: its tunnels and failed handshakes read on
+    its loop (cheap reads), the rest in store threads."""
+
+    async def run(gateway: Gateway) -> None:
+        async def tunnels() -> list[TunnelStatus]:
+            return gateway.tunnel_status()
+
+        async def auth_failures() -> int:
+            return sum(gateway.handshakes[result] for result in AUTH_FAILURES)
+
+        await run_alarms(store, paths, node=node or "default", tunnels=tunnels,
+                         auth_failures=auth_failures)
+
+    return run
+
+
 def _in_thread(check: Callable[[], bool]) -> Check:
     """A gateway's readiness check, made by the probe's own thread (a cheap read)."""
 
@@ -289,7 +309,7 @@ async def retire_superseded(paths: DataPaths, engine: Engine,
 
 def daily_hooks(paths: DataPaths, engine: Engine) -> tuple[DailyHook, ...]:
     """The CRL re-signed and the retention pass, once a day."""
-    return (lambda: crl.refresh_crl(paths, engine), lambda: retention.prune(engine))
+    return (lambda: refresh_crl_watched(paths, engine), lambda: retention.prune(engine))
 
 
 def portal_plan(paths: DataPaths, engine: Engine, listen: str | None, cert: Path | None,
@@ -327,6 +347,11 @@ async def supervise_node(paths: DataPaths, engine: Engine, workers: int, node: s
                                                 on_removed=supervisor.stop))
     if plan is not None:
         companions.append(lambda: run_portal(paths, engine, plan, control))
+
+    async def tunnels() -> list[TunnelStatus]:
+        return await asyncio.to_thread(control.tunnel_status)
+
+    companions.append(lambda: run_alarms(store, paths, node=node or "default", tunnels=tunnels))
     try:
         await supervise(supervisor, companions)
     finally:
@@ -471,6 +496,7 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
         extra = [ipsec_task(gateway_store, node, on_activate)] if first else []
         if slot is None:
             extra.append(lambda _gateway: retire_superseded(paths, engine))
+            extra.append(alarms_task(paths, gateway_store, node))
         if first:  # with workers, NotifyAccess=all takes the first one's word
             extra.append(lambda _gateway: notify_systemd("serving OpenVPN clients"))
         if metrics_at is not None and first:

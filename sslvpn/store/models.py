@@ -360,3 +360,38 @@ class Node(SQLModel, table=True):
     software_version: str | None = None
     heartbeat_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # database clock
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class AlarmSetting(SQLModel, table=True):
+    """One alarm rule parameter or channel setting (``ipsec-down.seconds``, ``webhook.url``)
+    that differs from the default in ``sslvpn.runtime.alarm_rules``."""
+
+    key: str = Field(primary_key=True)
+    value: str = Field(repr=False)  # webhook.secret and smtp.password live here too
+
+
+class AlarmState(SQLModel, table=True):
+    """An alarm that was raised (``cleared_at`` None while it holds): stored so a restart
+    neither raises it again nor forgets to clear it."""
+
+    key: str = Field(primary_key=True)  # rule/subject[/stage], e.g. ipsec-down/hq
+    rule: str = Field(index=True)
+    subject: str
+    message: str
+    raised_at: datetime = Field(sa_type=UTCDateTime)
+    cleared_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+
+
+class AlarmNotice(SQLModel, table=True):
+    """One notification owed (raised or cleared), written in the transaction that changed
+    the alarm; ``pending`` lists the channels it has not reached yet (an outbox)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    alarm_key: str = Field(index=True)
+    event: str  # "raised" | "cleared" | "test"
+    at: datetime = Field(sa_type=UTCDateTime)
+    body: dict[str, object] = Field(default_factory=dict, sa_type=JSON)
+    recipients: list[str] = Field(default_factory=list, sa_type=JSON)  # extra e-mail owners
+    pending: list[str] = Field(default_factory=list, sa_type=JSON)
+    attempts: int = 0
+    next_try_at: datetime = Field(sa_type=UTCDateTime, index=True)

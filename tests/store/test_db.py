@@ -22,6 +22,9 @@ from tests.store.conftest import BACKENDS
 EXPECTED_TABLES = {
     "addresslease",
     "alembic_version",
+    "alarmnotice",
+    "alarmsetting",
+    "alarmstate",
     "apitoken",
     "auditentry",
     "certificate",
