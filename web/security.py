@@ -56,7 +56,9 @@ def csrf_valid(session: Mapping[str, Any] | None, submitted: object) -> bool:
 
 
 class LoginThrottle:
-    """Counts failed logins per account and per source address in a sliding window.
+    """Counts failed logins per (account, source address) and per source address in a
+    sliding window: wrong passwords for an account from elsewhere never lock its owner out,
+    and one source cannot try many accounts.
 
     Only keys with failures in the window are kept (asking about a name stores nothing), so
     a stream of made-up account names cannot grow it beyond the failures of one window.
@@ -72,33 +74,44 @@ class LoginThrottle:
     ) -> None:
         self._clock = clock
         self._window = window
-        self._limits = {"account": per_account, "address": per_address}
+        self._limits = {"pair": per_account, "address": per_address}
         self._failures: dict[tuple[str, str], deque[float]] = {}
         self._reported: dict[str, float] = {}  # address -> when its refusal was last audited
 
-    def _recent(self, kind: str, key: str) -> int:
+    @staticmethod
+    def _keys(account: str, address: str) -> tuple[tuple[str, str], tuple[str, str]]:
+        return ("pair", f"{account.lower()}\0{address}"), ("address", address)
+
+    def _recent(self, key: tuple[str, str]) -> deque[float]:
         """Failures of this key in the window; a key left with none is forgotten."""
-        stamps = self._failures.get((kind, key))
+        stamps = self._failures.get(key)
         if stamps is None:
-            return 0
+            return deque()
         cutoff = self._clock() - self._window
         while stamps and stamps[0] < cutoff:
             stamps.popleft()
         if not stamps:
-            del self._failures[(kind, key)]
-        return len(stamps)
+            del self._failures[key]
+        return stamps
 
     def blocked(self, account: str, address: str) -> bool:
-        """True while either the account or the address has too many recent failures."""
-        return (
-            self._recent("account", account.lower()) >= self._limits["account"]
-            or self._recent("address", address) >= self._limits["address"]
-        )
+        """True while this account from this address, or the address itself, has too many
+        recent failures."""
+        return self.wait(account, address) > 0
+
+    def wait(self, account: str, address: str) -> float:
+        """Seconds until this account may try again from this address (0: now)."""
+        longest = 0.0
+        for key in self._keys(account, address):
+            stamps, limit = self._recent(key), self._limits[key[0]]
+            if len(stamps) >= limit:  # free again when the failure that made it full leaves
+                longest = max(longest, stamps[len(stamps) - limit] + self._window - self._clock())
+        return longest
 
     def failed(self, account: str, address: str) -> None:
         now = self._clock()
         self._forget_stale(now)
-        for key in (("account", account.lower()), ("address", address)):
+        for key in self._keys(account, address):
             stamps = self._failures.pop(key, None) or deque()
             stamps.append(now)
             self._failures[key] = stamps  # re-inserted: the dict stays in order of last failure
@@ -130,14 +143,18 @@ class LoginThrottle:
         return True
 
     def unlocked(self, account: str, at: float) -> None:
-        """An admin unlocked the account at ``at``: its earlier failures stop counting."""
-        stamps = self._failures.get(("account", account.lower()))
-        while stamps and stamps[0] < at:
-            stamps.popleft()
+        """An admin unlocked the account at ``at``: its failures before, from anywhere, stop
+        counting for it (a source's own count stays)."""
+        prefix = f"{account.lower()}\0"
+        for (kind, key), stamps in self._failures.items():
+            if kind == "pair" and key.startswith(prefix):
+                while stamps and stamps[0] < at:
+                    stamps.popleft()
 
-    def succeeded(self, account: str) -> None:
-        """A good password clears the account's count (the address keeps its history)."""
-        self._failures.pop(("account", account.lower()), None)
+    def succeeded(self, account: str, address: str) -> None:
+        """A good password clears the account's count from this address (the address keeps
+        its history)."""
+        self._failures.pop(self._keys(account, address)[0], None)
 
 
 def client_address(request: web.Request) -> str:

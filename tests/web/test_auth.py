@@ -90,6 +90,16 @@ async def test_account_is_throttled_then_released(client: TestClient, clock: Clo
     assert await try_login(client, "alice", PASSWORDS["alice"]) == 303
 
 
+async def test_the_lock_time_shown_is_the_real_one(client: TestClient, clock: Clock) -> None:
+    for _ in range(THROTTLE_ACCOUNT_FAILURES):
+        assert await try_login(client, "alice", "wrong") == 401
+    clock.now += 10 * 60
+    token = await csrf_from(client, "/login")
+    page = await client.post("/login", data={"name": "alice", "password": PASSWORDS["alice"],
+                                             "csrf_token": token})
+    assert page.status == 429 and "Try again in 5 minutes." in await page.text()
+
+
 async def test_an_admin_unlocks_a_throttled_account(
     client: TestClient, clock: Clock, site: Site
 ) -> None:

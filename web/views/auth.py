@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 from aiohttp import web
 from sqlmodel import Session
@@ -83,7 +84,7 @@ async def check_credentials(request: web.Request, name: str, password: str) -> U
         why = "disabled" if user is not None and good else "bad credentials"
         await audit(request, "login.failed", actor=name or "anonymous", target=name, detail=why)
         return None
-    portal.throttle.succeeded(name)
+    portal.throttle.succeeded(name, address)
     await audit(request, "login", actor=user.name, target=user.name)
     return user
 
@@ -91,13 +92,16 @@ async def check_credentials(request: web.Request, name: str, password: str) -> U
 async def login(request: web.Request) -> web.StreamResponse:
     form = await form_of(request)
     name = form.get("name", "").strip()
-    if len(name) <= MAX_LOGIN_NAME and await throttled(request, name, client_address(request)):
+    address = client_address(request)
+    if len(name) <= MAX_LOGIN_NAME and await throttled(request, name, address):
+        minutes = math.ceil(portal_of(request).throttle.wait(name, address) / 60)
         return render(
             request,
             "login.html",
             {"name": name},
             status=429,
-            errors=["Too many failed logins. Wait a few minutes and try again."],
+            errors=[f"Too many failed logins. Try again in {minutes} minute"
+                    f"{'s' if minutes != 1 else ''}."],
         )
     user = await check_credentials(request, name, form.get("password", ""))
     if user is None or user.id is None:
