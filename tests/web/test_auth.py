@@ -208,6 +208,23 @@ async def test_change_own_password(client: TestClient) -> None:
     assert await try_login(client, "alice", "a-new-password") == 303
 
 
+async def test_changing_a_password_ends_the_users_other_portal_sessions(
+    client: TestClient,
+) -> None:
+    """A password changed because it leaked must throw out whoever used it."""
+    csrf = await login(client, "alice")
+    async with second_browser(client) as elsewhere:
+        await login(elsewhere, "alice")
+        assert (await elsewhere.get("/devices", allow_redirects=False)).status == 200
+        changed = await client.post("/account/password", allow_redirects=False, data={
+            "csrf_token": csrf, "password": PASSWORDS["alice"],
+            "new_password": "a-new-password", "confirm": "a-new-password"})
+        assert changed.status == 303
+        gone = await elsewhere.get("/devices", allow_redirects=False)
+        assert gone.status == 303 and gone.headers["Location"].startswith("/login")
+    assert (await client.get("/devices", allow_redirects=False)).status == 200  # this one stays
+
+
 async def test_cookieless_page_views_store_nothing_and_evict_no_one(
     client: TestClient, site: Site
 ) -> None:

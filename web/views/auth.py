@@ -9,7 +9,7 @@ from aiohttp import web
 from sqlmodel import Session
 
 from client_profiles.passwords import MIN_PASSWORD_LENGTH, hash_password, verify_password
-from sslvpn.store import NotFoundError, queries
+from sslvpn.store import NotFoundError, portal_logins, queries
 from sslvpn.store.models import User
 from web.pages import (
     audit,
@@ -138,11 +138,15 @@ async def change_password(request: web.Request) -> web.StreamResponse:
     if errors:
         return render(request, "password.html", status=400, errors=errors)
     hashed = await asyncio.to_thread(hash_password, new)
-    await portal_of(request).write(
-        lambda s: queries.set_user_password_hash(s, name=me.name, password_hash=hashed)
-    )
+    me_id = current_user_id(request)
+
+    def change(s: Session) -> None:
+        queries.set_user_password_hash(s, name=me.name, password_hash=hashed)
+        portal_logins.end_user_logins(s, user_id=me_id)  # every other browser, every node
+
+    await portal_of(request).write(change)
     await audit(request, "user.password_change", target=me.name)
-    start_session(request, current_user_id(request))
+    start_session(request, me_id)  # this browser goes on, with a new id
     flash(request, "Password changed.")
     raise web.HTTPSeeOther(home_of(me))
 
