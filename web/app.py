@@ -24,7 +24,7 @@ from sslvpn.config import DataPaths
 from sslvpn.runtime.control import GatewayControl
 from sslvpn.store import db, queries
 from sslvpn.store.async_store import AsyncStore
-from web import api, api_ipsec, api_nodes, pages, security
+from web import api, api_ipsec, api_nodes, api_traffic, pages, security
 from web.health import Health, add_health_routes, store_reachable
 from web.outage import outage_middleware
 from web.portal import PORTAL, Portal, PortalSettings
@@ -76,7 +76,7 @@ def create_app(
         autoescape=jinja2.select_autoescape(default=True),
     )
     for module in (auth, devices, admin, admin_ops, ipsec, nodes, alarms, onboarding, api,
-                   api_ipsec, api_nodes):
+                   api_ipsec, api_nodes, api_traffic):
         module.add_routes(app)
     app.router.add_static("/static/", STATIC_DIR, name="static")
     add_health_routes(app, Health(checks={"store": store_reachable(portal.store)}))

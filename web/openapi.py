@@ -10,6 +10,8 @@ from typing import Any
 
 from web.openapi_fleet import SCHEMAS as FLEET_SCHEMAS
 from web.openapi_fleet import fleet_paths
+from web.openapi_traffic import SCHEMAS as TRAFFIC_SCHEMAS
+from web.openapi_traffic import traffic_paths
 from web.views.admin import REVOCATION_REASONS
 
 JSON = "application/json"
@@ -611,6 +613,7 @@ def document() -> dict[str, Any]:
             **_paths(),
             **_ipsec_paths(),
             **fleet_paths(_json, _errors, _body, _ref, NAME),
+            **traffic_paths(_json, _errors, _ref),
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -624,6 +627,7 @@ def document() -> dict[str, Any]:
                 "TunnelStatus": TUNNEL_STATUS,
                 "SpdPolicy": POLICY,
                 **FLEET_SCHEMAS,
+                **TRAFFIC_SCHEMAS,
                 "Error": {
                     "type": "object",
                     "required": ["error"],

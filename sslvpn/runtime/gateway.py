@@ -62,6 +62,7 @@ from sslvpn.runtime.policy import (
     SessionCounted,
     SessionEnded,
     SessionOpened,
+    TrafficCounted,
 )
 from sslvpn.runtime.records import RecordWriter
 from sslvpn.runtime.tun import Tun
@@ -118,6 +119,7 @@ class GatewayOptions:
     sweep_interval: float | None = 2.0  # None: another process sweeps (a worker's supervisor)
     peer_id_lane: tuple[int, int] = (0, 1)  # (index, count): hand out index + k * count
     accounting_interval: float = 60.0
+    node_name: str = "default"  # the node whose traffic history this gateway books
     admission: AdmissionLimits = AdmissionLimits()
 
 
@@ -195,6 +197,7 @@ class Gateway:
         self._closed_packets_in = 0
         self._closed_packets_out = 0
         self._closed_core_drops: collections.Counter[str] = collections.Counter()
+        self._booked_tunnels: dict[str, tuple[int, int]] = {}  # traffic history so far
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweep_now = asyncio.Event()
 
@@ -505,6 +508,7 @@ class Gateway:
             admission.cancel()  # nobody waits for its answer any more
         if client.vpn_address is not None:
             self._release(client)
+            self._book_last(client)
             self.records.add(SessionEnded(client.session_id, datetime.now(UTC), reason[:200],
                                           client.bytes_in, client.bytes_out))
             duration = (datetime.now(UTC) - client.connected_at).total_seconds()
@@ -599,11 +603,46 @@ class Gateway:
         return ended
 
     def _queue_counters(self) -> None:
+        """Queue the byte counters of sessions that moved traffic, and for the traffic
+        history what each user, this node and each IPsec tunnel moved since last time."""
+        now = datetime.now(UTC)
+        moved: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
         for client in self._by_serial.values():
             totals = (client.bytes_in, client.bytes_out)
             if totals != client.accounted:
+                both = moved[client.user]
+                both[0] += totals[0] - client.accounted[0]
+                both[1] += totals[1] - client.accounted[1]
                 client.accounted = totals
                 self.records.add(SessionCounted(client.session_id, *totals))
+        node = [sum(both[0] for both in moved.values()), sum(both[1] for both in moved.values())]
+        for user, (bytes_in, bytes_out) in moved.items():
+            self.records.add(TrafficCounted("user", user, now, bytes_in, bytes_out))
+        if any(node):
+            self.records.add(TrafficCounted("node", self.options.node_name, now, *node))
+        self._book_tunnels(now)
+
+    def _book_tunnels(self, now: datetime) -> None:
+        """Each IPsec tunnel's bytes since the last booking (a restarted tunnel's counters
+        start again from zero)."""
+        for status in self.tunnel_status():
+            last = self._booked_tunnels.get(status.name, (0, 0))
+            totals = (status.bytes_in, status.bytes_out)
+            if totals == last:
+                continue
+            since = last if totals[0] >= last[0] and totals[1] >= last[1] else (0, 0)
+            self._booked_tunnels[status.name] = totals
+            self.records.add(TrafficCounted("tunnel", status.name, now,
+                                            totals[0] - since[0], totals[1] - since[1]))
+
+    def _book_last(self, client: ClientSession) -> None:
+        """A closing session's traffic since its last booking, for the history."""
+        delta = (client.bytes_in - client.accounted[0], client.bytes_out - client.accounted[1])
+        if any(delta):
+            client.accounted = (client.bytes_in, client.bytes_out)
+            now = datetime.now(UTC)
+            self.records.add(TrafficCounted("user", client.user, now, *delta))
+            self.records.add(TrafficCounted("node", self.options.node_name, now, *delta))
 
     async def shutdown(self, reason: str = "gateway shutting down") -> None:
         """Tell every client it is over (explicit exit), stop reading the TUN, and write

@@ -27,6 +27,7 @@ from sslvpn.store.gateway_queries import SessionCounted as SessionCounted
 from sslvpn.store.gateway_queries import SessionEnded as SessionEnded
 from sslvpn.store.gateway_queries import SessionOpened as SessionOpened
 from sslvpn.store.gateway_queries import Standing
+from sslvpn.store.gateway_queries import TrafficCounted as TrafficCounted
 from sslvpn.store.models import utcnow
 
 if TYPE_CHECKING:  # the type of what a store thread hands the work, never opened here

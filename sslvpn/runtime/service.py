@@ -23,7 +23,7 @@ import asyncio
 import ipaddress
 import logging
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from sslvpn.config import DataPaths
@@ -143,6 +143,7 @@ class GatewayService:
             timeout=STARTUP_TIMEOUT)
         worker = self.options.worker
         options = gateway_options(settings, self.options.sweep_interval, node)
+        options = replace(options, node_name=node_name or "default")
         if worker is not None:
             options = worker.narrow(options)
         raise_descriptor_limit(options.admission.max_clients)

@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlmodel import Session, col
 from sqlmodel import select as model_select
 
-from sslvpn.store import node_queries
+from sslvpn.store import node_queries, traffic_queries
 from sslvpn.store.models import (
     AddressLease,
     Certificate,
@@ -39,6 +39,7 @@ from sslvpn.store.models import (
     VpnSessionRecord,
 )
 from sslvpn.store.queries import effective_limits
+from sslvpn.store.traffic_queries import TrafficCounted as TrafficCounted
 
 CHUNK = 500  # serials per IN (...) list, far below every backend's parameter limit
 
@@ -91,7 +92,7 @@ class SessionEnded(NamedTuple):
     bytes_out: int
 
 
-Record = LeaseStored | SessionOpened | SessionCounted | SessionEnded
+Record = LeaseStored | SessionOpened | SessionCounted | SessionEnded | TrafficCounted
 
 # built once: building a statement costs more than running this one (indexed, two rows)
 _STANDINGS = (
@@ -220,7 +221,9 @@ def write_records(
     leases = [r for r in records if isinstance(r, LeaseStored)]
     if leases:
         _store_leases(s, leases, now)
-    for opened, counted, ended in _segments(r for r in records if not isinstance(r, LeaseStored)):
+    traffic_queries.add_traffic(s, [r for r in records if isinstance(r, TrafficCounted)])
+    for opened, counted, ended in _segments(
+            r for r in records if not isinstance(r, LeaseStored | TrafficCounted)):
         new = {item.session_id for item in opened}
         _end_open(s, [item for item in ended if item.session_id not in new])
         if opened:

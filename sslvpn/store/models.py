@@ -395,3 +395,17 @@ class AlarmNotice(SQLModel, table=True):
     pending: list[str] = Field(default_factory=list, sa_type=JSON)
     attempts: int = 0
     next_try_at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+class TrafficBucket(SQLModel, table=True):
+    """Bytes each way through one scope (a node, an IPsec tunnel, a user) in one period
+    starting at ``start``: a minute as the accounting writes it, an hour once rolled up.
+    The key leads with scope and name, so a chart's range is one index range scan."""
+
+    __tablename__ = "traffic_bucket"
+
+    scope: str = Field(primary_key=True)  # "node", "tunnel" or "user"
+    name: str = Field(primary_key=True)
+    start: datetime = Field(primary_key=True, sa_type=UTCDateTime)
+    seconds: int = 60  # the period: 60, or 3600 once rolled up
+    bytes_in: int = Field(default=0, sa_type=BigInteger)  # into the VPC (from the peer)
+    bytes_out: int = Field(default=0, sa_type=BigInteger)

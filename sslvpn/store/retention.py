@@ -35,7 +35,7 @@ from sqlalchemy import Engine, delete, exists, or_
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col, select
 
-from sslvpn.store import NotFoundError, db, queries
+from sslvpn.store import NotFoundError, db, queries, traffic_queries
 from sslvpn.store.models import (
     AuditEntry,
     Certificate,
@@ -63,6 +63,7 @@ class PruneReport:
     sessions: int = 0
     import_links: int = 0
     users: list[str] = field(default_factory=list)
+    traffic_minutes: int = 0  # minute buckets of the traffic history folded into hours
     vacuumed_pages: int = 0
 
     @property
@@ -95,6 +96,8 @@ def prune(
     if settings.disabled_user_retention_days > 0:
         cutoff = now - timedelta(days=settings.disabled_user_retention_days)
         report.users = _prune_users(engine, cutoff, now, batch, pause)
+    with db.session(engine, write=True) as s:  # minute buckets into hours, old hours out
+        report.traffic_minutes = traffic_queries.roll_up(s, now=now)
     report.vacuumed_pages = vacuum_incrementally(engine)
     if report.total or report.vacuumed_pages:
         log.info("retention: removed %d audit entries, %d ended sessions, %d import links and "

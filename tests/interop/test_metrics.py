@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import select
 
 from sslvpn.config import DataPaths
-from sslvpn.store import db
+from sslvpn.store import db, traffic_queries
 from sslvpn.store.models import Certificate
 from tests.interop.conftest import (
     STREAM_PORT,
@@ -178,6 +178,29 @@ def test_the_json_log_carries_the_events_and_no_secret(topo: Topology) -> None:
     secrets = _secret_lines(topo)
     assert len(secrets) > 20
     assert [secret for secret in secrets if secret in text] == []
+
+
+def test_the_traffic_history_adds_up_to_the_session(topo: Topology) -> None:
+    """alice's 4 MB went through one session: her minute buckets and the node's hold exactly
+    the session's byte counts (tunnelled IP packets, headers included: 4 MB of payload is
+    about 4.2 MB of TCP/IP packets in, ACKs out; the OpenVPN and UDP framing around them is
+    not counted)."""
+    ended = [json.loads(line) for line in topo.gateway_log.read_text().splitlines()
+             if line.startswith("{") and '"session.disconnected"' in line]
+    [alice] = [e for e in ended if e["user"] == "alice"]
+    session = (alice["bytes_in"], alice["bytes_out"])
+    assert TRANSFER < session[0] < TRANSFER * 1.1
+
+    def booked(scope: str, name: str) -> tuple[int, int]:
+        engine = db.open_engine(f"sqlite:///{topo.data_dir / 'sslvpn.db'}")
+        try:
+            with db.session(engine, write=False) as s:
+                return traffic_queries.totals(s, scope=scope, name=name)
+        finally:
+            engine.dispose()
+
+    assert wait_until(lambda: booked("user", "alice") == session, 10), booked("user", "alice")
+    assert booked("node", "default") == session  # bob moved nothing
 
 
 def test_readyz_follows_the_tun_and_healthz_the_loop(topo: Topology) -> None:

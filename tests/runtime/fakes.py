@@ -25,6 +25,7 @@ from sslvpn.runtime.policy import (
     SessionCounted,
     SessionEnded,
     SessionOpened,
+    TrafficCounted,
 )
 
 VERIFY = b"verify:"  # a datagram "verify:<serial hex>" makes the core report PeerVerified
@@ -112,6 +113,7 @@ class MemoryPolicy:
         self.opened: list[SessionOpened] = []
         self.closed: list[SessionEnded] = []
         self.counters: list[SessionCounted] = []
+        self.traffic: list[TrafficCounted] = []
         self.end_requests: dict[str, str] = {}  # session id -> reason (a kick via the store)
 
     def add(self, serial: str, user: str, status: str = "valid") -> None:
@@ -154,6 +156,8 @@ class MemoryPolicy:
                 self.opened.append(record)
             elif isinstance(record, SessionCounted):
                 self.counters.append(record)
+            elif isinstance(record, TrafficCounted):
+                self.traffic.append(record)
             else:
                 self.closed.append(record)
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 import pytest
 
 from sslvpn.runtime import records as records_module
+from sslvpn.runtime.control import TunnelStatus
 from sslvpn.runtime.policy import (
     LeaseStored,
     Record,
@@ -205,3 +206,38 @@ async def test_a_full_batch_is_written_without_waiting_for_the_interval(
     await h.connect("a1")  # a lease and an opened session: two records
     async with background(h.gateway.run_sweeps()):
         await until(lambda: len(policy.opened) == 1)
+
+
+def _moved(policy: MemoryPolicy, scope: str, name: str) -> tuple[int, int]:
+    booked = [r for r in policy.traffic if (r.scope, r.name) == (scope, name)]
+    return sum(r.bytes_in for r in booked), sum(r.bytes_out for r in booked)
+
+
+async def test_traffic_history_books_users_the_node_and_tunnels_once_each() -> None:
+    """What each user, the node and each IPsec tunnel moved is booked in the accounting
+    batches, each byte once: at every accounting round and at a session's end."""
+    policy = BatchPolicy()
+    h = await Harness.started(policy=policy, sweep_interval=0.01, accounting_interval=0)
+    policy.add("a1", "alice")
+    policy.add("a2", "alice")
+    policy.add("b2", "bob")
+    laptop, _ = await h.connect("a1")
+    phone, _ = await h.connect("a2")
+    await h.connect("b2")
+    tunnel = {"bytes": (100, 10)}
+    h.gateway.tunnel_status_providers.append(lambda: [TunnelStatus(
+        "t1", "up", None, None, None, None, *tunnel["bytes"], packets_in=1, packets_out=1)])
+    assert laptop.driver is not None and phone.driver is not None
+    up, down = ipv4("10.8.0.2", VPC_HOST), ipv4(VPC_HOST, "10.8.0.3", b"pong!")
+    laptop.driver.feed(up)
+    h.tun.inject(down)
+    async with background(h.gateway.run_sweeps()):
+        await until(lambda: _moved(policy, "user", "alice") == (len(up), len(down)))
+        laptop.driver.feed(up)  # then the laptop leaves: its last bytes are booked at the end
+        h.gateway.kick(laptop.session_id)
+        tunnel["bytes"] = (30, 3)  # the tunnel restarted: its counters began again
+        await until(lambda: _moved(policy, "tunnel", "t1") == (130, 13))
+        await h.gateway.records.flush()
+    assert _moved(policy, "user", "alice") == (2 * len(up), len(down))
+    assert _moved(policy, "node", "default") == (2 * len(up), len(down))
+    assert _moved(policy, "user", "bob") == (0, 0)  # nothing moved: nothing booked

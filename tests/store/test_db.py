@@ -36,6 +36,7 @@ EXPECTED_TABLES = {
     "portallogin",
     "signedcrl",
     "spdpolicy",
+    "traffic_bucket",
     "user",
     "vpngateway",
     "vpnsessionrecord",
