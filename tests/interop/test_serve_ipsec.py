@@ -11,6 +11,7 @@ ways, report it "up" through `sslvpn ipsec status` (control socket) and the port
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -55,12 +56,13 @@ class Sites:
     lanb: Namespace
 
 
-@pytest.fixture
-def sites() -> Iterator[Sites]:
+@contextlib.contextmanager
+def site_lab(prefix: str) -> Iterator[Sites]:
+    """The four namespaces (names starting with ``prefix``), linked and routed."""
     for binary in (CHARON, Path(SWANCTL)):
         if not binary.exists():
             pytest.fail(f"{binary} is missing: run scripts/install-test-deps")
-    lab = NetnsLab("sx")
+    lab = NetnsLab(prefix)
     try:
         lana, sitea, siteb, lanb = (lab.namespace(r) for r in ("lana", "sitea", "siteb", "lanb"))
         lab.link(sitea, f"{WAN_A}/24", siteb, f"{WAN_B}/24")
@@ -73,6 +75,23 @@ def sites() -> Iterator[Sites]:
         yield Sites(lab, lana, sitea, siteb, lanb)
     finally:
         lab.close()
+
+
+@pytest.fixture
+def sites() -> Iterator[Sites]:
+    with site_lab("sx") as found:
+        yield found
+
+
+def configure_tunnel(data: Path, *timers: str) -> None:
+    """A data folder whose tunnel t1 (with ``timers``, tunnel add options) initiates to
+    charon in sitea."""
+    _cli(data, "init", "--public-address", WAN_B, "--proto", "udp", "--vpc", LAN_B)
+    _cli(data, "ipsec", "gateway", "add", "vgw", "--public-address", WAN_B)
+    _cli(data, "ipsec", "customer-gateway", "add", "dc1", "--address", WAN_A)
+    _cli(data, "ipsec", "tunnel", "add", "t1", "--gateway", "vgw", "--customer-gateway", "dc1",
+         "--psk-stdin", "--ike", IKE, "--esp", ESP, "--initiate", *timers, stdin=PSK + "\n")
+    _cli(data, "ipsec", "policy", "add", "t1", "--local", LAN_B, "--peer", LAN_A)
 
 
 def _cli(data: Path, *args: str, stdin: str | None = None) -> str:
@@ -91,12 +110,7 @@ def test_serve_starts_the_tunnel_reports_it_and_deletes_it_on_stop(
     sites: Sites, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
-    _cli(data, "init", "--public-address", WAN_B, "--proto", "udp", "--vpc", LAN_B)
-    _cli(data, "ipsec", "gateway", "add", "vgw", "--public-address", WAN_B)
-    _cli(data, "ipsec", "customer-gateway", "add", "dc1", "--address", WAN_A)
-    _cli(data, "ipsec", "tunnel", "add", "t1", "--gateway", "vgw", "--customer-gateway", "dc1",
-         "--psk-stdin", "--ike", IKE, "--esp", ESP, "--initiate", stdin=PSK + "\n")
-    _cli(data, "ipsec", "policy", "add", "t1", "--local", LAN_B, "--peer", LAN_A)
+    configure_tunnel(data)
     charon = Charon(sites.sitea, tmp_path / "charon", CharonConfig(ike_proposals=IKE,
                                                                    esp_proposals=ESP))
     charon.start()
