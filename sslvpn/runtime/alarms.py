@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 INTERVAL = 10.0  # seconds between rounds
 SEND_TIMEOUT = 10.0  # seconds one webhook POST or one e-mail may take
+CLAIM_SECONDS = 120.0  # a notice taken for delivery is not taken again before this
 GIVE_UP_AFTER = 12  # delivery rounds before a notice is dropped (logged)
 SIGNATURE_HEADER = "X-Sslvpn-Signature"
 
@@ -227,12 +228,18 @@ class Deliverer:
     async def deliver_due(self, now: datetime | None = None) -> int:
         """One delivery round (of the notices due at ``now``); returns the notices fully
         delivered."""
+        now = now or datetime.now(UTC)
         notices = await self.store.read(lambda s: (alarm_queries.due_notices(s, now=now),
                                                    alarm_queries.alarm_settings(s),
                                                    alarm_queries.admin_emails(s)))
         due, settings, admins = notices
         done = 0
         for notice in due:
+            claimed = await self.store.write(functools.partial(
+                alarm_queries.claim_notice, notice_id=notice.id or 0, now=now,
+                until=now + timedelta(seconds=CLAIM_SECONDS)))
+            if not claimed:  # another node of the fleet delivers it
+                continue
             reached = []
             for channel in notice.pending:
                 try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from sslvpn.store import NotFoundError
@@ -139,6 +140,17 @@ def due_notices(s: Session, *, now: datetime | None = None, limit: int = 50) -> 
     rows = s.exec(select(AlarmNotice).where(col(AlarmNotice.next_try_at) <= (now or utcnow()))
                   .order_by(col(AlarmNotice.id)).limit(limit * 4)).all()
     return [row for row in rows if row.pending][:limit]
+
+
+def claim_notice(s: Session, notice_id: int, *, now: datetime, until: datetime) -> bool:
+    """Take a due notice for one delivery round (its next try moved to ``until``); False
+    when another process took it first: nodes of a fleet share the outbox, and each notice
+    must go out once."""
+    taken = s.connection().execute(
+        update(AlarmNotice)
+        .where(col(AlarmNotice.id) == notice_id, col(AlarmNotice.next_try_at) <= now)
+        .values(next_try_at=until))
+    return bool(taken.rowcount == 1)
 
 
 def notice_tried(s: Session, notice_id: int, *, reached: list[str], backoff: timedelta,

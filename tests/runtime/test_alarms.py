@@ -13,7 +13,7 @@ import json
 import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.message import Message
@@ -34,7 +34,13 @@ from sqlmodel import select
 from sslvpn.cli import main
 from sslvpn.cli.alarms import refresh_crl_watched
 from sslvpn.config import DataPaths
-from sslvpn.runtime.alarms import SIGNATURE_HEADER, Deliverer, Evaluator, alarm_round
+from sslvpn.runtime.alarms import (
+    SIGNATURE_HEADER,
+    Deliverer,
+    Evaluator,
+    Facts,
+    alarm_round,
+)
 from sslvpn.runtime.control import TunnelStatus
 from sslvpn.store import alarm_queries, db
 from sslvpn.store.async_store import AsyncStore
@@ -307,13 +313,9 @@ def test_a_secret_on_the_command_line_is_refused(data: tuple[DataPaths, str]) ->
     assert result.exit_code != 0 and "stdin" in result.output
 
 
-def test_stages_notify_only_the_most_urgent_and_clear_on_renewal() -> None:
-    from sslvpn.runtime.alarms import Facts
-
-    now = datetime.now(UTC)
-    facts = Facts(settings={k: v for k, (v, _) in alarm_queries.DEFAULTS.items()}, now=now,
-                  expiry={"ca": now + timedelta(days=5)})
-    seen = Evaluator().evaluate(facts, 0.0)
+def test_only_the_most_urgent_expiry_stage_is_raised() -> None:
+    seen = Evaluator().evaluate(_facts(expiry={"ca": datetime.now(UTC) + timedelta(days=5)}),
+                                0.0)
     assert set(seen.bad) == {"certificate-expiry/ca/7d"}
     assert seen.held == {"certificate-expiry/ca/30d"}
 
@@ -340,3 +342,66 @@ def test_a_failed_crl_re_signing_raises_an_alarm_and_a_good_one_clears_it(
         notices = [(n.alarm_key, n.event) for n in s.exec(select(AlarmNotice)).all()]
     engine.dispose()
     assert notices == [("crl-resign/crl", "raised"), ("crl-resign/crl", "cleared")]
+
+
+async def test_two_nodes_delivering_the_same_outbox_send_each_notice_once(
+        data: tuple[DataPaths, str], store: AsyncStore, receiver: Receiver) -> None:
+    paths, url = data
+    use_webhook(paths, receiver)
+
+    async def tunnels() -> list[TunnelStatus]:
+        return [tunnel("down")]
+
+    await alarm_round(store, paths, Evaluator(), tunnels=tunnels)
+    engine = db.open_engine(url)
+    other = AsyncStore(engine)  # another node's store on the same database
+    try:
+        delivered = await asyncio.gather(Deliverer(store).deliver_due(),
+                                         Deliverer(other).deliver_due())
+    finally:
+        await other.close()
+        engine.dispose()
+    assert sorted(delivered) == [0, 1]
+    assert [b["event"] for b in receiver.bodies] == ["raised"]
+
+
+def _facts(**given: object) -> Facts:
+    settings = {key: default for key, (default, _) in alarm_queries.DEFAULTS.items()}
+    return Facts(settings=settings, now=datetime.now(UTC), **given)  # type: ignore[arg-type]
+
+
+def test_a_node_is_down_once_its_heartbeat_is_older_than_the_limit() -> None:
+    seen = Evaluator().evaluate(_facts(heartbeat_ages={"n1": 31.0, "n2": 3.0, "n3": None}),
+                                0.0)
+    assert set(seen.bad) == {"node-down/n1"} and seen.good == {"node-down/n2"}
+
+
+def test_refused_handshakes_alarm_above_the_rate_per_minute() -> None:
+    evaluator = Evaluator("n1")
+    assert not evaluator.evaluate(_facts(auth_failures=100), 0.0).bad  # a first sample
+    calm = evaluator.evaluate(_facts(auth_failures=110), 60.0)  # 10 a minute
+    assert calm.good == {"auth-failures/n1"} and not calm.bad
+    storm = evaluator.evaluate(_facts(auth_failures=150), 90.0)  # 80 a minute
+    assert set(storm.bad) == {"auth-failures/n1"}
+
+
+def test_bandwidth_over_its_share_alarms_only_once_held_for_the_minutes() -> None:
+    caps = {"a12-hq": ("vgw", 1_000_000)}  # 1 Mbit/s
+    evaluator = Evaluator()
+
+    def at(clock: float, total: int) -> tuple[set[str], set[str]]:
+        status = replace(tunnel("up"), bytes_in=total)
+        seen = evaluator.evaluate(_facts(tunnels=[status], caps=caps), clock)
+        return ({k for k in seen.bad if k.startswith("bandwidth/")},
+                {k for k in seen.good if k.startswith("bandwidth/")})
+
+    at(0.0, 0)
+    assert at(10.0, 1_500_000) == (set(), set())  # 120 %: the clock starts, no alarm yet
+    fast = 0.95 * 1_000_000 / 8  # bytes a second at 95 %
+    total, clock = 1_500_000.0, 10.0
+    for _ in range(29):  # 290 s more at 95 %: not yet 5 minutes
+        clock, total = clock + 10, total + fast * 10
+        assert at(clock, int(total)) == (set(), set())
+    clock, total = clock + 10, total + fast * 10
+    assert at(clock, int(total)) == ({"bandwidth/vgw"}, set())
+    assert at(clock + 10, int(total + 1000)) == (set(), {"bandwidth/vgw"})
