@@ -40,6 +40,7 @@ from sslvpn.runtime.alarms import (
     Evaluator,
     Facts,
     alarm_round,
+    run_alarms,
 )
 from sslvpn.runtime.control import TunnelStatus
 from sslvpn.store import alarm_queries, db
@@ -181,6 +182,10 @@ def tunnel(state: str, error: str | None = None) -> TunnelStatus:
                         packets_out=0)
 
 
+async def tunnel_down() -> list[TunnelStatus]:
+    return [tunnel("down")]
+
+
 async def test_tunnel_down_is_posted_signed_once_raised_and_once_cleared(
         data: tuple[DataPaths, str], store: AsyncStore, receiver: Receiver) -> None:
     paths, _ = data
@@ -220,12 +225,9 @@ async def test_a_failing_webhook_is_retried_with_back_off(
     paths, _ = data
     use_webhook(paths, receiver)
 
-    async def tunnels() -> list[TunnelStatus]:
-        return [tunnel("down")]
-
     receiver.fail_first = 2
     deliverer = Deliverer(store)
-    await alarm_round(store, paths, Evaluator(), tunnels=tunnels)
+    await alarm_round(store, paths, Evaluator(), tunnels=tunnel_down)
     now = datetime.now(UTC)
     assert await deliverer.deliver_due(now) == 0  # 500: kept
     assert await deliverer.deliver_due(now + timedelta(seconds=1)) == 0  # not due yet
@@ -349,10 +351,7 @@ async def test_two_nodes_delivering_the_same_outbox_send_each_notice_once(
     paths, url = data
     use_webhook(paths, receiver)
 
-    async def tunnels() -> list[TunnelStatus]:
-        return [tunnel("down")]
-
-    await alarm_round(store, paths, Evaluator(), tunnels=tunnels)
+    await alarm_round(store, paths, Evaluator(), tunnels=tunnel_down)
     engine = db.open_engine(url)
     other = AsyncStore(engine)  # another node's store on the same database
     try:
@@ -405,3 +404,31 @@ def test_bandwidth_over_its_share_alarms_only_once_held_for_the_minutes() -> Non
     clock, total = clock + 10, total + fast * 10
     assert at(clock, int(total)) == ({"bandwidth/vgw"}, set())
     assert at(clock + 10, int(total + 1000)) == (set(), {"bandwidth/vgw"})
+
+
+class _BrokenStore:
+    """A store whose every call fails (a bug, not the store's answer); counts the calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def read(self, work: object) -> object:
+        self.calls += 1
+        raise RuntimeError("a12: broken")
+
+    write = read
+
+
+async def test_a_failing_round_is_logged_once_and_never_ends_the_task(
+        data: tuple[DataPaths, str], caplog: pytest.LogCaptureFixture) -> None:
+    broken = _BrokenStore()
+    task = asyncio.create_task(run_alarms(broken, data[0],  # type: ignore[arg-type]
+                                          interval=0.01))
+    async with asyncio.timeout(10):
+        while broken.calls < 3:  # three rounds
+            await asyncio.sleep(0.01)
+    assert not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [r.getMessage() for r in caplog.records] == ["alarms not evaluated: a12: broken"]
