@@ -3,7 +3,8 @@ writer lock long; and giving the freed pages of an SQLite file back to the disk.
 
 What each setting of `GatewaySettings` prunes (days; 0 keeps forever):
 
-- ``audit_retention_days``: audit entries older than that.
+- ``audit_retention_days``: audit entries older than that, and alarm notifications (the
+  alarm outbox) written that long ago.
 - ``session_retention_days``: session history that *ended* that long ago. A record still
   open (a live session, or one a crashed gateway left open) is never pruned.
 - ``import_link_retention_days``: import links used, or expired, that long ago (unused,
@@ -37,6 +38,7 @@ from sqlmodel import col, select
 
 from sslvpn.store import NotFoundError, db, queries, traffic_queries
 from sslvpn.store.models import (
+    AlarmNotice,
     AuditEntry,
     Certificate,
     GatewaySettings,
@@ -60,6 +62,7 @@ class PruneReport:
     """What one pass removed."""
 
     audit: int = 0
+    alarm_notices: int = 0
     sessions: int = 0
     import_links: int = 0
     users: list[str] = field(default_factory=list)
@@ -68,7 +71,8 @@ class PruneReport:
 
     @property
     def total(self) -> int:
-        return self.audit + self.sessions + self.import_links + len(self.users)
+        return (self.audit + self.alarm_notices + self.sessions + self.import_links
+                + len(self.users))
 
 
 def prune(
@@ -85,6 +89,7 @@ def prune(
     report = PruneReport()
     rules: list[tuple[str, Any, int, Any]] = [
         ("audit", AuditEntry, settings.audit_retention_days, _audit_expired),
+        ("alarm_notices", AlarmNotice, settings.audit_retention_days, _notice_expired),
         ("sessions", VpnSessionRecord, settings.session_retention_days, _session_ended),
         ("import_links", ImportToken, settings.import_link_retention_days, _link_spent),
     ]
@@ -116,6 +121,10 @@ def _settings(engine: Engine, gateway_name: str) -> GatewaySettings:
 
 def _audit_expired(cutoff: datetime) -> ColumnElement[bool]:
     return col(AuditEntry.at) < cutoff
+
+
+def _notice_expired(cutoff: datetime) -> ColumnElement[bool]:
+    return col(AlarmNotice.at) < cutoff
 
 
 def _session_ended(cutoff: datetime) -> ColumnElement[bool]:

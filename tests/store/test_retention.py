@@ -11,7 +11,14 @@ from sqlmodel import Session, select
 
 from sslvpn.store import queries, retention
 from sslvpn.store.db import session
-from sslvpn.store.models import AuditEntry, Certificate, GatewaySettings, ImportToken, User
+from sslvpn.store.models import (
+    AlarmNotice,
+    AuditEntry,
+    Certificate,
+    GatewaySettings,
+    ImportToken,
+    User,
+)
 from tests.store.conftest import BACKENDS
 
 pytestmark = pytest.mark.parametrize("engine", BACKENDS, indirect=True)
@@ -53,6 +60,7 @@ def test_history_past_its_retention_goes_and_the_rest_stays(engine: Engine) -> N
         owner = _user(s, "owner")
         for at, action in ((LONG_AGO, "old"), (LATELY, "recent")):
             queries.record_audit(s, actor="t", action=action, at=at)
+            s.add(AlarmNotice(alarm_key=action, event="raised", at=at, next_try_at=at))
         _session_record(s, "ended-long-ago", "owner", LONG_AGO)
         _session_record(s, "ended-lately", "owner", LATELY)
         _session_record(s, "still-open", "owner", None)  # began long ago, never ended
@@ -71,8 +79,10 @@ def test_history_past_its_retention_goes_and_the_rest_stays(engine: Engine) -> N
                 queries.mark_import_token_used(s, token_hash=name, at=used_at)
     report = retention.prune(engine, now=NOW)
     assert (report.audit, report.sessions, report.import_links) == (1, 1, 2)
+    assert report.alarm_notices == 1
     with session(engine, write=False) as s:
         assert [e.action for e in queries.list_audit(s)] == ["recent"]
+        assert [n.alarm_key for n in s.exec(select(AlarmNotice))] == ["recent"]
         records = queries.list_session_records(s, user_name="owner")
         assert sorted(r.session_id for r in records) == ["ended-lately", "still-open"]
         kept = {t.token_hash for t in queries.list_import_tokens(s, user_id=owner)}
