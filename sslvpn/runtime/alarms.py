@@ -14,6 +14,7 @@ HMAC-SHA256 (``X-Sslvpn-Signature: sha256=<hex>``); e-mail goes over SMTP with S
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import functools
 import hashlib
 import hmac
@@ -146,7 +147,7 @@ class Evaluator:
             seen.held.update(f"certificate-expiry/{kind}/{d}d" for d in crossed[:-1])
             seen.bad[f"certificate-expiry/{kind}/{days}d"] = (
                 "certificate-expiry", kind, f"{names.get(kind, kind)} expires within "
-                f"{days} days ({at:%Y-%m-%d %H:%M} UTC)", [])
+                f"{days} day{'s' if days != 1 else ''} ({at:%Y-%m-%d %H:%M} UTC)", [])
         for client in facts.expiring_clients:
             seen.bad[f"client-certificate-expiry/{client.serial}"] = (
                 "client-certificate-expiry", client.serial,
@@ -302,6 +303,8 @@ async def send_email(settings: dict[str, str], to: list[str], body: dict[str, ob
     message["From"] = settings["smtp.from"]
     message["To"] = ", ".join(to)
     message["Subject"] = f"[sslvpn] {body['event']}: {body['message']}"
+    message["Date"] = email.utils.formatdate(localtime=False)
+    message["Message-ID"] = email.utils.make_msgid(domain="sslvpn")
     message.set_content("\n".join(f"{key}: {value}" for key, value in sorted(body.items())))
     context = ssl.create_default_context(cafile=settings["smtp.cafile"] or None)
     await aiosmtplib.send(

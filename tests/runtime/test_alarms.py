@@ -270,7 +270,8 @@ async def test_an_expiring_crl_sends_one_email_and_a_restart_sends_no_other(
         engine.dispose()
     assert len(box.messages) == 1 and box.tls == [True]
     mail = box.messages[0]
-    assert "the CRL expires within 1 days" in mail["Subject"]
+    assert "the CRL expires within 1 day (" in mail["Subject"]
+    assert mail["Date"] and mail["Message-ID"]
     assert sorted(box.recipients[0]) == sorted([ADMIN_MAIL, "noc@example.net"])
     owed = await store.read(lambda s: [n.pending for n in s.exec(select(AlarmNotice)).all()])
     assert owed == [[]]
