@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 from sqlmodel import Session
 
+from client_profiles import two_factor
 from client_profiles.lifecycle import MAX_OVERLAP_DAYS, RENEWAL_OVERLAP_DAYS
 from client_profiles.passwords import MIN_PASSWORD_LENGTH, generate_password
 from sslvpn.runtime.control import SessionInfo, older_clients
@@ -52,6 +53,8 @@ def user_json(user: User) -> dict[str, Any]:
         "email": user.email,
         "disabled": user.disabled,
         "created_at": _iso(user.created_at),
+        "two_factor_enrolled": user.totp_secret is not None,
+        "two_factor_required": user.two_factor_required,
     }
 
 
@@ -239,7 +242,7 @@ async def get_user(request: web.Request) -> web.StreamResponse:
 
 async def update_user(request: web.Request) -> web.StreamResponse:
     user = await _user(request)
-    body = await body_of(request, {"disabled": bool, "role": str})
+    body = await body_of(request, {"disabled": bool, "role": str, "two_factor_required": bool})
     if "role" in body and body["role"] not in ROLE_VALUES:
         return error(400, "role must be admin or user")
     me = user_of(request)
@@ -251,12 +254,23 @@ async def update_user(request: web.Request) -> web.StreamResponse:
             changed = queries.set_user_disabled(s, name=user.name, disabled=body["disabled"])
         if "role" in body:
             changed = queries.set_user_role(s, name=user.name, role=body["role"])
+        if "two_factor_required" in body:
+            changed = two_factor.set_required(s, name=user.name,
+                                              required=body["two_factor_required"])
         return changed
 
     user = await portal_of(request).write(update)
     if user.disabled and user.id is not None:
         await portal_of(request).sessions.drop_user(user.id)
     await audit(request, "user.update", target=user.name, detail=f"{sorted(body.items())} via=api")
+    return web.json_response(user_json(user))
+
+
+async def reset_two_factor(request: web.Request) -> web.StreamResponse:
+    """The user's authenticator is lost: they enrol again."""
+    user = await _user(request)
+    user = await portal_of(request).write(lambda s: two_factor.reset(s, name=user.name))
+    await audit(request, "user.2fa_reset", target=user.name, detail="via=api")
     return web.json_response(user_json(user))
 
 
@@ -403,6 +417,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get(f"{PREFIX}/users/{{name}}", get_user)
     r.add_patch(f"{PREFIX}/users/{{name}}", update_user)
     r.add_delete(f"{PREFIX}/users/{{name}}", delete_user)
+    r.add_post(f"{PREFIX}/users/{{name}}/two-factor/reset", reset_two_factor)
     r.add_get(f"{PREFIX}/certificates", list_certificates)
     r.add_post(f"{PREFIX}/certificates", issue_certificate)
     r.add_get(f"{PREFIX}/certificates/{{serial}}", get_certificate)

@@ -29,7 +29,17 @@ from web.health import Health, add_health_routes, store_reachable
 from web.outage import outage_middleware
 from web.portal import PORTAL, Portal, PortalSettings
 from web.traffic import TrafficHistory
-from web.views import admin, admin_ops, alarms, auth, devices, ipsec, nodes, onboarding
+from web.views import (
+    admin,
+    admin_ops,
+    alarms,
+    auth,
+    devices,
+    ipsec,
+    nodes,
+    onboarding,
+    two_factor,
+)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -75,8 +85,8 @@ def create_app(
         loader=jinja2.PackageLoader("web", "templates"),
         autoescape=jinja2.select_autoescape(default=True),
     )
-    for module in (auth, devices, admin, admin_ops, ipsec, nodes, alarms, onboarding, api,
-                   api_ipsec, api_nodes, api_traffic):
+    for module in (auth, two_factor, devices, admin, admin_ops, ipsec, nodes, alarms, onboarding,
+                   api, api_ipsec, api_nodes, api_traffic):
         module.add_routes(app)
     app.router.add_static("/static/", STATIC_DIR, name="static")
     add_health_routes(app, Health(checks={"store": store_reachable(portal.store)}))

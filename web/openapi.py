@@ -69,13 +69,19 @@ def _path_param(name: str, pattern: str | None = None) -> dict[str, Any]:
 
 USER = {
     "type": "object",
-    "required": ["name", "role", "email", "disabled", "created_at"],
+    "required": ["name", "role", "email", "disabled", "created_at", "two_factor_enrolled",
+                 "two_factor_required"],
     "properties": {
         "name": {"type": "string"},
         "role": {"type": "string", "enum": ["admin", "user"]},
         "email": NULLABLE_TEXT,
         "disabled": {"type": "boolean"},
         "created_at": DATE,
+        "two_factor_enrolled": {"type": "boolean"},
+        "two_factor_required": {
+            "type": "boolean",
+            "description": "required of this user (the gateway setting may require it of all)",
+        },
         "password": {"type": "string", "description": "only when generated, shown once"},
     },
 }
@@ -159,7 +165,8 @@ def _paths() -> dict[str, Any]:
             "patch": {
                 "operationId": "updateUser",
                 "requestBody": _body(
-                    {"disabled": {"type": "boolean"}, "role": {"enum": ["admin", "user"]}}
+                    {"disabled": {"type": "boolean"}, "role": {"enum": ["admin", "user"]},
+                     "two_factor_required": {"type": "boolean"}}
                 ),
                 "responses": {"200": _json(_ref("User"), "Updated"), **_errors(400, 404, 409)},
             },
@@ -180,6 +187,15 @@ def _paths() -> dict[str, Any]:
                     ),
                     **_errors(404, 409),
                 },
+            },
+        },
+        "/users/{name}/two-factor/reset": {
+            "parameters": [NAME],
+            "post": {
+                "operationId": "resetUserTwoFactor",
+                "description": "Forgets the user's authenticator and recovery codes: they enrol "
+                "again at their next sign-in when two-factor sign-in is required of them.",
+                "responses": {"200": _json(_ref("User"), "Reset"), **_errors(404)},
             },
         },
         "/certificates": {

@@ -38,6 +38,8 @@ SESSION_IDLE_SECONDS = 30 * 60
 SESSION_ABSOLUTE_SECONDS = 12 * 3600
 TOUCH_SECONDS = 60
 MAX_SESSIONS = 10_000
+SECOND_FACTOR_SECONDS = 5 * 60  # time from a good password to the code (or enrolment)
+SECOND_FACTOR_KEY = "second_factor_of"  # user id of a session that still owes its code
 _MAX_COOKIE = 64  # token_urlsafe(32) is 43 characters; anything longer is not ours
 _ANONYMOUS = "anon."  # prefix of a visitor's id before login (never a store row)
 _REPLACED: web.RequestKey[str | None] = web.RequestKey("sslvpn_replaced_session")
@@ -113,6 +115,15 @@ class StoreSessions(AbstractStorage):
             session = Session(None, data=None, new=True)
             session.update({CSRF_KEY: new_csrf_token(), "user_id": user_id, "flash": []})
         request[SESSION_KEY] = session
+        return session
+
+    def start_second_factor(self, request: web.Request, user_id: int) -> Session:
+        """A new session past the password of ``user_id`` but not logged in as them (no
+        ``user_id``): only the code and enrolment pages read it, for
+        `SECOND_FACTOR_SECONDS`. A row, so any node can finish the sign-in."""
+        session = self.start(request, user_id)
+        del session["user_id"]
+        session.update({SECOND_FACTOR_KEY: user_id, "second_factor_since": self._clock()})
         return session
 
     async def save_session(

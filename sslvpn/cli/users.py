@@ -1,10 +1,11 @@
-"""`sslvpn user add/list/disable/enable/delete/passwd/unlock/limits` commands."""
+"""`sslvpn user add/list/disable/enable/delete/passwd/unlock/limits/2fa-require/2fa-reset`
+commands."""
 
 from __future__ import annotations
 
 import click
 
-from client_profiles import accounts
+from client_profiles import accounts, two_factor
 from sslvpn.cli.setup import ACTOR, one_line_errors, paths_of, read_stdin_secret, store
 
 
@@ -134,6 +135,30 @@ def limits_command(ctx: click.Context, name: str, max_devices: str | None,
     shown = {"devices": user.max_devices, "sessions": user.max_sessions}
     click.echo(f"{name}: " + ", ".join(f"max {what} {'default' if value is None else value}"
                                        for what, value in shown.items()))
+
+
+@user_group.command("2fa-require")
+@click.argument("name")
+@click.option("--off", is_flag=True, help="Make it optional again (unless required of everyone).")
+@click.pass_context
+@one_line_errors
+def two_factor_require_command(ctx: click.Context, name: str, off: bool) -> None:
+    """Require NAME to sign in to the portal with a TOTP code (they enrol at their next
+    sign-in)."""
+    with store(ctx, write=True) as engine:
+        two_factor.require_account(engine, name=name, required=not off, actor=ACTOR)
+    click.echo(f"two-factor sign-in {'optional for' if off else 'required of'} {name}")
+
+
+@user_group.command("2fa-reset")
+@click.argument("name")
+@click.pass_context
+@one_line_errors
+def two_factor_reset_command(ctx: click.Context, name: str) -> None:
+    """Forget NAME's authenticator and recovery codes (a lost phone): they enrol again."""
+    with store(ctx, write=True) as engine:
+        two_factor.reset_account(engine, name=name, actor=ACTOR)
+    click.echo(f"two-factor sign-in of {name} reset")
 
 
 COMMANDS: list[click.Command] = [user_group]

@@ -70,6 +70,13 @@ class User(SQLModel, table=True):
     max_sessions: int | None = None
     # failed portal logins before this no longer count (`sslvpn user unlock`)
     unlocked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # portal two-factor sign-in (TOTP, RFC 6238): the base32 secret once enrolment is
+    # confirmed, the last time step accepted (a code is never taken twice), the argon2
+    # hashes of the unused recovery codes, and whether an admin requires it of this user
+    totp_secret: str | None = Field(default=None, repr=False)
+    totp_last_step: int | None = Field(default=None, sa_type=BigInteger)
+    recovery_code_hashes: list[str] = Field(default_factory=list, sa_type=JSON, repr=False)
+    two_factor_required: bool = False
 
 
 class Certificate(SQLModel, table=True):
@@ -163,6 +170,7 @@ class GatewaySettings(SQLModel, table=True):
     max_clients: int = 0
     max_clients_per_address: int = 0
     tls_crypt_v2_force_cookie: bool = True
+    require_two_factor: bool = False  # every portal user must sign in with a TOTP code
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 

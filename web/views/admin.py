@@ -73,12 +73,16 @@ async def render_users(
     errors: list[str] | None = None,
     form: dict[str, str] | None = None,
 ) -> web.Response:
-    def listed(s: Session) -> tuple[list[User], dict[int, int]]:
-        users = queries.list_users(s)
-        return users, queries.valid_certificate_counts(s)
+    gateway = portal_of(request).settings.gateway_name
 
-    users, counts = await portal_of(request).read(listed)
-    context = {"users": users, "counts": counts, "form": form or {}, "roles": ROLE_VALUES}
+    def listed(s: Session) -> tuple[list[User], dict[int, int], bool]:
+        users = queries.list_users(s)
+        everyone = queries.get_settings(s, name=gateway).require_two_factor
+        return users, queries.valid_certificate_counts(s), everyone
+
+    users, counts, everyone = await portal_of(request).read(listed)
+    context = {"users": users, "counts": counts, "form": form or {}, "roles": ROLE_VALUES,
+               "everyone_2fa": everyone}
     return render(request, "admin_users.html", context, status=status, errors=errors)
 
 

@@ -84,9 +84,34 @@ async def check_credentials(request: web.Request, name: str, password: str) -> U
         why = "disabled" if user is not None and good else "bad credentials"
         await audit(request, "login.failed", actor=name or "anonymous", target=name, detail=why)
         return None
+    if await second_factor_needed(request, user):  # the throttle clears on the code
+        await audit(request, "login.password", actor=user.name, target=user.name)
+        return user
     portal.throttle.succeeded(name, address)
     await audit(request, "login", actor=user.name, target=user.name)
     return user
+
+
+async def second_factor_needed(request: web.Request, user: User) -> bool:
+    """Whether this user signs in with a TOTP code too: enrolled, or required of them or
+    of everyone (the gateway setting)."""
+    if user.totp_secret is not None or user.two_factor_required:
+        return True
+    portal = portal_of(request)
+
+    def everyone(s: Session) -> bool:
+        try:
+            return queries.get_settings(s, name=portal.settings.gateway_name).require_two_factor
+        except NotFoundError:
+            return False
+
+    return await portal.read(everyone)
+
+
+def wait_message(request: web.Request, name: str, address: str) -> str:
+    """What a throttled login (password or code) is told: the real wait."""
+    minutes = math.ceil(portal_of(request).throttle.wait(name, address) / 60)
+    return f"Too many failed logins. Try again in {minutes} minute{'s' if minutes != 1 else ''}."
 
 
 async def login(request: web.Request) -> web.StreamResponse:
@@ -94,20 +119,16 @@ async def login(request: web.Request) -> web.StreamResponse:
     name = form.get("name", "").strip()
     address = client_address(request)
     if len(name) <= MAX_LOGIN_NAME and await throttled(request, name, address):
-        minutes = math.ceil(portal_of(request).throttle.wait(name, address) / 60)
-        return render(
-            request,
-            "login.html",
-            {"name": name},
-            status=429,
-            errors=[f"Too many failed logins. Try again in {minutes} minute"
-                    f"{'s' if minutes != 1 else ''}."],
-        )
+        return render(request, "login.html", {"name": name}, status=429,
+                      errors=[wait_message(request, name, address)])
     user = await check_credentials(request, name, form.get("password", ""))
     if user is None or user.id is None:
         return render(
             request, "login.html", {"name": name}, status=401, errors=["Wrong name or password."]
         )
+    if await second_factor_needed(request, user):  # not logged in before the code
+        portal_of(request).sessions.start_second_factor(request, user.id)
+        raise web.HTTPSeeOther("/login/code" if user.totp_secret else "/account/two-factor")
     start_session(request, user.id)
     raise web.HTTPSeeOther(home_of(user))
 

@@ -27,7 +27,7 @@ from web import pki_ops
 from web.import_links import token_hash
 from web.pages import act_as, audit, portal_of
 from web.security import client_address
-from web.views.auth import check_credentials
+from web.views.auth import check_credentials, second_factor_needed
 from web.views.devices import profile_response, rendered_profile
 
 MAX_TOKEN_LENGTH = 128
@@ -102,6 +102,9 @@ async def get_userlogin(request: web.Request) -> web.StreamResponse:
     user = await check_credentials(request, *credentials)
     if user is None:
         return rest_error(401, "Authorization Required", "AUTH_FAILED: bad credentials (9007)")
+    if await second_factor_needed(request, user):  # a password alone must not mint a profile
+        return rest_error(403, "Access denied", "This account signs in with a second factor: "
+                          "import the profile from the portal's device page.")
     act_as(request, user)
     if await _needs_tls_crypt_v2(request) and request.query.get("tls-cryptv2") != "1":
         return rest_error(

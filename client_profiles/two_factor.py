@@ -1,0 +1,162 @@
+"""Portal two-factor sign-in: TOTP codes (RFC 6238, through pyotp) and recovery codes.
+
+The secret is kept in the user's row (never in a log, an audit detail or a ``repr``); a
+code is accepted for the current 30-second step or one step either side (clock drift), and
+only for a step later than the last one accepted, so an observed code cannot be replayed.
+Recovery codes are shown once and stored as argon2 hashes (the portal password hasher);
+each works once. Shared by the portal (enrolment, sign-in, admin reset) and the CLI.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+
+import pyotp
+from sqlalchemy import Engine, or_, update
+from sqlmodel import Session, col
+
+from client_profiles.passwords import hash_password, verify_password
+from sslvpn.store import queries
+from sslvpn.store.db import session
+from sslvpn.store.models import User
+
+STEP_SECONDS = 30  # RFC 6238's default time step, what every authenticator app uses
+DIGITS = 6
+DRIFT_STEPS = 1  # a code of the previous or next step is still taken
+ISSUER = "sslvpn"
+RECOVERY_CODES = 10
+_RECOVERY_BYTES = 6  # 48 bits each, written as three groups of four hex digits
+
+
+def new_secret() -> str:
+    """A random base32 secret (160 bits, RFC 4226's recommended length)."""
+    return pyotp.random_base32(32)
+
+
+def provisioning_uri(secret: str, account: str, issuer: str = ISSUER) -> str:
+    """The ``otpauth://totp/...`` URI an authenticator app scans from a QR code."""
+    return pyotp.TOTP(secret, digits=DIGITS, interval=STEP_SECONDS).provisioning_uri(
+        name=account, issuer_name=issuer)
+
+
+def code_at(secret: str, now: float) -> str:
+    """The code of the step ``now`` falls in (what the user's app shows)."""
+    return pyotp.TOTP(secret, digits=DIGITS, interval=STEP_SECONDS).generate_otp(
+        int(now // STEP_SECONDS))
+
+
+def matching_step(secret: str, code: str, now: float) -> int | None:
+    """The time step whose code ``code`` is (within the drift), None when none is."""
+    code = "".join(code.split())
+    if len(code) != DIGITS or not code.isdigit():
+        return None
+    totp = pyotp.TOTP(secret, digits=DIGITS, interval=STEP_SECONDS)
+    current = int(now // STEP_SECONDS)
+    for step in range(current - DRIFT_STEPS, current + DRIFT_STEPS + 1):
+        if hmac.compare_digest(totp.generate_otp(step), code):
+            return step
+    return None
+
+
+def new_recovery_codes() -> list[str]:
+    """Codes to show the user once, e.g. ``3f9a-04c2-be71``."""
+    codes = []
+    for _ in range(RECOVERY_CODES):
+        raw = secrets.token_hex(_RECOVERY_BYTES)
+        codes.append("-".join(raw[i:i + 4] for i in range(0, len(raw), 4)))
+    return codes
+
+
+def _normalised(code: str) -> str | None:
+    """A recovery code as hashed (hex digits only), None when it cannot be one."""
+    plain = "".join(code.split()).replace("-", "").lower()
+    if len(plain) != 2 * _RECOVERY_BYTES or any(c not in "0123456789abcdef" for c in plain):
+        return None
+    return plain
+
+
+def hash_recovery_codes(codes: list[str]) -> list[str]:
+    """The hashes to store (slow: run it off the event loop)."""
+    return [hash_password(_normalised(code) or "") for code in codes]
+
+
+def matching_recovery_hash(hashes: list[str], code: str) -> str | None:
+    """The stored hash ``code`` matches, if any (slow: run it off the event loop). Input
+    that is not shaped like a recovery code costs nothing."""
+    plain = _normalised(code)
+    if plain is None:
+        return None
+    return next((h for h in hashes if verify_password(h, plain)), None)
+
+
+# Store work (each takes the open session, as `queries` does) -----------------------------
+
+
+def confirm_enrolment(s: Session, *, user_id: int, secret: str, step: int,
+                      recovery_hashes: list[str]) -> bool:
+    """Make the confirmed secret the user's; False when they enrolled meanwhile."""
+    user = s.get(User, user_id, with_for_update=True)
+    if user is None or user.totp_secret is not None:
+        return False
+    user.totp_secret = secret
+    user.totp_last_step = step  # the confirming code cannot sign in afterwards
+    user.recovery_code_hashes = recovery_hashes
+    return True
+
+
+def accept_step(s: Session, *, user_id: int, step: int) -> bool:
+    """Take the code of ``step`` once: False when this step or a later one was taken
+    already (a replay), decided in one conditional UPDATE so two portals cannot both win."""
+    done = s.execute(
+        update(User)
+        .where(col(User.id) == user_id)
+        .where(or_(col(User.totp_last_step).is_(None), col(User.totp_last_step) < step))
+        .values(totp_last_step=step))
+    return bool(done.rowcount)  # type: ignore[attr-defined]
+
+
+def use_recovery_code(s: Session, *, user_id: int, code_hash: str) -> bool:
+    """Strike a recovery code out; False when it was used already."""
+    user = s.get(User, user_id, with_for_update=True)
+    if user is None or code_hash not in user.recovery_code_hashes:
+        return False
+    user.recovery_code_hashes = [h for h in user.recovery_code_hashes if h != code_hash]
+    return True
+
+
+def reset(s: Session, *, name: str) -> User:
+    """Forget the user's enrolment: they enrol again (at their next sign-in if required)."""
+    user = queries.get_user(s, name=name)
+    user.totp_secret = None
+    user.totp_last_step = None
+    user.recovery_code_hashes = []
+    s.flush()
+    return user
+
+
+def set_required(s: Session, *, name: str, required: bool) -> User:
+    user = queries.get_user(s, name=name)
+    user.two_factor_required = required
+    s.flush()
+    return user
+
+
+def reset_account(engine: Engine, *, name: str, actor: str,
+                  source_address: str | None = None) -> User:
+    """`reset` with its audit entry, in one transaction (CLI)."""
+    with session(engine, write=True) as s:
+        user = reset(s, name=name)
+        queries.record_audit(s, actor=actor, action="user.2fa_reset", target=name,
+                             source_address=source_address)
+    return user
+
+
+def require_account(engine: Engine, *, name: str, required: bool, actor: str,
+                    source_address: str | None = None) -> User:
+    """`set_required` with its audit entry, in one transaction (CLI)."""
+    with session(engine, write=True) as s:
+        user = set_required(s, name=name, required=required)
+        queries.record_audit(s, actor=actor, action="user.2fa_require", target=name,
+                             source_address=source_address, detail=f"required={required}")
+    return user
