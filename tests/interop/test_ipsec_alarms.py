@@ -2,7 +2,8 @@
 
 Layout as in test_serve_ipsec (namespaces with the prefix ``a12``): `sslvpn serve` in siteb
 holds a tunnel to charon in sitea, with a short DPD so a dead peer is noticed in seconds,
-and an aiohttp receiver beside it checks each alarm's HMAC. Killing charon (SIGKILL: no
+and an aiohttp receiver beside it checks each alarm's HMAC; with `--workers 2` the
+supervisor evaluates, reading the tunnels from the first worker. Killing charon (SIGKILL: no
 DELETE) must bring exactly one signed "raised"; starting it again, exactly one "cleared".
 """
 
@@ -49,8 +50,9 @@ def _bodies(out: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in out.read_text().splitlines() if line]
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_killing_strongswan_raises_one_alarm_and_restarting_it_clears_it(
-    sites: Sites, tmp_path: Path
+    sites: Sites, tmp_path: Path, workers: str
 ) -> None:
     data = tmp_path / "data"
     configure_tunnel(data, "--dpd-delay", "2s", "--dpd-timeout", "4s",
@@ -67,7 +69,7 @@ def test_killing_strongswan_raises_one_alarm_and_restarting_it_clears_it(
     charon.start()
     log = tmp_path / "serve.log"
     serve = sites.siteb.spawn([SSLVPN, "--data-dir", str(data), "serve", "--listen", WAN_B,
-                               "--no-portal"], log=log)
+                               "--no-portal", "--workers", workers], log=log)
     try:
         assert wait_until(lambda: serve.poll() is not None or _state(data)[0] == "up", 30, 0.2), \
             log.read_text()[-3000:] + charon.tail()
