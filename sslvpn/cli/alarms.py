@@ -123,7 +123,7 @@ def refresh_crl_watched(paths: DataPaths, engine: Engine) -> None:
         crl.refresh_crl(paths, engine)
     except Exception as exc:
         with db.session(engine, write=True) as s:
-            if alarm_settings(s)["crl-resign.enabled"] in ("yes", "true", "1", "on"):
+            if alarm_settings(s)["crl-resign.enabled"] == "yes":
                 observe(s, Observation(bad={key: (
                     "crl-resign", "crl", f"the CRL could not be re-signed: {exc}", [])}))
         raise

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from sslvpn.store import NotFoundError
+from sslvpn.store import NotFoundError, RejectedError
 from sslvpn.store.models import (
     AlarmNotice,
     AlarmSetting,
@@ -77,6 +77,7 @@ def set_alarm_setting(s: Session, key: str, value: str, *, actor: str,
     """Store one setting (audited, a secret's value never in the audit)."""
     if key not in DEFAULTS:
         raise NotFoundError(f"no alarm setting {key!r}")
+    check_value(key, value)
     row = s.get(AlarmSetting, key)
     if row is None:
         s.add(AlarmSetting(key=key, value=value))
@@ -85,6 +86,29 @@ def set_alarm_setting(s: Session, key: str, value: str, *, actor: str,
     shown = "(secret)" if key in SECRET_KEYS else value
     record_audit(s, actor=actor, action="alarm.set", target=key,
                  source_address=source_address, detail=shown)
+
+
+_NUMBERS = (".seconds", ".per-minute", ".percent", ".minutes")
+
+
+def check_value(key: str, value: str) -> None:
+    """Refuse a value the rules could not use (it would silently fall back to the default)."""
+    if key.endswith(_NUMBERS):
+        try:
+            ok = 0 <= float(value) < 1e9
+        except ValueError:
+            ok = False
+        if not ok:
+            raise RejectedError(f"{key} must be a number, not {value!r}")
+    elif key.endswith(".days") and not all(
+            part.strip().isdigit() and 0 < int(part) < 10000 for part in value.split(",")):
+        raise RejectedError(f"{key} must be days like 30,7,1, not {value!r}")
+    elif key.endswith(".enabled") and value not in ("yes", "no"):
+        raise RejectedError(f"{key} must be yes or no")
+    elif key == "smtp.port" and not (value.isdigit() and 0 < int(value) < 65536):
+        raise RejectedError(f"smtp.port must be a port number, not {value!r}")
+    elif key == "webhook.url" and value and not value.startswith(("http://", "https://")):
+        raise RejectedError("webhook.url must be an http:// or https:// URL (or empty: off)")
 
 
 def channels(settings: dict[str, str]) -> list[str]:

@@ -309,11 +309,22 @@ async def test_alarm_test_reaches_each_channel(
     assert len(box.messages) == 1 and "[sslvpn] test" in box.messages[0]["Subject"]
 
 
-def test_a_secret_on_the_command_line_is_refused(data: tuple[DataPaths, str]) -> None:
+@pytest.mark.parametrize(("key", "value", "why"), [
+    ("smtp.password", "hunter2", "stdin"),  # a secret on the command line: seen in ps
+    ("node-down.seconds", "half a minute", "must be a number"),
+    ("certificate-expiry.days", "30,seven", "must be days"),
+    ("crl-resign.enabled", "maybe", "yes or no"),
+    ("smtp.port", "70000", "port number"),
+    ("webhook.url", "file:///etc/passwd", "http:// or https://"),
+])
+def test_alarm_set_refuses_what_the_rules_could_not_use(
+        data: tuple[DataPaths, str], key: str, value: str, why: str) -> None:
     paths, _ = data
     result = CliRunner().invoke(main, ["--data-dir", str(paths.data_dir), "alarm", "set",
-                                       "smtp.password", "hunter2"])
-    assert result.exit_code != 0 and "stdin" in result.output
+                                       key, value])
+    assert result.exit_code != 0 and why in result.output
+    shown = json.loads(cli(paths, "alarm", "list", "--json"))["settings"]
+    assert shown[key] == alarm_queries.DEFAULTS[key][0]  # unchanged
 
 
 def test_only_the_most_urgent_expiry_stage_is_raised() -> None:

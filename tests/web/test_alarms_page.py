@@ -57,4 +57,8 @@ async def test_admin_sees_the_raised_alarm_and_sets_a_rule_and_a_secret(
     assert _settings(site)["webhook.secret"] == "a12-not-shown"
     status, _ = await post(client, "/admin/alarms", token, key="no.such", value="1")
     assert status == 400
+    status, page = await post(client, "/admin/alarms", token, key="ipsec-down.seconds",
+                              value="soon")
+    assert status == 400 and "ipsec-down.seconds must be a number" in page
+    assert _settings(site)["ipsec-down.seconds"] == "120"
     assert audit_actions(site, actor="root").count("alarm.set") == 2

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from sslvpn.store import alarm_queries
+from sslvpn.store import RejectedError, alarm_queries
 from web.pages import flash, form_of, portal_of, render, require_admin, user_of
 from web.security import client_address
 
@@ -43,8 +43,11 @@ async def set_alarm(request: web.Request) -> web.StreamResponse:
             f"{key}: at most {MAX_VALUE} printable characters"])
     user = user_of(request)
     actor, address = (user.name if user else "anonymous"), client_address(request)
-    await portal_of(request).write(lambda s: alarm_queries.set_alarm_setting(
-        s, key, value, actor=actor, source_address=address))
+    try:
+        await portal_of(request).write(lambda s: alarm_queries.set_alarm_setting(
+            s, key, value, actor=actor, source_address=address))
+    except RejectedError as exc:
+        return await render_alarms(request, status=400, errors=[str(exc)])
     flash(request, f"{key} set.")
     raise web.HTTPSeeOther(PAGE)
 
