@@ -38,6 +38,7 @@ from web.views import (
     ipsec,
     nodes,
     onboarding,
+    traffic_history,
     two_factor,
 )
 
@@ -86,7 +87,7 @@ def create_app(
         autoescape=jinja2.select_autoescape(default=True),
     )
     for module in (auth, two_factor, devices, admin, admin_ops, ipsec, nodes, alarms, onboarding,
-                   api, api_ipsec, api_nodes, api_traffic):
+                   api, api_ipsec, api_nodes, api_traffic, traffic_history):
         module.add_routes(app)
     app.router.add_static("/static/", STATIC_DIR, name="static")
     add_health_routes(app, Health(checks={"store": store_reachable(portal.store)}))

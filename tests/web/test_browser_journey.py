@@ -9,12 +9,15 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
+from sslvpn.store import db
+from sslvpn.store.gateway_queries import TrafficCounted, write_records
 from tests.web.conftest import PASSWORDS, PATIENT, FakeGateway, Site, issue_for
 from web.app import create_app, start_portal
 from web.portal import PortalSettings
@@ -157,4 +160,14 @@ async def test_dashboard_chart_and_sessions_refresh_live(
     gateway.add("live-2", "alice", serial, client=("2.4.12", "linux", None))
     await admin.wait_for_selector("#sessions >> text=2.4.12 linux", timeout=30_000)
     assert "2.6.14" not in await admin.inner_text("#sessions")  # the refresh kept the filter
+    book = [TrafficCounted("user", "alice", datetime.now(UTC) - timedelta(minutes=m),
+                           60_000 * m, 6_000) for m in (2, 1)]
+    with db.session(site.engine, write=True) as s:
+        write_records(s, records=book, gateway_name="default", now=datetime.now(UTC))
+    await admin.goto(f"{portal_url}/traffic?scope=user%3Aalice&span=hour")
+    # drawn from the stored history, with the last point's rates under the chart
+    await admin.wait_for_selector("#traffic-now:has-text('now: in')", timeout=30_000)
+    assert await admin.evaluate(  # the chart has ink: axes, labels and the two lines
+        "document.getElementById('traffic-chart').getContext('2d')"
+        ".getImageData(0, 0, 800, 240).data.some((v, i) => i % 4 === 3 && v > 0)")
     assert errors == []  # nothing blocked by the Content-Security-Policy

@@ -1,5 +1,6 @@
-// sslvpn portal: the dashboard's live traffic chart (bytes/s per gateway) and the live
-// sessions table, both refreshed in place. No framework.
+// sslvpn portal: the live traffic charts (bytes/s with axes: the dashboard's gateway, and
+// the Traffic page's node, tunnel or user history) and the live sessions table, both
+// refreshed in place. No framework.
 "use strict";
 
 (function () {
@@ -33,29 +34,43 @@
     return rate.toFixed(1) + " " + units[i];
   }
 
+  function timeLabel(t, range) {
+    const d = new Date(t * 1000);
+    const hm = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    return range > 86400 ? d.toLocaleDateString([], { weekday: "short" }) + " " + hm : hm;
+  }
+
   function draw(points) {
     const ctx = canvas.getContext("2d");
-    const w = canvas.width, h = canvas.height, pad = 24;
+    const w = canvas.width, h = canvas.height, left = 72, bottom = 22, top = 8, right = 8;
     ctx.clearRect(0, 0, w, h);
     ctx.strokeStyle = "#d0d6e0";
-    ctx.strokeRect(pad, 4, w - pad - 4, h - pad - 4);
+    ctx.strokeRect(left, top, w - left - right, h - top - bottom);
+    ctx.fillStyle = "#555";
     if (points.length < 2) {
-      ctx.fillStyle = "#555";
-      ctx.fillText("collecting samples…", pad + 8, h / 2);
+      ctx.fillText("collecting samples…", left + 8, h / 2);
       return;
     }
     const max = Math.max(1, ...points.map((p) => Math.max(p.in, p.out)));
-    const t0 = points[0].at, t1 = points[points.length - 1].at;
-    const x = (t) => pad + ((t - t0) / Math.max(1, t1 - t0)) * (w - pad - 8);
-    const y = (v) => h - pad - (v / max) * (h - pad - 10);
+    const t0 = points[0].at, t1 = points[points.length - 1].at, range = Math.max(1, t1 - t0);
+    const x = (t) => left + ((t - t0) / range) * (w - left - right);
+    const y = (v) => h - bottom - (v / max) * (h - top - bottom);
+    ctx.textAlign = "right";  // the y axis: rates with their unit
+    for (const share of [0, 0.5, 1]) {
+      ctx.fillText(human(max * share), left - 6, y(max * share) + 4);
+    }
+    ctx.textAlign = "center";  // the x axis: local times
+    for (let i = 0; i <= 4; i += 1) {
+      const t = t0 + (range * i) / 4;
+      ctx.fillText(timeLabel(t, range), Math.min(Math.max(x(t), left + 20), w - 30), h - 6);
+    }
+    ctx.textAlign = "left";
     for (const key of ["in", "out"]) {
       ctx.beginPath();
       ctx.strokeStyle = colours[key];
       points.forEach((p, i) => (i ? ctx.lineTo(x(p.at), y(p[key])) : ctx.moveTo(x(p.at), y(p[key]))));
       ctx.stroke();
     }
-    ctx.fillStyle = "#555";
-    ctx.fillText("max " + human(max), pad + 4, 16);
     const last = points[points.length - 1];
     if (label) { label.textContent = "now: in " + human(last.in) + ", out " + human(last.out); }
   }
