@@ -149,7 +149,11 @@ class Evaluator:
                 "certificate-expiry", kind, f"{names.get(kind, kind)} expires within "
                 f"{days} day{'s' if days != 1 else ''} ({at:%Y-%m-%d %H:%M} UTC)", [])
         for client in facts.expiring_clients:
-            seen.bad[f"client-certificate-expiry/{client.serial}"] = (
+            key = f"client-certificate-expiry/{client.serial}"
+            if client.not_after <= facts.now:  # expired before we looked: raised if it was,
+                seen.held.add(key)  # never raised late (no flood from an old install)
+                continue
+            seen.bad[key] = (
                 "client-certificate-expiry", client.serial,
                 f"client certificate {client.serial} of {client.owner or 'no owner'} "
                 f"expires {client.not_after:%Y-%m-%d %H:%M} UTC",

@@ -44,6 +44,7 @@ from sslvpn.runtime.alarms import (
 )
 from sslvpn.runtime.control import TunnelStatus
 from sslvpn.store import alarm_queries, db
+from sslvpn.store.alarm_queries import ExpiringClient
 from sslvpn.store.async_store import AsyncStore
 from sslvpn.store.models import AlarmNotice, AuditEntry, SignedCrl
 
@@ -444,3 +445,13 @@ async def test_a_failing_round_is_logged_once_and_never_ends_the_task(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert [r.getMessage() for r in caplog.records] == ["alarms not evaluated: a12: broken"]
+
+
+def test_a_client_certificate_expired_before_the_first_look_is_never_raised_late() -> None:
+    now = datetime.now(UTC)
+    old = ExpiringClient("0a", "bob", None, now - timedelta(days=90))
+    soon = ExpiringClient("0b", "bob", "bob@example.net", now + timedelta(days=2))
+    seen = Evaluator().evaluate(_facts(expiring_clients=[old, soon]), 0.0)
+    assert set(seen.bad) == {"client-certificate-expiry/0b"}
+    assert seen.bad["client-certificate-expiry/0b"][3] == ["bob@example.net"]
+    assert seen.held == {"client-certificate-expiry/0a"}  # a raised one stays raised
