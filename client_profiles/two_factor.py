@@ -17,7 +17,7 @@ from sqlalchemy import Engine, or_, update
 from sqlmodel import Session, col
 
 from client_profiles.passwords import hash_password, verify_password
-from sslvpn.store import queries
+from sslvpn.store import portal_logins, queries
 from sslvpn.store.db import session
 from sslvpn.store.models import User
 
@@ -136,10 +136,26 @@ def reset(s: Session, *, name: str) -> User:
 
 
 def set_required(s: Session, *, name: str, required: bool) -> User:
+    """Require it (or not) of one user; one who has not enrolled is logged out of the
+    portal everywhere, so the next sign-in takes them to enrolment."""
     user = queries.get_user(s, name=name)
     user.two_factor_required = required
+    if required and user.totp_secret is None and user.id is not None:
+        portal_logins.end_user_logins(s, user_id=user.id)
     s.flush()
     return user
+
+
+def require_of_everyone(s: Session, *, gateway: str, required: bool, keep: int | None) -> None:
+    """The gateway setting; when it turns on, every user not enrolled (but ``keep``, the
+    admin making the change) is logged out of the portal everywhere, as `set_required`."""
+    settings = queries.get_settings(s, name=gateway)
+    settings.require_two_factor = required
+    queries.save_settings(s, settings=settings)
+    if required:
+        for user in queries.list_users(s):
+            if user.totp_secret is None and user.id is not None and user.id != keep:
+                portal_logins.end_user_logins(s, user_id=user.id)
 
 
 def reset_account(engine: Engine, *, name: str, actor: str,

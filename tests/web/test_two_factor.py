@@ -17,7 +17,16 @@ from client_profiles import two_factor
 from sslvpn.cli import main
 from sslvpn.store import db, queries
 from sslvpn.store.models import PortalLogin, User
-from tests.web.conftest import PASSWORDS, Clock, Site, audit_actions, csrf_from, login
+from tests.web.conftest import (
+    PASSWORDS,
+    Browser,
+    Clock,
+    Site,
+    audit_actions,
+    csrf_from,
+    login,
+    second_browser,
+)
 from tests.web.test_api import ADMIN_TOKEN, add_tokens, bearer
 from web.security import THROTTLE_ACCOUNT_FAILURES
 
@@ -40,7 +49,7 @@ def enrol_directly(site: Site, name: str, codes: list[str] | None = None) -> str
     return secret
 
 
-async def password_step(client: TestClient, name: str) -> str:
+async def password_step(client: Browser, name: str) -> str:
     """Give the password; where the portal sends the browser next."""
     token = await csrf_from(client, "/login")
     response = await client.post("/login", allow_redirects=False, data={
@@ -49,7 +58,7 @@ async def password_step(client: TestClient, name: str) -> str:
     return response.headers["Location"]
 
 
-async def code_step(client: TestClient, code: str) -> int:
+async def code_step(client: Browser, code: str) -> int:
     token = await csrf_from(client, "/login/code")
     response = await client.post("/login/code", allow_redirects=False,
                                  data={"code": code, "csrf_token": token})
@@ -153,10 +162,15 @@ async def test_a_recovery_code_works_once(client: TestClient, site: Site) -> Non
 
 async def test_required_two_factor_forces_enrolment(
         client: TestClient, site: Site, clock: Clock) -> None:
-    token = await login(client, "root")
-    response = await client.post("/admin/users/bob/two-factor/require", allow_redirects=False,
-                                 data={"required": "1", "csrf_token": token})
-    assert response.status == 303 and user_row(site, "bob").two_factor_required
+    async with second_browser(client) as bobs:
+        await login(bobs, "bob")
+        token = await login(client, "root")
+        response = await client.post("/admin/users/bob/two-factor/require",
+                                     allow_redirects=False,
+                                     data={"required": "1", "csrf_token": token})
+        assert response.status == 303 and user_row(site, "bob").two_factor_required
+        # his open session ends too: he cannot carry on without enrolling
+        assert (await bobs.get("/devices", allow_redirects=False)).status == 303
     await logout(client)
     assert await password_step(client, "bob") == "/account/two-factor"
     for path in ("/devices", "/account/password", "/login/code"):
@@ -168,19 +182,27 @@ async def test_required_two_factor_forces_enrolment(
 
 async def test_admins_cannot_skip_two_factor_required_of_everyone(
         client: TestClient, site: Site, clock: Clock) -> None:
-    token = await login(client, "root")
-    response = await client.post("/admin/two-factor", allow_redirects=False,
-                                 data={"required": "1", "csrf_token": token})
-    assert response.status == 303
+    secret = enrol_directly(site, "bob")
+    async with second_browser(client) as alices, second_browser(client) as bobs:
+        await login(alices, "alice")
+        await password_step(bobs, "bob")
+        assert await code_step(bobs, two_factor.code_at(secret, clock.now)) == 303
+        token = await login(client, "root")
+        response = await client.post("/admin/two-factor", allow_redirects=False,
+                                     data={"required": "1", "csrf_token": token})
+        assert response.status == 303
+        assert (await alices.get("/devices", allow_redirects=False)).status == 303
+        assert (await bobs.get("/devices", allow_redirects=False)).status == 200  # enrolled
+    assert (await client.get("/admin", allow_redirects=False)).status == 200  # who changed it
     await logout(client)
     assert await password_step(client, "root") == "/account/two-factor"
     assert (await client.get("/admin", allow_redirects=False)).headers["Location"] == "/login"
-    secret, _ = await enrol_through_page(client, clock)
+    root_secret, _ = await enrol_through_page(client, clock)
     assert (await client.get("/admin", allow_redirects=False)).status == 200
     await logout(client)
     clock.now += two_factor.STEP_SECONDS
     assert await password_step(client, "root") == "/login/code"
-    assert await code_step(client, two_factor.code_at(secret, clock.now)) == 303
+    assert await code_step(client, two_factor.code_at(root_secret, clock.now)) == 303
 
 
 async def test_admin_resets_an_enrolment_in_the_portal_api_and_cli(

@@ -17,7 +17,7 @@ from sqlmodel import Session
 
 from client_profiles import two_factor
 from client_profiles.qr import qr_png
-from sslvpn.store import NotFoundError, queries
+from sslvpn.store import NotFoundError
 from sslvpn.store.models import User
 from web.pages import (
     act_as,
@@ -199,19 +199,18 @@ async def require_everyone(request: web.Request) -> web.StreamResponse:
     """The gateway setting: every user signs in with a code (enrolling at their next
     sign-in)."""
     required = _on(await form_of(request))
-    portal = portal_of(request)
+    portal, me = portal_of(request), current_user(request)
 
     def save(s: Session) -> None:
         try:
-            settings = queries.get_settings(s, name=portal.settings.gateway_name)
+            two_factor.require_of_everyone(s, gateway=portal.settings.gateway_name,
+                                           required=required, keep=me.id)
         except NotFoundError:
             raise web.HTTPNotFound(text="No gateway settings to change.") from None
-        settings.require_two_factor = required
-        queries.save_settings(s, settings=settings)
 
     await portal.write(save)
     await audit(request, "settings.update", target=portal.settings.gateway_name,
-                detail=f"require_two_factor={required} by={current_user(request).name}")
+                detail=f"require_two_factor={required}")
     flash(request, f"Two-factor sign-in {'required of everyone' if required else 'per user'}.")
     raise web.HTTPSeeOther("/admin/users")
 
