@@ -310,7 +310,9 @@ async def send_email(settings: dict[str, str], to: list[str], body: dict[str, ob
     message["Date"] = email.utils.formatdate(localtime=False)
     message["Message-ID"] = email.utils.make_msgid(domain="sslvpn")
     message.set_content("\n".join(f"{key}: {value}" for key, value in sorted(body.items())))
-    context = ssl.create_default_context(cafile=settings["smtp.cafile"] or None)
+    # loading the CA certificates takes milliseconds: not on the loop that may carry packets
+    context = await asyncio.to_thread(ssl.create_default_context,
+                                      cafile=settings["smtp.cafile"] or None)
     await aiosmtplib.send(
         message, hostname=settings["smtp.host"], port=int(settings["smtp.port"]),
         start_tls=True, tls_context=context, timeout=SEND_TIMEOUT,
