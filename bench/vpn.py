@@ -70,6 +70,17 @@ class VpnTopology:
     profiles: dict[str, Path] = field(default_factory=dict)
     cli_error: str | None = None  # why the CLI could not make the data folder
     burst_credentials: list[tuple[str, str]] = field(default_factory=list)  # (cert, key) PEM
+    cli_if: str = ""  # the client namespace's link to the gateway
+    burst_sources: list[str] = field(default_factory=list)  # extra client addresses, made once
+
+    def sources(self, count: int) -> list[str]:
+        """``count`` more addresses of the client namespace on its link (for bursts: many
+        users come from many addresses, and a server may limit each address)."""
+        while len(self.burst_sources) < count:
+            address = f"198.18.0.{10 + len(self.burst_sources)}"
+            self.cli.run("ip", "addr", "add", f"{address}/24", "dev", self.cli_if)
+            self.burst_sources.append(address)
+        return self.burst_sources[:count]
 
     def raw_route(self, on: bool) -> None:
         """The routed path without a VPN (the ceiling); off before any client connects."""
@@ -90,7 +101,7 @@ def build_topology(lab: Lab, work: Path) -> VpnTopology:
         ns.run("ip", "route", "replace", net, "dev", dev, "congctl", "cubic")
     gw.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
     vpc.run("ip", "route", "replace", POOL, "via", GATEWAY_VPC, "congctl", "cubic")
-    topo = VpnTopology(lab, cli, gw, vpc, work, work / "data")
+    topo = VpnTopology(lab, cli, gw, vpc, work, work / "data", cli_if=cli_if)
     try:
         _cli_data_folder(topo)
     except Unavailable as exc:
