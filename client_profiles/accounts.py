@@ -14,7 +14,12 @@ from datetime import datetime
 from sqlalchemy import Engine
 
 from client_profiles import lifecycle
-from client_profiles.passwords import MIN_PASSWORD_LENGTH, generate_password, hash_password
+from client_profiles.passwords import (
+    MIN_PASSWORD_LENGTH,
+    generate_password,
+    hash_password,
+    one_time_until,
+)
 from client_profiles.pkifiles import LifecycleError
 from sslvpn.config import DataPaths
 from sslvpn.store import portal_logins, queries
@@ -32,10 +37,12 @@ def add_user(
     email: str | None = None,
     admin: bool = False,
     password: str | None = None,
+    one_time: bool = False,
     actor: str,
     source_address: str | None = None,
 ) -> User:
-    """Create a user (role admin or user), optionally with a portal password."""
+    """Create a user (role admin or user), optionally with a portal password (``one_time``:
+    generated, to be changed at the first login and dead after 24 h)."""
     if not USER_NAME_PATTERN.fullmatch(name):
         raise LifecycleError(
             "a user name is 1-64 letters, digits, '.', '_', '@' or '-', starting with a letter "
@@ -54,6 +61,8 @@ def add_user(
             email=email,
             password_hash=password_hash,
         )
+        if one_time and password is not None:
+            user.password_one_time_until = one_time_until()
         queries.record_audit(
             s,
             actor=actor,
@@ -123,15 +132,17 @@ def set_password(
     actor: str,
     source_address: str | None = None,
 ) -> str | None:
-    """Give a user a new portal password (None: generate one, returned to show once) and
-    end every portal login they had."""
+    """Give a user a new portal password (None: generate a one-time one, returned to show
+    once) and end every portal login they had."""
     generated = generate_password() if password is None else None
     new = generated or str(password)
     if len(new) < MIN_PASSWORD_LENGTH:
         raise LifecycleError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
     hashed = hash_password(new)
     with session(engine, write=True) as s:
-        user = queries.set_user_password_hash(s, name=name, password_hash=hashed)
+        user = queries.set_user_password_hash(
+            s, name=name, password_hash=hashed,
+            one_time_until=one_time_until() if generated else None)
         if user.id is not None:
             portal_logins.end_user_logins(s, user_id=user.id)
         queries.record_audit(s, actor=actor, action="user.password_reset", target=name,

@@ -7,6 +7,7 @@ may import it without ``client_profiles`` ever importing ``web``.
 from __future__ import annotations
 
 import secrets
+from datetime import UTC, datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -14,6 +15,12 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 _HASHER = PasswordHasher()
 
 MIN_PASSWORD_LENGTH = 8
+ONE_TIME_PASSWORD_LIFETIME = timedelta(hours=24)  # a generated password unused this long dies
+
+
+def one_time_until(now: datetime | None = None) -> datetime:
+    """When a password generated now stops working if its user has not replaced it."""
+    return (now or datetime.now(UTC)) + ONE_TIME_PASSWORD_LIFETIME
 
 # A hash of a random password, verified against when an account does not exist so that
 # a login for an unknown name costs the same time as one for a known name.

@@ -226,7 +226,8 @@ async def create_user(request: web.Request) -> web.StreamResponse:
     password = given if given is not None else generate_password()
     try:
         user = await pki_ops.add_user(
-            request, name=name, role=role, email=body.get("email"), password=password
+            request, name=name, role=role, email=body.get("email"), password=password,
+            one_time=generated,
         )
     except StoreError as exc:
         return error(409, str(exc))

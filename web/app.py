@@ -19,7 +19,7 @@ from aiohttp import web
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from client_profiles.passwords import generate_password, hash_password
+from client_profiles.passwords import generate_password, hash_password, one_time_until
 from sslvpn.config import DataPaths
 from sslvpn.runtime.control import GatewayControl
 from sslvpn.store import db, queries
@@ -135,7 +135,8 @@ def ensure_first_admin(engine: Engine) -> str | None:
     with db.session(engine, write=True) as s:
         if _has_admin(s):  # another process created one meanwhile
             return None
-        queries.create_user(s, name=FIRST_ADMIN, role="admin", password_hash=hashed)
+        admin = queries.create_user(s, name=FIRST_ADMIN, role="admin", password_hash=hashed)
+        admin.password_one_time_until = one_time_until()  # changed at the first login
         queries.record_audit(s, actor="portal", action="user.create", target=FIRST_ADMIN)
     return password
 

@@ -25,6 +25,7 @@ _USER: web.RequestKey[User | None] = web.RequestKey("sslvpn_user")
 # instead of a cookie, so a cross-site form cannot ride on them.
 CSRF_EXEMPT_PREFIXES = ("/api/", "/rest/", "/openvpn-api/")
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+PASSWORD_PAGE = "/account/password"  # noqa: S105 (a path: where a one-time password goes)
 
 
 def portal_of(request: web.Request) -> Portal:
@@ -90,11 +91,19 @@ def require_user(handler: Handler) -> Handler:
 
     @wraps(handler)
     async def guarded(request: web.Request) -> web.StreamResponse:
-        if user_of(request) is None:
+        user = user_of(request)
+        if user is None:
             raise web.HTTPSeeOther("/login")
+        _own_password_first(request, user)
         return await handler(request)
 
     return guarded
+
+
+def _own_password_first(request: web.Request, user: User) -> None:
+    """A user holding a one-time password sees only the page that replaces it."""
+    if user.password_one_time_until is not None and request.path != PASSWORD_PAGE:
+        raise web.HTTPSeeOther(PASSWORD_PAGE)
 
 
 def require_admin(handler: Handler) -> Handler:
@@ -105,6 +114,7 @@ def require_admin(handler: Handler) -> Handler:
         user = user_of(request)
         if user is None:
             raise web.HTTPSeeOther("/login")
+        _own_password_first(request, user)
         if user.role != "admin":
             raise web.HTTPForbidden(text="Administrators only.")
         return await handler(request)

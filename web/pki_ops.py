@@ -28,9 +28,11 @@ def _actor(request: web.Request) -> str:
 
 
 async def add_user(
-    request: web.Request, *, name: str, role: str, email: str | None, password: str
+    request: web.Request, *, name: str, role: str, email: str | None, password: str,
+    one_time: bool = False,
 ) -> User:
-    """Create a user through the shared accounts code (validation, hashing, audit)."""
+    """Create a user through the shared accounts code (validation, hashing, audit);
+    ``one_time`` for a generated password."""
     actor, address = _actor(request), client_address(request)
     return await portal_of(request).call(
         lambda engine: accounts.add_user(
@@ -39,6 +41,7 @@ async def add_user(
             email=email,
             admin=role == "admin",
             password=password,
+            one_time=one_time,
             actor=actor,
             source_address=address,
         )

@@ -77,6 +77,8 @@ class User(SQLModel, table=True):
     totp_last_step: int | None = Field(default=None, sa_type=BigInteger)
     recovery_code_hashes: list[str] = Field(default_factory=list, sa_type=JSON, repr=False)
     two_factor_required: bool = False
+    # a generated (one-time) password: refused from then on, and changed at the first login
+    password_one_time_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class Certificate(SQLModel, table=True):

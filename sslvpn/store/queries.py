@@ -117,9 +117,14 @@ def set_user_disabled(
     return user
 
 
-def set_user_password_hash(s: Session, *, name: str, password_hash: str | None) -> User:
+def set_user_password_hash(
+    s: Session, *, name: str, password_hash: str | None, one_time_until: datetime | None = None
+) -> User:
+    """A new password; ``one_time_until`` marks a generated one (changed at the first login,
+    refused after that time), None the user's own."""
     user = get_user(s, name=name)
     user.password_hash = password_hash
+    user.password_one_time_until = one_time_until
     s.flush()
     return user
 

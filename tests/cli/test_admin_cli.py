@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from sslvpn.cli import main
 from sslvpn.config import DataPaths, database_url
 from sslvpn.store.db import open_engine, session
 from sslvpn.store.models import Certificate, GatewaySettings, User
+from sslvpn.store.queries import get_user
 
 Run = Callable[..., Result]
 
@@ -293,8 +295,10 @@ def test_user_delete_passwd_unlock_and_limits(ready: Run, data_dir: Path) -> Non
     serial = _serial(ready("cert", "issue", "alice", "--device", "laptop"))
     changed = ready("user", "passwd", "alice", "--password-stdin", stdin="a-long-password\n")
     assert changed.exit_code == 0 and "password of alice changed" in changed.stdout
+    assert _one_time_until(data_dir, "alice") is None  # her own
     generated = ready("user", "passwd", "alice")
     assert generated.exit_code == 0 and generated.stdout.startswith("new password for alice: ")
+    assert _one_time_until(data_dir, "alice") is not None  # changed at her first login
     _one_line_error(ready("user", "passwd", "alice", "--password-stdin", stdin="short\n"),
                     "at least")
     assert ready("user", "unlock", "alice").stdout == "unlocked alice\n"
@@ -308,6 +312,15 @@ def test_user_delete_passwd_unlock_and_limits(ready: Run, data_dir: Path) -> Non
     crl = x509.load_pem_x509_crl((data_dir / "pki" / "crl.pem").read_bytes())
     assert crl.get_revoked_certificate_by_serial_number(int(serial, 16)) is not None
     _one_line_error(ready("user", "delete", "alice"), "no user named 'alice'")
+
+
+def _one_time_until(data_dir: Path, name: str) -> datetime | None:
+    engine = open_engine(database_url(data_dir, None))
+    try:
+        with session(engine, write=False) as s:
+            return get_user(s, name=name).password_one_time_until
+    finally:
+        engine.dispose()
 
 
 def test_renew_the_gateway_certificate(ready: Run, data_dir: Path) -> None:

@@ -135,6 +135,11 @@ async def test_a_portal_request_meeting_a_locked_store_never_stalls_the_gateway_
             async with asyncio.timeout(20):  # the stuck audit write commits; logins work again
                 while await _status(http.post("/login", data=form, allow_redirects=False)) != 303:
                     await asyncio.sleep(0.1)
+            own = {"password": password.group(1), "new_password": password.group(1),
+                   "confirm": password.group(1),
+                   "csrf_token": await _csrf(http, "/account/password")}
+            async with http.post("/account/password", data=own, allow_redirects=False) as done:
+                assert done.status == 303  # the one-time password is now the admin's own
             async with http.get("/admin/sessions") as sessions:  # the gateway answers, via
                 assert sessions.status == 200  # ThreadSafeControl on its own loop
                 assert "No live sessions" in await sessions.text()

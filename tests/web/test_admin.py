@@ -14,10 +14,12 @@ from tests.web.conftest import (
     FakeGateway,
     Site,
     audit_actions,
+    csrf_from,
     issue_for,
     login,
     second_browser,
 )
+from tests.web.test_onboarding import basic
 
 
 async def post(client: TestClient, path: str, csrf: str, **data: str) -> tuple[int, str]:
@@ -65,6 +67,36 @@ async def test_disable_enable_and_reset_password(client: TestClient, site: Site)
         await login(bob, "bob", new.group(1))
     actions = audit_actions(site, actor="root")
     assert {"user.disable", "user.enable", "user.password_reset"} <= set(actions)
+
+
+async def test_a_one_time_password_must_be_replaced_and_dies_after_a_day(
+    client: TestClient, clock: Clock
+) -> None:
+    csrf = await login(client, "root")
+    passwords = {}
+    for name in ("bob", "alice"):
+        _, page = await post(client, f"/admin/users/{name}/password", csrf)
+        found = re.search(rf"New one-time password for {name}: ([A-Za-z0-9_-]+)", page)
+        assert found
+        passwords[name] = found.group(1)
+    async with second_browser(client) as bob:
+        bob_csrf = await login(bob, "bob", passwords["bob"])
+        for path in ("/devices", "/admin/users"):
+            page = await bob.get(path, allow_redirects=False)
+            assert page.status == 303 and page.headers["Location"] == "/account/password", path
+        connect = await bob.get("/rest/GetUserlogin", headers=basic("bob", passwords["bob"]))
+        assert connect.status == 403 and "one-time password" in await connect.text()
+        changed = await bob.post("/account/password", allow_redirects=False, data={
+            "csrf_token": bob_csrf, "password": passwords["bob"],
+            "new_password": "bobs-own-password", "confirm": "bobs-own-password"})
+        assert changed.status == 303
+        assert (await bob.get("/devices", allow_redirects=False)).status == 200
+    clock.now += 24 * 3600 + 1  # alice never used hers
+    async with second_browser(client) as alice:
+        token = await csrf_from(alice, "/login")
+        late = await alice.post("/login", allow_redirects=False, data={
+            "name": "alice", "password": passwords["alice"], "csrf_token": token})
+        assert late.status == 401
 
 
 async def test_delete_user_revokes_their_certificates(

@@ -9,7 +9,7 @@ import asyncio
 from aiohttp import web
 from sqlmodel import Session
 
-from client_profiles.passwords import generate_password, hash_password
+from client_profiles.passwords import generate_password, hash_password, one_time_until
 from sslvpn.store import NotFoundError, queries
 from sslvpn.store.models import ROLE_VALUES, Certificate, User
 from web import pki_ops
@@ -101,7 +101,8 @@ async def create_user(request: web.Request) -> web.StreamResponse:
     password = password or generate_password()
     try:
         await pki_ops.add_user(
-            request, name=name, role=role, email=form.get("email") or None, password=password
+            request, name=name, role=role, email=form.get("email") or None, password=password,
+            one_time=generated,
         )
     except pki_ops.OperationError as exc:
         return await render_users(request, status=400, errors=[str(exc)], form=form)
@@ -130,8 +131,10 @@ async def reset_password(request: web.Request) -> web.StreamResponse:
     user = await user_named(request)
     password = generate_password()
     hashed = await asyncio.to_thread(hash_password, password)
+    until = one_time_until(now_of(request))
     await portal_of(request).write(
-        lambda s: queries.set_user_password_hash(s, name=user.name, password_hash=hashed)
+        lambda s: queries.set_user_password_hash(s, name=user.name, password_hash=hashed,
+                                                 one_time_until=until)
     )
     if user.id is not None and user.id != current_user(request).id:
         await portal_of(request).sessions.drop_user(user.id)

@@ -79,9 +79,12 @@ async def check_credentials(request: web.Request, name: str, password: str) -> U
         return None
     user = await portal.read(lambda s: find_user(s, name)) if name else None
     good = await asyncio.to_thread(verify_password, user.password_hash if user else None, password)
-    if user is None or not good or user.disabled:
+    expired = (user is not None and user.password_one_time_until is not None
+               and user.password_one_time_until.timestamp() <= portal.clock())
+    if user is None or not good or user.disabled or expired:
         portal.throttle.failed(name, address)
-        why = "disabled" if user is not None and good else "bad credentials"
+        why = ("one-time password expired" if expired and good
+               else "disabled" if user is not None and good else "bad credentials")
         await audit(request, "login.failed", actor=name or "anonymous", target=name, detail=why)
         return None
     if await second_factor_needed(request, user):  # the throttle clears on the code
@@ -161,7 +164,7 @@ async def change_password(request: web.Request) -> web.StreamResponse:
     hashed = await asyncio.to_thread(hash_password, new)
     me_id = current_user_id(request)
 
-    def change(s: Session) -> None:
+    def change(s: Session) -> None:  # the user's own password: no longer one-time
         queries.set_user_password_hash(s, name=me.name, password_hash=hashed)
         portal_logins.end_user_logins(s, user_id=me_id)  # every other browser, every node
 

@@ -106,6 +106,9 @@ async def get_userlogin(request: web.Request) -> web.StreamResponse:
         return rest_error(403, "Access denied", "This account signs in with a second factor: "
                           "import the profile from the portal's device page.")
     act_as(request, user)
+    if user.password_one_time_until is not None:
+        return rest_error(403, "Access denied",
+                          "Replace your one-time password in the portal first.")
     if await _needs_tls_crypt_v2(request) and request.query.get("tls-cryptv2") != "1":
         return rest_error(
             403, "Access denied", "This gateway needs a client with tls-crypt-v2 support."
