@@ -100,6 +100,12 @@ async def test_admin_issues_and_user_imports_through_the_qr(
     await admin.click("text=Issue certificate")
     await admin.wait_for_selector("text=Issued erin/laptop")
     await admin.screenshot(path=ARTIFACTS / "admin-certificates.png", full_page=True)
+    # import links name the configured public URL, never the request's Host header: here the
+    # portal's own loopback address, which the QR page must warn about
+    await admin.goto(f"{portal_url}/admin/settings")
+    await admin.fill("input[name=portal_public_url]", portal_url)
+    await admin.click("form[action='/admin/settings'] button[type=submit]")
+    await admin.wait_for_selector("text=Settings saved")
 
     # the user, on a phone-sized screen
     phone = await browser.new_context(
@@ -124,6 +130,7 @@ async def test_admin_issues_and_user_imports_through_the_qr(
     await qr.screenshot(path=tmp_path / "qr.png")
     link = decode_qr(tmp_path / "qr.png")
     assert link.startswith(DEEP_LINK + portal_url + "/rest/GetProfileViaToken?token=")
+    assert await user.locator("#loopback-warning").is_visible()
     plain = await user.locator("#plain-link").inner_text()
     assert link == DEEP_LINK + plain.strip()
 
