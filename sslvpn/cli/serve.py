@@ -53,7 +53,7 @@ from sslvpn.cli.setup import (
 from sslvpn.config import DataPaths
 from sslvpn.openvpn.tls import TlsGroupsError
 from sslvpn.runtime import instance
-from sslvpn.runtime.alarms import run_alarms
+from sslvpn.runtime.alarms import alarm_metrics, run_alarms
 from sslvpn.runtime.control import GatewayControl, ThreadSafeControl, TunnelStatus
 from sslvpn.runtime.fleet_signal import listen_conninfo, listen_for_signals
 from sslvpn.runtime.gateway import Gateway
@@ -209,6 +209,7 @@ def metrics_task(paths: DataPaths, store: AsyncStore, listen: str,
         metrics.add_loop_source(listener_source(gateway, node or "default"))
         metrics.add_loop_source(ipsec_source(gateway))
         metrics.add_store_source(store_facts(paths))
+        metrics.add_store_source(alarm_metrics)
         health = Health(checks={"store": store_reachable(own_store),
                                 **{name: _in_thread(check)
                                    for name, check in gateway.ready_checks.items()}},

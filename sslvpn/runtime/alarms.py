@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 import aiosmtplib
 from cryptography import x509
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from sslvpn.config import DataPaths
 from sslvpn.runtime.control import TunnelStatus
@@ -90,6 +91,17 @@ def read_facts(paths: DataPaths) -> Callable[[Session], Facts]:
         return facts
 
     return read
+
+
+def alarm_metrics(s: Session) -> list[Metric]:
+    """A store source for ``/metrics``: the alarms raised now, by rule (every rule listed,
+    0 when none), so a Prometheus setup can alert on the same conditions."""
+    raised = GaugeMetricFamily("sslvpn_alarms_raised", "Alarms raised now, by rule.",
+                               labels=["rule"])
+    counts = alarm_queries.raised_by_rule(s)
+    for rule in alarm_queries.RULES:
+        raised.add_metric([rule], counts.get(rule, 0))
+    return [raised]
 
 
 def _not_after(path: Path) -> datetime | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from sslvpn.store import NotFoundError, RejectedError
@@ -50,6 +50,8 @@ DEFAULTS: dict[str, tuple[str, str]] = {
     "smtp.from": ("sslvpn@localhost", "sender address"),
     "smtp.to": ("", "comma-separated admin addresses (besides admins with an e-mail)"),
 }
+RULES = ("ipsec-down", "node-down", "certificate-expiry", "client-certificate-expiry",
+         "crl-resign", "auth-failures", "bandwidth")
 SECRET_KEYS = frozenset({"webhook.secret", "smtp.password"})
 
 
@@ -200,6 +202,13 @@ def alarm_list(s: Session, *, limit: int = 100) -> list[AlarmState]:
     cleared = s.exec(select(AlarmState).where(col(AlarmState.cleared_at).is_not(None))
                      .order_by(col(AlarmState.cleared_at).desc()).limit(limit)).all()
     return [*active, *cleared]
+
+
+def raised_by_rule(s: Session) -> dict[str, int]:
+    """How many alarms of each rule are raised now."""
+    rows = s.exec(select(AlarmState.rule, func.count()).where(
+        col(AlarmState.cleared_at).is_(None)).group_by(col(AlarmState.rule))).all()
+    return {rule: count for rule, count in rows}
 
 
 def admin_emails(s: Session) -> list[str]:

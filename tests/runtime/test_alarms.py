@@ -39,14 +39,18 @@ from sslvpn.runtime.alarms import (
     Deliverer,
     Evaluator,
     Facts,
+    alarm_metrics,
     alarm_round,
     run_alarms,
 )
 from sslvpn.runtime.control import TunnelStatus
+from sslvpn.runtime.metrics import Metrics
 from sslvpn.store import alarm_queries, db
 from sslvpn.store.alarm_queries import ExpiringClient
 from sslvpn.store.async_store import AsyncStore
 from sslvpn.store.models import AlarmNotice, AuditEntry, SignedCrl
+from tests.runtime import test_metrics
+from tests.runtime.test_metrics import promtool_check, samples, scrape
 
 SECRET = "a12-shared-secret"
 ADMIN_MAIL = "ops@example.net"
@@ -455,3 +459,17 @@ def test_a_client_certificate_expired_before_the_first_look_is_never_raised_late
     assert set(seen.bad) == {"client-certificate-expiry/0b"}
     assert seen.bad["client-certificate-expiry/0b"][3] == ["bob@example.net"]
     assert seen.held == {"client-certificate-expiry/0a"}  # a raised one stays raised
+
+
+async def test_metrics_show_the_alarms_raised_by_rule(
+        data: tuple[DataPaths, str], store: AsyncStore) -> None:
+    paths, _ = data
+    cli(paths, "alarm", "set", "ipsec-down.seconds", "0")
+    await alarm_round(store, paths, Evaluator(), tunnels=tunnel_down)
+    metrics = Metrics(store=store)
+    metrics.add_store_source(alarm_metrics)
+    text = await scrape(metrics)
+    promtool_check(text)
+    found = samples(text)
+    assert test_metrics.value(found, "sslvpn_alarms_raised", rule="ipsec-down") == 1
+    assert test_metrics.value(found, "sslvpn_alarms_raised", rule="node-down") == 0
