@@ -13,7 +13,9 @@ logout) always starts a new id and ends the old row in the same transaction (no 
 fixation). A session expires after `SESSION_IDLE_SECONDS` unused or
 `SESSION_ABSOLUTE_SECONDS` after it began; last use is written at most once a
 `TOUCH_SECONDS`, so reading a page costs one store read. Each new login first drops the
-expired rows and, past `MAX_SESSIONS`, the least recently used.
+expired rows, its source address's least recently used beyond `MAX_SESSIONS_PER_ADDRESS`
+(one source, even with a valid account, cannot push everyone else out) and, past
+`MAX_SESSIONS`, the least recently used.
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ from sqlmodel import Session as StoreSession
 
 from sslvpn.store import portal_logins
 from sslvpn.store.models import PortalLogin
-from web.security import CSRF_KEY, SESSION_COOKIE, Clock, new_csrf_token
+from web.security import CSRF_KEY, SESSION_COOKIE, Clock, client_address, new_csrf_token
 
 SESSION_IDLE_SECONDS = 30 * 60
 SESSION_ABSOLUTE_SECONDS = 12 * 3600
 TOUCH_SECONDS = 60
 MAX_SESSIONS = 10_000
+MAX_SESSIONS_PER_ADDRESS = 100  # logins kept per source address: one source evicts only its own
 SECOND_FACTOR_SECONDS = 5 * 60  # time from a good password to the code (or enrolment)
 SECOND_FACTOR_KEY = "second_factor_of"  # user id of a session that still owes its code
 _MAX_COOKIE = 64  # token_urlsafe(32) is 43 characters; anything longer is not ours
@@ -73,11 +76,13 @@ class StoreSessions(AbstractStorage):
     `PortalKey`, so the login page writes nothing (it works while the store refuses writes)
     and any node checks its form."""
 
-    def __init__(self, gate: StoreGate, clock: Clock, max_sessions: int = MAX_SESSIONS) -> None:
+    def __init__(self, gate: StoreGate, clock: Clock, max_sessions: int = MAX_SESSIONS,
+                 per_address: int = MAX_SESSIONS_PER_ADDRESS) -> None:
         super().__init__(cookie_name=SESSION_COOKIE, httponly=True, samesite="Strict")
         self._gate = gate
         self._clock = clock
         self._max = max_sessions
+        self._per_address = per_address
         self._key: bytes | None = None
 
     async def load_session(self, request: web.Request) -> Session:
@@ -153,8 +158,9 @@ class StoreSessions(AbstractStorage):
             return
         browser_id = secrets.token_urlsafe(32)
         session.set_new_identity(browser_id)
+        address = client_address(request)
         await self._gate.write(lambda s: self._open(s, _digest(browser_id), user_id, data,
-                                                    replaces))
+                                                    replaces, address))
         self._set_cookie(request, response, browser_id)
 
     def _set_cookie(self, request: web.Request, response: web.StreamResponse, value: str) -> None:
@@ -170,13 +176,14 @@ class StoreSessions(AbstractStorage):
         return Session(browser_id, data=data, new=new)
 
     def _open(self, s: StoreSession, id_hash: str, user_id: int | None,
-              data: dict[str, object], replaces: str | None) -> None:
+              data: dict[str, object], replaces: str | None, address: str) -> None:
         now = self._clock()
         portal_logins.end_stale_logins(s, idle_before=_at(now - SESSION_IDLE_SECONDS),
                                        created_before=_at(now - SESSION_ABSOLUTE_SECONDS),
                                        keep=self._max - 1)
         portal_logins.open_login(s, id_hash=id_hash, user_id=user_id, data=data, at=_at(now),
-                                 replaces=replaces)
+                                 replaces=replaces, source_address=address,
+                                 per_address=self._per_address)
 
     def _expired(self, row: PortalLogin, now: float) -> bool:
         return (now - row.last_seen.timestamp() > SESSION_IDLE_SECONDS

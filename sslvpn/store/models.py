@@ -244,6 +244,7 @@ class PortalLogin(SQLModel, table=True):
     data: dict[str, object] = Field(default_factory=dict, sa_type=JSON, repr=False)
     created_at: datetime = Field(sa_type=UTCDateTime)
     last_seen: datetime = Field(sa_type=UTCDateTime, index=True)
+    source_address: str | None = Field(default=None, index=True)  # where it logged in from
 
 
 class PortalKey(SQLModel, table=True):

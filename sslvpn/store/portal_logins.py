@@ -29,12 +29,20 @@ def find_login(s: Session, *, id_hash: str) -> PortalLogin | None:
 
 def open_login(
     s: Session, *, id_hash: str, user_id: int | None, data: dict[str, object], at: datetime,
-    replaces: str | None,
+    replaces: str | None, source_address: str | None = None, per_address: int | None = None,
 ) -> None:
-    """A new login row; the one it ``replaces`` (the browser's previous id) ends with it."""
+    """A new login row; the one it ``replaces`` (the browser's previous id) ends with it,
+    and so do its source address's least recently used ones beyond ``per_address``."""
     if replaces is not None:
         end_login(s, id_hash=replaces)
-    s.add(PortalLogin(id_hash=id_hash, user_id=user_id, data=data, created_at=at, last_seen=at))
+    if source_address is not None and per_address is not None:
+        kept = (select(PortalLogin.id_hash).where(PortalLogin.source_address == source_address)
+                .order_by(col(PortalLogin.last_seen).desc()).limit(per_address - 1))
+        s.execute(delete(PortalLogin).where(
+            col(PortalLogin.source_address) == source_address,
+            col(PortalLogin.id_hash).not_in(kept.scalar_subquery())))
+    s.add(PortalLogin(id_hash=id_hash, user_id=user_id, data=data, created_at=at, last_seen=at,
+                      source_address=source_address))
 
 
 def save_login(s: Session, *, id_hash: str, user_id: int | None, data: dict[str, object]) -> None:

@@ -8,6 +8,7 @@ import hashlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
+import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestClient, TestServer
 from sqlmodel import select
@@ -25,7 +26,7 @@ from tests.web.conftest import (
     second_browser,
 )
 from web.app import create_app
-from web.portal import PortalSettings
+from web.portal import PORTAL, PortalSettings
 from web.security import SESSION_COOKIE
 from web.sessions import SESSION_ABSOLUTE_SECONDS, SESSION_IDLE_SECONDS
 
@@ -171,3 +172,21 @@ async def test_a_login_form_token_only_works_with_its_own_visitor_id(
                                      cookies={SESSION_COOKIE: visitor}, allow_redirects=False)
         assert response.status == 303
         assert response.cookies[SESSION_COOKIE].value not in (visitor, "")
+
+
+async def test_one_source_keeps_only_its_share_of_the_stored_logins(
+    client: TestClient, site: Site, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Logging in again and again from one address (with a valid account) ends that
+    address's oldest logins, never beyond its share."""
+    portal = client.app[PORTAL]
+    monkeypatch.setattr(portal.sessions, "_per_address", 3)
+    await login(client, "alice")
+    first = cookie_of(client)
+    for _ in range(5):
+        clock.now += 1
+        async with second_browser(client) as browser:
+            await login(browser, "bob")
+    rows = logins(site)
+    assert len(rows) == 3 and {row.source_address for row in rows} == {"127.0.0.1"}
+    assert await landing(client, first) == "login"  # the oldest of this address went
