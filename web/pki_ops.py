@@ -20,6 +20,9 @@ from web.security import client_address
 
 OperationError = (LifecycleError, StoreError)
 WARN_DAYS = (30, 7, 1)
+# A CRL lives 30 days and is re-signed at half-life, so 30 days left is its normal state: it
+# warns at the alarm rule's stages instead (sslvpn alarm: crl-expiry.days)
+CRL_WARN_DAYS = (7, 1)
 
 
 def _actor(request: web.Request) -> str:
@@ -153,13 +156,11 @@ class HealthItem:
     level: str  # "ok", "warn" (30 days), "bad" (7 days) or "critical" (1 day or lapsed)
 
 
-def _level(days: float) -> str:
-    if days <= WARN_DAYS[2]:
-        return "critical"
-    if days <= WARN_DAYS[1]:
-        return "bad"
-    if days <= WARN_DAYS[0]:
-        return "warn"
+def _level(days: float, stages: tuple[int, ...]) -> str:
+    """The last stage is critical, the one before bad, the one before that a warning."""
+    for level, stage in zip(("critical", "bad", "warn"), reversed(stages), strict=False):
+        if days <= stage:
+            return level
     return "ok"
 
 
@@ -184,8 +185,6 @@ async def expiry_health(request: web.Request, now: datetime) -> list[HealthItem]
             if item.status == "superseded":
                 continue
             what = f"{labels[item.kind]} {item.name if item.kind != 'crl' else ''}".strip()
-        level = _level(days)
-        if item.kind == "crl" and level == "warn":
-            level = "ok"  # a CRL lives 30 days and is re-signed at half-life: 30 is normal
+        level = _level(days, CRL_WARN_DAYS if item.kind == "crl" else WARN_DAYS)
         health.append(HealthItem(what, item.not_after, int(days // 1), level))
     return health

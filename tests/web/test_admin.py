@@ -246,6 +246,21 @@ async def test_dashboard_expiry_health_and_traffic(
     assert data["gateway"] == "default" and isinstance(data["points"], list)
 
 
+async def test_the_crl_warns_at_its_own_stages_and_the_page_says_so(
+    client: TestClient, clock: Clock
+) -> None:
+    """A CRL is re-signed at half of its 30-day life: 29 days left is normal, not a warning,
+    and the page states its stages so the green row under "Warnings at 30" is not a puzzle."""
+    await login(client, "root")
+    page = await (await client.get("/admin")).text()
+    assert "for the CRL, re-signed at half of its 30-day life, at 7, 1 days" in page
+    assert re.search(r'CRL nextUpdate.*?class="ok"', page, re.S)
+    clock.now += 24 * 86400  # a CRL that was not re-signed: about 6 days left
+    await login(client, "root")
+    page = await (await client.get("/admin")).text()
+    assert re.search(r'CRL nextUpdate.*?class="bad"', page, re.S)
+
+
 async def test_audit_log_filters(client: TestClient, site: Site) -> None:
     await login(client, "alice")
     await login(client, "root")

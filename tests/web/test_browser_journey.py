@@ -157,6 +157,7 @@ async def test_dashboard_chart_and_sessions_refresh_live(
     await admin.wait_for_url(f"{portal_url}/admin")
     # the gateway is sampled every 5 s; the chart shows a rate once two samples exist
     await admin.wait_for_selector("#traffic-now:has-text('now: in')", timeout=30_000)
+    await admin.screenshot(path=ARTIFACTS / "admin-dashboard.png", full_page=True)
     await admin.goto(f"{portal_url}/admin/sessions")
     assert "No live sessions." in await admin.content()
     serial = issue_for(site, "alice")
@@ -177,4 +178,5 @@ async def test_dashboard_chart_and_sessions_refresh_live(
     assert await admin.evaluate(  # the chart has ink: axes, labels and the two lines
         "document.getElementById('traffic-chart').getContext('2d')"
         ".getImageData(0, 0, 800, 240).data.some((v, i) => i % 4 === 3 && v > 0)")
+    await admin.screenshot(path=ARTIFACTS / "user-traffic-hour.png", full_page=True)
     assert errors == []  # nothing blocked by the Content-Security-Policy

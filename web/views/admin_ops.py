@@ -53,7 +53,6 @@ RETENTION_FIELDS = {  # GatewaySettings field -> what the page calls it (store.r
 }
 MAX_RETENTION_DAYS = 36500
 HOST = re.compile(r"[A-Za-z0-9.:_-]{1,253}")
-EXPIRY_WARNINGS = (30, 7, 1)
 
 
 @require_admin
@@ -67,7 +66,8 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
         "sessions": len(sessions),
         "gateway": portal.settings.gateway_name,
         "has_gateway": portal.control is not None,
-        "warn_days": EXPIRY_WARNINGS,
+        "warn_days": pki_ops.WARN_DAYS,
+        "crl_warn_days": pki_ops.CRL_WARN_DAYS,
         "refresh": portal.settings.refresh_seconds,
     }
     return render(request, "admin_dashboard.html", context)
