@@ -647,9 +647,11 @@ class Gateway:
     async def shutdown(self, reason: str = "gateway shutting down") -> None:
         """Tell every client it is over (explicit exit), stop reading the TUN, and write
         the accounting still queued (waiting at most ``SHUTDOWN_FLUSH_TIMEOUT`` for a store
-        that fails)."""
+        that fails). Sessions book their last bytes as they end; tunnels are booked here, or
+        up to an accounting interval of their history would be lost at every stop."""
         for client in list(self._sessions.values()):
             self._end(client, reason)
+        self._book_tunnels(datetime.now(UTC))
         self.tun.close()
         await self.records.drain(SHUTDOWN_FLUSH_TIMEOUT)
 

@@ -137,6 +137,17 @@ async def test_shutdown_waits_a_bounded_time_for_a_failing_store(
     assert "3 accounting records were not written" in caplog.text  # lease, opened, ended
 
 
+async def test_shutdown_books_the_tunnels_last_bytes() -> None:
+    """Accounting rounds are a minute apart: what a tunnel moved since the last one must not
+    be lost when serve stops."""
+    policy = BatchPolicy()
+    h = await Harness.started(policy=policy)
+    h.gateway.tunnel_status_providers.append(lambda: [TunnelStatus(
+        "t1", "up", None, None, None, None, 700, 70, packets_in=5, packets_out=5)])
+    await h.gateway.shutdown()
+    assert _moved(policy, "tunnel", "t1") == (700, 70)
+
+
 async def test_a_full_queue_drops_new_records(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
