@@ -622,6 +622,11 @@ class Gateway:
             self.records.add(TrafficCounted("node", self.options.node_name, now, *node))
         self._book_tunnels(now)
 
+    def book_tunnels(self) -> None:
+        """Book what the IPsec tunnels moved since the last accounting round, now (at a
+        stop: the rounds are an accounting interval apart)."""
+        self._book_tunnels(datetime.now(UTC))
+
     def _book_tunnels(self, now: datetime) -> None:
         """Each IPsec tunnel's bytes since the last booking (a restarted tunnel's counters
         start again from zero)."""
@@ -651,7 +656,7 @@ class Gateway:
         up to an accounting interval of their history would be lost at every stop."""
         for client in list(self._sessions.values()):
             self._end(client, reason)
-        self._book_tunnels(datetime.now(UTC))
+        self.book_tunnels()
         self.tun.close()
         await self.records.drain(SHUTDOWN_FLUSH_TIMEOUT)
 

@@ -276,6 +276,8 @@ class GatewayService:
                 tasks.append(group.create_task(signals, name="fleet-signals"))
             tasks += [group.create_task(extra(gateway)) for extra in self.options.extra_tasks]
             await self.stopping.wait()
+            # before the tasks end: the IPsec service's takes its tunnels' counters with it
+            gateway.book_tunnels()
             for task in tasks:
                 task.cancel()
 

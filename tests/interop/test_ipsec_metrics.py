@@ -3,8 +3,9 @@
 Layout as in test_serve_ipsec (namespaces with the prefix ``p12``): `sslvpn serve` in siteb
 holds tunnel t1 to charon in sitea. A known TCP transfer from the peer's LAN (lana) to the
 VPC side (lanb) crosses the tunnel; the scrapes before and after it pass promtool, the
-tunnel's byte counters move by the transfer, and once an accounting round has run (every
-60 s) the tunnel's traffic-history buckets hold exactly what the counters say.
+tunnel's byte counters move by the transfer, and once serve has stopped (well before its
+first accounting round, 60 s in) the tunnel's traffic-history buckets hold what the counters
+said: the stop books the tunnels' last bytes.
 
 What the tunnel counters count: inner IP packets (IP and TCP headers included) as they
 enter or leave the CHILD_SA, not ESP, UDP or outer IP. So the transfer's N bytes of payload
@@ -99,9 +100,12 @@ def test_tunnel_metrics_move_with_a_transfer_and_its_history_adds_up(
         delta = (after[0] - before[0], after[1] - before[1])
         assert TRANSFER < delta[0] < TRANSFER * 1.1, delta
         assert 0 < delta[1] < TRANSFER * 0.1, delta  # the ACKs
-        assert wait_until(lambda: _booked(data) == _counters(_scrape(sites, check=False)),
-                          90, 1), (_booked(data), after)
+        sites.lab.stop(serve, timeout=20)
+        assert serve.returncode == 0, log.read_text()[-3000:]
         booked = _booked(data)
+        # a late FIN or ACK of the transfer may cross the tunnel after the last scrape
+        assert after[0] <= booked[0] <= after[0] + 500, (booked, after)
+        assert after[1] <= booked[1] <= after[1] + 500, (booked, after)
         sys.stderr.write(f"\n[p12] transfer {TRANSFER} B; counters before {before}, after "
                          f"{after}, delta {delta}; tunnel buckets {booked}\n"
                          + "\n".join(line for line in text.splitlines()
