@@ -14,7 +14,9 @@ The threads are daemons: one stuck in a dead store never holds up the exit of th
 (``serve`` stopping on SIGTERM while PostgreSQL hangs). The facade logs once when the store
 stops answering and once when it is back, never once per failed call. "Back" needs a call
 of the kind that failed: while only writes fail (another process holds SQLite's write lock,
-where readers go on), a read that works is no news.
+where readers go on), a read that works is no news; and a read that timed out while it
+waited for a thread (every thread held by stuck writes) is no news either: only a read that
+ran for half its time without an answer says reads fail.
 """
 
 from __future__ import annotations
@@ -103,8 +105,14 @@ class AsyncStore:
         if stuck:  # proves nothing about reads: the stuck calls may all be writes
             self._mark_down(f"{stuck} earlier calls are still waiting for it", read=False)
             raise StoreUnavailable("the store is not answering; try again later")
+        started: list[float] = []
+
+        def run() -> T:
+            started.append(time.monotonic())
+            return work(self.engine)
+
         try:
-            future: Future[T] = self._workers.submit(lambda: work(self.engine))
+            future: Future[T] = self._workers.submit(run)
         except BaseException:
             self._release()
             raise
@@ -116,7 +124,9 @@ class AsyncStore:
             async with asyncio.timeout(limit):
                 result = await asyncio.wrap_future(future)
         except TimeoutError:
-            self._mark_down(f"a call did not finish within {limit:g} s", read=not writes)
+            ran = time.monotonic() - started[0] if started else 0.0
+            self._mark_down(f"a call did not finish within {limit:g} s",
+                            read=not writes and ran >= limit / 2)
             raise StoreUnavailable("the store did not answer in time; try again later") from None
         except StoreUnavailable as exc:
             self._mark_down(str(exc), read=not writes)

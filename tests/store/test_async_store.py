@@ -143,6 +143,43 @@ async def test_busy_threads_just_after_an_outage_are_not_a_second_outage(
     await store.close()
 
 
+async def test_a_read_that_waited_behind_stuck_writes_is_no_news(
+        sqlite_engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    """Writes stuck on SQLite's write lock hold every thread; a read queued behind them
+    times out without ever running. That says nothing about reads, so a read that works
+    next must not announce the store back while writes still fail (the portal flapped
+    between down and back under a 20 s write lock)."""
+    store = AsyncStore(sqlite_engine, timeout=0.3, threads=1, owner="the test")
+    release = threading.Event()
+
+    def stuck_write(_engine: Engine) -> str:
+        release.wait(30)
+        return "late"
+
+    assert await store.read(_one) == 1  # the store answered just now: calls may queue
+    write = asyncio.ensure_future(store.call(stuck_write))
+    await asyncio.sleep(0.02)  # the only thread is held by the write from now on
+    with pytest.raises(StoreUnavailable):
+        await store.read(_one)  # queued behind the stuck write: it never ran
+    with pytest.raises(StoreUnavailable):
+        await write
+    release.set()
+    deadline = time.monotonic() + 10
+    while True:  # until the released thread has taken the queued read and is free again
+        assert time.monotonic() < deadline
+        with contextlib.suppress(StoreUnavailable):
+            assert await store.read(_one) == 1
+            break
+        await asyncio.sleep(0.01)
+    assert not store.available  # a read that works is no news while writes failed
+    assert await store.write(_one) == 1
+    assert store.available
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("unavailable to the test" in m for m in said) == 1, said
+    assert sum("available again to the test" in m for m in said) == 1, said
+    await store.close()
+
+
 async def test_a_locked_sqlite_file_is_a_timeout_not_a_stall(
         sqlite_engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = AsyncStore(sqlite_engine, timeout=0.3, owner="the test")
