@@ -35,7 +35,8 @@ DEFAULT_LISTEN = "127.0.0.1:8080"
 @click.option(
     "--public-url",
     default=None,
-    help="Base URL phones reach the portal at (put in import links); default: the Host asked.",
+    help="Base URL phones reach the portal at (put in import links); default: the settings' "
+         "portal public URL, else the gateway's first public address.",
 )
 @click.option(
     "--cert",
