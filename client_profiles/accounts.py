@@ -8,6 +8,7 @@ settings' (`lifecycle.effective_limits`).
 
 from __future__ import annotations
 
+import enum
 import re
 from datetime import datetime
 
@@ -173,24 +174,36 @@ def unlock(
 MAX_LIMIT = 1_000_000
 
 
+class Unchanged(enum.Enum):
+    """A limit the caller leaves as the user has it (an admin who sets only the other)."""
+
+    UNCHANGED = "unchanged"
+
+
+UNCHANGED = Unchanged.UNCHANGED
+
+
 def set_limits(
     engine: Engine,
     *,
     name: str,
-    devices: int | None,
-    sessions: int | None,
+    devices: int | None | Unchanged,
+    sessions: int | None | Unchanged,
     actor: str,
     source_address: str | None = None,
 ) -> User:
     """This user's own limits (None: the gateway settings'); sessions 0 is one per device."""
     for value in (devices, sessions):
-        if value is not None and not 0 <= value <= MAX_LIMIT:
+        if isinstance(value, int) and not 0 <= value <= MAX_LIMIT:
             raise LifecycleError(f"a limit is 0 to {MAX_LIMIT}")
     with session(engine, write=True) as s:
         user = queries.get_user(s, name=name)
-        user.max_devices, user.max_sessions = devices, sessions
+        if devices is not UNCHANGED:
+            user.max_devices = devices
+        if sessions is not UNCHANGED:
+            user.max_sessions = sessions
         s.flush()
         queries.record_audit(s, actor=actor, action="user.limits", target=name,
                              source_address=source_address,
-                             detail=f"devices={devices} sessions={sessions}")
+                             detail=f"devices={user.max_devices} sessions={user.max_sessions}")
     return user

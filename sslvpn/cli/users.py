@@ -109,9 +109,12 @@ def unlock_command(ctx: click.Context, name: str) -> None:
     click.echo(f"unlocked {name}")
 
 
-def _limit(value: str | None) -> int | None:
-    """A limit option: a number, or ``default`` for the gateway settings' value."""
-    if value is None or value == "default":
+def _limit(value: str | None) -> int | None | accounts.Unchanged:
+    """A limit option: a number, ``default`` for the gateway settings' value, or left out
+    (the user keeps what they have)."""
+    if value is None:
+        return accounts.UNCHANGED
+    if value == "default":
         return None
     if not value.isdigit():
         raise click.BadParameter(f"{value!r} is not a number or 'default'")
@@ -128,7 +131,10 @@ def _limit(value: str | None) -> int | None:
 @one_line_errors
 def limits_command(ctx: click.Context, name: str, max_devices: str | None,
                    max_sessions: str | None) -> None:
-    """Set NAME's own limits; 'default' (or leaving one out) takes the gateway settings'."""
+    """Set NAME's own limits; 'default' takes the gateway settings', and a limit left out
+    stays as it is."""
+    if max_devices is None and max_sessions is None:
+        raise click.UsageError("give --max-devices, --max-sessions or both")
     with store(ctx, write=True) as engine:
         user = accounts.set_limits(engine, name=name, devices=_limit(max_devices),
                                    sessions=_limit(max_sessions), actor=ACTOR)

@@ -304,6 +304,9 @@ def test_user_delete_passwd_unlock_and_limits(ready: Run, data_dir: Path) -> Non
     assert ready("user", "unlock", "alice").stdout == "unlocked alice\n"
     limits = ready("user", "limits", "alice", "--max-devices", "1", "--max-sessions", "2")
     assert limits.stdout == "alice: max devices 1, max sessions 2\n"
+    one = ready("user", "limits", "alice", "--max-sessions", "default")  # devices stay
+    assert one.stdout == "alice: max devices 1, max sessions default\n"
+    assert ready("user", "limits", "alice").exit_code != 0  # nothing to set
     _one_line_error(ready("cert", "issue", "alice", "--device", "phone"),
                     "has 1 valid devices, the most allowed (1)")
     deleted = ready("user", "delete", "alice")
