@@ -28,6 +28,7 @@ from web import api, api_ipsec, api_nodes, api_traffic, pages, security
 from web.health import Health, add_health_routes, store_reachable
 from web.outage import outage_middleware
 from web.portal import PORTAL, Portal, PortalSettings
+from web.timefmt import when
 from web.traffic import TrafficHistory
 from web.views import (
     admin,
@@ -85,6 +86,7 @@ def create_app(
         app,
         loader=jinja2.PackageLoader("web", "templates"),
         autoescape=jinja2.select_autoescape(default=True),
+        filters={"when": when},
     )
     for module in (auth, two_factor, devices, admin, admin_ops, ipsec, nodes, alarms, onboarding,
                    api, api_ipsec, api_nodes, api_traffic, traffic_history):

@@ -37,6 +37,7 @@ class ImportLink:
     token_id: int
     url: str = field(repr=False)
     deep_link: str = field(repr=False)
+    created_at: datetime
     expires_at: datetime
 
 
@@ -90,8 +91,10 @@ async def token_ttl(portal: Portal) -> timedelta:
     return await portal.read(stored)
 
 
-async def mint(portal: Portal, request: web.Request, *, user_id: int, serial: str) -> ImportLink:
-    """Create a token for one certificate of one user and build both links for it."""
+async def mint(
+    portal: Portal, request: web.Request, *, user_id: int, serial: str
+) -> tuple[ImportLink, str]:
+    """Create a token for one certificate of one user; both links for it and its secret."""
     token = secrets.token_urlsafe(TOKEN_BYTES)
     now = datetime.fromtimestamp(portal.clock(), UTC)
     expires = now + await token_ttl(portal)
@@ -107,8 +110,24 @@ async def mint(portal: Portal, request: web.Request, *, user_id: int, serial: st
     )
     if row.id is None:
         raise RuntimeError("the store did not assign an id to the import token")
+    return await link_of(portal, request, row, token), token
+
+
+async def link_of(
+    portal: Portal, request: web.Request, row: ImportToken, token: str
+) -> ImportLink:
+    """Both links for a token whose secret the caller holds (just minted, or from the
+    browser that minted it)."""
+    if row.id is None:
+        raise RuntimeError("an import token without an id")
     url = f"{await base_url(portal, request)}{TOKEN_PATH}?token={quote(token, safe='')}"
-    return ImportLink(row.id, url, DEEP_LINK_PREFIX + url, expires)
+    return ImportLink(row.id, url, DEEP_LINK_PREFIX + url, row.created_at, row.expires_at)
+
+
+def cookie_name(token_id: int) -> str:
+    """The cookie that lets the minting browser show its link again (reload, bookmark) while
+    the store keeps only the token's hash."""
+    return f"sslvpn_import_{token_id}"
 
 
 def state_of(token: ImportToken, now: datetime) -> str:

@@ -15,6 +15,7 @@ GET_MATRIX: dict[str, dict[str, int]] = {
     "/devices": {ANON: LOGIN, OWNER: 200, OTHER: 200, ADMIN: 200},
     "/devices/{serial}": {ANON: LOGIN, OWNER: 200, OTHER: 404, ADMIN: 404},
     "/devices/{serial}/profile.ovpn": {ANON: LOGIN, OWNER: 200, OTHER: 404, ADMIN: 404},
+    "/devices/{serial}/import-links/1": {ANON: LOGIN, OWNER: 404, OTHER: 404, ADMIN: 404},
     "/account/password": {ANON: LOGIN, OWNER: 200, OTHER: 200, ADMIN: 200},
     "/admin": {ANON: LOGIN, OWNER: 403, OTHER: 403, ADMIN: 200},
     "/admin/users": {ANON: LOGIN, OWNER: 403, OTHER: 403, ADMIN: 200},
@@ -34,7 +35,7 @@ GET_MATRIX: dict[str, dict[str, int]] = {
 }
 
 POST_MATRIX: dict[str, dict[str, int]] = {
-    "/devices/{serial}/import-links": {OWNER: 200, OTHER: 404, ADMIN: 404},
+    "/devices/{serial}/import-links": {OWNER: 303, OTHER: 404, ADMIN: 404},
     "/devices/{serial}/import-links/1/revoke": {OTHER: 404, ADMIN: 404},
     "/devices/{serial}/revoke": {OTHER: 404, ADMIN: 404},
     "/admin/users": {OWNER: 403, OTHER: 403},

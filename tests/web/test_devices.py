@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -36,8 +36,12 @@ async def create_device(client: TestClient, csrf: str, name: str = "phone") -> s
 
 
 async def import_link(client: TestClient, csrf: str, serial: str) -> tuple[str, str]:
-    """(path of the plain link on this server, page html)."""
-    response = await client.post(f"/devices/{serial}/import-links", data={"csrf_token": csrf})
+    """(path of the plain link on this server, html of the page the POST sends to)."""
+    made = await client.post(f"/devices/{serial}/import-links", data={"csrf_token": csrf},
+                             allow_redirects=False)
+    assert made.status == 303
+    assert re.fullmatch(rf"/devices/{serial}/import-links/\d+", made.headers["Location"])
+    response = await client.get(made.headers["Location"])
     assert response.status == 200
     page = await response.text()
     found = LINK.search(page)
@@ -189,3 +193,47 @@ async def test_import_links_never_take_the_host_header(site: Site, clock: Clock)
             url, page = await link()
             assert url.startswith(f"{public}/rest/GetProfileViaToken?token=")
             assert ('id="loopback-warning"' in page) is warned
+
+
+async def test_the_qr_page_is_a_get_that_shows_the_same_link_again(
+    client: TestClient, site: Site, clock: Clock
+) -> None:
+    """POST mints and redirects; reloading (or a bookmark of) the page shows the same link
+    and mints none, only in the browser that made it, and only while it can still work."""
+    csrf = await login(client, "alice")
+    serial = await create_device(client, csrf)
+    path, _ = await import_link(client, csrf, serial)
+    assert 'id="plain-link"' not in await (await client.get(f"/devices/{serial}")).text()
+    with db.session(site.engine, write=False) as s:
+        (token,) = queries.list_import_tokens(s, user_id=queries.get_user(s, name="alice").id)
+    link_page = f"/devices/{serial}/import-links/{token.id}"
+    again = LINK.search(await (await client.get(link_page)).text())
+    assert again and html.unescape(again.group(1)) == PUBLIC + path
+    with db.session(site.engine, write=False) as s:
+        assert len(queries.list_import_tokens(s, user_id=token.user_id)) == 1  # none minted
+    async with second_browser(client) as elsewhere:  # the owner, in another browser
+        await login(elsewhere, "alice")
+        other = await (await elsewhere.get(link_page)).text()
+        assert 'id="plain-link"' not in other and "shown only in the browser that made it" in other
+    async with second_browser(client) as bob:
+        await login(bob, "bob")
+        assert (await bob.get(link_page)).status == 404
+    clock.now += timedelta(minutes=10, seconds=1).total_seconds()
+    gone = await (await client.get(link_page)).text()
+    assert 'id="plain-link"' not in gone and 'id="link-gone"' in gone and "is expired" in gone
+
+
+async def test_the_qr_page_opens_openvpn_connect_and_says_when_the_link_was_made(
+    client: TestClient, clock: Clock
+) -> None:
+    csrf = await login(client, "alice")
+    serial = await create_device(client, csrf)
+    path, page = await import_link(client, csrf, serial)
+    connect = re.search(r'href="([^"]+)" id="open-in-connect"|id="open-in-connect" href="([^"]+)"',
+                        page)
+    assert connect
+    assert html.unescape(connect.group(1) or connect.group(2)) == (
+        "openvpn://import-profile/" + PUBLIC + path)
+    assert f'href="{html.escape(PUBLIC + path)}" id="plain-link"' in page  # tappable
+    made = datetime.fromtimestamp(clock.now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert re.search(rf'id="link-made">Link made <time datetime="{made}"', page)

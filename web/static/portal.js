@@ -1,7 +1,35 @@
-// sslvpn portal: the live traffic charts (bytes/s with axes: the dashboard's gateway, and
+// sslvpn portal: times in the reader's own zone, the live traffic charts (bytes/s with axes: the dashboard's gateway, and
 // the Traffic page's node, tunnel or user history) and the live sessions table, both
 // refreshed in place. No framework.
 "use strict";
+
+(function () {
+  // <time datetime="...Z" data-precision="second|minute|day"> from the server says UTC;
+  // the reader sees the same form in their own zone, named, with the UTC text as a tooltip.
+  const pad = (n) => String(n).padStart(2, "0");
+  function zoneOf(d) {
+    const part = new Intl.DateTimeFormat([], { timeZoneName: "short" })
+      .formatToParts(d).find((p) => p.type === "timeZoneName");
+    return part ? part.value : "";
+  }
+  function localise(root) {
+    for (const el of root.querySelectorAll("time[datetime][data-precision]")) {
+      const d = new Date(el.getAttribute("datetime"));
+      if (isNaN(d)) { continue; }
+      const precision = el.dataset.precision;
+      let text = d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate());
+      if (precision !== "day") {
+        text += " " + pad(d.getHours()) + ":" + pad(d.getMinutes());
+        if (precision === "second") { text += ":" + pad(d.getSeconds()); }
+        text += " " + zoneOf(d);
+      }
+      if (!el.title) { el.title = el.textContent; }
+      el.textContent = text;
+    }
+  }
+  localise(document);
+  window.sslvpnLocalise = localise;  // for tables refreshed in place
+})();
 
 (function () {
   const table = document.querySelector("table[data-refresh]");
@@ -13,7 +41,10 @@
       if (!response.ok) { return; }
       const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
       const replacement = fresh.getElementById(table.id);
-      if (replacement) { table.innerHTML = replacement.innerHTML; }
+      if (replacement) {
+        table.innerHTML = replacement.innerHTML;
+        window.sslvpnLocalise(table);
+      }
     } catch (e) {
       // the next refresh tries again
     }

@@ -138,7 +138,11 @@ async def show_device(request: web.Request) -> web.StreamResponse:
 
 
 async def render_device(
-    request: web.Request, certificate: Certificate, link: import_links.ImportLink | None = None
+    request: web.Request,
+    certificate: Certificate,
+    link: import_links.ImportLink | None = None,
+    *,
+    spent: tuple[ImportToken, str] | None = None,
 ) -> web.Response:
     me_id = current_user_id(request)
     name = portal_of(request).settings.gateway_name
@@ -162,6 +166,7 @@ async def render_device(
         "tokens": [(t, import_links.state_of(t, now)) for t in tokens],
         "now": now,
         "link": link,
+        "spent": spent,
     }
     if link is not None:
         png, svg = await asyncio.to_thread(_qr_codes, link.deep_link)
@@ -180,16 +185,51 @@ async def download_profile(request: web.Request) -> web.StreamResponse:
 
 @require_user
 async def create_import_link(request: web.Request) -> web.StreamResponse:
-    """Mint a single-use link and show it once, as QR and as plain text."""
+    """Mint a single-use link and send the browser to the page that shows it: a reload or a
+    bookmark of that page shows the same link again, it never mints a second one."""
     me_id = current_user_id(request)
     certificate = await owned_certificate(request)
     if certificate.status != "valid":
         raise web.HTTPGone(text="This device's certificate is no longer valid.")
     portal = portal_of(request)
-    link = await import_links.mint(portal, request, user_id=me_id, serial=certificate.serial)
+    link, token = await import_links.mint(
+        portal, request, user_id=me_id, serial=certificate.serial
+    )
     detail = f"id={link.token_id}"
     await audit(request, "import_link.create", target=certificate.serial, detail=detail)
-    return await render_device(request, certificate, link)
+    page = f"/devices/{certificate.serial}/import-links/{link.token_id}"
+    shown = web.HTTPSeeOther(page)
+    # The secret stays with the browser that asked for it (the store keeps its hash only),
+    # for as long as the link can work, and only on that link's page.
+    lifetime = max(1, int((link.expires_at - now_of(request)).total_seconds()))
+    shown.set_cookie(import_links.cookie_name(link.token_id), token, max_age=lifetime,
+                     path=page, httponly=True, samesite="Strict", secure=request.secure)
+    raise shown
+
+
+@require_user
+async def show_import_link(request: web.Request) -> web.StreamResponse:
+    """The QR and links of one import link, to the browser that minted it while it can
+    still be used; otherwise the device page says what became of it."""
+    certificate = await owned_certificate(request)
+    me_id = current_user_id(request)
+    try:
+        token_id = int(request.match_info["token_id"])
+    except ValueError:
+        raise web.HTTPNotFound(text="No such import link.") from None
+    rows = await portal_of(request).read(
+        lambda s: queries.list_import_tokens(s, user_id=me_id)
+    )
+    row = next((t for t in rows if t.id == token_id
+                and t.certificate_serial == certificate.serial), None)
+    if row is None:
+        raise web.HTTPNotFound(text="No such import link.")
+    secret = request.cookies.get(import_links.cookie_name(token_id), "")
+    state = import_links.state_of(row, now_of(request))
+    if state == "active" and secret and import_links.token_hash(secret) == row.token_hash:
+        link = await import_links.link_of(portal_of(request), request, row, secret)
+        return await render_device(request, certificate, link)
+    return await render_device(request, certificate, spent=(row, state))
 
 
 @require_user
@@ -227,5 +267,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/devices/{serial}", show_device)
     app.router.add_get("/devices/{serial}/profile.ovpn", download_profile)
     app.router.add_post("/devices/{serial}/import-links", create_import_link)
+    app.router.add_get("/devices/{serial}/import-links/{token_id}", show_import_link)
     app.router.add_post("/devices/{serial}/import-links/{token_id}/revoke", revoke_import_link)
     app.router.add_post("/devices/{serial}/revoke", revoke_device)
