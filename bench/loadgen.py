@@ -3,7 +3,9 @@
 Run inside the client namespace as ``python -m bench.loadgen``. Each simulated client has
 its own certificate and UDP socket and a ``ClientSession``; one epoll loop moves datagrams
 and fires timers, so clients finish full handshakes and then send keepalives like idle
-real clients. Clients start in waves of ``--wave``; after each stage (a number of
+real clients. Clients start in waves of ``--wave``, spread round-robin over the
+``--sources`` addresses (as real users come from many addresses: one address would measure
+the server's per-source budget of clients not yet authenticated); after each stage (a number of
 established sessions) the loop keeps the sessions alive for ``--hold`` seconds, reads the
 server's resident memory from /proc (the pid namespace is shared) and prints one JSON line.
 
@@ -80,8 +82,10 @@ def share_up_after(up_after: list[float], clients: int, share: float) -> float |
 class Swarm:
     """The simulated clients, their sockets and one timer heap."""
 
-    def __init__(self, server: tuple[str, int], configs: list[ClientConfig]) -> None:
+    def __init__(self, server: tuple[str, int], configs: list[ClientConfig],
+                 sources: tuple[str, ...] = ("",)) -> None:
         self.server = server
+        self.sources = sources  # local addresses the clients bind, in turn ("": any)
         self.configs = configs
         self.sessions: list[ClientSession] = []
         self.sockets: list[socket.socket] = []
@@ -120,6 +124,7 @@ class Swarm:
             index = len(self.sessions)
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sock.setblocking(False)
+            sock.bind((self.sources[index % len(self.sources)], 0))
             sock.connect(self.server)
             self.selector.register(sock, selectors.EVENT_READ, index)
             self.sockets.append(sock)
@@ -199,7 +204,8 @@ def run(args: argparse.Namespace) -> None:
     host, port = args.server.rsplit(":", 1)
     configs = load_configs(args.credentials, args.ca.read_bytes(),
                            parse_static_key(args.tls_crypt.read_text()))
-    swarm = Swarm((host, int(port)), configs)
+    sources = tuple(args.sources.split(",")) if args.sources else ("",)
+    swarm = Swarm((host, int(port)), configs, sources)
     rss, hwm = memory_kib(args.server_pid)
     print(json.dumps({"stage": 0, "established": 0, "live": 0, "failed": 0, "lost": 0,
                       "rate": 0.0, "rss_kib": rss, "hwm_kib": hwm, "failures": {}}), flush=True)
@@ -244,6 +250,9 @@ def main() -> None:
     parser.add_argument("--tls-crypt", type=Path, required=True)
     parser.add_argument("--stages", required=True, help="e.g. 1000,10000")
     parser.add_argument("--wave", type=int, default=1000, help="handshakes in flight at most")
+    parser.add_argument("--sources", default="",
+                        help="A,B,...: local addresses the clients bind in turn (default: "
+                             "the route's)")
     parser.add_argument("--hold", type=float, default=5.0)
     parser.add_argument("--stage-timeout", type=float, default=180.0,
                         help="seconds a stage may take before it reports what it reached")

@@ -18,7 +18,7 @@ from typing import Any
 from bench.credentials import issue_clients, write_jsonl
 from bench.lab import file_contains, wait_until
 from bench.report import Report
-from bench.tunnel_phases import SIDE
+from bench.tunnel_phases import BURST_PER_SOURCE, SIDE
 from bench.vpn import GATEWAY_OUTER, PORT, ROOT, OpenVpnServer, OurServer, Server, VpnTopology
 
 
@@ -57,11 +57,13 @@ def _drive(topo: VpnTopology, server: Server, credentials: Path,
     pki = topo.data_dir / "pki"
     log = topo.work / f"loadgen-{server.name}.log"
     log.write_text("")
+    sources = topo.sources(-(-settings.burst // BURST_PER_SOURCE))  # every wave's in budget
     proc = topo.cli.spawn(
         [sys.executable, "-m", "bench.loadgen", "--server", f"{GATEWAY_OUTER}:{PORT}",
          "--server-pid", str(server.pid), "--credentials", str(credentials),
          "--ca", str(pki / "ca.crt"), "--tls-crypt", str(pki / "tls-crypt.key"),
          "--stages", ",".join(str(s) for s in settings.sizes), "--wave", str(settings.burst),
+         "--sources", ",".join(sources),
          "--hold", str(settings.hold), "--stage-timeout", str(settings.stage_timeout)],
         log=log, env={**os.environ, "PYTHONPATH": str(ROOT)})
     last = f'"stage": {max(settings.sizes)},'

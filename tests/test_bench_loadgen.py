@@ -1,15 +1,19 @@
-"""The load generator's accounting: each simulated session counts once, lateness is timed."""
+"""The load generator's accounting: each simulated session counts once, lateness is timed;
+its clients come from several source addresses."""
 
 from __future__ import annotations
 
 import os
 import socket
 from collections import deque
+from pathlib import Path
 from typing import cast
 
 from bench.loadgen import Swarm, share_up_after, udp_rcvbuf_errors
 from sslvpn.openvpn.client import ClientSession
 from sslvpn.openvpn.events import Event, SessionClosed, SessionEstablished
+from sslvpn.runtime.admission import HALF_OPEN_PER_ADDRESS
+from tests.runtime.loopback import client_config, issue, make_data_folder
 
 UP = SessionEstablished(cipher="AES-256-GCM", key_derivation="tls-ekm", peer_id=0,
                         tls_version="TLSv1.3")
@@ -57,3 +61,27 @@ def test_share_up_after_counts_against_the_stage_size() -> None:
 def test_rcvbuf_errors_are_read_from_the_process_namespace() -> None:
     assert isinstance(udp_rcvbuf_errors(os.getpid()), int)
     assert udp_rcvbuf_errors(2**22 + 7) is None  # no such process
+
+
+def test_clients_take_the_source_addresses_in_turn(tmp_path: Path) -> None:
+    """The scale stage's wave spreads over its sources, so no source reaches the server's
+    budget of clients not yet authenticated (one address was throttled to 16 at a time)."""
+    paths, engine = make_data_folder(tmp_path)
+    config = client_config(paths, issue(paths, engine, "alice"), v2=False, tcp=False)
+    engine.dispose()
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.settimeout(5)
+    sources = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+    wave = 2 * HALF_OPEN_PER_ADDRESS
+    swarm = Swarm(server.getsockname(), [config] * wave, sources)
+    swarm.start(wave)
+    try:
+        seen = [server.recvfrom(4096)[1][0] for _ in range(wave)]  # each client's reset
+    finally:
+        server.close()
+        for sock in swarm.sockets:
+            sock.close()
+    assert {host: seen.count(host) for host in sources} == {host: wave // 3 + (i < wave % 3)
+                                                           for i, host in enumerate(sources)}
+    assert max(seen.count(host) for host in sources) < HALF_OPEN_PER_ADDRESS

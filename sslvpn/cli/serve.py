@@ -53,6 +53,7 @@ from sslvpn.cli.setup import (
 from sslvpn.config import DataPaths
 from sslvpn.openvpn.tls import TlsGroupsError
 from sslvpn.runtime import instance
+from sslvpn.runtime.admission import HALF_OPEN_MAX, HALF_OPEN_PER_ADDRESS
 from sslvpn.runtime.alarms import alarm_metrics, run_alarms
 from sslvpn.runtime.control import GatewayControl, ThreadSafeControl, TunnelStatus
 from sslvpn.runtime.fleet_signal import listen_conninfo, listen_for_signals
@@ -434,6 +435,10 @@ def _worker_command(slot: WorkerSlot) -> list[str]:
               metavar="N SECONDS",
               help="Answer at most N new UDP clients per SECONDS (OpenVPN's option; default "
                    "100 10).")
+@click.option("--half-open-per-address", type=click.IntRange(1, HALF_OPEN_MAX),
+              default=HALF_OPEN_PER_ADDRESS, show_default=True, metavar="N",
+              help="New OpenVPN clients one source address (an IPv6 /64) may hold before they "
+                   "authenticate; raise it for offices behind one NAT address.")
 @click.option("--no-network-config", is_flag=True,
               help="Leave addresses, forwarding and SNAT to the operator.")
 @click.option("--tracemalloc", "trace_frames", type=click.IntRange(1, 100), default=None,
@@ -455,7 +460,7 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
                   portal_key: Path | None, public_url: str | None, no_portal: bool,
                   node: str | None, on_activate: str | None, metrics_listen_at: str | None,
                   tun_name: str,
-                  connect_freq: tuple[int, float] | None,
+                  connect_freq: tuple[int, float] | None, half_open_per_address: int,
                   no_network_config: bool, trace_frames: int | None, workers: int,
                   worker_slot: str | None, allow_insecure: bool, verbose: bool,
                   log_format: str) -> None:
@@ -515,6 +520,7 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
             node=node,
             configure_network=not no_network_config,
             connect_freq=connect_freq,
+            half_open_per_address=half_open_per_address,
             extra_tasks=tuple(extra),
             daily_hooks=daily_hooks(paths, engine) if slot is None else (),
             sweep_interval=2.0 if slot is None else None,  # the supervisor sweeps for workers

@@ -207,6 +207,9 @@ def listener_summary(status: ListenerStatus) -> str:
     half_open = ", ".join(f"{proto} {n}" for proto, n in status.half_open.items())
     refused = ", ".join(f"{reason} {n}" for reason, n in status.refused.items()) or "none"
     top = ", ".join(f"{host} {n}" for host, n in status.top_refused_sources.items())
+    budget = status.limits.get("half_open_per_address")
+    if budget is not None:
+        half_open += f"; at most {budget} per source"
     return (f"clients held: {status.clients} (not authenticated yet: {half_open}); refused: "
             f"{refused}" + (f"; most refused: {top}" if top else ""))
 

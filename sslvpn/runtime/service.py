@@ -28,7 +28,12 @@ from typing import TypeVar
 
 from sslvpn.config import DataPaths
 from sslvpn.net.subpools import Fleet, NodePools, effective_pool6
-from sslvpn.runtime.admission import HALF_OPEN_MAX, AdmissionLimits, raise_descriptor_limit
+from sslvpn.runtime.admission import (
+    HALF_OPEN_MAX,
+    HALF_OPEN_PER_ADDRESS,
+    AdmissionLimits,
+    raise_descriptor_limit,
+)
 from sslvpn.runtime.control_server import ControlServer
 from sslvpn.runtime.fleet_signal import listen_conninfo, listen_for_signals
 from sslvpn.runtime.gateway import Gateway, GatewayOptions
@@ -71,6 +76,7 @@ class ServeOptions:
     heartbeat_interval: float | None = None  # None: a third of the stored heartbeat timeout
     sweep_interval: float | None = 2.0  # None: the supervisor of the workers sweeps
     connect_freq: tuple[int, float] | None = None  # new-client replies per seconds
+    half_open_per_address: int = HALF_OPEN_PER_ADDRESS  # clients one source may hold unproven
     extra_tasks: Sequence[ExtraTask] = field(default_factory=tuple)
     daily_hooks: Sequence[DailyHook] = field(default_factory=tuple)
     on_ready: ReadyHook | None = None  # e.g. the CLI printing where clients connect
@@ -78,7 +84,8 @@ class ServeOptions:
 
 
 def gateway_options(settings: GatewaySettings, sweep_interval: float | None = 2.0,
-                    node: NodePools | None = None) -> GatewayOptions:
+                    node: NodePools | None = None,
+                    half_open_per_address: int = HALF_OPEN_PER_ADDRESS) -> GatewayOptions:
     """The data-path and PUSH_REPLY settings from the stored gateway settings; a node
     hands out addresses from its sub-pools only."""
     pool = ipaddress.ip_network(settings.pool_cidr)
@@ -93,6 +100,7 @@ def gateway_options(settings: GatewaySettings, sweep_interval: float | None = 2.
     admission = AdmissionLimits(
         max_clients=settings.max_clients or usable + HALF_OPEN_MAX,
         max_clients_per_address=settings.max_clients_per_address,
+        half_open_per_address=half_open_per_address,
     )
     return GatewayOptions(
         admission=admission,
@@ -142,7 +150,8 @@ class GatewayService:
             lambda s: (queries.get_settings(s, name=gateway_name), node_pools(s, node_name)),
             timeout=STARTUP_TIMEOUT)
         worker = self.options.worker
-        options = gateway_options(settings, self.options.sweep_interval, node)
+        options = gateway_options(settings, self.options.sweep_interval, node,
+                                  self.options.half_open_per_address)
         options = replace(options, node_name=node_name or "default")
         if worker is not None:
             options = worker.narrow(options)

@@ -47,7 +47,8 @@ async def test_sessions_table_json_and_kick(tmp_path: Path) -> None:
         assert code == 0
         assert "alice" in table and "10.8.0.2" in table and "laptop" in table
         summary, header, first, second = table.splitlines()[:4]
-        assert summary.startswith("clients held: 0 (not authenticated yet: udp 0, tcp 0)")
+        assert summary.startswith("clients held: 0 (not authenticated yet: udp 0, tcp 0; at "
+                                  "most 16 per source)")
         assert header.split()[-2:] == ["IDLE", "CLIENT"] and " 0s" in table
         assert first.endswith(" 2.4.12 linux")
         assert second.endswith(" 3.10 ios (net.openvpn.connect.ios_3.5)")

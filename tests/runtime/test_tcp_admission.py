@@ -13,8 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from sslvpn.cli import main, serve
 from sslvpn.runtime.admission import HALF_OPEN_PER_ADDRESS, OUT_OF_DESCRIPTORS
+from sslvpn.runtime.service import GatewayService
 from sslvpn.store import db, queries
 from tests.runtime.loopback import (
     client_config,
@@ -141,4 +144,41 @@ async def test_running_out_of_descriptors_is_said_once_with_the_limit_and_the_fi
         assert "the open-file limit is 256" in said[0] and "LimitNOFILE=" in said[0]
         client = await connected(service, client_config(paths, row, v2=False, tcp=True))
         client.close_transport()
+    engine.dispose()
+
+
+async def test_serve_half_open_per_address_raises_a_sources_budget(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An office behind one NAT address: `serve --half-open-per-address 24` lets one source
+    hold 24 clients that have not authenticated (16 by default), and says so with the other
+    caps; 0 is refused as a usage error."""
+    paths, engine = make_data_folder(tmp_path)
+    captured: list[GatewayService] = []
+
+    async def fake_serve(service: GatewayService) -> None:
+        captured.append(service)
+
+    monkeypatch.setattr(serve, "serve", fake_serve)
+    for value, code in (("0", 2), ("24", 0)):
+        result = await asyncio.to_thread(
+            CliRunner().invoke, main, ["--data-dir", str(paths.data_dir), "serve",
+                                       "--no-portal", "--half-open-per-address", value])
+        assert result.exit_code == code, result.output
+    [chosen] = captured
+    chosen.store.engine.dispose()
+    budget = chosen.options.half_open_per_address
+    assert budget == 24 > HALF_OPEN_PER_ADDRESS
+    async with running_service(paths, engine, half_open_per_address=budget) as (service, _):
+        host, port = service.tcp[0].address
+        flood = [await asyncio.open_connection(host, port, local_addr=("127.0.0.3", 0))
+                 for _ in range(budget + 2)]
+        closed = await asyncio.gather(*(_read_closed(r) for r, _w in flood))
+        assert closed == [False] * budget + [True] * 2
+        assert service.gateway is not None
+        status = service.gateway.listener_status()
+        assert status.half_open["tcp"] == budget
+        assert status.refused == {"half-open-per-address": 2}
+        assert status.limits["half_open_per_address"] == budget
+        for _reader, writer in flood:
+            writer.close()
     engine.dispose()

@@ -189,9 +189,11 @@ async def test_sessions_page_and_kick(client: TestClient, site: Site, gateway: F
     assert "198.18.0.9:50000" in page and "10.8.0.2" in page and "1234 / 5678" in page
     gateway.listeners = ListenerStatus(
         clients=7, half_open={"udp": 2, "tcp": 5}, half_open_peak={"udp": 3, "tcp": 16},
-        refused={"half-open-per-address": 40}, top_refused_sources={"203.0.113.9": 40})
+        refused={"half-open-per-address": 40}, top_refused_sources={"203.0.113.9": 40},
+        limits={"half_open_per_address": 16})
     page = await (await client.get("/admin/sessions")).text()
-    assert "Clients held: 7. Not authenticated yet:\nudp 2 (peak 3), tcp 5 (peak 16)." in page
+    assert ("Clients held: 7. Not authenticated yet:\nudp 2 (peak 3), tcp 5 (peak 16); at most "
+            "16 per source.") in page
     assert "half-open-per-address 40" in page and "203.0.113.9</span> 40" in page
     _, page = await post(client, "/admin/sessions/s1/kick", csrf)
     assert "Session of alice (phone) ended." in page
