@@ -33,6 +33,7 @@ def main(ctx: click.Context, data_dir: Path, database_url: str | None) -> None:
 def _register() -> None:
     """Each sub-command module has one owner and exports its click commands as COMMANDS."""
     from sslvpn.cli import (
+        access,
         alarms,
         backup,
         certificates,
@@ -48,7 +49,7 @@ def _register() -> None:
     )
 
     for module in (setup, users, certificates, backup, serve, sessions, check, portal, nodes,
-                   ipsec, service, alarms):
+                   ipsec, service, alarms, access):
         for command in module.COMMANDS:
             main.add_command(command)
 

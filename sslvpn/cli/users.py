@@ -1,5 +1,5 @@
-"""`sslvpn user add/list/disable/enable/delete/passwd/unlock/limits/2fa-require/2fa-reset`
-commands."""
+"""`sslvpn user add/list/disable/enable/delete/passwd/unlock/limits/2fa-require/2fa-reset/
+groups` commands."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import click
 
 from client_profiles import accounts, two_factor
 from sslvpn.cli.setup import ACTOR, one_line_errors, paths_of, read_stdin_secret, store
+from sslvpn.store import access_queries
+from sslvpn.store.access_queries import Actor
+from sslvpn.store.db import session
 
 
 @click.group("user")
@@ -19,18 +22,45 @@ def user_group() -> None:
 @click.option("--email", default=None, help="Contact address shown in the portal.")
 @click.option("--admin", is_flag=True, help="May manage users and certificates in the portal.")
 @click.option("--password-stdin", is_flag=True, help="Read a portal password from stdin.")
+@click.option("--group", "groups", multiple=True, metavar="G",
+              help="Put the user into group G (repeatable; the groups must exist).")
 @click.pass_context
 @one_line_errors
 def add_command(
-    ctx: click.Context, name: str, email: str | None, admin: bool, password_stdin: bool
+    ctx: click.Context, name: str, email: str | None, admin: bool, password_stdin: bool,
+    groups: tuple[str, ...],
 ) -> None:
     """Add user NAME."""
     password = read_stdin_secret("password") if password_stdin else None
     with store(ctx, write=True) as engine:
+        with session(engine, write=False) as s:  # an unknown group is refused first
+            for group in groups:
+                access_queries.get_group(s, name=group)
         user = accounts.add_user(
             engine, name=name, email=email, admin=admin, password=password, actor=ACTOR
         )
-    click.echo(f"added {user.role} {user.name}")
+        if groups:
+            with session(engine, write=True) as s:
+                access_queries.change_groups(s, user=name, add=groups, by=Actor(ACTOR))
+    click.echo(f"added {user.role} {user.name}" + (f" in {', '.join(groups)}" if groups else ""))
+
+
+@user_group.command("groups")
+@click.argument("name")
+@click.option("--add", "add", multiple=True, metavar="G", help="Join group G (repeatable).")
+@click.option("--remove", "remove", multiple=True, metavar="G",
+              help="Leave group G (repeatable).")
+@click.pass_context
+@one_line_errors
+def groups_command(ctx: click.Context, name: str, add: tuple[str, ...],
+                   remove: tuple[str, ...]) -> None:
+    """Show NAME's groups, or change them (live sessions follow within 5 s)."""
+    with store(ctx, write=bool(add or remove)) as engine:
+        with session(engine, write=bool(add or remove)) as s:
+            groups = (access_queries.change_groups(s, user=name, add=add, remove=remove,
+                                                   by=Actor(ACTOR))
+                      if add or remove else access_queries.groups_of(s, user=name))
+    click.echo(f"{name}: {', '.join(groups) or 'no groups'}")
 
 
 @user_group.command("list")

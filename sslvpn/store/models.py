@@ -39,6 +39,8 @@ CONTROL_CHANNEL_VALUES = ("tls-crypt", "tls-crypt-v2")
 START_ACTION_VALUES = ("initiate", "wait", "trap")  # trap: start on the first packet
 DPD_ACTION_VALUES = ("restart", "clear", "none")
 API_SCOPE_VALUES = ("full", "read-only", "issue-only")
+ACCESS_PROTOCOL_VALUES = ("any", "tcp", "udp", "icmp")  # sslvpn.net.access.PROTOCOLS
+ACCESS_DEFAULT_VALUES = ("all-vpc", "nothing")  # sslvpn.net.access.DEFAULTS
 
 
 def utcnow() -> datetime:
@@ -420,3 +422,61 @@ class TrafficBucket(SQLModel, table=True):
     seconds: int = 60  # the period: 60, or 3600 once rolled up
     bytes_in: int = Field(default=0, sa_type=BigInteger)  # into the VPC (from the peer)
     bytes_out: int = Field(default=0, sa_type=BigInteger)
+
+
+class AccessGroup(SQLModel, table=True):
+    """A named set of users that access rules can name (`sslvpn group`)."""
+
+    __tablename__ = "access_group"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class GroupMember(SQLModel, table=True):
+    """One user in one group; goes with either."""
+
+    __tablename__ = "group_member"
+
+    group_id: int = Field(foreign_key="access_group.id", ondelete="CASCADE", primary_key=True)
+    user_id: int = Field(foreign_key="user.id", ondelete="CASCADE", primary_key=True,
+                         index=True)
+
+
+class AccessRule(SQLModel, table=True):
+    """Allow or deny a group's or a user's traffic to a VPC destination (`sslvpn rule`);
+    ids are never reused (hit counters are kept by id)."""
+
+    __tablename__ = "access_rule"
+    __table_args__ = (
+        _one_of("protocol", ACCESS_PROTOCOL_VALUES),
+        CheckConstraint("(group_id IS NULL) <> (user_id IS NULL)", name="owner"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    group_id: int | None = Field(default=None, foreign_key="access_group.id",
+                                 ondelete="CASCADE", index=True)
+    user_id: int | None = Field(default=None, foreign_key="user.id", ondelete="CASCADE",
+                                index=True)
+    destination: str  # a network inside the VPC networks
+    protocol: str = "any"
+    port_low: int | None = None  # tcp/udp only; inclusive
+    port_high: int | None = None
+    allow: bool = True
+    priority: int = 100  # lower first; deny before allow on a tie
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class AccessPolicyState(SQLModel, table=True):
+    """The access policy's default and its revision (one row): every change to groups,
+    members or rules bumps it, and the gateways reload when it moved."""
+
+    __tablename__ = "access_policy"
+    __table_args__ = (_one_of("default", ACCESS_DEFAULT_VALUES),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    default: str = "all-vpc"
+    revision: int = Field(default=0, sa_type=BigInteger)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

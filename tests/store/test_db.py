@@ -20,6 +20,10 @@ from sslvpn.store.models import User
 from tests.store.conftest import BACKENDS
 
 EXPECTED_TABLES = {
+    "access_group",
+    "access_policy",
+    "access_rule",
+    "group_member",
     "addresslease",
     "alembic_version",
     "alarmnotice",
