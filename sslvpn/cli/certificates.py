@@ -158,6 +158,10 @@ def revoke_command(ctx: click.Context, target: str, reason: str) -> None:
         with session(engine, write=False) as s:
             serial = lifecycle.find_serial(s, target)
             user = serial is None and _user_exists(s, target)
+            if user and any(row.user_id != get_user(s, name=target).id
+                            for row in lifecycle.certificates_named(s, target, now=utcnow())):
+                raise LifecycleError(f"{target!r} is both a user and a device's CN: revoke "
+                                     "by serial (see cert list)")
         rows = lifecycle.revoke(
             engine,
             paths_of(ctx),

@@ -274,6 +274,18 @@ def test_certificates_are_found_by_cn_and_by_serial_in_any_usual_form(ready: Run
     _one_line_error(ready("cert", "renew", "bob.phone"), "no certificate has the serial or CN")
 
 
+def test_a_name_that_is_both_a_user_and_a_cn_is_refused(ready: Run) -> None:
+    """User names may hold dots: `cert revoke alice.laptop` must not pick the user
+    alice.laptop (every device of theirs) over alice's laptop, nor the other way round."""
+    laptop = _serial(ready("cert", "issue", "alice", "--device", "laptop"))
+    assert ready("user", "add", "alice.laptop").exit_code == 0
+    phone = _serial(ready("cert", "issue", "alice.laptop", "--device", "phone"))
+    _one_line_error(ready("cert", "revoke", "alice.laptop"), "both a user and a device's CN")
+    listing = ready("cert", "list").stdout
+    assert "revoked" not in listing and laptop in listing and phone in listing
+    assert laptop in ready("cert", "revoke", laptop).stdout
+
+
 def test_a_device_has_one_certificate_and_profile_finds_the_only_device(
     ready: Run, data_dir: Path
 ) -> None:
