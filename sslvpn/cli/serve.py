@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 import time
@@ -52,7 +53,7 @@ from sslvpn.cli.setup import (
 )
 from sslvpn.config import DataPaths
 from sslvpn.openvpn.tls import TlsGroupsError
-from sslvpn.runtime import instance
+from sslvpn.runtime import instance, steering
 from sslvpn.runtime.admission import HALF_OPEN_MAX, HALF_OPEN_PER_ADDRESS
 from sslvpn.runtime.alarms import alarm_metrics, run_alarms
 from sslvpn.runtime.control import GatewayControl, ThreadSafeControl, TunnelStatus
@@ -90,6 +91,7 @@ from sslvpn.runtime.workers import (
 from sslvpn.runtime.workers_control import NodeSweep, WorkersControl
 from sslvpn.store import StoreError, db, queries, retention
 from sslvpn.store.async_store import AsyncStore
+from sslvpn.store.models import GatewaySettings
 from web.app import create_app, ensure_first_admin, start_portal
 from web.health import CHECK_TIMEOUT, Check, Health, store_reachable
 from web.ops import create_ops_app, metrics_listen, start_ops
@@ -326,13 +328,50 @@ def portal_plan(paths: DataPaths, engine: Engine, listen: str | None, cert: Path
     return PortalPlan(listen, tls, public_url, public)
 
 
-async def supervise_node(paths: DataPaths, engine: Engine, workers: int, node: str | None,
-                         plan: PortalPlan | None) -> None:
-    """`serve --workers N`: the supervisor runs the workers and, off their loops, the node's
-    revocation sweep (woken by the fleet's signal on PostgreSQL), a fleet node's heartbeat
-    (which also ends down nodes' sessions), the daily work, the retirement of renewed
-    certificates and the portal, which sees every worker."""
-    supervisor = Supervisor(workers, _worker_command)
+@dataclass(frozen=True)
+class WorkersPlan:
+    """How many workers, and where their OpenVPN listeners are (the supervisor binds the
+    UDP sockets)."""
+
+    count: int
+    listen: tuple[str, ...]
+    port: int | None
+    protocols: str | None
+
+
+async def supervise_node(paths: DataPaths, engine: Engine, workers: WorkersPlan,
+                         node: str | None, plan: PortalPlan | None) -> None:
+    """`serve --workers N`: the supervisor binds the workers' UDP sockets (a steered group
+    per address, which it holds so that the group never changes), runs the workers and,
+    off their loops, the node's revocation sweep (woken by the fleet's signal on
+    PostgreSQL), a fleet node's heartbeat (which also ends down nodes' sessions), the daily
+    work, the retirement of renewed certificates and the portal, which sees every worker."""
+    with db.session(engine, write=False) as s:
+        settings = queries.get_settings(s)
+    groups: dict[str, list[socket.socket]] = {}
+    if (workers.protocols or settings.protocols) in ("udp", "both"):
+        groups = steering.bind_groups(workers.listen, workers.port or settings.port,
+                                      workers.count)
+    try:
+        await _supervise(paths, engine, workers.count, node, plan, groups, settings)
+    finally:
+        for group in groups.values():
+            for sock in group:
+                sock.close()
+
+
+async def _supervise(paths: DataPaths, engine: Engine, count: int, node: str | None,
+                     plan: PortalPlan | None, groups: dict[str, list[socket.socket]],
+                     settings: GatewaySettings) -> None:
+    def command(slot: WorkerSlot) -> list[str]:
+        """This very command line, run again as one worker (serve is the last verb, so
+        options appended at the end are serve's), told which sockets it inherits."""
+        inherited = steering.worker_arguments(groups, slot.index)
+        return [*sys.orig_argv, "--worker-slot", str(slot),
+                *(arg for pair in inherited for arg in ("--worker-udp", pair))]
+
+    supervisor = Supervisor(count, command, descriptors=lambda slot: [
+        group[slot.index].fileno() for group in groups.values()])
     control = WorkersControl([slot.control_socket(paths.control_socket)
                               for slot in supervisor.slots])
     store = AsyncStore(engine)
@@ -343,8 +382,6 @@ async def supervise_node(paths: DataPaths, engine: Engine, workers: int, node: s
     if conninfo is not None:
         companions.append(lambda: listen_for_signals(conninfo, sweep.wake))
     if node is not None:
-        with db.session(engine, write=False) as s:
-            settings = queries.get_settings(s)
         companions.append(lambda: run_heartbeat(store, node, settings, interval=None,
                                                 on_removed=supervisor.stop))
     if plan is not None:
@@ -393,12 +430,6 @@ def _worker_slot(text: str | None) -> WorkerSlot | None:
         return WorkerSlot.parse(text)
     except ValueError as exc:
         raise click.UsageError(f"--worker-slot: {exc}") from None
-
-
-def _worker_command(slot: WorkerSlot) -> list[str]:
-    """This very command line, run again as one worker (serve is the last verb, so an
-    option appended at the end is serve's)."""
-    return [*sys.orig_argv, "--worker-slot", str(slot)]
 
 
 @click.command("serve")
@@ -450,6 +481,8 @@ def _worker_command(slot: WorkerSlot) -> list[str]:
                    "its own sockets on the port (SO_REUSEPORT), TUN and slice of the pool.")
 @click.option("--worker-slot", default=None, hidden=True, metavar="INDEX/COUNT",
               help="Internal: run as one worker of `--workers` (the supervisor passes it).")
+@click.option("--worker-udp", multiple=True, hidden=True, metavar="HOST=FD",
+              help="Internal: a worker's inherited UDP socket on HOST (the supervisor's).")
 @allow_insecure_permissions
 @click.option("-v", "--verbose", is_flag=True, help="Debug log output.")
 @log_format_option
@@ -462,7 +495,8 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
                   tun_name: str,
                   connect_freq: tuple[int, float] | None, half_open_per_address: int,
                   no_network_config: bool, trace_frames: int | None, workers: int,
-                  worker_slot: str | None, allow_insecure: bool, verbose: bool,
+                  worker_slot: str | None, worker_udp: tuple[str, ...], allow_insecure: bool,
+                  verbose: bool,
                   log_format: str) -> None:
     """Run the gateway (OpenVPN over UDP and TCP, IPsec tunnels) and the portal until
     SIGTERM or Ctrl-C; refuses to start on what `sslvpn check` would report."""
@@ -489,7 +523,8 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
             paths, engine, portal_listen, portal_cert, portal_key, public_url)
         if slot is None and workers > 1:
             try:
-                run(supervise_node(paths, engine, workers, node, plan))
+                run(supervise_node(paths, engine, WorkersPlan(
+                    workers, listen or ServeOptions.listen, port, proto), node, plan))
             except PortalStartError as exc:
                 raise click.ClickException(str(exc)) from None
             return
@@ -526,6 +561,7 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
             sweep_interval=2.0 if slot is None else None,  # the supervisor sweeps for workers
             on_ready=announce,
             worker=slot,
+            udp_sockets=steering.inherit(worker_udp) if slot is not None else None,
         )
         try:  # on uvloop when installed
             run(serve(GatewayService(paths, gateway_store, options)))

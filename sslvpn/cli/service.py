@@ -24,7 +24,7 @@ from sslvpn.config import atomic_file
 UNIT_FILE = Path("/etc/systemd/system/sslvpn.service")
 ENVIRONMENT_FILE = Path("/etc/default/sslvpn")
 WATCHDOG_SEC = 30
-OPEN_FILES = 1048576  # one descriptor per UDP session (pinned sockets), TCP clients, the store
+OPEN_FILES = 1048576  # one descriptor per TCP client (and floated UDP session), the store
 
 
 def render_unit(*, executable: Path, data_dir: Path, serve_args: tuple[str, ...] = (),

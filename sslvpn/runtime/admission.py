@@ -76,7 +76,7 @@ def source_of(address: str) -> str:
 
 def descriptors_needed(clients: int) -> int:
     """File descriptors a process needs to hold ``clients`` (one per TCP connection or
-    pinned UDP session) and its own."""
+    floated UDP session of a worker) and its own."""
     return clients + BASE_DESCRIPTORS
 
 

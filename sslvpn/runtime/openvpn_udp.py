@@ -19,18 +19,15 @@ path that refuses GSO turns it off for the socket and the same datagrams go out 
 Sends never block (a full socket drops, the protocols above recover). Socket buffers are
 enlarged to absorb bursts.
 
-A worker of `serve --workers` shares the port with the others (``SO_REUSEPORT``), and the
-kernel picks a group socket from a hash of the 4-tuple scaled by the group's size: when a
-worker dies or starts, established clients of the survivors would move to another worker
-(measured on loopback: when the first-joined of two workers restarted, all 97 of the
-survivor's flows moved). So a worker pins each session it creates with a socket of its own,
-``connect()``ed to the client and bound to the same address and port with ``SO_REUSEADDR``
-only: an exact 4-tuple match beats the group in the kernel's lookup, and since it is not a
-member of the reuseport group it never changes how new clients are spread (measured: 200 of
-200 pinned flows stayed through two restarts, new flows still split 188/212; a connected
-socket that *is* in the group made new flows land on other clients' sockets after a
-restart). A session that floats is pinned again at its new address; a floated datagram the
-kernel gave another worker is handed over to this one (`sslvpn.runtime.handover`).
+A worker of `serve --workers` reads its socket of the port's reuseport group, which the
+supervisor made and steers (`sslvpn.runtime.steering`): a P_DATA_V2 packet reaches the worker
+of its peer-id from any address, the rest stays with one worker per 4-tuple. A session that
+floats is pinned at its new address with a socket of its own, ``connect()``ed to the client
+and bound beside the port with ``SO_REUSEADDR`` only, so that its control packets (a
+renegotiation) reach this worker too: an exact 4-tuple match beats the group in the kernel's
+lookup, and a socket outside the group never changes how the group spreads new clients
+(measured: a connected socket inside the group drew other clients' datagrams after a
+restart). Pins stay few: a datagram that matches none walks all of them in the kernel.
 """
 
 from __future__ import annotations
@@ -51,7 +48,6 @@ from sslvpn.openvpn.server import NO_COOKIE_SUPPORT, CreateSession, Decision, Dr
 from sslvpn.runtime.admission import source_of
 from sslvpn.runtime.driver import SessionCore
 from sslvpn.runtime.gateway import ClientSession, Gateway
-from sslvpn.runtime.handover import Handover
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +92,7 @@ def enlarge_buffers(sock: socket.socket, size: int = SOCKET_BUFFER) -> None:
 def bind_udp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """A non-blocking UDP socket bound to ``host:port`` (IPv6 sockets are IPv6-only);
     ``reuse_port`` puts it in the port's ``SO_REUSEPORT`` group with the other workers' (and
-    lets the per-session sockets that pin clients bind beside it)."""
+    lets the sockets that pin floated sessions bind beside it)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
@@ -133,7 +129,8 @@ def pin_socket(local: tuple[str, int], peer: PeerAddress, family: int) -> socket
 
 class _Peer:
     """Where a UDP session's client currently is (it may float), what awaits sending, and
-    the socket pinning it to this worker (None: not a worker, or no descriptor left)."""
+    the socket pinning it to this worker (None: not floated, not a worker, or no
+    descriptor left)."""
 
     __slots__ = ("address", "client", "pending", "pin")
 
@@ -155,11 +152,9 @@ class OpenVpnUdpListener:
         session_factory: SessionFactory,
         *,
         pin: bool = False,
-        handover: Handover | None = None,
     ) -> None:
         self.sock = sock
-        self.pin = pin  # a worker sharing the port: pin each session to this process
-        self.handover = handover  # a worker: other workers' floated datagrams go to them
+        self.pin = pin  # a worker sharing the port: pin a session that floats
         self.gateway = gateway
         self.acceptor = acceptor
         self.session_factory = session_factory
@@ -201,23 +196,6 @@ class OpenVpnUdpListener:
         self._reading = True
         try:
             self._read_burst(sock)
-        finally:
-            self._reading = False
-            self._flush()
-            tun.flush()
-
-    def receive_handed(self, data: bytes, address: PeerAddress) -> None:
-        """A datagram another worker received for one of this worker's sessions (a client
-        that floated to a 4-tuple the kernel gave that worker): offered as if read here."""
-        tun = self.gateway.tun
-        tun.hold()
-        self._reading = True
-        try:
-            client = self._clients.get(address)
-            if client is not None and client.driver is not None:
-                client.driver.feed(data)
-            else:
-                self._unknown(data, address)
         finally:
             self._reading = False
             self._flush()
@@ -312,9 +290,6 @@ class OpenVpnUdpListener:
             if peer is not None:
                 self._float(peer, data, address)
                 return
-            handover = self.handover
-            if handover is not None and handover.hand(peer_id, self.address[0], data, address):
-                return
         now = self._loop.time()
         decision = self.acceptor.receive(data, address, now)
         if isinstance(decision, Reply):
@@ -344,17 +319,16 @@ class OpenVpnUdpListener:
         peer.client.real_address = format_peer(address)
         log.info("session %s floated from %s to %s", peer.client.session_id, format_peer(old),
                  peer.client.real_address)
-        if peer.pin is not None:
-            self._unpin(peer)
-            self._pin(peer)
+        self._unpin(peer)
+        self._pin(peer)
 
     def _pin(self, peer: _Peer) -> None:
-        """Give the session its own connected socket (a worker only; never fatal)."""
+        """Give a floated session its own connected socket (a worker only; never fatal)."""
         if not self.pin or self._loop is None:
             return
         try:
             pin = pin_socket(self.sock.getsockname(), peer.address, self.sock.family)
-        except OSError as exc:  # out of descriptors: the group still brings it, mostly
+        except OSError as exc:  # out of descriptors: its data still comes by peer-id
             self.drops["pin-failed"] += 1
             log.warning("could not pin session %s to this worker: %s", peer.client.session_id,
                         exc.strerror or exc)
@@ -405,6 +379,5 @@ class OpenVpnUdpListener:
         peer = _Peer(address, client)
         clients[address] = client
         by_peer_id[client.peer_id] = peer
-        self._pin(peer)
         assert client.driver is not None  # noqa: S101 (set by new_session)
         client.driver.pump()

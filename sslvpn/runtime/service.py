@@ -22,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+import socket
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
@@ -37,14 +38,13 @@ from sslvpn.runtime.admission import (
 from sslvpn.runtime.control_server import ControlServer
 from sslvpn.runtime.fleet_signal import listen_conninfo, listen_for_signals
 from sslvpn.runtime.gateway import Gateway, GatewayOptions
-from sslvpn.runtime.handover import Handover
 from sslvpn.runtime.instance import stop_on_signals
 from sslvpn.runtime.loop_watchdog import LoopWatchdog
 from sslvpn.runtime.netconf import NFT_TABLE, NetConfig
 from sslvpn.runtime.node import heartbeat, heartbeat_interval, node_pools, vpc_side_addresses
 from sslvpn.runtime.openvpn_setup import OpenVpnCredentials, build_openvpn
 from sslvpn.runtime.openvpn_tcp import OpenVpnTcpListener
-from sslvpn.runtime.openvpn_udp import OpenVpnUdpListener, PeerAddress, bind_udp
+from sslvpn.runtime.openvpn_udp import OpenVpnUdpListener, bind_udp
 from sslvpn.runtime.policy import STARTUP_TIMEOUT, StorePolicy
 from sslvpn.runtime.tun import LinuxTun, Tun
 from sslvpn.runtime.tun_keeper import keep_tun
@@ -81,6 +81,9 @@ class ServeOptions:
     daily_hooks: Sequence[DailyHook] = field(default_factory=tuple)
     on_ready: ReadyHook | None = None  # e.g. the CLI printing where clients connect
     worker: WorkerSlot | None = None  # None: one process serving the node's whole pool
+    # a worker: its socket of each UDP address's steered group, bound by the supervisor
+    # (`sslvpn.runtime.steering`); an address missing here could not be bound
+    udp_sockets: Mapping[str, socket.socket] | None = None
 
 
 def gateway_options(settings: GatewaySettings, sweep_interval: float | None = 2.0,
@@ -137,7 +140,6 @@ class GatewayService:
         self.gateway: Gateway | None = None
         self.udp: list[OpenVpnUdpListener] = []
         self.tcp: list[OpenVpnTcpListener] = []
-        self.handover: Handover | None = None  # a worker: floated datagrams between workers
 
     def stop(self) -> None:
         """Begin a clean shutdown (signal handlers call this)."""
@@ -205,21 +207,14 @@ class GatewayService:
         credentials = OpenVpnCredentials.load(self.paths, settings)
         worker = self.options.worker
         shared = worker is not None  # the port is shared with the other workers
-        if worker is not None:
-            self.handover = Handover(self.paths.control_socket.parent, worker.index,
-                                     worker.count)
         for host in self.options.listen:
             if protocols in ("udp", "both"):
-                try:
-                    sock = bind_udp(host, port, reuse_port=shared)
-                except OSError as exc:
-                    self._unavailable("udp", host, port, exc)
-                else:
+                sock = self._udp_socket(host, port)
+                if sock is not None:
                     acceptor, factory = build_openvpn(
                         credentials, settings, tcp=False, connect_freq=self.options.connect_freq
                     )
-                    listener = OpenVpnUdpListener(sock, gateway, acceptor, factory,
-                                                   pin=shared, handover=self.handover)
+                    listener = OpenVpnUdpListener(sock, gateway, acceptor, factory, pin=shared)
                     listener.start()
                     self.udp.append(listener)
                     gateway.drop_counters.append(listener.drops)
@@ -232,22 +227,23 @@ class GatewayService:
                 try:
                     await tcp.start(host, port, reuse_port=shared)
                 except OSError as exc:
-                    self._unavailable("tcp", host, port, exc)
+                    unavailable("tcp", host, port, exc, self.options.listen)
                 else:
                     self.tcp.append(tcp)
                     gateway.drop_counters.append(tcp.drops)
                     log.info("OpenVPN listening on tcp %s:%d", *tcp.address)
         if not self.udp and not self.tcp:
             raise OSError(f"could not listen on port {port} on any address")
-        if self.handover is not None and self.udp:
-            self.handover.start(self._handed)
 
-    def _handed(self, local_host: str, data: bytes, address: PeerAddress) -> None:
-        """A datagram another worker handed over: to the listener on the same address."""
-        for listener in self.udp:
-            if listener.address[0] == local_host:
-                listener.receive_handed(data, address)
-                return
+    def _udp_socket(self, host: str, port: int) -> socket.socket | None:
+        """This process's UDP socket on ``host``: a worker's comes from the supervisor."""
+        if self.options.udp_sockets is not None:
+            return self.options.udp_sockets.get(host)  # else the supervisor said why
+        try:
+            return bind_udp(host, port)
+        except OSError as exc:
+            unavailable("udp", host, port, exc, self.options.listen)
+            return None
 
     def listening(self) -> list[str]:
         """Where clients reach the OpenVPN listeners, as ``proto host:port``."""
@@ -255,12 +251,6 @@ class GatewayService:
         return [f"{proto} [{host}]:{port}" if ":" in host else f"{proto} {host}:{port}"
                 for proto, (host, port) in shown]
 
-    def _unavailable(self, proto: str, host: str, port: int, exc: OSError) -> None:
-        if ":" in host and not any(":" in h for h in self.options.listen if h != host):
-            level = logging.INFO  # no IPv6 on this host is normal
-        else:
-            level = logging.WARNING
-        log.log(level, "not listening on %s [%s]:%d: %s", proto, host, port, exc.strerror or exc)
 
     async def _run_tasks(self, gateway: Gateway, netconf: NetConfig,
                          settings: GatewaySettings) -> None:
@@ -291,14 +281,21 @@ class GatewayService:
                 task.cancel()
 
     async def _close_listeners(self) -> None:
-        if self.handover is not None:
-            self.handover.close()
         for udp in self.udp:
             udp.close()
         for tcp in self.tcp:
             await tcp.close()
         self.udp.clear()
         self.tcp.clear()
+
+
+def unavailable(proto: str, host: str, port: int, exc: OSError, listen: Sequence[str]) -> None:
+    """Say that ``proto`` cannot listen on ``host`` (quietly for IPv6 on a host without it)."""
+    if ":" in host and not any(":" in h for h in listen if h != host):
+        level = logging.INFO  # no IPv6 on this host is normal
+    else:
+        level = logging.WARNING
+    log.log(level, "not listening on %s [%s]:%d: %s", proto, host, port, exc.strerror or exc)
 
 
 async def run_heartbeat(store: AsyncStore, node: str, settings: GatewaySettings, *,

@@ -5,7 +5,8 @@ fleet pool into nodes (`sslvpn.net.subpools.worker_slices`): each worker is a wh
 (its own UDP and TCP sockets on the shared port with ``SO_REUSEPORT``, its own TUN, its own
 SNAT table) that hands out addresses only from its slice, so the TUN's connected route
 carries every VPC reply to the process holding the session. Nothing passes between workers:
-they meet only in the store, as fleet nodes do.
+they meet only in the store, as fleet nodes do. The UDP sockets are the supervisor's, one
+per worker in a steered group (`sslvpn.runtime.steering`), handed to each worker it starts.
 
 The supervisor runs no gateway and carries no packet: it starts the workers, starts again
 one that exits (its clients reconnect to the others or to it), and on SIGTERM/SIGINT asks
@@ -102,16 +103,18 @@ def other_control_sockets(default: Path) -> list[Path]:
 
 
 Command = Callable[[WorkerSlot], Sequence[str]]
+Descriptors = Callable[[WorkerSlot], Sequence[int]]
 Companion = Callable[[], Coroutine[object, object, None]]
 
 
 class Supervisor:
     """Keeps ``count`` worker processes running until ``stop()``."""
 
-    def __init__(self, count: int, command: Command, *,
+    def __init__(self, count: int, command: Command, *, descriptors: Descriptors = lambda _: (),
                  restart_delay: float = RESTART_DELAY, stop_timeout: float = STOP_TIMEOUT) -> None:
         self.slots = [WorkerSlot(i, count) for i in range(count)]
         self._command = command
+        self._descriptors = descriptors  # what each worker inherits (its UDP sockets)
         self._restart_delay = restart_delay
         self._stop_timeout = stop_timeout
         self._stopping = asyncio.Event()
@@ -132,7 +135,8 @@ class Supervisor:
         delay = 0.0  # the first restart waits the plain restart delay
         while not self._stopping.is_set():
             started = time.monotonic()
-            process = await asyncio.create_subprocess_exec(*self._command(slot))
+            process = await asyncio.create_subprocess_exec(
+                *self._command(slot), pass_fds=self._descriptors(slot))
             self.processes[slot.index] = process
             log.info("worker %s started (pid %d)", slot, process.pid)
             exited = asyncio.ensure_future(process.wait())

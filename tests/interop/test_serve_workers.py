@@ -1,16 +1,18 @@
 """`sslvpn serve --workers 2` with real openvpn 2.6 clients, in network namespaces.
 
-Both workers share the port (SO_REUSEPORT) and each serves its half of the pool through its
-own TUN. A UDP client whose source port changes six times (a rebinding NAT) keeps its
-session whichever worker each new port lands on. A client on each worker pings the VPC host
+Both workers share the port (SO_REUSEPORT, the supervisor's steered UDP group) and each
+serves its half of the pool through its own TUN. A UDP client whose source port changes six
+times (a rebinding NAT) keeps its session: its data packets reach its worker by peer-id
+lane whatever the new port. A client on each worker pings the VPC host
 and moves 50 MB each way, hash-checked, over UDP and then over TCP; `sessions` and the
 admin's portal (served by the supervisor) list both, and the portal's kick ends the one on
 the second worker. A SIGKILLed worker is started again by the supervisor and its client
-reconnects, while the other worker's client loses no ping (its session's pinned socket
-keeps it there when the reuseport group changes size: the second kill is the order that
-moves every unpinned flow). Revoking the certificate of a TCP client on the second worker
-ends its session within 5 s (by the supervisor's sweep: the workers do not sweep). SIGTERM
-to the supervisor stops every worker cleanly (clients told, TUNs gone).
+reconnects, while the other worker's client loses no ping (the supervisor holds every
+worker's socket, so the group never changes size or order: with sockets of the workers' own,
+the second kill is the order that moved every flow of the survivor). Revoking the
+certificate of a TCP client on the second worker ends its session within 5 s (by the
+supervisor's sweep: the workers do not sweep). SIGTERM to the supervisor stops every worker
+cleanly (clients told, TUNs gone).
 """
 
 from __future__ import annotations
@@ -203,9 +205,10 @@ table ip w15float {{
 
 
 def test_a_client_whose_source_port_changes_keeps_its_session(topology: Topology) -> None:
-    """Six new source ports: each lands on either worker (the group's hash), and the one
-    that does not hold the session hands its datagrams over until the session is pinned at
-    the new address; the client never reconnects and its pings go on."""
+    """Six new source ports: the group's hash would send about half of them to the worker
+    that does not hold the session, but its data packets go by peer-id lane (the steering
+    program) to the one that does, which floats the session and pins it at the new address;
+    the client never reconnects and its pings go on."""
     topo = topology
     topo.issue("fay", "laptop")
     started: list[Client] = []
@@ -266,10 +269,10 @@ def test_workers_serve_slices_survive_kills_and_stop_cleanly(topology: Topology)
         on_second.stop()
         again = _connect_on(topo, on_second.ns, user, 1, started)
         ann, bob = (again, bob) if on_second is ann else (ann, again)
-        # first kill: bob's worker; ann's is pinned whichever joined the port first
+        # first kill: bob's worker; ann's stays, whichever worker's socket came first
         assert _kill(topo, x, bob, ann) == 0
-        # x's new process joined the reuseport group last: when y dies now, the group's
-        # hash moves every unpinned flow of x to y's successor (measured: all of them)
+        # had x's new process joined the reuseport group last with a socket of its own, y's
+        # death now would move every flow of x to y's successor (measured: all of them)
         if _slice_of(bob.address()) != x:
             bob.stop()
             bob = _connect_on(topo, topo.second_client_ns, "bob", x, started)
