@@ -199,7 +199,7 @@ class CompiledRules:
 
     def allowed(self, packet: bytes) -> bool:
         """A packet from the client (counted)."""
-        if packet[:1] == b"\x45" and len(packet) >= 24 and not (packet[6] & 0x1F or packet[7]):
+        if len(packet) >= 24 and packet[0] == 0x45 and not (packet[6] & 0x1F or packet[7]):
             proto = packet[9]  # the common case: IPv4, no options, not a later fragment
             key = (packet[9:10] + packet[16:20] + packet[22:24] if proto == TCP or proto == UDP
                    else packet[9:10] + packet[16:20])
@@ -213,7 +213,7 @@ class CompiledRules:
 
     def reply_allowed(self, packet: bytes) -> bool:
         """A packet to the client: passes when the client could send its mirror."""
-        if packet[:1] == b"\x45" and len(packet) >= 24 and not (packet[6] & 0x1F or packet[7]):
+        if len(packet) >= 24 and packet[0] == 0x45 and not (packet[6] & 0x1F or packet[7]):
             proto = packet[9]
             if proto == TCP or proto == UDP:
                 key = packet[9:10] + packet[12:16] + packet[20:22]

@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 
 from sslvpn.eventlog import fields
 from sslvpn.net import ippacket
+from sslvpn.net.access import AccessPolicy, CompiledRules
 from sslvpn.net.ippacket import IPV4_HEADER_MIN
 from sslvpn.net.pool import AddressPool, PoolExhausted
 from sslvpn.net.routes import RouteTable
@@ -74,6 +75,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_PEER_ID = 0xFFFFFE
 VPC_MEMO_SIZE = 4096  # destinations whose VPC verdict is remembered (cleared when full)
+ACCESS_REFRESH = 2.0  # seconds between two polls of the access policy's revision
 RETRY_AFTER = 5  # seconds a client told AUTH_FAILED,TEMP (store unavailable) waits to retry
 SHUTDOWN_FLUSH_TIMEOUT = 10.0  # seconds shutdown waits for a failing store to take the records
 _IPV4_NO_OPTIONS = b"\x45"  # version 4, 20-byte header
@@ -130,7 +132,7 @@ class ClientSession:
                  "serial", "device", "vpn_address", "vpn_text", "connected_at",
                  "last_activity", "bytes_in", "bytes_out", "packets_in", "packets_out",
                  "established", "on_closed", "end_reason", "vpn_address6", "accounted",
-                 "tls_group", "slot", "handshake", "core_drops", "software")
+                 "tls_group", "slot", "handshake", "core_drops", "software", "access")
 
     def __init__(self, session_id: str, protocol: str, real_address: str, peer_id: int,
                  on_closed: Callable[[], None]) -> None:
@@ -160,6 +162,7 @@ class ClientSession:
         self.handshake: str | None = None  # its counted outcome (one of HANDSHAKE_RESULTS)
         self.core_drops: collections.Counter[str] | None = None  # its core's, if it counts
         self.software = ClientSoftware()  # what the client said it is (peer-info)
+        self.access: CompiledRules | None = None  # its user's rules; None: unrestricted
 
 
 class Gateway:
@@ -200,12 +203,14 @@ class Gateway:
         self._booked_tunnels: dict[str, tuple[int, int]] = {}  # traffic history so far
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweep_now = asyncio.Event()
+        self.access = AccessPolicy()  # groups and rules, as of ``access.revision``
 
     # -- wiring ------------------------------------------------------------------------
     async def start(self) -> None:
         """Load the stored leases and start reading the TUN (call from the running loop)."""
         self._loop = asyncio.get_running_loop()
         self.pool.restore_leases(await self.policy.stored_leases())
+        self.set_access(await self.policy.access_policy(None) or self.access)
         self.tun.start(self._from_tun, self._flush_listeners)
 
     def _flush_listeners(self) -> None:
@@ -261,6 +266,9 @@ class Gateway:
         if client is None or client.driver is None:
             self.drops["tun-no-session"] += 1
             return
+        if client.access is not None and not client.access.reply_allowed(packet):
+            self.drops["access-denied"] += 1
+            return
         client.bytes_out += len(packet)
         client.packets_out += 1
         client.driver.send_packet(packet)
@@ -278,6 +286,9 @@ class Gateway:
         def from_client(packet: bytes) -> None:
             if (packet[:1] == _IPV4_NO_OPTIONS and len(packet) >= IPV4_HEADER_MIN
                     and packet[12:16] == client.vpn_address and in_vpc(packet[16:20])):
+                if client.access is not None and not client.access.allowed(packet):
+                    self.drops["access-denied"] += 1
+                    return
                 client.last_activity = client.driver.now  # type: ignore[union-attr]
                 client.bytes_in += len(packet)
                 client.packets_in += 1
@@ -309,6 +320,9 @@ class Gateway:
         assert client.driver is not None  # noqa: S101 (set in new_session)
         client.last_activity = client.driver.now
         if self._in_vpc(dst):
+            if client.access is not None and not client.access.allowed(packet):
+                self.drops["access-denied"] += 1
+                return
             client.bytes_in += len(packet)
             client.packets_in += 1
             self.tun.write(packet)
@@ -437,6 +451,7 @@ class Gateway:
             return
         client.vpn_address = address.packed
         client.vpn_text = str(address)
+        client.access = self.access.compiled_for(client.user)
         self._by_address[address.packed] = client
         self._by_serial[serial] = client
         push = self._push_config(client, address)
@@ -470,15 +485,16 @@ class Gateway:
             self._by_address[address6.packed] = client
             ifconfig6 = ipaddress.IPv6Interface(f"{address6}/{options.pool6.prefixlen}")
             gateway6 = options.pool6.network_address + 1
+        reachable = (options.vpc_networks if client.access is None
+                     else client.access.routes(options.vpc_networks))
         return PushConfig(
             ifconfig=ipaddress.IPv4Interface(f"{address}/{self.pool.network.prefixlen}"),
             route_gateway=ipaddress.IPv4Address(self.pool.gateway),
             peer_id=client.peer_id,
-            routes=tuple(n for n in options.vpc_networks if isinstance(n, ipaddress.IPv4Network)),
+            routes=tuple(n for n in reachable if isinstance(n, ipaddress.IPv4Network)),
             ifconfig_ipv6=ifconfig6,
             gateway_ipv6=gateway6,
-            routes_ipv6=tuple(n for n in options.vpc_networks
-                              if isinstance(n, ipaddress.IPv6Network)),
+            routes_ipv6=tuple(n for n in reachable if isinstance(n, ipaddress.IPv6Network)),
             dns=options.dns,
             domains=options.domains,
             ping=options.keepalive_interval,
@@ -580,6 +596,36 @@ class Gateway:
                 if time.monotonic() - last_accounting >= self.options.accounting_interval:
                     last_accounting = time.monotonic()
                     self._queue_counters()
+
+    def set_access(self, policy: AccessPolicy) -> None:
+        """Take a newer access policy (hit counters carried over) and give every live
+        session its user's compiled rules at once; routes change at the next connect."""
+        self.access = self.access.succeeded_by(policy)
+        for client in self._by_serial.values():
+            client.access = self.access.compiled_for(client.user)
+
+    async def run_access_refresh(self, interval: float = ACCESS_REFRESH) -> None:
+        """Poll the access policy's revision (one indexed read) and reload it when it
+        moved, in every process that carries packets (each worker of `serve --workers`
+        polls for itself): a change reaches live sessions within ``interval`` plus a store
+        read. A store that does not answer skips a round."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                newer = await self.policy.access_policy(self.access.revision)
+            except StoreError:
+                continue
+            except Exception:  # a bug: say so, keep the rules in force, try again
+                log.exception("reloading the access policy failed")
+                continue
+            if newer is not None:
+                self.set_access(newer)
+                log.info("access policy revision %d in force", newer.revision)
+
+    def access_hits(self) -> list[tuple[str, bool, int]]:
+        """(rule id or "default", allowed, packets) for every rule seen so far."""
+        return [(str(hit.rule.id) if hit.rule is not None else "default", hit.allow,
+                 hit.packets) for hit in self.access.hits.values()]
 
     async def sweep(self) -> int:
         """One policy pass over the live sessions (the queries run off the loop, bounded in

@@ -150,7 +150,8 @@ async def on_loop(loop: asyncio.AbstractEventLoop, call: Callable[[], T],
 
 def gateway_source(gateway: Gateway, node: str) -> LoopSource:
     """The gateway's families: sessions, handshakes, tunnel bytes and packets, drops (the
-    gateway's, its listeners' and its sessions' cores'), the accounting queue."""
+    gateway's, its listeners' and its sessions' cores'), the accounting queue, the access
+    rules' hits."""
 
     def read() -> Iterator[Metric]:
         counters = gateway.counters()
@@ -180,7 +181,12 @@ def gateway_source(gateway: Gateway, node: str) -> LoopSource:
         queue = GaugeMetricFamily("sslvpn_store_write_queue_depth",
                                   "Accounting records waiting to be written to the store.",
                                   value=gateway.records.pending)
-        return iter((sessions, handshakes, tunnel_bytes, packets, dropped, queue))
+        access = CounterMetricFamily(
+            "sslvpn_access_rule_packets", "Packets an access rule (or the default) decided, "
+            "both directions, by rule id and action.", labels=["node", "rule", "action"])
+        for rule, allowed, count in sorted(gateway.access_hits()):
+            access.add_metric([node, rule, "allow" if allowed else "deny"], count)
+        return iter((sessions, handshakes, tunnel_bytes, packets, dropped, queue, access))
 
     return read
 

@@ -19,7 +19,8 @@ from datetime import datetime
 from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from sslvpn.store import StoreError, fleet_queries, gateway_queries, queries
+from sslvpn.net.access import AccessPolicy
+from sslvpn.store import StoreError, access_queries, fleet_queries, gateway_queries, queries
 from sslvpn.store.async_store import AsyncStore
 from sslvpn.store.gateway_queries import LeaseStored as LeaseStored
 from sslvpn.store.gateway_queries import Record as Record
@@ -61,6 +62,8 @@ class Policy(Protocol):
     async def ended_elsewhere(self, session_ids: Collection[str]) -> dict[str, str]: ...
 
     async def stored_leases(self) -> dict[str, str]: ...
+
+    async def access_policy(self, known: int | None) -> AccessPolicy | None: ...
 
     def record(self, records: Sequence[Record]) -> None: ...
 
@@ -137,6 +140,17 @@ class StorePolicy:
     async def stored_leases(self) -> dict[str, str]:
         """Read once at start, before any client is served."""
         return await self._store.read(gateway_queries.lease_map, timeout=STARTUP_TIMEOUT)
+
+    async def access_policy(self, known: int | None) -> AccessPolicy | None:
+        """The access policy when its revision is not ``known`` (None: always), else None:
+        a poll costs one read of one row."""
+
+        def ask(s: Session) -> AccessPolicy | None:
+            if known is not None and access_queries.revision(s) == known:
+                return None
+            return access_queries.load_policy(s)
+
+        return await self._store.read(ask, timeout=STARTUP_TIMEOUT if known is None else None)
 
     async def close_stale_records(self, within: IPv4Network | None = None) -> int:
         """Close records a crashed run of this gateway left open (at start); a worker

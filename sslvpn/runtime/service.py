@@ -257,6 +257,7 @@ class GatewayService:
         reconfigure = netconf.apply if self.options.configure_network else None
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(gateway.run_sweeps(), name="policy-sweep"),
+                     group.create_task(gateway.run_access_refresh(), name="access-refresh"),
                      group.create_task(run_daily(self.options.daily_hooks),
                                        name="daily-hooks"),
                      group.create_task(keep_tun(gateway.tun, reconfigure,

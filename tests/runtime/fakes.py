@@ -9,6 +9,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sslvpn.net.access import AccessPolicy
 from sslvpn.openvpn.events import (
     Event,
     PeerVerified,
@@ -115,6 +116,7 @@ class MemoryPolicy:
         self.counters: list[SessionCounted] = []
         self.traffic: list[TrafficCounted] = []
         self.end_requests: dict[str, str] = {}  # session id -> reason (a kick via the store)
+        self.access = AccessPolicy()  # bump ``access.revision`` when changing it
 
     def add(self, serial: str, user: str, status: str = "valid") -> None:
         self.certs[serial] = (user, status)
@@ -146,6 +148,9 @@ class MemoryPolicy:
 
     async def stored_leases(self) -> dict[str, str]:
         return dict(self.leases)
+
+    async def access_policy(self, known: int | None) -> AccessPolicy | None:
+        return None if known == self.access.revision else self.access
 
     def record(self, records: Sequence[Record]) -> None:
         for record in records:

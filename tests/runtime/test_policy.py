@@ -20,7 +20,7 @@ from sslvpn.runtime.policy import (
     SessionOpened,
     StorePolicy,
 )
-from sslvpn.store import StoreError, db, gateway_queries, queries
+from sslvpn.store import StoreError, access_queries, db, gateway_queries, queries
 from sslvpn.store.async_store import AsyncStore
 
 
@@ -145,3 +145,19 @@ def test_writes_retry_when_sqlite_says_locked(
     with pytest.raises(StoreError, match="disk full"):
         policy.record([LeaseStored("a2", "10.8.0.10")])
     assert calls == ["write_records"]  # other errors are not retried
+
+
+async def test_access_policy_is_read_again_only_when_its_revision_moved(engine: Engine) -> None:
+    policy = StorePolicy(AsyncStore(engine))
+    first = await policy.access_policy(None)
+    assert first is not None and (first.revision, first.default) == (0, "all-vpc")
+    assert await policy.access_policy(0) is None  # one row read, nothing reloaded
+    by = access_queries.Actor("test")
+    with db.session(engine) as s:
+        access_queries.add_group(s, name="db", by=by)
+        access_queries.change_groups(s, user="alice", add=["db"], by=by)
+        access_queries.set_default(s, default="nothing", by=by)
+    second = await policy.access_policy(0)
+    assert second is not None and second.revision == 3
+    assert (second.default, second.members) == ("nothing", {"alice": ["db"]})
+    assert await policy.access_policy(3) is None
