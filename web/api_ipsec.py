@@ -64,6 +64,8 @@ def status_json(t: TunnelStatus) -> dict[str, Any]:
         "ike_rekey_in": t.ike_rekey_in,
         "child_rekey_in": t.child_rekey_in,
         "child_expires_in": t.child_expires_in,
+        "ike_proposal": t.ike_proposal,
+        "esp_proposal": t.esp_proposal,
     }
 
 

@@ -18,7 +18,7 @@ from aiohttp import web
 from sqlmodel import Session
 
 from sslvpn.ipsec.ike.constants import ProtocolId
-from sslvpn.ipsec.ike.proposals import ProposalError, parse_proposals
+from sslvpn.ipsec.ike.proposals import DEFAULT_KEYWORD, ProposalError, parse_proposals
 from sslvpn.ipsec.policy import (
     PolicyError,
     check_name,
@@ -38,8 +38,7 @@ from web.portal import NoGateway
 
 log = logging.getLogger(__name__)
 
-DEFAULT_IKE = "aes256gcm16-prfsha256-ecp256"
-DEFAULT_ESP = "aes256gcm16"
+DEFAULT_IKE = DEFAULT_ESP = DEFAULT_KEYWORD  # every suite we support, strongest first
 NOT_RUNNING = "not running"
 
 

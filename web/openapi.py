@@ -389,6 +389,9 @@ TUNNEL_STATUS = {
                 ("child_expires_in", "Seconds until the current CHILD_SA expires"),
             )
         },
+        "ike_proposal": {**NULLABLE_TEXT, "description": "negotiated IKE suite, e.g. "
+                         "aes256-sha256-modp2048 (strongSwan notation)"},
+        "esp_proposal": {**NULLABLE_TEXT, "description": "negotiated ESP suite"},
     },
 }
 START_ACTION = {"type": "string", "enum": ["initiate", "wait", "trap"],

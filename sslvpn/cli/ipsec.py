@@ -28,7 +28,7 @@ from sslvpn.cli.setup import one_line_errors, store
 from sslvpn.config import DataPaths
 from sslvpn.ipsec.bandwidth import format_rate, parse_rate
 from sslvpn.ipsec.ike.constants import ProtocolId
-from sslvpn.ipsec.ike.proposals import parse_proposals
+from sslvpn.ipsec.ike.proposals import DEFAULT_KEYWORD, parse_proposals
 from sslvpn.ipsec.policy import (
     PolicyError,
     check_bandwidth,
@@ -44,8 +44,7 @@ from sslvpn.runtime.control_server import ControlClient, ControlError
 from sslvpn.store import ipsec_queries as q
 from sslvpn.store.db import session
 
-DEFAULT_IKE = "aes256gcm16-prfsha256-ecp256"
-DEFAULT_ESP = "aes256gcm16"
+DEFAULT_IKE = DEFAULT_ESP = DEFAULT_KEYWORD  # every suite we support, strongest first
 PSK_FILE = keyfiles.FileRole("the tunnel's pre-shared key", "UTF-8 text on one line",
                              "give --psk-file a text file")
 
@@ -489,6 +488,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
                   "IN B/PKT", "OUT B/PKT", "LAST ERROR"))
     for name, (start, settings) in stored.items():
         click.echo(f"{name}: {describe(start, settings)}")
+        t = published.get(name)
+        if t is not None and t.ike_proposal:
+            click.echo(f"{name}: negotiated ike {t.ike_proposal}, esp {t.esp_proposal or '-'}")
 
 
 def _holder(running: TunnelStatus | None, owner: tuple[str, datetime | None] | None,

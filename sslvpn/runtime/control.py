@@ -130,6 +130,9 @@ class TunnelStatus:
     ike_rekey_in: float | None = None
     child_rekey_in: float | None = None
     child_expires_in: float | None = None
+    # the negotiated suites in strongSwan notation, e.g. aes256-sha256-modp2048 / aes256gcm16
+    ike_proposal: str | None = None
+    esp_proposal: str | None = None
 
 
 @dataclass(frozen=True)

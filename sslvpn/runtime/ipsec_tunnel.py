@@ -41,6 +41,7 @@ from sslvpn.ipsec.esp.sad import Sad
 from sslvpn.ipsec.ike import events as ev
 from sslvpn.ipsec.ike.admission import HalfOpenTable, InitGate, is_initial_request
 from sslvpn.ipsec.ike.config import IkeConfig
+from sslvpn.ipsec.ike.constants import IntegId
 from sslvpn.ipsec.ike.messages import IkeHeader, MalformedMessage, peek_header, pull_message
 from sslvpn.ipsec.ike.proposals import Suite
 from sslvpn.ipsec.ike.sa import IkeSa, IkeState
@@ -59,9 +60,16 @@ RETRY_DELAYS = (2.0, 5.0, 10.0, 20.0, 30.0)  # seconds before re-initiating afte
 REKEYED_INBOUND_GRACE = 5.0
 
 
+_CBC_CIPHERS = {
+    IntegId.HMAC_SHA2_256_128: EspCipher.AES_CBC_SHA256,
+    IntegId.HMAC_SHA2_384_192: EspCipher.AES_CBC_SHA384,
+    IntegId.HMAC_SHA2_512_256: EspCipher.AES_CBC_SHA512,
+}
+
+
 def esp_cipher(suite: Suite) -> EspCipher:
     """Our ESP family for a negotiated CHILD_SA suite (the parser allows nothing else)."""
-    return EspCipher.AES_GCM16 if suite.aead else EspCipher.AES_CBC_SHA256
+    return EspCipher.AES_GCM16 if suite.aead else _CBC_CIPHERS[suite.integ]
 
 
 def _keys(keys: ev.EspKeys) -> EspKeys:
@@ -107,6 +115,7 @@ class Tunnel:
         self._retiring: dict[int, float] = {}  # rekeyed inbound SPI -> when it goes
         self.rekeys: Counter[str] = Counter()  # completed rekeys, "ike" and "child"
         self._current_spi_in: int | None = None
+        self._esp_suite: str | None = None  # of the CHILD_SA we send on
         self._state = "down"
         self.last_error: str | None = None
         self.established_at: datetime | None = None
@@ -511,6 +520,7 @@ class Tunnel:
         if not event.outbound:  # the redundant SA of a rekey collision: inbound only
             return
         self._current_spi_in = event.spi_in
+        self._esp_suite = event.cipher.name
         self.outbound = OutboundSa(event.spi_out, cipher, _keys(event.keys_out), rand=self._rand)
         if self.state != "up":
             self.established_at = datetime.now(UTC)
@@ -610,6 +620,8 @@ class Tunnel:
             ike_rekey_in=_left(sa.ike_rekey_at, now) if sa is not None else None,
             child_rekey_in=_left(child.rekey_at, now) if child is not None else None,
             child_expires_in=_left(child.expire_at, now) if child is not None else None,
+            ike_proposal=sa.suite.name if sa is not None and sa.suite else None,
+            esp_proposal=self._esp_suite if out else None,
         )
 
 

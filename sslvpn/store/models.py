@@ -322,8 +322,8 @@ class VpnTunnel(SQLModel, table=True):
     gateway_id: int = Field(foreign_key="vpngateway.id", index=True)
     customer_gateway_id: int = Field(foreign_key="customergateway.id", index=True)
     psk: str = Field(repr=False)
-    ike_proposals: str = "aes256gcm16-prfsha256-ecp256"  # strongSwan notation
-    esp_proposals: str = "aes256gcm16"
+    ike_proposals: str = "default"  # strongSwan notation; "default": every suite we support
+    esp_proposals: str = "default"
     start_action: str = "initiate"
     admin_up: bool = True
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sslvpn.ipsec.esp.packet import (
+    HMAC_INTEGRITY,
     DropReason,
     EspCipher,
     EspKeys,
@@ -73,18 +74,38 @@ def test_gcm_seal_matches_an_independent_rfc4106_computation() -> None:
     assert packet == expected
 
 
-def test_cbc_seal_matches_an_independent_rfc4868_computation() -> None:
+CBC_CIPHERS = [EspCipher.AES_CBC_SHA256, EspCipher.AES_CBC_SHA384, EspCipher.AES_CBC_SHA512]
+# RFC 4868 section 2.7.2, test cases AUTH256-1, AUTH384-1, AUTH512-1: key 0x0b..., "Hi There"
+RFC4868_AUTH_1 = {
+    EspCipher.AES_CBC_SHA256: "198a607eb44bfbc69903a0f1cf2bbdc5",
+    EspCipher.AES_CBC_SHA384: "b6a8d5636f5c6a7224f9977dcf7ee6c7fb6d0c48cbdee973",
+    EspCipher.AES_CBC_SHA512: "637edc6e01dce7e6742a99451aae82df23da3e92439e590e43e761b33e910fb8",
+}
+
+
+@pytest.mark.parametrize("cipher", CBC_CIPHERS)
+def test_hmac_sha2_truncation_matches_rfc4868_vectors(cipher: EspCipher) -> None:
+    name, key_len, icv_len = HMAC_INTEGRITY[cipher]
+    assert key_lengths(cipher) == (32, key_len)
+    assert hmac.digest(b"\x0b" * key_len, b"Hi There", name)[:icv_len].hex() == (
+        RFC4868_AUTH_1[cipher])
+
+
+@pytest.mark.parametrize("cipher", CBC_CIPHERS)
+def test_cbc_seal_matches_an_independent_rfc4868_computation(cipher: EspCipher) -> None:
     iv = bytes(range(16))
-    keys = _keys(EspCipher.AES_CBC_SHA256)
-    out = OutboundSa(7, EspCipher.AES_CBC_SHA256, keys, rand=lambda n: iv[:n])
+    keys = _keys(cipher)
+    out = OutboundSa(7, cipher, keys, rand=lambda n: iv[:n])
     packet = out.seal(INNER)
     header = struct.pack("!II", 7, 1)
     pad = -(len(INNER) + 2) % 16
     plaintext = INNER + bytes(range(1, pad + 1)) + bytes((pad, 4))
     enc = Cipher(algorithms.AES(keys.encryption), modes.CBC(iv)).encryptor()
     body = iv + enc.update(plaintext) + enc.finalize()
-    icv = hmac.new(keys.integrity, header + body, "sha256").digest()[:16]
+    name, _, icv_len = HMAC_INTEGRITY[cipher]
+    icv = hmac.new(keys.integrity, header + body, name).digest()[:icv_len]
     assert packet == header + body + icv
+    assert InboundSa(7, cipher, keys).open(packet) == INNER
 
 
 @pytest.mark.parametrize("cipher", list(EspCipher))
@@ -94,7 +115,7 @@ def test_round_trip_and_alignment(cipher: EspCipher, inner: bytes) -> None:
     out, inb = _pair(cipher)
     packet = out.seal(inner, next_header=41)
     align = 4 if cipher is EspCipher.AES_GCM16 else 16
-    overhead = 8 + (8 + 16 if cipher is EspCipher.AES_GCM16 else 16 + 16)
+    overhead = 8 + (8 + 16 if cipher is EspCipher.AES_GCM16 else 16 + HMAC_INTEGRITY[cipher][2])
     assert (len(packet) - overhead) % align == 0
     assert inb.open(packet) == inner
     assert (inb.packets, inb.bytes, out.packets, out.bytes) == (1, len(inner), 1, len(inner))

@@ -18,7 +18,9 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from sslvpn.cli import main
 from sslvpn.config import DataPaths
 from sslvpn.runtime.control import TunnelStatus
 from sslvpn.runtime.control_server import ControlClient, ControlError
@@ -146,10 +148,11 @@ def peer(topo: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
 
 
 def bring_up(topo: Topology, peer: Peer, ike: str, esp: str, *, we_initiate: bool,
-             dpd_delay: str = "5s") -> None:
+             dpd_delay: str = "5s", ours: tuple[str, str] | None = None) -> None:
+    """charon with ``ike``/``esp``, our tunnel with ``ours`` (default: the same)."""
     peer.remove_tunnel()
     topo.start_charon(CharonConfig(ike_proposals=ike, esp_proposals=esp, dpd_delay=dpd_delay))
-    peer.configure(ike, esp, initiate=we_initiate)
+    peer.configure(*(ours or (ike, esp)), initiate=we_initiate)
     if not we_initiate:
         peer.wait_state("connecting")
         assert topo.charon is not None
@@ -179,6 +182,35 @@ def test_tunnel_comes_up_and_carries_pings(
     status = peer.wait_state("up")
     assert status.packets_in >= 3 and status.packets_out >= 3 and status.spi_in and status.spi_out
     assert status.spi_in in sas and status.spi_out in sas  # the same SPIs on both sides
+
+
+# charon's proposals against our tunnel's defaults (a tunnel added without --ike/--esp):
+# strongSwan's own default list, and the single proposals data-centre gateways start with
+DEFAULT_CASES = [
+    ("default", "default"),
+    ("aes256-sha256-modp2048", "aes256-sha256"),
+    ("aes256-sha256-ecp256", "aes128-sha384"),
+    ("aes256-sha256-curve25519", "aes256-sha512"),
+    ("aes256gcm16-prfsha384-ecp384", "aes256gcm16"),
+]
+
+
+@pytest.mark.parametrize("we_initiate", [True, False], ids=["we-initiate", "strongswan-initiates"])
+@pytest.mark.parametrize(("ike", "esp"), DEFAULT_CASES, ids=[c[0] for c in DEFAULT_CASES])
+def test_our_default_proposals_meet_strongswan(
+    topo: Topology, peer: Peer, ike: str, esp: str, we_initiate: bool
+) -> None:
+    bring_up(topo, peer, ike, esp, we_initiate=we_initiate, ours=("default", "default"))
+    ping(topo.lanb, HOST_A)
+    ping(topo.lana, HOST_B)
+    status = peer.wait_state("up")
+    assert status.ike_proposal and status.esp_proposal, status
+    if ike != "default":  # charon offered one suite: we negotiated exactly it
+        assert (status.ike_proposal, status.esp_proposal) == (ike, esp)
+    shown = CliRunner().invoke(main, ["--data-dir", str(peer.data_dir), "ipsec", "status"]
+                               ).output
+    assert (f"t1: negotiated ike {status.ike_proposal}, esp {status.esp_proposal}"
+            in shown), shown
 
 
 RECEIVER = """

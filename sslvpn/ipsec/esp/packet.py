@@ -1,9 +1,10 @@
-"""ESP tunnel-mode packet protection (RFC 4303) for the two suites sslvpn negotiates.
+"""ESP tunnel-mode packet protection (RFC 4303) for the suites sslvpn negotiates.
 
 - AES-GCM-16 (RFC 4106): key material = AES key + 4-byte salt (36 bytes for AES-256), an 8-byte
   explicit IV (our 64-bit sequence counter, so it never repeats under one key), AAD = SPI|Seq.
-- AES-CBC (RFC 3602) + HMAC-SHA-256-128 (RFC 4868): a random 16-byte IV and an ICV over
-  SPI|Seq|IV|ciphertext, verified in constant time before decrypting.
+- AES-CBC (RFC 3602) + HMAC-SHA-256-128, -384-192 or -512-256 (RFC 4868): a random 16-byte
+  IV and an ICV (the HMAC cut to half its length) over SPI|Seq|IV|ciphertext, verified in
+  constant time before decrypting.
 
 Padding is the RFC 4303 section 2.4 default (1, 2, 3, ...) and is checked on receipt, as
 strongSwan's libipsec does. Sequence numbers start at 1 and never wrap (no ESN: we always
@@ -36,9 +37,7 @@ GCM_IV_LEN = 8  # RFC 4106 section 3.1
 GCM_SALT_LEN = 4  # RFC 4106 section 8.1
 GCM_ICV_LEN = 16
 CBC_IV_LEN = 16  # RFC 3602 section 3
-CBC_ICV_LEN = 16  # HMAC-SHA-256-128, RFC 4868 section 2.3
 AES_KEY_BITS = (128, 192, 256)
-HMAC_SHA256_KEY_LEN = 32  # RFC 4868 section 2.1.1
 SEQ_MAX = 0xFFFFFFFF  # without ESN the counter must not cycle (RFC 4303 section 3.3.3)
 
 # -- tuning constants --------------------------------------------------------------------
@@ -55,6 +54,16 @@ class EspCipher(Enum):
 
     AES_GCM16 = "aesgcm16"
     AES_CBC_SHA256 = "aes-sha256"
+    AES_CBC_SHA384 = "aes-sha384"
+    AES_CBC_SHA512 = "aes-sha512"
+
+
+# RFC 4868 sections 2.1.1 and 2.3: (hash, key length = output length, ICV = half of it)
+HMAC_INTEGRITY = {
+    EspCipher.AES_CBC_SHA256: ("sha256", 32, 16),
+    EspCipher.AES_CBC_SHA384: ("sha384", 48, 24),
+    EspCipher.AES_CBC_SHA512: ("sha512", 64, 32),
+}
 
 
 class DropReason(Enum):
@@ -97,7 +106,7 @@ def key_lengths(cipher: EspCipher, key_bits: int = 256) -> tuple[int, int]:
         raise ValueError(f"AES key size {key_bits} is not 128, 192 or 256 bits")
     if cipher is EspCipher.AES_GCM16:
         return key_bits // 8 + GCM_SALT_LEN, 0
-    return key_bits // 8, HMAC_SHA256_KEY_LEN
+    return key_bits // 8, HMAC_INTEGRITY[cipher][1]
 
 
 def _check_keys(cipher: EspCipher, keys: EspKeys) -> None:
@@ -150,15 +159,16 @@ class _Gcm:
 
 
 class _CbcHmac:
-    """AES-CBC + HMAC-SHA-256-128 body: IV(16) | ciphertext | ICV(16) (RFC 3602, RFC 4868)."""
+    """AES-CBC + HMAC-SHA2 body: IV(16) | ciphertext | ICV (RFC 3602, RFC 4868)."""
 
-    __slots__ = ("_algorithm", "_integ")
+    __slots__ = ("_algorithm", "_integ", "_hash", "_icv_len", "min_body")
     align = 16
-    min_body = CBC_IV_LEN + 16 + CBC_ICV_LEN
 
-    def __init__(self, keys: EspKeys) -> None:
+    def __init__(self, cipher: EspCipher, keys: EspKeys) -> None:
         self._algorithm = algorithms.AES(keys.encryption)
         self._integ = keys.integrity
+        self._hash, _, self._icv_len = HMAC_INTEGRITY[cipher]
+        self.min_body = CBC_IV_LEN + 16 + self._icv_len
 
     def seal(self, spi: int, seq: int, inner: bytes, next_header: int, rand: _Rand) -> bytes:
         """The whole ESP packet, with a random IV (RFC 3602 section 3)."""
@@ -167,11 +177,11 @@ class _CbcHmac:
         encryptor = Cipher(self._algorithm, modes.CBC(iv)).encryptor()
         plaintext = inner + _trailer(len(inner), 16, next_header)
         signed = header + iv + encryptor.update(plaintext) + encryptor.finalize()
-        return signed + hmac.digest(self._integ, signed, "sha256")[:CBC_ICV_LEN]
+        return signed + hmac.digest(self._integ, signed, self._hash)[:self._icv_len]
 
     def open(self, packet: bytes) -> bytes | None:
-        signed, icv = packet[:-CBC_ICV_LEN], packet[-CBC_ICV_LEN:]
-        expected = hmac.digest(self._integ, signed, "sha256")[:CBC_ICV_LEN]
+        signed, icv = packet[:-self._icv_len], packet[-self._icv_len:]
+        expected = hmac.digest(self._integ, signed, self._hash)[:self._icv_len]
         if not hmac.compare_digest(expected, icv):
             return None
         body = ESP_HEADER_LEN + CBC_IV_LEN
@@ -184,7 +194,7 @@ class _CbcHmac:
 
 def _transform(cipher: EspCipher, keys: EspKeys) -> _Gcm | _CbcHmac:
     _check_keys(cipher, keys)
-    return _Gcm(keys) if cipher is EspCipher.AES_GCM16 else _CbcHmac(keys)
+    return _Gcm(keys) if cipher is EspCipher.AES_GCM16 else _CbcHmac(cipher, keys)
 
 
 class OutboundSa:

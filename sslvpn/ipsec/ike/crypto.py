@@ -46,6 +46,7 @@ MODP_2048_PRIME = int(
 _EC_CURVES: dict[int, tuple[ec.EllipticCurve, int]] = {
     DhGroup.ECP_256: (ec.SECP256R1(), 32),
     DhGroup.ECP_384: (ec.SECP384R1(), 48),
+    DhGroup.ECP_521: (ec.SECP521R1(), 66),
 }
 _EC_ORDER = {
     DhGroup.ECP_256: 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
@@ -54,9 +55,15 @@ _EC_ORDER = {
         "CCC52973",
         16,
     ),
+    DhGroup.ECP_521: int(
+        "01FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFA51868783BF2F966B7FCC"
+        "0148F709A5D03BB5C9B8899C47AEBB6FB71E91386409",
+        16,
+    ),
 }
+# RFC 5903 §7 (X | Y, each coordinate left-padded to the field size), RFC 8031 §2
 PUBLIC_LENGTH = {DhGroup.MODP_2048: 256, DhGroup.ECP_256: 64, DhGroup.ECP_384: 96,
-                 DhGroup.CURVE25519: 32}
+                 DhGroup.ECP_521: 132, DhGroup.CURVE25519: 32}
 
 
 class DhExchange:
@@ -193,8 +200,16 @@ def encr_key_length(encr: EncrId, key_bits: int) -> int:
     return key_bits // 8 + (4 if encr == EncrId.AES_GCM_16 else 0)
 
 
+# RFC 4868 §2.1.1 and §2.3: (hash, key length = output length, ICV = half of it)
+HMAC_INTEG = {
+    IntegId.HMAC_SHA2_256_128: ("sha256", 32, 16),
+    IntegId.HMAC_SHA2_384_192: ("sha384", 48, 24),
+    IntegId.HMAC_SHA2_512_256: ("sha512", 64, 32),
+}
+
+
 def integ_key_length(integ: IntegId) -> int:
-    return {IntegId.NONE: 0, IntegId.HMAC_SHA2_256_128: 32}[integ]
+    return HMAC_INTEG[integ][1] if integ in HMAC_INTEG else 0
 
 
 # -- IKE SA keys ----------------------------------------------------------------------------
@@ -308,15 +323,17 @@ def natd_hash(spi_i: bytes, spi_r: bytes, ip: bytes, port: int) -> bytes:
 
 
 class CbcHmacProtector:
-    """AES-CBC + HMAC-SHA2-256-128 for the SK payload (RFC 7296 §3.14, RFC 4868)."""
+    """AES-CBC + HMAC-SHA2 (256-128, 384-192, 512-256) for the SK payload (RFC 7296 §3.14,
+    RFC 4868)."""
 
     iv_length = 16
-    icv_length = 16
 
-    def __init__(self, encr_key: bytes, integ_key: bytes, rand: Rand) -> None:
+    def __init__(self, encr_key: bytes, integ_key: bytes, rand: Rand,
+                 integ: IntegId = IntegId.HMAC_SHA2_256_128) -> None:
         self._key = encr_key
         self._integ = integ_key
         self._rand = rand
+        self._hash, _, self.icv_length = HMAC_INTEG[integ]
 
     def __repr__(self) -> str:
         return "CbcHmacProtector(<keys hidden>)"
@@ -334,7 +351,7 @@ class CbcHmacProtector:
         return body + self._icv(aad + body)
 
     def _icv(self, data: bytes) -> bytes:
-        return hmac.new(self._integ, data, hashlib.sha256).digest()[: self.icv_length]
+        return hmac.digest(self._integ, data, self._hash)[: self.icv_length]
 
     def open(self, aad: bytes, body: bytes) -> bytes | None:
         if len(body) < self.iv_length + 16 + self.icv_length:
@@ -397,7 +414,8 @@ Protector = CbcHmacProtector | GcmProtector
 
 
 def make_protectors(
-    encr: EncrId, keys: IkeKeys, we_are_initiator: bool, rand: Rand
+    encr: EncrId, keys: IkeKeys, we_are_initiator: bool, rand: Rand,
+    integ: IntegId = IntegId.HMAC_SHA2_256_128,
 ) -> tuple[Protector, Protector]:
     """(outbound, inbound) SK protectors; the original initiator sends with SK_ei/SK_ai."""
     send_e, send_a, recv_e, recv_a = (
@@ -407,4 +425,5 @@ def make_protectors(
     )
     if encr == EncrId.AES_GCM_16:
         return GcmProtector(send_e), GcmProtector(recv_e)
-    return CbcHmacProtector(send_e, send_a, rand), CbcHmacProtector(recv_e, recv_a, rand)
+    return (CbcHmacProtector(send_e, send_a, rand, integ),
+            CbcHmacProtector(recv_e, recv_a, rand, integ))

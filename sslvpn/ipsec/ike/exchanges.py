@@ -257,13 +257,14 @@ class EstablishedExchanges(IkeRekey):
                 return refuse(NotifyType.TEMPORARY_FAILURE)
         sas, tsi, tsr = self._child_payloads(payloads)
         specs: list[ProposalSpec] = list(self.config.esp_proposals)
-        chosen = select(specs, sas[0].proposals) if sas else None
+        kes = find(payloads, KePayload)
+        chosen = (select(specs, sas[0].proposals, ke_group=kes[0].group if kes else None)
+                  if sas else None)
         if chosen is None or len(chosen[0].spi) != 4:
             self._emit(NoProposalChosen("CREATE_CHILD_SA", "peer's CHILD_SA proposals do "
                                         "not match ours"))
             return refuse(NotifyType.NO_PROPOSAL_CHOSEN)
         proposal, suite = chosen
-        kes = find(payloads, KePayload)
         if suite.dh and (not kes or kes[0].group != suite.dh):
             return refuse(NotifyType.INVALID_KE_PAYLOAD, int(suite.dh).to_bytes(2, "big"))
         their_side = narrow(tsi, list(self.config.remote_ts))

@@ -445,7 +445,7 @@ class Handshake(SaBase):
         sa = _one(payloads, SaPayload, "SA")
         ke = _one(payloads, KePayload, "KE")
         ni = nonce_of(payloads)
-        chosen = select(list(self.config.ike_proposals), sa.proposals)
+        chosen = select(list(self.config.ike_proposals), sa.proposals, ke_group=ke.group)
         if (chosen is not None and chosen[1].additional_kes
                 and NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED not in notifies(payloads)):
             chosen = None  # RFC 9370 §2.2.1: additional key exchanges need IKE_INTERMEDIATE

@@ -272,13 +272,14 @@ class IkeRekey(Handshake):
         if (self._old_ctx is not None or passive_done or self._rekeying is not None
                 or (pending is not None and pending.purpose == "followup_ke")):
             return refuse(NotifyType.TEMPORARY_FAILURE)  # an unfinished one is started over
-        chosen = select(list(self.config.ike_proposals), sa.proposals)
+        kes = find(payloads, KePayload)
+        chosen = select(list(self.config.ike_proposals), sa.proposals,
+                        ke_group=kes[0].group if kes else None)
         if chosen is None or len(chosen[0].spi) != 8:
             self._emit(NoProposalChosen("CREATE_CHILD_SA", "peer's IKE rekey proposals do "
                                         "not match ours"))
             return refuse(NotifyType.NO_PROPOSAL_CHOSEN)
         proposal, suite = chosen
-        kes = find(payloads, KePayload)
         if not kes or kes[0].group != suite.dh:
             return refuse(NotifyType.INVALID_KE_PAYLOAD, int(suite.dh).to_bytes(2, "big"))
         ni, nr, spi = nonce_of(payloads), self._nonce(), self._rand(8)

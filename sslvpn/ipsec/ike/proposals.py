@@ -11,6 +11,11 @@ Additional key exchanges (RFC 9370) are written as in strongSwan 6: ``ke1_mlkem7
 for ML-KEM-768 as Additional Key Exchange 1 (transform type 6), ``ke1_none`` makes it
 optional. A peer that does not know these transform types rejects such a proposal
 (RFC 7296 §3.3.6), so list a classical one after it to keep talking to older peers.
+
+The keyword ``default`` (as in swanctl.conf) stands for ``DEFAULT_IKE``/``DEFAULT_ESP``:
+every combination of AES-GCM-16 and AES-CBC (128/256) with SHA2-256/384/512, and the DH
+groups 14, 19, 20, 21 and 31, strongest first, which is what data-centre gateways accept
+as responders. SHA1, MD5, (3)DES and MODP groups under 2048 bits are never in it.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ _DH_WORDS = {
     "modp2048": DhGroup.MODP_2048,
     "ecp256": DhGroup.ECP_256,
     "ecp384": DhGroup.ECP_384,
+    "ecp521": DhGroup.ECP_521,
     "curve25519": DhGroup.CURVE25519,
     "x25519": DhGroup.CURVE25519,
 }
@@ -37,8 +43,19 @@ _DH_WORDS = {
 _ADDKE_WORDS = {"mlkem768": DhGroup.ML_KEM_768, "none": DhGroup.NONE}
 ADDKE_TYPES = tuple(TransformType(t) for t in range(TransformType.ADDKE1,
                                                     TransformType.ADDKE7 + 1))
-_INTEG_WORDS = {"sha256": IntegId.HMAC_SHA2_256_128, "sha2_256": IntegId.HMAC_SHA2_256_128}
-_INTEG_PRF = {IntegId.HMAC_SHA2_256_128: PrfId.HMAC_SHA2_256}
+_INTEG_WORDS = {
+    "sha256": IntegId.HMAC_SHA2_256_128,
+    "sha384": IntegId.HMAC_SHA2_384_192,
+    "sha512": IntegId.HMAC_SHA2_512_256,
+    "sha2_256": IntegId.HMAC_SHA2_256_128,
+    "sha2_384": IntegId.HMAC_SHA2_384_192,
+    "sha2_512": IntegId.HMAC_SHA2_512_256,
+}
+_INTEG_PRF = {
+    IntegId.HMAC_SHA2_256_128: PrfId.HMAC_SHA2_256,
+    IntegId.HMAC_SHA2_384_192: PrfId.HMAC_SHA2_384,
+    IntegId.HMAC_SHA2_512_256: PrfId.HMAC_SHA2_512,
+}
 _PRF_WORDS = {
     "prfsha256": PrfId.HMAC_SHA2_256,
     "prfsha384": PrfId.HMAC_SHA2_384,
@@ -54,6 +71,18 @@ _ENCR_WORDS = {
     "aes128gcm128": (EncrId.AES_GCM_16, 128),
     "aes256gcm128": (EncrId.AES_GCM_16, 256),
 }
+
+
+DEFAULT_KEYWORD = "default"
+_DEFAULT_DH = "ecp521-ecp384-curve25519-ecp256-modp2048"
+_DEFAULT_GCM = "aes256gcm16-aes128gcm16"
+_DEFAULT_CBC = "aes256-aes128-sha512-sha384-sha256"
+# Strongest first: what we propose as initiator, and prefer as responder.
+DEFAULT_IKE = (f"{_DEFAULT_GCM}-prfsha512-prfsha384-prfsha256-{_DEFAULT_DH},"
+               f"{_DEFAULT_CBC}-prfsha512-prfsha384-prfsha256-{_DEFAULT_DH}")
+# Without PFS first (a CHILD_SA rekey we start sends no KE), then the same with PFS.
+DEFAULT_ESP = (f"{_DEFAULT_GCM},{_DEFAULT_CBC},"
+               f"{_DEFAULT_GCM}-{_DEFAULT_DH},{_DEFAULT_CBC}-{_DEFAULT_DH}")
 
 
 class ProposalError(ValueError):
@@ -88,8 +117,8 @@ class Suite:
         parts = [f"aes{self.key_bits}gcm16" if self.aead else f"aes{self.key_bits}"]
         if self.integ != IntegId.NONE:
             parts.append(_word(_INTEG_WORDS, self.integ))
-        if self.prf is not None:
-            parts.append(_word(_PRF_WORDS, self.prf))
+        if self.prf is not None and _INTEG_PRF.get(self.integ) != self.prf:
+            parts.append(_word(_PRF_WORDS, self.prf))  # else implied, as strongSwan reads it
         if self.dh != DhGroup.NONE:
             parts.append(_word(_DH_WORDS, self.dh))
         parts += [f"ke{ttype - TransformType.ADDKE1 + 1}_{_word(_ADDKE_WORDS, method)}"
@@ -217,9 +246,18 @@ def _is_addke(word: str) -> bool:
             and word[4:] in _ADDKE_WORDS)
 
 
+def expand_default(text: str, protocol: ProtocolId) -> str:
+    """``text`` with each ``default`` item replaced by our default list."""
+    default = DEFAULT_IKE if protocol == ProtocolId.IKE else DEFAULT_ESP
+    return ",".join(default if part.strip().lower() == DEFAULT_KEYWORD else part.strip()
+                    for part in text.split(",") if part.strip())
+
+
 def parse_proposals(text: str, protocol: ProtocolId) -> list[ProposalSpec]:
-    """A comma-separated list, as in swanctl.conf ``proposals``/``esp_proposals``."""
-    specs = [parse_proposal(part, protocol) for part in text.split(",") if part.strip()]
+    """A comma-separated list, as in swanctl.conf ``proposals``/``esp_proposals``;
+    ``default`` stands for our default list (``DEFAULT_IKE``/``DEFAULT_ESP``)."""
+    specs = [parse_proposal(part, protocol)
+             for part in expand_default(text, protocol).split(",") if part]
     if not specs:
         raise ProposalError("empty proposal list")
     return specs
@@ -244,11 +282,16 @@ def _pick(offered: list[Transform], ttype: TransformType, mine: tuple[int, ...])
     return next((m for m in mine if m in theirs), None)
 
 
-def _pick_dh(offered: list[Transform], spec: ProposalSpec, ignore_dh: bool) -> int | None:
-    """DH of a CHILD/IKE proposal: must agree on PFS (RFC 7296 §1.3.1); IKE_AUTH ignores it."""
+def _pick_dh(offered: list[Transform], spec: ProposalSpec, ignore_dh: bool,
+             ke_group: int | None) -> int | None:
+    """DH of a CHILD/IKE proposal: must agree on PFS (RFC 7296 §1.3.1); IKE_AUTH ignores it.
+    The group of the peer's KE payload wins when both accept it: choosing another would
+    cost the peer a round trip (INVALID_KE_PAYLOAD) for no gain."""
     theirs = {t.id for t in offered if t.type == TransformType.DH}
     if ignore_dh:
         return DhGroup.NONE
+    if ke_group is not None and ke_group in theirs and ke_group in spec.dhs:
+        return ke_group
     if spec.dhs:
         return _pick(offered, TransformType.DH, spec.dhs)
     if theirs - {DhGroup.NONE} and DhGroup.NONE not in theirs:
@@ -256,7 +299,8 @@ def _pick_dh(offered: list[Transform], spec: ProposalSpec, ignore_dh: bool) -> i
     return DhGroup.NONE
 
 
-def _match(spec: ProposalSpec, proposal: Proposal, ignore_dh: bool = False) -> Suite | None:
+def _match(spec: ProposalSpec, proposal: Proposal, ignore_dh: bool = False,
+           ke_group: int | None = None) -> Suite | None:
     """The suite both sides accept, in our order of preference, or None."""
     if proposal.protocol != spec.protocol:
         return None
@@ -280,7 +324,7 @@ def _match(spec: ProposalSpec, proposal: Proposal, ignore_dh: bool = False) -> S
     elif any(t.type == TransformType.INTEG and t.id != IntegId.NONE for t in offered):
         return None  # RFC 5282 §8: an AEAD proposal carries no integrity algorithm
     prf = _pick(offered, TransformType.PRF, spec.prfs) if spec.prfs else None
-    dh = _pick_dh(offered, spec, ignore_dh)
+    dh = _pick_dh(offered, spec, ignore_dh, ke_group)
     esn: int | None = EsnId.NO_ESN
     if any(t.type == TransformType.ESN for t in offered):
         esn = _pick(offered, TransformType.ESN, spec.esns)
@@ -323,17 +367,19 @@ def _pick_addkes(
 
 
 def select(
-    specs: list[ProposalSpec], offered: list[Proposal], *, ignore_dh: bool = False
+    specs: list[ProposalSpec], offered: list[Proposal], *, ignore_dh: bool = False,
+    ke_group: int | None = None,
 ) -> tuple[Proposal, Suite] | None:
     """Responder's choice (RFC 7296 §2.7): our first spec that one peer proposal satisfies.
 
     Returns the peer proposal (for its number and SPI) and the suite, or None, which the
     caller answers with NO_PROPOSAL_CHOSEN. ``ignore_dh`` is for the CHILD_SA inside
-    IKE_AUTH, where DH transforms are meaningless (digest §4.5).
+    IKE_AUTH, where DH transforms are meaningless (digest §4.5). ``ke_group``: the group
+    of the peer's KE payload, preferred among the groups both sides accept.
     """
     for spec in specs:
         for proposal in offered:
-            suite = _match(spec, proposal, ignore_dh)
+            suite = _match(spec, proposal, ignore_dh, ke_group)
             if suite is not None:
                 return proposal, suite
     return None

@@ -46,6 +46,7 @@ from .messages import (
     pull_message,
     unsupported_critical,
 )
+from .proposals import Suite
 from .window import ZERO_SPI, IkeContext, PendingRequest
 
 __all__ = ["Address", "IkeSa", "IkeState", "LocalProtocolError"]
@@ -82,6 +83,11 @@ class IkeSa(EstablishedExchanges):
         return self._ike_rekey_at
 
     @property
+    def suite(self) -> Suite | None:
+        """The IKE SA's negotiated algorithms (of the current keys, after a rekey)."""
+        return self._ctx.suite
+
+    @property
     def half_open(self) -> bool:
         """A responder without an authenticated peer yet (the runtime bounds these)."""
         return not self.is_initiator and self.state in (IkeState.INITIAL, IkeState.AUTH_WAIT)
@@ -92,7 +98,7 @@ class IkeSa(EstablishedExchanges):
         if self.state is IkeState.CLOSED:
             return f"closed: {self.close_reason}"
         if self.state is IkeState.ESTABLISHED:
-            suite = self._ctx.suite.name if self._ctx.suite else "?"
+            suite = self.suite.name if self.suite else "?"
             line = f"established ({suite}, {len(self.children)} CHILD_SA)"
             if not self.children and self.last_error:
                 line += f"; {self.last_error}"

@@ -90,7 +90,8 @@ class IkeContext:
         self.suite = suite
         self.keys = keys
         self._previous_in = self._in if keep_previous else None
-        self._out, self._in = make_protectors(suite.encr, keys, self.initiator, rand)
+        self._out, self._in = make_protectors(suite.encr, keys, self.initiator, rand,
+                                                suite.integ)
 
     def forget_previous_keys(self) -> None:
         """IKE_AUTH arrived: no IKE_INTERMEDIATE request can be retransmitted any more."""
