@@ -146,9 +146,14 @@ class ClientSession(Endpoint):
         ks.km2_received()
         if ks.key_id == 0 and self._send_key is None:
             self.server_options = ks.peer_km2.options
-            ks.send_message("PUSH_REQUEST")
+            self._ask_for_push(ks, now)
         else:
             self._install(ks, now)
+
+    def _ask_for_push(self, ks: KeyState, now: float) -> None:
+        """The server's key-method 2 record is in: pull the configuration at once (pair
+        tests override this to model clients that ask later and again)."""
+        ks.send_message("PUSH_REQUEST")
 
     # -- control messages ----------------------------------------------------------------
     def _on_message(self, ks: KeyState, message: str, now: float) -> None:

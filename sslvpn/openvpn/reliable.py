@@ -167,6 +167,10 @@ class ReliableSender:
         window = self._in_window()
         return len(window) < len(self._pending) or any(o.next_send is None for o in window)
 
+    def delivered(self, before: int) -> bool:
+        """Every message with an id below ``before`` was acknowledged."""
+        return all(message_id >= before for message_id in self._pending)
+
     def all_acked(self) -> bool:
         """Everything queued so far was acknowledged (2.6 S_ACTIVE condition)."""
         return not self._pending

@@ -5,12 +5,19 @@ every key_id, reads the client's key-method 2 record, checks the client certific
 (chain to our CA, expiry, EKU clientAuth: the CA is an input, revocation is the caller's),
 negotiates the data cipher, answers with its own record and then *waits*: it emits
 ``PeerVerified`` and the caller decides with ``accept(push_config)`` or ``reject(reason)``.
-On accept it derives the data keys (PRF or EKM), sends PUSH_REPLY (at once for
-IV_PROTO request-push clients, else on PUSH_REQUEST; push.c) and reports
-``SessionEstablished``. Renegotiations (either side) re-check the certificate, which must
-stay the same, and never push again. A refusal sends ``AUTH_FAILED,<reason>`` and closes
-after a short linger (push.c send_auth_failed, schedule_exit); a temporary one (the caller's
-store did not answer) sends ``AUTH_FAILED,TEMP[backoff N]:<reason>`` to clients that parse it.
+On accept it derives the data keys (PRF or EKM), sends PUSH_REPLY and reports
+``SessionEstablished``. The PUSH_REPLY goes out on the client's PUSH_REQUEST, or unasked
+to an IV_PROTO request-push client once it ACKed everything we sent (our key-method 2
+record included): as the 2.6 server waits for S_ACTIVE (multi.c
+multi_connection_established). Sent earlier, a lossy link makes OpenVPN 3 lose it for
+good: a message that arrives before its own messages were all ACKed stays unread in its
+buffer (proto.hpp KeyContext::app_recv, state C_WAIT_AUTH_ACK) and spoils the next one.
+A PUSH_REQUEST that comes after the client ACKed the PUSH_REPLY means it dropped the
+reply, so it gets the reply again, until the handshake window ends. Renegotiations
+(either side) re-check the certificate, which must stay the same, and never push again.
+A refusal sends ``AUTH_FAILED,<reason>`` and closes after a short linger (push.c
+send_auth_failed, schedule_exit); a temporary one (the caller's store did not answer)
+sends ``AUTH_FAILED,TEMP[backoff N]:<reason>`` to clients that parse it.
 The decision may come long after ``PeerVerified`` (the caller asked a store): meanwhile the
 session keeps acknowledging and holds back the PUSH_REPLY the client asks for.
 """
@@ -101,11 +108,11 @@ class ServerSession(Endpoint):
 
     Idle sessions are what a gateway holds by the thousand: the session keeps the client
     certificate as a fingerprint, the peer-info as its IV_PROTO flags and the push as
-    rendered messages only until they are sent.
+    rendered messages only until the handshake window ends.
     """
 
     __slots__ = ("config", "metadata", "peer_proto", "_peer_info", "_fingerprint", "_push",
-                 "_awaiting_decision", "_decided", "_push_requested", "_push_sent", "_own_codec")
+                 "_awaiting_decision", "_decided", "_push_requested", "_push_end", "_own_codec")
 
     def __init__(
         self,
@@ -137,11 +144,11 @@ class ServerSession(Endpoint):
         self.peer_proto = IvProto(0)  # the client's IV_PROTO flags, once it was verified
         self._peer_info: PeerInfo | None = None  # kept only while the caller decides
         self._fingerprint: bytes | None = None  # see _fingerprint
-        self._push: list[str] | None = None  # PUSH_REPLY messages until they are sent
+        self._push: list[str] | None = None  # PUSH_REPLY messages, kept to answer again
         self._awaiting_decision = False
         self._decided = False
         self._push_requested = False
-        self._push_sent = False
+        self._push_end: int | None = None  # message id after the last PUSH_REPLY sent
         ks = self._new_key_state(0, now)
         if created.reset_done:
             ks.sender.skip_to(1)
@@ -157,10 +164,20 @@ class ServerSession(Endpoint):
         return f"ServerSession(sid={self.identity.own.hex()}, closed={self.closed})"
 
     def handle_timer(self, now: float) -> None:
-        """Fire what is due; an established session that negotiates nothing trims its codec."""
+        """Fire what is due; an established session that negotiates nothing trims its codec
+        and, once the client's handshake window is over, forgets its PUSH_REPLY."""
         super().handle_timer(now)
         if self._own_codec is not None and self.established and self._negotiating() is None:
             self._own_codec.trim()
+        first = self._keys.get(0)
+        if self._push_end is not None and (first is None or now >= first.deadline):
+            self._push = None
+
+    def _handle_control(self, packet: ControlPacket, now: float) -> None:
+        super()._handle_control(packet, now)
+        first = self._keys.get(0)
+        if first is not None and not self.closed:
+            self._push_when_ready(first)  # the packet may have ACKed our last message
 
     # -- key-method 2 and certificate checks ---------------------------------------------
     def _on_key_method(self, ks: KeyState, record: bytes, now: float) -> None:
@@ -256,8 +273,7 @@ class ServerSession(Endpoint):
         self.ping_interval = float(push_config.ping)
         self.ping_timeout = push_config.ping_restart * self.config.ping_restart_factor
         self.last_received = self._now
-        if info.supports(IvProto.REQUEST_PUSH) or self._push_requested:
-            self._send_push(ks)
+        self._push_when_ready(ks)
         self._events.append(
             SessionEstablished(
                 cipher=self.cipher,
@@ -293,19 +309,33 @@ class ServerSession(Endpoint):
             self._peer_info = None
             self._finish(f"refused for now, without an answer: {reason}")
 
-    def _send_push(self, ks: KeyState) -> None:
-        messages, self._push = self._push, None
-        if messages is None or self._push_sent:
+    def _push_when_ready(self, ks: KeyState) -> None:
+        """The first PUSH_REPLY: asked for, or unasked once the client holds all we sent."""
+        if self._push is None or self._push_end is not None:
             return
-        self._push_sent = True
-        for message in messages:
+        unasked = bool(self.peer_proto & IvProto.REQUEST_PUSH) and ks.sender.all_acked()
+        if self._push_requested or unasked:
+            self._send_push(ks)
+
+    def _on_push_request(self, ks: KeyState) -> None:
+        """A PUSH_REQUEST proves the client is active; answered again once the last reply
+        was ACKed (a reply still in flight is the reliability layer's to deliver)."""
+        self._push_requested = True
+        end = self._push_end
+        if end is None:
+            self._push_when_ready(ks)
+        elif self._push is not None and ks.sender.delivered(end):
+            self._send_push(ks)
+
+    def _send_push(self, ks: KeyState) -> None:
+        for message in self._push or ():
             ks.send_message(message)
+        self._push_end = ks.sender.next_message_id
 
     # -- control messages ----------------------------------------------------------------
     def _on_message(self, ks: KeyState, message: str, now: float) -> None:
         if message == "PUSH_REQUEST":
-            self._push_requested = True
-            self._send_push(ks)
+            self._on_push_request(ks)
         elif message == "EXIT":
             self._events.append(ExitRequested("control"))
             self._finish("peer exited (EXIT)")
@@ -316,7 +346,7 @@ class ServerSession(Endpoint):
         # multi.c: on shutdown the server tells clients to reconnect; clients that do
         # not read control messages (no cc-exit) also get the OCC EXIT data packet.
         ks = self._send_key  # a key state whose TLS session is up
-        if ks is not None and self._push_sent:
+        if ks is not None and self._push_end is not None:
             ks.send_message("RESTART")
         if not self.peer_proto & IvProto.CC_EXIT_NOTIFY:
             self._send_occ_exit()

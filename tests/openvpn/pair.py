@@ -73,6 +73,7 @@ class Pair:
     server_events: list[Event] = field(default_factory=list)
     server: ServerSession | None = None
     filter: Filter | None = None
+    client_class: type[ClientSession] = ClientSession
 
     def __post_init__(self) -> None:
         wkc = None
@@ -97,7 +98,7 @@ class Pair:
         extra = {} if self.peer_info is None else {"peer_info": self.peer_info}
         if self.options is not None:
             extra["options"] = self.options
-        self.client = ClientSession(
+        self.client = self.client_class(
             ClientConfig(
                 tls=self.pki.client_context(self.client_cert), codec=codec, wkc=wkc,
                 tcp=self.tcp, timing=self.client_timing, **extra,  # type: ignore[arg-type]

@@ -257,3 +257,14 @@ def test_stream_arrives_in_order_despite_loss_reordering_duplication(
     assert a.delivered == b_stream
     assert b.delivered == a_stream
     assert a.sender.all_acked() and b.sender.all_acked()
+
+
+def test_delivered_means_every_earlier_id_was_acked() -> None:
+    sender = ReliableSender()
+    for _ in range(3):
+        sender.queue(Opcode.CONTROL_V1, b"x")
+    sender.due(0.0)
+    sender.process_acks((0, 2), 0.1)
+    assert sender.delivered(1) and not sender.delivered(2) and not sender.delivered(3)
+    sender.process_acks((1,), 0.2)
+    assert sender.delivered(3) and sender.all_acked()
