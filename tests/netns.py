@@ -3,13 +3,15 @@
 A ``NetnsLab`` names every namespace ``<prefix>-<role>-<random>`` so parallel runs and other
 helpers never collide, links namespaces with veth pairs, starts processes inside them and, on
 ``close()`` (call it from a fixture finalizer), kills the processes it started (by pid) and
-deletes its namespaces, which also removes their veths. Nothing here touches the host
-namespace's routes or interfaces.
+deletes its namespaces, which also removes their veths. ``Namespace.set_udp_loss`` makes a
+namespace's traffic with a UDP port lossy. Nothing here touches the host namespace's routes
+or interfaces.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -18,6 +20,19 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
+
+LOSS_TABLE = "netns_loss"
+LOSS_RULES = """table inet {table} {{
+    chain sent {{
+        type filter hook output priority 0; policy accept;
+        udp dport {port} numgen random mod 100 < {percent} counter drop
+    }}
+    chain received {{
+        type filter hook input priority 0; policy accept;
+        udp sport {port} numgen random mod 100 < {percent} counter drop
+    }}
+}}
+"""
 
 
 class Namespace:
@@ -52,6 +67,21 @@ class Namespace:
             check=False,
         )
         return result.returncode == 0
+
+    def set_udp_loss(self, percent: int, port: int) -> None:
+        """Drop ``percent`` % of the UDP datagrams this namespace sends to or receives from
+        ``port``, each datagram on its own draw (nftables ``numgen random``: the kernel here
+        has no netem). 0 removes the rules; ``udp_loss_dropped`` counts what they dropped."""
+        rules = f"add table inet {LOSS_TABLE}\ndelete table inet {LOSS_TABLE}\n"
+        if percent:
+            rules += LOSS_RULES.format(table=LOSS_TABLE, port=port, percent=percent)
+        self.run("nft", "-f", "-", stdin=rules)
+
+    def udp_loss_dropped(self) -> int:
+        """Datagrams the ``set_udp_loss`` rules dropped so far, both directions."""
+        listing = json.loads(self.run("nft", "-j", "list", "table", "inet", LOSS_TABLE))
+        return sum(expr["counter"]["packets"] for item in listing["nftables"]
+                   for expr in item.get("rule", {}).get("expr", ()) if "counter" in expr)
 
     def spawn(
         self,
