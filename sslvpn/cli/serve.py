@@ -10,8 +10,9 @@ ever runs on the loop that carries packets, with the in-process gateway as its
 GatewayControl, so live sessions and kick need no socket); then it runs until SIGTERM/SIGINT.
 With ``--workers N`` (N > 1) this process becomes the supervisor: the workers carry the
 packets (the first one also the IPsec tunnels), and the supervisor runs the rest off their
-loops: the node's revocation sweep, the daily work, the retirement of renewed certificates
-and the portal, answering for every worker (`sslvpn.runtime.workers_control`).
+loops: the node's revocation sweep, the daily work, the retirement of renewed certificates,
+the portal, the metrics and the alarms, answering for every worker
+(`sslvpn.runtime.workers_control`).
 With ``--tracemalloc FRAMES`` it traces Python allocations from then on (after the imports,
 which tracing would slow tenfold) and writes a snapshot on each SIGUSR2, for hunting leaks
 in long runs (``bench/soak.py``).
@@ -55,7 +56,7 @@ from sslvpn.config import DataPaths
 from sslvpn.openvpn.tls import TlsGroupsError
 from sslvpn.runtime import instance, steering
 from sslvpn.runtime.admission import HALF_OPEN_MAX, HALF_OPEN_PER_ADDRESS
-from sslvpn.runtime.alarms import alarm_metrics, run_alarms
+from sslvpn.runtime.alarms import Counter, Tunnels, alarm_metrics, run_alarms
 from sslvpn.runtime.control import GatewayControl, ThreadSafeControl, TunnelStatus
 from sslvpn.runtime.fleet_signal import listen_conninfo, listen_for_signals
 from sslvpn.runtime.gateway import Gateway
@@ -208,29 +209,60 @@ def metrics_task(paths: DataPaths, store: AsyncStore, listen: str,
         loop = asyncio.get_running_loop()
         own_store = store.companion(threads=1, owner="the metrics endpoint")
         metrics = Metrics(loop=loop, store=own_store)
-        metrics.add_loop_source(gateway_source(gateway, node or "default"))
-        metrics.add_loop_source(listener_source(gateway, node or "default"))
-        metrics.add_loop_source(ipsec_source(gateway))
-        metrics.add_store_source(store_facts(paths))
-        metrics.add_store_source(alarm_metrics)
+        metrics.add_loop_source(gateway_source(gateway.counters, node or "default"))
+        metrics.add_loop_source(listener_source(gateway.listener_status, node or "default"))
+        metrics.add_loop_source(ipsec_source(gateway.tunnel_status))
         health = Health(checks={"store": store_reachable(own_store),
                                 **{name: _in_thread(check)
                                    for name, check in gateway.ready_checks.items()}},
                         alive=lambda: on_loop(loop, lambda: True, CHECK_TIMEOUT))
-        try:
-            served = await PortalThread.start(lambda: create_ops_app(metrics, health),
-                                              lambda app: start_ops(app, listen),
-                                              name="sslvpn-metrics")
-        except OSError as exc:
-            raise PortalStartError(
-                f"cannot serve metrics on {listen}: {exc.strerror or exc}") from None
-        try:
-            click.echo(f"metrics: {served.url}metrics")
-            await served.wait()
-        finally:
-            await served.stop()
+        await serve_metrics(paths, metrics, health, listen)
 
     return run
+
+
+def workers_metrics(paths: DataPaths, store: AsyncStore, listen: str, node: str | None,
+                    control: WorkersControl) -> Companion:
+    """`serve --workers N`: the supervisor serves ``GET /metrics`` for the node, each scrape
+    asking every worker for its counters over its control socket (in a thread) and adding
+    them up; ready when the store and every worker answer."""
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        own_store = store.companion(threads=1, owner="the metrics endpoint")
+        metrics = Metrics(store=own_store)
+        metrics.add_thread_source(gateway_source(control.counters, node or "default"))
+        metrics.add_thread_source(listener_source(control.listener_status, node or "default"))
+        metrics.add_thread_source(ipsec_source(control.tunnel_status))
+
+        async def workers() -> bool:
+            return await asyncio.to_thread(control.all_answer)
+
+        health = Health(checks={"store": store_reachable(own_store), "workers": workers},
+                        alive=lambda: on_loop(loop, lambda: True, CHECK_TIMEOUT))
+        await serve_metrics(paths, metrics, health, listen)
+
+    return run
+
+
+async def serve_metrics(paths: DataPaths, metrics: Metrics, health: Health,
+                        listen: str) -> None:
+    """The metrics and health endpoints on ``listen`` until cancelled, with the store's
+    facts and the alarms added to ``metrics``."""
+    metrics.add_store_source(store_facts(paths))
+    metrics.add_store_source(alarm_metrics)
+    try:
+        served = await PortalThread.start(lambda: create_ops_app(metrics, health),
+                                          lambda app: start_ops(app, listen),
+                                          name="sslvpn-metrics")
+    except OSError as exc:
+        raise PortalStartError(
+            f"cannot serve metrics on {listen}: {exc.strerror or exc}") from None
+    try:
+        click.echo(f"metrics: {served.url}metrics")
+        await served.wait()
+    finally:
+        await served.stop()
 
 
 def alarms_task(paths: DataPaths, store: AsyncStore, node: str | None) -> ExtraTask:
@@ -340,12 +372,14 @@ class WorkersPlan:
 
 
 async def supervise_node(paths: DataPaths, engine: Engine, workers: WorkersPlan,
-                         node: str | None, plan: PortalPlan | None) -> None:
+                         node: str | None, plan: PortalPlan | None,
+                         metrics_at: str | None) -> None:
     """`serve --workers N`: the supervisor binds the workers' UDP sockets (a steered group
     per address, which it holds so that the group never changes), runs the workers and,
     off their loops, the node's revocation sweep (woken by the fleet's signal on
     PostgreSQL), a fleet node's heartbeat (which also ends down nodes' sessions), the daily
-    work, the retirement of renewed certificates and the portal, which sees every worker."""
+    work, the retirement of renewed certificates, and the portal, the metrics and the
+    alarms, which see every worker."""
     with db.session(engine, write=False) as s:
         settings = queries.get_settings(s)
     groups: dict[str, list[socket.socket]] = {}
@@ -353,7 +387,8 @@ async def supervise_node(paths: DataPaths, engine: Engine, workers: WorkersPlan,
         groups = steering.bind_groups(workers.listen, workers.port or settings.port,
                                       workers.count)
     try:
-        await _supervise(paths, engine, workers.count, node, plan, groups, settings)
+        await _supervise(paths, engine, workers.count, node, plan, groups, settings,
+                         metrics_at)
     finally:
         for group in groups.values():
             for sock in group:
@@ -362,7 +397,7 @@ async def supervise_node(paths: DataPaths, engine: Engine, workers: WorkersPlan,
 
 async def _supervise(paths: DataPaths, engine: Engine, count: int, node: str | None,
                      plan: PortalPlan | None, groups: dict[str, list[socket.socket]],
-                     settings: GatewaySettings) -> None:
+                     settings: GatewaySettings, metrics_at: str | None) -> None:
     def command(slot: WorkerSlot) -> list[str]:
         """This very command line, run again as one worker (serve is the last verb, so
         options appended at the end are serve's), told which sockets it inherits."""
@@ -386,15 +421,29 @@ async def _supervise(paths: DataPaths, engine: Engine, count: int, node: str | N
                                                 on_removed=supervisor.stop))
     if plan is not None:
         companions.append(lambda: run_portal(paths, engine, plan, control))
-
-    async def tunnels() -> list[TunnelStatus]:
-        return await asyncio.to_thread(control.tunnel_status)
-
-    companions.append(lambda: run_alarms(store, paths, node=node or "default", tunnels=tunnels))
+    if metrics_at is not None:
+        companions.append(workers_metrics(paths, store, metrics_at, node, control))
+    tunnels, auth_failures = alarm_inputs(control)
+    companions.append(lambda: run_alarms(store, paths, node=node or "default", tunnels=tunnels,
+                                         auth_failures=auth_failures))
     try:
         await supervise(supervisor, companions)
     finally:
         await store.close()
+
+
+def alarm_inputs(control: WorkersControl) -> tuple[Tunnels, Counter]:
+    """What the supervisor's alarms read of its workers, each call in a thread: the first
+    worker's tunnels (it runs them all) and every worker's refused handshakes added up."""
+
+    async def tunnels() -> list[TunnelStatus]:
+        return await asyncio.to_thread(control.tunnel_status)
+
+    async def auth_failures() -> int:
+        handshakes = (await asyncio.to_thread(control.counters)).handshakes
+        return sum(handshakes.get(result, 0) for result in AUTH_FAILURES)
+
+    return tunnels, auth_failures
 
 
 def mend_crl(paths: DataPaths, engine: Engine) -> None:
@@ -524,15 +573,15 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
         if slot is None and workers > 1:
             try:
                 run(supervise_node(paths, engine, WorkersPlan(
-                    workers, listen or ServeOptions.listen, port, proto), node, plan))
+                    workers, listen or ServeOptions.listen, port, proto), node, plan, metrics_at))
             except PortalStartError as exc:
                 raise click.ClickException(str(exc)) from None
             return
         if slot is not None:
             stop_with_supervisor()
         gateway_store = AsyncStore(engine)  # the gateway's only way to the store
-        # IPsec and metrics in one process only (the first worker); the node's periodic work
-        # in the supervisor, if any
+        # IPsec in one process only (the first worker); the node's periodic work, metrics
+        # and alarms in the supervisor, if any
         first = slot is None or slot.first
         extra = [ipsec_task(gateway_store, node, on_activate)] if first else []
         if slot is None:
@@ -540,7 +589,7 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
             extra.append(alarms_task(paths, gateway_store, node))
         if first:  # with workers, NotifyAccess=all takes the first one's word
             extra.append(lambda _gateway: notify_systemd("serving OpenVPN clients"))
-        if metrics_at is not None and first:
+        if metrics_at is not None and slot is None:  # the supervisor serves the workers
             extra.append(metrics_task(paths, gateway_store, metrics_at, node))
         if trace_frames is not None:
             tracemalloc.start(trace_frames)

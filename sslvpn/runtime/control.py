@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -136,6 +136,46 @@ class TunnelStatus:
 
 
 @dataclass(frozen=True)
+class GatewayCounters:
+    """One pass over a gateway's registry for a metrics scrape: totals since start, live
+    sessions."""
+
+    sessions: dict[str, int]  # admitted sessions by protocol
+    bytes_in: int
+    bytes_out: int
+    packets_in: int
+    packets_out: int
+    handshakes: dict[str, int]
+    drops: dict[str, int]  # the gateway's and its sessions' cores' drops, by reason
+    store_write_queue: int = 0  # accounting records not written yet
+    # packets an access rule decided, by "<rule id or default>/<allow or deny>"
+    access_hits: dict[str, int] = field(default_factory=dict)
+
+
+def _added(items: Sequence[object], name: str) -> dict[str, int]:
+    """The counts by key of attribute ``name`` of every item, added up."""
+    added: collections.Counter[str] = collections.Counter()
+    for item in items:
+        added.update(getattr(item, name))
+    return dict(added)
+
+
+def summed(counters: list[GatewayCounters]) -> GatewayCounters:
+    """Several processes' counters (the workers of one node) as one gateway's."""
+    def total(name: str) -> dict[str, int]:
+        return _added(counters, name)
+
+    def plain(name: str) -> int:
+        return sum(int(getattr(one, name)) for one in counters)
+
+    return GatewayCounters(
+        sessions=total("sessions"), bytes_in=plain("bytes_in"), bytes_out=plain("bytes_out"),
+        packets_in=plain("packets_in"), packets_out=plain("packets_out"),
+        handshakes=total("handshakes"), drops=total("drops"),
+        store_write_queue=plain("store_write_queue"), access_hits=total("access_hits"))
+
+
+@dataclass(frozen=True)
 class ListenerStatus:
     """The OpenVPN listeners of one gateway process: clients held, refused, limits."""
 
@@ -151,10 +191,7 @@ class ListenerStatus:
 def combined(statuses: list[ListenerStatus]) -> ListenerStatus:
     """Several processes' listeners (the workers of one node) as one."""
     def total(name: str) -> dict[str, int]:
-        summed: collections.Counter[str] = collections.Counter()
-        for status in statuses:
-            summed.update(getattr(status, name))
-        return dict(summed)
+        return _added(statuses, name)
 
     top = collections.Counter(total("top_refused_sources")).most_common(TOP_SOURCES)
     return ListenerStatus(

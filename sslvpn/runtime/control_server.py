@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from sslvpn.runtime.control import (
     GatewayControl,
+    GatewayCounters,
     ListenerStatus,
     SessionInfo,
     TrafficSample,
@@ -38,9 +39,12 @@ class ControlError(RuntimeError):
 
 
 class KickingControl(GatewayControl, Protocol):
-    """GatewayControl plus disconnecting every session of a user."""
+    """GatewayControl plus disconnecting every session of a user, and the counters a
+    metrics scrape reads (the supervisor of `serve --workers` scrapes each worker's)."""
 
     def kick_user(self, user: str, reason: str = "kicked by admin") -> int: ...
+
+    def counters(self) -> GatewayCounters: ...
 
 
 def _encode(value: Any) -> Any:
@@ -112,6 +116,8 @@ class ControlServer:
             return {"ok": True, "count": control.kick_certificate(str(request["serial"]), reason)}
         if op == "traffic":
             return {"ok": True, "traffic": _encode(control.traffic())}
+        if op == "counters":
+            return {"ok": True, "counters": _encode(control.counters())}
         if op == "listeners":
             return {"ok": True, "listeners": _encode(control.listener_status())}
         if op == "tunnels":
@@ -178,6 +184,9 @@ class ControlClient:
 
     def listener_status(self) -> ListenerStatus:
         return ListenerStatus(**self._call(op="listeners")["listeners"])
+
+    def counters(self) -> GatewayCounters:
+        return GatewayCounters(**self._call(op="counters")["counters"])
 
     def tunnel_action(self, name: str, action: str) -> str:
         """Raises ControlError with the gateway's reason when it refuses."""

@@ -54,7 +54,13 @@ from sslvpn.openvpn.events import (
 from sslvpn.openvpn.key_method import ClientSoftware, client_software
 from sslvpn.openvpn.push import PushConfig
 from sslvpn.runtime.admission import Admission, AdmissionLimits, Slot
-from sslvpn.runtime.control import ListenerStatus, SessionInfo, TrafficSample, TunnelStatus
+from sslvpn.runtime.control import (
+    GatewayCounters,
+    ListenerStatus,
+    SessionInfo,
+    TrafficSample,
+    TunnelStatus,
+)
 from sslvpn.runtime.driver import SessionCore, SessionDriver, Transmit
 from sslvpn.runtime.policy import (
     Authorization,
@@ -90,19 +96,6 @@ def refusal_result(reason: str) -> str:
     if "expired" in lowered:
         return "expired"
     return "auth_failed"
-
-
-@dataclass(frozen=True)
-class GatewayCounters:
-    """One pass over the registry for a metrics scrape: totals since start, live sessions."""
-
-    sessions: dict[str, int]  # admitted sessions by protocol
-    bytes_in: int
-    bytes_out: int
-    packets_in: int
-    packets_out: int
-    handshakes: dict[str, int]
-    drops: dict[str, int]  # the gateway's and its sessions' cores' drops, by reason
 
 
 @dataclass(frozen=True)
@@ -786,7 +779,9 @@ class Gateway:
                                bytes_out=bytes_out, packets_in=packets_in,
                                packets_out=packets_out,
                                handshakes={r: self.handshakes[r] for r in HANDSHAKE_RESULTS},
-                               drops=dict(drops))
+                               drops=dict(drops), store_write_queue=self.records.pending,
+                               access_hits={f"{rule}/{'allow' if allowed else 'deny'}": count
+                                            for rule, allowed, count in self.access_hits()})
 
     def tunnel_status(self) -> list[TunnelStatus]:
         return [status for provider in self.tunnel_status_providers for status in provider()]

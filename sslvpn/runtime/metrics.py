@@ -2,19 +2,24 @@
 
 Nothing is counted for the metrics' sake on the data path: a scrape reads the counters the
 gateway, its listeners and its cores already keep. ``Metrics`` owns one registry (with
-prometheus-client's process, platform and GC collectors) and two kinds of sources, each a
+prometheus-client's process, platform and GC collectors) and three kinds of sources, each a
 function returning finished metric families:
 
 - a *loop source* runs on the gateway's event loop, so it reads live objects without races;
   all loop sources of a scrape run in one hop there, bounded by ``LOOP_TIMEOUT``;
 - a *store source* runs in a store thread (``AsyncStore``, bounded in time) with a read
-  session: certificates, heartbeats, what other processes wrote.
+  session: certificates, heartbeats, what other processes wrote;
+- a *thread source* runs in a thread of its own and may block: the supervisor of
+  `serve --workers` reads each worker's counters over its control socket at scrape time
+  (``WorkersControl``) and adds them up, so the workers' loops only answer one small
+  request per scrape and count nothing more.
 
 A source that fails or times out leaves its families out of that scrape (an absent series
 is what Prometheus alerts on) and the rest is served. To add a family: write a function that
 builds ``GaugeMetricFamily``/``CounterMetricFamily`` objects from counters your module keeps,
-and hand it to ``add_loop_source`` (or ``add_store_source``) where the process is composed
-(``sslvpn.cli.serve``). ``gateway_source`` and ``store_facts`` are the gateway's own.
+and hand it to ``add_loop_source`` (or ``add_store_source``, ``add_thread_source``) where the
+process is composed (``sslvpn.cli.serve``). ``gateway_source`` and ``store_facts`` are the
+gateway's own.
 """
 
 from __future__ import annotations
@@ -39,8 +44,12 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from sslvpn.config import DataPaths
-from sslvpn.runtime.control import schedule_on_loop
-from sslvpn.runtime.gateway import Gateway
+from sslvpn.runtime.control import (
+    GatewayCounters,
+    ListenerStatus,
+    TunnelStatus,
+    schedule_on_loop,
+)
 from sslvpn.store import StoreError, metrics_queries
 from sslvpn.store.async_store import AsyncStore
 
@@ -52,6 +61,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 LOOP_TIMEOUT = 2.0  # seconds a scrape waits for the gateway's loop
 STORE_TIMEOUT = 5.0  # seconds a scrape waits for the store's answers
+THREAD_TIMEOUT = 5.0  # seconds a scrape waits for a thread source (the workers' answers)
 LoopSource = Callable[[], Iterable[Metric]]
 StoreSource = Callable[["Session"], Iterable[Metric]]
 
@@ -71,6 +81,7 @@ class Metrics:
         self._store = store
         self._loop_sources: list[LoopSource] = []
         self._store_sources: list[StoreSource] = []
+        self._thread_sources: list[LoopSource] = []
 
     def add_loop_source(self, source: LoopSource) -> None:
         """``source`` runs on the gateway's loop at each scrape (needs ``loop``)."""
@@ -84,9 +95,14 @@ class Metrics:
             raise ValueError("this process has no store to read from")
         self._store_sources.append(source)
 
+    def add_thread_source(self, source: LoopSource) -> None:
+        """``source`` runs in a thread at each scrape: it may block (a control socket)."""
+        self._thread_sources.append(source)
+
     async def scrape(self, accept: str | None = None) -> tuple[bytes, str]:
         """The exposition in the format ``accept`` asks for, and its content type."""
-        families = await self._from_loop() + await self._from_store()
+        families = (await self._from_loop() + await self._from_threads()
+                    + await self._from_store())
         encoder, content_type = choose_encoder(accept or "")
         with self._render_lock:
             self._gathered.families = families
@@ -106,6 +122,19 @@ class Metrics:
         except Exception:
             log.exception("metrics: a gateway source failed")
         return []
+
+    async def _from_threads(self) -> list[Metric]:
+        """Each thread source on its own: one that fails (a worker away) leaves the others."""
+        families: list[Metric] = []
+        for source in list(self._thread_sources):
+            try:
+                async with asyncio.timeout(THREAD_TIMEOUT):
+                    families += await asyncio.to_thread(_gather, [source])
+            except TimeoutError:
+                log.warning("metrics: a source did not answer in %.0f s", THREAD_TIMEOUT)
+            except Exception as exc:  # the workers' control sockets unreachable, or a bug
+                log.warning("metrics: a source left out of this scrape: %s", exc)
+        return families
 
     async def _from_store(self) -> list[Metric]:
         if not self._store_sources or self._store is None:
@@ -148,13 +177,13 @@ async def on_loop(loop: asyncio.AbstractEventLoop, call: Callable[[], T],
         done.cancel()
 
 
-def gateway_source(gateway: Gateway, node: str) -> LoopSource:
-    """The gateway's families: sessions, handshakes, tunnel bytes and packets, drops (the
-    gateway's, its listeners' and its sessions' cores'), the accounting queue, the access
-    rules' hits."""
+def gateway_source(read_counters: Callable[[], GatewayCounters], node: str) -> LoopSource:
+    """The gateway's families from ``read_counters`` (a gateway's own, or every worker's
+    added up): sessions, handshakes, tunnel bytes and packets, drops (the gateway's, its
+    listeners' and its sessions' cores'), the accounting queue, the access rules' hits."""
 
     def read() -> Iterator[Metric]:
-        counters = gateway.counters()
+        counters = read_counters()
         sessions = GaugeMetricFamily("sslvpn_sessions", "Admitted client sessions.",
                                      labels=["node", "proto"])
         for proto in ("udp", "tcp"):
@@ -180,25 +209,26 @@ def gateway_source(gateway: Gateway, node: str) -> LoopSource:
             dropped.add_metric([node, reason], count)
         queue = GaugeMetricFamily("sslvpn_store_write_queue_depth",
                                   "Accounting records waiting to be written to the store.",
-                                  value=gateway.records.pending)
+                                  value=counters.store_write_queue)
         access = CounterMetricFamily(
             "sslvpn_access_rule_packets", "Packets an access rule (or the default) decided, "
             "both directions, by rule id and action.", labels=["node", "rule", "action"])
-        for rule, allowed, count in sorted(gateway.access_hits()):
-            access.add_metric([node, rule, "allow" if allowed else "deny"], count)
+        for key, count in sorted(counters.access_hits.items()):
+            rule, _, action = key.rpartition("/")
+            access.add_metric([node, rule, action], count)
         return iter((sessions, handshakes, tunnel_bytes, packets, dropped, queue, access))
 
     return read
 
 
-def listener_source(gateway: Gateway, node: str) -> LoopSource:
+def listener_source(read_status: Callable[[], ListenerStatus], node: str) -> LoopSource:
     """The OpenVPN listeners' admission: clients held, those not authenticated yet (now and
     peak) per transport, new clients refused by reason, the caps in force. The most refused
     sources stay out (one label value per attacker address); `sslvpn sessions --json` has
     them."""
 
     def read() -> Iterator[Metric]:
-        status = gateway.listener_status()
+        status = read_status()
         clients = GaugeMetricFamily("sslvpn_openvpn_clients", "OpenVPN clients held (UDP "
                                     "sessions and TCP connections), authenticated or not.",
                                     labels=["node"])
@@ -226,7 +256,7 @@ def listener_source(gateway: Gateway, node: str) -> LoopSource:
     return read
 
 
-def ipsec_source(gateway: Gateway) -> LoopSource:
+def ipsec_source(read_tunnels: Callable[[], list[TunnelStatus]]) -> LoopSource:
     """Site-to-site tunnels as the IPsec service reports them: up or not, bytes each way
     (in: from the peer's networks, out: to them), completed rekeys (ike, child), half-open
     IKE SAs, and drops by reason: each tunnel's IKE and ESP ones, and the gateway's in all
@@ -250,7 +280,7 @@ def ipsec_source(gateway: Gateway) -> LoopSource:
         gateway_dropped = CounterMetricFamily(
             "sslvpn_ipsec_gateway_dropped", "Everything the IPsec gateway dropped, tunnels' "
             "and no tunnel's (IKE reasons prefixed ike-), by reason.", labels=["reason"])
-        statuses = gateway.tunnel_status()
+        statuses = read_tunnels()
         for status in statuses:
             up.add_metric([status.name], 1 if status.state == "up" else 0)
             tunnel_bytes.add_metric([status.name, "in"], status.bytes_in)

@@ -10,7 +10,8 @@ one revocation sweep over 10,000 sessions costs ~40 ms of Python). So the superv
   sessions a survivor ended as down), each found session ended on the worker holding it
   through that worker's control socket; the workers themselves do not sweep;
 - ``WorkersControl``: one ``GatewayControl`` over every worker's control socket, which the
-  portal in the supervisor uses, so it lists, counts and kicks the sessions of all workers.
+  portal, the metrics endpoint and the alarms in the supervisor use, so they list, count and
+  kick the sessions of all workers and add up their counters.
 
 A worker being restarted does not answer: it is skipped (its clients are reconnecting).
 """
@@ -26,11 +27,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from sslvpn.runtime.control import (
+    GatewayCounters,
     ListenerStatus,
     SessionInfo,
     TrafficSample,
     TunnelStatus,
     combined,
+    summed,
 )
 from sslvpn.runtime.control_server import ControlClient, ControlError
 from sslvpn.runtime.policy import refusal_of
@@ -93,6 +96,18 @@ class WorkersControl:
 
     def listener_status(self) -> ListenerStatus:
         return combined(self._each(lambda w: w.listener_status()))
+
+    def counters(self) -> GatewayCounters:
+        """Every answering worker's counters added up (a restarted worker's start again
+        from 0, as a restarted single gateway's do)."""
+        return summed(self._each(lambda w: w.counters()))
+
+    def all_answer(self) -> bool:
+        """Every worker answers on its control socket (none is being restarted)."""
+        try:
+            return len(self._each(lambda w: w.listener_status())) == len(self.workers)
+        except ControlError:
+            return False
 
     def tunnel_status(self) -> list[TunnelStatus]:
         return self.workers[0].tunnel_status()

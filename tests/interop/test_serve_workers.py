@@ -4,13 +4,13 @@ Both workers share the port (SO_REUSEPORT, the supervisor's steered UDP group) a
 serves its half of the pool through its own TUN. A UDP client whose source port changes six
 times (a rebinding NAT) keeps its session: its data packets reach its worker by peer-id
 lane whatever the new port. A client on each worker pings the VPC host
-and moves 50 MB each way, hash-checked, over UDP and then over TCP; `sessions` and the
-admin's portal (served by the supervisor) list both, and the portal's kick ends the one on
-the second worker. A SIGKILLed worker is started again by the supervisor and its client
-reconnects, while the other worker's client loses no ping (the supervisor holds every
-worker's socket, so the group never changes size or order: with sockets of the workers' own,
-the second kill is the order that moved every flow of the survivor). Revoking the
-certificate of a TCP client on the second worker ends its session within 5 s (by the
+and moves 50 MB each way, hash-checked, over UDP and then over TCP; `sessions`, the
+admin's portal and the metrics (served by the supervisor) see both, and the portal's kick
+ends the one on the second worker. A SIGKILLed worker is started again by the supervisor and
+its client reconnects, while the other worker's client loses no ping (the supervisor holds
+every worker's socket, so the group never changes size or order: with sockets of the
+workers' own, the second kill is the order that moved every flow of the survivor). Revoking
+the certificate of a TCP client on the second worker ends its session within 5 s (by the
 supervisor's sweep: the workers do not sweep). SIGTERM to the supervisor stops every worker
 cleanly (clients told, TUNs gone).
 """
@@ -41,7 +41,9 @@ from tests.interop.conftest import (
     build_topology,
     sslvpn,
 )
+from tests.interop.test_metrics import FETCH
 from tests.netns import Namespace, file_contains, wait_until
+from tests.runtime.test_metrics import promtool_check, samples, value
 
 pytestmark = pytest.mark.interop
 
@@ -49,13 +51,15 @@ CONNECTED = "Initialization Sequence Completed"
 SLICES = (ipaddress.IPv4Network("10.8.0.0/25"), ipaddress.IPv4Network("10.8.0.128/25"))
 FIFTY_MB = 50 * 1024 * 1024
 PORTAL_CLIENT = str(Path(__file__).with_name("portal_client.py"))
+METRICS_PORT = 9541
 REPLY = re.compile(r"^\[(\d+\.\d+)\] .*bytes from.* icmp_seq=(\d+)")
 
 
 @pytest.fixture(scope="module")
 def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     with build_topology(tmp_path_factory.mktemp("workers"), prefix="w15",
-                        serve_args=("--workers", "2"), start_timeout=60) as topo:
+                        serve_args=("--workers", "2", "--metrics-listen", str(METRICS_PORT)),
+                        start_timeout=60) as topo:
         log = topo.gateway_log
         if not wait_until(lambda: log.read_text().count("listening on tcp") >= 2, 60):
             pytest.fail("both workers did not start:\n" + log.read_text())
@@ -112,6 +116,16 @@ def _workers(topo: Topology) -> dict[int, int]:
         if b"--worker-slot" in argv:
             found[int(argv[argv.index(b"--worker-slot") + 1].split(b"/")[0])] = int(pid)
     return found
+
+
+def _scrape(topo: Topology) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """One scrape of the supervisor's metrics from inside the gateway's namespace, checked
+    by promtool."""
+    status, _, text = topo.gateway_ns.run(
+        sys.executable, "-c", FETCH, f"http://127.0.0.1:{METRICS_PORT}/metrics").partition("\n")
+    assert status == "200", text
+    promtool_check(text)
+    return samples(text)
 
 
 def _slice_of(address: ipaddress.IPv4Address) -> int:
@@ -258,6 +272,11 @@ def test_workers_serve_slices_survive_kills_and_stop_cleanly(topology: Topology)
         # each), and the portal's kick reaches the second worker
         listed = json.loads(sslvpn(topo.data_dir, "sessions", "--json").output)["sessions"]
         assert sorted(row["user"] for row in listed) == ["ann", "bob"]
+        found = _scrape(topo)
+        assert value(found, "sslvpn_sessions", node="default", proto="udp") == 2
+        assert value(found, "sslvpn_handshakes_total", node="default", result="ok") >= 2
+        assert value(found, "sslvpn_tunnel_bytes_total", node="default",
+                     direction="in") >= 2 * FIFTY_MB
         on_second = ann if y == 1 else bob
         user = "ann" if on_second is ann else "bob"
         page = _portal(topo, "get", "/admin/sessions")

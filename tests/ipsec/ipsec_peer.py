@@ -17,7 +17,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sslvpn.config import DataPaths, database_url
-from sslvpn.runtime.control import ListenerStatus, SessionInfo, TrafficSample, TunnelStatus
+from sslvpn.runtime.control import (
+    GatewayCounters,
+    ListenerStatus,
+    SessionInfo,
+    TrafficSample,
+    TunnelStatus,
+)
 from sslvpn.runtime.control_server import ControlServer
 from sslvpn.runtime.ipsec_service import IpsecService
 from sslvpn.store.async_store import AsyncStore
@@ -44,6 +50,9 @@ class TunnelsOnly:
 
     def traffic(self) -> TrafficSample:
         return TrafficSample(datetime.now(UTC), 0, 0)
+
+    def counters(self) -> GatewayCounters:
+        return GatewayCounters({}, 0, 0, 0, 0, {}, {})
 
     def tunnel_status(self) -> list[TunnelStatus]:
         return self.service.tunnel_status()

@@ -48,7 +48,7 @@ async def test_rules_decide_each_packet_and_replies_mirror_them(core_type: type[
     assert harness.gateway.drops["access-denied"] == 3
     hits = {rule: (allow, count) for rule, allow, count in harness.gateway.access_hits()}
     assert hits == {"1": (True, 1), "2": (True, 1), "default": (False, 3)}
-    [family] = [f for f in gateway_source(harness.gateway, "n1")()
+    [family] = [f for f in gateway_source(harness.gateway.counters, "n1")()
                 if f.name == "sslvpn_access_rule_packets"]
     assert {(s.labels["rule"], s.labels["action"]): s.value for s in family.samples} == {
         ("1", "allow"): 1, ("2", "allow"): 1, ("default", "deny"): 3}

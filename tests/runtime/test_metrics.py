@@ -107,8 +107,8 @@ async def test_a_scrape_reads_what_moved_since_the_last() -> None:
     client, _ = await h.connect("a1")
     assert client.driver is not None
     metrics = Metrics(loop=asyncio.get_running_loop())
-    metrics.add_loop_source(gateway_source(h.gateway, "n1"))
-    metrics.add_loop_source(ipsec_source(h.gateway))
+    metrics.add_loop_source(gateway_source(h.gateway.counters, "n1"))
+    metrics.add_loop_source(ipsec_source(h.gateway.tunnel_status))
     tunnel = TunnelStatus("t1", "up", None, None, "c1", "c2", bytes_in=10, bytes_out=20,
                           packets_in=1, packets_out=2, rekeys={"child": 3}, ike_half_open=2,
                           ike_drops={"cookie-required": 7}, esp_drops={"esp-replayed": 4},
@@ -159,7 +159,7 @@ async def test_half_open_clients_and_refusals_are_gauges_and_counters() -> None:
     """The listeners' admission as the metrics show it: a scrape reads it live."""
     h = await Harness.started()
     metrics = Metrics(loop=asyncio.get_running_loop())
-    metrics.add_loop_source(listener_source(h.gateway, "n1"))
+    metrics.add_loop_source(listener_source(h.gateway.listener_status, "n1"))
     admission = h.gateway.admission
     held = [admission.take("203.0.113.9", "tcp", lambda: None) for _ in range(20)]
     udp = admission.take("198.51.100.7", "udp", lambda: None)
@@ -193,7 +193,7 @@ async def test_a_stuck_gateway_loop_leaves_its_families_out() -> None:
     try:
         h = Harness()
         metrics = Metrics(loop=gateway_loop)
-        metrics.add_loop_source(gateway_source(h.gateway, "n1"))
+        metrics.add_loop_source(gateway_source(h.gateway.counters, "n1"))
         text = (await metrics.scrape())[0].decode()
     finally:
         gateway_loop.close()

@@ -1,5 +1,6 @@
-"""The supervisor's view of its workers: one control over every worker's control socket, and
-the node's revocation sweep ending a session on whichever worker holds it."""
+"""The supervisor's view of its workers: one control over every worker's control socket, the
+node's revocation sweep ending a session on whichever worker holds it, and the metrics and
+alarms adding up every worker's counters."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from sslvpn.cli.serve import alarm_inputs
+from sslvpn.runtime.alarms import Evaluator
+from sslvpn.runtime.control import GatewayCounters, summed
 from sslvpn.runtime.control_server import ControlError, ControlServer
 from sslvpn.runtime.gateway import ClientSession, Gateway, GatewayOptions
+from sslvpn.runtime.metrics import Metrics, gateway_source, ipsec_source, listener_source
 from sslvpn.runtime.tun import MemoryTun
 from sslvpn.runtime.workers_control import NodeSweep, WorkersControl
 from sslvpn.store import db, fleet_queries, gateway_queries, queries
@@ -20,6 +25,8 @@ from sslvpn.store.async_store import AsyncStore
 from sslvpn.store.db import open_engine, upgrade
 from sslvpn.store.gateway_queries import SessionOpened
 from tests.runtime.fakes import VERIFY, FakeCore, MemoryPolicy, decided, ipv4
+from tests.runtime.test_alarms import _facts
+from tests.runtime.test_metrics import promtool_check, samples, scrape, value
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SECOND = ipaddress.IPv4Network("10.8.0.128/25")  # the second worker's slice
@@ -44,8 +51,10 @@ class Worker:
         await self.gateway.start()
         await self.server.start()
 
-    async def connect(self, serial: str, user: str) -> ClientSession:
-        self.policy.add(serial, user)
+    async def connect(self, serial: str, user: str, *, known: bool = True) -> ClientSession:
+        """A session of ``serial`` sending one packet to the VPC (refused when unknown)."""
+        if known:
+            self.policy.add(serial, user)
         core = FakeCore()
         client = self.gateway.new_session(core, transmit=lambda _d: None, protocol="udp",
                                           real_address="198.18.0.2:4000",
@@ -53,7 +62,8 @@ class Worker:
         assert client.driver is not None
         client.driver.feed(VERIFY + serial.encode())
         await decided(core)
-        client.driver.feed(ipv4(client.vpn_text, "10.10.0.10"))
+        if known:
+            client.driver.feed(ipv4(client.vpn_text, "10.10.0.10"))
         self.cores[serial] = core
         return client
 
@@ -131,3 +141,68 @@ async def test_the_node_sweep_ends_a_revoked_session_on_the_worker_holding_it(
     finally:
         await store.close()
         engine.dispose()
+
+
+async def test_metrics_of_the_supervisor_add_up_every_worker(
+    workers: list[Worker], tmp_path: Path
+) -> None:
+    """A scrape in the supervisor asks each worker's control socket for its counters and
+    adds them up: sessions, handshakes, bytes and packets, drops, admission; a worker being
+    restarted leaves its share out, not the scrape."""
+    await workers[0].connect("a1", "alice")
+    await workers[1].connect("b2", "bob")
+    await workers[1].connect("c3", "carol")
+    await workers[1].connect("ff", "mallory", known=False)  # refused: not in the store
+    workers[0].gateway.drops["outside-vpc"] += 2
+    workers[1].gateway.drops["outside-vpc"] += 3
+    control = WorkersControl([tmp_path / "control-w0.sock", tmp_path / "control-w1.sock"])
+    metrics = Metrics()
+    metrics.add_thread_source(gateway_source(control.counters, "n1"))
+    metrics.add_thread_source(listener_source(control.listener_status, "n1"))
+    metrics.add_thread_source(ipsec_source(control.tunnel_status))
+    text = await scrape(metrics)
+    promtool_check(text)
+    found = samples(text)
+    assert value(found, "sslvpn_sessions", node="n1", proto="udp") == 3
+    assert value(found, "sslvpn_handshakes_total", node="n1", result="ok") == 3
+    assert value(found, "sslvpn_handshakes_total", node="n1", result="auth_failed") == 1
+    assert value(found, "sslvpn_tunnel_packets_total", node="n1", direction="in") == 3
+    assert value(found, "sslvpn_tunnel_bytes_total", node="n1", direction="in") == 3 * 24
+    assert value(found, "sslvpn_dropped_packets_total", node="n1", reason="outside-vpc") == 5
+    assert value(found, "sslvpn_openvpn_client_limit", node="n1",
+                 limit="half_open_per_address") == 16
+    assert value(found, "sslvpn_store_write_queue_depth") > 0  # both workers' records
+    assert await asyncio.to_thread(control.all_answer)
+    await workers[1].server.close()
+    alone = samples(await scrape(metrics))
+    assert value(alone, "sslvpn_sessions", node="n1", proto="udp") == 1
+    assert not await asyncio.to_thread(control.all_answer)
+
+
+async def test_the_refused_handshakes_alarm_counts_every_worker(
+    workers: list[Worker], tmp_path: Path
+) -> None:
+    """The supervisor's alarm reads the refused handshakes of all workers: 20 on one and 20
+    on the other within a minute pass the default 30 a minute, neither alone would."""
+    control = WorkersControl([tmp_path / "control-w0.sock", tmp_path / "control-w1.sock"])
+    tunnels, auth_failures = alarm_inputs(control)
+    assert await tunnels() == []  # the first worker's (it runs the IPsec tunnels)
+    evaluator = Evaluator("n1")
+    assert not evaluator.evaluate(_facts(auth_failures=await auth_failures()), 0.0).bad
+    for worker in workers:
+        for i in range(20):
+            await worker.connect(f"bad{i}", "mallory", known=False)
+    assert await auth_failures() == 40
+    raised = evaluator.evaluate(_facts(auth_failures=await auth_failures()), 60.0)
+    assert set(raised.bad) == {"auth-failures/n1"}
+
+
+def test_counters_add_up_by_key() -> None:
+    """Access rule hits and drops are added per key, not replaced by one worker's."""
+    one = GatewayCounters({"udp": 1}, 10, 20, 1, 2, {"ok": 1}, {"outside-vpc": 1},
+                          store_write_queue=2, access_hits={"1/allow": 1})
+    two = GatewayCounters({"udp": 2, "tcp": 1}, 5, 5, 1, 1, {"ok": 3}, {},
+                          access_hits={"1/allow": 2, "default/deny": 4})
+    assert summed([one, two]) == GatewayCounters(
+        {"udp": 3, "tcp": 1}, 15, 25, 2, 3, {"ok": 4}, {"outside-vpc": 1},
+        store_write_queue=2, access_hits={"1/allow": 3, "default/deny": 4})
