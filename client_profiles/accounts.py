@@ -16,10 +16,10 @@ from sqlalchemy import Engine
 
 from client_profiles import lifecycle
 from client_profiles.passwords import (
-    MIN_PASSWORD_LENGTH,
     generate_password,
     hash_password,
     one_time_until,
+    password_problem,
 )
 from client_profiles.pkifiles import LifecycleError
 from sslvpn.config import DataPaths
@@ -51,8 +51,8 @@ def add_user(
         )
     if email is not None and not _EMAIL_PATTERN.fullmatch(email):
         raise LifecycleError(f"{email!r} is not an e-mail address")
-    if password is not None and len(password) < MIN_PASSWORD_LENGTH:
-        raise LifecycleError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
+    if password is not None:
+        _check_password(password, name=name, email=email)
     password_hash = hash_password(password) if password is not None else None
     with session(engine, write=True) as s:
         user = queries.create_user(
@@ -73,6 +73,13 @@ def add_user(
             detail=f"role={user.role}",
         )
     return user
+
+
+def _check_password(password: str, *, name: str, email: str | None) -> None:
+    """Refuse a chosen password the policy refuses (generated ones are random)."""
+    problem = password_problem(password, user_inputs=(name, email))
+    if problem is not None:
+        raise LifecycleError(problem)
 
 
 def set_user_enabled(
@@ -136,10 +143,11 @@ def set_password(
     """Give a user a new portal password (None: generate a one-time one, returned to show
     once) and end every portal login they had."""
     generated = generate_password() if password is None else None
-    new = generated or str(password)
-    if len(new) < MIN_PASSWORD_LENGTH:
-        raise LifecycleError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
-    hashed = hash_password(new)
+    if password is not None:
+        with session(engine, write=False) as s:
+            email = queries.get_user(s, name=name).email  # an unknown name fails first
+        _check_password(password, name=name, email=email)
+    hashed = hash_password(generated or str(password))
     with session(engine, write=True) as s:
         user = queries.set_user_password_hash(
             s, name=name, password_hash=hashed,

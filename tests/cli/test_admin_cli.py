@@ -312,7 +312,11 @@ def test_user_delete_passwd_unlock_and_limits(ready: Run, data_dir: Path) -> Non
     assert generated.exit_code == 0 and generated.stdout.startswith("new password for alice: ")
     assert _one_time_until(data_dir, "alice") is not None  # changed at her first login
     _one_line_error(ready("user", "passwd", "alice", "--password-stdin", stdin="short\n"),
-                    "at least")
+                    "at least 12 characters")
+    _one_line_error(ready("user", "passwd", "alice", "--password-stdin", stdin="qwerty123456\n"),
+                    "common or guessable")
+    _one_line_error(ready("user", "add", "carol", "--password-stdin", stdin="password1234\n"),
+                    "common or guessable")
     assert ready("user", "unlock", "alice").stdout == "unlocked alice\n"
     limits = ready("user", "limits", "alice", "--max-devices", "1", "--max-sessions", "2")
     assert limits.stdout == "alice: max devices 1, max sessions 2\n"

@@ -380,8 +380,12 @@ def test_accounts_validate_and_refuse_duplicates(gateway: Gateway) -> None:
             accounts.add_user(gateway.engine, name=name, actor="t")
     with pytest.raises(LifecycleError, match="e-mail"):
         accounts.add_user(gateway.engine, name="bob", email="nope", actor="t")
-    with pytest.raises(LifecycleError, match="password"):
-        accounts.add_user(gateway.engine, name="bob", password="short", actor="t")
+    with pytest.raises(LifecycleError, match="at least 12 characters"):
+        accounts.add_user(gateway.engine, name="bob", password="short-pw", actor="t")
+    for guessable in ("password1234", "bobbobbobbob", "bob@example.org2"):  # common, own
+        with pytest.raises(LifecycleError, match="common or guessable"):
+            accounts.add_user(gateway.engine, name="bob", email="bob@example.org",
+                              password=guessable, actor="t")
     bob = accounts.add_user(
         gateway.engine, name="bob", admin=True, password="long enough pw", actor="t"
     )

@@ -29,6 +29,7 @@ from web.portal import PortalSettings
 # call can take seconds, and the outage tests pin the real budget (answers within 5 s).
 PATIENT = 60.0
 PASSWORDS = {"root": "admin-password-1", "alice": "alice-password-1", "bob": "bob-password-1"}
+NEW_PASSWORD = "violet-harbour-lantern-9"  # one the password policy accepts
 _HASHES = {name: hash_password(password) for name, password in PASSWORDS.items()}
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 

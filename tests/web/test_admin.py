@@ -47,7 +47,9 @@ async def test_bad_user_input_explains_and_changes_nothing(client: TestClient, s
     status, page = await post(client, "/admin/users", csrf, name="Bad Name!", role="user")
     assert status == 400 and "a user name is 1-64 letters" in page
     status, page = await post(client, "/admin/users", csrf, name="carol", password="short")
-    assert status == 400 and "at least 8 characters" in page
+    assert status == 400 and "at least 12 characters" in page
+    status, page = await post(client, "/admin/users", csrf, name="carol", password="qwerty123456")
+    assert status == 400 and "common or guessable" in page
     status, page = await post(client, "/admin/users", csrf, name="alice", role="user")
     assert status == 400 and "already exists" in page
     with db.session(site.engine, write=False) as s:

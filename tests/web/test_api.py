@@ -66,6 +66,11 @@ async def test_users_lifecycle_over_the_api(client: TestClient, site: Site) -> N
     assert body["role"] == "user" and len(body["password"]) >= 20
     bad = await client.post("/api/v1/users", json={"name": "dave", "x": 1}, headers=auth)
     assert bad.status == 400
+    for weak, why in (("short-pw", "at least 12 characters"),
+                      ("password1234", "common or guessable")):
+        refused = await client.post("/api/v1/users", json={"name": "erin", "password": weak},
+                                    headers=auth)
+        assert refused.status == 400 and why in (await refused.json())["error"]
     dup = await client.post("/api/v1/users", json={"name": "dave"}, headers=auth)
     assert dup.status == 409
     patched = await client.patch("/api/v1/users/dave", json={"disabled": True}, headers=auth)

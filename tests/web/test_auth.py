@@ -14,6 +14,7 @@ from client_profiles import accounts
 from sslvpn.store import db, queries
 from sslvpn.store.models import PortalLogin
 from tests.web.conftest import (
+    NEW_PASSWORD,
     PASSWORDS,
     Clock,
     Site,
@@ -193,19 +194,26 @@ async def test_change_own_password(client: TestClient) -> None:
     )
     assert bad.status == 400
     text = await bad.text()
-    assert "current password is wrong" in text and "at least 8" in text
+    assert "current password is wrong" in text and "at least 12" in text
+    common = await client.post(
+        "/account/password",
+        data={"csrf_token": csrf, "password": PASSWORDS["alice"],
+              "new_password": "password1234", "confirm": "password1234"},
+    )
+    assert common.status == 400
+    assert "common or guessable" in await common.text()
     good = await client.post(
         "/account/password",
         data={
             "csrf_token": csrf,
             "password": PASSWORDS["alice"],
-            "new_password": "a-new-password",
-            "confirm": "a-new-password",
+            "new_password": NEW_PASSWORD,
+            "confirm": NEW_PASSWORD,
         },
         allow_redirects=False,
     )
     assert good.status == 303
-    assert await try_login(client, "alice", "a-new-password") == 303
+    assert await try_login(client, "alice", NEW_PASSWORD) == 303
 
 
 async def test_changing_a_password_ends_the_users_other_portal_sessions(
@@ -218,7 +226,7 @@ async def test_changing_a_password_ends_the_users_other_portal_sessions(
         assert (await elsewhere.get("/devices", allow_redirects=False)).status == 200
         changed = await client.post("/account/password", allow_redirects=False, data={
             "csrf_token": csrf, "password": PASSWORDS["alice"],
-            "new_password": "a-new-password", "confirm": "a-new-password"})
+            "new_password": NEW_PASSWORD, "confirm": NEW_PASSWORD})
         assert changed.status == 303
         gone = await elsewhere.get("/devices", allow_redirects=False)
         assert gone.status == 303 and gone.headers["Location"].startswith("/login")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from sslvpn.store import db, queries
 from tests.web.conftest import PATIENT, FakeGateway, issue_for, make_site
@@ -57,7 +58,11 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @schema.parametrize()
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_matches_its_openapi_document(case: schemathesis.Case, api_url: str) -> None:
-    case.call_and_validate(base_url=api_url)
+    # A password's strength is zxcvbn's verdict, which no schema can state: a schema-valid
+    # password may be refused (400 with the reason). Every other check still applies.
+    creates_user = case.operation.method.upper() == "POST" and case.operation.path == "/users"
+    excluded = [positive_data_acceptance] if creates_user else []
+    case.call_and_validate(base_url=api_url, excluded_checks=excluded)
 
 
 def test_served_document_is_the_one_tested(api_url: str) -> None:

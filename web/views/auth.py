@@ -8,7 +8,7 @@ import math
 from aiohttp import web
 from sqlmodel import Session
 
-from client_profiles.passwords import MIN_PASSWORD_LENGTH, hash_password, verify_password
+from client_profiles.passwords import hash_password, password_problem, verify_password
 from sslvpn.store import NotFoundError, portal_logins, queries
 from sslvpn.store.models import User
 from web.pages import (
@@ -155,8 +155,9 @@ async def change_password(request: web.Request) -> web.StreamResponse:
     errors = []
     if not await asyncio.to_thread(verify_password, me.password_hash, form.get("password", "")):
         errors.append("The current password is wrong.")
-    if len(new) < MIN_PASSWORD_LENGTH:
-        errors.append(f"The new password needs at least {MIN_PASSWORD_LENGTH} characters.")
+    problem = await asyncio.to_thread(password_problem, new, user_inputs=(me.name, me.email))
+    if problem is not None:
+        errors.append(f"The new password is refused: {problem}.")
     if new != form.get("confirm", ""):
         errors.append("The two new passwords differ.")
     if errors:
