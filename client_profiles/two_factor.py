@@ -17,7 +17,7 @@ from sqlalchemy import Engine, or_, update
 from sqlmodel import Session, col
 
 from client_profiles.passwords import hash_password, verify_password
-from sslvpn.store import portal_logins, queries
+from sslvpn.store import NotFoundError, portal_logins, queries
 from sslvpn.store.db import session
 from sslvpn.store.models import User
 
@@ -125,6 +125,26 @@ def use_recovery_code(s: Session, *, user_id: int, code_hash: str) -> bool:
     return True
 
 
+def replace_recovery_codes(s: Session, *, user_id: int, hashes: list[str]) -> bool:
+    """The user's new recovery codes (the old ones stop working); False when they are no
+    longer enrolled."""
+    user = s.get(User, user_id, with_for_update=True)
+    if user is None or user.totp_secret is None:
+        return False
+    user.recovery_code_hashes = hashes
+    return True
+
+
+def required_of(s: Session, *, user: User, gateway: str) -> bool:
+    """Whether ``user`` must sign in with a code: required of them, or of everyone."""
+    if user.two_factor_required:
+        return True
+    try:
+        return queries.get_settings(s, name=gateway).require_two_factor
+    except NotFoundError:
+        return False
+
+
 def reset(s: Session, *, name: str) -> User:
     """Forget the user's enrolment: they enrol again (at their next sign-in if required)."""
     user = queries.get_user(s, name=name)
@@ -156,6 +176,16 @@ def require_of_everyone(s: Session, *, gateway: str, required: bool, keep: int |
         for user in queries.list_users(s):
             if user.totp_secret is None and user.id is not None and user.id != keep:
                 portal_logins.end_user_logins(s, user_id=user.id)
+
+
+def require_everyone_account(engine: Engine, *, gateway: str, required: bool, actor: str,
+                             source_address: str | None = None) -> None:
+    """`require_of_everyone` with its audit entry, in one transaction (CLI)."""
+    with session(engine, write=True) as s:
+        require_of_everyone(s, gateway=gateway, required=required, keep=None)
+        queries.record_audit(s, actor=actor, action="settings.update", target=gateway,
+                             source_address=source_address,
+                             detail=f"require_two_factor={required}")
 
 
 def reset_account(engine: Engine, *, name: str, actor: str,

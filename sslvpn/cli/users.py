@@ -174,16 +174,26 @@ def limits_command(ctx: click.Context, name: str, max_devices: str | None,
 
 
 @user_group.command("2fa-require")
-@click.argument("name")
+@click.argument("name", required=False)
+@click.option("--everyone", is_flag=True,
+              help="Require it of every user (the gateway setting) instead of NAME.")
 @click.option("--off", is_flag=True, help="Make it optional again (unless required of everyone).")
 @click.pass_context
 @one_line_errors
-def two_factor_require_command(ctx: click.Context, name: str, off: bool) -> None:
-    """Require NAME to sign in to the portal with a TOTP code (they enrol at their next
-    sign-in)."""
+def two_factor_require_command(ctx: click.Context, name: str | None, everyone: bool,
+                               off: bool) -> None:
+    """Require NAME (or --everyone) to sign in to the portal with a TOTP code (they enrol at
+    their next sign-in; those not enrolled are logged out of the portal)."""
+    if everyone == (name is not None):
+        raise click.UsageError("give a user NAME or --everyone")
     with store(ctx, write=True) as engine:
-        two_factor.require_account(engine, name=name, required=not off, actor=ACTOR)
-    click.echo(f"two-factor sign-in {'optional for' if off else 'required of'} {name}")
+        if name is None:
+            two_factor.require_everyone_account(engine, gateway="default", required=not off,
+                                                actor=ACTOR)
+        else:
+            two_factor.require_account(engine, name=name, required=not off, actor=ACTOR)
+    click.echo(f"two-factor sign-in {'optional for' if off else 'required of'} "
+               f"{name or 'everyone'}")
 
 
 @user_group.command("2fa-reset")

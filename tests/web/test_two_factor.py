@@ -235,7 +235,94 @@ async def test_admin_resets_an_enrolment_in_the_portal_api_and_cli(
     assert audit_actions(site).count("user.2fa_reset") == 3
 
 
+async def own_change(client: TestClient, path: str, code: str,
+                     password: str = PASSWORDS["alice"]) -> str:
+    """Post the user's own two-factor change; the page it ends on."""
+    token = await csrf_from(client, "/account/two-factor")
+    response = await client.post(path, data={"password": password, "code": code,
+                                              "csrf_token": token})
+    assert response.status == 200
+    return await response.text()
+
+
+async def test_a_user_turns_two_factor_off_with_password_and_code(
+        client: TestClient, site: Site, clock: Clock) -> None:
+    secret = enrol_directly(site, "alice")
+    code = two_factor.code_at(secret, clock.now)
+    await password_step(client, "alice")
+    assert await code_step(client, code) == 303
+    assert "Turn two-factor sign-in off" in await (await client.get("/account/two-factor")).text()
+    clock.now += two_factor.STEP_SECONDS
+    fresh = two_factor.code_at(secret, clock.now)
+    page = await own_change(client, "/account/two-factor/off", fresh, password="not-her-password")
+    assert "wrong" in page and user_row(site, "alice").totp_secret == secret
+    page = await own_change(client, "/account/two-factor/off", code)  # used at sign-in
+    assert "wrong" in page and user_row(site, "alice").totp_secret == secret
+    page = await own_change(client, "/account/two-factor/off", fresh)
+    assert "Two-factor sign-in is off." in page and user_row(site, "alice").totp_secret is None
+    assert {"user.2fa_change_failed", "user.2fa_disable"} <= set(audit_actions(site))
+    await logout(client)
+    assert await password_step(client, "alice") == "/devices"  # no code asked any more
+
+
+async def test_two_factor_required_cannot_be_turned_off_by_its_user(
+        client: TestClient, site: Site, clock: Clock) -> None:
+    secret = enrol_directly(site, "alice")
+    with db.session(site.engine, write=True) as s:
+        queries.get_user(s, name="alice").two_factor_required = True
+    await password_step(client, "alice")
+    assert await code_step(client, two_factor.code_at(secret, clock.now)) == 303
+    page = await (await client.get("/account/two-factor")).text()
+    assert "Turn two-factor sign-in off" not in page and "New recovery codes" in page
+    clock.now += two_factor.STEP_SECONDS
+    page = await own_change(client, "/account/two-factor/off",
+                            two_factor.code_at(secret, clock.now))
+    assert "requires two-factor sign-in" in page and user_row(site, "alice").totp_secret
+
+
+async def test_new_recovery_codes_replace_the_old_ones(
+        client: TestClient, site: Site, clock: Clock) -> None:
+    old = two_factor.new_recovery_codes()[:2]
+    enrol_directly(site, "alice", old)
+    await password_step(client, "alice")
+    assert await code_step(client, old[0]) == 303
+    page = await own_change(client, "/account/two-factor/recovery-codes", "000000")
+    assert "wrong" in page and not RECOVERY_SHOWN.findall(page)
+    page = await own_change(client, "/account/two-factor/recovery-codes", old[1])
+    new = RECOVERY_SHOWN.findall(page)
+    assert len(new) == 10 and not set(new) & set(old)
+    assert len(user_row(site, "alice").recovery_code_hashes) == 10
+    assert "user.2fa_recovery_codes" in audit_actions(site)
+    await logout(client)
+    await password_step(client, "alice")
+    assert await code_step(client, old[1]) == 401  # the old ones are gone
+    assert await code_step(client, new[0]) == 303
+
+
+async def test_the_cli_requires_two_factor_of_everyone(client: TestClient, site: Site) -> None:
+    await login(client, "alice")
+
+    def cli(*args: str) -> str:
+        result = CliRunner().invoke(main, ["--data-dir", str(site.paths.data_dir), "user",
+                                           "2fa-require", *args], catch_exceptions=False)
+        return f"{result.exit_code} {result.output}"
+
+    def everyone() -> bool:
+        with db.session(site.engine, write=False) as s:
+            return queries.get_settings(s).require_two_factor
+
+    assert cli("--everyone") == "0 two-factor sign-in required of everyone\n" and everyone()
+    assert not await logged_in(client)  # not enrolled: she enrols at her next sign-in
+    assert await password_step(client, "alice") == "/account/two-factor"
+    assert cli("--everyone", "--off") == "0 two-factor sign-in optional for everyone\n"
+    assert not everyone()
+    assert cli().startswith("2 ") and cli("alice", "--everyone").startswith("2 ")
+    assert audit_actions(site).count("settings.update") == 2
+
+
 @pytest.mark.parametrize("path", ["/login/code", "/account/two-factor",
+                                  "/account/two-factor/off",
+                                  "/account/two-factor/recovery-codes",
                                   "/admin/users/alice/two-factor/reset",
                                   "/admin/users/alice/two-factor/require", "/admin/two-factor"])
 async def test_every_two_factor_form_needs_the_csrf_token(

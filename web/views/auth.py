@@ -8,6 +8,7 @@ import math
 from aiohttp import web
 from sqlmodel import Session
 
+from client_profiles import two_factor
 from client_profiles.passwords import hash_password, password_problem, verify_password
 from sslvpn.store import NotFoundError, portal_logins, queries
 from sslvpn.store.models import User
@@ -98,17 +99,11 @@ async def check_credentials(request: web.Request, name: str, password: str) -> U
 async def second_factor_needed(request: web.Request, user: User) -> bool:
     """Whether this user signs in with a TOTP code too: enrolled, or required of them or
     of everyone (the gateway setting)."""
-    if user.totp_secret is not None or user.two_factor_required:
+    if user.totp_secret is not None:
         return True
     portal = portal_of(request)
-
-    def everyone(s: Session) -> bool:
-        try:
-            return queries.get_settings(s, name=portal.settings.gateway_name).require_two_factor
-        except NotFoundError:
-            return False
-
-    return await portal.read(everyone)
+    return await portal.read(lambda s: two_factor.required_of(
+        s, user=user, gateway=portal.settings.gateway_name))
 
 
 def wait_message(request: web.Request, name: str, address: str) -> str:

@@ -1,5 +1,6 @@
-"""Two-factor sign-in pages: the code step of a login, enrolment from the account page, and
-the admin's requirement (everyone or per user) and reset.
+"""Two-factor sign-in pages: the code step of a login, enrolment from the account page, the
+user's own turning off and new recovery codes, and the admin's requirement (everyone or per
+user) and reset.
 
 A login whose password was right but owes a code holds a session that is not logged in
 (`StoreSessions.start_second_factor`): it reaches only `/login/code` or, when the user must
@@ -16,6 +17,7 @@ from aiohttp import web
 from sqlmodel import Session
 
 from client_profiles import two_factor
+from client_profiles.passwords import verify_password
 from client_profiles.qr import qr_png
 from sslvpn.store import NotFoundError
 from sslvpn.store.models import User
@@ -28,6 +30,7 @@ from web.pages import (
     portal_of,
     render,
     require_admin,
+    require_user,
     session_of,
     start_session,
     user_of,
@@ -121,9 +124,12 @@ async def _enrolling(request: web.Request) -> tuple[User, bool]:
 
 async def enrol_page(request: web.Request) -> web.StreamResponse:
     user, owing = await _enrolling(request)
+    portal = portal_of(request)
     if user.totp_secret is not None:
-        return render(request, "two_factor.html", {"enrolled": True,
-                                                   "left": len(user.recovery_code_hashes)})
+        required = await portal.read(lambda s: two_factor.required_of(
+            s, user=user, gateway=portal.settings.gateway_name))
+        return render(request, "two_factor.html", {
+            "enrolled": True, "left": len(user.recovery_code_hashes), "required": required})
     session = session_of(request)
     if session is None:
         raise web.HTTPSeeOther("/login")
@@ -165,6 +171,57 @@ async def confirm_enrolment(request: web.Request) -> web.StreamResponse:
         del session[ENROLLING_KEY]
     return render(request, "two_factor.html",
                   {"enrolled": True, "recovery_codes": codes, "home": home_of(user)})
+
+
+async def _proven(request: web.Request, user: User) -> bool:
+    """The user's own change needs their password and a code (an authenticator's or a
+    recovery code, taken once): failures count in the login throttle and are audited."""
+    form = await form_of(request)
+    address, throttle = client_address(request), portal_of(request).throttle
+    if await throttled(request, user.name, address):
+        flash(request, wait_message(request, user.name, address))
+        return False
+    if (await asyncio.to_thread(verify_password, user.password_hash, form.get("password", ""))
+            and await check_code(request, user, form.get("code", "")) is not None):
+        return True
+    throttle.failed(user.name, address)
+    await audit(request, "user.2fa_change_failed", target=user.name,
+                detail="wrong password or code")
+    flash(request, "The password or the code is wrong, or the code was used already.")
+    return False
+
+
+@require_user
+async def turn_off(request: web.Request) -> web.StreamResponse:
+    """A user who is not required to use two-factor sign-in turns it off (password and
+    code); they may enrol again later."""
+    me, portal = current_user(request), portal_of(request)
+    if await portal.read(lambda s: two_factor.required_of(
+            s, user=me, gateway=portal.settings.gateway_name)):
+        flash(request, "Your administrator requires two-factor sign-in: it stays on.")
+        raise web.HTTPSeeOther("/account/two-factor")
+    if me.totp_secret is not None and await _proven(request, me):
+        await portal.write(lambda s: two_factor.reset(s, name=me.name))
+        await audit(request, "user.2fa_disable", target=me.name)
+        flash(request, "Two-factor sign-in is off.")
+    raise web.HTTPSeeOther("/account/two-factor")
+
+
+@require_user
+async def new_recovery_codes(request: web.Request) -> web.StreamResponse:
+    """Ten new recovery codes replace the old ones (used up or seen by someone else);
+    shown in this answer only."""
+    me, portal = current_user(request), portal_of(request)
+    if me.id is None or me.totp_secret is None or not await _proven(request, me):
+        raise web.HTTPSeeOther("/account/two-factor")
+    user_id, codes = me.id, two_factor.new_recovery_codes()
+    hashes = await asyncio.to_thread(two_factor.hash_recovery_codes, codes)
+    if not await portal.write(lambda s: two_factor.replace_recovery_codes(
+            s, user_id=user_id, hashes=hashes)):
+        raise web.HTTPSeeOther("/account/two-factor")
+    await audit(request, "user.2fa_recovery_codes", target=me.name)
+    return render(request, "two_factor.html",
+                  {"enrolled": True, "recovery_codes": codes, "home": home_of(me)})
 
 
 @require_admin
@@ -220,6 +277,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/login/code", submit_code)
     app.router.add_get("/account/two-factor", enrol_page)
     app.router.add_post("/account/two-factor", confirm_enrolment)
+    app.router.add_post("/account/two-factor/off", turn_off)
+    app.router.add_post("/account/two-factor/recovery-codes", new_recovery_codes)
     app.router.add_post("/admin/users/{name}/two-factor/reset", reset_user)
     app.router.add_post("/admin/users/{name}/two-factor/require", require_user_2fa)
     app.router.add_post("/admin/two-factor", require_everyone)
