@@ -132,7 +132,7 @@ def _our_peer(ns: Namespace, work: Path) -> subprocess.Popen[bytes]:
     _sslvpn(data, "ipsec", "policy", "add", "t1", "--local", LAN["b"], "--peer", LAN["a"])
     log = work / "ours-serve.log"
     proc = ns.spawn([SSLVPN, "--data-dir", str(data), "serve", "--listen", WAN["b"],
-                     "--proto", "udp"], log=log)
+                     "--proto", "udp", "--workers", "1"], log=log)
     if not wait_until(lambda: ":500" in ns.run("ss", "-uln", check=False)
                       or proc.poll() is not None, 10) or proc.poll() is not None:
         raise RuntimeError(f"sslvpn serve runs no IKE listener on {WAN['b']}:500 after 10 s")

@@ -58,6 +58,7 @@ from sslvpn.runtime import instance, steering
 from sslvpn.runtime.admission import HALF_OPEN_MAX, HALF_OPEN_PER_ADDRESS
 from sslvpn.runtime.alarms import Counter, Tunnels, alarm_metrics, run_alarms
 from sslvpn.runtime.control import GatewayControl, ThreadSafeControl, TunnelStatus
+from sslvpn.runtime.control_server import ControlError
 from sslvpn.runtime.fleet_signal import listen_conninfo, listen_for_signals
 from sslvpn.runtime.gateway import Gateway
 from sslvpn.runtime.ipsec_service import IpsecService
@@ -88,6 +89,7 @@ from sslvpn.runtime.workers import (
     WorkerSlot,
     stop_with_supervisor,
     supervise,
+    usable_cores,
 )
 from sslvpn.runtime.workers_control import NodeSweep, WorkersControl
 from sslvpn.store import StoreError, db, queries, retention
@@ -434,13 +436,21 @@ async def _supervise(paths: DataPaths, engine: Engine, count: int, node: str | N
 
 def alarm_inputs(control: WorkersControl) -> tuple[Tunnels, Counter]:
     """What the supervisor's alarms read of its workers, each call in a thread: the first
-    worker's tunnels (it runs them all) and every worker's refused handshakes added up."""
+    worker's tunnels (it runs them all) and every worker's refused handshakes added up;
+    None while no worker concerned answers (starting, restarted): the round goes on with
+    the other rules, and those wait for the next round instead of clearing."""
 
-    async def tunnels() -> list[TunnelStatus]:
-        return await asyncio.to_thread(control.tunnel_status)
+    async def tunnels() -> list[TunnelStatus] | None:
+        try:
+            return await asyncio.to_thread(control.tunnel_status)
+        except ControlError:
+            return None
 
-    async def auth_failures() -> int:
-        handshakes = (await asyncio.to_thread(control.counters)).handshakes
+    async def auth_failures() -> int | None:
+        try:
+            handshakes = (await asyncio.to_thread(control.counters)).handshakes
+        except ControlError:
+            return None
         return sum(handshakes.get(result, 0) for result in AUTH_FAILURES)
 
     return tunnels, auth_failures
@@ -525,9 +535,11 @@ def _worker_slot(text: str | None) -> WorkerSlot | None:
               envvar="SSLVPN_TRACEMALLOC", metavar="FRAMES",
               help="Trace Python allocations (FRAMES deep; slows the gateway) and write a "
                    "snapshot to DATA_DIR/tracemalloc/ on each SIGUSR2, to hunt leaks.")
-@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+@click.option("--workers", type=click.IntRange(1), default=usable_cores,
+              show_default="the usable cores",
               help="Gateway processes, one per core: a supervisor runs N workers, each with "
-                   "its own sockets on the port (SO_REUSEPORT), TUN and slice of the pool.")
+                   "its own sockets on the port (SO_REUSEPORT), TUN and slice of the pool; "
+                   "1 keeps one process.")
 @click.option("--worker-slot", default=None, hidden=True, metavar="INDEX/COUNT",
               help="Internal: run as one worker of `--workers` (the supervisor passes it).")
 @click.option("--worker-udp", multiple=True, hidden=True, metavar="HOST=FD",

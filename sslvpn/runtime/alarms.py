@@ -51,8 +51,9 @@ CLAIM_SECONDS = 120.0  # a notice taken for delivery is not taken again before t
 GIVE_UP_AFTER = 12  # delivery rounds before a notice is dropped (logged)
 SIGNATURE_HEADER = "X-Sslvpn-Signature"
 
-Tunnels = Callable[[], Awaitable[list[TunnelStatus]]]
-Counter = Callable[[], Awaitable[int]]
+# None: not known this round (the workers being started): those rules wait for the next
+Tunnels = Callable[[], Awaitable[list[TunnelStatus] | None]]
+Counter = Callable[[], Awaitable[int | None]]
 
 
 @dataclass

@@ -85,6 +85,12 @@ class WorkerSlot:
         return f"{NFT_TABLE}_w{self.index}"
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's or taskset's
+    limit, not the host's count): `serve`'s default number of workers."""
+    return len(os.sched_getaffinity(0))
+
+
 def stop_with_supervisor() -> None:
     """Have the kernel send this worker SIGTERM (its clean shutdown) when the supervisor
     dies, even by SIGKILL: otherwise the workers would serve on without the data folder's

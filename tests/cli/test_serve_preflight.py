@@ -60,7 +60,7 @@ def _folder(templates: dict[str, Path], tmp_path: Path, channel: str = "tls-cryp
 
 
 def _serve(paths: DataPaths, *extra: str) -> Result:
-    return _cli(paths.data_dir, "serve", "--no-portal", *extra)
+    return _cli(paths.data_dir, "serve", "--no-portal", "--workers", "1", *extra)
 
 
 def _refused(result: Result, *lines: str) -> None:

@@ -124,8 +124,11 @@ def build_topology(work: Path, *, snat: bool = False, prefix: str = "sv",
         if snat:
             update_settings(data_dir, snat=True)
         topo = Topology(lab, cli, gw, vpc, out, cl2, data_dir, work, work / "gateway.log")
+        # one gateway process unless the test asks for workers: these tests read one
+        # process's log lines and pid and expect addresses from the start of the pool
+        workers = () if "--workers" in serve_args else ("--workers", "1")
         topo.gateway = gw.spawn([SSLVPN, "--data-dir", str(data_dir), "serve",
-                                 "--listen", GATEWAY_OUTER, *serve_args],
+                                 "--listen", GATEWAY_OUTER, *workers, *serve_args],
                                 log=topo.gateway_log,
                                 env={**os.environ, **serve_env} if serve_env else None)
         if not wait_until(file_contains(topo.gateway_log, "listening on tcp"), start_timeout):

@@ -87,7 +87,7 @@ class FleetNode:
         before = [self._log_text().count(mark) for mark in marks]
         self.proc = self.ns.spawn(
             [SSLVPN, "--data-dir", str(self.data_dir), "--database-url", self.fleet.database_url,
-             "serve", "--node", self.name, "--listen", self.public_address,
+             "serve", "--node", self.name, "--listen", self.public_address, "--workers", "1",
              "--portal-listen", f"{self.public_address}:{PORTAL_PORT}"],
             log=self.log,
         )

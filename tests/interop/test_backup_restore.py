@@ -29,7 +29,8 @@ def test_a_restored_gateway_serves_the_profiles_made_before_the_backup(tmp_path:
         sslvpn(restored, "restore", str(archive))
         topo.gateway_log = tmp_path / "restored-gateway.log"
         topo.gateway = topo.gateway_ns.spawn(
-            [SSLVPN, "--data-dir", str(restored), "serve", "--listen", GATEWAY_OUTER],
+            [SSLVPN, "--data-dir", str(restored), "serve", "--listen", GATEWAY_OUTER,
+             "--workers", "1"],
             log=topo.gateway_log)
         if not wait_until(file_contains(topo.gateway_log, "listening on tcp"), 20):
             pytest.fail("restored gateway did not start:\n" + topo.gateway_log.read_text())

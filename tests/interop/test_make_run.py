@@ -1,13 +1,15 @@
 """The README's run command (`make run`: `init` when the data folder is absent, then `serve`)
 on a fresh data folder, in a private network namespace so nothing touches the host.
 
-It must print where the gateway and the portal are (and the one-time admin password on the
-first start only), the printed URL must answer, and SIGTERM must end it with status 0 and
-the TUN gone. A taken portal port is one clear line and exit status 1, with nothing left.
+It runs the default number of workers (one per usable core). It must print where the gateway
+and the portal are (and the one-time admin password on the first start only), the printed
+URL must answer, and SIGTERM must end it with status 0 and the TUN gone. A taken portal port
+is one clear line and exit status 1, with nothing left.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -66,9 +68,13 @@ def test_run_command_prints_where_to_go_and_stops_cleanly(ns: Namespace, tmp_pat
     proc, url = _serve(ns, data, log)
     # the password is printed right after the URL, once the admin exists
     assert wait_until(file_contains(log, "one-time password "), 20), log.read_text()
-    text = log.read_text()
-    assert re.search(r"^gateway: OpenVPN on udp 0\.0\.0\.0:1194, .*tcp 0\.0\.0\.0:1194",
-                     text, re.MULTILINE), text
+    # by default one worker per usable core, each naming itself (one process: no name)
+    workers = len(os.sched_getaffinity(0))
+    named = "" if workers == 1 else f"worker \\d+/{workers}: "
+    listening = re.compile(f"^{named}gateway: OpenVPN on udp 0\\.0\\.0\\.0:1194, .*tcp "
+                           "0\\.0\\.0\\.0:1194", re.MULTILINE)
+    assert wait_until(lambda: len(listening.findall(log.read_text())) == workers, 30), \
+        log.read_text()
     assert "sslvpn0" in ns.run("ip", "-o", "link", "show")
     page = ns.run(sys.executable, "-c", FETCH, url + "login")
     assert page.startswith(f"200 {url}login") and 'name="csrf_token"' in page, page

@@ -82,7 +82,8 @@ def _restart_gateway(topo: Topology) -> None:
     topo.lab.stop(topo.gateway)
     topo.gateway_log = topo.work / f"gateway-{time.monotonic_ns()}.log"
     topo.gateway = topo.gateway_ns.spawn(
-        [SSLVPN, "--data-dir", str(topo.data_dir), "serve", "--listen", GATEWAY_OUTER],
+        [SSLVPN, "--data-dir", str(topo.data_dir), "serve", "--listen", GATEWAY_OUTER,
+         "--workers", "1"],
         log=topo.gateway_log)
     if not wait_until(file_contains(topo.gateway_log, "listening on tcp"), 20):
         pytest.fail("gateway did not start again:\n" + topo.gateway_log.read_text())

@@ -68,7 +68,7 @@ def lab6(tmp_path: Path) -> Iterator[Lab6]:
                "--vpc", "10.10.0.0/24", "--vpc", str(VPC6))
         log = tmp_path / "gateway.log"
         gw.spawn([SSLVPN, "--data-dir", str(data_dir), "serve", "--listen", GATEWAY_OUTER,
-                  "--no-portal"], log=log)
+                  "--no-portal", "--workers", "1"], log=log)
         if not wait_until(file_contains(log, "listening on udp"), 20):
             pytest.fail("gateway did not start:\n" + log.read_text(errors="replace"))
         yield Lab6(lab, cli, vpc, data_dir, tmp_path, log)

@@ -120,7 +120,7 @@ def snat_topology(tmp_path: Path) -> Iterator[Topology]:
 
 def _serve(topo: Topology) -> list[str]:
     return [SSLVPN, "--data-dir", str(topo.data_dir), "serve", "--listen", GATEWAY_OUTER,
-            "--no-portal"]
+            "--no-portal", "--workers", "1"]  # the faults are those of one gateway process
 
 
 def _snat_table(topo: Topology) -> str:

@@ -133,7 +133,7 @@ def test_serve_takes_the_node_from_the_flag_or_the_environment(
     monkeypatch.setattr(serve, "GatewayService", service)
     monkeypatch.setattr(serve, "serve", lambda _service: None)
     monkeypatch.setattr(serve, "run", lambda _main: None)
-    base = ["--data-dir", str(paths.data_dir), "serve", "--no-portal"]
+    base = ["--data-dir", str(paths.data_dir), "serve", "--no-portal", "--workers", "1"]
     assert CliRunner().invoke(main, [*base, "--node", "a"]).exit_code == 0
     assert CliRunner().invoke(main, base, env={"SSLVPN_NODE": "b"}).exit_code == 0
     assert CliRunner().invoke(main, base, env={"SSLVPN_NODE": ""}).exit_code == 0

@@ -6,6 +6,7 @@ a broken store or a failing IPsec service never takes the gateway down.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import sqlite3
 import time
@@ -224,6 +225,38 @@ def test_an_admin_certificate_needs_its_key(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "give both --portal-cert and --portal-key" in result.output
 
 
+@pytest.mark.parametrize(("cores", "args", "workers"), [
+    ({0, 1, 2}, (), 3),  # the default: one worker per usable core
+    ({0}, (), 1),  # one usable core: one process, no supervisor
+    ({0, 1, 2}, ("--workers", "1"), 1),
+    ({0}, ("--workers", "2"), 2),
+])
+def test_serve_runs_one_worker_per_usable_core_unless_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cores: set[int], args: tuple[str, ...],
+    workers: int
+) -> None:
+    """`--workers` defaults to the cores this process may run on (its affinity, as taskset
+    or a container's cpuset limits it); 1 keeps one process."""
+    paths, engine = make_data_folder(tmp_path)
+    engine.dispose()
+    ran: list[int] = []
+
+    async def fake_serve(_service: GatewayService) -> None:
+        ran.append(1)
+
+    async def fake_supervise(_paths: object, _engine: object, plan: serve.WorkersPlan,
+                             *_rest: object) -> None:
+        ran.append(plan.count)
+
+    monkeypatch.setattr(serve, "serve", fake_serve)
+    monkeypatch.setattr(serve, "supervise_node", fake_supervise)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: cores)
+    result = CliRunner().invoke(main, ["--data-dir", str(paths.data_dir), "serve", "--no-portal",
+                                       *args])
+    assert result.exit_code == 0, result.output
+    assert ran == [workers]
+
+
 def test_connect_freq_initial_reaches_every_acceptor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -236,7 +269,7 @@ def test_connect_freq_initial_reaches_every_acceptor(
 
     monkeypatch.setattr(serve, "serve", fake_serve)
     result = CliRunner().invoke(main, ["--data-dir", str(paths.data_dir), "serve", "--no-portal",
-                                       "--connect-freq-initial", "5", "2"])
+                                       "--workers", "1", "--connect-freq-initial", "5", "2"])
     assert result.exit_code == 0, result.output
     options = captured[0].options
     assert options.connect_freq == (5, 2.0)
@@ -269,7 +302,8 @@ def test_serve_rebuilds_an_old_sqlite_file_and_prunes_among_its_daily_hooks(
         captured.append(service)
 
     monkeypatch.setattr(serve, "serve", fake_serve)
-    result = CliRunner().invoke(main, ["--data-dir", str(paths.data_dir), "serve", "--no-portal"])
+    result = CliRunner().invoke(main, ["--data-dir", str(paths.data_dir), "serve", "--no-portal",
+                                       "--workers", "1"])
     assert result.exit_code == 0, result.output
     with engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA auto_vacuum").scalar() == 2  # incremental

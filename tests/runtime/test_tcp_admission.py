@@ -162,7 +162,8 @@ async def test_serve_half_open_per_address_raises_a_sources_budget(
     for value, code in (("0", 2), ("24", 0)):
         result = await asyncio.to_thread(
             CliRunner().invoke, main, ["--data-dir", str(paths.data_dir), "serve",
-                                       "--no-portal", "--half-open-per-address", value])
+                                       "--no-portal", "--workers", "1",
+                                       "--half-open-per-address", value])
         assert result.exit_code == code, result.output
     [chosen] = captured
     chosen.store.engine.dispose()
