@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench import report as report_module
+from bench.access_phase import run_access
 from bench.attack_phase import AttackSettings, run_attack
 from bench.fleet_phase import FleetSettings, run_fleet
 from bench.ipsec_phase import IpsecSettings, run_ipsec
@@ -29,7 +30,7 @@ from bench.scale_phase import ScaleSettings, run_scale
 from bench.tunnel_phases import TunnelBench, TunnelSettings
 from bench.vpn import build_topology
 
-PHASES = ("throughput", "latency", "admission", "scale", "attack", "ipsec", "fleet")
+PHASES = ("throughput", "latency", "admission", "scale", "attack", "ipsec", "fleet", "access")
 FULL = (TunnelSettings(reps=3, seconds=10, raw_seconds=5, pings=200, handshakes=10, burst=50),
         IpsecSettings(reps=3, seconds=10),
         ScaleSettings(sizes=(1000, 10000), burst=1000, hold=3, stage_timeout=45),
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     lab = Lab()
     try:
-        if {"throughput", "latency", "admission", "scale", "attack"} & set(phases):
+        if {"throughput", "latency", "admission", "scale", "attack", "access"} & set(phases):
             topo = build_topology(lab, work / "vpn")
             if topo.cli_error:
                 report.notes.append("sslvpn CLI unavailable, OpenVPN baseline uses an openssl "
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                 _phase(report, "scale", lambda: run_scale(topo, report, scale_s, args.workers))
             if "attack" in phases:
                 _phase(report, "attack", lambda: run_attack(topo, report, attack_s))
+            if "access" in phases:
+                _phase(report, "access rules", lambda: run_access(tunnels, report))
         if "ipsec" in phases:
             _phase(report, "ipsec", lambda: run_ipsec(lab, work / "ipsec", report, ipsec_s))
         if "fleet" in phases:

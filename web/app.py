@@ -31,6 +31,7 @@ from web.portal import PORTAL, Portal, PortalSettings
 from web.timefmt import when
 from web.traffic import TrafficHistory
 from web.views import (
+    access,
     admin,
     admin_ops,
     alarms,
@@ -88,8 +89,8 @@ def create_app(
         autoescape=jinja2.select_autoescape(default=True),
         filters={"when": when},
     )
-    for module in (auth, two_factor, devices, admin, admin_ops, ipsec, nodes, alarms, onboarding,
-                   api, api_ipsec, api_nodes, api_traffic, traffic_history):
+    for module in (auth, two_factor, devices, admin, admin_ops, ipsec, nodes, alarms, access,
+                   onboarding, api, api_ipsec, api_nodes, api_traffic, traffic_history):
         module.add_routes(app)
     app.router.add_static("/static/", STATIC_DIR, name="static")
     add_health_routes(app, Health(checks={"store": store_reachable(portal.store)}))

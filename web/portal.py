@@ -129,6 +129,18 @@ class Portal:
             log.warning("gateway did not report its listeners: %r", exc)
             return None
 
+    async def access_hits(self) -> dict[tuple[str, bool], int] | None:
+        """This host's gateway's packets per access rule and action (None: no gateway
+        attached or it did not answer)."""
+        if self.control is None:
+            return None
+        try:
+            hits = await self.ask_gateway(lambda c: c.access_hits())
+        except Exception as exc:  # a dead gateway must not take the portal down with it
+            log.warning("gateway did not report its access rule hits: %r", exc)
+            return None
+        return {(rule, allow): packets for rule, allow, packets in hits}
+
     async def kick(self, session_id: str, reason: str) -> bool:
         """End one live session, on whichever node holds it; False when it had ended or
         nobody could be asked."""

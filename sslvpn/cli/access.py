@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 import click
 
 from sslvpn.cli.setup import ACTOR, one_line_errors, store
-from sslvpn.net.access import DEFAULTS, ICMP, ICMPV6, PROTOCOLS, TCP, UDP, AccessError
+from sslvpn.net.access import DEFAULTS, PROTOCOLS, format_destination, parse_destination
 from sslvpn.store import access_queries
 from sslvpn.store.access_queries import Actor
 from sslvpn.store.db import session
@@ -129,29 +127,6 @@ def policy_default_command(ctx: click.Context, default: str) -> None:
     click.echo(f"default: {default}")
 
 
-def parse_destination(text: str) -> tuple[int, ipaddress.IPv4Address | ipaddress.IPv6Address,
-                                          int | None, str]:
-    """``ADDRESS[:PORT[/PROTO]]`` (IPv6 as ``[ADDRESS]:PORT``): protocol number, address,
-    port, protocol name; without a port the packet is an ICMP echo (ping)."""
-    host, port_text = text, ""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest.removeprefix(":")
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError as exc:
-        raise AccessError(f"{host!r} is not an IP address") from exc
-    if not port_text:
-        return (ICMP if address.version == 4 else ICMPV6), address, None, "icmp"
-    port, _, name = port_text.partition("/")
-    name = name or "tcp"
-    if name not in ("tcp", "udp") or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise AccessError(f"{port_text!r} is not PORT[/tcp|udp]")
-    return (TCP if name == "tcp" else UDP), address, int(port), name
-
-
 @policy_group.command("check")
 @click.argument("user")
 @click.argument("destination", metavar="DEST[:PORT[/PROTO]]")
@@ -163,8 +138,7 @@ def policy_check_command(ctx: click.Context, user: str, destination: str) -> Non
     with store(ctx, write=False) as engine, session(engine, write=False) as s:
         verdict = access_queries.check(s, user=user, protocol=protocol, address=address,
                                        port=port)
-    shown = f"[{address}]" if address.version == 6 else str(address)
-    target = f"{shown}:{port}/{name}" if port is not None else f"{address} ({name})"
+    target = format_destination(address, port, name)
     click.echo(f"{'allow' if verdict.allow else 'deny'}: {user} -> {target}")
     click.echo(f"decided by: {verdict.decided_by}")
     click.echo(f"route: {verdict.route}")

@@ -130,6 +130,35 @@ def parse_ports(text: str) -> tuple[int, int]:
     return first, last
 
 
+def parse_destination(text: str) -> tuple[int, ipaddress.IPv4Address | ipaddress.IPv6Address,
+                                          int | None, str]:
+    """``ADDRESS[:PORT[/PROTO]]`` (IPv6 as ``[ADDRESS]:PORT``): protocol number, address,
+    port, protocol name; without a port the packet is an ICMP echo (ping)."""
+    host, port_text = text, ""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise AccessError(f"{host!r} is not an IP address") from exc
+    if not port_text:
+        return (ICMP if address.version == 4 else ICMPV6), address, None, "icmp"
+    port, _, name = port_text.partition("/")
+    name = name or "tcp"
+    if name not in ("tcp", "udp") or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise AccessError(f"{port_text!r} is not PORT[/tcp|udp]")
+    return (TCP if name == "tcp" else UDP), address, int(port), name
+
+
+def format_destination(address: Address, port: int | None, name: str) -> str:
+    """The inverse of ``parse_destination``, as `policy check` shows it."""
+    shown = f"[{address}]" if address.version == 6 else str(address)
+    return f"{shown}:{port}/{name}" if port is not None else f"{address} ({name})"
+
+
 def first_match(rules: Iterable[Rule], protocol: int, address: Address,
                 port: int | None) -> Rule | None:
     """The definition of the evaluation order: the first matching rule in order."""

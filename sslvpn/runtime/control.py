@@ -222,6 +222,10 @@ class GatewayControl(Protocol):
 
     def listener_status(self) -> ListenerStatus: ...
 
+    def access_hits(self) -> list[tuple[str, bool, int]]:
+        """(rule id or "default", allowed, packets) for every access rule seen so far."""
+        ...
+
     def tunnel_action(self, name: str, action: str) -> str:
         """One of TUNNEL_ACTIONS on a running tunnel; what was done, or ValueError why not."""
         ...
@@ -255,6 +259,9 @@ class ThreadSafeControl:
 
     def listener_status(self) -> ListenerStatus:
         return self._on_loop(self._control.listener_status)
+
+    def access_hits(self) -> list[tuple[str, bool, int]]:
+        return self._on_loop(self._control.access_hits)
 
     def tunnel_action(self, name: str, action: str) -> str:
         return self._on_loop(lambda: self._control.tunnel_action(name, action))

@@ -120,6 +120,8 @@ class ControlServer:
             return {"ok": True, "counters": _encode(control.counters())}
         if op == "listeners":
             return {"ok": True, "listeners": _encode(control.listener_status())}
+        if op == "access_hits":
+            return {"ok": True, "hits": control.access_hits()}
         if op == "tunnels":
             return {"ok": True, "tunnels": [_encode(t) for t in control.tunnel_status()]}
         if op == "tunnel_action":
@@ -187,6 +189,10 @@ class ControlClient:
 
     def counters(self) -> GatewayCounters:
         return GatewayCounters(**self._call(op="counters")["counters"])
+
+    def access_hits(self) -> list[tuple[str, bool, int]]:
+        return [(str(rule), bool(allow), int(packets))
+                for rule, allow, packets in self._call(op="access_hits")["hits"]]
 
     def tunnel_action(self, name: str, action: str) -> str:
         """Raises ControlError with the gateway's reason when it refuses."""

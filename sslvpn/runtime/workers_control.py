@@ -19,6 +19,7 @@ A worker being restarted does not answer: it is skipped (its clients are reconne
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
@@ -108,6 +109,14 @@ class WorkersControl:
             return len(self._each(lambda w: w.listener_status())) == len(self.workers)
         except ControlError:
             return False
+
+    def access_hits(self) -> list[tuple[str, bool, int]]:
+        """Every worker's hits, added up per rule and action."""
+        total: collections.Counter[tuple[str, bool]] = collections.Counter()
+        for hits in self._each(lambda w: w.access_hits()):
+            for rule, allow, packets in hits:
+                total[(rule, allow)] += packets
+        return [(rule, allow, packets) for (rule, allow), packets in total.items()]
 
     def tunnel_status(self) -> list[TunnelStatus]:
         return self.workers[0].tunnel_status()

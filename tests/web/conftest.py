@@ -42,6 +42,7 @@ class FakeGateway:
     kicked: list[str] = field(default_factory=list)
     bytes_in: int = 0
     listeners: ListenerStatus = field(default_factory=ListenerStatus)
+    hits: list[tuple[str, bool, int]] = field(default_factory=list)  # access rules'
 
     def list_sessions(self) -> list[SessionInfo]:
         return list(self.sessions)
@@ -67,6 +68,9 @@ class FakeGateway:
 
     def listener_status(self) -> ListenerStatus:
         return self.listeners
+
+    def access_hits(self) -> list[tuple[str, bool, int]]:
+        return self.hits
 
     def tunnel_action(self, name: str, action: str) -> str:
         raise ValueError("no IPsec service runs in this gateway")
