@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from sslvpn.cli.serve import alarm_inputs
+from sslvpn.net.access import AccessPolicy
 from sslvpn.runtime.alarms import Evaluator
 from sslvpn.runtime.control import GatewayCounters, summed
 from sslvpn.runtime.control_server import ControlError, ControlServer
@@ -210,3 +211,16 @@ def test_counters_add_up_by_key() -> None:
     assert summed([one, two]) == GatewayCounters(
         {"udp": 3, "tcp": 1}, 15, 25, 2, 3, {"ok": 4}, {"outside-vpc": 1},
         store_write_queue=2, access_hits={"1/allow": 3, "default/deny": 4})
+
+
+async def test_access_rule_hits_add_up_over_every_workers_control_socket(
+    workers: list[Worker], tmp_path: Path
+) -> None:
+    """The portal's rule counters: each worker's, through its control socket, added up."""
+    for worker in workers:
+        worker.gateway.set_access(AccessPolicy(default="nothing", revision=1))
+    await workers[0].connect("a1", "alice")
+    await workers[1].connect("b2", "bob")
+    await workers[1].connect("c3", "carol")
+    control = WorkersControl([tmp_path / "control-w0.sock", tmp_path / "control-w1.sock"])
+    assert await asyncio.to_thread(control.access_hits) == [("default", False, 3)]
