@@ -53,6 +53,9 @@ class Remote:
     transport: Transport
 
 
+TWO_FACTOR_PROMPT = "Code from your authenticator app"
+
+
 @dataclass(frozen=True)
 class ProfileMaterial:
     """Everything a profile contains; keys stay out of repr."""
@@ -68,6 +71,8 @@ class ProfileMaterial:
     spread: bool = False  # remotes belong to several nodes: clients pick one at random
     # the gateway refuses UDP tls-crypt-v2 clients that cannot do the cookie exchange (2.5)
     force_cookie: bool = False
+    # VPN two-factor: the client asks for the user's password and a TOTP code at connect
+    two_factor: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,9 @@ def render_ovpn(material: ProfileMaterial) -> str:
         lines.append(f"server-poll-timeout {SERVER_POLL_TIMEOUT_S}")
     if transports == {"udp"}:
         lines.append("explicit-exit-notify 1")
+    if material.two_factor:  # sent as SCRV1:password:code; a pushed auth-token replaces it,
+        # so the password need not stay in the client's memory (auth-nocache)
+        lines += ["auth-user-pass", f'static-challenge "{TWO_FACTOR_PROMPT}" 1', "auth-nocache"]
     lines += _block("ca", material.ca_pem)
     lines += _block("cert", material.cert_pem)
     lines += _block("key", material.key_pem)

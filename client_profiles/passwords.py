@@ -1,4 +1,5 @@
-"""Portal passwords: the policy a new one must meet, and hashing (argon2id): the one
+"""Portal passwords: the policy a new one must meet, one-time passwords, and hashing
+(argon2id, from ``sslvpn.credentials``, which the gateway's VPN check shares): the one
 implementation the CLI, the API and the portal share.
 
 Lives in ``client_profiles`` so that both ``sslvpn user add --password-stdin`` and ``web/``
@@ -12,11 +13,11 @@ import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from zxcvbn import zxcvbn
 
-_HASHER = PasswordHasher()
+from sslvpn.credentials import hash_password as hash_password
+from sslvpn.credentials import needs_rehash as needs_rehash
+from sslvpn.credentials import verify_password as verify_password
 
 MIN_PASSWORD_LENGTH = 12
 MIN_STRENGTH = 3  # zxcvbn's score (0-4): 3 is "safely unguessable" (about 10^8+ guesses)
@@ -30,10 +31,6 @@ ONE_TIME_PASSWORD_LIFETIME = timedelta(hours=24)  # a generated password unused 
 def one_time_until(now: datetime | None = None) -> datetime:
     """When a password generated now stops working if its user has not replaced it."""
     return (now or datetime.now(UTC)) + ONE_TIME_PASSWORD_LIFETIME
-
-# A hash of a random password, verified against when an account does not exist so that
-# a login for an unknown name costs the same time as one for a known name.
-_DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
 
 
 def password_problem(password: str, *, user_inputs: Iterable[str | None] = ()) -> str | None:
@@ -51,24 +48,6 @@ def password_problem(password: str, *, user_inputs: Iterable[str | None] = ()) -
     why = verdict["feedback"]["warning"] or "it is too easy to guess"
     return (f"a password that is common or guessable is refused ({why.rstrip('.').lower()}); "
             "use a few uncommon words or a password manager's")
-
-
-def hash_password(password: str) -> str:
-    """Return an argon2id hash string (salt and parameters included)."""
-    return _HASHER.hash(password)
-
-
-def verify_password(password_hash: str | None, password: str) -> bool:
-    """True when ``password`` matches ``password_hash``; a missing hash still costs a verify."""
-    try:
-        return _HASHER.verify(password_hash or _DUMMY_HASH, password) and bool(password_hash)
-    except (VerifyMismatchError, VerificationError, InvalidHashError):
-        return False
-
-
-def needs_rehash(password_hash: str) -> bool:
-    """True when the hash was made with weaker parameters than the current ones."""
-    return _HASHER.check_needs_rehash(password_hash)
 
 
 def generate_password() -> str:

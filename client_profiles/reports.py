@@ -132,6 +132,7 @@ def render_profile(
             tls_crypt_v2_key=row.tls_crypt_v2_key if use_v2 else None,
             spread=len(nodes) > 1,
             force_cookie=settings.tls_crypt_v2_force_cookie,
+            two_factor=settings.vpn_two_factor,
         )
         text = render_ovpn(material)
         record_audit(

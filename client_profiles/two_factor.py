@@ -9,21 +9,21 @@ each works once. Shared by the portal (enrolment, sign-in, admin reset) and the 
 
 from __future__ import annotations
 
-import hmac
 import secrets
 
 import pyotp
-from sqlalchemy import Engine, or_, update
-from sqlmodel import Session, col
+from sqlalchemy import Engine
+from sqlmodel import Session
 
 from client_profiles.passwords import hash_password, verify_password
+from sslvpn.credentials import DIGITS
+from sslvpn.credentials import STEP_SECONDS as STEP_SECONDS
+from sslvpn.credentials import code_at as code_at
+from sslvpn.credentials import matching_step as matching_step
 from sslvpn.store import NotFoundError, portal_logins, queries
 from sslvpn.store.db import session
 from sslvpn.store.models import User
 
-STEP_SECONDS = 30  # RFC 6238's default time step, what every authenticator app uses
-DIGITS = 6
-DRIFT_STEPS = 1  # a code of the previous or next step is still taken
 ISSUER = "sslvpn"
 RECOVERY_CODES = 10
 _RECOVERY_BYTES = 6  # 48 bits each, written as three groups of four hex digits
@@ -38,25 +38,6 @@ def provisioning_uri(secret: str, account: str, issuer: str = ISSUER) -> str:
     """The ``otpauth://totp/...`` URI an authenticator app scans from a QR code."""
     return pyotp.TOTP(secret, digits=DIGITS, interval=STEP_SECONDS).provisioning_uri(
         name=account, issuer_name=issuer)
-
-
-def code_at(secret: str, now: float) -> str:
-    """The code of the step ``now`` falls in (what the user's app shows)."""
-    return pyotp.TOTP(secret, digits=DIGITS, interval=STEP_SECONDS).generate_otp(
-        int(now // STEP_SECONDS))
-
-
-def matching_step(secret: str, code: str, now: float) -> int | None:
-    """The time step whose code ``code`` is (within the drift), None when none is."""
-    code = "".join(code.split())
-    if len(code) != DIGITS or not code.isdigit():
-        return None
-    totp = pyotp.TOTP(secret, digits=DIGITS, interval=STEP_SECONDS)
-    current = int(now // STEP_SECONDS)
-    for step in range(current - DRIFT_STEPS, current + DRIFT_STEPS + 1):
-        if hmac.compare_digest(totp.generate_otp(step), code):
-            return step
-    return None
 
 
 def new_recovery_codes() -> list[str]:
@@ -103,17 +84,6 @@ def confirm_enrolment(s: Session, *, user_id: int, secret: str, step: int,
     user.totp_last_step = step  # the confirming code cannot sign in afterwards
     user.recovery_code_hashes = recovery_hashes
     return True
-
-
-def accept_step(s: Session, *, user_id: int, step: int) -> bool:
-    """Take the code of ``step`` once: False when this step or a later one was taken
-    already (a replay), decided in one conditional UPDATE so two portals cannot both win."""
-    done = s.execute(
-        update(User)
-        .where(col(User.id) == user_id)
-        .where(or_(col(User.totp_last_step).is_(None), col(User.totp_last_step) < step))
-        .values(totp_last_step=step))
-    return bool(done.rowcount)  # type: ignore[attr-defined]
 
 
 def use_recovery_code(s: Session, *, user_id: int, code_hash: str) -> bool:
@@ -186,6 +156,20 @@ def require_everyone_account(engine: Engine, *, gateway: str, required: bool, ac
         queries.record_audit(s, actor=actor, action="settings.update", target=gateway,
                              source_address=source_address,
                              detail=f"require_two_factor={required}")
+
+
+def require_on_vpn(engine: Engine, *, gateway: str, required: bool, actor: str,
+                   source_address: str | None = None) -> list[str]:
+    """The gateway setting that makes VPN clients give their password and a code (their
+    profiles change: they import them again); audited. Returns the users not enrolled,
+    who cannot connect while it is on."""
+    with session(engine, write=True) as s:
+        settings = queries.get_settings(s, name=gateway)
+        settings.vpn_two_factor = required
+        queries.save_settings(s, settings=settings)
+        queries.record_audit(s, actor=actor, action="settings.update", target=gateway,
+                             source_address=source_address, detail=f"vpn_two_factor={required}")
+        return [u.name for u in queries.list_users(s) if u.totp_secret is None]
 
 
 def reset_account(engine: Engine, *, name: str, actor: str,

@@ -177,15 +177,27 @@ def limits_command(ctx: click.Context, name: str, max_devices: str | None,
 @click.argument("name", required=False)
 @click.option("--everyone", is_flag=True,
               help="Require it of every user (the gateway setting) instead of NAME.")
+@click.option("--vpn", is_flag=True,
+              help="VPN clients connect with the password and a code too (profiles change).")
 @click.option("--off", is_flag=True, help="Make it optional again (unless required of everyone).")
 @click.pass_context
 @one_line_errors
 def two_factor_require_command(ctx: click.Context, name: str | None, everyone: bool,
-                               off: bool) -> None:
+                               vpn: bool, off: bool) -> None:
     """Require NAME (or --everyone) to sign in to the portal with a TOTP code (they enrol at
-    their next sign-in; those not enrolled are logged out of the portal)."""
-    if everyone == (name is not None):
-        raise click.UsageError("give a user NAME or --everyone")
+    their next sign-in; those not enrolled are logged out of the portal), or (--vpn) every
+    VPN client to connect with its user's password and code."""
+    if [everyone, vpn, name is not None].count(True) != 1:
+        raise click.UsageError("give a user NAME, --everyone or --vpn")
+    if vpn:
+        with store(ctx, write=True) as engine:
+            missing = two_factor.require_on_vpn(engine, gateway="default", required=not off,
+                                                actor=ACTOR)
+        click.echo(f"VPN two-factor {'off' if off else 'on'}: every user imports their "
+                   "profile again")
+        if missing and not off:
+            click.echo(f"not enrolled, cannot connect until they are: {', '.join(missing)}")
+        return
     with store(ctx, write=True) as engine:
         if name is None:
             two_factor.require_everyone_account(engine, gateway="default", required=not off,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from sslvpn.openvpn.data_channel import Compression
@@ -48,6 +48,7 @@ class PushConfig:
     ping: int = 10
     ping_restart: int = 60
     tun_mtu: int = 1500
+    auth_token: str | None = field(default=None, repr=False)  # sent instead of the password
 
     def __post_init__(self) -> None:
         if not 0 <= self.peer_id <= MAX_PEER_ID:
@@ -129,6 +130,8 @@ def push_options(
         options.append("comp-lzo no")
     if peer.mtu is not None:
         options.append(f"tun-mtu {config.tun_mtu}")
+    if config.auth_token is not None:  # push.c: the client answers renegotiations with it
+        options.append(f"auth-token {config.auth_token}")
     return options
 
 

@@ -34,7 +34,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from sslvpn.eventlog import fields
@@ -73,6 +73,7 @@ from sslvpn.runtime.policy import (
 )
 from sslvpn.runtime.records import RecordWriter
 from sslvpn.runtime.tun import Tun
+from sslvpn.runtime.vpn_login import Credentials
 from sslvpn.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -375,7 +376,8 @@ class Gateway:
         client.tls_group = event.tls_group
         client.software = client_software(event.peer_info)
         try:
-            auth = await self.policy.authorize(serial)
+            auth = await self.policy.authorize(serial, Credentials(event.username,
+                                                                   event.password))
         except StoreError as exc:  # the store is away (logged once by the store facade)
             if self._waiting(client):
                 self.told_to_retry += 1
@@ -447,7 +449,7 @@ class Gateway:
         client.access = self.access.compiled_for(client.user)
         self._by_address[address.packed] = client
         self._by_serial[serial] = client
-        push = self._push_config(client, address)
+        push = replace(self._push_config(client, address), auth_token=auth.auth_token)
         software = client.software
         log.info("accepted %s: user %r serial %s from %s as %s (client %r %r on %r)",
                  client.session_id, auth.user, serial, client.real_address, address,

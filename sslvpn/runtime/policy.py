@@ -12,14 +12,23 @@ is ``sslvpn.runtime.records.RecordWriter``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from sslvpn.net.access import AccessPolicy
+from sslvpn.runtime.vpn_login import (
+    NO_CREDENTIALS,
+    WRONG_CODE,
+    Credentials,
+    VpnAccount,
+    check_login,
+)
 from sslvpn.store import StoreError, access_queries, fleet_queries, gateway_queries, queries
 from sslvpn.store.async_store import AsyncStore
 from sslvpn.store.gateway_queries import LeaseStored as LeaseStored
@@ -43,11 +52,13 @@ STARTUP_TIMEOUT = 30.0  # seconds a start-up call may take (SQLite waits 10 s fo
 
 @dataclass(frozen=True)
 class Authorization:
-    """Who a certificate belongs to and, when it may not connect, why (``refusal``)."""
+    """Who a certificate belongs to and, when it may not connect, why (``refusal``);
+    ``auth_token`` is pushed to a client that proved its second factor (VPN two-factor)."""
 
     user: str
     device: str
     refusal: str | None = None
+    auth_token: str | None = field(default=None, repr=False)
 
 
 class Policy(Protocol):
@@ -55,7 +66,7 @@ class Policy(Protocol):
     the store cannot answer now), and its accounting (``record`` runs in the accounting
     worker thread, never on the loop)."""
 
-    async def authorize(self, serial: str) -> Authorization: ...
+    async def authorize(self, serial: str, credentials: Credentials) -> Authorization: ...
 
     async def unauthorized(self, serials: Collection[str]) -> dict[str, str]: ...
 
@@ -84,22 +95,38 @@ def refusal_of(standing: Standing | None, now: datetime) -> str | None:
     return None
 
 
+def _vpn_account(s: Session, gateway_name: str, user_name: str) -> VpnAccount | None:
+    """The owner's secrets when the gateway asks VPN clients for a second factor."""
+    try:
+        if not queries.get_settings(s, name=gateway_name).vpn_two_factor:
+            return None
+    except StoreError:  # no settings row: nothing asks for it
+        return None
+    user = queries.get_user(s, name=user_name)
+    if user.id is None:
+        return None
+    return VpnAccount(user.id, user.name, user.password_hash, user.totp_secret)
+
+
 class StorePolicy:
     """``Policy`` over the sslvpn store for the gateway named ``gateway_name``, running as
     fleet node ``node`` (None: the single implicit node)."""
 
     def __init__(self, store: AsyncStore, *, gateway_name: str = "default",
-                 node: str | None = None) -> None:
+                 node: str | None = None, clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._gateway_name = gateway_name
         self._node = node
+        self._clock = clock  # for TOTP steps and session tokens
 
-    async def authorize(self, serial: str) -> Authorization:
-        """The certificate joined with its owner (one indexed read) and, when it is in good
-        standing, the owner's limit of live sessions."""
+    async def authorize(self, serial: str,
+                        credentials: Credentials = NO_CREDENTIALS) -> Authorization:
+        """The certificate joined with its owner (one indexed read), and when it is in good
+        standing, the owner's limit of live sessions and, with VPN two-factor on, the
+        client's password and code or session token (`vpn_login`)."""
         now, gateway_name = utcnow(), self._gateway_name
 
-        def ask(s: Session) -> tuple[Standing | None, str | None]:
+        def ask(s: Session) -> tuple[Standing | None, str | None, VpnAccount | None]:
             standing = gateway_queries.standings(s, serials=[serial]).get(serial.lower())
             refusal = refusal_of(standing, now)
             if refusal is None:
@@ -107,14 +134,34 @@ class StorePolicy:
                                                               gateway_name=gateway_name)
                 if limit is not None:
                     refusal = f"too many sessions (at most {limit})"
-            return standing, refusal
+            account = None
+            if refusal is None and standing is not None and standing.user_name is not None:
+                account = _vpn_account(s, gateway_name, standing.user_name)
+            return standing, refusal, account
 
-        standing, refusal = await self._store.read(ask)
+        standing, refusal, account = await self._store.read(ask)
+        token = None
+        if account is not None:
+            refusal, token = await self._second_factor(account, credentials, serial)
         return Authorization(
             user=(standing.user_name or "") if standing else "",
             device=standing.device if standing else "",
             refusal=refusal,
+            auth_token=token,
         )
+
+    async def _second_factor(self, account: VpnAccount, credentials: Credentials,
+                             serial: str) -> tuple[str | None, str | None]:
+        """The refusal or the token to push: the argon2 verify in a thread, then the code's
+        step claimed once in the store (a replay, here or on the portal, is refused)."""
+        check = await asyncio.to_thread(check_login, account, credentials, serial=serial,
+                                        now=self._clock())
+        if check.refusal is None and check.step is not None:
+            step, user_id = check.step, account.user_id
+            if not await self._store.write(
+                    lambda s: queries.accept_totp_step(s, user_id=user_id, step=step)):
+                return WRONG_CODE, None
+        return check.refusal, check.token
 
     async def unauthorized(self, serials: Collection[str]) -> dict[str, str]:
         if not serials:

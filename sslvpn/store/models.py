@@ -175,6 +175,7 @@ class GatewaySettings(SQLModel, table=True):
     max_clients_per_address: int = 0
     tls_crypt_v2_force_cookie: bool = True
     require_two_factor: bool = False  # every portal user must sign in with a TOTP code
+    vpn_two_factor: bool = False  # VPN clients give their password and a TOTP code too
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from ipaddress import IPv4Network, ip_address
 
-from sqlalchemy import delete, event, func
+from sqlalchemy import delete, event, func, or_, update
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import SessionTransaction
 from sqlmodel import Session, col, select
@@ -581,3 +581,15 @@ def list_session_records(
         query = query.where(col(VpnSessionRecord.disconnected_at).is_(None))
     order = (col(VpnSessionRecord.connected_at).desc(), col(VpnSessionRecord.id).desc())
     return list(s.exec(query.order_by(*order).limit(limit)).all())
+
+
+def accept_totp_step(s: Session, *, user_id: int, step: int) -> bool:
+    """Take the user's TOTP code of ``step`` once: False when this step or a later one was
+    taken already (a replay), decided in one conditional UPDATE so two portals (or a portal
+    and a VPN gateway) cannot both win."""
+    done = s.execute(
+        update(User)
+        .where(col(User.id) == user_id)
+        .where(or_(col(User.totp_last_step).is_(None), col(User.totp_last_step) < step))
+        .values(totp_last_step=step))
+    return bool(done.rowcount)  # type: ignore[attr-defined]

@@ -121,7 +121,7 @@ class MemoryPolicy:
     def add(self, serial: str, user: str, status: str = "valid") -> None:
         self.certs[serial] = (user, status)
 
-    async def authorize(self, serial: str) -> Authorization:
+    async def authorize(self, serial: str, credentials: object = None) -> Authorization:
         return self.standing(serial)
 
     def standing(self, serial: str) -> Authorization:

@@ -322,7 +322,7 @@ class AwayPolicy(MemoryPolicy):
         self.error = error
         self.asked = 0
 
-    async def authorize(self, serial: str) -> Authorization:
+    async def authorize(self, serial: str, credentials: object = None) -> Authorization:
         self.asked += 1
         raise self.error
 
@@ -381,7 +381,7 @@ class HeldPolicy(MemoryPolicy):
         super().__init__()
         self.held: list[asyncio.Event] = []
 
-    async def authorize(self, serial: str) -> Authorization:
+    async def authorize(self, serial: str, credentials: object = None) -> Authorization:
         release = asyncio.Event()
         self.held.append(release)
         await release.wait()

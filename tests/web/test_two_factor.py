@@ -320,8 +320,26 @@ async def test_the_cli_requires_two_factor_of_everyone(client: TestClient, site:
     assert audit_actions(site).count("settings.update") == 2
 
 
+async def test_an_admin_asks_vpn_clients_for_a_code(client: TestClient, site: Site) -> None:
+    enrol_directly(site, "alice")
+    token = await login(client, "root")
+    page = await (await client.get("/admin/users")).text()
+    assert "connect with their certificate alone" in page
+    response = await client.post("/admin/two-factor/vpn", data={"required": "1",
+                                                                 "csrf_token": token})
+    page = await response.text()
+    assert "VPN two-factor on" in page and "Not enrolled, cannot connect: bob, root." in page
+    assert "connect with their password and a two-factor code" in page
+    with db.session(site.engine, write=False) as s:
+        assert queries.get_settings(s).vpn_two_factor
+    await client.post("/admin/two-factor/vpn", data={"required": "0", "csrf_token": token})
+    with db.session(site.engine, write=False) as s:
+        assert not queries.get_settings(s).vpn_two_factor
+    assert audit_actions(site, actor="root").count("settings.update") == 2
+
+
 @pytest.mark.parametrize("path", ["/login/code", "/account/two-factor",
-                                  "/account/two-factor/off",
+                                  "/account/two-factor/off", "/admin/two-factor/vpn",
                                   "/account/two-factor/recovery-codes",
                                   "/admin/users/alice/two-factor/reset",
                                   "/admin/users/alice/two-factor/require", "/admin/two-factor"])

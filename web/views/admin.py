@@ -11,7 +11,7 @@ from sqlmodel import Session
 
 from client_profiles.passwords import generate_password, hash_password, one_time_until
 from sslvpn.store import NotFoundError, queries
-from sslvpn.store.models import ROLE_VALUES, Certificate, User
+from sslvpn.store.models import ROLE_VALUES, Certificate, GatewaySettings, User
 from web import pki_ops
 from web.pages import (
     audit,
@@ -75,14 +75,15 @@ async def render_users(
 ) -> web.Response:
     gateway = portal_of(request).settings.gateway_name
 
-    def listed(s: Session) -> tuple[list[User], dict[int, int], bool]:
+    def listed(s: Session) -> tuple[list[User], dict[int, int], GatewaySettings]:
         users = queries.list_users(s)
-        everyone = queries.get_settings(s, name=gateway).require_two_factor
-        return users, queries.valid_certificate_counts(s), everyone
+        settings = queries.get_settings(s, name=gateway)
+        return users, queries.valid_certificate_counts(s), settings
 
-    users, counts, everyone = await portal_of(request).read(listed)
+    users, counts, settings = await portal_of(request).read(listed)
     context = {"users": users, "counts": counts, "form": form or {}, "roles": ROLE_VALUES,
-               "everyone_2fa": everyone}
+               "everyone_2fa": settings.require_two_factor,
+               "vpn_2fa": settings.vpn_two_factor}
     return render(request, "admin_users.html", context, status=status, errors=errors)
 
 

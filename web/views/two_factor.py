@@ -19,7 +19,7 @@ from sqlmodel import Session
 from client_profiles import two_factor
 from client_profiles.passwords import verify_password
 from client_profiles.qr import qr_png
-from sslvpn.store import NotFoundError
+from sslvpn.store import NotFoundError, queries
 from sslvpn.store.models import User
 from web.pages import (
     act_as,
@@ -74,8 +74,8 @@ async def check_code(request: web.Request, user: User, code: str) -> str | None:
         return None
     step = two_factor.matching_step(secret, code, portal.clock())
     if step is not None:
-        taken = await portal.write(lambda s: two_factor.accept_step(s, user_id=user_id,
-                                                                    step=step))
+        taken = await portal.write(lambda s: queries.accept_totp_step(s, user_id=user_id,
+                                                                      step=step))
         return "totp" if taken else None
     used = await asyncio.to_thread(two_factor.matching_recovery_hash,
                                    list(user.recovery_code_hashes), code)
@@ -272,6 +272,24 @@ async def require_everyone(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther("/admin/users")
 
 
+@require_admin
+async def require_on_vpn(request: web.Request) -> web.StreamResponse:
+    """The gateway setting: VPN clients give their password and a code (profiles change)."""
+    required = _on(await form_of(request))
+    portal = portal_of(request)
+    actor, address = current_user(request).name, client_address(request)
+    try:
+        missing = await portal.call(lambda engine: two_factor.require_on_vpn(
+            engine, gateway=portal.settings.gateway_name, required=required, actor=actor,
+            source_address=address))
+    except NotFoundError:
+        raise web.HTTPNotFound(text="No gateway settings to change.") from None
+    shown = f" Not enrolled, cannot connect: {', '.join(missing)}." if required and missing else ""
+    flash(request, f"VPN two-factor {'on' if required else 'off'}: users import their profiles "
+                   f"again.{shown}")
+    raise web.HTTPSeeOther("/admin/users")
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/login/code", code_page)
     app.router.add_post("/login/code", submit_code)
@@ -282,3 +300,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/admin/users/{name}/two-factor/reset", reset_user)
     app.router.add_post("/admin/users/{name}/two-factor/require", require_user_2fa)
     app.router.add_post("/admin/two-factor", require_everyone)
+    app.router.add_post("/admin/two-factor/vpn", require_on_vpn)
