@@ -40,9 +40,15 @@ CONNECT = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.ar
 LIVE_CHANGE = 5.0  # seconds a change may take to reach a connected client
 
 
-@pytest.fixture
-def topology(tmp_path: Path) -> Iterator[Topology]:
-    with build_topology(tmp_path, prefix="pacc") as topo:
+@pytest.fixture(params=[1, 2], ids=["serve", "serve-workers-2"])
+def topology(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Topology]:
+    """One gateway process, or `serve --workers 2` (each worker polls the policy itself)."""
+    with build_topology(tmp_path, prefix="pacc", serve_args=("--workers", str(request.param)),
+                        start_timeout=60) as topo:
+        log = topo.gateway_log
+        if not wait_until(lambda: log.read_text().count("listening on tcp") >= request.param,
+                          60):
+            pytest.fail("the workers did not start:\n" + log.read_text())
         link = next(line.split()[1] for line in topo.vpc_ns.run("ip", "-o", "-4", "addr")
                     .splitlines() if f" {VPC_HOST}/" in line)
         topo.vpc_ns.run("ip", "addr", "add", f"{OTHER_HOST}/24", "dev", link)
@@ -89,8 +95,10 @@ def within(seconds: float, condition: dict[str, bool], topo: Topology) -> float:
     pytest.fail(f"not {condition} within {seconds} s")
 
 
-def test_group_rules_reach_the_real_client_live(topology: Topology) -> None:
+def test_group_rules_reach_the_real_client_live(topology: Topology,
+                                                request: pytest.FixtureRequest) -> None:
     topo = topology
+    workers = request.node.callspec.params["topology"]
     data = topo.data_dir
     topo.issue("ann", "laptop")
     sslvpn(data, "group", "add", "db")
@@ -98,8 +106,9 @@ def test_group_rules_reach_the_real_client_live(topology: Topology) -> None:
     sslvpn(data, "rule", "add", "--group", "db", "--to", f"{VPC_HOST}/32", "--proto", "tcp",
            "--port", "5432")
     sslvpn(data, "policy", "default", "nothing")
-    # the gateway admits with the policy it last read (polled every 2 s)
-    assert wait_until(file_contains(topo.gateway_log, "access policy revision 4"), 10)
+    # the gateway admits with the policy it last read (polled every 2 s, by every worker)
+    assert wait_until(lambda: topo.gateway_log.read_text().count(
+        "access policy revision 4") == workers, 10)
     client = OpenVpnClient(topo, topo.profile("ann", "laptop", "udp"))
     try:
         client.wait_for(CONNECTED)
