@@ -24,7 +24,7 @@ from sslvpn.config import DataPaths
 from sslvpn.runtime.control import GatewayControl
 from sslvpn.store import db, queries
 from sslvpn.store.async_store import AsyncStore
-from web import api, api_ipsec, api_nodes, api_traffic, pages, security
+from web import api, api_access, api_ipsec, api_nodes, api_traffic, pages, security
 from web.health import Health, add_health_routes, store_reachable
 from web.outage import outage_middleware
 from web.portal import PORTAL, Portal, PortalSettings
@@ -90,7 +90,8 @@ def create_app(
         filters={"when": when},
     )
     for module in (auth, two_factor, devices, admin, admin_ops, ipsec, nodes, alarms, access,
-                   onboarding, api, api_ipsec, api_nodes, api_traffic, traffic_history):
+                   onboarding, api, api_ipsec, api_nodes, api_traffic, api_access,
+                   traffic_history):
         module.add_routes(app)
     app.router.add_static("/static/", STATIC_DIR, name="static")
     add_health_routes(app, Health(checks={"store": store_reachable(portal.store)}))

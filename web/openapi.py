@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from web.openapi_access import SCHEMAS as ACCESS_SCHEMAS
+from web.openapi_access import access_paths
 from web.openapi_fleet import SCHEMAS as FLEET_SCHEMAS
 from web.openapi_fleet import fleet_paths
 from web.openapi_traffic import SCHEMAS as TRAFFIC_SCHEMAS
@@ -634,6 +636,7 @@ def document() -> dict[str, Any]:
             **_ipsec_paths(),
             **fleet_paths(_json, _errors, _body, _ref, NAME),
             **traffic_paths(_json, _errors, _ref),
+            **access_paths(_json, _errors, _body, _ref, NAME),
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -648,6 +651,7 @@ def document() -> dict[str, Any]:
                 "SpdPolicy": POLICY,
                 **FLEET_SCHEMAS,
                 **TRAFFIC_SCHEMAS,
+                **ACCESS_SCHEMAS,
                 "Error": {
                     "type": "object",
                     "required": ["error"],
