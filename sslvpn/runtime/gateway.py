@@ -376,8 +376,9 @@ class Gateway:
         client.tls_group = event.tls_group
         client.software = client_software(event.peer_info)
         try:
+            source = client.real_address.rpartition(":")[0].strip("[]")
             auth = await self.policy.authorize(serial, Credentials(event.username,
-                                                                   event.password))
+                                                                   event.password, source))
         except StoreError as exc:  # the store is away (logged once by the store facade)
             if self._waiting(client):
                 self.told_to_retry += 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from sslvpn.net.access import AccessPolicy
 from sslvpn.runtime.vpn_login import (
+    GUESSES,
     NO_CREDENTIALS,
     WRONG_CODE,
     Credentials,
@@ -39,6 +41,7 @@ from sslvpn.store.gateway_queries import SessionOpened as SessionOpened
 from sslvpn.store.gateway_queries import Standing
 from sslvpn.store.gateway_queries import TrafficCounted as TrafficCounted
 from sslvpn.store.models import utcnow
+from sslvpn.throttle import LoginThrottle
 
 if TYPE_CHECKING:  # the type of what a store thread hands the work, never opened here
     from sqlmodel import Session
@@ -117,7 +120,10 @@ class StorePolicy:
         self._store = store
         self._gateway_name = gateway_name
         self._node = node
-        self._clock = clock  # for TOTP steps and session tokens
+        self._clock = clock  # for TOTP steps, session tokens and the throttle
+        # wrong VPN passwords and codes, per (user, source address) and per source address,
+        # as the portal counts its logins (in this process)
+        self._throttle = LoginThrottle(clock)
 
     async def authorize(self, serial: str,
                         credentials: Credentials = NO_CREDENTIALS) -> Authorization:
@@ -153,15 +159,24 @@ class StorePolicy:
     async def _second_factor(self, account: VpnAccount, credentials: Credentials,
                              serial: str) -> tuple[str | None, str | None]:
         """The refusal or the token to push: the argon2 verify in a thread, then the code's
-        step claimed once in the store (a replay, here or on the portal, is refused)."""
+        step claimed once in the store (a replay, here or on the portal, is refused).
+        Wrong passwords and codes are throttled as the portal's logins are."""
+        wait = self._throttle.wait(account.name, credentials.source)
+        if wait > 0:
+            return f"too many wrong passwords or codes: try again in {math.ceil(wait)} s", None
         check = await asyncio.to_thread(check_login, account, credentials, serial=serial,
                                         now=self._clock())
-        if check.refusal is None and check.step is not None:
+        refusal = check.refusal
+        if refusal is None and check.step is not None:
             step, user_id = check.step, account.user_id
             if not await self._store.write(
                     lambda s: queries.accept_totp_step(s, user_id=user_id, step=step)):
-                return WRONG_CODE, None
-        return check.refusal, check.token
+                refusal = WRONG_CODE
+        if refusal in GUESSES:
+            self._throttle.failed(account.name, credentials.source)
+        elif refusal is None:
+            self._throttle.succeeded(account.name, credentials.source)
+        return refusal, None if refusal else check.token
 
     async def unauthorized(self, serials: Collection[str]) -> dict[str, str]:
         if not serials:

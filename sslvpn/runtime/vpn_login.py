@@ -36,15 +36,18 @@ WRONG_PASSWORD = "wrong user name or password"  # noqa: S105 (a refusal text)
 WRONG_CODE = "wrong or used two-factor code"
 NO_CODE = "a two-factor code is needed: import your profile again (it asks for the code)"
 NOT_ENROLLED = "two-factor sign-in is not set up: turn it on in the portal first"
+GUESSES = (WRONG_PASSWORD, WRONG_CODE)  # what counts in the failure throttle
 TOKEN_REFUSED = "session token expired or invalid: connect again with your code"  # noqa: S105
 
 
 @dataclass(frozen=True)
 class Credentials:
-    """What the client sent in key-method 2 (empty when its profile has no auth-user-pass)."""
+    """What the client sent in key-method 2 (empty when its profile has no auth-user-pass),
+    and the address it came from (for the failure throttle)."""
 
     username: str = ""
     password: str = field(default="", repr=False)
+    source: str = ""
 
 
 NO_CREDENTIALS = Credentials()

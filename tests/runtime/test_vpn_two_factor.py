@@ -27,6 +27,7 @@ from sslvpn.runtime.vpn_login import (
 )
 from sslvpn.store import db, queries
 from sslvpn.store.async_store import AsyncStore
+from sslvpn.throttle import THROTTLE_ACCOUNT_FAILURES, THROTTLE_WINDOW_SECONDS
 from tests.web.conftest import NEW_PASSWORD, PASSWORDS, Clock, Site, issue_for, make_site
 
 
@@ -162,3 +163,23 @@ def test_profiles_ask_for_the_code_only_with_the_setting(site: Site) -> None:
     lines = profile().splitlines()
     assert "auth-user-pass" in lines
     assert 'static-challenge "Code from your authenticator app" 1' in lines
+
+
+async def test_wrong_codes_are_throttled_per_user_and_source(alice: Alice) -> None:
+    policy, serial, clock, secret = alice.policy, alice.serial, alice.clock, alice.secret
+    code = two_factor.code_at(secret, clock.now)
+    wrong = f"{(int(code) + 1) % 1_000_000:06d}"
+    for _ in range(THROTTLE_ACCOUNT_FAILURES):
+        refused = await policy.authorize(serial, Credentials(
+            "alice", answer(PASSWORDS["alice"], wrong), "198.51.100.7"))
+        assert refused.refusal == WRONG_CODE
+    right = answer(PASSWORDS["alice"], code)
+    waits = await policy.authorize(serial, Credentials("alice", right, "198.51.100.7"))
+    assert waits.refusal == "too many wrong passwords or codes: try again in 900 s"
+    # the owner, elsewhere, is not locked out by someone else's guesses
+    owner = await policy.authorize(serial, Credentials("alice", right, "203.0.113.4"))
+    assert owner.refusal is None and owner.auth_token
+    clock.now += THROTTLE_WINDOW_SECONDS + two_factor.STEP_SECONDS * 2
+    fresh = answer(PASSWORDS["alice"], two_factor.code_at(secret, clock.now))
+    assert (await policy.authorize(serial, Credentials("alice", fresh, "198.51.100.7"))
+            ).refusal is None
