@@ -30,13 +30,17 @@ from bench.scale_phase import ScaleSettings, run_scale
 from bench.tunnel_phases import TunnelBench, TunnelSettings
 from bench.vpn import build_topology
 
-PHASES = ("throughput", "latency", "admission", "scale", "attack", "ipsec", "fleet", "access")
-FULL = (TunnelSettings(reps=3, seconds=10, raw_seconds=5, pings=200, handshakes=10, burst=50),
+PHASES = ("throughput", "latency", "admission", "loss", "scale", "attack", "ipsec", "fleet",
+          "access")
+TUNNEL_PHASES = {"throughput", "latency", "admission", "loss", "scale", "attack", "access"}
+FULL = (TunnelSettings(reps=3, seconds=10, raw_seconds=5, pings=200, handshakes=10, burst=50,
+                       loss_tries=20),
         IpsecSettings(reps=3, seconds=10),
         ScaleSettings(sizes=(1000, 10000), burst=1000, hold=3, stage_timeout=45),
         FleetSettings(clients=20, back_timeout=90),
         AttackSettings(forged=2000, window=10, tcp_clients=10))
-QUICK = (TunnelSettings(reps=1, seconds=3, raw_seconds=2, pings=50, handshakes=3, burst=10),
+QUICK = (TunnelSettings(reps=1, seconds=3, raw_seconds=2, pings=50, handshakes=3, burst=10,
+                        loss_tries=4),
          IpsecSettings(reps=1, seconds=3),
          ScaleSettings(sizes=(100,), burst=100, hold=2, stage_timeout=30),
          FleetSettings(clients=6, back_timeout=90),
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     lab = Lab()
     try:
-        if {"throughput", "latency", "admission", "scale", "attack", "access"} & set(phases):
+        if TUNNEL_PHASES & set(phases):
             topo = build_topology(lab, work / "vpn")
             if topo.cli_error:
                 report.notes.append("sslvpn CLI unavailable, OpenVPN baseline uses an openssl "
@@ -106,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                 _phase(report, "latency", tunnels.run_latency)
             if "admission" in phases:
                 _phase(report, "admission", tunnels.run_admission)
+            if "loss" in phases:
+                _phase(report, "loss", tunnels.run_loss)
             if "scale" in phases:
                 _phase(report, "scale", lambda: run_scale(topo, report, scale_s, args.workers))
             if "attack" in phases:

@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 Better = Literal["higher", "lower"]
 GROUPS = ("throughput", "cpu per Gbit", "latency", "handshake time", "handshake rate",
-          "scale memory", "scale memory per session", "scale rate", "attack", "ipsec",
-          "fleet failover")
+          "packet loss", "scale memory", "scale memory per session", "scale rate", "attack",
+          "ipsec", "fleet failover")
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Throughput, CPU per Gbit, added latency and admission, ours against stock OpenVPN 2.6.
+"""Throughput, CPU per Gbit, added latency, admission and connecting over a lossy link,
+ours against stock OpenVPN 2.6.
 
 Runs are interleaved (each repetition visits every server and transport in turn) so drift
 on the shared machine hits both servers alike; figures are medians. A server that cannot be
@@ -18,6 +19,7 @@ from bench.lab import wait_until
 from bench.report import Report
 from bench.vpn import (
     CONNECTED,
+    PORT,
     VPC_HOST,
     Client,
     OpenVpnServer,
@@ -35,6 +37,8 @@ SIDE = {"ours": "ours", "openvpn": "baseline"}
 # burst clients per source address: below ours' 16 not yet authenticated per address (as
 # real users, a burst comes from many addresses; one address would measure that limit)
 BURST_PER_SOURCE = 12
+LOSS_PERCENTS = (0, 5, 10)  # of the UDP datagrams dropped each way on the client's link
+LOSS_CONNECT_TIMEOUT_S = 60.0  # the client's hand-window: a handshake not done by then failed
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class TunnelSettings:
     pings: int
     handshakes: int
     burst: int
+    loss_tries: int  # connects per server and loss rate
 
 
 class TunnelBench:
@@ -247,6 +252,54 @@ class TunnelBench:
                               "handshakes/s", "higher")
         if finished:
             setattr(fig, SIDE[name], len(finished) / max(1e-6, max(finished) - started))
+
+
+    # ----------------------------------------------------------------- packet loss
+    def run_loss(self) -> None:
+        """The same stock client connects ``loss_tries`` times to each server over UDP with
+        0/5/10 % of the datagrams dropped each way (``Namespace.set_udp_loss`` in the
+        client's namespace): success rate and median time from its first packet to
+        connected."""
+        cli = self.topo.cli
+        for percent in LOSS_PERCENTS:
+            cli.set_udp_loss(percent, port=PORT)
+            try:
+                for name, server in self.servers.items():
+                    if (name, "udp") in self.down:
+                        continue
+                    try:
+                        server.start("udp")
+                        self._lossy_connects(name, percent)
+                    except Unavailable as exc:
+                        self._skip(name, "udp", str(exc))
+                    finally:
+                        server.stop()
+            finally:
+                cli.set_udp_loss(0, port=PORT)
+
+    def _lossy_connects(self, name: str, percent: int) -> None:
+        tries, times = self.settings.loss_tries, []
+        for i in range(tries):
+            client = Client(self.topo, self.topo.profiles["udp"], f"loss-{name}-{percent}-{i}",
+                            "--machine-readable-output")
+            try:
+                wait_until(client.connected, LOSS_CONNECT_TIMEOUT_S, interval=0.02)
+            finally:
+                client.stop()
+            done = measure.completed_at(client.log, CONNECTED)
+            first = measure.completed_at(client.log, "link remote:")
+            if done is not None and first is not None:
+                times.append((done - first) * 1000)
+        side = SIDE[name]
+        rate = self.report.get("packet loss", f"connected, {percent} % loss each way, udp",
+                               "%", "higher")
+        setattr(rate, side, 100.0 * len(times) / tries)
+        took = self.report.get("packet loss", f"median time to connected, {percent} % loss "
+                               "each way, udp", "ms", "lower")
+        took.samples[side] = times
+        setattr(took, side, measure.median(times))
+        self.runs.append({"server": name, "loss_percent": percent, "tries": tries,
+                          "connected_ms": times})
 
 
 def _burst_profiles_for(topo: VpnTopology, proto: str, n: int) -> list[Path]:
