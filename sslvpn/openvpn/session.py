@@ -15,9 +15,10 @@ buffer (proto.hpp KeyContext::app_recv, state C_WAIT_AUTH_ACK) and spoils the ne
 A PUSH_REQUEST that comes after the client ACKed the PUSH_REPLY means it dropped the
 reply, so it gets the reply again, until the handshake window ends. Renegotiations
 (either side) re-check the certificate, which must stay the same, and never push again.
-A refusal sends ``AUTH_FAILED,<reason>`` and closes after a short linger (push.c
-send_auth_failed, schedule_exit); a temporary one (the caller's store did not answer)
-sends ``AUTH_FAILED,TEMP[backoff N]:<reason>`` to clients that parse it.
+A refusal sends ``AUTH_FAILED,<reason>`` (timed and repeated like an unasked PUSH_REPLY)
+and closes after a short linger (push.c send_auth_failed, schedule_exit); a temporary one
+(the caller's store did not answer) sends ``AUTH_FAILED,TEMP[backoff N]:<reason>`` to
+clients that parse it.
 The decision may come long after ``PeerVerified`` (the caller asked a store): meanwhile the
 session keeps acknowledging and holds back the PUSH_REPLY the client asks for.
 """
@@ -111,8 +112,9 @@ class ServerSession(Endpoint):
     rendered messages only until the handshake window ends.
     """
 
-    __slots__ = ("config", "metadata", "peer_proto", "_peer_info", "_fingerprint", "_push",
-                 "_awaiting_decision", "_decided", "_push_requested", "_push_end", "_own_codec")
+    __slots__ = ("config", "metadata", "peer_proto", "_peer_info", "_fingerprint", "_answer",
+                 "_awaiting_decision", "_decided", "_push_requested", "_answer_end", "_unasked",
+                 "_own_codec")
 
     def __init__(
         self,
@@ -144,11 +146,13 @@ class ServerSession(Endpoint):
         self.peer_proto = IvProto(0)  # the client's IV_PROTO flags, once it was verified
         self._peer_info: PeerInfo | None = None  # kept only while the caller decides
         self._fingerprint: bytes | None = None  # see _fingerprint
-        self._push: list[str] | None = None  # PUSH_REPLY messages, kept to answer again
+        # what a PUSH_REQUEST gets (PUSH_REPLY parts or AUTH_FAILED), kept to answer again
+        self._answer: list[str] | None = None
         self._awaiting_decision = False
         self._decided = False
         self._push_requested = False
-        self._push_end: int | None = None  # message id after the last PUSH_REPLY sent
+        self._answer_end: int | None = None  # message id after the last answer sent
+        self._unasked = False  # the answer may go without a PUSH_REQUEST
         ks = self._new_key_state(0, now)
         if created.reset_done:
             ks.sender.skip_to(1)
@@ -170,14 +174,14 @@ class ServerSession(Endpoint):
         if self._own_codec is not None and self.established and self._negotiating() is None:
             self._own_codec.trim()
         first = self._keys.get(0)
-        if self._push_end is not None and (first is None or now >= first.deadline):
-            self._push = None
+        if self._answer_end is not None and (first is None or now >= first.deadline):
+            self._answer = None
 
     def _handle_control(self, packet: ControlPacket, now: float) -> None:
         super()._handle_control(packet, now)
         first = self._keys.get(0)
         if first is not None and not self.closed:
-            self._push_when_ready(first)  # the packet may have ACKed our last message
+            self._answer_when_ready(first)  # the packet may have ACKed our last message
 
     # -- key-method 2 and certificate checks ---------------------------------------------
     def _on_key_method(self, ks: KeyState, record: bytes, now: float) -> None:
@@ -248,7 +252,12 @@ class ServerSession(Endpoint):
         self._decided = True
         self._awaiting_decision = False
         self._peer_info = None
-        ks.send_message("AUTH_FAILED," + _printable(reason))
+        message = "AUTH_FAILED," + _printable(reason)
+        if ks.key_id != 0 or self._answer_end is not None:
+            ks.send_message(message)  # a renegotiation: the client is long active
+        else:
+            self._answer, self._unasked = [message], True
+            self._answer_when_ready(ks)
         self._linger("auth failed: " + reason, now)
 
     # -- the caller's decision -----------------------------------------------------------
@@ -265,7 +274,7 @@ class ServerSession(Endpoint):
         self._awaiting_decision = False
         self._decided = True
         self.data_peer_id = push_config.peer_id if info.supports(IvProto.DATA_V2) else None
-        self._push = build_push_reply(push_options(
+        self._answer = build_push_reply(push_options(
             push_config, peer=info, cipher=self.cipher, derivation=self.derivation,
             compression=self.compression,
         ))
@@ -273,7 +282,8 @@ class ServerSession(Endpoint):
         self.ping_interval = float(push_config.ping)
         self.ping_timeout = push_config.ping_restart * self.config.ping_restart_factor
         self.last_received = self._now
-        self._push_when_ready(ks)
+        self._unasked = info.supports(IvProto.REQUEST_PUSH)
+        self._answer_when_ready(ks)
         self._events.append(
             SessionEstablished(
                 cipher=self.cipher,
@@ -309,28 +319,27 @@ class ServerSession(Endpoint):
             self._peer_info = None
             self._finish(f"refused for now, without an answer: {reason}")
 
-    def _push_when_ready(self, ks: KeyState) -> None:
-        """The first PUSH_REPLY: asked for, or unasked once the client holds all we sent."""
-        if self._push is None or self._push_end is not None:
+    def _answer_when_ready(self, ks: KeyState) -> None:
+        """The first answer: asked for, or unasked once the client holds all we sent."""
+        if self._answer is None or self._answer_end is not None:
             return
-        unasked = bool(self.peer_proto & IvProto.REQUEST_PUSH) and ks.sender.all_acked()
-        if self._push_requested or unasked:
-            self._send_push(ks)
+        if self._push_requested or (self._unasked and ks.sender.all_acked()):
+            self._send_answer(ks)
 
     def _on_push_request(self, ks: KeyState) -> None:
-        """A PUSH_REQUEST proves the client is active; answered again once the last reply
-        was ACKed (a reply still in flight is the reliability layer's to deliver)."""
+        """A PUSH_REQUEST proves the client is active; answered again once the last answer
+        was ACKed (one still in flight is the reliability layer's to deliver)."""
         self._push_requested = True
-        end = self._push_end
+        end = self._answer_end
         if end is None:
-            self._push_when_ready(ks)
-        elif self._push is not None and ks.sender.delivered(end):
-            self._send_push(ks)
+            self._answer_when_ready(ks)
+        elif self._answer is not None and ks.sender.delivered(end):
+            self._send_answer(ks)
 
-    def _send_push(self, ks: KeyState) -> None:
-        for message in self._push or ():
+    def _send_answer(self, ks: KeyState) -> None:
+        for message in self._answer or ():
             ks.send_message(message)
-        self._push_end = ks.sender.next_message_id
+        self._answer_end = ks.sender.next_message_id
 
     # -- control messages ----------------------------------------------------------------
     def _on_message(self, ks: KeyState, message: str, now: float) -> None:
@@ -346,7 +355,7 @@ class ServerSession(Endpoint):
         # multi.c: on shutdown the server tells clients to reconnect; clients that do
         # not read control messages (no cc-exit) also get the OCC EXIT data packet.
         ks = self._send_key  # a key state whose TLS session is up
-        if ks is not None and self._push_end is not None:
+        if ks is not None and self._answer_end is not None:
             ks.send_message("RESTART")
         if not self.peer_proto & IvProto.CC_EXIT_NOTIFY:
             self._send_occ_exit()

@@ -95,10 +95,8 @@ def test_any_single_lost_datagram_costs_one_retransmission(
     assert not slow, f"datagram numbers whose loss cost over 4.5 s (None: stall): {slow}"
 
 
-def test_losing_the_answer_to_the_key_method_record_does_not_stall_connect(pki: Pki) -> None:
-    """The first datagram after the client's key-method 2 record is lost: the PUSH_REPLY
-    must not overtake it, or OpenVPN 3 reads it before it is active and never again."""
-    pair = Pair(pki, client_class=ConnectLikeClient)
+def _lose_first_answer_to_key_method(pair: Pair) -> list[bytes]:
+    """Lose the first datagram the server sends after the client's key-method 2 record."""
     lost: list[bytes] = []
 
     def lose_first_answer(direction: str, datagrams: list[bytes]) -> list[bytes]:
@@ -109,11 +107,32 @@ def test_losing_the_answer_to_the_key_method_record_does_not_stall_connect(pki: 
         return datagrams
 
     pair.filter = lose_first_answer
+    return lost
+
+
+def test_losing_the_answer_to_the_key_method_record_does_not_stall_connect(pki: Pki) -> None:
+    """The PUSH_REPLY must not overtake the lost datagram, or OpenVPN 3 reads it before it
+    is active and never again."""
+    pair = Pair(pki, client_class=ConnectLikeClient)
+    lost = _lose_first_answer_to_key_method(pair)
     took = _connect(pair)
     client = pair.client
     assert isinstance(client, ConnectLikeClient)
     assert lost and took is not None and took < 4.0
     assert client.lost_messages == 0 and client.held == 0 and client.push_replies == 1
+
+
+def test_a_refused_client_on_a_lossy_link_learns_it_was_refused(pki: Pki) -> None:
+    """The same for AUTH_FAILED: held unread, the client would ask for its push until its
+    handshake window ends, and start over, instead of telling the user."""
+    pair = Pair(pki, client_class=ConnectLikeClient,
+                decide=lambda server, event: server.reject("no such user"))
+    lost = _lose_first_answer_to_key_method(pair)
+    for _ in range(100):
+        pair.advance(TICK)
+    client = pair.client
+    assert isinstance(client, ConnectLikeClient)
+    assert lost and client.auth_failed == "no such user" and client.lost_messages == 0
 
 
 def _bare_acks_lost(direction: str, datagrams: list[bytes]) -> list[bytes]:
