@@ -23,6 +23,7 @@ from sqlmodel import Session, col, select
 from sslvpn.eventlog import fields
 from sslvpn.store import ConflictError, NotFoundError, StoreError, node_queries
 from sslvpn.store.models import (
+    AccessPolicyState,
     AddressLease,
     ApiToken,
     AuditEntry,
@@ -165,6 +166,11 @@ def delete_user(s: Session, *, name: str) -> list[Certificate]:
     s.execute(delete(ApiToken).where(col(ApiToken.user_id) == user.id))
     s.delete(user)
     s.flush()
+    # their group memberships and access rules went with them (ON DELETE CASCADE): the
+    # gateways reload, or a new user of the same name would inherit them until the next change
+    state = s.exec(select(AccessPolicyState)).first()
+    if state is not None:
+        state.revision += 1
     node_queries.signal_fleet(s, "user deleted")
     return [c for c in certificates if c.status == "valid"]
 

@@ -90,4 +90,16 @@ def test_groups_members_rules_and_check(run: Run, tmp_path: Path) -> None:
         assert access_queries.groups_of(s, user="ann") == []
     assert run("rule", "delete", "2").exit_code == 0
     _refused(run("rule", "delete", "2"), "no rule 2")
+
+    assert run("user", "groups", "ann", "--add", "finance").exit_code == 0
+    assert run("rule", "add", "--user", "ann", "--to", "10.20.0.0/24").exit_code == 0
+    with session(engine, write=False) as s:
+        before = access_queries.revision(s)
+    assert run("user", "delete", "ann").exit_code == 0
+    assert run("user", "add", "ann").exit_code == 0  # a new ann inherits nothing
+    with session(engine, write=False) as s:
+        assert access_queries.revision(s) > before  # the gateways reload
+        policy = access_queries.load_policy(s)
+        assert (policy.members, policy.user_rules) == ({}, {})
+        assert access_queries.list_groups(s)[0].members == []
     engine.dispose()
