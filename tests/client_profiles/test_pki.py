@@ -201,3 +201,18 @@ def test_crl_metadata(ca: CertificateAuthority) -> None:
     last, nxt = crl_next_update(crl.pem)
     assert nxt - last == timedelta(days=30)
     assert x509.load_der_x509_crl(crl.der).is_signature_valid(ca.private_key.public_key())
+
+
+def test_certificates_for_one_given_key_are_each_their_own(
+    tmp_path: Path, ca: CertificateAuthority,
+) -> None:
+    """The bench's many clients share a key: each certificate still has its own serial and
+    name, is signed for that key and verifies."""
+    first = issue_client_certificate(ca, common_name="bench.s0", now=NOW)
+    second = issue_client_certificate(ca, common_name="bench.s1", now=NOW,
+                                      key=first.private_key)
+    assert second.private_key is first.private_key
+    assert second.certificate.public_key() == first.certificate.public_key()
+    assert second.certificate.serial_number != first.certificate.serial_number
+    result = _verify(tmp_path, ca, second.certificate, _crl(ca), "-purpose", "sslclient")
+    assert result.returncode == 0, result.stderr + result.stdout
