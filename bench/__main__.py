@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder for results.json/.md/.png and the run's work files")
     parser.add_argument("--workers", type=int, default=1,
                         help="run ours as `serve --workers N` (default 1: one process)")
+    parser.add_argument("--sessions", type=int, default=None,
+                        help="idle sessions of the scale phase's last stage (default 10,000, "
+                             "100 with --quick; past 10,000 ours only, 5 minutes allowed)")
     parser.add_argument("--pings", type=int, default=None,
                         help="pings per latency figure (default 200, 50 with --quick)")
     args = parser.parse_args(argv)
@@ -90,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     tunnel_s, ipsec_s, scale_s, fleet_s, attack_s = QUICK if args.quick else FULL
     if args.pings is not None:
         tunnel_s = dataclasses.replace(tunnel_s, pings=args.pings)
+    if args.sessions is not None:
+        scale_s = scale_s.with_sessions(args.sessions)
     work = args.out / "work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

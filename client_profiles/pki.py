@@ -144,10 +144,13 @@ def issue_server_certificate(
 
 
 def issue_client_certificate(
-    ca: CertificateAuthority, *, common_name: str, now: datetime, days: int = CLIENT_DAYS
+    ca: CertificateAuthority, *, common_name: str, now: datetime, days: int = CLIENT_DAYS,
+    key: PrivateKey | None = None,
 ) -> IssuedCertificate:
-    """A client certificate: EKU clientAuth, CN = "<user>" or "<user>.<device>"."""
-    return _issue_end_entity(ca, common_name, ExtendedKeyUsageOID.CLIENT_AUTH, now, days, extra=[])
+    """A client certificate: EKU clientAuth, CN = "<user>" or "<user>.<device>"; for a new
+    key unless ``key`` is given (the bench's tens of thousands of clients share one)."""
+    return _issue_end_entity(ca, common_name, ExtendedKeyUsageOID.CLIENT_AUTH, now, days,
+                             extra=[], key=key)
 
 
 def build_crl(
@@ -257,10 +260,12 @@ def _issue_end_entity(
     days: int,
     *,
     extra: list[x509.ExtensionType],
+    key: PrivateKey | None = None,
 ) -> IssuedCertificate:
     if days < 1:
         raise ValueError("a certificate must be valid for at least one day")
-    key = generate_private_key(key_type_of(ca.private_key))
+    if key is None:
+        key = generate_private_key(key_type_of(ca.private_key))
     is_ec = isinstance(key, ec.EllipticCurvePrivateKey)
     builder = (
         _base_builder(_name(common_name), key.public_key(), now, days)

@@ -1,5 +1,5 @@
-"""The load generator's accounting: each simulated session counts once, lateness is timed;
-its clients come from several source addresses."""
+"""The load generator's accounting: each simulated session counts once, lateness is timed
+over all its processes; its clients come from several source addresses."""
 
 from __future__ import annotations
 
@@ -7,9 +7,16 @@ import os
 import socket
 from collections import deque
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
-from bench.loadgen import Swarm, share_up_after, udp_rcvbuf_errors
+from bench.loadgen import (
+    Swarm,
+    combine,
+    share_of,
+    share_sources,
+    share_up_after,
+    udp_rcvbuf_errors,
+)
 from sslvpn.openvpn.client import ClientSession
 from sslvpn.openvpn.events import Event, SessionClosed, SessionEstablished
 from sslvpn.runtime.admission import HALF_OPEN_PER_ADDRESS
@@ -51,6 +58,18 @@ def test_each_session_counts_once_and_closes_after_coming_up_are_lost() -> None:
                               "TLS key negotiation did not finish": 1}
 
 
+def test_a_session_told_to_retry_later_starts_again_after_its_backoff() -> None:
+    """AUTH_FAILED,TEMP (the server's store busy) is no failure: a real client comes back
+    after the backoff, so the simulated one stays in flight and is started again then."""
+    swarm = Swarm(("198.18.0.1", 1194), [])
+    swarm.sessions = [cast(ClientSession, _Scripted(
+        SessionClosed("AUTH_FAILED TEMP[backoff 5]:the server cannot check certificates")))]
+    swarm.sockets = [cast(socket.socket, None)]
+    swarm._pump(0, 100.0)
+    assert (swarm.failed, swarm.retried, swarm.in_flight) == (0, 1, 1)
+    assert swarm.timers == [(105.0, 0)] and swarm.retry_at == {0: 105.0}
+
+
 def test_share_up_after_counts_against_the_stage_size() -> None:
     up_after = [0.1, 0.2, 2.2, 2.3]
     assert share_up_after(up_after, 4, 0.5) == 0.2
@@ -85,3 +104,32 @@ def test_clients_take_the_source_addresses_in_turn(tmp_path: Path) -> None:
     assert {host: seen.count(host) for host in sources} == {host: wave // 3 + (i < wave % 3)
                                                            for i, host in enumerate(sources)}
     assert max(seen.count(host) for host in sources) < HALF_OPEN_PER_ADDRESS
+
+
+def test_shares_split_the_clients_and_keep_every_source_in_turn() -> None:
+    """Split over 3 processes, 10,000 clients stay 10,000 and share k's j-th client binds
+    the source client k + 3j of one swarm would."""
+    assert [share_of(10_000, i, 3) for i in range(3)] == [3334, 3333, 3333]
+    sources = tuple(f"198.18.0.{10 + i}" for i in range(4))
+    for index in range(3):
+        mine = share_sources(sources, index, 3)
+        assert [mine[j % len(mine)] for j in range(8)] == \
+            [sources[(index + 3 * j) % 4] for j in range(8)]
+
+
+def test_a_stage_is_timed_over_every_share() -> None:
+    """The shares' up times merge: 50 % of 4 new clients were up when the second of all
+    came up, whichever share it was in; counts and failures add up."""
+    reports: list[dict[str, Any]] = [
+        {"established": 2, "failed": 0, "lost": 1, "up_after": [0.5, 3.0], "send_errors": 1,
+         "in_flight": 0, "in_flight_no_reset": 0, "in_flight_next_timer_s": None,
+         "failures": {"after up: x": 1}},
+        {"established": 1, "failed": 1, "lost": 0, "up_after": [1.0], "send_errors": 0,
+         "in_flight": 1, "in_flight_no_reset": 1, "in_flight_next_timer_s": 2.0,
+         "failures": {"y": 1}},
+    ]
+    stage = combine(reports, 4, 4)
+    assert (stage["established"], stage["live"], stage["failed"]) == (3, 2, 1)
+    assert (stage["t50_s"], stage["t100_s"]) == (1.0, None)
+    assert stage["rate"] == 1.0  # 3 up by 3.0 s
+    assert stage["failures"] == {"after up: x": 1, "y": 1}
