@@ -25,6 +25,7 @@ from sslvpn.runtime.control import GatewayControl
 from sslvpn.store import db, queries
 from sslvpn.store.async_store import AsyncStore
 from web import api, api_access, api_ipsec, api_nodes, api_traffic, pages, security
+from web.error_pages import error_pages
 from web.health import Health, add_health_routes, store_reachable
 from web.outage import outage_middleware
 from web.portal import PORTAL, Portal, PortalSettings
@@ -76,6 +77,7 @@ def create_app(
             outage_middleware(settings.store_budget),
             aiohttp_session.session_middleware(portal.sessions),
             pages.session_middleware,
+            error_pages,
             pages.csrf_middleware,
             api.api_middleware,
         ],

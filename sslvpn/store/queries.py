@@ -243,13 +243,16 @@ def list_certificates(
     return list(s.exec(query.order_by(col(Certificate.created_at), col(Certificate.id))).all())
 
 
-def valid_certificate_counts(s: Session) -> dict[int, int]:
-    """How many valid certificates each user holds, in one query (users with none are absent)."""
+def valid_certificate_counts(s: Session, *, user_ids: list[int] | None = None) -> dict[int, int]:
+    """How many valid certificates each user (of ``user_ids``, else every user) holds, in one
+    query (users with none are absent)."""
     query = (
         select(Certificate.user_id, func.count())
         .where(Certificate.status == "valid", col(Certificate.user_id).is_not(None))
         .group_by(col(Certificate.user_id))
     )
+    if user_ids is not None:
+        query = query.where(col(Certificate.user_id).in_(user_ids))
     return {user_id: count for user_id, count in s.exec(query) if user_id is not None}
 
 

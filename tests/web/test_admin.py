@@ -139,7 +139,7 @@ async def test_issue_renew_revoke_from_the_certificates_page(
         old = queries.get_certificate(s, serial=first.serial)
     assert old.status == "valid" and old.superseded_by and old.overlap_until
     page = await (await client.get("/admin/certificates")).text()
-    assert f"works until {old.overlap_until:%Y-%m-%d %H:%M} UTC" in page
+    assert f"works until <time datetime=\"{old.overlap_until:%Y-%m-%dT%H:%M:%S}Z\"" in page
     assert page.count("/renew") == 1  # the renewed one is not offered again
     gateway.add("s1", "alice", old.superseded_by)
     gateway.add("s2", "alice", old.superseded_by)

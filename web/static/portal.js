@@ -1,7 +1,14 @@
-// sslvpn portal: times in the reader's own zone, the live traffic charts (bytes/s with axes: the dashboard's gateway, and
+// sslvpn portal: a confirmation before destructive forms, times in the reader's own zone, the live traffic charts (bytes/s with axes: the dashboard's gateway, and
 // the Traffic page's node, tunnel or user history) and the live sessions table, both
 // refreshed in place. No framework.
 "use strict";
+
+// Forms that delete, revoke or kick carry data-confirm: nothing is sent unless the person
+// says yes. (Listening on the document also covers tables refreshed in place.)
+document.addEventListener("submit", (event) => {
+  const form = event.target.closest("form[data-confirm]");
+  if (form && !window.confirm(form.dataset.confirm)) { event.preventDefault(); }
+});
 
 (function () {
   // <time datetime="...Z" data-precision="second|minute|day"> from the server says UTC;

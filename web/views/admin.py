@@ -10,9 +10,16 @@ from aiohttp import web
 from sqlmodel import Session
 
 from client_profiles.passwords import generate_password, hash_password, one_time_until
-from sslvpn.store import NotFoundError, queries
-from sslvpn.store.models import ROLE_VALUES, Certificate, GatewaySettings, User
+from sslvpn.store import NotFoundError, list_pages, queries
+from sslvpn.store.models import (
+    CERTIFICATE_STATUS_VALUES,
+    ROLE_VALUES,
+    Certificate,
+    GatewaySettings,
+    User,
+)
 from web import pki_ops
+from web.listing import Listing, window_of
 from web.pages import (
     audit,
     current_user,
@@ -74,16 +81,19 @@ async def render_users(
     form: dict[str, str] | None = None,
 ) -> web.Response:
     gateway = portal_of(request).settings.gateway_name
+    window = window_of(request, list_pages.USER_SORTS, default_sort="name")
 
-    def listed(s: Session) -> tuple[list[User], dict[int, int], GatewaySettings]:
-        users = queries.list_users(s)
+    def listed(s: Session) -> tuple[list[User], int, dict[int, int], GatewaySettings]:
+        users, total = list_pages.users_page(s, window=window)
         settings = queries.get_settings(s, name=gateway)
-        return users, queries.valid_certificate_counts(s), settings
+        ids = [u.id for u in users if u.id is not None]
+        return users, total, queries.valid_certificate_counts(s, user_ids=ids), settings
 
-    users, counts, settings = await portal_of(request).read(listed)
+    users, total, counts, settings = await portal_of(request).read(listed)
     context = {"users": users, "counts": counts, "form": form or {}, "roles": ROLE_VALUES,
                "everyone_2fa": settings.require_two_factor,
-               "vpn_2fa": settings.vpn_two_factor}
+               "vpn_2fa": settings.vpn_two_factor,
+               "listing": Listing("/admin/users", window, total)}
     return render(request, "admin_users.html", context, status=status, errors=errors)
 
 
@@ -176,15 +186,21 @@ async def render_certificates(
     errors: list[str] | None = None,
     form: dict[str, str] | None = None,
 ) -> web.Response:
-    def listed(s: Session) -> tuple[list[Certificate], list[User]]:
-        return queries.list_certificates(s, kind="client"), queries.list_users(s)
+    window = window_of(request, list_pages.CERTIFICATE_SORTS, default_sort="created",
+                       default_descending=True)
+    status_shown = request.query.get("status", "")
+    status_filter = status_shown if status_shown in CERTIFICATE_STATUS_VALUES else None
 
-    certificates, users = await portal_of(request).read(listed)
-    names = {u.id: u.name for u in users}
+    def listed(s: Session) -> tuple[list[tuple[Certificate, str | None]], int]:
+        return list_pages.client_certificates_page(s, window=window, status=status_filter)
+
+    rows, total = await portal_of(request).read(listed)
+    filters = {"status": status_filter} if status_filter else {}
     context = {
-        "certificates": list(reversed(certificates)),
-        "names": names,
-        "users": [u for u in users if not u.disabled],
+        "rows": rows,
+        "listing": Listing("/admin/certificates", window, total, filters),
+        "status": status_filter or "",
+        "statuses": CERTIFICATE_STATUS_VALUES,
         "now": now_of(request),
         "reasons": REVOCATION_REASONS,
         "form": form or {"days": str(DEFAULT_LIFETIME_DAYS)},
