@@ -23,6 +23,9 @@ MAX_CLIENT_DAYS = 3650
 POOL6_PREFIXES = range(64, 113)
 KEEPALIVE_DEFAULT = (5, 12)  # pushed ping, ping-restart: on a live node within 30 s
 MAX_KEEPALIVE = 3600
+# Said by init and the dashboard: a gateway without a VPC network routes its clients nowhere.
+NO_VPC_WARNING = ("no VPC network is configured: clients connect but reach nothing. "
+                  "Add one with init --vpc or on the portal's Settings page.")
 
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 

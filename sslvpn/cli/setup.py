@@ -20,7 +20,7 @@ import click
 from sqlalchemy import Engine
 
 from client_profiles import lifecycle
-from client_profiles.inputs import KEEPALIVE_DEFAULT
+from client_profiles.inputs import KEEPALIVE_DEFAULT, NO_VPC_WARNING
 from client_profiles.pki import KeyType, WrongPassphrase
 from client_profiles.pkifiles import LifecycleError
 from sslvpn import eventlog
@@ -290,6 +290,8 @@ def init_command(
                f"{settings.max_clients_per_address or 'no cap'} per address; tls-crypt-v2 "
                f"force-cookie {'on' if settings.tls_crypt_v2_force_cookie else 'off'}")
     click.echo(f"  CA key       {'encrypted' if passphrase or _env_passphrase() else 'plain'}")
+    if not settings.vpc_networks:
+        click.echo(f"warning: {NO_VPC_WARNING}", err=True)
 
 
 def _env_passphrase() -> bool:

@@ -147,3 +147,13 @@ def test_client_caps_and_force_cookie_are_chosen_at_init(tmp_path: Path) -> None
     stored = _stored(tmp_path / "two")
     assert (stored.max_clients, stored.max_clients_per_address) == (5000, 20)
     assert not stored.tls_crypt_v2_force_cookie
+
+
+def test_init_warns_when_no_vpc_network_is_configured(tmp_path: Path) -> None:
+    """Clients of a gateway without a VPC network connect and reach nothing: say so."""
+    bare = _init(tmp_path / "bare")
+    assert bare.exit_code == 0, bare.output
+    assert "warning: no VPC network is configured: clients connect but reach nothing." in (
+        bare.stderr)
+    routed = _init(tmp_path / "routed", "--vpc", "10.10.0.0/24")
+    assert routed.exit_code == 0 and "no VPC network" not in routed.output

@@ -333,3 +333,16 @@ async def test_api_tokens_are_shown_once_and_stored_hashed(client: TestClient, s
     status, page = await post(client, "/admin/api-tokens", csrf, name="x", scope="root",
                               expires_days="-1")
     assert status == 400 and "Scope must be one of" in page and "Expiry must be 1 to" in page
+
+
+async def test_the_dashboard_warns_when_no_vpc_network_is_configured(
+    client: TestClient, site: Site
+) -> None:
+    await login(client, "root")
+    page = await (await client.get("/admin")).text()
+    assert 'id="no-vpc"' in page and "clients connect but reach nothing" in page
+    with db.session(site.engine, write=True) as s:
+        settings = queries.get_settings(s)
+        settings.vpc_networks = ["10.20.0.0/16"]
+        queries.save_settings(s, settings=settings)
+    assert 'id="no-vpc"' not in await (await client.get("/admin")).text()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Dialog, Page, async_playwright
 
 from sslvpn.store import db
 from sslvpn.store.gateway_queries import TrafficCounted, write_records
@@ -34,6 +34,7 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"
 DEEP_LINK = "openvpn://import-profile/"
+SIZES = {"desktop": (1280, 900), "phone": (390, 844)}
 
 pytestmark = pytest.mark.interop
 
@@ -81,25 +82,63 @@ def decode_qr(png: Path) -> str:
     return done.stdout.strip()
 
 
+async def create_user(admin: Page, base: str, name: str) -> None:
+    await admin.goto(f"{base}/admin/users")
+    await admin.fill("form[action='/admin/users'] input[name=name]", name)
+    await admin.fill("input[name=password]", f"{name}-password-1")
+    await admin.click("text=Create user")
+    await admin.wait_for_selector(f"text=User {name} created.")
+
+
+async def open_menu(page: Page) -> None:
+    """On a phone the menu is folded behind its button."""
+    if await page.locator("#menu-toggle").is_visible():
+        await page.click("#menu-toggle")
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
 async def test_admin_issues_and_user_imports_through_the_qr(
-    browser: Browser, portal_url: str, tmp_path: Path
+    browser: Browser, portal_url: str, tmp_path: Path, size: str
 ) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    admin = await (await browser.new_context(viewport={"width": 1100, "height": 900})).new_page()
+    width, height = SIZES[size]
+    admin = await (await browser.new_context(viewport={"width": width, "height": height},
+                                             is_mobile=size == "phone")).new_page()
     await log_in(admin, portal_url, "root", PASSWORDS["root"])
     await admin.wait_for_url(f"{portal_url}/admin")
-    await admin.goto(f"{portal_url}/admin/users")
-    await admin.fill("input[name=name]", "erin")
-    await admin.fill("input[name=password]", "erin-password-1")
-    await admin.click("text=Create user")
-    await admin.wait_for_selector("text=User erin created.")
+    assert await admin.locator("#no-vpc").is_visible()  # the test site has no VPC network
+    await open_menu(admin)
+    await admin.click("header nav >> text=Users")
+    await admin.wait_for_url(f"{portal_url}/admin/users")
+    for name in ("erin", "temp"):
+        await create_user(admin, portal_url, name)
+    # Delete asks first: no means nothing happens, yes deletes
+    answers: list[str] = []
+
+    async def answer(dialog: Dialog) -> None:
+        answers.append(dialog.message)
+        await (dialog.dismiss() if len(answers) == 1 else dialog.accept())
+
+    admin.on("dialog", answer)
+    delete = "form[action='/admin/users/temp/delete'] button"
+    await admin.click(delete)
+    assert answers[0].startswith("Delete user temp?")
+    assert await admin.locator(delete).count() == 1
+    await admin.click(delete)
+    await admin.wait_for_selector("text=User temp deleted")
+    await admin.fill("input[name=q]", "ERI")  # search, any case
+    await admin.click("form.search button")
+    await admin.wait_for_url("**/admin/users?q=ERI**")
+    assert await admin.locator("#users td[data-label=Name]").all_inner_texts() == ["erin"]
     await admin.goto(f"{portal_url}/admin/certificates")
-    await admin.select_option("select[name=user]", "erin")
+    await admin.fill("input[name=user]", "erin")
     await admin.fill("input[name=device]", "laptop")
     await admin.fill("input[name=days]", "90")
     await admin.click("text=Issue certificate")
     await admin.wait_for_selector("text=Issued erin/laptop")
-    await admin.screenshot(path=ARTIFACTS / "admin-certificates.png", full_page=True)
+    await admin.screenshot(path=ARTIFACTS / f"admin-certificates-{size}.png", full_page=True)
+    await admin.goto(f"{portal_url}/no/such/page")  # a styled 404, menu and all
+    await admin.wait_for_selector("#error-page >> text=404")
     # import links name the configured public URL, never the request's Host header: here the
     # portal's own loopback address, which the QR page must warn about
     await admin.goto(f"{portal_url}/admin/settings")
@@ -107,10 +146,10 @@ async def test_admin_issues_and_user_imports_through_the_qr(
     await admin.click("form[action='/admin/settings'] button[type=submit]")
     await admin.wait_for_selector("text=Settings saved")
 
-    # the user, on a phone-sized screen
+    # the user, on a screen of the same size
     phone = await browser.new_context(
-        viewport={"width": 390, "height": 844}, accept_downloads=True, is_mobile=True
-    )
+        viewport={"width": width, "height": height}, accept_downloads=True,
+        is_mobile=size == "phone")
     user = await phone.new_page()
     await log_in(user, portal_url, "erin", "erin-password-1")
     await user.wait_for_url(f"{portal_url}/devices")
@@ -126,13 +165,18 @@ async def test_admin_issues_and_user_imports_through_the_qr(
     await user.click("#import-on-phone")
     qr = user.locator("#qr")
     await qr.wait_for()
-    await user.screenshot(path=ARTIFACTS / "user-qr.png", full_page=True)
+    await user.screenshot(path=ARTIFACTS / f"user-qr-{size}.png", full_page=True)
+    first_page = user.url  # the QR's own page: a reload shows the same link, mints none
+    connect = await user.get_attribute("#open-in-connect", "href")
     await qr.screenshot(path=tmp_path / "qr.png")
     link = decode_qr(tmp_path / "qr.png")
     assert link.startswith(DEEP_LINK + portal_url + "/rest/GetProfileViaToken?token=")
     assert await user.locator("#loopback-warning").is_visible()
     plain = await user.locator("#plain-link").inner_text()
-    assert link == DEEP_LINK + plain.strip()
+    assert link == DEEP_LINK + plain.strip() == connect
+    await user.reload()
+    assert user.url == first_page
+    assert await user.locator("#plain-link").inner_text() == plain
 
     async with aiohttp.ClientSession() as connect_app:
         url = link.removeprefix(DEEP_LINK)

@@ -1,4 +1,5 @@
-// sslvpn portal: a confirmation before destructive forms, times in the reader's own zone, the live traffic charts (bytes/s with axes: the dashboard's gateway, and
+// sslvpn portal: a confirmation before destructive forms, tables as cards on phones, times
+// in the reader's own zone, the live traffic charts (bytes/s with axes: the dashboard's gateway, and
 // the Traffic page's node, tunnel or user history) and the live sessions table, both
 // refreshed in place. No framework.
 "use strict";
@@ -9,6 +10,29 @@ document.addEventListener("submit", (event) => {
   const form = event.target.closest("form[data-confirm]");
   if (form && !window.confirm(form.dataset.confirm)) { event.preventDefault(); }
 });
+
+// Tables whose first row is all headers become cards on a phone (portal.css): each cell gets
+// its column's name as a label, and a cell under an empty header holds the row's actions.
+function sslvpnCards(root) {
+  const tables = root.matches && root.matches("table") ? [root] : root.querySelectorAll("table");
+  for (const table of tables) {
+    const head = table.rows[0];
+    if (!head || [...head.cells].some((cell) => cell.tagName !== "TH")) { continue; }
+    table.classList.add("cards");
+    head.classList.add("head");
+    const labels = [...head.cells].map((cell) => cell.textContent.replace(/[▲▼]/g, "").trim());
+    for (const row of [...table.rows].slice(1)) {
+      let column = 0;
+      for (const cell of row.cells) {
+        if (cell.tagName === "TD" && cell.colSpan === 1) {
+          if (labels[column]) { cell.dataset.label = labels[column]; } else { cell.classList.add("actions"); }
+        }
+        column += cell.colSpan;
+      }
+    }
+  }
+}
+sslvpnCards(document);
 
 (function () {
   // <time datetime="...Z" data-precision="second|minute|day"> from the server says UTC;
@@ -51,6 +75,7 @@ document.addEventListener("submit", (event) => {
       if (replacement) {
         table.innerHTML = replacement.innerHTML;
         window.sslvpnLocalise(table);
+        sslvpnCards(table);
       }
     } catch (e) {
       // the next refresh tries again

@@ -17,6 +17,7 @@ from sqlmodel import Session
 from client_profiles.accounts import MAX_LIMIT
 from client_profiles.fleet import pools_of
 from client_profiles.inputs import (
+    NO_VPC_WARNING,
     ClientNetworks,
     checked_groups,
     checked_keepalive,
@@ -61,7 +62,10 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
     now = now_of(request)
     health = await pki_ops.expiry_health(request, now)
     sessions = await portal.live_sessions()
+    name = portal.settings.gateway_name
+    vpc = await portal.read(lambda s: queries.get_settings(s, name=name).vpc_networks)
     context = {
+        "no_vpc": None if vpc else NO_VPC_WARNING,
         "health": health,
         "sessions": len(sessions),
         "gateway": portal.settings.gateway_name,
