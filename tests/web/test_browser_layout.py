@@ -19,7 +19,8 @@ __all__ = ["browser", "portal_url"]  # the fixtures this module uses
 pytestmark = pytest.mark.interop
 
 ADMIN_PAGES = ("/admin", "/admin/users", "/admin/certificates", "/admin/sessions",
-               "/admin/nodes", "/admin/alarms", "/admin/ipsec", "/admin/ipsec/tunnels",
+               "/admin/nodes", "/admin/alarms", "/admin/access", "/admin/ipsec",
+               "/admin/ipsec/tunnels",
                "/admin/audit", "/admin/settings", "/admin/api-tokens", "/devices", "/traffic",
                "/account/password", "/account/two-factor", "/no/such/page")
 # What sticks out on the right of the screen: the page itself, or a control or cell.
