@@ -34,6 +34,7 @@ SERIAL = re.compile(r"[0-9a-f]{1,64}")
 QUERY_PARAMETERS = {
     f"{PREFIX}/certificates": frozenset({"user", "status"}),
     f"{PREFIX}/sessions": frozenset({"older_than"}),
+    f"{PREFIX}/ipsec/tunnels/{{name}}/config": frozenset({"format", "include_psk"}),
 }
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -19,7 +19,7 @@ from sslvpn.store import ipsec_queries as q
 from sslvpn.store.models import CustomerGateway, SpdPolicy, VpnGateway, VpnTunnel
 from web import ipsec_ops
 from web.api import PREFIX, BadRequest, body_of, error
-from web.ipsec_ops import GatewayRefused, Invalid, TunnelRequest
+from web.ipsec_ops import GatewayRefused, Invalid, TunnelRequest, config_download
 from web.pages import portal_of
 
 BASE = f"{PREFIX}/ipsec"
@@ -304,6 +304,22 @@ async def delete_tunnel(request: web.Request) -> web.StreamResponse:
 # SPD policies ------------------------------------------------------------------------------
 
 
+async def tunnel_config(request: web.Request) -> web.StreamResponse:
+    """The customer gateway's configuration (``format``; the PSK with ``include_psk=true``)."""
+    name, fmt = request.match_info["name"], request.query.get("format", "")
+    include_psk = request.query.get("include_psk", "false")
+    if include_psk not in ("true", "false"):
+        return error(400, "include_psk must be true or false")
+    try:
+        text = await ipsec_ops.peer_config(request, name=name, fmt=fmt,
+                                           include_psk=include_psk == "true", via=VIA)
+    except NotFoundError:
+        raise web.HTTPNotFound() from None
+    except Invalid as exc:
+        return error(400, str(exc))
+    return config_download(name, fmt, text)
+
+
 async def list_policies(request: web.Request) -> web.StreamResponse:
     return web.json_response((await _tunnel(request, request.match_info["name"]))["policies"])
 
@@ -356,6 +372,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post(f"{BASE}/tunnels/{{name}}/rekey", rekey_tunnel)
     r.add_post(f"{BASE}/tunnels/{{name}}/restart", restart_tunnel)
     r.add_post(f"{BASE}/tunnels/{{name}}/down", take_tunnel_down)
+    r.add_get(f"{BASE}/tunnels/{{name}}/config", tunnel_config)
     r.add_get(f"{BASE}/tunnels/{{name}}/policies", list_policies)
     r.add_post(f"{BASE}/tunnels/{{name}}/policies", add_policy)
     r.add_delete(f"{BASE}/tunnels/{{name}}/policies/{{policy_id}}", delete_policy)

@@ -19,6 +19,7 @@ from sqlmodel import Session
 
 from sslvpn.ipsec.ike.constants import ProtocolId
 from sslvpn.ipsec.ike.proposals import DEFAULT_KEYWORD, ProposalError, parse_proposals
+from sslvpn.ipsec.peer_config import FORMATS, PeerTunnel, file_name, render
 from sslvpn.ipsec.policy import (
     PolicyError,
     check_name,
@@ -254,6 +255,26 @@ async def tunnel_action(request: web.Request, *, name: str, action: str, via: st
     verb = "terminate" if action == "down" else action  # "down" is the admin switch's
     await audit(request, f"ipsec.tunnel.{verb}", target=name, detail=f"via={via}")
     return done
+
+
+async def peer_config(request: web.Request, *, name: str, fmt: str, include_psk: bool,
+                      via: str) -> str:
+    """The customer gateway's side of a tunnel in ``fmt``; showing the PSK is audited."""
+    if fmt not in FORMATS:
+        raise Invalid(f"format must be one of {', '.join(FORMATS)}")
+    stored, addresses = await portal_of(request).read(lambda s: q.peer_side(s, name=name))
+    text = render(PeerTunnel.of(stored, addresses), fmt, include_psk=include_psk)
+    if include_psk:
+        await audit(request, "ipsec.tunnel.psk_shown", target=name,
+                    detail=f"format={fmt} via={via}")
+    return text
+
+
+def config_download(name: str, fmt: str, text: str) -> web.Response:
+    """A rendered peer configuration as a file to save; never cached (it may hold the PSK)."""
+    return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={
+        "Content-Disposition": f'attachment; filename="{file_name(name, fmt)}"',
+        "Cache-Control": "no-store"})
 
 
 async def delete_tunnel(request: web.Request, *, name: str, via: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sslvpn.ipsec.peer_config import FORMATS
 from web.openapi_access import SCHEMAS as ACCESS_SCHEMAS
 from web.openapi_access import access_paths
 from web.openapi_fleet import SCHEMAS as FLEET_SCHEMAS
@@ -559,6 +560,25 @@ def _ipsec_paths() -> dict[str, Any]:
                 "operationId": "deleteTunnel",
                 "description": "Deletes the tunnel and its SPD policies.",
                 "responses": {"200": DELETED, **_errors(404)},
+            },
+        },
+        f"{base}/tunnels/{{name}}/config": {
+            "parameters": [NAME],
+            "get": {
+                "operationId": "getTunnelPeerConfig",
+                "description": "The customer gateway's side of the tunnel, to load into the "
+                "peer: strongSwan swanctl.conf or legacy ipsec.conf, Libreswan ipsec.conf, or "
+                "a plain-text parameter sheet. The pre-shared key only with include_psk.",
+                "parameters": [
+                    {"name": "format", "in": "query", "required": True,
+                     "schema": {"type": "string", "enum": list(FORMATS)}},
+                    {"name": "include_psk", "in": "query", "schema": {"type": "boolean"}},
+                ],
+                "responses": {
+                    "200": {"description": "The configuration file",
+                            "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    **_errors(400, 404),
+                },
             },
         },
         **{

@@ -29,6 +29,7 @@ from sslvpn.config import DataPaths
 from sslvpn.ipsec.bandwidth import format_rate, parse_rate
 from sslvpn.ipsec.ike.constants import ProtocolId
 from sslvpn.ipsec.ike.proposals import DEFAULT_KEYWORD, parse_proposals
+from sslvpn.ipsec.peer_config import FORMATS, PeerTunnel, render
 from sslvpn.ipsec.policy import (
     PolicyError,
     check_bandwidth,
@@ -342,6 +343,21 @@ def tunnel_list(ctx: click.Context) -> None:
             for c in q.tunnel_configs(s)
         ]
     _table(rows, ("NAME", "GATEWAY", "PEER", "IKE", "ESP", "START", "ADMIN"))
+
+
+@tunnel.command("config")
+@click.argument("name")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True,
+              help="The peer's software: strongSwan swanctl.conf, strongSwan's legacy "
+                   "ipsec.conf, Libreswan's ipsec.conf, or a plain-text parameter sheet.")
+@click.option("--include-psk", is_flag=True, help="Put the pre-shared key in the output.")
+@click.pass_context
+@one_line_errors
+def tunnel_config(ctx: click.Context, name: str, fmt: str, include_psk: bool) -> None:
+    """Print the customer gateway's side of tunnel NAME, for the peer's operator."""
+    with _store(ctx, write=False) as s:
+        stored, addresses = q.peer_side(s, name=name)
+    click.echo(render(PeerTunnel.of(stored, addresses), fmt, include_psk=include_psk), nl=False)
 
 
 @tunnel.command("delete")

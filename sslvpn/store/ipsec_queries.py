@@ -341,6 +341,19 @@ def tunnel_configs(s: Session, node: str | None = None) -> list[TunnelConfig]:
     return configs
 
 
+def peer_side(s: Session, *, name: str) -> tuple[TunnelConfig, tuple[str, ...]]:
+    """A tunnel and every address its VPN gateway may speak from: the gateway's public
+    address (its IKE identity) and, on a fleet, each of its nodes' (for the peer's
+    configuration, which must accept them all)."""
+    config = next((c for c in tunnel_configs(s) if c.name == name), None)
+    if config is None:
+        raise NotFoundError(f"no tunnel named {name!r}")
+    nodes = {n.name: n.public_addresses for n in list_nodes(s)}
+    found = (_node_address(nodes.get(node, []), config.remote_address) for node in config.nodes)
+    addresses = dict.fromkeys([config.local_id, *(a for a in found if a)])
+    return config, tuple(addresses)
+
+
 def _node_address(public_addresses: Sequence[str], remote: str) -> str | None:
     """The node's first public IP of the peer's version (its other entries may be names)."""
     version = ipaddress.ip_address(remote).version

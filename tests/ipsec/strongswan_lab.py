@@ -51,6 +51,7 @@ class CharonConfig:
     remote_id: str = WAN_B  # the VPN gateway's IKE identity
     remote_ts: str = LAN_B
     unique: str = "no"  # "replace": a new IKE SA from the same identity replaces the old
+    swanctl_conf: str | None = None  # a whole swanctl.conf (e.g. one sslvpn rendered) instead
 
 
 class Topology:
@@ -146,6 +147,10 @@ class Charon:
 }}
 """)
         c = self.config
+        if c.swanctl_conf is not None:
+            self.swanctl_conf.write_text(c.swanctl_conf)
+            os.chmod(self.swanctl_conf, 0o600)
+            return
         self.swanctl_conf.write_text(f"""connections {{
     site {{
         version = 2

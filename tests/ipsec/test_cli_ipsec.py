@@ -172,7 +172,30 @@ def test_a_fleet_gateway_names_its_nodes_and_status_shows_the_holder(
     assert (row["state"], row["node"], row["last_error"]) == ("elsewhere", "b", None)
     assert row["node_since"] is not None
     assert ok(run("status")).splitlines()[1].split()[:3] == ["t1", "b", "elsewhere"]
+    # the peer's configuration accepts every node's address; the gateway's is its identity
+    swanctl = ok(run("tunnel", "config", "t1", "--format", "swanctl"))
+    assert "remote_addrs = 198.18.0.5, 198.18.0.2, 198.18.0.3\n" in swanctl
+    assert "id = 198.18.0.5\n" in swanctl
     engine.dispose()
+
+
+def test_tunnel_config_renders_the_peers_side_in_each_format(run: Run) -> None:
+    _setup(run)
+    swanctl = ok(run("tunnel", "config", "t1", "--format", "swanctl"))
+    assert "local_addrs = 198.18.0.1\n" in swanctl and "remote_addrs = 198.18.0.2\n" in swanctl
+    assert "local_ts = 10.1.0.0/24\n" in swanctl and "remote_ts = 10.2.0.0/24\n" in swanctl
+    assert "proposals = aes256-sha256-modp2048,aes256gcm16-prfsha256-curve25519\n" in swanctl
+    assert "start_action = start" in swanctl  # t1 waits for the peer
+    assert PSK not in swanctl
+    assert f'secret = "{PSK}"' in ok(run("tunnel", "config", "t1", "--format", "swanctl",
+                                         "--include-psk"))
+    assert "conn t1\n" in ok(run("tunnel", "config", "t1", "--format", "strongswan-ipsec"))
+    assert "ike=aes256-sha2_256-modp2048,aes_gcm256-sha2_256-dh31\n" in ok(
+        run("tunnel", "config", "t1", "--format", "libreswan"))
+    assert "10.1.0.0/24" in ok(run("tunnel", "config", "t1", "--format", "text"))
+    fails(run("tunnel", "config", "nope", "--format", "text"), "no tunnel named 'nope'")
+    bad = run("tunnel", "config", "t1", "--format", "cisco")
+    assert bad.exit_code == 2 and "'cisco' is not one of" in bad.output
 
 
 def test_tunnel_timers_are_set_shown_and_checked(run: Run) -> None:

@@ -213,6 +213,31 @@ def test_our_default_proposals_meet_strongswan(
             in shown), shown
 
 
+@pytest.mark.parametrize("we_initiate", [True, False], ids=["we-initiate", "strongswan-initiates"])
+def test_charon_runs_from_the_swanctl_conf_we_render(
+    topo: Topology, peer: Peer, we_initiate: bool
+) -> None:
+    """The customer gateway's side, as `sslvpn ipsec tunnel config --format swanctl` prints
+    it, is all charon gets: it loads, and the tunnel comes up and carries traffic. When we
+    wait, the rendered config starts the tunnel itself (start_action = start)."""
+    peer.remove_tunnel()
+    peer.configure("default", "default", initiate=we_initiate, settings={"dpd_delay": 5.0})
+    result = CliRunner().invoke(main, ["--data-dir", str(peer.data_dir), "ipsec", "tunnel",
+                                       "config", "t1", "--format", "swanctl", "--include-psk"])
+    assert result.exit_code == 0, result.output
+    (topo.workdir / f"rendered-{we_initiate}.swanctl.conf").write_text(result.output)
+    charon = topo.start_charon(CharonConfig(swanctl_conf=result.output))
+    assert "loaded connection 't1'" in charon.swanctl("--load-all", "--file",
+                                                      str(charon.swanctl_conf))
+    status = peer.wait_state("up", timeout=40)
+    ping(topo.lanb, HOST_A)
+    ping(topo.lana, HOST_B)
+    sas = charon.list_sas()
+    assert "ESTABLISHED" in sas and "INSTALLED" in sas and status.spi_in in sas, sas
+    assert status.ike_proposal == "aes256gcm16-prfsha512-ecp521", status
+    assert status.esp_proposal == "aes256gcm16", status
+
+
 RECEIVER = """
 import hashlib, socket, sys
 srv = socket.create_server((sys.argv[1], 5001))

@@ -39,6 +39,7 @@ ROUTES = [
     ("POST", "/api/v1/ipsec/tunnels/t1/rekey"),
     ("POST", "/api/v1/ipsec/tunnels/t1/restart"),
     ("POST", "/api/v1/ipsec/tunnels/t1/down"),
+    ("GET", "/api/v1/ipsec/tunnels/t1/config?format=swanctl"),
     ("GET", "/api/v1/ipsec/tunnels/t1/policies"),
     ("POST", "/api/v1/ipsec/tunnels/t1/policies"),
     ("DELETE", "/api/v1/ipsec/tunnels/t1/policies/1"),
@@ -180,6 +181,8 @@ async def test_tunnels_never_return_their_key(
         "ike_rekey_in": None,
         "child_rekey_in": None,
         "child_expires_in": None,
+        "ike_proposal": "aes256-sha256-modp2048",
+        "esp_proposal": "aes256gcm16",
     }
     assert listed[0]["settings"]["dpd_delay"] == 30.0
     assert listed[0]["policies"][0]["local_cidr"] == "10.0.0.0/16"
@@ -258,3 +261,29 @@ async def test_tunnel_settings_and_actions_over_the_api(
     assert gateway.actions == [("t1", "rekey-ike"), ("t1", "down")]
     assert {"ipsec.tunnel.settings", "ipsec.tunnel.terminate"} <= set(
         audit_actions(site, actor="root"))
+
+
+async def test_peer_configuration_download(client: TestClient, site: Site) -> None:
+    """The customer gateway's side as a file; the PSK only with include_psk, and audited."""
+    seed(site)
+    add_tokens(site)
+    url = "/api/v1/ipsec/tunnels/t1/config"
+    response = await client.get(url, params={"format": "swanctl"}, headers=AUTH)
+    assert response.status == 200 and response.content_type == "text/plain"
+    assert response.headers["Content-Disposition"] == 'attachment; filename="t1.swanctl.conf"'
+    assert response.headers["Cache-Control"] == "no-store"
+    text = await response.text()
+    assert "remote_addrs = 198.18.0.1\n" in text and "local_ts = 192.168.1.0/24\n" in text
+    assert PSK not in text and "0x" + PSK.encode().hex() not in text
+    assert "ipsec.tunnel.psk_shown" not in audit_actions(site, actor="root")
+    shown = await client.get(url, params={"format": "text", "include_psk": "true"},
+                             headers=AUTH)
+    assert PSK in await shown.text()
+    assert "ipsec.tunnel.psk_shown" in audit_actions(site, actor="root")
+    for params, status in (({"format": "cisco"}, 400), ({}, 400),
+                           ({"format": "text", "include_psk": "yes"}, 400),
+                           ({"format": "text", "other": "1"}, 400)):
+        refused = await client.get(url, params=params, headers=AUTH)
+        assert refused.status == status and "error" in await refused.json()
+    missing = await client.get("/api/v1/ipsec/tunnels/nope/config?format=text", headers=AUTH)
+    assert missing.status == 404

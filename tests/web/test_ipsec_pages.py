@@ -20,7 +20,8 @@ PSK = "Zq8-fT3#pLw9!vR2@mKx7"
 ANON, USER, ADMIN = "anonymous", "alice", "root"
 LOGIN = 303
 
-GET_PAGES = ["/admin/ipsec", "/admin/ipsec/tunnels", "/admin/ipsec/tunnels/t1"]
+GET_PAGES = ["/admin/ipsec", "/admin/ipsec/tunnels", "/admin/ipsec/tunnels/t1",
+             "/admin/ipsec/tunnels/t1/config?format=libreswan"]
 POST_ACTIONS = [
     "/admin/ipsec/gateways",
     "/admin/ipsec/gateways/gw1/bandwidth",
@@ -76,6 +77,8 @@ def up_status(name: str) -> TunnelStatus:
         bytes_out=8484,
         packets_in=42,
         packets_out=84,
+        ike_proposal="aes256-sha256-modp2048",
+        esp_proposal="aes256gcm16",
     )
 
 
@@ -367,7 +370,8 @@ async def test_tunnel_status_from_the_gateway(
     gateway.tunnels = [up_status("t1")]
     await login(client, ADMIN)
     page = await (await client.get("/admin/ipsec/tunnels/t1")).text()
-    for shown in ("c1a2b3d4", "0badcafe", "4242 bytes, 42 packets", "8484 bytes, 84 packets"):
+    for shown in ("c1a2b3d4", "0badcafe", "4242 bytes, 42 packets", "8484 bytes, 84 packets",
+                  "aes256-sha256-modp2048 / aes256gcm16"):
         assert shown in page
     assert "2026-11-24 20:00:05" in page and 'class="ok">up<' in page
     listing = await (await client.get("/admin/ipsec/tunnels")).text()
@@ -464,3 +468,25 @@ async def test_tunnel_settings_and_actions_on_the_tunnel_page(
     assert gateway.actions == [("t1", "rekey-ike")]
     assert {"ipsec.tunnel.settings", "ipsec.tunnel.rekey-ike"} <= set(
         audit_actions(site, actor="root"))
+
+
+async def test_the_tunnel_page_downloads_the_peers_configuration(
+    client: TestClient, site: Site
+) -> None:
+    seed(site)
+    await login(client, ADMIN)
+    page = await (await client.get("/admin/ipsec/tunnels/t1")).text()
+    assert 'action="/admin/ipsec/tunnels/t1/config"' in page and 'value="swanctl"' in page
+    response = await client.get("/admin/ipsec/tunnels/t1/config",
+                                params={"format": "strongswan-ipsec"})
+    assert response.status == 200
+    assert response.headers["Content-Disposition"] == 'attachment; filename="t1.ipsec.conf"'
+    text = await response.text()
+    assert "conn t1\n" in text and "right=198.18.0.1\n" in text and PSK not in text
+    with_psk = await client.get("/admin/ipsec/tunnels/t1/config",
+                                params={"format": "swanctl", "include_psk": "1"})
+    assert "secret = 0x" + PSK.encode().hex() in await with_psk.text()  # '#' in the PSK
+    assert "ipsec.tunnel.psk_shown" in audit_actions(site, actor="root")
+    bad = await client.get("/admin/ipsec/tunnels/t1/config", params={"format": "x"})
+    assert bad.status == 400
+    assert (await client.get("/admin/ipsec/tunnels/nope/config?format=text")).status == 404

@@ -25,6 +25,9 @@ from web.ipsec_ops import GatewayRefused, Invalid, TunnelRequest
 from web.pages import flash, form_of, portal_of, render, require_admin
 
 VIA = "portal"
+CONFIG_FORMATS = {"swanctl": "strongSwan swanctl.conf", "strongswan-ipsec":
+                  "strongSwan ipsec.conf (legacy)", "libreswan": "Libreswan ipsec.conf",
+                  "text": "Parameter sheet (text)"}
 GATEWAYS_PAGE = "/admin/ipsec"
 TUNNELS_PAGE = "/admin/ipsec/tunnels"
 START_LABELS = {"initiate": "initiate (we start it)", "wait": "wait (the peer starts it)",
@@ -236,6 +239,7 @@ async def render_tunnel(
         "policies": policies,
         "form": form or {},
         "refresh": portal_of(request).settings.refresh_seconds,
+        "config_formats": CONFIG_FORMATS,
     }
     return render(request, "ipsec_tunnel.html", context, status=status, errors=errors)
 
@@ -243,6 +247,21 @@ async def render_tunnel(
 @require_admin
 async def tunnel_page(request: web.Request) -> web.StreamResponse:
     return await render_tunnel(request, request.match_info["name"])
+
+
+@require_admin
+async def download_config(request: web.Request) -> web.StreamResponse:
+    """The tunnel page's download: the peer's configuration in the chosen format."""
+    name, fmt = request.match_info["name"], request.query.get("format", "")
+    try:
+        text = await ipsec_ops.peer_config(request, name=name, fmt=fmt,
+                                           include_psk=request.query.get("include_psk") == "1",
+                                           via=VIA)
+    except NotFoundError:
+        raise web.HTTPNotFound(text="No such tunnel.") from None
+    except Invalid as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
+    return ipsec_ops.config_download(name, fmt, text)
 
 
 @require_admin
@@ -356,6 +375,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get(TUNNELS_PAGE, tunnels_page)
     r.add_post(TUNNELS_PAGE, create_tunnel)
     r.add_get(f"{TUNNELS_PAGE}/{{name}}", tunnel_page)
+    r.add_get(f"{TUNNELS_PAGE}/{{name}}/config", download_config)
     r.add_post(f"{TUNNELS_PAGE}/{{name}}/{{action:up|down}}", set_admin)
     r.add_post(f"{TUNNELS_PAGE}/{{name}}/delete", delete_tunnel)
     r.add_post(f"{TUNNELS_PAGE}/{{name}}/settings", change_settings)
