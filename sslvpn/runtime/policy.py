@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -31,7 +32,14 @@ from sslvpn.runtime.vpn_login import (
     VpnAccount,
     check_login,
 )
-from sslvpn.store import StoreError, access_queries, fleet_queries, gateway_queries, queries
+from sslvpn.store import (
+    StoreError,
+    StoreUnavailable,
+    access_queries,
+    fleet_queries,
+    gateway_queries,
+    queries,
+)
 from sslvpn.store.async_store import AsyncStore
 from sslvpn.store.gateway_queries import LeaseStored as LeaseStored
 from sslvpn.store.gateway_queries import Record as Record
@@ -51,6 +59,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 WRITE_ATTEMPTS = 3
 STARTUP_TIMEOUT = 30.0  # seconds a start-up call may take (SQLite waits 10 s for a writer)
+# a certificate's standing, the refusal (None: it may connect) and, with VPN two-factor on,
+# its owner's secrets
+Answer = tuple[Standing | None, str | None, VpnAccount | None]
 
 
 @dataclass(frozen=True)
@@ -111,6 +122,28 @@ def _vpn_account(s: Session, gateway_name: str, user_name: str) -> VpnAccount | 
     return VpnAccount(user.id, user.name, user.password_hash, user.totp_secret)
 
 
+def _admission_answers(s: Session, *, serials: Sequence[str], gateway_name: str,
+                       now: datetime) -> dict[str, Answer]:
+    """Each certificate's standing, refusal and VPN two-factor account, in one
+    transaction: the standings of all ``serials`` in one query, then per certificate in good
+    standing its owner's session limit and secrets."""
+    standings = gateway_queries.standings(s, serials=serials)
+    answers: dict[str, Answer] = {}
+    for serial in serials:
+        standing = standings.get(serial)
+        refusal = refusal_of(standing, now)
+        if refusal is None:
+            limit = gateway_queries.session_limit_reached(s, serial=serial,
+                                                          gateway_name=gateway_name)
+            if limit is not None:
+                refusal = f"too many sessions (at most {limit})"
+        account = None
+        if refusal is None and standing is not None and standing.user_name is not None:
+            account = _vpn_account(s, gateway_name, standing.user_name)
+        answers[serial] = (standing, refusal, account)
+    return answers
+
+
 class StorePolicy:
     """``Policy`` over the sslvpn store for the gateway named ``gateway_name``, running as
     fleet node ``node`` (None: the single implicit node)."""
@@ -124,28 +157,18 @@ class StorePolicy:
         # wrong VPN passwords and codes, per (user, source address) and per source address,
         # as the portal counts its logins (in this process)
         self._throttle = LoginThrottle(clock)
+        self._asked: list[tuple[str, asyncio.Future[Answer]]] = []  # for the next read
+        self._reader: asyncio.Task[None] | None = None  # reading the asked serials
 
     async def authorize(self, serial: str,
                         credentials: Credentials = NO_CREDENTIALS) -> Authorization:
-        """The certificate joined with its owner (one indexed read), and when it is in good
-        standing, the owner's limit of live sessions and, with VPN two-factor on, the
-        client's password and code or session token (`vpn_login`)."""
-        now, gateway_name = utcnow(), self._gateway_name
+        """The certificate joined with its owner, and when it is in good standing, the
+        owner's limit of live sessions and, with VPN two-factor on, the client's password
+        and code or session token (`vpn_login`).
 
-        def ask(s: Session) -> tuple[Standing | None, str | None, VpnAccount | None]:
-            standing = gateway_queries.standings(s, serials=[serial]).get(serial.lower())
-            refusal = refusal_of(standing, now)
-            if refusal is None:
-                limit = gateway_queries.session_limit_reached(s, serial=serial,
-                                                              gateway_name=gateway_name)
-                if limit is not None:
-                    refusal = f"too many sessions (at most {limit})"
-            account = None
-            if refusal is None and standing is not None and standing.user_name is not None:
-                account = _vpn_account(s, gateway_name, standing.user_name)
-            return standing, refusal, account
-
-        standing, refusal, account = await self._store.read(ask)
+        The store part is read together with the other handshakes asking at the same time
+        (`_standing`): a burst is one read of many serials, not one call per handshake."""
+        standing, refusal, account = await self._standing(serial.lower())
         token = None
         if account is not None:
             refusal, token = await self._second_factor(account, credentials, serial)
@@ -155,6 +178,44 @@ class StorePolicy:
             refusal=refusal,
             auth_token=token,
         )
+
+    async def _standing(self, serial: str) -> Answer:
+        """This serial's answer from the next read of every serial asked so far.
+
+        One read is under way at a time; the serials asked meanwhile wait for the next,
+        each for at most the store's timeout from its asking, so a hung store still tells
+        every handshake to retry within that time (`StoreUnavailable`)."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Answer] = loop.create_future()
+        self._asked.append((serial, answer))
+        if self._reader is None or self._reader.done():
+            self._reader = loop.create_task(self._read_asked(), name="admission-reads")
+        try:
+            async with asyncio.timeout(self._store.timeout):
+                return await answer  # a timeout cancels it: the reader skips it
+        except TimeoutError:
+            raise StoreUnavailable("the store did not answer in time; try again later") \
+                from None
+
+    async def _read_asked(self) -> None:
+        """Read the serials asked, batch after batch, until none waits."""
+        while self._asked:
+            asked, self._asked = self._asked, []
+            waiting = [(serial, answer) for serial, answer in asked if not answer.done()]
+            if not waiting:
+                continue
+            try:
+                answers = await self._store.read(partial(
+                    _admission_answers, serials=sorted({serial for serial, _ in waiting}),
+                    gateway_name=self._gateway_name, now=utcnow()))
+            except Exception as exc:  # StoreUnavailable mostly; a bug fails them closed too
+                for _, answer in waiting:
+                    if not answer.done():
+                        answer.set_exception(exc)
+                continue
+            for serial, answer in waiting:
+                if not answer.done():
+                    answer.set_result(answers[serial])
 
     async def _second_factor(self, account: VpnAccount, credentials: Credentials,
                              serial: str) -> tuple[str | None, str | None]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlmodel import Session
 
 from client_profiles import accounts
@@ -20,7 +22,7 @@ from sslvpn.runtime.policy import (
     SessionOpened,
     StorePolicy,
 )
-from sslvpn.store import StoreError, access_queries, db, gateway_queries, queries
+from sslvpn.store import StoreError, StoreUnavailable, access_queries, db, gateway_queries, queries
 from sslvpn.store.async_store import AsyncStore
 
 
@@ -161,3 +163,50 @@ async def test_access_policy_is_read_again_only_when_its_revision_moved(engine: 
     assert second is not None and second.revision == 3
     assert (second.default, second.members) == ("nothing", {"alice": ["db"]})
     assert await policy.access_policy(3) is None
+
+
+async def test_a_burst_of_admissions_against_a_healthy_store_is_answered(engine: Engine) -> None:
+    """A burst of handshakes (here 100 at once, more than the store facade's threads and
+    queue hold) is a busy store, not an absent one: every certificate gets its own answer,
+    none is told to try again later."""
+    policy = StorePolicy(AsyncStore(engine))
+    serials = ["a1", "a2", "5e", "77"] * 25
+    answers = await asyncio.gather(*(policy.authorize(serial) for serial in serials))
+    expected = {"a1": None, "a2": None, "5e": "not a client certificate",
+                "77": "certificate unknown"}
+    assert [a.refusal for a in answers] == [expected[serial] for serial in serials]
+    assert {a.user for a, serial in zip(answers, serials, strict=True) if serial == "a2"} \
+        == {"alice"}
+
+
+async def test_a_hung_store_still_tells_a_burst_to_retry_within_the_timeout(
+        engine: Engine) -> None:
+    """Reads that never return (a hung PostgreSQL): every handshake of a burst, also those
+    asking while an earlier read hangs, hears StoreUnavailable (AUTH_FAILED,TEMP) within about
+    the store's timeout, and the gateway admits again once the store answers."""
+    release = threading.Event()
+
+    def hang(*_args: object) -> None:
+        release.wait(30)
+
+    event.listen(engine, "before_cursor_execute", hang)
+    store = AsyncStore(engine, timeout=0.5)
+    policy = StorePolicy(store)
+    started = time.monotonic()
+    first = [asyncio.ensure_future(policy.authorize("a1")) for _ in range(50)]
+    await asyncio.sleep(0.2)  # a read is under way and hangs
+    later = [asyncio.ensure_future(policy.authorize("a2")) for _ in range(50)]
+    outcomes = await asyncio.gather(*first, *later, return_exceptions=True)
+    assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
+    assert time.monotonic() - started < 0.5 + 0.2 + 1.0
+    event.remove(engine, "before_cursor_execute", hang)
+    release.set()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            assert (await policy.authorize("a1")).refusal is None
+            break
+        except StoreUnavailable:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+    await store.close()
