@@ -139,3 +139,40 @@ def state_of(token: ImportToken, now: datetime) -> str:
     if token.expires_at <= now:
         return "expired"
     return "active"
+
+
+async def mint_and_show(
+    portal: Portal, request: web.Request, *, owner_id: int, serial: str, page_prefix: str
+) -> tuple[web.HTTPSeeOther, ImportLink]:
+    """Mint a link for ``serial`` and the redirect to its own page (``page_prefix/ID``): a
+    reload or bookmark of that page shows the same link again and mints none. The secret
+    stays with the browser that asked for it (the store keeps its hash only), for as long as
+    the link can work, and only on that page."""
+    link, token = await mint(portal, request, user_id=owner_id, serial=serial)
+    page = f"{page_prefix}/{link.token_id}"
+    shown = web.HTTPSeeOther(page)
+    now = datetime.fromtimestamp(portal.clock(), UTC)
+    lifetime = max(1, int((link.expires_at - now).total_seconds()))
+    shown.set_cookie(cookie_name(link.token_id), token, max_age=lifetime, path=page,
+                     httponly=True, samesite="Strict", secure=request.secure)
+    return shown, link
+
+
+async def shown_link(
+    portal: Portal, request: web.Request, *, owner_id: int, serial: str
+) -> ImportLink | tuple[ImportToken, str]:
+    """The link named in the path, to the browser that minted it while it can still be
+    used; otherwise its row and what became of it. 404 for anything not this certificate's."""
+    try:
+        token_id = int(request.match_info["token_id"])
+    except ValueError:
+        raise web.HTTPNotFound(text="No such import link.") from None
+    rows = await portal.read(lambda s: queries.list_import_tokens(s, user_id=owner_id))
+    row = next((t for t in rows if t.id == token_id and t.certificate_serial == serial), None)
+    if row is None:
+        raise web.HTTPNotFound(text="No such import link.")
+    secret = request.cookies.get(cookie_name(token_id), "")
+    state = state_of(row, datetime.fromtimestamp(portal.clock(), UTC))
+    if state == "active" and secret and token_hash(secret) == row.token_hash:
+        return await link_of(portal, request, row, secret)
+    return row, state

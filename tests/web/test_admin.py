@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 from datetime import UTC, datetime
 
@@ -346,3 +347,33 @@ async def test_the_dashboard_warns_when_no_vpc_network_is_configured(
         settings.vpc_networks = ["10.20.0.0/16"]
         queries.save_settings(s, settings=settings)
     assert 'id="no-vpc"' not in await (await client.get("/admin")).text()
+
+
+async def test_the_admin_shows_a_users_import_qr_from_the_certificate_row(
+    client: TestClient, site: Site
+) -> None:
+    serial = issue_for(site, "alice", "laptop")
+    csrf = await login(client, "root")
+    page = await (await client.get("/admin/certificates")).text()
+    assert f'action="/admin/certificates/{serial}/import-links"' in page
+    assert f'href="/admin/certificates/{serial}/profile.ovpn"' in page
+    made = await client.post(f"/admin/certificates/{serial}/import-links",
+                             data={"csrf_token": csrf}, allow_redirects=False)
+    assert made.status == 303
+    where = made.headers["Location"]
+    assert re.fullmatch(rf"/admin/certificates/{serial}/import-links/\d+", where)
+    shown = await (await client.get(where)).text()
+    assert "Import link for alice/laptop" in shown and 'id="qr"' in shown
+    url = re.search(r'href="https://vpn.example.test([^"]+)" id="plain-link"', shown)
+    assert url
+    assert (await client.get(html.unescape(url.group(1)))).status == 200
+    assert (await client.get(html.unescape(url.group(1)))).status == 410  # once
+    assert "is used" in await (await client.get(where)).text()
+    assert "import_link.create" in audit_actions(site, actor="root")
+    async with second_browser(client) as alice:  # the owner sees the link on her device
+        await login(alice, "alice")
+        assert "imported at" in await (await alice.get(f"/devices/{serial}")).text()
+    status, _ = await post(client, f"/admin/certificates/{serial}/revoke", csrf)
+    gone = await client.post(f"/admin/certificates/{serial}/import-links",
+                             data={"csrf_token": csrf})
+    assert gone.status == 410

@@ -18,7 +18,7 @@ from sslvpn.store.models import (
     GatewaySettings,
     User,
 )
-from web import pki_ops
+from web import import_links, pki_ops
 from web.listing import Listing, window_of
 from web.pages import (
     audit,
@@ -34,6 +34,7 @@ from web.views.devices import (
     DEVICE_NAME_RULE,
     now_of,
     profile_response,
+    qr_context,
     rendered_profile,
 )
 
@@ -279,6 +280,42 @@ async def admin_profile(request: web.Request) -> web.StreamResponse:
     return profile_response(await rendered_profile(request, certificate.serial))
 
 
+async def importable(request: web.Request) -> tuple[Certificate, int]:
+    """A valid client certificate of a user (an import link goes to its owner), or 410."""
+    certificate = await certificate_of(request)
+    if certificate.status != "valid" or certificate.kind != "client" or certificate.user_id is None:
+        raise web.HTTPGone(text="Only valid client certificates of a user have an import link.")
+    return certificate, certificate.user_id
+
+
+@require_admin
+async def admin_import_link(request: web.Request) -> web.StreamResponse:
+    """A single-use import link (QR) for the owner's device, made by the admin, e.g. to show
+    on a screen the owner scans; shown on its own page like the owner's."""
+    certificate, owner_id = await importable(request)
+    shown, link = await import_links.mint_and_show(
+        portal_of(request), request, owner_id=owner_id, serial=certificate.serial,
+        page_prefix=f"/admin/certificates/{certificate.serial}/import-links")
+    await audit(request, "import_link.create", target=certificate.serial,
+                detail=f"id={link.token_id}")
+    raise shown
+
+
+@require_admin
+async def show_admin_import_link(request: web.Request) -> web.StreamResponse:
+    certificate, owner_id = await importable(request)
+    found = await import_links.shown_link(portal_of(request), request, owner_id=owner_id,
+                                          serial=certificate.serial)
+    owner = await portal_of(request).read(lambda s: queries.get_user_by_id(s, user_id=owner_id))
+    context: dict[str, object] = {"certificate": certificate, "owner": owner.name,
+                                  "link": None, "spent": None}
+    if isinstance(found, import_links.ImportLink):
+        context.update(link=found, **await qr_context(found))
+    else:
+        context["spent"] = found
+    return render(request, "admin_import_link.html", context)
+
+
 @require_admin
 async def download_crl(request: web.Request) -> web.StreamResponse:
     crl = portal_of(request).paths.crl_pem
@@ -304,4 +341,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/admin/certificates/{serial}/renew", renew_certificate)
     app.router.add_post("/admin/certificates/{serial}/revoke", revoke_certificate)
     app.router.add_get("/admin/certificates/{serial}/profile.ovpn", admin_profile)
+    app.router.add_post("/admin/certificates/{serial}/import-links", admin_import_link)
+    app.router.add_get("/admin/certificates/{serial}/import-links/{token_id}",
+                       show_admin_import_link)
     app.router.add_get("/admin/crl.pem", download_crl)

@@ -169,10 +169,15 @@ async def render_device(
         "spent": spent,
     }
     if link is not None:
-        png, svg = await asyncio.to_thread(_qr_codes, link.deep_link)
-        context["qr_png"], context["qr_svg"] = png, svg
-        context["loopback_link"] = not import_links.reachable_from_elsewhere(link.url)
+        context.update(await qr_context(link))
     return render(request, "device.html", context)
+
+
+async def qr_context(link: import_links.ImportLink) -> dict[str, object]:
+    """What the import link's QR block shows: the codes and whether a phone can reach it."""
+    png, svg = await asyncio.to_thread(_qr_codes, link.deep_link)
+    return {"qr_png": png, "qr_svg": svg,
+            "loopback_link": not import_links.reachable_from_elsewhere(link.url)}
 
 
 @require_user
@@ -185,51 +190,28 @@ async def download_profile(request: web.Request) -> web.StreamResponse:
 
 @require_user
 async def create_import_link(request: web.Request) -> web.StreamResponse:
-    """Mint a single-use link and send the browser to the page that shows it: a reload or a
-    bookmark of that page shows the same link again, it never mints a second one."""
-    me_id = current_user_id(request)
+    """Mint a single-use link and send the browser to the page that shows it."""
     certificate = await owned_certificate(request)
     if certificate.status != "valid":
         raise web.HTTPGone(text="This device's certificate is no longer valid.")
-    portal = portal_of(request)
-    link, token = await import_links.mint(
-        portal, request, user_id=me_id, serial=certificate.serial
-    )
+    shown, link = await import_links.mint_and_show(
+        portal_of(request), request, owner_id=current_user_id(request),
+        serial=certificate.serial, page_prefix=f"/devices/{certificate.serial}/import-links")
     detail = f"id={link.token_id}"
     await audit(request, "import_link.create", target=certificate.serial, detail=detail)
-    page = f"/devices/{certificate.serial}/import-links/{link.token_id}"
-    shown = web.HTTPSeeOther(page)
-    # The secret stays with the browser that asked for it (the store keeps its hash only),
-    # for as long as the link can work, and only on that link's page.
-    lifetime = max(1, int((link.expires_at - now_of(request)).total_seconds()))
-    shown.set_cookie(import_links.cookie_name(link.token_id), token, max_age=lifetime,
-                     path=page, httponly=True, samesite="Strict", secure=request.secure)
     raise shown
 
 
 @require_user
 async def show_import_link(request: web.Request) -> web.StreamResponse:
-    """The QR and links of one import link, to the browser that minted it while it can
-    still be used; otherwise the device page says what became of it."""
+    """The QR and links of one import link, or what became of it."""
     certificate = await owned_certificate(request)
-    me_id = current_user_id(request)
-    try:
-        token_id = int(request.match_info["token_id"])
-    except ValueError:
-        raise web.HTTPNotFound(text="No such import link.") from None
-    rows = await portal_of(request).read(
-        lambda s: queries.list_import_tokens(s, user_id=me_id)
-    )
-    row = next((t for t in rows if t.id == token_id
-                and t.certificate_serial == certificate.serial), None)
-    if row is None:
-        raise web.HTTPNotFound(text="No such import link.")
-    secret = request.cookies.get(import_links.cookie_name(token_id), "")
-    state = import_links.state_of(row, now_of(request))
-    if state == "active" and secret and import_links.token_hash(secret) == row.token_hash:
-        link = await import_links.link_of(portal_of(request), request, row, secret)
-        return await render_device(request, certificate, link)
-    return await render_device(request, certificate, spent=(row, state))
+    found = await import_links.shown_link(portal_of(request), request,
+                                          owner_id=current_user_id(request),
+                                          serial=certificate.serial)
+    if isinstance(found, import_links.ImportLink):
+        return await render_device(request, certificate, found)
+    return await render_device(request, certificate, spent=found)
 
 
 @require_user
