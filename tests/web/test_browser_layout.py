@@ -136,3 +136,20 @@ async def test_times_are_shown_in_the_readers_zone(
     hours = int(utc[11:13]) * 60 + int(utc[14:16])
     local = int(text[11:13]) * 60 + int(text[14:16])
     assert (local - hours) % (24 * 60) == 330  # +05:30
+
+
+async def test_the_traffic_chart_is_drawn_at_the_size_it_is_shown(
+    browser: Browser, portal_url: str
+) -> None:
+    """On a phone the chart is 360 px wide: drawn into an 800 px buffer and scaled down, its
+    axis labels were under 4 px high."""
+    phone = await sized_page(browser, "phone")
+    await log_in(phone, portal_url, "root", PASSWORDS["root"])
+    await phone.wait_for_url(f"{portal_url}/admin")
+    await phone.wait_for_selector("#traffic-now:has-text('now: in')", timeout=30_000)
+    drawn, shown = await phone.evaluate("""() => {
+      const c = document.getElementById("traffic-chart");
+      return [c.width, Math.round(c.clientWidth * window.devicePixelRatio)];
+    }""")
+    assert drawn == shown < 800
+    await phone.locator("#traffic-chart").screenshot(path=ARTIFACTS / "chart-phone.png")

@@ -104,8 +104,17 @@ sslvpnCards(document);
   }
 
   function draw(points) {
+    // Draw at the size the canvas is shown (a phone shows it 360 px wide): a fixed 800 px
+    // buffer scaled down made the axis labels unreadably small there.
+    const ratio = window.devicePixelRatio || 1;
+    const w = canvas.clientWidth || canvas.width, h = canvas.clientHeight || canvas.height;
+    if (canvas.width !== Math.round(w * ratio) || canvas.height !== Math.round(h * ratio)) {
+      canvas.width = Math.round(w * ratio);
+      canvas.height = Math.round(h * ratio);
+    }
     const ctx = canvas.getContext("2d");
-    const w = canvas.width, h = canvas.height, left = 72, bottom = 22, top = 8, right = 8;
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    const left = 72, bottom = 22, top = 8, right = 8;
     ctx.clearRect(0, 0, w, h);
     ctx.strokeStyle = "#d0d6e0";
     ctx.strokeRect(left, top, w - left - right, h - top - bottom);
@@ -123,8 +132,9 @@ sslvpnCards(document);
       ctx.fillText(human(max * share), left - 6, y(max * share) + 4);
     }
     ctx.textAlign = "center";  // the x axis: local times
-    for (let i = 0; i <= 4; i += 1) {
-      const t = t0 + (range * i) / 4;
+    const ticks = w < 500 ? 2 : 4;  // fewer time labels on a narrow chart
+    for (let i = 0; i <= ticks; i += 1) {
+      const t = t0 + (range * i) / ticks;
       ctx.fillText(timeLabel(t, range), Math.min(Math.max(x(t), left + 20), w - 30), h - 6);
     }
     ctx.textAlign = "left";
