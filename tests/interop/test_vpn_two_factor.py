@@ -8,6 +8,7 @@ the same code from another client is refused as a replay."""
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -30,9 +31,16 @@ PASSWORD = "violet-harbour-lantern-9"  # noqa: S105 (a test credential)
 PROMPT = ">PASSWORD:Need 'Auth' username/password SC:1,Code from your authenticator app"
 
 
-@pytest.fixture
-def topology(tmp_path: Path) -> Iterator[Topology]:
-    with build_topology(tmp_path, prefix="v11f", serve_args=("--no-portal",)) as topo:
+@pytest.fixture(params=[1, 2], ids=["serve", "serve-workers-2"])
+def topology(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Topology]:
+    """One gateway process, or two workers: a reconnect may reach the other one, which
+    checks the token and the code's replay alike (nothing is kept in a process)."""
+    with build_topology(tmp_path, prefix="v11f", start_timeout=60,
+                        serve_args=("--no-portal", "--workers", str(request.param))) as topo:
+        log = topo.gateway_log
+        if not wait_until(lambda: log.read_text().count("listening on tcp") >= request.param,
+                          60):
+            pytest.fail("the workers did not start:\n" + log.read_text())
         yield topo
 
 
@@ -140,7 +148,8 @@ def test_the_real_client_connects_with_password_and_code(topology: Topology) -> 
         assert "AUTH_FAILED" not in vpn.text()
         assert not any(line.startswith(">PASSWORD:Need") for line in management.seen)
         assert topology.client_ns.ok("ping", "-c", "1", "-W", "2", VPC_HOST)
-        assert [s.certificate_serial for s in topology.control.list_sessions()] == [serial]
+        listed = json.loads(sslvpn(topology.data_dir, "sessions", "--json").output)
+        assert serial in [s["certificate_serial"] for s in listed["sessions"]]
 
     with client(topology, profile, "replay") as (vpn, management):
         management.log_in(answer(PASSWORD, code))  # the code the right client used
