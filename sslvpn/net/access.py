@@ -10,8 +10,9 @@ applies; "nothing": denied). ``first_match`` is that definition, plainly.
 space is cut at every rule's network bounds into intervals, each holding the rules that
 cover it, in order; a lookup is one bisect and a walk of that interval's few rules, so it
 does not grow with the number of rules when they cover different networks. On top, a
-per-flow cache (protocol, address, port -> verdict) answers the packets after a flow's
-first with one dict probe, as the gateway's VPC memo does.
+per-flow cache answers the packets after a flow's first with one dict probe, as the
+gateway's VPC memo does: for IPv4 TCP and UDP keyed by one slice of the header (destination
+and both ports: one entry per connection, ~80 ns), for the rest by protocol, address, port.
 
 Replies (VPC -> client) pass by symmetric rules: a packet to a client passes when the client
 could send its mirror (its source as destination, its source port as port). That needs no
@@ -218,7 +219,12 @@ class CompiledRules:
         key = "default-allow" if default_allow else "default-deny"
         self.default = hits.setdefault(key, Hits(default_allow, None))
         self._hits = {r.id: hits.setdefault(r.id, Hits(r.allow, r)) for r in ordered}
-        self._cache: dict[bytes, Hits] = {}
+        self._cache: dict[bytes, Hits] = {}  # flow_key -> verdict
+        # the common case's connections (IPv4 TCP/UDP), each direction's own key layout
+        self._tcp: dict[bytes, Hits] = {}
+        self._udp: dict[bytes, Hits] = {}
+        self._tcp_replies: dict[bytes, Hits] = {}
+        self._udp_replies: dict[bytes, Hits] = {}
 
     def decide(self, protocol: int, address: Address, port: int | None) -> Hits:
         """The deciding rule's counter (or the default's): the one function that decides,
@@ -228,44 +234,50 @@ class CompiledRules:
 
     def allowed(self, packet: bytes) -> bool:
         """A packet from the client (counted)."""
-        if len(packet) >= 24 and packet[0] == 0x45 and not (packet[6] & 0x1F or packet[7]):
-            proto = packet[9]  # the common case: IPv4, no options, not a later fragment
-            key = (packet[9:10] + packet[16:20] + packet[22:24] if proto == TCP or proto == UDP
-                   else packet[9:10] + packet[16:20])
+        if (len(packet) >= 24 and packet[0] == 0x45 and not (packet[6] & 0x1F or packet[7])
+                and (packet[9] == TCP or packet[9] == UDP)):
+            # the common case (IPv4 TCP/UDP, no options, not a later fragment): one slice,
+            # destination, source port, destination port, is the key of the connection
+            flows = self._tcp if packet[9] == TCP else self._udp
+            key = packet[16:24]
+            hit = flows.get(key)
+            if hit is None:
+                hit = self._remember(flows, key, self.decide(
+                    packet[9], ipaddress.IPv4Address(key[:4]), int.from_bytes(key[6:8])))
         else:
             key = flow_key(packet, reply=False)
-        hit = self._cache.get(key)
-        if hit is None:
-            hit = self._miss(key)
+            hit = self._cache.get(key) or self._miss(key)
         hit.packets += 1
         return hit.allow
 
     def reply_allowed(self, packet: bytes) -> bool:
         """A packet to the client: passes when the client could send its mirror."""
-        if len(packet) >= 24 and packet[0] == 0x45 and not (packet[6] & 0x1F or packet[7]):
-            proto = packet[9]
-            if proto == TCP or proto == UDP:
-                key = packet[9:10] + packet[12:16] + packet[20:22]
-            elif proto == ICMP and packet[20] in _ICMP_ERRORS[ICMP]:
-                return True
-            else:
-                key = packet[9:10] + packet[12:16]
+        if (len(packet) >= 24 and packet[0] == 0x45 and not (packet[6] & 0x1F or packet[7])
+                and (packet[9] == TCP or packet[9] == UDP)):
+            # source, destination, source port, destination port: the mirror's connection
+            flows = self._tcp_replies if packet[9] == TCP else self._udp_replies
+            key = packet[12:24]
+            hit = flows.get(key)
+            if hit is None:
+                hit = self._remember(flows, key, self.decide(
+                    packet[9], ipaddress.IPv4Address(key[:4]), int.from_bytes(key[8:10])))
         else:
             key = flow_key(packet, reply=True)
             if not key:
                 return True  # an ICMP error
-        hit = self._cache.get(key)
-        if hit is None:
-            hit = self._miss(key)
+            hit = self._cache.get(key) or self._miss(key)
         hit.packets += 1
         return hit.allow
 
     def _miss(self, key: bytes) -> Hits:
         protocol, address, port = decode_key(key)
-        hit = self.decide(protocol, address, port)
-        if len(self._cache) >= FLOW_CACHE_SIZE:
-            self._cache.clear()
-        self._cache[key] = hit
+        return self._remember(self._cache, key, self.decide(protocol, address, port))
+
+    @staticmethod
+    def _remember(flows: dict[bytes, Hits], key: bytes, hit: Hits) -> Hits:
+        if len(flows) >= FLOW_CACHE_SIZE:
+            flows.clear()
+        flows[key] = hit
         return hit
 
     def routes(self, vpc_networks: Sequence[Network]) -> list[Network]:
@@ -375,6 +387,10 @@ class AccessPolicy:
         return compiled.decide(protocol, address, port)
 
     def succeeded_by(self, newer: AccessPolicy) -> AccessPolicy:
-        """``newer`` keeping this policy's hit counters (rule ids are never reused)."""
-        newer.hits = self.hits
+        """``newer`` keeping this policy's hit counters of the rules it still has and of the
+        default (rule ids are never reused; a deleted rule's counter goes with it)."""
+        live = {rule.id for rules in (*newer.group_rules.values(), *newer.user_rules.values())
+                for rule in rules}
+        newer.hits = {key: hit for key, hit in self.hits.items()
+                      if isinstance(key, str) or key in live}
         return newer
