@@ -109,13 +109,16 @@ def refusal_of(standing: Standing | None, now: datetime) -> str | None:
     return None
 
 
-def _vpn_account(s: Session, gateway_name: str, user_name: str) -> VpnAccount | None:
-    """The owner's secrets when the gateway asks VPN clients for a second factor."""
+def _two_factor(s: Session, gateway_name: str) -> bool:
+    """Whether the gateway asks VPN clients for a second factor (no settings row: no)."""
     try:
-        if not queries.get_settings(s, name=gateway_name).vpn_two_factor:
-            return None
-    except StoreError:  # no settings row: nothing asks for it
-        return None
+        return queries.get_settings(s, name=gateway_name).vpn_two_factor
+    except StoreError:
+        return False
+
+
+def _vpn_account(s: Session, user_name: str) -> VpnAccount | None:
+    """The owner's secrets, for a gateway that asks VPN clients for a second factor."""
     user = queries.get_user(s, name=user_name)
     if user.id is None:
         return None
@@ -125,21 +128,22 @@ def _vpn_account(s: Session, gateway_name: str, user_name: str) -> VpnAccount | 
 def _admission_answers(s: Session, *, serials: Sequence[str], gateway_name: str,
                        now: datetime) -> dict[str, Answer]:
     """Each certificate's standing, refusal and VPN two-factor account, in one
-    transaction: the standings of all ``serials`` in one query, then per certificate in good
-    standing its owner's session limit and secrets."""
+    transaction of a few queries whatever the number of ``serials`` (a burst of
+    handshakes), plus one per owner to check with VPN two-factor on."""
     standings = gateway_queries.standings(s, serials=serials)
+    refusals = {serial: refusal_of(standings.get(serial), now) for serial in serials}
+    good = [serial for serial, refusal in refusals.items() if refusal is None]
+    for serial, limit in gateway_queries.session_limits_reached(
+            s, serials=good, gateway_name=gateway_name).items():
+        refusals[serial] = f"too many sessions (at most {limit})"
+    two_factor = bool(good) and _two_factor(s, gateway_name)
     answers: dict[str, Answer] = {}
-    for serial in serials:
+    for serial, refusal in refusals.items():
         standing = standings.get(serial)
-        refusal = refusal_of(standing, now)
-        if refusal is None:
-            limit = gateway_queries.session_limit_reached(s, serial=serial,
-                                                          gateway_name=gateway_name)
-            if limit is not None:
-                refusal = f"too many sessions (at most {limit})"
         account = None
-        if refusal is None and standing is not None and standing.user_name is not None:
-            account = _vpn_account(s, gateway_name, standing.user_name)
+        if two_factor and refusal is None and standing is not None \
+                and standing.user_name is not None:
+            account = _vpn_account(s, standing.user_name)
         answers[serial] = (standing, refusal, account)
     return answers
 

@@ -28,7 +28,6 @@ from sqlalchemy import (
     update,
 )
 from sqlmodel import Session, col
-from sqlmodel import select as model_select
 
 from sslvpn.store import node_queries, traffic_queries
 from sslvpn.store.models import (
@@ -38,7 +37,6 @@ from sslvpn.store.models import (
     User,
     VpnSessionRecord,
 )
-from sslvpn.store.queries import effective_limits
 from sslvpn.store.traffic_queries import TrafficCounted as TrafficCounted
 
 CHUNK = 500  # serials per IN (...) list, far below every backend's parameter limit
@@ -110,6 +108,20 @@ _NOT_GOOD = _STANDINGS.where(not_(_GOOD))
 _KNOWN = select(col(Certificate.serial)).where(
     col(Certificate.serial).in_(bindparam("serials", expanding=True))
 )
+_SESSION_SETTING = select(col(GatewaySettings.max_sessions_per_user)).where(
+    col(GatewaySettings.name) == bindparam("name"))
+_OWNER_LIMITS = (
+    select(col(Certificate.serial), col(User.name), col(User.max_sessions))
+    .join(User, col(Certificate.user_id) == col(User.id))
+    .where(col(Certificate.serial).in_(bindparam("serials", expanding=True)))
+)
+_LIVE_SESSIONS = (
+    select(col(VpnSessionRecord.user_name), col(VpnSessionRecord.certificate_serial),
+           func.count())
+    .where(col(VpnSessionRecord.disconnected_at).is_(None),
+           col(VpnSessionRecord.user_name).in_(bindparam("owners", expanding=True)))
+    .group_by(col(VpnSessionRecord.user_name), col(VpnSessionRecord.certificate_serial))
+)
 
 
 def standings(s: Session, *, serials: Collection[str]) -> dict[str, Standing]:
@@ -180,24 +192,33 @@ def _standings(s: Session, query: Executable, serials: Collection[str],
     return found
 
 
-def session_limit_reached(s: Session, *, serial: str, gateway_name: str) -> int | None:
-    """The owner's limit of live sessions when a new session of this certificate would pass
-    it, else None. Its own earlier session does not count (the new one replaces it), and
-    the sessions are those of every node (open records)."""
-    owner = s.exec(model_select(User).join(Certificate, col(Certificate.user_id) == col(User.id))
-                   .where(col(Certificate.serial) == serial.lower())).first()
-    if owner is None:
-        return None
-    settings = s.exec(model_select(GatewaySettings)
-                      .where(col(GatewaySettings.name) == gateway_name)).first()
-    limit = effective_limits(owner, settings or GatewaySettings(name=gateway_name)).sessions
-    if limit is None:
-        return None
-    live = s.connection().execute(select(func.count()).where(
-        col(VpnSessionRecord.disconnected_at).is_(None),
-        col(VpnSessionRecord.user_name) == owner.name,
-        col(VpnSessionRecord.certificate_serial) != serial.lower())).scalar_one()
-    return limit if live >= limit else None
+def session_limits_reached(s: Session, *, serials: Collection[str],
+                           gateway_name: str) -> dict[str, int]:
+    """Among ``serials`` (lowercase hex), those whose owner's limit of live sessions a new
+    session would pass, with that limit. A certificate's own earlier session does not count
+    (the new one replaces it), and the sessions are those of every node (open records).
+    A few queries for any number of serials: a burst of handshakes is read at once."""
+    connection = s.connection()
+    default = connection.execute(_SESSION_SETTING, {"name": gateway_name}).scalar()
+    limits: dict[str, tuple[str, int]] = {}  # serial -> (owner, limit)
+    wanted = sorted(serials)
+    for start in range(0, len(wanted), CHUNK):
+        for serial, owner, own_limit in connection.execute(
+                _OWNER_LIMITS, {"serials": wanted[start:start + CHUNK]}):
+            limit = own_limit if own_limit is not None else default
+            if limit:  # None or 0: one session per device, no limit per user
+                limits[serial] = (owner, limit)
+    owners = sorted({owner for owner, _ in limits.values()})
+    live: dict[tuple[str, str | None], int] = {}
+    for start in range(0, len(owners), CHUNK):
+        for owner, serial, count in connection.execute(
+                _LIVE_SESSIONS, {"owners": owners[start:start + CHUNK]}):
+            live[owner, serial] = count
+    per_owner: dict[str, int] = {}
+    for (owner, _), count in live.items():
+        per_owner[owner] = per_owner.get(owner, 0) + count
+    return {serial: limit for serial, (owner, limit) in limits.items()
+            if per_owner.get(owner, 0) - live.get((owner, serial), 0) >= limit}
 
 
 def lease_map(s: Session) -> dict[str, str]:

@@ -24,6 +24,7 @@ from sslvpn.runtime.policy import (
 )
 from sslvpn.store import StoreError, StoreUnavailable, access_queries, db, gateway_queries, queries
 from sslvpn.store.async_store import AsyncStore
+from sslvpn.store.models import GatewaySettings
 
 
 @pytest.fixture
@@ -177,6 +178,21 @@ async def test_a_burst_of_admissions_against_a_healthy_store_is_answered(engine:
     assert [a.refusal for a in answers] == [expected[serial] for serial in serials]
     assert {a.user for a, serial in zip(answers, serials, strict=True) if serial == "a2"} \
         == {"alice"}
+    # read together, each still has its owner's session limit (a1's own session not counted)
+    with db.session(engine, write=True) as s:
+        gateway_queries.write_records(s, records=[_opened("s1", "a1")], gateway_name="default",
+                                      now=datetime.now(UTC), node="other-node")
+    accounts.set_limits(engine, name="alice", devices=None, sessions=1, actor="t")
+    answers = await asyncio.gather(*(policy.authorize(serial) for serial in serials))
+    expected |= {"a2": "too many sessions (at most 1)"}
+    assert [a.refusal for a in answers] == [expected[serial] for serial in serials]
+    # her own limit unset: the gateway's applies
+    accounts.set_limits(engine, name="alice", devices=None, sessions=None, actor="t")
+    with db.session(engine, write=True) as s:
+        queries.save_settings(s, settings=GatewaySettings(name="default",
+                                                          max_sessions_per_user=1))
+    answers = await asyncio.gather(*(policy.authorize(serial) for serial in serials))
+    assert [a.refusal for a in answers] == [expected[serial] for serial in serials]
 
 
 async def test_a_hung_store_still_tells_a_burst_to_retry_within_the_timeout(
