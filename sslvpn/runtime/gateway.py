@@ -12,15 +12,16 @@ for the answer, the loop does not (the policy's reads run in store threads, boun
 time). A refused certificate gets AUTH_FAILED with the reason, an accepted one an address
 (its stored lease when free) and a PUSH_REPLY; when the store cannot answer, the client is
 told ``AUTH_FAILED,TEMP`` and comes back after ``RETRY_AFTER`` seconds. An answer is applied
-only to the session that asked, if it still waits. Admission costs one indexed read and does
-not grow with the number of sessions: the pool keeps the leases in memory (loaded at start)
-and the accounting (session opened and ended, counters, leases) goes to a write-behind queue
-that a worker thread commits in batches. A sweep every few seconds (also off the loop)
-disconnects sessions whose certificate was revoked or whose user was disabled by any
-process, and sessions another process asked to end (a kick through the store, a survivor
-that took this node for down); the fleet's signal wakes it at once. While the store is away
-the sweep skips a round and tunnels run on. The registry
-implements ``GatewayControl``.
+only to the session that asked, if it still waits. Admission costs a share of one read (the
+handshakes asking together are read together, so a burst is not mistaken for a store that
+is away) and does not grow with the number of sessions: the pool keeps the leases in
+memory (loaded at start) and the accounting (session opened and ended, counters, leases)
+goes to a write-behind queue that a worker thread commits in batches. A sweep every few
+seconds (also off the loop) disconnects sessions whose certificate was revoked or whose user
+was disabled by any process, and sessions another process asked to end (a kick through the
+store, a survivor that took this node for down); the fleet's signal wakes it at once. While
+the store is away the sweep skips a round and tunnels run on. The registry implements
+``GatewayControl``.
 """
 
 from __future__ import annotations
