@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -236,6 +237,29 @@ def test_charon_runs_from_the_swanctl_conf_we_render(
     assert "ESTABLISHED" in sas and "INSTALLED" in sas and status.spi_in in sas, sas
     assert status.ike_proposal == "aes256gcm16-prfsha512-ecp521", status
     assert status.esp_proposal == "aes256gcm16", status
+
+
+@pytest.mark.parametrize("we_initiate", [True, False], ids=["we-initiate", "strongswan-initiates"])
+def test_strongswans_fragmented_ike_auth_is_reassembled(
+    topo: Topology, peer: Peer, we_initiate: bool
+) -> None:
+    """charon with 200-byte IKE datagrams (fragment_size) splits its IKE_AUTH (RFC 7383,
+    negotiated in IKE_SA_INIT): we reassemble it and the tunnel carries traffic."""
+    ike, esp = "aes256-sha256-modp2048", "aes256gcm16"
+    peer.remove_tunnel()
+    charon = topo.start_charon(CharonConfig(ike_proposals=ike, esp_proposals=esp,
+                                            options={"fragment_size": "200"}))
+    peer.configure(ike, esp, initiate=we_initiate)
+    if not we_initiate:
+        peer.wait_state("connecting")
+        out = charon.swanctl("--initiate", "--child", "net", "--timeout", "20", check=False)
+        assert "completed successfully" in out, out + charon.tail()
+    peer.wait_state("up")
+    ping(topo.lanb, HOST_A)
+    log = charon.log.read_text()
+    assert re.search(r"generating IKE_AUTH (request|response) 1 \[ EF\(1/[2-9]\) \]", log), (
+        charon.tail(60))
+    assert not (peer.status() or _down()).ike_drops, peer.status()
 
 
 RECEIVER = """

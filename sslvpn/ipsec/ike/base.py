@@ -111,6 +111,7 @@ class SaBase:
         self.behind_nat = False  # our NATD_D did not match: the runtime sends keepalives
         self.children: list[ChildSa] = []
         self.dropped: Counter[str] = Counter()
+        self.fragmentation = False  # both sides sent IKEV2_FRAGMENTATION_SUPPORTED
         self._events: deque[IkeEvent] = deque()
         self._outbox: list[tuple[bytes, Address]] = []
         self._queue: deque[tuple[str, ChildSa | None]] = deque()
@@ -183,9 +184,11 @@ class SaBase:
             tries=0,
             next_send=now + self._backoff(0),
             sent_at=now,
+            wire=self._wire(ctx, data, exchange, message_id, False, payloads),
         )
         ctx.next_request_id += 1
-        self._send_raw(data)
+        for datagram in ctx.pending.wire:
+            self._send_raw(datagram)
 
     def _respond(
         self, ctx: IkeContext, exchange: int, message_id: int, payloads: list[Payload]
@@ -194,7 +197,25 @@ class SaBase:
         data = ctx.encode(exchange, message_id, True, payloads)
         ctx.peer_next_id = message_id + 1
         ctx.cached_response = (message_id, data)
-        self._send_raw(data)
+        ctx.cached_wire = self._wire(ctx, data, exchange, message_id, True, payloads)
+        self._send_cached(ctx)
+
+    def _send_cached(self, ctx: IkeContext) -> None:
+        """Our last response again (all its fragments), for a retransmitted request."""
+        for datagram in ctx.cached_wire:
+            self._send_raw(datagram)
+
+    def _wire(self, ctx: IkeContext, data: bytes, exchange: int, message_id: int,
+              response: bool, payloads: list[Payload]) -> list[bytes]:
+        """The datagrams of one message: SKF fragments when both sides support them and
+        it is too large for one (RFC 7383 §2.5; never IKE_SA_INIT, nor IKE_INTERMEDIATE,
+        whose IntAuth we compute over the unfragmented message), else itself."""
+        if (not self.fragmentation or len(data) <= self.config.fragment_size
+                or exchange in (c.ExchangeType.IKE_SA_INIT,
+                                 c.ExchangeType.IKE_INTERMEDIATE)):
+            return [data]
+        return ctx.encode_fragments(exchange, message_id, response, payloads,
+                                    self.config.fragment_size)
 
     def _backoff(self, tries: int) -> float:
         """The wait after the ``tries``-th resend: strongSwan's 4 s x 1.8^n, capped by
@@ -207,7 +228,8 @@ class SaBase:
         """Resend with back-off. False once all tries are spent."""
         if pending.tries >= self.config.retransmit_tries:
             return False
-        self._send_raw(pending.data)
+        for datagram in pending.wire:
+            self._send_raw(datagram)
         pending.tries += 1
         pending.next_send = now + self._backoff(pending.tries)
         return True

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from . import constants as c
 from .constants import IdType, ProtocolId
+from .fragments import FRAGMENT_MESSAGE_SIZE
 from .proposals import ProposalSpec, parse_proposals
 from .traffic_selectors import TrafficSelector
 
@@ -67,6 +68,7 @@ class IkeConfig:
     half_open_timeout: float = c.HALF_OPEN_TIMEOUT
     force_encap: bool = True  # libipsec peers only do ESP-in-UDP: always float to 4500
     initial_contact: bool = True
+    fragment_size: int = FRAGMENT_MESSAGE_SIZE  # largest IKE message before RFC 7383 splits
 
     @classmethod
     def build(

@@ -105,6 +105,7 @@ class Handshake(SaBase):
         ]
         if any(spec.addkes for spec in self.config.ike_proposals):
             payloads.append(NotifyPayload(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED))
+        payloads.append(NotifyPayload(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))  # RFC 7383
         self._ctx.next_request_id = 0
         self._send_request(self._ctx, ExchangeType.IKE_SA_INIT, payloads, "init", now)
         self._init_request = self._ctx.pending.data if self._ctx.pending else b""
@@ -142,6 +143,7 @@ class Handshake(SaBase):
         sa = _one(payloads, SaPayload, "SA")
         ke = _one(payloads, KePayload, "KE")
         nr = nonce_of(payloads)
+        self.fragmentation = NotifyType.IKEV2_FRAGMENTATION_SUPPORTED in found
         suite = accept_answer(list(self.config.ike_proposals), sa.proposals)
         if suite is None or suite.dh != ke.group or ke.group != self._ke_group:
             raise Drop("IKE_SA_INIT response chose something we did not offer")
@@ -422,7 +424,7 @@ class Handshake(SaBase):
             raise Drop("IKE_SA_INIT request sent to an initiator")
         if self.state is IkeState.AUTH_WAIT and header.spi_i == self._ctx.spi_i:
             if data == self._init_request and self._ctx.cached_response is not None:
-                self._send_raw(self._ctx.cached_response[1])  # retransmitted request
+                self._send_cached(self._ctx)  # retransmitted request
                 return
             raise Drop("different IKE_SA_INIT for a half-open SA")
         if self.state is not IkeState.INITIAL:
@@ -485,6 +487,9 @@ class Handshake(SaBase):
         if suite.additional_kes:
             response.append(NotifyPayload(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED))
             self._addke_todo = list(suite.additional_kes)
+        if NotifyType.IKEV2_FRAGMENTATION_SUPPORTED in notifies(payloads):  # RFC 7383 §2.3
+            self.fragmentation = True
+            response.append(NotifyPayload(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
         self._respond(ctx, ExchangeType.IKE_SA_INIT, 0, response)
         self._init_request = data
         self._init_response = ctx.cached_response[1] if ctx.cached_response else b""

@@ -41,6 +41,7 @@ from .payloads import (
     Payload,
     Proposal,
     SaPayload,
+    SkfPayload,
     SkPayload,
     TooManyPayloads,
     Transform,
@@ -56,6 +57,8 @@ _HEADER = struct.Struct("!8s8sBBBBII")
 _GENERIC_HEADER = struct.Struct("!BBH")
 KNOWN_PAYLOAD_TYPES = frozenset(PayloadType) - {PayloadType.NONE}
 _NONE, _SK = int(PayloadType.NONE), int(PayloadType.SK)  # plain ints: a hot loop reads them
+_SKF = int(PayloadType.SKF)
+_SKF_FIELDS = struct.Struct("!HH")  # Fragment Number, Total Fragments (RFC 7383 §2.5)
 
 # -- header -------------------------------------------------------------------------------
 
@@ -147,7 +150,7 @@ def scan_payloads(data: bytes, offset: int, first: int) -> list[PayloadSpan]:
         found.append((ptype, next_type, flags >= 0x80, offset + GENERIC_PAYLOAD_HEADER_LENGTH,
                       end))
         offset = end
-        if ptype == _SK:
+        if ptype in (_SK, _SKF):  # always the last payload
             break
         ptype = next_type
     if offset != size:
@@ -163,6 +166,13 @@ def decode_payloads(data: bytes, spans: list[PayloadSpan]) -> list[Payload]:
             if span.type == _SK:
                 payloads.append(SkPayload(span.next_type,
                                           span.start - GENERIC_PAYLOAD_HEADER_LENGTH))
+            elif span.type == _SKF:
+                if span.end - span.start < _SKF_FIELDS.size:
+                    raise MalformedMessage("SKF payload truncated")
+                number, total = _SKF_FIELDS.unpack_from(data, span.start)
+                payloads.append(SkfPayload(span.next_type,
+                                           span.start - GENERIC_PAYLOAD_HEADER_LENGTH,
+                                           number, total))
             else:
                 body = Buffer(data[span.start:span.end])
                 payloads.append(pull_body(span.type, span.critical, body))
@@ -314,6 +324,7 @@ __all__ = [
     "PayloadSpan",
     "Proposal",
     "SaPayload",
+    "SkfPayload",
     "SkPayload",
     "SkProtector",
     "TooManyPayloads",

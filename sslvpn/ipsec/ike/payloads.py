@@ -137,6 +137,17 @@ class SkPayload:
     offset: int  # offset of the generic header within the message
 
 
+@dataclass(frozen=True)
+class SkfPayload:
+    """One Encrypted Fragment payload as received (RFC 7383 §2.5): opened and reassembled
+    by ``fragments.py``. ``first_inner`` is meaningful in fragment 1 only."""
+
+    first_inner: int
+    offset: int  # offset of the generic header within the message
+    number: int
+    total: int
+
+
 Payload = (
     SaPayload
     | KePayload
@@ -149,6 +160,7 @@ Payload = (
     | VendorPayload
     | UnknownPayload
     | SkPayload
+    | SkfPayload
 )
 
 
@@ -343,6 +355,7 @@ _TYPE_OF: dict[type, int] = {
     DeletePayload: PayloadType.DELETE,
     VendorPayload: PayloadType.VENDOR,
     SkPayload: PayloadType.SK,
+    SkfPayload: PayloadType.SKF,
 }
 
 

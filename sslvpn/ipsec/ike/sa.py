@@ -37,17 +37,19 @@ from .constants import ExchangeType, NotifyType, ProtocolId
 from .crypto import Rand
 from .events import IkeEvent
 from .exchanges import EstablishedExchanges
+from .fragments import acceptable
 from .messages import (
     DeletePayload,
     MalformedMessage,
     Message,
     NotifyPayload,
     Payload,
+    SkfPayload,
     pull_message,
     unsupported_critical,
 )
 from .proposals import Suite
-from .window import ZERO_SPI, IkeContext, PendingRequest
+from .window import INCOMPLETE, ZERO_SPI, IkeContext, PendingRequest
 
 __all__ = ["Address", "IkeSa", "IkeState", "LocalProtocolError"]
 
@@ -250,9 +252,15 @@ class IkeSa(EstablishedExchanges):
                 raise Drop("unexpected response")
         elif header.message_id not in (ctx.peer_next_id, ctx.peer_next_id - 1):
             raise Drop("request outside the message-ID window")
+        last = message.payloads[-1] if message.payloads else None
+        if isinstance(last, SkfPayload) and (not self.fragmentation or not acceptable(last)):
+            raise Drop("IKE fragment not negotiated or out of range", "bad-fragment")
         payloads = ctx.decrypt(data, message)
         if payloads is None:
             raise Drop("integrity check failed", "bad-integrity")
+        if payloads is INCOMPLETE:
+            self._last_received = max(self._last_received, now)
+            return  # a verified fragment, kept until the others arrive
         self._last_received = max(self._last_received, now)
         if (self._passive is not None and ctx is self._passive.ctx
                 and not _deletes_ike(payloads)):
@@ -269,7 +277,7 @@ class IkeSa(EstablishedExchanges):
             return
         if header.message_id == ctx.peer_next_id - 1:
             if ctx.cached_response is not None and ctx.cached_response[0] == header.message_id:
-                self._send_raw(ctx.cached_response[1])  # retransmitted request
+                self._send_cached(ctx)  # retransmitted request
             return
         critical = unsupported_critical(payloads)
         if critical is not None:  # RFC 7296 §2.5: refuse what we must understand but do not
@@ -286,7 +294,7 @@ class IkeSa(EstablishedExchanges):
         if (cached is None or header.is_response or header.message_id != cached[0]
                 or header.exchange == ExchangeType.IKE_SA_INIT or not ctx.matches(header)):
             raise Drop("IKE SA closed", "unknown-spi")
-        self._send_raw(cached[1])
+        self._send_cached(ctx)
 
     def _context_for(self, message: Message) -> IkeContext | None:
         for ctx in self._contexts():

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from .child import ChildSa
 from .constants import ExchangeType, HeaderFlag
 from .crypto import DhExchange, IkeKeys, Protector, Rand, make_protectors
+from .fragments import Reassembly, open_fragment, seal_fragments
 from .messages import (
     IkeHeader,
     Message,
     Payload,
+    SkfPayload,
     encode_message,
     int_auth_octets,
     open_sk,
@@ -25,6 +27,9 @@ from .messages import (
 )
 from .messages import SkPayload as _Sk
 from .proposals import Suite
+
+# decrypt()'s answer for an authentic fragment of a message that is not whole yet
+INCOMPLETE: list[Payload] = []
 
 ZERO_SPI = bytes(8)
 
@@ -51,6 +56,7 @@ class PendingRequest:
     tries: int = 1
     next_send: float = 0.0
     sent_at: float = 0.0  # first sent: an established SA gives up ``dpd_timeout`` later
+    wire: list[bytes] = field(default_factory=list)  # datagrams: the message or its fragments
 
 
 class IkeContext:
@@ -71,6 +77,8 @@ class IkeContext:
         self.peer_next_id = 0
         self.pending: PendingRequest | None = None
         self.cached_response: tuple[int, bytes] | None = None
+        self.cached_wire: list[bytes] = []  # its datagrams (fragments, RFC 7383)
+        self.reassembly: Reassembly | None = None  # the peer's fragmented message
         # IntAuth_A | IntAuth_P of the last message decrypted (RFC 9242: IKE_INTERMEDIATE)
         self.last_int_auth_octets = b""
 
@@ -116,11 +124,25 @@ class IkeContext:
         header = IkeHeader(self.spi_i, self.spi_r, 0, exchange, int(flags), message_id)
         return encode_message(header, payloads, self._out)
 
+    def encode_fragments(self, exchange: int, message_id: int, response: bool,
+                         payloads: list[Payload], size: int) -> list[bytes]:
+        """The same message as SKF fragments of at most ``size`` bytes (RFC 7383)."""
+        assert self._out is not None  # noqa: S101 - only called after encode() sealed
+        flags = (HeaderFlag.INITIATOR if self.initiator else 0) | (
+            HeaderFlag.RESPONSE if response else 0
+        )
+        header = IkeHeader(self.spi_i, self.spi_r, 0, exchange, int(flags), message_id)
+        first, body = push_payloads(payloads)
+        return seal_fragments(header, first, body, self._out, size)
+
     def decrypt(self, data: bytes, message: Message) -> list[Payload] | None:
-        """The inner payloads of an SK message, or None if it is not authentic."""
+        """The inner payloads of an SK message, or None if it is not authentic;
+        ``INCOMPLETE`` for an authentic fragment of a message not yet whole."""
         if self._in is None or not message.payloads:
             return None
         sk = message.payloads[-1]
+        if isinstance(sk, SkfPayload) and len(message.payloads) == 1:
+            return self._fragment(data, message.header, sk)
         if not isinstance(sk, _Sk) or len(message.payloads) != 1:
             return None
         inner = open_sk(data, sk, self._in)
@@ -133,6 +155,33 @@ class IkeContext:
         payloads = pull_payloads(inner, sk.first_inner)
         if header.exchange == ExchangeType.IKE_INTERMEDIATE:
             self.last_int_auth_octets = int_auth_octets(data, inner)
+        return payloads
+
+    def _fragment(self, data: bytes, header: IkeHeader, skf: SkfPayload,
+                  ) -> list[Payload] | None:
+        """Verify one fragment and keep it (RFC 7383 §2.6.1); the whole message's payloads
+        once every fragment is in. A fragment of a retransmitted request (the one we
+        already answered) needs no reassembly: its first fragment gets the answer again."""
+        assert self._in is not None  # noqa: S101 - checked by decrypt
+        plain = open_fragment(data, skf, self._in)
+        if plain is None:
+            return None
+        if not header.is_response and header.message_id == self.peer_next_id - 1:
+            return [] if skf.number == 1 else INCOMPLETE
+        current = self.reassembly
+        if (current is None or current.message_id != header.message_id
+                or current.response != header.is_response or skf.total > current.total):
+            current = self.reassembly = Reassembly(header.message_id, header.is_response,
+                                                   skf.total)
+        elif skf.total < current.total:
+            return INCOMPLETE  # §2.6.1: a fragment of an older, larger split
+        whole = current.add(data, skf, plain)
+        if whole is None:
+            return INCOMPLETE
+        self.reassembly = None
+        payloads = pull_payloads(whole, current.first_inner)
+        if header.exchange == ExchangeType.IKE_INTERMEDIATE:
+            self.last_int_auth_octets = int_auth_octets(current.head, whole)
         return payloads
 
     @staticmethod
