@@ -86,6 +86,8 @@ VPC_MEMO_SIZE = 4096  # destinations whose VPC verdict is remembered (cleared wh
 ACCESS_REFRESH = 2.0  # seconds between two polls of the access policy's revision
 RETRY_AFTER = 5  # seconds a client told AUTH_FAILED,TEMP (store unavailable) waits to retry
 SHUTDOWN_FLUSH_TIMEOUT = 10.0  # seconds shutdown waits for a failing store to take the records
+# why a device's session ends when the same certificate connects again (one session a device)
+REPLACED = "replaced by a new connection with the same certificate"
 _IPV4_NO_OPTIONS = b"\x45"  # version 4, 20-byte header
 HANDSHAKE_RESULTS = ("ok", "auth_failed", "revoked", "expired", "tls_error", "timeout")
 
@@ -437,7 +439,7 @@ class Gateway:
             return
         other = self._by_serial.get(serial)
         if other is not None and other is not client:
-            self._end(other, "replaced by a new connection with the same certificate")
+            self._end(other, REPLACED)
         try:
             address = self._allocate(serial)
         except PoolExhausted:

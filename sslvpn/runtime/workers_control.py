@@ -7,8 +7,9 @@ one revocation sweep over 10,000 sessions costs ~40 ms of Python). So the superv
 
 - ``NodeSweep``: the node's revocation sweep in one query over its open session records
   (certificates revoked, superseded or unknown, users disabled, ends asked through the store,
-  sessions a survivor ended as down), each found session ended on the worker holding it
-  through that worker's control socket; the workers themselves do not sweep;
+  sessions a survivor ended as down, and a device's older session when it reconnected to
+  another worker, as one gateway replaces it), each found session ended on the worker
+  holding it through that worker's control socket; the workers themselves do not sweep;
 - ``WorkersControl``: one ``GatewayControl`` over every worker's control socket, which the
   portal, the metrics endpoint and the alarms in the supervisor use, so they list, count and
   kick the sessions of all workers and add up their counters.
@@ -37,6 +38,7 @@ from sslvpn.runtime.control import (
     summed,
 )
 from sslvpn.runtime.control_server import ControlClient, ControlError
+from sslvpn.runtime.gateway import REPLACED
 from sslvpn.runtime.policy import refusal_of
 from sslvpn.store import StoreError, fleet_queries, gateway_queries
 from sslvpn.store.async_store import AsyncStore
@@ -179,6 +181,8 @@ class NodeSweep:
                   for session_id, standing in refused.items()}
         asked, database_now = fleet_queries.ends_wanted(s, node=self._node, since=self._since)
         self._since = database_now - DOWN_MARGIN
-        return {**asked, **wanted}
+        replaced = dict.fromkeys(gateway_queries.replaced_open_sessions(
+            s, gateway_name=self._gateway_name, node=self._node), REPLACED)
+        return {**replaced, **asked, **wanted}
 
 

@@ -176,6 +176,28 @@ def refused_open_sessions(s: Session, *, gateway_name: str, node: str | None,
     return found
 
 
+def replaced_open_sessions(s: Session, *, gateway_name: str, node: str | None) -> list[str]:
+    """The open session records of ``node`` whose certificate has a newer open record on
+    it: a device that reconnected to another worker of the node, whose new session replaces
+    the old one as it does within one gateway. Newest by connection time, then record."""
+    records = _table(VpnSessionRecord)
+    mine = records.c.node.is_(None) if node is None else records.c.node == node
+    live = and_(records.c.disconnected_at.is_(None), records.c.gateway_name == gateway_name, mine)
+    twice = (select(records.c.certificate_serial).where(live)
+             .group_by(records.c.certificate_serial).having(func.count() > 1))
+    query = (select(records.c.certificate_serial, records.c.session_id)
+             .where(live, records.c.certificate_serial.in_(twice))
+             .order_by(records.c.certificate_serial, records.c.connected_at.desc(),
+                       records.c.id.desc()))
+    replaced: list[str] = []
+    newest: str | None = None
+    for serial, session_id in s.connection().execute(query):
+        if serial == newest:
+            replaced.append(session_id)
+        newest = serial
+    return replaced
+
+
 def _standings(s: Session, query: Executable, serials: Collection[str],
                now: datetime | None = None) -> dict[str, Standing]:
     found: dict[str, Standing] = {}

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 
 from sslvpn.cli.serve import alarm_inputs
 from sslvpn.net.access import AccessPolicy
@@ -106,6 +107,22 @@ async def test_one_control_lists_counts_and_kicks_every_workers_sessions(
         await asyncio.to_thread(control.list_sessions)
 
 
+def _open_records(engine: Engine, opened: list[tuple[ClientSession, datetime]]) -> None:
+    """The store as the workers leave it: each session's certificate (a good one) and its
+    open session record, connected at the time given."""
+    with db.session(engine) as s:
+        users = {user: queries.create_user(s, name=user).id for user in {c.user for c, _ in opened}}
+        for serial, user in sorted({(c.serial, c.user) for c, _ in opened}):
+            user_id = users[user]
+            queries.add_certificate(s, serial=serial, subject_cn=serial, kind="client",
+                                    not_before=T0, not_after=T0 + timedelta(days=999),
+                                    fingerprint_sha256="00", cert_pem="-",
+                                    user_id=user_id, device="laptop")
+        gateway_queries.write_records(s, gateway_name="default", now=T0, records=[
+            SessionOpened(c.session_id, c.user, c.serial, c.real_address, c.vpn_text,
+                          "udp", at) for c, at in opened])
+
+
 async def test_the_node_sweep_ends_a_revoked_session_on_the_worker_holding_it(
     workers: list[Worker], tmp_path: Path
 ) -> None:
@@ -115,16 +132,7 @@ async def test_the_node_sweep_ends_a_revoked_session_on_the_worker_holding_it(
     try:
         clients = [await workers[0].connect("a1", "alice"), await workers[1].connect("b2", "bob"),
                    await workers[1].connect("c3", "carol")]
-        with db.session(engine) as s:
-            for client, serial in zip(clients, ("a1", "b2", "c3"), strict=True):
-                user_id = queries.create_user(s, name=client.user).id
-                queries.add_certificate(s, serial=serial, subject_cn=serial, kind="client",
-                                        not_before=T0, not_after=T0 + timedelta(days=999),
-                                        fingerprint_sha256="00", cert_pem="-",
-                                        user_id=user_id, device="laptop")
-            gateway_queries.write_records(s, gateway_name="default", now=T0, records=[
-                SessionOpened(c.session_id, c.user, c.serial, c.real_address, c.vpn_text,
-                              "udp", T0) for c in clients])
+        _open_records(engine, [(client, T0) for client in clients])
         control = WorkersControl([tmp_path / "control-w0.sock", tmp_path / "control-w1.sock"])
         sweep = NodeSweep(store, control, interval=3600)
         assert await sweep.sweep() == 0
@@ -139,6 +147,37 @@ async def test_the_node_sweep_ends_a_revoked_session_on_the_worker_holding_it(
         running.cancel()
         assert not workers[1].cores["c3"].closed
         assert sweep.ended == 2
+    finally:
+        await store.close()
+        engine.dispose()
+
+
+async def test_a_device_reconnecting_to_the_other_worker_replaces_its_session(
+    workers: list[Worker], tmp_path: Path
+) -> None:
+    """As one gateway replaces a certificate's session when it connects again, the node's
+    sweep ends the older session of a certificate that came back on the other worker, at its
+    next round (2 s), and leaves the newer one and every other certificate's alone."""
+    engine = open_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    upgrade(engine)
+    store = AsyncStore(engine)
+    try:
+        old = await workers[0].connect("a1", "alice")
+        other = await workers[0].connect("c3", "carol")
+        old_cores = dict(workers[0].cores)
+        new = await workers[1].connect("a1", "alice")
+        _open_records(engine, [(old, T0), (other, T0), (new, T0 + timedelta(seconds=1))])
+        control = WorkersControl([tmp_path / "control-w0.sock", tmp_path / "control-w1.sock"])
+        sweep = NodeSweep(store, control)
+        running = asyncio.create_task(sweep.run())
+        async with asyncio.timeout(sweep.interval + 2):  # the first round, with room for load
+            while not old_cores["a1"].closed:
+                await asyncio.sleep(0.01)
+        running.cancel()
+        assert [s.session_id for s in await asyncio.to_thread(control.list_sessions)] == [
+            other.session_id, new.session_id]
+        assert not workers[1].cores["a1"].closed and not old_cores["c3"].closed
+        assert sweep.ended == 1
     finally:
         await store.close()
         engine.dispose()

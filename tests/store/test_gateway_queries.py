@@ -225,3 +225,32 @@ def test_the_node_sweep_finds_open_sessions_whose_certificate_may_not_connect(
     assert refused["udp-b2"] is not None and refused["udp-b2"].status == "revoked"
     assert refused["udp-c3"] is not None and refused["udp-c3"].user_disabled
     assert refused["udp-ee"] is None  # unknown certificate
+
+
+def test_a_certificates_older_open_sessions_of_one_node_are_found_replaced(
+    engine: Engine,
+) -> None:
+    """A certificate open twice on one node (it came back on another worker): every record
+    but the newest is replaced, on ties the later record; closed records, other nodes and
+    other certificates do not count."""
+    def opened(session_id: str, serial: str, address: str, at: datetime) -> SessionOpened:
+        return SessionOpened(session_id, "x", serial, "198.18.0.2:1", address, "udp", at)
+
+    later = T0 + timedelta(seconds=1)
+    with db.session(engine) as s:
+        gateway_queries.write_records(s, gateway_name="default", now=T0, node="n1", records=[
+            opened("udp-a1-old", "a1", "10.8.0.2", T0),
+            opened("udp-a1-new", "a1", "10.8.0.130", later),
+            opened("udp-b2-first", "b2", "10.8.0.3", T0),
+            opened("udp-b2-second", "b2", "10.8.0.131", T0),
+            opened("udp-c3", "c3", "10.8.0.4", T0),
+            opened("udp-d4-gone", "d4", "10.8.0.5", later),
+            SessionEnded("udp-d4-gone", later, "gone", 0, 0),
+            opened("udp-d4", "d4", "10.8.0.132", T0)])
+        gateway_queries.write_records(s, gateway_name="default", now=T0, node="n2", records=[
+            opened("udp-c3-n2", "c3", "10.8.1.2", later)])
+    with db.session(engine) as s:
+        assert gateway_queries.replaced_open_sessions(
+            s, gateway_name="default", node="n1") == ["udp-a1-old", "udp-b2-first"]
+        assert gateway_queries.replaced_open_sessions(s, gateway_name="default",
+                                                      node=None) == []
