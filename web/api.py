@@ -5,7 +5,6 @@ is JSON (profiles excepted) and matches the OpenAPI document in `web.openapi`.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -15,20 +14,19 @@ from aiohttp import web
 from sqlmodel import Session
 
 from client_profiles import two_factor
-from client_profiles.lifecycle import MAX_OVERLAP_DAYS, RENEWAL_OVERLAP_DAYS
 from client_profiles.passwords import generate_password
 from sslvpn.runtime.control import SessionInfo, older_clients
 from sslvpn.store import NotFoundError, StoreError, queries
-from sslvpn.store.models import ROLE_VALUES, ApiToken, Certificate, User
+from sslvpn.store.models import ApiToken, Certificate, User
+from web import api_models as m
 from web import pki_ops
+from web.api_models import BadRequest, parsed
 from web.import_links import token_hash
 from web.openapi import document
 from web.pages import act_as, audit, portal_of, user_of
-from web.views.admin import REVOCATION_REASONS
-from web.views.devices import DEVICE_NAME, profile_response
+from web.views.devices import profile_response
 
 PREFIX = "/api/v1"
-MAX_DAYS = 3650
 SERIAL = re.compile(r"[0-9a-f]{1,64}")
 # The only query parameters the API takes (everything else is refused, as documented).
 QUERY_PARAMETERS = {
@@ -97,37 +95,6 @@ def session_json(s: SessionInfo) -> dict[str, Any]:
 
 async def owners(request: web.Request) -> dict[int | None, str]:
     return await portal_of(request).read(lambda s: {u.id: u.name for u in queries.list_users(s)})
-
-
-class BadRequest(Exception):
-    """The body or query is not what the OpenAPI document allows (answered 400)."""
-
-
-async def body_of(
-    request: web.Request, allowed: dict[str, type | tuple[type, ...]]
-) -> dict[str, Any]:
-    """A JSON object with only the allowed keys, each of the allowed type."""
-    body = await request.read()
-    try:
-        data = json.loads(body or b"{}")
-        # a lone surrogate ("\ud800") is valid JSON but no text the store can keep
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadRequest("body holds a lone UTF-16 surrogate (\\ud800-\\udfff)") from None
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("body is not JSON") from None
-    except RecursionError:  # thousands of nested brackets
-        raise BadRequest("body is nested too deeply") from None
-    if not isinstance(data, dict):
-        raise BadRequest("body must be a JSON object")
-    for key, value in data.items():
-        if key not in allowed:
-            raise BadRequest(f"unknown field {key!r}")
-        kinds = allowed[key]
-        bad_bool = isinstance(value, bool) and kinds is int
-        if not isinstance(value, kinds) or bad_bool:
-            raise BadRequest(f"field {key!r} has the wrong type")
-    return data
 
 
 # What an issue-only token may do besides reading certificates: issue one, fetch a profile.
@@ -216,16 +183,12 @@ async def list_users(request: web.Request) -> web.StreamResponse:
 
 
 async def create_user(request: web.Request) -> web.StreamResponse:
-    body = await body_of(request, {"name": str, "role": str, "email": str, "password": str})
-    name, role = body.get("name", ""), body.get("role", "user")
-    given: str | None = body.get("password")
-    if role not in ROLE_VALUES:
-        return error(400, "role must be admin or user")
-    generated = given is None
-    password = given if given is not None else generate_password()
+    body = await parsed(request, m.NewUser)
+    generated = body.password is None
+    password = body.password if body.password is not None else generate_password()
     try:
         user = await pki_ops.add_user(
-            request, name=name, role=role, email=body.get("email"), password=password,
+            request, name=body.name, role=body.role, email=body.email, password=password,
             one_time=generated,
         )
     except StoreError as exc:
@@ -242,27 +205,27 @@ async def get_user(request: web.Request) -> web.StreamResponse:
 
 async def update_user(request: web.Request) -> web.StreamResponse:
     user = await _user(request)
-    body = await body_of(request, {"disabled": bool, "role": str, "two_factor_required": bool})
-    if "role" in body and body["role"] not in ROLE_VALUES:
-        return error(400, "role must be admin or user")
+    body = await parsed(request, m.UserChange)
     me = user_of(request)
-    if me is not None and me.id == user.id and (body.get("disabled") or body.get("role") == "user"):
+    if me is not None and me.id == user.id and (body.disabled or body.role == "user"):
         return error(409, "an administrator cannot disable or demote themselves")
+
     def update(s: Session) -> User:
         changed = user
-        if "disabled" in body:
-            changed = queries.set_user_disabled(s, name=user.name, disabled=body["disabled"])
-        if "role" in body:
-            changed = queries.set_user_role(s, name=user.name, role=body["role"])
-        if "two_factor_required" in body:
+        if body.disabled is not None:
+            changed = queries.set_user_disabled(s, name=user.name, disabled=body.disabled)
+        if body.role is not None:
+            changed = queries.set_user_role(s, name=user.name, role=body.role)
+        if body.two_factor_required is not None:
             changed = two_factor.set_required(s, name=user.name,
-                                              required=body["two_factor_required"])
+                                              required=body.two_factor_required)
         return changed
 
     user = await portal_of(request).write(update)
     if user.disabled and user.id is not None:
         await portal_of(request).sessions.drop_user(user.id)
-    await audit(request, "user.update", target=user.name, detail=f"{sorted(body.items())} via=api")
+    given = sorted(body.model_dump(exclude_none=True).items())
+    await audit(request, "user.update", target=user.name, detail=f"{given} via=api")
     return web.json_response(user_json(user))
 
 
@@ -320,16 +283,10 @@ async def list_certificates(request: web.Request) -> web.StreamResponse:
 
 
 async def issue_certificate(request: web.Request) -> web.StreamResponse:
-    body = await body_of(request, {"user": str, "device": str, "days": int})
-    days = body.get("days", 365)
-    if not DEVICE_NAME.fullmatch(body.get("device", "")) or not 1 <= days <= MAX_DAYS:
-        return error(400, "device must match [A-Za-z0-9][A-Za-z0-9_-]{0,31}; days 1..3650")
-    if not isinstance(body.get("user"), str):
-        return error(400, "user is required")
+    body = await parsed(request, m.NewCertificate)
     try:
-        row = await pki_ops.issue(
-            request, user_name=body["user"], device=body["device"], days=days
-        )
+        row = await pki_ops.issue(request, user_name=body.user, device=body.device,
+                                  days=body.days)
     except NotFoundError:
         return error(404, "no such user")
     except pki_ops.OperationError as exc:
@@ -344,10 +301,7 @@ async def get_certificate(request: web.Request) -> web.StreamResponse:
 
 async def revoke_certificate(request: web.Request) -> web.StreamResponse:
     row = await _certificate(request)
-    body = await body_of(request, {"reason": str})
-    reason = body.get("reason", "unspecified")
-    if reason not in REVOCATION_REASONS:
-        return error(400, f"reason must be one of {', '.join(REVOCATION_REASONS)}")
+    reason = (await parsed(request, m.Revocation)).reason
     if row.status == "revoked":
         return error(409, "already revoked")
     try:
@@ -365,10 +319,7 @@ async def revoke_certificate(request: web.Request) -> web.StreamResponse:
 
 async def renew_certificate(request: web.Request) -> web.StreamResponse:
     row = await _certificate(request)
-    body = await body_of(request, {"overlap_days": int})
-    overlap = body.get("overlap_days", RENEWAL_OVERLAP_DAYS)
-    if not 0 <= overlap <= MAX_OVERLAP_DAYS:
-        return error(400, f"overlap_days must be 0 to {MAX_OVERLAP_DAYS}")
+    overlap = (await parsed(request, m.Renewal)).overlap_days
     try:
         new = await pki_ops.renew(request, row.serial, overlap_days=overlap)
     except pki_ops.OperationError as exc:

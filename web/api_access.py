@@ -16,23 +16,19 @@ from aiohttp import web
 from sslvpn.net.access import AccessError, Rule
 from sslvpn.store import DuplicateError, NotFoundError, StoreError
 from web import access_ops
-from web.api import PREFIX, QUERY_PARAMETERS, BadRequest, body_of, error
-from web.openapi_access import DEFAULTS, PATTERNS, PROTOCOLS
+from web import api_models as m
+from web.api import PREFIX, QUERY_PARAMETERS, error
+from web.api_models import PATTERNS, BadRequest, parsed
 
 GROUPS, RULES, DEFAULT, CHECK = (f"{PREFIX}/groups", f"{PREFIX}/rules",
                                  f"{PREFIX}/access-default", f"{PREFIX}/policy-check")
 QUERY_PARAMETERS[CHECK] = frozenset({"user", "dest"})
-MAX_PRIORITY = 1_000_000
 
 
 def _matching(value: Any, field: str, pattern: str) -> str:
     if not isinstance(value, str) or not re.fullmatch(PATTERNS[pattern], value):
         raise BadRequest(f"field {field!r} does not match {PATTERNS[pattern]}")
     return value
-
-
-def _names(body: dict[str, Any], field: str) -> list[str]:
-    return [_matching(value, field, "name") for value in body.get(field, [])]
 
 
 def _refused(exc: StoreError | AccessError) -> web.Response:
@@ -57,8 +53,7 @@ async def list_groups(request: web.Request) -> web.StreamResponse:
 
 
 async def add_group(request: web.Request) -> web.StreamResponse:
-    body = await body_of(request, {"name": str})
-    name = _matching(body.get("name"), "name", "name")
+    name = (await parsed(request, m.NewGroup)).name
     try:
         await access_ops.add_group(request, name)
     except DuplicateError as exc:
@@ -84,11 +79,10 @@ async def user_groups(request: web.Request) -> web.StreamResponse:
 
 
 async def change_user_groups(request: web.Request) -> web.StreamResponse:
-    body = await body_of(request, {"add": list, "remove": list})
+    body = await parsed(request, m.GroupChange)
     user = request.match_info["name"]
-    add, remove = _names(body, "add"), _names(body, "remove")
     try:
-        groups = await access_ops.change_groups(request, user, add=add, remove=remove)
+        groups = await access_ops.change_groups(request, user, add=body.add, remove=body.remove)
     except NotFoundError as exc:
         return error(404, str(exc))
     return web.json_response({"user": user, "groups": groups})
@@ -100,19 +94,11 @@ async def list_rules(request: web.Request) -> web.StreamResponse:
 
 
 async def add_rule(request: web.Request) -> web.StreamResponse:
-    body = await body_of(request, {"group": str, "user": str, "to": str, "proto": str,
-                                   "port": str, "deny": bool, "priority": int})
-    group = None if "group" not in body else _matching(body["group"], "group", "name")
-    user = None if "user" not in body else _matching(body["user"], "user", "user")
-    to = _matching(body.get("to"), "to", "to")
-    port = None if "port" not in body else _matching(body["port"], "port", "port")
-    protocol, priority = body.get("proto", "any"), body.get("priority", 100)
-    if protocol not in PROTOCOLS or not 0 <= priority <= MAX_PRIORITY:
-        raise BadRequest(f"proto is one of {PROTOCOLS}; priority 0-{MAX_PRIORITY}")
+    body = await parsed(request, m.NewRule)
     try:
         rule_id = await access_ops.add_rule(
-            request, group=group, user=user, destination=to, protocol=protocol, ports=port,
-            allow=not body.get("deny", False), priority=priority)
+            request, group=body.group, user=body.user, destination=body.to, protocol=body.proto,
+            ports=body.port, allow=not body.deny, priority=body.priority)
     except (StoreError, AccessError) as exc:
         return _refused(exc)
     overview = await access_ops.overview(request)
@@ -133,11 +119,9 @@ async def get_default(request: web.Request) -> web.StreamResponse:
 
 
 async def set_default(request: web.Request) -> web.StreamResponse:
-    body = await body_of(request, {"default": str})
-    if body.get("default") not in DEFAULTS:
-        raise BadRequest(f"default is one of {DEFAULTS}")
-    await access_ops.set_default(request, body["default"])
-    return web.json_response({"default": body["default"]})
+    default = (await parsed(request, m.AccessDefault)).default
+    await access_ops.set_default(request, default)
+    return web.json_response({"default": default})
 
 
 async def check(request: web.Request) -> web.StreamResponse:

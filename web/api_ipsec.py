@@ -17,8 +17,10 @@ from sslvpn.runtime.control import TunnelStatus
 from sslvpn.store import NotFoundError, StoreError
 from sslvpn.store import ipsec_queries as q
 from sslvpn.store.models import CustomerGateway, SpdPolicy, VpnGateway, VpnTunnel
+from web import api_models as m
 from web import ipsec_ops
-from web.api import PREFIX, BadRequest, body_of, error
+from web.api import PREFIX, error
+from web.api_models import parsed
 from web.ipsec_ops import GatewayRefused, Invalid, TunnelRequest, config_download
 from web.pages import portal_of
 
@@ -120,13 +122,6 @@ async def _deleted(request: web.Request, delete: Callable[..., Awaitable[None]])
     return web.json_response({"deleted": True})
 
 
-def _bandwidth(body: dict[str, Any]) -> int | None:
-    value = body.get("bandwidth_bps")
-    if isinstance(value, bool):  # JSON true is not a rate
-        raise BadRequest("field 'bandwidth_bps' has the wrong type")
-    return value if isinstance(value, int) else None
-
-
 # VPN gateways ------------------------------------------------------------------------------
 
 
@@ -140,26 +135,13 @@ async def _gateway(request: web.Request, name: str) -> VpnGateway:
 
 
 async def create_gateway(request: web.Request) -> web.StreamResponse:
-    body = await body_of(
-        request, {"name": str, "public_address": str, "bandwidth_bps": (int, type(None)),
-                  "nodes": list}
-    )
-    name = body.get("name", "")
-    nodes = body.get("nodes", [])
-    if not all(isinstance(node, str) for node in nodes):
-        return error(400, "nodes must be a list of node names")
+    body = await parsed(request, m.NewVpnGateway)
     try:
-        await ipsec_ops.add_gateway(
-            request,
-            name=name,
-            public_address=body.get("public_address", ""),
-            bandwidth_bps=_bandwidth(body),
-            via=VIA,
-            nodes=nodes,
-        )
+        await ipsec_ops.add_gateway(request, name=body.name, public_address=body.public_address,
+                                    bandwidth_bps=body.bandwidth_bps, via=VIA, nodes=body.nodes)
     except (Invalid, StoreError) as exc:
         return refusal(exc)
-    return web.json_response(gateway_json(await _gateway(request, name)), status=201)
+    return web.json_response(gateway_json(await _gateway(request, body.name)), status=201)
 
 
 async def get_gateway(request: web.Request) -> web.StreamResponse:
@@ -169,11 +151,11 @@ async def get_gateway(request: web.Request) -> web.StreamResponse:
 async def update_gateway(request: web.Request) -> web.StreamResponse:
     """Only the bandwidth cap changes (null lifts it); running tunnels keep their SAs."""
     name = (await _gateway(request, request.match_info["name"])).name
-    body = await body_of(request, {"bandwidth_bps": (int, type(None))})
-    if "bandwidth_bps" in body:
+    body = await parsed(request, m.VpnGatewayChange)
+    if "bandwidth_bps" in body.model_fields_set:
         try:
-            bps = _bandwidth(body)
-            await ipsec_ops.set_bandwidth(request, name=name, bandwidth_bps=bps, via=VIA)
+            await ipsec_ops.set_bandwidth(request, name=name, bandwidth_bps=body.bandwidth_bps,
+                                          via=VIA)
         except (Invalid, StoreError) as exc:
             return refusal(exc)
     return web.json_response(gateway_json(await _gateway(request, name)))
@@ -196,14 +178,13 @@ async def _customer_gateway(request: web.Request, name: str) -> CustomerGateway:
 
 
 async def create_customer_gateway(request: web.Request) -> web.StreamResponse:
-    body = await body_of(request, {"name": str, "address": str})
-    name = body.get("name", "")
+    body = await parsed(request, m.NewCustomerGateway)
     try:
-        address = body.get("address", "")
-        await ipsec_ops.add_customer_gateway(request, name=name, address=address, via=VIA)
+        await ipsec_ops.add_customer_gateway(request, name=body.name, address=body.address,
+                                             via=VIA)
     except (Invalid, StoreError) as exc:
         return refusal(exc)
-    created = await _customer_gateway(request, name)
+    created = await _customer_gateway(request, body.name)
     return web.json_response(customer_gateway_json(created), status=201)
 
 
@@ -231,13 +212,9 @@ async def list_tunnels(request: web.Request) -> web.StreamResponse:
 
 
 async def create_tunnel(request: web.Request) -> web.StreamResponse:
-    text = {key: str for key in ("name", "gateway", "customer_gateway", "psk")}
-    options = {key: str for key in ("ike_proposals", "esp_proposals", "start_action")}
-    body = await body_of(request, {**text, **options, "settings": dict})
-    missing = [key for key in text if key not in body]
-    if missing:
-        return error(400, f"missing field(s): {', '.join(missing)}")
-    wanted = TunnelRequest(**{**body, "settings": _settings(body)})
+    body = await parsed(request, m.NewTunnel)
+    given = body.model_dump(exclude_none=True, exclude={"settings"})
+    wanted = TunnelRequest(**given, settings=_settings(body.settings))
     try:
         await ipsec_ops.add_tunnel(request, wanted, via=VIA)
     except (Invalid, StoreError) as exc:
@@ -249,26 +226,22 @@ async def get_tunnel(request: web.Request) -> web.StreamResponse:
     return web.json_response(await _tunnel(request, request.match_info["name"]))
 
 
-def _settings(body: dict[str, Any]) -> dict[str, Any]:
-    """The ``settings`` object: each value a number (seconds) or a string such as ``30s``."""
-    settings: dict[str, Any] = body.get("settings", {})
-    for key, value in settings.items():
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise BadRequest(f"setting {key!r} has the wrong type")
-    return settings
+def _settings(settings: m.TunnelSettingsChange) -> dict[str, Any]:
+    """The settings given: each value a number (seconds) or a string such as ``30s``."""
+    return settings.model_dump(exclude_none=True)
 
 
 async def update_tunnel(request: web.Request) -> web.StreamResponse:
     """The admin switch (``admin_up``), the start action and timers (``settings``, merged
     over the stored ones); the running IPsec service follows them."""
     name = (await _tunnel(request, request.match_info["name"]))["name"]
-    body = await body_of(request, {"admin_up": bool, "start_action": str, "settings": dict})
+    body = await parsed(request, m.TunnelChange)
     try:
-        if "settings" in body or "start_action" in body:
-            await ipsec_ops.set_tunnel(request, name=name, settings=_settings(body),
-                                       start_action=body.get("start_action"), via=VIA)
-        if "admin_up" in body:
-            await ipsec_ops.set_admin_up(request, name=name, up=body["admin_up"], via=VIA)
+        if body.model_fields_set & {"settings", "start_action"}:
+            await ipsec_ops.set_tunnel(request, name=name, settings=_settings(body.settings),
+                                       start_action=body.start_action, via=VIA)
+        if body.admin_up is not None:
+            await ipsec_ops.set_admin_up(request, name=name, up=body.admin_up, via=VIA)
     except (Invalid, StoreError) as exc:
         return refusal(exc)
     return web.json_response(await _tunnel(request, name))
@@ -285,8 +258,8 @@ async def _act(request: web.Request, action: str) -> web.StreamResponse:
 
 async def rekey_tunnel(request: web.Request) -> web.StreamResponse:
     """Rekey the CHILD_SA, or with ``{"ike": true}`` the IKE SA, of a running tunnel."""
-    body = await body_of(request, {"ike": bool})
-    return await _act(request, "rekey-ike" if body.get("ike") else "rekey-child")
+    body = await parsed(request, m.Rekey)
+    return await _act(request, "rekey-ike" if body.ike else "rekey-child")
 
 
 async def restart_tunnel(request: web.Request) -> web.StreamResponse:
@@ -326,17 +299,10 @@ async def list_policies(request: web.Request) -> web.StreamResponse:
 
 async def add_policy(request: web.Request) -> web.StreamResponse:
     name = (await _tunnel(request, request.match_info["name"]))["name"]
-    body = await body_of(request, {"local_cidr": str, "peer_cidr": str})
-    if "local_cidr" not in body or "peer_cidr" not in body:
-        return error(400, "local_cidr and peer_cidr are required")
+    body = await parsed(request, m.NewSpdPolicy)
     try:
-        row = await ipsec_ops.add_policy(
-            request,
-            tunnel=name,
-            local_cidr=body["local_cidr"],
-            peer_cidr=body["peer_cidr"],
-            via=VIA,
-        )
+        row = await ipsec_ops.add_policy(request, tunnel=name, local_cidr=body.local_cidr,
+                                         peer_cidr=body.peer_cidr, via=VIA)
     except (Invalid, StoreError) as exc:
         return refusal(exc)
     return web.json_response(policy_json(row), status=201)

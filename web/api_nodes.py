@@ -9,39 +9,24 @@ fleet refuses (its pools do not fit, its name is taken) a 409.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict
-from typing import Any
 
 from aiohttp import web
 from sqlmodel import Session
 
 from sslvpn.store import NotFoundError, queries
 from sslvpn.store.models import GatewaySettings
+from web import api_models as m
 from web import node_ops
-from web.api import PREFIX, QUERY_PARAMETERS, BadRequest, body_of, error
-from web.openapi_fleet import PATTERNS
+from web.api import PREFIX, QUERY_PARAMETERS, error
+from web.api_models import BadRequest, parsed
 from web.pages import audit, portal_of
 from web.views.admin_ops import LIVENESS_FIELDS, parse_liveness
 
 NODES = f"{PREFIX}/nodes"
 KEEPALIVE = f"{PREFIX}/keepalive"
 FORCE_VALUES = {"true": True, "false": False}
-MAX_VPC_ADDRESSES = 2
 QUERY_PARAMETERS[f"{NODES}/{{name}}"] = frozenset({"force"})
-
-
-def _matching(value: str, field: str, pattern: str) -> str:
-    if not re.fullmatch(PATTERNS[pattern], value):
-        raise BadRequest(f"field {field!r} does not match {PATTERNS[pattern]}")
-    return value
-
-
-def _all_matching(body: dict[str, Any], field: str, pattern: str) -> list[str]:
-    values = body.get(field, [])
-    if not all(isinstance(value, str) for value in values):
-        raise BadRequest(f"field {field!r} must be a list of strings")
-    return [_matching(value, field, pattern) for value in values]
 
 
 async def list_nodes(request: web.Request) -> web.StreamResponse:
@@ -49,19 +34,11 @@ async def list_nodes(request: web.Request) -> web.StreamResponse:
 
 
 async def add_node(request: web.Request) -> web.StreamResponse:
-    body = await body_of(request, {"name": str, "public_addresses": list, "pool": str,
-                                   "pool6": str, "vpc_addresses": list})
-    addresses = _all_matching(body, "public_addresses", "public_address")
-    hops = _all_matching(body, "vpc_addresses", "vpc_address")
-    if "name" not in body or not addresses or len(hops) > MAX_VPC_ADDRESSES:
-        raise BadRequest("give a name, 1 or more public_addresses and at most 2 vpc_addresses")
-    pool, pool6 = body.get("pool"), body.get("pool6")
+    body = await parsed(request, m.NewNode)
     try:
         node = await node_ops.add(
-            request, name=_matching(body["name"], "name", "name"), public_addresses=addresses,
-            pool=None if pool is None else _matching(pool, "pool", "pool"),
-            pool6=None if pool6 is None else _matching(pool6, "pool6", "pool6"),
-            vpc_addresses=hops,
+            request, name=body.name, public_addresses=body.public_addresses, pool=body.pool,
+            pool6=body.pool6, vpc_addresses=body.vpc_addresses,
         )
     except node_ops.OperationError as exc:  # well-formed, but the fleet refuses it
         return error(409, str(exc))
@@ -98,7 +75,7 @@ async def get_keepalive(request: web.Request) -> web.StreamResponse:
 async def set_keepalive(request: web.Request) -> web.StreamResponse:
     """The pushed ping/ping-restart and the heartbeat timeout, checked as the settings page
     checks them; a field left out keeps its value."""
-    body = await body_of(request, dict.fromkeys(LIVENESS_FIELDS, int))
+    body = (await parsed(request, m.KeepaliveChange)).model_dump(exclude_none=True)
     name = portal_of(request).settings.gateway_name
     errors: list[str] = []
 

@@ -1,6 +1,6 @@
 """``GET /api/v1/traffic?scope=...&from=...&to=...``: one scope's traffic history as JSON
 (`sslvpn.store.traffic_queries`). Authentication and JSON errors come from
-`web.api.api_middleware`; the answer matches `web.openapi_traffic`.
+`web.api.api_middleware`; the answer matches `web.api_models.TrafficSeries`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 from aiohttp import web
 
 from sslvpn.store import traffic_queries
-from web.api import PREFIX, QUERY_PARAMETERS, BadRequest
-from web.openapi_traffic import SCOPE_PATTERN
+from web.api import PREFIX, QUERY_PARAMETERS
+from web.api_models import SCOPE_PATTERN, BadRequest
 from web.pages import portal_of
 
 TRAFFIC = f"{PREFIX}/traffic"

@@ -94,7 +94,7 @@ async def test_gateways_and_customer_gateways(client: TestClient, site: Site) ->
                     "nodes": []}
     refusals = [
         ({"name": "gw2", "public_address": "198.18.0.2", "nodes": ["nowhere"]}, 404, "no node"),
-        ({"name": "gw2", "public_address": "198.18.0.2", "nodes": [7]}, 400, "node names"),
+        ({"name": "gw2", "public_address": "198.18.0.2", "nodes": [7]}, 400, "wrong type"),
         ({"name": "gw2", "public_address": "127.0.0.1"}, 400, "loopback"),
         ({"name": "gw2", "public_address": "198.18.0.2", "bandwidth_bps": 10}, 400, "bandwidth"),
         ({"name": "gw2", "public_address": "198.18.0.2", "bandwidth_bps": True}, 400, "type"),
@@ -208,7 +208,7 @@ async def test_policies_over_the_api(client: TestClient, site: Site) -> None:
     refusals = [
         ({"local_cidr": "10.0.0.0/16", "peer_cidr": "192.168.0.0/16"}, 400, "tunnel 't1'"),
         ({"local_cidr": "10.0.0.5/16", "peer_cidr": "172.16.0.0/24"}, 400, "host bits"),
-        ({"local_cidr": "10.0.0.0/16"}, 400, "required"),
+        ({"local_cidr": "10.0.0.0/16"}, 400, "missing field(s): peer_cidr"),
     ]
     for request, code, reason in refusals:
         status, body = await call(client, "POST", "/tunnels/t2/policies", request)

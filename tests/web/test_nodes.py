@@ -100,8 +100,8 @@ async def test_nodes_over_the_api(client: TestClient, site: Site) -> None:
         ({"name": "a"}, 409, "node 'a' already exists"),
         # malformed: the OpenAPI document's patterns say so, 400
         ({"pool": "10.8.0.0/30"}, 400, "field 'pool' does not match"),
-        ({"public_addresses": [7]}, 400, "field 'public_addresses' must be a list of strings"),
-        ({"public_addresses": []}, 400, "give a name, 1 or more public_addresses"),
+        ({"public_addresses": [7]}, 400, "field 'public_addresses' has the wrong type"),
+        ({"public_addresses": []}, 400, "field 'public_addresses': List should have at least 1"),
         ({"vpc_addresses": ["10.20.0.300"]}, 400, "field 'vpc_addresses' does not match"),
     ]
     for changes, code, reason in refusals:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from aiohttp import web
 
 from sslvpn.store import traffic_queries
-from web.openapi_traffic import SCOPE_PATTERN
+from web.api_models import SCOPE_PATTERN
 from web.pages import portal_of, render, require_user, user_of
 
 # span -> (how far back, seconds per point on the chart)
