@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from aiohttp.test_utils import TestClient
 
+from client_profiles.accounts import USER_NAME_PATTERN
 from sslvpn.store import db, queries
 from tests.web.conftest import Clock, FakeGateway, Site, audit_actions, issue_for
 from web.import_links import token_hash
@@ -55,6 +56,33 @@ async def test_openapi_document_is_public_and_lists_every_route(client: TestClie
         and not r.resource.canonical.endswith("openapi.json")
     }
     assert routes == served
+
+
+async def test_bodies_are_described_and_checked_by_one_model(
+    client: TestClient, site: Site
+) -> None:
+    """Each request body in the document is a model's schema, and the handler refuses what
+    that schema refuses: a user name breaking accounts.USER_NAME_PATTERN, a null where the
+    model has no null, a device name too long for the CLI's pattern."""
+    add_tokens(site)
+    doc = await (await client.get("/api/v1/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    for item in doc["paths"].values():
+        for operation in item.values():
+            if isinstance(operation, dict) and "requestBody" in operation:
+                ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+                assert schemas[ref.rsplit("/", 1)[1]]["additionalProperties"] is False
+    assert schemas["NewUser"]["properties"]["name"]["pattern"] == (
+        f"^{USER_NAME_PATTERN.pattern}$")
+    auth = bearer(ADMIN_TOKEN)
+    for url, body, reason in (
+        ("/api/v1/users", {"name": "-dave"}, "field 'name' does not match"),
+        ("/api/v1/users", {"name": "dave", "email": None}, "field 'email' may not be null"),
+        ("/api/v1/certificates", {"user": "alice", "device": "d" * 33},
+         "field 'device' does not match"),
+    ):
+        refused = await client.post(url, json=body, headers=auth)
+        assert refused.status == 400 and reason in (await refused.json())["error"], body
 
 
 async def test_users_lifecycle_over_the_api(client: TestClient, site: Site) -> None:
