@@ -11,8 +11,9 @@ its client reconnects, while the other worker's client loses no ping (the superv
 every worker's socket, so the group never changes size or order: with sockets of the
 workers' own, the second kill is the order that moved every flow of the survivor). Revoking
 the certificate of a TCP client on the second worker ends its session within 5 s (by the
-supervisor's sweep: the workers do not sweep). SIGTERM to the supervisor stops every worker
-cleanly (clients told, TUNs gone).
+supervisor's sweep: the workers do not sweep), and a client that vanished and came back on
+the other worker replaces its old session as within one process. SIGTERM to the supervisor
+stops every worker cleanly (clients told, TUNs gone).
 """
 
 from __future__ import annotations
@@ -251,6 +252,53 @@ def test_a_client_whose_source_port_changes_keeps_its_session(topology: Topology
         for client in started:
             client.stop()
         topo.client_ns.run("nft", "delete", "table", "ip", "w15float", check=False)
+
+
+def _vanish(client: Client) -> None:
+    """SIGKILL the client: no exit notice, its session stays until replaced or timed out."""
+    for proc in (client.pinger, client.proc):
+        if proc is not None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def test_a_device_reconnecting_on_the_other_worker_replaces_its_session(
+    topology: Topology,
+) -> None:
+    """A client that vanished (no exit notice) and came back on the other worker: its old
+    session there ends within a sweep round, as one process replaces it at once, not at its
+    keepalive timeout."""
+    topo = topology
+    topo.issue("gus", "laptop")
+    started: list[Client] = []
+
+    def sessions() -> list[dict[str, str]]:
+        listed = json.loads(sslvpn(topo.data_dir, "sessions", "--json").output)["sessions"]
+        return [row for row in listed if row["user"] == "gus"]
+
+    try:
+        first = _connect_on(topo, topo.client_ns, "gus", None, started)
+        old = _slice_of(first.address())
+        _vanish(first)
+        for _ in range(12):  # a landing on the old worker replaces in place: vanish, again
+            again = Client(topo, topo.client_ns, topo.profile("gus", "laptop", "udp"))
+            started.append(again)
+            assert again.connected(), again.log.read_text()
+            landed_at = time.monotonic()
+            if _slice_of(again.address()) != old:
+                break
+            _vanish(again)
+        else:
+            pytest.fail("twelve connections of gus all landed on its old worker")
+        assert wait_until(lambda: len(sessions()) == 1, 10), sessions()
+        sys.stderr.write(f"\n[interop] a device back on the other worker: its old session "
+                         f"ended {time.monotonic() - landed_at:.1f} s after it connected\n")
+        [row] = sessions()
+        assert _slice_of(ipaddress.IPv4Address(row["vpn_address"])) != old
+        assert again.ns.ok("ping", "-c", "2", "-i", "0.2", "-W", "2", VPC_HOST)
+    finally:
+        for client in started:
+            client.stop()
 
 
 def test_workers_serve_slices_survive_kills_and_stop_cleanly(topology: Topology) -> None:
