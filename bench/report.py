@@ -15,8 +15,7 @@ from typing import Any, Literal
 Better = Literal["higher", "lower"]
 GROUPS = ("throughput", "cpu per Gbit", "latency", "handshake time", "handshake rate",
           "packet loss", "scale memory", "scale memory per session", "scale rate", "attack",
-          "access rules",
-          "ipsec", "fleet failover")
+          "access rules", "ipsec", "fleet failover")
 
 
 @dataclass
