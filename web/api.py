@@ -102,10 +102,17 @@ ISSUE_ONLY = re.compile(rf"(GET|HEAD) {PREFIX}/certificates(/[0-9a-fA-F]+(/profi
                         rf"|POST {PREFIX}/certificates")
 
 
+# Reads that hand out a secret (a profile's private key, a tunnel's PSK): a read-only token
+# (a dashboard's, a monitor's) reads the state, never the keys to the network.
+SECRET_READS = re.compile(rf"{PREFIX}/certificates/[0-9a-fA-F]+/profile")
+
+
 def in_scope(scope: str, request: web.Request) -> bool:
     """Whether a token of ``scope`` may make this request (full: anything)."""
     if scope == "read-only":
-        return request.method in ("GET", "HEAD")
+        return (request.method in ("GET", "HEAD")
+                and SECRET_READS.fullmatch(request.path) is None
+                and request.query.get("include_psk") != "true")
     if scope == "issue-only":
         return ISSUE_ONLY.fullmatch(f"{request.method} {request.path}") is not None
     return scope == "full"

@@ -43,7 +43,8 @@ def _errors(*codes: int) -> dict[str, Any]:
         400: "The request does not match this document",
         401: "No, unknown or expired bearer token",
         403: "The token's owner is not an enabled administrator, or the token's scope "
-             "(read-only: GET; issue-only: read and issue certificates, fetch profiles) "
+             "(read-only: GET, but no profile and no PSK; issue-only: read and issue "
+             "certificates, fetch profiles) "
              "does not cover the request",
         404: "No such object",
         409: "The operation conflicts with the object's state",

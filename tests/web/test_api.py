@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from aiohttp.test_utils import TestClient
+import pytest
+from aiohttp.test_utils import TestClient, make_mocked_request
 
 from client_profiles.accounts import USER_NAME_PATTERN
 from sslvpn.store import db, queries
 from tests.web.conftest import Clock, FakeGateway, Site, audit_actions, issue_for
+from web.api import in_scope
 from web.import_links import token_hash
 
 ADMIN_TOKEN = "svt_test-admin-token"
@@ -201,6 +203,10 @@ async def test_api_tokens_expire_and_keep_to_their_scope(
     serial = (await issued.json())["serial"]
     profile = await client.get(f"/api/v1/certificates/{serial}/profile", headers=bearer("issue"))
     assert profile.status == 200
+    metadata = await client.get(f"/api/v1/certificates/{serial}", headers=bearer("read"))
+    assert metadata.status == 200
+    secret = await client.get(f"/api/v1/certificates/{serial}/profile", headers=bearer("read"))
+    assert secret.status == 403  # a monitor's token never carries the keys away
     for method, path in (("POST", f"/api/v1/certificates/{serial}/revoke"),
                          ("GET", "/api/v1/users"), ("DELETE", "/api/v1/users/alice")):
         response = await client.request(method, path, headers=bearer("issue"))
@@ -209,3 +215,14 @@ async def test_api_tokens_expire_and_keep_to_their_scope(
     clock.now += 3601
     expired = await client.get("/api/v1/users", headers=bearer("old"))
     assert expired.status == 401 and "expired" in (await expired.json())["error"]
+
+
+@pytest.mark.parametrize(("scope", "target", "allowed"), [
+    ("read-only", "/api/v1/ipsec/tunnels/t1/config?format=swanctl", True),
+    ("read-only", "/api/v1/ipsec/tunnels/t1/config?format=swanctl&include_psk=true", False),
+    ("full", "/api/v1/ipsec/tunnels/t1/config?format=swanctl&include_psk=true", True),
+    ("read-only", "/api/v1/certificates/1f/profile", False),
+    ("issue-only", "/api/v1/certificates/1f/profile", True),
+])
+def test_a_read_only_token_reads_no_secret(scope: str, target: str, allowed: bool) -> None:
+    assert in_scope(scope, make_mocked_request("GET", target)) is allowed
