@@ -24,7 +24,7 @@ from sslvpn.store.models import (
     utcnow,
 )
 from sslvpn.store.queries import get_settings, get_user, record_audit
-from sslvpn.store.rows import flush, insert
+from sslvpn.store.rows import by_id, flush, insert
 
 GROUP_NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz"
                                   "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -161,7 +161,7 @@ def add_rule(s: Session, *, group: str | None = None, user: str | None = None,
 
 
 def delete_rule(s: Session, *, rule_id: int, by: Actor) -> None:
-    rule = s.get(AccessRule, rule_id)
+    rule = by_id(s, AccessRule, rule_id)
     if rule is None:
         raise NotFoundError(f"no rule {rule_id}")
     s.delete(rule)

@@ -21,6 +21,14 @@ _UNIQUE = ("23505", "UNIQUE constraint failed")
 _FOREIGN_KEY = ("23503", "FOREIGN KEY constraint failed")
 
 
+MAX_ROW_ID = 2**63 - 1  # integer keys are 64-bit: a larger id names no row (SQLite overflows)
+
+
+def by_id(s: Session, model: type[_Row], row_id: int) -> _Row | None:
+    """The row with this integer key, or None; ids from paths and forms can be any size."""
+    return s.get(model, row_id) if 0 < row_id <= MAX_ROW_ID else None
+
+
 def insert(s: Session, row: _Row, what: str) -> _Row:
     """Add one row, or raise a store error naming ``what``."""
     try:

@@ -14,7 +14,7 @@ from sqlmodel import Session, col, select
 
 from sslvpn.store import ConflictError, NotFoundError
 from sslvpn.store.models import ApiToken, ImportToken, utcnow
-from sslvpn.store.rows import insert
+from sslvpn.store.rows import by_id, insert
 
 
 def _rowcount(result: Any) -> int:
@@ -82,7 +82,7 @@ def mark_import_token_used(
 
 def revoke_import_token(s: Session, *, token_id: int, user_id: int | None = None) -> ImportToken:
     """Revoke one token; with ``user_id``, only if that user owns it."""
-    token = s.get(ImportToken, token_id)
+    token = by_id(s, ImportToken, token_id)
     if token is None or (user_id is not None and token.user_id != user_id):
         raise NotFoundError(f"no import token with id {token_id}")
     token.revoked = True

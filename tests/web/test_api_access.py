@@ -56,6 +56,8 @@ async def test_access_policy_over_the_api(client: TestClient, site: Site,
         "user": "nobody", "dest": "10.20.1.5"})).status == 404
     assert (await client.delete("/api/v1/rules/1", headers=AUTH)).status == 200
     assert (await client.delete("/api/v1/rules/1", headers=AUTH)).status == 404
+    for beyond in ("0", "-1", str(2**63), "25787878989725409280"):  # no row, not a 500
+        assert (await client.delete(f"/api/v1/rules/{beyond}", headers=AUTH)).status == 404
     assert (await client.delete("/api/v1/groups/db", headers=AUTH)).status == 200
     assert [g for g in await (await client.get("/api/v1/groups", headers=AUTH)).json()] == []
     assert {"group.add", "user.groups", "rule.add", "policy.default", "rule.delete",

@@ -122,6 +122,10 @@ async def test_import_link_can_be_revoked_by_its_owner(client: TestClient) -> No
     path, page = await import_link(client, csrf, serial)
     token_id = re.search(r"/import-links/(\d+)/revoke", page)
     assert token_id
+    for beyond in ("0", str(2**63), "25787878989725409280"):  # no such link, not a 500
+        missing = await client.post(f"/devices/{serial}/import-links/{beyond}/revoke",
+                                    data={"csrf_token": csrf}, allow_redirects=False)
+        assert missing.status == 404
     response = await client.post(
         f"/devices/{serial}/import-links/{token_id.group(1)}/revoke",
         data={"csrf_token": csrf},
