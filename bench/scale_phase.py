@@ -118,6 +118,7 @@ def _record(report: Report, side: str, stages: list[dict[str, Any]],
             f"{stage.get('retried', 0)} told to retry later (and retried); "
             f"load generator {stage.get('loadgen_processes')} processes, "
             f"{stage.get('loadgen_cpu_s')} CPU-s, {stage.get('loadgen_rss_kib', 0) // 1024} MiB; "
+            f"server {stage.get('server_cpu_s')} CPU-s; "
             f"load average {stage.get('load_average')}")
     last = stages[-1]
     live = last.get("live", last["established"])  # sessions that came up and still run

@@ -3,15 +3,20 @@ over all its processes; its clients come from several source addresses."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections import deque
 from pathlib import Path
 from typing import Any, cast
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
 from bench.loadgen import (
     Swarm,
     combine,
+    load_configs,
     share_of,
     share_sources,
     share_up_after,
@@ -19,6 +24,8 @@ from bench.loadgen import (
 )
 from sslvpn.openvpn.client import ClientSession
 from sslvpn.openvpn.events import Event, SessionClosed, SessionEstablished
+from sslvpn.openvpn.static_key import parse_static_key
+from sslvpn.openvpn.tls import TlsContext, TlsCredentials, TlsEngine
 from sslvpn.runtime.admission import HALF_OPEN_PER_ADDRESS
 from tests.runtime.loopback import client_config, issue, make_data_folder
 
@@ -133,3 +140,30 @@ def test_a_stage_is_timed_over_every_share() -> None:
     assert (stage["t50_s"], stage["t100_s"]) == (1.0, None)
     assert stage["rate"] == 1.0  # 3 up by 3.0 s
     assert stage["failures"] == {"after up: x": 1, "y": 1}
+
+
+def test_simulated_clients_make_the_key_exchange_of_stock_clients(tmp_path: Path) -> None:
+    """Against our server's default groups (X25519MLKEM768 first) a simulated client
+    negotiates X25519, as the bench's real OpenVPN 2.6 clients (OpenSSL 3.0) and every
+    client of the OpenVPN baseline do: ours is not timed on a larger handshake than theirs."""
+    paths, engine = make_data_folder(tmp_path)
+    row = issue(paths, engine, "alice")
+    engine.dispose()
+    assert row.key_pem is not None
+    credentials = tmp_path / "clients.jsonl"
+    credentials.write_text(json.dumps({"cert": row.cert_pem, "key": row.key_pem}) + "\n")
+    [config] = load_configs(credentials, paths.ca_cert.read_bytes(),
+                            parse_static_key(paths.tls_crypt_key.read_text()))
+    ca = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
+    server_tls = TlsContext(TlsCredentials(
+        certificate=x509.load_pem_x509_certificate(paths.server_cert.read_bytes()),
+        private_key=load_pem_private_key(paths.server_key.read_bytes(), None),  # type: ignore[arg-type]
+        trust=(ca,)), server=True)
+    server, client = TlsEngine(server_tls), TlsEngine(config.tls)
+    for _ in range(4):
+        client.process()
+        server.receive(client.outgoing())
+        server.process()
+        client.receive(server.outgoing())
+    assert server.handshake_done and client.handshake_done
+    assert server.group is not None and server.group.lower() == "x25519"
