@@ -13,6 +13,7 @@ guard a field whose name says secret is replaced by ``[redacted]`` before any ou
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from typing import TextIO
@@ -23,6 +24,15 @@ LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 REDACTED = "[redacted]"
 _SECRET_WORDS = ("password", "passphrase", "psk", "secret", "token", "private", "key_pem")
+
+
+@functools.lru_cache(maxsize=1024)
+def _secret_named(name: str) -> bool:
+    """A field name that says secret. Names come from the code (a record's attributes and
+    the ``extra`` keys), so each is judged once: every log line of a handshake burst asked
+    the same ~25 names again (23 of a line's 37 us here)."""
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
 
 
 def fields(event: str, **values: object) -> dict[str, object]:
@@ -41,9 +51,8 @@ class _Stamp(logging.Filter):
         record.node = self._node
         if not hasattr(record, "event"):
             record.event = "log"
-        for name in list(vars(record)):
-            if any(word in name.lower() for word in _SECRET_WORDS):
-                setattr(record, name, REDACTED)
+        for name in [name for name in vars(record) if _secret_named(name)]:
+            setattr(record, name, REDACTED)
         return True
 
 
