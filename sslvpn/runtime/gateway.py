@@ -358,9 +358,18 @@ class Gateway:
             log.debug("session %s: %s", client.session_id, event)
 
     def _verify(self, client: ClientSession, event: PeerVerified) -> None:
-        """Ask the policy in a task; the session's handshake waits for the answer."""
-        task = asyncio.get_running_loop().create_task(self._admit(client, event),
-                                                      name=f"admit-{client.session_id}")
+        """Admit at once what the policy's snapshot admits, and ask the policy (the store) in
+        a task: its answer decides a session the snapshot did not admit (the handshake waits
+        for it) and ends one it admitted when the store refuses after all."""
+        client.serial = format(event.certificate.serial_number, "x")
+        client.tls_group = event.tls_group
+        client.software = client_software(event.peer_info)
+        known = self.policy.admitted_now(client.serial)
+        if known is not None:
+            self._decide_or_undo(client, event, known)
+        task = asyncio.get_running_loop().create_task(
+            self._admit(client, event, confirming=known is not None),
+            name=f"admit-{client.session_id}")
         self._admissions[client.session_id] = task
         task.add_done_callback(lambda _t: self._admitted(client, task))
 
@@ -373,16 +382,16 @@ class Gateway:
         return (self._sessions.get(client.session_id) is client and client.driver is not None
                 and not client.driver.closed)
 
-    async def _admit(self, client: ClientSession, event: PeerVerified) -> None:
-        serial = format(event.certificate.serial_number, "x")
-        client.serial = serial
-        client.tls_group = event.tls_group
-        client.software = client_software(event.peer_info)
+    async def _admit(self, client: ClientSession, event: PeerVerified, *,
+                     confirming: bool) -> None:
+        serial = client.serial
         try:
             source = client.real_address.rpartition(":")[0].strip("[]")
             auth = await self.policy.authorize(serial, Credentials(event.username,
                                                                    event.password, source))
         except StoreError as exc:  # the store is away (logged once by the store facade)
+            if confirming:
+                return  # admitted by a fresh snapshot: the sweep reads again
             if self._waiting(client):
                 self.told_to_retry += 1
                 self._count_handshake(client, "auth_failed")
@@ -394,20 +403,41 @@ class Gateway:
         except Exception:  # a bug: fail closed, keep serving the others
             log.exception("policy check for %s from %s failed", client.session_id,
                           client.real_address)
-            if self._waiting(client):
+            if confirming:
+                self._refused_after_all(client, "server error")
+            elif self._waiting(client):
                 self._count_handshake(client, "auth_failed")
                 client.driver.reject("server error")  # type: ignore[union-attr]
+            return
+        if confirming:
+            if auth.refusal is not None:
+                self._refused_after_all(client, auth.refusal)
             return
         if not self._waiting(client):  # closed, timed out or replaced while the store answered
             log.info("session %s from %s ended before its admission", client.session_id,
                      client.real_address)
             return
+        self._decide_or_undo(client, event, auth)
+
+    def _decide_or_undo(self, client: ClientSession, event: PeerVerified,
+                        auth: Authorization) -> None:
         try:
             self._decide(client, event, auth)
         except Exception:  # a bug after the answer: undo what was taken, fail closed
             log.exception("admission of %s from %s failed", client.session_id,
                           client.real_address)
             self._unadmit(client)
+
+    def _refused_after_all(self, client: ClientSession, reason: str) -> None:
+        """The store refuses a session the snapshot admitted (changed within the snapshot's
+        freshness): end it, as the sweep would."""
+        if self._by_serial.get(client.serial) is client and self._sessions.get(
+                client.session_id) is client:
+            log.warning("session %s (serial %s, user %r) from %s ended: the store refuses it "
+                        "after the snapshot admitted it: %s", client.session_id, client.serial,
+                        client.user, client.real_address, reason,
+                        extra=_refused(client, reason))
+            self._end(client, reason)
 
     def _unadmit(self, client: ClientSession) -> None:
         self._release(client)
@@ -605,11 +635,18 @@ class Gateway:
 
     async def run_access_refresh(self, interval: float = ACCESS_REFRESH) -> None:
         """Poll the access policy's revision (one indexed read) and reload it when it
-        moved, in every process that carries packets (each worker of `serve --workers`
-        polls for itself): a change reaches live sessions within ``interval`` plus a store
-        read. A store that does not answer skips a round."""
+        moved, and re-read the policy's admission snapshot, in every process that carries
+        packets (each worker of `serve --workers` polls for itself): a change reaches live
+        sessions, and the snapshot, within ``interval`` plus a store read. A store that does
+        not answer skips a round."""
         while True:
             await asyncio.sleep(interval)
+            try:
+                await self.policy.refresh_admissions()
+            except StoreError:
+                pass  # the snapshot ages out: handshakes wait for the store again
+            except Exception:  # a bug: say so; the snapshot ages out
+                log.exception("refreshing the admission snapshot failed")
             try:
                 newer = await self.policy.access_policy(self.access.revision)
             except StoreError:
@@ -738,12 +775,14 @@ class Gateway:
         return True
 
     def kick_user(self, user: str, reason: str = "kicked by admin") -> int:
+        self.policy.forget(user=user)  # a disabled user: the next handshake reads the store
         clients = [c for c in self._sessions.values() if c.user == user and c.vpn_address]
         for client in clients:
             self._end(client, reason)
         return len(clients)
 
     def kick_certificate(self, serial: str, reason: str = "certificate revoked") -> int:
+        self.policy.forget(serials=[serial])  # revoked: the next handshake reads the store
         clients = [c for c in self._sessions.values() if c.serial == serial.lower()]
         for client in clients:
             self._end(client, reason)

@@ -6,8 +6,19 @@ answers it from the sslvpn store, so a revocation or a disabled user written by 
 (CLI, portal) is seen by the gateway's next check or sweep. Its questions are coroutines
 answered through ``AsyncStore`` (a store thread, bounded in time): a locked SQLite or a hung
 PostgreSQL costs the asking handshake a ``StoreUnavailable``, never the loop that carries
-packets. The write-behind queue that hands ``record`` its batches, in its own worker thread,
-is ``sslvpn.runtime.records.RecordWriter``.
+packets.
+
+A handshake need not wait for that read: the policy keeps a snapshot of the certificates
+recent reads admitted with nothing left to decide per handshake (no limit of live sessions,
+which counts every node's sessions, and no second factor), re-read every few seconds
+(`refresh_admissions`) and dropped at a kick or a sweep's refusal; while a certificate's
+latest read is at most ``KNOWN_FRESH`` old and the store answers, `admitted_now` admits it at
+once, so the PUSH_REPLY goes out without a store round trip, and the gateway still reads
+(`authorize`) and ends the session if that read refuses. Anything else waits for the read,
+as before: a refusal is always the store's answer.
+
+The write-behind queue that hands ``record`` its batches, in its own worker thread, is
+``sslvpn.runtime.records.RecordWriter``.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from ipaddress import IPv4Network
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
 
 from sslvpn.net.access import AccessPolicy
 from sslvpn.runtime.vpn_login import (
@@ -59,9 +70,19 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 WRITE_ATTEMPTS = 3
 STARTUP_TIMEOUT = 30.0  # seconds a start-up call may take (SQLite waits 10 s for a writer)
-# a certificate's standing, the refusal (None: it may connect) and, with VPN two-factor on,
-# its owner's secrets
-Answer = tuple[Standing | None, str | None, VpnAccount | None]
+KNOWN_FRESH = 4.5  # seconds an admission read admits without a new one (two refreshes)
+KNOWN_KEPT = 900.0  # seconds a certificate no handshake presented stays in the snapshot
+KNOWN_MAX = 4096  # certificates in the snapshot at most (the least recently presented go)
+
+
+class Answer(NamedTuple):
+    """A certificate's standing, the refusal (None: it may connect), with VPN two-factor on
+    its owner's secrets, and whether its owner has a limit of live sessions."""
+
+    standing: Standing | None
+    refusal: str | None
+    account: VpnAccount | None
+    limited: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,6 +102,12 @@ class Policy(Protocol):
     worker thread, never on the loop)."""
 
     async def authorize(self, serial: str, credentials: Credentials) -> Authorization: ...
+
+    def admitted_now(self, serial: str) -> Authorization | None: ...
+
+    def forget(self, *, serials: Collection[str] = (), user: str | None = None) -> None: ...
+
+    async def refresh_admissions(self) -> None: ...
 
     async def unauthorized(self, serials: Collection[str]) -> dict[str, str]: ...
 
@@ -133,8 +160,8 @@ def _admission_answers(s: Session, *, serials: Sequence[str], gateway_name: str,
     standings = gateway_queries.standings(s, serials=serials)
     refusals = {serial: refusal_of(standings.get(serial), now) for serial in serials}
     good = [serial for serial, refusal in refusals.items() if refusal is None]
-    for serial, limit in gateway_queries.session_limits_reached(
-            s, serials=good, gateway_name=gateway_name).items():
+    limits = gateway_queries.session_limits(s, serials=good, gateway_name=gateway_name)
+    for serial, limit in gateway_queries.session_limits_reached(s, limits=limits).items():
         refusals[serial] = f"too many sessions (at most {limit})"
     two_factor = bool(good) and _two_factor(s, gateway_name)
     answers: dict[str, Answer] = {}
@@ -144,8 +171,17 @@ def _admission_answers(s: Session, *, serials: Sequence[str], gateway_name: str,
         if two_factor and refusal is None and standing is not None \
                 and standing.user_name is not None:
             account = _vpn_account(s, standing.user_name)
-        answers[serial] = (standing, refusal, account)
+        answers[serial] = Answer(standing, refusal, account, serial in limits)
     return answers
+
+
+@dataclass
+class _Known:
+    """A certificate the last read admitted with nothing left to decide at connect time."""
+
+    auth: Authorization
+    read_at: float  # monotonic time the read that says so began
+    seen_at: float  # monotonic time a handshake last presented it
 
 
 class StorePolicy:
@@ -153,8 +189,10 @@ class StorePolicy:
     fleet node ``node`` (None: the single implicit node)."""
 
     def __init__(self, store: AsyncStore, *, gateway_name: str = "default",
-                 node: str | None = None, clock: Callable[[], float] = time.time) -> None:
+                 node: str | None = None, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._store = store
+        self._monotonic = monotonic  # the age of the snapshot's reads
         self._gateway_name = gateway_name
         self._node = node
         self._clock = clock  # for TOTP steps, session tokens and the throttle
@@ -163,6 +201,10 @@ class StorePolicy:
         self._throttle = LoginThrottle(clock)
         self._asked: list[tuple[str, asyncio.Future[Answer]]] = []  # for the next read
         self._reader: asyncio.Task[None] | None = None  # reading the asked serials
+        # the admission snapshot: serial -> what its latest read said, least recently
+        # presented first; a read begun before the latest `forget` adds nothing to it
+        self._known: dict[str, _Known] = {}
+        self._forgot_at = float("-inf")
 
     async def authorize(self, serial: str,
                         credentials: Credentials = NO_CREDENTIALS) -> Authorization:
@@ -172,7 +214,7 @@ class StorePolicy:
 
         The store part is read together with the other handshakes asking at the same time
         (`_standing`): a burst is one read of many serials, not one call per handshake."""
-        standing, refusal, account = await self._standing(serial.lower())
+        standing, refusal, account, _ = await self._standing(serial.lower())
         token = None
         if account is not None:
             refusal, token = await self._second_factor(account, credentials, serial)
@@ -209,9 +251,8 @@ class StorePolicy:
             if not waiting:
                 continue
             try:
-                answers = await self._store.read(partial(
-                    _admission_answers, serials=sorted({serial for serial, _ in waiting}),
-                    gateway_name=self._gateway_name, now=utcnow()))
+                answers = await self._read_answers({serial for serial, _ in waiting},
+                                                   presented=True)
             except Exception as exc:  # StoreUnavailable mostly; a bug fails them closed too
                 for _, answer in waiting:
                     if not answer.done():
@@ -220,6 +261,72 @@ class StorePolicy:
             for serial, answer in waiting:
                 if not answer.done():
                     answer.set_result(answers[serial])
+
+    async def _read_answers(self, serials: Collection[str], *,
+                            presented: bool) -> dict[str, Answer]:
+        """The admission answers of ``serials`` in one read, remembered in the snapshot
+        (``presented``: by handshakes, not by a refresh)."""
+        began = self._monotonic()
+        answers = await self._store.read(partial(
+            _admission_answers, serials=sorted(serials), gateway_name=self._gateway_name,
+            now=utcnow()))
+        for serial, answer in answers.items():
+            self._remember(serial, answer, began, presented)
+        return answers
+
+    def _remember(self, serial: str, answer: Answer, began: float, presented: bool) -> None:
+        standing = answer.standing
+        if standing is None or answer.refusal is not None or answer.account is not None \
+                or answer.limited:
+            self._known.pop(serial, None)  # refused, or decided per handshake: always read
+            return
+        if began < self._forgot_at:
+            return  # begun before a kick or a refusal the read may not show yet
+        auth = Authorization(user=standing.user_name or "", device=standing.device)
+        known = self._known.get(serial)
+        if known is None:
+            if presented:
+                self._known[serial] = _Known(auth, began, began)
+                if len(self._known) > KNOWN_MAX:
+                    del self._known[next(iter(self._known))]
+        elif began >= known.read_at:
+            known.auth, known.read_at = auth, began
+            if presented:
+                known.seen_at = began
+
+    def admitted_now(self, serial: str) -> Authorization | None:
+        """The admission of ``serial`` from the snapshot, without waiting for the store: when
+        a read at most ``KNOWN_FRESH`` old admitted it and left nothing to decide per
+        handshake (no session limit, no second factor), and the store is answering. None:
+        ask `authorize`, which the gateway does anyway to confirm a snapshot's admission."""
+        serial, now = serial.lower(), self._monotonic()
+        known = self._known.get(serial)
+        if known is None or not self._store.available or now - known.read_at > KNOWN_FRESH:
+            return None
+        del self._known[serial]  # presented again: the most recent now
+        self._known[serial] = known
+        known.seen_at = now
+        return known.auth
+
+    def forget(self, *, serials: Collection[str] = (), user: str | None = None) -> None:
+        """Drop ``serials`` and ``user``'s certificates from the snapshot (a kick, a refusal):
+        their next handshake waits for a read, and reads begun earlier do not put them back."""
+        self._forgot_at = self._monotonic()
+        for serial in serials:
+            self._known.pop(serial.lower(), None)
+        if user is not None:
+            for serial in [s for s, k in self._known.items() if k.auth.user == user]:
+                del self._known[serial]
+
+    async def refresh_admissions(self) -> None:
+        """Read the snapshot's certificates again, in one read, so that it follows the store
+        (a revocation, a disabled or deleted user, a new session limit or second factor take
+        a certificate out of it); those no handshake presented for ``KNOWN_KEPT`` go."""
+        now = self._monotonic()
+        for serial in [s for s, k in self._known.items() if now - k.seen_at > KNOWN_KEPT]:
+            del self._known[serial]
+        if self._known:
+            await self._read_answers(list(self._known), presented=False)
 
     async def _second_factor(self, account: VpnAccount, credentials: Credentials,
                              serial: str) -> tuple[str | None, str | None]:
@@ -249,6 +356,8 @@ class StorePolicy:
         now = utcnow()
         refused = await self._store.read(
             lambda s: gateway_queries.not_in_good_standing(s, serials=serials, now=now))
+        if refused:
+            self.forget(serials=refused)
         result = {}
         for serial in serials:
             lowered = serial.lower()

@@ -9,7 +9,7 @@ function takes the `Session` first and never commits.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -214,15 +214,13 @@ def _standings(s: Session, query: Executable, serials: Collection[str],
     return found
 
 
-def session_limits_reached(s: Session, *, serials: Collection[str],
-                           gateway_name: str) -> dict[str, int]:
-    """Among ``serials`` (lowercase hex), those whose owner's limit of live sessions a new
-    session would pass, with that limit. A certificate's own earlier session does not count
-    (the new one replaces it), and the sessions are those of every node (open records).
-    A few queries for any number of serials: a burst of handshakes is read at once."""
+def session_limits(s: Session, *, serials: Collection[str],
+                   gateway_name: str) -> dict[str, tuple[str, int]]:
+    """Among ``serials`` (lowercase hex), those whose owner has a limit of live sessions
+    (their own or the gateway's default), as serial -> (owner, limit)."""
     connection = s.connection()
     default = connection.execute(_SESSION_SETTING, {"name": gateway_name}).scalar()
-    limits: dict[str, tuple[str, int]] = {}  # serial -> (owner, limit)
+    limits: dict[str, tuple[str, int]] = {}
     wanted = sorted(serials)
     for start in range(0, len(wanted), CHUNK):
         for serial, owner, own_limit in connection.execute(
@@ -230,6 +228,16 @@ def session_limits_reached(s: Session, *, serials: Collection[str],
             limit = own_limit if own_limit is not None else default
             if limit:  # None or 0: one session per device, no limit per user
                 limits[serial] = (owner, limit)
+    return limits
+
+
+def session_limits_reached(s: Session, *,
+                           limits: Mapping[str, tuple[str, int]]) -> dict[str, int]:
+    """Among the serials of ``limits`` (`session_limits`), those whose owner's limit of live
+    sessions a new session would pass, with that limit. A certificate's own earlier session
+    does not count (the new one replaces it), and the sessions are those of every node (open
+    records). A few queries for any number of serials: a burst of handshakes is read at once."""
+    connection = s.connection()
     owners = sorted({owner for owner, _ in limits.values()})
     live: dict[tuple[str, str | None], int] = {}
     for start in range(0, len(owners), CHUNK):

@@ -124,6 +124,15 @@ class MemoryPolicy:
     async def authorize(self, serial: str, credentials: object = None) -> Authorization:
         return self.standing(serial)
 
+    def admitted_now(self, serial: str) -> Authorization | None:
+        return None  # no snapshot: every handshake waits for `authorize`
+
+    def forget(self, *, serials: Collection[str] = (), user: str | None = None) -> None:
+        pass
+
+    async def refresh_admissions(self) -> None:
+        pass
+
     def standing(self, serial: str) -> Authorization:
         if serial not in self.certs:
             return Authorization("", "", "certificate unknown")

@@ -434,3 +434,52 @@ async def test_an_answer_for_a_session_gone_meanwhile_is_dropped() -> None:
     assert [s.session_id for s in h.gateway.list_sessions()] == [again.session_id]
     assert [r.session_id for r in policy.opened] == [again.session_id]
     assert h.gateway.pool.in_use() == {ipaddress.ip_address("10.8.0.2")}
+
+
+class SnapshotPolicy(HeldPolicy):
+    """A slow store (answers held) with an admission snapshot taken before the test's
+    changes: ``known`` is what `admitted_now` says without asking the store."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.known: dict[str, Authorization] = {}
+        self.forgotten: list[str] = []
+
+    def admitted_now(self, serial: str) -> Authorization | None:
+        return self.known.get(serial)
+
+    def forget(self, *, serials: Collection[str] = (), user: str | None = None) -> None:
+        self.forgotten.extend(serials)
+
+
+async def test_a_snapshot_admission_does_not_wait_for_a_slow_store() -> None:
+    """The PUSH_REPLY of a certificate the snapshot admits goes out while the store read is
+    still under way; the read still decides: a refusal it brings ends that session, and a
+    certificate the snapshot does not hold (a disabled user) waits for it and is refused."""
+    policy = SnapshotPolicy()
+    h = await Harness.started(policy=policy)
+    for serial, user in (("a1", "alice"), ("b2", "bob"), ("c3", "carol")):
+        policy.add(serial, user)
+    policy.known = {"a1": Authorization("alice", "laptop"),
+                    "c3": Authorization("carol", "laptop")}
+    policy.disabled.add("bob")
+    policy.certs["c3"] = ("carol", "revoked")  # since the snapshot's read
+    alice, alice_core = h.verify("a1")
+    assert alice_core.accepted is not None  # at once: no store round trip
+    await _asked(policy, 1)  # the confirming read is out, and held
+    _, bob_core = h.verify("b2")
+    carol, carol_core = h.verify("c3")
+    assert carol_core.accepted is not None
+    await _asked(policy, 3)
+    assert bob_core.accepted is None and bob_core.rejected is None  # waits for the store
+    for release in policy.held:
+        release.set()
+    await decided(bob_core)
+    assert bob_core.rejected == "user disabled"
+    async with asyncio.timeout(5):
+        while carol.session_id not in h.gone:
+            await asyncio.sleep(0)
+    assert carol.end_reason == "certificate revoked" and carol_core.closed
+    assert [s.user for s in h.gateway.list_sessions()] == ["alice"]
+    assert alice.session_id not in h.gone
+    assert h.gateway.kick_certificate("A1") == 1 and policy.forgotten == ["A1"]

@@ -16,6 +16,8 @@ from sqlmodel import Session
 
 from client_profiles import accounts
 from sslvpn.runtime.policy import (
+    KNOWN_FRESH,
+    Authorization,
     LeaseStored,
     SessionCounted,
     SessionEnded,
@@ -78,6 +80,45 @@ async def test_a_users_session_limit_counts_every_nodes_live_sessions(engine: En
         gateway_queries.write_records(s, records=[_ended("s1", "gone")],
                                       gateway_name="default", now=datetime.now(UTC))
     assert (await policy.authorize("a2")).refusal is None
+
+
+async def test_the_snapshot_admits_at_once_only_what_a_fresh_read_admitted(
+        engine: Engine) -> None:
+    """`admitted_now` answers from the last reads (no store round trip) only for a
+    certificate a read at most KNOWN_FRESH old admitted with no session limit; a refresh
+    follows revocations and new limits, a kick forgets, an unknown or refused certificate
+    always waits for `authorize`."""
+    clock = [100.0]
+    store = AsyncStore(engine)
+    policy = StorePolicy(store, monotonic=lambda: clock[0])
+    assert policy.admitted_now("a1") is None  # never read: wait for the store
+    await policy.authorize("A1")
+    await policy.authorize("5e")
+    await policy.authorize("77")
+    assert policy.admitted_now("a1") == Authorization("alice", "laptop")
+    assert policy.admitted_now("5e") is None and policy.admitted_now("77") is None
+    clock[0] += KNOWN_FRESH + 0.1
+    assert policy.admitted_now("a1") is None  # too old: wait for a read
+    await policy.refresh_admissions()
+    assert policy.admitted_now("a1") == Authorization("alice", "laptop")
+    with db.session(engine) as s:
+        queries.mark_revoked(s, serial="a1", reason="keyCompromise", at=datetime.now(UTC))
+    await policy.refresh_admissions()
+    assert policy.admitted_now("a1") is None
+    assert (await policy.authorize("a1")).refusal == "certificate revoked"
+    assert policy.admitted_now("a1") is None
+    await policy.authorize("a2")
+    assert policy.admitted_now("a2") is not None
+    accounts.set_limits(engine, name="alice", devices=None, sessions=2, actor="t")
+    await policy.refresh_admissions()
+    assert policy.admitted_now("a2") is None  # a limit counts the fleet's sessions: read
+    accounts.set_limits(engine, name="alice", devices=None, sessions=None, actor="t")
+    await policy.authorize("a2")
+    policy.forget(user="alice")  # a kick of the user (disabled through the portal)
+    assert policy.admitted_now("a2") is None
+    await policy.authorize("a2")
+    store._mark_down("a test", read=True)  # the store stopped answering: as before
+    assert policy.admitted_now("a2") is None
 
 
 def _opened(session_id: str, serial: str) -> SessionOpened:
