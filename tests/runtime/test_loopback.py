@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 
 from client_profiles import lifecycle
 from sslvpn.openvpn.events import SessionClosed
@@ -103,6 +105,52 @@ async def test_kick_revocation_sweep_and_lease_reuse(tmp_path: Path) -> None:
     with db.session(engine) as s:
         records = queries.list_session_records(s, user_name="alice")
     assert {r.disconnect_reason for r in records} == {"kicked by admin", "certificate revoked"}
+    engine.dispose()
+
+
+async def test_a_slow_store_holds_no_push_reply_of_a_client_it_admitted_before(
+        tmp_path: Path) -> None:
+    """While the store's admission reads hang, a client whose certificate a read admitted a
+    moment ago connects again at once (the snapshot), and a disabled user's client still
+    waits for the read and is refused when it comes."""
+    paths, engine = make_data_folder(tmp_path)
+    alice = issue(paths, engine, "alice")
+    bob = issue(paths, engine, "bob")
+    reading = threading.Event()
+    reading.set()
+    held: list[str] = []
+
+    def slow_admission_reads(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if "max_sessions" in statement and not reading.is_set():  # admission reads only
+            held.append(statement)
+            reading.wait(10)
+
+    event.listen(engine, "before_cursor_execute", slow_admission_reads)
+    try:
+        async with running_service(paths, engine) as (service, _tun):
+            first = await connected(service, client_config(paths, alice, v2=False, tcp=False))
+            first.close_transport()
+            with db.session(engine, write=True) as s:
+                queries.set_user_disabled(s, name="bob", disabled=True)
+            reading.clear()
+            again = await connected(service, client_config(paths, alice, v2=False, tcp=False))
+            assert held  # its read was under way, and hung, while it connected
+            asked = len(held)
+            refused = await connect(service, client_config(paths, bob, v2=False, tcp=False))
+            async with asyncio.timeout(5):
+                while len(held) == asked:
+                    await asyncio.sleep(0.01)
+            assert not refused.closed.is_set()  # bob waits for the store
+            reading.set()
+            async with asyncio.timeout(10):
+                await refused.closed.wait()
+            assert refused.session.auth_failed == "user disabled"
+            assert not again.closed.is_set()
+            for client in (again, refused):
+                client.close_transport()
+    finally:
+        reading.set()
+        event.remove(engine, "before_cursor_execute", slow_admission_reads)
     engine.dispose()
 
 
