@@ -12,7 +12,9 @@ cover it, in order; a lookup is one bisect and a walk of that interval's few rul
 does not grow with the number of rules when they cover different networks. On top, a
 per-flow cache answers the packets after a flow's first with one dict probe, as the
 gateway's VPC memo does: for IPv4 TCP and UDP keyed by one slice of the header (destination
-and both ports: one entry per connection, ~80 ns), for the rest by protocol, address, port.
+and both ports: one entry per connection), for the rest by protocol, address, port. For a
+connection's later packets the gateway probes that cache (``known``) in place of its VPC
+check, so a restricted client pays one dict probe per packet, as an unrestricted one does.
 
 Replies (VPC -> client) pass by symmetric rules: a packet to a client passes when the client
 could send its mirror (its source as destination, its source port as port). That needs no
@@ -233,34 +235,51 @@ class CompiledRules:
         return self.default if rule is None else self._hits[rule.id]
 
     def allowed(self, packet: bytes) -> bool:
-        """A packet from the client (counted)."""
-        if (len(packet) >= 24 and packet[0] == 0x45 and not (packet[6] & 0x1F or packet[7])
-                and (packet[9] == TCP or packet[9] == UDP)):
+        """A packet from the client (counted). The gateway asks only for packets inside the
+        VPC, so what this caches for IPv4 TCP/UDP is what ``known`` answers from."""
+        protocol = packet[9] if len(packet) >= 24 and packet[0] == 0x45 else 0
+        if (protocol == TCP or protocol == UDP) and not (packet[6] & 0x1F or packet[7]):
             # the common case (IPv4 TCP/UDP, no options, not a later fragment): one slice,
             # destination, source port, destination port, is the key of the connection
-            flows = self._tcp if packet[9] == TCP else self._udp
+            flows = self._tcp if protocol == TCP else self._udp
             key = packet[16:24]
             hit = flows.get(key)
             if hit is None:
                 hit = self._remember(flows, key, self.decide(
-                    packet[9], ipaddress.IPv4Address(key[:4]), int.from_bytes(key[6:8])))
+                    protocol, ipaddress.IPv4Address(key[:4]), int.from_bytes(key[6:8])))
         else:
             key = flow_key(packet, reply=False)
             hit = self._cache.get(key) or self._miss(key)
         hit.packets += 1
         return hit.allow
 
+    def known(self, packet: bytes) -> Hits | None:
+        """The gateway's one probe per packet, in place of its VPC check: the verdict
+        ``allowed`` cached for this IPv4 TCP/UDP connection, or None (not cached, or another
+        kind of packet: the caller takes the path with every check). ``packet`` starts with
+        0x45 and has 20 bytes or more, as the caller checked; not counted (the caller does)."""
+        protocol = packet[9]
+        if protocol == TCP:
+            flows = self._tcp
+        elif protocol == UDP:
+            flows = self._udp
+        else:
+            return None
+        if packet[6] & 0x1F or packet[7]:  # a later fragment: bytes 20-23 are no ports
+            return None
+        return flows.get(packet[16:24])
+
     def reply_allowed(self, packet: bytes) -> bool:
         """A packet to the client: passes when the client could send its mirror."""
-        if (len(packet) >= 24 and packet[0] == 0x45 and not (packet[6] & 0x1F or packet[7])
-                and (packet[9] == TCP or packet[9] == UDP)):
+        protocol = packet[9] if len(packet) >= 24 and packet[0] == 0x45 else 0
+        if (protocol == TCP or protocol == UDP) and not (packet[6] & 0x1F or packet[7]):
             # source, destination, source port, destination port: the mirror's connection
-            flows = self._tcp_replies if packet[9] == TCP else self._udp_replies
+            flows = self._tcp_replies if protocol == TCP else self._udp_replies
             key = packet[12:24]
             hit = flows.get(key)
             if hit is None:
                 hit = self._remember(flows, key, self.decide(
-                    packet[9], ipaddress.IPv4Address(key[:4]), int.from_bytes(key[8:10])))
+                    protocol, ipaddress.IPv4Address(key[:4]), int.from_bytes(key[8:10])))
         else:
             key = flow_key(packet, reply=True)
             if not key:

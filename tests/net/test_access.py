@@ -105,6 +105,13 @@ def test_compiled_agrees_with_first_match(found: list[Rule], sample: list[tuple[
         assert compiled.allowed(data) is expected
         decided = compiled.decide(protocol, dst, port)
         assert decided.rule == rule
+        if dst.version == 4:  # the gateway's one probe: cached IPv4 TCP/UDP connections only
+            if port == PORT_UNKNOWN:  # a later fragment, behind its first fragment's flow
+                compiled.allowed(data[:6] + bytes(2) + data[8:])
+            known = compiled.known(data)
+            connection = protocol in (TCP, UDP) and port != PORT_UNKNOWN
+            assert (known is not None) is connection
+            assert known is None or (known.rule == rule and known.allow is expected)
 
 
 @settings(max_examples=150, deadline=None)

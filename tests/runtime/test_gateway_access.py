@@ -42,23 +42,41 @@ async def test_rules_decide_each_packet_and_replies_mirror_them(core_type: type[
     allowed = [packet(CLIENT, DB, TCP, dport=5432), packet(CLIENT, DB, ICMP)]
     denied = [packet(CLIENT, DB, TCP, dport=22), packet(CLIENT, OTHER, TCP, dport=5432),
               packet(CLIENT, OTHER, ICMP)]
-    for data in allowed + denied:
+    for data in (allowed + denied) * 2:  # the second time from the flow cache (fast path)
         client.driver.feed(data)
-    assert harness.tun.written == allowed
-    assert harness.gateway.drops["access-denied"] == 3
+    assert harness.tun.written == allowed * 2
+    assert harness.gateway.drops["access-denied"] == 6
     hits = {rule: (allow, count) for rule, allow, count in harness.gateway.access_hits()}
-    assert hits == {"1": (True, 1), "2": (True, 1), "default": (False, 3)}
+    assert hits == {"1": (True, 2), "2": (True, 2), "default": (False, 6)}
     [family] = [f for f in gateway_source(harness.gateway.counters, "n1")()
                 if f.name == "sslvpn_access_rule_packets"]
     assert {(s.labels["rule"], s.labels["action"]): s.value for s in family.samples} == {
-        ("1", "allow"): 1, ("2", "allow"): 1, ("default", "deny"): 3}
+        ("1", "allow"): 2, ("2", "allow"): 2, ("default", "deny"): 6}
     wire = harness.sent[client.session_id]
     before = len(wire)
     harness.tun.inject(packet(DB, CLIENT, TCP, sport=5432, dport=40000))  # a reply: passes
     harness.tun.inject(packet(DB, CLIENT, TCP, sport=22, dport=40000))  # not a mirror: no
     harness.tun.inject(packet(OTHER, CLIENT, ICMP, icmp_type=3))  # an ICMP error: passes
     assert len(wire) == before + 2
-    assert harness.gateway.drops["access-denied"] == 4
+    assert harness.gateway.drops["access-denied"] == 7
+
+
+@pytest.mark.parametrize("core_type", [FakeCore, FastCore], ids=["slow-path", "fast-path"])
+async def test_a_cached_flow_still_stays_inside_the_vpc(core_type: type[FakeCore]) -> None:
+    """Under rules with the default all-vpc, the flow cache never lets a packet past the VPC
+    check: only flows found inside the VPC are cached for the one-probe path."""
+    harness = Harness()
+    harness.policy.access = replace(db_policy(), default="all-vpc")
+    await harness.gateway.start()
+    harness.policy.add("a1", "ann")
+    client, _ = await harness.connect("a1", core_type())
+    assert client.access is not None and client.driver is not None
+    outside = packet(CLIENT, ipaddress.ip_address("192.0.2.1"), TCP, dport=443)
+    inside = packet(CLIENT, OTHER, TCP, dport=443)  # the default allows it
+    for data in (outside, inside) * 3:
+        client.driver.feed(data)
+    assert harness.tun.written == [inside] * 3
+    assert harness.gateway.drops["outside-vpc"] == 3
 
 
 async def test_unrestricted_users_keep_the_old_path() -> None:
