@@ -9,6 +9,7 @@ reports the server's RSS with that many idle sessions sending keepalives.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -101,8 +102,8 @@ def _drive(topo: VpnTopology, server: Server, credentials: Path,
 def _record(report: Report, side: str, stages: list[dict[str, Any]],
             settings: ScaleSettings) -> None:
     idle = stages[0]
-    for stage in stages[1:]:
-        n = int(stage["stage"])
+    for before, stage in itertools.pairwise(stages):
+        n, previous = int(stage["stage"]), int(before["established"])
         mem = report.get("scale memory", f"server peak RSS, {n} idle sessions", "MiB", "lower")
         if stage["established"] >= 0.9 * n:
             setattr(mem, side, stage["hwm_kib"] / 1024)
@@ -118,7 +119,7 @@ def _record(report: Report, side: str, stages: list[dict[str, Any]],
             f"{stage.get('retried', 0)} told to retry later (and retried); "
             f"load generator {stage.get('loadgen_processes')} processes, "
             f"{stage.get('loadgen_cpu_s')} CPU-s, {stage.get('loadgen_rss_kib', 0) // 1024} MiB; "
-            f"server {stage.get('server_cpu_s')} CPU-s; "
+            f"server {stage.get('server_cpu_s')} CPU-s; {_per_session(stage, previous)}"
             f"load average {stage.get('load_average')}")
     last = stages[-1]
     live = last.get("live", last["established"])  # sessions that came up and still run
@@ -130,3 +131,14 @@ def _record(report: Report, side: str, stages: list[dict[str, Any]],
         rate = report.get("scale rate", f"handshakes/s, burst of {settings.sizes[0]} "
                           "simulated clients", "handshakes/s", "higher")
         setattr(rate, side, stages[1]["rate"])
+
+
+def _per_session(stage: dict[str, Any], previous: int) -> str:
+    """CPU milliseconds per session the stage brought up, server and load generator: the
+    cost of a handshake (and of keeping the earlier sessions alive meanwhile), which the
+    load of other work on the host leaves alone, unlike the rate."""
+    new = int(stage["established"]) - previous
+    if new <= 0 or stage.get("server_cpu_s") is None:
+        return ""
+    return (f"per session brought up: server {1000 * stage['server_cpu_s'] / new:.1f} ms, "
+            f"load generator {1000 * stage['loadgen_cpu_s'] / new:.1f} ms CPU; ")
