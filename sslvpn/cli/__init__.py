@@ -2,14 +2,40 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import click
 
 from sslvpn.cli.context import CliContext
 
+#: Each command's module (one owner per module, exporting its commands as COMMANDS), loaded
+#: when the command runs: a `serve --workers` worker, which runs this command line again,
+#: then loads `serve` alone rather than the portal, PKI and backup along with it.
+COMMAND_MODULES = {
+    "init": "setup", "user": "users", "cert": "certificates", "crl": "certificates",
+    "profile": "certificates", "backup": "backup", "restore": "backup", "serve": "serve",
+    "sessions": "sessions", "kick": "sessions", "check": "check", "portal": "portal",
+    "node": "nodes", "ipsec": "ipsec", "service": "service", "alarm": "alarms",
+    "group": "access", "rule": "access", "policy": "access",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _LazyCommands(click.Group):
+    """The sub-commands of `COMMAND_MODULES`, each imported when first asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if module is None:
+            return None
+        commands: list[click.Command] = importlib.import_module(f"sslvpn.cli.{module}").COMMANDS
+        return next(command for command in commands if command.name == cmd_name)
+
+
+@click.group(cls=_LazyCommands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -29,29 +55,3 @@ def main(ctx: click.Context, data_dir: Path, database_url: str | None) -> None:
     """sslvpn: OpenVPN-compatible SSL VPN gateway, client profiles, portal and IPsec."""
     ctx.obj = CliContext(data_dir=data_dir, database_url=database_url)
 
-
-def _register() -> None:
-    """Each sub-command module has one owner and exports its click commands as COMMANDS."""
-    from sslvpn.cli import (
-        access,
-        alarms,
-        backup,
-        certificates,
-        check,
-        ipsec,
-        nodes,
-        portal,
-        serve,
-        service,
-        sessions,
-        setup,
-        users,
-    )
-
-    for module in (setup, users, certificates, backup, serve, sessions, check, portal, nodes,
-                   ipsec, service, alarms, access):
-        for command in module.COMMANDS:
-            main.add_command(command)
-
-
-_register()

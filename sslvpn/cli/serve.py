@@ -1,18 +1,15 @@
 """`sslvpn serve`: run the gateway.
 
 ``serve`` is the composition root of the running gateway: it opens the store and hands the
-runtime its long-running companions: the daily CRL refresh and the revocation of renewed
-certificates whose overlap ended from ``client_profiles``, the
-retention pass from ``sslvpn.store.retention`` (all in a thread), the
-IPsec service (site-to-site tunnels; their status answered through the gateway's control)
-and the portal (``web``, on its own event loop in its own thread so that no portal work
-ever runs on the loop that carries packets, with the in-process gateway as its
-GatewayControl, so live sessions and kick need no socket); then it runs until SIGTERM/SIGINT.
+runtime its long-running companions: the IPsec service (site-to-site tunnels; their status
+answered through the gateway's control) and, in one process or in the supervisor of
+workers, the node-wide ones of `sslvpn.cli.serve_node` (the portal, metrics, alarms, daily
+CRL refresh and retention pass, retirement of renewed certificates); then it runs until
+SIGTERM/SIGINT.
 With ``--workers N`` (N > 1) this process becomes the supervisor: the workers carry the
 packets (the first one also the IPsec tunnels), and the supervisor runs the rest off their
-loops: the node's revocation sweep, the daily work, the retirement of renewed certificates,
-the portal, the metrics and the alarms, answering for every worker
-(`sslvpn.runtime.workers_control`).
+loops, answering for every worker (`sslvpn.runtime.workers_control`). A worker imports
+`serve_node` never: it runs none of it and would carry the portal's modules for nothing.
 With ``--tracemalloc FRAMES`` it traces Python allocations from then on (after the imports,
 which tracing would slow tenfold) and writes a snapshot on each SIGUSR2, for hunting leaks
 in long runs (``bench/soak.py``).
@@ -25,24 +22,12 @@ import contextlib
 import logging
 import os
 import signal
-import socket
-import ssl
-import sys
 import time
 import tracemalloc
-import urllib.parse
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
-from aiohttp import web
-from sqlalchemy import Engine
 
-from client_profiles import crl, lifecycle
-from client_profiles.pki import WrongPassphrase
-from client_profiles.pkifiles import LifecycleError
-from sslvpn.cli.alarms import refresh_crl_watched
 from sslvpn.cli.check import allow_insecure_permissions, preflight
 from sslvpn.cli.setup import (
     log_format_option,
@@ -52,131 +37,32 @@ from sslvpn.cli.setup import (
     require_data_folder,
     store,
 )
-from sslvpn.config import DataPaths
 from sslvpn.openvpn.tls import TlsGroupsError
 from sslvpn.runtime import instance, steering
 from sslvpn.runtime.admission import HALF_OPEN_MAX, HALF_OPEN_PER_ADDRESS
-from sslvpn.runtime.alarms import Counter, Tunnels, alarm_metrics, run_alarms
-from sslvpn.runtime.control import GatewayControl, ThreadSafeControl, TunnelStatus
-from sslvpn.runtime.control_server import ControlError
-from sslvpn.runtime.fleet_signal import listen_conninfo, listen_for_signals
 from sslvpn.runtime.gateway import Gateway
 from sslvpn.runtime.ipsec_service import IpsecService
-from sslvpn.runtime.metrics import (
-    Metrics,
-    gateway_source,
-    ipsec_source,
-    listener_source,
-    on_loop,
-    store_facts,
-)
 from sslvpn.runtime.netconf import NetconfError
 from sslvpn.runtime.service import (
-    DailyHook,
     ExtraTask,
     GatewayService,
     ServeOptions,
     run,
-    run_daily,
-    run_heartbeat,
     serve,
 )
 from sslvpn.runtime.systemd import notify_systemd
 from sslvpn.runtime.tun_keeper import TunLostError
-from sslvpn.runtime.workers import (
-    Companion,
-    Supervisor,
-    WorkerSlot,
-    stop_with_supervisor,
-    supervise,
-    usable_cores,
-)
-from sslvpn.runtime.workers_control import NodeSweep, WorkersControl
-from sslvpn.store import StoreError, db, queries, retention
+from sslvpn.runtime.workers import WorkerSlot, stop_with_supervisor, usable_cores
+from sslvpn.store import retention
 from sslvpn.store.async_store import AsyncStore
-from sslvpn.store.models import GatewaySettings
-from web.app import create_app, ensure_first_admin, start_portal
-from web.health import CHECK_TIMEOUT, Check, Health, store_reachable
-from web.ops import create_ops_app, metrics_listen, start_ops
-from web.portal import PortalSettings
-from web.portal_thread import PortalThread
-from web.tls import portal_tls
 
 log = logging.getLogger(__name__)
 
 IPSEC_RESTART_DELAY = 5.0  # seconds before an IPsec service that failed is started afresh
-AUTH_FAILURES = ("auth_failed", "revoked", "expired")  # handshake results an alarm counts
-RETIRE_INTERVAL = 5.0  # seconds between looks for renewed certificates to revoke
 
 
 class PortalStartError(Exception):
     """The portal could not bind its address (one line for the operator)."""
-
-
-@dataclass(frozen=True)
-class PortalPlan:
-    """Where and how the portal serves, settled before the gateway starts."""
-
-    listen: str
-    tls: ssl.SSLContext | None
-    public_url: str | None
-    public_address: str | None  # shown instead of a wildcard bind address
-
-
-def shown_url(url: str, public_address: str | None) -> str:
-    """The portal's URL as a person can open it: a wildcard bind shows the public address."""
-    parts = urllib.parse.urlsplit(url)
-    if public_address is None or parts.hostname not in ("0.0.0.0", "::"):  # noqa: S104
-        return url
-    host = f"[{public_address}]" if ":" in public_address else public_address
-    return parts._replace(netloc=f"{host}:{parts.port}").geturl()
-
-
-def portal_task(paths: DataPaths, engine: Engine, plan: PortalPlan) -> ExtraTask:
-    """The portal answering for the in-process gateway (through `ThreadSafeControl`)."""
-
-    async def run(gateway: Gateway) -> None:
-        control = ThreadSafeControl(gateway, asyncio.get_running_loop())
-        await run_portal(paths, engine, plan, control)
-
-    return run
-
-
-async def run_portal(paths: DataPaths, engine: Engine, plan: PortalPlan,
-                     control: GatewayControl) -> None:
-    """The portal on its own loop and thread, answering for ``control``'s gateway (the
-    in-process one, or every worker's from the supervisor); prints its URL once bound."""
-
-    def build() -> web.Application:
-        return create_app(engine=engine, paths=paths, control=control,
-                          settings=PortalSettings(public_url=plan.public_url))
-
-    try:
-        portal = await PortalThread.start(
-            build, lambda app: start_portal(app, plan.listen, plan.tls))
-    except OSError as exc:
-        raise PortalStartError(
-            f"cannot start the portal on {plan.listen}: {exc.strerror or exc}") from None
-    try:
-        click.echo(f"portal: {shown_url(portal.url, plan.public_address)}")
-        # created only once the portal answers, so the printed password is never lost
-        password = await first_admin(engine)
-        if password is not None:
-            click.echo(f"first start: log in as 'admin' with the one-time password {password}")
-        await portal.wait()
-    finally:
-        await portal.stop()
-
-
-async def first_admin(engine: Engine) -> str | None:
-    """The first admin's one-time password (None when an admin exists); a failing store is
-    logged, never fatal to the gateway (a busy one is waited for by the writer lock)."""
-    try:
-        return await asyncio.to_thread(ensure_first_admin, engine)
-    except StoreError as exc:
-        log.error("cannot create the first admin (%s); add one with "
-                  "`sslvpn user add NAME --admin --password-stdin`", exc)
-        return None
 
 
 def ipsec_task(store: AsyncStore, node: str | None = None,
@@ -198,97 +84,6 @@ def ipsec_task(store: AsyncStore, node: str | None = None,
                 gateway.tunnel_status_providers.remove(service.tunnel_status)
                 gateway.tunnel_action_handler = None
             await asyncio.sleep(IPSEC_RESTART_DELAY)
-
-    return run
-
-
-def metrics_task(paths: DataPaths, store: AsyncStore, listen: str,
-                 node: str | None) -> ExtraTask:
-    """``GET /metrics`` on ``listen``, served from a thread of its own: a scrape reads the
-    gateway's counters in one hop to its loop, the rest in a store thread of its own."""
-
-    async def run(gateway: Gateway) -> None:
-        loop = asyncio.get_running_loop()
-        own_store = store.companion(threads=1, owner="the metrics endpoint")
-        metrics = Metrics(loop=loop, store=own_store)
-        metrics.add_loop_source(gateway_source(gateway.counters, node or "default"))
-        metrics.add_loop_source(listener_source(gateway.listener_status, node or "default"))
-        metrics.add_loop_source(ipsec_source(gateway.tunnel_status))
-        health = Health(checks={"store": store_reachable(own_store),
-                                **{name: _in_thread(check)
-                                   for name, check in gateway.ready_checks.items()}},
-                        alive=lambda: on_loop(loop, lambda: True, CHECK_TIMEOUT))
-        await serve_metrics(paths, metrics, health, listen)
-
-    return run
-
-
-def workers_metrics(paths: DataPaths, store: AsyncStore, listen: str, node: str | None,
-                    control: WorkersControl) -> Companion:
-    """`serve --workers N`: the supervisor serves ``GET /metrics`` for the node, each scrape
-    asking every worker for its counters over its control socket (in a thread) and adding
-    them up; ready when the store and every worker answer."""
-
-    async def run() -> None:
-        loop = asyncio.get_running_loop()
-        own_store = store.companion(threads=1, owner="the metrics endpoint")
-        metrics = Metrics(store=own_store)
-        metrics.add_thread_source(gateway_source(control.counters, node or "default"))
-        metrics.add_thread_source(listener_source(control.listener_status, node or "default"))
-        metrics.add_thread_source(ipsec_source(control.tunnel_status))
-
-        async def workers() -> bool:
-            return await asyncio.to_thread(control.all_answer)
-
-        health = Health(checks={"store": store_reachable(own_store), "workers": workers},
-                        alive=lambda: on_loop(loop, lambda: True, CHECK_TIMEOUT))
-        await serve_metrics(paths, metrics, health, listen)
-
-    return run
-
-
-async def serve_metrics(paths: DataPaths, metrics: Metrics, health: Health,
-                        listen: str) -> None:
-    """The metrics and health endpoints on ``listen`` until cancelled, with the store's
-    facts and the alarms added to ``metrics``."""
-    metrics.add_store_source(store_facts(paths))
-    metrics.add_store_source(alarm_metrics)
-    try:
-        served = await PortalThread.start(lambda: create_ops_app(metrics, health),
-                                          lambda app: start_ops(app, listen),
-                                          name="sslvpn-metrics")
-    except OSError as exc:
-        raise PortalStartError(
-            f"cannot serve metrics on {listen}: {exc.strerror or exc}") from None
-    try:
-        click.echo(f"metrics: {served.url}metrics")
-        await served.wait()
-    finally:
-        await served.stop()
-
-
-def alarms_task(paths: DataPaths, store: AsyncStore, node: str | None) -> ExtraTask:
-    """The alarms of a single gateway process: its tunnels and failed handshakes read on
-    its loop (cheap reads), the rest in store threads."""
-
-    async def run(gateway: Gateway) -> None:
-        async def tunnels() -> list[TunnelStatus]:
-            return gateway.tunnel_status()
-
-        async def auth_failures() -> int:
-            return sum(gateway.handshakes[result] for result in AUTH_FAILURES)
-
-        await run_alarms(store, paths, node=node or "default", tunnels=tunnels,
-                         auth_failures=auth_failures)
-
-    return run
-
-
-def _in_thread(check: Callable[[], bool]) -> Check:
-    """A gateway's readiness check, made by the probe's own thread (a cheap read)."""
-
-    async def run() -> bool:
-        return check()
 
     return run
 
@@ -319,153 +114,6 @@ def _dump_heap(folder: Path) -> Path:
     tracemalloc.take_snapshot().dump(str(partial))
     os.replace(partial, path)  # readers never see half a snapshot
     return path
-
-
-async def retire_superseded(paths: DataPaths, engine: Engine,
-                            interval: float = RETIRE_INTERVAL) -> None:
-    """Every ``interval`` seconds, in a thread (the CA signs the CRL), revoke the renewed
-    certificates whose overlap ended: their renewal connected (which the gateway's
-    accounting wrote) or their overlap period passed. A failure (the CA key offline, the
-    store away) is logged when it starts and when it changes, not every round; meanwhile
-    the gateway refuses those certificates anyway, from the store."""
-    failing: str | None = None
-    while True:
-        try:
-            retired = await asyncio.to_thread(lifecycle.retire_superseded, engine, paths)
-        except Exception as exc:  # a bug too: the gateway goes on, the log says it
-            if str(exc) != failing:
-                known = isinstance(exc, LifecycleError | WrongPassphrase | StoreError | OSError)
-                log.error("renewed certificates not revoked yet: %s", exc, exc_info=not known)
-            failing = str(exc)
-        else:
-            failing = None
-            for row in retired:
-                log.info("certificate %s revoked: superseded by %s", row.serial,
-                         row.superseded_by)
-        await asyncio.sleep(interval)
-
-
-def daily_hooks(paths: DataPaths, engine: Engine) -> tuple[DailyHook, ...]:
-    """The CRL re-signed and the retention pass, once a day."""
-    return (lambda: refresh_crl_watched(paths, engine), lambda: retention.prune(engine))
-
-
-def portal_plan(paths: DataPaths, engine: Engine, listen: str | None, cert: Path | None,
-                key: Path | None, public_url: str | None) -> PortalPlan:
-    """Where the portal listens and with which TLS (the stored settings unless given)."""
-    with db.session(engine, write=False) as s:
-        settings = queries.get_settings(s)
-    listen = listen or settings.portal_listen
-    tls = portal_tls(paths, engine, listen, cert=cert, key=key,
-                     https=True if cert is not None else None)
-    public = settings.public_addresses[0] if settings.public_addresses else None
-    return PortalPlan(listen, tls, public_url, public)
-
-
-@dataclass(frozen=True)
-class WorkersPlan:
-    """How many workers, and where their OpenVPN listeners are (the supervisor binds the
-    UDP sockets)."""
-
-    count: int
-    listen: tuple[str, ...]
-    port: int | None
-    protocols: str | None
-
-
-async def supervise_node(paths: DataPaths, engine: Engine, workers: WorkersPlan,
-                         node: str | None, plan: PortalPlan | None,
-                         metrics_at: str | None) -> None:
-    """`serve --workers N`: the supervisor binds the workers' UDP sockets (a steered group
-    per address, which it holds so that the group never changes), runs the workers and,
-    off their loops, the node's revocation sweep (woken by the fleet's signal on
-    PostgreSQL), a fleet node's heartbeat (which also ends down nodes' sessions), the daily
-    work, the retirement of renewed certificates, and the portal, the metrics and the
-    alarms, which see every worker."""
-    with db.session(engine, write=False) as s:
-        settings = queries.get_settings(s)
-    groups: dict[str, list[socket.socket]] = {}
-    if (workers.protocols or settings.protocols) in ("udp", "both"):
-        groups = steering.bind_groups(workers.listen, workers.port or settings.port,
-                                      workers.count)
-    try:
-        await _supervise(paths, engine, workers.count, node, plan, groups, settings,
-                         metrics_at)
-    finally:
-        for group in groups.values():
-            for sock in group:
-                sock.close()
-
-
-async def _supervise(paths: DataPaths, engine: Engine, count: int, node: str | None,
-                     plan: PortalPlan | None, groups: dict[str, list[socket.socket]],
-                     settings: GatewaySettings, metrics_at: str | None) -> None:
-    def command(slot: WorkerSlot) -> list[str]:
-        """This very command line, run again as one worker (serve is the last verb, so
-        options appended at the end are serve's), told which sockets it inherits."""
-        inherited = steering.worker_arguments(groups, slot.index)
-        return [*sys.orig_argv, "--worker-slot", str(slot),
-                *(arg for pair in inherited for arg in ("--worker-udp", pair))]
-
-    supervisor = Supervisor(count, command, descriptors=lambda slot: [
-        group[slot.index].fileno() for group in groups.values()])
-    control = WorkersControl([slot.control_socket(paths.control_socket)
-                              for slot in supervisor.slots])
-    store = AsyncStore(engine)
-    sweep = NodeSweep(store, control, node=node)
-    companions: list[Companion] = [sweep.run, lambda: retire_superseded(paths, engine),
-                                   lambda: run_daily(daily_hooks(paths, engine))]
-    conninfo = listen_conninfo(engine.url)
-    if conninfo is not None:
-        companions.append(lambda: listen_for_signals(conninfo, sweep.wake))
-    if node is not None:
-        companions.append(lambda: run_heartbeat(store, node, settings, interval=None,
-                                                on_removed=supervisor.stop))
-    if plan is not None:
-        companions.append(lambda: run_portal(paths, engine, plan, control))
-    if metrics_at is not None:
-        companions.append(workers_metrics(paths, store, metrics_at, node, control))
-    tunnels, auth_failures = alarm_inputs(control)
-    companions.append(lambda: run_alarms(store, paths, node=node or "default", tunnels=tunnels,
-                                         auth_failures=auth_failures))
-    try:
-        await supervise(supervisor, companions)
-    finally:
-        await store.close()
-
-
-def alarm_inputs(control: WorkersControl) -> tuple[Tunnels, Counter]:
-    """What the supervisor's alarms read of its workers, each call in a thread: the first
-    worker's tunnels (it runs them all) and every worker's refused handshakes added up;
-    None while no worker concerned answers (starting, restarted): the round goes on with
-    the other rules, and those wait for the next round instead of clearing."""
-
-    async def tunnels() -> list[TunnelStatus] | None:
-        try:
-            return await asyncio.to_thread(control.tunnel_status)
-        except ControlError:
-            return None
-
-    async def auth_failures() -> int | None:
-        try:
-            handshakes = (await asyncio.to_thread(control.counters)).handshakes
-        except ControlError:
-            return None
-        return sum(handshakes.get(result, 0) for result in AUTH_FAILURES)
-
-    return tunnels, auth_failures
-
-
-def mend_crl(paths: DataPaths, engine: Engine) -> None:
-    """At start, CRL files that disagree with the store (a crash during a revocation) are
-    published again from it; a failure is logged, since the gateway itself asks the store."""
-    mended = crl.mend_crl(paths, engine, actor="service")
-    if mended.failure is not None:
-        log.error("the CRL files disagree with the store (%s) and were not mended: %s",
-                  mended.problem, mended.failure)
-    elif mended.problem is not None:
-        log.warning("the CRL files disagreed with the store (%s); published them again",
-                    mended.problem)
 
 
 def announce(service: GatewayService) -> None:
@@ -563,14 +211,18 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
     SIGTERM or Ctrl-C; refuses to start on what `sslvpn check` would report."""
     if (portal_cert is None) != (portal_key is None):
         raise click.UsageError("give both --portal-cert and --portal-key")
+    slot = _worker_slot(worker_slot)
+    if slot is None:  # a worker runs none of the node-wide work and never imports it
+        from sslvpn.cli import serve_node
+        from web.ops import metrics_listen
     try:
-        metrics_at = None if metrics_listen_at is None else metrics_listen(metrics_listen_at)
+        metrics_at = (None if metrics_listen_at is None or slot is not None
+                      else metrics_listen(metrics_listen_at))
     except ValueError as exc:
         raise click.UsageError(f"--metrics-listen: {exc}") from None
     log_to_stderr(verbose=verbose, log_format=log_format, node=node or "default")
     paths = paths_of(ctx)
     require_data_folder(ctx, write=True)
-    slot = _worker_slot(worker_slot)
     # one gateway per data folder: locked before the store, the socket, the TUN and nft (by
     # the supervisor when there are workers: they run only while it holds the lock)
     with (instance.exclusive(paths.serve_lock) if slot is None else contextlib.nullcontext(),
@@ -579,12 +231,12 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
             given = (portal_cert, portal_key) if portal_cert and portal_key else None
             preflight(paths, engine, given_portal=given, allow_insecure=allow_insecure)
             retention.ensure_incremental_vacuum(engine)  # once, before anyone is served
-            mend_crl(paths, engine)
-        plan = None if no_portal or slot is not None else portal_plan(
+            serve_node.mend_crl(paths, engine)
+        plan = None if no_portal or slot is not None else serve_node.portal_plan(
             paths, engine, portal_listen, portal_cert, portal_key, public_url)
         if slot is None and workers > 1:
             try:
-                run(supervise_node(paths, engine, WorkersPlan(
+                run(serve_node.supervise_node(paths, engine, serve_node.WorkersPlan(
                     workers, listen or ServeOptions.listen, port, proto), node, plan, metrics_at))
             except PortalStartError as exc:
                 raise click.ClickException(str(exc)) from None
@@ -597,17 +249,13 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
         first = slot is None or slot.first
         extra = [ipsec_task(gateway_store, node, on_activate)] if first else []
         if slot is None:
-            extra.append(lambda _gateway: retire_superseded(paths, engine))
-            extra.append(alarms_task(paths, gateway_store, node))
+            extra += serve_node.beside_gateway(paths, engine, gateway_store, node, metrics_at,
+                                               plan)
         if first:  # with workers, NotifyAccess=all takes the first one's word
             extra.append(lambda _gateway: notify_systemd("serving OpenVPN clients"))
-        if metrics_at is not None and slot is None:  # the supervisor serves the workers
-            extra.append(metrics_task(paths, gateway_store, metrics_at, node))
         if trace_frames is not None:
             tracemalloc.start(trace_frames)
             extra.append(heap_snapshot_task(paths.heap_snapshots))
-        if plan is not None:
-            extra.append(portal_task(paths, engine, plan))
         options = ServeOptions(
             listen=listen or ServeOptions.listen,
             port=port,
@@ -618,7 +266,7 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
             connect_freq=connect_freq,
             half_open_per_address=half_open_per_address,
             extra_tasks=tuple(extra),
-            daily_hooks=daily_hooks(paths, engine) if slot is None else (),
+            daily_hooks=serve_node.daily_hooks(paths, engine) if slot is None else (),
             sweep_interval=2.0 if slot is None else None,  # the supervisor sweeps for workers
             on_ready=announce,
             worker=slot,
@@ -637,3 +285,4 @@ def serve_command(ctx: click.Context, listen: tuple[str, ...], port: int | None,
 
 
 COMMANDS: list[click.Command] = [serve_command]
+

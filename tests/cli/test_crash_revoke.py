@@ -24,7 +24,7 @@ from cryptography.x509.oid import ExtensionOID
 from sqlmodel import select
 
 from client_profiles import accounts, lifecycle
-from sslvpn.cli import main, serve
+from sslvpn.cli import main, serve_node
 from sslvpn.config import DataPaths, database_url
 from sslvpn.store.db import open_engine, session
 from sslvpn.store.models import Certificate
@@ -47,7 +47,7 @@ def _serve_start(data_dir: Path) -> None:
     """What `sslvpn serve` does with the CRL before its gateway starts."""
     engine = open_engine(database_url(data_dir, None))
     try:
-        serve.mend_crl(DataPaths(data_dir), engine)
+        serve_node.mend_crl(DataPaths(data_dir), engine)
     finally:
         engine.dispose()
 

@@ -19,8 +19,9 @@ import aiohttp
 import pytest
 from click.testing import CliRunner
 
-from sslvpn.cli import main, serve
-from sslvpn.cli.serve import PortalPlan, announce, ipsec_task, portal_task, shown_url
+from sslvpn.cli import main, serve, serve_node
+from sslvpn.cli.serve import announce, ipsec_task
+from sslvpn.cli.serve_node import PortalPlan, portal_task, shown_url
 from sslvpn.config import DataPaths
 from sslvpn.runtime.gateway import Gateway, GatewayOptions
 from sslvpn.runtime.openvpn_setup import OpenVpnCredentials, build_acceptor
@@ -174,8 +175,8 @@ async def test_a_broken_store_at_first_start_is_only_logged(
         asked.append(engine)
         raise StoreError("database error: disk I/O error")
 
-    monkeypatch.setattr(serve, "ensure_first_admin", ensure)
-    assert await serve.first_admin(None) is None  # type: ignore[arg-type]
+    monkeypatch.setattr(serve_node, "ensure_first_admin", ensure)
+    assert await serve_node.first_admin(None) is None  # type: ignore[arg-type]
     assert asked == [None]  # asked once: the writer lock already waits for a busy store
     assert "cannot create the first admin (database error: disk I/O error)" in caplog.text
 
@@ -244,12 +245,12 @@ def test_serve_runs_one_worker_per_usable_core_unless_told(
     async def fake_serve(_service: GatewayService) -> None:
         ran.append(1)
 
-    async def fake_supervise(_paths: object, _engine: object, plan: serve.WorkersPlan,
+    async def fake_supervise(_paths: object, _engine: object, plan: serve_node.WorkersPlan,
                              *_rest: object) -> None:
         ran.append(plan.count)
 
     monkeypatch.setattr(serve, "serve", fake_serve)
-    monkeypatch.setattr(serve, "supervise_node", fake_supervise)
+    monkeypatch.setattr(serve_node, "supervise_node", fake_supervise)
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: cores)
     result = CliRunner().invoke(main, ["--data-dir", str(paths.data_dir), "serve", "--no-portal",
                                        *args])

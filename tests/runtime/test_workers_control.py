@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from sslvpn.cli.serve import alarm_inputs
+from sslvpn.cli.serve_node import alarm_inputs
 from sslvpn.net.access import AccessPolicy
 from sslvpn.runtime.alarms import Evaluator
 from sslvpn.runtime.control import GatewayCounters, summed
