@@ -113,8 +113,8 @@ class ServerSession(Endpoint):
     """
 
     __slots__ = ("config", "metadata", "peer_proto", "_peer_info", "_fingerprint", "_answer",
-                 "_awaiting_decision", "_decided", "_push_requested", "_answer_end", "_unasked",
-                 "_own_codec")
+                 "_awaiting_decision", "_decided", "_push_requested", "_answer_start",
+                 "_answer_end", "_unasked", "_own_codec")
 
     def __init__(
         self,
@@ -151,6 +151,7 @@ class ServerSession(Endpoint):
         self._awaiting_decision = False
         self._decided = False
         self._push_requested = False
+        self._answer_start = 0  # message id of the last answer's first message
         self._answer_end: int | None = None  # message id after the last answer sent
         self._unasked = False  # the answer may go without a PUSH_REQUEST
         ks = self._new_key_state(0, now)
@@ -326,17 +327,24 @@ class ServerSession(Endpoint):
         if self._push_requested or (self._unasked and ks.sender.all_acked()):
             self._send_answer(ks)
 
-    def _on_push_request(self, ks: KeyState) -> None:
+    def _on_push_request(self, ks: KeyState, now: float) -> None:
         """A PUSH_REQUEST proves the client is active; answered again once the last answer
-        was ACKed (one still in flight is the reliability layer's to deliver)."""
+        was ACKed. An answer still in flight goes again at once, as the same messages (the
+        client never reads two copies): the client asking again means it lacks it, and the
+        2.6 server answers every PUSH_REQUEST anew (push.c process_incoming_push_request),
+        so a lost reply costs the client's next ask there, not a retransmission timeout."""
         self._push_requested = True
         end = self._answer_end
         if end is None:
             self._answer_when_ready(ks)
         elif self._answer is not None and ks.sender.delivered(end):
             self._send_answer(ks)
+        elif self._answer is not None:
+            for message_id in range(self._answer_start, end):
+                ks.sender.resend(message_id, now)
 
     def _send_answer(self, ks: KeyState) -> None:
+        self._answer_start = ks.sender.next_message_id
         for message in self._answer or ():
             ks.send_message(message)
         self._answer_end = ks.sender.next_message_id
@@ -344,7 +352,7 @@ class ServerSession(Endpoint):
     # -- control messages ----------------------------------------------------------------
     def _on_message(self, ks: KeyState, message: str, now: float) -> None:
         if message == "PUSH_REQUEST":
-            self._on_push_request(ks)
+            self._on_push_request(ks, now)
         elif message == "EXIT":
             self._events.append(ExitRequested("control"))
             self._finish("peer exited (EXIT)")
