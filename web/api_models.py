@@ -291,7 +291,7 @@ class CustomerGateway(BaseModel):
     address: str
 
 
-Setting = int | float | str | Omit  # seconds, or a duration such as 30s, 5m, 1h
+Setting = int | float | str | Omit  # seconds, or a duration such as 30s, 5m, 1h; or bytes
 
 
 class TunnelSettingsChange(Body):
@@ -308,6 +308,7 @@ class TunnelSettingsChange(Body):
     retransmit_tries: Setting = None
     retransmit_base: Setting = None
     retransmit_limit: Setting = None
+    fragment_size: Setting = None
 
 
 class TunnelSettings(BaseModel):
@@ -324,6 +325,8 @@ class TunnelSettings(BaseModel):
     retransmit_tries: int
     retransmit_base: float
     retransmit_limit: float
+    fragment_size: int = Field(description="largest IKE datagram in bytes; larger messages "
+                                           "go as RFC 7383 fragments")
 
 
 class NewTunnel(Body):

@@ -195,12 +195,15 @@ _TIMER_OPTIONS: list[tuple[str, str]] = [
     ("--retransmit-tries", "Retransmissions before giving up [5]."),
     ("--retransmit-base", "Back-off factor per retransmission [1.8]."),
     ("--retransmit-limit", "Longest wait between retransmissions (0: none) [20s]."),
+    ("--fragment-size", "Largest IKE datagram in bytes; larger messages go as RFC 7383 "
+                        "fragments (lower it on small-MTU paths) [1280]."),
 ]
 F = Callable[..., Any]
 
 
 def _tunnel_options(func: F) -> F:
-    """Timers (strongSwan names, durations like 30s, 5m, 1h) and the start action."""
+    """Timers (strongSwan names, durations like 30s, 5m, 1h), the IKE fragment size and
+    the start action."""
     for flag, text in reversed(_TIMER_OPTIONS):
         func = click.option(flag, default=None, help=text)(func)
     func = click.option("--on-traffic", "start", flag_value="trap",
@@ -221,7 +224,7 @@ def describe(start: str, t: TunnelSettings) -> str:
             f"ike {d(t.ike_lifetime)}, child {d(t.child_lifetime)}, rekey margin "
             f"{d(t.rekey_margin)} +{t.rekey_fuzz}%, retransmit {d(t.retransmit_timeout)} "
             f"x{t.retransmit_base:g} {t.retransmit_tries} tries limit "
-            f"{d(t.retransmit_limit)}")
+            f"{d(t.retransmit_limit)}, fragments {t.fragment_size} bytes")
 
 
 @tunnel.command("add")
@@ -277,7 +280,8 @@ def tunnel_add(
 def tunnel_set(
     ctx: click.Context, /, name: str, start: str | None, **timers: str | None
 ) -> None:
-    """Change a tunnel's timers or start action; current SAs keep their keys."""
+    """Change a tunnel's timers, fragment size or start action; current SAs keep their
+    keys."""
     if start is None and all(v is None for v in timers.values()):
         raise PolicyError("nothing to change: give at least one setting (see --help)")
     with _store(ctx, write=True) as s:

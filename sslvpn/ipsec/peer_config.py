@@ -11,6 +11,11 @@ Timers map onto each format's own model: ours is ipsec.conf's (lifetime, margin,
 swanctl gets ``rekey_time = lifetime - margin``, ``over_time = margin`` and ``rand_time =
 margin x fuzz``. The peer's start action complements ours: when we initiate, the peer
 waits (and restarts on a dead peer); when we wait, the peer starts the tunnel.
+
+The IKE fragment size has no per-connection setting in either strongSwan file: it is
+``charon.fragment_size`` in strongswan.conf, for all connections, so both strongSwan formats
+name it in a comment; Libreswan has no such setting at all (it sizes fragments by address
+family), so its file only turns fragmentation on.
 """
 
 from __future__ import annotations
@@ -123,6 +128,15 @@ def _timers(t: TunnelSettings) -> dict[str, str]:
             "child_life": d(t.child_lifetime)}
 
 
+def _fragment_note(t: TunnelSettings, strongswan: bool) -> str:
+    """Where the peer's software sets the size of its own IKE fragments, if anywhere."""
+    own = (f"strongSwan sets its own for all connections in strongswan.conf: "
+           f"charon {{ fragment_size = {t.fragment_size} }}" if strongswan
+           else "Libreswan has no setting for the size of its own")
+    return (f"# IKE fragments (RFC 7383): ours are datagrams of at most {t.fragment_size} "
+            f"bytes;\n# {own}")
+
+
 def _swanctl(tunnel: PeerTunnel, include_psk: bool) -> str:
     t, tm = tunnel.settings, _timers(tunnel.settings)
     start, _ = _PEER_START[tunnel.start_action]
@@ -137,6 +151,7 @@ def _swanctl(tunnel: PeerTunnel, include_psk: bool) -> str:
         _header(tunnel, "strongSwan swanctl.conf"),
         "# load with: swanctl --load-all" + ("" if include_psk else
                                             " (after filling in the secret below)"),
+        _fragment_note(t, strongswan=True),
         "connections {",
         f"    {tunnel.name} {{",
         "        version = 2",
@@ -147,6 +162,7 @@ def _swanctl(tunnel: PeerTunnel, include_psk: bool) -> str:
         f"        over_time = {tm['over']}",
         f"        rand_time = {tm['rand']}",
         f"        dpd_delay = {dpd}",
+        "        fragmentation = yes",
         "        mobike = no",
         "        local {",
         "            auth = psk",
@@ -213,11 +229,14 @@ def _strongswan_ipsec(tunnel: PeerTunnel, include_psk: bool) -> str:
         f"    rekeyfuzz={t.rekey_fuzz}%",
         f"    dpddelay={d(t.dpd_delay)}" if t.dpd_delay else None,
         f"    dpdaction={t.dpd_action}" if t.dpd_delay else None,
+        "    fragmentation=yes",
         "    mobike=no",
         f"    auto={auto}",
         "",
         "# /etc/ipsec.secrets:",
         f"# {tunnel.peer_address} {tunnel.gateway_id} : PSK {secret}",
+        "",
+        _fragment_note(t, strongswan=True),
     )
 
 
@@ -292,10 +311,13 @@ def _libreswan(tunnel: PeerTunnel, include_psk: bool) -> str:
         f"    dpdtimeout={d(t.dpd_timeout)}" if t.dpd_delay and t.dpd_timeout else None,
         f"    dpdaction={'hold' if t.dpd_action == 'none' else t.dpd_action}"
         if t.dpd_delay else None,
+        "    fragmentation=yes",
         f"    auto={auto}",
         "",
         "# /etc/ipsec.secrets (or /etc/ipsec.d/*.secrets):",
         f"# {tunnel.peer_address} {tunnel.gateway_id} : PSK {secret}",
+        "",
+        _fragment_note(t, strongswan=False),
     )
 
 
@@ -320,6 +342,8 @@ def _text(tunnel: PeerTunnel, include_psk: bool) -> str:
         ("Your networks (local traffic selectors)", ", ".join(tunnel.peer_networks) or "-"),
         ("Our networks (remote traffic selectors)", ", ".join(tunnel.our_networks) or "-"),
         ("NAT traversal", "UDP 500, then 4500 (ESP in UDP, RFC 3948)"),
+        ("IKE fragmentation", f"RFC 7383; we send datagrams of at most {t.fragment_size} "
+                              "bytes"),
         ("Who starts", "we initiate; your side may wait" if tunnel.start_action == "initiate"
          else "your side initiates"),
     ]

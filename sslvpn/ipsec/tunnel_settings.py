@@ -5,7 +5,9 @@ each bad value is refused with the same single line everywhere, and turned by th
 into the IKE core's timers (`ike_timers`). Names follow strongSwan: ``dpd_delay``,
 ``dpd_timeout``, ``dpd_action``; ipsec.conf's ``ikelifetime``/``lifetime``/``margintime``/
 ``rekeyfuzz`` (an SA is rekeyed ``margin`` plus a random part of ``margin x fuzz`` before
-it ends); charon's ``retransmit_timeout``/``_tries``/``_base``/``_limit``.
+it ends); charon's ``retransmit_timeout``/``_tries``/``_base``/``_limit``, and its
+``fragment_size``: the largest IP datagram of an IKE fragment (RFC 7383), lowered for paths
+with a small MTU (PPPoE, GRE, IPsec inside IPsec).
 
 Two defaults differ from strongSwan on purpose: ``dpd_timeout`` (30 s) bounds how long any
 request on an established SA may go unanswered (strongSwan's IKEv2 waits out all five
@@ -19,6 +21,12 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from sslvpn.ipsec.ike.fragments import (
+    DATAGRAM_OVERHEAD,
+    FRAGMENT_DATAGRAM_SIZE,
+    MAX_FRAGMENT_DATAGRAM,
+    MIN_FRAGMENT_DATAGRAM,
+)
 from sslvpn.ipsec.policy import PolicyError
 
 DPD_ACTIONS = ("restart", "clear", "none")
@@ -62,7 +70,8 @@ _DURATIONS: dict[str, tuple[str, float, float, bool]] = {
 
 @dataclass(frozen=True)
 class TunnelSettings:
-    """Timers of one tunnel, in seconds (fuzz in percent of the margin)."""
+    """Timers of one tunnel, in seconds (fuzz in percent of the margin), and its IKE
+    fragment size in bytes."""
 
     dpd_delay: float = 30.0
     dpd_timeout: float = 30.0
@@ -75,6 +84,7 @@ class TunnelSettings:
     retransmit_tries: int = 5
     retransmit_base: float = 1.8
     retransmit_limit: float = 20.0
+    fragment_size: int = FRAGMENT_DATAGRAM_SIZE
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -110,6 +120,10 @@ class TunnelSettings:
         _between("rekey fuzz", self.rekey_fuzz, 0, 200, "%")
         _between("retransmit tries", self.retransmit_tries, 0, 20, "")
         _between("retransmit base", self.retransmit_base, 1.0, 4.0, "")
+        if not MIN_FRAGMENT_DATAGRAM <= self.fragment_size <= MAX_FRAGMENT_DATAGRAM:
+            raise PolicyError(f"fragment size must be {MIN_FRAGMENT_DATAGRAM} to "
+                              f"{MAX_FRAGMENT_DATAGRAM} bytes (the largest IKE datagram), "
+                              f"not {self.fragment_size}")
         earliest = self.rekey_margin * (1 + self.rekey_fuzz / 100)
         for what, life in (("IKE", self.ike_lifetime), ("child", self.child_lifetime)):
             if earliest >= life:
@@ -119,7 +133,8 @@ class TunnelSettings:
                     f"{format_duration(life)}")
 
     def ike_timers(self) -> dict[str, float]:
-        """The IKE core's timer arguments (`IkeConfig`)."""
+        """The IKE core's timer arguments (`IkeConfig`), and its largest IKE message: the
+        fragment size less the headers of an IPv6 datagram to port 4500."""
         jitter = self.rekey_margin * self.rekey_fuzz / 100
         return {
             "ike_rekey_time": self.ike_lifetime - self.rekey_margin,
@@ -133,7 +148,11 @@ class TunnelSettings:
             "retransmit_factor": self.retransmit_base,
             "retransmit_tries": self.retransmit_tries,
             "retransmit_limit": self.retransmit_limit,
+            "fragment_size": self.fragment_size - DATAGRAM_OVERHEAD,
         }
+
+
+_INTEGERS = ("rekey_fuzz", "retransmit_tries", "fragment_size")
 
 
 def _parse(name: str, value: object) -> object:
@@ -144,7 +163,7 @@ def _parse(name: str, value: object) -> object:
         return str(value).strip().lower()
     text = str(value).strip().rstrip("%")
     try:
-        return int(text) if name in ("rekey_fuzz", "retransmit_tries") else float(text)
+        return int(text) if name in _INTEGERS else float(text)
     except ValueError:
         raise PolicyError(f"{what} must be a number, not {value!r}") from None
 

@@ -331,7 +331,7 @@ class VpnTunnel(SQLModel, table=True):
     # written by the node that took the tunnel's lease (the lock itself is the truth)
     owner_node: str | None = None
     owner_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    # timers (sslvpn.ipsec.tunnel_settings.TunnelSettings), seconds
+    # timers (sslvpn.ipsec.tunnel_settings.TunnelSettings), seconds; fragment size, bytes
     dpd_delay: float = 30.0
     dpd_timeout: float = 30.0
     dpd_action: str = "restart"
@@ -343,11 +343,13 @@ class VpnTunnel(SQLModel, table=True):
     retransmit_tries: int = 5
     retransmit_base: float = 1.8
     retransmit_limit: float = 20.0
+    fragment_size: int = 1280
 
 
 TUNNEL_TIMER_COLUMNS = (
     "dpd_delay", "dpd_timeout", "dpd_action", "ike_lifetime", "child_lifetime", "rekey_margin",
     "rekey_fuzz", "retransmit_timeout", "retransmit_tries", "retransmit_base", "retransmit_limit",
+    "fragment_size",
 )
 
 

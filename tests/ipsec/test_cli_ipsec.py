@@ -203,17 +203,19 @@ def test_tunnel_timers_are_set_shown_and_checked(run: Run) -> None:
     ok(run("tunnel", "add", "t2", "--gateway", "vgw", "--customer-gateway", "dc2", "--psk-stdin",
            "--on-traffic", "--dpd-delay", "10s", "--child-lifetime", "20m", stdin=PSK))
     changed = ok(run("tunnel", "set", "t2", "--dpd-action", "clear", "--retransmit-limit", "0",
-                     "--rekey-margin", "2m"))
+                     "--rekey-margin", "2m", "--fragment-size", "1400"))
     assert "dpd 10s/30s clear" in changed and "child 20m" in changed and "limit 0s" in changed
+    assert changed.endswith("fragments 1400 bytes\n"), changed
     rows = {r["name"]: r for r in json.loads(ok(run("status", "--json")))}
     assert rows["t2"]["settings"] == {
         "start_action": "trap", "dpd_delay": 10.0, "dpd_timeout": 30.0, "dpd_action": "clear",
         "ike_lifetime": 10800.0, "child_lifetime": 1200.0, "rekey_margin": 120.0,
         "rekey_fuzz": 100, "retransmit_timeout": 4.0, "retransmit_tries": 5,
-        "retransmit_base": 1.8, "retransmit_limit": 0.0}
+        "retransmit_base": 1.8, "retransmit_limit": 0.0, "fragment_size": 1400}
     assert rows["t1"]["settings"]["start_action"] == "wait"
     text = ok(run("status"))
     assert "t1: start wait, dpd 30s/30s restart, ike 3h, child 1h" in text
+    assert "limit 20s, fragments 1280 bytes\n" in text
     ok(run("tunnel", "set", "t2", "--initiate"))
     assert "initiate" in ok(run("tunnel", "list")).splitlines()[2]
 
@@ -230,6 +232,10 @@ def test_tunnel_timers_are_set_shown_and_checked(run: Run) -> None:
         (("--rekey-fuzz", "300"), "rekey fuzz must be 0% to 200%, not 300%"),
         (("--retransmit-tries", "many"), "retransmit tries must be a number, not 'many'"),
         (("--retransmit-base", "9"), "retransmit base must be 1 to 4, not 9"),
+        (("--fragment-size", "200"), "fragment size must be 220 to 65535 bytes (the largest "
+                                     "IKE datagram), not 200"),
+        (("--fragment-size", "65536"), "fragment size must be 220 to 65535 bytes"),
+        (("--fragment-size", "1.4k"), "fragment size must be a number, not '1.4k'"),
         ((), "nothing to change"),
     ],
 )

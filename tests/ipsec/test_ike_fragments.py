@@ -4,6 +4,7 @@ forged or excessive fragments that must never crash the SA or grow its memory.""
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -22,6 +23,7 @@ from sslvpn.ipsec.ike.messages import (
     pull_message,
 )
 from sslvpn.ipsec.ike.sa import IkeSa, IkeState
+from sslvpn.ipsec.ike.traffic_selectors import TrafficSelector
 
 from .ike_pair import A_ADDR, B_ADDR, Pair, config, establish, init_request, make_pair, seeded
 
@@ -82,6 +84,21 @@ def test_a_lost_fragment_is_recovered_by_retransmitting_all_of_them() -> None:
     assert lost and pair.b.state is not IkeState.ESTABLISHED
     pair.advance(pair.now + 5)  # the initiator's first retransmission
     assert pair.a.state is IkeState.ESTABLISHED and pair.b.state is IkeState.ESTABLISHED
+
+
+def test_a_message_needing_too_many_fragments_goes_whole_instead_of_failing() -> None:
+    """At the smallest fragment size a tunnel may be given, an IKE_AUTH carrying 100 IPv6
+    traffic selectors needs more than MAX_FRAGMENTS: it goes as one datagram (as without
+    RFC 7383, left to IP fragmentation) instead of the SA never getting past IKE_SA_INIT."""
+    many = tuple(TrafficSelector.from_network(f"fd00:{i:x}::/64") for i in range(100))
+    size = fr.MIN_FRAGMENT_DATAGRAM - fr.DATAGRAM_OVERHEAD
+    a, b = config("A", fragment_size=size), config("B", fragment_size=size)
+    pair = make_pair(replace(a, local_ts=a.local_ts + many),
+                     replace(b, remote_ts=b.remote_ts + many))
+    seen = _traced(pair)
+    establish(pair)
+    assert pair.a.state is IkeState.ESTABLISHED and pair.b.state is IkeState.ESTABLISHED
+    assert [frag for d, e, frag in seen if e == ExchangeType.IKE_AUTH] == [False, False]
 
 
 def test_fragmentation_is_used_only_when_both_sides_announce_it() -> None:

@@ -23,6 +23,7 @@ from click.testing import CliRunner
 
 from sslvpn.cli import main
 from sslvpn.config import DataPaths
+from sslvpn.ipsec.ike.fragments import MIN_FRAGMENT_DATAGRAM
 from sslvpn.runtime.control import TunnelStatus
 from sslvpn.runtime.control_server import ControlClient, ControlError
 from sslvpn.store import ipsec_queries as q
@@ -154,11 +155,16 @@ def bring_up(topo: Topology, peer: Peer, ike: str, esp: str, *, we_initiate: boo
     peer.remove_tunnel()
     topo.start_charon(CharonConfig(ike_proposals=ike, esp_proposals=esp, dpd_delay=dpd_delay))
     peer.configure(*(ours or (ike, esp)), initiate=we_initiate)
+    assert topo.charon is not None
+    connect(topo.charon, peer, we_initiate=we_initiate)
+
+
+def connect(charon: Charon, peer: Peer, *, we_initiate: bool) -> None:
+    """Our tunnel, just configured, comes up: when it waits, charon initiates."""
     if not we_initiate:
         peer.wait_state("connecting")
-        assert topo.charon is not None
-        out = topo.charon.swanctl("--initiate", "--child", "net", "--timeout", "20", check=False)
-        assert "completed successfully" in out, out + topo.charon.tail()
+        out = charon.swanctl("--initiate", "--child", "net", "--timeout", "20", check=False)
+        assert "completed successfully" in out, out + charon.tail()
     peer.wait_state("up")
 
 
@@ -250,16 +256,42 @@ def test_strongswans_fragmented_ike_auth_is_reassembled(
     charon = topo.start_charon(CharonConfig(ike_proposals=ike, esp_proposals=esp,
                                             options={"fragment_size": "200"}))
     peer.configure(ike, esp, initiate=we_initiate)
-    if not we_initiate:
-        peer.wait_state("connecting")
-        out = charon.swanctl("--initiate", "--child", "net", "--timeout", "20", check=False)
-        assert "completed successfully" in out, out + charon.tail()
-    peer.wait_state("up")
+    connect(charon, peer, we_initiate=we_initiate)
     ping(topo.lanb, HOST_A)
     log = charon.log.read_text()
     assert re.search(r"generating IKE_AUTH (request|response) 1 \[ EF\(1/[2-9]\) \]", log), (
         charon.tail(60))
     assert not (peer.status() or _down()).ike_drops, peer.status()
+
+
+@pytest.mark.parametrize("we_initiate", [True, False], ids=["we-initiate", "strongswan-initiates"])
+def test_our_fragmented_ike_auth_is_reassembled_by_strongswan(
+    topo: Topology, peer: Peer, we_initiate: bool
+) -> None:
+    """Our tunnel at its smallest fragment size (a path with a small MTU) splits its
+    IKE_AUTH request or response (RFC 7383): charon reassembles the fragments, none of which
+    is larger than the setting, and the tunnel carries traffic both ways."""
+    ike, esp = "aes256-sha256-modp2048", "aes256gcm16"
+    peer.remove_tunnel()
+    charon = topo.start_charon(CharonConfig(ike_proposals=ike, esp_proposals=esp,
+                                            extra_log={"net": 1}))
+    mark = charon.log.stat().st_size  # the log is appended to by every test of the module
+    peer.configure(ike, esp, initiate=we_initiate,
+                   settings={"fragment_size": MIN_FRAGMENT_DATAGRAM})
+    connect(charon, peer, we_initiate=we_initiate)
+    ping(topo.lanb, HOST_A)
+    ping(topo.lana, HOST_B)
+    log = charon.log.read_bytes()[mark:].decode(errors="replace")
+    ours = "request" if we_initiate else "response"
+    # charon logs each datagram's IKE message size, then parses it as one fragment
+    fragments = [int(n) for n in re.findall(
+        rf"received packet: from \S+ to \S+ \((\d+) bytes\)\n[^\n]*parsed IKE_AUTH {ours} 1 "
+        r"\[ EF\(\d/\d\) \]\n[^\n]*received fragment #\d of \d, (?:waiting|reassembled)", log)]
+    assert len(fragments) >= 2, charon.tail(60)
+    assert re.search(r"received fragment #\d of \d, reassembled fragmented IKE message \(\d+ "
+                     rf"bytes\)\n[^\n]*parsed IKE_AUTH {ours} 1 \[ ID[ir] ", log), charon.tail(60)
+    # each fragment's datagram: the message, the non-ESP marker, UDP and IPv4 headers
+    assert max(fragments) + 4 + 8 + 20 <= MIN_FRAGMENT_DATAGRAM, fragments
 
 
 RECEIVER = """

@@ -136,3 +136,21 @@ def test_file_names_and_unknown_formats() -> None:
         "t.swanctl.conf", "t.ipsec.conf", "t.libreswan.conf", "t.txt"]
     with pytest.raises(ValueError, match="format must be one of"):
         render(tunnel(), "cisco")
+
+
+def test_the_fragment_size_is_named_where_the_peers_software_sets_one() -> None:
+    """strongSwan sets its fragment size in strongswan.conf for all connections, so both
+    strongSwan files name it in a comment; Libreswan has no such setting; every format turns
+    fragmentation on."""
+    small = tunnel(settings=TunnelSettings().changed(fragment_size="1400"))
+    swanctl = render(small, "swanctl")
+    assert "        fragmentation = yes\n" in swanctl
+    assert "# strongSwan sets its own for all connections in strongswan.conf: charon { " \
+           "fragment_size = 1400 }\n" in swanctl
+    legacy = render(small, "strongswan-ipsec")
+    assert "    fragmentation=yes\n" in legacy and "fragment_size = 1400 }" in legacy
+    libreswan = render(small, "libreswan")
+    assert "    fragmentation=yes\n" in libreswan and "fragment_size" not in libreswan
+    assert "ours are datagrams of at most 1400 bytes;\n# Libreswan has no setting" in libreswan
+    assert re.search(r"IKE fragmentation +RFC 7383; we send datagrams of at most 1400 bytes",
+                     render(small, "text"))

@@ -242,14 +242,17 @@ async def test_tunnel_settings_and_actions_over_the_api(
         ({"settings": {"dpd_action": "hold"}}, "dpd action must be one of"),
         ({"settings": {"wobble": 1}}, "unknown tunnel setting 'wobble'"),
         ({"settings": {"dpd_delay": True}}, "setting 'dpd_delay' has the wrong type"),
+        ({"settings": {"fragment_size": 100}}, "fragment size must be 220 to 65535 bytes"),
         ({"start_action": "later"}, "start action"),
     ]
     for request, reason in refusals:
         status, answer = await call(client, "PATCH", "/tunnels/t2", request)
         assert status == 400 and reason in answer["error"], (request, answer)
     status, body = await call(client, "PATCH", "/tunnels/t2",
-                              {"settings": {"rekey_margin": "2m", "dpd_action": "none"}})
+                              {"settings": {"rekey_margin": "2m", "dpd_action": "none",
+                                            "fragment_size": 1400}})
     assert status == 200 and body["settings"]["rekey_margin"] == 120.0
+    assert body["settings"]["fragment_size"] == 1400
     assert body["settings"]["dpd_delay"] == 10.0  # merged over what was stored
     status, answer = await call(client, "POST", "/tunnels/t1/restart")
     assert status == 409 and "is not up" in answer["error"]

@@ -448,12 +448,15 @@ async def test_tunnel_settings_and_actions_on_the_tunnel_page(
     page = await (await client.get("/admin/ipsec/tunnels/t1")).text()
     assert 'name="dpd_delay" class="mono" value="30s"' in page
     assert 'name="retransmit_base" class="mono" value="1.8"' in page
+    assert 'name="fragment_size" class="mono" value="1280"' in page
     code, page = await post(client, "/admin/ipsec/tunnels/t1/settings", csrf,
-                            dpd_delay="10s", dpd_action="clear", start="trap")
+                            dpd_delay="10s", dpd_action="clear", start="trap",
+                            fragment_size="1400")
     assert code == 200 and "settings saved" in page
     with db.session(site.engine, write=False) as s:
         row = q.get_tunnel(s, name="t1")
         assert (row.dpd_delay, row.dpd_action, row.start_action) == (10.0, "clear", "trap")
+        assert row.fragment_size == 1400
     code, page = await post(client, "/admin/ipsec/tunnels/t1/settings", csrf,
                             rekey_margin="50m")
     assert code == 400

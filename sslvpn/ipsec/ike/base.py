@@ -214,8 +214,11 @@ class SaBase:
                 or exchange in (c.ExchangeType.IKE_SA_INIT,
                                  c.ExchangeType.IKE_INTERMEDIATE)):
             return [data]
-        return ctx.encode_fragments(exchange, message_id, response, payloads,
-                                    self.config.fragment_size)
+        try:
+            return ctx.encode_fragments(exchange, message_id, response, payloads,
+                                        self.config.fragment_size)
+        except ValueError:  # more than MAX_FRAGMENTS at a small size: whole, as without
+            return [data]  # RFC 7383, rather than no message at all
 
     def _backoff(self, tries: int) -> float:
         """The wait after the ``tries``-th resend: strongSwan's 4 s x 1.8^n, capped by

@@ -19,9 +19,17 @@ from .constants import GENERIC_PAYLOAD_HEADER_LENGTH, IKE_HEADER_LENGTH, Payload
 from .messages import IkeHeader, SkfPayload, SkProtector, push_header
 
 SKF_HEADER_LENGTH = GENERIC_PAYLOAD_HEADER_LENGTH + 4  # + Fragment Number, Total Fragments
-# tuning: 1280-byte datagrams (the IPv6 minimum MTU, strongSwan's fragment_size) less the
-# IPv6 and UDP headers and the non-ESP marker
-FRAGMENT_MESSAGE_SIZE = 1280 - 40 - 8 - 4
+# what a datagram adds around an IKE message on port 4500: IPv6 and UDP headers, non-ESP
+# marker (IPv6's, so a size holds for either family)
+DATAGRAM_OVERHEAD = 40 + 8 + 4
+# tuning: 1280-byte datagrams (the IPv6 minimum MTU, strongSwan's charon.fragment_size)
+FRAGMENT_DATAGRAM_SIZE = 1280
+FRAGMENT_MESSAGE_SIZE = FRAGMENT_DATAGRAM_SIZE - DATAGRAM_OVERHEAD
+# the smallest datagram worth configuring: its fragment carries 68 bytes (the IPv4 minimum
+# MTU) after the headers and the largest sealing overhead (AES-CBC's 16-byte IV and up to 16
+# bytes of padding, HMAC-SHA2-512-256's 32-byte ICV), so MAX_FRAGMENTS hold over 2 KiB
+MIN_FRAGMENT_DATAGRAM = DATAGRAM_OVERHEAD + IKE_HEADER_LENGTH + SKF_HEADER_LENGTH + 64 + 68
+MAX_FRAGMENT_DATAGRAM = 65535  # the largest IP datagram
 MAX_FRAGMENTS = 32
 MAX_REASSEMBLED = 64 * 1024  # plaintext bytes of one message
 
