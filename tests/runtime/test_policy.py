@@ -17,6 +17,7 @@ from sqlmodel import Session
 from client_profiles import accounts
 from sslvpn.runtime.policy import (
     KNOWN_FRESH,
+    KNOWN_KEPT,
     Authorization,
     LeaseStored,
     SessionCounted,
@@ -118,6 +119,22 @@ async def test_the_snapshot_admits_at_once_only_what_a_fresh_read_admitted(
     assert policy.admitted_now("a2") is None
     await policy.authorize("a2")
     store._mark_down("a test", read=True)  # the store stopped answering: as before
+    assert policy.admitted_now("a2") is None
+
+
+async def test_the_snapshot_keeps_the_most_recently_presented_certificates(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bounded (its refresh reads them all): the least recently presented one goes first,
+    and one not presented for KNOWN_KEPT goes at the next refresh."""
+    monkeypatch.setattr("sslvpn.runtime.policy.KNOWN_MAX", 1)
+    clock = [100.0]
+    policy = StorePolicy(AsyncStore(engine), monotonic=lambda: clock[0])
+    await policy.authorize("a1")
+    await policy.authorize("a2")
+    assert policy.admitted_now("a1") is None and policy.admitted_now("a2") is not None
+    clock[0] += KNOWN_KEPT + 1
+    await policy.refresh_admissions()
+    clock[0] = 100.0
     assert policy.admitted_now("a2") is None
 
 
