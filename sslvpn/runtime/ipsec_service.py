@@ -63,10 +63,12 @@ from sslvpn.store.ipsec_queries import (
     stale_nodes,
     tunnel_configs,
 )
-from sslvpn.store.leases import TunnelLeases
 
-if TYPE_CHECKING:  # what a store thread hands _read_configs; never opened here
+if TYPE_CHECKING:  # what a store thread hands _read_configs (never opened here), and the
+    # leases, whose module loads psycopg, which only a fleet node's store needs
     from sqlmodel import Session
+
+    from sslvpn.store.leases import TunnelLeases
 
 log = logging.getLogger(__name__)
 

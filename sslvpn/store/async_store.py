@@ -28,14 +28,16 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from sqlmodel import Session
 
 from sslvpn.store import StoreError, StoreUnavailable, db
-from sslvpn.store.leases import TunnelLeases
+
+if TYPE_CHECKING:  # psycopg, which the leases use, only loads for a fleet node's IPsec
+    from sslvpn.store.leases import TunnelLeases
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +161,8 @@ class AsyncStore:
     def leases(self, node: str) -> TunnelLeases:
         """Node ``node``'s IPsec tunnel leases, on a connection of their own; call them only
         through `call` (they block). ValueError on SQLite, which has no advisory locks."""
+        from sslvpn.store.leases import TunnelLeases
+
         return TunnelLeases(self.engine, node)
 
     async def close(self) -> None:
