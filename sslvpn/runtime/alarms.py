@@ -45,7 +45,6 @@ if TYPE_CHECKING:  # the type of what a store thread hands us, never opened here
 
 log = logging.getLogger(__name__)
 
-INTERVAL = 10.0  # seconds between rounds
 SEND_TIMEOUT = 10.0  # seconds one webhook POST or one e-mail may take
 CLAIM_SECONDS = 120.0  # a notice taken for delivery is not taken again before this
 GIVE_UP_AFTER = 12  # delivery rounds before a notice is dropped (logged)
@@ -131,12 +130,16 @@ class Evaluator:
 
     def __init__(self, node: str = "default") -> None:
         self.node = node
+        # seconds to the next round: the ``evaluate.seconds`` setting as the last round read it
+        self.interval = float(alarm_queries.DEFAULTS["evaluate.seconds"][0])
         self._down_since: dict[str, float] = {}
         self._over_since: dict[str, float] = {}
         self._last_bytes: dict[str, tuple[float, int]] = {}
         self._last_auth: tuple[float, int] | None = None
 
     def evaluate(self, facts: Facts, clock: float) -> Observation:
+        self.interval = max(_number(facts.settings, "evaluate.seconds"),
+                            alarm_queries.MIN_EVALUATE_SECONDS)
         seen = Observation(scopes=("certificate-expiry/", "client-certificate-expiry/"))
         self._expiry(facts, seen)
         self._nodes(facts, seen)
@@ -334,9 +337,10 @@ async def send_email(settings: dict[str, str], to: list[str], body: dict[str, ob
 
 async def run_alarms(store: AsyncStore, paths: DataPaths, *, node: str = "default",
                      tunnels: Tunnels | None = None, auth_failures: Counter | None = None,
-                     interval: float = INTERVAL) -> None:
-    """The periodic task: every ``interval`` seconds, evaluate and deliver. A failing round
-    (the store away) is logged once per change, and the next round tries again."""
+                     interval: float | None = None) -> None:
+    """The periodic task: evaluate and deliver every ``evaluate.seconds`` (read each round;
+    ``interval`` overrides it). A failing round (the store away) is logged once per change,
+    and the next round tries again."""
     evaluator = Evaluator(node)
     deliverer = Deliverer(store)
     failing: str | None = None
@@ -352,7 +356,7 @@ async def run_alarms(store: AsyncStore, paths: DataPaths, *, node: str = "defaul
             failing = str(exc)
         else:
             failing = None
-        await asyncio.sleep(interval)
+        await asyncio.sleep(evaluator.interval if interval is None else interval)
 
 
 async def alarm_round(store: AsyncStore, paths: DataPaths, evaluator: Evaluator, *,

@@ -27,6 +27,7 @@ from sslvpn.store.queries import record_audit
 
 # key -> (default, what it means); "" leaves a channel off. Rule keys are <rule>.<param>.
 DEFAULTS: dict[str, tuple[str, str]] = {
+    "evaluate.seconds": ("10", "seconds between two evaluations of the rules (at least 1)"),
     "ipsec-down.seconds": ("60", "raise when an IPsec tunnel is down longer than this"),
     "node-down.seconds": ("30", "raise when a node's heartbeat is older than this"),
     "certificate-expiry.days": ("30,7,1", "raise for the CA and the server certificate at "
@@ -90,6 +91,7 @@ def set_alarm_setting(s: Session, key: str, value: str, *, actor: str,
                  source_address=source_address, detail=shown)
 
 
+MIN_EVALUATE_SECONDS = 1.0  # a round reads the store: never a busy loop
 _NUMBERS = (".seconds", ".per-minute", ".percent", ".minutes")
 
 
@@ -102,6 +104,8 @@ def check_value(key: str, value: str) -> None:
             ok = False
         if not ok:
             raise RejectedError(f"{key} must be a number, not {value!r}")
+        if key == "evaluate.seconds" and float(value) < MIN_EVALUATE_SECONDS:
+            raise RejectedError(f"evaluate.seconds must be at least {MIN_EVALUATE_SECONDS:g}")
     elif key.endswith(".days") and not all(
             part.strip().isdigit() and 0 < int(part) < 10000 for part in value.split(",")):
         raise RejectedError(f"{key} must be days like 30,7,1, not {value!r}")

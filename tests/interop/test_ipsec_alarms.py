@@ -1,10 +1,11 @@
 """The IPsec tunnel-down alarm with a real strongSwan peer and a real webhook receiver.
 
 Layout as in test_serve_ipsec (namespaces with the prefix ``a12``): `sslvpn serve` in siteb
-holds a tunnel to charon in sitea, with a short DPD so a dead peer is noticed in seconds,
-and an aiohttp receiver beside it checks each alarm's HMAC; with `--workers 2` the
-supervisor evaluates, reading the tunnels from the first worker. Killing charon (SIGKILL: no
-DELETE) must bring exactly one signed "raised"; starting it again, exactly one "cleared".
+holds a tunnel to charon in sitea, with a short DPD so a dead peer is noticed in seconds and
+alarm rounds a second apart, and an aiohttp receiver beside it checks each alarm's HMAC;
+with `--workers 2` the supervisor evaluates, reading the tunnels from the first worker.
+Killing charon (SIGKILL: no DELETE) must bring exactly one signed "raised"; starting it
+again, exactly one "cleared".
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def test_killing_strongswan_raises_one_alarm_and_restarting_it_clears_it(
     _cli(data, "alarm", "set", "webhook.url", f"http://127.0.0.1:{HOOK_PORT}/hook")
     _cli(data, "alarm", "set", "webhook.secret", "-", stdin=SECRET + "\n")
     _cli(data, "alarm", "set", "ipsec-down.seconds", "3")
+    _cli(data, "alarm", "set", "evaluate.seconds", "1")  # a round a second, not every 10 s
     out, hook_log = tmp_path / "hooks.jsonl", tmp_path / "receiver.log"
     receiver = sites.siteb.spawn([sys.executable, RECEIVER, str(HOOK_PORT), SECRET, str(out)],
                                  log=hook_log)

@@ -14,14 +14,15 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from sslvpn.cli import main
 from sslvpn.config import DataPaths
 from tests.interop.conftest import SSLVPN
 from tests.ipsec.strongswan_lab import (
@@ -95,9 +96,10 @@ def configure_tunnel(data: Path, *timers: str) -> None:
 
 
 def _cli(data: Path, *args: str, stdin: str | None = None) -> str:
-    result = subprocess.run([SSLVPN, "--data-dir", str(data), *args], input=stdin, text=True,
-                            capture_output=True, timeout=120, check=False)
-    assert result.returncode == 0, f"sslvpn {' '.join(args)}: {result.stdout}{result.stderr}"
+    """The real CLI, run in-process (click's runner): the same commands without a Python
+    start-up per call, which under load cost seconds each and lengthened every poll."""
+    result = CliRunner().invoke(main, ["--data-dir", str(data), *args], input=stdin)
+    assert result.exit_code == 0, f"sslvpn {' '.join(args)}: {result.output}"
     return result.stdout
 
 

@@ -317,6 +317,7 @@ async def test_alarm_test_reaches_each_channel(
 @pytest.mark.parametrize(("key", "value", "why"), [
     ("smtp.password", "hunter2", "stdin"),  # a secret on the command line: seen in ps
     ("node-down.seconds", "half a minute", "must be a number"),
+    ("evaluate.seconds", "0.1", "at least 1"),  # a round reads the store: no busy loop
     ("certificate-expiry.days", "30,seven", "must be days"),
     ("crl-resign.enabled", "maybe", "yes or no"),
     ("smtp.port", "70000", "port number"),
@@ -390,6 +391,14 @@ def test_a_node_is_down_once_its_heartbeat_is_older_than_the_limit() -> None:
     seen = Evaluator().evaluate(_facts(heartbeat_ages={"n1": 31.0, "n2": 3.0, "n3": None}),
                                 0.0)
     assert set(seen.bad) == {"node-down/n1"} and seen.good == {"node-down/n2"}
+
+
+def test_the_next_round_comes_after_the_evaluate_seconds_the_last_round_read() -> None:
+    evaluator = Evaluator()
+    assert evaluator.interval == 10.0  # before any round: the default
+    evaluator.evaluate(replace(_facts(), settings={**_facts().settings,
+                                                   "evaluate.seconds": "2.5"}), 0.0)
+    assert evaluator.interval == 2.5
 
 
 def test_refused_handshakes_alarm_above_the_rate_per_minute() -> None:
