@@ -14,7 +14,8 @@ per-flow cache answers the packets after a flow's first with one dict probe, as 
 gateway's VPC memo does: for IPv4 TCP and UDP keyed by one slice of the header (destination
 and both ports: one entry per connection), for the rest by protocol, address, port. For a
 connection's later packets the gateway probes that cache (``known``) in place of its VPC
-check, so a restricted client pays one dict probe per packet, as an unrestricted one does.
+check, so a restricted client pays one dict probe per packet, as an unrestricted one does;
+a reply's probe (``known_reply``) is the only lookup the rules add on the way back.
 
 Replies (VPC -> client) pass by symmetric rules: a packet to a client passes when the client
 could send its mirror (its source as destination, its source port as port). That needs no
@@ -268,6 +269,21 @@ class CompiledRules:
         if packet[6] & 0x1F or packet[7]:  # a later fragment: bytes 20-23 are no ports
             return None
         return flows.get(packet[16:24])
+
+    def known_reply(self, packet: bytes) -> Hits | None:
+        """``known`` for a packet to the client: the verdict ``reply_allowed`` cached for
+        this IPv4 TCP/UDP connection, or None (ask ``reply_allowed``). ``packet`` has 20
+        bytes or more, as the caller checked; not counted (the caller does)."""
+        protocol = packet[9]
+        if protocol == TCP:
+            flows = self._tcp_replies
+        elif protocol == UDP:
+            flows = self._udp_replies
+        else:
+            return None
+        if packet[0] != 0x45 or packet[6] & 0x1F or packet[7]:
+            return None
+        return flows.get(packet[12:24])
 
     def reply_allowed(self, packet: bytes) -> bool:
         """A packet to the client: passes when the client could send its mirror."""

@@ -263,9 +263,17 @@ class Gateway:
         if client is None or client.driver is None:
             self.drops["tun-no-session"] += 1
             return
-        if client.access is not None and not client.access.reply_allowed(packet):
-            self.drops["access-denied"] += 1
-            return
+        access = client.access
+        if access is not None:
+            hit = access.known_reply(packet)  # a connection's later packets: one probe
+            if hit is None:
+                allowed = access.reply_allowed(packet)
+            else:
+                hit.packets += 1
+                allowed = hit.allow
+            if not allowed:
+                self.drops["access-denied"] += 1
+                return
         client.bytes_out += len(packet)
         client.packets_out += 1
         client.driver.send_packet(packet)

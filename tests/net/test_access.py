@@ -128,7 +128,14 @@ def test_a_reply_passes_when_its_mirror_would(found: list[Rule], sample: list[tu
         client = ipaddress.ip_address("10.8.0.2" if far.version == 4 else "fd08::2")
         reply = packet(far, client, protocol, sport=port or 0, dport=50000, icmp_type=0)
         rule = first_match(found, protocol, far, port)
-        assert compiled.reply_allowed(reply) is (default_allow if rule is None else rule.allow)
+        expected = default_allow if rule is None else rule.allow
+        assert compiled.reply_allowed(reply) is expected
+        known = compiled.known_reply(reply)  # the gateway's probe: IPv4 TCP/UDP connections
+        assert (known is not None) is (far.version == 4 and protocol in (TCP, UDP))
+        assert known is None or (known.rule == rule and known.allow is expected)
+        if known is not None:  # a later fragment is never answered from its connection's
+            assert compiled.known_reply(packet(far, client, protocol, sport=port or 0,
+                                               dport=50000, later_fragment=True)) is None
 
 
 def test_order_priority_then_deny_first_then_default() -> None:

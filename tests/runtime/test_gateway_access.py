@@ -54,11 +54,14 @@ async def test_rules_decide_each_packet_and_replies_mirror_them(core_type: type[
         ("1", "allow"): 2, ("2", "allow"): 2, ("default", "deny"): 6}
     wire = harness.sent[client.session_id]
     before = len(wire)
-    harness.tun.inject(packet(DB, CLIENT, TCP, sport=5432, dport=40000))  # a reply: passes
-    harness.tun.inject(packet(DB, CLIENT, TCP, sport=22, dport=40000))  # not a mirror: no
-    harness.tun.inject(packet(OTHER, CLIENT, ICMP, icmp_type=3))  # an ICMP error: passes
-    assert len(wire) == before + 2
-    assert harness.gateway.drops["access-denied"] == 7
+    for _ in range(2):  # the second time from the reply cache
+        harness.tun.inject(packet(DB, CLIENT, TCP, sport=5432, dport=40000))  # a reply: passes
+        harness.tun.inject(packet(DB, CLIENT, TCP, sport=22, dport=40000))  # not a mirror: no
+        harness.tun.inject(packet(OTHER, CLIENT, ICMP, icmp_type=3))  # an ICMP error: passes
+    assert len(wire) == before + 4
+    assert harness.gateway.drops["access-denied"] == 8
+    hits = {rule: (allow, count) for rule, allow, count in harness.gateway.access_hits()}
+    assert hits == {"1": (True, 4), "2": (True, 2), "default": (False, 8)}
 
 
 @pytest.mark.parametrize("core_type", [FakeCore, FastCore], ids=["slow-path", "fast-path"])
