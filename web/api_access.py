@@ -8,7 +8,6 @@ refuses (or a destination that is no address or port) a 409.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from aiohttp import web
@@ -17,18 +16,12 @@ from sslvpn.net.access import AccessError, Rule
 from sslvpn.store import DuplicateError, NotFoundError, StoreError
 from web import access_ops
 from web import api_models as m
-from web.api import PREFIX, QUERY_PARAMETERS, error
-from web.api_models import PATTERNS, BadRequest, parsed
+from web.api import PREFIX, QUERIES, error
+from web.api_models import parsed
 
 GROUPS, RULES, DEFAULT, CHECK = (f"{PREFIX}/groups", f"{PREFIX}/rules",
                                  f"{PREFIX}/access-default", f"{PREFIX}/policy-check")
-QUERY_PARAMETERS[CHECK] = frozenset({"user", "dest"})
-
-
-def _matching(value: Any, field: str, pattern: str) -> str:
-    if not isinstance(value, str) or not re.fullmatch(PATTERNS[pattern], value):
-        raise BadRequest(f"field {field!r} does not match {PATTERNS[pattern]}")
-    return value
+QUERIES[CHECK] = m.PolicyCheckQuery
 
 
 def _refused(exc: StoreError | AccessError) -> web.Response:
@@ -125,8 +118,7 @@ async def set_default(request: web.Request) -> web.StreamResponse:
 
 
 async def check(request: web.Request) -> web.StreamResponse:
-    user = _matching(request.query.get("user"), "user", "user")
-    destination = _matching(request.query.get("dest"), "dest", "dest")
+    user, destination = request.query["user"], request.query["dest"]  # PolicyCheckQuery
     try:
         target, verdict = await access_ops.check(request, user, destination)
     except NotFoundError:

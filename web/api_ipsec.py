@@ -280,12 +280,10 @@ async def delete_tunnel(request: web.Request) -> web.StreamResponse:
 async def tunnel_config(request: web.Request) -> web.StreamResponse:
     """The customer gateway's configuration (``format``; the PSK with ``include_psk=true``)."""
     name, fmt = request.match_info["name"], request.query.get("format", "")
-    include_psk = request.query.get("include_psk", "false")
-    if include_psk not in ("true", "false"):
-        return error(400, "include_psk must be true or false")
+    include_psk = request.query.get("include_psk") == "true"  # or false: PeerConfigQuery
     try:
         text = await ipsec_ops.peer_config(request, name=name, fmt=fmt,
-                                           include_psk=include_psk == "true", via=VIA)
+                                           include_psk=include_psk, via=VIA)
     except NotFoundError:
         raise web.HTTPNotFound() from None
     except Invalid as exc:

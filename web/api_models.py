@@ -20,6 +20,7 @@ from client_profiles.inputs import DEVICE_PATTERN, MAX_CLIENT_DAYS, MAX_KEEPALIV
 from client_profiles.lifecycle import MAX_OVERLAP_DAYS, RENEWAL_OVERLAP_DAYS
 from client_profiles.passwords import MIN_PASSWORD_LENGTH
 from sslvpn.ipsec import policy
+from sslvpn.ipsec.peer_config import FORMATS
 from sslvpn.store.models import (
     ACCESS_DEFAULT_VALUES,
     ACCESS_PROTOCOL_VALUES,
@@ -545,6 +546,84 @@ class PolicyCheck(BaseModel):
     route: str
     nodes: list[str]
     pushed_routes: list[str] = Field(description="what the user is pushed at the next connect")
+
+
+# Query parameters --------------------------------------------------------------------------
+
+
+class Query(BaseModel):
+    """A request's query parameters: only those named, each a string of its pattern. The
+    middleware validates a request's query with its route's model (`web.api.QUERIES`) and
+    the OpenAPI document lists the model's fields as the operation's parameters."""
+
+    model_config = ConfigDict(extra="forbid", regex_engine="python-re")
+
+    @classmethod
+    def parameters(cls) -> list[dict[str, Any]]:
+        """The fields as OpenAPI 3.0 query parameters."""
+        schema = cls.model_json_schema()
+        required = set(schema.get("required", ()))
+        listed = []
+        for name, field in schema["properties"].items():
+            field = {k: v for k, v in field.items() if k not in ("title", "default")}
+            described = {"description": field.pop("description")} if "description" in field else {}
+            listed.append({"name": name, "in": "query", "required": name in required,
+                           **described, "schema": field})
+        return listed
+
+
+def parsed_query(request: web.Request, model: type[Query]) -> Query:
+    """The request's query as ``model``, or `BadRequest` with one line."""
+    allowed = sorted(field.alias or name for name, field in model.model_fields.items())
+    if set(request.query) - set(allowed):
+        raise BadRequest(f"unknown query parameter; allowed: {', '.join(allowed)}")
+    try:
+        return model.model_validate(dict(request.query))
+    except ValidationError as exc:
+        errors = exc.errors()
+        missing = [str(e["loc"][0]) for e in errors if e["type"] == "missing"]
+        if missing:
+            raise BadRequest(f"missing query parameter(s): {', '.join(missing)}") from None
+        raise BadRequest(_complaint(errors[0]).replace("field", "query parameter", 1)) from None
+
+
+TrueFalse = Literal["true", "false"]
+DATE_TIME: dict[str, Any] = {"format": "date-time"}
+
+
+class CertificateQuery(Query):
+    user: str | Omit = None
+    status: Literal[CERTIFICATE_STATUS_VALUES] | Omit = None  # type: ignore[valid-type]
+
+
+class SessionQuery(Query):
+    older_than: Annotated[str, Field(
+        pattern=PATTERNS["version"],
+        description="Only clients older than this version (e.g. 2.6), or that sent none",
+    )] | Omit = None
+
+
+class PeerConfigQuery(Query):
+    format: Literal[FORMATS]  # type: ignore[valid-type]
+    include_psk: TrueFalse | Omit = None
+
+
+class NodeRemovalQuery(Query):
+    force: TrueFalse | Omit = None
+
+
+class TrafficQuery(Query):
+    scope: Annotated[str, Field(pattern=SCOPE_PATTERN,
+                                description="node:NAME, tunnel:NAME or user:NAME")]
+    start: str | Omit = Field(None, alias="from", json_schema_extra=DATE_TIME)
+    to: str | Omit = Field(None, json_schema_extra=DATE_TIME)
+
+
+class PolicyCheckQuery(Query):
+    user: UserName
+    dest: Annotated[str, Field(pattern=PATTERNS["dest"],
+                               description="ADDRESS[:PORT[/tcp|udp]], IPv6 as "
+                                           "[ADDRESS]:PORT; no port: a ping")]
 
 
 MODELS: tuple[type[BaseModel], ...] = (

@@ -18,15 +18,14 @@ from sslvpn.store import NotFoundError, queries
 from sslvpn.store.models import GatewaySettings
 from web import api_models as m
 from web import node_ops
-from web.api import PREFIX, QUERY_PARAMETERS, error
-from web.api_models import BadRequest, parsed
+from web.api import PREFIX, QUERIES, error
+from web.api_models import parsed
 from web.pages import audit, portal_of
 from web.views.admin_ops import LIVENESS_FIELDS, parse_liveness
 
 NODES = f"{PREFIX}/nodes"
 KEEPALIVE = f"{PREFIX}/keepalive"
-FORCE_VALUES = {"true": True, "false": False}
-QUERY_PARAMETERS[f"{NODES}/{{name}}"] = frozenset({"force"})
+QUERIES[f"{NODES}/{{name}}"] = m.NodeRemovalQuery
 
 
 async def list_nodes(request: web.Request) -> web.StreamResponse:
@@ -46,9 +45,7 @@ async def add_node(request: web.Request) -> web.StreamResponse:
 
 
 async def remove_node(request: web.Request) -> web.StreamResponse:
-    force = FORCE_VALUES.get(request.query.get("force", "false").lower())
-    if force is None:
-        raise BadRequest("force must be true or false")
+    force = request.query.get("force") == "true"  # or false: NodeRemovalQuery
     try:
         ended = await node_ops.remove(request, name=request.match_info["name"], force=force)
     except NotFoundError:

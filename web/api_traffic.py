@@ -5,20 +5,19 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
 from sslvpn.store import traffic_queries
-from web.api import PREFIX, QUERY_PARAMETERS
-from web.api_models import SCOPE_PATTERN, BadRequest
+from web.api import PREFIX, QUERIES
+from web.api_models import BadRequest, TrafficQuery
 from web.pages import portal_of
 
 TRAFFIC = f"{PREFIX}/traffic"
 DEFAULT_SPAN = timedelta(hours=1)
 MAX_SPAN = timedelta(days=366)
-QUERY_PARAMETERS[TRAFFIC] = frozenset({"scope", "from", "to"})
+QUERIES[TRAFFIC] = TrafficQuery
 
 
 def _time(request: web.Request, field: str, default: datetime) -> datetime:
@@ -35,10 +34,7 @@ def _time(request: web.Request, field: str, default: datetime) -> datetime:
 
 
 async def get_traffic(request: web.Request) -> web.StreamResponse:
-    scope_text = request.query.get("scope", "")
-    if not re.fullmatch(SCOPE_PATTERN, scope_text):
-        raise BadRequest("scope must be node:NAME, tunnel:NAME or user:NAME")
-    scope, _, name = scope_text.partition(":")
+    scope, _, name = request.query["scope"].partition(":")  # TrafficQuery's pattern
     now = datetime.now(UTC)
     end = _time(request, "to", now)
     start = max(_time(request, "from", end - DEFAULT_SPAN), end - MAX_SPAN)

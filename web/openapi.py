@@ -1,8 +1,9 @@
 """The OpenAPI 3.0 document of /api/v1, served at /api/v1/openapi.json.
 
-The paths are written here; every request and response body is a model in
-`web.api_models`, the same models the handlers validate input with, and its schema comes
-from there. The schemathesis test checks that every answer matches what the document says.
+The paths are written here; every request and response body, and every route's query
+parameters, is a model in `web.api_models`, the same models the handlers (bodies) and the
+API middleware (queries, `web.api.QUERIES`) validate input with, and its schema comes from
+there. The schemathesis test checks that every answer matches what the document says.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from sslvpn.ipsec.peer_config import FORMATS
 from web import api_models as m
 from web.openapi_access import access_paths
 from web.openapi_fleet import fleet_paths
@@ -105,12 +105,7 @@ def _paths() -> dict[str, Any]:
         "/certificates": {
             "get": {
                 "operationId": "listCertificates",
-                "parameters": [
-                    {"name": "user", "in": "query", "schema": {"type": "string"}},
-                    {"name": "status", "in": "query",
-                     "schema": _openapi30(
-                         m.Certificate.model_json_schema()["properties"]["status"])},
-                ],
+                "parameters": m.CertificateQuery.parameters(),
                 "responses": {"200": _json(_array(m.Certificate), "Client certificates"),
                               **_errors(400)},
             },
@@ -154,15 +149,7 @@ def _paths() -> dict[str, Any]:
         "/sessions": {
             "get": {
                 "operationId": "listSessions",
-                "parameters": [
-                    {
-                        "name": "older_than",
-                        "in": "query",
-                        "description": "Only clients older than this version (e.g. 2.6), "
-                        "or that sent none",
-                        "schema": {"type": "string", "pattern": m.PATTERNS["version"]},
-                    },
-                ],
+                "parameters": m.SessionQuery.parameters(),
                 "responses": {"200": _json(_array(m.Session), "Live sessions"), **_errors(400)},
             },
         },
@@ -255,11 +242,7 @@ def _ipsec_paths() -> dict[str, Any]:
                 "description": "The customer gateway's side of the tunnel, to load into the "
                 "peer: strongSwan swanctl.conf or legacy ipsec.conf, Libreswan ipsec.conf, or "
                 "a plain-text parameter sheet. The pre-shared key only with include_psk.",
-                "parameters": [
-                    {"name": "format", "in": "query", "required": True,
-                     "schema": {"type": "string", "enum": list(FORMATS)}},
-                    {"name": "include_psk", "in": "query", "schema": {"type": "boolean"}},
-                ],
+                "parameters": m.PeerConfigQuery.parameters(),
                 "responses": {
                     "200": {"description": "The configuration file",
                             "content": {"text/plain": {"schema": {"type": "string"}}}},

@@ -16,9 +16,6 @@ from web import api_models as m
 def access_paths(json_answer: Any, errors: Any, body: Any, array: Any,
                  name: dict[str, Any]) -> dict[str, Any]:
     """The access paths, built with `web.openapi`'s helpers (passed in to avoid a cycle)."""
-    def text(field: str) -> dict[str, str]:
-        return {"type": "string", "pattern": m.PATTERNS[field]}
-
     deleted = json_answer(m.Deleted, "Deleted")
     live = "Live sessions follow within 5 s; pushed routes change at the next connect."
     return {
@@ -77,14 +74,7 @@ def access_paths(json_answer: Any, errors: Any, body: Any, array: Any,
             "get": {"operationId": "checkPolicy",
                     "description": "What the gateway decides for USER's packet to DEST, with "
                                    "the same lookup it runs per packet (sslvpn policy check).",
-                    "parameters": [
-                        {"name": "user", "in": "query", "required": True,
-                         "schema": text("user")},
-                        {"name": "dest", "in": "query", "required": True,
-                         "description": "ADDRESS[:PORT[/tcp|udp]], IPv6 as [ADDRESS]:PORT; "
-                                        "no port: a ping",
-                         "schema": text("dest")},
-                    ],
+                    "parameters": m.PolicyCheckQuery.parameters(),
                     "responses": {"200": json_answer(m.PolicyCheck, "The verdict"),
                                   **errors(400, 404, 409)}},
         },

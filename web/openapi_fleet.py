@@ -38,7 +38,7 @@ def fleet_paths(
                 "operationId": "removeNode",
                 "description": "Refused (409) while the node has live sessions, unless "
                                "force=true (which ends them in the store).",
-                "parameters": [{"name": "force", "in": "query", "schema": {"type": "boolean"}}],
+                "parameters": m.NodeRemovalQuery.parameters(),
                 "responses": {
                     "200": json_answer(m.NodeRemoved, "Removed"),
                     **errors(400, 404, 409),

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from web.api_models import SCOPE_PATTERN, TrafficSeries
-
-DATE = {"type": "string", "format": "date-time"}
+from web.api_models import TrafficQuery, TrafficSeries
 
 
 def traffic_paths(json_answer: Any, errors: Any) -> dict[str, Any]:
@@ -19,13 +17,7 @@ def traffic_paths(json_answer: Any, errors: Any) -> dict[str, Any]:
                                "a node, an IPsec tunnel or a user, in [from, to). Default: "
                                "the last hour; from is moved up to at most 366 days before "
                                "to, and a from after to gives no points.",
-                "parameters": [
-                    {"name": "scope", "in": "query", "required": True,
-                     "description": "node:NAME, tunnel:NAME or user:NAME",
-                     "schema": {"type": "string", "pattern": SCOPE_PATTERN}},
-                    {"name": "from", "in": "query", "schema": DATE},
-                    {"name": "to", "in": "query", "schema": DATE},
-                ],
+                "parameters": TrafficQuery.parameters(),
                 "responses": {"200": json_answer(TrafficSeries, "The series"), **errors(400)},
             },
         },

@@ -10,8 +10,9 @@ from aiohttp.test_utils import TestClient, make_mocked_request
 from client_profiles.accounts import USER_NAME_PATTERN
 from sslvpn.store import db, queries
 from tests.web.conftest import Clock, FakeGateway, Site, audit_actions, issue_for
-from web.api import in_scope
+from web.api import QUERIES, in_scope
 from web.import_links import token_hash
+from web.openapi import document
 
 ADMIN_TOKEN = "svt_test-admin-token"
 USER_TOKEN = "svt_test-user-token"
@@ -38,6 +39,33 @@ async def test_api_needs_an_admin_bearer_token(client: TestClient, site: Site) -
     response = await client.get("/api/v1/users", headers=bearer(ADMIN_TOKEN))
     assert response.status == 200
     assert [u["name"] for u in await response.json()] == ["alice", "bob", "root"]
+
+
+@pytest.mark.parametrize(("query", "refusal"), [
+    ("/users?limit=5", "unknown query parameter; allowed: \n"),
+    ("/certificates?owner=alice", "unknown query parameter; allowed: status, user"),
+    ("/certificates?status=lost", "status must be one of 'valid', 'revoked' or 'superseded'"),
+    ("/sessions?older_than=new", "query parameter 'older_than' does not match"),
+    ("/traffic", "missing query parameter(s): scope"),
+    ("/traffic?scope=site:x", "query parameter 'scope' does not match"),
+    ("/policy-check?user=-x&dest=10.0.0.1", "query parameter 'user' does not match"),
+    ("/ipsec/tunnels/t1/config?format=cisco", "format must be one of 'swanctl'"),
+    ("/ipsec/tunnels/t1/config?format=text&include_psk=yes", "include psk must be one of"),
+])
+async def test_each_query_is_checked_by_the_model_that_documents_it(
+    client: TestClient, site: Site, query: str, refusal: str
+) -> None:
+    """One pydantic model per route (`web.api.QUERIES`) both refuses a bad query, with one
+    line naming the parameter, before the handler runs, and is the document's parameters."""
+    add_tokens(site)
+    answer = await client.get(f"/api/v1{query}", headers=bearer(ADMIN_TOKEN))
+    assert answer.status == 400
+    assert refusal in (await answer.json())["error"] + "\n", await answer.json()
+    doc = document()["paths"]
+    for path, model in QUERIES.items():
+        operations = doc[path.removeprefix("/api/v1")].values()
+        documented = [o["parameters"] for o in operations if "parameters" in o]
+        assert documented == [model.parameters()], path
 
 
 async def test_openapi_document_is_public_and_lists_every_route(client: TestClient) -> None:
