@@ -85,6 +85,10 @@ MAX_PEER_ID = 0xFFFFFE
 VPC_MEMO_SIZE = 4096  # destinations whose VPC verdict is remembered (cleared when full)
 ACCESS_REFRESH = 2.0  # seconds between two polls of the access policy's revision
 RETRY_AFTER = 5  # seconds a client told AUTH_FAILED,TEMP (store unavailable) waits to retry
+# seconds the read confirming a snapshot's admission waits: until the handshake's last round
+# trip (the client's ACK, our PUSH_REPLY) is over, so that its store thread does not hold
+# the interpreter lock while the loop has the PUSH_REPLY to send
+CONFIRM_AFTER = 0.1
 SHUTDOWN_FLUSH_TIMEOUT = 10.0  # seconds shutdown waits for a failing store to take the records
 # why a device's session ends when the same certificate connects again (one session a device)
 REPLACED = "replaced by a new connection with the same certificate"
@@ -408,6 +412,8 @@ class Gateway:
                      confirming: bool) -> None:
         serial = client.serial
         try:
+            if confirming:
+                await asyncio.sleep(CONFIRM_AFTER)
             source = client.real_address.rpartition(":")[0].strip("[]")
             auth = await self.policy.authorize(serial, Credentials(event.username,
                                                                    event.password, source))
