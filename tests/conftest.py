@@ -39,17 +39,7 @@ def empty_postgres_url(postgres_url: str) -> Iterator[str]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Arrange the suite for `make test`'s pytest-xdist workers (harmless in one process).
-
-    The tests of a module that share a module-scoped fixture (a topology in namespaces, a
-    private PostgreSQL cluster) form one xdist group: one worker runs them in file order, so
-    the fixture is built once and each test finds the state the ones before it left. The
-    interop tests, which mostly wait on real peers, come first so that the many short unit
-    tests fill the end of the run instead of one long wait starting last.
-    """
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        definitions = info.name2fixturedefs.values() if info is not None else ()
-        if any(d.scope in ("module", "class", "package") for defs in definitions for d in defs):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    """The interop tests, which mostly wait on real peers, come first: under `make test`'s
+    pytest-xdist workers (one module at a time each, see pyproject.toml) the many short unit
+    tests then fill the end of the run instead of one long wait starting last."""
     items.sort(key=lambda item: item.get_closest_marker("interop") is None)
