@@ -3,6 +3,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= var
 PUBLIC_ADDRESS ?= 127.0.0.1
+# pytest-xdist workers for `make test`: most long tests wait on real peers, not on the CPU
+TEST_WORKERS ?= 4
 
 .PHONY: run test lint bench clean
 
@@ -22,7 +24,7 @@ test: $(BIN)/.installed
 	scripts/install-test-deps
 	$(BIN)/ruff check sslvpn client_profiles web tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest -p no:cacheprovider
+	$(BIN)/pytest -p no:cacheprovider -n $(TEST_WORKERS)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check sslvpn client_profiles web tests bench
