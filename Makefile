@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= var
 PUBLIC_ADDRESS ?= 127.0.0.1
 # pytest-xdist workers for `make test`: most long tests wait on real peers, not on the CPU
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint bench clean
 
